@@ -1,0 +1,28 @@
+"""Transformers-native InternVL 2.5.
+
+``import transformers_internvl`` registers every class of this package with transformers' ``Auto*`` factories, so
+plain transformers code (``AutoModelForImageTextToText.from_pretrained``, ``AutoProcessor``, ``pipeline``) works on
+original OpenGVLab checkpoints without ``trust_remote_code``.
+"""
+
+__version__ = "0.1.0"
+
+# ---- core model (configs, vision tower, InternVL model) ----
+
+# ---- InternLM2 language model ----
+
+# ---- InternLM2 tokenizer ----
+
+# ---- image / video processors, tiling helpers ----
+
+# ---- conversation templates and InternVLProcessor ----
+
+# ---- test-time scaling (CoT prompts, voting, repetition stopping) ----
+
+from .registration import register_all  # noqa: E402
+
+register_all()
+
+__all__ = [
+    "__version__",
+]

@@ -1,0 +1,1 @@
+"""conversion sub-package of transformers_internvl."""

@@ -1,0 +1,1 @@
+"""modeling sub-package of transformers_internvl."""

@@ -1,0 +1,1 @@
+"""processing sub-package of transformers_internvl."""

@@ -1,0 +1,35 @@
+"""Registration of this package's classes with transformers' ``Auto*`` factories and checkpoint-conversion tables.
+
+Called once by ``import transformers_internvl``; calling it again is a no-op.
+"""
+
+from __future__ import annotations
+
+_REGISTERED = False
+
+
+def _register_core() -> None:
+    """Configs and models of the core InternVL model."""
+
+
+def _register_internlm2() -> None:
+    """InternLM2 config and language model."""
+
+
+def _register_tokenizers() -> None:
+    """InternLM2 tokenizer classes."""
+
+
+def _register_processors() -> None:
+    """Image processor, video processor and InternVLProcessor."""
+
+
+def register_all() -> None:
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    _register_core()
+    _register_internlm2()
+    _register_tokenizers()
+    _register_processors()
+    _REGISTERED = True
