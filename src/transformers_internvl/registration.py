@@ -20,8 +20,12 @@ def _register_tokenizers() -> None:
     """InternLM2 tokenizer classes."""
 
 
-def _register_processors() -> None:
-    """Image processor, video processor and InternVLProcessor."""
+def _register_image_video_processors() -> None:
+    """InternVLImageProcessor and InternVLVideoProcessor."""
+
+
+def _register_processor() -> None:
+    """InternVLProcessor (tokenizer + image + video processors)."""
 
 
 def register_all() -> None:
@@ -31,5 +35,6 @@ def register_all() -> None:
     _register_core()
     _register_internlm2()
     _register_tokenizers()
-    _register_processors()
+    _register_image_video_processors()
+    _register_processor()
     _REGISTERED = True
