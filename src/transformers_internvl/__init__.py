@@ -8,6 +8,24 @@ original OpenGVLab checkpoints without ``trust_remote_code``.
 __version__ = "0.1.0"
 
 # ---- core model (configs, vision tower, InternVL model) ----
+from .modeling.configuration_intern_vit import InternVLVisionConfig  # noqa: E402
+from .modeling.configuration_internvl import InternVLConfig  # noqa: E402
+from .modeling.modeling_intern_vit import InternVLVisionModel  # noqa: E402
+from .modeling.modeling_internvl import (  # noqa: E402
+    InternVLForConditionalGeneration,
+    InternVLModel,
+    InternVLPreTrainedModel,
+)
+
+__all__ = [
+    "__version__",
+    "InternVLConfig",
+    "InternVLVisionConfig",
+    "InternVLVisionModel",
+    "InternVLModel",
+    "InternVLPreTrainedModel",
+    "InternVLForConditionalGeneration",
+]
 
 # ---- InternLM2 language model ----
 
@@ -22,7 +40,3 @@ __version__ = "0.1.0"
 from .registration import register_all  # noqa: E402
 
 register_all()
-
-__all__ = [
-    "__version__",
-]

@@ -10,6 +10,26 @@ _REGISTERED = False
 
 def _register_core() -> None:
     """Configs and models of the core InternVL model."""
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+    )
+
+    from .conversion.checkpoint_mapping import register_checkpoint_mappings
+    from .modeling.configuration_intern_vit import InternVLVisionConfig
+    from .modeling.configuration_internvl import InternVLConfig
+    from .modeling.modeling_intern_vit import InternVLVisionModel
+    from .modeling.modeling_internvl import InternVLForConditionalGeneration, InternVLModel
+
+    AutoConfig.register(InternVLConfig.model_type, InternVLConfig, exist_ok=True)
+    AutoConfig.register(InternVLVisionConfig.model_type, InternVLVisionConfig, exist_ok=True)
+    AutoModel.register(InternVLConfig, InternVLModel, exist_ok=True)
+    AutoModel.register(InternVLVisionConfig, InternVLVisionModel, exist_ok=True)
+    AutoModelForImageTextToText.register(InternVLConfig, InternVLForConditionalGeneration, exist_ok=True)
+    AutoModelForCausalLM.register(InternVLConfig, InternVLForConditionalGeneration, exist_ok=True)
+    register_checkpoint_mappings()
 
 
 def _register_internlm2() -> None:

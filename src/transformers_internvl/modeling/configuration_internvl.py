@@ -1,0 +1,180 @@
+"""Configuration of the full InternVL chat model, read from and written to the original OpenGVLab `config.json`."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+from transformers.utils import logging
+
+from .configuration_intern_vit import InternVLVisionConfig
+
+logger = logging.get_logger(__name__)
+
+# `llm_config.architectures[0]` of an original checkpoint -> transformers `model_type` of its config.
+SUPPORTED_LLM_ARCHITECTURES: dict[str, str] = {
+    "Qwen2ForCausalLM": "qwen2",
+    "LlamaForCausalLM": "llama",
+    "InternLM2ForCausalLM": "internlm2",
+}
+PIXEL_SHUFFLE_VERSIONS = ("v1", "v2")
+
+
+def _text_model_type(text_config: dict[str, Any]) -> str:
+    """The transformers `model_type` for an original `llm_config` dict (the original switches on `architectures`)."""
+    architectures = text_config.get("architectures") or []
+    if architectures:
+        architecture = architectures[0]
+        if architecture not in SUPPORTED_LLM_ARCHITECTURES:
+            raise ValueError(
+                f"Unsupported `llm_config.architectures[0]`: {architecture!r}. Supported LLM architectures: "
+                f"{sorted(SUPPORTED_LLM_ARCHITECTURES)}."
+            )
+        return SUPPORTED_LLM_ARCHITECTURES[architecture]
+    model_type = text_config.get("model_type")
+    if model_type not in SUPPORTED_LLM_ARCHITECTURES.values():
+        raise ValueError(
+            f"Unsupported `llm_config.model_type`: {model_type!r} (and no `architectures`). Supported LLM "
+            f"architectures: {sorted(SUPPORTED_LLM_ARCHITECTURES)} (model types "
+            f"{sorted(set(SUPPORTED_LLM_ARCHITECTURES.values()))})."
+        )
+    return model_type
+
+
+class InternVLConfig(PreTrainedConfig):
+    r"""
+    Configuration of an InternVL 2.5 chat model (`model_type` `"internvl_chat"`).
+
+    Reads an original OpenGVLab `config.json` verbatim: the LLM configuration arrives as `llm_config` and is exposed
+    under the standard name `text_config`; `save_pretrained` writes it back as `llm_config` so that the original
+    remote code (and servers that read OpenGVLab checkpoints) accept the file.
+
+    Args:
+        vision_config: InternViT configuration (dict or [`InternVLVisionConfig`]).
+        text_config: LLM configuration (dict or config); alias `llm_config`. Its `architectures[0]` (or
+            `model_type`) selects the LLM: `Qwen2ForCausalLM`, `LlamaForCausalLM` or `InternLM2ForCausalLM`.
+        select_layer: Vision layer whose output feeds the projector; -1 is the last layer, otherwise an index into
+            `(embeddings, layer_1, ..., layer_N)`.
+        downsample_ratio: Pixel-unshuffle ratio (0.5: 32x32 patches -> 16x16 = 256 tokens per tile).
+        ps_version: Pixel-unshuffle ordering, `"v2"` (all InternVL 2.5 checkpoints) or `"v1"` (transposed grid).
+        force_image_size: Tile size the model was trained with (448); `None` uses `vision_config.image_size`.
+        template: Name of the conversation template (`"internvl2_5"`, `"internlm2-chat"`, ...), used by the processor.
+        dynamic_image_size, use_thumbnail, min_dynamic_patch, max_dynamic_patch: Dynamic-tiling defaults, used by
+            the processor (`max_dynamic_patch` is n_max, tiles per image without the thumbnail).
+        image_token_id: Id of `<IMG_CONTEXT>`. When `None` it is resolved from tokenizer files next to the weights by
+            `from_pretrained`, or can be passed as `from_pretrained(..., image_token_id=K)`.
+        vision_batch_size: At most this many tiles go through the vision tower at once (`None`: all at once).
+        tie_word_embeddings: Tie the LM head to the input embeddings; follows `text_config.tie_word_embeddings`.
+    """
+
+    model_type = "internvl_chat"
+    sub_configs_defaults = {
+        "vision_config": InternVLVisionConfig,
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2"),
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    use_backbone_lora: int = 0
+    use_llm_lora: int = 0
+    select_layer: int = -1
+    force_image_size: int | None = None
+    downsample_ratio: float = 0.5
+    template: str | None = None
+    dynamic_image_size: bool = False
+    use_thumbnail: bool = False
+    ps_version: str = "v1"
+    min_dynamic_patch: int = 1
+    max_dynamic_patch: int = 6
+    pad2square: bool = False
+    image_token_id: int | None = None
+    vision_batch_size: int | None = None
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        llm_config = kwargs.pop("llm_config", None)
+        if llm_config is not None:
+            if self.text_config is not None:
+                raise ValueError("Pass the LLM configuration as `text_config` or as `llm_config`, not both.")
+            self.text_config = llm_config
+
+        if self.vision_config is None:
+            self.vision_config = InternVLVisionConfig()
+        elif isinstance(self.vision_config, dict):
+            self.vision_config = InternVLVisionConfig(**self.vision_config)
+
+        if self.text_config is None:
+            self.text_config = AutoConfig.for_model("qwen2")
+        elif isinstance(self.text_config, dict):
+            text_config = dict(self.text_config)
+            model_type = _text_model_type(text_config)
+            text_config.pop("model_type", None)
+            self.text_config = AutoConfig.for_model(model_type, **text_config)
+        elif isinstance(self.text_config, PreTrainedConfig):
+            _text_model_type({"architectures": self.text_config.architectures, "model_type": self.text_config.model_type})
+
+        # The LM head follows the LLM's own setting (the upstream port ties whenever the top level is unset).
+        self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
+        # The original writes the LLM hidden size at the top level; keep it consistent.
+        kwargs.pop("hidden_size", None)
+        super().__post_init__(**kwargs)
+        self.validate_architecture()
+
+    def validate_architecture(self) -> None:
+        if self.ps_version not in PIXEL_SHUFFLE_VERSIONS:
+            raise ValueError(f"`ps_version` must be one of {PIXEL_SHUFFLE_VERSIONS}, got {self.ps_version!r}.")
+        side = self.vision_image_size // self.vision_config.patch_size
+        scaled = side * self.downsample_ratio
+        if scaled != int(scaled) or int(1 / self.downsample_ratio) != 1 / self.downsample_ratio:
+            raise ValueError(
+                f"`downsample_ratio` ({self.downsample_ratio}) must be 1/k for an integer k dividing the patch grid "
+                f"side ({side})."
+            )
+        if self.vision_batch_size is not None and self.vision_batch_size < 1:
+            raise ValueError(f"`vision_batch_size` must be a positive integer or None, got {self.vision_batch_size}.")
+        num_layers = self.vision_config.num_hidden_layers
+        if not -(num_layers + 1) <= self.select_layer <= num_layers:
+            raise ValueError(
+                f"`select_layer` ({self.select_layer}) is out of range for a vision tower with {num_layers} layers "
+                f"(valid: {-(num_layers + 1)}..{num_layers})."
+            )
+
+    @property
+    def hidden_size(self) -> int:
+        return self.text_config.hidden_size
+
+    @property
+    def vision_image_size(self) -> int:
+        """Tile side in pixels: `force_image_size`, else the vision tower's `image_size`."""
+        return self.force_image_size or self.vision_config.image_size
+
+    @property
+    def num_image_token(self) -> int:
+        """LLM tokens per tile: `(tile / patch)**2 * downsample_ratio**2` (256 for 448 px, 14 px, 0.5)."""
+        side = self.vision_image_size // self.vision_config.patch_size
+        return int(side * side * self.downsample_ratio**2)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The original layout: the LLM config as `llm_config`, legacy RoPE keys, `InternVLChatModel` architecture."""
+        output = super().to_dict()
+        text_config = output.pop("text_config")
+        if isinstance(text_config, PreTrainedConfig):
+            text_config = text_config.to_dict()
+        text_config = copy.deepcopy(text_config)
+        rope_parameters = text_config.get("rope_parameters")
+        if isinstance(rope_parameters, dict):
+            # Older transformers (and the original remote code) read `rope_theta` / `rope_scaling`.
+            text_config.setdefault("rope_theta", rope_parameters.get("rope_theta"))
+            if "rope_scaling" not in text_config:
+                rope_type = rope_parameters.get("rope_type", "default")
+                scaling = {k: v for k, v in rope_parameters.items() if k not in ("rope_theta", "rope_type")}
+                text_config["rope_scaling"] = None if rope_type == "default" else {"type": rope_type, **scaling}
+        output["llm_config"] = text_config
+        output["architectures"] = ["InternVLChatModel"]
+        output["hidden_size"] = self.text_config.hidden_size
+        return output
+
+
+__all__ = ["InternVLConfig", "SUPPORTED_LLM_ARCHITECTURES"]

@@ -1,0 +1,336 @@
+"""InternViT vision tower (InternViT-300M and InternViT-6B), with the original parameter names.
+
+Module names follow the original checkpoints (`embeddings.{class_embedding, position_embedding, patch_embedding}`,
+`encoder.layers.{i}.{norm1, attn.{qkv, q_norm, k_norm, proj}, ls1, norm2, mlp.{fc1, fc2}, ls2}`), so loading an
+original checkpoint only strips the `vision_model.` prefix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, logging
+
+from .configuration_intern_vit import InternVLVisionConfig
+
+logger = logging.get_logger(__name__)
+
+
+class InternVLVisionRMSNorm(nn.Module):
+    """RMSNorm computed in fp32 and cast back before the weight, as the original `InternRMSNorm`."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.to(torch.float32)
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        return self.weight * hidden_states.to(input_dtype)
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
+
+
+NORM2FN: dict[str, type[nn.Module]] = {"rms_norm": InternVLVisionRMSNorm, "layer_norm": nn.LayerNorm}
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (timm semantics: surviving rows are scaled by 1/keep_prob)."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return hidden_states
+        keep_prob = 1.0 - self.drop_prob
+        shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
+        mask = hidden_states.new_empty(shape).bernoulli_(keep_prob)
+        return hidden_states * mask.div_(keep_prob)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class InternVLVisionEmbeddings(nn.Module):
+    """Patch embedding + CLS token + learned position embedding (bicubically resized to the actual patch grid)."""
+
+    def __init__(self, config: InternVLVisionConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_dim = config.hidden_size
+        self.class_embedding = nn.Parameter(torch.randn(1, 1, self.embed_dim))
+        self.patch_embedding = nn.Conv2d(
+            config.num_channels, self.embed_dim, kernel_size=config.patch_size, stride=config.patch_size
+        )
+        self.num_patches_per_side = config.image_size // config.patch_size
+        self.num_positions = self.num_patches_per_side**2 + 1
+        self.position_embedding = nn.Parameter(torch.randn(1, self.num_positions, self.embed_dim))
+
+    def _patch_position_embedding(self, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+        """Patch part of the position embedding for a `(height, width)` patch grid: `(1, height * width, dim)`."""
+        pos_embed = self.position_embedding[:, 1:, :]
+        if height == self.num_patches_per_side and width == self.num_patches_per_side:
+            # Bicubic resampling to the same size is the identity (weights 0, 1, 0, 0), so skip it.
+            return pos_embed.to(dtype)
+        side = self.num_patches_per_side
+        grid = pos_embed.float().reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(height, width), mode="bicubic", align_corners=False)
+        return grid.reshape(1, -1, height * width).permute(0, 2, 1).to(dtype)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`(num_tiles, 3, H, W)` -> `(num_tiles, 1 + (H/14)*(W/14), hidden_size)`, CLS first."""
+        target_dtype = self.patch_embedding.weight.dtype
+        patch_embeds = self.patch_embedding(pixel_values.to(dtype=target_dtype))
+        batch_size, _, height, width = patch_embeds.shape
+        patch_embeds = patch_embeds.flatten(2).transpose(1, 2)
+        class_embeds = self.class_embedding.expand(batch_size, 1, -1).to(target_dtype)
+        embeddings = torch.cat([class_embeds, patch_embeds], dim=1)
+        position_embedding = torch.cat(
+            [self.position_embedding[:, :1, :].to(target_dtype), self._patch_position_embedding(height, width, target_dtype)],
+            dim=1,
+        )
+        return embeddings + position_embedding
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs: Unpack[TransformersKwargs],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain attention with the softmax upcast to fp32. `query/key/value`: `(batch, heads, seq, head_dim)`."""
+    attn_weights = torch.matmul(query * scaling, key.transpose(2, 3))
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value)
+    attn_output = attn_output.transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+class InternVLVisionAttention(nn.Module):
+    """Bidirectional attention with a fused `qkv` projection and optional QK-norm over all heads (InternViT-6B)."""
+
+    def __init__(self, config: InternVLVisionConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_dim = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_dim = self.embed_dim // self.num_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        self.attention_dropout = config.attention_dropout
+
+        self.qkv = nn.Linear(self.embed_dim, 3 * self.embed_dim, bias=config.qkv_bias)
+        # QK-norm normalises the concatenation of all heads (a `hidden_size` vector), not each head.
+        self.q_norm = (
+            InternVLVisionRMSNorm(self.embed_dim, eps=config.layer_norm_eps) if config.qk_normalization else nn.Identity()
+        )
+        self.k_norm = (
+            InternVLVisionRMSNorm(self.embed_dim, eps=config.layer_norm_eps) if config.qk_normalization else nn.Identity()
+        )
+        self.proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.proj_drop = nn.Dropout(config.dropout)
+
+    def forward(
+        self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`(num_tiles, seq_len, hidden_size)` -> same shape, plus attention weights when the backend returns them."""
+        batch_size, seq_len, _ = hidden_states.shape
+        # qkv output is laid out as [3][heads][head_dim].
+        query_states, key_states, value_states = self.qkv(hidden_states).view(batch_size, seq_len, 3, self.embed_dim).unbind(2)
+        query_states = self.q_norm(query_states)
+        key_states = self.k_norm(key_states)
+        hidden_shape = (batch_size, seq_len, self.num_heads, self.head_dim)
+        query_states = query_states.reshape(hidden_shape).transpose(1, 2)
+        key_states = key_states.reshape(hidden_shape).transpose(1, 2)
+        value_states = value_states.reshape(hidden_shape).transpose(1, 2)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            None,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            scaling=self.scaling,
+            is_causal=False,
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(batch_size, seq_len, self.embed_dim)
+        attn_output = self.proj_drop(self.proj(attn_output))
+        return attn_output, attn_weights
+
+
+class InternVLVisionMLP(nn.Module):
+    def __init__(self, config: InternVLVisionConfig) -> None:
+        super().__init__()
+        self.act = ACT2FN[config.hidden_act]
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(hidden_states)))
+
+
+class InternVLVisionLayer(GradientCheckpointingLayer):
+    """Pre-norm transformer block with layer scale and stochastic depth:
+    `h += drop_path(attn(norm1(h)) * ls1); h += drop_path(mlp(norm2(h)) * ls2)`."""
+
+    def __init__(self, config: InternVLVisionConfig, drop_path_rate: float = 0.0) -> None:
+        super().__init__()
+        norm_class = NORM2FN[config.norm_type]
+        self.norm1 = norm_class(config.hidden_size, eps=config.layer_norm_eps)
+        self.attn = InternVLVisionAttention(config)
+        self.ls1 = nn.Parameter(config.initializer_factor * torch.ones(config.hidden_size))
+        self.norm2 = norm_class(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = InternVLVisionMLP(config)
+        self.ls2 = nn.Parameter(config.initializer_factor * torch.ones(config.hidden_size))
+        self.drop_path1 = DropPath(drop_path_rate) if drop_path_rate > 0.0 else nn.Identity()
+        self.drop_path2 = DropPath(drop_path_rate) if drop_path_rate > 0.0 else nn.Identity()
+
+    def forward(
+        self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attn_output, attn_weights = self.attn(self.norm1(hidden_states).to(hidden_states.dtype), **kwargs)
+        hidden_states = hidden_states + self.drop_path1(attn_output * self.ls1)
+        mlp_output = self.mlp(self.norm2(hidden_states).to(hidden_states.dtype))
+        hidden_states = hidden_states + self.drop_path2(mlp_output * self.ls2)
+        return hidden_states, attn_weights
+
+
+class InternVLVisionEncoder(nn.Module):
+    def __init__(self, config: InternVLVisionConfig) -> None:
+        super().__init__()
+        self.config = config
+        drop_path_rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        self.layers = nn.ModuleList(
+            [InternVLVisionLayer(config, drop_path_rate=drop_path_rates[i]) for i in range(config.num_hidden_layers)]
+        )
+        self.gradient_checkpointing = False
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutput:
+        all_hidden_states = (inputs_embeds,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        hidden_states = inputs_embeds
+        for layer in self.layers:
+            hidden_states, attn_weights = layer(hidden_states, **kwargs)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (attn_weights,)
+        return BaseModelOutput(
+            last_hidden_state=hidden_states, hidden_states=all_hidden_states, attentions=all_attentions
+        )
+
+
+class InternVLVisionPreTrainedModel(PreTrainedModel):
+    config: InternVLVisionConfig
+    config_class = InternVLVisionConfig
+    base_model_prefix = "vision_model"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["InternVLVisionLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            nn.init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, InternVLVisionRMSNorm):
+            nn.init.ones_(module.weight)
+        elif isinstance(module, InternVLVisionEmbeddings):
+            nn.init.trunc_normal_(module.class_embedding, std=std)
+            nn.init.trunc_normal_(module.position_embedding, std=std)
+        elif isinstance(module, InternVLVisionLayer):
+            nn.init.constant_(module.ls1, self.config.initializer_factor)
+            nn.init.constant_(module.ls2, self.config.initializer_factor)
+
+
+class InternVLVisionModel(InternVLVisionPreTrainedModel):
+    """InternViT: `pixel_values (num_tiles, 3, 448, 448)` -> `last_hidden_state (num_tiles, 1025, hidden_size)`.
+
+    There is no final norm and no pooler: the InternVL connector uses the token states directly.
+    """
+
+    def __init__(self, config: InternVLVisionConfig) -> None:
+        super().__init__(config)
+        self.embeddings = InternVLVisionEmbeddings(config)
+        self.encoder = InternVLVisionEncoder(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.patch_embedding
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutput | tuple:
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.num_channels:
+            raise ValueError(
+                f"`pixel_values` must have shape (num_tiles, {self.config.num_channels}, height, width), "
+                f"got {tuple(pixel_values.shape)}."
+            )
+        patch_size = self.config.patch_size
+        if pixel_values.shape[-1] % patch_size or pixel_values.shape[-2] % patch_size:
+            raise ValueError(
+                f"`pixel_values` height and width must be multiples of the patch size {patch_size}, got "
+                f"{tuple(pixel_values.shape[-2:])}."
+            )
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+
+        hidden_states = self.embeddings(pixel_values)
+        outputs = self.encoder(
+            hidden_states, output_hidden_states=output_hidden_states, output_attentions=output_attentions, **kwargs
+        )
+        return outputs if return_dict else outputs.to_tuple()
+
+
+__all__ = ["InternVLVisionPreTrainedModel", "InternVLVisionModel"]

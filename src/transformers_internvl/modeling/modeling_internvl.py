@@ -1,0 +1,476 @@
+"""InternVL 2.5: InternViT -> drop CLS -> pixel unshuffle -> `mlp1` projector -> LLM.
+
+The LLM is transformers' own class for the `llm_config` architecture (Qwen2, Llama) or this package's InternLM2.
+Original checkpoint keys are mapped onto this module tree by `transformers_internvl.conversion.checkpoint_mapping`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
+from transformers.generation import GenerationMixin
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, logging
+from transformers.utils.deprecation import deprecate_kwarg
+
+from ..conversion.checkpoint_mapping import original_layout_renamings
+from .configuration_internvl import InternVLConfig
+from .modeling_intern_vit import InternVLVisionModel
+
+logger = logging.get_logger(__name__)
+
+IMAGE_CONTEXT_TOKEN = "<IMG_CONTEXT>"
+
+
+def pixel_unshuffle(vision_features: torch.Tensor, downsample_ratio: float, ps_version: str) -> torch.Tensor:
+    """Trade spatial resolution for channels, as the original `pixel_shuffle`.
+
+    `(num_tiles, rows, cols, C)` -> `(num_tiles, rows*r, cols*r, C/r**2)` for `r = downsample_ratio`. With `"v2"`
+    token `(i, j)` (row-major) is `concat(x[2i, 2j], x[2i, 2j+1], x[2i+1, 2j], x[2i+1, 2j+1])` for r = 0.5; `"v1"`
+    leaves the output grid transposed (column-major), as the first InternVL releases did.
+    """
+    num_tiles, rows, cols, channels = vision_features.shape
+    scale = downsample_ratio
+    # Merge pairs of neighbouring columns into channels, then pairs of rows (via the transposed view).
+    vision_features = vision_features.reshape(num_tiles, rows, int(cols * scale), int(channels / scale))
+    vision_features = vision_features.permute(0, 2, 1, 3).contiguous()
+    vision_features = vision_features.reshape(
+        num_tiles, int(cols * scale), int(rows * scale), int(channels / (scale * scale))
+    )
+    if ps_version == "v2":
+        vision_features = vision_features.permute(0, 2, 1, 3).contiguous()
+    return vision_features
+
+
+class InternVLMultiModalProjector(nn.Sequential):
+    """`mlp1`: LayerNorm(4C) -> Linear(4C, H) -> GELU -> Linear(H, H); indices 0, 1, 3 as in the checkpoints."""
+
+    def __init__(self, config: InternVLConfig) -> None:
+        input_dim = config.vision_config.hidden_size * int(1 / config.downsample_ratio) ** 2
+        text_hidden_size = config.text_config.hidden_size
+        super().__init__(
+            nn.LayerNorm(input_dim),
+            nn.Linear(input_dim, text_hidden_size),
+            ACT2FN["gelu"],
+            nn.Linear(text_hidden_size, text_hidden_size),
+        )
+
+
+@dataclass
+class InternVLModelOutputWithPast(ModelOutput):
+    """Base model output; `image_outputs.pooler_output` holds the projected image features `(num_tiles, 256, H)`."""
+
+    last_hidden_state: torch.FloatTensor | None = None
+    cache: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_outputs: BaseModelOutputWithPooling | None = None
+
+
+@dataclass
+class InternVLCausalLMOutputWithPast(ModelOutput):
+    """Causal LM output; `image_outputs.pooler_output` holds the projected image features `(num_tiles, 256, H)`."""
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    cache: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_outputs: BaseModelOutputWithPooling | None = None
+
+
+def find_image_token_id(directory: str | os.PathLike) -> int | None:
+    """Id of `<IMG_CONTEXT>` from the tokenizer files in `directory` (JSON only: no tokenizer is loaded)."""
+    directory = os.fspath(directory)
+    candidates = (
+        ("added_tokens.json", lambda data: data.get(IMAGE_CONTEXT_TOKEN)),
+        (
+            "tokenizer_config.json",
+            lambda data: next(
+                (
+                    int(token_id)
+                    for token_id, token in (data.get("added_tokens_decoder") or {}).items()
+                    if isinstance(token, dict) and token.get("content") == IMAGE_CONTEXT_TOKEN
+                ),
+                None,
+            ),
+        ),
+        (
+            "tokenizer.json",
+            lambda data: next(
+                (token["id"] for token in data.get("added_tokens") or [] if token.get("content") == IMAGE_CONTEXT_TOKEN),
+                None,
+            ),
+        ),
+    )
+    for filename, lookup in candidates:
+        path = os.path.join(directory, filename)
+        if not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8") as handle:
+            token_id = lookup(json.load(handle))
+        if token_id is not None:
+            return int(token_id)
+    return None
+
+
+class InternVLPreTrainedModel(PreTrainedModel):
+    config: InternVLConfig
+    config_class = InternVLConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = [
+        "InternVLVisionLayer",
+        "Qwen2DecoderLayer",
+        "LlamaDecoderLayer",
+        "InternLM2DecoderLayer",
+    ]
+    _skip_keys_device_placement = ["cache"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """As `PreTrainedModel.from_pretrained`; also resolves `image_token_id` from tokenizer files next to the
+        weights when neither `config.json` nor the `image_token_id=` keyword gives it."""
+        model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        if getattr(model.config, "image_token_id", None) is None:
+            directory = _local_directory(pretrained_model_name_or_path, kwargs)
+            if directory is not None:
+                model.config.image_token_id = find_image_token_id(directory)
+        return model
+
+
+def _local_directory(name_or_path, kwargs) -> str | None:
+    """The local folder holding a checkpoint: the path itself, or the hub-cache snapshot of a repo id."""
+    if os.path.isdir(name_or_path):
+        return os.fspath(name_or_path)
+    try:
+        from transformers.utils import cached_file
+
+        config_file = cached_file(
+            name_or_path,
+            "config.json",
+            cache_dir=kwargs.get("cache_dir"),
+            revision=kwargs.get("revision"),
+            local_files_only=True,
+            _raise_exceptions_for_missing_entries=False,
+        )
+    except OSError:
+        return None
+    return os.path.dirname(config_file) if config_file else None
+
+
+class InternVLModel(InternVLPreTrainedModel):
+    """Vision tower + projector + base LLM (no LM head)."""
+
+    def __init__(self, config: InternVLConfig) -> None:
+        super().__init__(config)
+        self.vision_model = InternVLVisionModel._from_config(config.vision_config)
+        self.mlp1 = InternVLMultiModalProjector(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+        size = self.config.vision_image_size
+        channels = self.config.vision_config.num_channels
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(f"`pixel_values` must be a torch.Tensor, got {type(pixel_values).__name__}.")
+        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (channels, size, size):
+            raise ValueError(
+                f"`pixel_values` must have shape (num_tiles, {channels}, {size}, {size}), got "
+                f"{tuple(pixel_values.shape)}."
+            )
+
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPooling:
+        """Vision tower -> drop CLS -> pixel unshuffle -> `mlp1`.
+
+        Args:
+            pixel_values: `(num_tiles, 3, 448, 448)` normalised tiles.
+
+        Returns:
+            `BaseModelOutputWithPooling` with `last_hidden_state` the vision states at `select_layer`
+            `(num_tiles, 1025, C)` (CLS first) and `pooler_output` the projected features `(num_tiles, 256, H)`.
+            Tiles go through the vision tower in micro-batches of `config.vision_batch_size`.
+        """
+        self._check_pixel_values(pixel_values)
+        kwargs.pop("return_dict", None)  # always a ModelOutput (generate asks for one explicitly)
+        pixel_values = pixel_values.to(dtype=self.vision_model.embeddings.patch_embedding.weight.dtype)
+        select_layer = self.config.select_layer
+        need_hidden_states = bool(output_hidden_states) or select_layer != -1
+        batch_size = self.config.vision_batch_size or max(pixel_values.shape[0], 1)
+
+        chunks = []
+        for start in range(0, pixel_values.shape[0], batch_size):
+            chunks.append(
+                self.vision_model(
+                    pixel_values=pixel_values[start : start + batch_size],
+                    output_hidden_states=need_hidden_states,
+                    output_attentions=output_attentions,
+                    return_dict=True,
+                    **kwargs,
+                )
+            )
+        if len(chunks) == 1:
+            vision_outputs = chunks[0]
+        else:
+            vision_outputs = chunks[0].__class__(
+                last_hidden_state=torch.cat([chunk.last_hidden_state for chunk in chunks]),
+                hidden_states=_cat_tuples([chunk.hidden_states for chunk in chunks]),
+                attentions=_cat_tuples([chunk.attentions for chunk in chunks]),
+            )
+
+        if select_layer == -1:
+            selected = vision_outputs.last_hidden_state
+        else:
+            # hidden_states = (embeddings, layer_1, ..., layer_N), as the original indexes it.
+            selected = vision_outputs.hidden_states[select_layer]
+
+        image_features = selected[:, 1:, :]
+        num_tiles, num_patches, channels = image_features.shape
+        side = int(num_patches**0.5)
+        image_features = image_features.reshape(num_tiles, side, side, channels)
+        image_features = pixel_unshuffle(image_features, self.config.downsample_ratio, self.config.ps_version)
+        image_features = image_features.reshape(num_tiles, -1, image_features.shape[-1])
+        image_features = self.mlp1(image_features)
+
+        return BaseModelOutputWithPooling(
+            last_hidden_state=selected,
+            pooler_output=image_features,
+            hidden_states=vision_outputs.hidden_states if output_hidden_states else None,
+            attentions=vision_outputs.attentions,
+        )
+
+    def get_placeholder_mask(self, input_ids: torch.LongTensor, image_features: torch.Tensor) -> torch.Tensor:
+        """Boolean mask `(batch, seq)` of `<IMG_CONTEXT>` positions, checked against the number of features."""
+        image_token_id = self.config.image_token_id
+        if image_token_id is None:
+            raise ValueError(
+                "`image_token_id` is not set, so image features cannot be placed. Set it in config.json, pass "
+                "`from_pretrained(..., image_token_id=<id of <IMG_CONTEXT>>)`, keep the tokenizer files next to the "
+                "weights, or set `model.config.image_token_id`."
+            )
+        special_image_mask = input_ids == image_token_id
+        num_image_tokens = int(special_image_mask.sum())
+        num_tiles, tokens_per_tile = image_features.shape[:2]
+        if num_image_tokens != num_tiles * tokens_per_tile:
+            raise ValueError(
+                f"Image features and image tokens do not match: the input has {num_image_tokens} image tokens "
+                f"(id {image_token_id}) but pixel_values give {num_tiles} tiles x {tokens_per_tile} = "
+                f"{num_tiles * tokens_per_tile} features."
+            )
+        return special_image_mask
+
+    @deprecate_kwarg("past_key_values", "6.0.0", new_name="cache")
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        image_flags: torch.Tensor | None = None,
+        num_tiles: torch.Tensor | list[int] | None = None,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        use_cache: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> InternVLModelOutputWithPast:
+        r"""
+        input_ids: `(batch, seq)`, with `<IMG_CONTEXT>` x 256 per tile where image features go.
+        pixel_values: `(num_tiles, 3, 448, 448)`, tiles of all images of the batch in placeholder order.
+        image_flags: `(num_tiles,)` training flag; tiles with flag 0 (dummy images of text-only samples) are dropped.
+        num_tiles: tiles per image (alias `num_patches`), only checked against `pixel_values`.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Specify exactly one of `input_ids` or `inputs_embeds`.")
+        kwargs.pop("num_patches", None)
+        if num_tiles is not None and pixel_values is not None:
+            total = int(sum(int(n) for n in num_tiles))
+            if total != pixel_values.shape[0]:
+                raise ValueError(
+                    f"`num_tiles` sums to {total} but `pixel_values` holds {pixel_values.shape[0]} tiles."
+                )
+
+        image_outputs = (mm_encoder_outputs or {}).get("image")
+        if image_outputs is None and pixel_values is not None:
+            image_outputs = self.get_image_features(pixel_values)
+
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+
+        if image_outputs is not None:
+            if input_ids is None:
+                raise ValueError("Image inputs need `input_ids` to locate the `<IMG_CONTEXT>` positions.")
+            image_features = image_outputs.pooler_output
+            if image_flags is not None:
+                image_features = image_features[image_flags.reshape(-1) == 1]
+            image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
+            special_image_mask = self.get_placeholder_mask(input_ids, image_features)
+            inputs_embeds = inputs_embeds.masked_scatter(
+                special_image_mask.unsqueeze(-1).to(inputs_embeds.device), image_features
+            )
+
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        return InternVLModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_outputs=image_outputs,
+        )
+
+
+def _cat_tuples(per_chunk: list[tuple[torch.Tensor, ...] | None]) -> tuple[torch.Tensor, ...] | None:
+    """Concatenate per-layer tuples of micro-batch outputs along the tile dimension."""
+    if per_chunk[0] is None:
+        return None
+    return tuple(torch.cat(layer_outputs) for layer_outputs in zip(*per_chunk))
+
+
+class InternVLForConditionalGeneration(InternVLPreTrainedModel, GenerationMixin):
+    """InternVL chat model: [`InternVLModel`] + LM head. Loads and saves the original OpenGVLab layout."""
+
+    def __init__(self, config: InternVLConfig) -> None:
+        super().__init__(config)
+        self.model = InternVLModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        embedding_name = _embedding_parameter_name(self.model.language_model)
+        self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{embedding_name}"}
+        self.post_init()
+        # Save in the original layout even when the model was not loaded with `from_pretrained`.
+        self._weight_conversions = original_layout_renamings(config.text_config.model_type)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        self.lm_head = new_embeddings
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self.model.language_model
+
+    @property
+    def vision_model(self) -> nn.Module:
+        return self.model.vision_model
+
+    @property
+    def mlp1(self) -> nn.Module:
+        return self.model.mlp1
+
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        """See [`InternVLModel.get_image_features`]; `pooler_output` is `(num_tiles, 256, H)`."""
+        return self.model.get_image_features(pixel_values, **kwargs)
+
+    @deprecate_kwarg("past_key_values", "6.0.0", new_name="cache")
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        image_flags: torch.Tensor | None = None,
+        num_tiles: torch.Tensor | list[int] | None = None,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> InternVLCausalLMOutputWithPast:
+        r"""
+        Same inputs as [`InternVLModel.forward`], plus `labels` `(batch, seq)` (-100 = ignored) and
+        `logits_to_keep` (int: last N positions; tensor: those positions). Returns logits `(batch, kept, vocab)`.
+        """
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            image_flags=image_flags,
+            num_tiles=num_tiles,
+            mm_encoder_outputs=mm_encoder_outputs,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, slice_indices, :])
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
+        return InternVLCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_outputs=outputs.image_outputs,
+        )
+
+
+def _embedding_parameter_name(language_model: nn.Module) -> str:
+    """Qualified name of the input-embedding weight inside the base LLM (`embed_tokens.weight`, `tok_embeddings.weight`)."""
+    embeddings = language_model.get_input_embeddings()
+    for name, module in language_model.named_modules():
+        if module is embeddings:
+            return f"{name}.weight"
+    raise ValueError("The language model's input embeddings are not one of its sub-modules.")
+
+
+__all__ = [
+    "InternVLPreTrainedModel",
+    "InternVLModel",
+    "InternVLForConditionalGeneration",
+    "pixel_unshuffle",
+    "find_image_token_id",
+]
