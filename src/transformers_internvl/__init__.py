@@ -28,6 +28,14 @@ __all__ = [
 ]
 
 # ---- InternLM2 language model ----
+from .modeling.configuration_internlm2 import InternLM2Config  # noqa: E402
+from .modeling.modeling_internlm2 import (  # noqa: E402
+    InternLM2ForCausalLM,
+    InternLM2Model,
+    InternLM2PreTrainedModel,
+)
+
+__all__ += ["InternLM2Config", "InternLM2Model", "InternLM2ForCausalLM", "InternLM2PreTrainedModel"]
 
 # ---- InternLM2 tokenizer ----
 

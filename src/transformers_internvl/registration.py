@@ -34,6 +34,14 @@ def _register_core() -> None:
 
 def _register_internlm2() -> None:
     """InternLM2 config and language model."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    from .modeling.configuration_internlm2 import InternLM2Config
+    from .modeling.modeling_internlm2 import InternLM2ForCausalLM, InternLM2Model
+
+    AutoConfig.register(InternLM2Config.model_type, InternLM2Config, exist_ok=True)
+    AutoModel.register(InternLM2Config, InternLM2Model, exist_ok=True)
+    AutoModelForCausalLM.register(InternLM2Config, InternLM2ForCausalLM, exist_ok=True)
 
 
 def _register_tokenizers() -> None:

@@ -13,8 +13,8 @@ without renaming, and the numerics follow the original (``internvl_chat/internvl
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 
 import torch
 from torch import nn
@@ -67,6 +67,29 @@ def check_wqkv_shape(
             f"{num_attention_heads} + 2 * num_key_value_heads {num_key_value_heads}) * head_dim {head_dim}, "
             f"hidden_size {hidden_size})"
         )
+
+
+def describe_wqkv_mismatch(
+    name: str, checkpoint_shape: tuple[int, ...], config: InternLM2Config
+) -> str:
+    """One line naming a checkpoint `wqkv` shape, the shape the config implies, and the heads the rows would fit."""
+    head_dim = config.hidden_size // config.num_attention_heads
+    expected_rows = (config.num_attention_heads + 2 * config.num_key_value_heads) * head_dim
+    message = (
+        f"{name} has shape {tuple(checkpoint_shape)} in the checkpoint, expected ({expected_rows}, "
+        f"{config.hidden_size}) = ((num_attention_heads {config.num_attention_heads} + 2 * num_key_value_heads "
+        f"{config.num_key_value_heads}) * head_dim {head_dim}, hidden_size {config.hidden_size})"
+    )
+    rows = checkpoint_shape[0] if checkpoint_shape else 0
+    kv_rows = rows - config.num_attention_heads * head_dim
+    if rows % head_dim == 0 and kv_rows > 0 and kv_rows % (2 * head_dim) == 0:
+        message += f"; its rows would fit num_key_value_heads={kv_rows // (2 * head_dim)}"
+    return message
+
+
+# Collects `wqkv` shape mismatches seen while `from_pretrained` loads weights, to turn transformers' generic
+# "size mismatch" RuntimeError into a ValueError that names the shapes.
+_WQKV_MISMATCHES: ContextVar[list[str] | None] = ContextVar("_WQKV_MISMATCHES", default=None)
 
 
 class InternLM2RMSNorm(nn.Module):
@@ -233,9 +256,9 @@ class InternLM2Attention(nn.Module):
         self.layer_idx = layer_idx
         self.num_heads = config.num_attention_heads
         self.num_key_value_heads = config.num_key_value_heads
-        # Raises a ValueError naming the shapes if the heads cannot be grouped.
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.num_key_value_groups = self.num_heads // self.num_key_value_heads
+        # Raises a ValueError if the heads cannot be grouped (a config changed after its validation).
         check_wqkv_shape(
             ((self.num_heads + 2 * self.num_key_value_heads) * self.head_dim, config.hidden_size),
             config.hidden_size,
@@ -338,6 +361,16 @@ class InternLM2DecoderLayer(GradientCheckpointingLayer):
         return hidden_states
 
 
+def _wqkv_mismatch_messages(
+    mismatched_keys: Iterable[tuple[str, tuple[int, ...], tuple[int, ...]]], config: InternLM2Config
+) -> list[str]:
+    return [
+        describe_wqkv_mismatch(name, tuple(checkpoint_shape), config)
+        for name, checkpoint_shape, _ in sorted(mismatched_keys)
+        if name.endswith("attention.wqkv.weight")
+    ]
+
+
 @auto_docstring
 class InternLM2PreTrainedModel(PreTrainedModel):
     config: InternLM2Config
@@ -356,6 +389,30 @@ class InternLM2PreTrainedModel(PreTrainedModel):
         "hidden_states": InternLM2DecoderLayer,
         "attentions": InternLM2Attention,
     }
+
+    def _adjust_missing_and_unexpected_keys(self, loading_info) -> None:
+        super()._adjust_missing_and_unexpected_keys(loading_info)
+        collected = _WQKV_MISMATCHES.get()
+        if collected is not None:
+            collected.extend(_wqkv_mismatch_messages(loading_info.mismatched_keys, self.config))
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`; a checkpoint whose fused `wqkv` does not fit the config's heads raises a
+        `ValueError` naming the shapes (unless `ignore_mismatched_sizes=True`)."""
+        token = _WQKV_MISMATCHES.set([])
+        try:
+            return super().from_pretrained(*args, **kwargs)
+        except RuntimeError as error:
+            mismatches = _WQKV_MISMATCHES.get()
+            if mismatches:
+                raise ValueError(
+                    "The checkpoint's fused attention weights do not match the config's head layout:\n  "
+                    + "\n  ".join(mismatches)
+                ) from error
+            raise
+        finally:
+            _WQKV_MISMATCHES.reset(token)
 
 
 @auto_docstring
@@ -521,4 +578,5 @@ __all__ = [
     "InternLM2Model",
     "InternLM2PreTrainedModel",
     "check_wqkv_shape",
+    "describe_wqkv_mismatch",
 ]
