@@ -66,7 +66,8 @@ class InternVLConfig(PreTrainedConfig):
         image_token_id: Id of `<IMG_CONTEXT>`. When `None` it is resolved from tokenizer files next to the weights by
             `from_pretrained`, or can be passed as `from_pretrained(..., image_token_id=K)`.
         vision_batch_size: At most this many tiles go through the vision tower at once (`None`: all at once).
-        tie_word_embeddings: Tie the LM head to the input embeddings; follows `text_config.tie_word_embeddings`.
+        tie_word_embeddings: Tie the LM head to the input embeddings. When unset it follows
+            `text_config.tie_word_embeddings`; original checkpoints always say `false` (separate LM head).
     """
 
     model_type = "internvl_chat"
@@ -91,7 +92,7 @@ class InternVLConfig(PreTrainedConfig):
     pad2square: bool = False
     image_token_id: int | None = None
     vision_batch_size: int | None = None
-    tie_word_embeddings: bool = False
+    tie_word_embeddings: bool | None = None
 
     def __post_init__(self, **kwargs):
         llm_config = kwargs.pop("llm_config", None)
@@ -115,8 +116,10 @@ class InternVLConfig(PreTrainedConfig):
         elif isinstance(self.text_config, PreTrainedConfig):
             _text_model_type({"architectures": self.text_config.architectures, "model_type": self.text_config.model_type})
 
-        # The LM head follows the LLM's own setting (the upstream port ties whenever the top level is unset).
-        self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
+        # An explicit top-level value wins (the original always writes `false` and keeps a separate LM head);
+        # without one the LM head follows the LLM's own setting (the upstream port ties whenever it is unset).
+        if self.tie_word_embeddings is None:
+            self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
         # The original writes the LLM hidden size at the top level; keep it consistent.
         kwargs.pop("hidden_size", None)
         super().__post_init__(**kwargs)
@@ -174,7 +177,14 @@ class InternVLConfig(PreTrainedConfig):
         output["llm_config"] = text_config
         output["architectures"] = ["InternVLChatModel"]
         output["hidden_size"] = self.text_config.hidden_size
+        if output.get("dtype") is not None:
+            output["torch_dtype"] = str(output["dtype"]).removeprefix("torch.")  # the key older readers use
         return output
+
+    def to_diff_dict(self) -> dict[str, Any]:
+        """Always the full dictionary: the original writes every field, and readers of OpenGVLab checkpoints
+        expect them (a diff against this class's defaults would drop e.g. `ps_version`)."""
+        return self.to_dict()
 
 
 __all__ = ["InternVLConfig", "SUPPORTED_LLM_ARCHITECTURES"]
