@@ -22,13 +22,12 @@ from transformers.utils import TransformersKwargs, logging
 from transformers.utils.deprecation import deprecate_kwarg
 
 from ..conversion.checkpoint_mapping import original_layout_renamings
+from ..processing.conversation import IMAGE_CONTEXT_TOKEN, get_eos_token
+from .chat import InternVLChatMixin
 from .configuration_internvl import InternVLConfig
 from .modeling_intern_vit import InternVLVisionModel
 
 logger = logging.get_logger(__name__)
-
-IMAGE_CONTEXT_TOKEN = "<IMG_CONTEXT>"
-
 
 def pixel_unshuffle(vision_features: torch.Tensor, downsample_ratio: float, ps_version: str) -> torch.Tensor:
     """Trade spatial resolution for channels, as the original `pixel_shuffle`.
@@ -87,18 +86,18 @@ class InternVLCausalLMOutputWithPast(ModelOutput):
     image_outputs: BaseModelOutputWithPooling | None = None
 
 
-def find_image_token_id(directory: str | os.PathLike) -> int | None:
-    """Id of `<IMG_CONTEXT>` from the tokenizer files in `directory` (JSON only: no tokenizer is loaded)."""
+def find_added_token_id(directory: str | os.PathLike, token: str) -> int | None:
+    """Id of the added token `token` from the tokenizer files in `directory` (JSON only: no tokenizer is loaded)."""
     directory = os.fspath(directory)
     candidates = (
-        ("added_tokens.json", lambda data: data.get(IMAGE_CONTEXT_TOKEN)),
+        ("added_tokens.json", lambda data: data.get(token)),
         (
             "tokenizer_config.json",
             lambda data: next(
                 (
                     int(token_id)
-                    for token_id, token in (data.get("added_tokens_decoder") or {}).items()
-                    if isinstance(token, dict) and token.get("content") == IMAGE_CONTEXT_TOKEN
+                    for token_id, entry in (data.get("added_tokens_decoder") or {}).items()
+                    if isinstance(entry, dict) and entry.get("content") == token
                 ),
                 None,
             ),
@@ -106,7 +105,7 @@ def find_image_token_id(directory: str | os.PathLike) -> int | None:
         (
             "tokenizer.json",
             lambda data: next(
-                (token["id"] for token in data.get("added_tokens") or [] if token.get("content") == IMAGE_CONTEXT_TOKEN),
+                (entry["id"] for entry in data.get("added_tokens") or [] if entry.get("content") == token),
                 None,
             ),
         ),
@@ -148,13 +147,21 @@ class InternVLPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """As `PreTrainedModel.from_pretrained`; also resolves `image_token_id` from tokenizer files next to the
-        weights when neither `config.json` nor the `image_token_id=` keyword gives it."""
+        """As `PreTrainedModel.from_pretrained`, plus what original checkpoints leave to the tokenizer files next to
+        the weights: `image_token_id` (`<IMG_CONTEXT>`) when neither `config.json` nor the `image_token_id=` keyword
+        gives it, and the generation `eos_token_id` (the template's end token, `<|im_end|>`) when the generation
+        config has none."""
         model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        directory = _local_directory(pretrained_model_name_or_path, kwargs)
+        if directory is None:
+            return model
         if getattr(model.config, "image_token_id", None) is None:
-            directory = _local_directory(pretrained_model_name_or_path, kwargs)
-            if directory is not None:
-                model.config.image_token_id = find_image_token_id(directory)
+            model.config.image_token_id = find_added_token_id(directory, IMAGE_CONTEXT_TOKEN)
+        generation_config = getattr(model, "generation_config", None)
+        if generation_config is not None and generation_config.eos_token_id is None and model.config.template:
+            eos_token_id = find_added_token_id(directory, get_eos_token(model.config.template))
+            if eos_token_id is not None:
+                generation_config.eos_token_id = eos_token_id
         return model
 
 
@@ -364,8 +371,11 @@ def _cat_tuples(per_chunk: list[tuple[torch.Tensor, ...] | None]) -> tuple[torch
     return tuple(torch.cat(layer_outputs) for layer_outputs in zip(*per_chunk))
 
 
-class InternVLForConditionalGeneration(InternVLPreTrainedModel, GenerationMixin):
-    """InternVL chat model: [`InternVLModel`] + LM head. Loads and saves the original OpenGVLab layout."""
+class InternVLForConditionalGeneration(InternVLChatMixin, InternVLPreTrainedModel, GenerationMixin):
+    """InternVL chat model: [`InternVLModel`] + LM head. Loads and saves the original OpenGVLab layout.
+
+    Also offers the original remote-code API, `chat()` and `batch_chat()` (see `modeling/chat.py`).
+    """
 
     def __init__(self, config: InternVLConfig) -> None:
         super().__init__(config)
@@ -404,6 +414,12 @@ class InternVLForConditionalGeneration(InternVLPreTrainedModel, GenerationMixin)
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
         """See [`InternVLModel.get_image_features`]; `pooler_output` is `(num_tiles, 256, H)`."""
         return self.model.get_image_features(pixel_values, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        """`GenerationMixin.generate`; `pixel_values=None` is the same as not passing it (text-only prompts)."""
+        if "pixel_values" in kwargs and kwargs["pixel_values"] is None:
+            kwargs.pop("pixel_values")
+        return super().generate(*args, **kwargs)
 
     @deprecate_kwarg("past_key_values", "6.0.0", new_name="cache")
     def forward(
@@ -472,5 +488,5 @@ __all__ = [
     "InternVLModel",
     "InternVLForConditionalGeneration",
     "pixel_unshuffle",
-    "find_image_token_id",
+    "find_added_token_id",
 ]
