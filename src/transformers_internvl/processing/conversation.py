@@ -287,6 +287,61 @@ def expand_image_placeholders(
     return prompt
 
 
+DEFAULT_VIDEO_FRAME_TEMPLATE = "Frame-{i}: "
+
+
+def video_frame_prompt(
+    num_frames: int,
+    frame_template: str = DEFAULT_VIDEO_FRAME_TEMPLATE,
+    image_placeholder: str = IMAGE_PLACEHOLDER,
+) -> str:
+    """One line per frame, `Frame-1: <image>` ... `Frame-N: <image>`, joined by newlines (no trailing newline).
+
+    This is what a `<video>` placeholder stands for: `"<video>\\n" + question` becomes the README prompt
+    `Frame-1: <image>\\n...Frame-N: <image>\\n` + question (training replaces `<video>` the same way).
+    `frame_template="Frame{i}: "` gives the style used before 2024-12-25 and by the MVBench evaluation.
+    """
+    if "{i}" not in frame_template:
+        raise ValueError(f"`frame_template` must contain '{{i}}', got {frame_template!r}.")
+    if num_frames < 1:
+        raise ValueError(f"`num_frames` must be >= 1, got {num_frames}.")
+    return "\n".join(frame_template.format(i=index + 1) + image_placeholder for index in range(num_frames))
+
+
+def expand_video_placeholders(
+    prompt: str,
+    num_frames_list: Sequence[int],
+    frame_template: str = DEFAULT_VIDEO_FRAME_TEMPLATE,
+    video_placeholder: str = VIDEO_PLACEHOLDER,
+    image_placeholder: str = IMAGE_PLACEHOLDER,
+) -> str:
+    """Replace each `<video>` placeholder, in order, by the frame lines of the next video (see `video_frame_prompt`).
+
+    Raises `ValueError` when the number of placeholders differs from `len(num_frames_list)`.
+    """
+    num_placeholders = prompt.count(video_placeholder)
+    if num_placeholders != len(num_frames_list):
+        raise ValueError(
+            f"The prompt has {num_placeholders} {video_placeholder} placeholder(s) but {len(num_frames_list)} "
+            f"video(s) were given."
+        )
+    for num_frames in num_frames_list:
+        prompt = prompt.replace(
+            video_placeholder, video_frame_prompt(int(num_frames), frame_template, image_placeholder), 1
+        )
+    return prompt
+
+
+def multi_image_prefix(num_images: int, image_placeholder: str = IMAGE_PLACEHOLDER) -> str:
+    """Placeholders for a question with images but none written: `<image>\\n` for one image,
+    `Image-1: <image>\\nImage-2: <image>\\n...` for several (the official multi-image examples)."""
+    if num_images < 0:
+        raise ValueError(f"`num_images` must be >= 0, got {num_images}.")
+    if num_images == 1:
+        return image_placeholder + "\n"
+    return "".join(f"Image-{index + 1}: {image_placeholder}\n" for index in range(num_images))
+
+
 def prepare_chat_question(
     question: str,
     history: Sequence[Sequence[str]] | None = None,
@@ -574,17 +629,21 @@ CHAT_TEMPLATE = get_jinja_chat_template("internvl2_5")
 __all__ = [
     "CHAT_TEMPLATE",
     "CONV_TEMPLATES",
+    "DEFAULT_VIDEO_FRAME_TEMPLATE",
     "JINJA_CHAT_TEMPLATE_BODY",
     "Conversation",
     "SeparatorStyle",
     "build_batch_chat_prompts",
     "build_chat_prompt",
     "expand_image_placeholders",
+    "expand_video_placeholders",
     "get_conv_template",
     "get_eos_token",
     "get_jinja_chat_template",
     "image_context_string",
+    "multi_image_prefix",
     "postprocess_response",
     "prepare_chat_question",
     "register_conv_template",
+    "video_frame_prompt",
 ]
