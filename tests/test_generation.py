@@ -1,0 +1,103 @@
+"""`generate()` the transformers way: mixed batches, prefill-only pixels, streaming, static cache + compile."""
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForImageTextToText, AutoTokenizer, CompileConfig, TextIteratorStreamer
+
+import transformers_internvl  # noqa: F401
+
+FIXTURES = Path(__file__).parent / "fixtures"
+QWEN2_DIR = FIXTURES / "models" / "tiny-qwen2"
+PAD_ID = 990
+IMG_CONTEXT_ID = 995
+
+
+@pytest.fixture(scope="module")
+def model():
+    return AutoModelForImageTextToText.from_pretrained(QWEN2_DIR, image_token_id=IMG_CONTEXT_ID).eval()
+
+
+@pytest.fixture(scope="module")
+def io():
+    return load_file(QWEN2_DIR / "io.safetensors")
+
+
+def _greedy(model, **kwargs):
+    kwargs.setdefault("max_new_tokens", 6)
+    with torch.no_grad():
+        return model.generate(do_sample=False, eos_token_id=None, pad_token_id=PAD_ID, **kwargs)
+
+
+def _left_pad(sequences: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    length = max(len(sequence) for sequence in sequences)
+    input_ids = torch.full((len(sequences), length), PAD_ID, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        input_ids[row, length - len(sequence) :] = sequence
+        attention_mask[row, length - len(sequence) :] = 1
+    return input_ids, attention_mask
+
+
+def test_batch_with_text_only_and_image_samples_equals_each_alone(model, io):
+    meta = json.loads((QWEN2_DIR / "meta.json").read_text())
+    segments = meta["inputs"]["samples"][0]["segments"]
+    image_start = next(s["start"] for s in segments if s["kind"] == "img_start")
+    image_end = next(s["start"] for s in segments if s["kind"] == "img_end")
+    with_image = io["input_ids"][0]
+    text_only = torch.cat([with_image[:image_start], with_image[image_end + 2 :]])  # drop <img>…</img>\n
+    assert (text_only == IMG_CONTEXT_ID).sum() == 0
+
+    input_ids, attention_mask = _left_pad([text_only, with_image, text_only[:20]])
+    batch = _greedy(model, input_ids=input_ids, attention_mask=attention_mask, pixel_values=io["pixel_values"])
+    new = batch[:, input_ids.shape[1] :]
+    assert torch.equal(new[0], _greedy(model, input_ids=text_only[None])[0, len(text_only) :])
+    assert torch.equal(new[1], io["generated_ids"][0, :6])
+    assert torch.equal(new[2], _greedy(model, input_ids=text_only[None, :20])[0, 20:])
+
+
+def test_pixel_values_are_encoded_once_at_prefill(model, io, monkeypatch):
+    calls = []
+    original = model.model.vision_model.forward
+
+    def counting_forward(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model.model.vision_model, "forward", counting_forward)
+    _greedy(model, input_ids=io["input_ids"], pixel_values=io["pixel_values"], max_new_tokens=4)
+    assert len(calls) == 1
+
+
+def test_logits_to_keep(model, io):
+    with torch.no_grad():
+        full = model(input_ids=io["input_ids"], pixel_values=io["pixel_values"]).logits
+        last = model(input_ids=io["input_ids"], pixel_values=io["pixel_values"], logits_to_keep=1).logits
+    assert last.shape == (1, 1, full.shape[-1])
+    assert torch.allclose(last[0, 0], full[0, -1], atol=1e-6, rtol=0)
+
+
+def test_text_iterator_streamer_streams_the_generated_text(model, io):
+    tokenizer = AutoTokenizer.from_pretrained(FIXTURES / "tokenizers" / "qwen2-tiny")
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True)
+    kwargs = dict(input_ids=io["input_ids"], pixel_values=io["pixel_values"], max_new_tokens=8, streamer=streamer)
+    thread = threading.Thread(target=_greedy, args=(model,), kwargs=kwargs)
+    thread.start()
+    streamed = "".join(streamer)
+    thread.join()
+    expected = tokenizer.decode(io["generated_ids"][0])
+    assert streamed == expected
+
+
+def test_static_cache_with_fullgraph_compile_matches_dynamic_cache(model, io):
+    kwargs = dict(input_ids=io["input_ids"], pixel_values=io["pixel_values"], max_new_tokens=8)
+    dynamic = _greedy(model, **kwargs)
+    compile_config = CompileConfig(fullgraph=True)
+    compile_config._compile_all_devices = True  # generate compiles on CUDA only unless asked
+    static = _greedy(model, cache_implementation="static", compile_config=compile_config, **kwargs)
+    assert torch.equal(dynamic, static)
+    assert torch.equal(static[:, io["input_ids"].shape[1] :], io["generated_ids"])
