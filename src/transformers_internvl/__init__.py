@@ -42,6 +42,20 @@ __all__ += ["InternLM2Config", "InternLM2Model", "InternLM2ForCausalLM", "Intern
 # ---- image / video processors, tiling helpers ----
 
 # ---- conversation templates and InternVLProcessor ----
+from .processing.conversation import (  # noqa: E402
+    build_batch_chat_prompts,
+    build_chat_prompt,
+    get_conv_template,
+)
+from .processing.processing_internvl import InternVLChatProcessor, InternVLProcessor  # noqa: E402
+
+__all__ += [
+    "InternVLProcessor",
+    "InternVLChatProcessor",
+    "get_conv_template",
+    "build_chat_prompt",
+    "build_batch_chat_prompts",
+]
 
 # ---- test-time scaling (CoT prompts, voting, repetition stopping) ----
 

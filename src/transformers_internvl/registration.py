@@ -54,6 +54,14 @@ def _register_image_video_processors() -> None:
 
 def _register_processor() -> None:
     """InternVLProcessor (tokenizer + image + video processors)."""
+    from transformers import AutoProcessor
+
+    from .modeling.configuration_internvl import InternVLConfig
+    from .processing.processing_internvl import InternVLChatProcessor
+
+    # Registered (and saved) under the class name "InternVLChatProcessor": transformers maps the name
+    # "InternVLProcessor" to its own processor when it reads `processor_class` from a saved config.
+    AutoProcessor.register(InternVLConfig, InternVLChatProcessor, exist_ok=True)
 
 
 def register_all() -> None:
