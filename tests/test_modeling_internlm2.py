@@ -315,7 +315,9 @@ def test_rotary_dynamic_ntk_from_first_principles():
         # Static caches report their length as a tensor; that path must give the same bits.
         assert torch.equal(rotary.compute_inv_freq(torch.tensor(kv_length), cpu), expected)
 
-    linear = InternLM2RotaryEmbedding(InternLM2Config(**{**config.to_dict(), "rope_scaling": {"type": "linear", "factor": 4.0}}))
+    linear = InternLM2RotaryEmbedding(
+        InternLM2Config(**{**config.to_dict(), "rope_scaling": {"type": "linear", "factor": 4.0}})
+    )
     position_ids = torch.arange(10)[None]
     cos, sin = linear(torch.zeros(1, dtype=torch.float32), position_ids, kv_length=10)
     angles = (position_ids[..., None].float() / 4.0) * (1.0 / (1e6**exponents))
@@ -359,7 +361,9 @@ def test_wqkv_shape_errors(tmp_path, llm_state_dict):
     weights = load_file(tmp_path / "model.safetensors")
     weights["model.layers.1.attention.wqkv.weight"] = torch.zeros(192, 64)
     save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(ValueError, match=r"model\.layers\.1\.attention\.wqkv\.weight has shape \(192, 64\).*\(128, 64\)"):
+    with pytest.raises(
+        ValueError, match=r"model\.layers\.1\.attention\.wqkv\.weight has shape \(192, 64\).*\(128, 64\)"
+    ):
         InternLM2ForCausalLM.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match=r"\(192, 64\)"):
         AutoModelForCausalLM.from_pretrained(tmp_path)
@@ -432,6 +436,8 @@ def test_static_cache_decode_step_compiles_without_graph_breaks(model, reference
         forward = torch.compile(model, backend="eager", fullgraph=True) if compiled else model
         with torch.no_grad():
             model(input_ids=input_ids, cache=cache, use_cache=True)
-            step = forward(input_ids=input_ids[:, -1:], cache=cache, use_cache=True, position_ids=torch.tensor([[140]]))
+            step = forward(
+                input_ids=input_ids[:, -1:], cache=cache, use_cache=True, position_ids=torch.tensor([[140]])
+            )
         outputs.append(step.logits)
     torch.testing.assert_close(outputs[1], outputs[0], atol=0, rtol=0)

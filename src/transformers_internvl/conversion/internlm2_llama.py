@@ -47,8 +47,8 @@ from ..modeling.modeling_internlm2 import check_wqkv_shape
 
 __all__ = [
     "internlm2_config_to_llama",
-    "llama_config_to_internlm2",
     "internlm2_state_dict_to_llama",
+    "llama_config_to_internlm2",
     "llama_state_dict_to_internlm2",
 ]
 
@@ -67,6 +67,9 @@ _BASE_RENAMES: dict[str, str] = {"tok_embeddings.weight": "embed_tokens.weight",
 _HEAD_RENAMES: dict[str, str] = {"output.weight": "lm_head.weight"}
 
 _LAYER_KEY = re.compile(r"^(?P<base>(?:model\.)?)layers\.(?P<index>\d+)\.(?P<name>.+)$")
+_PROJECTION_KEY = re.compile(
+    r"^(?:model\.)?layers\.\d+\.self_attn\.(?P<projection>[qkv]_proj)\.(?P<kind>weight|bias)$"
+)
 _TOP_KEY = re.compile(r"^(?P<base>(?:model\.)?)(?P<name>[^.]+\.(?:weight|bias))$")
 
 _ROPE_TYPES = ("default", "linear", "dynamic")
@@ -244,12 +247,12 @@ def internlm2_state_dict_to_llama(
                 kind = name.rsplit(".", 1)[1]
                 if kind == "weight":
                     check_wqkv_shape(tensor.shape, hidden_size, num_heads, num_kv_heads, name=prefix + key)
-                    grouped = tensor.view(num_kv_heads, groups + 2, head_dim, hidden_size)
+                    grouped = tensor.reshape(num_kv_heads, groups + 2, head_dim, hidden_size)
                 else:
                     expected_shape = ((num_heads + 2 * num_kv_heads) * head_dim,)
                     if tuple(tensor.shape) != expected_shape:
                         raise ValueError(f"{prefix + key} has shape {tuple(tensor.shape)}, expected {expected_shape}")
-                    grouped = tensor.view(num_kv_heads, groups + 2, head_dim)
+                    grouped = tensor.reshape(num_kv_heads, groups + 2, head_dim)
                 trailing = grouped.shape[3:]
                 query = grouped[:, :groups].reshape(num_heads * head_dim, *trailing)
                 key_proj = grouped[:, groups].reshape(num_kv_heads * head_dim, *trailing)
@@ -288,24 +291,31 @@ def llama_state_dict_to_internlm2(
         "k_proj": (num_kv_heads * head_dim, hidden_size),
         "v_proj": (num_kv_heads * head_dim, hidden_size),
     }
+    # Check every projection before fusing any (a fused q_proj reads its layer's k_proj and v_proj).
+    for key, tensor in inside.items():
+        projection_match = _PROJECTION_KEY.match(key)
+        if projection_match is None:
+            continue
+        kind = projection_match["kind"]
+        expected_shape = projection_shapes[projection_match["projection"]][: 2 if kind == "weight" else 1]
+        if tuple(tensor.shape) != expected_shape:
+            raise ValueError(
+                f"{prefix + key} has shape {tuple(tensor.shape)}, expected {expected_shape} for "
+                f"num_attention_heads {num_heads}, num_key_value_heads {num_kv_heads}, head_dim {head_dim}"
+            )
+
     for key, tensor in inside.items():
         if match := _LAYER_KEY.match(key):
             layer = f"{match['base']}layers.{match['index']}."
             name = match["name"]
-            projection, _, kind = name.removeprefix("self_attn.").partition(".")
-            if name.startswith("self_attn.") and projection in projection_shapes:
-                expected_shape = projection_shapes[projection][: 2 if kind == "weight" else 1]
-                if tuple(tensor.shape) != expected_shape:
-                    raise ValueError(
-                        f"{prefix + key} has shape {tuple(tensor.shape)}, expected {expected_shape} for "
-                        f"num_attention_heads {num_heads}, num_key_value_heads {num_kv_heads}, head_dim {head_dim}"
-                    )
-                if projection != "q_proj":
+            if projection_match := _PROJECTION_KEY.match(key):
+                kind = projection_match["kind"]
+                if projection_match["projection"] != "q_proj":
                     continue  # fused together with q_proj below
                 trailing = tensor.shape[1:]
-                query = tensor.view(num_kv_heads, groups, head_dim, *trailing)
-                key_proj = inside[f"{layer}self_attn.k_proj.{kind}"].view(num_kv_heads, 1, head_dim, *trailing)
-                value = inside[f"{layer}self_attn.v_proj.{kind}"].view(num_kv_heads, 1, head_dim, *trailing)
+                query = tensor.reshape(num_kv_heads, groups, head_dim, *trailing)
+                key_proj = inside[f"{layer}self_attn.k_proj.{kind}"].reshape(num_kv_heads, 1, head_dim, *trailing)
+                value = inside[f"{layer}self_attn.v_proj.{kind}"].reshape(num_kv_heads, 1, head_dim, *trailing)
                 fused = torch.cat([query, key_proj, value], dim=1).reshape(-1, *trailing)
                 converted[f"{prefix}{layer}attention.wqkv.{kind}"] = fused
             else:

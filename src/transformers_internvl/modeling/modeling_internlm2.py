@@ -69,9 +69,7 @@ def check_wqkv_shape(
         )
 
 
-def describe_wqkv_mismatch(
-    name: str, checkpoint_shape: tuple[int, ...], config: InternLM2Config
-) -> str:
+def describe_wqkv_mismatch(name: str, checkpoint_shape: tuple[int, ...], config: InternLM2Config) -> str:
     """One line naming a checkpoint `wqkv` shape, the shape the config implies, and the heads the rows would fit."""
     head_dim = config.hidden_size // config.num_attention_heads
     expected_rows = (config.num_attention_heads + 2 * config.num_key_value_heads) * head_dim
