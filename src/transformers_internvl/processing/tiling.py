@@ -1,0 +1,338 @@
+"""Dynamic-tiling maths of InternVL 2.5 (pure, cached, pixel-free).
+
+InternVL cuts an image into a grid of `image_size` x `image_size` *tiles* (448 px; a *patch* is the 14 px ViT unit
+inside a tile). The grid `(cols, rows)` is the candidate whose aspect ratio `cols / rows` is closest to the image's
+`width / height`, among all grids with `min_tiles <= cols * rows <= max_tiles`. The image is resized (PIL bicubic) to
+`(cols * image_size, rows * image_size)` and cut row-major; when the grid has more than one tile and thumbnails are on,
+the whole image resized to `image_size` x `image_size` is appended as a last tile.
+
+This module reproduces the original code (`dynamic_preprocess` / `find_closest_aspect_ratio`,
+`internvl_chat/internvl/train/dataset.py`) exactly, including its tie-break:
+
+* candidates are sorted by area with a *stable* sort, and within one area they keep the iteration order of the Python
+  `set` the original builds. That order is a deterministic property of CPython (small ints hash to themselves and
+  the tuple hash is fixed, independent of `PYTHONHASHSEED`), so `candidate_grids` builds the very same set, with the
+  very same comprehension order, and sorts it the same way;
+* a strictly smaller `|w/h - cols/rows|` wins; an exactly equal difference switches to the later candidate only if
+  `width * height > 0.5 * image_size**2 * cols * rows`.
+
+Everything here works on sizes only, so token counts can be computed without pixels (`num_tiles_for_size`,
+`num_image_tokens_for_size`) and a `TilePlan` can be drawn for inspection (`draw_tile_plan`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+
+__all__ = [
+    "DEFAULT_IMAGE_SIZE",
+    "DEFAULT_MAX_TILES",
+    "DEFAULT_MAX_TOTAL_TILES",
+    "TilePlan",
+    "allocate_tile_budget",
+    "candidate_grids",
+    "draw_tile_plan",
+    "find_closest_grid",
+    "num_image_tokens_for_size",
+    "num_tiles_for_size",
+    "plan_tiles",
+]
+
+DEFAULT_IMAGE_SIZE = 448
+DEFAULT_MAX_TILES = 12
+DEFAULT_MAX_TOTAL_TILES = 64
+
+
+def _check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}` must be an int, got {type(value).__name__} ({value!r}).")
+    if value < 1:
+        raise ValueError(f"`{name}` must be >= 1, got {value}.")
+    return value
+
+
+def _check_tile_range(min_tiles: object, max_tiles: object) -> tuple[int, int]:
+    max_tiles = _check_positive_int("max_tiles", max_tiles)
+    min_tiles = _check_positive_int("min_tiles", min_tiles)
+    if min_tiles > max_tiles:
+        raise ValueError(f"`min_tiles` ({min_tiles}) must be <= `max_tiles` ({max_tiles}).")
+    return min_tiles, max_tiles
+
+
+def candidate_grids(min_tiles: int = 1, max_tiles: int = DEFAULT_MAX_TILES) -> tuple[tuple[int, int], ...]:
+    """Candidate grids `(cols, rows)` with `min_tiles <= cols * rows <= max_tiles`, in the original's scan order.
+
+    The order is: ascending area (stable sort), and within one area the iteration order of the set that the original
+    code builds. The set is built here with the same comprehension, so the order is the original's on CPython.
+    """
+    min_tiles, max_tiles = _check_tile_range(min_tiles, max_tiles)
+    return _candidate_grids(min_tiles, max_tiles)
+
+
+@lru_cache(maxsize=256)
+def _candidate_grids(min_tiles: int, max_tiles: int) -> tuple[tuple[int, int], ...]:
+    # Same set, same insertion order as the original, so the same CPython set iteration order within one area.
+    grids = {
+        (cols, rows)
+        for n in range(min_tiles, max_tiles + 1)
+        for cols in range(1, n + 1)
+        for rows in range(1, n + 1)
+        if cols * rows <= max_tiles and cols * rows >= min_tiles
+    }
+    return tuple(sorted(grids, key=lambda grid: grid[0] * grid[1]))
+
+
+def find_closest_grid(
+    width: int,
+    height: int,
+    min_tiles: int = 1,
+    max_tiles: int = DEFAULT_MAX_TILES,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+) -> tuple[int, int]:
+    """The grid `(cols, rows)` the original `find_closest_aspect_ratio` picks for a `width` x `height` image."""
+    width = _check_positive_int("width", width)
+    height = _check_positive_int("height", height)
+    image_size = _check_positive_int("image_size", image_size)
+    min_tiles, max_tiles = _check_tile_range(min_tiles, max_tiles)
+    return _find_closest_grid(width, height, min_tiles, max_tiles, image_size)
+
+
+@lru_cache(maxsize=4096)
+def _find_closest_grid(width: int, height: int, min_tiles: int, max_tiles: int, image_size: int) -> tuple[int, int]:
+    aspect_ratio = width / height
+    area = width * height
+    best_diff = float("inf")
+    best_grid = (1, 1)
+    for grid in _candidate_grids(min_tiles, max_tiles):
+        diff = abs(aspect_ratio - grid[0] / grid[1])
+        if diff < best_diff:
+            best_diff = diff
+            best_grid = grid
+        elif diff == best_diff and area > 0.5 * image_size * image_size * grid[0] * grid[1]:
+            # Exact tie: the original moves to the later (larger) grid when the image is big enough, and leaves
+            # `best_diff` unchanged.
+            best_grid = grid
+    return best_grid
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """How one image is tiled (sizes only, no pixels).
+
+    Attributes:
+        image_width, image_height: size of the input image.
+        grid: `(cols, rows)` of the tile grid.
+        target_size: `(width, height)` the whole image is resized to, `(cols * image_size, rows * image_size)`.
+        tile_boxes: `(left, top, right, bottom)` of every grid tile in the resized image, row-major.
+        has_thumbnail: whether the image resized to `image_size` x `image_size` is appended as a last tile.
+        num_tiles: tiles returned for this image: `cols * rows`, plus one if `has_thumbnail`.
+        image_size: side of one tile in pixels.
+    """
+
+    image_width: int
+    image_height: int
+    grid: tuple[int, int]
+    target_size: tuple[int, int]
+    tile_boxes: tuple[tuple[int, int, int, int], ...]
+    has_thumbnail: bool
+    num_tiles: int
+    image_size: int
+
+    @property
+    def num_grid_tiles(self) -> int:
+        """Number of grid tiles (without the thumbnail)."""
+        return self.grid[0] * self.grid[1]
+
+
+def plan_tiles(
+    width: int,
+    height: int,
+    max_tiles: int = DEFAULT_MAX_TILES,
+    min_tiles: int = 1,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    use_thumbnail: bool = True,
+) -> TilePlan:
+    """Tile plan of a `width` x `height` image, exactly as the original `dynamic_preprocess` cuts it.
+
+    Args:
+        width, height: image size in pixels.
+        max_tiles: most grid tiles (`max_dynamic_patch` / `max_num` upstream); the thumbnail is not counted.
+        min_tiles: fewest grid tiles (`min_dynamic_patch` / `min_num`).
+        image_size: tile side in pixels (`force_image_size`, 448 for every InternVL 2.5 model).
+        use_thumbnail: append the whole image as one more tile when the grid has more than one tile.
+
+    Returns:
+        A `TilePlan`; `num_tiles` is at most `max_tiles + 1`.
+    """
+    width = _check_positive_int("width", width)
+    height = _check_positive_int("height", height)
+    min_tiles, max_tiles = _check_tile_range(min_tiles, max_tiles)
+    image_size = _check_positive_int("image_size", image_size)
+    if not isinstance(use_thumbnail, bool):
+        raise TypeError(f"`use_thumbnail` must be a bool, got {type(use_thumbnail).__name__} ({use_thumbnail!r}).")
+    return _plan_tiles(width, height, max_tiles, min_tiles, image_size, use_thumbnail)
+
+
+@lru_cache(maxsize=4096)
+def _plan_tiles(
+    width: int, height: int, max_tiles: int, min_tiles: int, image_size: int, use_thumbnail: bool
+) -> TilePlan:
+    cols, rows = _find_closest_grid(width, height, min_tiles, max_tiles, image_size)
+    boxes = tuple(
+        (col * image_size, row * image_size, (col + 1) * image_size, (row + 1) * image_size)
+        for row in range(rows)
+        for col in range(cols)
+    )
+    has_thumbnail = use_thumbnail and cols * rows != 1
+    return TilePlan(
+        image_width=width,
+        image_height=height,
+        grid=(cols, rows),
+        target_size=(cols * image_size, rows * image_size),
+        tile_boxes=boxes,
+        has_thumbnail=has_thumbnail,
+        num_tiles=cols * rows + int(has_thumbnail),
+        image_size=image_size,
+    )
+
+
+def num_tiles_for_size(
+    width: int,
+    height: int,
+    max_tiles: int = DEFAULT_MAX_TILES,
+    min_tiles: int = 1,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    use_thumbnail: bool = True,
+) -> int:
+    """Number of tiles (thumbnail included) a `width` x `height` image becomes; needs no pixels."""
+    return plan_tiles(width, height, max_tiles, min_tiles, image_size, use_thumbnail).num_tiles
+
+
+def num_image_tokens_for_size(
+    width: int,
+    height: int,
+    max_tiles: int = DEFAULT_MAX_TILES,
+    min_tiles: int = 1,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    use_thumbnail: bool = True,
+    tokens_per_tile: int = 256,
+) -> int:
+    """Number of `<IMG_CONTEXT>` tokens of one image: tiles x `tokens_per_tile` (256 for 448 px, patch 14, ratio 0.5)."""
+    return num_tiles_for_size(width, height, max_tiles, min_tiles, image_size, use_thumbnail) * tokens_per_tile
+
+
+def allocate_tile_budget(
+    num_images: int,
+    max_tiles: int = DEFAULT_MAX_TILES,
+    max_total_tiles: int | None = DEFAULT_MAX_TOTAL_TILES,
+) -> int:
+    """Grid-tile budget of each image of a sample that holds `num_images` images (paper Fig. 3).
+
+    `max(1, min(max_tiles, max_total_tiles // num_images))`. The three settings:
+
+    * `max_total_tiles=64` (default): the evaluation rule (VLMEvalKit, a total limit of 64 tiles); a single image
+      gets the full `max_tiles`.
+    * `max_total_tiles=max_tiles`: the training rule `max(1, max_tiles // num_images)`.
+    * `max_total_tiles=None`: no sharing; every image gets `max_tiles` (the original multi-image chat example).
+
+    The thumbnail is not counted in the budget.
+    """
+    num_images = _check_positive_int("num_images", num_images)
+    max_tiles = _check_positive_int("max_tiles", max_tiles)
+    if max_total_tiles is None:
+        return max_tiles
+    max_total_tiles = _check_positive_int("max_total_tiles", max_total_tiles)
+    return max(1, min(max_tiles, max_total_tiles // num_images))
+
+
+def draw_tile_plan(
+    image: Image.Image | str | os.PathLike,
+    plan_or_max_tiles: TilePlan | int = DEFAULT_MAX_TILES,
+    *,
+    min_tiles: int = 1,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    use_thumbnail: bool = True,
+    max_side: int = 1024,
+    line_color: tuple[int, int, int] = (255, 64, 32),
+    line_width: int | None = None,
+    show_thumbnail: bool = True,
+) -> Image.Image:
+    """Picture of how `image` is tiled: the grid drawn over the image, and the thumbnail in a side panel.
+
+    Args:
+        image: a PIL image or a path to one.
+        plan_or_max_tiles: a `TilePlan` for this image's size, or `max_tiles` to compute one with `plan_tiles`.
+        min_tiles, image_size, use_thumbnail: passed to `plan_tiles` when `plan_or_max_tiles` is an int.
+        max_side: the longer side of the drawn image (the input is scaled to fit; it is never shown upscaled beyond
+            its own size unless smaller than 256 px).
+        line_color, line_width: grid line style (width defaults to ~0.4% of the drawn size, at least 1 px).
+        show_thumbnail: add the side panel with the thumbnail tile when the plan has one.
+
+    Returns:
+        An RGB PIL image. Tile `k` is labelled `k` at its top-left corner (row-major, as the tiles are ordered).
+    """
+    from PIL import Image, ImageDraw
+
+    if isinstance(image, str | os.PathLike):
+        with Image.open(image) as opened:
+            image = opened.convert("RGB")
+    elif isinstance(image, Image.Image):
+        image = image.convert("RGB")
+    else:
+        raise TypeError(f"`image` must be a PIL image or a path, got {type(image).__name__}.")
+    width, height = image.size
+    if isinstance(plan_or_max_tiles, TilePlan):
+        plan = plan_or_max_tiles
+        if (plan.image_width, plan.image_height) != (width, height):
+            raise ValueError(
+                f"`plan_or_max_tiles` was planned for a {plan.image_width}x{plan.image_height} image, "
+                f"but `image` is {width}x{height}."
+            )
+    else:
+        plan = plan_tiles(width, height, plan_or_max_tiles, min_tiles, image_size, use_thumbnail)
+
+    max_side = _check_positive_int("max_side", max_side)
+    scale = min(max_side / max(width, height), max(1.0, 256 / max(width, height)))
+    shown_w, shown_h = max(1, round(width * scale)), max(1, round(height * scale))
+    canvas_image = image.resize((shown_w, shown_h), Image.Resampling.BICUBIC)
+    if line_width is None:
+        line_width = max(1, round(0.004 * max(shown_w, shown_h)))
+
+    panel_w = 0
+    thumb = None
+    if show_thumbnail and plan.has_thumbnail:
+        side = min(shown_h, max(64, round(0.35 * shown_w)))
+        thumb = image.resize((plan.image_size, plan.image_size), Image.Resampling.BICUBIC).resize(
+            (side, side), Image.Resampling.BICUBIC
+        )
+        panel_w = side + 2 * line_width + 8
+
+    canvas = Image.new("RGB", (shown_w + panel_w, shown_h), (255, 255, 255))
+    canvas.paste(canvas_image, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    # Tile boxes live in the resized image (target_size); map them back onto the shown image.
+    sx = shown_w / plan.target_size[0]
+    sy = shown_h / plan.target_size[1]
+    for index, (left, top, right, bottom) in enumerate(plan.tile_boxes):
+        box = (round(left * sx), round(top * sy), round(right * sx) - 1, round(bottom * sy) - 1)
+        draw.rectangle(box, outline=line_color, width=line_width)
+        draw.text((box[0] + line_width + 2, box[1] + line_width + 1), str(index), fill=line_color)
+    if thumb is not None:
+        x0 = shown_w + 4 + line_width
+        canvas.paste(thumb, (x0, 0))
+        draw.rectangle(
+            (x0 - line_width, 0, x0 + thumb.width + line_width - 1, thumb.height + line_width - 1),
+            outline=line_color,
+            width=line_width,
+        )
+        draw.text((x0 + 2, thumb.height + line_width + 2), f"{plan.num_tiles - 1}: thumbnail", fill=line_color)
+    cols, rows = plan.grid
+    draw.text((4, max(0, shown_h - 14)), f"{cols}x{rows} grid, {plan.num_tiles} tiles", fill=line_color)
+    return canvas

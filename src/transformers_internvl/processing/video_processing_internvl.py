@@ -1,0 +1,628 @@
+"""Video processor of InternVL 2.5: the original frame sampling, PyAV decoding of only the sampled frames.
+
+The original (`load_video` in the chat README, `get_index` in `eval/mvbench/evaluate_mvbench.py`) opens the video with
+decord, samples `num_segments` frame indices at segment midpoints, and turns every frame into ONE 448 x 448 tile
+(`dynamic_preprocess(img, max_num=1)`: a PIL bicubic resize, no thumbnail), normalised like image tiles.
+
+Decoding here uses PyAV and touches only what the sampled frames need: frame `i` is looked up at the time
+`i / average_fps` after the stream start (index -> timestamp with the stream's average frame rate, which is exact for
+constant-frame-rate video); the reader seeks to the keyframe before it and decodes forward to the first frame whose
+timestamp reaches it (within half a frame). Nearby targets are reached by decoding on instead of seeking again.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers.image_processing_utils import BatchFeature
+from transformers.processing_utils import Unpack, VideosKwargs
+from transformers.utils import logging
+from transformers.video_processing_utils import VideoProcessorMixin
+from transformers.video_utils import VideoMetadata
+
+from .image_processing_internvl import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    _check_bool,
+    _check_int,
+    _check_triple,
+    _default_num_workers,
+    _make_region_writer,
+    _normalization_table,
+    _size_to_int,
+    resize_into_tiles,
+    to_rgb_image,
+)
+from .tiling import DEFAULT_IMAGE_SIZE, plan_tiles
+
+logger = logging.get_logger(__name__)
+
+__all__ = [
+    "DecodedVideo",
+    "InternVLVideoProcessor",
+    "InternVLVideoProcessorKwargs",
+    "read_video_frames",
+    "sample_frame_indices",
+]
+
+DEFAULT_NUM_SEGMENTS = 8
+# Decode on (instead of seeking) to a target at most this many frames ahead of the last decoded frame.
+_DECODE_ON_MAX_GAP = 48
+
+
+def sample_frame_indices(
+    num_frames: int,
+    fps: float,
+    num_segments: int = DEFAULT_NUM_SEGMENTS,
+    bound: Sequence[float] | None = None,
+    first_idx: int = 0,
+    max_frame: int | None = None,
+) -> list[int]:
+    """Frame indices of the original `get_index`: the midpoints of `num_segments` equal segments.
+
+    `start, end = bound or (-1e5, 1e5)` seconds; `s = max(first_idx, round(start * fps))`,
+    `e = min(round(end * fps), max_frame)`, `seg = (e - s) / num_segments`, frame `k = int(s + seg / 2 +
+    np.round(seg * k))`. Python `round` and `np.round` both round halves to even, as in the original.
+
+    Args:
+        num_frames: frames in the video.
+        fps: frame rate used to turn `bound` (seconds) into indices (the original: decord's average fps).
+        num_segments: frames to sample; more segments than frames repeat indices, as in the original.
+        bound: optional `(start_s, end_s)` window in seconds.
+        first_idx: index of the first frame: 0 for decoded videos, 1 for 1-based frame folders.
+        max_frame: last valid index; defaults to `first_idx + num_frames - 1` (the original's `len(vr) - 1` for
+            decoded videos and `num_frames` for 1-based frame folders).
+
+    Returns:
+        `num_segments` ints, ascending (repeats possible).
+    """
+    num_frames = _check_int("num_frames", num_frames)
+    num_segments = _check_int("num_segments", num_segments)
+    if isinstance(first_idx, bool) or not isinstance(first_idx, int):
+        raise TypeError(f"`first_idx` must be an int, got {type(first_idx).__name__}.")
+    if isinstance(fps, bool) or not isinstance(fps, int | float) or not math.isfinite(fps) or fps <= 0:
+        raise ValueError(f"`fps` must be a positive finite number, got {fps!r}.")
+    if max_frame is None:
+        max_frame = first_idx + num_frames - 1
+    if bound is not None:
+        if not isinstance(bound, Sequence) or len(bound) != 2:
+            raise TypeError(f"`bound` must be (start_s, end_s) or None, got {bound!r}.")
+        start, end = float(bound[0]), float(bound[1])
+        if not (math.isfinite(start) and math.isfinite(end)) or start > end:
+            raise ValueError(f"`bound` must be finite with start <= end, got {tuple(bound)}.")
+    else:
+        start, end = -100000, 100000
+    start_idx = max(first_idx, round(start * fps))
+    end_idx = min(round(end * fps), max_frame)
+    if start_idx > end_idx:
+        raise ValueError(
+            f"`bound` {tuple(bound) if bound is not None else None} selects no frame: it starts at frame {start_idx} "
+            f"but the video ends at frame {end_idx} ({num_frames} frames at {fps} fps)."
+        )
+    seg_size = float(end_idx - start_idx) / num_segments
+    return [int(start_idx + (seg_size / 2) + np.round(seg_size * k)) for k in range(num_segments)]
+
+
+@dataclass
+class DecodedVideo:
+    """Frames read from a video file.
+
+    Attributes:
+        frames: the requested frames as RGB PIL images, in the order of `frame_indices`.
+        frame_indices: index of each returned frame.
+        num_frames: frames in the video stream.
+        fps: the stream's average frame rate.
+        width, height: frame size.
+        num_decoded: frames the decoder produced to get them (the cost measure; ≪ `num_frames` for long videos).
+    """
+
+    frames: list[Image.Image]
+    frame_indices: list[int]
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+    num_decoded: int = 0
+    timestamps: list[float] = field(default_factory=list)
+
+
+def _open_container(source: object, name: str) -> Any:
+    import av
+
+    if isinstance(source, bytes | bytearray):
+        source = io.BytesIO(bytes(source))
+    elif isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    if isinstance(source, str) and not source.startswith(("http://", "https://")) and not os.path.exists(source):
+        raise FileNotFoundError(f"`{name}`: no such video file: {source!r}")
+    if hasattr(source, "seek"):
+        source.seek(0)
+    try:
+        return av.open(source)
+    except av.FFmpegError as error:
+        shown = source if isinstance(source, str) else type(source).__name__
+        raise ValueError(f"`{name}`: could not open {shown!r} as a video: {error}") from error
+
+
+class _SampledFrameReader:
+    """Decodes requested frame indices in ascending order, seeking to the keyframe before far-away targets.
+
+    Frame `i` is the first decoded frame whose pts reaches `start_pts + (i - 0.5) * frame_period`. If the container
+    cannot seek, a seek lands after its target, or frames carry no timestamps, the reader falls back to decoding from
+    the start (still stopping at the last wanted frame).
+    """
+
+    def __init__(self, source: object, name: str) -> None:
+        self.source = source
+        self.name = name
+        self.container = _open_container(source, name)
+        if not self.container.streams.video:
+            self.close()
+            raise ValueError(f"`{name}`: the file has no video stream.")
+        self._setup_stream()
+        self.num_decoded = 0
+        self.sequential = False
+        self.decoder: Any = None
+        self.last_pts: float | None = None
+        self.count_since_start = 0
+
+    def _setup_stream(self) -> None:
+        self.stream = self.container.streams.video[0]
+        self.stream.thread_type = "AUTO"
+
+    def close(self) -> None:
+        self.container.close()
+
+    def frame_rate_and_count(self) -> tuple[float, int]:
+        import av
+
+        rate = self.stream.average_rate or self.stream.guessed_rate or self.stream.base_rate
+        if not rate or float(rate) <= 0:
+            raise ValueError(f"`{self.name}`: the video stream has no frame rate.")
+        num_frames = int(self.stream.frames or 0)
+        if num_frames <= 0:
+            # No count in the header (common for webm/mkv/gif): demux (no decoding) and count packets, as decord does.
+            try:
+                num_frames = sum(1 for packet in self.container.demux(self.stream) if packet.size > 0)
+            except av.FFmpegError as error:
+                raise ValueError(f"`{self.name}`: could not read the video packets: {error}") from error
+            self._restart()
+            self.decoder = None
+        if num_frames <= 0:
+            raise ValueError(f"`{self.name}`: the video has no frames.")
+        self.fps = float(rate)
+        self.frame_period = 1.0 / (self.fps * float(self.stream.time_base))
+        self.start_pts = self.stream.start_time if self.stream.start_time is not None else 0
+        return self.fps, num_frames
+
+    def _restart(self) -> None:
+        import av
+
+        try:
+            self.container.seek(0)
+        except av.FFmpegError:
+            self.close()
+            self.container = _open_container(self.source, self.name)
+            self._setup_stream()
+        self.decoder = self.container.decode(self.stream)
+        self.last_pts = None
+        self.count_since_start = 0
+
+    def _seek(self, target: float) -> bool:
+        import av
+
+        try:
+            self.container.seek(int(target), stream=self.stream, backward=True, any_frame=False)
+        except av.FFmpegError:
+            return False
+        self.decoder = self.container.decode(self.stream)
+        self.last_pts = None
+        return True
+
+    def read(self, index: int) -> Any:
+        """The decoded `av.VideoFrame` of frame `index` (indices must come in ascending order)."""
+        target = self.start_pts + index * self.frame_period
+        sought = False
+        if not self.sequential:
+            far = self.last_pts is None or target - self.last_pts > _DECODE_ON_MAX_GAP * self.frame_period
+            if (self.decoder is None or far) and index > 0:
+                sought = self._seek(target)
+                self.sequential = not sought
+        if self.decoder is None:
+            self._restart()
+        frame = self._decode_until(target, sought)
+        if frame is None and sought:
+            # The seek overshot the target or the frames have no timestamps: decode from the start instead.
+            self.sequential = True
+            self._restart()
+            frame = self._decode_until(target, False)
+        if frame is None:
+            raise ValueError(f"`{self.name}`: the video ended before frame {index} (truncated or damaged file?).")
+        return frame
+
+    def _decode_until(self, target: float, check_overshoot: bool) -> Any:
+        import av
+
+        try:
+            for frame in self.decoder:
+                self.num_decoded += 1
+                self.count_since_start += 1
+                pts = frame.pts if frame.pts is not None else frame.dts
+                if pts is None:
+                    if check_overshoot:
+                        return None
+                    pts = self.start_pts + (self.count_since_start - 1) * self.frame_period
+                if check_overshoot and pts > target + 0.5 * self.frame_period:
+                    return None
+                check_overshoot = False
+                self.last_pts = pts
+                if pts >= target - 0.5 * self.frame_period:
+                    return frame
+        except av.FFmpegError as error:
+            raise ValueError(f"`{self.name}`: decoding failed: {error}") from error
+        return None
+
+
+def read_video_frames(
+    source: str | os.PathLike | bytes | Any,
+    num_segments: int | None = DEFAULT_NUM_SEGMENTS,
+    bound: Sequence[float] | None = None,
+    indices: Sequence[int] | None = None,
+    name: str = "videos",
+) -> DecodedVideo:
+    """Decode only the sampled frames of a video with PyAV.
+
+    Args:
+        source: a path, an `http(s)` URL, encoded bytes or a binary file object (mp4, webm, mkv, avi, gif, ...).
+        num_segments: frames to sample with `sample_frame_indices` (`None`: every frame).
+        bound: optional `(start_s, end_s)` window for the sampling.
+        indices: explicit frame indices instead of sampling.
+        name: argument name used in error messages.
+
+    Index -> time: frame `i` is expected at `stream.start_time + i / average_fps` and matched to the first decoded
+    frame whose presentation time reaches that minus half a frame period (exact for constant-frame-rate video; for
+    variable frame rates it is the frame shown at that time, which may differ from the i-th decoded frame).
+    """
+    reader = _SampledFrameReader(source, name)
+    try:
+        fps, num_frames = reader.frame_rate_and_count()
+        if indices is None:
+            indices = (
+                list(range(num_frames))
+                if num_segments is None
+                else sample_frame_indices(num_frames, fps, num_segments, bound)
+            )
+        indices = [int(i) for i in indices]
+        for index in indices:
+            if not 0 <= index < num_frames:
+                raise ValueError(f"`{name}`: frame index {index} is outside the video (0..{num_frames - 1}).")
+        found: dict[int, Image.Image] = {}
+        for index in sorted(set(indices)):
+            found[index] = reader.read(index).to_image()
+        width, height = reader.stream.codec_context.width, reader.stream.codec_context.height
+    finally:
+        reader.close()
+    return DecodedVideo(
+        frames=[found[i] for i in indices],
+        frame_indices=indices,
+        num_frames=num_frames,
+        fps=fps,
+        width=width,
+        height=height,
+        num_decoded=reader.num_decoded,
+        timestamps=[i / fps for i in indices],
+    )
+
+
+class InternVLVideoProcessorKwargs(VideosKwargs, total=False):
+    r"""
+    num_segments (`int`, *optional*, defaults to `self.num_segments`):
+        Frames sampled per video with the original segment-midpoint formula. Alias: `num_frames` (transformers).
+    bound (`tuple[float, float]`, *optional*):
+        `(start_s, end_s)` window to sample from.
+    image_size (`int`, *optional*, defaults to `self.image_size`):
+        Side of the one tile each frame becomes.
+    num_workers (`int`, *optional*):
+        Threads for the exact resize/normalise engine.
+    """
+
+    num_segments: int | None
+    bound: Sequence[float] | None
+    image_size: int | None
+    num_workers: int | None
+
+
+def _is_frame(item: object) -> bool:
+    if isinstance(item, Image.Image):
+        return True
+    return isinstance(item, np.ndarray | torch.Tensor) and item.ndim in (2, 3)
+
+
+def _is_video_file(item: object) -> bool:
+    return isinstance(item, str | os.PathLike | bytes | bytearray) or hasattr(item, "read")
+
+
+def _is_single_video(item: object) -> bool:
+    if _is_video_file(item):
+        return True
+    if isinstance(item, np.ndarray | torch.Tensor):
+        return item.ndim == 4
+    return isinstance(item, list | tuple) and len(item) > 0 and all(_is_frame(frame) for frame in item)
+
+
+def group_videos(videos: object) -> list[Any]:
+    """`videos` -> a list of videos: a single video (file, `(T, H, W, C)` array, list of frames) or a list of them."""
+    if videos is None:
+        raise ValueError("`videos` must be given, got None.")
+    if _is_single_video(videos):
+        return [videos]
+    if isinstance(videos, np.ndarray | torch.Tensor):
+        if videos.ndim == 5:
+            return list(videos)
+        raise ValueError(
+            f"`videos`: an array must be one video (T, H, W, C) / (T, C, H, W) or a batch (B, T, ...), "
+            f"got shape {tuple(videos.shape)}."
+        )
+    if not isinstance(videos, list | tuple):
+        raise TypeError(
+            "`videos` must be a video file (path, URL, bytes), an array of frames, a list of frames, or a list of "
+            f"these; got {type(videos).__name__}."
+        )
+    if len(videos) == 0:
+        raise ValueError("`videos` is an empty list; expected at least one video.")
+    for index, video in enumerate(videos):
+        if not _is_single_video(video):
+            if isinstance(video, list | tuple) and len(video) == 0:
+                raise ValueError(f"`videos[{index}]` has no frames.")
+            raise TypeError(
+                f"`videos[{index}]` must be a video file, a (T, H, W, C) array or a list of frames, "
+                f"got {type(video).__name__}."
+            )
+    return list(videos)
+
+
+class InternVLVideoProcessor(VideoProcessorMixin):
+    r"""InternVL 2.5 video processor: `num_segments` frames per video, each one 448 x 448 tile.
+
+    `processor(videos=..., num_segments=8, return_tensors="pt")` returns a `BatchFeature` with
+
+    * `pixel_values_videos`: `(total_frames, 3, image_size, image_size)` float32, frames of all videos in order;
+    * `num_frames`: frames per video (a list, or a tensor with `return_tensors`);
+    * with `return_metadata=True`: `video_metadata` (transformers `VideoMetadata` per video, `frames_indices`
+      filled in), `frame_indices` and `timestamps` (seconds, `index / average_fps`), per video.
+
+    Inputs: a video file (path, `http(s)` URL, encoded bytes or binary file; mp4, webm, mkv, avi, gif, ... whatever
+    PyAV/FFmpeg reads), already-decoded frames (a list of PIL images, or a `(T, H, W, C)` numpy array / `(T, C, H, W)`
+    or `(T, H, W, C)` torch tensor, uint8), or a list of such videos.
+
+    Sampling: files are sampled with the original formula (`sample_frame_indices`, `max_frame = num_frames - 1`,
+    optional `bound=(start_s, end_s)`) and only the sampled frames are decoded. Already-decoded frames are sampled with
+    the same formula only when `num_segments` (or `num_frames`) is passed explicitly in the call; otherwise every
+    frame given is used. A `bound` on decoded frames needs their frame rate: `video_metadata={"fps": ...}`.
+    `do_sample_frames=False` uses every frame of a file too (decodes it all).
+
+    Each frame is converted to RGB and resized to `image_size` x `image_size` with PIL bicubic (the original's
+    `dynamic_preprocess(frame, max_num=1)`: one tile, no thumbnail), then normalised with `image_mean`/`image_std`
+    exactly like image tiles.
+
+    Args:
+        num_segments (`int`, defaults to 8): frames per video (the original README example uses 8, `load_video`
+            defaults to 32, MVBench 16).
+        image_size (`int`, defaults to 448), resample, do_rescale, do_normalize, image_mean, image_std, num_workers:
+            as in `InternVLImageProcessor`.
+    """
+
+    valid_kwargs = InternVLVideoProcessorKwargs
+    model_input_names: ClassVar[list[str]] = ["pixel_values_videos"]
+
+    num_segments = DEFAULT_NUM_SEGMENTS
+    image_size = DEFAULT_IMAGE_SIZE
+    resample = int(Image.Resampling.BICUBIC)
+    do_rescale = True
+    do_normalize = True
+    image_mean = IMAGENET_MEAN
+    image_std = IMAGENET_STD
+    num_workers = None
+
+    def __init__(
+        self,
+        num_segments: int = DEFAULT_NUM_SEGMENTS,
+        image_size: int = DEFAULT_IMAGE_SIZE,
+        resample: int = int(Image.Resampling.BICUBIC),
+        do_rescale: bool = True,
+        do_normalize: bool = True,
+        image_mean: float | Sequence[float] = IMAGENET_MEAN,
+        image_std: float | Sequence[float] = IMAGENET_STD,
+        num_workers: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs.get("num_frames") is not None:
+            num_segments = kwargs.pop("num_frames")
+        if kwargs.get("force_image_size") is not None:
+            image_size = kwargs.pop("force_image_size")
+        if kwargs.get("size") is not None:
+            image_size = _size_to_int("size", kwargs.pop("size"))
+        # Keys of an image-processor config (`preprocessor_config.json` is read as a fallback) and bookkeeping keys.
+        for key in (
+            "num_frames",
+            "force_image_size",
+            "size",
+            "video_processor_type",
+            "image_processor_type",
+            "crop_size",
+            "do_center_crop",
+            "do_resize",
+            "auto_map",
+            "min_dynamic_patch",
+            "max_dynamic_patch",
+            "use_thumbnail",
+            "max_total_tiles",
+            "do_sample_frames",
+        ):
+            kwargs.pop(key, None)
+        super().__init__(**kwargs)
+        self.num_segments = _check_int("num_segments", num_segments)
+        self.image_size = _check_int("image_size", image_size)
+        self.resample = _check_int("resample", int(resample), 0)
+        self.do_rescale = _check_bool("do_rescale", do_rescale)
+        self.do_normalize = _check_bool("do_normalize", do_normalize)
+        self.image_mean = list(_check_triple("image_mean", image_mean))
+        self.image_std = list(_check_triple("image_std", image_std))
+        self.num_workers = None if num_workers is None else _check_int("num_workers", num_workers)
+
+    def __call__(self, videos: Any = None, **kwargs: Unpack[InternVLVideoProcessorKwargs]) -> BatchFeature:
+        return self.preprocess(videos, **kwargs)
+
+    def preprocess(self, videos: Any = None, **kwargs: Unpack[InternVLVideoProcessorKwargs]) -> BatchFeature:
+        """Sample, decode, resize and normalise `videos`; see the class docstring."""
+        kwargs = dict(kwargs)
+        num_segments = kwargs.pop("num_segments", None)
+        alias = kwargs.pop("num_frames", None)
+        if alias is not None:
+            if num_segments is not None and num_segments != alias:
+                raise ValueError(f"`num_segments` ({num_segments}) and its alias `num_frames` ({alias}) disagree.")
+            num_segments = alias
+        explicit_segments = num_segments is not None
+        num_segments = self.num_segments if num_segments is None else _check_int("num_segments", num_segments)
+        bound = kwargs.pop("bound", None)
+        if bound is not None and (not isinstance(bound, Sequence) or len(bound) != 2):
+            raise TypeError(f"`bound` must be (start_s, end_s) or None, got {bound!r}.")
+        image_size = kwargs.pop("image_size", None)
+        size = kwargs.pop("size", None)
+        if size is not None:
+            image_size = _size_to_int("size", size)
+        image_size = self.image_size if image_size is None else _check_int("image_size", image_size)
+        options: dict[str, Any] = {}
+        for key in ("resample", "do_rescale", "do_normalize", "image_mean", "image_std", "num_workers"):
+            value = kwargs.pop(key, None)
+            options[key] = getattr(self, key) if value is None else value
+        resample = _check_int("resample", int(options["resample"]), 0)
+        table = _normalization_table(
+            _check_triple("image_mean", options["image_mean"]),
+            _check_triple("image_std", options["image_std"]),
+            _check_bool("do_rescale", options["do_rescale"]),
+            _check_bool("do_normalize", options["do_normalize"]),
+        )
+        workers = options["num_workers"]
+        workers = _default_num_workers() if workers is None else _check_int("num_workers", workers)
+        return_tensors = kwargs.pop("return_tensors", None)
+        return_metadata = bool(kwargs.pop("return_metadata", None) or False)
+        do_sample_frames = kwargs.pop("do_sample_frames", None)
+        input_data_format = kwargs.pop("input_data_format", None)
+        device = kwargs.pop("device", None)
+        video_metadata = kwargs.pop("video_metadata", None)
+        if kwargs.pop("fps", None) is not None:
+            raise ValueError(
+                "`fps` (sampling at a frame rate) is not how InternVL samples: pass `num_segments`; for decoded "
+                "frames with a `bound`, give their frame rate as `video_metadata={'fps': ...}`."
+            )
+        if kwargs.pop("do_convert_rgb", None) is False:
+            raise ValueError("`do_convert_rgb=False` is not supported: InternVL always converts frames to RGB.")
+        if kwargs.pop("do_resize", None) is False:
+            raise ValueError("`do_resize=False` is not supported: every frame becomes one resized tile.")
+        for key in ("do_center_crop", "do_pad", "crop_size", "default_to_square", "data_format", "rescale_factor"):
+            kwargs.pop(key, None)
+        unknown = sorted(key for key, value in kwargs.items() if value is not None)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unexpected keyword arguments: {', '.join(unknown)}.")
+
+        video_list = group_videos(videos)
+        metadata_list = self._metadata_per_video(video_metadata, len(video_list))
+        frames_per_video: list[list[Image.Image]] = []
+        metadata_out: list[VideoMetadata] = []
+        for index, video in enumerate(video_list):
+            name = f"videos[{index}]" if len(video_list) > 1 else "videos"
+            if _is_video_file(video):
+                if bound is not None and do_sample_frames is False:
+                    raise ValueError(
+                        "`bound` needs frame sampling; it cannot be combined with `do_sample_frames=False`."
+                    )
+                decoded = read_video_frames(
+                    video, None if do_sample_frames is False else num_segments, bound=bound, name=name
+                )
+                frames = decoded.frames
+                metadata = VideoMetadata(
+                    total_num_frames=decoded.num_frames,
+                    fps=decoded.fps,
+                    width=decoded.width,
+                    height=decoded.height,
+                    duration=decoded.num_frames / decoded.fps,
+                    video_backend="pyav",
+                    frames_indices=decoded.frame_indices,
+                )
+            else:
+                all_frames = self._frames_of(video, name)
+                given = metadata_list[index] or {}
+                fps = given.get("fps") if isinstance(given, dict | VideoMetadata) else None
+                indices = list(range(len(all_frames)))
+                if explicit_segments and do_sample_frames is not False:
+                    if bound is not None and fps is None:
+                        raise ValueError(
+                            f"`{name}`: sampling decoded frames with a `bound` needs their frame rate; pass "
+                            "`video_metadata={'fps': ...}`."
+                        )
+                    indices = sample_frame_indices(len(all_frames), float(fps or 1.0), num_segments, bound)
+                frames = [all_frames[i] for i in indices]
+                metadata = VideoMetadata(
+                    total_num_frames=len(all_frames),
+                    fps=None if fps is None else float(fps),
+                    width=None,
+                    height=None,
+                    duration=None if fps is None else len(all_frames) / float(fps),
+                    video_backend=None,
+                    frames_indices=indices,
+                )
+            frames_per_video.append([to_rgb_image(frame, name, input_data_format) for frame in frames])
+            metadata_out.append(metadata)
+
+        num_frames = [len(frames) for frames in frames_per_video]
+        pixel_values = np.empty((sum(num_frames), 3, image_size, image_size), dtype=np.float32)
+        position = 0
+        for frames in frames_per_video:
+            for frame in frames:
+                plan = plan_tiles(frame.width, frame.height, 1, 1, image_size, False)
+                writer = _make_region_writer(pixel_values[position : position + 1], table, image_size, 1)
+                resize_into_tiles(frame, plan.target_size, resample, writer, workers)
+                position += 1
+
+        data: dict[str, Any] = {"pixel_values_videos": pixel_values, "num_frames": num_frames}
+        skip: list[str] = []
+        if return_metadata:
+            data["video_metadata"] = metadata_out
+            data["frame_indices"] = [list(m.frames_indices) for m in metadata_out]
+            data["timestamps"] = [[i / m.fps for i in m.frames_indices] if m.fps else None for m in metadata_out]
+            skip = ["video_metadata", "frame_indices", "timestamps"]
+        if device is not None:
+            data["pixel_values_videos"] = torch.from_numpy(pixel_values).to(device)
+            data["num_frames"] = torch.tensor(num_frames, device=device)
+            return BatchFeature(data=data, skip_tensor_conversion=skip)
+        return BatchFeature(data=data, tensor_type=return_tensors, skip_tensor_conversion=skip)
+
+    @staticmethod
+    def _metadata_per_video(video_metadata: Any, num_videos: int) -> list[Any]:
+        if video_metadata is None:
+            return [None] * num_videos
+        if isinstance(video_metadata, dict | VideoMetadata):
+            video_metadata = [video_metadata]
+        if not isinstance(video_metadata, list | tuple) or len(video_metadata) != num_videos:
+            raise ValueError(f"`video_metadata` must be one dict per video ({num_videos}), got {video_metadata!r}.")
+        return list(video_metadata)
+
+    @staticmethod
+    def _frames_of(video: Any, name: str) -> list[Any]:
+        if isinstance(video, np.ndarray | torch.Tensor):
+            if video.shape[0] == 0:
+                raise ValueError(f"`{name}` has no frames.")
+            return list(video)
+        frames = list(video)
+        if not frames:
+            raise ValueError(f"`{name}` has no frames.")
+        return frames
