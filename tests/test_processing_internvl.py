@@ -20,9 +20,7 @@ import transformers_internvl  # noqa: F401  (registers the Auto classes)
 from transformers_internvl.processing.conversation import build_chat_prompt
 from transformers_internvl.processing.image_processing_internvl import InternVLImageProcessor
 from transformers_internvl.processing.processing_internvl import InternVLChatProcessor, InternVLProcessor
-
-video_processing = pytest.importorskip("transformers_internvl.processing.video_processing_internvl")
-InternVLVideoProcessor = video_processing.InternVLVideoProcessor
+from transformers_internvl.processing.video_processing_internvl import InternVLVideoProcessor
 
 FIXTURES = Path(__file__).parent / "fixtures"
 IMAGES = FIXTURES / "preprocess" / "images"
@@ -393,3 +391,48 @@ def test_apply_chat_template_with_video_frames(processor):
     assert out["num_tiles"].tolist() == [1, 1, 1]
     text = processor.tokenizer.decode(out["input_ids"][0]).replace("<IMG_CONTEXT>" * 256, "X")
     assert "<|im_start|>user\nFrame-1: <img>X</img>\nFrame-2: <img>X</img>\nFrame-3: <img>X</img>\nWhat?<|im_end|>" in text
+
+
+def _write_video(path: Path, num_frames: int) -> Path:
+    av = pytest.importorskip("av")
+    container = av.open(str(path), "w")
+    stream = container.add_stream("mpeg4", rate=5)
+    stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+    for index in range(num_frames):
+        frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), index * 20, np.uint8), format="rgb24")
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    return path
+
+
+def test_apply_chat_template_with_video_file(processor, tmp_path):
+    path = _write_video(tmp_path / "clip.mp4", num_frames=10)
+    messages = [{"role": "user", "content": [{"type": "video", "path": str(path)}, {"type": "text", "text": "What?"}]}]
+    out = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+        processor_kwargs={"num_frames": 4},
+    )
+    assert out["num_tiles"].tolist() == [1, 1, 1, 1]
+    direct = processor.video_processor(videos=str(path), num_segments=4, return_tensors="pt")
+    assert torch.equal(out["pixel_values"], direct["pixel_values_videos"])
+    assert int((out["input_ids"] == processor.image_token_id).sum()) == 4 * 256
+
+
+def test_assistant_tokens_mask_covers_answers_and_im_end(processor):
+    """The mask follows the original training labels: answer + `<|im_end|>` supervised, the newline after it not."""
+    messages = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello there"},
+        {"role": "user", "content": "Bye"},
+        {"role": "assistant", "content": "Ciao"},
+    ]
+    out = processor.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    ids, mask = out["input_ids"][0], out["assistant_masks"][0]
+    supervised = processor.tokenizer.decode([token for token, flag in zip(ids, mask) if flag])
+    assert supervised == "Hello there<|im_end|>Ciao<|im_end|>"
+    assert processor.apply_chat_template(messages[:2], continue_final_message=True).endswith(
+        "<|im_start|>assistant\nHello there"
+    )

@@ -506,7 +506,9 @@ def get_eos_token(template: str | Conversation) -> str:
 #   `<image>\n` when the conversation has exactly one image, else `Image-{k}: <image>\n` (k counts images over the
 #   whole conversation); a video renders as `<video>\n`, which the processor replaces by its frames
 #   (`Frame-1: <image>\n...Frame-N: <image>`), because the frame count is known only after sampling;
-# * `add_generation_prompt` appends the assistant role.
+# * `add_generation_prompt` appends the assistant role;
+# * `{% generation %}` marks each answer plus `sep` without its trailing newline (what the original training
+#   supervises), so `return_assistant_tokens_mask=True` works.
 JINJA_CHAT_TEMPLATE_BODY = """
 {%- set ns = namespace(system_message=default_system_message, num_images=0, image_index=0, content='') -%}
 {%- set loop_messages = messages -%}
@@ -566,7 +568,12 @@ JINJA_CHAT_TEMPLATE_BODY = """
         {%- endfor -%}
     {%- endif -%}
     {{- role -}}
-    {%- if ns.content -%}
+    {%- if ns.content and message['role'] == 'assistant' -%}
+        {%- generation -%}
+            {{- ns.content + sep_trained -}}
+        {%- endgeneration -%}
+        {{- sep[sep_trained|length:] -}}
+    {%- elif ns.content -%}
         {{- ns.content + sep -}}
     {%- endif -%}
 {%- endfor -%}
@@ -614,6 +621,8 @@ def get_jinja_chat_template(
         "user_role": conversation.roles[0],
         "assistant_role": conversation.roles[1],
         "sep": conversation.sep,
+        # The part of `sep` that training supervises after an answer (`<|im_end|>`, not the newline after it).
+        "sep_trained": conversation.sep.rstrip("\n"),
         "image_placeholder": image_placeholder,
         "video_placeholder": video_placeholder,
     }

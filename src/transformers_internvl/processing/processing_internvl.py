@@ -98,16 +98,17 @@ def _is_image(value: Any) -> bool:
 
 
 def _is_frame(value: Any) -> bool:
-    return _is_pil_image(value) or (_is_array(value) and value.ndim == 3)
+    return _is_pil_image(value) or (_is_array(value) and value.ndim in (2, 3))
 
 
 def _is_video(value: Any) -> bool:
-    """One video: path / URL, a (T, ...) 4-D array, or a list of frames (PIL images or 3-D arrays)."""
-    if isinstance(value, str) or (_is_array(value) and value.ndim == 4):
+    """One video: a file (path / URL / encoded bytes / binary file object), a (T, ...) 4-D array, or a non-empty list
+    of frames (PIL images or 2-D / 3-D arrays)."""
+    if isinstance(value, (str, os.PathLike, bytes, bytearray)) or hasattr(value, "read"):
         return True
-    if isinstance(value, (list, tuple)) and len(value) > 0:
-        return all(_is_frame(frame) for frame in value)
-    return hasattr(value, "frames") or (isinstance(value, dict) and "frames" in value)
+    if _is_array(value):
+        return value.ndim == 4
+    return isinstance(value, (list, tuple)) and len(value) > 0 and all(_is_frame(frame) for frame in value)
 
 
 def _split_per_sample(
