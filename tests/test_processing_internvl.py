@@ -89,7 +89,7 @@ def test_num_image_token_is_derived_from_sizes(qwen2_tokenizer):
 def test_token_strings_and_ids_come_from_the_tokenizer(processor):
     assert processor.image_token_id == 995 and processor.image_start_token_id == 993
     assert processor.image_end_token_id == 994
-    assert processor.eos_token == "<|im_end|>" and processor.eos_token_id == 992
+    assert processor.chat_eos_token == "<|im_end|>" and processor.chat_eos_token_id == 992
 
 
 def test_single_image_expansion_counts_and_pixels(processor):
@@ -296,7 +296,7 @@ def test_autoprocessor_on_original_internlm2_directory(tmp_path, tokenizer_dir):
     directory = _original_dir(tmp_path, tokenizer_dir, "tiny-internlm2")
     processor = AutoProcessor.from_pretrained(directory)
     assert processor.template == "internlm2-chat"
-    assert processor.image_token_id == 602 and processor.eos_token_id == 598
+    assert processor.image_token_id == 602 and processor.chat_eos_token_id == 598
     case = CASES["internlm2-chat/single_image/3"]
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Please describe the image shortly."}]}]
     assert processor.apply_chat_template(messages, add_generation_prompt=True) == case["prompt_before_expansion"]

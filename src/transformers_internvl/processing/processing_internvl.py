@@ -18,6 +18,7 @@ Text conventions are those of the original InternVL chat code:
 `conversation.get_jinja_chat_template`): byte-identical to the original `chat()` prompts.
 """
 
+import inspect
 import json
 import os
 import re
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ImagesKwargs, ProcessingKwargs, ProcessorMixin, VideosKwargs
 from transformers.utils import CONFIG_NAME, PROCESSOR_NAME, cached_file, logging
@@ -82,29 +84,23 @@ def _is_array(value: Any) -> bool:
     return isinstance(value, (np.ndarray, torch.Tensor))
 
 
-def _is_pil_image(value: Any) -> bool:
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - Pillow is a dependency
-        return False
-    return isinstance(value, Image.Image)
+def _is_file_like(value: Any) -> bool:
+    return isinstance(value, (str, os.PathLike, bytes, bytearray)) or hasattr(value, "read")
 
 
 def _is_image(value: Any) -> bool:
-    """One image: PIL image, path / URL, encoded bytes, or a (H, W[, C]) / (C, H, W) array."""
-    if _is_pil_image(value) or isinstance(value, (str, os.PathLike, bytes, bytearray)):
-        return True
-    return _is_array(value) and value.ndim in (2, 3)
+    """One image: PIL image, path / URL, encoded bytes / binary file, or a (H, W[, C]) / (C, H, W) array."""
+    return isinstance(value, Image.Image) or _is_file_like(value) or (_is_array(value) and value.ndim in (2, 3))
 
 
 def _is_frame(value: Any) -> bool:
-    return _is_pil_image(value) or (_is_array(value) and value.ndim in (2, 3))
+    return isinstance(value, Image.Image) or (_is_array(value) and value.ndim in (2, 3))
 
 
 def _is_video(value: Any) -> bool:
     """One video: a file (path / URL / encoded bytes / binary file object), a (T, ...) 4-D array, or a non-empty list
     of frames (PIL images or 2-D / 3-D arrays)."""
-    if isinstance(value, (str, os.PathLike, bytes, bytearray)) or hasattr(value, "read"):
+    if _is_file_like(value):
         return True
     if _is_array(value):
         return value.ndim == 4
@@ -124,9 +120,13 @@ def _split_per_sample(
         return [[] for _ in texts]
     if is_item(items):
         items = [items]
+    elif _is_array(items) and items.ndim == (4 if name == "images" else 5):
+        items = list(items)  # a stacked batch of images (N, H, W, C) or of videos (B, T, ...)
     if not isinstance(items, (list, tuple)):
         raise TypeError(f"`{name}` must be an item or a (nested) list of items, got {type(items).__name__}.")
     items = list(items)
+    if not items:
+        return [[] for _ in texts]
     if all(is_item(item) for item in items):
         if batch_size == 1:
             return [items]
@@ -204,8 +204,6 @@ def video_processor_kwargs_from_model_config(model_config: dict[str, Any]) -> di
 
 def _construct(cls: type, kwargs: dict[str, Any]) -> Any:
     """Instantiate `cls` with the subset of `kwargs` its `__init__` names (all of them if it takes **kwargs)."""
-    import inspect
-
     parameters = inspect.signature(cls.__init__).parameters
     if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
         accepted = kwargs
@@ -364,14 +362,15 @@ class InternVLChatProcessor(ProcessorMixin):
         return [self.image_token_id, self.image_start_token_id, self.image_end_token_id]
 
     @property
-    def eos_token(self) -> str:
-        """The string the original chat() stops generation at (`<|im_end|>` for InternVL 2.5)."""
+    def chat_eos_token(self) -> str:
+        """The string the original chat() stops generation at: the template's `sep.strip()` (`<|im_end|>` for
+        InternVL 2.5; not necessarily the tokenizer's `eos_token`, which is `</s>` for InternLM2)."""
         return get_conv_template(self.template).eos_token
 
     @property
-    def eos_token_id(self) -> int | None:
-        """Id of `eos_token` in the tokenizer (pass it as `eos_token_id` to `generate`, as the original chat() does)."""
-        return self._token_id(self.eos_token)
+    def chat_eos_token_id(self) -> int | None:
+        """Id of `chat_eos_token` (pass it as `eos_token_id` to `generate`, as the original chat() does)."""
+        return self._token_id(self.chat_eos_token)
 
     @property
     def model_input_names(self) -> list[str]:
