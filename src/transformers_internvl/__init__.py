@@ -40,6 +40,18 @@ __all__ += ["InternLM2Config", "InternLM2Model", "InternLM2ForCausalLM", "Intern
 # ---- InternLM2 tokenizer ----
 
 # ---- image / video processors, tiling helpers ----
+from .processing.image_processing_internvl import InternVLImageProcessor  # noqa: E402
+from .processing.tiling import TilePlan, draw_tile_plan, plan_tiles  # noqa: E402
+from .processing.video_processing_internvl import InternVLVideoProcessor, sample_frame_indices  # noqa: E402
+
+__all__ += [
+    "InternVLImageProcessor",
+    "InternVLVideoProcessor",
+    "TilePlan",
+    "draw_tile_plan",
+    "plan_tiles",
+    "sample_frame_indices",
+]
 
 # ---- conversation templates and InternVLProcessor ----
 from .processing.conversation import (  # noqa: E402

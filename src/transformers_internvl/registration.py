@@ -50,6 +50,27 @@ def _register_tokenizers() -> None:
 
 def _register_image_video_processors() -> None:
     """InternVLImageProcessor and InternVLVideoProcessor."""
+    # The mappings are registered directly rather than through `AutoImageProcessor.register` /
+    # `AutoVideoProcessor.register`: those first look up the existing entry, and because this package's config class
+    # shares the name `InternVLConfig` with transformers' own, that lookup resolves transformers' GotOcr2 / InternVL
+    # processors (a torchvision warning at import). The mappings are the ones AutoImageProcessor, AutoVideoProcessor
+    # and AutoProcessor read (without torchvision, `transformers.AutoVideoProcessor` is only a placeholder; the real
+    # class is `transformers.models.auto.video_processing_auto.AutoVideoProcessor`).
+    from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
+    from transformers.models.auto.video_processing_auto import VIDEO_PROCESSOR_MAPPING
+
+    from .modeling.configuration_internvl import InternVLConfig
+    from .processing.image_processing_internvl import InternVLImageProcessor
+    from .processing.video_processing_internvl import InternVLVideoProcessor
+
+    # One class serves both backend names (it does not use torchvision), so the default backend resolves to it, and a
+    # saved `image_processor_type` / `video_processor_type` resolves by class name.
+    IMAGE_PROCESSOR_MAPPING.register(
+        InternVLConfig, {"torchvision": InternVLImageProcessor, "pil": InternVLImageProcessor}, exist_ok=True
+    )
+    VIDEO_PROCESSOR_MAPPING.register(
+        InternVLConfig, {"torchvision": InternVLVideoProcessor, "pil": InternVLVideoProcessor}, exist_ok=True
+    )
 
 
 def _register_processor() -> None:
