@@ -436,3 +436,13 @@ def test_assistant_tokens_mask_covers_answers_and_im_end(processor):
     assert processor.apply_chat_template(messages[:2], continue_final_message=True).endswith(
         "<|im_start|>assistant\nHello there"
     )
+
+
+def test_from_pretrained_keyword_overrides(tmp_path):
+    directory = _original_dir(tmp_path, QWEN2_TOKENIZER, "tiny-qwen2")
+    processor = InternVLProcessor.from_pretrained(
+        directory, max_dynamic_patch=4, max_total_tiles=None, num_segments=6, video_frame_template="Frame{i}: "
+    )
+    assert processor.image_processor.max_dynamic_patch == 4 and processor.image_processor.max_total_tiles is None
+    assert processor.video_processor.num_segments == 6 and processor.video_frame_template == "Frame{i}: "
+    assert processor.video_prompt(2) == "Frame1: <image>\nFrame2: <image>"

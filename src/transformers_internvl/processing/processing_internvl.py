@@ -52,6 +52,9 @@ logger = logging.get_logger(__name__)
 # package's processor is saved and registered under the original's naming (`InternVLChatModel`, `internvl_chat`).
 _SAVED_CLASS_NAME = "InternVLChatProcessor"
 _PROCESSOR_CLASS_NAMES = ("InternVLChatProcessor", "InternVLProcessor")
+# `from_pretrained` keyword arguments that go to the image / video processor instead of the tokenizer.
+_IMAGE_PROCESSOR_OVERRIDES = ("max_dynamic_patch", "min_dynamic_patch", "use_thumbnail", "max_total_tiles")
+_VIDEO_PROCESSOR_OVERRIDES = ("num_segments",)
 _HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
 
 
@@ -581,13 +584,21 @@ class InternVLChatProcessor(ProcessorMixin):
 
         processor_dict = processor_dict or {}
         init_names = set(cls.__init__.__code__.co_varnames[: cls.__init__.__code__.co_argcount])
-        tokenizer_kwargs = {key: value for key, value in kwargs.items() if key not in init_names}
+        override_names = set(_IMAGE_PROCESSOR_OVERRIDES) | set(_VIDEO_PROCESSOR_OVERRIDES)
+        tokenizer_kwargs = {
+            key: value for key, value in kwargs.items() if key not in init_names and key not in override_names
+        }
         tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **tokenizer_kwargs)
 
         sub_processors = []
-        for name, factory in (("image_processor", _image_processor_class), ("video_processor", _video_processor_class)):
+        for name, factory, override_keys in (
+            ("image_processor", _image_processor_class, _IMAGE_PROCESSOR_OVERRIDES),
+            ("video_processor", _video_processor_class, _VIDEO_PROCESSOR_OVERRIDES),
+        ):
             sub_processor_class = factory()
             config = dict(processor_dict.get(name) or {})
+            # `from_pretrained(..., max_dynamic_patch=6)` and the like set the sub-processor's default.
+            config.update({key: kwargs[key] for key in override_keys if key in kwargs})
             type_key = f"{name}_type"
             saved_type = config.pop(type_key, None)
             if saved_type is not None and saved_type != sub_processor_class.__name__:
