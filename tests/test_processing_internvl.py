@@ -335,6 +335,12 @@ def test_apply_chat_template_with_pil_image(processor):
     )
     assert out["pixel_values"].shape == (3, 3, 448, 448)
     _assert_equals_direct_call(processor, out, image)
+    single_tile = processor.apply_chat_template(
+        _single_image_messages({"type": "image", "image": image}),
+        add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+        processor_kwargs={"max_dynamic_patch": 1},
+    )
+    assert single_tile["num_tiles"].tolist() == [1]
 
 
 def test_apply_chat_template_with_local_path(processor):
