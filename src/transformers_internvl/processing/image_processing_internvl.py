@@ -586,9 +586,9 @@ class InternVLImageProcessor(BaseImageProcessor):
 
     def __init__(
         self,
-        image_size: int = DEFAULT_IMAGE_SIZE,
-        min_dynamic_patch: int = 1,
-        max_dynamic_patch: int = DEFAULT_MAX_TILES,
+        image_size: int | None = None,
+        min_dynamic_patch: int | None = None,
+        max_dynamic_patch: int | None = None,
         use_thumbnail: bool = True,
         max_total_tiles: int | None = DEFAULT_MAX_TOTAL_TILES,
         resample: int = int(Image.Resampling.BICUBIC),
@@ -604,10 +604,13 @@ class InternVLImageProcessor(BaseImageProcessor):
         image_size = _pop_alias(kwargs, "image_size", image_size, _IMAGE_SIZE_ALIASES, None)
         if "size" in kwargs:
             size = kwargs.pop("size")
-            if size is not None:
+            if size is not None and image_size is None:
                 image_size = _size_to_int("size", size)
         for key in _LEGACY_CONFIG_KEYS:
             kwargs.pop(key, None)
+        image_size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
+        min_dynamic_patch = 1 if min_dynamic_patch is None else min_dynamic_patch
+        max_dynamic_patch = DEFAULT_MAX_TILES if max_dynamic_patch is None else max_dynamic_patch
         super().__init__(**kwargs)
         self.image_size = _check_int("image_size", image_size)
         self.min_dynamic_patch = _check_int("min_dynamic_patch", min_dynamic_patch)
