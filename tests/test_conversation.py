@@ -106,7 +106,7 @@ def test_internvl_zh_template_renders_like_the_original():
     assert conversation.get_prompt() == " <human>: Q <bot>: A</s><human>: Q2 <bot>:"
 
 
-# ---- chat() / batch_chat() prompts: all 48 reference cases ------------------------------------------------------------
+# ---- chat() / batch_chat() prompts: all 48 reference cases ----------------------------------------------------------
 
 
 @pytest.mark.parametrize("case_id", [cid for cid, case in CASES.items() if case["method"] == "chat"])
@@ -207,7 +207,7 @@ def test_video_and_multi_image_helpers():
         expand_video_placeholders("<video>\nQ", [2, 3])
 
 
-# ---- Jinja chat template ---------------------------------------------------------------------------------------------
+# ---- Jinja chat template ------------------------------------------------------------------------------------------
 
 
 def _render(template_name, messages, add_generation_prompt=True, system_message=None):

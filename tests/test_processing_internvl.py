@@ -25,7 +25,10 @@ from transformers_internvl.processing.video_processing_internvl import InternVLV
 FIXTURES = Path(__file__).parent / "fixtures"
 IMAGES = FIXTURES / "preprocess" / "images"
 QWEN2_TOKENIZER = FIXTURES / "tokenizers" / "qwen2-tiny"
-INTERNLM2_TOKENIZERS = [FIXTURES / "tokenizers" / "internlm2-no-dummy-prefix", FIXTURES / "tokenizers" / "internlm2-dummy-prefix"]
+INTERNLM2_TOKENIZERS = [
+    FIXTURES / "tokenizers" / "internlm2-no-dummy-prefix",
+    FIXTURES / "tokenizers" / "internlm2-dummy-prefix",
+]
 PROMPTS = json.loads((FIXTURES / "prompts" / "prompts.json").read_text(encoding="utf-8"))
 CASES = {case["id"]: case for case in PROMPTS["cases"]}
 COMPACT = re.compile(r"\[\[IMG_CONTEXT\*(\d+)\]\]")
@@ -118,8 +121,13 @@ def test_ids_equal_the_tokenized_reference_prompt(processor, case_id, sizes, ima
     """Processor ids for the reference prompt == tokenizer ids of the reference expansion (tile counts from pixels)."""
     case = CASES[case_id]
     images = [Image.new("RGB", size, (40, 90, 160)) for size in sizes]
-    out = processor(text=case["prompt_before_expansion"], images=[images], max_total_tiles=None, return_tensors="pt",
-                    **images_kwargs)
+    out = processor(
+        text=case["prompt_before_expansion"],
+        images=[images],
+        max_total_tiles=None,
+        return_tensors="pt",
+        **images_kwargs,
+    )
     assert out["num_tiles"].tolist() == case["num_patches_list"]
     expected = processor.tokenizer(_expand_compact(case["prompt_expanded_compact"]), return_tensors="pt")
     assert torch.equal(out["input_ids"], expected["input_ids"])
@@ -166,8 +174,13 @@ def test_batch_is_left_padded_by_default(processor):
     num_pad = int((shorter == 0).sum())
     assert num_pad > 0 and shorter[:num_pad].eq(0).all() and shorter[num_pad:].eq(1).all()
     assert out["input_ids"][1, :num_pad].eq(processor.tokenizer.pad_token_id).all()
-    right = processor(text=["<image>\nshort", "longer text"], images=[[_image("rgb_448x448")], []], padding=True,
-                      padding_side="right", return_tensors="pt")
+    right = processor(
+        text=["<image>\nshort", "longer text"],
+        images=[[_image("rgb_448x448")], []],
+        padding=True,
+        padding_side="right",
+        return_tensors="pt",
+    )
     assert right["attention_mask"][1, 0] == 1 and right["attention_mask"][1, -1] == 0
 
 
@@ -203,7 +216,10 @@ def test_video_placeholder_becomes_frame_lines(processor, qwen2_tokenizer):
     video = _frames(4, seed=3)
     out = processor(text="<video>\nWhat happens?", videos=[video])
     decoded = processor.tokenizer.decode(out["input_ids"][0]).replace("<IMG_CONTEXT>" * 256, "X")
-    assert decoded == "Frame-1: <img>X</img>\nFrame-2: <img>X</img>\nFrame-3: <img>X</img>\nFrame-4: <img>X</img>\nWhat happens?"
+    assert (
+        decoded
+        == "Frame-1: <img>X</img>\nFrame-2: <img>X</img>\nFrame-3: <img>X</img>\nFrame-4: <img>X</img>\nWhat happens?"
+    )
     assert out["num_tiles"] == [1, 1, 1, 1]
     old_style = InternVLProcessor(
         image_processor=processor.image_processor,
@@ -257,27 +273,38 @@ def test_autoprocessor_on_original_qwen2_directory(tmp_path):
     assert processor.template == "internvl2_5" and processor.num_image_token == 256
     assert processor.image_processor.max_dynamic_patch == 12 and processor.image_processor.use_thumbnail
     messages = [{"role": "user", "content": [{"type": "text", "text": "Hello, who are you?"}]}]
-    assert processor.apply_chat_template(messages, add_generation_prompt=True) == CASES[
-        "internvl2_5/text_only/none"
-    ]["prompt_before_expansion"]
+    assert (
+        processor.apply_chat_template(messages, add_generation_prompt=True)
+        == CASES["internvl2_5/text_only/none"]["prompt_before_expansion"]
+    )
 
 
 def test_original_directory_config_fields_become_processor_defaults(tmp_path):
     directory = _original_dir(
-        tmp_path, QWEN2_TOKENIZER, "tiny-qwen2",
-        template="Hermes-2", max_dynamic_patch=6, min_dynamic_patch=2, use_thumbnail=False,
-        system_message="Config system.", downsample_ratio=0.25,
+        tmp_path,
+        QWEN2_TOKENIZER,
+        "tiny-qwen2",
+        template="Hermes-2",
+        max_dynamic_patch=6,
+        min_dynamic_patch=2,
+        use_thumbnail=False,
+        system_message="Config system.",
+        downsample_ratio=0.25,
     )
     processor = AutoProcessor.from_pretrained(directory)
     assert processor.template == "Hermes-2" and processor.num_image_token == 64
     assert processor.image_processor.max_dynamic_patch == 6 and processor.image_processor.min_dynamic_patch == 2
     assert processor.image_processor.use_thumbnail is False
     rendered = processor.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True)
-    assert rendered == "<|im_start|>system\nConfig system.<|im_end|><|im_start|>user\nHi<|im_end|><|im_start|>assistant\n"
+    assert (
+        rendered == "<|im_start|>system\nConfig system.<|im_end|><|im_start|>user\nHi<|im_end|><|im_start|>assistant\n"
+    )
     # The original's own preprocessor_config.json (a CLIP image processor config) does not change the defaults.
-    (directory / "preprocessor_config.json").write_text(json.dumps(
-        {"crop_size": 448, "do_center_crop": True, "image_processor_type": "CLIPImageProcessor", "size": 448}
-    ))
+    (directory / "preprocessor_config.json").write_text(
+        json.dumps(
+            {"crop_size": 448, "do_center_crop": True, "image_processor_type": "CLIPImageProcessor", "size": 448}
+        )
+    )
     assert AutoProcessor.from_pretrained(directory).image_processor.max_dynamic_patch == 6
 
 
@@ -288,12 +315,24 @@ def test_autoprocessor_on_original_internlm2_directory(tmp_path, tokenizer_dir):
     assert processor.template == "internlm2-chat"
     assert processor.image_token_id == 602 and processor.chat_eos_token_id == 598
     case = CASES["internlm2-chat/single_image/3"]
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Please describe the image shortly."}]}]
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Please describe the image shortly."}]}
+    ]
     assert processor.apply_chat_template(messages, add_generation_prompt=True) == case["prompt_before_expansion"]
     out = processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "image", "image": _image("rgb_1920x1080")},
-                                      {"type": "text", "text": "Please describe the image shortly."}]}],
-        add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "image": _image("rgb_1920x1080")},
+                    {"type": "text", "text": "Please describe the image shortly."},
+                ],
+            }
+        ],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
         processor_kwargs={"max_dynamic_patch": 6},
     )
     assert out["num_tiles"].tolist() == [3]
@@ -321,13 +360,19 @@ def test_apply_chat_template_with_pil_image(processor):
     image = _image("rgb_1920x1080")
     out = processor.apply_chat_template(
         _single_image_messages({"type": "image", "image": image}),
-        add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
     )
     assert out["pixel_values"].shape == (3, 3, 448, 448)
     _assert_equals_direct_call(processor, out, image)
     single_tile = processor.apply_chat_template(
         _single_image_messages({"type": "image", "image": image}),
-        add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
         processor_kwargs={"max_dynamic_patch": 1},
     )
     assert single_tile["num_tiles"].tolist() == [1]
@@ -337,7 +382,10 @@ def test_apply_chat_template_with_local_path(processor):
     path = IMAGES / "rgba_800x600.png"
     out = processor.apply_chat_template(
         _single_image_messages({"type": "image", "path": str(path)}),
-        add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
     )
     assert out["num_tiles"].tolist() == [7]
     _assert_equals_direct_call(processor, out, Image.open(path))
@@ -358,7 +406,10 @@ def image_server():
 def test_apply_chat_template_with_url(processor, image_server):
     out = processor.apply_chat_template(
         _single_image_messages({"type": "image", "url": f"{image_server}/rgb_1920x1080.png"}),
-        add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
     )
     _assert_equals_direct_call(processor, out, _image("rgb_1920x1080"))
 
@@ -369,7 +420,11 @@ def test_apply_chat_template_batch_of_conversations(processor):
         [{"role": "user", "content": [{"type": "text", "text": "Only text here, a little longer."}]}],
     ]
     out = processor.apply_chat_template(
-        conversations, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+        conversations,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
         processor_kwargs={"padding": True},
     )
     assert out["input_ids"].shape[0] == 2 and out["num_tiles"].tolist() == [1]
@@ -386,7 +441,9 @@ def test_apply_chat_template_with_video_frames(processor):
     )
     assert out["num_tiles"].tolist() == [1, 1, 1]
     text = processor.tokenizer.decode(out["input_ids"][0]).replace("<IMG_CONTEXT>" * 256, "X")
-    assert "<|im_start|>user\nFrame-1: <img>X</img>\nFrame-2: <img>X</img>\nFrame-3: <img>X</img>\nWhat?<|im_end|>" in text
+    assert (
+        "<|im_start|>user\nFrame-1: <img>X</img>\nFrame-2: <img>X</img>\nFrame-3: <img>X</img>\nWhat?<|im_end|>" in text
+    )
 
 
 def _write_video(path: Path, num_frames: int) -> Path:
@@ -408,7 +465,11 @@ def test_apply_chat_template_with_video_file(processor, tmp_path):
     path = _write_video(tmp_path / "clip.mp4", num_frames=10)
     messages = [{"role": "user", "content": [{"type": "video", "path": str(path)}, {"type": "text", "text": "What?"}]}]
     out = processor.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+        messages,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
         processor_kwargs={"num_frames": 4},
     )
     assert out["num_tiles"].tolist() == [1, 1, 1, 1]

@@ -541,7 +541,8 @@ JINJA_CHAT_TEMPLATE_BODY = """
     {%- elif message['role'] == 'assistant' -%}
         {%- set role = assistant_role -%}
     {%- else -%}
-        {{- raise_exception('Only a leading system message and user/assistant messages are supported, got role ' + message['role']) -}}
+        {{- raise_exception('Only a leading system message and user/assistant messages are supported, got '
+                            + message['role']) -}}
     {%- endif -%}
     {%- if message['content'] is string -%}
         {%- set ns.content = message['content'] -%}
@@ -555,7 +556,8 @@ JINJA_CHAT_TEMPLATE_BODY = """
                 {%- if ns.num_images == 1 -%}
                     {%- set ns.content = ns.content + image_placeholder + '\\n' -%}
                 {%- else -%}
-                    {%- set ns.content = ns.content + 'Image-' + ns.image_index|string + ': ' + image_placeholder + '\\n' -%}
+                    {%- set image_label = 'Image-' + ns.image_index|string + ': ' -%}
+                    {%- set ns.content = ns.content + image_label + image_placeholder + '\\n' -%}
                 {%- endif -%}
             {%- elif item['type'] == 'video' -%}
                 {%- set ns.content = ns.content + video_placeholder + '\\n' -%}

@@ -110,9 +110,7 @@ def _is_video(value: Any) -> bool:
     return isinstance(value, (list, tuple)) and len(value) > 0 and all(_is_frame(frame) for frame in value)
 
 
-def _split_per_sample(
-    items: Any, texts: list[str], placeholder: str, is_item, name: str
-) -> list[list[Any]]:
+def _split_per_sample(items: Any, texts: list[str], placeholder: str, is_item, name: str) -> list[list[Any]]:
     """Group images (or videos) by sample.
 
     Accepted: `None`; one item; a flat list (one sample, or distributed over the samples by their placeholder counts,
@@ -288,9 +286,7 @@ class InternVLChatProcessor(ProcessorMixin):
         if "{i}" not in video_frame_template:
             raise ValueError(f"`video_frame_template` must contain '{{i}}', got {video_frame_template!r}.")
         if image_size <= 0 or patch_size <= 0 or image_size % patch_size != 0:
-            raise ValueError(
-                f"`image_size` ({image_size}) must be a positive multiple of `patch_size` ({patch_size})."
-            )
+            raise ValueError(f"`image_size` ({image_size}) must be a positive multiple of `patch_size` ({patch_size}).")
         if not 0 < downsample_ratio <= 1:
             raise ValueError(f"`downsample_ratio` must be in (0, 1], got {downsample_ratio}.")
         if chat_template is None and conversation.sep_style.value == "MPT":
@@ -329,9 +325,7 @@ class InternVLChatProcessor(ProcessorMixin):
             if token_id is None
         ]
         if missing:
-            logger.warning(
-                f"The tokenizer has no single token for {missing}; images cannot be processed with it."
-            )
+            logger.warning(f"The tokenizer has no single token for {missing}; images cannot be processed with it.")
 
     def check_argument_for_proper_class(self, argument_name, argument):
         """As ProcessorMixin, but the video processor is checked against the classes themselves: transformers only
