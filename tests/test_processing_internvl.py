@@ -503,3 +503,33 @@ def test_from_pretrained_keyword_overrides(tmp_path):
     assert processor.image_processor.max_dynamic_patch == 4 and processor.image_processor.max_total_tiles is None
     assert processor.video_processor.num_segments == 6 and processor.video_frame_template == "Frame{i}: "
     assert processor.video_prompt(2) == "Frame1: <image>\nFrame2: <image>"
+
+
+def test_processor_outputs_drive_the_model_batched_like_single(tmp_path):
+    """The BatchFeature feeds `generate` as is; a left-padded batch gives the same greedy tokens as each sample."""
+    from transformers import AutoModelForImageTextToText
+
+    directory = _original_dir(tmp_path, QWEN2_TOKENIZER, "tiny-qwen2")
+    for file in (FIXTURES / "models" / "tiny-qwen2").iterdir():
+        if file.name != "config.json":
+            shutil.copy(file, directory / file.name)
+    processor = AutoProcessor.from_pretrained(directory)
+    model = AutoModelForImageTextToText.from_pretrained(directory).eval()
+    conversations = [
+        _single_image_messages({"type": "image", "image": _image("rgb_1920x1080")}),
+        [{"role": "user", "content": [{"type": "text", "text": "Hello there, who are you?"}]}],
+    ]
+    settings = dict(add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+    generation = dict(
+        max_new_tokens=3,
+        do_sample=False,
+        eos_token_id=processor.chat_eos_token_id,
+        pad_token_id=processor.tokenizer.pad_token_id,
+    )
+    batch = processor.apply_chat_template(
+        conversations, **settings, processor_kwargs={"padding": True, "max_dynamic_patch": 6}
+    )
+    batched = model.generate(**batch, **generation)[:, -3:]
+    for index, conversation in enumerate(conversations):
+        single = processor.apply_chat_template(conversation, **settings, processor_kwargs={"max_dynamic_patch": 6})
+        assert torch.equal(model.generate(**single, **generation)[0, -3:], batched[index])
