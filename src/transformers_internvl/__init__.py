@@ -70,6 +70,35 @@ __all__ += [
 ]
 
 # ---- test-time scaling (CoT prompts, voting, repetition stopping) ----
+from .test_time_scaling import (  # noqa: E402
+    INTERNVL_COT_TEMPLATE,
+    MULTIPLE_CHOICE_COT_PROMPT,
+    OPEN_QUESTION_COT_PROMPT,
+    RepetitionStoppingCriteria,
+    VoteResult,
+    build_cot_prompt,
+    extract_choice_letter,
+    generate_with_votes,
+    is_repetitive,
+    majority_vote,
+    parse_boxed_answer,
+    repetition_ratio,
+)
+
+__all__ += [
+    "INTERNVL_COT_TEMPLATE",
+    "MULTIPLE_CHOICE_COT_PROMPT",
+    "OPEN_QUESTION_COT_PROMPT",
+    "RepetitionStoppingCriteria",
+    "VoteResult",
+    "build_cot_prompt",
+    "extract_choice_letter",
+    "generate_with_votes",
+    "is_repetitive",
+    "majority_vote",
+    "parse_boxed_answer",
+    "repetition_ratio",
+]
 
 from .registration import register_all  # noqa: E402
 
