@@ -351,3 +351,26 @@ def test_loads_original_checkpoint_preprocessor_keys(tmp_path):
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(original))
     loaded = InternVLImageProcessor.from_pretrained(tmp_path)
     assert loaded.image_size == 448 and loaded.max_dynamic_patch == 12
+
+
+def test_thread_pool_survives_fork():
+    # A pool created in the parent has no threads in a forked child (DataLoader workers): the child must make its own.
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork start method on this platform")
+    rng = np.random.default_rng(5)
+    image = Image.fromarray(rng.integers(0, 256, (800, 1200, 3), dtype=np.uint8))
+    processor = InternVLImageProcessor(num_workers=2)
+    expected = float(processor(images=image)["pixel_values"].astype(np.float64).sum())
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+
+    def child(queue):
+        queue.put(float(processor(images=image)["pixel_values"].astype(np.float64).sum()))
+
+    process = context.Process(target=child, args=(queue,))
+    process.start()
+    process.join(60)
+    assert process.exitcode == 0
+    assert queue.get(timeout=5) == expected

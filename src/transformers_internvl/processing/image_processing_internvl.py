@@ -81,7 +81,7 @@ class InternVLImageProcessorKwargs(ImagesKwargs, total=False):
     max_total_tiles (`int` or `None`, *optional*, defaults to `self.max_total_tiles`):
         Tile budget shared by the images of one sample, see `allocate_tile_budget`; `None` = no sharing.
     num_workers (`int`, *optional*, defaults to `self.num_workers`):
-        Threads for the exact resize/normalise engine (`None`: up to 8, bounded by the CPUs available).
+        Threads for the exact resize/normalise engine (`None`: torch's thread count, at most the CPUs available and 8).
     """
 
     max_dynamic_patch: int | None
@@ -313,26 +313,30 @@ def _make_region_writer(
 # Exact, threaded PIL resize
 # --------------------------------------------------------------------------------------------------------------------
 
-_POOLS: dict[int, ThreadPoolExecutor] = {}
+# Thread pools by (process id, size): a pool inherited through fork has no live threads, so a child makes its own.
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 # Below this many source + target pixels, threads cost more than they save.
 _MIN_PIXELS_FOR_THREADS = 1 << 19
 
 
 def _default_num_workers() -> int:
+    """Threads used when `num_workers` is None: torch's intra-op thread count (1 inside DataLoader workers), at most
+    the CPUs this process may use, at most 8."""
     try:
         available = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         available = os.cpu_count() or 1
-    return max(1, min(8, available))
+    return max(1, min(8, available, torch.get_num_threads()))
 
 
 def _pool(num_workers: int) -> ThreadPoolExecutor:
+    key = (os.getpid(), num_workers)
     with _POOLS_LOCK:
-        pool = _POOLS.get(num_workers)
+        pool = _POOLS.get(key)
         if pool is None:
             pool = ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="internvl-preprocess")
-            _POOLS[num_workers] = pool
+            _POOLS[key] = pool
         return pool
 
 
@@ -563,8 +567,9 @@ class InternVLImageProcessor(BaseImageProcessor):
         do_rescale (`bool`, defaults to `True`): divide by 255 (`ToTensor`).
         do_normalize (`bool`, defaults to `True`): subtract `image_mean`, divide by `image_std`.
         image_mean, image_std (3 floats, default ImageNet): normalisation constants.
-        num_workers (`int`, *optional*): threads for the exact resize/normalise engine (default up to 8, bounded by
-            the CPUs available; 1 disables threading). The pixels do not depend on it.
+        num_workers (`int`, *optional*): threads for the exact resize/normalise engine (default: torch's thread count,
+            which is 1 inside DataLoader workers, at most the CPUs available and at most 8; 1 disables threading).
+            The pixels do not depend on it.
 
     All of these can be overridden per call; the aliases are accepted wherever the canonical name is.
     """
