@@ -9,8 +9,6 @@ standardisation is not used, because the original dynamic-NTK rule (driven by th
 ``modeling_internlm2.InternLM2RotaryEmbedding``) differs from transformers' own ``"dynamic"`` rope.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 from huggingface_hub.dataclasses import strict

@@ -11,8 +11,6 @@ without renaming, and the numerics follow the original (``internvl_chat/internvl
   base from the key length of the forward pass (see `InternLM2RotaryEmbedding`), without the original's hidden state.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 
