@@ -38,6 +38,10 @@ from .modeling.modeling_internlm2 import (  # noqa: E402
 __all__ += ["InternLM2Config", "InternLM2Model", "InternLM2ForCausalLM", "InternLM2PreTrainedModel"]
 
 # ---- InternLM2 tokenizer ----
+from .processing.tokenization_internlm2 import InternLM2Tokenizer  # noqa: E402
+from .processing.tokenization_internlm2_fast import InternLM2TokenizerFast  # noqa: E402
+
+__all__ += ["InternLM2Tokenizer", "InternLM2TokenizerFast"]
 
 # ---- image / video processors, tiling helpers ----
 from .processing.image_processing_internvl import InternVLImageProcessor  # noqa: E402

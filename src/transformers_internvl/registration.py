@@ -46,6 +46,34 @@ def _register_internlm2() -> None:
 
 def _register_tokenizers() -> None:
     """InternLM2 tokenizer classes."""
+    # `AutoTokenizer.from_pretrained` resolves `tokenizer_class` ("InternLM2Tokenizer" / "InternLM2TokenizerFast" in
+    # original tokenizer_config.json files) by name through these two tables, before any `auto_map` remote code: with
+    # a local class found it neither prompts nor imports remote code. The fast alias makes both names load
+    # InternLM2TokenizerFast (AutoTokenizer ignores `use_fast` in transformers 5); InternLM2Tokenizer (sentencepiece)
+    # stays available directly. Not registered for InternVLConfig: InternVL checkpoints with a Qwen2 or Llama
+    # language model name their own tokenizer class.
+    from transformers import AutoTokenizer
+    from transformers.models.auto.tokenization_auto import REGISTERED_FAST_ALIASES, REGISTERED_TOKENIZER_CLASSES
+
+    from .processing.tokenization_internlm2 import InternLM2Tokenizer
+    from .processing.tokenization_internlm2_fast import InternLM2TokenizerFast
+
+    REGISTERED_TOKENIZER_CLASSES[InternLM2Tokenizer.__name__] = InternLM2Tokenizer
+    REGISTERED_TOKENIZER_CLASSES[InternLM2TokenizerFast.__name__] = InternLM2TokenizerFast
+    REGISTERED_FAST_ALIASES[InternLM2Tokenizer.__name__] = InternLM2TokenizerFast
+    try:
+        from .modeling.configuration_internlm2 import InternLM2Config
+    except ModuleNotFoundError as error:
+        if error.name != f"{__package__}.modeling.configuration_internlm2":
+            raise
+        return
+    # An InternLM2 language-model folder whose tokenizer_config.json names no class still gets the right tokenizer.
+    AutoTokenizer.register(
+        InternLM2Config,
+        slow_tokenizer_class=InternLM2Tokenizer,
+        fast_tokenizer_class=InternLM2TokenizerFast,
+        exist_ok=True,
+    )
 
 
 def _register_image_video_processors() -> None:
