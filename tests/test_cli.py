@@ -342,3 +342,14 @@ def test_chat_votes_are_deterministic_under_a_seed(model_dir, capsys):
     assert capsys.readouterr().out == first
     assert first.count("--- sample ") == 3
     assert "=== majority answer: " in first.splitlines()[-1]
+
+
+@requires_model
+def test_chat_sampling_is_seeded(model_dir, capsys):
+    arguments = ["chat", str(model_dir), "--prompt", "Hi", "--max-new-tokens", "8", "--temperature", "1.5"]
+    outputs = []
+    for seed in ("1", "1", "2"):
+        assert main([*arguments, "--seed", seed]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1]
+    assert outputs[0] != outputs[2]  # it really samples (a random tiny model at temperature 1.5)

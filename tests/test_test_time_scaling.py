@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import random
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import (
     LlamaConfig,
@@ -18,6 +21,7 @@ from transformers import (
     StoppingCriteriaList,
 )
 
+import transformers_internvl
 from transformers_internvl import test_time_scaling as tts
 from transformers_internvl.test_time_scaling import (
     RepetitionStoppingCriteria,
@@ -32,6 +36,8 @@ from transformers_internvl.test_time_scaling import (
     parse_boxed_answer,
     repetition_ratio,
 )
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 # ---------------------------------------------------------------------------------------------------------------
 # Expected strings: copied from shared/design/original-behaviour.md §8 (the reference), not from the module.
@@ -321,6 +327,45 @@ def test_generate_with_votes_keeps_flat_tile_batches_in_sequence_order():
     assert result.responses == ["5", "5"] and result.answer == "5"
 
 
+def _tiny_internvl_dir(directory: Path) -> Path:
+    """The tiny Qwen2-based fixture model (original layout) with the tiny Qwen2 tokenizer next to it."""
+    for name in ("config.json", "generation_config.json", "model.safetensors"):
+        shutil.copy(FIXTURES / "models" / "tiny-qwen2" / name, directory / name)
+    for file in (FIXTURES / "tokenizers" / "qwen2-tiny").iterdir():
+        if file.name != "expected.json":
+            shutil.copy(file, directory / file.name)
+    return directory
+
+
+@pytest.mark.skipif(
+    not hasattr(transformers_internvl, "InternVLForConditionalGeneration"),
+    reason="transformers_internvl.InternVLForConditionalGeneration is not available yet",
+)
+def test_generate_with_votes_on_a_vision_language_model_with_several_tiles(tmp_path, monkeypatch):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model_dir = _tiny_internvl_dir(tmp_path)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    image = Image.effect_noise((1600, 400), 64).convert("RGB")  # 4x1 grid + thumbnail: 5 tiles
+    messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "What?"}]}]
+    inputs = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    assert inputs["pixel_values"].shape[0] == 5
+    greedy = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    expected = processor.batch_decode(greedy[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0].strip()
+    # top_k=1 sampling is greedy: every vote must be the greedy answer, which fails if a sample saw the tiles of the
+    # image in the wrong order.
+    kwargs = dict(num_votes=3, seed=0, max_new_tokens=5, top_k=1, answer_parser=str)
+    result = generate_with_votes(model, processor, inputs, **kwargs)
+    assert result.responses == [expected] * 3
+    # Same through the manual sequence-major expansion used for models that do not pre-encode images.
+    monkeypatch.setattr(type(model), "_supports_mm_encoder_outputs", lambda self: False)
+    assert tts._needs_manual_expansion(model, inputs)
+    assert generate_with_votes(model, processor, inputs, **kwargs).responses == [expected] * 3
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Repetition
 # ---------------------------------------------------------------------------------------------------------------
@@ -573,3 +618,47 @@ def test_package_exports():
         if not hasattr(transformers_internvl, name):
             pytest.skip(f"transformers_internvl.{name} not exported yet")
         assert getattr(transformers_internvl, name) is getattr(tts, name)
+
+
+@pytest.mark.gpu
+def test_repetition_stopper_and_votes_on_cuda(tiny_llama, tiny_qwen2, tiny_tokenizer):
+    device = torch.device("cuda")
+    model = tiny_llama.to(device)
+    try:
+        criteria = RepetitionStoppingCriteria()
+        prompt = torch.tensor([[20, 21, 22], [200, 201, 202]], device=device)
+
+        def mixed(last):
+            return last + 1 if last >= 200 else _cycle_5_6_7(last)
+
+        processor = _ForceNextToken(mixed)
+        output = model.generate(
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            do_sample=False,
+            max_new_tokens=120,
+            logits_processor=LogitsProcessorList([_CudaForce(processor)]),
+            stopping_criteria=StoppingCriteriaList([criteria]),
+        )
+        assert output.shape[1] == 123
+        assert criteria.stopped.tolist() == [True, False]
+        assert output[1, 3:].tolist() == list(range(203, 323))
+    finally:
+        tiny_llama.to("cpu")
+    qwen = tiny_qwen2.to(device)
+    try:
+        inputs = tiny_tokenizer("the answer is", return_tensors="pt").to(device)
+        kwargs = dict(num_votes=6, max_new_tokens=6, answer_parser=_first_word, seed=11)
+        assert generate_with_votes(qwen, tiny_tokenizer, inputs, **kwargs) == generate_with_votes(
+            qwen, tiny_tokenizer, inputs, **kwargs
+        )
+    finally:
+        tiny_qwen2.to("cpu")
+
+
+class _CudaForce(LogitsProcessor):
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, input_ids, scores):
+        return self.inner(input_ids.cpu(), scores.cpu()).to(scores.device)

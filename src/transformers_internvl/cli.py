@@ -265,6 +265,8 @@ class _Chat:
             kwargs["temperature"] = self.args.temperature
         if self.args.top_p is not None:
             kwargs["top_p"] = self.args.top_p
+        if self.args.votes == 1 and (self.args.temperature is not None or self.args.top_p is not None):
+            kwargs["do_sample"] = True  # a single answer is greedy (as in the original README) unless asked to sample
         if self.args.stop_repetition:
             from transformers import StoppingCriteriaList
 
@@ -395,8 +397,10 @@ def _add_chat_command(subparsers: Any) -> None:
         default=1,
         help="sample this many answers and print the majority answer (needs --prompt; default: 1, no voting)",
     )
-    parser.add_argument("--temperature", type=float, help="sampling temperature (with --votes)")
-    parser.add_argument("--top-p", type=float, help="nucleus sampling threshold (with --votes)")
+    parser.add_argument(
+        "--temperature", type=float, help="sampling temperature (default: greedy decoding; --votes always samples)"
+    )
+    parser.add_argument("--top-p", type=float, help="nucleus sampling threshold (implies sampling)")
     parser.add_argument(
         "--stop-repetition", action="store_true", help="stop a response that falls into a repetition loop"
     )
