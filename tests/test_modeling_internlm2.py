@@ -148,6 +148,24 @@ def test_config_rejects_invalid_values(kwargs):
         InternLM2Config(**kwargs)
 
 
+def test_config_stored_flash_attention_without_flash_attn_falls_back():
+    """Original configs often say "flash_attention_2"; without flash-attn the model must still build."""
+    from transformers.utils import is_flash_attn_2_available
+
+    if is_flash_attn_2_available():
+        pytest.skip("flash-attn is installed, the stored choice is honoured")
+    config = InternLM2Config(**{**llm_config_dict(), "attn_implementation": "flash_attention_2"})
+    model = InternLM2ForCausalLM(config)
+    assert model.config._attn_implementation in ("sdpa", "eager")
+
+
+def test_rope_scaling_assigned_after_construction_is_honoured():
+    config = InternLM2Config(**llm_config_dict())
+    config.rope_scaling = {"rope_type": "linear", "factor": 2}
+    rotary = InternLM2RotaryEmbedding(config)
+    assert (rotary.rope_type, rotary.scaling_factor) == ("linear", 2.0)
+
+
 # ------------------------------------------------------------------------------------- reference parity
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
-from transformers.utils import auto_docstring, logging
+from transformers.utils import auto_docstring, is_flash_attn_2_available, logging
 
 
 logger = logging.get_logger(__name__)
@@ -115,6 +115,15 @@ class InternLM2Config(PreTrainedConfig):
     rope_scaling: dict | None = None
 
     def __post_init__(self, **kwargs):
+        if kwargs.get("attn_implementation") == "flash_attention_2" and not is_flash_attn_2_available():
+            # Original InternVL/InternLM2 configs often store "flash_attention_2"; the original code then falls back
+            # to eager attention when flash-attn is missing instead of failing. Let transformers pick (sdpa/eager).
+            logger.warning_once(
+                "InternLM2Config: the config asks for attn_implementation='flash_attention_2' but flash-attn is not "
+                "available; using transformers' default attention (sdpa, else eager) instead. Pass "
+                "`attn_implementation=...` to `from_pretrained` to choose explicitly."
+            )
+            kwargs["attn_implementation"] = None
         rope_parameters = kwargs.pop("rope_parameters", None)
         head_dim = kwargs.pop("head_dim", None)
         if rope_parameters is not None:
