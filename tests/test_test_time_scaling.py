@@ -173,6 +173,10 @@ def test_parse_boxed_answer_rejects_non_strings():
         ("The correct option is B because it is red.", "B"),
         (r"\boxed{a dog}", "B"),  # option text
         ("I think A or B.", None),  # ambiguous
+        ("B. a dog", "B"),
+        ("(D) since it flies", "D"),
+        ("A fox is shown, so the answer is C", None),  # "A fox" is no answer; A and C both stand alone
+        ("Answer: A dog", "A"),  # a parsed answer may continue after the letter
         (r"\boxed{E}", None),  # not an option
         ("no idea", None),
     ],

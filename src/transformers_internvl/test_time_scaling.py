@@ -286,7 +286,10 @@ def parse_boxed_answer(text: str) -> str | None:
     return answer or None
 
 
-_LETTER_ANSWER = re.compile(r"^\(?([A-Z])\)?(?:[.:)\]]|\s|$)")
+# A parsed answer that starts with a letter: "B", "(B)", "B.", "B: text", "B text".
+_LEADING_LETTER = re.compile(r"^\(?([A-Z])\)?(?:[.:)\]]|\s|$)")
+# A whole response that starts with a letter needs punctuation or nothing after it ("A dog ..." is not an answer).
+_LEADING_LETTER_STRICT = re.compile(r"^\(?([A-Z])\)?(?:[.:)\]]|$)")
 
 
 def extract_choice_letter(text: str, options: OptionsType | int) -> str | None:
@@ -297,8 +300,9 @@ def extract_choice_letter(text: str, options: OptionsType | int) -> str | None:
         options: the option texts / letter->text mapping the prompt was built from, or the number of options.
 
     Order: the parsed answer ([`parse_boxed_answer`]) when there is one, otherwise the whole response, is searched
-    for (1) a leading option letter (`B`, `(B)`, `B.`, `B: text`), (2) exactly one distinct option letter standing
-    alone as a word, (3) exactly one option text contained in it (case-insensitive). Ambiguity gives `None`.
+    for (1) a leading option letter (`B`, `(B)`, `B.`, `B: text`; a whole response needs the punctuation, so "A dog"
+    is not read as A), (2) exactly one distinct option letter standing alone as a word (an article "A" counts here),
+    (3) exactly one option text contained in it (case-insensitive). Ambiguity gives `None`.
     """
     if not isinstance(text, str):
         raise TypeError(f"`text` must be a str, got {type(text).__name__}.")
@@ -315,7 +319,7 @@ def extract_choice_letter(text: str, options: OptionsType | int) -> str | None:
     parsed = parse_boxed_answer(text)
     candidate = (parsed if parsed is not None else text).strip()
 
-    match = _LETTER_ANSWER.match(candidate)
+    match = (_LEADING_LETTER if parsed is not None else _LEADING_LETTER_STRICT).match(candidate)
     if match and match.group(1) in letters:
         return match.group(1)
 
