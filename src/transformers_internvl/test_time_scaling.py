@@ -26,9 +26,6 @@ from typing import Any, Literal
 
 import torch
 from transformers import StoppingCriteria
-from transformers.utils import logging
-
-logger = logging.get_logger(__name__)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Prompt strings (byte-identical to the originals)
@@ -441,6 +438,11 @@ def generate_with_votes(
         normalize: voting key, see [`majority_vote`].
         **generate_kwargs: passed to `generate` (`max_new_tokens`, `temperature`, `top_p`, `stopping_criteria`, ...).
             `do_sample=True` and `num_return_sequences=num_votes` are set here.
+
+    When the model does not pre-encode images (`mm_encoder_outputs`) and an input is a flat batch of tiles
+    (first dimension other than 1, e.g. `pixel_values` `(num_tiles, 3, 448, 448)`), `generate`'s row-wise repetition
+    would mix up the tiles; the inputs are then repeated here, whole prompt after whole prompt, and `generate` runs
+    with `num_return_sequences=1` on that batch: the same samples, in the same order.
     """
     if not isinstance(num_votes, int) or isinstance(num_votes, bool) or num_votes < 1:
         raise ValueError(f"`num_votes` must be a positive int, got {num_votes!r}.")
