@@ -292,6 +292,14 @@ def test_missing_files_are_a_clear_error(tmp_path):
         InternLM2Tokenizer(vocab_file=str(tmp_path / "tokenizer.model"))
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_decoding_an_id_outside_the_vocabulary_is_a_clear_error(kind):
+    tokenizer = load(kind, FOLDERS[0])
+    for bad_id in (len(tokenizer), -100):
+        with pytest.raises(ValueError, match=str(bad_id)):
+            tokenizer.decode([1, bad_id])
+
+
 def test_added_token_ids_with_a_gap_are_rejected():
     folder = TOKENIZERS / FOLDERS[0]
     with pytest.raises(ValueError, match="<box>"):

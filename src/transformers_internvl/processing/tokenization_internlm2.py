@@ -212,9 +212,15 @@ class InternLM2TokenizerMixin:
         separately and everything is joined with single spaces (`spaces_between_special_tokens=True`).
         """
         kwargs.pop("use_source_tokenizer", None)
-        if isinstance(token_ids, int):
-            token_ids = [token_ids]
-        tokens = self.convert_ids_to_tokens(list(token_ids), skip_special_tokens=skip_special_tokens)
+        token_ids = [int(token_ids)] if isinstance(token_ids, int) else [int(token_id) for token_id in token_ids]
+        size = len(self)
+        for token_id in token_ids:
+            if not 0 <= token_id < size:
+                raise ValueError(
+                    f"`token_ids` must be ids of this tokenizer (0 to {size - 1}), got {token_id}; drop padding or "
+                    "label values such as -100 before decoding."
+                )
+        tokens = self.convert_ids_to_tokens(token_ids, skip_special_tokens=skip_special_tokens)
 
         special_tokens = set(self.all_special_tokens)
         added_tokens = self.added_tokens_encoder
