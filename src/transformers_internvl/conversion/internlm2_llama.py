@@ -41,7 +41,7 @@ from collections.abc import Mapping
 import torch
 from transformers import LlamaConfig
 
-from ..modeling.configuration_internlm2 import InternLM2Config, _standardize_rope_scaling
+from ..modeling.configuration_internlm2 import InternLM2Config, standardize_rope_scaling
 from ..modeling.modeling_internlm2 import check_wqkv_shape
 
 
@@ -146,7 +146,7 @@ def llama_config_to_internlm2(config: LlamaConfig) -> InternLM2Config:
         raise ValueError(f"InternLM2 supports the rope types {list(_ROPE_TYPES)}, the LlamaConfig has {rope_type!r}")
     rope_scaling = None
     if rope_type != "default":
-        rope_scaling = _standardize_rope_scaling({"type": rope_type, "factor": rope_parameters.get("factor")})
+        rope_scaling = standardize_rope_scaling({"type": rope_type, "factor": rope_parameters.get("factor")})
     return InternLM2Config(
         vocab_size=config.vocab_size,
         hidden_size=config.hidden_size,

@@ -21,7 +21,7 @@ logger = logging.get_logger(__name__)
 ROPE_SCALING_TYPES = ("linear", "dynamic")
 
 
-def _standardize_rope_scaling(rope_scaling: Any) -> dict[str, Any] | None:
+def standardize_rope_scaling(rope_scaling: Any) -> dict[str, Any] | None:
     """Returns ``rope_scaling`` in the original ``{"type": ..., "factor": float}`` form, or ``None``.
 
     Accepts the original form and the transformers form (``"rope_type"`` instead of ``"type"``); a
@@ -130,7 +130,7 @@ class InternLM2Config(PreTrainedConfig):
             self._set_from_rope_parameters(rope_parameters)
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
-        self.rope_scaling = _standardize_rope_scaling(self.rope_scaling)
+        self.rope_scaling = standardize_rope_scaling(self.rope_scaling)
         # Cross-field checks raise plain `ValueError`s at construction; `validate_architecture` repeats them for
         # `config.validate()` (e.g. at save time after attributes were changed).
         self._check_attention_shapes()
@@ -156,7 +156,7 @@ class InternLM2Config(PreTrainedConfig):
         if "rope_theta" in rope_parameters:
             self.rope_theta = rope_parameters["rope_theta"]
         scaling = {key: value for key, value in rope_parameters.items() if key != "rope_theta"}
-        self.rope_scaling = _standardize_rope_scaling(scaling or None)
+        self.rope_scaling = standardize_rope_scaling(scaling or None)
 
     def _check_attention_shapes(self) -> None:
         if self.hidden_size % self.num_attention_heads != 0:
@@ -179,7 +179,7 @@ class InternLM2Config(PreTrainedConfig):
     def validate_architecture(self) -> None:
         """Part of `@strict`-powered validation: head counts must be compatible with the fused `wqkv` layout."""
         self._check_attention_shapes()
-        _standardize_rope_scaling(self.rope_scaling)
+        standardize_rope_scaling(self.rope_scaling)
 
 
 __all__ = ["InternLM2Config"]

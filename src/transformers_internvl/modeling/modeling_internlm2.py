@@ -29,7 +29,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_internlm2 import InternLM2Config, _standardize_rope_scaling
+from .configuration_internlm2 import InternLM2Config, standardize_rope_scaling
 
 
 logger = logging.get_logger(__name__)
@@ -132,7 +132,7 @@ class InternLM2RotaryEmbedding(nn.Module):
         self.rope_theta = config.rope_theta
         self.max_position_embeddings = config.max_position_embeddings
         # Normalised again in case `config.rope_scaling` was assigned after the config was built.
-        rope_scaling = _standardize_rope_scaling(config.rope_scaling) or {}
+        rope_scaling = standardize_rope_scaling(config.rope_scaling) or {}
         self.rope_type = rope_scaling.get("type", "default")
         self.scaling_factor = rope_scaling.get("factor", 1.0)
 
