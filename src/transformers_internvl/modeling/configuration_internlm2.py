@@ -53,7 +53,14 @@ def standardize_rope_scaling(rope_scaling: Any) -> dict[str, Any] | None:
     return {"type": scaling_type, "factor": float(factor)}
 
 
-@auto_docstring(checkpoint="internlm/internlm2_5-7b-chat")
+@auto_docstring(
+    checkpoint="internlm/internlm2_5-7b-chat",
+    custom_intro="""
+    Configuration of an [`InternLM2Model`] / [`InternLM2ForCausalLM`] (InternLM2 and InternLM2.5, the language model
+    of InternVL 2.5 2B/8B/26B). Fields, defaults and the saved form are those of the original remote-code
+    `InternLM2Config`, so original `config.json` files (and the `llm_config` of InternVL checkpoints) load verbatim.
+    """,
+)
 @strict
 class InternLM2Config(PreTrainedConfig):
     r"""

@@ -368,7 +368,9 @@ def _wqkv_mismatch_messages(
     ]
 
 
-@auto_docstring
+@auto_docstring(
+    custom_intro="Base class of the InternLM2 models: config class, weight init, supported attention backends."
+)
 class InternLM2PreTrainedModel(PreTrainedModel):
     config: InternLM2Config
     config_class = InternLM2Config
@@ -412,7 +414,13 @@ class InternLM2PreTrainedModel(PreTrainedModel):
             _WQKV_MISMATCHES.reset(token)
 
 
-@auto_docstring
+@auto_docstring(
+    custom_intro="""
+    The InternLM2 decoder (`tok_embeddings`, `layers`, `norm`) without a language-modeling head; returns
+    `last_hidden_state` of shape `(batch_size, sequence_length, hidden_size)`. Accepts `inputs_embeds`, e.g. text
+    embeddings with image features merged in.
+    """
+)
 class InternLM2Model(InternLM2PreTrainedModel):
     def __init__(self, config: InternLM2Config):
         super().__init__(config)
@@ -495,7 +503,9 @@ class InternLM2Model(InternLM2PreTrainedModel):
         )
 
 
-@auto_docstring
+@auto_docstring(
+    custom_intro="InternLM2 with its language-modeling head `output` (never tied to `tok_embeddings` in checkpoints)."
+)
 class InternLM2ForCausalLM(InternLM2PreTrainedModel, GenerationMixin):
     # Only applied when `config.tie_word_embeddings` is true (never the case for InternLM2 checkpoints).
     _tied_weights_keys = {"output.weight": "model.tok_embeddings.weight"}
