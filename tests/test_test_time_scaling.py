@@ -364,6 +364,20 @@ def test_generate_with_votes_on_a_vision_language_model_with_several_tiles(tmp_p
     kwargs = dict(num_votes=3, seed=0, max_new_tokens=5, top_k=1, answer_parser=str)
     result = generate_with_votes(model, processor, inputs, **kwargs)
     assert result.responses == [expected] * 3
+    # A text-only prompt: the processor's empty pixel_values (no rows) are left out.
+    text_only = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "text", "text": "What?"}]}],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+    )
+    text_votes = generate_with_votes(model, processor, text_only, **kwargs)
+    plain = model.generate(
+        input_ids=text_only["input_ids"], attention_mask=text_only["attention_mask"], max_new_tokens=5, do_sample=False
+    )
+    greedy_text = processor.batch_decode(plain[:, text_only["input_ids"].shape[1] :], skip_special_tokens=True)[0]
+    assert text_votes.responses == [greedy_text.strip()] * 3
     # Same through the manual sequence-major expansion used for models that do not pre-encode images.
     monkeypatch.setattr(type(model), "_supports_mm_encoder_outputs", lambda self: False)
     assert tts._needs_manual_expansion(model, inputs)
