@@ -226,7 +226,9 @@ class InternVLVisionEncoder(nn.Module):
     def __init__(self, config: InternVLVisionConfig) -> None:
         super().__init__()
         self.config = config
-        drop_path_rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        # Computed on the CPU so that the model can be built under `torch.device("meta")` (a meta tensor has no
+        # values to read back).
+        drop_path_rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers, device="cpu").tolist()
         self.layers = nn.ModuleList(
             [InternVLVisionLayer(config, drop_path_rate=drop_path_rates[i]) for i in range(config.num_hidden_layers)]
         )

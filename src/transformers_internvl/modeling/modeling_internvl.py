@@ -18,7 +18,7 @@ from transformers.cache_utils import Cache
 from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, logging
+from transformers.utils import TransformersKwargs, can_return_tuple, logging
 from transformers.utils.deprecation import deprecate_kwarg
 
 from ..conversion.checkpoint_mapping import original_layout_renamings
@@ -151,10 +151,14 @@ class InternVLPreTrainedModel(PreTrainedModel):
         the weights: `image_token_id` (`<IMG_CONTEXT>`) when neither `config.json` nor the `image_token_id=` keyword
         gives it, and the generation `eos_token_id` (the template's end token, `<|im_end|>`) when the generation
         config has none."""
-        model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        # `output_loading_info=True` returns `(model, loading_info)`; a `state_dict=` load may have no path at all.
+        model = loaded[0] if kwargs.get("output_loading_info") else loaded
+        if pretrained_model_name_or_path is None:
+            return loaded
         directory = _local_directory(pretrained_model_name_or_path, kwargs)
         if directory is None:
-            return model
+            return loaded
         if getattr(model.config, "image_token_id", None) is None:
             model.config.image_token_id = find_added_token_id(directory, IMAGE_CONTEXT_TOKEN)
         generation_config = getattr(model, "generation_config", None)
@@ -162,7 +166,7 @@ class InternVLPreTrainedModel(PreTrainedModel):
             eos_token_id = find_added_token_id(directory, get_eos_token(model.config.template))
             if eos_token_id is not None:
                 generation_config.eos_token_id = eos_token_id
-        return model
+        return loaded
 
 
 def _local_directory(name_or_path, kwargs) -> str | None:
@@ -212,31 +216,38 @@ class InternVLModel(InternVLPreTrainedModel):
                 f"{tuple(pixel_values.shape)}."
             )
 
+    @can_return_tuple
     def get_image_features(
-        self,
-        pixel_values: torch.Tensor,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> BaseModelOutputWithPooling:
+        self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> BaseModelOutputWithPooling | tuple:
         """Vision tower -> drop CLS -> pixel unshuffle -> `mlp1`.
 
         Args:
             pixel_values: `(num_tiles, 3, 448, 448)` normalised tiles.
+            output_hidden_states, output_attentions (keyword): return the vision tower's per-layer states /
+                attention weights (default: `config.vision_config.output_hidden_states` / `output_attentions`).
+                They are not named parameters because `generate` hands an encoder every model kwarg its signature
+                names, and would then withhold them from the language model.
 
         Returns:
             `BaseModelOutputWithPooling` with `last_hidden_state` the vision states at `select_layer`
-            `(num_tiles, 1025, C)` (CLS first) and `pooler_output` the projected features `(num_tiles, 256, H)`.
+            `(num_tiles, 1025, C)` (CLS first) and `pooler_output` the projected features `(num_tiles, 256, H)`;
+            its `to_tuple()` with `return_dict=False` (or `config.return_dict=False`).
             Tiles go through the vision tower in micro-batches of `config.vision_batch_size`.
         """
         self._check_pixel_values(pixel_values)
-        kwargs.pop("return_dict", None)  # always a ModelOutput (generate asks for one explicitly)
+        output_hidden_states = kwargs.pop("output_hidden_states", None)
+        output_attentions = kwargs.pop("output_attentions", None)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.vision_config.output_hidden_states
         pixel_values = pixel_values.to(dtype=self.vision_model.embeddings.patch_embedding.weight.dtype)
         select_layer = self.config.select_layer
         need_hidden_states = bool(output_hidden_states) or select_layer != -1
         batch_size = self.config.vision_batch_size or max(pixel_values.shape[0], 1)
 
         chunks = []
+        if pixel_values.shape[0] == 0:
+            return self._empty_image_features(pixel_values)
         for start in range(0, pixel_values.shape[0], batch_size):
             chunks.append(
                 self.vision_model(
@@ -277,6 +288,15 @@ class InternVLModel(InternVLPreTrainedModel):
             attentions=vision_outputs.attentions,
         )
 
+    def _empty_image_features(self, pixel_values: torch.Tensor) -> BaseModelOutputWithPooling:
+        """Outputs for zero tiles (a text-only batch collated with image batches), without running the tower."""
+        vision_config = self.config.vision_config
+        num_positions = (pixel_values.shape[-1] // vision_config.patch_size) ** 2 + 1
+        return BaseModelOutputWithPooling(
+            last_hidden_state=pixel_values.new_zeros((0, num_positions, vision_config.hidden_size)),
+            pooler_output=pixel_values.new_zeros((0, self.config.num_image_token, self.config.text_config.hidden_size)),
+        )
+
     def get_placeholder_mask(self, input_ids: torch.LongTensor, image_features: torch.Tensor) -> torch.Tensor:
         """Boolean mask `(batch, seq)` of `<IMG_CONTEXT>` positions, checked against the number of features."""
         image_token_id = self.config.image_token_id
@@ -297,6 +317,7 @@ class InternVLModel(InternVLPreTrainedModel):
             )
         return special_image_mask
 
+    @can_return_tuple
     @deprecate_kwarg("past_key_values", "6.0.0", new_name="cache")
     def forward(
         self,
@@ -311,7 +332,7 @@ class InternVLModel(InternVLPreTrainedModel):
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         use_cache: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
-    ) -> InternVLModelOutputWithPast:
+    ) -> InternVLModelOutputWithPast | tuple:
         r"""
         input_ids: `(batch, seq)`, with `<IMG_CONTEXT>` x 256 per tile where image features go.
         pixel_values: `(num_tiles, 3, 448, 448)`, tiles of all images of the batch in placeholder order.
@@ -328,9 +349,19 @@ class InternVLModel(InternVLPreTrainedModel):
                     f"`num_tiles` sums to {total} but `pixel_values` holds {pixel_values.shape[0]} tiles."
                 )
 
+        if pixel_values is not None and pixel_values.shape[0] == 0:
+            pixel_values = None  # a text-only batch collated with image batches carries zero tiles
         image_outputs = (mm_encoder_outputs or {}).get("image")
+        if image_outputs is not None and image_outputs.pooler_output.shape[0] == 0:
+            image_outputs = None
         if image_outputs is None and pixel_values is not None:
-            image_outputs = self.get_image_features(pixel_values)
+            # The output flags apply to the vision tower too: its states / attentions land in `image_outputs`.
+            image_outputs = self.get_image_features(
+                pixel_values,
+                output_hidden_states=kwargs.get("output_hidden_states"),
+                output_attentions=kwargs.get("output_attentions"),
+                return_dict=True,
+            )
 
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
@@ -353,6 +384,7 @@ class InternVLModel(InternVLPreTrainedModel):
             cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            return_dict=True,
             **kwargs,
         )
         return InternVLModelOutputWithPast(
@@ -377,6 +409,9 @@ class InternVLForConditionalGeneration(InternVLChatMixin, InternVLPreTrainedMode
     Also offers the original remote-code API, `chat()` and `batch_chat()` (see `modeling/chat.py`).
     """
 
+    # The LLM's own plan shards its embeddings; the head (tied to them or not) is sharded alongside.
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+
     def __init__(self, config: InternVLConfig) -> None:
         super().__init__(config)
         self.model = InternVLModel(config)
@@ -386,6 +421,12 @@ class InternVLForConditionalGeneration(InternVLChatMixin, InternVLPreTrainedMode
         self.post_init()
         # Save in the original layout even when the model was not loaded with `from_pretrained`.
         self._weight_conversions = original_layout_renamings(config.text_config.model_type)
+
+    def init_parallel_plans(self) -> None:
+        super().init_parallel_plans()
+        # An LLM without a TP plan (InternLM2) keeps its embeddings whole, so the (possibly tied) head stays whole too.
+        if not self.model.language_model.tp_plan:
+            self._tp_plan.pop("lm_head", None)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()
@@ -421,6 +462,7 @@ class InternVLForConditionalGeneration(InternVLChatMixin, InternVLPreTrainedMode
             kwargs.pop("pixel_values")
         return super().generate(*args, **kwargs)
 
+    @can_return_tuple
     @deprecate_kwarg("past_key_values", "6.0.0", new_name="cache")
     def forward(
         self,
@@ -437,7 +479,7 @@ class InternVLForConditionalGeneration(InternVLChatMixin, InternVLPreTrainedMode
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs: Unpack[TransformersKwargs],
-    ) -> InternVLCausalLMOutputWithPast:
+    ) -> InternVLCausalLMOutputWithPast | tuple:
         r"""
         Same inputs as [`InternVLModel.forward`], plus `labels` `(batch, seq)` (-100 = ignored) and
         `logits_to_keep` (int: last N positions; tensor: those positions). Returns logits `(batch, kept, vocab)`.
@@ -453,6 +495,7 @@ class InternVLForConditionalGeneration(InternVLChatMixin, InternVLPreTrainedMode
             num_tiles=num_tiles,
             mm_encoder_outputs=mm_encoder_outputs,
             use_cache=use_cache,
+            return_dict=True,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state

@@ -496,6 +496,12 @@ class InternVLChatProcessor(ProcessorMixin):
         if pixel_chunks:
             data["pixel_values"] = torch.cat(pixel_chunks, dim=0)
             data["num_tiles"] = num_tiles
+        elif return_tensors == "pt":
+            # Same keys with or without images, so that text-only and image samples can be collated into one batch
+            # (transformers' pipelines require it); the model treats zero tiles as no image.
+            size = self.image_size
+            data["pixel_values"] = torch.zeros((0, 3, size, size))
+            data["num_tiles"] = torch.zeros((0,), dtype=torch.long)
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     def _process_images_per_sample(
@@ -582,6 +588,9 @@ class InternVLChatProcessor(ProcessorMixin):
         tokenizer_kwargs = {
             key: value for key, value in kwargs.items() if key not in init_names and key not in override_names
         }
+        tokenizer_kwargs.setdefault("padding_side", "left")
+        # Left padding: InternVL generates (the original batch_chat sets it too), and pipelines collate batches with
+        # the tokenizer's own padding side.
         tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **tokenizer_kwargs)
 
         sub_processors = []
