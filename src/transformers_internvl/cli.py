@@ -395,7 +395,7 @@ def _add_chat_command(subparsers: Any) -> None:
         "--votes",
         type=_positive_int,
         default=1,
-        help="sample this many answers and print the majority answer (needs --prompt; default: 1, no voting)",
+        help="sample this many answers (printed when all are done) and the majority answer; needs --prompt",
     )
     parser.add_argument(
         "--temperature", type=float, help="sampling temperature (default: greedy decoding; --votes always samples)"
