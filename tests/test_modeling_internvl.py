@@ -327,3 +327,16 @@ def test_config_reads_original_fields_and_exposes_text_config():
     assert (config.force_image_size, config.max_dynamic_patch, config.template) == (448, 12, "internvl2_5")
     assert config.num_image_token == 256
     assert config.get_text_config() is config.text_config
+
+
+def test_wqkv_of_the_wrong_shape_names_the_shapes(tmp_path):
+    from safetensors.torch import save_file
+
+    shutil.copy(INTERNLM2_DIR / "config.json", tmp_path / "config.json")
+    state_dict = load_file(INTERNLM2_DIR / "model.safetensors")
+    key = "language_model.model.layers.0.attention.wqkv.weight"
+    assert state_dict[key].shape == (128, 64)
+    state_dict[key] = torch.zeros(192, 64)
+    save_file(state_dict, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"wqkv.weight has shape \(192, 64\).*expected \(128, 64\)"):
+        AutoModelForImageTextToText.from_pretrained(tmp_path)

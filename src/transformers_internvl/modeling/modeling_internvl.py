@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +27,7 @@ from ..processing.conversation import IMAGE_CONTEXT_TOKEN, get_eos_token
 from .chat import InternVLChatMixin
 from .configuration_internvl import InternVLConfig
 from .modeling_intern_vit import InternVLVisionModel
+from .modeling_internlm2 import describe_wqkv_mismatch
 
 logger = logging.get_logger(__name__)
 
@@ -151,7 +153,17 @@ class InternVLPreTrainedModel(PreTrainedModel):
         the weights: `image_token_id` (`<IMG_CONTEXT>`) when neither `config.json` nor the `image_token_id=` keyword
         gives it, and the generation `eos_token_id` (the template's end token, `<|im_end|>`) when the generation
         config has none."""
-        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        token = _SHAPE_MISMATCHES.set([])
+        try:
+            loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        except RuntimeError as error:
+            mismatches = _SHAPE_MISMATCHES.get()
+            if mismatches:
+                config = cls._config_for(pretrained_model_name_or_path, kwargs)
+                raise ValueError(_describe_shape_mismatches(mismatches, config)) from error
+            raise
+        finally:
+            _SHAPE_MISMATCHES.reset(token)
         # `output_loading_info=True` returns `(model, loading_info)`; a `state_dict=` load may have no path at all.
         model = loaded[0] if kwargs.get("output_loading_info") else loaded
         if pretrained_model_name_or_path is None:
@@ -167,6 +179,39 @@ class InternVLPreTrainedModel(PreTrainedModel):
             if eos_token_id is not None:
                 generation_config.eos_token_id = eos_token_id
         return loaded
+
+
+    @staticmethod
+    def _config_for(pretrained_model_name_or_path, kwargs) -> InternVLConfig | None:
+        config = kwargs.get("config")
+        if isinstance(config, InternVLConfig):
+            return config
+        try:
+            return InternVLConfig.from_pretrained(pretrained_model_name_or_path)
+        except (OSError, ValueError):
+            return None
+
+    def _adjust_missing_and_unexpected_keys(self, loading_info) -> None:
+        super()._adjust_missing_and_unexpected_keys(loading_info)
+        collected = _SHAPE_MISMATCHES.get()
+        if collected is not None:
+            collected.extend(sorted(loading_info.mismatched_keys))
+
+
+_SHAPE_MISMATCHES: ContextVar[list | None] = ContextVar("_SHAPE_MISMATCHES", default=None)
+
+
+def _describe_shape_mismatches(mismatches: list, config: InternVLConfig | None) -> str:
+    """One line per checkpoint tensor whose shape does not fit the config (InternLM2 `wqkv`: with the head maths)."""
+    lines = []
+    for name, checkpoint_shape, model_shape in mismatches:
+        if config is not None and config.text_config.model_type == "internlm2" and name.endswith("attention.wqkv.weight"):
+            lines.append(describe_wqkv_mismatch(name, tuple(checkpoint_shape), config.text_config))
+        else:
+            lines.append(
+                f"{name} has shape {tuple(checkpoint_shape)} in the checkpoint, the config implies {tuple(model_shape)}"
+            )
+    return "The checkpoint's tensors do not match the config's shapes:\n  " + "\n  ".join(lines)
 
 
 def _local_directory(name_or_path, kwargs) -> str | None:
