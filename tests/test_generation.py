@@ -101,3 +101,30 @@ def test_static_cache_with_fullgraph_compile_matches_dynamic_cache(model, io):
     static = _greedy(model, cache_implementation="static", compile_config=compile_config, **kwargs)
     assert torch.equal(dynamic, static)
     assert torch.equal(static[:, io["input_ids"].shape[1] :], io["generated_ids"])
+
+
+def test_several_return_sequences_keep_each_samples_tiles(model, io):
+    torch.manual_seed(0)
+    meta_ids = io["input_ids"][0]
+    image_tokens = (meta_ids == IMG_CONTEXT_ID).nonzero()[:, 0]
+    # Two tiles for one sample: repeat the <IMG_CONTEXT> run.
+    start, end = image_tokens[0].item(), image_tokens[-1].item() + 1
+    two_tiles = torch.cat([meta_ids[:end], meta_ids[start:end], meta_ids[end:]])[None]
+    pixel_values = torch.cat([io["pixel_values"], torch.randn_like(io["pixel_values"])])
+    greedy = _greedy(model, input_ids=two_tiles, pixel_values=pixel_values)
+    with torch.no_grad():
+        sampled = model.generate(
+            input_ids=two_tiles, pixel_values=pixel_values, do_sample=True, top_k=1, num_return_sequences=3,
+            max_new_tokens=6, eos_token_id=None, pad_token_id=PAD_ID,
+        )
+    assert torch.equal(sampled, greedy.expand(3, -1))
+
+
+def test_zero_tiles_and_several_return_sequences(model):
+    input_ids = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=input_ids, pixel_values=torch.zeros(0, 3, 448, 448), num_tiles=torch.zeros(0, dtype=torch.long),
+            do_sample=True, top_k=1, num_return_sequences=2, max_new_tokens=3, pad_token_id=PAD_ID,
+        )
+    assert torch.equal(out, _greedy(model, input_ids=input_ids, max_new_tokens=3).expand(2, -1))

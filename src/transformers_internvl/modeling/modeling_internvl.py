@@ -502,9 +502,11 @@ class InternVLForConditionalGeneration(InternVLChatMixin, InternVLPreTrainedMode
         return self.model.get_image_features(pixel_values, **kwargs)
 
     def generate(self, *args, **kwargs):
-        """`GenerationMixin.generate`; `pixel_values=None` is the same as not passing it (text-only prompts)."""
-        if "pixel_values" in kwargs and kwargs["pixel_values"] is None:
+        """`GenerationMixin.generate`; `pixel_values=None` or zero tiles is the same as not passing them."""
+        pixel_values = kwargs.get("pixel_values", ...)
+        if pixel_values is None or (isinstance(pixel_values, torch.Tensor) and pixel_values.shape[0] == 0):
             kwargs.pop("pixel_values")
+            kwargs.pop("num_tiles", None)
         return super().generate(*args, **kwargs)
 
     @can_return_tuple
