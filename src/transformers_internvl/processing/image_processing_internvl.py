@@ -5,16 +5,17 @@ The original pipeline (`internvl_chat/internvl/train/dataset.py` `dynamic_prepro
 grid size -> row-major 448 px crops -> (more than one tile) the whole image resized to 448 x 448 as a thumbnail ->
 per tile `ToTensor()` (uint8 / 255 in float32) and `Normalize(ImageNet mean, std)`.
 
-This processor returns the same float32 values bit for bit, faster:
+This processor returns the same float32 values bit for bit:
 
 * the normalisation is a 256-entry lookup table per channel, built with the very float32 operations `ToTensor` and
   `Normalize` perform (`v / 255`, `- mean`, `/ std`), so every value is identical, and it is applied to all tiles at
   once straight from the resized uint8 image (no per-tile PIL crop or tensor conversion);
-* PIL's resize is separable: a horizontal pass and a vertical pass, each rounding to uint8, in an order Pillow picks
-  from the sizes. Each pass is independent across rows (horizontal) or columns (vertical), so the resize is run as
-  the same two single-axis PIL passes on strips, in threads (PIL releases the GIL). The result is the same bytes as
-  one `Image.resize` call; a self-check at first use confirms it for the installed Pillow and otherwise falls back
-  to plain `Image.resize`.
+* the PIL resizes (which dominate the cost, and which must stay PIL's to keep the pixels) run on several CPUs: PIL's
+  resize is separable, a horizontal pass and a vertical pass, each rounding to uint8, in an order Pillow picks from
+  the sizes. Each pass is independent across rows (horizontal) or columns (vertical), so the resize is run as the same
+  two single-axis PIL passes on strips, in threads (PIL releases the GIL). The result is the same bytes as one
+  `Image.resize` call; a self-check at first use confirms it for the installed Pillow and otherwise falls back to
+  plain `Image.resize`. On one CPU the cost is that of the original's two resizes plus the normalisation.
 """
 
 from __future__ import annotations
