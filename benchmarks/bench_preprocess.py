@@ -198,13 +198,17 @@ def bench_image(repeats: int, width: int, height: int, max_tiles: int) -> None:
         f"{plan.num_tiles} tiles; median of {repeats} runs"
     )
     outputs = [function(image) for _, function in rows]  # warm-up and outputs for the pixel comparison
-    # Round-robin timing: every repeat runs each row once, so load changes on the machine hit all rows alike.
+    # Timing in blocks, rows alternating between rounds: load changes on the machine hit all rows alike, and each block
+    # starts with an untimed call, so threads left spinning by the previous row (OpenMP) do not count against this one.
     times: list[list[float]] = [[] for _ in rows]
-    for _ in range(repeats):
+    rounds = 3
+    for _ in range(rounds):
         for index, (_, function) in enumerate(rows):
-            start = time.perf_counter()
             function(image)
-            times[index].append((time.perf_counter() - start) * 1e3)
+            for _ in range(max(1, repeats // rounds)):
+                start = time.perf_counter()
+                function(image)
+                times[index].append((time.perf_counter() - start) * 1e3)
     print("| preprocessing | ms (median) | original / this | max abs diff vs original | identical |")
     print("|---|---:|---:|---:|:---:|")
     base_ms = statistics.median(times[0])

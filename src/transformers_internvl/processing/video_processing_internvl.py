@@ -409,6 +409,14 @@ class InternVLVideoProcessor(VideoProcessorMixin):
     frame given is used. A `bound` on decoded frames needs their frame rate: `video_metadata={"fps": ...}`.
     `do_sample_frames=False` uses every frame of a file too (decodes it all).
 
+    Decoding (`read_video_frames`): the frame count is the stream header's; containers without one (webm, mkv, some
+    gif) are demuxed once without decoding to count packets, as decord does. Frame `i` is looked up at
+    `start + i / average_fps` (index -> time with the stream's average frame rate): the reader seeks to the keyframe
+    before it and decodes forward to the first frame whose timestamp reaches it (within half a frame period); targets
+    less than 48 frames ahead are reached by decoding on. Exact for constant-frame-rate video; for variable frame
+    rates it returns the frame shown at that time. Pixel values come from FFmpeg's YUV -> RGB conversion in PyAV; the
+    original used decord, whose conversion was not compared here.
+
     Each frame is converted to RGB and resized to `image_size` x `image_size` with PIL bicubic (the original's
     `dynamic_preprocess(frame, max_num=1)`: one tile, no thumbnail), then normalised with `image_mean`/`image_std`
     exactly like image tiles.
