@@ -248,7 +248,8 @@ class InternVLVisionEncoder(nn.Module):
             hidden_states, attn_weights = layer(hidden_states, **kwargs)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
-            if output_attentions:
+            # Kernels that do not materialise the weights (sdpa, flash) return None: report none, as the LLM does.
+            if output_attentions and attn_weights is not None:
                 all_attentions += (attn_weights,)
         return BaseModelOutput(
             last_hidden_state=hidden_states, hidden_states=all_hidden_states, attentions=all_attentions
