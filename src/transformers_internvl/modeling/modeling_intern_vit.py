@@ -15,6 +15,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.processing_utils import Unpack
@@ -25,23 +26,9 @@ from .configuration_intern_vit import InternVLVisionConfig
 logger = logging.get_logger(__name__)
 
 
-class InternVLVisionRMSNorm(nn.Module):
-    """RMSNorm computed in fp32 and cast back before the weight, as the original `InternRMSNorm`."""
-
-    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.variance_epsilon = eps
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        input_dtype = hidden_states.dtype
-        hidden_states = hidden_states.to(torch.float32)
-        variance = hidden_states.pow(2).mean(-1, keepdim=True)
-        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
-        return self.weight * hidden_states.to(input_dtype)
-
-    def extra_repr(self) -> str:
-        return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
+class InternVLVisionRMSNorm(LlamaRMSNorm):
+    """RMSNorm computed in fp32 and cast back before the weight, as the original `InternRMSNorm` (same maths as
+    transformers' `LlamaRMSNorm`)."""
 
 
 NORM2FN: dict[str, type[nn.Module]] = {"rms_norm": InternVLVisionRMSNorm, "layer_norm": nn.LayerNorm}

@@ -21,6 +21,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
 from transformers.processing_utils import Unpack
@@ -88,23 +89,9 @@ def describe_wqkv_mismatch(name: str, checkpoint_shape: tuple[int, ...], config:
 _WQKV_MISMATCHES: ContextVar[list[str] | None] = ContextVar("_WQKV_MISMATCHES", default=None)
 
 
-class InternLM2RMSNorm(nn.Module):
-    """RMSNorm computed in float32, cast back to the input dtype, then scaled by `weight` (as the original)."""
-
-    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.variance_epsilon = eps
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        input_dtype = hidden_states.dtype
-        hidden_states = hidden_states.to(torch.float32)
-        variance = hidden_states.pow(2).mean(-1, keepdim=True)
-        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
-        return self.weight * hidden_states.to(input_dtype)
-
-    def extra_repr(self) -> str:
-        return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
+class InternLM2RMSNorm(LlamaRMSNorm):
+    """RMSNorm computed in float32, cast back to the input dtype, then scaled by `weight`, as the original (same
+    maths as transformers' `LlamaRMSNorm`)."""
 
 
 class InternLM2RotaryEmbedding(nn.Module):
