@@ -128,3 +128,11 @@ def test_zero_tiles_and_several_return_sequences(model):
             do_sample=True, top_k=1, num_return_sequences=2, max_new_tokens=3, pad_token_id=PAD_ID,
         )
     assert torch.equal(out, _greedy(model, input_ids=input_ids, max_new_tokens=3).expand(2, -1))
+
+
+def test_prefill_with_images_compiles_without_graph_breaks(model, io):
+    # fullgraph=True fails on any graph break: the vision tower, the placeholder check and the merge must all trace.
+    compiled = torch.compile(model.forward, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        logits = compiled(input_ids=io["input_ids"], pixel_values=io["pixel_values"], use_cache=False).logits
+    assert (logits - io["logits"]).abs().max().item() <= 1e-5

@@ -20,6 +20,7 @@ from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, can_return_tuple, logging
+from transformers.utils.import_utils import torch_compilable_check
 from transformers.utils.deprecation import deprecate_kwarg
 
 from ..conversion.checkpoint_mapping import original_layout_renamings
@@ -352,14 +353,17 @@ class InternVLModel(InternVLPreTrainedModel):
                 "weights, or set `model.config.image_token_id`."
             )
         special_image_mask = input_ids == image_token_id
-        num_image_tokens = int(special_image_mask.sum())
+        num_image_tokens = special_image_mask.sum()
         num_tiles, tokens_per_tile = image_features.shape[:2]
-        if num_image_tokens != num_tiles * tokens_per_tile:
-            raise ValueError(
-                f"Image features and image tokens do not match: the input has {num_image_tokens} image tokens "
+        # A compile-friendly check (no graph break under torch.compile); eager raises the ValueError below.
+        torch_compilable_check(
+            num_image_tokens == num_tiles * tokens_per_tile,
+            lambda: (
+                f"Image features and image tokens do not match: the input has {int(num_image_tokens)} image tokens "
                 f"(id {image_token_id}) but pixel_values give {num_tiles} tiles x {tokens_per_tile} = "
                 f"{num_tiles * tokens_per_tile} features."
-            )
+            ),
+        )
         return special_image_mask
 
     @can_return_tuple
