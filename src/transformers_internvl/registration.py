@@ -55,18 +55,13 @@ def _register_tokenizers() -> None:
     from transformers import AutoTokenizer
     from transformers.models.auto.tokenization_auto import REGISTERED_FAST_ALIASES, REGISTERED_TOKENIZER_CLASSES
 
+    from .modeling.configuration_internlm2 import InternLM2Config
     from .processing.tokenization_internlm2 import InternLM2Tokenizer
     from .processing.tokenization_internlm2_fast import InternLM2TokenizerFast
 
     REGISTERED_TOKENIZER_CLASSES[InternLM2Tokenizer.__name__] = InternLM2Tokenizer
     REGISTERED_TOKENIZER_CLASSES[InternLM2TokenizerFast.__name__] = InternLM2TokenizerFast
     REGISTERED_FAST_ALIASES[InternLM2Tokenizer.__name__] = InternLM2TokenizerFast
-    try:
-        from .modeling.configuration_internlm2 import InternLM2Config
-    except ModuleNotFoundError as error:
-        if error.name != f"{__package__}.modeling.configuration_internlm2":
-            raise
-        return
     # An InternLM2 language-model folder whose tokenizer_config.json names no class still gets the right tokenizer.
     AutoTokenizer.register(
         InternLM2Config,
