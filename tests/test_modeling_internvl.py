@@ -340,3 +340,35 @@ def test_wqkv_of_the_wrong_shape_names_the_shapes(tmp_path):
     save_file(state_dict, tmp_path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match=r"wqkv.weight has shape \(192, 64\).*expected \(128, 64\)"):
         AutoModelForImageTextToText.from_pretrained(tmp_path)
+
+
+def test_llama_llm_checkpoint_in_the_original_layout(tmp_path, qwen2_io):
+    """A `LlamaForCausalLM` llm_config loads from original keys; with Qwen2's weights (Qwen2 = Llama with q/k/v
+    biases; Llama's `attention_bias` also adds an o_proj bias, set to zero here) it reproduces the Qwen2 reference."""
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig
+
+    config = json.loads((QWEN2_DIR / "config.json").read_text())
+    qwen2 = config["llm_config"]
+    llama = LlamaConfig(
+        vocab_size=qwen2["vocab_size"], hidden_size=qwen2["hidden_size"],
+        intermediate_size=qwen2["intermediate_size"], num_hidden_layers=qwen2["num_hidden_layers"],
+        num_attention_heads=qwen2["num_attention_heads"], num_key_value_heads=qwen2["num_key_value_heads"],
+        rms_norm_eps=qwen2["rms_norm_eps"], rope_theta=qwen2["rope_theta"], attention_bias=True,
+        max_position_embeddings=qwen2["max_position_embeddings"], tie_word_embeddings=False,
+        architectures=["LlamaForCausalLM"],
+    ).to_dict()
+    config["llm_config"] = llama
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    state_dict = load_file(QWEN2_DIR / "model.safetensors")
+    for layer in range(qwen2["num_hidden_layers"]):
+        state_dict[f"language_model.model.layers.{layer}.self_attn.o_proj.bias"] = torch.zeros(qwen2["hidden_size"])
+    save_file(state_dict, tmp_path / "model.safetensors", metadata={"format": "pt"})
+
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path, image_token_id=_image_token_id(QWEN2_DIR)).eval()
+    assert model.config.text_config.model_type == "llama"
+    with torch.no_grad():
+        logits = model(input_ids=qwen2_io["input_ids"], pixel_values=qwen2_io["pixel_values"]).logits
+    assert (logits - qwen2_io["logits"]).abs().max().item() <= 1e-5
+    model.save_pretrained(tmp_path / "saved")
+    assert set(load_file(tmp_path / "saved" / "model.safetensors")) == set(state_dict)
