@@ -21,6 +21,9 @@ def _expand(compact: str) -> str:
     return COMPACT.sub(lambda match: "<IMG_CONTEXT>" * int(match.group(1)), compact)
 
 
+INTERNLM2_DIR = FIXTURES / "models" / "tiny-internlm2"
+
+
 @pytest.fixture(scope="module")
 def model():
     return AutoModelForImageTextToText.from_pretrained(QWEN2_DIR).eval()
@@ -29,6 +32,16 @@ def model():
 @pytest.fixture(scope="module")
 def tokenizer():
     return AutoTokenizer.from_pretrained(FIXTURES / "tokenizers" / "qwen2-tiny")
+
+
+@pytest.fixture(scope="module")
+def internlm2_model():
+    return AutoModelForImageTextToText.from_pretrained(INTERNLM2_DIR).eval()
+
+
+@pytest.fixture(scope="module")
+def internlm2_tokenizer():
+    return AutoTokenizer.from_pretrained(FIXTURES / "tokenizers" / "internlm2-dummy-prefix")
 
 
 class _RecordingGenerate:
@@ -44,14 +57,17 @@ class _RecordingGenerate:
         return self.original(**kwargs)
 
 
-def _cases(method):
-    return [case for case in PROMPTS["cases"] if case["template"] == "internvl2_5" and case["method"] == method]
+def _cases(method, template="internvl2_5"):
+    # chat() always uses the model's system message: the system-override cases belong to the processor tests.
+    return [
+        case
+        for case in PROMPTS["cases"]
+        if case["template"] == template and case["method"] == method and case.get("system_message_override") is None
+    ]
 
 
 @pytest.mark.parametrize("case", _cases("chat"), ids=lambda case: case["id"])
 def test_chat_prompt_ids_and_tokens_match_the_original(case, model, tokenizer, monkeypatch):
-    if case["system_message_override"] is not None:
-        pytest.skip("chat() uses the model's system message; overrides are covered by the processor tests")
     torch.manual_seed(0)
     num_tiles = sum(case["num_patches_list"])
     pixel_values = torch.randn(num_tiles, 3, 448, 448) if case["pixel_values_passed"] else None
@@ -123,3 +139,27 @@ def test_chat_does_not_modify_the_callers_generation_config(model, tokenizer):
     config = dict(max_new_tokens=2, do_sample=False)
     model.chat(tokenizer, None, "Hello", config)
     assert config == dict(max_new_tokens=2, do_sample=False)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [c for c in _cases("chat", "internlm2-chat") if not c["pixel_values_passed"] or "<image>" in c["prompt_before_expansion"]],
+    ids=lambda case: case["id"],
+)
+def test_internlm2_chat_prompt_ids_match_the_original(case, internlm2_model, internlm2_tokenizer, monkeypatch):
+    """The tiny InternLM2 checkpoint's template is `internlm2-chat`; its prompts go through the InternLM2 tokenizer
+    (BOS first) exactly as the original tokenizes the reference prompt strings."""
+    assert internlm2_model.config.template == "internlm2-chat"
+    torch.manual_seed(0)
+    pixel_values = torch.randn(sum(case["num_patches_list"]), 3, 448, 448) if case["pixel_values_passed"] else None
+    recorder = _RecordingGenerate(internlm2_model)
+    monkeypatch.setattr(internlm2_model, "generate", recorder)
+    # The tiny model's vocabulary (1000) is larger than this tokenizer's (609): keep generation inside the tokenizer.
+    generation_config = dict(max_new_tokens=3, do_sample=False, suppress_tokens=list(range(609, 1000)))
+    history = [tuple(turn) for turn in case["history"]] if case["history"] is not None else None
+    internlm2_model.chat(internlm2_tokenizer, pixel_values, case["question"], generation_config, history=history,
+                         num_patches_list=case["num_patches_list"] or None)
+    expected_ids = internlm2_tokenizer(_expand(case["prompt_expanded_compact"]), return_tensors="pt").input_ids
+    assert expected_ids[0, 0].item() == internlm2_tokenizer.bos_token_id
+    assert torch.equal(recorder.calls[0]["input_ids"], expected_ids)
+    assert recorder.calls[0]["eos_token_id"] == internlm2_tokenizer.convert_tokens_to_ids("<|im_end|>")

@@ -53,6 +53,8 @@ def _check_reference_parity(model, io, pad_token_id):
     features_delta = (features.pooler_output - io["vit_embeds"]).abs().max().item()
     vision_delta = (features.last_hidden_state[:1] - io["vision_selected_hidden_state_tile0"]).abs().max().item()
     assert features.pooler_output.shape == io["vit_embeds"].shape
+    with torch.no_grad():
+        assert torch.equal(model.extract_feature(io["pixel_values"]), features.pooler_output)  # original API
     assert logits_delta <= 1e-5, logits_delta
     assert features_delta <= 1e-5, features_delta
     assert vision_delta <= 1e-5, vision_delta

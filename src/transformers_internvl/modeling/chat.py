@@ -39,7 +39,8 @@ def _generation_kwargs(generation_config: dict | GenerationConfig | None) -> dic
 
 
 class InternVLChatMixin:
-    """Adds the original `chat` / `batch_chat` API to `InternVLForConditionalGeneration`."""
+    """Adds the original remote-code API (`chat`, `batch_chat`, `extract_feature`) to
+    `InternVLForConditionalGeneration`."""
 
     @property
     def template(self) -> str:
@@ -56,6 +57,11 @@ class InternVLChatMixin:
     @property
     def num_image_token(self) -> int:
         return self.config.num_image_token
+
+    def extract_feature(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The original `extract_feature`: projected image features `(num_tiles, 256, hidden_size)` as a tensor
+        (the transformers-style `get_image_features` returns them as `pooler_output` of a model output)."""
+        return self.get_image_features(pixel_values, return_dict=True).pooler_output
 
     def _image_token_id_from(self, tokenizer, image_context_token: str) -> int:
         token_id = tokenizer.convert_tokens_to_ids(image_context_token)
