@@ -96,6 +96,18 @@ def _head_layout(config: InternLM2Config | LlamaConfig) -> tuple[int, int, int, 
     return hidden_size, num_heads, num_kv_heads, head_dim
 
 
+# Config fields with the same name and meaning in InternLM2Config and LlamaConfig.
+_SHARED_CONFIG_FIELDS = (
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "hidden_act",
+    "max_position_embeddings", "initializer_range", "rms_norm_eps", "use_cache", "pad_token_id", "bos_token_id",
+    "eos_token_id", "tie_word_embeddings",
+)
+
+
+def _shared_fields(config) -> dict[str, object]:
+    return {name: getattr(config, name) for name in _SHARED_CONFIG_FIELDS}
+
+
 def internlm2_config_to_llama(config: InternLM2Config) -> LlamaConfig:
     """The `LlamaConfig` of the same model (`attention_bias = bias`, `mlp_bias = False`, rope mapped by type)."""
     if not isinstance(config, InternLM2Config):
@@ -106,22 +118,9 @@ def internlm2_config_to_llama(config: InternLM2Config) -> LlamaConfig:
         rope_parameters["rope_type"] = config.rope_scaling["type"]
         rope_parameters["factor"] = config.rope_scaling["factor"]
     llama_config = LlamaConfig(
-        vocab_size=config.vocab_size,
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
+        **_shared_fields(config),
         num_key_value_heads=num_kv_heads,
         head_dim=head_dim,
-        hidden_act=config.hidden_act,
-        max_position_embeddings=config.max_position_embeddings,
-        initializer_range=config.initializer_range,
-        rms_norm_eps=config.rms_norm_eps,
-        use_cache=config.use_cache,
-        pad_token_id=config.pad_token_id,
-        bos_token_id=config.bos_token_id,
-        eos_token_id=config.eos_token_id,
-        tie_word_embeddings=config.tie_word_embeddings,
         rope_parameters=rope_parameters,
         attention_bias=config.bias,
         mlp_bias=False,
@@ -148,21 +147,8 @@ def llama_config_to_internlm2(config: LlamaConfig) -> InternLM2Config:
     if rope_type != "default":
         rope_scaling = standardize_rope_scaling({"type": rope_type, "factor": rope_parameters.get("factor")})
     return InternLM2Config(
-        vocab_size=config.vocab_size,
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
+        **_shared_fields(config),
         num_key_value_heads=num_kv_heads,
-        hidden_act=config.hidden_act,
-        max_position_embeddings=config.max_position_embeddings,
-        initializer_range=config.initializer_range,
-        rms_norm_eps=config.rms_norm_eps,
-        use_cache=config.use_cache,
-        pad_token_id=config.pad_token_id,
-        bos_token_id=config.bos_token_id,
-        eos_token_id=config.eos_token_id,
-        tie_word_embeddings=config.tie_word_embeddings,
         bias=config.attention_bias,
         rope_theta=rope_parameters.get("rope_theta", LlamaConfig.default_theta),
         rope_scaling=rope_scaling,
