@@ -95,10 +95,14 @@ def test_chat_prompt_ids_and_tokens_match_the_original(case, model, tokenizer, m
     assert sent["eos_token_id"] == tokenizer.convert_tokens_to_ids(case["eos_token_string"])
 
     direct = recorder.original(
-        input_ids=expected_ids, pixel_values=pixel_values, max_new_tokens=4, do_sample=False,
-        eos_token_id=sent["eos_token_id"], pad_token_id=tokenizer.pad_token_id,
+        input_ids=expected_ids,
+        pixel_values=pixel_values,
+        max_new_tokens=4,
+        do_sample=False,
+        eos_token_id=sent["eos_token_id"],
+        pad_token_id=tokenizer.pad_token_id,
     )
-    direct_text = tokenizer.decode(direct[0, expected_ids.shape[1]:], skip_special_tokens=True)
+    direct_text = tokenizer.decode(direct[0, expected_ids.shape[1] :], skip_special_tokens=True)
     assert response == direct_text.split("<|im_end|>")[0].strip()
     assert new_history[-1][1] == response
     assert len(new_history) == len(history or []) + 1
@@ -111,7 +115,10 @@ def test_batch_chat_prompts_are_left_padded_originals(case, model, tokenizer, mo
     recorder = _RecordingGenerate(model)
     monkeypatch.setattr(model, "generate", recorder)
     responses = model.batch_chat(
-        tokenizer, pixel_values, case["questions"], dict(max_new_tokens=3, do_sample=False),
+        tokenizer,
+        pixel_values,
+        case["questions"],
+        dict(max_new_tokens=3, do_sample=False),
         num_patches_list=case["num_patches_list"],
     )
     prompts = [_expand(compact) for compact in case["prompts_expanded_compact"]]
@@ -124,8 +131,9 @@ def test_batch_chat_prompts_are_left_padded_originals(case, model, tokenizer, mo
     # Each answer equals the sample run alone (left padding does not change greedy tokens).
     offset = 0
     for question, tiles, answer in zip(case["questions"], case["num_patches_list"], responses):
-        alone = model.chat(tokenizer, pixel_values[offset : offset + tiles], question,
-                           dict(max_new_tokens=3, do_sample=False))
+        alone = model.chat(
+            tokenizer, pixel_values[offset : offset + tiles], question, dict(max_new_tokens=3, do_sample=False)
+        )
         offset += tiles
         assert alone == answer
 
@@ -143,7 +151,11 @@ def test_chat_does_not_modify_the_callers_generation_config(model, tokenizer):
 
 @pytest.mark.parametrize(
     "case",
-    [c for c in _cases("chat", "internlm2-chat") if not c["pixel_values_passed"] or "<image>" in c["prompt_before_expansion"]],
+    [
+        c
+        for c in _cases("chat", "internlm2-chat")
+        if not c["pixel_values_passed"] or "<image>" in c["prompt_before_expansion"]
+    ],
     ids=lambda case: case["id"],
 )
 def test_internlm2_chat_prompt_ids_match_the_original(case, internlm2_model, internlm2_tokenizer, monkeypatch):
@@ -157,8 +169,14 @@ def test_internlm2_chat_prompt_ids_match_the_original(case, internlm2_model, int
     # The tiny model's vocabulary (1000) is larger than this tokenizer's (609): keep generation inside the tokenizer.
     generation_config = dict(max_new_tokens=3, do_sample=False, suppress_tokens=list(range(609, 1000)))
     history = [tuple(turn) for turn in case["history"]] if case["history"] is not None else None
-    internlm2_model.chat(internlm2_tokenizer, pixel_values, case["question"], generation_config, history=history,
-                         num_patches_list=case["num_patches_list"] or None)
+    internlm2_model.chat(
+        internlm2_tokenizer,
+        pixel_values,
+        case["question"],
+        generation_config,
+        history=history,
+        num_patches_list=case["num_patches_list"] or None,
+    )
     expected_ids = internlm2_tokenizer(_expand(case["prompt_expanded_compact"]), return_tensors="pt").input_ids
     assert expected_ids[0, 0].item() == internlm2_tokenizer.bos_token_id
     assert torch.equal(recorder.calls[0]["input_ids"], expected_ids)

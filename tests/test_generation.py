@@ -114,8 +114,14 @@ def test_several_return_sequences_keep_each_samples_tiles(model, io):
     greedy = _greedy(model, input_ids=two_tiles, pixel_values=pixel_values)
     with torch.no_grad():
         sampled = model.generate(
-            input_ids=two_tiles, pixel_values=pixel_values, do_sample=True, top_k=1, num_return_sequences=3,
-            max_new_tokens=6, eos_token_id=None, pad_token_id=PAD_ID,
+            input_ids=two_tiles,
+            pixel_values=pixel_values,
+            do_sample=True,
+            top_k=1,
+            num_return_sequences=3,
+            max_new_tokens=6,
+            eos_token_id=None,
+            pad_token_id=PAD_ID,
         )
     assert torch.equal(sampled, greedy.expand(3, -1))
 
@@ -124,8 +130,14 @@ def test_zero_tiles_and_several_return_sequences(model):
     input_ids = torch.tensor([[5, 6, 7]])
     with torch.no_grad():
         out = model.generate(
-            input_ids=input_ids, pixel_values=torch.zeros(0, 3, 448, 448), num_tiles=torch.zeros(0, dtype=torch.long),
-            do_sample=True, top_k=1, num_return_sequences=2, max_new_tokens=3, pad_token_id=PAD_ID,
+            input_ids=input_ids,
+            pixel_values=torch.zeros(0, 3, 448, 448),
+            num_tiles=torch.zeros(0, dtype=torch.long),
+            do_sample=True,
+            top_k=1,
+            num_return_sequences=2,
+            max_new_tokens=3,
+            pad_token_id=PAD_ID,
         )
     assert torch.equal(out, _greedy(model, input_ids=input_ids, max_new_tokens=3).expand(2, -1))
 

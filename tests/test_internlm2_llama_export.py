@@ -19,7 +19,6 @@ from transformers_internvl.conversion.internlm2_llama import (
     llama_state_dict_to_internlm2,
 )
 
-
 MODEL_DIR = Path(__file__).parent / "fixtures" / "models" / "tiny-internlm2"
 PREFIX = "language_model."
 LOGITS_ATOL = 1e-5

@@ -14,7 +14,6 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCac
 from transformers_internvl import InternLM2Config, InternLM2ForCausalLM, InternLM2Model
 from transformers_internvl.modeling.modeling_internlm2 import InternLM2RotaryEmbedding, check_wqkv_shape
 
-
 MODEL_DIR = Path(__file__).parent / "fixtures" / "models" / "tiny-internlm2"
 LOGITS_ATOL = 1e-5
 
@@ -454,8 +453,6 @@ def test_static_cache_decode_step_compiles_without_graph_breaks(model, reference
         forward = torch.compile(model, backend="eager", fullgraph=True) if compiled else model
         with torch.no_grad():
             model(input_ids=input_ids, cache=cache, use_cache=True)
-            step = forward(
-                input_ids=input_ids[:, -1:], cache=cache, use_cache=True, position_ids=torch.tensor([[140]])
-            )
+            step = forward(input_ids=input_ids[:, -1:], cache=cache, use_cache=True, position_ids=torch.tensor([[140]]))
         outputs.append(step.logits)
     torch.testing.assert_close(outputs[1], outputs[0], atol=0, rtol=0)

@@ -44,9 +44,7 @@ def qwen2_io():
 
 def _check_reference_parity(model, io, pad_token_id):
     with torch.no_grad():
-        outputs = model(
-            input_ids=io["input_ids"], pixel_values=io["pixel_values"], attention_mask=io["attention_mask"]
-        )
+        outputs = model(input_ids=io["input_ids"], pixel_values=io["pixel_values"], attention_mask=io["attention_mask"])
         features = model.get_image_features(io["pixel_values"])
     real = io["attention_mask"].bool()
     logits_delta = (outputs.logits - io["logits"])[real].abs().max().item()
@@ -162,8 +160,14 @@ def test_pixel_unshuffle_orderings_from_first_principles():
     assert v2.shape == v1.shape == (1, 2, 2, 4 * channels)
     for i in range(2):
         for j in range(2):
-            expected = torch.cat([grid[0, 2 * i, 2 * j], grid[0, 2 * i, 2 * j + 1], grid[0, 2 * i + 1, 2 * j],
-                                  grid[0, 2 * i + 1, 2 * j + 1]])
+            expected = torch.cat(
+                [
+                    grid[0, 2 * i, 2 * j],
+                    grid[0, 2 * i, 2 * j + 1],
+                    grid[0, 2 * i + 1, 2 * j],
+                    grid[0, 2 * i + 1, 2 * j + 1],
+                ]
+            )
             assert torch.equal(v2[0, i, j], expected)
             assert torch.equal(v1[0, j, i], expected)  # v1 leaves the token grid transposed
 
@@ -269,8 +273,10 @@ def test_base_model_loads_original_keys(tmp_path, qwen2_model, qwen2_io):
     base = AutoModel.from_pretrained(QWEN2_DIR, image_token_id=_image_token_id(QWEN2_DIR)).eval()
     with torch.no_grad():
         hidden = base(input_ids=qwen2_io["input_ids"], pixel_values=qwen2_io["pixel_values"]).last_hidden_state
-        assert torch.equal(qwen2_model.lm_head(hidden), qwen2_model(
-            input_ids=qwen2_io["input_ids"], pixel_values=qwen2_io["pixel_values"]).logits)
+        assert torch.equal(
+            qwen2_model.lm_head(hidden),
+            qwen2_model(input_ids=qwen2_io["input_ids"], pixel_values=qwen2_io["pixel_values"]).logits,
+        )
 
 
 def test_image_token_id_resolution_order(tmp_path):
@@ -301,9 +307,7 @@ def test_image_token_count_mismatch_names_both_counts(qwen2_model, qwen2_io):
         qwen2_model(input_ids=input_ids, pixel_values=qwen2_io["pixel_values"])
 
 
-@pytest.mark.parametrize(
-    "shape", [(3, 448, 448), (1, 3, 224, 224), (1, 1, 448, 448), (1, 3, 448, 448, 1)], ids=str
-)
+@pytest.mark.parametrize("shape", [(3, 448, 448), (1, 3, 224, 224), (1, 1, 448, 448), (1, 3, 448, 448, 1)], ids=str)
 def test_pixel_values_of_wrong_shape_are_rejected(qwen2_model, qwen2_io, shape):
     with pytest.raises(ValueError, match=r"pixel_values.*\(num_tiles, 3, 448, 448\)"):
         qwen2_model(input_ids=qwen2_io["input_ids"], pixel_values=torch.zeros(shape))
@@ -317,7 +321,9 @@ def test_num_tiles_must_match_pixel_values(qwen2_model, qwen2_io):
 def test_unknown_llm_architecture_names_the_supported_ones():
     config = json.loads((QWEN2_DIR / "config.json").read_text())
     config["llm_config"]["architectures"] = ["MistralForCausalLM"]
-    with pytest.raises(ValueError, match=r"MistralForCausalLM.*InternLM2ForCausalLM.*LlamaForCausalLM.*Qwen2ForCausalLM"):
+    with pytest.raises(
+        ValueError, match=r"MistralForCausalLM.*InternLM2ForCausalLM.*LlamaForCausalLM.*Qwen2ForCausalLM"
+    ):
         InternVLConfig(**{k: v for k, v in config.items() if k != "model_type"})
 
 
@@ -353,11 +359,17 @@ def test_llama_llm_checkpoint_in_the_original_layout(tmp_path, qwen2_io):
     config = json.loads((QWEN2_DIR / "config.json").read_text())
     qwen2 = config["llm_config"]
     llama = LlamaConfig(
-        vocab_size=qwen2["vocab_size"], hidden_size=qwen2["hidden_size"],
-        intermediate_size=qwen2["intermediate_size"], num_hidden_layers=qwen2["num_hidden_layers"],
-        num_attention_heads=qwen2["num_attention_heads"], num_key_value_heads=qwen2["num_key_value_heads"],
-        rms_norm_eps=qwen2["rms_norm_eps"], rope_theta=qwen2["rope_theta"], attention_bias=True,
-        max_position_embeddings=qwen2["max_position_embeddings"], tie_word_embeddings=False,
+        vocab_size=qwen2["vocab_size"],
+        hidden_size=qwen2["hidden_size"],
+        intermediate_size=qwen2["intermediate_size"],
+        num_hidden_layers=qwen2["num_hidden_layers"],
+        num_attention_heads=qwen2["num_attention_heads"],
+        num_key_value_heads=qwen2["num_key_value_heads"],
+        rms_norm_eps=qwen2["rms_norm_eps"],
+        rope_theta=qwen2["rope_theta"],
+        attention_bias=True,
+        max_position_embeddings=qwen2["max_position_embeddings"],
+        tie_word_embeddings=False,
         architectures=["LlamaForCausalLM"],
     ).to_dict()
     config["llm_config"] = llama

@@ -81,8 +81,9 @@ def test_image_multi_image_video_and_text_only_chats(qwen2_pipe, tmp_path):
     chats = {
         "pil image": _user({"type": "image", "image": _image(0)}, _text("What is this?")),
         "image path": _user({"type": "image", "path": str(image_path)}, _text("Describe.")),
-        "two images": _user({"type": "image", "image": _image(0)}, {"type": "image", "image": _image(1)},
-                            _text("Compare.")),
+        "two images": _user(
+            {"type": "image", "image": _image(0)}, {"type": "image", "image": _image(1)}, _text("Compare.")
+        ),
         "video": _user({"type": "video", "path": str(video_path)}, _text("What happens?")),
         "text only": _user(_text("Hello")),
     }

@@ -13,8 +13,19 @@ FIXTURES = Path(__file__).parent / "fixtures"
 QWEN2_DIR = FIXTURES / "models" / "tiny-qwen2"
 
 # LoRA targets of the original fine-tuning code (original-behaviour.md §7): ViT and Qwen2 modules.
-LORA_TARGETS = ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "q_proj", "k_proj", "v_proj", "o_proj",
-                "gate_proj", "up_proj", "down_proj"]
+LORA_TARGETS = [
+    "attn.qkv",
+    "attn.proj",
+    "mlp.fc1",
+    "mlp.fc2",
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+]
 
 
 @pytest.fixture()

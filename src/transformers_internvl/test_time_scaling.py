@@ -598,9 +598,7 @@ class RepetitionStoppingCriteria(StoppingCriteria):
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
                 raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
         if window_size is not None and (not isinstance(window_size, int) or window_size < ngram_size):
-            raise ValueError(
-                f"`window_size` must be None or an int >= ngram_size ({ngram_size}), got {window_size!r}."
-            )
+            raise ValueError(f"`window_size` must be None or an int >= ngram_size ({ngram_size}), got {window_size!r}.")
         if not 0.0 <= float(threshold) < 1.0:
             raise ValueError(f"`threshold` must be in [0, 1), got {threshold!r}.")
         if prompt_length is not None and (not isinstance(prompt_length, int) or prompt_length < 0):

@@ -44,7 +44,6 @@ from transformers import LlamaConfig
 from ..modeling.configuration_internlm2 import InternLM2Config, standardize_rope_scaling
 from ..modeling.modeling_internlm2 import check_wqkv_shape
 
-
 __all__ = [
     "internlm2_config_to_llama",
     "internlm2_state_dict_to_llama",
@@ -67,9 +66,7 @@ _BASE_RENAMES: dict[str, str] = {"tok_embeddings.weight": "embed_tokens.weight",
 _HEAD_RENAMES: dict[str, str] = {"output.weight": "lm_head.weight"}
 
 _LAYER_KEY = re.compile(r"^(?P<base>(?:model\.)?)layers\.(?P<index>\d+)\.(?P<name>.+)$")
-_PROJECTION_KEY = re.compile(
-    r"^(?:model\.)?layers\.\d+\.self_attn\.(?P<projection>[qkv]_proj)\.(?P<kind>weight|bias)$"
-)
+_PROJECTION_KEY = re.compile(r"^(?:model\.)?layers\.\d+\.self_attn\.(?P<projection>[qkv]_proj)\.(?P<kind>weight|bias)$")
 _TOP_KEY = re.compile(r"^(?P<base>(?:model\.)?)(?P<name>[^.]+\.(?:weight|bias))$")
 
 _ROPE_TYPES = ("default", "linear", "dynamic")
@@ -98,9 +95,20 @@ def _head_layout(config: InternLM2Config | LlamaConfig) -> tuple[int, int, int, 
 
 # Config fields with the same name and meaning in InternLM2Config and LlamaConfig.
 _SHARED_CONFIG_FIELDS = (
-    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "hidden_act",
-    "max_position_embeddings", "initializer_range", "rms_norm_eps", "use_cache", "pad_token_id", "bos_token_id",
-    "eos_token_id", "tie_word_embeddings",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "hidden_act",
+    "max_position_embeddings",
+    "initializer_range",
+    "rms_norm_eps",
+    "use_cache",
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
+    "tie_word_embeddings",
 )
 
 

@@ -15,7 +15,6 @@ from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
 from transformers.utils import auto_docstring, is_flash_attn_2_available, logging
 
-
 logger = logging.get_logger(__name__)
 
 ROPE_SCALING_TYPES = ("linear", "dynamic")

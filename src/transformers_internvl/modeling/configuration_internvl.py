@@ -114,7 +114,9 @@ class InternVLConfig(PreTrainedConfig):
             text_config.pop("model_type", None)
             self.text_config = AutoConfig.for_model(model_type, **text_config)
         elif isinstance(self.text_config, PreTrainedConfig):
-            _text_model_type({"architectures": self.text_config.architectures, "model_type": self.text_config.model_type})
+            _text_model_type(
+                {"architectures": self.text_config.architectures, "model_type": self.text_config.model_type}
+            )
 
         # An explicit top-level value wins (the original always writes `false` and keeps a separate LM head);
         # without one the LM head follows the LLM's own setting (the upstream port ties whenever it is unset).

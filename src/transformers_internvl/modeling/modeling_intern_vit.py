@@ -15,9 +15,9 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.models.llama.modeling_llama import LlamaRMSNorm
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, logging
 
@@ -88,7 +88,10 @@ class InternVLVisionEmbeddings(nn.Module):
         class_embeds = self.class_embedding.expand(batch_size, 1, -1).to(target_dtype)
         embeddings = torch.cat([class_embeds, patch_embeds], dim=1)
         position_embedding = torch.cat(
-            [self.position_embedding[:, :1, :].to(target_dtype), self._patch_position_embedding(height, width, target_dtype)],
+            [
+                self.position_embedding[:, :1, :].to(target_dtype),
+                self._patch_position_embedding(height, width, target_dtype),
+            ],
             dim=1,
         )
         return embeddings + position_embedding
@@ -131,10 +134,14 @@ class InternVLVisionAttention(nn.Module):
         self.qkv = nn.Linear(self.embed_dim, 3 * self.embed_dim, bias=config.qkv_bias)
         # QK-norm normalises the concatenation of all heads (a `hidden_size` vector), not each head.
         self.q_norm = (
-            InternVLVisionRMSNorm(self.embed_dim, eps=config.layer_norm_eps) if config.qk_normalization else nn.Identity()
+            InternVLVisionRMSNorm(self.embed_dim, eps=config.layer_norm_eps)
+            if config.qk_normalization
+            else nn.Identity()
         )
         self.k_norm = (
-            InternVLVisionRMSNorm(self.embed_dim, eps=config.layer_norm_eps) if config.qk_normalization else nn.Identity()
+            InternVLVisionRMSNorm(self.embed_dim, eps=config.layer_norm_eps)
+            if config.qk_normalization
+            else nn.Identity()
         )
         self.proj = nn.Linear(self.embed_dim, self.embed_dim)
         self.proj_drop = nn.Dropout(config.dropout)
@@ -145,7 +152,9 @@ class InternVLVisionAttention(nn.Module):
         """`(num_tiles, seq_len, hidden_size)` -> same shape, plus attention weights when the backend returns them."""
         batch_size, seq_len, _ = hidden_states.shape
         # qkv output is laid out as [3][heads][head_dim].
-        query_states, key_states, value_states = self.qkv(hidden_states).view(batch_size, seq_len, 3, self.embed_dim).unbind(2)
+        query_states, key_states, value_states = (
+            self.qkv(hidden_states).view(batch_size, seq_len, 3, self.embed_dim).unbind(2)
+        )
         query_states = self.q_norm(query_states)
         key_states = self.k_norm(key_states)
         hidden_shape = (batch_size, seq_len, self.num_heads, self.head_dim)

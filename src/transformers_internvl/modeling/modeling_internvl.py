@@ -20,8 +20,8 @@ from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, can_return_tuple, logging
-from transformers.utils.import_utils import torch_compilable_check
 from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.import_utils import torch_compilable_check
 
 from ..conversion.checkpoint_mapping import original_layout_renamings
 from ..processing.conversation import IMAGE_CONTEXT_TOKEN, get_eos_token
@@ -31,6 +31,7 @@ from .modeling_intern_vit import InternVLVisionModel
 from .modeling_internlm2 import describe_wqkv_mismatch
 
 logger = logging.get_logger(__name__)
+
 
 def pixel_unshuffle(vision_features: torch.Tensor, downsample_ratio: float, ps_version: str) -> torch.Tensor:
     """Trade spatial resolution for channels, as the original `pixel_shuffle`.
@@ -181,7 +182,6 @@ class InternVLPreTrainedModel(PreTrainedModel):
                 generation_config.eos_token_id = eos_token_id
         return loaded
 
-
     @staticmethod
     def _config_for(pretrained_model_name_or_path, kwargs) -> InternVLConfig | None:
         config = kwargs.get("config")
@@ -206,7 +206,11 @@ def _describe_shape_mismatches(mismatches: list, config: InternVLConfig | None) 
     """One line per checkpoint tensor whose shape does not fit the config (InternLM2 `wqkv`: with the head maths)."""
     lines = []
     for name, checkpoint_shape, model_shape in mismatches:
-        if config is not None and config.text_config.model_type == "internlm2" and name.endswith("attention.wqkv.weight"):
+        if (
+            config is not None
+            and config.text_config.model_type == "internlm2"
+            and name.endswith("attention.wqkv.weight")
+        ):
             lines.append(describe_wqkv_mismatch(name, tuple(checkpoint_shape), config.text_config))
         else:
             lines.append(
@@ -394,9 +398,7 @@ class InternVLModel(InternVLPreTrainedModel):
         if num_tiles is not None and pixel_values is not None:
             total = int(sum(int(n) for n in num_tiles))
             if total != pixel_values.shape[0]:
-                raise ValueError(
-                    f"`num_tiles` sums to {total} but `pixel_values` holds {pixel_values.shape[0]} tiles."
-                )
+                raise ValueError(f"`num_tiles` sums to {total} but `pixel_values` holds {pixel_values.shape[0]} tiles.")
 
         if pixel_values is not None and pixel_values.shape[0] == 0:
             pixel_values = None  # a text-only batch collated with image batches carries zero tiles

@@ -512,9 +512,7 @@ def _size_to_int(name: str, size: object) -> int:
     if isinstance(size, dict):
         height, width = size.get("height"), size.get("width")
         if height is None or height != width:
-            raise ValueError(
-                f"`{name}` must describe a square tile, e.g. {{'height': 448, 'width': 448}}; got {size}."
-            )
+            raise ValueError(f"`{name}` must describe a square tile, e.g. {{'height': 448, 'width': 448}}; got {size}.")
         return _check_int(name, height)
     return _check_int(name, size)
 
@@ -628,9 +626,7 @@ class InternVLImageProcessor(BaseImageProcessor):
             )
         self.use_thumbnail = _check_bool("use_thumbnail", use_thumbnail)
         self.max_total_tiles = None if max_total_tiles is None else _check_int("max_total_tiles", max_total_tiles)
-        self.resample = _check_int(
-            "resample", int(resample) if isinstance(resample, Image.Resampling) else resample, 0
-        )
+        self.resample = _check_int("resample", int(resample) if isinstance(resample, Image.Resampling) else resample, 0)
         self.do_rescale = _check_bool("do_rescale", do_rescale)
         self.do_normalize = _check_bool("do_normalize", do_normalize)
         self.image_mean = list(_check_triple("image_mean", image_mean))
@@ -749,9 +745,7 @@ class InternVLImageProcessor(BaseImageProcessor):
             for s, sample in enumerate(samples)
         ]
         plans = [
-            plan
-            for sample in rgb_samples
-            for plan in self._plans_for_sample([image.size for image in sample], options)
+            plan for sample in rgb_samples for plan in self._plans_for_sample([image.size for image in sample], options)
         ]
         flat_images = [image for sample in rgb_samples for image in sample]
         pixel_values = self._tiles_from_plans(flat_images, plans, options)
