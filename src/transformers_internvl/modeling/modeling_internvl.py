@@ -145,10 +145,6 @@ class InternVLPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _can_compile_fullgraph = True
 
-    @torch.no_grad()
-    def _init_weights(self, module: nn.Module) -> None:
-        super()._init_weights(module)
-
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """As `PreTrainedModel.from_pretrained`, plus what original checkpoints leave to the tokenizer files next to
@@ -286,6 +282,8 @@ class InternVLModel(InternVLPreTrainedModel):
             Tiles go through the vision tower in micro-batches of `config.vision_batch_size`.
         """
         self._check_pixel_values(pixel_values)
+        if pixel_values.shape[0] == 0:
+            return self._empty_image_features(pixel_values)
         output_hidden_states = kwargs.pop("output_hidden_states", None)
         output_attentions = kwargs.pop("output_attentions", None)
         if output_hidden_states is None:
@@ -293,11 +291,9 @@ class InternVLModel(InternVLPreTrainedModel):
         pixel_values = pixel_values.to(dtype=self.vision_model.embeddings.patch_embedding.weight.dtype)
         select_layer = self.config.select_layer
         need_hidden_states = bool(output_hidden_states) or select_layer != -1
-        batch_size = self.config.vision_batch_size or max(pixel_values.shape[0], 1)
+        batch_size = self.config.vision_batch_size or pixel_values.shape[0]
 
         chunks = []
-        if pixel_values.shape[0] == 0:
-            return self._empty_image_features(pixel_values)
         for start in range(0, pixel_values.shape[0], batch_size):
             chunks.append(
                 self.vision_model(
@@ -400,11 +396,7 @@ class InternVLModel(InternVLPreTrainedModel):
             if total != pixel_values.shape[0]:
                 raise ValueError(f"`num_tiles` sums to {total} but `pixel_values` holds {pixel_values.shape[0]} tiles.")
 
-        if pixel_values is not None and pixel_values.shape[0] == 0:
-            pixel_values = None  # a text-only batch collated with image batches carries zero tiles
         image_outputs = (mm_encoder_outputs or {}).get("image")
-        if image_outputs is not None and image_outputs.pooler_output.shape[0] == 0:
-            image_outputs = None
         if image_outputs is None and pixel_values is not None:
             # The output flags apply to the vision tower too: its states / attentions land in `image_outputs`.
             image_outputs = self.get_image_features(
@@ -417,7 +409,8 @@ class InternVLModel(InternVLPreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
-        if image_outputs is not None:
+        # Zero tiles (text-only samples collated with image batches) place nothing.
+        if image_outputs is not None and image_outputs.pooler_output.shape[0] > 0:
             if input_ids is None:
                 raise ValueError("Image inputs need `input_ids` to locate the `<IMG_CONTEXT>` positions.")
             image_features = image_outputs.pooler_output
