@@ -364,7 +364,7 @@ def test_generate_with_votes_on_a_vision_language_model_with_several_tiles(tmp_p
     kwargs = dict(num_votes=3, seed=0, max_new_tokens=5, top_k=1, answer_parser=str)
     result = generate_with_votes(model, processor, inputs, **kwargs)
     assert result.responses == [expected] * 3
-    # A text-only prompt: the processor's empty pixel_values (no rows) are left out.
+    # A text-only prompt: the processor returns zero-tile pixel_values, which the model treats as no image.
     text_only = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "text", "text": "What?"}]}],
         add_generation_prompt=True,

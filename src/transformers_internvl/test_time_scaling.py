@@ -439,8 +439,7 @@ def generate_with_votes(
         **generate_kwargs: passed to `generate` (`max_new_tokens`, `temperature`, `top_p`, `stopping_criteria`, ...).
             `do_sample=True` and `num_return_sequences=num_votes` are set here.
 
-    Tensor inputs with no rows (the empty `pixel_values` of a text-only prompt) are left out. When the model does
-    not pre-encode images (`mm_encoder_outputs`) and an input is a flat batch of tiles
+    When the model does not pre-encode images (`mm_encoder_outputs`) and an input is a flat batch of tiles
     (first dimension other than 1, e.g. `pixel_values` `(num_tiles, 3, 448, 448)`), `generate`'s row-wise repetition
     would mix up the tiles; the inputs are then repeated here, whole prompt after whole prompt, and `generate` runs
     with `num_return_sequences=1` on that batch: the same samples, in the same order.
@@ -455,13 +454,6 @@ def generate_with_votes(
         raise TypeError(
             f"`processor_or_tokenizer` must have `batch_decode`, got {type(processor_or_tokenizer).__name__}."
         )
-    # A tensor with no rows carries nothing (e.g. `pixel_values` `(0, 3, 448, 448)` of a text-only prompt) but can
-    # trip `generate`'s expansion of pre-encoded images; leave such inputs out.
-    inputs = {
-        key: value
-        for key, value in inputs.items()
-        if not (isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == 0)
-    }
     batch_size = _batch_size_of(inputs)
     if batch_size != 1:
         raise ValueError(f"`inputs` must hold one prompt (batch size 1), got batch size {batch_size}.")
