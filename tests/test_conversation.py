@@ -328,5 +328,156 @@ def test_jinja_rejects_system_message_in_the_middle():
 def test_chat_template_constant_is_the_internvl2_5_template():
     assert CHAT_TEMPLATE == get_jinja_chat_template("internvl2_5")
     assert isinstance(get_conv_template("internvl2_5"), Conversation)
-    with pytest.raises(ValueError, match="MPT"):
-        get_jinja_chat_template("internvl_zh")
+
+
+# ---- every template of the original: fields, stop strings, prompts, Jinja ------------------------------------------
+
+# The definitions as written in OpenGVLab/InternVL internvl_chat/internvl/conversation.py (internvl_zh, Hermes-2,
+# internlm2-chat, phi3-chat, internvl2_5) and internvl_chat_gpt_oss/internvl/model/internvl_chat/conversation.py
+# (internvl3_5_gpt_oss): name -> (system_template, roles, sep_style, sep, sep2, stop_str).
+ORIGINAL_DEFINITIONS = {
+    "internvl_zh": ("", ("<human>", "<bot>"), "INTERNVL_ZH", "</s>", " ", None),
+    "Hermes-2": (
+        "<|im_start|>system\n{system_message}",
+        ("<|im_start|>user\n", "<|im_start|>assistant\n"),
+        "MPT",
+        "<|im_end|>",
+        None,
+        "<|endoftext|>",
+    ),
+    "internlm2-chat": (
+        "<|im_start|>system\n{system_message}",
+        ("<|im_start|>user\n", "<|im_start|>assistant\n"),
+        "MPT",
+        "<|im_end|>",
+        None,
+        None,
+    ),
+    "phi3-chat": ("<|system|>\n{system_message}", ("<|user|>\n", "<|assistant|>\n"), "MPT", "<|end|>", None, None),
+    "internvl2_5": (
+        "<|im_start|>system\n{system_message}",
+        ("<|im_start|>user\n", "<|im_start|>assistant\n"),
+        "MPT",
+        "<|im_end|>\n",
+        None,
+        None,
+    ),
+    "internvl3_5_gpt_oss": (
+        "<|start|>system<|message|>{system_message}",
+        ("<|start|>user<|message|>", "<|start|>assistant"),
+        "MPT_TWO",
+        "<|end|>",
+        "<|return|>",
+        None,
+    ),
+}
+GPT_OSS_SYSTEM = (
+    "You are InternVL, a large language model trained by Shanghai AI Laboratory.\nKnowledge cutoff: 2024-06\n"
+    "Current date: 2025-08-06\n\nReasoning: low\n\n# Valid channels: final. Channel must be included for every message."
+)
+# What the original chat() converts to `eos_token_id` and cuts the answer at: `template.sep.strip()`
+# (internvl_chat), `template.sep2.strip()` when sep2 is set (internvl_chat_gpt_oss, the only code with that template).
+EXPECTED_STOP = {
+    "internvl_zh": "</s>",
+    "Hermes-2": "<|im_end|>",
+    "internlm2-chat": "<|im_end|>",
+    "phi3-chat": "<|end|>",
+    "internvl2_5": "<|im_end|>",
+    "internvl3_5_gpt_oss": "<|return|>",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ORIGINAL_DEFINITIONS))
+def test_every_original_template_is_registered_with_its_fields(name):
+    system_template, roles, sep_style, sep, sep2, stop_str = ORIGINAL_DEFINITIONS[name]
+    conversation = get_conv_template(name)
+    assert conversation.system_template == system_template
+    assert conversation.roles == roles
+    assert conversation.sep_style.value == sep_style
+    assert (conversation.sep, conversation.sep2, conversation.stop_str) == (sep, sep2, stop_str)
+    assert conversation.eos_token == get_eos_token(name) == EXPECTED_STOP[name]
+
+
+def test_gpt_oss_system_message_is_the_original():
+    assert get_conv_template("internvl3_5_gpt_oss").system_message == GPT_OSS_SYSTEM
+
+
+def test_gpt_oss_chat_prompt_from_the_original_get_prompt():
+    # MPT_TWO: system block + sep, every message role + text + sep, the open assistant turn is its role alone.
+    expected = (
+        "<|start|>system<|message|>" + GPT_OSS_SYSTEM + "<|end|>"
+        "<|start|>user<|message|>Q1<|end|><|start|>assistantA1<|end|>"
+        "<|start|>user<|message|><image>\nQ2<|end|><|start|>assistant"
+    )
+    prompt = build_chat_prompt("internvl3_5_gpt_oss", "<image>\nQ2", history=[("Q1", "A1")], expand_images=False)
+    assert prompt == expected
+    # A final answer (training layout) ends with sep2 instead of sep; earlier answers keep sep.
+    conversation = get_conv_template("internvl3_5_gpt_oss")
+    conversation.system_message = "S"
+    for role, message in zip(conversation.roles * 2, ["Q1", "A1", "Q2", "A2"]):
+        conversation.append_message(role, message)
+    assert conversation.get_prompt() == (
+        "<|start|>system<|message|>S<|end|><|start|>user<|message|>Q1<|end|><|start|>assistantA1<|end|>"
+        "<|start|>user<|message|>Q2<|end|><|start|>assistantA2<|return|>"
+    )
+    assert postprocess_response("<|channel|>final<|message|>Hi.<|return|>junk", "internvl3_5_gpt_oss") == (
+        "<|channel|>final<|message|>Hi."
+    )
+
+
+def test_internvl_zh_chat_prompt_from_the_original_get_prompt():
+    # INTERNVL_ZH (internvl_chat): seps = [sep2, sep]; system message + seps[0], then role + ": " + message + seps[i % 2]
+    prompt = build_chat_prompt("internvl_zh", "Q2", history=[("Q1", "A1")], num_tiles_list=[2], expand_images=False)
+    assert prompt == " <human>: Q1 <bot>: A1</s><human>: Q2 <bot>:"
+    prompt = build_chat_prompt("internvl_zh", "Q", num_tiles_list=[1], system_message="S", expand_images=False)
+    assert prompt == "S <human>: <image>\nQ <bot>:"
+
+
+def _conversation_prompt(name, turns, system_message=None, add_generation_prompt=True):
+    conversation = get_conv_template(name)
+    if system_message is not None:
+        conversation.system_message = system_message
+    for role, message in turns:
+        conversation.append_message(conversation.roles[0 if role == "user" else 1], message)
+    if add_generation_prompt:
+        conversation.append_message(conversation.roles[1], None)
+    return conversation.get_prompt()
+
+
+TURN_SEQUENCES = [
+    [("user", "Hello")],
+    [("user", "Q1"), ("assistant", "A1"), ("user", "Q2")],
+    [("user", "Q1"), ("assistant", "A1")],
+    [("user", "Q1"), ("assistant", ""), ("user", "Q2")],
+    [("user", "a"), ("user", "b"), ("assistant", "c")],
+]
+
+
+@pytest.mark.parametrize("name", sorted(ORIGINAL_DEFINITIONS))
+@pytest.mark.parametrize("turns", range(len(TURN_SEQUENCES)))
+@pytest.mark.parametrize("add_generation_prompt", [True, False])
+def test_jinja_template_equals_get_prompt_for_every_template(name, turns, add_generation_prompt):
+    turns = TURN_SEQUENCES[turns]
+    messages = [{"role": role, "content": text} for role, text in turns]
+    expected = _conversation_prompt(name, turns, add_generation_prompt=add_generation_prompt)
+    assert _render(name, messages, add_generation_prompt=add_generation_prompt) == expected
+    with_system = [{"role": "system", "content": "Be brief."}, *messages]
+    expected = _conversation_prompt(name, turns, "Be brief.", add_generation_prompt)
+    assert _render(name, with_system, add_generation_prompt=add_generation_prompt) == expected
+
+
+@pytest.mark.parametrize("name", sorted(ORIGINAL_DEFINITIONS))
+def test_jinja_image_items_for_every_template(name):
+    messages = [{"role": "user", "content": [_image(), _text("Describe.")]}]
+    expected = build_chat_prompt(name, "Describe.", num_tiles_list=[3], expand_images=False)
+    assert _render(name, messages) == expected
+
+
+def test_jinja_generation_marks_answer_and_trained_separator():
+    messages = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
+    for name, answer in (("internvl2_5", "A<|im_end|>"), ("internvl3_5_gpt_oss", "A<|return|>"), ("phi3-chat", "A<|end|>")):
+        rendered, generation_indices = render_jinja_template(
+            [messages], chat_template=get_jinja_chat_template(name), return_assistant_tokens_mask=True
+        )
+        (start, end), = generation_indices[0]
+        assert rendered[0][start:end] == answer

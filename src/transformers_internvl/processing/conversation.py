@@ -37,6 +37,10 @@ DEFAULT_NUM_IMAGE_TOKEN = 256
 INTERNVL2_5_SYSTEM_MESSAGE = (
     "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
 )
+INTERNVL3_5_GPT_OSS_SYSTEM_MESSAGE = (
+    "You are InternVL, a large language model trained by Shanghai AI Laboratory.\nKnowledge cutoff: 2024-06\n"
+    "Current date: 2025-08-06\n\nReasoning: low\n\n# Valid channels: final. Channel must be included for every message."
+)
 INTERNVL2_SYSTEM_MESSAGE = (
     "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。"
 )
@@ -49,6 +53,8 @@ class SeparatorStyle(str, Enum):
     """`system_block + sep`, then `role + message + sep` per turn; an empty/None message gives `role` alone."""
     INTERNVL_ZH = "INTERNVL_ZH"
     """InternVL-Chat-V1-1: `system_message + sep2`, then `role + ": " + message` with `sep2`/`sep` alternating."""
+    MPT_TWO = "MPT_TWO"
+    """InternVL3.5 GPT-OSS: as MPT, but the last message, when it is a non-empty answer, ends with `sep2`."""
 
 
 @dataclasses.dataclass
@@ -81,7 +87,14 @@ class Conversation:
 
     @property
     def eos_token(self) -> str:
-        """The string whose token id the original chat()/batch_chat() pass as `eos_token_id` (`sep.strip()`)."""
+        """The string whose token id the original chat()/batch_chat() pass as `eos_token_id`.
+
+        `sep.strip()` (internvl_chat/internvl/model/internvl_chat/modeling_internvl_chat.py); for the MPT_TWO style of
+        InternVL3.5 GPT-OSS, whose chat() uses `sep2.strip()` when `sep2` is set
+        (internvl_chat_gpt_oss/internvl/model/internvl_chat/modeling_internvl_chat.py), `sep2.strip()` (`<|return|>`).
+        """
+        if self.sep_style == SeparatorStyle.MPT_TWO and self.sep2 is not None:
+            return self.sep2.strip()
         return self.sep.strip()
 
     @property
@@ -100,6 +113,16 @@ class Conversation:
             for role, message in self.messages:
                 # An empty string is falsy in the original too: only the role is written, without separator.
                 prompt += role + message + self.sep if message else role
+            return prompt
+        if self.sep_style == SeparatorStyle.MPT_TWO:
+            prompt = self.system_prompt + self.sep
+            last = len(self.messages) - 1
+            for index, (role, message) in enumerate(self.messages):
+                if message:
+                    final_answer = index == last and role == self.roles[1]
+                    prompt += role + message + (self.sep2 if final_answer else self.sep)
+                else:
+                    prompt += role
             return prompt
         if self.sep_style == SeparatorStyle.INTERNVL_ZH:
             separators = (self.sep2, self.sep)
@@ -203,6 +226,20 @@ register_conv_template(
         roles=("<|im_start|>user\n", "<|im_start|>assistant\n"),
         sep_style=SeparatorStyle.MPT,
         sep="<|im_end|>\n",
+    )
+)
+# InternVL3.5 GPT-OSS (internvl_chat_gpt_oss/internvl/model/internvl_chat/conversation.py of OpenGVLab/InternVL): the
+# harmony format; the prompt ends with `<|start|>assistant` and the model writes its channel (`<|channel|>final
+# <|message|>...`) itself, ending with `<|return|>` (the chat() eos).
+register_conv_template(
+    Conversation(
+        name="internvl3_5_gpt_oss",
+        system_template="<|start|>system<|message|>{system_message}",
+        system_message=INTERNVL3_5_GPT_OSS_SYSTEM_MESSAGE,
+        roles=("<|start|>user<|message|>", "<|start|>assistant"),
+        sep_style=SeparatorStyle.MPT_TWO,
+        sep="<|end|>",
+        sep2="<|return|>",
     )
 )
 
@@ -497,17 +534,21 @@ def get_eos_token(template: str | Conversation) -> str:
 # Jinja chat template (for `apply_chat_template`)
 # ---------------------------------------------------------------------------------------------------------------------
 
-# The body is shared by all MPT-style templates; `get_jinja_chat_template` prepends the template's strings as
-# `{% set %}` lines. All output goes through `{{ }}` so whitespace control never touches rendered text.
-# Rendering rules (byte-identical to `Conversation.get_prompt()` for the same turns):
-# * a leading system message replaces the default system message; the system block is always emitted;
-# * each user/assistant turn is `role + content + sep`; empty content gives `role` alone (original quirk);
+# The body is shared by all templates; `get_jinja_chat_template` prepends the template's strings as `{% set %}` lines.
+# All output goes through `{{ }}` so whitespace control never touches rendered text.
+# Rendering rules (byte-identical to `Conversation.get_prompt()` for the same turns, in each separator style):
+# * a leading system message replaces the default system message; the system block is always emitted, followed by
+#   `system_sep` (MPT / MPT_TWO: `sep`; INTERNVL_ZH: `sep2`);
+# * the k-th user/assistant turn (k from 0) is `role + role_suffix + content + separator`, the separator being
+#   `even_sep` / `odd_sep` by the parity of k (equal except in INTERNVL_ZH), or `final_sep` (MPT_TWO: `sep2`) for a
+#   last message that is an answer with no generation prompt after it; empty content gives `role + open_role_suffix`
+#   alone (original quirk);
 # * in a turn, media come first, in item order, then the text items concatenated: an image renders as
 #   `<image>\n` when the conversation has exactly one image, else `Image-{k}: <image>\n` (k counts images over the
 #   whole conversation); a video renders as `<video>\n`, which the processor replaces by its frames
 #   (`Frame-1: <image>\n...Frame-N: <image>`), because the frame count is known only after sampling;
-# * `add_generation_prompt` appends the assistant role;
-# * `{% generation %}` marks each answer plus `sep` without its trailing newline (what the original training
+# * `add_generation_prompt` appends `assistant_role + open_role_suffix`;
+# * `{% generation %}` marks each answer plus its separator without a trailing newline (what the original training
 #   supervises), so `return_assistant_tokens_mask=True` works.
 JINJA_CHAT_TEMPLATE_BODY = """
 {%- set ns = namespace(system_message=default_system_message, num_images=0, image_index=0, content='') -%}
@@ -526,7 +567,7 @@ JINJA_CHAT_TEMPLATE_BODY = """
     {%- set loop_messages = messages[1:] -%}
 {%- endif -%}
 {%- for message in loop_messages -%}
-    {%- if message['content'] is not string -%}
+    {%- if message['content'] is not string and message['content'] is not none -%}
         {%- for item in message['content'] -%}
             {%- if item['type'] == 'image' -%}
                 {%- set ns.num_images = ns.num_images + 1 -%}
@@ -534,7 +575,7 @@ JINJA_CHAT_TEMPLATE_BODY = """
         {%- endfor -%}
     {%- endif -%}
 {%- endfor -%}
-{{- system_prefix + ns.system_message + system_suffix + sep -}}
+{{- system_prefix + ns.system_message + system_suffix + system_sep -}}
 {%- for message in loop_messages -%}
     {%- if message['role'] == 'user' -%}
         {%- set role = user_role -%}
@@ -569,18 +610,28 @@ JINJA_CHAT_TEMPLATE_BODY = """
             {%- endif -%}
         {%- endfor -%}
     {%- endif -%}
-    {{- role -}}
+    {%- if final_sep is not none and loop.last and not add_generation_prompt and message['role'] == 'assistant' -%}
+        {%- set separator = final_sep -%}
+    {%- elif loop.index0 % 2 == 0 -%}
+        {%- set separator = even_sep -%}
+    {%- else -%}
+        {%- set separator = odd_sep -%}
+    {%- endif -%}
+    {%- set separator_trained = separator.rstrip('\\n') -%}
     {%- if ns.content and message['role'] == 'assistant' -%}
+        {{- role + role_suffix -}}
         {%- generation -%}
-            {{- ns.content + sep_trained -}}
+            {{- ns.content + separator_trained -}}
         {%- endgeneration -%}
-        {{- sep[sep_trained|length:] -}}
+        {{- separator[separator_trained|length:] -}}
     {%- elif ns.content -%}
-        {{- ns.content + sep -}}
+        {{- role + role_suffix + ns.content + separator -}}
+    {%- else -%}
+        {{- role + open_role_suffix -}}
     {%- endif -%}
 {%- endfor -%}
 {%- if add_generation_prompt -%}
-    {{- assistant_role -}}
+    {{- assistant_role + open_role_suffix -}}
 {%- endif -%}
 """
 
@@ -599,36 +650,52 @@ def get_jinja_chat_template(
     """The Jinja chat template that renders messages exactly as the conversation template `template` does.
 
     Args:
-        template: Template name or `Conversation` (MPT style only).
+        template: Template name or `Conversation` (any separator style of `SeparatorStyle`).
         system_message: Default system message baked into the template (the template's own when `None`; the
             original model uses `config.system_message` when present).
         image_placeholder, video_placeholder: Placeholders the processor expands.
+
+    Raises:
+        ValueError: the system template of an MPT / MPT_TWO template lacks exactly one `{system_message}` field.
     """
     conversation = _resolve_template(template)
-    if conversation.sep_style != SeparatorStyle.MPT:
-        raise ValueError(
-            f"Only MPT-style templates have a Jinja chat template; {conversation.name!r} is "
-            f"{conversation.sep_style.value}."
-        )
-    if conversation.system_template.count("{system_message}") != 1:
-        raise ValueError(
-            f"The system template of {conversation.name!r} must contain exactly one '{{system_message}}', got "
-            f"{conversation.system_template!r}."
-        )
-    system_prefix, system_suffix = conversation.system_template.split("{system_message}")
+    style = conversation.sep_style
+    if style == SeparatorStyle.INTERNVL_ZH:
+        # `system_message + sep2`, then `role + ": " + message` (the system template is not used by this style).
+        system_prefix = system_suffix = ""
+        system_sep, even_sep, odd_sep, final_sep = conversation.sep2, conversation.sep2, conversation.sep, None
+        role_suffix, open_role_suffix = ": ", ":"
+    else:
+        if conversation.system_template.count("{system_message}") != 1:
+            raise ValueError(
+                f"The system template of {conversation.name!r} must contain exactly one '{{system_message}}', got "
+                f"{conversation.system_template!r}."
+            )
+        system_prefix, system_suffix = conversation.system_template.split("{system_message}")
+        system_prefix = system_prefix.replace("{{", "{").replace("}}", "}")
+        system_suffix = system_suffix.replace("{{", "{").replace("}}", "}")
+        system_sep = even_sep = odd_sep = conversation.sep
+        final_sep = conversation.sep2 if style == SeparatorStyle.MPT_TWO else None
+        role_suffix = open_role_suffix = ""
     variables = {
-        "system_prefix": system_prefix.replace("{{", "{").replace("}}", "}"),
-        "system_suffix": system_suffix.replace("{{", "{").replace("}}", "}"),
+        "system_prefix": system_prefix,
+        "system_suffix": system_suffix,
         "default_system_message": conversation.system_message if system_message is None else system_message,
         "user_role": conversation.roles[0],
         "assistant_role": conversation.roles[1],
-        "sep": conversation.sep,
-        # The part of `sep` that training supervises after an answer (`<|im_end|>`, not the newline after it).
-        "sep_trained": conversation.sep.rstrip("\n"),
+        "role_suffix": role_suffix,
+        "open_role_suffix": open_role_suffix,
+        "system_sep": system_sep,
+        "even_sep": even_sep,
+        "odd_sep": odd_sep,
+        "final_sep": final_sep,
         "image_placeholder": image_placeholder,
         "video_placeholder": video_placeholder,
     }
-    header = "".join(f"{{%- set {name} = {_jinja_string_literal(value)} -%}}\n" for name, value in variables.items())
+    header = "".join(
+        f"{{%- set {name} = {'none' if value is None else _jinja_string_literal(value)} -%}}\n"
+        for name, value in variables.items()
+    )
     header = f"{{#- InternVL conversation template {conversation.name!r} -#}}\n" + header
     return header + JINJA_CHAT_TEMPLATE_BODY.lstrip("\n")
 

@@ -282,14 +282,14 @@ class InternVLChatProcessor(ProcessorMixin):
             image_processor = _image_processor_class()()
         if video_processor is None:
             video_processor = _video_processor_class()()
-        conversation = get_conv_template(template)  # validates the name
+        get_conv_template(template)  # validates the name
         if "{i}" not in video_frame_template:
             raise ValueError(f"`video_frame_template` must contain '{{i}}', got {video_frame_template!r}.")
         if image_size <= 0 or patch_size <= 0 or image_size % patch_size != 0:
             raise ValueError(f"`image_size` ({image_size}) must be a positive multiple of `patch_size` ({patch_size}).")
         if not 0 < downsample_ratio <= 1:
             raise ValueError(f"`downsample_ratio` must be in (0, 1], got {downsample_ratio}.")
-        if chat_template is None and conversation.sep_style.value == "MPT":
+        if chat_template is None:
             chat_template = get_jinja_chat_template(
                 template, system_message, image_placeholder=image_placeholder, video_placeholder=video_placeholder
             )
