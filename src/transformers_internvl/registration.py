@@ -94,6 +94,11 @@ def _register_image_video_processors() -> None:
     VIDEO_PROCESSOR_MAPPING.register(
         InternVLConfig, {"torchvision": InternVLVideoProcessor, "pil": InternVLVideoProcessor}, exist_ok=True
     )
+    # Original OpenGVLab folders ship a CLIP preprocessor_config.json the original never used for tiling; the
+    # factories resolve that class by name before any mapping, so their `from_pretrained` is wrapped instead.
+    from .processing.auto_loading import wrap_auto_processor_loaders
+
+    wrap_auto_processor_loaders()
 
 
 def _register_processor() -> None:

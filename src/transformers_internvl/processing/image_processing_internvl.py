@@ -70,6 +70,10 @@ _UNSET: Any = object()
 
 class InternVLImageProcessorKwargs(ImagesKwargs, total=False):
     r"""
+    dynamic_image_size (`bool`, *optional*, defaults to `self.dynamic_image_size`):
+        `False` gives every image exactly one tile, the whole image resized to `image_size` x `image_size` (the
+        original's `dynamic_image_size=False` branch: `images = [image]`, then `build_transform`); the other tiling
+        options are then unused.
     max_dynamic_patch (`int`, *optional*, defaults to `self.max_dynamic_patch`):
         Most grid tiles per image (the thumbnail is not counted). Aliases: `max_patches` (transformers' GotOcr2),
         `max_num` (the original `load_image` / `dynamic_preprocess`).
@@ -85,6 +89,7 @@ class InternVLImageProcessorKwargs(ImagesKwargs, total=False):
         Threads for the exact resize/normalise engine (`None`: torch's thread count, at most the CPUs available and 8).
     """
 
+    dynamic_image_size: bool | None
     max_dynamic_patch: int | None
     min_dynamic_patch: int | None
     use_thumbnail: bool | None
@@ -559,6 +564,8 @@ class InternVLImageProcessor(BaseImageProcessor):
         image_size (`int`, defaults to 448): tile side (`force_image_size` of the checkpoint; alias
             `force_image_size`, and transformers' `size` as an int or `{"height": s, "width": s}`).
         min_dynamic_patch (`int`, defaults to 1): fewest grid tiles (aliases `min_patches`, `min_num`).
+        dynamic_image_size (`bool`, defaults to `True`): `False` = one tile per image, a plain resize to
+            `image_size` (the original's non-dynamic branch); the tiling options below are then unused.
         max_dynamic_patch (`int`, defaults to 12): most grid tiles (aliases `max_patches`, `max_num`).
         use_thumbnail (`bool`, defaults to `True`): append the thumbnail tile to multi-tile images.
         max_total_tiles (`int` or `None`, defaults to 64): shared budget of the images of one sample.
@@ -579,6 +586,7 @@ class InternVLImageProcessor(BaseImageProcessor):
     image_size = DEFAULT_IMAGE_SIZE
     min_dynamic_patch = 1
     max_dynamic_patch = DEFAULT_MAX_TILES
+    dynamic_image_size = True
     use_thumbnail = True
     max_total_tiles = DEFAULT_MAX_TOTAL_TILES
     resample = int(Image.Resampling.BICUBIC)
@@ -601,6 +609,7 @@ class InternVLImageProcessor(BaseImageProcessor):
         image_mean: float | Sequence[float] = IMAGENET_MEAN,
         image_std: float | Sequence[float] = IMAGENET_STD,
         num_workers: int | None = None,
+        dynamic_image_size: bool = True,
         **kwargs: Any,
     ) -> None:
         max_dynamic_patch = _pop_alias(kwargs, "max_dynamic_patch", max_dynamic_patch, _MAX_TILES_ALIASES, None)
@@ -625,6 +634,7 @@ class InternVLImageProcessor(BaseImageProcessor):
                 f"({self.max_dynamic_patch})."
             )
         self.use_thumbnail = _check_bool("use_thumbnail", use_thumbnail)
+        self.dynamic_image_size = _check_bool("dynamic_image_size", dynamic_image_size)
         self.max_total_tiles = None if max_total_tiles is None else _check_int("max_total_tiles", max_total_tiles)
         self.resample = _check_int("resample", int(resample) if isinstance(resample, Image.Resampling) else resample, 0)
         self.do_rescale = _check_bool("do_rescale", do_rescale)
@@ -659,6 +669,7 @@ class InternVLImageProcessor(BaseImageProcessor):
             "image_size": self.image_size if image_size is None else image_size,
         }
         for key in (
+            "dynamic_image_size",
             "use_thumbnail",
             "resample",
             "do_rescale",
@@ -703,6 +714,9 @@ class InternVLImageProcessor(BaseImageProcessor):
             )
         options["image_size"] = _check_int("image_size", options["image_size"])
         options["use_thumbnail"] = _check_bool("use_thumbnail", options["use_thumbnail"])
+        if not _check_bool("dynamic_image_size", options.pop("dynamic_image_size")):
+            # One 1x1 grid: the image resized to one tile, no thumbnail (a one-tile grid never gets one).
+            options["max_dynamic_patch"] = options["min_dynamic_patch"] = 1
         if options["max_total_tiles"] is not None:
             options["max_total_tiles"] = _check_int("max_total_tiles", options["max_total_tiles"])
         resample = options["resample"]

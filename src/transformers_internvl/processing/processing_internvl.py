@@ -31,6 +31,7 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ImagesKwargs, ProcessingKwargs, ProcessorMixin, VideosKwargs
 from transformers.utils import CONFIG_NAME, PROCESSOR_NAME, cached_file, logging
 
+from .image_processing_internvl import InternVLImageProcessorKwargs
 from .conversation import (
     DEFAULT_VIDEO_FRAME_TEMPLATE,
     IMAGE_CONTEXT_TOKEN,
@@ -52,25 +53,58 @@ logger = logging.get_logger(__name__)
 # package's processor is saved and registered under the original's naming (`InternVLChatModel`, `internvl_chat`).
 _SAVED_CLASS_NAME = "InternVLChatProcessor"
 _PROCESSOR_CLASS_NAMES = ("InternVLChatProcessor", "InternVLProcessor")
-# `from_pretrained` keyword arguments that go to the image / video processor instead of the tokenizer.
-_IMAGE_PROCESSOR_OVERRIDES = ("max_dynamic_patch", "min_dynamic_patch", "use_thumbnail", "max_total_tiles")
-_VIDEO_PROCESSOR_OVERRIDES = ("num_segments",)
+# `from_pretrained` keyword arguments that go to the image / video processor instead of the tokenizer: the original's
+# option names (`dynamic_image_size`, `max_dynamic_patch`, `min_dynamic_patch`, `use_thumbnail`, and `max_num` /
+# `min_num` of its `load_image` / `dynamic_preprocess`) and transformers' (`max_patches` / `min_patches`), each mapped
+# to the image processor's parameter.
+_IMAGE_PROCESSOR_OPTIONS = {
+    "dynamic_image_size": "dynamic_image_size",
+    "max_dynamic_patch": "max_dynamic_patch",
+    "max_num": "max_dynamic_patch",
+    "max_patches": "max_dynamic_patch",
+    "min_dynamic_patch": "min_dynamic_patch",
+    "min_num": "min_dynamic_patch",
+    "min_patches": "min_dynamic_patch",
+    "use_thumbnail": "use_thumbnail",
+    "max_total_tiles": "max_total_tiles",
+}
+_VIDEO_PROCESSOR_OPTIONS = {"num_segments": "num_segments"}
 _HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
+# Keyword arguments of the loading machinery (AutoProcessor / AutoTokenizer), forwarded to the tokenizer.
+_LOADING_KWARGS = frozenset(
+    (*_HUB_KWARGS, "trust_remote_code", "use_fast", "tokenizer_type", "gguf_file", "_from_auto", "_from_pipeline")
+    + ("_commit_hash", "return_unused_kwargs", "use_auth_token")
+)
+# Options every transformers tokenizer takes (PreTrainedTokenizerBase and its special tokens).
+_TOKENIZER_BASE_OPTIONS = frozenset(
+    (
+        "model_max_length",
+        "padding_side",
+        "truncation_side",
+        "model_input_names",
+        "clean_up_tokenization_spaces",
+        "split_special_tokens",
+        "extra_special_tokens",
+        "additional_special_tokens",
+        "bos_token",
+        "eos_token",
+        "unk_token",
+        "sep_token",
+        "pad_token",
+        "cls_token",
+        "mask_token",
+        "add_bos_token",
+        "add_eos_token",
+        "add_prefix_space",
+        "legacy",
+    )
+)
 
 
-class InternVLImagesKwargs(ImagesKwargs, total=False):
-    """Dynamic-tiling options forwarded to `InternVLImageProcessor` (defaults come from the model config).
-
-    max_dynamic_patch: most grid tiles per image (without the thumbnail).
-    min_dynamic_patch: fewest grid tiles per image.
-    use_thumbnail: append a 448 px thumbnail when an image has more than one tile.
-    max_total_tiles: tile budget of one sample, shared by its images.
-    """
-
-    max_dynamic_patch: int | None
-    min_dynamic_patch: int | None
-    use_thumbnail: bool | None
-    max_total_tiles: int | None
+class InternVLImagesKwargs(InternVLImageProcessorKwargs, total=False):
+    """Per-call image options of `InternVLProcessor`: those of `InternVLImageProcessor` (see
+    `InternVLImageProcessorKwargs`: `dynamic_image_size`, `max_dynamic_patch` / `max_num`, `min_dynamic_patch` /
+    `min_num`, `use_thumbnail`, `max_total_tiles`, ...); defaults come from the model config."""
 
 
 class InternVLProcessingKwargs(ProcessingKwargs, total=False):
@@ -182,17 +216,22 @@ def processor_kwargs_from_model_config(model_config: dict[str, Any]) -> dict[str
 
 
 def image_processor_kwargs_from_model_config(model_config: dict[str, Any]) -> dict[str, Any]:
-    """`InternVLImageProcessor` init arguments from an original `config.json` dict."""
+    """`InternVLImageProcessor` init arguments from an original `config.json` dict: `force_image_size` (or the
+    vision config's `image_size`), `dynamic_image_size`, `max_dynamic_patch`, `min_dynamic_patch`, `use_thumbnail`
+    (defaults: 448, True, 12, 1, True — the original chat examples' `load_image`)."""
     vision_config = model_config.get("vision_config") or {}
     image_size = int(model_config.get("force_image_size") or vision_config.get("image_size") or 448)
-    dynamic = model_config.get("dynamic_image_size", True)
-    max_dynamic_patch = int(model_config.get("max_dynamic_patch", 12)) if dynamic else 1
-    min_dynamic_patch = int(model_config.get("min_dynamic_patch", 1)) if dynamic else 1
+
+    def get(name: str, default: Any) -> Any:
+        value = model_config.get(name)
+        return default if value is None else value
+
     return {
         "image_size": image_size,
-        "min_dynamic_patch": min_dynamic_patch,
-        "max_dynamic_patch": max_dynamic_patch,
-        "use_thumbnail": bool(model_config.get("use_thumbnail", True)) and dynamic,
+        "dynamic_image_size": bool(get("dynamic_image_size", True)),
+        "min_dynamic_patch": int(get("min_dynamic_patch", 1)),
+        "max_dynamic_patch": int(get("max_dynamic_patch", 12)),
+        "use_thumbnail": bool(get("use_thumbnail", True)),
     }
 
 
@@ -579,29 +618,40 @@ class InternVLChatProcessor(ProcessorMixin):
     @classmethod
     def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
         """Tokenizer with AutoTokenizer; image and video processors from the processor config (our own classes, so
-        that class names shared with transformers' InternVL port cannot pick the wrong class)."""
+        that class names shared with transformers' InternVL port cannot pick the wrong class).
+
+        Keyword arguments of `from_pretrained` are routed by name (see `split_from_pretrained_kwargs`): tiling
+        options under their original names set the image processor's defaults, `num_segments` the video
+        processor's, processor init arguments the processor's; the rest must be loading or tokenizer options.
+
+        Raises:
+            TypeError: a keyword argument is none of these (it is never stored in the tokenizer).
+        """
         from transformers import AutoTokenizer
 
         processor_dict = processor_dict or {}
-        init_names = set(cls.__init__.__code__.co_varnames[: cls.__init__.__code__.co_argcount])
-        override_names = set(_IMAGE_PROCESSOR_OVERRIDES) | set(_VIDEO_PROCESSOR_OVERRIDES)
-        tokenizer_kwargs = {
-            key: value for key, value in kwargs.items() if key not in init_names and key not in override_names
-        }
+        tokenizer_kwargs, image_options, video_options = split_from_pretrained_kwargs(
+            cls, pretrained_model_name_or_path, kwargs
+        )
         tokenizer_kwargs.setdefault("padding_side", "left")
         # Left padding: InternVL generates (the original batch_chat sets it too), and pipelines collate batches with
         # the tokenizer's own padding side.
         tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **tokenizer_kwargs)
 
         sub_processors = []
-        for name, factory, override_keys in (
-            ("image_processor", _image_processor_class, _IMAGE_PROCESSOR_OVERRIDES),
-            ("video_processor", _video_processor_class, _VIDEO_PROCESSOR_OVERRIDES),
+        for name, factory, options in (
+            ("image_processor", _image_processor_class, image_options),
+            ("video_processor", _video_processor_class, video_options),
         ):
             sub_processor_class = factory()
             config = dict(processor_dict.get(name) or {})
-            # `from_pretrained(..., max_dynamic_patch=6)` and the like set the sub-processor's default.
-            config.update({key: kwargs[key] for key in override_keys if key in kwargs})
+            # `from_pretrained(..., max_dynamic_patch=6)` and the like set the sub-processor's default; an option
+            # given under another name replaces the saved value under every name.
+            for key, value in options.items():
+                for alias, canonical in {**_IMAGE_PROCESSOR_OPTIONS, **_VIDEO_PROCESSOR_OPTIONS}.items():
+                    if canonical == key:
+                        config.pop(alias, None)
+                config[key] = value
             type_key = f"{name}_type"
             saved_type = config.pop(type_key, None)
             if saved_type is not None and saved_type != sub_processor_class.__name__:
@@ -615,6 +665,98 @@ class InternVLChatProcessor(ProcessorMixin):
                 sub_processors.append(_construct(sub_processor_class, config))
         image_processor, video_processor = sub_processors
         return [image_processor, tokenizer, video_processor]
+
+
+def _canonical_options(kwargs: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    """`{canonical name: value}` of the options in `kwargs` (popped); two names of one option must agree."""
+    options: dict[str, Any] = {}
+    given_as: dict[str, str] = {}
+    for name in [key for key in kwargs if key in names]:
+        value = kwargs.pop(name)
+        canonical = names[name]
+        if canonical in options and options[canonical] != value:
+            raise ValueError(
+                f"`{given_as[canonical]}={options[canonical]!r}` and `{name}={value!r}` set the same option "
+                f"`{canonical}` to different values."
+            )
+        options[canonical] = value
+        given_as[canonical] = name
+    return options
+
+
+def _tokenizer_parameter_names(pretrained_model_name_or_path, hub_kwargs: dict[str, Any]) -> set[str]:
+    """Parameters named by the `__init__` of the tokenizer class the folder's tokenizer_config.json declares (and
+    its bases); empty when the class cannot be resolved."""
+    from transformers.models.auto.tokenization_auto import get_tokenizer_config, tokenizer_class_from_name
+
+    tokenizer_config = get_tokenizer_config(pretrained_model_name_or_path, **hub_kwargs)
+    class_name = tokenizer_config.get("tokenizer_class")
+    if not class_name:
+        return set()
+    names: set[str] = set()
+    for candidate in (class_name, class_name.removesuffix("Fast") + "Fast", class_name.removesuffix("Fast")):
+        tokenizer_class = tokenizer_class_from_name(candidate)
+        if tokenizer_class is None:
+            continue
+        for klass in tokenizer_class.__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is None:
+                continue
+            for parameter in inspect.signature(init).parameters.values():
+                if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
+                    names.add(parameter.name)
+    names.discard("self")
+    return names
+
+
+def split_from_pretrained_kwargs(
+    processor_class: type, pretrained_model_name_or_path, kwargs: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Route `InternVLProcessor.from_pretrained` keyword arguments.
+
+    Returns `(tokenizer_kwargs, image_processor_options, video_processor_options)`:
+
+    * tiling options under their original or transformers names (`dynamic_image_size`, `max_dynamic_patch` /
+      `max_num` / `max_patches`, `min_dynamic_patch` / `min_num` / `min_patches`, `use_thumbnail`,
+      `max_total_tiles`) become image-processor options under the image processor's names; `num_segments` a
+      video-processor option;
+    * processor init arguments (`template`, `video_frame_template`, ...) are left to the processor;
+    * loading options (`cache_dir`, `revision`, `trust_remote_code`, ...), the options every tokenizer takes
+      (`model_max_length`, `padding_side`, special tokens, ...) and the parameters the folder's tokenizer class names
+      go to `AutoTokenizer.from_pretrained`.
+
+    Raises:
+        TypeError: any other keyword argument: it would otherwise end up, unused, in the tokenizer's
+            `init_kwargs` and its saved tokenizer_config.json.
+        ValueError: two names of one option given with different values.
+    """
+    kwargs = dict(kwargs)
+    image_options = _canonical_options(kwargs, _IMAGE_PROCESSOR_OPTIONS)
+    video_options = _canonical_options(kwargs, _VIDEO_PROCESSOR_OPTIONS)
+    init = processor_class.__init__.__code__
+    processor_names = set(init.co_varnames[1 : init.co_argcount])
+    tokenizer_kwargs = {}
+    unknown = []
+    for key, value in kwargs.items():
+        if key in processor_names:
+            continue
+        if key in _LOADING_KWARGS or key in _TOKENIZER_BASE_OPTIONS:
+            tokenizer_kwargs[key] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+        tokenizer_names = _tokenizer_parameter_names(pretrained_model_name_or_path, hub_kwargs)
+        for key in [key for key in unknown if key in tokenizer_names]:
+            tokenizer_kwargs[key] = kwargs[key]
+            unknown.remove(key)
+    if unknown:
+        raise TypeError(
+            f"InternVLProcessor.from_pretrained got unexpected keyword argument(s) {sorted(unknown)}: they are neither "
+            f"tiling options ({sorted(_IMAGE_PROCESSOR_OPTIONS)}), video options ({sorted(_VIDEO_PROCESSOR_OPTIONS)}), "
+            f"processor arguments ({sorted(processor_names)}) nor options of the tokenizer."
+        )
+    return tokenizer_kwargs, image_options, video_options
 
 
 def _load_model_config(pretrained_model_name_or_path, **hub_kwargs) -> dict[str, Any] | None:

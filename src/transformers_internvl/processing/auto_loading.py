@@ -1,0 +1,130 @@
+"""`AutoImageProcessor` / `AutoVideoProcessor` on original OpenGVLab InternVL folders.
+
+An original folder (config.json with `model_type: "internvl_chat"`) ships a `preprocessor_config.json` naming
+`CLIPImageProcessor` (448 px resize + centre crop, ImageNet mean/std) that the original code never used: its
+`load_image` tiles dynamically (`dynamic_preprocess` + `build_transform`). Read by transformers, that file yields an
+untiled CLIP preprocessing, silently; a folder without it fails to load. The registries offer no hook for this
+(transformers resolves the `image_processor_type` named in the file by name, before any registered mapping), so
+`wrap_auto_processor_loaders` wraps the two factories' `from_pretrained`: for an InternVL folder whose
+preprocessor files do not name this package's classes, it builds `InternVLImageProcessor` / `InternVLVideoProcessor`
+with the tiling defaults of the folder (the processor config saved by `InternVLProcessor.save_pretrained` when there
+is one, else config.json: `force_image_size`, `dynamic_image_size`, `max_dynamic_patch`, `min_dynamic_patch`,
+`use_thumbnail`); every other folder goes to transformers unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any
+
+from transformers.utils import CONFIG_NAME, IMAGE_PROCESSOR_NAME, PROCESSOR_NAME, cached_file, logging
+
+logger = logging.get_logger(__name__)
+
+ORIGINAL_MODEL_TYPE = "internvl_chat"
+VIDEO_PROCESSOR_NAME = "video_preprocessor_config.json"
+_HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
+# Keywords of the Auto factories themselves, not options of the processor.
+_FACTORY_KWARGS = frozenset(
+    ("use_fast", "backend", "trust_remote_code", "config", "_from_auto", "_from_pipeline", "code_revision")
+)
+
+
+def _read_json_file(pretrained_model_name_or_path: Any, filename: str, hub_kwargs: dict[str, Any]) -> dict | None:
+    path = cached_file(
+        pretrained_model_name_or_path,
+        filename,
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+        **hub_kwargs,
+    )
+    if path is None:
+        return None
+    with open(path, encoding="utf-8") as reader:
+        return json.load(reader)
+
+
+def _build(kind: str, pretrained_model_name_or_path: Any, kwargs: dict[str, Any]) -> Any | None:
+    """The InternVL image (`kind="image"`) or video processor of an InternVL folder, or None for other folders."""
+    from .image_processing_internvl import InternVLImageProcessor
+    from .processing_internvl import (
+        _IMAGE_PROCESSOR_OPTIONS,
+        _PROCESSOR_CLASS_NAMES,
+        _VIDEO_PROCESSOR_OPTIONS,
+        _canonical_options,
+        image_processor_kwargs_from_model_config,
+        video_processor_kwargs_from_model_config,
+    )
+    from .video_processing_internvl import InternVLVideoProcessor
+
+    if not isinstance(pretrained_model_name_or_path, (str, os.PathLike)):
+        return None
+    hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if kwargs.get(key) is not None}
+    model_config = _read_json_file(pretrained_model_name_or_path, CONFIG_NAME, hub_kwargs)
+    if not model_config or model_config.get("model_type") != ORIGINAL_MODEL_TYPE:
+        return None
+    processor_class = InternVLImageProcessor if kind == "image" else InternVLVideoProcessor
+    filename, type_key = (
+        (IMAGE_PROCESSOR_NAME, "image_processor_type") if kind == "image" else (VIDEO_PROCESSOR_NAME, "video_processor_type")
+    )
+    saved = _read_json_file(pretrained_model_name_or_path, filename, hub_kwargs) or {}
+    if saved.get(type_key) == processor_class.__name__:
+        return None  # saved by this package: transformers resolves the registered class
+    if saved:
+        logger.info(
+            f"{filename} of {pretrained_model_name_or_path} names {saved.get(type_key)!r}, which the original InternVL "
+            f"code does not use; building {processor_class.__name__} from the folder's tiling settings instead."
+        )
+    processor_config = _read_json_file(pretrained_model_name_or_path, PROCESSOR_NAME, hub_kwargs) or {}
+    sub_config = processor_config.get(f"{kind}_processor")
+    if processor_config.get("processor_class") in _PROCESSOR_CLASS_NAMES and isinstance(sub_config, dict):
+        init_kwargs = {key: value for key, value in sub_config.items() if key not in (type_key, "processor_class")}
+    elif kind == "image":
+        init_kwargs = image_processor_kwargs_from_model_config(model_config)
+    else:
+        init_kwargs = video_processor_kwargs_from_model_config(model_config)
+
+    kwargs = {key: value for key, value in kwargs.items() if key not in _HUB_KWARGS and key not in _FACTORY_KWARGS}
+    return_unused_kwargs = kwargs.pop("return_unused_kwargs", False)
+    options = _canonical_options(kwargs, _IMAGE_PROCESSOR_OPTIONS if kind == "image" else _VIDEO_PROCESSOR_OPTIONS)
+    init_kwargs.update(options)
+    known = set(getattr(processor_class, "valid_kwargs", dict).__annotations__) | set(
+        processor_class.__init__.__code__.co_varnames[1 : processor_class.__init__.__code__.co_argcount]
+    )
+    unknown = sorted(key for key in kwargs if key not in known)
+    if unknown:
+        raise TypeError(f"{processor_class.__name__} got unexpected keyword argument(s) {unknown}.")
+    init_kwargs.update(kwargs)
+    processor = processor_class(**init_kwargs)
+    return (processor, {}) if return_unused_kwargs else processor
+
+
+def _wrap(auto_class: type, kind: str) -> None:
+    original = auto_class.__dict__["from_pretrained"].__func__
+    if getattr(original, "_internvl_original_folders", False):
+        return
+
+    @functools.wraps(original)
+    def from_pretrained(cls, pretrained_model_name_or_path, *inputs, **kwargs):
+        processor = _build(kind, pretrained_model_name_or_path, kwargs)
+        if processor is not None:
+            return processor
+        return original(cls, pretrained_model_name_or_path, *inputs, **kwargs)
+
+    from_pretrained._internvl_original_folders = True
+    auto_class.from_pretrained = classmethod(from_pretrained)
+
+
+def wrap_auto_processor_loaders() -> None:
+    """Make `AutoImageProcessor.from_pretrained` / `AutoVideoProcessor.from_pretrained` build this package's
+    processors for original InternVL folders (see the module docstring); idempotent."""
+    from transformers.models.auto.image_processing_auto import AutoImageProcessor
+    from transformers.models.auto.video_processing_auto import AutoVideoProcessor
+
+    _wrap(AutoImageProcessor, "image")
+    _wrap(AutoVideoProcessor, "video")
+
+
+__all__ = ["wrap_auto_processor_loaders"]
