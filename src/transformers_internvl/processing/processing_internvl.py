@@ -626,8 +626,10 @@ class InternVLChatProcessor(ProcessorMixin):
 
         Raises:
             TypeError: a keyword argument is none of these (it is never stored in the tokenizer).
+            ValueError, OSError: the tokenizer is not the class tokenizer_config.json names, or has no vocabulary
+                file (see `tokenizer_loading.check_tokenizer`).
         """
-        from transformers import AutoTokenizer
+        from .tokenizer_loading import load_tokenizer
 
         processor_dict = processor_dict or {}
         tokenizer_kwargs, image_options, video_options = split_from_pretrained_kwargs(
@@ -636,7 +638,9 @@ class InternVLChatProcessor(ProcessorMixin):
         tokenizer_kwargs.setdefault("padding_side", "left")
         # Left padding: InternVL generates (the original batch_chat sets it too), and pipelines collate batches with
         # the tokenizer's own padding side.
-        tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **tokenizer_kwargs)
+        # The class tokenizer_config.json names, with its vocabulary (Phi-3 folders: LlamaTokenizer + tokenizer.model);
+        # `load_tokenizer` raises rather than fall back to another class or an empty vocabulary.
+        tokenizer = load_tokenizer(pretrained_model_name_or_path, **tokenizer_kwargs)
 
         sub_processors = []
         for name, factory, options in (

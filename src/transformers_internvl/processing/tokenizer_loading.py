@@ -1,0 +1,88 @@
+"""Loading the tokenizer of an InternVL folder with `AutoTokenizer`, refusing the silent fallbacks it allows.
+
+Original checkpoints name their tokenizer class in tokenizer_config.json: `Qwen2Tokenizer` (InternVL2.5 on Qwen2.5),
+`InternLM2Tokenizer` (InternLM2 checkpoints, served by this package), `LlamaTokenizer` with a sentencepiece
+`tokenizer.model` (the Phi-3 checkpoints Mini-InternVL-Chat-4B-V1-5 and InternVL2-4B, and Llama/Yi ones), and so on.
+In transformers 5 `AutoTokenizer` can return a tokenizer that is not that class, or that class with an empty
+vocabulary when its vocabulary files are absent (a sentencepiece `LlamaTokenizer` without `tokenizer.model` encodes
+every text to `[<s>]`). `load_tokenizer` checks both and raises instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers.utils import cached_file, logging
+
+logger = logging.get_logger(__name__)
+
+_HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
+
+
+def _has_file(pretrained_model_name_or_path: Any, filename: str, hub_kwargs: dict[str, Any]) -> bool:
+    return (
+        cached_file(
+            pretrained_model_name_or_path,
+            filename,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+            **hub_kwargs,
+        )
+        is not None
+    )
+
+
+def check_tokenizer(pretrained_model_name_or_path: Any, tokenizer: Any, hub_kwargs: dict[str, Any]) -> None:
+    """Raise when `tokenizer` is not the class the folder's tokenizer_config.json names, or has no vocabulary file.
+
+    Raises:
+        ValueError: the loaded class is not (a subclass of) the declared `tokenizer_class` (names resolved as
+            `AutoTokenizer` resolves them, registered aliases included: `InternLM2Tokenizer` loads
+            `InternLM2TokenizerFast`, `LlamaTokenizerFast` is `LlamaTokenizer` in transformers 5).
+        OSError: neither `tokenizer.json` nor all of the class's other vocabulary files (e.g. `tokenizer.model`)
+            are in the folder.
+    """
+    from transformers.models.auto.tokenization_auto import get_tokenizer_config, tokenizer_class_from_name
+
+    tokenizer_config = get_tokenizer_config(pretrained_model_name_or_path, **hub_kwargs)
+    declared = tokenizer_config.get("tokenizer_class")
+    if declared:
+        declared_class = tokenizer_class_from_name(declared)
+        if declared_class is None and not declared.endswith("Fast"):
+            declared_class = tokenizer_class_from_name(declared + "Fast")
+        if declared_class is None:
+            raise ValueError(
+                f"tokenizer_config.json of {pretrained_model_name_or_path} names tokenizer_class {declared!r}, which "
+                f"neither transformers nor transformers_internvl provides."
+            )
+        if not isinstance(tokenizer, declared_class):
+            raise ValueError(
+                f"tokenizer_config.json of {pretrained_model_name_or_path} names tokenizer_class {declared!r} "
+                f"({declared_class.__name__}), but AutoTokenizer built a {type(tokenizer).__name__}."
+            )
+    vocab_files = dict(getattr(type(tokenizer), "vocab_files_names", None) or {})
+    tokenizer_file = vocab_files.pop("tokenizer_file", None)
+    if tokenizer_file is not None and _has_file(pretrained_model_name_or_path, tokenizer_file, hub_kwargs):
+        return
+    missing = [name for name in vocab_files.values() if not _has_file(pretrained_model_name_or_path, name, hub_kwargs)]
+    if missing or (not vocab_files and tokenizer_file is not None):
+        alternatives = [repr(tokenizer_file)] if tokenizer_file else []
+        if vocab_files:
+            alternatives.append(" and ".join(repr(name) for name in vocab_files.values()))
+        raise OSError(
+            f"{pretrained_model_name_or_path} has no vocabulary for its {type(tokenizer).__name__}: expected "
+            f"{', or '.join(alternatives)}; missing {missing or [tokenizer_file]}."
+        )
+
+
+def load_tokenizer(pretrained_model_name_or_path: Any, **kwargs: Any) -> Any:
+    """`AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)`, checked by `check_tokenizer`."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)
+    hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if kwargs.get(key) is not None}
+    check_tokenizer(pretrained_model_name_or_path, tokenizer, hub_kwargs)
+    return tokenizer
+
+
+__all__ = ["check_tokenizer", "load_tokenizer"]
