@@ -475,9 +475,13 @@ def test_jinja_image_items_for_every_template(name):
 
 def test_jinja_generation_marks_answer_and_trained_separator():
     messages = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
-    for name, answer in (("internvl2_5", "A<|im_end|>"), ("internvl3_5_gpt_oss", "A<|return|>"), ("phi3-chat", "A<|end|>")):
+    for name, answer in (
+        ("internvl2_5", "A<|im_end|>"),
+        ("internvl3_5_gpt_oss", "A<|return|>"),
+        ("phi3-chat", "A<|end|>"),
+    ):
         rendered, generation_indices = render_jinja_template(
             [messages], chat_template=get_jinja_chat_template(name), return_assistant_tokens_mask=True
         )
-        (start, end), = generation_indices[0]
+        ((start, end),) = generation_indices[0]
         assert rendered[0][start:end] == answer

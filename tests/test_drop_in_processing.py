@@ -111,7 +111,12 @@ def _tiles_via(path: str, root: Path, options: dict, image: Image.Image):
     elif path == "apply_chat_template":
         processor = AutoProcessor.from_pretrained(_original_dir(root))
         out = processor.apply_chat_template(
-            _messages(image), add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt", **options
+            _messages(image),
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+            **options,
         )
     elif path == "AutoImageProcessor":
         image_processor = AutoImageProcessor.from_pretrained(_original_dir(root), **options)
@@ -183,12 +188,22 @@ def test_two_names_of_one_option_must_agree(tmp_path):
     directory = _original_dir(tmp_path)
     with pytest.raises(ValueError, match="max_num=2.*max_dynamic_patch=3|max_dynamic_patch=3.*max_num=2"):
         AutoProcessor.from_pretrained(directory, max_num=2, max_dynamic_patch=3)
-    assert AutoProcessor.from_pretrained(directory, max_num=2, max_dynamic_patch=2).image_processor.max_dynamic_patch == 2
+    assert (
+        AutoProcessor.from_pretrained(directory, max_num=2, max_dynamic_patch=2).image_processor.max_dynamic_patch == 2
+    )
 
 
 def test_tokenizer_options_still_reach_the_tokenizer(tmp_path):
     processor = AutoProcessor.from_pretrained(_original_dir(tmp_path), model_max_length=77, padding_side="right")
     assert processor.tokenizer.model_max_length == 77 and processor.tokenizer.padding_side == "right"
+
+
+def test_pipeline_model_arguments_are_not_processor_options(tmp_path):
+    # `pipeline(...)` forwards the model's arguments to every loader; they are ignored there, not stored.
+    processor = AutoProcessor.from_pretrained(
+        _original_dir(tmp_path), _from_pipeline="image-text-to-text", dtype="float32", device_map="cpu"
+    )
+    assert not {"dtype", "device_map"} & set(processor.tokenizer.init_kwargs)
 
 
 def test_unknown_images_kwargs_option_raises(tmp_path):

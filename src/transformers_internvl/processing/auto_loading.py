@@ -21,11 +21,12 @@ from typing import Any
 
 from transformers.utils import CONFIG_NAME, IMAGE_PROCESSOR_NAME, PROCESSOR_NAME, cached_file, logging
 
+from .loading_options import HUB_KWARGS
+
 logger = logging.get_logger(__name__)
 
 ORIGINAL_MODEL_TYPE = "internvl_chat"
 VIDEO_PROCESSOR_NAME = "video_preprocessor_config.json"
-_HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
 # Keywords of the Auto factories themselves, not options of the processor.
 _FACTORY_KWARGS = frozenset(
     ("use_fast", "backend", "trust_remote_code", "config", "_from_auto", "_from_pipeline", "code_revision")
@@ -49,11 +50,9 @@ def _read_json_file(pretrained_model_name_or_path: Any, filename: str, hub_kwarg
 def _build(kind: str, pretrained_model_name_or_path: Any, kwargs: dict[str, Any]) -> Any | None:
     """The InternVL image (`kind="image"`) or video processor of an InternVL folder, or None for other folders."""
     from .image_processing_internvl import InternVLImageProcessor
+    from .loading_options import IMAGE_PROCESSOR_OPTIONS, VIDEO_PROCESSOR_OPTIONS, canonical_options
     from .processing_internvl import (
-        _IMAGE_PROCESSOR_OPTIONS,
         _PROCESSOR_CLASS_NAMES,
-        _VIDEO_PROCESSOR_OPTIONS,
-        _canonical_options,
         image_processor_kwargs_from_model_config,
         video_processor_kwargs_from_model_config,
     )
@@ -61,13 +60,15 @@ def _build(kind: str, pretrained_model_name_or_path: Any, kwargs: dict[str, Any]
 
     if not isinstance(pretrained_model_name_or_path, (str, os.PathLike)):
         return None
-    hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if kwargs.get(key) is not None}
+    hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if kwargs.get(key) is not None}
     model_config = _read_json_file(pretrained_model_name_or_path, CONFIG_NAME, hub_kwargs)
     if not model_config or model_config.get("model_type") != ORIGINAL_MODEL_TYPE:
         return None
     processor_class = InternVLImageProcessor if kind == "image" else InternVLVideoProcessor
     filename, type_key = (
-        (IMAGE_PROCESSOR_NAME, "image_processor_type") if kind == "image" else (VIDEO_PROCESSOR_NAME, "video_processor_type")
+        (IMAGE_PROCESSOR_NAME, "image_processor_type")
+        if kind == "image"
+        else (VIDEO_PROCESSOR_NAME, "video_processor_type")
     )
     saved = _read_json_file(pretrained_model_name_or_path, filename, hub_kwargs) or {}
     if saved.get(type_key) == processor_class.__name__:
@@ -86,9 +87,9 @@ def _build(kind: str, pretrained_model_name_or_path: Any, kwargs: dict[str, Any]
     else:
         init_kwargs = video_processor_kwargs_from_model_config(model_config)
 
-    kwargs = {key: value for key, value in kwargs.items() if key not in _HUB_KWARGS and key not in _FACTORY_KWARGS}
+    kwargs = {key: value for key, value in kwargs.items() if key not in HUB_KWARGS and key not in _FACTORY_KWARGS}
     return_unused_kwargs = kwargs.pop("return_unused_kwargs", False)
-    options = _canonical_options(kwargs, _IMAGE_PROCESSOR_OPTIONS if kind == "image" else _VIDEO_PROCESSOR_OPTIONS)
+    options = canonical_options(kwargs, IMAGE_PROCESSOR_OPTIONS if kind == "image" else VIDEO_PROCESSOR_OPTIONS)
     init_kwargs.update(options)
     known = set(getattr(processor_class, "valid_kwargs", dict).__annotations__) | set(
         processor_class.__init__.__code__.co_varnames[1 : processor_class.__init__.__code__.co_argcount]

@@ -28,10 +28,9 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers.feature_extraction_utils import BatchFeature
-from transformers.processing_utils import ImagesKwargs, ProcessingKwargs, ProcessorMixin, VideosKwargs
+from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, VideosKwargs
 from transformers.utils import CONFIG_NAME, PROCESSOR_NAME, cached_file, logging
 
-from .image_processing_internvl import InternVLImageProcessorKwargs
 from .conversation import (
     DEFAULT_VIDEO_FRAME_TEMPLATE,
     IMAGE_CONTEXT_TOKEN,
@@ -45,6 +44,8 @@ from .conversation import (
     multi_image_prefix,
     video_frame_prompt,
 )
+from .image_processing_internvl import InternVLImageProcessorKwargs
+from .loading_options import HUB_KWARGS, IMAGE_PROCESSOR_OPTIONS, VIDEO_PROCESSOR_OPTIONS, split_from_pretrained_kwargs
 
 logger = logging.get_logger(__name__)
 
@@ -53,52 +54,6 @@ logger = logging.get_logger(__name__)
 # package's processor is saved and registered under the original's naming (`InternVLChatModel`, `internvl_chat`).
 _SAVED_CLASS_NAME = "InternVLChatProcessor"
 _PROCESSOR_CLASS_NAMES = ("InternVLChatProcessor", "InternVLProcessor")
-# `from_pretrained` keyword arguments that go to the image / video processor instead of the tokenizer: the original's
-# option names (`dynamic_image_size`, `max_dynamic_patch`, `min_dynamic_patch`, `use_thumbnail`, and `max_num` /
-# `min_num` of its `load_image` / `dynamic_preprocess`) and transformers' (`max_patches` / `min_patches`), each mapped
-# to the image processor's parameter.
-_IMAGE_PROCESSOR_OPTIONS = {
-    "dynamic_image_size": "dynamic_image_size",
-    "max_dynamic_patch": "max_dynamic_patch",
-    "max_num": "max_dynamic_patch",
-    "max_patches": "max_dynamic_patch",
-    "min_dynamic_patch": "min_dynamic_patch",
-    "min_num": "min_dynamic_patch",
-    "min_patches": "min_dynamic_patch",
-    "use_thumbnail": "use_thumbnail",
-    "max_total_tiles": "max_total_tiles",
-}
-_VIDEO_PROCESSOR_OPTIONS = {"num_segments": "num_segments"}
-_HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
-# Keyword arguments of the loading machinery (AutoProcessor / AutoTokenizer), forwarded to the tokenizer.
-_LOADING_KWARGS = frozenset(
-    (*_HUB_KWARGS, "trust_remote_code", "use_fast", "tokenizer_type", "gguf_file", "_from_auto", "_from_pipeline")
-    + ("_commit_hash", "return_unused_kwargs", "use_auth_token")
-)
-# Options every transformers tokenizer takes (PreTrainedTokenizerBase and its special tokens).
-_TOKENIZER_BASE_OPTIONS = frozenset(
-    (
-        "model_max_length",
-        "padding_side",
-        "truncation_side",
-        "model_input_names",
-        "clean_up_tokenization_spaces",
-        "split_special_tokens",
-        "extra_special_tokens",
-        "additional_special_tokens",
-        "bos_token",
-        "eos_token",
-        "unk_token",
-        "sep_token",
-        "pad_token",
-        "cls_token",
-        "mask_token",
-        "add_bos_token",
-        "add_eos_token",
-        "add_prefix_space",
-        "legacy",
-    )
-)
 
 
 class InternVLImagesKwargs(InternVLImageProcessorKwargs, total=False):
@@ -594,7 +549,7 @@ class InternVLChatProcessor(ProcessorMixin):
     def get_processor_dict(cls, pretrained_model_name_or_path, **kwargs) -> tuple[dict[str, Any], dict[str, Any]]:
         """The saved processor config, or, for an original OpenGVLab directory (no processor_config.json), one built
         from its `config.json` (template, system message, tile size, tiling settings)."""
-        hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+        hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
         processor_dict, kwargs = super().get_processor_dict(pretrained_model_name_or_path, **kwargs)
         if processor_dict.get("processor_class") in _PROCESSOR_CLASS_NAMES:
             return processor_dict, kwargs
@@ -652,7 +607,7 @@ class InternVLChatProcessor(ProcessorMixin):
             # `from_pretrained(..., max_dynamic_patch=6)` and the like set the sub-processor's default; an option
             # given under another name replaces the saved value under every name.
             for key, value in options.items():
-                for alias, canonical in {**_IMAGE_PROCESSOR_OPTIONS, **_VIDEO_PROCESSOR_OPTIONS}.items():
+                for alias, canonical in {**IMAGE_PROCESSOR_OPTIONS, **VIDEO_PROCESSOR_OPTIONS}.items():
                     if canonical == key:
                         config.pop(alias, None)
                 config[key] = value
@@ -669,98 +624,6 @@ class InternVLChatProcessor(ProcessorMixin):
                 sub_processors.append(_construct(sub_processor_class, config))
         image_processor, video_processor = sub_processors
         return [image_processor, tokenizer, video_processor]
-
-
-def _canonical_options(kwargs: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
-    """`{canonical name: value}` of the options in `kwargs` (popped); two names of one option must agree."""
-    options: dict[str, Any] = {}
-    given_as: dict[str, str] = {}
-    for name in [key for key in kwargs if key in names]:
-        value = kwargs.pop(name)
-        canonical = names[name]
-        if canonical in options and options[canonical] != value:
-            raise ValueError(
-                f"`{given_as[canonical]}={options[canonical]!r}` and `{name}={value!r}` set the same option "
-                f"`{canonical}` to different values."
-            )
-        options[canonical] = value
-        given_as[canonical] = name
-    return options
-
-
-def _tokenizer_parameter_names(pretrained_model_name_or_path, hub_kwargs: dict[str, Any]) -> set[str]:
-    """Parameters named by the `__init__` of the tokenizer class the folder's tokenizer_config.json declares (and
-    its bases); empty when the class cannot be resolved."""
-    from transformers.models.auto.tokenization_auto import get_tokenizer_config, tokenizer_class_from_name
-
-    tokenizer_config = get_tokenizer_config(pretrained_model_name_or_path, **hub_kwargs)
-    class_name = tokenizer_config.get("tokenizer_class")
-    if not class_name:
-        return set()
-    names: set[str] = set()
-    for candidate in (class_name, class_name.removesuffix("Fast") + "Fast", class_name.removesuffix("Fast")):
-        tokenizer_class = tokenizer_class_from_name(candidate)
-        if tokenizer_class is None:
-            continue
-        for klass in tokenizer_class.__mro__:
-            init = klass.__dict__.get("__init__")
-            if init is None:
-                continue
-            for parameter in inspect.signature(init).parameters.values():
-                if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
-                    names.add(parameter.name)
-    names.discard("self")
-    return names
-
-
-def split_from_pretrained_kwargs(
-    processor_class: type, pretrained_model_name_or_path, kwargs: dict[str, Any]
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """Route `InternVLProcessor.from_pretrained` keyword arguments.
-
-    Returns `(tokenizer_kwargs, image_processor_options, video_processor_options)`:
-
-    * tiling options under their original or transformers names (`dynamic_image_size`, `max_dynamic_patch` /
-      `max_num` / `max_patches`, `min_dynamic_patch` / `min_num` / `min_patches`, `use_thumbnail`,
-      `max_total_tiles`) become image-processor options under the image processor's names; `num_segments` a
-      video-processor option;
-    * processor init arguments (`template`, `video_frame_template`, ...) are left to the processor;
-    * loading options (`cache_dir`, `revision`, `trust_remote_code`, ...), the options every tokenizer takes
-      (`model_max_length`, `padding_side`, special tokens, ...) and the parameters the folder's tokenizer class names
-      go to `AutoTokenizer.from_pretrained`.
-
-    Raises:
-        TypeError: any other keyword argument: it would otherwise end up, unused, in the tokenizer's
-            `init_kwargs` and its saved tokenizer_config.json.
-        ValueError: two names of one option given with different values.
-    """
-    kwargs = dict(kwargs)
-    image_options = _canonical_options(kwargs, _IMAGE_PROCESSOR_OPTIONS)
-    video_options = _canonical_options(kwargs, _VIDEO_PROCESSOR_OPTIONS)
-    init = processor_class.__init__.__code__
-    processor_names = set(init.co_varnames[1 : init.co_argcount])
-    tokenizer_kwargs = {}
-    unknown = []
-    for key, value in kwargs.items():
-        if key in processor_names:
-            continue
-        if key in _LOADING_KWARGS or key in _TOKENIZER_BASE_OPTIONS:
-            tokenizer_kwargs[key] = value
-        else:
-            unknown.append(key)
-    if unknown:
-        hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
-        tokenizer_names = _tokenizer_parameter_names(pretrained_model_name_or_path, hub_kwargs)
-        for key in [key for key in unknown if key in tokenizer_names]:
-            tokenizer_kwargs[key] = kwargs[key]
-            unknown.remove(key)
-    if unknown:
-        raise TypeError(
-            f"InternVLProcessor.from_pretrained got unexpected keyword argument(s) {sorted(unknown)}: they are neither "
-            f"tiling options ({sorted(_IMAGE_PROCESSOR_OPTIONS)}), video options ({sorted(_VIDEO_PROCESSOR_OPTIONS)}), "
-            f"processor arguments ({sorted(processor_names)}) nor options of the tokenizer."
-        )
-    return tokenizer_kwargs, image_options, video_options
 
 
 def _load_model_config(pretrained_model_name_or_path, **hub_kwargs) -> dict[str, Any] | None:

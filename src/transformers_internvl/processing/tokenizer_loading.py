@@ -14,9 +14,9 @@ from typing import Any
 
 from transformers.utils import cached_file, logging
 
-logger = logging.get_logger(__name__)
+from .loading_options import HUB_KWARGS
 
-_HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
+logger = logging.get_logger(__name__)
 
 
 def _has_file(pretrained_model_name_or_path: Any, filename: str, hub_kwargs: dict[str, Any]) -> bool:
@@ -80,7 +80,7 @@ def load_tokenizer(pretrained_model_name_or_path: Any, **kwargs: Any) -> Any:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)
-    hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if kwargs.get(key) is not None}
+    hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if kwargs.get(key) is not None}
     check_tokenizer(pretrained_model_name_or_path, tokenizer, hub_kwargs)
     return tokenizer
 
