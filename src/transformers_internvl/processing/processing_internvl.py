@@ -400,8 +400,11 @@ class InternVLChatProcessor(ProcessorMixin):
             text: One string or a list (the batch).
             videos: Like `images`, with videos (paths, URLs, frame lists or (T, H, W, C) arrays).
             kwargs: Tokenizer options (`padding`, `padding_side` (default "left"), `return_tensors`, ...), image
-                options (`max_dynamic_patch`, `min_dynamic_patch`, `use_thumbnail`, `max_total_tiles`) and video
-                options (`num_frames`, ...), flat or as `text_kwargs` / `images_kwargs` / `videos_kwargs`.
+                options under the original names (`dynamic_image_size`, `max_dynamic_patch` / `max_num`,
+                `min_dynamic_patch` / `min_num`, `use_thumbnail`, `max_total_tiles`) and video options
+                (`num_frames`, ...), flat or as `text_kwargs` / `images_kwargs` / `videos_kwargs`. An unknown flat
+                option is ignored with a warning (transformers' `_merge_kwargs`); an unknown key in `images_kwargs`
+                raises `TypeError`.
 
         Returns:
             `BatchFeature` with `input_ids`, `attention_mask` and, when there are images or videos, `pixel_values`
