@@ -120,7 +120,11 @@ def _wrap(auto_class: type, kind: str) -> None:
 
 def wrap_auto_processor_loaders() -> None:
     """Make `AutoImageProcessor.from_pretrained` / `AutoVideoProcessor.from_pretrained` build this package's
-    processors for original InternVL folders (see the module docstring); idempotent."""
+    processors for original InternVL folders (see the module docstring); idempotent.
+
+    On such a folder, keyword arguments are the processor's options (tiling options also under the original names
+    `max_num` / `min_num`); an unknown one raises `TypeError` instead of being stored on the processor.
+    """
     from transformers.models.auto.image_processing_auto import AutoImageProcessor
     from transformers.models.auto.video_processing_auto import AutoVideoProcessor
 
