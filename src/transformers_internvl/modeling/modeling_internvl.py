@@ -169,7 +169,11 @@ class InternVLPreTrainedModel(PreTrainedModel):
         that `save_pretrained` copies its remote-code files."""
         use_flash_attn = resolve_attention_options(kwargs)
         device_map = kwargs.get("device_map")
-        if isinstance(device_map, Mapping) and any(key.split(".")[0] in ORIGINAL_ROOTS for key in device_map):
+        if (
+            isinstance(device_map, Mapping)
+            and any(key.split(".")[0] in ORIGINAL_ROOTS for key in device_map)
+            and (pretrained_model_name_or_path is not None or kwargs.get("config") is not None)
+        ):
             config = cls._config_for(pretrained_model_name_or_path, kwargs)
             if config is not None:
                 kwargs["device_map"] = translate_device_map(device_map, module_names(cls, config))
