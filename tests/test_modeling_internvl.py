@@ -264,13 +264,15 @@ def test_auto_classes_resolve_original_directory_without_remote_code(tmp_path, m
     monkeypatch.setattr("builtins.input", lambda *args: pytest.fail("prompted for trust_remote_code"))
     assert type(AutoConfig.from_pretrained(directory)) is InternVLConfig
     assert type(AutoConfig.from_pretrained(directory).vision_config) is InternVLVisionConfig
-    assert type(AutoModel.from_pretrained(directory)) is InternVLModel
+    # The original's auto_map makes AutoModel the chat model; the base model loads through its own class.
+    assert type(AutoModel.from_pretrained(directory)) is InternVLForConditionalGeneration
+    assert type(InternVLModel.from_pretrained(directory)) is InternVLModel
     assert type(AutoModelForImageTextToText.from_pretrained(directory)) is InternVLForConditionalGeneration
     assert type(AutoModelForCausalLM.from_pretrained(directory)) is InternVLForConditionalGeneration
 
 
 def test_base_model_loads_original_keys(tmp_path, qwen2_model, qwen2_io):
-    base = AutoModel.from_pretrained(QWEN2_DIR, image_token_id=_image_token_id(QWEN2_DIR)).eval()
+    base = InternVLModel.from_pretrained(QWEN2_DIR, image_token_id=_image_token_id(QWEN2_DIR)).eval()
     with torch.no_grad():
         hidden = base(input_ids=qwen2_io["input_ids"], pixel_values=qwen2_io["pixel_values"]).last_hidden_state
         assert torch.equal(

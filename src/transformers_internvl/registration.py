@@ -21,11 +21,13 @@ def _register_core() -> None:
     from .modeling.configuration_intern_vit import InternVLVisionConfig
     from .modeling.configuration_internvl import InternVLConfig
     from .modeling.modeling_intern_vit import InternVLVisionModel
-    from .modeling.modeling_internvl import InternVLForConditionalGeneration, InternVLModel
+    from .modeling.modeling_internvl import InternVLForConditionalGeneration
 
     AutoConfig.register(InternVLConfig.model_type, InternVLConfig, exist_ok=True)
     AutoConfig.register(InternVLVisionConfig.model_type, InternVLVisionConfig, exist_ok=True)
-    AutoModel.register(InternVLConfig, InternVLModel, exist_ok=True)
+    # The original's `auto_map` makes `AutoModel` the chat model (model cards call `AutoModel.from_pretrained(...).chat()`);
+    # `InternVLModel` stays the base model (`base_model_prefix = "model"`) and loads the same checkpoints.
+    AutoModel.register(InternVLConfig, InternVLForConditionalGeneration, exist_ok=True)
     AutoModel.register(InternVLVisionConfig, InternVLVisionModel, exist_ok=True)
     AutoModelForImageTextToText.register(InternVLConfig, InternVLForConditionalGeneration, exist_ok=True)
     AutoModelForCausalLM.register(InternVLConfig, InternVLForConditionalGeneration, exist_ok=True)

@@ -17,6 +17,7 @@ from ..processing.conversation import (
     IMAGE_CONTEXT_TOKEN,
     IMAGE_END_TOKEN,
     IMAGE_START_TOKEN,
+    Conversation,
     build_batch_chat_prompts,
     build_chat_prompt,
     get_conv_template,
@@ -42,21 +43,115 @@ class InternVLChatMixin:
     """Adds the original remote-code API (`chat`, `batch_chat`, `extract_feature`) to
     `InternVLForConditionalGeneration`."""
 
+    # The original model's attributes. `template`, `system_message` and `conv_template` are plain attributes there,
+    # set in the constructor from `config.template` and changeable afterwards; here an assignment is kept on the
+    # instance, and the defaults come from the config (the template named at load time, as in the original).
+
     @property
     def template(self) -> str:
-        """Conversation template name from the config (`internvl2_5`, `internlm2-chat`, ...)."""
+        """Conversation template name chat() uses: `config.template` until assigned (`model.template = "..."`)."""
+        template = self.__dict__.get("_template_override")
+        if template is not None:
+            return template
         if not self.config.template:
             raise ValueError("`config.template` is not set: chat() needs a conversation template name.")
         return self.config.template
 
+    @template.setter
+    def template(self, value: str) -> None:
+        get_conv_template(value)  # raises for a non-str or unknown name
+        self.__dict__["_template_override"] = value
+
     @property
     def system_message(self) -> str:
-        """The system message chat() uses: the template's default (as the original model's attribute)."""
-        return getattr(self.config, "system_message", None) or get_conv_template(self.template).system_message
+        """The system message chat() / batch_chat() render: `config.system_message` when set, else the default of
+        the config's template (the original sets it once from `config.template`). Assign a str to change it; an
+        empty string renders an empty system block, as in the original. `del model.system_message` restores the
+        default."""
+        override = self.__dict__.get("_system_message_override")
+        if override is not None:
+            return override
+        configured = getattr(self.config, "system_message", None)
+        if configured:
+            return configured
+        if not self.config.template:
+            raise ValueError("`config.template` is not set: chat() needs a conversation template name.")
+        return get_conv_template(self.config.template).system_message
+
+    @system_message.setter
+    def system_message(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise TypeError(f"`system_message` must be a str, got {type(value).__name__}.")
+        self.__dict__["_system_message_override"] = value
+
+    @system_message.deleter
+    def system_message(self) -> None:
+        self.__dict__.pop("_system_message_override", None)
+
+    @property
+    def conv_template(self) -> Conversation:
+        """A `Conversation` for the config's template (`.sep`, `.roles`, `.system_message`, `.append_message`,
+        `.get_prompt()`), made once per model as the original's attribute; chat() does not read it (neither does
+        the original's), it is for callers such as the README streaming recipe (`model.conv_template.sep`)."""
+        conversation = self.__dict__.get("_conv_template")
+        if conversation is None:
+            if not self.config.template:
+                raise ValueError("`config.template` is not set: there is no conversation template.")
+            conversation = get_conv_template(self.config.template)
+            self.__dict__["_conv_template"] = conversation
+        return conversation
+
+    @conv_template.setter
+    def conv_template(self, value: Conversation) -> None:
+        if not isinstance(value, Conversation):
+            raise TypeError(f"`conv_template` must be a Conversation, got {type(value).__name__}.")
+        self.__dict__["_conv_template"] = value
+
+    @property
+    def img_context_token_id(self) -> int | None:
+        """Id of `<IMG_CONTEXT>`: the same value as `config.image_token_id`; assigning one assigns the other."""
+        return self.config.image_token_id
+
+    @img_context_token_id.setter
+    def img_context_token_id(self, value: int | None) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise TypeError(f"`img_context_token_id` must be an int token id or None, got {value!r}.")
+        self.config.image_token_id = value
 
     @property
     def num_image_token(self) -> int:
+        """LLM tokens per tile (256 for 448 px tiles): `config.num_image_token`, derived from `force_image_size`,
+        `vision_config.patch_size` and `downsample_ratio`."""
         return self.config.num_image_token
+
+    @num_image_token.setter
+    def num_image_token(self, value: int) -> None:
+        raise AttributeError(
+            f"`num_image_token` ({self.config.num_image_token}) follows from the vision tower's shape and cannot be "
+            f"set to {value!r}: change `config.force_image_size` / `config.downsample_ratio` instead."
+        )
+
+    @property
+    def select_layer(self) -> int:
+        return self.config.select_layer
+
+    @property
+    def downsample_ratio(self) -> float:
+        return self.config.downsample_ratio
+
+    @property
+    def ps_version(self) -> str:
+        return self.config.ps_version
+
+    @property
+    def patch_size(self) -> int:
+        return self.config.vision_config.patch_size
+
+    @property
+    def llm_arch_name(self) -> str | None:
+        """`llm_config.architectures[0]`, as the original's attribute."""
+        architectures = self.config.text_config.architectures
+        return architectures[0] if architectures else None
 
     def extract_feature(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The original `extract_feature`: projected image features `(num_tiles, 256, hidden_size)` as a tensor

@@ -147,6 +147,15 @@ class InternVLConfig(PreTrainedConfig):
             )
 
     @property
+    def llm_config(self) -> PreTrainedConfig:
+        """The original's name for `text_config` (the same object)."""
+        return self.text_config
+
+    @llm_config.setter
+    def llm_config(self, value: PreTrainedConfig) -> None:
+        self.text_config = value
+
+    @property
     def hidden_size(self) -> int:
         return self.text_config.hidden_size
 

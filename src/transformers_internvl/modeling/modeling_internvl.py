@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -29,6 +30,14 @@ from .chat import InternVLChatMixin
 from .configuration_internvl import InternVLConfig
 from .modeling_intern_vit import InternVLVisionModel
 from .modeling_internlm2 import describe_wqkv_mismatch
+from .original_api import (
+    ORIGINAL_ROOTS,
+    copy_remote_code_files,
+    module_names,
+    remote_code_files,
+    resolve_attention_options,
+    translate_device_map,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -150,7 +159,24 @@ class InternVLPreTrainedModel(PreTrainedModel):
         """As `PreTrainedModel.from_pretrained`, plus what original checkpoints leave to the tokenizer files next to
         the weights: `image_token_id` (`<IMG_CONTEXT>`) when neither `config.json` nor the `image_token_id=` keyword
         gives it, and the generation `eos_token_id` (the template's end token, `<|im_end|>`) when the generation
-        config has none."""
+        config has none.
+
+        The original remote code's options are accepted too (see `modeling/original_api.py`): `use_flash_attn=True`
+        (flash_attention_2, or eager with a warning when flash-attn is not usable) / `False` (eager),
+        `low_cpu_mem_usage` (ignored), and a `device_map` written with the original module names (`vision_model`,
+        `mlp1`, `language_model.model.layers.N`, `language_model.lm_head`, ... as the model cards' `split_model()`),
+        translated to this module tree; an unknown module name raises `ValueError`. The source folder is recorded so
+        that `save_pretrained` copies its remote-code files."""
+        use_flash_attn = resolve_attention_options(kwargs)
+        device_map = kwargs.get("device_map")
+        if (
+            isinstance(device_map, Mapping)
+            and any(key.split(".")[0] in ORIGINAL_ROOTS for key in device_map)
+            and (pretrained_model_name_or_path is not None or kwargs.get("config") is not None)
+        ):
+            config = cls._config_for(pretrained_model_name_or_path, kwargs)
+            if config is not None:
+                kwargs["device_map"] = translate_device_map(device_map, module_names(cls, config))
         token = _SHAPE_MISMATCHES.set([])
         try:
             loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
@@ -164,11 +190,14 @@ class InternVLPreTrainedModel(PreTrainedModel):
             _SHAPE_MISMATCHES.reset(token)
         # `output_loading_info=True` returns `(model, loading_info)`; a `state_dict=` load may have no path at all.
         model = loaded[0] if kwargs.get("output_loading_info") else loaded
+        if use_flash_attn is not None:
+            model.config.vision_config.use_flash_attn = use_flash_attn  # recorded as the original does
         if pretrained_model_name_or_path is None:
             return loaded
         directory = _local_directory(pretrained_model_name_or_path, kwargs)
         if directory is None:
             return loaded
+        model._remote_code_source = directory
         if getattr(model.config, "image_token_id", None) is None:
             model.config.image_token_id = find_added_token_id(directory, IMAGE_CONTEXT_TOKEN)
         generation_config = getattr(model, "generation_config", None)
@@ -177,6 +206,23 @@ class InternVLPreTrainedModel(PreTrainedModel):
             if eos_token_id is not None:
                 generation_config.eos_token_id = eos_token_id
         return loaded
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained` in the original layout (`architectures: ["InternVLChatModel"]`,
+        `llm_config`, original key names, the source's `auto_map`), plus the original remote-code files
+        (`configuration_*.py`, `modeling_*.py`, `tokenization_*.py`, `conversation.py`) of the folder the model was
+        loaded from, so that servers reading this layout with `trust_remote_code` (vLLM, LMDeploy) serve it."""
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        is_main_process = args[0] if args else kwargs.get("is_main_process", True)
+        source = getattr(self, "_remote_code_source", None)
+        if source is not None and is_main_process:
+            if kwargs.get("push_to_hub") and remote_code_files(source):
+                logger.warning_once(
+                    "save_pretrained(push_to_hub=True) uploads before the original remote-code files are copied; "
+                    "upload them from the saved folder (e.g. `huggingface_hub.upload_folder`)."
+                )
+            copy_remote_code_files(source, save_directory)
+        return result
 
     @staticmethod
     def _config_for(pretrained_model_name_or_path, kwargs) -> InternVLConfig | None:
