@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import re
 
-from transformers.conversion_mapping import register_checkpoint_conversion_mapping
-from transformers.core_model_loading import WeightRenaming
+from transformers import PreTrainedModel
+from transformers.conversion_mapping import get_model_conversion_mapping, register_checkpoint_conversion_mapping
+from transformers.core_model_loading import PrefixChange, WeightRenaming, WeightTransform
 
 def original_layout_renamings(head_name: str | None = None) -> list[WeightRenaming]:
     """Renamings from the original layout to `InternVLForConditionalGeneration`.
@@ -36,6 +37,24 @@ def original_layout_renamings(head_name: str | None = None) -> list[WeightRenami
         WeightRenaming(r"^mlp1\.", "model.mlp1."),
     ]
     return renamings
+
+
+def original_layout_conversions(head_name: str, language_model: PreTrainedModel) -> list[WeightTransform]:
+    """Everything `save_pretrained` reverses to write a model in the original layout.
+
+    This model's renamings (`original_layout_renamings(head_name)`), then what transformers registers for the LLM's
+    own class or model type (e.g. Qwen3-MoE's per-expert `mlp.experts.N.gate_proj` <-> fused `gate_up_proj`), scoped
+    to `model.language_model` as transformers scopes a sub-model's conversions. Entries transformers registers for
+    its own classes that merely share this package's class names (its `InternVLModel`) are not included.
+    """
+    conversions: list[WeightTransform] = original_layout_renamings(head_name)
+    for conversion in get_model_conversion_mapping(language_model, add_legacy=False):
+        if isinstance(conversion, PrefixChange):
+            continue
+        scope = "language_model" if not conversion.scope_prefix else f"language_model.{conversion.scope_prefix}"
+        conversion.scope_prefix, conversion.base_model_prefix = scope, "model"
+        conversions.append(conversion)
+    return conversions
 
 
 def head_renaming(head_name: str) -> WeightRenaming:
@@ -58,4 +77,9 @@ def register_checkpoint_mappings() -> None:
     _REGISTERED = True
 
 
-__all__ = ["head_renaming", "original_layout_renamings", "register_checkpoint_mappings"]
+__all__ = [
+    "head_renaming",
+    "original_layout_conversions",
+    "original_layout_renamings",
+    "register_checkpoint_mappings",
+]

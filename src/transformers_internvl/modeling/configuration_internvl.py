@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from transformers import AutoConfig, PreTrainedConfig
@@ -10,7 +9,7 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import logging
 
 from .configuration_intern_vit import InternVLVisionConfig
-from .llm_resolution import normalize_llm_config, original_rope_scaling, resolve_text_model_type
+from .llm_resolution import normalize_llm_config, original_llm_config, resolve_text_model_type
 
 logger = logging.get_logger(__name__)
 
@@ -148,13 +147,8 @@ class InternVLConfig(PreTrainedConfig):
         text_config = output.pop("text_config")
         if isinstance(text_config, PreTrainedConfig):
             text_config = text_config.to_dict()
-        text_config = copy.deepcopy(text_config)
-        rope_parameters = text_config.get("rope_parameters")
-        if isinstance(rope_parameters, dict):
-            # Older transformers (and the original remote code) read `rope_theta` / `rope_scaling`.
-            text_config.setdefault("rope_theta", rope_parameters.get("rope_theta"))
-            if "rope_scaling" not in text_config:
-                text_config["rope_scaling"] = original_rope_scaling(text_config)
+        # Legacy RoPE keys and aliased names, for older transformers and the original remote code.
+        text_config = original_llm_config(text_config, type(self.text_config))
         output["llm_config"] = text_config
         output["architectures"] = ["InternVLChatModel"]
         output["hidden_size"] = self.text_config.hidden_size

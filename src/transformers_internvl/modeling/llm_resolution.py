@@ -107,6 +107,10 @@ def normalize_llm_config(llm_config: dict[str, Any], model_type: str) -> dict[st
     """
     llm_config = copy.deepcopy(llm_config)
     rope_scaling = llm_config.get("rope_scaling")
+    if isinstance(rope_scaling, dict) and "type" in rope_scaling and rope_scaling.get("rope_type") == rope_scaling["type"]:
+        # Both spellings (as InternVL3 configs and `original_rope_scaling` write them): keep transformers' one.
+        rope_scaling = {key: value for key, value in rope_scaling.items() if key != "type"}
+        llm_config["rope_scaling"] = rope_scaling
     if model_type == "phi3" and isinstance(rope_scaling, dict):
         rope_type = rope_scaling.get("rope_type", rope_scaling.get("type"))
         if rope_type in _PHI3_LEGACY_ROPE_TYPES:
@@ -139,7 +143,28 @@ def original_rope_scaling(text_config: dict[str, Any]) -> dict[str, Any] | None:
         derived = scaling.get("original_max_position_embeddings") == text_config.get("original_max_position_embeddings")
         if not extra and derived:
             return {"type": "su", "short_factor": scaling["short_factor"], "long_factor": scaling["long_factor"]}
-    return {"type": rope_type, **scaling}
+    # Both spellings, as InternVL3 checkpoints write it: older readers take "type", transformers >= 4.45 "rope_type".
+    return {**scaling, "rope_type": rope_type, "type": rope_type}
+
+
+def original_llm_config(text_config: dict[str, Any], config_class: type) -> dict[str, Any]:
+    """`text_config` (a `to_dict()` of the LLM config) with what older readers of `llm_config` look up.
+
+    The RoPE scaling as the legacy `rope_theta` / `rope_scaling` ([`original_rope_scaling`]), and every name the
+    config class aliases (`attribute_map`, e.g. Qwen3-MoE's `num_experts` for `num_local_experts`) written under the
+    alias too: the original remote code and transformers 4.x read `num_experts`, and would otherwise fall back to the
+    class default (128 experts).
+    """
+    text_config = copy.deepcopy(text_config)
+    rope_parameters = text_config.get("rope_parameters")
+    if isinstance(rope_parameters, dict):
+        text_config.setdefault("rope_theta", rope_parameters.get("rope_theta"))
+        if "rope_scaling" not in text_config:
+            text_config["rope_scaling"] = original_rope_scaling(text_config)
+    for alias, name in (getattr(config_class, "attribute_map", None) or {}).items():
+        if name in text_config and alias not in text_config:
+            text_config[alias] = text_config[name]
+    return text_config
 
 
 @dataclass(frozen=True)
@@ -200,6 +225,7 @@ __all__ = [
     "LanguageModelHead",
     "language_model_head",
     "normalize_llm_config",
+    "original_llm_config",
     "original_rope_scaling",
     "resolve_text_model_type",
 ]

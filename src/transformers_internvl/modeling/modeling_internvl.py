@@ -26,7 +26,7 @@ from transformers.utils import TransformersKwargs, can_return_tuple, logging
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.import_utils import torch_compilable_check
 
-from ..conversion.checkpoint_mapping import head_renaming, original_layout_renamings
+from ..conversion.checkpoint_mapping import head_renaming, original_layout_conversions
 from ..processing.conversation import IMAGE_CONTEXT_TOKEN, get_eos_token
 from .chat import InternVLChatMixin
 from .configuration_internvl import InternVLConfig
@@ -464,8 +464,11 @@ class InternVLForConditionalGeneration(InternVLChatMixin, InternVLPreTrainedMode
             for head_key, embedding_key in self._language_model_head.tied_weights
         }
         self.post_init()
-        # Save in the original layout even when the model was not loaded with `from_pretrained`.
-        self._weight_conversions = original_layout_renamings(self._language_model_head.head_name)
+        # Save in the original layout even when the model was not loaded with `from_pretrained` (with it,
+        # transformers replaces this with the conversions the load used).
+        self._weight_conversions = original_layout_conversions(
+            self._language_model_head.head_name, self.model.language_model
+        )
 
     def init_parallel_plans(self) -> None:
         super().init_parallel_plans()
