@@ -22,7 +22,8 @@ from transformers import PreTrainedModel
 from transformers.conversion_mapping import get_model_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.core_model_loading import PrefixChange, WeightRenaming, WeightTransform
 
-def original_layout_renamings(head_name: str | None = None) -> list[WeightRenaming]:
+
+def original_layout_renamings(*, head_name: str | None = None) -> list[WeightRenaming]:
     """Renamings from the original layout to `InternVLForConditionalGeneration`.
 
     Without `head_name` the list holds the renamings every InternVL model shares (vision tower, projector, base
@@ -47,7 +48,7 @@ def original_layout_conversions(head_name: str, language_model: PreTrainedModel)
     to `model.language_model` as transformers scopes a sub-model's conversions. Entries transformers registers for
     its own classes that merely share this package's class names (its `InternVLModel`) are not included.
     """
-    conversions: list[WeightTransform] = original_layout_renamings(head_name)
+    conversions: list[WeightTransform] = original_layout_renamings(head_name=head_name)
     for conversion in get_model_conversion_mapping(language_model, add_legacy=False):
         if isinstance(conversion, PrefixChange):
             continue

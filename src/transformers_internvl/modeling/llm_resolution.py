@@ -107,7 +107,11 @@ def normalize_llm_config(llm_config: dict[str, Any], model_type: str) -> dict[st
     """
     llm_config = copy.deepcopy(llm_config)
     rope_scaling = llm_config.get("rope_scaling")
-    if isinstance(rope_scaling, dict) and "type" in rope_scaling and rope_scaling.get("rope_type") == rope_scaling["type"]:
+    if (
+        isinstance(rope_scaling, dict)
+        and "type" in rope_scaling
+        and rope_scaling.get("rope_type") == rope_scaling["type"]
+    ):
         # Both spellings (as InternVL3 configs and `original_rope_scaling` write them): keep transformers' one.
         rope_scaling = {key: value for key, value in rope_scaling.items() if key != "type"}
         llm_config["rope_scaling"] = rope_scaling
