@@ -16,11 +16,6 @@ logger = logging.get_logger(__name__)
 PIXEL_SHUFFLE_VERSIONS = ("v1", "v2")
 
 
-def _text_model_type(text_config: dict[str, Any]) -> str:
-    """The transformers `model_type` for an original `llm_config` dict (see `llm_resolution`)."""
-    return resolve_text_model_type(text_config)
-
-
 class InternVLConfig(PreTrainedConfig):
     r"""
     Configuration of an InternVL 2.5 chat model (`model_type` `"internvl_chat"`).
@@ -89,12 +84,12 @@ class InternVLConfig(PreTrainedConfig):
         if self.text_config is None:
             self.text_config = AutoConfig.for_model("qwen2")
         elif isinstance(self.text_config, dict):
-            model_type = _text_model_type(self.text_config)
+            model_type = resolve_text_model_type(self.text_config)
             text_config = normalize_llm_config(self.text_config, model_type)
             text_config.pop("model_type", None)
             self.text_config = AutoConfig.for_model(model_type, **text_config)
         elif isinstance(self.text_config, PreTrainedConfig):
-            _text_model_type(
+            resolve_text_model_type(
                 {"architectures": self.text_config.architectures, "model_type": self.text_config.model_type}
             )
 
