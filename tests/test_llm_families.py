@@ -161,9 +161,18 @@ def test_head_is_sharded_as_the_llm_class_shards_its_own(family, causal_lm_class
     assert model.tp_plan["lm_head"] == getattr(transformers, causal_lm_class)._tp_plan["lm_head"]
 
 
-def test_internlm3_weights_in_the_internlm2_layout_keep_internlm3_numbers():
+@pytest.mark.parametrize(
+    "rope_scaling",
+    [
+        {"factor": 6.0, "type": "dynamic"},  # the InternLM2 spelling
+        {"factor": 6.0, "rope_type": "dynamic"},  # InternLM3's own config.json spelling
+        {"factor": 6.0, "rope_type": "dynamic", "type": "dynamic"},  # both, as InternVL3 configs write them
+    ],
+)
+def test_internlm3_weights_in_the_internlm2_layout_keep_internlm3_numbers(rope_scaling):
     """InternVL3-9B: InternLM2 code (fused `wqkv`, `output` head) with InternLM3's shapes and RoPE."""
     raw = read_fixture("internlm3_in_internlm2")
+    raw["llm_config"]["rope_scaling"] = rope_scaling
     config = InternVLConfig(**{k: v for k, v in raw.items() if k != "model_type"})
     text_config = config.text_config
     assert text_config.model_type == "internlm2" and text_config.bias is False
