@@ -5,44 +5,62 @@ Original checkpoints are flat::
     vision_model.*                 -> model.vision_model.*      (InternViT, names unchanged)
     mlp1.*                         -> model.mlp1.*              (projector, names unchanged)
     language_model.model.*         -> model.language_model.*    (base LLM, names unchanged)
-    language_model.lm_head.*       -> lm_head.*                 (Qwen2 / Llama head)
-    language_model.output.*        -> lm_head.*                 (InternLM2 head)
+    language_model.<head>.*        -> lm_head.*                 (<head>: the LLM class's output embeddings,
+                                                                 `lm_head` for Qwen2 / Llama / Phi-3 / ...,
+                                                                 `output` for InternLM2)
 
 Only prefixes change; fused tensors (InternViT `attn.qkv`, InternLM2 `attention.wqkv`) stay fused. The table is
-registered with transformers' conversion-mapping registry, so `from_pretrained` applies it and `save_pretrained`
-reverses it (writing the original key set).
+registered with transformers' conversion-mapping registry (the head renaming per model, since it depends on the LLM),
+so `from_pretrained` applies it and `save_pretrained` reverses it (writing the original key set).
 """
 
 from __future__ import annotations
 
-from transformers.conversion_mapping import register_checkpoint_conversion_mapping
-from transformers.core_model_loading import WeightRenaming
+import re
 
-# LLM `model_type` -> name of its LM head inside the original `language_model`.
-LM_HEAD_NAMES: dict[str, str] = {"qwen2": "lm_head", "llama": "lm_head", "internlm2": "output"}
+from transformers import PreTrainedModel
+from transformers.conversion_mapping import get_model_conversion_mapping, register_checkpoint_conversion_mapping
+from transformers.core_model_loading import PrefixChange, WeightRenaming, WeightTransform
 
 
-def original_layout_renamings(text_model_type: str | None = None) -> list[WeightRenaming]:
+def original_layout_renamings(*, head_name: str | None = None) -> list[WeightRenaming]:
     """Renamings from the original layout to `InternVLForConditionalGeneration`.
 
-    With `text_model_type` the list holds only that LLM's head renaming, so that reversing it (on save) is
-    unambiguous; without it, both head spellings are accepted (loading).
+    Without `head_name` the list holds the renamings every InternVL model shares (vision tower, projector, base
+    LLM): that is what is registered for the `internvl_chat` model type. With it (the module name of the LLM's
+    head in its causal-LM class, `lm_head` or `output`, see `modeling.llm_resolution.language_model_head`) the
+    head renaming `language_model.<head_name>.* -> lm_head.*` comes first; a model adds it for its own LLM only.
     """
-    if text_model_type is None:
-        head_names = sorted(set(LM_HEAD_NAMES.values()))
-    elif text_model_type in LM_HEAD_NAMES:
-        head_names = [LM_HEAD_NAMES[text_model_type]]
-    else:
-        raise ValueError(
-            f"No checkpoint mapping for LLM model_type {text_model_type!r}; supported: {sorted(LM_HEAD_NAMES)}."
-        )
-    renamings = [WeightRenaming(rf"^language_model\.{name}\.", "lm_head.") for name in head_names]
+    renamings = [] if head_name is None else [head_renaming(head_name)]
     renamings += [
         WeightRenaming(r"^language_model\.model\.", "model.language_model."),
         WeightRenaming(r"^vision_model\.", "model.vision_model."),
         WeightRenaming(r"^mlp1\.", "model.mlp1."),
     ]
     return renamings
+
+
+def original_layout_conversions(head_name: str, language_model: PreTrainedModel) -> list[WeightTransform]:
+    """Everything `save_pretrained` reverses to write a model in the original layout.
+
+    This model's renamings (`original_layout_renamings(head_name)`), then what transformers registers for the LLM's
+    own class or model type (e.g. Qwen3-MoE's per-expert `mlp.experts.N.gate_proj` <-> fused `gate_up_proj`), scoped
+    to `model.language_model` as transformers scopes a sub-model's conversions. Entries transformers registers for
+    its own classes that merely share this package's class names (its `InternVLModel`) are not included.
+    """
+    conversions: list[WeightTransform] = original_layout_renamings(head_name=head_name)
+    for conversion in get_model_conversion_mapping(language_model, add_legacy=False):
+        if isinstance(conversion, PrefixChange):
+            continue
+        scope = "language_model" if not conversion.scope_prefix else f"language_model.{conversion.scope_prefix}"
+        conversion.scope_prefix, conversion.base_model_prefix = scope, "model"
+        conversions.append(conversion)
+    return conversions
+
+
+def head_renaming(head_name: str) -> WeightRenaming:
+    """`language_model.<head_name>.*` (original layout) -> `lm_head.*` (this package's module tree)."""
+    return WeightRenaming(rf"^language_model\.{re.escape(head_name)}\.", "lm_head.")
 
 
 _REGISTERED = False
@@ -53,9 +71,16 @@ def register_checkpoint_mappings() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
-    # Registered by model_type, not class name: transformers has classes of the same names for its own port.
+    # Registered by model_type, not class name: transformers has classes of the same names for its own port. Only the
+    # renamings that apply to every InternVL model: the head's name depends on the LLM, and each model adds its own
+    # (`InternVLForConditionalGeneration._load_pretrained_model`), so no pattern here matches nothing.
     register_checkpoint_conversion_mapping("internvl_chat", original_layout_renamings(), overwrite=True)
     _REGISTERED = True
 
 
-__all__ = ["LM_HEAD_NAMES", "original_layout_renamings", "register_checkpoint_mappings"]
+__all__ = [
+    "head_renaming",
+    "original_layout_conversions",
+    "original_layout_renamings",
+    "register_checkpoint_mappings",
+]

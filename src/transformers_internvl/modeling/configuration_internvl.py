@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from transformers import AutoConfig, PreTrainedConfig
@@ -10,37 +9,11 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import logging
 
 from .configuration_intern_vit import InternVLVisionConfig
+from .llm_resolution import normalize_llm_config, original_llm_config, resolve_text_model_type
 
 logger = logging.get_logger(__name__)
 
-# `llm_config.architectures[0]` of an original checkpoint -> transformers `model_type` of its config.
-SUPPORTED_LLM_ARCHITECTURES: dict[str, str] = {
-    "Qwen2ForCausalLM": "qwen2",
-    "LlamaForCausalLM": "llama",
-    "InternLM2ForCausalLM": "internlm2",
-}
 PIXEL_SHUFFLE_VERSIONS = ("v1", "v2")
-
-
-def _text_model_type(text_config: dict[str, Any]) -> str:
-    """The transformers `model_type` for an original `llm_config` dict (the original switches on `architectures`)."""
-    architectures = text_config.get("architectures") or []
-    if architectures:
-        architecture = architectures[0]
-        if architecture not in SUPPORTED_LLM_ARCHITECTURES:
-            raise ValueError(
-                f"Unsupported `llm_config.architectures[0]`: {architecture!r}. Supported LLM architectures: "
-                f"{sorted(SUPPORTED_LLM_ARCHITECTURES)}."
-            )
-        return SUPPORTED_LLM_ARCHITECTURES[architecture]
-    model_type = text_config.get("model_type")
-    if model_type not in SUPPORTED_LLM_ARCHITECTURES.values():
-        raise ValueError(
-            f"Unsupported `llm_config.model_type`: {model_type!r} (and no `architectures`). Supported LLM "
-            f"architectures: {sorted(SUPPORTED_LLM_ARCHITECTURES)} (model types "
-            f"{sorted(set(SUPPORTED_LLM_ARCHITECTURES.values()))})."
-        )
-    return model_type
 
 
 class InternVLConfig(PreTrainedConfig):
@@ -54,7 +27,9 @@ class InternVLConfig(PreTrainedConfig):
     Args:
         vision_config: InternViT configuration (dict or [`InternVLVisionConfig`]).
         text_config: LLM configuration (dict or config); alias `llm_config`. Its `architectures[0]` (or
-            `model_type`) selects the LLM: `Qwen2ForCausalLM`, `LlamaForCausalLM` or `InternLM2ForCausalLM`.
+            `model_type`) selects the LLM: any causal LM transformers knows (`Qwen2ForCausalLM`, `LlamaForCausalLM`,
+            `Phi3ForCausalLM`, `Qwen3ForCausalLM`, `Qwen3MoeForCausalLM`, `GptOssForCausalLM`, ...) or this
+            package's `InternLM2ForCausalLM`; an unknown name raises a `ValueError` naming it.
         select_layer: Vision layer whose output feeds the projector; -1 is the last layer, otherwise an index into
             `(embeddings, layer_1, ..., layer_N)`.
         downsample_ratio: Pixel-unshuffle ratio (0.5: 32x32 patches -> 16x16 = 256 tokens per tile).
@@ -109,12 +84,12 @@ class InternVLConfig(PreTrainedConfig):
         if self.text_config is None:
             self.text_config = AutoConfig.for_model("qwen2")
         elif isinstance(self.text_config, dict):
-            text_config = dict(self.text_config)
-            model_type = _text_model_type(text_config)
+            model_type = resolve_text_model_type(self.text_config)
+            text_config = normalize_llm_config(self.text_config, model_type)
             text_config.pop("model_type", None)
             self.text_config = AutoConfig.for_model(model_type, **text_config)
         elif isinstance(self.text_config, PreTrainedConfig):
-            _text_model_type(
+            resolve_text_model_type(
                 {"architectures": self.text_config.architectures, "model_type": self.text_config.model_type}
             )
 
@@ -176,15 +151,8 @@ class InternVLConfig(PreTrainedConfig):
         text_config = output.pop("text_config")
         if isinstance(text_config, PreTrainedConfig):
             text_config = text_config.to_dict()
-        text_config = copy.deepcopy(text_config)
-        rope_parameters = text_config.get("rope_parameters")
-        if isinstance(rope_parameters, dict):
-            # Older transformers (and the original remote code) read `rope_theta` / `rope_scaling`.
-            text_config.setdefault("rope_theta", rope_parameters.get("rope_theta"))
-            if "rope_scaling" not in text_config:
-                rope_type = rope_parameters.get("rope_type", "default")
-                scaling = {k: v for k, v in rope_parameters.items() if k not in ("rope_theta", "rope_type")}
-                text_config["rope_scaling"] = None if rope_type == "default" else {"type": rope_type, **scaling}
+        # Legacy RoPE keys and aliased names, for older transformers and the original remote code.
+        text_config = original_llm_config(text_config, type(self.text_config))
         output["llm_config"] = text_config
         output["architectures"] = ["InternVLChatModel"]
         output["hidden_size"] = self.text_config.hidden_size
@@ -198,4 +166,4 @@ class InternVLConfig(PreTrainedConfig):
         return self.to_dict()
 
 
-__all__ = ["InternVLConfig", "SUPPORTED_LLM_ARCHITECTURES"]
+__all__ = ["InternVLConfig"]

@@ -1,11 +1,14 @@
 """InternVL 2.5: InternViT -> drop CLS -> pixel unshuffle -> `mlp1` projector -> LLM.
 
-The LLM is transformers' own class for the `llm_config` architecture (Qwen2, Llama) or this package's InternLM2.
+The LLM is transformers' own class for the `llm_config` architecture (any causal LM transformers knows) or this
+package's InternLM2; its head name, tied weights and tensor-parallel style come from that class
+(`modeling/llm_resolution.py`).
 Original checkpoint keys are mapped onto this module tree by `transformers_internvl.conversion.checkpoint_mapping`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Mapping
@@ -24,10 +27,11 @@ from transformers.utils import TransformersKwargs, can_return_tuple, logging
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.import_utils import torch_compilable_check
 
-from ..conversion.checkpoint_mapping import original_layout_renamings
+from ..conversion.checkpoint_mapping import head_renaming, original_layout_conversions
 from ..processing.conversation import IMAGE_CONTEXT_TOKEN, get_eos_token
 from .chat import InternVLChatMixin
 from .configuration_internvl import InternVLConfig
+from .llm_resolution import language_model_head
 from .modeling_intern_vit import InternVLVisionModel
 from .modeling_internlm2 import describe_wqkv_mismatch
 from .original_api import (
@@ -141,12 +145,8 @@ class InternVLPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    _no_split_modules = [
-        "InternVLVisionLayer",
-        "Qwen2DecoderLayer",
-        "LlamaDecoderLayer",
-        "InternLM2DecoderLayer",
-    ]
+    # `post_init` adds the sub-models' own lists (InternVLVisionLayer, the LLM's decoder layer).
+    _no_split_modules = []
     _skip_keys_device_placement = ["cache"]
     _supports_flash_attn = True
     _supports_sdpa = True
@@ -499,24 +499,47 @@ class InternVLForConditionalGeneration(InternVLChatMixin, InternVLPreTrainedMode
     Also offers the original remote-code API, `chat()` and `batch_chat()` (see `modeling/chat.py`).
     """
 
-    # The LLM's own plan shards its embeddings; the head (tied to them or not) is sharded alongside.
-    _tp_plan = {"lm_head": "colwise_gather_output"}
-
     def __init__(self, config: InternVLConfig) -> None:
         super().__init__(config)
         self.model = InternVLModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
-        embedding_name = _embedding_parameter_name(self.model.language_model)
-        self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{embedding_name}"}
+        # Head name, tying and TP style as the LLM's own causal-LM class declares them.
+        self._language_model_head = language_model_head(config.text_config)
+        self._tied_weights_keys = {
+            f"lm_head.{head_key}": f"model.language_model.{embedding_key}"
+            for head_key, embedding_key in self._language_model_head.tied_weights
+        }
         self.post_init()
-        # Save in the original layout even when the model was not loaded with `from_pretrained`.
-        self._weight_conversions = original_layout_renamings(config.text_config.model_type)
+        # Save in the original layout even when the model was not loaded with `from_pretrained` (with it,
+        # transformers replaces this with the conversions the load used).
+        self._weight_conversions = original_layout_conversions(
+            self._language_model_head.head_name, self.model.language_model
+        )
 
     def init_parallel_plans(self) -> None:
         super().init_parallel_plans()
-        # An LLM without a TP plan (InternLM2) keeps its embeddings whole, so the (possibly tied) head stays whole too.
-        if not self.model.language_model.tp_plan:
+        # The head is sharded as the LLM class shards its own; an LLM without a plan for it (InternLM2) keeps its
+        # embeddings whole, so the (possibly tied) head stays whole too.
+        head = getattr(self, "_language_model_head", None)
+        head_tp_style = head.head_tp_style if head is not None and self.model.language_model.tp_plan else None
+        if head_tp_style is None:
             self._tp_plan.pop("lm_head", None)
+        else:
+            self._tp_plan["lm_head"] = head_tp_style
+
+    @classmethod
+    def _load_pretrained_model(cls, model, state_dict, checkpoint_files, load_config, *args, **kwargs):
+        """Adds this model's head renaming (`language_model.<head>.*` -> `lm_head.*`, the head's name from the LLM
+        class) to the load mapping: the registry holds only the renamings every InternVL model shares. transformers
+        keeps the renamings a load used as the model's `_weight_conversions`, which `save_pretrained` reverses."""
+        head = getattr(model, "_language_model_head", None)
+        if head is not None:
+            renaming = head_renaming(head.head_name)
+            if load_config.weight_mapping is None:
+                load_config = dataclasses.replace(load_config, weight_mapping=[renaming])
+            else:
+                load_config.weight_mapping.insert(0, renaming)
+        return super()._load_pretrained_model(model, state_dict, checkpoint_files, load_config, *args, **kwargs)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()
@@ -607,15 +630,6 @@ class InternVLForConditionalGeneration(InternVLChatMixin, InternVLPreTrainedMode
             attentions=outputs.attentions,
             image_outputs=outputs.image_outputs,
         )
-
-
-def _embedding_parameter_name(language_model: nn.Module) -> str:
-    """Qualified name of the input-embedding weight inside the base LLM (`embed_tokens.weight`, `tok_embeddings.weight`)."""
-    embeddings = language_model.get_input_embeddings()
-    for name, module in language_model.named_modules():
-        if module is embeddings:
-            return f"{name}.weight"
-    raise ValueError("The language model's input embeddings are not one of its sub-modules.")
 
 
 __all__ = [
