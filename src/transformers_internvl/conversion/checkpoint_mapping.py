@@ -18,6 +18,8 @@ from __future__ import annotations
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import WeightRenaming
 
+from .original_lora import original_lora_converters, original_lora_renamings
+
 # LLM `model_type` -> name of its LM head inside the original `language_model`.
 LM_HEAD_NAMES: dict[str, str] = {"qwen2": "lm_head", "llama": "lm_head", "internlm2": "output"}
 
@@ -54,7 +56,9 @@ def register_checkpoint_mappings() -> None:
     if _REGISTERED:
         return
     # Registered by model_type, not class name: transformers has classes of the same names for its own port.
-    register_checkpoint_conversion_mapping("internvl_chat", original_layout_renamings(), overwrite=True)
+    # The PEFT-prefix renamings of original LoRA checkpoints run before the layout renamings, the merge after them.
+    mapping = original_lora_renamings() + original_layout_renamings() + original_lora_converters()
+    register_checkpoint_conversion_mapping("internvl_chat", mapping, overwrite=True)
     _REGISTERED = True
 
 

@@ -24,6 +24,13 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.import_utils import torch_compilable_check
 
 from ..conversion.checkpoint_mapping import original_layout_renamings
+from ..conversion.missing_weights import (
+    allow_missing_weights,
+    check_no_missing_weights,
+    missing_weights_allowed,
+    original_key_namer,
+)
+from ..conversion.original_lora import finish_original_lora_load
 from ..processing.conversation import IMAGE_CONTEXT_TOKEN, get_eos_token
 from .chat import InternVLChatMixin
 from .configuration_internvl import InternVLConfig
@@ -152,6 +159,7 @@ class InternVLPreTrainedModel(PreTrainedModel):
         gives it, and the generation `eos_token_id` (the template's end token, `<|im_end|>`) when the generation
         config has none."""
         token = _SHAPE_MISMATCHES.set([])
+        missing_policy = allow_missing_weights.set(missing_weights_allowed(kwargs))
         try:
             loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         except RuntimeError as error:
@@ -162,6 +170,7 @@ class InternVLPreTrainedModel(PreTrainedModel):
             raise
         finally:
             _SHAPE_MISMATCHES.reset(token)
+            allow_missing_weights.reset(missing_policy)
         # `output_loading_info=True` returns `(model, loading_info)`; a `state_dict=` load may have no path at all.
         model = loaded[0] if kwargs.get("output_loading_info") else loaded
         if pretrained_model_name_or_path is None:
@@ -193,6 +202,9 @@ class InternVLPreTrainedModel(PreTrainedModel):
         collected = _SHAPE_MISMATCHES.get()
         if collected is not None:
             collected.extend(sorted(loading_info.mismatched_keys))
+        # Original unmerged LoRA checkpoints are merged while loading; then no weight may be left random.
+        finish_original_lora_load(self, original_key_namer(self))
+        check_no_missing_weights(self, loading_info)
 
 
 _SHAPE_MISMATCHES: ContextVar[list | None] = ContextVar("_SHAPE_MISMATCHES", default=None)
