@@ -26,6 +26,7 @@ time: no second copy of the model is materialised, the peak extra memory is one 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -74,7 +75,8 @@ class LoraLoadRecord:
 
     ranks: dict[str, set[int]] = field(default_factory=lambda: {"vision": set(), "llm": set()})
     merged: dict[str, int] = field(default_factory=lambda: {"vision": 0, "llm": 0})
-    problems: list[str] = field(default_factory=list)
+    # (key of this model or None, what is wrong)
+    problems: list[tuple[str | None, str]] = field(default_factory=list)
 
 
 def _tower(layer_name: str) -> str:
@@ -96,26 +98,36 @@ class MergeOriginalLora(ConversionOps):
     base weight; the load then fails with all such layers listed (`finish_original_lora_load`).
     """
 
-    def convert(self, input_dict, source_patterns, target_patterns, full_layer_name=None, model=None, **kwargs):
+    def convert(
+        self,
+        input_dict: dict[str, list[torch.Tensor]],
+        source_patterns: list[str],
+        target_patterns: list[str],
+        full_layer_name: str | None = None,
+        model=None,
+        **kwargs,
+    ) -> dict[str, torch.Tensor]:
         tensors = {name: values[0] for name, values in input_dict.items() if values}
         record = _record(model) if model is not None else LoraLoadRecord()
         tower = _tower(full_layer_name)
         base, lora_a, lora_b = tensors.get(_BASE), tensors.get(_LORA_A), tensors.get(_LORA_B)
         missing = [name for name, tensor in ((_BASE, base), (_LORA_A, lora_a), (_LORA_B, lora_b)) if tensor is None]
         if missing:
-            record.problems.append(f"{full_layer_name}: the checkpoint has no {' / '.join(missing)} for this layer")
+            record.problems.append((full_layer_name, f"the checkpoint has no {' / '.join(missing)} for this layer"))
             if base is None:
                 return {}
             return {full_layer_name: base}
         if lora_a.ndim != 2 or lora_b.ndim != 2 or lora_b.shape[1] != lora_a.shape[0]:
             record.problems.append(
-                f"{full_layer_name}: lora_A {tuple(lora_a.shape)} and lora_B {tuple(lora_b.shape)} do not chain"
+                (full_layer_name, f"lora_A {tuple(lora_a.shape)} and lora_B {tuple(lora_b.shape)} do not chain")
             )
             return {full_layer_name: base}
         if (lora_b.shape[0], lora_a.shape[1]) != tuple(base.shape):
             record.problems.append(
-                f"{full_layer_name}: lora_B @ lora_A is {(lora_b.shape[0], lora_a.shape[1])}, the base weight "
-                f"{tuple(base.shape)}"
+                (
+                    full_layer_name,
+                    f"lora_B @ lora_A is {(lora_b.shape[0], lora_a.shape[1])}, the base weight {tuple(base.shape)}",
+                )
             )
             return {full_layer_name: base}
         record.ranks[tower].add(int(lora_a.shape[0]))
@@ -152,10 +164,11 @@ def original_lora_converters() -> list[WeightConverter]:
 
 
 def is_original_lora_transform(transform) -> bool:
+    """Whether `transform` is one of this module's (they only apply on load and must not be reversed on save)."""
     return isinstance(transform, (_PeftWrapperRenaming, _LoraMergeConverter))
 
 
-def finish_original_lora_load(model, describe_key) -> None:
+def finish_original_lora_load(model, describe_key: Callable[[str], str]) -> None:
     """After the weights are in: check the merged LoRA against the config and make the config describe the result.
 
     Drops the LoRA transforms from the conversions kept for saving (a merged model saves plain keys), and sets
@@ -181,8 +194,11 @@ def finish_original_lora_load(model, describe_key) -> None:
         merged = record.merged[tower] if record is not None else 0
         if declared and ranks and ranks != {declared}:
             problems.append(
-                f"`{field_name}` is {declared} in the config but the checkpoint's LoRA tensors have rank "
-                f"{sorted(ranks)}"
+                (
+                    None,
+                    f"`{field_name}` is {declared} in the config but the checkpoint's LoRA tensors have rank "
+                    f"{sorted(ranks)}",
+                )
             )
         elif merged and not declared:
             logger.warning(
@@ -199,7 +215,7 @@ def finish_original_lora_load(model, describe_key) -> None:
         if merged:
             logger.info(f"Merged {merged} LoRA layers (rank {sorted(ranks)}, scaling {ORIGINAL_LORA_SCALING:g}).")
     if problems:
-        lines = [_describe_problem(problem, describe_key) for problem in problems]
+        lines = [message if key is None else f"{describe_key(key)}: {message}" for key, message in problems]
         raise ValueError(
             "The checkpoint's unmerged LoRA (saved by the original fine-tuning code) cannot be loaded:\n  "
             + "\n  ".join(lines)
@@ -207,13 +223,6 @@ def finish_original_lora_load(model, describe_key) -> None:
     for field_name in _TOWER_FIELDS.values():
         if getattr(config, field_name, 0):
             setattr(config, field_name, 0)
-
-
-def _describe_problem(problem: str, describe_key) -> str:
-    name, separator, rest = problem.partition(": ")
-    if separator and " " not in name:
-        return f"{describe_key(name)}: {rest}"
-    return problem
 
 
 __all__ = [
