@@ -28,6 +28,18 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.import_utils import torch_compilable_check
 
 from ..conversion.checkpoint_mapping import head_renaming, original_layout_conversions
+from ..conversion.missing_weights import (
+    allow_missing_weights,
+    check_no_missing_weights,
+    missing_weights_allowed,
+    original_key_namer,
+)
+from ..conversion.original_lora import (
+    checkpoint_holds_original_lora,
+    finish_original_lora_load,
+    original_lora_converters,
+    original_lora_renamings,
+)
 from ..processing.conversation import IMAGE_CONTEXT_TOKEN, get_eos_token
 from .chat import InternVLChatMixin
 from .configuration_internvl import InternVLConfig
@@ -178,6 +190,7 @@ class InternVLPreTrainedModel(PreTrainedModel):
             if config is not None:
                 kwargs["device_map"] = translate_device_map(device_map, module_names(cls, config))
         token = _SHAPE_MISMATCHES.set([])
+        missing_policy = allow_missing_weights.set(missing_weights_allowed(kwargs))
         try:
             loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         except RuntimeError as error:
@@ -188,6 +201,7 @@ class InternVLPreTrainedModel(PreTrainedModel):
             raise
         finally:
             _SHAPE_MISMATCHES.reset(token)
+            allow_missing_weights.reset(missing_policy)
         # `output_loading_info=True` returns `(model, loading_info)`; a `state_dict=` load may have no path at all.
         model = loaded[0] if kwargs.get("output_loading_info") else loaded
         if use_flash_attn is not None:
@@ -239,6 +253,9 @@ class InternVLPreTrainedModel(PreTrainedModel):
         collected = _SHAPE_MISMATCHES.get()
         if collected is not None:
             collected.extend(sorted(loading_info.mismatched_keys))
+        # Original unmerged LoRA checkpoints are merged while loading; then no weight may be left random.
+        finish_original_lora_load(self, original_key_namer(self))
+        check_no_missing_weights(self, loading_info)
 
 
 _SHAPE_MISMATCHES: ContextVar[list | None] = ContextVar("_SHAPE_MISMATCHES", default=None)
@@ -533,12 +550,15 @@ class InternVLForConditionalGeneration(InternVLChatMixin, InternVLPreTrainedMode
         class) to the load mapping: the registry holds only the renamings every InternVL model shares. transformers
         keeps the renamings a load used as the model's `_weight_conversions`, which `save_pretrained` reverses."""
         head = getattr(model, "_language_model_head", None)
+        mapping = list(load_config.weight_mapping or [])
         if head is not None:
-            renaming = head_renaming(head.head_name)
-            if load_config.weight_mapping is None:
-                load_config = dataclasses.replace(load_config, weight_mapping=[renaming])
-            else:
-                load_config.weight_mapping.insert(0, renaming)
+            mapping.insert(0, head_renaming(head.head_name))
+        # Unmerged LoRA checkpoints of the original fine-tuning code: PEFT-prefix renamings first (renamings chain in
+        # order), the merge converter after them; only for checkpoints that hold such keys, so that no pattern of a
+        # plain model's mapping matches nothing.
+        if checkpoint_holds_original_lora(checkpoint_files, state_dict):
+            mapping = original_lora_renamings() + mapping + original_lora_converters()
+        load_config = dataclasses.replace(load_config, weight_mapping=mapping or None)
         return super()._load_pretrained_model(model, state_dict, checkpoint_files, load_config, *args, **kwargs)
 
     def get_input_embeddings(self) -> nn.Module:
