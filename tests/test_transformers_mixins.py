@@ -84,8 +84,10 @@ def _import_transformers_tests(tests_dir: Path) -> tuple[types.ModuleType, types
     modeling_common = importlib.import_module(f"{_PACKAGE}.test_modeling_common")
     configuration_common = importlib.import_module(f"{_PACKAGE}.test_configuration_common")
     generation = sys.modules.get(f"{_PACKAGE}.generation.test_utils")
-    has_generation_tests = generation is not None and hasattr(generation, "GenerationTesterMixin") and bool(
-        getattr(generation, "__file__", None)
+    has_generation_tests = (
+        generation is not None
+        and hasattr(generation, "GenerationTesterMixin")
+        and bool(getattr(generation, "__file__", None))
     )
     return modeling_common, configuration_common, has_generation_tests
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from typing import Any
 
@@ -165,21 +164,13 @@ class InternVLConfig(PreTrainedConfig):
         side = self.vision_image_size // self.vision_config.patch_size
         return int(side * side * self.downsample_ratio**2)
 
-    def to_dict(self) -> dict[str, Any]:
-        """transformers' layout: the sub-configs under the names `sub_configs` declares (`vision_config`,
-        `text_config`). The file on disk keeps the original layout (see `to_original_dict`)."""
-        output = super().to_dict()
-        text_config = output.get("text_config")
-        if isinstance(text_config, PreTrainedConfig):
-            output["text_config"] = text_config.to_dict()
-        return output
-
     def to_original_dict(self) -> dict[str, Any]:
-        """The original OpenGVLab layout, written by `save_pretrained` / `to_json_file` / `to_json_string`: the LLM
-        config as `llm_config`, legacy RoPE keys, `InternVLChatModel` architecture, top-level `hidden_size`."""
+        """The original OpenGVLab layout of `to_dict()`, which `save_pretrained` / `to_json_file` / `to_json_string`
+        write: the LLM config as `llm_config`, legacy RoPE keys, `InternVLChatModel` architecture, top-level
+        `hidden_size`. (`to_dict()` itself is transformers' layout: the sub-configs under the names `sub_configs`
+        declares, `vision_config` and `text_config`.)"""
         output = self.to_dict()
-        text_config = copy.deepcopy(output.pop("text_config"))
-        text_config.pop("transformers_version", None)
+        text_config = output.pop("text_config")
         rope_parameters = text_config.get("rope_parameters")
         if isinstance(rope_parameters, dict):
             # Older transformers (and the original remote code) read `rope_theta` / `rope_scaling`.
@@ -204,5 +195,6 @@ class InternVLConfig(PreTrainedConfig):
         """JSON of `to_original_dict()` (every field, whatever `use_diff` says): the original `config.json`."""
         config_dict = self._encode_special_floats(self.to_original_dict())
         return json.dumps(config_dict, indent=2, sort_keys=True) + "\n"
+
 
 __all__ = ["InternVLConfig", "SUPPORTED_LLM_ARCHITECTURES"]

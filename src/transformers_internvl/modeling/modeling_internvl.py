@@ -4,7 +4,6 @@ The LLM is transformers' own class for the `llm_config` architecture (Qwen2, Lla
 Original checkpoint keys are mapped onto this module tree by `transformers_internvl.conversion.checkpoint_mapping`.
 """
 
-
 import json
 import os
 from contextvars import ContextVar
