@@ -16,9 +16,11 @@ transformers checkout (a `tests/` folder with `__init__.py`) is imported as it i
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import importlib.util
 import os
+import shutil
 import sys
 import tempfile
 import types
@@ -60,6 +62,7 @@ def _import_transformers_tests(tests_dir: Path) -> tuple[types.ModuleType, types
             package_dir = tests_dir
         else:
             package_dir = Path(tempfile.mkdtemp(prefix="transformers-tests-"))
+            atexit.register(shutil.rmtree, package_dir, ignore_errors=True)
             (package_dir / "__init__.py").write_text("")
             for name in required:
                 (package_dir / name).symlink_to(tests_dir / name)
