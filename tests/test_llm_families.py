@@ -184,7 +184,7 @@ def test_internlm3_weights_in_the_internlm2_layout_keep_internlm3_numbers(rope_s
     heads, kv_heads, head_dim = 8, 1, 8
     assert tuple(attention.wqkv.weight.shape) == ((heads + 2 * kv_heads) * head_dim, 64)
     assert attention.wqkv.bias is None and attention.wo.bias is None
-    saved = InternVLConfig.from_dict(config.to_dict()).to_dict()["llm_config"]
+    saved = InternVLConfig.from_dict(config.to_dict()).to_original_dict()["llm_config"]
     assert saved["rope_scaling"] == {"type": "dynamic", "factor": 6.0} and saved["rope_theta"] == 50000000
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from transformers import AutoConfig, PreTrainedConfig
@@ -97,6 +98,9 @@ class InternVLConfig(PreTrainedConfig):
         # without one the LM head follows the LLM's own setting (the upstream port ties whenever it is unset).
         if self.tie_word_embeddings is None:
             self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
+        # The original's class name, which `config.json` always carries (vLLM / LMDeploy select their model by it).
+        if self.architectures is None:
+            self.architectures = ["InternVLChatModel"]
         # The original writes the LLM hidden size at the top level; keep it consistent.
         kwargs.pop("hidden_size", None)
         super().__post_init__(**kwargs)
@@ -145,9 +149,12 @@ class InternVLConfig(PreTrainedConfig):
         side = self.vision_image_size // self.vision_config.patch_size
         return int(side * side * self.downsample_ratio**2)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The original layout: the LLM config as `llm_config`, legacy RoPE keys, `InternVLChatModel` architecture."""
-        output = super().to_dict()
+    def to_original_dict(self) -> dict[str, Any]:
+        """The original OpenGVLab layout of `to_dict()`, which `save_pretrained` / `to_json_file` / `to_json_string`
+        write: the LLM config as `llm_config`, legacy RoPE keys, `InternVLChatModel` architecture, top-level
+        `hidden_size`. (`to_dict()` itself is transformers' layout: the sub-configs under the names `sub_configs`
+        declares, `vision_config` and `text_config`.)"""
+        output = self.to_dict()
         text_config = output.pop("text_config")
         if isinstance(text_config, PreTrainedConfig):
             text_config = text_config.to_dict()
@@ -164,6 +171,11 @@ class InternVLConfig(PreTrainedConfig):
         """Always the full dictionary: the original writes every field, and readers of OpenGVLab checkpoints
         expect them (a diff against this class's defaults would drop e.g. `ps_version`)."""
         return self.to_dict()
+
+    def to_json_string(self, use_diff: bool = True) -> str:
+        """JSON of `to_original_dict()` (every field, whatever `use_diff` says): the original `config.json`."""
+        config_dict = self._encode_special_floats(self.to_original_dict())
+        return json.dumps(config_dict, indent=2, sort_keys=True) + "\n"
 
 
 __all__ = ["InternVLConfig"]

@@ -6,8 +6,6 @@ package's InternLM2; its head name, tied weights and tensor-parallel style come 
 Original checkpoint keys are mapped onto this module tree by `transformers_internvl.conversion.checkpoint_mapping`.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import json
 import os
@@ -406,8 +404,18 @@ class InternVLModel(InternVLPreTrainedModel):
             pooler_output=pixel_values.new_zeros((0, self.config.num_image_token, self.config.text_config.hidden_size)),
         )
 
-    def get_placeholder_mask(self, input_ids: torch.LongTensor, image_features: torch.Tensor) -> torch.Tensor:
-        """Boolean mask `(batch, seq)` of `<IMG_CONTEXT>` positions, checked against the number of features."""
+    def get_placeholder_mask(
+        self,
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.Tensor | None,
+        image_features: torch.Tensor,
+    ) -> torch.Tensor:
+        """Boolean mask `(batch, seq)` of `<IMG_CONTEXT>` positions, checked against the number of features.
+
+        From `input_ids` when given; otherwise the positions whose embedding equals the embedding of
+        `image_token_id` (as transformers' own vision-language models do for `inputs_embeds`-only calls).
+        Raises `ValueError` when `image_token_id` is unset or the count differs from `num_tiles * 256`.
+        """
         image_token_id = self.config.image_token_id
         if image_token_id is None:
             raise ValueError(
@@ -415,7 +423,13 @@ class InternVLModel(InternVLPreTrainedModel):
                 "`from_pretrained(..., image_token_id=<id of <IMG_CONTEXT>>)`, keep the tokenizer files next to the "
                 "weights, or set `model.config.image_token_id`."
             )
-        special_image_mask = input_ids == image_token_id
+        if input_ids is not None:
+            special_image_mask = input_ids == image_token_id
+        else:
+            image_token_embedding = self.get_input_embeddings()(
+                torch.tensor(image_token_id, dtype=torch.long, device=inputs_embeds.device)
+            )
+            special_image_mask = (inputs_embeds == image_token_embedding.to(inputs_embeds.dtype)).all(-1)
         num_image_tokens = special_image_mask.sum()
         num_tiles, tokens_per_tile = image_features.shape[:2]
         # A compile-friendly check (no graph break under torch.compile); eager raises the ValueError below.
@@ -474,13 +488,11 @@ class InternVLModel(InternVLPreTrainedModel):
 
         # Zero tiles (text-only samples collated with image batches) place nothing.
         if image_outputs is not None and image_outputs.pooler_output.shape[0] > 0:
-            if input_ids is None:
-                raise ValueError("Image inputs need `input_ids` to locate the `<IMG_CONTEXT>` positions.")
             image_features = image_outputs.pooler_output
             if image_flags is not None:
                 image_features = image_features[image_flags.reshape(-1) == 1]
             image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
-            special_image_mask = self.get_placeholder_mask(input_ids, image_features)
+            special_image_mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
             inputs_embeds = inputs_embeds.masked_scatter(
                 special_image_mask.unsqueeze(-1).to(inputs_embeds.device), image_features
             )
