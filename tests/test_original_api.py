@@ -491,3 +491,22 @@ def test_save_pretrained_without_remote_code_writes_no_code(tmp_path):
     config = json.loads((tmp_path / "built" / "config.json").read_text())
     assert config["architectures"] == ["InternVLChatModel"] and "auto_map" not in config
     assert not list((tmp_path / "built").glob("*.py"))
+
+
+@pytest.mark.parametrize(
+    ("stored_eos", "expected"),
+    [(None, "stop"), (0, [0, "stop"]), ([0, 1], [0, 1, "stop"]), ("stop", "stop"), ([0, "stop"], [0, "stop"])],
+)
+def test_generation_config_gets_the_template_stop_token(tmp_path, stored_eos, expected):
+    """The template's end token (what the original chat() passes as `eos_token_id`) joins whatever eos the
+    checkpoint's generation_config.json names, so plain `generate` stops where chat() does (Phi-3: `<|end|>` beside
+    `<|endoftext|>`)."""
+    folder = _original_folder(tmp_path, remote_code=False)
+    stop = AutoTokenizer.from_pretrained(folder).convert_tokens_to_ids("<|im_end|>")
+    resolve = lambda value: stop if value == "stop" else value  # noqa: E731
+    stored = [resolve(v) for v in stored_eos] if isinstance(stored_eos, list) else resolve(stored_eos)
+    if stored is not None:
+        (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": stored}))
+    model = AutoModelForImageTextToText.from_pretrained(folder)
+    expected = [resolve(v) for v in expected] if isinstance(expected, list) else resolve(expected)
+    assert model.generation_config.eos_token_id == expected

@@ -168,8 +168,9 @@ class InternVLPreTrainedModel(PreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """As `PreTrainedModel.from_pretrained`, plus what original checkpoints leave to the tokenizer files next to
         the weights: `image_token_id` (`<IMG_CONTEXT>`) when neither `config.json` nor the `image_token_id=` keyword
-        gives it, and the generation `eos_token_id` (the template's end token, `<|im_end|>`) when the generation
-        config has none.
+        gives it, and the template's end token (`<|im_end|>`, Phi-3's `<|end|>`, ...: what the original `chat()` passes
+        as `eos_token_id`) added to the generation config's `eos_token_id` when it is not there yet, so that plain
+        `generate` stops where `chat()` does.
 
         The original remote code's options are accepted too (see `modeling/original_api.py`): `use_flash_attn=True`
         (flash_attention_2, or eager with a warning when flash-attn is not usable) / `False` (eager),
@@ -213,10 +214,10 @@ class InternVLPreTrainedModel(PreTrainedModel):
         if getattr(model.config, "image_token_id", None) is None:
             model.config.image_token_id = find_added_token_id(directory, IMAGE_CONTEXT_TOKEN)
         generation_config = getattr(model, "generation_config", None)
-        if generation_config is not None and generation_config.eos_token_id is None and model.config.template:
-            eos_token_id = find_added_token_id(directory, get_eos_token(model.config.template))
-            if eos_token_id is not None:
-                generation_config.eos_token_id = eos_token_id
+        if generation_config is not None and model.config.template:
+            add_template_stop_token(
+                generation_config, find_added_token_id(directory, get_eos_token(model.config.template))
+            )
         return loaded
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -274,6 +275,19 @@ def _describe_shape_mismatches(mismatches: list, config: InternVLConfig | None) 
                 f"{name} has shape {tuple(checkpoint_shape)} in the checkpoint, the config implies {tuple(model_shape)}"
             )
     return "The checkpoint's tensors do not match the config's shapes:\n  " + "\n  ".join(lines)
+
+
+def add_template_stop_token(generation_config, stop_token_id: int | None) -> None:
+    """Make `generation_config.eos_token_id` include `stop_token_id` (kept as an int when it is the only one)."""
+    if stop_token_id is None:
+        return
+    eos_token_id = generation_config.eos_token_id
+    if eos_token_id is None:
+        generation_config.eos_token_id = stop_token_id
+        return
+    eos_token_ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    if stop_token_id not in eos_token_ids:
+        generation_config.eos_token_id = [*eos_token_ids, stop_token_id]
 
 
 def _local_directory(name_or_path, kwargs) -> str | None:
