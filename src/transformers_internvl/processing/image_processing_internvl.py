@@ -43,6 +43,7 @@ from .tiling import (
     DEFAULT_MAX_TOTAL_TILES,
     TilePlan,
     allocate_tile_budget,
+    check_tile_budget,
     plan_tiles,
 )
 
@@ -559,7 +560,8 @@ class InternVLImageProcessor(BaseImageProcessor):
         image_size (`int`, defaults to 448): tile side (`force_image_size` of the checkpoint; alias
             `force_image_size`, and transformers' `size` as an int or `{"height": s, "width": s}`).
         min_dynamic_patch (`int`, defaults to 1): fewest grid tiles (aliases `min_patches`, `min_num`).
-        max_dynamic_patch (`int`, defaults to 12): most grid tiles (aliases `max_patches`, `max_num`).
+        max_dynamic_patch (`int`, defaults to 12): most grid tiles (aliases `max_patches`, `max_num`); at most
+            `tiling.MAX_TILES_LIMIT` (1024), larger budgets raise `ValueError`.
         use_thumbnail (`bool`, defaults to `True`): append the thumbnail tile to multi-tile images.
         max_total_tiles (`int` or `None`, defaults to 64): shared budget of the images of one sample.
         resample (`int`, defaults to `PIL.Image.BICUBIC`): PIL filter (the original uses PIL's default, bicubic).
@@ -617,8 +619,12 @@ class InternVLImageProcessor(BaseImageProcessor):
         max_dynamic_patch = DEFAULT_MAX_TILES if max_dynamic_patch is None else max_dynamic_patch
         super().__init__(**kwargs)
         self.image_size = _check_int("image_size", image_size)
-        self.min_dynamic_patch = _check_int("min_dynamic_patch", min_dynamic_patch)
-        self.max_dynamic_patch = _check_int("max_dynamic_patch", max_dynamic_patch)
+        self.min_dynamic_patch = check_tile_budget(
+            "min_dynamic_patch", _check_int("min_dynamic_patch", min_dynamic_patch)
+        )
+        self.max_dynamic_patch = check_tile_budget(
+            "max_dynamic_patch", _check_int("max_dynamic_patch", max_dynamic_patch)
+        )
         if self.min_dynamic_patch > self.max_dynamic_patch:
             raise ValueError(
                 f"`min_dynamic_patch` ({self.min_dynamic_patch}) must be <= `max_dynamic_patch` "
@@ -694,8 +700,12 @@ class InternVLImageProcessor(BaseImageProcessor):
         if unknown:
             raise TypeError(f"{type(self).__name__} got unexpected keyword arguments: {', '.join(unknown)}.")
 
-        options["max_dynamic_patch"] = _check_int("max_dynamic_patch", options["max_dynamic_patch"])
-        options["min_dynamic_patch"] = _check_int("min_dynamic_patch", options["min_dynamic_patch"])
+        options["max_dynamic_patch"] = check_tile_budget(
+            "max_dynamic_patch", _check_int("max_dynamic_patch", options["max_dynamic_patch"])
+        )
+        options["min_dynamic_patch"] = check_tile_budget(
+            "min_dynamic_patch", _check_int("min_dynamic_patch", options["min_dynamic_patch"])
+        )
         if options["min_dynamic_patch"] > options["max_dynamic_patch"]:
             raise ValueError(
                 f"`min_dynamic_patch` ({options['min_dynamic_patch']}) must be <= `max_dynamic_patch` "

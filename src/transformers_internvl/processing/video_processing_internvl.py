@@ -49,13 +49,43 @@ __all__ = [
     "DecodedVideo",
     "InternVLVideoProcessor",
     "InternVLVideoProcessorKwargs",
+    "MAX_NUM_SEGMENTS",
+    "check_num_segments",
     "read_video_frames",
     "sample_frame_indices",
 ]
 
 DEFAULT_NUM_SEGMENTS = 8
+# Most frames sampled per video (`num_segments`); see `check_num_segments`.
+MAX_NUM_SEGMENTS = 1024
 # Decode on (instead of seeking) to a target at most this many frames ahead of the last decoded frame.
 _DECODE_ON_MAX_GAP = 48
+
+
+def check_num_segments(name: str, value: object) -> int:
+    """`value` as a frame count: an int in `1..MAX_NUM_SEGMENTS`, else a `TypeError` / `ValueError` naming `name`.
+
+    `MAX_NUM_SEGMENTS` (1024) is 16 times the most frames InternVL 2.5 uses (64, paper Sec. 5); every frame is one
+    448 px tile of 256 tokens, so 1024 frames are 262k tokens (8 times the 32k context) and 2.5 GB of float32 pixels.
+    """
+    value = _check_int(name, value)
+    if value > MAX_NUM_SEGMENTS:
+        raise ValueError(
+            f"`{name}` must be <= {MAX_NUM_SEGMENTS} (MAX_NUM_SEGMENTS: 16 x the 64 frames InternVL uses; each frame is "
+            f"a 256-token tile), got {value}."
+        )
+    return value
+
+
+def _check_index(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"`{name}` must be an int, got {type(value).__name__} ({value!r}).")
+    return int(value)
+
+
+# Frame positions beyond this are clamped before rounding (equivalent: indices are clamped to the video anyway), so
+# that a huge finite `bound` cannot overflow `round`.
+_INDEX_CLAMP = 2.0**62
 
 
 def sample_frame_indices(
@@ -70,38 +100,59 @@ def sample_frame_indices(
 
     `start, end = bound or (-1e5, 1e5)` seconds; `s = max(first_idx, round(start * fps))`,
     `e = min(round(end * fps), max_frame)`, `seg = (e - s) / num_segments`, frame `k = int(s + seg / 2 +
-    np.round(seg * k))`. Python `round` and `np.round` both round halves to even, as in the original.
+    np.round(seg * k))`. Python `round` and `np.round` both round halves to even, as in the original
+    (`get_index`, `internvl_chat/eval/mvbench/evaluate_mvbench.py`). A `bound` reaching outside the video is clamped
+    to it, as in the original; every returned index lies in `first_idx..max_frame`.
 
     Args:
-        num_frames: frames in the video.
+        num_frames: frames in the video (int >= 1).
         fps: frame rate used to turn `bound` (seconds) into indices (the original: decord's average fps).
-        num_segments: frames to sample; more segments than frames repeat indices, as in the original.
-        bound: optional `(start_s, end_s)` window in seconds.
-        first_idx: index of the first frame: 0 for decoded videos, 1 for 1-based frame folders.
-        max_frame: last valid index; defaults to `first_idx + num_frames - 1` (the original's `len(vr) - 1` for
-            decoded videos and `num_frames` for 1-based frame folders).
+        num_segments: frames to sample, an int in `1..MAX_NUM_SEGMENTS` (1024); more segments than frames repeat
+            indices, as in the original.
+        bound: optional `(start_s, end_s)` window in seconds (finite, `start_s <= end_s`).
+        first_idx: index of the first frame (int >= 0): 0 for decoded videos, 1 for 1-based frame folders.
+        max_frame: last valid index, an int in `first_idx..first_idx + num_frames - 1`; defaults to
+            `first_idx + num_frames - 1` (the original's `len(vr) - 1` for decoded videos and `num_frames` for
+            1-based frame folders).
 
     Returns:
         `num_segments` ints, ascending (repeats possible).
+
+    Raises:
+        TypeError: a count or index that is not an int (fractional values are refused, not truncated), a malformed
+            `bound`.
+        ValueError: values out of range, or a `bound` that selects no frame.
     """
     num_frames = _check_int("num_frames", num_frames)
-    num_segments = _check_int("num_segments", num_segments)
-    if isinstance(first_idx, bool) or not isinstance(first_idx, int):
-        raise TypeError(f"`first_idx` must be an int, got {type(first_idx).__name__}.")
-    if isinstance(fps, bool) or not isinstance(fps, int | float) or not math.isfinite(fps) or fps <= 0:
+    num_segments = check_num_segments("num_segments", num_segments)
+    first_idx = _check_index("first_idx", first_idx)
+    if first_idx < 0:
+        raise ValueError(f"`first_idx` must be >= 0, got {first_idx}.")
+    if isinstance(fps, bool) or not isinstance(fps, int | float | np.integer | np.floating):
+        raise TypeError(f"`fps` must be a number, got {type(fps).__name__} ({fps!r}).")
+    if not math.isfinite(fps) or fps <= 0:
         raise ValueError(f"`fps` must be a positive finite number, got {fps!r}.")
+    last = first_idx + num_frames - 1
     if max_frame is None:
-        max_frame = first_idx + num_frames - 1
+        max_frame = last
+    max_frame = _check_index("max_frame", max_frame)
+    if not first_idx <= max_frame <= last:
+        raise ValueError(
+            f"`max_frame` must be in {first_idx}..{last} (first_idx..first_idx + num_frames - 1), got {max_frame}."
+        )
     if bound is not None:
-        if not isinstance(bound, Sequence) or len(bound) != 2:
+        if not isinstance(bound, Sequence) or isinstance(bound, str) or len(bound) != 2:
             raise TypeError(f"`bound` must be (start_s, end_s) or None, got {bound!r}.")
-        start, end = float(bound[0]), float(bound[1])
+        try:
+            start, end = float(bound[0]), float(bound[1])
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"`bound` must hold two numbers (seconds), got {bound!r}.") from error
         if not (math.isfinite(start) and math.isfinite(end)) or start > end:
             raise ValueError(f"`bound` must be finite with start <= end, got {tuple(bound)}.")
     else:
         start, end = -100000, 100000
-    start_idx = max(first_idx, round(start * fps))
-    end_idx = min(round(end * fps), max_frame)
+    start_idx = max(first_idx, round(min(max(start * fps, -_INDEX_CLAMP), _INDEX_CLAMP)))
+    end_idx = min(round(min(max(end * fps, -_INDEX_CLAMP), _INDEX_CLAMP)), max_frame)
     if start_idx > end_idx:
         raise ValueError(
             f"`bound` {tuple(bound) if bound is not None else None} selects no frame: it starts at frame {start_idx} "
@@ -271,6 +322,24 @@ class _SampledFrameReader:
         return None
 
 
+def _check_frame_indices(indices: object, num_frames: int, name: str) -> list[int]:
+    """`indices` as a list of ints in `0..num_frames - 1`, at most `MAX_NUM_SEGMENTS` of them."""
+    if isinstance(indices, str | bytes) or not isinstance(indices, Sequence | np.ndarray):
+        raise TypeError(f"`indices` must be a sequence of ints, got {type(indices).__name__}.")
+    checked = [_check_index("indices[]", index) for index in indices]
+    if not checked:
+        raise ValueError("`indices` is empty; expected at least one frame index.")
+    if len(checked) > MAX_NUM_SEGMENTS:
+        raise ValueError(
+            f"`{name}`: {len(checked)} frames requested, more than MAX_NUM_SEGMENTS ({MAX_NUM_SEGMENTS}); sample "
+            "fewer with `num_segments`."
+        )
+    for index in checked:
+        if not 0 <= index < num_frames:
+            raise ValueError(f"`{name}`: frame index {index} is outside the video (0..{num_frames - 1}).")
+    return checked
+
+
 def read_video_frames(
     source: str | os.PathLike | bytes | Any,
     num_segments: int | None = DEFAULT_NUM_SEGMENTS,
@@ -300,10 +369,7 @@ def read_video_frames(
                 if num_segments is None
                 else sample_frame_indices(num_frames, fps, num_segments, bound)
             )
-        indices = [int(i) for i in indices]
-        for index in indices:
-            if not 0 <= index < num_frames:
-                raise ValueError(f"`{name}`: frame index {index} is outside the video (0..{num_frames - 1}).")
+        indices = _check_frame_indices(indices, num_frames, name)
         found: dict[int, Image.Image] = {}
         for index in sorted(set(indices)):
             found[index] = reader.read(index).to_image()
@@ -477,7 +543,7 @@ class InternVLVideoProcessor(VideoProcessorMixin):
         ):
             kwargs.pop(key, None)
         super().__init__(**kwargs)
-        self.num_segments = _check_int("num_segments", num_segments)
+        self.num_segments = check_num_segments("num_segments", num_segments)
         self.image_size = _check_int("image_size", image_size)
         self.resample = _check_int("resample", int(resample), 0)
         self.do_rescale = _check_bool("do_rescale", do_rescale)
@@ -499,7 +565,7 @@ class InternVLVideoProcessor(VideoProcessorMixin):
                 raise ValueError(f"`num_segments` ({num_segments}) and its alias `num_frames` ({alias}) disagree.")
             num_segments = alias
         explicit_segments = num_segments is not None
-        num_segments = self.num_segments if num_segments is None else _check_int("num_segments", num_segments)
+        num_segments = self.num_segments if num_segments is None else check_num_segments("num_segments", num_segments)
         bound = kwargs.pop("bound", None)
         if bound is not None and (not isinstance(bound, Sequence) or len(bound) != 2):
             raise TypeError(f"`bound` must be (start_s, end_s) or None, got {bound!r}.")
@@ -578,6 +644,11 @@ class InternVLVideoProcessor(VideoProcessorMixin):
                             "`video_metadata={'fps': ...}`."
                         )
                     indices = sample_frame_indices(len(all_frames), float(fps or 1.0), num_segments, bound)
+                if len(indices) > MAX_NUM_SEGMENTS:
+                    raise ValueError(
+                        f"`{name}` has {len(indices)} frames, more than MAX_NUM_SEGMENTS ({MAX_NUM_SEGMENTS}) tiles; "
+                        "pass `num_segments` to sample fewer."
+                    )
                 frames = [all_frames[i] for i in indices]
                 metadata = VideoMetadata(
                     total_num_frames=len(all_frames),
