@@ -315,9 +315,13 @@ def _make_region_writer(
 # Exact, threaded PIL resize
 # --------------------------------------------------------------------------------------------------------------------
 
-# Thread pools by (process id, size): a pool inherited through fork has no live threads, so a child makes its own.
-_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
-_POOLS_LOCK = threading.Lock()
+# ONE thread pool for the whole process, created at first use and shared by every processor and call, whatever their
+# `num_workers` (which only sets how many strips a resize is cut into). Its size is bounded by `_MAX_POOL_THREADS`. A
+# pool inherited through fork has no live threads, so a child process makes its own (the pid is checked).
+_POOL: ThreadPoolExecutor | None = None
+_POOL_PID: int | None = None
+_POOL_LOCK = threading.Lock()
+_MAX_POOL_THREADS = max(1, min(32, os.cpu_count() or 1))
 # Below this many source + target pixels, threads cost more than they save.
 _MIN_PIXELS_FOR_THREADS = 1 << 19
 
@@ -332,14 +336,14 @@ def _default_num_workers() -> int:
     return max(1, min(8, available, torch.get_num_threads()))
 
 
-def _pool(num_workers: int) -> ThreadPoolExecutor:
-    key = (os.getpid(), num_workers)
-    with _POOLS_LOCK:
-        pool = _POOLS.get(key)
-        if pool is None:
-            pool = ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="internvl-preprocess")
-            _POOLS[key] = pool
-        return pool
+def _pool() -> ThreadPoolExecutor:
+    """The process-wide resize pool (at most `_MAX_POOL_THREADS` threads, created lazily, reused)."""
+    global _POOL, _POOL_PID
+    with _POOL_LOCK:
+        if _POOL is None or _POOL_PID != os.getpid():
+            _POOL = ThreadPoolExecutor(max_workers=_MAX_POOL_THREADS, thread_name_prefix="internvl-preprocess")
+            _POOL_PID = os.getpid()
+        return _POOL
 
 
 def _pillow_major_version() -> int:
@@ -477,8 +481,9 @@ def resize_into_tiles(
         resized = image if image.size == tuple(size) else image.resize(size, resample)
         write(np.asarray(resized), 0, 0)
         return
-    pool = _pool(num_workers)
-    _split_resize(image, size, resample, num_workers, write, lambda function, items: list(pool.map(function, items)))
+    pool = _pool()
+    parts = min(num_workers, _MAX_POOL_THREADS)
+    _split_resize(image, size, resample, parts, write, lambda function, items: list(pool.map(function, items)))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -570,7 +575,8 @@ class InternVLImageProcessor(BaseImageProcessor):
         image_mean, image_std (3 floats, default ImageNet): normalisation constants.
         num_workers (`int`, *optional*): threads for the exact resize/normalise engine (default: torch's thread count,
             which is 1 inside DataLoader workers, at most the CPUs available and at most 8; 1 disables threading).
-            The pixels do not depend on it.
+            The pixels do not depend on it. All processors share one process-wide pool of at most
+            `min(32, os.cpu_count())` threads; larger values are capped to it.
 
     All of these can be overridden per call; the aliases are accepted wherever the canonical name is.
     """
