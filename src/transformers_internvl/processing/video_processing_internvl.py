@@ -4,15 +4,13 @@ The original (`load_video` in the chat README, `get_index` in `eval/mvbench/eval
 decord, samples `num_segments` frame indices at segment midpoints, and turns every frame into ONE 448 x 448 tile
 (`dynamic_preprocess(img, max_num=1)`: a PIL bicubic resize, no thumbnail), normalised like image tiles.
 
-Decoding here uses PyAV and touches only what the sampled frames need: frame `i` is looked up at the time
-`i / average_fps` after the stream start (index -> timestamp with the stream's average frame rate, which is exact for
-constant-frame-rate video); the reader seeks to the keyframe before it and decodes forward to the first frame whose
-timestamp reaches it (within half a frame). Nearby targets are reached by decoding on instead of seeking again.
+Decoding here uses PyAV and touches only what the sampled frames need (`video_decoding.FrameIndexReader`): frame `i`
+is the i-th frame in presentation order, as decord numbers it, found through a packet-timestamp index built once per
+file; the reader seeks to the keyframe before it and decodes forward to it, or decodes on to nearby targets.
 """
 
 from __future__ import annotations
 
-import io
 import math
 import os
 from collections.abc import Sequence
@@ -42,6 +40,7 @@ from .image_processing_internvl import (
     to_rgb_image,
 )
 from .tiling import DEFAULT_IMAGE_SIZE, plan_tiles
+from .video_decoding import FrameIndexReader
 
 logger = logging.get_logger(__name__)
 
@@ -58,8 +57,6 @@ __all__ = [
 DEFAULT_NUM_SEGMENTS = 8
 # Most frames sampled per video (`num_segments`); see `check_num_segments`.
 MAX_NUM_SEGMENTS = 1024
-# Decode on (instead of seeking) to a target at most this many frames ahead of the last decoded frame.
-_DECODE_ON_MAX_GAP = 48
 
 
 def check_num_segments(name: str, value: object) -> int:
@@ -185,143 +182,6 @@ class DecodedVideo:
     timestamps: list[float] = field(default_factory=list)
 
 
-def _open_container(source: object, name: str) -> Any:
-    import av
-
-    if isinstance(source, bytes | bytearray):
-        source = io.BytesIO(bytes(source))
-    elif isinstance(source, os.PathLike):
-        source = os.fspath(source)
-    if isinstance(source, str) and not source.startswith(("http://", "https://")) and not os.path.exists(source):
-        raise FileNotFoundError(f"`{name}`: no such video file: {source!r}")
-    if hasattr(source, "seek"):
-        source.seek(0)
-    try:
-        return av.open(source)
-    except av.FFmpegError as error:
-        shown = source if isinstance(source, str) else type(source).__name__
-        raise ValueError(f"`{name}`: could not open {shown!r} as a video: {error}") from error
-
-
-class _SampledFrameReader:
-    """Decodes requested frame indices in ascending order, seeking to the keyframe before far-away targets.
-
-    Frame `i` is the first decoded frame whose pts reaches `start_pts + (i - 0.5) * frame_period`. If the container
-    cannot seek, a seek lands after its target, or frames carry no timestamps, the reader falls back to decoding from
-    the start (still stopping at the last wanted frame).
-    """
-
-    def __init__(self, source: object, name: str) -> None:
-        self.source = source
-        self.name = name
-        self.container = _open_container(source, name)
-        if not self.container.streams.video:
-            self.close()
-            raise ValueError(f"`{name}`: the file has no video stream.")
-        self._setup_stream()
-        self.num_decoded = 0
-        self.sequential = False
-        self.decoder: Any = None
-        self.last_pts: float | None = None
-        self.count_since_start = 0
-
-    def _setup_stream(self) -> None:
-        self.stream = self.container.streams.video[0]
-        self.stream.thread_type = "AUTO"
-
-    def close(self) -> None:
-        self.container.close()
-
-    def frame_rate_and_count(self) -> tuple[float, int]:
-        import av
-
-        rate = self.stream.average_rate or self.stream.guessed_rate or self.stream.base_rate
-        if not rate or float(rate) <= 0:
-            raise ValueError(f"`{self.name}`: the video stream has no frame rate.")
-        num_frames = int(self.stream.frames or 0)
-        if num_frames <= 0:
-            # No count in the header (common for webm/mkv/gif): demux (no decoding) and count packets, as decord does.
-            try:
-                num_frames = sum(1 for packet in self.container.demux(self.stream) if packet.size > 0)
-            except av.FFmpegError as error:
-                raise ValueError(f"`{self.name}`: could not read the video packets: {error}") from error
-            self._restart()
-            self.decoder = None
-        if num_frames <= 0:
-            raise ValueError(f"`{self.name}`: the video has no frames.")
-        self.fps = float(rate)
-        self.frame_period = 1.0 / (self.fps * float(self.stream.time_base))
-        self.start_pts = self.stream.start_time if self.stream.start_time is not None else 0
-        return self.fps, num_frames
-
-    def _restart(self) -> None:
-        import av
-
-        try:
-            self.container.seek(0)
-        except av.FFmpegError:
-            self.close()
-            self.container = _open_container(self.source, self.name)
-            self._setup_stream()
-        self.decoder = self.container.decode(self.stream)
-        self.last_pts = None
-        self.count_since_start = 0
-
-    def _seek(self, target: float) -> bool:
-        import av
-
-        try:
-            self.container.seek(int(target), stream=self.stream, backward=True, any_frame=False)
-        except av.FFmpegError:
-            return False
-        self.decoder = self.container.decode(self.stream)
-        self.last_pts = None
-        return True
-
-    def read(self, index: int) -> Any:
-        """The decoded `av.VideoFrame` of frame `index` (indices must come in ascending order)."""
-        target = self.start_pts + index * self.frame_period
-        sought = False
-        if not self.sequential:
-            far = self.last_pts is None or target - self.last_pts > _DECODE_ON_MAX_GAP * self.frame_period
-            if (self.decoder is None or far) and index > 0:
-                sought = self._seek(target)
-                self.sequential = not sought
-        if self.decoder is None:
-            self._restart()
-        frame = self._decode_until(target, sought)
-        if frame is None and sought:
-            # The seek overshot the target or the frames have no timestamps: decode from the start instead.
-            self.sequential = True
-            self._restart()
-            frame = self._decode_until(target, False)
-        if frame is None:
-            raise ValueError(f"`{self.name}`: the video ended before frame {index} (truncated or damaged file?).")
-        return frame
-
-    def _decode_until(self, target: float, check_overshoot: bool) -> Any:
-        import av
-
-        try:
-            for frame in self.decoder:
-                self.num_decoded += 1
-                self.count_since_start += 1
-                pts = frame.pts if frame.pts is not None else frame.dts
-                if pts is None:
-                    if check_overshoot:
-                        return None
-                    pts = self.start_pts + (self.count_since_start - 1) * self.frame_period
-                if check_overshoot and pts > target + 0.5 * self.frame_period:
-                    return None
-                check_overshoot = False
-                self.last_pts = pts
-                if pts >= target - 0.5 * self.frame_period:
-                    return frame
-        except av.FFmpegError as error:
-            raise ValueError(f"`{self.name}`: decoding failed: {error}") from error
-        return None
-
-
 def _check_frame_indices(indices: object, num_frames: int, name: str) -> list[int]:
     """`indices` as a list of ints in `0..num_frames - 1`, at most `MAX_NUM_SEGMENTS` of them."""
     if isinstance(indices, str | bytes) or not isinstance(indices, Sequence | np.ndarray):
@@ -356,26 +216,32 @@ def read_video_frames(
         indices: explicit frame indices instead of sampling.
         name: argument name used in error messages.
 
-    Index -> time: frame `i` is expected at `stream.start_time + i / average_fps` and matched to the first decoded
-    frame whose presentation time reaches that minus half a frame period (exact for constant-frame-rate video; for
-    variable frame rates it is the frame shown at that time, which may differ from the i-th decoded frame).
+    Frame `i` is the i-th frame in presentation order, as decord numbers it (`video_decoding.FrameIndexReader`), for
+    constant and variable frame rates alike; `num_frames` counts the video packets. `timestamps` are the frames'
+    presentation times in seconds from the stream start.
+
+    Raises:
+        ValueError: an unreadable, damaged or frameless file, bad indices, or more than `MAX_NUM_SEGMENTS` frames.
+        FileNotFoundError: a missing path.
     """
-    reader = _SampledFrameReader(source, name)
-    try:
-        fps, num_frames = reader.frame_rate_and_count()
+    with FrameIndexReader(source, name) as reader:
+        fps, num_frames = reader.fps, reader.num_frames
         if indices is None:
-            indices = (
-                list(range(num_frames))
-                if num_segments is None
-                else sample_frame_indices(num_frames, fps, num_segments, bound)
-            )
+            if num_segments is None:
+                if num_frames > MAX_NUM_SEGMENTS:
+                    raise ValueError(
+                        f"`{name}`: every frame was asked for, but the video has {num_frames} frames, more than "
+                        f"MAX_NUM_SEGMENTS ({MAX_NUM_SEGMENTS}); sample fewer with `num_segments`."
+                    )
+                indices = list(range(num_frames))
+            else:
+                indices = sample_frame_indices(num_frames, fps, num_segments, bound)
         indices = _check_frame_indices(indices, num_frames, name)
         found: dict[int, Image.Image] = {}
         for index in sorted(set(indices)):
             found[index] = reader.read(index).to_image()
         width, height = reader.stream.codec_context.width, reader.stream.codec_context.height
-    finally:
-        reader.close()
+        timestamps = [reader.timestamp(i) for i in indices]
     return DecodedVideo(
         frames=[found[i] for i in indices],
         frame_indices=indices,
@@ -384,7 +250,7 @@ def read_video_frames(
         width=width,
         height=height,
         num_decoded=reader.num_decoded,
-        timestamps=[i / fps for i in indices],
+        timestamps=timestamps,
     )
 
 
@@ -475,12 +341,11 @@ class InternVLVideoProcessor(VideoProcessorMixin):
     frame given is used. A `bound` on decoded frames needs their frame rate: `video_metadata={"fps": ...}`.
     `do_sample_frames=False` uses every frame of a file too (decodes it all).
 
-    Decoding (`read_video_frames`): the frame count is the stream header's; containers without one (webm, mkv, some
-    gif) are demuxed once without decoding to count packets, as decord does. Frame `i` is looked up at
-    `start + i / average_fps` (index -> time with the stream's average frame rate): the reader seeks to the keyframe
-    before it and decodes forward to the first frame whose timestamp reaches it (within half a frame period); targets
-    less than 48 frames ahead are reached by decoding on. Exact for constant-frame-rate video; for variable frame
-    rates it returns the frame shown at that time. Pixel values come from FFmpeg's YUV -> RGB conversion in PyAV; the
+    Decoding (`read_video_frames`): the file's packets are indexed once without decoding (as decord does); the
+    frame count is the number of video packets (a header promising more raises `ValueError`: truncated file). Frame
+    `i` is the i-th frame in presentation order (decord's `vr[i]`), for constant and variable frame rates alike: the
+    reader seeks to the keyframe before it and decodes forward to the frame with its timestamp; targets less than 48
+    frames ahead are reached by decoding on. Pixel values come from FFmpeg's YUV -> RGB conversion in PyAV; the
     original used decord, whose conversion was not compared here.
 
     Each frame is converted to RGB and resized to `image_size` x `image_size` with PIL bicubic (the original's
