@@ -20,7 +20,6 @@ This processor returns the same float32 values bit for bit:
 
 from __future__ import annotations
 
-import io
 import itertools
 import os
 import threading
@@ -37,6 +36,7 @@ from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import logging
 
+from .image_loading import DEFAULT_URL_TIMEOUT, check_timeout, load_image_source, load_pil_image
 from .tiling import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_MAX_TILES,
@@ -84,6 +84,8 @@ class InternVLImageProcessorKwargs(ImagesKwargs, total=False):
         Tile budget shared by the images of one sample, see `allocate_tile_budget`; `None` = no sharing.
     num_workers (`int`, *optional*, defaults to `self.num_workers`):
         Threads for the exact resize/normalise engine (`None`: torch's thread count, at most the CPUs available and 8).
+    timeout (`float`, *optional*, defaults to 10):
+        Seconds an image URL's server may take to connect and to send each piece of data (`image_loading`).
     """
 
     max_dynamic_patch: int | None
@@ -92,6 +94,7 @@ class InternVLImageProcessorKwargs(ImagesKwargs, total=False):
     image_size: int | None
     max_total_tiles: int | None
     num_workers: int | None
+    timeout: float | None
     max_patches: int | None
     max_num: int | None
     min_patches: int | None
@@ -159,42 +162,20 @@ def _channels_first_flag(input_data_format: object) -> bool | None:
     )
 
 
-def _open_image(source: object, name: str) -> Image.Image:
-    """Open and fully decode an image from a path, URL, bytes or file object (errors name the argument)."""
-    if isinstance(source, str) and source.startswith(("http://", "https://")):
-        from transformers.image_utils import load_image
-
-        return load_image(source)
-    if isinstance(source, bytes | bytearray):
-        source = io.BytesIO(bytes(source))
-    try:
-        image = Image.open(source)
-        image.load()
-    except FileNotFoundError:
-        raise
-    except Image.DecompressionBombError:
-        # Pillow's pixel limit (`PIL.Image.MAX_IMAGE_PIXELS`) is respected, never disabled here.
-        raise
-    except (OSError, SyntaxError, ValueError) as error:  # UnidentifiedImageError is an OSError
-        shown = source if isinstance(source, str | os.PathLike) else type(source).__name__
-        raise ValueError(f"`{name}`: could not decode an image from {shown!r}: {error}") from error
-    return image
-
-
-def to_rgb_image(image: object, name: str = "images", input_data_format: object = None) -> Image.Image:
+def to_rgb_image(
+    image: object, name: str = "images", input_data_format: object = None, timeout: float | None = None
+) -> Image.Image:
     """Any supported image input -> an RGB PIL image, as the original's `.convert("RGB")` makes it.
 
     Accepted: PIL images (any mode: RGBA loses its alpha without compositing, L is replicated), numpy arrays
     `(H, W)`, `(H, W, C)` / `(C, H, W)` uint8, torch tensors likewise (`(C, H, W)` preferred when ambiguous), local
-    paths, `http(s)` URLs, encoded bytes and binary file objects.
+    paths, `http(s)` URLs (fetched with `timeout` seconds, default 10), `data:` URLs, base64 strings, encoded bytes and
+    binary file objects. No EXIF orientation is applied for any source (as the original for paths; see
+    `image_loading`). A lazily opened PIL image shared by threads is decoded once, under a lock.
     """
     channels_first = _channels_first_flag(input_data_format)
     if isinstance(image, Image.Image):
-        pil = image
-        try:
-            pil.load()  # decode lazily opened files now, once (threads read the pixels later)
-        except (OSError, SyntaxError, ValueError) as error:
-            raise ValueError(f"`{name}`: the PIL image could not be decoded: {error}") from error
+        pil = load_pil_image(image, name)  # decode lazily opened files now, once (threads read the pixels later)
     elif isinstance(image, np.ndarray):
         pil = _array_to_pil(image, name, channels_first)
     elif isinstance(image, torch.Tensor):
@@ -203,7 +184,7 @@ def to_rgb_image(image: object, name: str = "images", input_data_format: object 
             channels_first = True  # torch convention
         pil = _array_to_pil(array, name, channels_first)
     elif isinstance(image, str | os.PathLike | bytes | bytearray) or hasattr(image, "read"):
-        pil = _open_image(image, name)
+        pil = load_image_source(image, name, timeout)
     else:
         raise TypeError(
             f"`{name}` must be a PIL image, a numpy array, a torch tensor, a path, a URL or bytes, "
@@ -546,9 +527,10 @@ class InternVLImageProcessor(BaseImageProcessor):
 
     Grouping of `images`: a single image is one sample; a flat list of images is ONE sample whose images share the
     tile budget; a list of lists is a batch of samples (each inner list shares its budget). Images may be PIL images,
-    uint8 numpy arrays `(H, W, C)`, uint8 torch tensors `(C, H, W)` or `(H, W, C)`, local paths, `http(s)` URLs or
-    encoded bytes. Every image is converted with `.convert("RGB")` as in the original (RGBA: alpha dropped without
-    compositing; L: gray replicated); no EXIF rotation is applied (the original applies none).
+    uint8 numpy arrays `(H, W, C)`, uint8 torch tensors `(C, H, W)` or `(H, W, C)`, local paths, `http(s)` URLs
+    (per-call `timeout`, default 10 s), `data:` URLs, base64 strings or encoded bytes. Every image is converted with
+    `.convert("RGB")` as in the original (RGBA: alpha dropped without compositing; L: gray replicated); no EXIF
+    rotation is applied, whatever the source (the original applies none for paths; see `image_loading`).
 
     Tile budget of the images of one sample (paper Fig. 3, `tiling.allocate_tile_budget`):
     `max(1, min(max_dynamic_patch, max_total_tiles // num_images))` grid tiles each, plus a thumbnail when the grid
@@ -683,6 +665,7 @@ class InternVLImageProcessor(BaseImageProcessor):
             options[key] = getattr(self, key) if value is None else value
         max_total_tiles = kwargs.pop("max_total_tiles", _UNSET)
         options["max_total_tiles"] = self.max_total_tiles if max_total_tiles is _UNSET else max_total_tiles
+        options["timeout"] = check_timeout(kwargs.pop("timeout", None))
         options["return_tensors"] = kwargs.pop("return_tensors", None)
         options["input_data_format"] = kwargs.pop("input_data_format", None)
         options["device"] = kwargs.pop("device", None)
@@ -754,7 +737,10 @@ class InternVLImageProcessor(BaseImageProcessor):
         rgb_samples = [
             [
                 to_rgb_image(
-                    image, f"images[{s}][{i}]" if len(samples) > 1 else f"images[{i}]", options["input_data_format"]
+                    image,
+                    f"images[{s}][{i}]" if len(samples) > 1 else f"images[{i}]",
+                    options["input_data_format"],
+                    options["timeout"],
                 )
                 for i, image in enumerate(sample)
             ]
@@ -793,6 +779,18 @@ class InternVLImageProcessor(BaseImageProcessor):
                 resize_into_tiles(image, (size, size), options["resample"], writer, options["num_workers"])
             start += plan.num_tiles
         return pixel_values
+
+    def fetch_images(self, image_url_or_urls: Any, timeout: float | None = DEFAULT_URL_TIMEOUT) -> Any:
+        """Load URL / path / base64 strings (nested lists kept) by this processor's rule: no EXIF transpose, a timeout.
+
+        Overrides transformers' `fetch_images` (which transposes by EXIF and waits without limit) so that every path
+        into the processor loads a file the same way; see `image_loading`.
+        """
+        if isinstance(image_url_or_urls, list | tuple):
+            return [self.fetch_images(item, timeout) for item in image_url_or_urls]
+        if isinstance(image_url_or_urls, str):
+            return load_image_source(image_url_or_urls, "images", timeout)
+        return image_url_or_urls
 
     def get_number_of_image_tiles(self, height: int, width: int, images_kwargs: dict | None = None) -> int:
         """Tiles (thumbnail included) of one `height` x `width` image alone in its sample; needs no pixels."""

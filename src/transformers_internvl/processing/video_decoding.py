@@ -10,6 +10,9 @@ frame whose timestamp equals the i-th one, reached by seeking to the last keyfra
 from the previous request when no keyframe lies in between or it is close). This holds for variable frame rates too:
 the mapping index -> frame never goes through `i / fps`. Files whose packets carry no timestamps, or on which a seek
 misses, are decoded from the start and frame `i` is the i-th decoded frame.
+
+`http(s)` URLs are downloaded first with `image_loading.fetch_url` (a timeout, default 10 s; an HTTP error status or an
+HTML page raises a `ValueError` naming the URL and the status).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from typing import Any
 
 from transformers.utils import logging
 
+from .image_loading import fetch_url
+
 logger = logging.get_logger(__name__)
 
 __all__ = ["FrameIndexReader", "open_container"]
@@ -30,19 +35,20 @@ _DECODE_ON_MAX_GAP = 48
 
 
 def open_container(source: object, name: str) -> Any:
-    """`av.open` on a path, `http(s)` URL, bytes or binary file; errors name the argument."""
+    """`av.open` on a path, bytes or binary file; errors name the argument (URLs are fetched first, see
+    `FrameIndexReader`)."""
     import av
 
     if isinstance(source, bytes | bytearray):
         source = io.BytesIO(bytes(source))
     elif isinstance(source, os.PathLike):
         source = os.fspath(source)
-    if isinstance(source, str) and not source.startswith(("http://", "https://")) and not os.path.exists(source):
+    if isinstance(source, str) and not os.path.exists(source):
         raise FileNotFoundError(f"`{name}`: no such video file: {source!r}")
     if hasattr(source, "seek"):
         source.seek(0)
     try:
-        return av.open(source)
+        return av.open(source, mode="r")
     except av.FFmpegError as error:
         shown = source if isinstance(source, str) else type(source).__name__
         raise ValueError(f"`{name}`: could not open {shown!r} as a video: {error}") from error
@@ -64,12 +70,20 @@ class FrameIndexReader:
             its header promises (truncated).
     """
 
-    def __init__(self, source: object, name: str) -> None:
+    def __init__(self, source: object, name: str, timeout: float | None = None) -> None:
         import av
 
-        self.source = source
         self.name = name
-        self.container = open_container(source, name)
+        self._downloaded: Any = None
+        if isinstance(source, str) and source.strip()[:8].lower().startswith(("http://", "https://")):
+            # Fetched with a timeout and a status check (an error page is not handed to FFmpeg), kept on disk when big.
+            self._downloaded = source = fetch_url(source.strip(), name, timeout, spool=True)
+        self.source = source
+        try:
+            self.container = open_container(source, name)
+        except BaseException:
+            self._close_download()
+            raise
         try:
             if not self.container.streams.video:
                 raise ValueError(f"`{name}`: the file has no video stream.")
@@ -103,7 +117,7 @@ class FrameIndexReader:
             self.frame_pts: list[int] | None = sorted(packet_pts) if has_pts else None  # type: ignore[arg-type]
             self.keyframe_pts = sorted(keyframe_pts)
         except BaseException:
-            self.container.close()
+            self.close()
             raise
         self.stream.thread_type = "AUTO"
         self.num_decoded = 0
@@ -114,6 +128,12 @@ class FrameIndexReader:
 
     def close(self) -> None:
         self.container.close()
+        self._close_download()
+
+    def _close_download(self) -> None:
+        if self._downloaded is not None:
+            self._downloaded.close()
+            self._downloaded = None
 
     def __enter__(self) -> FrameIndexReader:
         return self

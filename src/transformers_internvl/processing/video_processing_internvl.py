@@ -26,6 +26,7 @@ from transformers.utils import logging
 from transformers.video_processing_utils import VideoProcessorMixin
 from transformers.video_utils import VideoMetadata
 
+from .image_loading import check_timeout
 from .image_processing_internvl import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -206,6 +207,7 @@ def read_video_frames(
     bound: Sequence[float] | None = None,
     indices: Sequence[int] | None = None,
     name: str = "videos",
+    timeout: float | None = None,
 ) -> DecodedVideo:
     """Decode only the sampled frames of a video with PyAV.
 
@@ -215,6 +217,7 @@ def read_video_frames(
         bound: optional `(start_s, end_s)` window for the sampling.
         indices: explicit frame indices instead of sampling.
         name: argument name used in error messages.
+        timeout: seconds a URL's server may take to connect and to send each piece of data (default 10).
 
     Frame `i` is the i-th frame in presentation order, as decord numbers it (`video_decoding.FrameIndexReader`), for
     constant and variable frame rates alike; `num_frames` counts the video packets. `timestamps` are the frames'
@@ -224,7 +227,7 @@ def read_video_frames(
         ValueError: an unreadable, damaged or frameless file, bad indices, or more than `MAX_NUM_SEGMENTS` frames.
         FileNotFoundError: a missing path.
     """
-    with FrameIndexReader(source, name) as reader:
+    with FrameIndexReader(source, name, check_timeout(timeout)) as reader:
         fps, num_frames = reader.fps, reader.num_frames
         if indices is None:
             if num_segments is None:
@@ -264,12 +267,15 @@ class InternVLVideoProcessorKwargs(VideosKwargs, total=False):
         Side of the one tile each frame becomes.
     num_workers (`int`, *optional*):
         Threads for the exact resize/normalise engine.
+    timeout (`float`, *optional*, defaults to 10):
+        Seconds a video URL's server may take to connect and to send each piece of data.
     """
 
     num_segments: int | None
     bound: Sequence[float] | None
     image_size: int | None
     num_workers: int | None
+    timeout: float | None
 
 
 def _is_frame(item: object) -> bool:
@@ -452,6 +458,7 @@ class InternVLVideoProcessor(VideoProcessorMixin):
         )
         workers = options["num_workers"]
         workers = _default_num_workers() if workers is None else _check_int("num_workers", workers)
+        timeout = check_timeout(kwargs.pop("timeout", None))
         return_tensors = kwargs.pop("return_tensors", None)
         return_metadata = bool(kwargs.pop("return_metadata", None) or False)
         do_sample_frames = kwargs.pop("do_sample_frames", None)
@@ -485,7 +492,7 @@ class InternVLVideoProcessor(VideoProcessorMixin):
                         "`bound` needs frame sampling; it cannot be combined with `do_sample_frames=False`."
                     )
                 decoded = read_video_frames(
-                    video, None if do_sample_frames is False else num_segments, bound=bound, name=name
+                    video, None if do_sample_frames is False else num_segments, bound=bound, name=name, timeout=timeout
                 )
                 frames = decoded.frames
                 metadata = VideoMetadata(
