@@ -179,6 +179,12 @@ def to_rgb_image(
     elif isinstance(image, np.ndarray):
         pil = _array_to_pil(image, name, channels_first)
     elif isinstance(image, torch.Tensor):
+        if image.dtype != torch.uint8:
+            # Checked here: numpy cannot even hold some dtypes (bfloat16), and float pixels have no agreed range.
+            raise TypeError(
+                f"`{name}` must hold uint8 pixels (0-255), got a tensor of dtype {image.dtype}. Convert it, e.g. "
+                "`(x * 255).round().clamp(0, 255).to(torch.uint8)` for values in [0, 1]."
+            )
         array = image.detach().cpu().numpy()
         if channels_first is None and array.ndim == 3 and array.shape[0] in (1, 3, 4):
             channels_first = True  # torch convention
@@ -190,9 +196,29 @@ def to_rgb_image(
             f"`{name}` must be a PIL image, a numpy array, a torch tensor, a path, a URL or bytes, "
             f"got {type(image).__name__}."
         )
-    if pil.mode != "RGB":
-        pil = pil.convert("RGB")
-    return pil
+    return _convert_to_rgb(pil, name)
+
+
+def _convert_to_rgb(image: Image.Image, name: str) -> Image.Image:
+    """`image.convert("RGB")` as the original, with clear errors.
+
+    Modes Pillow converts directly (P, PA, L, LA, 1, I, I;16, F, RGBA, RGBa, CMYK, YCbCr, ...) are converted exactly
+    as the original's `.convert('RGB')` does. `La` (gray with premultiplied alpha), which Pillow cannot convert to RGB
+    (the original raises), goes through `LA` (un-premultiplied), as Pillow's own `RGBa -> RGB` does. A float (`F`)
+    image with NaN or infinite pixels raises `ValueError` (Pillow would silently turn them into 0 or 255).
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode == "F":
+        pixels = np.asarray(image)
+        if not np.isfinite(pixels).all():
+            raise ValueError(f"`{name}`: the float (mode 'F') image has NaN or infinite pixels.")
+    try:
+        if image.mode == "La":
+            image = image.convert("LA")
+        return image.convert("RGB")
+    except ValueError as error:
+        raise ValueError(f"`{name}`: cannot convert a PIL image of mode {image.mode!r} to RGB: {error}") from error
 
 
 def group_images(images: object, name: str = "images") -> list[list[Any]]:
@@ -486,12 +512,23 @@ def _check_bool(name: str, value: object) -> bool:
     return bool(value)
 
 
+def _is_real(value: object) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool | np.bool_)
+
+
 def _check_triple(name: str, value: object) -> tuple[float, float, float]:
-    if isinstance(value, int | float):
-        return (float(value),) * 3
-    if isinstance(value, list | tuple) and len(value) == 3 and all(isinstance(v, int | float) for v in value):
-        return tuple(float(v) for v in value)
-    raise TypeError(f"`{name}` must be a float or 3 floats (one per channel), got {value!r}.")
+    """A float or 3 floats (one per channel), all finite; for `*_std`, also non-zero (it is a divisor)."""
+    if _is_real(value):
+        values = (float(value),) * 3
+    elif isinstance(value, list | tuple) and len(value) == 3 and all(_is_real(v) for v in value):
+        values = tuple(float(v) for v in value)
+    else:
+        raise TypeError(f"`{name}` must be a float or 3 floats (one per channel), got {value!r}.")
+    if not all(np.isfinite(values)):
+        raise ValueError(f"`{name}` must be finite, got {list(values)}.")
+    if name.endswith("std") and any(v == 0 for v in values):
+        raise ValueError(f"`{name}` divides the pixels and must be non-zero, got {list(values)}.")
+    return values
 
 
 def _size_to_int(name: str, size: object) -> int:

@@ -44,6 +44,7 @@ from .conversation import (
     multi_image_prefix,
     video_frame_prompt,
 )
+from .input_validation import check_texts
 
 logger = logging.get_logger(__name__)
 
@@ -418,6 +419,7 @@ class InternVLChatProcessor(ProcessorMixin):
         texts = [text] if isinstance(text, str) else list(text)
         if not all(isinstance(sample, str) for sample in texts):
             raise TypeError("`text` must be a str or a list of str.")
+        check_texts(texts)
 
         tokenizer_init_kwargs = {k: v for k, v in self.tokenizer.init_kwargs.items() if k != "padding_side"}
         output_kwargs = self._merge_kwargs(
