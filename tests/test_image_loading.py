@@ -227,3 +227,20 @@ def test_lazily_opened_image_shared_by_threads(tmp_path):
             thread.join()
         assert errors == []
         assert len(results) == 8 and all(np.array_equal(result, expected) for result in results)
+
+
+def test_processor_passes_the_timeout_to_image_urls(silent_server):
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from transformers_internvl.processing.processing_internvl import InternVLProcessor
+
+    tokenizer = AutoTokenizer.from_pretrained(Path(__file__).parent / "fixtures" / "tokenizers" / "qwen2-tiny")
+    processor = InternVLProcessor(
+        image_processor=InternVLImageProcessor(), tokenizer=tokenizer, video_processor=InternVLVideoProcessor()
+    )
+    started = time.perf_counter()
+    with pytest.raises(TimeoutError, match=r"within 0\.5 s"):
+        processor(text="<image>\nWhat is it?", images=silent_server, timeout=0.5)
+    assert time.perf_counter() - started < 3.0
