@@ -252,20 +252,6 @@ def test_rgb_conversion_follows_original(processor):
     )
 
 
-def test_url_goes_through_load_image(processor, monkeypatch):
-    import transformers.image_utils
-
-    seen = []
-
-    def fake_load_image(url, timeout=None):
-        seen.append(url)
-        return Image.new("RGB", (640, 480), (1, 2, 3))
-
-    monkeypatch.setattr(transformers.image_utils, "load_image", fake_load_image)
-    out = processor(images="https://example.com/cat.png")
-    assert seen == ["https://example.com/cat.png"] and out["num_tiles"] == [plan_tiles(640, 480).num_tiles]
-
-
 def _png_bytes(size=(64, 48)) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, (9, 9, 9)).save(buffer, format="PNG")

@@ -7,6 +7,11 @@ original OpenGVLab checkpoints without ``trust_remote_code``.
 
 __version__ = "0.1.0"
 
+# Ctrl-C while the console script imports torch/transformers: exit 130 without a traceback (cli.main undoes it).
+from ._startup import quiet_interrupt_during_startup as _quiet_interrupt_during_startup  # noqa: E402
+
+_quiet_interrupt_during_startup()
+
 # ---- core model (configs, vision tower, InternVL model) ----
 from .modeling.configuration_intern_vit import InternVLVisionConfig  # noqa: E402
 from .modeling.configuration_internvl import InternVLConfig  # noqa: E402

@@ -16,8 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import stat
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -66,6 +69,16 @@ def _open_image(path: str) -> Any:
         raise CLIError(f"cannot read image {path}: {error}") from None
 
 
+def _new_file_mode(output: Path) -> int:
+    """Permission bits for `output`: those of the file it replaces, else 0666 minus the user's umask."""
+    try:
+        return stat.S_IMODE(output.stat().st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def _save_image_atomically(image: Any, output: Path) -> None:
     """Write `image` to `output` through a temporary file in the same folder, then rename."""
     from PIL import Image
@@ -77,10 +90,13 @@ def _save_image_atomically(image: Any, output: Path) -> None:
     folder = output.parent if str(output.parent) else Path(".")
     if not folder.is_dir():
         raise CLIError(f"cannot write {output}: folder {folder} does not exist")
+    mode = _new_file_mode(output)
     handle, temporary = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(handle, "wb") as file:
             image.save(file, format=image_format)
+        # mkstemp creates the file 0600; give it the mode a plain `open(output, "wb")` would have.
+        os.chmod(temporary, mode)
         os.replace(temporary, output)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -276,14 +292,30 @@ class _Chat:
         return kwargs
 
     def ask(self, text: str) -> str:
-        """Answer `text` (streamed to stdout), record the turn, return the response."""
-        from .test_time_scaling import build_cot_prompt, generate_with_votes, parse_boxed_answer
+        """Answer `text` (streamed to stdout), record the turn, return the response.
+
+        If answering fails or is interrupted (`KeyboardInterrupt`), the exception propagates and the conversation is
+        left exactly as it was before the call.
+        """
+        from .test_time_scaling import build_cot_prompt
 
         if self.args.cot:
             text = build_cot_prompt(text, kind="open")
         # Images and video belong to the first user turn, as the original `chat()` puts them before the first question.
+        saved = (len(self.messages), self.pending_images, self.pending_video)
         self.messages.append(_user_message(text, self.pending_images, self.pending_video))
         self.pending_images, self.pending_video = [], None
+        try:
+            return self._answer()
+        except BaseException:
+            # A failed or interrupted turn leaves no trace: the history and the pending media are as before it.
+            del self.messages[saved[0] :]
+            self.pending_images, self.pending_video = saved[1], saved[2]
+            raise
+
+    def _answer(self) -> str:
+        from .test_time_scaling import generate_with_votes, parse_boxed_answer
+
         inputs = self._inputs()
         generation_kwargs = self._generation_kwargs()
 
@@ -349,22 +381,46 @@ def _run_chat(args: argparse.Namespace) -> int:
         chat.ask(args.prompt)
         return 0
 
+    return _interactive_loop(chat, args)
+
+
+def _interactive_loop(chat: _Chat, args: argparse.Namespace) -> int:
+    """Read messages from stdin until 'exit' / end of input (exit code 0) or Ctrl-C at the prompt (130).
+
+    A turn that fails prints one error line and the conversation goes on (the failed turn is not kept); Ctrl-C while
+    an answer is generated stops that answer only.
+    """
     interactive = sys.stdin.isatty()
     if interactive:
-        print("Type a message; 'exit' or Ctrl-D quits.", file=sys.stderr)
+        print("Type a message; 'exit' or Ctrl-D quits, Ctrl-C stops an answer (twice: quits).", file=sys.stderr)
     while True:
         if interactive:
             print(">>> ", end="", file=sys.stderr, flush=True)
-        line = sys.stdin.readline()
-        if not line:  # EOF
-            break
+        try:
+            line = sys.stdin.readline()
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            return 130
+        if not line:  # EOF (Ctrl-D)
+            return 0
         text = line.strip()
         if not text:
             continue
         if text.lower() in _EXIT_WORDS:
-            break
-        chat.ask(text)
-    return 0
+            return 0
+        try:
+            chat.ask(text)
+        except KeyboardInterrupt:
+            print(file=sys.stdout, flush=True)
+            print("(answer interrupted; Ctrl-C again or Ctrl-D quits)", file=sys.stderr, flush=True)
+        except Exception as error:  # noqa: BLE001 - any failed turn is reported and the conversation goes on
+            sys.stdout.flush()
+            if args.traceback:
+                import traceback
+
+                traceback.print_exc()
+            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            print(f"{PROG}: error: {type(error).__name__}: {message} (turn dropped)", file=sys.stderr, flush=True)
 
 
 def _add_chat_command(subparsers: Any) -> None:
@@ -443,16 +499,26 @@ def _error(message: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the console script; returns the exit code (0 on success, 1 on errors, 2 on usage errors)."""
-    parser = build_parser()
+    from ._startup import _exit_quietly
+
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is _exit_quietly:
+        # Ctrl-C raises KeyboardInterrupt from here on, caught below (start-up installed a quiet exit handler).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_request:  # --help, --version and usage errors (argparse prints them)
-        return exit_request.code if isinstance(exit_request.code, int) else 1
-    try:
-        return args.handler(args)
-    except KeyboardInterrupt:
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exit_request:  # --help, --version and usage errors (argparse prints them)
+            return exit_request.code if isinstance(exit_request.code, int) else 1
+        return _run(args)
+    except KeyboardInterrupt:  # during start-up (imports, model loading) or a one-shot answer: no traceback
         print(file=sys.stderr)
         return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        return args.handler(args)
     except CLIError as error:
         return _error(str(error))
     except (OSError, ValueError, TypeError) as error:

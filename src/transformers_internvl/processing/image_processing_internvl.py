@@ -20,7 +20,6 @@ This processor returns the same float32 values bit for bit:
 
 from __future__ import annotations
 
-import io
 import itertools
 import os
 import threading
@@ -37,12 +36,14 @@ from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import logging
 
+from .image_loading import DEFAULT_URL_TIMEOUT, check_timeout, load_image_source, load_pil_image
 from .tiling import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_MAX_TILES,
     DEFAULT_MAX_TOTAL_TILES,
     TilePlan,
     allocate_tile_budget,
+    check_tile_budget,
     plan_tiles,
 )
 
@@ -87,6 +88,8 @@ class InternVLImageProcessorKwargs(ImagesKwargs, total=False):
         Tile budget shared by the images of one sample, see `allocate_tile_budget`; `None` = no sharing.
     num_workers (`int`, *optional*, defaults to `self.num_workers`):
         Threads for the exact resize/normalise engine (`None`: torch's thread count, at most the CPUs available and 8).
+    timeout (`float`, *optional*, defaults to 10):
+        Seconds an image URL's server may take to connect and to send each piece of data (`image_loading`).
     """
 
     dynamic_image_size: bool | None
@@ -96,6 +99,7 @@ class InternVLImageProcessorKwargs(ImagesKwargs, total=False):
     image_size: int | None
     max_total_tiles: int | None
     num_workers: int | None
+    timeout: float | None
     max_patches: int | None
     max_num: int | None
     min_patches: int | None
@@ -163,59 +167,63 @@ def _channels_first_flag(input_data_format: object) -> bool | None:
     )
 
 
-def _open_image(source: object, name: str) -> Image.Image:
-    """Open and fully decode an image from a path, URL, bytes or file object (errors name the argument)."""
-    if isinstance(source, str) and source.startswith(("http://", "https://")):
-        from transformers.image_utils import load_image
-
-        return load_image(source)
-    if isinstance(source, bytes | bytearray):
-        source = io.BytesIO(bytes(source))
-    try:
-        image = Image.open(source)
-        image.load()
-    except FileNotFoundError:
-        raise
-    except Image.DecompressionBombError:
-        # Pillow's pixel limit (`PIL.Image.MAX_IMAGE_PIXELS`) is respected, never disabled here.
-        raise
-    except (OSError, SyntaxError, ValueError) as error:  # UnidentifiedImageError is an OSError
-        shown = source if isinstance(source, str | os.PathLike) else type(source).__name__
-        raise ValueError(f"`{name}`: could not decode an image from {shown!r}: {error}") from error
-    return image
-
-
-def to_rgb_image(image: object, name: str = "images", input_data_format: object = None) -> Image.Image:
+def to_rgb_image(
+    image: object, name: str = "images", input_data_format: object = None, timeout: float | None = None
+) -> Image.Image:
     """Any supported image input -> an RGB PIL image, as the original's `.convert("RGB")` makes it.
 
     Accepted: PIL images (any mode: RGBA loses its alpha without compositing, L is replicated), numpy arrays
     `(H, W)`, `(H, W, C)` / `(C, H, W)` uint8, torch tensors likewise (`(C, H, W)` preferred when ambiguous), local
-    paths, `http(s)` URLs, encoded bytes and binary file objects.
+    paths, `http(s)` URLs (fetched with `timeout` seconds, default 10), `data:` URLs, base64 strings, encoded bytes and
+    binary file objects. No EXIF orientation is applied for any source (as the original for paths; see
+    `image_loading`). A lazily opened PIL image shared by threads is decoded once, under a lock.
     """
     channels_first = _channels_first_flag(input_data_format)
     if isinstance(image, Image.Image):
-        pil = image
-        try:
-            pil.load()  # decode lazily opened files now, once (threads read the pixels later)
-        except (OSError, SyntaxError, ValueError) as error:
-            raise ValueError(f"`{name}`: the PIL image could not be decoded: {error}") from error
+        pil = load_pil_image(image, name)  # decode lazily opened files now, once (threads read the pixels later)
     elif isinstance(image, np.ndarray):
         pil = _array_to_pil(image, name, channels_first)
     elif isinstance(image, torch.Tensor):
+        if image.dtype != torch.uint8:
+            # Checked here: numpy cannot even hold some dtypes (bfloat16), and float pixels have no agreed range.
+            raise TypeError(
+                f"`{name}` must hold uint8 pixels (0-255), got a tensor of dtype {image.dtype}. Convert it, e.g. "
+                "`(x * 255).round().clamp(0, 255).to(torch.uint8)` for values in [0, 1]."
+            )
         array = image.detach().cpu().numpy()
         if channels_first is None and array.ndim == 3 and array.shape[0] in (1, 3, 4):
             channels_first = True  # torch convention
         pil = _array_to_pil(array, name, channels_first)
     elif isinstance(image, str | os.PathLike | bytes | bytearray) or hasattr(image, "read"):
-        pil = _open_image(image, name)
+        pil = load_image_source(image, name, timeout)
     else:
         raise TypeError(
             f"`{name}` must be a PIL image, a numpy array, a torch tensor, a path, a URL or bytes, "
             f"got {type(image).__name__}."
         )
-    if pil.mode != "RGB":
-        pil = pil.convert("RGB")
-    return pil
+    return _convert_to_rgb(pil, name)
+
+
+def _convert_to_rgb(image: Image.Image, name: str) -> Image.Image:
+    """`image.convert("RGB")` as the original, with clear errors.
+
+    Modes Pillow converts directly (P, PA, L, LA, 1, I, I;16, F, RGBA, RGBa, CMYK, YCbCr, ...) are converted exactly
+    as the original's `.convert('RGB')` does. `La` (gray with premultiplied alpha), which Pillow cannot convert to RGB
+    (the original raises), goes through `LA` (un-premultiplied), as Pillow's own `RGBa -> RGB` does. A float (`F`)
+    image with NaN or infinite pixels raises `ValueError` (Pillow would silently turn them into 0 or 255).
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode == "F":
+        pixels = np.asarray(image)
+        if not np.isfinite(pixels).all():
+            raise ValueError(f"`{name}`: the float (mode 'F') image has NaN or infinite pixels.")
+    try:
+        if image.mode == "La":
+            image = image.convert("LA")
+        return image.convert("RGB")
+    except ValueError as error:
+        raise ValueError(f"`{name}`: cannot convert a PIL image of mode {image.mode!r} to RGB: {error}") from error
 
 
 def group_images(images: object, name: str = "images") -> list[list[Any]]:
@@ -319,9 +327,13 @@ def _make_region_writer(
 # Exact, threaded PIL resize
 # --------------------------------------------------------------------------------------------------------------------
 
-# Thread pools by (process id, size): a pool inherited through fork has no live threads, so a child makes its own.
-_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
-_POOLS_LOCK = threading.Lock()
+# ONE thread pool for the whole process, created at first use and shared by every processor and call, whatever their
+# `num_workers` (which only sets how many strips a resize is cut into). Its size is bounded by `_MAX_POOL_THREADS`. A
+# pool inherited through fork has no live threads, so a child process makes its own (the pid is checked).
+_POOL: ThreadPoolExecutor | None = None
+_POOL_PID: int | None = None
+_POOL_LOCK = threading.Lock()
+_MAX_POOL_THREADS = max(1, min(32, os.cpu_count() or 1))
 # Below this many source + target pixels, threads cost more than they save.
 _MIN_PIXELS_FOR_THREADS = 1 << 19
 
@@ -336,14 +348,14 @@ def _default_num_workers() -> int:
     return max(1, min(8, available, torch.get_num_threads()))
 
 
-def _pool(num_workers: int) -> ThreadPoolExecutor:
-    key = (os.getpid(), num_workers)
-    with _POOLS_LOCK:
-        pool = _POOLS.get(key)
-        if pool is None:
-            pool = ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="internvl-preprocess")
-            _POOLS[key] = pool
-        return pool
+def _pool() -> ThreadPoolExecutor:
+    """The process-wide resize pool (at most `_MAX_POOL_THREADS` threads, created lazily, reused)."""
+    global _POOL, _POOL_PID
+    with _POOL_LOCK:
+        if _POOL is None or _POOL_PID != os.getpid():
+            _POOL = ThreadPoolExecutor(max_workers=_MAX_POOL_THREADS, thread_name_prefix="internvl-preprocess")
+            _POOL_PID = os.getpid()
+        return _POOL
 
 
 def _pillow_major_version() -> int:
@@ -481,8 +493,9 @@ def resize_into_tiles(
         resized = image if image.size == tuple(size) else image.resize(size, resample)
         write(np.asarray(resized), 0, 0)
         return
-    pool = _pool(num_workers)
-    _split_resize(image, size, resample, num_workers, write, lambda function, items: list(pool.map(function, items)))
+    pool = _pool()
+    parts = min(num_workers, _MAX_POOL_THREADS)
+    _split_resize(image, size, resample, parts, write, lambda function, items: list(pool.map(function, items)))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -504,12 +517,23 @@ def _check_bool(name: str, value: object) -> bool:
     return bool(value)
 
 
+def _is_real(value: object) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool | np.bool_)
+
+
 def _check_triple(name: str, value: object) -> tuple[float, float, float]:
-    if isinstance(value, int | float):
-        return (float(value),) * 3
-    if isinstance(value, list | tuple) and len(value) == 3 and all(isinstance(v, int | float) for v in value):
-        return tuple(float(v) for v in value)
-    raise TypeError(f"`{name}` must be a float or 3 floats (one per channel), got {value!r}.")
+    """A float or 3 floats (one per channel), all finite; for `*_std`, also non-zero (it is a divisor)."""
+    if _is_real(value):
+        values = (float(value),) * 3
+    elif isinstance(value, list | tuple) and len(value) == 3 and all(_is_real(v) for v in value):
+        values = tuple(float(v) for v in value)
+    else:
+        raise TypeError(f"`{name}` must be a float or 3 floats (one per channel), got {value!r}.")
+    if not all(np.isfinite(values)):
+        raise ValueError(f"`{name}` must be finite, got {list(values)}.")
+    if name.endswith("std") and any(v == 0 for v in values):
+        raise ValueError(f"`{name}` divides the pixels and must be non-zero, got {list(values)}.")
+    return values
 
 
 def _size_to_int(name: str, size: object) -> int:
@@ -545,9 +569,10 @@ class InternVLImageProcessor(BaseImageProcessor):
 
     Grouping of `images`: a single image is one sample; a flat list of images is ONE sample whose images share the
     tile budget; a list of lists is a batch of samples (each inner list shares its budget). Images may be PIL images,
-    uint8 numpy arrays `(H, W, C)`, uint8 torch tensors `(C, H, W)` or `(H, W, C)`, local paths, `http(s)` URLs or
-    encoded bytes. Every image is converted with `.convert("RGB")` as in the original (RGBA: alpha dropped without
-    compositing; L: gray replicated); no EXIF rotation is applied (the original applies none).
+    uint8 numpy arrays `(H, W, C)`, uint8 torch tensors `(C, H, W)` or `(H, W, C)`, local paths, `http(s)` URLs
+    (per-call `timeout`, default 10 s), `data:` URLs, base64 strings or encoded bytes. Every image is converted with
+    `.convert("RGB")` as in the original (RGBA: alpha dropped without compositing; L: gray replicated); no EXIF
+    rotation is applied, whatever the source (the original applies none for paths; see `image_loading`).
 
     Tile budget of the images of one sample (paper Fig. 3, `tiling.allocate_tile_budget`):
     `max(1, min(max_dynamic_patch, max_total_tiles // num_images))` grid tiles each, plus a thumbnail when the grid
@@ -566,7 +591,8 @@ class InternVLImageProcessor(BaseImageProcessor):
         min_dynamic_patch (`int`, defaults to 1): fewest grid tiles (aliases `min_patches`, `min_num`).
         dynamic_image_size (`bool`, defaults to `True`): `False` = one tile per image, a plain resize to
             `image_size` (the original's non-dynamic branch); the tiling options below are then unused.
-        max_dynamic_patch (`int`, defaults to 12): most grid tiles (aliases `max_patches`, `max_num`).
+        max_dynamic_patch (`int`, defaults to 12): most grid tiles (aliases `max_patches`, `max_num`); at most
+            `tiling.MAX_TILES_LIMIT` (1024), larger budgets raise `ValueError`.
         use_thumbnail (`bool`, defaults to `True`): append the thumbnail tile to multi-tile images.
         max_total_tiles (`int` or `None`, defaults to 64): shared budget of the images of one sample.
         resample (`int`, defaults to `PIL.Image.BICUBIC`): PIL filter (the original uses PIL's default, bicubic).
@@ -575,7 +601,8 @@ class InternVLImageProcessor(BaseImageProcessor):
         image_mean, image_std (3 floats, default ImageNet): normalisation constants.
         num_workers (`int`, *optional*): threads for the exact resize/normalise engine (default: torch's thread count,
             which is 1 inside DataLoader workers, at most the CPUs available and at most 8; 1 disables threading).
-            The pixels do not depend on it.
+            The pixels do not depend on it. All processors share one process-wide pool of at most
+            `min(32, os.cpu_count())` threads; larger values are capped to it.
 
     All of these can be overridden per call; the aliases are accepted wherever the canonical name is.
     """
@@ -626,8 +653,12 @@ class InternVLImageProcessor(BaseImageProcessor):
         max_dynamic_patch = DEFAULT_MAX_TILES if max_dynamic_patch is None else max_dynamic_patch
         super().__init__(**kwargs)
         self.image_size = _check_int("image_size", image_size)
-        self.min_dynamic_patch = _check_int("min_dynamic_patch", min_dynamic_patch)
-        self.max_dynamic_patch = _check_int("max_dynamic_patch", max_dynamic_patch)
+        self.min_dynamic_patch = check_tile_budget(
+            "min_dynamic_patch", _check_int("min_dynamic_patch", min_dynamic_patch)
+        )
+        self.max_dynamic_patch = check_tile_budget(
+            "max_dynamic_patch", _check_int("max_dynamic_patch", max_dynamic_patch)
+        )
         if self.min_dynamic_patch > self.max_dynamic_patch:
             raise ValueError(
                 f"`min_dynamic_patch` ({self.min_dynamic_patch}) must be <= `max_dynamic_patch` "
@@ -682,6 +713,7 @@ class InternVLImageProcessor(BaseImageProcessor):
             options[key] = getattr(self, key) if value is None else value
         max_total_tiles = kwargs.pop("max_total_tiles", _UNSET)
         options["max_total_tiles"] = self.max_total_tiles if max_total_tiles is _UNSET else max_total_tiles
+        options["timeout"] = check_timeout(kwargs.pop("timeout", None))
         options["return_tensors"] = kwargs.pop("return_tensors", None)
         options["input_data_format"] = kwargs.pop("input_data_format", None)
         options["device"] = kwargs.pop("device", None)
@@ -705,8 +737,12 @@ class InternVLImageProcessor(BaseImageProcessor):
         if unknown:
             raise TypeError(f"{type(self).__name__} got unexpected keyword arguments: {', '.join(unknown)}.")
 
-        options["max_dynamic_patch"] = _check_int("max_dynamic_patch", options["max_dynamic_patch"])
-        options["min_dynamic_patch"] = _check_int("min_dynamic_patch", options["min_dynamic_patch"])
+        options["max_dynamic_patch"] = check_tile_budget(
+            "max_dynamic_patch", _check_int("max_dynamic_patch", options["max_dynamic_patch"])
+        )
+        options["min_dynamic_patch"] = check_tile_budget(
+            "min_dynamic_patch", _check_int("min_dynamic_patch", options["min_dynamic_patch"])
+        )
         if options["min_dynamic_patch"] > options["max_dynamic_patch"]:
             raise ValueError(
                 f"`min_dynamic_patch` ({options['min_dynamic_patch']}) must be <= `max_dynamic_patch` "
@@ -752,7 +788,10 @@ class InternVLImageProcessor(BaseImageProcessor):
         rgb_samples = [
             [
                 to_rgb_image(
-                    image, f"images[{s}][{i}]" if len(samples) > 1 else f"images[{i}]", options["input_data_format"]
+                    image,
+                    f"images[{s}][{i}]" if len(samples) > 1 else f"images[{i}]",
+                    options["input_data_format"],
+                    options["timeout"],
                 )
                 for i, image in enumerate(sample)
             ]
@@ -791,6 +830,18 @@ class InternVLImageProcessor(BaseImageProcessor):
                 resize_into_tiles(image, (size, size), options["resample"], writer, options["num_workers"])
             start += plan.num_tiles
         return pixel_values
+
+    def fetch_images(self, image_url_or_urls: Any, timeout: float | None = DEFAULT_URL_TIMEOUT) -> Any:
+        """Load URL / path / base64 strings (nested lists kept) by this processor's rule: no EXIF transpose, a timeout.
+
+        Overrides transformers' `fetch_images` (which transposes by EXIF and waits without limit) so that every path
+        into the processor loads a file the same way; see `image_loading`.
+        """
+        if isinstance(image_url_or_urls, list | tuple):
+            return [self.fetch_images(item, timeout) for item in image_url_or_urls]
+        if isinstance(image_url_or_urls, str):
+            return load_image_source(image_url_or_urls, "images", timeout)
+        return image_url_or_urls
 
     def get_number_of_image_tiles(self, height: int, width: int, images_kwargs: dict | None = None) -> int:
         """Tiles (thumbnail included) of one `height` x `width` image alone in its sample; needs no pixels."""

@@ -45,6 +45,7 @@ from .conversation import (
     video_frame_prompt,
 )
 from .image_processing_internvl import InternVLImageProcessorKwargs
+from .input_validation import check_texts
 from .loading_options import HUB_KWARGS, IMAGE_PROCESSOR_OPTIONS, VIDEO_PROCESSOR_OPTIONS, split_from_pretrained_kwargs
 
 logger = logging.get_logger(__name__)
@@ -415,6 +416,7 @@ class InternVLChatProcessor(ProcessorMixin):
         texts = [text] if isinstance(text, str) else list(text)
         if not all(isinstance(sample, str) for sample in texts):
             raise TypeError("`text` must be a str or a list of str.")
+        check_texts(texts)
 
         tokenizer_init_kwargs = {k: v for k, v in self.tokenizer.init_kwargs.items() if k != "padding_side"}
         output_kwargs = self._merge_kwargs(

@@ -11,13 +11,16 @@ This module reproduces the original code (`dynamic_preprocess` / `find_closest_a
 
 * candidates are sorted by area with a *stable* sort, and within one area they keep the iteration order of the Python
   `set` the original builds. That order is a deterministic property of CPython (small ints hash to themselves and
-  the tuple hash is fixed, independent of `PYTHONHASHSEED`), so `candidate_grids` builds the very same set, with the
-  very same comprehension order, and sorts it the same way;
+  the tuple hash is fixed, independent of `PYTHONHASHSEED`) and depends only on the order of the distinct
+  insertions, so `candidate_grids` inserts the same grids in the order the original's comprehension first yields them
+  (generated directly, in time proportional to the number of grids instead of the original's cubic loop) and sorts
+  the set the same way;
 * a strictly smaller `|w/h - cols/rows|` wins; an exactly equal difference switches to the later candidate only if
   `width * height > 0.5 * image_size**2 * cols * rows`.
 
 Everything here works on sizes only, so token counts can be computed without pixels (`num_tiles_for_size`,
-`num_image_tokens_for_size`) and a `TilePlan` can be drawn for inspection (`draw_tile_plan`).
+`num_image_tokens_for_size`) and a `TilePlan` can be drawn for inspection (`draw_tile_plan`). Tile budgets are ints
+in `1..MAX_TILES_LIMIT` (1024, see `check_tile_budget`); the search costs O(max_tiles log max_tiles).
 """
 
 from __future__ import annotations
@@ -35,9 +38,11 @@ __all__ = [
     "DEFAULT_IMAGE_SIZE",
     "DEFAULT_MAX_TILES",
     "DEFAULT_MAX_TOTAL_TILES",
+    "MAX_TILES_LIMIT",
     "TilePlan",
     "allocate_tile_budget",
     "candidate_grids",
+    "check_tile_budget",
     "draw_tile_plan",
     "find_closest_grid",
     "num_image_tokens_for_size",
@@ -48,6 +53,8 @@ __all__ = [
 DEFAULT_IMAGE_SIZE = 448
 DEFAULT_MAX_TILES = 12
 DEFAULT_MAX_TOTAL_TILES = 64
+# Largest accepted tile budget (`max_tiles` / `min_tiles`); see `check_tile_budget`.
+MAX_TILES_LIMIT = 1024
 
 
 def _check_positive_int(name: str, value: object) -> int:
@@ -59,33 +66,70 @@ def _check_positive_int(name: str, value: object) -> int:
 
 
 def _check_tile_range(min_tiles: object, max_tiles: object) -> tuple[int, int]:
-    max_tiles = _check_positive_int("max_tiles", max_tiles)
-    min_tiles = _check_positive_int("min_tiles", min_tiles)
+    max_tiles = check_tile_budget("max_tiles", max_tiles)
+    min_tiles = check_tile_budget("min_tiles", min_tiles)
     if min_tiles > max_tiles:
         raise ValueError(f"`min_tiles` ({min_tiles}) must be <= `max_tiles` ({max_tiles}).")
     return min_tiles, max_tiles
+
+
+def check_tile_budget(name: str, value: object) -> int:
+    """`value` as a tile budget: an int in `1..MAX_TILES_LIMIT`, else a `TypeError` / `ValueError` naming `name`.
+
+    `MAX_TILES_LIMIT` (1024) is 16 times the largest budget any InternVL 2.5 setting uses (64 tiles in total per sample
+    in VLMEvalKit; 48 per packed training sample; 24 per image at most). 128 tiles already fill a 32k-token context
+    (256 tokens per tile), and 1024 tiles are 2.5 GB of float32 pixels, so a larger budget is a mistake, not a use.
+    """
+    value = _check_positive_int(name, value)
+    if value > MAX_TILES_LIMIT:
+        raise ValueError(
+            f"`{name}` must be <= {MAX_TILES_LIMIT} (MAX_TILES_LIMIT: 16 x the largest budget InternVL uses, 64; "
+            f"each tile is 256 tokens), got {value}."
+        )
+    return value
 
 
 def candidate_grids(min_tiles: int = 1, max_tiles: int = DEFAULT_MAX_TILES) -> tuple[tuple[int, int], ...]:
     """Candidate grids `(cols, rows)` with `min_tiles <= cols * rows <= max_tiles`, in the original's scan order.
 
     The order is: ascending area (stable sort), and within one area the iteration order of the set that the original
-    code builds. The set is built here with the same comprehension, so the order is the original's on CPython.
+    code builds. Raises `TypeError` / `ValueError` for budgets that are not ints in `1..MAX_TILES_LIMIT`.
     """
     min_tiles, max_tiles = _check_tile_range(min_tiles, max_tiles)
     return _candidate_grids(min_tiles, max_tiles)
 
 
+def _grids_in_first_seen_order(min_tiles: int, max_tiles: int) -> list[tuple[int, int]]:
+    """The distinct grids of the original's comprehension, in the order it first yields them, in O(#grids).
+
+    The original loops `for n in range(min_tiles, max_tiles + 1) for i in range(1, n + 1) for j in range(1, n + 1)`
+    and keeps `(i, j)` with `min_tiles <= i * j <= max_tiles`: O(max_tiles^3) steps for O(max_tiles log max_tiles)
+    grids. A grid first appears at `n = max(i, j, min_tiles)`. At `n = min_tiles` that is every kept `(i, j)` with
+    `i, j <= min_tiles`, by `i` then `j`; at a later `n` it is the grids with `max(i, j) == n`, by `i` then `j`:
+    `(1, n), ..., (n - 1, n)` and then `(n, 1), ..., (n, n)`. Only the kept ones are generated.
+    """
+    grids: list[tuple[int, int]] = []
+    first = min_tiles
+    for i in range(1, first + 1):
+        for j in range(-(-min_tiles // i), min(first, max_tiles // i) + 1):
+            grids.append((i, j))
+    for n in range(first + 1, max_tiles + 1):
+        # i < n with j = n: need min_tiles <= i * n <= max_tiles.
+        for i in range(max(1, -(-min_tiles // n)), min(n - 1, max_tiles // n) + 1):
+            grids.append((i, n))
+        # i = n with j <= n: need min_tiles <= n * j <= max_tiles.
+        for j in range(max(1, -(-min_tiles // n)), min(n, max_tiles // n) + 1):
+            grids.append((n, j))
+    return grids
+
+
 @lru_cache(maxsize=256)
 def _candidate_grids(min_tiles: int, max_tiles: int) -> tuple[tuple[int, int], ...]:
-    # Same set, same insertion order as the original, so the same CPython set iteration order within one area.
-    grids = {
-        (cols, rows)
-        for n in range(min_tiles, max_tiles + 1)
-        for cols in range(1, n + 1)
-        for rows in range(1, n + 1)
-        if cols * rows <= max_tiles and cols * rows >= min_tiles
-    }
+    # A CPython set's iteration order depends only on the sequence of its *distinct* insertions (an element seen again
+    # leaves the table untouched; no element is ever removed), so inserting the original's grids in the order it first
+    # yields them builds the very same table and the same order as the original's set, without its cubic loop.
+    # tests/test_tiling.py checks this against a transcription of the original for every budget up to 64 and more.
+    grids = set(_grids_in_first_seen_order(min_tiles, max_tiles))
     return tuple(sorted(grids, key=lambda grid: grid[0] * grid[1]))
 
 
@@ -170,6 +214,10 @@ def plan_tiles(
 
     Returns:
         A `TilePlan`; `num_tiles` is at most `max_tiles + 1`.
+
+    Raises:
+        TypeError: a size or budget that is not an int, `use_thumbnail` not a bool.
+        ValueError: a size below 1, a budget outside `1..MAX_TILES_LIMIT` (1024), or `min_tiles > max_tiles`.
     """
     width = _check_positive_int("width", width)
     height = _check_positive_int("height", height)

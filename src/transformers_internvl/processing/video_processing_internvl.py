@@ -4,15 +4,13 @@ The original (`load_video` in the chat README, `get_index` in `eval/mvbench/eval
 decord, samples `num_segments` frame indices at segment midpoints, and turns every frame into ONE 448 x 448 tile
 (`dynamic_preprocess(img, max_num=1)`: a PIL bicubic resize, no thumbnail), normalised like image tiles.
 
-Decoding here uses PyAV and touches only what the sampled frames need: frame `i` is looked up at the time
-`i / average_fps` after the stream start (index -> timestamp with the stream's average frame rate, which is exact for
-constant-frame-rate video); the reader seeks to the keyframe before it and decodes forward to the first frame whose
-timestamp reaches it (within half a frame). Nearby targets are reached by decoding on instead of seeking again.
+Decoding here uses PyAV and touches only what the sampled frames need (`video_decoding.FrameIndexReader`): frame `i`
+is the i-th frame in presentation order, as decord numbers it, found through a packet-timestamp index built once per
+file; the reader seeks to the keyframe before it and decodes forward to it, or decodes on to nearby targets.
 """
 
 from __future__ import annotations
 
-import io
 import math
 import os
 from collections.abc import Sequence
@@ -28,6 +26,7 @@ from transformers.utils import logging
 from transformers.video_processing_utils import VideoProcessorMixin
 from transformers.video_utils import VideoMetadata
 
+from .image_loading import check_timeout
 from .image_processing_internvl import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -42,6 +41,7 @@ from .image_processing_internvl import (
     to_rgb_image,
 )
 from .tiling import DEFAULT_IMAGE_SIZE, plan_tiles
+from .video_decoding import FrameIndexReader
 
 logger = logging.get_logger(__name__)
 
@@ -49,13 +49,41 @@ __all__ = [
     "DecodedVideo",
     "InternVLVideoProcessor",
     "InternVLVideoProcessorKwargs",
+    "MAX_NUM_SEGMENTS",
+    "check_num_segments",
     "read_video_frames",
     "sample_frame_indices",
 ]
 
 DEFAULT_NUM_SEGMENTS = 8
-# Decode on (instead of seeking) to a target at most this many frames ahead of the last decoded frame.
-_DECODE_ON_MAX_GAP = 48
+# Most frames sampled per video (`num_segments`); see `check_num_segments`.
+MAX_NUM_SEGMENTS = 1024
+
+
+def check_num_segments(name: str, value: object) -> int:
+    """`value` as a frame count: an int in `1..MAX_NUM_SEGMENTS`, else a `TypeError` / `ValueError` naming `name`.
+
+    `MAX_NUM_SEGMENTS` (1024) is 16 times the most frames InternVL 2.5 uses (64, paper Sec. 5); every frame is one
+    448 px tile of 256 tokens, so 1024 frames are 262k tokens (8 times the 32k context) and 2.5 GB of float32 pixels.
+    """
+    value = _check_int(name, value)
+    if value > MAX_NUM_SEGMENTS:
+        raise ValueError(
+            f"`{name}` must be <= {MAX_NUM_SEGMENTS} (MAX_NUM_SEGMENTS: 16 x the 64 frames InternVL uses; each frame is "
+            f"a 256-token tile), got {value}."
+        )
+    return value
+
+
+def _check_index(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"`{name}` must be an int, got {type(value).__name__} ({value!r}).")
+    return int(value)
+
+
+# Frame positions beyond this are clamped before rounding (equivalent: indices are clamped to the video anyway), so
+# that a huge finite `bound` cannot overflow `round`.
+_INDEX_CLAMP = 2.0**62
 
 
 def sample_frame_indices(
@@ -70,38 +98,59 @@ def sample_frame_indices(
 
     `start, end = bound or (-1e5, 1e5)` seconds; `s = max(first_idx, round(start * fps))`,
     `e = min(round(end * fps), max_frame)`, `seg = (e - s) / num_segments`, frame `k = int(s + seg / 2 +
-    np.round(seg * k))`. Python `round` and `np.round` both round halves to even, as in the original.
+    np.round(seg * k))`. Python `round` and `np.round` both round halves to even, as in the original
+    (`get_index`, `internvl_chat/eval/mvbench/evaluate_mvbench.py`). A `bound` reaching outside the video is clamped
+    to it, as in the original; every returned index lies in `first_idx..max_frame`.
 
     Args:
-        num_frames: frames in the video.
+        num_frames: frames in the video (int >= 1).
         fps: frame rate used to turn `bound` (seconds) into indices (the original: decord's average fps).
-        num_segments: frames to sample; more segments than frames repeat indices, as in the original.
-        bound: optional `(start_s, end_s)` window in seconds.
-        first_idx: index of the first frame: 0 for decoded videos, 1 for 1-based frame folders.
-        max_frame: last valid index; defaults to `first_idx + num_frames - 1` (the original's `len(vr) - 1` for
-            decoded videos and `num_frames` for 1-based frame folders).
+        num_segments: frames to sample, an int in `1..MAX_NUM_SEGMENTS` (1024); more segments than frames repeat
+            indices, as in the original.
+        bound: optional `(start_s, end_s)` window in seconds (finite, `start_s <= end_s`).
+        first_idx: index of the first frame (int >= 0): 0 for decoded videos, 1 for 1-based frame folders.
+        max_frame: last valid index, an int in `first_idx..first_idx + num_frames - 1`; defaults to
+            `first_idx + num_frames - 1` (the original's `len(vr) - 1` for decoded videos and `num_frames` for
+            1-based frame folders).
 
     Returns:
         `num_segments` ints, ascending (repeats possible).
+
+    Raises:
+        TypeError: a count or index that is not an int (fractional values are refused, not truncated), a malformed
+            `bound`.
+        ValueError: values out of range, or a `bound` that selects no frame.
     """
     num_frames = _check_int("num_frames", num_frames)
-    num_segments = _check_int("num_segments", num_segments)
-    if isinstance(first_idx, bool) or not isinstance(first_idx, int):
-        raise TypeError(f"`first_idx` must be an int, got {type(first_idx).__name__}.")
-    if isinstance(fps, bool) or not isinstance(fps, int | float) or not math.isfinite(fps) or fps <= 0:
+    num_segments = check_num_segments("num_segments", num_segments)
+    first_idx = _check_index("first_idx", first_idx)
+    if first_idx < 0:
+        raise ValueError(f"`first_idx` must be >= 0, got {first_idx}.")
+    if isinstance(fps, bool) or not isinstance(fps, int | float | np.integer | np.floating):
+        raise TypeError(f"`fps` must be a number, got {type(fps).__name__} ({fps!r}).")
+    if not math.isfinite(fps) or fps <= 0:
         raise ValueError(f"`fps` must be a positive finite number, got {fps!r}.")
+    last = first_idx + num_frames - 1
     if max_frame is None:
-        max_frame = first_idx + num_frames - 1
+        max_frame = last
+    max_frame = _check_index("max_frame", max_frame)
+    if not first_idx <= max_frame <= last:
+        raise ValueError(
+            f"`max_frame` must be in {first_idx}..{last} (first_idx..first_idx + num_frames - 1), got {max_frame}."
+        )
     if bound is not None:
-        if not isinstance(bound, Sequence) or len(bound) != 2:
+        if not isinstance(bound, Sequence) or isinstance(bound, str) or len(bound) != 2:
             raise TypeError(f"`bound` must be (start_s, end_s) or None, got {bound!r}.")
-        start, end = float(bound[0]), float(bound[1])
+        try:
+            start, end = float(bound[0]), float(bound[1])
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"`bound` must hold two numbers (seconds), got {bound!r}.") from error
         if not (math.isfinite(start) and math.isfinite(end)) or start > end:
             raise ValueError(f"`bound` must be finite with start <= end, got {tuple(bound)}.")
     else:
         start, end = -100000, 100000
-    start_idx = max(first_idx, round(start * fps))
-    end_idx = min(round(end * fps), max_frame)
+    start_idx = max(first_idx, round(min(max(start * fps, -_INDEX_CLAMP), _INDEX_CLAMP)))
+    end_idx = min(round(min(max(end * fps, -_INDEX_CLAMP), _INDEX_CLAMP)), max_frame)
     if start_idx > end_idx:
         raise ValueError(
             f"`bound` {tuple(bound) if bound is not None else None} selects no frame: it starts at frame {start_idx} "
@@ -134,141 +183,22 @@ class DecodedVideo:
     timestamps: list[float] = field(default_factory=list)
 
 
-def _open_container(source: object, name: str) -> Any:
-    import av
-
-    if isinstance(source, bytes | bytearray):
-        source = io.BytesIO(bytes(source))
-    elif isinstance(source, os.PathLike):
-        source = os.fspath(source)
-    if isinstance(source, str) and not source.startswith(("http://", "https://")) and not os.path.exists(source):
-        raise FileNotFoundError(f"`{name}`: no such video file: {source!r}")
-    if hasattr(source, "seek"):
-        source.seek(0)
-    try:
-        return av.open(source)
-    except av.FFmpegError as error:
-        shown = source if isinstance(source, str) else type(source).__name__
-        raise ValueError(f"`{name}`: could not open {shown!r} as a video: {error}") from error
-
-
-class _SampledFrameReader:
-    """Decodes requested frame indices in ascending order, seeking to the keyframe before far-away targets.
-
-    Frame `i` is the first decoded frame whose pts reaches `start_pts + (i - 0.5) * frame_period`. If the container
-    cannot seek, a seek lands after its target, or frames carry no timestamps, the reader falls back to decoding from
-    the start (still stopping at the last wanted frame).
-    """
-
-    def __init__(self, source: object, name: str) -> None:
-        self.source = source
-        self.name = name
-        self.container = _open_container(source, name)
-        if not self.container.streams.video:
-            self.close()
-            raise ValueError(f"`{name}`: the file has no video stream.")
-        self._setup_stream()
-        self.num_decoded = 0
-        self.sequential = False
-        self.decoder: Any = None
-        self.last_pts: float | None = None
-        self.count_since_start = 0
-
-    def _setup_stream(self) -> None:
-        self.stream = self.container.streams.video[0]
-        self.stream.thread_type = "AUTO"
-
-    def close(self) -> None:
-        self.container.close()
-
-    def frame_rate_and_count(self) -> tuple[float, int]:
-        import av
-
-        rate = self.stream.average_rate or self.stream.guessed_rate or self.stream.base_rate
-        if not rate or float(rate) <= 0:
-            raise ValueError(f"`{self.name}`: the video stream has no frame rate.")
-        num_frames = int(self.stream.frames or 0)
-        if num_frames <= 0:
-            # No count in the header (common for webm/mkv/gif): demux (no decoding) and count packets, as decord does.
-            try:
-                num_frames = sum(1 for packet in self.container.demux(self.stream) if packet.size > 0)
-            except av.FFmpegError as error:
-                raise ValueError(f"`{self.name}`: could not read the video packets: {error}") from error
-            self._restart()
-            self.decoder = None
-        if num_frames <= 0:
-            raise ValueError(f"`{self.name}`: the video has no frames.")
-        self.fps = float(rate)
-        self.frame_period = 1.0 / (self.fps * float(self.stream.time_base))
-        self.start_pts = self.stream.start_time if self.stream.start_time is not None else 0
-        return self.fps, num_frames
-
-    def _restart(self) -> None:
-        import av
-
-        try:
-            self.container.seek(0)
-        except av.FFmpegError:
-            self.close()
-            self.container = _open_container(self.source, self.name)
-            self._setup_stream()
-        self.decoder = self.container.decode(self.stream)
-        self.last_pts = None
-        self.count_since_start = 0
-
-    def _seek(self, target: float) -> bool:
-        import av
-
-        try:
-            self.container.seek(int(target), stream=self.stream, backward=True, any_frame=False)
-        except av.FFmpegError:
-            return False
-        self.decoder = self.container.decode(self.stream)
-        self.last_pts = None
-        return True
-
-    def read(self, index: int) -> Any:
-        """The decoded `av.VideoFrame` of frame `index` (indices must come in ascending order)."""
-        target = self.start_pts + index * self.frame_period
-        sought = False
-        if not self.sequential:
-            far = self.last_pts is None or target - self.last_pts > _DECODE_ON_MAX_GAP * self.frame_period
-            if (self.decoder is None or far) and index > 0:
-                sought = self._seek(target)
-                self.sequential = not sought
-        if self.decoder is None:
-            self._restart()
-        frame = self._decode_until(target, sought)
-        if frame is None and sought:
-            # The seek overshot the target or the frames have no timestamps: decode from the start instead.
-            self.sequential = True
-            self._restart()
-            frame = self._decode_until(target, False)
-        if frame is None:
-            raise ValueError(f"`{self.name}`: the video ended before frame {index} (truncated or damaged file?).")
-        return frame
-
-    def _decode_until(self, target: float, check_overshoot: bool) -> Any:
-        import av
-
-        try:
-            for frame in self.decoder:
-                self.num_decoded += 1
-                self.count_since_start += 1
-                pts = frame.pts if frame.pts is not None else frame.dts
-                if pts is None:
-                    if check_overshoot:
-                        return None
-                    pts = self.start_pts + (self.count_since_start - 1) * self.frame_period
-                if check_overshoot and pts > target + 0.5 * self.frame_period:
-                    return None
-                check_overshoot = False
-                self.last_pts = pts
-                if pts >= target - 0.5 * self.frame_period:
-                    return frame
-        except av.FFmpegError as error:
-            raise ValueError(f"`{self.name}`: decoding failed: {error}") from error
-        return None
+def _check_frame_indices(indices: object, num_frames: int, name: str) -> list[int]:
+    """`indices` as a list of ints in `0..num_frames - 1`, at most `MAX_NUM_SEGMENTS` of them."""
+    if isinstance(indices, str | bytes) or not isinstance(indices, Sequence | np.ndarray):
+        raise TypeError(f"`indices` must be a sequence of ints, got {type(indices).__name__}.")
+    checked = [_check_index("indices[]", index) for index in indices]
+    if not checked:
+        raise ValueError("`indices` is empty; expected at least one frame index.")
+    if len(checked) > MAX_NUM_SEGMENTS:
+        raise ValueError(
+            f"`{name}`: {len(checked)} frames requested, more than MAX_NUM_SEGMENTS ({MAX_NUM_SEGMENTS}); sample "
+            "fewer with `num_segments`."
+        )
+    for index in checked:
+        if not 0 <= index < num_frames:
+            raise ValueError(f"`{name}`: frame index {index} is outside the video (0..{num_frames - 1}).")
+    return checked
 
 
 def read_video_frames(
@@ -277,6 +207,7 @@ def read_video_frames(
     bound: Sequence[float] | None = None,
     indices: Sequence[int] | None = None,
     name: str = "videos",
+    timeout: float | None = None,
 ) -> DecodedVideo:
     """Decode only the sampled frames of a video with PyAV.
 
@@ -286,30 +217,34 @@ def read_video_frames(
         bound: optional `(start_s, end_s)` window for the sampling.
         indices: explicit frame indices instead of sampling.
         name: argument name used in error messages.
+        timeout: seconds a URL's server may take to connect and to send each piece of data (default 10).
 
-    Index -> time: frame `i` is expected at `stream.start_time + i / average_fps` and matched to the first decoded
-    frame whose presentation time reaches that minus half a frame period (exact for constant-frame-rate video; for
-    variable frame rates it is the frame shown at that time, which may differ from the i-th decoded frame).
+    Frame `i` is the i-th frame in presentation order, as decord numbers it (`video_decoding.FrameIndexReader`), for
+    constant and variable frame rates alike; `num_frames` counts the video packets. `timestamps` are the frames'
+    presentation times in seconds from the stream start.
+
+    Raises:
+        ValueError: an unreadable, damaged or frameless file, bad indices, or more than `MAX_NUM_SEGMENTS` frames.
+        FileNotFoundError: a missing path.
     """
-    reader = _SampledFrameReader(source, name)
-    try:
-        fps, num_frames = reader.frame_rate_and_count()
+    with FrameIndexReader(source, name, check_timeout(timeout)) as reader:
+        fps, num_frames = reader.fps, reader.num_frames
         if indices is None:
-            indices = (
-                list(range(num_frames))
-                if num_segments is None
-                else sample_frame_indices(num_frames, fps, num_segments, bound)
-            )
-        indices = [int(i) for i in indices]
-        for index in indices:
-            if not 0 <= index < num_frames:
-                raise ValueError(f"`{name}`: frame index {index} is outside the video (0..{num_frames - 1}).")
+            if num_segments is None:
+                if num_frames > MAX_NUM_SEGMENTS:
+                    raise ValueError(
+                        f"`{name}`: every frame was asked for, but the video has {num_frames} frames, more than "
+                        f"MAX_NUM_SEGMENTS ({MAX_NUM_SEGMENTS}); sample fewer with `num_segments`."
+                    )
+                indices = list(range(num_frames))
+            else:
+                indices = sample_frame_indices(num_frames, fps, num_segments, bound)
+        indices = _check_frame_indices(indices, num_frames, name)
         found: dict[int, Image.Image] = {}
         for index in sorted(set(indices)):
             found[index] = reader.read(index).to_image()
         width, height = reader.stream.codec_context.width, reader.stream.codec_context.height
-    finally:
-        reader.close()
+        timestamps = [reader.timestamp(i) for i in indices]
     return DecodedVideo(
         frames=[found[i] for i in indices],
         frame_indices=indices,
@@ -318,7 +253,7 @@ def read_video_frames(
         width=width,
         height=height,
         num_decoded=reader.num_decoded,
-        timestamps=[i / fps for i in indices],
+        timestamps=timestamps,
     )
 
 
@@ -332,12 +267,15 @@ class InternVLVideoProcessorKwargs(VideosKwargs, total=False):
         Side of the one tile each frame becomes.
     num_workers (`int`, *optional*):
         Threads for the exact resize/normalise engine.
+    timeout (`float`, *optional*, defaults to 10):
+        Seconds a video URL's server may take to connect and to send each piece of data.
     """
 
     num_segments: int | None
     bound: Sequence[float] | None
     image_size: int | None
     num_workers: int | None
+    timeout: float | None
 
 
 def _is_frame(item: object) -> bool:
@@ -409,12 +347,11 @@ class InternVLVideoProcessor(VideoProcessorMixin):
     frame given is used. A `bound` on decoded frames needs their frame rate: `video_metadata={"fps": ...}`.
     `do_sample_frames=False` uses every frame of a file too (decodes it all).
 
-    Decoding (`read_video_frames`): the frame count is the stream header's; containers without one (webm, mkv, some
-    gif) are demuxed once without decoding to count packets, as decord does. Frame `i` is looked up at
-    `start + i / average_fps` (index -> time with the stream's average frame rate): the reader seeks to the keyframe
-    before it and decodes forward to the first frame whose timestamp reaches it (within half a frame period); targets
-    less than 48 frames ahead are reached by decoding on. Exact for constant-frame-rate video; for variable frame
-    rates it returns the frame shown at that time. Pixel values come from FFmpeg's YUV -> RGB conversion in PyAV; the
+    Decoding (`read_video_frames`): the file's packets are indexed once without decoding (as decord does); the
+    frame count is the number of video packets (a header promising more raises `ValueError`: truncated file). Frame
+    `i` is the i-th frame in presentation order (decord's `vr[i]`), for constant and variable frame rates alike: the
+    reader seeks to the keyframe before it and decodes forward to the frame with its timestamp; targets less than 48
+    frames ahead are reached by decoding on. Pixel values come from FFmpeg's YUV -> RGB conversion in PyAV; the
     original used decord, whose conversion was not compared here.
 
     Each frame is converted to RGB and resized to `image_size` x `image_size` with PIL bicubic (the original's
@@ -477,7 +414,7 @@ class InternVLVideoProcessor(VideoProcessorMixin):
         ):
             kwargs.pop(key, None)
         super().__init__(**kwargs)
-        self.num_segments = _check_int("num_segments", num_segments)
+        self.num_segments = check_num_segments("num_segments", num_segments)
         self.image_size = _check_int("image_size", image_size)
         self.resample = _check_int("resample", int(resample), 0)
         self.do_rescale = _check_bool("do_rescale", do_rescale)
@@ -499,7 +436,7 @@ class InternVLVideoProcessor(VideoProcessorMixin):
                 raise ValueError(f"`num_segments` ({num_segments}) and its alias `num_frames` ({alias}) disagree.")
             num_segments = alias
         explicit_segments = num_segments is not None
-        num_segments = self.num_segments if num_segments is None else _check_int("num_segments", num_segments)
+        num_segments = self.num_segments if num_segments is None else check_num_segments("num_segments", num_segments)
         bound = kwargs.pop("bound", None)
         if bound is not None and (not isinstance(bound, Sequence) or len(bound) != 2):
             raise TypeError(f"`bound` must be (start_s, end_s) or None, got {bound!r}.")
@@ -521,6 +458,7 @@ class InternVLVideoProcessor(VideoProcessorMixin):
         )
         workers = options["num_workers"]
         workers = _default_num_workers() if workers is None else _check_int("num_workers", workers)
+        timeout = check_timeout(kwargs.pop("timeout", None))
         return_tensors = kwargs.pop("return_tensors", None)
         return_metadata = bool(kwargs.pop("return_metadata", None) or False)
         do_sample_frames = kwargs.pop("do_sample_frames", None)
@@ -554,7 +492,7 @@ class InternVLVideoProcessor(VideoProcessorMixin):
                         "`bound` needs frame sampling; it cannot be combined with `do_sample_frames=False`."
                     )
                 decoded = read_video_frames(
-                    video, None if do_sample_frames is False else num_segments, bound=bound, name=name
+                    video, None if do_sample_frames is False else num_segments, bound=bound, name=name, timeout=timeout
                 )
                 frames = decoded.frames
                 metadata = VideoMetadata(
@@ -578,6 +516,11 @@ class InternVLVideoProcessor(VideoProcessorMixin):
                             "`video_metadata={'fps': ...}`."
                         )
                     indices = sample_frame_indices(len(all_frames), float(fps or 1.0), num_segments, bound)
+                if len(indices) > MAX_NUM_SEGMENTS:
+                    raise ValueError(
+                        f"`{name}` has {len(indices)} frames, more than MAX_NUM_SEGMENTS ({MAX_NUM_SEGMENTS}) tiles; "
+                        "pass `num_segments` to sample fewer."
+                    )
                 frames = [all_frames[i] for i in indices]
                 metadata = VideoMetadata(
                     total_num_frames=len(all_frames),

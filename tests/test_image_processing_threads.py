@@ -1,0 +1,47 @@
+"""Threads of the image processor (issue 12): one bounded, reused pool; a lazily opened PIL image shared by threads."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from PIL import Image
+
+from transformers_internvl import InternVLImageProcessor
+from transformers_internvl.processing import image_processing_internvl as ipi
+
+
+def _photo(width: int = 1000, height: int = 800) -> Image.Image:
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), mode="RGB")
+
+
+def test_one_bounded_pool_for_every_num_workers():
+    image = _photo()
+    processor = InternVLImageProcessor(max_dynamic_patch=1)
+    expected = processor(image, num_workers=1)["pixel_values"]
+    before = threading.active_count()
+    results: dict[int, np.ndarray] = {}
+    errors: list[BaseException] = []
+
+    def work(num_workers: int) -> None:
+        try:
+            results[num_workers] = processor(image, num_workers=num_workers)["pixel_values"]
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    callers = [threading.Thread(target=work, args=(n,)) for n in range(2, 12)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    assert errors == []
+    # Ten distinct num_workers: the pixels never depend on it, and only one pool of bounded size exists.
+    assert all(np.array_equal(values, expected) for values in results.values()) and len(results) == 10
+    pool_threads = [t for t in threading.enumerate() if t.name.startswith("internvl-preprocess")]
+    assert 1 <= len(pool_threads) <= ipi._MAX_POOL_THREADS
+    assert threading.active_count() <= before + ipi._MAX_POOL_THREADS
+    assert ipi._pool() is ipi._pool()
+    # A huge num_workers is capped to the pool (no thread per requested worker).
+    assert np.array_equal(processor(image, num_workers=10_000)["pixel_values"], expected)
+    assert len([t for t in threading.enumerate() if t.name.startswith("internvl-preprocess")]) <= ipi._MAX_POOL_THREADS
