@@ -165,6 +165,17 @@ def hf_config_for(original: Any, original_dict: dict[str, Any], image_token_id: 
     return config
 
 
+def _record_tokenizer_class(source: Path, hf_config: Any) -> None:
+    """Keep the source tokenizer's class and `auto_map` in the record, for `--to original` to restore."""
+    if not (source / "tokenizer_config.json").is_file():
+        return
+    tokenizer_config = read_json(source / "tokenizer_config.json", "tokenizer config")
+    record = getattr(hf_config, ORIGINAL_RECORD_KEY)
+    for name, recorded in (("tokenizer_class", "tokenizer_class"), ("auto_map", "tokenizer_auto_map")):
+        if tokenizer_config.get(name) is not None:
+            record[recorded] = tokenizer_config[name]
+
+
 def _source_image_token_id(source: Path, original: Any, image_token_id: int | None) -> int:
     for candidate in (original.image_token_id, image_token_id, find_added_token_id(source, IMAGE_CONTEXT_TOKEN)):
         if candidate is not None:
@@ -181,6 +192,7 @@ def prepare_to_hf(source: Path, config: dict[str, Any], image_token_id: int | No
     original = _load_original_config(source)
     token_id = _source_image_token_id(source, original, image_token_id)
     hf_config = hf_config_for(original, config, token_id, dtype)
+    _record_tokenizer_class(source, hf_config)
     internlm2 = original.text_config.model_type == "internlm2"
     expected = {normalize_hf_key(name) for name in _meta_state_names(HfModel, hf_config)}
     if hf_config.tie_word_embeddings:
@@ -371,7 +383,7 @@ def original_config_for(hf: dict[str, Any], dtype: torch.dtype | None) -> Any:
         "min_dynamic_patch": 1,
         "max_dynamic_patch": 12,
         "pad2square": False,
-        **{k: v for k, v in record.items() if k != "llm_architectures"},
+        **{k: v for k, v in record.items() if k != "llm_architectures" and not k.startswith("tokenizer_")},
         "ps_version": "v2",
         "select_layer": layer,
     }
@@ -422,14 +434,15 @@ def prepare_to_original(source: Path, config: dict[str, Any], dtype: torch.dtype
             generation = read_json(source / "generation_config.json", "generation config")
             generation.pop("transformers_version", None)
             write_json(folder / "generation_config.json", generation)
-        copy_tokenizer_to_original(source, folder)
+        copy_tokenizer_to_original(source, folder, config.get(ORIGINAL_RECORD_KEY) or {})
 
     return Prepared(_heads(original.text_config) if internlm2 else None, expected, write)
 
 
-def copy_tokenizer_to_original(source: Path, folder: Path) -> None:
+def copy_tokenizer_to_original(source: Path, folder: Path, record: dict[str, Any]) -> None:
     """Tokenizer files only (no chat template, processor or image processor config: the original layout takes
-    those from `config.json`'s `template` and tiling fields)."""
+    those from `config.json`'s `template` and tiling fields); the original tokenizer class and `auto_map` come back
+    from the record when the `-hf` folder was made by `--to hf`."""
     for name in TOKENIZER_FILES:
         if (source / name).is_file():
             shutil.copyfile(source / name, folder / name)
@@ -437,6 +450,10 @@ def copy_tokenizer_to_original(source: Path, folder: Path) -> None:
     if config_path.is_file():
         tokenizer_config = read_json(config_path, "tokenizer config")
         tokenizer_config.pop("chat_template", None)
+        if record.get("tokenizer_class"):
+            tokenizer_config["tokenizer_class"] = record["tokenizer_class"]
+        if record.get("tokenizer_auto_map"):
+            tokenizer_config["auto_map"] = record["tokenizer_auto_map"]
         write_json(config_path, tokenizer_config)
 
 
