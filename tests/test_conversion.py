@@ -111,45 +111,43 @@ import json, sys, torch
 from safetensors.torch import load_file
 from transformers import InternVLForConditionalGeneration
 results = {}
-for attn in ("eager", "sdpa"):
-    model = InternVLForConditionalGeneration.from_pretrained(sys.argv[1], attn_implementation=attn).eval()
-    io = load_file(sys.argv[2])
-    with torch.no_grad():
-        logits = model(input_ids=io["input_ids"], pixel_values=io["pixel_values"],
-                       attention_mask=io["attention_mask"]).logits
+for folder, reference in json.loads(sys.argv[1]):
+    io = load_file(reference)
     real = io["attention_mask"].bool()
-    results[attn] = (logits - io["logits"])[real].abs().max().item()
+    for attn in ("eager", "sdpa"):
+        model = InternVLForConditionalGeneration.from_pretrained(folder, attn_implementation=attn).eval()
+        with torch.no_grad():
+            logits = model(input_ids=io["input_ids"], pixel_values=io["pixel_values"],
+                           attention_mask=io["attention_mask"]).logits
+        results[f"{folder} {attn}"] = (logits - io["logits"])[real].abs().max().item()
 results["imported"] = sorted(name for name in sys.modules if name.startswith("transformers_internvl"))
 print(json.dumps(results))
 """
 
 
-@pytest.mark.parametrize(
-    ("name", "fixture"), [("qwen2", "tiny-qwen2"), ("internlm2", "tiny-internlm2"), ("llama", "tiny-qwen2")]
-)
-def test_to_hf_matches_the_original_implementation_without_this_package(converted, name, fixture):
+@pytest.mark.slow
+def test_to_hf_matches_the_original_implementation_without_this_package(converted):
     """transformers' own InternVLForConditionalGeneration, in a process that never imports this package, reproduces
-    the original implementation's logits on the converted weights (eager and SDPA attention)."""
+    the original implementation's logits on the converted weights (eager and SDPA attention), for Qwen2, InternLM2
+    (-> Llama) and Llama LLMs."""
+    cases = [
+        (str(converted[name]), str(MODELS / fixture / "io.safetensors"))
+        for name, fixture in (("qwen2", "tiny-qwen2"), ("internlm2", "tiny-internlm2"), ("llama", "tiny-qwen2"))
+    ]
     environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     completed = subprocess.run(
-        [sys.executable, "-c", _CLEAN_PARITY_SCRIPT, str(converted[name]), str(MODELS / fixture / "io.safetensors")],
+        [sys.executable, "-c", _CLEAN_PARITY_SCRIPT, json.dumps(cases)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
         env={**environment, "HF_HUB_OFFLINE": "1"},
-        cwd=converted[name],
+        cwd=converted["qwen2"],
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     results = json.loads(completed.stdout.strip().splitlines()[-1])
-    assert results["imported"] == []
-    assert results["eager"] <= 1e-5, results
-    assert results["sdpa"] <= 1e-5, results
-
-
-@pytest.mark.parametrize("name", ["qwen2", "internlm2", "llama"])
-def test_verify_compares_the_two_implementations(sources, converted, name):
-    report = verify_conversion(sources[name], converted[name], "hf")
-    assert report["max_abs_logits_diff"] <= 1e-5 and report["greedy_tokens_match"] and report["passed"]
+    assert results.pop("imported") == []
+    assert len(results) == 6
+    assert all(delta <= 1e-5 for delta in results.values()), results
 
 
 def test_verify_detects_a_wrong_tensor(workdir, sources, converted):
@@ -294,8 +292,9 @@ def test_round_trip_is_bit_identical(workdir, sources, converted, name):
     for field in ("template", "ps_version", "select_layer", "max_dynamic_patch", "use_thumbnail", "downsample_ratio"):
         assert config[field] == original[field], field
     assert not (back / "chat_template.jinja").exists() and not (back / "preprocessor_config.json").exists()
-    report = verify_conversion(back, converted[name], "hf")
-    assert report["max_abs_logits_diff"] <= 1e-5
+    if name != "internlm2-tok":  # same weights as "internlm2"
+        report = verify_conversion(back, converted[name], "hf")
+        assert report["max_abs_logits_diff"] <= 1e-5 and report["greedy_tokens_match"]
 
 
 def test_hf_without_record_stays_llama(workdir, converted):
@@ -509,6 +508,7 @@ def test_interrupted_run_leaves_no_destination(workdir, sources, monkeypatch):
     _no_leftovers(dst)
 
 
+@pytest.mark.slow
 def test_killed_run_leaves_no_destination(workdir, sources):
     """SIGTERM mid-run: the temporary folder is removed; SIGKILL: DST never appears (only the hidden temporary
     folder beside it can remain)."""

@@ -20,7 +20,7 @@ logger = logging.get_logger(__name__)
 # reference checkpoints (random weights) with margin; see the README section "Converting checkpoints".
 TOLERANCES = {torch.float32: 1e-5, torch.bfloat16: 5e-2, torch.float16: 1e-2}
 NUM_TEXT_TOKENS = 8
-NUM_TILES = 2
+NUM_TILES = 1
 NEW_TOKENS = 8
 
 
