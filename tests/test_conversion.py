@@ -495,13 +495,15 @@ def test_interrupted_run_leaves_no_destination(workdir, sources, monkeypatch):
     from transformers_internvl.conversion import convert as convert_module
 
     calls = []
+    read = convert_module.SourceReader.read
 
-    def interrupt(self, name, tensor):
+    def interrupt(self, name):
         calls.append(name)
         if len(calls) == 5:
             raise KeyboardInterrupt
+        return read(self, name)
 
-    monkeypatch.setattr(convert_module.ShardWriter, "add", interrupt)
+    monkeypatch.setattr(convert_module.SourceReader, "read", interrupt)
     dst = workdir / "interrupted"
     with pytest.raises(KeyboardInterrupt):
         convert_checkpoint(sources["qwen2"], dst, "hf", progress=False)
@@ -515,10 +517,10 @@ def test_killed_run_leaves_no_destination(workdir, sources):
     script = (
         "import sys, time\n"
         "from transformers_internvl.conversion import convert as c\n"
-        "add = c.ShardWriter.add\n"
-        "def slow(self, name, tensor):\n"
-        "    print('writing', flush=True); time.sleep(0.2); add(self, name, tensor)\n"
-        "c.ShardWriter.add = slow\n"
+        "read = c.SourceReader.read\n"
+        "def slow(self, name):\n"
+        "    print('writing', flush=True); time.sleep(0.2); return read(self, name)\n"
+        "c.SourceReader.read = slow\n"
         "from transformers_internvl.cli import main\n"
         "sys.exit(main(['convert', sys.argv[1], sys.argv[2], '--to', 'hf', '--quiet']))\n"
     )

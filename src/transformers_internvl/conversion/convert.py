@@ -16,14 +16,13 @@ import shutil
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from transformers.utils import logging
 
 from .hf_layout import (
@@ -177,48 +176,98 @@ def atomic_output_folder(dst: Path, force: bool) -> Iterator[Path]:
         raise
 
 
-class ShardWriter:
-    """Collects tensors and writes a safetensors shard each time `max_shard_size` would be exceeded; `close()` names
-    the shards `model-0000i-of-0000n.safetensors` (or `model.safetensors` when there is one) and writes the index."""
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+_TORCH_DTYPES = {name: dtype for dtype, name in _SAFETENSORS_DTYPES.items()}
 
-    def __init__(self, folder: Path, max_shard_size: int):
+
+def _element_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+@dataclass
+class _Planned:
+    step: TensorStep
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        numel = 1
+        for dim in self.shape:
+            numel *= dim
+        return numel * _element_size(self.dtype)
+
+
+class SourceReader:
+    """Reads source tensors one at a time. Each read maps the shard (`safe_open`), copies the tensor out and unmaps
+    it again, so no page of the source stays resident after its tensor was used."""
+
+    def __init__(self, folder: Path, locations: dict[str, str]):
         self.folder = folder
-        self.max_shard_size = max_shard_size
-        self.pending: dict[str, torch.Tensor] = {}
-        self.pending_bytes = 0
-        self.written: list[tuple[str, list[str]]] = []  # (temporary file name, tensor names)
-        self.total_bytes = 0
+        self.locations = locations
+        self.shapes: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+        for shard in sorted(set(locations.values())):
+            with safe_open(str(folder / shard), framework="pt") as reader:
+                for key in reader.keys():
+                    sliced = reader.get_slice(key)
+                    dtype_name = sliced.get_dtype()
+                    if dtype_name not in _TORCH_DTYPES:
+                        raise ConversionError(f"tensor {key!r} in {shard} has unsupported dtype {dtype_name}")
+                    self.shapes[key] = (tuple(sliced.get_shape()), _TORCH_DTYPES[dtype_name])
 
-    def add(self, name: str, tensor: torch.Tensor) -> None:
-        if name in self.pending or any(name in names for _, names in self.written):
-            raise ConversionError(f"two source tensors map to the same output tensor {name!r}")
-        size = tensor.numel() * tensor.element_size()
-        if self.pending and self.pending_bytes + size > self.max_shard_size:
-            self.flush()
-        self.pending[name] = tensor.contiguous()
-        self.pending_bytes += size
-        self.total_bytes += size
+    def meta(self, key: str) -> torch.Tensor:
+        shape, dtype = self.shapes[key]
+        return torch.empty(shape, dtype=dtype, device="meta")
 
-    def flush(self) -> None:
-        if not self.pending:
-            return
-        file_name = f"shard-{len(self.written):05d}.tmp"
-        save_file(self.pending, str(self.folder / file_name), metadata={"format": "pt"})
-        self.written.append((file_name, list(self.pending)))
-        self.pending, self.pending_bytes = {}, 0
+    def nbytes(self, key: str) -> int:
+        shape, dtype = self.shapes[key]
+        numel = 1
+        for dim in shape:
+            numel *= dim
+        return numel * _element_size(dtype)
 
-    def close(self) -> list[str]:
-        self.flush()
-        count = len(self.written)
-        names = [SINGLE_NAME] if count == 1 else [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
-        weight_map = {}
-        for (file_name, tensors), final in zip(self.written, names, strict=True):
-            os.replace(self.folder / file_name, self.folder / final)
-            weight_map.update(dict.fromkeys(tensors, final))
-        if count > 1:
-            index = {"metadata": {"total_size": self.total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
-            write_json(self.folder / INDEX_NAME, index)
-        return names
+    def read(self, key: str) -> torch.Tensor:
+        with safe_open(str(self.folder / self.locations[key]), framework="pt") as reader:
+            return reader.get_tensor(key).clone()
+
+
+def plan_shards(planned: list[_Planned], max_shard_size: int) -> list[list[_Planned]]:
+    """Consecutive groups of at most `max_shard_size` bytes (a larger tensor gets a shard of its own)."""
+    shards: list[list[_Planned]] = []
+    size = 0
+    for item in planned:
+        if not shards or (shards[-1] and size + item.nbytes > max_shard_size):
+            shards.append([])
+            size = 0
+        shards[-1].append(item)
+        size += item.nbytes
+    return shards
+
+
+def _safetensors_header(items: list[_Planned]) -> bytes:
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for item in items:
+        header[item.step.name] = {
+            "dtype": _SAFETENSORS_DTYPES[item.dtype],
+            "shape": list(item.shape),
+            "data_offsets": [offset, offset + item.nbytes],
+        }
+        offset += item.nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)  # safetensors pads the header to a multiple of 8 bytes
+    return len(encoded).to_bytes(8, "little") + encoded
 
 
 def write_json(path: Path, value: dict[str, Any]) -> None:
@@ -231,50 +280,59 @@ def stream_tensors(
     src: Path,
     locations: dict[str, str],
     steps: list[TensorStep],
-    writer: ShardWriter,
+    folder: Path,
     dtype: torch.dtype | None,
+    max_shard_size: int,
     progress: bool,
-) -> None:
-    """Run the plan: read each step's sources memory-mapped, combine, cast floating tensors to `dtype`, write.
+) -> tuple[list[str], int]:
+    """Run the plan and write safetensors shards into `folder`; returns `(shard file names, total bytes)`.
 
-    Steps are taken in source order (shard, then position) so that each shard's pages are touched once; the source
-    tensors of the last step are kept for the next one (a fused tensor feeds three consecutive steps)."""
+    Output shapes are worked out first on the meta device, so each shard's header is written before its data and
+    every tensor goes to disk as soon as it is made: memory holds one output tensor and its sources at a time,
+    whatever `max_shard_size` is. Steps run in source order (shard, then name); the sources of the last step are
+    kept for the next one (one fused tensor feeds three consecutive steps)."""
     from tqdm.auto import tqdm
 
+    reader = SourceReader(src, locations)
+    names = [step.name for step in steps]
+    duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
+    if duplicates:
+        raise ConversionError(f"two source tensors map to the same output tensor {duplicates[0]!r}")
     uses = Counter(source for step in steps for source in step.sources)
     order = {key: index for index, key in enumerate(sorted(locations, key=lambda k: (locations[k], k)))}
     steps = sorted(steps, key=lambda step: (min(order[s] for s in step.sources), step.name))
-    with ExitStack() as stack:
-        readers = {
-            shard: stack.enter_context(safe_open(str(src / shard), framework="pt"))
-            for shard in sorted(set(locations.values()))
-        }
-        sizes = {}
-        for key, shard in locations.items():
-            sliced = readers[shard].get_slice(key)
-            numel = 1
-            for dim in sliced.get_shape():
-                numel *= dim
-            sizes[key] = numel * _dtype_size(sliced.get_dtype())
-        bar = stack.enter_context(
-            tqdm(total=sum(sizes.values()), unit="B", unit_scale=True, desc="converting", disable=not progress)
-        )
-        cache: dict[str, torch.Tensor] = {}
-        for step in steps:
-            cache = {
-                key: cache[key] if key in cache else readers[locations[key]].get_tensor(key) for key in step.sources
-            }
-            tensor = step.apply([cache[key] for key in step.sources])
-            if dtype is not None and tensor.is_floating_point():
-                tensor = tensor.to(dtype)
-            writer.add(step.name, tensor)
-            del tensor
-            bar.update(sum(sizes[key] / uses[key] for key in step.sources))
+    planned = []
+    for step in steps:
+        out = step.apply([reader.meta(key) for key in step.sources])
+        out_dtype = dtype if dtype is not None and out.is_floating_point() else out.dtype
+        planned.append(_Planned(step, tuple(out.shape), out_dtype))
+    shards = plan_shards(planned, max_shard_size)
+    count = len(shards)
+    file_names = (
+        [SINGLE_NAME] if count == 1 else [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+    )
 
-
-def _dtype_size(name: str) -> int:
-    sizes = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2}
-    return sizes.get(name, 1)
+    total = sum(reader.nbytes(key) for key in locations)
+    cache: dict[str, torch.Tensor] = {}
+    with tqdm(total=total, unit="B", unit_scale=True, desc="converting", disable=not progress) as bar:
+        for items, file_name in zip(shards, file_names, strict=True):
+            with open(folder / file_name, "wb") as writer:
+                writer.write(_safetensors_header(items))
+                for item in items:
+                    step = item.step
+                    cache = {key: cache[key] if key in cache else reader.read(key) for key in step.sources}
+                    tensor = step.apply([cache[key] for key in step.sources]).to(item.dtype).contiguous()
+                    if tuple(tensor.shape) != item.shape:  # the meta run and the real run must agree
+                        raise ConversionError(f"{step.name}: shape {tuple(tensor.shape)} != planned {item.shape}")
+                    writer.write(tensor.reshape(-1).view(torch.uint8).numpy().data)  # no copy
+                    del tensor
+                    bar.update(sum(reader.nbytes(key) / uses[key] for key in step.sources))
+    weight_map = {item.step.name: file_name for items, file_name in zip(shards, file_names) for item in items}
+    total_bytes = sum(item.nbytes for item in planned)
+    if count > 1:
+        index = {"metadata": {"total_size": total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
+        write_json(folder / INDEX_NAME, index)
+    return file_names, total_bytes
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -385,11 +443,9 @@ def convert_checkpoint(
     prepared.check_tensors({step.name for step in steps})
 
     with atomic_output_folder(dst, force) as tmp:
-        writer = ShardWriter(tmp, shard_bytes)
-        stream_tensors(source, locations, steps, writer, dtype, progress)
-        shards = writer.close()
+        shards, total_bytes = stream_tensors(source, locations, steps, tmp, dtype, shard_bytes, progress)
         prepared.write_side_files(tmp)
-        result = ConversionResult(path=dst, num_tensors=len(steps), total_bytes=writer.total_bytes, shards=shards)
+        result = ConversionResult(path=dst, num_tensors=len(steps), total_bytes=total_bytes, shards=shards)
     if verify:
         from .verify import verify_conversion
 
