@@ -210,8 +210,8 @@ class _Planned:
 
 
 class SourceReader:
-    """Reads source tensors one at a time. Each read maps the shard (`safe_open`), copies the tensor out and unmaps
-    it again, so no page of the source stays resident after its tensor was used."""
+    """Reads source tensors one at a time, memory-mapped (`safe_open`): a tensor's pages are mapped only while the
+    tensor is alive, so no page of the source stays resident after its tensor was written."""
 
     def __init__(self, folder: Path, locations: dict[str, str]):
         self.folder = folder
@@ -239,7 +239,7 @@ class SourceReader:
 
     def read(self, key: str) -> torch.Tensor:
         with safe_open(str(self.folder / self.locations[key]), framework="pt") as reader:
-            return reader.get_tensor(key).clone()
+            return reader.get_tensor(key)  # backed by its own mapping of the file, released with the tensor
 
 
 def plan_shards(planned: list[_Planned], max_shard_size: int) -> list[list[_Planned]]:
@@ -320,7 +320,8 @@ def stream_tensors(
                 writer.write(_safetensors_header(items))
                 for item in items:
                     step = item.step
-                    cache = {key: cache[key] if key in cache else reader.read(key) for key in step.sources}
+                    cache = {key: cache[key] for key in step.sources if key in cache}  # drop the others first
+                    cache |= {key: reader.read(key) for key in step.sources if key not in cache}
                     tensor = step.apply([cache[key] for key in step.sources]).to(item.dtype).contiguous()
                     if tuple(tensor.shape) != item.shape:  # the meta run and the real run must agree
                         raise ConversionError(f"{step.name}: shape {tuple(tensor.shape)} != planned {item.shape}")
