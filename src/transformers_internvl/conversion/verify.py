@@ -16,9 +16,10 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
-# Largest max|Δlogits| accepted, by dtype. float32: the bound. bfloat16 / float16: measured on the tiny
-# reference checkpoints (random weights) with margin; see the README section "Converting checkpoints".
-TOLERANCES = {torch.float32: 1e-5, torch.bfloat16: 5e-2, torch.float16: 1e-2}
+# Largest max|Δlogits| accepted, by dtype. float32: the bound. Measured on CPU (SDPA, tiny Qwen2 / InternLM2
+# reference checkpoints, 4 random inputs each): 0.0 in float32, bfloat16 and float16 (both sides run the same
+# operations in the same order); the half-precision bounds leave room for kernels that differ on other hardware.
+TOLERANCES = {torch.float32: 1e-5, torch.bfloat16: 5e-2, torch.float16: 5e-2}
 NUM_TEXT_TOKENS = 8
 NUM_TILES = 1
 NEW_TOKENS = 8
