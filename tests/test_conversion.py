@@ -542,3 +542,47 @@ def test_killed_run_leaves_no_destination(workdir, sources):
         assert not dst.exists()
         if signal_number == signal.SIGTERM:
             _no_leftovers(dst)
+
+
+# ---- --merge-lora (PEFT adapter folders) ----------------------------------------------------------------------------
+
+
+def test_merge_peft_lora_adapter(workdir, sources, capsys):
+    """An adapter on the vision qkv, the projector and the LLM projections, merged while converting to -hf: the
+    converted model equals the source with the adapter unmerged (PEFT), checked by --verify."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    base = AutoModelForImageTextToText.from_pretrained(sources["qwen2"]).eval()
+    config = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["qkv", "mlp1.1", "q_proj", "v_proj"], init_lora_weights=False
+    )
+    torch.manual_seed(0)
+    peft_model = get_peft_model(base, config)
+    adapter = workdir / "qwen2-adapter"
+    peft_model.save_pretrained(adapter)
+    dst = workdir / "qwen2-merged-hf"
+    arguments = ["convert", str(sources["qwen2"]), str(dst), "--to", "hf", "--merge-lora", str(adapter), "--verify"]
+    assert main([*arguments, "--quiet"]) == 0
+    output = capsys.readouterr().out
+    assert "greedy tokens match" in output
+    merged = load_file(dst / "model.safetensors")
+    original = load_file(sources["qwen2"] / "model.safetensors")
+    key = "vision_model.encoder.layers.0.attn.qkv.weight"
+    assert not torch.equal(merged["vision_tower.encoder.layer.0.attention.q_proj.weight"], original[key][:64])
+    with pytest.raises(ConversionError, match="verification failed"):  # the adapter does change the outputs
+        verify_conversion(sources["qwen2"], dst, "hf")
+
+
+def test_merge_lora_refuses_dora(workdir, sources, capsys):
+    adapter = workdir / "dora-adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "use_dora": True, "r": 2, "lora_alpha": 2})
+    )
+    dst = workdir / "dora-out"
+    assert (
+        main(["convert", str(sources["qwen2"]), str(dst), "--to", "hf", "--merge-lora", str(adapter), "--quiet"]) == 1
+    )
+    assert "use_dora=true is not supported" in _single_error_line(capsys.readouterr().err)
+    _no_leftovers(dst)

@@ -37,6 +37,7 @@ def run_convert(args: argparse.Namespace) -> int:
             force=args.force,
             verify=args.verify,
             image_token_id=args.image_token_id,
+            merge_lora=args.merge_lora,
             progress=not args.quiet,
         )
     finally:
@@ -80,6 +81,9 @@ def add_convert_command(subparsers: Any) -> None:
         "(exit 1 above tolerance: 1e-5 in fp32)",
     )
     parser.add_argument("--image-token-id", type=int, help="id of <IMG_CONTEXT> when SRC does not tell it")
+    parser.add_argument(
+        "--merge-lora", metavar="ADAPTER", help="PEFT LoRA adapter folder (trained on SRC's model) to merge in"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run_convert)
 

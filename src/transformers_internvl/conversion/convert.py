@@ -213,9 +213,13 @@ class SourceReader:
     """Reads source tensors one at a time, memory-mapped (`safe_open`): a tensor's pages are mapped only while the
     tensor is alive, so no page of the source stays resident after its tensor was written."""
 
-    def __init__(self, folder: Path, locations: dict[str, str]):
+    def __init__(self, folder: Path, locations: dict[str, str], adjust: dict[str, Any] | None = None):
         self.folder = folder
         self.locations = locations
+        self.adjust = adjust or {}  # {name: function applied to the tensor when read} (LoRA merge)
+        unknown = sorted(set(self.adjust) - set(locations))
+        if unknown:
+            raise ConversionError(f"the LoRA adapter adapts {unknown[0]!r}, which the checkpoint does not have")
         self.shapes: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
         for shard in sorted(set(locations.values())):
             with safe_open(str(folder / shard), framework="pt") as reader:
@@ -239,7 +243,8 @@ class SourceReader:
 
     def read(self, key: str) -> torch.Tensor:
         with safe_open(str(self.folder / self.locations[key]), framework="pt") as reader:
-            return reader.get_tensor(key)  # backed by its own mapping of the file, released with the tensor
+            tensor = reader.get_tensor(key)  # backed by its own mapping of the file, released with the tensor
+        return self.adjust[key](tensor) if key in self.adjust else tensor
 
 
 def plan_shards(planned: list[_Planned], max_shard_size: int) -> list[list[_Planned]]:
@@ -284,6 +289,7 @@ def stream_tensors(
     dtype: torch.dtype | None,
     max_shard_size: int,
     progress: bool,
+    adjust: dict[str, Any] | None = None,
 ) -> tuple[list[str], int]:
     """Run the plan and write safetensors shards into `folder`; returns `(shard file names, total bytes)`.
 
@@ -293,7 +299,7 @@ def stream_tensors(
     kept for the next one (one fused tensor feeds three consecutive steps)."""
     from tqdm.auto import tqdm
 
-    reader = SourceReader(src, locations)
+    reader = SourceReader(src, locations, adjust)
     names = [step.name for step in steps]
     duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
     if duplicates:
@@ -381,6 +387,7 @@ def convert_checkpoint(
     force: bool = False,
     verify: bool = False,
     image_token_id: int | None = None,
+    merge_lora: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> ConversionResult:
     """Convert an InternVL checkpoint folder between the original OpenGVLab layout and transformers' `-hf` layout.
@@ -398,6 +405,8 @@ def convert_checkpoint(
         verify: load source and result and compare logits and greedy tokens on a random image + prompt
             (`verify.verify_conversion`); raises `ConversionError` above tolerance, after `dst` was written.
         image_token_id: id of `<IMG_CONTEXT>` when neither the config nor the tokenizer of `src` gives it.
+        merge_lora: a PEFT LoRA adapter folder trained on the model of `src`, merged into the weights on the way
+            (`lora.lora_deltas`); `verify` then compares against the unmerged source.
         progress: show a progress bar (bytes of the source tensors).
 
     Returns:
@@ -428,6 +437,12 @@ def convert_checkpoint(
             f"{source} is already in the {layout!r} layout; --to {to} converts from the {wanted!r} one"
         )
     locations = tensor_files(source)
+    adjust = None
+    if merge_lora is not None:
+        from .lora import lora_deltas
+
+        llm = (config.get("llm_config") or {}).get("architectures") or []
+        adjust = lora_deltas(merge_lora, layout, "output" if llm[:1] == ["InternLM2ForCausalLM"] else "lm_head")
 
     if to == "hf":
         prepared = prepare_to_hf(source, config, image_token_id=image_token_id, dtype=dtype)
@@ -444,13 +459,13 @@ def convert_checkpoint(
     prepared.check_tensors({step.name for step in steps})
 
     with atomic_output_folder(dst, force) as tmp:
-        shards, total_bytes = stream_tensors(source, locations, steps, tmp, dtype, shard_bytes, progress)
+        shards, total_bytes = stream_tensors(source, locations, steps, tmp, dtype, shard_bytes, progress, adjust)
         prepared.write_side_files(tmp)
         result = ConversionResult(path=dst, num_tensors=len(steps), total_bytes=total_bytes, shards=shards)
     if verify:
         from .verify import verify_conversion
 
-        result.verification = verify_conversion(source, dst, to, dtype=dtype)
+        result.verification = verify_conversion(source, dst, to, dtype=dtype, merge_lora=merge_lora)
     return result
 
 

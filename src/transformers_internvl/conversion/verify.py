@@ -78,8 +78,11 @@ def compare_models(original: Any, hf: Any, seed: int = 0) -> dict[str, Any]:
     }
 
 
-def verify_conversion(source: Path, result: Path, to: str, dtype: torch.dtype | None = None) -> dict[str, Any]:
-    """Load `source` and `result` (conversion direction `to`), compare them with `compare_models`.
+def verify_conversion(
+    source: Path, result: Path, to: str, dtype: torch.dtype | None = None, merge_lora: str | Path | None = None
+) -> dict[str, Any]:
+    """Load `source` and `result` (conversion direction `to`), compare them with `compare_models`. With
+    `merge_lora`, the source runs with the adapter unmerged (`peft.PeftModel`).
 
     Returns the comparison plus `tolerance` and `passed`; raises `ConversionError` when max|Δlogits| exceeds the
     tolerance of the dtype (`TOLERANCES`). Needs memory for both models."""
@@ -89,6 +92,13 @@ def verify_conversion(source: Path, result: Path, to: str, dtype: torch.dtype | 
     original_path, hf_path = (source, result) if to == "hf" else (result, source)
     original = _load_original(Path(original_path), dtype)
     hf = _load_hf(Path(hf_path), dtype)
+    if merge_lora is not None:
+        from peft import PeftModel
+
+        if to == "hf":
+            original = PeftModel.from_pretrained(original, str(merge_lora)).eval()
+        else:
+            hf = PeftModel.from_pretrained(hf, str(merge_lora)).eval()
     if original.config.image_token_id is None:
         original.config.image_token_id = hf.config.image_token_id
     report = compare_models(original, hf)
