@@ -23,3 +23,7 @@ def fixtures_dir() -> Path:
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than 10 s on a CPU")

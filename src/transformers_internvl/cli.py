@@ -471,7 +471,14 @@ def _add_chat_command(subparsers: Any) -> None:
 # entry point
 # ---------------------------------------------------------------------------------------------------------------
 
-_COMMANDS: list[Callable[[Any], None]] = [_add_tiles_command, _add_chat_command]
+
+def _add_convert_command(subparsers: Any) -> None:
+    from .conversion.command import add_convert_command
+
+    add_convert_command(subparsers)
+
+
+_COMMANDS: list[Callable[[Any], None]] = [_add_tiles_command, _add_chat_command, _add_convert_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

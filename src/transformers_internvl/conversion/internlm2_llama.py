@@ -45,10 +45,12 @@ from ..modeling.configuration_internlm2 import InternLM2Config, standardize_rope
 from ..modeling.modeling_internlm2 import check_wqkv_shape
 
 __all__ = [
+    "fuse_wqkv",
     "internlm2_config_to_llama",
     "internlm2_state_dict_to_llama",
     "llama_config_to_internlm2",
     "llama_state_dict_to_internlm2",
+    "split_wqkv",
 ]
 
 # Per-layer renames that are one tensor to one tensor (InternLM2 name -> Llama name), after `layers.{i}.`.
@@ -226,7 +228,6 @@ def internlm2_state_dict_to_llama(
         contiguous). Raises `ValueError` on missing / unexpected keys and on a `wqkv` of the wrong shape.
     """
     hidden_size, num_heads, num_kv_heads, head_dim = _head_layout(config)
-    groups = num_heads // num_kv_heads
     inside, converted = _split_prefix(state_dict, prefix)
     base = _detect_base(set(inside))
     with_head = bool(base) and not (config.tie_word_embeddings and "output.weight" not in inside)
@@ -241,19 +242,14 @@ def internlm2_state_dict_to_llama(
                 kind = name.rsplit(".", 1)[1]
                 if kind == "weight":
                     check_wqkv_shape(tensor.shape, hidden_size, num_heads, num_kv_heads, name=prefix + key)
-                    grouped = tensor.reshape(num_kv_heads, groups + 2, head_dim, hidden_size)
                 else:
                     expected_shape = ((num_heads + 2 * num_kv_heads) * head_dim,)
                     if tuple(tensor.shape) != expected_shape:
                         raise ValueError(f"{prefix + key} has shape {tuple(tensor.shape)}, expected {expected_shape}")
-                    grouped = tensor.reshape(num_kv_heads, groups + 2, head_dim)
-                trailing = grouped.shape[3:]
-                query = grouped[:, :groups].reshape(num_heads * head_dim, *trailing)
-                key_proj = grouped[:, groups].reshape(num_kv_heads * head_dim, *trailing)
-                value = grouped[:, groups + 1].reshape(num_kv_heads * head_dim, *trailing)
-                converted[f"{prefix}{layer}self_attn.q_proj.{kind}"] = query.contiguous()
-                converted[f"{prefix}{layer}self_attn.k_proj.{kind}"] = key_proj.contiguous()
-                converted[f"{prefix}{layer}self_attn.v_proj.{kind}"] = value.contiguous()
+                query, key_proj, value = split_wqkv(tensor, num_heads, num_kv_heads, head_dim)
+                converted[f"{prefix}{layer}self_attn.q_proj.{kind}"] = query
+                converted[f"{prefix}{layer}self_attn.k_proj.{kind}"] = key_proj
+                converted[f"{prefix}{layer}self_attn.v_proj.{kind}"] = value
             else:
                 converted[f"{prefix}{layer}{_LAYER_RENAMES[name]}"] = tensor
         elif key in _HEAD_RENAMES:
@@ -270,7 +266,6 @@ def llama_state_dict_to_internlm2(
     """Inverse of `internlm2_state_dict_to_llama`: renames Llama parameters and fuses `q/k/v_proj` into `wqkv`
     (per key/value head: its query heads, then its key head, then its value head). Bit-exact round trip."""
     hidden_size, num_heads, num_kv_heads, head_dim = _head_layout(config)
-    groups = num_heads // num_kv_heads
     inside, converted = _split_prefix(state_dict, prefix)
     base = _detect_base(set(inside))
     with_head = bool(base) and not (config.tie_word_embeddings and "lm_head.weight" not in inside)
@@ -306,11 +301,9 @@ def llama_state_dict_to_internlm2(
                 kind = projection_match["kind"]
                 if projection_match["projection"] != "q_proj":
                     continue  # fused together with q_proj below
-                trailing = tensor.shape[1:]
-                query = tensor.reshape(num_kv_heads, groups, head_dim, *trailing)
-                key_proj = inside[f"{layer}self_attn.k_proj.{kind}"].reshape(num_kv_heads, 1, head_dim, *trailing)
-                value = inside[f"{layer}self_attn.v_proj.{kind}"].reshape(num_kv_heads, 1, head_dim, *trailing)
-                fused = torch.cat([query, key_proj, value], dim=1).reshape(-1, *trailing)
+                key_proj = inside[f"{layer}self_attn.k_proj.{kind}"]
+                value = inside[f"{layer}self_attn.v_proj.{kind}"]
+                fused = fuse_wqkv(tensor, key_proj, value, num_heads, num_kv_heads, head_dim)
                 converted[f"{prefix}{layer}attention.wqkv.{kind}"] = fused
             else:
                 converted[f"{prefix}{layer}{layer_renames[name]}"] = tensor
@@ -340,3 +333,30 @@ def _internlm2_names_to_llama(keys: set[str]) -> list[str]:
             match = _TOP_KEY.match(key)
             names.append(match["base"] + _BASE_RENAMES[match["name"]])
     return names
+
+
+def split_wqkv(
+    tensor: torch.Tensor, num_heads: int, num_kv_heads: int, head_dim: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split one fused InternLM2 `wqkv` weight `((heads + 2 * kv_heads) * head_dim, hidden)` or bias
+    `((heads + 2 * kv_heads) * head_dim,)` into contiguous Llama `(q_proj, k_proj, v_proj)` tensors (rows
+    `heads * head_dim`, `kv_heads * head_dim`, `kv_heads * head_dim`). Bit-exact (a reordering of rows)."""
+    groups = num_heads // num_kv_heads
+    trailing = tensor.shape[1:]
+    grouped = tensor.reshape(num_kv_heads, groups + 2, head_dim, *trailing)
+    query = grouped[:, :groups].reshape(num_heads * head_dim, *trailing)
+    key_proj = grouped[:, groups].reshape(num_kv_heads * head_dim, *trailing)
+    value = grouped[:, groups + 1].reshape(num_kv_heads * head_dim, *trailing)
+    return query.contiguous(), key_proj.contiguous(), value.contiguous()
+
+
+def fuse_wqkv(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, num_heads: int, num_kv_heads: int, head_dim: int
+) -> torch.Tensor:
+    """Inverse of `split_wqkv`: per key/value head, its query heads, then its key head, then its value head."""
+    groups = num_heads // num_kv_heads
+    trailing = query.shape[1:]
+    query = query.reshape(num_kv_heads, groups, head_dim, *trailing)
+    key = key.reshape(num_kv_heads, 1, head_dim, *trailing)
+    value = value.reshape(num_kv_heads, 1, head_dim, *trailing)
+    return torch.cat([query, key, value], dim=1).reshape(-1, *trailing)

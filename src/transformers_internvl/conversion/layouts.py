@@ -1,0 +1,460 @@
+"""Everything but the tensors: config.json, tokenizer, processor and generation config of each layout.
+
+`prepare_to_hf` / `prepare_to_original` read the source configuration, refuse what the target layout cannot express
+exactly, and return a `Prepared` object that checks the converted tensor names against the target model and writes
+the non-weight files into the output folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers.utils import logging
+
+from ..modeling.modeling_internvl import find_added_token_id
+from ..processing.conversation import (
+    IMAGE_CONTEXT_TOKEN,
+    IMAGE_END_TOKEN,
+    IMAGE_START_TOKEN,
+    VIDEO_PLACEHOLDER,
+    get_conv_template,
+    get_jinja_chat_template,
+)
+from .convert import ConversionError, read_json, write_json
+from .hf_layout import (
+    ORIGINAL_RECORD_KEY,
+    LlmHeads,
+    normalize_hf_key,
+    recorded_fields,
+    vision_config_from_hf,
+    vision_config_to_hf,
+)
+
+logger = logging.get_logger(__name__)
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+)
+# Strings whose ids the converted tokenizer must reproduce (special tokens, spaces, CJK, digits, bytes).
+TOKENIZER_CHECK_STRINGS = (
+    "Hello world! How are you?",
+    "<|im_start|>user\n<img><IMG_CONTEXT><IMG_CONTEXT></img>\nDescribe the image.<|im_end|>\n",
+    "  leading spaces,\ttabs and\n\nnewlines  ",
+    "中文和English混合, 数字 12345 and émojis 🙂",
+    "def f(x):\n    return x ** 2  # code",
+)
+
+
+@dataclass
+class Prepared:
+    """Result of the configuration step: the LLM head layout for the InternLM2 transform (or `None`), the expected
+    output tensor names, and a function writing config / tokenizer / processor files into a folder."""
+
+    internlm2_heads: LlmHeads | None
+    expected_tensors: set[str]
+    write_side_files: Callable[[Path], None]
+
+    def check_tensors(self, produced: set[str]) -> None:
+        missing = sorted(self.expected_tensors - produced)
+        unexpected = sorted(produced - self.expected_tensors)
+        if missing:
+            raise ConversionError(f"the checkpoint lacks {len(missing)} tensor(s) the model needs, e.g. {missing[0]!r}")
+        if unexpected:
+            raise ConversionError(
+                f"the checkpoint has {len(unexpected)} tensor(s) the model does not use, e.g. {unexpected[0]!r}"
+            )
+
+
+def _heads(text_config: Any) -> LlmHeads:
+    num_heads = text_config.num_attention_heads
+    return LlmHeads(num_heads, text_config.num_key_value_heads or num_heads, text_config.hidden_size // num_heads)
+
+
+def _dtype_name(dtype: torch.dtype | None, fallback: Any) -> str | None:
+    if dtype is not None:
+        return str(dtype).removeprefix("torch.")
+    return str(fallback).removeprefix("torch.") if fallback is not None else None
+
+
+def _meta_state_names(model_class: type, config: Any) -> list[str]:
+    with torch.device("meta"):
+        model = model_class(config)
+    return list(model.state_dict())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# original -> -hf
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _load_original_config(source: Path) -> Any:
+    from ..modeling.configuration_internvl import InternVLConfig as OriginalConfig
+
+    try:
+        return OriginalConfig.from_pretrained(source)
+    except (ValueError, TypeError, KeyError) as error:
+        raise ConversionError(f"cannot read {source / 'config.json'}: {error}") from None
+
+
+def hf_config_for(original: Any, original_dict: dict[str, Any], image_token_id: int, dtype: torch.dtype | None) -> Any:
+    """transformers `InternVLConfig` (model_type "internvl") of an original config, with the original-only fields
+    recorded under `ORIGINAL_RECORD_KEY`. Raises `ConversionError` for what `-hf` cannot express exactly."""
+    from transformers import AutoConfig
+    from transformers import InternVLConfig as HfConfig
+    from transformers import InternVLVisionConfig as HfVisionConfig
+
+    from .internlm2_llama import internlm2_config_to_llama
+
+    if original.ps_version != "v2":
+        raise ConversionError(
+            f"ps_version {original.ps_version!r} has no -hf equivalent: transformers' InternVL port implements only "
+            "the v2 pixel shuffle, and v1 orders the image tokens differently (a reordering of the LLM sequence that "
+            "no weight change can reproduce)"
+        )
+    vision = original_dict["vision_config"]
+    if original.vision_image_size != vision["image_size"]:
+        raise ConversionError(
+            f"force_image_size {original.force_image_size} differs from vision_config.image_size {vision['image_size']}"
+            "; converting checkpoints that resize the position embedding is not supported"
+        )
+    try:
+        hf_vision = HfVisionConfig(**vision_config_to_hf(vision))
+    except ValueError as error:
+        raise ConversionError(str(error)) from None
+
+    text = original.text_config
+    if text.model_type == "internlm2":
+        text_config = internlm2_config_to_llama(text)
+    else:
+        text_dict = text.to_dict()
+        text_dict.pop("model_type", None)
+        text_config = AutoConfig.for_model(text.model_type, **text_dict)
+    tie = bool(original.tie_word_embeddings)
+    text_config.tie_word_embeddings = tie
+    text_config.architectures = None
+    side = original.vision_image_size // original.vision_config.patch_size
+    config = HfConfig(
+        vision_config=hf_vision,
+        text_config=text_config,
+        image_token_id=int(image_token_id),
+        image_seq_length=int(side * side * original.downsample_ratio**2),
+        downsample_ratio=original.downsample_ratio,
+        projector_hidden_act="gelu",
+        vision_feature_layer=original.select_layer,
+        vision_feature_select_strategy="default",
+        tie_word_embeddings=tie,  # transformers' port ties when this is unset
+        architectures=["InternVLForConditionalGeneration"],
+    )
+    dtype_name = _dtype_name(dtype, original_dict.get("torch_dtype") or original_dict.get("dtype"))
+    if dtype_name:
+        config.dtype = dtype_name
+    setattr(config, ORIGINAL_RECORD_KEY, recorded_fields(original_dict))
+    return config
+
+
+def _record_tokenizer_class(source: Path, hf_config: Any) -> None:
+    """Keep the source tokenizer's class and `auto_map` in the record, for `--to original` to restore."""
+    if not (source / "tokenizer_config.json").is_file():
+        return
+    tokenizer_config = read_json(source / "tokenizer_config.json", "tokenizer config")
+    record = getattr(hf_config, ORIGINAL_RECORD_KEY)
+    for name, recorded in (("tokenizer_class", "tokenizer_class"), ("auto_map", "tokenizer_auto_map")):
+        if tokenizer_config.get(name) is not None:
+            record[recorded] = tokenizer_config[name]
+
+
+def _source_image_token_id(source: Path, original: Any, image_token_id: int | None) -> int:
+    for candidate in (original.image_token_id, image_token_id, find_added_token_id(source, IMAGE_CONTEXT_TOKEN)):
+        if candidate is not None:
+            return int(candidate)
+    raise ConversionError(
+        f"cannot tell the id of {IMAGE_CONTEXT_TOKEN}: config.json has no image_token_id and {source} has no tokenizer "
+        "files naming it; pass --image-token-id"
+    )
+
+
+def prepare_to_hf(source: Path, config: dict[str, Any], image_token_id: int | None, dtype: torch.dtype | None):
+    from transformers import InternVLForConditionalGeneration as HfModel
+
+    original = _load_original_config(source)
+    token_id = _source_image_token_id(source, original, image_token_id)
+    hf_config = hf_config_for(original, config, token_id, dtype)
+    _record_tokenizer_class(source, hf_config)
+    internlm2 = original.text_config.model_type == "internlm2"
+    expected = {normalize_hf_key(name) for name in _meta_state_names(HfModel, hf_config)}
+    if hf_config.tie_word_embeddings:
+        expected.discard("language_model.lm_head.weight")
+
+    def write(folder: Path) -> None:
+        hf_config.save_pretrained(folder)
+        write_hf_side_files(source, folder, original, config, hf_config)
+
+    return Prepared(_heads(original.text_config) if internlm2 else None, expected, write)
+
+
+def _chat_stop_token(template: str | None) -> str:
+    return get_conv_template(template or "internvl2_5").sep.strip()
+
+
+def write_hf_side_files(source: Path, folder: Path, original: Any, original_dict: dict, hf_config: Any) -> None:
+    """Tokenizer (fast, checked id-for-id against the source tokenizer), image / video processor, processor config,
+    chat template and generation config of the `-hf` layout."""
+    template = original_dict.get("template") or "internvl2_5"
+    chat_template = get_jinja_chat_template(
+        template,
+        original_dict.get("system_message"),
+        image_placeholder=IMAGE_CONTEXT_TOKEN,  # transformers' InternVLProcessor expands <IMG_CONTEXT> placeholders
+        video_placeholder=VIDEO_PLACEHOLDER,
+    )
+    has_tokenizer = any((source / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "vocab.json"))
+    stop_token_id = None
+    if has_tokenizer:
+        tokenizer = write_hf_tokenizer(source, folder, chat_template, hf_config.text_config.vocab_size)
+        stop_token_id = tokenizer.convert_tokens_to_ids(_chat_stop_token(template))
+    write_image_processor(folder, original, original_dict)
+    if has_tokenizer:
+        write_json(folder / "processor_config.json", {
+            "processor_class": "InternVLProcessor",
+            "image_seq_length": hf_config.image_seq_length,
+        })  # fmt: skip
+        (folder / "chat_template.jinja").write_text(chat_template, encoding="utf-8")
+    else:
+        logger.warning(f"{source} has no tokenizer files; the -hf folder gets no tokenizer and no processor config.")
+    write_generation_config(source, folder, stop_token_id)
+
+
+def write_image_processor(folder: Path, original: Any, original_dict: dict[str, Any]) -> None:
+    """`preprocessor_config.json` for transformers' `GotOcr2ImageProcessor` with the original's tiling settings, and
+    `video_preprocessor_config.json` (one 448 px tile per frame)."""
+    dynamic = bool(original_dict.get("dynamic_image_size", True))
+    if dynamic and not original_dict.get("use_thumbnail", True):
+        raise ConversionError(
+            "use_thumbnail is false with dynamic_image_size: transformers' GotOcr2ImageProcessor always adds a "
+            "thumbnail to multi-tile images, so this tiling has no -hf equivalent"
+        )
+    size = {"height": original.vision_image_size, "width": original.vision_image_size}
+    common = {
+        "do_resize": True,
+        "size": size,
+        "resample": 3,  # bicubic, as the original's torchvision Resize on PIL images
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": IMAGENET_MEAN,
+        "image_std": IMAGENET_STD,
+        "do_convert_rgb": True,
+    }
+    write_json(folder / "preprocessor_config.json", {
+        **common,
+        "image_processor_type": "GotOcr2ImageProcessor",
+        "crop_to_patches": dynamic,
+        "min_patches": int(original_dict.get("min_dynamic_patch", 1)) if dynamic else 1,
+        "max_patches": int(original_dict.get("max_dynamic_patch", 12)) if dynamic else 1,
+        "processor_class": "InternVLProcessor",
+    })  # fmt: skip
+    write_json(folder / "video_preprocessor_config.json", {
+        **common,
+        "video_processor_type": "InternVLVideoProcessor",
+        "do_sample_frames": False,
+        "processor_class": "InternVLProcessor",
+    })  # fmt: skip
+
+
+def write_hf_tokenizer(source: Path, folder: Path, chat_template: str, vocab_size: int) -> Any:
+    """Save the source tokenizer as a fast `tokenizer.json` readable by plain transformers, with the InternVL image
+    tokens named in `extra_special_tokens`; check its ids against the source tokenizer's (for InternLM2 the
+    sentencepiece `InternLM2Tokenizer`, which reproduces the original slow tokenizer)."""
+    from transformers import AutoTokenizer
+
+    from ..processing.tokenization_internlm2 import InternLM2Tokenizer
+    from ..processing.tokenization_internlm2_fast import InternLM2TokenizerFast
+
+    extra = {
+        "start_image_token": IMAGE_START_TOKEN,
+        "end_image_token": IMAGE_END_TOKEN,
+        "context_image_token": IMAGE_CONTEXT_TOKEN,
+        "video_token": VIDEO_PLACEHOLDER,
+    }
+    tokenizer = AutoTokenizer.from_pretrained(source, extra_special_tokens=extra)
+    internlm2 = isinstance(tokenizer, InternLM2TokenizerFast)
+    reference = InternLM2Tokenizer.from_pretrained(source) if internlm2 else AutoTokenizer.from_pretrained(source)
+    for token in (IMAGE_START_TOKEN, IMAGE_END_TOKEN, IMAGE_CONTEXT_TOKEN):
+        if tokenizer.convert_tokens_to_ids(token) in (None, tokenizer.unk_token_id):
+            raise ConversionError(f"the tokenizer of {source} has no {token} token")
+    if len(tokenizer) > vocab_size:
+        logger.warning(
+            f"{VIDEO_PLACEHOLDER} (added for transformers' processor) has id {len(tokenizer) - 1}, outside the "
+            f"model's vocabulary ({vocab_size}); videos cannot be used with this -hf folder"
+        )
+    tokenizer.chat_template = chat_template
+    tokenizer.save_pretrained(folder)
+    config_path = folder / "tokenizer_config.json"
+    tokenizer_config = read_json(config_path, "tokenizer config")
+    tokenizer_config.pop("auto_map", None)
+    if internlm2:
+        # Plain transformers has no InternLM2 tokenizer class; tokenizer.json carries the whole pipeline.
+        tokenizer_config["tokenizer_class"] = "TokenizersBackend"
+        for name in ("decode_with_prefix_space", "vocab_file"):
+            tokenizer_config.pop(name, None)
+    write_json(config_path, tokenizer_config)
+
+    converted = AutoTokenizer.from_pretrained(folder)
+    if type(converted).__module__.startswith("transformers_internvl"):
+        raise ConversionError(f"the converted tokenizer loads as {type(converted).__name__}, a class of this package")
+    for text in TOKENIZER_CHECK_STRINGS:
+        expected, got = reference(text)["input_ids"], converted(text)["input_ids"]
+        if expected != got:
+            raise ConversionError(
+                f"the converted tokenizer encodes {text!r} as {got}, the source tokenizer as {expected}"
+            )
+    return converted
+
+
+def write_generation_config(source: Path, folder: Path, stop_token_id: int | None) -> None:
+    """The source's generation config with the chat stop token (`<|im_end|>` for `internvl2_5`) as `eos_token_id`,
+    as the original `chat()` does (`eos_token_id = tokenizer.convert_tokens_to_ids(template.sep.strip())`)."""
+    generation = {}
+    if (source / "generation_config.json").is_file():
+        generation = read_json(source / "generation_config.json", "generation config")
+    generation.pop("transformers_version", None)
+    if stop_token_id is not None:
+        generation["eos_token_id"] = int(stop_token_id)
+    write_json(folder / "generation_config.json", generation)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# -hf -> original
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def original_config_for(hf: dict[str, Any], dtype: torch.dtype | None) -> Any:
+    """This package's `InternVLConfig` (original layout) of a `-hf` config dict; InternLM2 when the record says so."""
+    from transformers import AutoConfig
+
+    from ..modeling.configuration_internvl import SUPPORTED_LLM_ARCHITECTURES
+    from ..modeling.configuration_internvl import InternVLConfig as OriginalConfig
+    from .internlm2_llama import llama_config_to_internlm2
+
+    record = dict(hf.get(ORIGINAL_RECORD_KEY) or {})
+    text = dict(hf.get("text_config") or {})
+    model_type = text.pop("model_type", "qwen2")
+    if hf.get("vision_feature_select_strategy", "default") != "default":
+        raise ConversionError("vision_feature_select_strategy must be 'default' (drop CLS) for the original layout")
+    if hf.get("projector_hidden_act", "gelu") != "gelu":
+        raise ConversionError(f"projector_hidden_act {hf.get('projector_hidden_act')!r}: the original uses gelu")
+    layer = hf.get("vision_feature_layer", -1)
+    if not isinstance(layer, int):
+        raise ConversionError(f"vision_feature_layer {layer!r}: the original selects one layer")
+    try:
+        text_config = AutoConfig.for_model(model_type, **text)
+    except ValueError as error:
+        raise ConversionError(f"text_config: {error}") from None
+    architectures = record.get("llm_architectures") or []
+    if architectures[:1] == ["InternLM2ForCausalLM"]:
+        text_config = llama_config_to_internlm2(text_config)
+    else:
+        architecture = next((a for a, t in SUPPORTED_LLM_ARCHITECTURES.items() if t == model_type), None)
+        text_config.architectures = architectures or ([architecture] if architecture else None)
+    tie = bool(hf.get("tie_word_embeddings", True))
+    text_config.tie_word_embeddings = tie
+    vision = vision_config_from_hf(hf.get("vision_config") or {})
+    side = vision["image_size"] // vision["patch_size"]
+    downsample = hf.get("downsample_ratio", 0.5)
+    if hf.get("image_seq_length") not in (None, int(side * side * downsample**2)):
+        raise ConversionError(f"image_seq_length {hf['image_seq_length']} does not match the vision tower")
+    fields = {
+        "template": "internvl2_5",
+        "force_image_size": vision["image_size"],
+        "dynamic_image_size": True,
+        "use_thumbnail": True,
+        "min_dynamic_patch": 1,
+        "max_dynamic_patch": 12,
+        "pad2square": False,
+        **{k: v for k, v in record.items() if k != "llm_architectures" and not k.startswith("tokenizer_")},
+        "ps_version": "v2",
+        "select_layer": layer,
+    }
+    config = OriginalConfig(
+        vision_config=vision,
+        text_config=text_config,
+        downsample_ratio=downsample,
+        image_token_id=hf.get("image_token_id"),
+        tie_word_embeddings=tie,
+        **fields,
+    )
+    config.architectures = ["InternVLChatModel"]
+    dtype_name = _dtype_name(dtype, hf.get("dtype") or hf.get("torch_dtype"))
+    if dtype_name:
+        config.dtype = dtype_name
+    return config
+
+
+def prepare_to_original(source: Path, config: dict[str, Any], dtype: torch.dtype | None) -> Prepared:
+    from ..modeling.modeling_internvl import InternVLForConditionalGeneration as OriginalModel
+    from .checkpoint_mapping import LM_HEAD_NAMES
+
+    try:
+        original = original_config_for(config, dtype)
+    except (ValueError, TypeError) as error:
+        raise ConversionError(str(error)) from None
+    internlm2 = original.text_config.model_type == "internlm2"
+    head = LM_HEAD_NAMES.get(original.text_config.model_type, "lm_head")
+    prefixes = (
+        ("model.vision_model.", "vision_model."),
+        ("model.mlp1.", "mlp1."),
+        ("model.language_model.", "language_model.model."),
+        ("lm_head.", f"language_model.{head}."),
+    )
+    expected = set()
+    for name in _meta_state_names(OriginalModel, original):
+        for module_prefix, saved_prefix in prefixes:
+            if name.startswith(module_prefix):
+                name = saved_prefix + name[len(module_prefix) :]
+                break
+        expected.add(name)
+    if original.tie_word_embeddings:
+        expected.discard(f"language_model.{head}.weight")
+
+    def write(folder: Path) -> None:
+        original.save_pretrained(folder)
+        if (source / "generation_config.json").is_file():
+            generation = read_json(source / "generation_config.json", "generation config")
+            generation.pop("transformers_version", None)
+            write_json(folder / "generation_config.json", generation)
+        copy_tokenizer_to_original(source, folder, config.get(ORIGINAL_RECORD_KEY) or {})
+
+    return Prepared(_heads(original.text_config) if internlm2 else None, expected, write)
+
+
+def copy_tokenizer_to_original(source: Path, folder: Path, record: dict[str, Any]) -> None:
+    """Tokenizer files only (no chat template, processor or image processor config: the original layout takes
+    those from `config.json`'s `template` and tiling fields); the original tokenizer class and `auto_map` come back
+    from the record when the `-hf` folder was made by `--to hf`."""
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, folder / name)
+    config_path = folder / "tokenizer_config.json"
+    if config_path.is_file():
+        tokenizer_config = read_json(config_path, "tokenizer config")
+        tokenizer_config.pop("chat_template", None)
+        if record.get("tokenizer_class"):
+            tokenizer_config["tokenizer_class"] = record["tokenizer_class"]
+        if record.get("tokenizer_auto_map"):
+            tokenizer_config["auto_map"] = record["tokenizer_auto_map"]
+        write_json(config_path, tokenizer_config)
+
+
+__all__ = ["Prepared", "hf_config_for", "original_config_for", "prepare_to_hf", "prepare_to_original"]
