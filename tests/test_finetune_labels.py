@@ -1,0 +1,102 @@
+"""Labels of `training.labels.tokenize_conversation` against the original preprocess functions (fixture)."""
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+import transformers_internvl  # noqa: F401
+from transformers_internvl.training.labels import (
+    IGNORE_INDEX,
+    SampleError,
+    tokenize_conversation,
+    video_frame_tags,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+DATA = json.loads((FIXTURES / "finetune" / "labels.json").read_text())
+_TOKENIZERS = {}
+
+
+def _tokenizer(name):
+    if name not in _TOKENIZERS:
+        tokenizer = AutoTokenizer.from_pretrained(FIXTURES / "tokenizers" / name.replace("+specials", ""))
+        if name.endswith("+specials"):
+            tokenizer.add_special_tokens({"additional_special_tokens": DATA["added_special_tokens_for_+specials"]})
+        _TOKENIZERS[name] = tokenizer
+    return _TOKENIZERS[name]
+
+
+def _id(case):
+    return f"{case['template']}-{case['tokenizer']}-{case['case']}"
+
+
+@pytest.mark.parametrize("case", DATA["cases"], ids=_id)
+def test_labels_equal_the_original(case):
+    tokenizer = _tokenizer(case["tokenizer"])
+    call = dict(
+        tokenizer=tokenizer,
+        template=case["template"],
+        num_image_tokens=case["num_image_tokens"],
+        max_length=case["max_length"],
+    )
+    if "error" in case:  # the original rejects the sample (and resamples another one)
+        with pytest.raises(SampleError):
+            tokenize_conversation(case["conversations"], **call)
+        return
+    sample = tokenize_conversation(case["conversations"], **call)
+    assert sample.input_ids == case["input_ids"]
+    assert sample.labels == case["labels"]
+
+
+def test_fixture_covers_every_template_and_case():
+    covered = {(c["template"], c["case"]) for c in DATA["cases"] if c.get("labels") and set(c["labels"]) != {-100}}
+    for template in ("internvl2_5", "internlm2-chat", "phi3-chat", "Hermes-2"):
+        assert {case for t, case in covered if t == template} >= {"single_image", "video"}
+    assert {case for t, case in covered if t == "internvl2_5"} >= {
+        "multi_turn",
+        "system_message",
+        "multi_image",
+        "video",
+        "text_only",
+    }
+
+
+def test_internvl2_5_trains_only_answers_and_im_end():
+    tokenizer = _tokenizer("qwen2-tiny")
+    conv = [{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "ok there"}]
+    sample = tokenize_conversation(conv, tokenizer, "internvl2_5", num_image_tokens=[3])
+    trained = [t for t, label in zip(sample.input_ids, sample.labels) if label != IGNORE_INDEX]
+    assert tokenizer.decode(trained) == "ok there<|im_end|>"
+    assert tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>") not in trained
+
+
+@pytest.mark.parametrize(
+    ("conversations", "images", "reason"),
+    [
+        ([], [], "empty conversation"),
+        ([{"from": "human", "value": "<image><image>x"}, {"from": "gpt", "value": "y"}], [4], "2 '<image>' tags"),
+        ([{"from": "human", "value": "x"}, {"from": "gpt", "value": "y"}], [4], "0 '<image>' tags"),
+        ([{"from": "human", "value": "x"}], [], "no assistant"),
+        ([{"from": "robot", "value": "x"}], [], "role 'robot'"),
+    ],
+)
+def test_bad_conversations_raise_sample_error(conversations, images, reason):
+    with pytest.raises(SampleError, match=reason):
+        tokenize_conversation(conversations, _tokenizer("qwen2-tiny"), "internvl2_5", num_image_tokens=images)
+
+
+def test_truncation_inside_an_image_is_rejected():
+    conv = [{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "ok"}]
+    with pytest.raises(SampleError, match="cut an image"):
+        tokenize_conversation(conv, _tokenizer("qwen2-tiny"), "internvl2_5", num_image_tokens=[64], max_length=20)
+
+
+def test_unknown_template_raises():
+    with pytest.raises(ValueError, match="internvl_zh"):
+        tokenize_conversation([{"from": "gpt", "value": "x"}], _tokenizer("qwen2-tiny"), "internvl_zh")
+
+
+def test_video_frame_tags():
+    assert video_frame_tags(2) == "Frame-1: <image>\nFrame-2: <image>"
