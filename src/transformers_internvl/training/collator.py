@@ -5,8 +5,9 @@ share a row, position ids restart at 0 for every sample and attention stays insi
 uses transformers' own packed-sequence support: the collator returns `position_ids` and NO `attention_mask`;
 `transformers.masking_utils.find_packed_sequence_indices` then detects the restarts and builds a block-diagonal
 causal mask (eager / sdpa), and the flash-attention paths use the same position ids as varlen boundaries. This needs
-the model to run without a KV cache during training (`model.config.use_cache = False`, which `set_trainable` does):
-transformers skips the packed detection when a cache object is passed.
+the model to run without a KV cache during training (`use_cache = False` in `model.config` AND
+`model.config.text_config`, which `training.stages.set_trainable` does): transformers skips the packed detection
+when a cache object exists, and the language model creates one when its own config says `use_cache=True`.
 """
 
 from __future__ import annotations
