@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
+from finetune_helpers import QWEN2_DIR, dataset, write_image
 from transformers import AutoModelForImageTextToText
 
-from finetune_helpers import QWEN2_DIR, dataset, write_image
 from transformers_internvl.training.collator import (
     InternVLDataCollator,
     InternVLPackingCollator,

@@ -5,8 +5,8 @@ import logging
 
 import pytest
 import torch
-
 from finetune_helpers import dataset, tokenizer, write_image, write_jsonl
+
 from transformers_internvl.processing.image_processing_internvl import InternVLImageProcessor
 from transformers_internvl.training.data import InternVLSupervisedDataset, load_meta
 from transformers_internvl.training.labels import tokenize_conversation

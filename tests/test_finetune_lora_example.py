@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from finetune_helpers import FIXTURES, QWEN2_DIR, dataset
+
 from transformers_internvl.training.collator import InternVLDataCollator
 
 pytest.importorskip("peft")

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from finetune_helpers import FIXTURES, QWEN2_DIR
 from transformers import AutoModelForImageTextToText
 
-from finetune_helpers import FIXTURES, QWEN2_DIR
 from transformers_internvl.training.stages import (
     lora_target_modules,
     set_drop_path_rate,
@@ -24,7 +24,11 @@ def _towers(names):
 
 @pytest.mark.parametrize(
     ("stage", "towers"),
-    [("mlp", {"mlp1"}), ("vit_mlp", {"mlp1", "vision_model"}), ("full", {"mlp1", "vision_model", "language_model", "lm_head"})],
+    [
+        ("mlp", {"mlp1"}),
+        ("vit_mlp", {"mlp1", "vision_model"}),
+        ("full", {"mlp1", "vision_model", "language_model", "lm_head"}),
+    ],
 )
 def test_stages_train_the_right_towers(model, stage, towers):
     model = set_trainable(model, stage)

@@ -416,6 +416,7 @@ def _add_chat_command(subparsers: Any) -> None:
 # entry point
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def _add_filter_command(subparsers: Any) -> None:
     from .training.filtering import add_filter_command
 

@@ -294,7 +294,9 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
             names = sorted(n for n in os.listdir(path) if n.lower().endswith(_FRAME_SUFFIXES))
             if not names:
                 raise SampleError(f"video folder {path} has no frames")
-            indices = sample_frame_indices(len(names), 1.0, num_segments=self.num_video_frames, max_frame=len(names) - 1)
+            indices = sample_frame_indices(
+                len(names), 1.0, num_segments=self.num_video_frames, max_frame=len(names) - 1
+            )
             frames = []
             for i in indices:
                 with Image.open(os.path.join(path, names[i])) as handle:
