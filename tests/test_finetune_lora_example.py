@@ -57,3 +57,31 @@ def test_thirty_lora_steps_halve_the_loss_and_change_only_lora(tmp_path):
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert lora_b and all(p.abs().sum() > 0 for p in lora_b)
     assert (tmp_path / "out" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_packing_square_loss_and_checkpointing_run_through_the_trainer(tmp_path):
+    trainer = finetune_lora.main(
+        [
+            "--model", str(QWEN2_DIR),
+            "--tokenizer", str(FIXTURES / "tokenizers" / "qwen2-tiny"),
+            "--output-dir", str(tmp_path / "out"),
+            "--max-steps", "2",
+            "--lora-rank", "4",
+            "--packing", "--max-tokens", "900",
+            "--loss-reduction", "square",
+            "--gradient-checkpointing",
+            "--disable-tqdm",
+        ]
+    )  # fmt: skip
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 2 and all(loss > 0 and loss == loss for loss in losses)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    assert batch["input_ids"].shape[0] == 2  # 381 + 382 + 130 | 130 tokens: rows of at most 900
+    trainer.model.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+        logits = trainer.model(**{k: v for k, v in batch.items() if k not in ("labels", "loss_weight")}).logits
+    from transformers_internvl.training.collator import weighted_lm_loss
+
+    torch.testing.assert_close(loss, weighted_lm_loss(logits, batch["labels"], batch["loss_weight"]))
