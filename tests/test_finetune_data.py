@@ -134,6 +134,12 @@ def test_bad_samples_are_skipped_logged_and_counted(images, caplog):
         assert torch.equal(ds[index]["input_ids"], good["input_ids"])
 
 
+def test_image_tags_without_images_are_skipped():
+    ds = dataset([{"conversations": [H("<image>\nhi"), G("x")]}, {"conversations": [H("hi"), G("x")]}])
+    assert torch.equal(ds[0]["input_ids"], ds[1]["input_ids"])
+    assert ds.skipped.reasons == {"records[0]": "1 '<image>' tags in human turns but 0 images"}
+
+
 def test_all_bad_raises():
     ds = dataset([{"conversations": []}])
     with pytest.raises(RuntimeError, match="All 1 samples are bad"):

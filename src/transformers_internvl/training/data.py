@@ -253,6 +253,9 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
             tiles = self.image_processor(images=frames, max_dynamic_patch=1, max_total_tiles=None, return_tensors="pt")
             pixel_values, num_tiles = tiles["pixel_values"], [1] * len(frames)
         else:
+            tags = sum(turn["value"].count(IMAGE_PLACEHOLDER) for turn in conversations if turn["from"] == "human")
+            if tags:  # the original would train on the literal tag text
+                raise SampleError(f"{tags} '<image>' tags in human turns but 0 images")
             white = Image.new("RGB", (224, 224), (255, 255, 255))
             pixel_values = self.image_processor(images=white, max_dynamic_patch=1, return_tensors="pt")["pixel_values"]
             num_tiles, flags = [], 0
