@@ -5,6 +5,7 @@ Subcommands:
 - `tiles IMAGE`: show how an image is cut into 448 px tiles (grid, boxes, thumbnail), optionally as a PNG.
 - `chat MODEL_DIR`: talk to a model, one-shot (`--prompt`) or interactively, with streamed output, optional
   chain-of-thought prompting and majority voting.
+- `filter IN.jsonl -o OUT.jsonl`: drop training samples with repetitive answers (`training.filtering`).
 
 Adding a subcommand is one function: write `_add_<name>_command(subparsers)` that creates its parser and sets
 `handler`, then list it in `_COMMANDS`. A handler takes the parsed arguments and returns the exit code; it reports
@@ -478,7 +479,18 @@ def _add_convert_command(subparsers: Any) -> None:
     add_convert_command(subparsers)
 
 
-_COMMANDS: list[Callable[[Any], None]] = [_add_tiles_command, _add_chat_command, _add_convert_command]
+def _add_filter_command(subparsers: Any) -> None:
+    from .training.filtering import add_filter_command
+
+    add_filter_command(subparsers)
+
+
+_COMMANDS: list[Callable[[Any], None]] = [
+    _add_tiles_command,
+    _add_chat_command,
+    _add_convert_command,
+    _add_filter_command,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,1 @@
+"""Supervised fine-tuning utilities: InternVL-format data, labels as the original, collators, training stages."""

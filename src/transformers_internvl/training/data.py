@@ -1,0 +1,349 @@
+"""A torch `Dataset` for InternVL fine-tuning data: the original JSONL + meta format and transformers' `messages`.
+
+Source of the behaviour: `LazySupervisedDataset` in `internvl_chat/internvl/train/internvl_chat_finetune.py` and
+`build_datasets` (meta file). Differences, on purpose:
+
+* Bad samples (missing image or video, `<image>` tags not matching the images, empty conversation, sample longer
+  than `max_length`, invalid JSON) are skipped deterministically (the next row is used) and logged once with the
+  file, the line and the reason; `skipped` holds them. The original retries a random row and prints the error.
+* A single image or video without its tag gets `<image>\\n` / `<video>\\n` prepended to the first HUMAN turn (the
+  original prepends to the first turn, a system turn included, where the tag then stays as literal text).
+* Video frames are sampled at the midpoints of `num_video_frames` equal segments (the inference rule); the original
+  draws a random count in `[min_num_frame, max_num_frame]` and random positions (`sample='rand'`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers.utils import logging
+
+from .labels import IMAGE_PLACEHOLDER, SampleError, tokenize_conversation, video_frame_tags
+
+logger = logging.get_logger(__name__)
+
+VIDEO_PLACEHOLDER = "<video>"
+_FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+@dataclass
+class _Row:
+    source: str  # "annotation.jsonl:LINE" or "records[INDEX]"
+    text: str | dict
+    root: str
+    max_dynamic_patch: int
+    data_augment: bool
+
+
+@dataclass
+class SkipReport:
+    """Skipped samples: `reasons[source] = reason` where source is `"file.jsonl:line"` or `"records[i]"`."""
+
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.reasons)
+
+    def counts(self) -> dict[str, int]:
+        """Skipped samples per kind of reason (the reason with paths and numbers replaced by `*`, text after ':'
+        dropped)."""
+        out: dict[str, int] = {}
+        for reason in self.reasons.values():
+            key = re.sub(r"\S*/\S*|\d+", "*", reason.split(":")[0])
+            out[key] = out.get(key, 0) + 1
+        return out
+
+
+def load_meta(meta_path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Read an original meta file `{name: {"root", "annotation", "repeat_time", "data_augment", ...}}`.
+
+    Raises `ValueError` naming the dataset and the missing key or bad value.
+    """
+    with open(meta_path, encoding="utf-8") as handle:
+        meta = json.load(handle)
+    if not isinstance(meta, dict) or not meta:
+        raise ValueError(f"meta file {meta_path} must hold a non-empty JSON object {{name: {{...}}}}.")
+    for name, entry in meta.items():
+        for key in ("root", "annotation"):
+            if key not in entry:
+                raise ValueError(f"meta file {meta_path}: dataset {name!r} has no {key!r}.")
+        repeat = entry.get("repeat_time", 1)
+        if not isinstance(repeat, (int, float)) or repeat <= 0 or (repeat > 1 and int(repeat) != repeat):
+            raise ValueError(
+                f"meta file {meta_path}: dataset {name!r} repeat_time must be > 0 and an integer when > 1, "
+                f"got {repeat!r}."
+            )
+    return meta
+
+
+def _messages_to_conversations(messages: list[dict]) -> tuple[list[dict], list[Any], Any]:
+    """transformers `messages` -> (original `conversations`, images, video)."""
+    roles = {"system": "system", "user": "human", "assistant": "gpt"}
+    conversations, images, video = [], [], None
+    for index, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role not in roles:
+            raise SampleError(f"messages[{index}] role must be one of {sorted(roles)}, got {role!r}")
+        content = message.get("content", "")
+        if isinstance(content, str):
+            conversations.append({"from": roles[role], "value": content})
+            continue
+        parts = []
+        for part in content:
+            kind = part.get("type")
+            if kind == "text":
+                parts.append(part.get("text", ""))
+            elif kind == "image":
+                images.append(part.get("image", part.get("url", part.get("path"))))
+                parts.append(IMAGE_PLACEHOLDER + "\n")
+            elif kind == "video":
+                video = part.get("video", part.get("url", part.get("path")))
+                parts.append(VIDEO_PLACEHOLDER + "\n")
+            else:
+                raise SampleError(f"messages[{index}] has a content part of unknown type {kind!r}")
+        conversations.append({"from": roles[role], "value": "".join(parts)})
+    return conversations, images, video
+
+
+class InternVLSupervisedDataset(torch.utils.data.Dataset):
+    """Samples for supervised fine-tuning, with labels as the original and tiles as the original training.
+
+    Each item is a dict: `input_ids` `(seq,)` long, `labels` `(seq,)` long (-100 = no loss), `pixel_values`
+    `(tiles, 3, S, S)` float32, `image_flags` `(tiles,)` long (0 for the dummy tile of text-only samples).
+
+    Tile budget (original `LazySupervisedDataset`): one image gets `max_dynamic_patch` grid tiles (+ thumbnail);
+    N images get `max(1, max_dynamic_patch // N)` each; video frames one tile each. Text-only samples get one white
+    224x224 image tiled to one tile with `image_flags=0` as in the original: the model drops it, and the vision
+    tower still takes part in the graph, which distributed training (DDP, DeepSpeed) needs when a batch has no image.
+
+    Args:
+        rows: JSONL rows already parsed (dicts), or use `from_meta` / `from_jsonl`. A row has either
+            `conversations` (+ `image` str or list, or `video`) or `messages` (transformers' chat format).
+        tokenizer: the checkpoint's tokenizer.
+        image_processor: an `InternVLImageProcessor` (e.g. `AutoProcessor.from_pretrained(...).image_processor`).
+        template: the checkpoint's `config.template`.
+        num_image_token: `<IMG_CONTEXT>` tokens per tile (`config.num_image_token`, 256 for InternVL 2.5).
+        max_length: longest sample in tokens (`None`: `tokenizer.model_max_length` when below 1e6, else no limit).
+        truncate: `False` (default): longer samples are skipped; `True`: truncated as the original does (skipped
+            only when the cut falls inside an image).
+        num_video_frames: frames sampled per video.
+        root, max_dynamic_patch, data_augment: defaults for rows not coming from a meta file.
+        seed: seed of the JPEG augmentation (`data_augment`).
+    """
+
+    def __init__(
+        self,
+        rows: Sequence[dict],
+        tokenizer,
+        image_processor,
+        template: str,
+        num_image_token: int = 256,
+        max_length: int | None = None,
+        truncate: bool = False,
+        num_video_frames: int = 8,
+        root: str = "",
+        max_dynamic_patch: int = 12,
+        data_augment: bool = False,
+        seed: int = 0,
+    ) -> None:
+        rows = [
+            r if isinstance(r, _Row) else _Row(f"records[{i}]", r, root, max_dynamic_patch, data_augment)
+            for i, r in enumerate(rows)
+        ]
+        if not rows:
+            raise ValueError("`rows` is empty: the dataset has no samples.")
+        self.rows = rows
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.template = template
+        self.num_image_token = int(num_image_token)
+        if max_length is None and getattr(tokenizer, "model_max_length", None) and tokenizer.model_max_length < 1e6:
+            max_length = int(tokenizer.model_max_length)
+        self.max_length = max_length
+        self.truncate = truncate
+        self.num_video_frames = int(num_video_frames)
+        self.seed = seed
+        self.skipped = SkipReport()
+
+    @classmethod
+    def from_jsonl(cls, path: str | os.PathLike, *args, root: str = "", **kwargs) -> InternVLSupervisedDataset:
+        """Rows from one JSONL file; image paths are relative to `root`."""
+        max_patch, augment = kwargs.pop("max_dynamic_patch", 12), kwargs.pop("data_augment", False)
+        rows = _read_jsonl(str(path), root, max_patch, augment, 1)
+        return cls(rows, *args, **kwargs)
+
+    @classmethod
+    def from_meta(cls, meta_path: str | os.PathLike, *args, max_dynamic_patch: int = 12, **kwargs):
+        """Rows of all datasets of an original meta file, in its order, each with its `repeat_time`,
+        `max_dynamic_patch` (default: the argument) and `data_augment` (`build_datasets`)."""
+        rows: list[_Row] = []
+        for entry in load_meta(meta_path).values():
+            rows += _read_jsonl(
+                entry["annotation"],
+                entry["root"],
+                int(entry.get("max_dynamic_patch", max_dynamic_patch)),
+                bool(entry.get("data_augment", False)),
+                entry.get("repeat_time", 1),
+            )
+        return cls(rows, *args, **kwargs)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        """The sample at `index`, or the next good one when it is bad (logged, recorded in `skipped`).
+
+        Raises `RuntimeError` when every row is bad."""
+        for offset in range(len(self.rows)):
+            row = self.rows[(index + offset) % len(self.rows)]
+            if row.source in self.skipped.reasons:
+                continue
+            try:
+                return self.build_sample(row, index)
+            except (SampleError, OSError, json.JSONDecodeError) as error:
+                reason = f"{type(error).__name__}: {error}" if not isinstance(error, SampleError) else str(error)
+                self.skipped.reasons[row.source] = reason
+                logger.warning(f"Skipping sample {row.source}: {reason} ({len(self.skipped)} skipped so far).")
+        raise RuntimeError(f"All {len(self.rows)} samples are bad; reasons: {self.skipped.counts()}.")
+
+    def scan(self) -> SkipReport:
+        """Build every sample once (to find the bad ones before training); returns `skipped`."""
+        for index in range(len(self.rows)):
+            self[index]
+        return self.skipped
+
+    # ------------------------------------------------------------------------------------------------------------
+
+    def build_sample(self, row: _Row, index: int = 0) -> dict[str, torch.Tensor]:
+        """One sample from one row; raises `SampleError` / `OSError` for bad data."""
+        item = json.loads(row.text) if isinstance(row.text, str) else dict(row.text)
+        if "messages" in item:
+            conversations, images, video = _messages_to_conversations(item["messages"])
+        else:
+            conversations = [dict(turn) for turn in item.get("conversations") or []]
+            images, video = item.get("image"), item.get("video")
+            images = [] if images in (None, "", []) else images
+        if not conversations:
+            raise SampleError("empty conversation")
+        flags = 1
+        if images and isinstance(images, (str, os.PathLike)):  # one image: the original adds a missing tag
+            images = [images]
+            _add_missing_tag(conversations, IMAGE_PLACEHOLDER)
+        if images:
+            loaded = [self._load_image(row.root, image) for image in images]
+            budget = row.max_dynamic_patch
+            tiles = self.image_processor(
+                images=loaded, max_dynamic_patch=budget, max_total_tiles=budget, return_tensors="pt"
+            )
+            pixel_values, num_tiles = tiles["pixel_values"], [int(n) for n in tiles["num_tiles"]]
+        elif video:
+            frames = self._load_video(row.root, video)
+            first = _add_missing_tag(conversations, VIDEO_PLACEHOLDER)
+            first["value"] = first["value"].replace(VIDEO_PLACEHOLDER + "\n", video_frame_tags(len(frames)) + "\n")
+            tiles = self.image_processor(images=frames, max_dynamic_patch=1, max_total_tiles=None, return_tensors="pt")
+            pixel_values, num_tiles = tiles["pixel_values"], [1] * len(frames)
+        else:
+            tags = sum(turn["value"].count(IMAGE_PLACEHOLDER) for turn in conversations if turn["from"] == "human")
+            if tags:  # the original would train on the literal tag text
+                raise SampleError(f"{tags} '<image>' tags in human turns but 0 images")
+            white = Image.new("RGB", (224, 224), (255, 255, 255))
+            pixel_values = self.image_processor(images=white, max_dynamic_patch=1, return_tensors="pt")["pixel_values"]
+            num_tiles, flags = [], 0
+        if row.data_augment and flags:
+            pixel_values = self._jpeg_degrade(pixel_values, index)
+        sample = tokenize_conversation(
+            conversations,
+            self.tokenizer,
+            self.template,
+            num_image_tokens=[self.num_image_token * n for n in num_tiles],
+            max_length=self.max_length if self.truncate else None,
+        )
+        if self.max_length is not None and len(sample.input_ids) > self.max_length:
+            raise SampleError(f"over-length sample: {len(sample.input_ids)} tokens > max_length={self.max_length}")
+        return {
+            "input_ids": torch.tensor(sample.input_ids, dtype=torch.long),
+            "labels": torch.tensor(sample.labels, dtype=torch.long),
+            "pixel_values": torch.as_tensor(pixel_values, dtype=torch.float32),
+            "image_flags": torch.full((pixel_values.shape[0],), flags, dtype=torch.long),
+        }
+
+    @staticmethod
+    def _load_image(root: str, image: Any) -> Image.Image:
+        if isinstance(image, Image.Image):
+            return image.convert("RGB")
+        if not isinstance(image, (str, os.PathLike)):
+            raise SampleError(f"image must be a path or a PIL image, got {type(image).__name__}")
+        path = os.path.join(root, image)
+        if not os.path.isfile(path):
+            raise SampleError(f"missing image file {path}")
+        with Image.open(path) as handle:
+            return handle.convert("RGB")
+
+    def _load_video(self, root: str, video: Any) -> list[Image.Image]:
+        from ..processing.video_processing_internvl import read_video_frames, sample_frame_indices
+
+        path = os.path.join(root, video)
+        if os.path.isdir(path):  # a folder of frames (original `read_frames_folder`)
+            names = sorted(n for n in os.listdir(path) if n.lower().endswith(_FRAME_SUFFIXES))
+            if not names:
+                raise SampleError(f"video folder {path} has no frames")
+            indices = sample_frame_indices(
+                len(names), 1.0, num_segments=self.num_video_frames, max_frame=len(names) - 1
+            )
+            frames = []
+            for i in indices:
+                with Image.open(os.path.join(path, names[i])) as handle:
+                    frames.append(handle.convert("RGB"))
+            return frames
+        if not os.path.isfile(path):
+            raise SampleError(f"missing video file {path}")
+        return read_video_frames(path, num_segments=self.num_video_frames).frames
+
+    def _jpeg_degrade(self, pixel_values: torch.Tensor, index: int) -> torch.Tensor:
+        """The original `data_augment`: every tile re-encoded as JPEG at a random quality in 75..100
+        (`build_transform(is_train=True)`, dataset.py); the tile's uint8 pixels are recovered exactly first."""
+        mean = torch.tensor(self.image_processor.image_mean).view(3, 1, 1)
+        std = torch.tensor(self.image_processor.image_std).view(3, 1, 1)
+        rng = random.Random(self.seed * 1_000_003 + index)
+        out = []
+        for tile in pixel_values:
+            pixels = ((tile * std + mean) * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).save(buffer, format="JPEG", quality=rng.randint(75, 100))
+            buffer.seek(0)
+            degraded = np.asarray(Image.open(buffer).convert("RGB"), dtype=np.float32) / 255.0
+            out.append((torch.from_numpy(degraded).permute(2, 0, 1) - mean) / std)
+        return torch.stack(out)
+
+
+def _add_missing_tag(conversations: list[dict], tag: str) -> dict:
+    """Prepend `tag + "\\n"` to the first human turn when no human turn has `tag`; returns that first human turn.
+
+    The original prepends to `conversations[0]` whatever its role, so a leading system turn got a literal
+    `<image>` tag (left as text): here the tag goes to the first human turn instead."""
+    humans = [turn for turn in conversations if turn["from"] == "human"]
+    if not humans:
+        raise SampleError("no human turn to hold the image or video")
+    if not any(tag in turn["value"] for turn in humans):
+        humans[0]["value"] = tag + "\n" + humans[0]["value"]
+    return humans[0]
+
+
+def _read_jsonl(path: str, root: str, max_dynamic_patch: int, data_augment: bool, repeat_time) -> list[_Row]:
+    with open(path, encoding="utf-8") as handle:
+        lines = [(f"{path}:{number}", line) for number, line in enumerate(handle, start=1) if line.strip()]
+    if repeat_time < 1:
+        lines = lines[: int(len(lines) * repeat_time)]
+    elif repeat_time > 1:
+        lines = [(f"{source}#{copy}", line) for copy in range(int(repeat_time)) for source, line in lines]
+    return [_Row(source, line, root, max_dynamic_patch, data_augment) for source, line in lines]

@@ -1,0 +1,37 @@
+"""Shared helpers of the fine-tuning tests: tiny tokenizer, image processor, JSONL data on disk."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from transformers import AutoTokenizer
+
+import transformers_internvl  # noqa: F401
+from transformers_internvl.processing.image_processing_internvl import InternVLImageProcessor
+from transformers_internvl.training.data import InternVLSupervisedDataset
+
+FIXTURES = Path(__file__).parent / "fixtures"
+QWEN2_DIR = FIXTURES / "models" / "tiny-qwen2"
+
+
+def tokenizer():
+    return AutoTokenizer.from_pretrained(FIXTURES / "tokenizers" / "qwen2-tiny")
+
+
+def write_image(path: Path, size=(300, 200), seed=0):
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def write_jsonl(path: Path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def dataset(rows_or_path, root="", **kwargs):
+    kwargs.setdefault("num_image_token", 256)
+    kwargs.setdefault("max_dynamic_patch", 2)
+    args = (tokenizer(), InternVLImageProcessor(), "internvl2_5")
+    if isinstance(rows_or_path, (str, Path)):
+        return InternVLSupervisedDataset.from_jsonl(rows_or_path, *args, root=str(root), **kwargs)
+    return InternVLSupervisedDataset(rows_or_path, *args, root=str(root), **kwargs)
