@@ -343,8 +343,8 @@ def write_generation_config(source: Path, folder: Path, stop_token_id: int | Non
 def original_config_for(hf: dict[str, Any], dtype: torch.dtype | None) -> Any:
     """This package's `InternVLConfig` (original layout) of a `-hf` config dict; InternLM2 when the record says so."""
     from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    from ..modeling.configuration_internvl import SUPPORTED_LLM_ARCHITECTURES
     from ..modeling.configuration_internvl import InternVLConfig as OriginalConfig
     from .internlm2_llama import llama_config_to_internlm2
 
@@ -366,7 +366,8 @@ def original_config_for(hf: dict[str, Any], dtype: torch.dtype | None) -> Any:
     if architectures[:1] == ["InternLM2ForCausalLM"]:
         text_config = llama_config_to_internlm2(text_config)
     else:
-        architecture = next((a for a, t in SUPPORTED_LLM_ARCHITECTURES.items() if t == model_type), None)
+        # The causal-LM class transformers registers for the model type (what `llm_config.architectures[0]` names).
+        architecture = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
         text_config.architectures = architectures or ([architecture] if architecture else None)
     tie = bool(hf.get("tie_word_embeddings", True))
     text_config.tie_word_embeddings = tie
@@ -403,15 +404,15 @@ def original_config_for(hf: dict[str, Any], dtype: torch.dtype | None) -> Any:
 
 
 def prepare_to_original(source: Path, config: dict[str, Any], dtype: torch.dtype | None) -> Prepared:
+    from ..modeling.llm_resolution import language_model_head
     from ..modeling.modeling_internvl import InternVLForConditionalGeneration as OriginalModel
-    from .checkpoint_mapping import LM_HEAD_NAMES
 
     try:
         original = original_config_for(config, dtype)
     except (ValueError, TypeError) as error:
         raise ConversionError(str(error)) from None
     internlm2 = original.text_config.model_type == "internlm2"
-    head = LM_HEAD_NAMES.get(original.text_config.model_type, "lm_head")
+    head = language_model_head(original.text_config).head_name  # `lm_head`, InternLM2 `output`, as the LLM class
     prefixes = (
         ("model.vision_model.", "vision_model."),
         ("model.mlp1.", "mlp1."),
