@@ -213,10 +213,22 @@ class SourceReader:
     """Reads source tensors one at a time, memory-mapped (`safe_open`): a tensor's pages are mapped only while the
     tensor is alive, so no page of the source stays resident after its tensor was written."""
 
-    def __init__(self, folder: Path, locations: dict[str, str], adjust: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        folder: Path,
+        locations: dict[str, str],
+        adjust: dict[str, Any] | None = None,
+        aliases: dict[str, str] | None = None,
+        lora_factors: dict[str, tuple[str, str]] | None = None,
+        raw_locations: dict[str, str] | None = None,
+    ):
         self.folder = folder
         self.locations = locations
         self.adjust = adjust or {}  # {name: function applied to the tensor when read} (LoRA merge)
+        # Unmerged original LoRA checkpoints: {plain name: name in the file} and {plain name: (lora_A, lora_B)}.
+        self.aliases = aliases or {}
+        self.lora_factors = lora_factors or {}
+        self.raw_locations = raw_locations or locations  # {name in the file: shard}
         unknown = sorted(set(self.adjust) - set(locations))
         if unknown:
             raise ConversionError(f"the LoRA adapter adapts {unknown[0]!r}, which the checkpoint does not have")
@@ -229,6 +241,8 @@ class SourceReader:
                     if dtype_name not in _TORCH_DTYPES:
                         raise ConversionError(f"tensor {key!r} in {shard} has unsupported dtype {dtype_name}")
                     self.shapes[key] = (tuple(sliced.get_shape()), _TORCH_DTYPES[dtype_name])
+        for plain, key in self.aliases.items():
+            self.shapes[plain] = self.shapes[key]
 
     def meta(self, key: str) -> torch.Tensor:
         shape, dtype = self.shapes[key]
@@ -243,8 +257,21 @@ class SourceReader:
 
     def read(self, key: str) -> torch.Tensor:
         with safe_open(str(self.folder / self.locations[key]), framework="pt") as reader:
-            tensor = reader.get_tensor(key)  # backed by its own mapping of the file, released with the tensor
+            # backed by its own mapping of the file, released with the tensor
+            tensor = reader.get_tensor(self.aliases.get(key, key))
+        if key in self.lora_factors:
+            from .original_lora import merge_lora_pair
+
+            lora_a, lora_b = (self._read_raw(name) for name in self.lora_factors[key])
+            try:
+                tensor = merge_lora_pair(tensor, lora_a, lora_b, key)
+            except ValueError as error:
+                raise ConversionError(str(error)) from None
         return self.adjust[key](tensor) if key in self.adjust else tensor
+
+    def _read_raw(self, name: str) -> torch.Tensor:
+        with safe_open(str(self.folder / self.raw_locations[name]), framework="pt") as reader:
+            return reader.get_tensor(name)
 
 
 def plan_shards(planned: list[_Planned], max_shard_size: int) -> list[list[_Planned]]:
@@ -290,6 +317,7 @@ def stream_tensors(
     max_shard_size: int,
     progress: bool,
     adjust: dict[str, Any] | None = None,
+    original_lora: tuple[dict[str, str], dict[str, tuple[str, str]], dict[str, str]] | None = None,
 ) -> tuple[list[str], int]:
     """Run the plan and write safetensors shards into `folder`; returns `(shard file names, total bytes)`.
 
@@ -299,7 +327,8 @@ def stream_tensors(
     kept for the next one (one fused tensor feeds three consecutive steps)."""
     from tqdm.auto import tqdm
 
-    reader = SourceReader(src, locations, adjust)
+    aliases, lora_factors, raw_locations = original_lora or (None, None, None)
+    reader = SourceReader(src, locations, adjust, aliases, lora_factors, raw_locations)
     names = [step.name for step in steps]
     duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
     if duplicates:
@@ -437,6 +466,20 @@ def convert_checkpoint(
             f"{source} is already in the {layout!r} layout; --to {to} converts from the {wanted!r} one"
         )
     locations = tensor_files(source)
+    original_lora = None
+    if layout == "original":
+        # An unmerged LoRA run of the original fine-tuning code (`use_llm_lora` / `use_backbone_lora`, PEFT key
+        # names): each wrapped layer is merged on the way (`W + 2 B@A`, the original's `lora_alpha = 2 r`).
+        from .original_lora import plan_original_lora_merge
+
+        try:
+            aliases, lora_factors = plan_original_lora_merge(locations)
+        except ValueError as error:
+            raise ConversionError(str(error)) from None
+        if lora_factors or any(alias != key for alias, key in aliases.items()):
+            original_lora = (aliases, lora_factors, locations)
+            locations = {plain: locations[key] for plain, key in aliases.items()}
+            config = {**config, "use_llm_lora": 0, "use_backbone_lora": 0}
     adjust = None
     if merge_lora is not None:
         from .lora import lora_deltas
@@ -459,7 +502,9 @@ def convert_checkpoint(
     prepared.check_tensors({step.name for step in steps})
 
     with atomic_output_folder(dst, force) as tmp:
-        shards, total_bytes = stream_tensors(source, locations, steps, tmp, dtype, shard_bytes, progress, adjust)
+        shards, total_bytes = stream_tensors(
+            source, locations, steps, tmp, dtype, shard_bytes, progress, adjust, original_lora
+        )
         prepared.write_side_files(tmp)
         result = ConversionResult(path=dst, num_tensors=len(steps), total_bytes=total_bytes, shards=shards)
     if verify:

@@ -186,6 +186,73 @@ def checkpoint_holds_original_lora(checkpoint_files: list[str] | None, state_dic
     return False
 
 
+_PEFT_PREFIXES = (
+    ("language_model.base_model.model.", "language_model."),
+    ("vision_model.base_model.model.", "vision_model."),
+)
+
+
+def merge_lora_pair(base: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, name: str) -> torch.Tensor:
+    """`W + 2 * B @ A` (the original's `lora_alpha = 2 r`), in float32, cast back to `base`'s dtype.
+
+    Raises:
+        ValueError: `lora_A` / `lora_B` do not chain or do not fit `base` (naming `name`).
+    """
+    if lora_a.ndim != 2 or lora_b.ndim != 2 or lora_b.shape[1] != lora_a.shape[0]:
+        raise ValueError(f"{name}: lora_A {tuple(lora_a.shape)} and lora_B {tuple(lora_b.shape)} do not chain")
+    if (lora_b.shape[0], lora_a.shape[1]) != tuple(base.shape):
+        raise ValueError(
+            f"{name}: lora_B @ lora_A is {(lora_b.shape[0], lora_a.shape[1])}, the base weight {tuple(base.shape)}"
+        )
+    delta = lora_b.to(torch.float32) @ lora_a.to(torch.float32)
+    return (base.to(torch.float32) + ORIGINAL_LORA_SCALING * delta).to(base.dtype)
+
+
+def plan_original_lora_merge(keys) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
+    """For streaming converters: how the keys of an unmerged original LoRA checkpoint become plain original keys.
+
+    Returns:
+        `(aliases, merges)`: `aliases[plain key] = checkpoint key` for every tensor that is not a LoRA factor
+        (`language_model.base_model.model.X` -> `language_model.X`, `...base_layer.weight` -> `....weight`), and
+        `merges[plain weight key] = (lora_A key, lora_B key)` for the wrapped layers (merge with `merge_lora_pair`).
+        A checkpoint without PEFT keys gives `aliases` mapping each key to itself and no merges.
+
+    Raises:
+        ValueError: a wrapped layer without both factors, a factor without its base layer, or two keys naming the
+            same plain tensor.
+    """
+    keys = set(keys)
+    aliases: dict[str, str] = {}
+    merges: dict[str, tuple[str, str]] = {}
+    used_factors: set[str] = set()
+    for key in sorted(keys):
+        if ".lora_A." in key or ".lora_B." in key:
+            continue
+        plain = key
+        for old, new in _PEFT_PREFIXES:
+            if plain.startswith(old):
+                plain = new + plain[len(old) :]
+                break
+        if key.endswith(f".{_BASE}"):
+            stem = key[: -len(_BASE)]
+            lora_a, lora_b = stem + _LORA_A, stem + _LORA_B
+            missing = [factor for factor in (lora_a, lora_b) if factor not in keys]
+            if missing:
+                raise ValueError(f"the LoRA-wrapped layer {stem.rstrip('.')!r} has no {missing[0]!r} in the checkpoint")
+            plain = plain[: -len(_BASE)] + "weight"
+            merges[plain] = (lora_a, lora_b)
+            used_factors.update((lora_a, lora_b))
+        elif key.endswith(".base_layer.bias"):
+            plain = plain[: -len("base_layer.bias")] + "bias"
+        if plain in aliases:
+            raise ValueError(f"checkpoint tensors {aliases[plain]!r} and {key!r} both give {plain!r}")
+        aliases[plain] = key
+    orphans = sorted(key for key in keys if (".lora_A." in key or ".lora_B." in key) and key not in used_factors)
+    if orphans:
+        raise ValueError(f"LoRA factor {orphans[0]!r} has no `base_layer.weight` beside it in the checkpoint")
+    return aliases, merges
+
+
 def is_original_lora_transform(transform) -> bool:
     """Whether `transform` is one of this module's (they only apply on load and must not be reversed on save)."""
     return isinstance(transform, (_PeftWrapperRenaming, _LoraMergeConverter))
@@ -255,6 +322,8 @@ __all__ = [
     "ORIGINAL_LORA_SCALING",
     "MergeOriginalLora",
     "checkpoint_holds_original_lora",
+    "merge_lora_pair",
+    "plan_original_lora_merge",
     "finish_original_lora_load",
     "is_original_lora_transform",
     "original_lora_converters",
