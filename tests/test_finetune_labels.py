@@ -102,11 +102,6 @@ def test_video_frame_tags():
     assert video_frame_tags(2) == "Frame-1: <image>\nFrame-2: <image>"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="InternVLProcessor.__call__ does not return `text_replacement_offsets`, so transformers places the "
-    "assistant mask by character offsets of the unexpanded prompt (issue 11; processing_internvl.py is being changed)",
-)
 def test_processor_assistant_mask_with_an_image_equals_the_labels():
     import numpy as np
     from PIL import Image
@@ -130,3 +125,65 @@ def test_processor_assistant_mask_with_an_image_equals_the_labels():
     )
     assert list(out["input_ids"][0]) == expected.input_ids
     assert [int(m) for m in out["assistant_masks"][0]] == [int(label != IGNORE_INDEX) for label in expected.labels]
+
+
+def _tiny_processor():
+    from transformers_internvl.processing.image_processing_internvl import InternVLImageProcessor
+    from transformers_internvl.processing.processing_internvl import InternVLProcessor
+
+    tokenizer = _tokenizer("qwen2-tiny")
+    return tokenizer, InternVLProcessor(
+        tokenizer=tokenizer, image_processor=InternVLImageProcessor(max_dynamic_patch=1)
+    )
+
+
+def test_processor_assistant_mask_multi_turn_with_images_in_two_turns_equals_the_labels():
+    import numpy as np
+    from PIL import Image
+
+    tokenizer, processor = _tiny_processor()
+    image = Image.fromarray(np.zeros((64, 64, 3), np.uint8))
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "Name it."}]},
+        {"role": "assistant", "content": "red square"},
+        {"role": "user", "content": [{"type": "text", "text": "And this?"}, {"type": "image", "image": image}]},
+        {"role": "assistant", "content": "the same"},
+    ]
+    out = processor.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    expected = tokenize_conversation(
+        [
+            {"from": "system", "value": "Be brief."},
+            # The chat template numbers the images of a conversation and puts each before its turn's text.
+            {"from": "human", "value": "Image-1: <image>\nName it."},
+            {"from": "gpt", "value": "red square"},
+            {"from": "human", "value": "Image-2: <image>\nAnd this?"},
+            {"from": "gpt", "value": "the same"},
+        ],
+        tokenizer,
+        "internvl2_5",
+        num_image_tokens=[256, 256],
+    )
+    assert list(out["input_ids"][0]) == expected.input_ids
+    assert [int(m) for m in out["assistant_masks"][0]] == [int(label != IGNORE_INDEX) for label in expected.labels]
+
+
+def test_text_replacement_offsets_from_first_principles():
+    """`span` in the text as given, `new_span` in the expanded text; an added `Image-i:` prefix is one insertion at
+    0 (what transformers' `_adjust_assistant_masks_indices` reads)."""
+    import numpy as np
+    from PIL import Image
+
+    _, processor = _tiny_processor()
+    image = Image.fromarray(np.zeros((64, 64, 3), np.uint8))
+    tokens = len(processor.image_tokens(1))
+    out = processor(text="<image> and <image>", images=[image, image], return_text_replacement_offsets=True)
+    assert out["text_replacement_offsets"] == [
+        [{"span": (0, 7), "new_span": (0, tokens)}, {"span": (12, 19), "new_span": (tokens + 5, 2 * tokens + 5)}]
+    ]
+    out = processor(text="Compare.", images=[image, image], return_text_replacement_offsets=True)
+    prefix = processor.image_prefix(2)  # "Image-1: <image>\nImage-2: <image>\n"
+    expanded_prefix = len(prefix) + 2 * (tokens - len("<image>"))
+    assert out["text_replacement_offsets"] == [[{"span": (0, 0), "new_span": (0, expanded_prefix)}]]
+    plain = processor(text="Compare.", images=[image, image], return_tensors="pt")
+    assert "text_replacement_offsets" not in plain

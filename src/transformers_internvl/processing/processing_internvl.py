@@ -424,7 +424,11 @@ class InternVLChatProcessor(ProcessorMixin):
         )
         text_kwargs = output_kwargs["text_kwargs"]
         return_tensors = text_kwargs.pop("return_tensors", None)
-        for key in ("return_mm_token_type_ids", "return_text_replacement_offsets", "sanitize_control_tokens"):
+        return_text_replacement_offsets = bool(
+            text_kwargs.pop("return_text_replacement_offsets", None)
+            or output_kwargs.get("return_text_replacement_offsets", False)
+        )
+        for key in ("return_mm_token_type_ids", "sanitize_control_tokens"):
             text_kwargs.pop(key, None)
         return_mm_token_type_ids = output_kwargs.get("return_mm_token_type_ids", False)
 
@@ -432,6 +436,7 @@ class InternVLChatProcessor(ProcessorMixin):
         videos_per_sample = _split_per_sample(videos, texts, self.video_placeholder, _is_video, "videos")
 
         # Prefixes for samples without placeholders, then a count check per sample.
+        prefix_lengths = []
         for index, (sample_images, sample_videos) in enumerate(zip(images_per_sample, videos_per_sample)):
             prefix = ""
             if sample_images and self.image_placeholder not in texts[index]:
@@ -439,6 +444,7 @@ class InternVLChatProcessor(ProcessorMixin):
             if sample_videos and self.video_placeholder not in texts[index]:
                 prefix += (self.video_placeholder + "\n") * len(sample_videos)
             texts[index] = prefix + texts[index]
+            prefix_lengths.append(len(prefix))
             for placeholder, items, name in (
                 (self.image_placeholder, sample_images, "image"),
                 (self.video_placeholder, sample_videos, "video"),
@@ -466,11 +472,18 @@ class InternVLChatProcessor(ProcessorMixin):
         expanded_texts: list[str] = []
         pixel_chunks: list[torch.Tensor] = []
         num_tiles: list[int] = []
+        # Per text, where each placeholder of the text as given (`span`) ended up in the expanded text (`new_span`);
+        # an added prefix is one insertion at 0. transformers shifts assistant-mask character spans with these.
+        replacement_offsets: list[list[dict[str, tuple[int, int]]]] = []
         for index, sample_text in enumerate(texts):
             sample_image_chunks = iter(image_chunks[index])
             sample_video_chunks = iter(video_chunks[index])
             pieces = []
+            offsets = []
+            position = new_position = prefix_growth = 0
+            prefix_length = prefix_lengths[index]
             for piece in pattern.split(sample_text):
+                replaced = piece in (self.image_placeholder, self.video_placeholder)
                 if piece == self.image_placeholder:
                     pixels = next(sample_image_chunks)
                     pieces.append(self.image_tokens(pixels.shape[0]))
@@ -485,11 +498,29 @@ class InternVLChatProcessor(ProcessorMixin):
                     num_tiles.extend([1] * int(frames.shape[0]))
                 else:
                     pieces.append(piece)
+                if replaced:
+                    if position < prefix_length:
+                        prefix_growth += len(pieces[-1]) - len(piece)
+                    else:
+                        start = position - prefix_length
+                        offsets.append(
+                            {
+                                "span": (start, start + len(piece)),
+                                "new_span": (new_position, new_position + len(pieces[-1])),
+                            }
+                        )
+                position += len(piece)
+                new_position += len(pieces[-1])
+            if prefix_length:
+                offsets.insert(0, {"span": (0, 0), "new_span": (0, prefix_length + prefix_growth)})
+            replacement_offsets.append(offsets)
             expanded_texts.append("".join(pieces))
 
         text_inputs = self.tokenizer(expanded_texts, **text_kwargs)
         self._check_special_mm_tokens(expanded_texts, text_inputs, modalities=["image"])
         data = dict(text_inputs)
+        if return_text_replacement_offsets:
+            data["text_replacement_offsets"] = replacement_offsets
         if return_mm_token_type_ids:
             data["mm_token_type_ids"] = self.create_mm_token_type_ids(text_inputs["input_ids"])
         if pixel_chunks:
@@ -501,7 +532,7 @@ class InternVLChatProcessor(ProcessorMixin):
             size = self.image_size
             data["pixel_values"] = torch.zeros((0, 3, size, size))
             data["num_tiles"] = torch.zeros((0,), dtype=torch.long)
-        return BatchFeature(data=data, tensor_type=return_tensors)
+        return BatchFeature(data=data, tensor_type=return_tensors, skip_tensor_conversion=["text_replacement_offsets"])
 
     def _process_images_per_sample(
         self, images_per_sample: list[list[Any]], images_kwargs: dict[str, Any]
