@@ -31,6 +31,14 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, VideosKwargs
 from transformers.utils import CONFIG_NAME, PROCESSOR_NAME, cached_file, logging
 
+from .control_tokens import (
+    check_no_raw_image_tokens,
+    count_placeholders,
+    escape_placeholders_in_messages,
+    placeholder_pattern,
+    remove_escapes,
+    special_tokens_around_text,
+)
 from .conversation import (
     DEFAULT_VIDEO_FRAME_TEMPLATE,
     IMAGE_CONTEXT_TOKEN,
@@ -121,7 +129,7 @@ def _split_per_sample(items: Any, texts: list[str], placeholder: str, is_item, n
     if all(is_item(item) for item in items):
         if batch_size == 1:
             return [items]
-        counts = [text.count(placeholder) for text in texts]
+        counts = [count_placeholders(text, placeholder) for text in texts]
         if sum(counts) == len(items):
             grouped, start = [], 0
             for count in counts:
@@ -424,8 +432,16 @@ class InternVLChatProcessor(ProcessorMixin):
         )
         text_kwargs = output_kwargs["text_kwargs"]
         return_tensors = text_kwargs.pop("return_tensors", None)
-        for key in ("return_mm_token_type_ids", "return_text_replacement_offsets", "sanitize_control_tokens"):
+        sanitize_control_tokens = bool(
+            text_kwargs.pop("sanitize_control_tokens", None) or output_kwargs.get("sanitize_control_tokens")
+        )
+        for key in ("return_mm_token_type_ids", "return_text_replacement_offsets"):
             text_kwargs.pop(key, None)
+        if sanitize_control_tokens:
+            # Marked by `apply_chat_template(..., sanitize_control_tokens=True)`: the tokenizer encodes the marked
+            # control tokens as plain text (transformers' `encode_marked_chat`).
+            text_kwargs["sanitize_control_tokens"] = True
+        check_no_raw_image_tokens(texts, (self.image_start_token, self.image_end_token, self.image_context_token))
         return_mm_token_type_ids = output_kwargs.get("return_mm_token_type_ids", False)
 
         images_per_sample = _split_per_sample(images, texts, self.image_placeholder, _is_image, "images")
@@ -434,16 +450,16 @@ class InternVLChatProcessor(ProcessorMixin):
         # Prefixes for samples without placeholders, then a count check per sample.
         for index, (sample_images, sample_videos) in enumerate(zip(images_per_sample, videos_per_sample)):
             prefix = ""
-            if sample_images and self.image_placeholder not in texts[index]:
+            if sample_images and not count_placeholders(texts[index], self.image_placeholder):
                 prefix += self.image_prefix(len(sample_images))
-            if sample_videos and self.video_placeholder not in texts[index]:
+            if sample_videos and not count_placeholders(texts[index], self.video_placeholder):
                 prefix += (self.video_placeholder + "\n") * len(sample_videos)
             texts[index] = prefix + texts[index]
             for placeholder, items, name in (
                 (self.image_placeholder, sample_images, "image"),
                 (self.video_placeholder, sample_videos, "video"),
             ):
-                count = texts[index].count(placeholder)
+                count = count_placeholders(texts[index], placeholder)
                 if count != len(items):
                     raise ValueError(
                         f"Text {index} has {count} {placeholder} placeholder(s) but {len(items)} {name}(s) were given "
@@ -462,7 +478,7 @@ class InternVLChatProcessor(ProcessorMixin):
         video_chunks = self._process_all_videos(videos_per_sample, output_kwargs["videos_kwargs"])
 
         # Walk the placeholders of every text in order: expand them and collect pixels in the same order.
-        pattern = re.compile(f"({re.escape(self.image_placeholder)}|{re.escape(self.video_placeholder)})")
+        pattern = placeholder_pattern(self.image_placeholder, self.video_placeholder)
         expanded_texts: list[str] = []
         pixel_chunks: list[torch.Tensor] = []
         num_tiles: list[int] = []
@@ -485,8 +501,12 @@ class InternVLChatProcessor(ProcessorMixin):
                     num_tiles.extend([1] * int(frames.shape[0]))
                 else:
                     pieces.append(piece)
-            expanded_texts.append("".join(pieces))
+            expanded_texts.append(remove_escapes("".join(pieces)))
 
+        if sanitize_control_tokens and text_kwargs.get("add_special_tokens", True):
+            before, after = special_tokens_around_text(self.tokenizer)
+            expanded_texts = [before + sample + after for sample in expanded_texts]
+            text_kwargs["add_special_tokens"] = False
         text_inputs = self.tokenizer(expanded_texts, **text_kwargs)
         self._check_special_mm_tokens(expanded_texts, text_inputs, modalities=["image"])
         data = dict(text_inputs)
@@ -542,6 +562,21 @@ class InternVLChatProcessor(ProcessorMixin):
             )
         per_video = iter(torch.split(frames, frames_per_video, dim=0))
         return [[next(per_video) for _ in sample_videos] for sample_videos in videos_per_sample]
+
+    def apply_chat_template(self, conversation, chat_template=None, **kwargs):
+        """transformers' `apply_chat_template`, where a literal `<image>` / `<video>` inside a typed text item
+        (`{"type": "text", "text": ...}`) is text, not a placeholder: only `{"type": "image"}` / `{"type": "video"}`
+        items are images and videos (see `control_tokens`). With `tokenize=False` the rendered string keeps the
+        escape character (U+F0002) before such text, so that passing it to the processor keeps it text.
+
+        `sanitize_control_tokens=True` (needs `tokenize=True`) encodes the control tokens in the messages
+        (`<|im_start|>`, `<|im_end|>`, `<img>`, `<IMG_CONTEXT>`, ...) as plain text; the default (`False`, as in
+        transformers and the original `chat()`) lets message text write them, except the image tokens, which the
+        processor refuses (`ValueError`)."""
+        conversation = escape_placeholders_in_messages(
+            conversation, (self.image_placeholder, self.video_placeholder)
+        )
+        return super().apply_chat_template(conversation, chat_template, **kwargs)
 
     # ---- saving / loading ----------------------------------------------------------------------------------------
 
