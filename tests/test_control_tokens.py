@@ -39,9 +39,7 @@ def _text(text):
 
 
 def _ids(processor, messages, **kwargs):
-    out = processor.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=True, return_dict=True, **kwargs
-    )
+    out = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True, **kwargs)
     ids = out["input_ids"]
     return out, list(ids[0] if ids and isinstance(ids[0], list) else ids)
 

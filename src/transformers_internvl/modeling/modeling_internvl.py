@@ -41,6 +41,7 @@ from ..conversion.original_lora import (
 from ..processing.conversation import IMAGE_CONTEXT_TOKEN, get_eos_token
 from .chat import InternVLChatMixin
 from .configuration_internvl import InternVLConfig
+from .input_checks import cached_length, check_image_flags, check_no_unfilled_image_tokens, check_num_tiles
 from .llm_resolution import language_model_head
 from .modeling_intern_vit import InternVLVisionModel
 from .modeling_internlm2 import describe_wqkv_mismatch
@@ -482,10 +483,7 @@ class InternVLModel(InternVLPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of `input_ids` or `inputs_embeds`.")
         kwargs.pop("num_patches", None)
-        if num_tiles is not None and pixel_values is not None:
-            total = int(sum(int(n) for n in num_tiles))
-            if total != pixel_values.shape[0]:
-                raise ValueError(f"`num_tiles` sums to {total} but `pixel_values` holds {pixel_values.shape[0]} tiles.")
+        check_num_tiles(num_tiles, pixel_values)
 
         image_outputs = (mm_encoder_outputs or {}).get("image")
         if image_outputs is None and pixel_values is not None:
@@ -504,12 +502,16 @@ class InternVLModel(InternVLPreTrainedModel):
         if image_outputs is not None and image_outputs.pooler_output.shape[0] > 0:
             image_features = image_outputs.pooler_output
             if image_flags is not None:
+                check_image_flags(image_flags, image_features.shape[0])
                 image_features = image_features[image_flags.reshape(-1) == 1]
             image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
             special_image_mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
             inputs_embeds = inputs_embeds.masked_scatter(
                 special_image_mask.unsqueeze(-1).to(inputs_embeds.device), image_features
             )
+        else:
+            reason = "no pixel_values" if image_outputs is None else "pixel_values with zero tiles"
+            check_no_unfilled_image_tokens(input_ids, self.config.image_token_id, 0, reason, cached_length(cache))
 
         outputs = self.language_model(
             attention_mask=attention_mask,
@@ -616,10 +618,20 @@ class InternVLForConditionalGeneration(InternVLChatMixin, InternVLPreTrainedMode
         return self.model.get_image_features(pixel_values, **kwargs)
 
     def generate(self, *args, **kwargs):
-        """`GenerationMixin.generate`; `pixel_values=None` or zero tiles is the same as not passing them."""
-        pixel_values = kwargs.get("pixel_values", ...)
+        """`GenerationMixin.generate`; `pixel_values=None` or zero tiles is the same as not passing them.
+
+        Raises:
+            ValueError: `num_tiles` does not sum to the tiles of `pixel_values`, or the prompt holds `<IMG_CONTEXT>`
+                tokens without tiles for them (see `input_checks`).
+        """
+        pixel_values = kwargs.get("pixel_values")
+        check_num_tiles(kwargs.get("num_tiles"), pixel_values if isinstance(pixel_values, torch.Tensor) else None)
         if pixel_values is None or (isinstance(pixel_values, torch.Tensor) and pixel_values.shape[0] == 0):
-            kwargs.pop("pixel_values")
+            if not kwargs.get("mm_encoder_outputs"):
+                input_ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
+                reason = "no pixel_values" if pixel_values is None else "pixel_values with zero tiles"
+                check_no_unfilled_image_tokens(input_ids, self.config.image_token_id, 0, reason)
+            kwargs.pop("pixel_values", None)
             kwargs.pop("num_tiles", None)
         return super().generate(*args, **kwargs)
 

@@ -1,0 +1,124 @@
+"""Model-side reliability (issue 12): no generation from unfilled `<IMG_CONTEXT>` slots, `num_tiles` / `image_flags`
+checked in `forward` and `generate`, config values validated at load, `batch_chat` argument types."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModelForImageTextToText
+
+import transformers_internvl  # noqa: F401  (registers the classes)
+from transformers_internvl import InternVLConfig
+
+QWEN2_DIR = Path(__file__).parent / "fixtures" / "models" / "tiny-qwen2"
+META = json.loads((QWEN2_DIR / "meta.json").read_text())
+IMAGE_TOKEN_ID = META["token_ids"]["<IMG_CONTEXT>"]
+PAD_ID = META["token_ids"]["pad"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return AutoModelForImageTextToText.from_pretrained(QWEN2_DIR, image_token_id=IMAGE_TOKEN_ID).eval()
+
+
+@pytest.fixture(scope="module")
+def io():
+    return load_file(QWEN2_DIR / "io.safetensors")
+
+
+def _num_image_tokens(io) -> int:
+    return int((io["input_ids"] == IMAGE_TOKEN_ID).sum())
+
+
+# ---- unfilled image slots ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pixels", ["none", "empty"])
+def test_forward_refuses_image_tokens_without_tiles(model, io, pixels):
+    pixel_values = None if pixels == "none" else io["pixel_values"][:0]
+    count = _num_image_tokens(io)
+    expected = "no pixel_values" if pixels == "none" else "pixel_values with zero tiles"
+    with pytest.raises(ValueError, match=rf"holds {count} image tokens .*id {IMAGE_TOKEN_ID}.*{expected}.*0 tiles"):
+        with torch.no_grad():
+            model(input_ids=io["input_ids"], pixel_values=pixel_values, attention_mask=io["attention_mask"])
+    with pytest.raises(ValueError, match=rf"holds {count} image tokens"):
+        with torch.no_grad():
+            model.model(input_ids=io["input_ids"], pixel_values=pixel_values)
+
+
+@pytest.mark.parametrize("pixels", ["none", "empty", "absent"])
+def test_generate_refuses_image_tokens_without_tiles(model, io, pixels):
+    kwargs = {} if pixels == "absent" else {"pixel_values": None if pixels == "none" else io["pixel_values"][:0]}
+    count = _num_image_tokens(io)
+    with pytest.raises(ValueError, match=rf"holds {count} image tokens"):
+        model.generate(
+            input_ids=io["input_ids"],
+            attention_mask=io["attention_mask"],
+            max_new_tokens=2,
+            pad_token_id=PAD_ID,
+            **kwargs,
+        )
+    with pytest.raises(ValueError, match=rf"holds {count} image tokens"):  # positional input_ids
+        model.generate(io["input_ids"], max_new_tokens=2, pad_token_id=PAD_ID, **kwargs)
+
+
+def test_text_only_prompts_still_generate(model, io):
+    text_ids = io["input_ids"][:, :4].clone()
+    text_ids[text_ids == IMAGE_TOKEN_ID] = 5
+    for kwargs in ({}, {"pixel_values": None}, {"pixel_values": io["pixel_values"][:0], "num_tiles": []}):
+        out = model.generate(input_ids=text_ids, max_new_tokens=2, do_sample=False, pad_token_id=PAD_ID, **kwargs)
+        assert out.shape == (text_ids.shape[0], 6)
+
+
+def test_a_generated_image_token_id_does_not_stop_decoding(model):
+    # Decoding steps see only the new token; a generated <IMG_CONTEXT> id is not an unfilled prompt slot.
+    with torch.no_grad():
+        first = model(input_ids=torch.tensor([[5, 6]]), use_cache=True)
+        step = model(input_ids=torch.tensor([[IMAGE_TOKEN_ID]]), cache=first.cache, use_cache=True)
+    assert torch.isfinite(step.logits).all()
+
+
+# ---- num_tiles and image_flags -------------------------------------------------------------------------------------
+
+
+def test_generate_checks_num_tiles_like_forward(model, io):
+    tiles = io["pixel_values"].shape[0]
+    for wrong in ([tiles + 1], [tiles, 1], torch.tensor([tiles - 1])):
+        with pytest.raises(ValueError, match=rf"`num_tiles` sums to \d+ but `pixel_values` holds {tiles} tiles"):
+            model.generate(
+                input_ids=io["input_ids"],
+                pixel_values=io["pixel_values"],
+                num_tiles=wrong,
+                max_new_tokens=1,
+                pad_token_id=PAD_ID,
+            )
+        with pytest.raises(ValueError, match=r"`num_tiles` sums to"):
+            with torch.no_grad():
+                model(input_ids=io["input_ids"], pixel_values=io["pixel_values"], num_tiles=wrong)
+    for bad, error in (([-1, tiles + 1], ValueError), ([1.5], TypeError), ("3", TypeError), ([True], TypeError)):
+        with pytest.raises(error, match=r"`num_tiles`"):
+            model.generate(input_ids=io["input_ids"], pixel_values=io["pixel_values"], num_tiles=bad, max_new_tokens=1)
+
+
+def test_image_flags_of_the_wrong_length(model, io):
+    tiles = io["pixel_values"].shape[0]
+    for flags in (torch.ones(tiles + 1, dtype=torch.long), torch.ones(max(tiles - 1, 0), dtype=torch.long)):
+        with pytest.raises(ValueError, match=rf"one flag per tile: got {flags.numel()} flags .* for {tiles} tiles"):
+            with torch.no_grad():
+                model(input_ids=io["input_ids"], pixel_values=io["pixel_values"], image_flags=flags)
+    with pytest.raises(TypeError, match=r"`image_flags` must be a tensor"):
+        with torch.no_grad():
+            model(input_ids=io["input_ids"], pixel_values=io["pixel_values"], image_flags=[1] * tiles)
+    with torch.no_grad():  # the right length works, as a (tiles, 1) column too (the original's shape)
+        out = model(
+            input_ids=io["input_ids"],
+            pixel_values=io["pixel_values"],
+            image_flags=torch.ones(tiles, 1, dtype=torch.long),
+        )
+    assert torch.isfinite(out.logits).all()
