@@ -122,3 +122,107 @@ def test_image_flags_of_the_wrong_length(model, io):
             image_flags=torch.ones(tiles, 1, dtype=torch.long),
         )
     assert torch.isfinite(out.logits).all()
+
+
+# ---- config validation ---------------------------------------------------------------------------------------------
+
+
+def _config_dict() -> dict:
+    return json.loads((QWEN2_DIR / "config.json").read_text())
+
+
+@pytest.mark.parametrize("field", ["llm_config", "vision_config"])
+@pytest.mark.parametrize("how", ["missing", "null"])
+def test_config_without_a_sub_config_is_refused(tmp_path, field, how):
+    config = _config_dict()
+    if how == "missing":
+        del config[field]
+    else:
+        config[field] = None
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    shutil.copy(QWEN2_DIR / "model.safetensors", tmp_path)
+    message = rf"missing `{field}` \({how}\)"
+    with pytest.raises(ValueError, match=message):
+        InternVLConfig.from_dict(config)
+    with pytest.raises(ValueError, match=message):
+        AutoConfig.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=message):  # before any weights are allocated
+        AutoModelForImageTextToText.from_pretrained(tmp_path)
+
+
+def test_config_without_arguments_still_builds_defaults():
+    # transformers' own machinery (ConfigTester, `to_diff_dict`) builds `InternVLConfig()`.
+    config = InternVLConfig()
+    assert config.text_config.model_type == "qwen2" and config.vision_config.patch_size == 14
+
+
+BAD_VALUES = [
+    ("downsample_ratio", 0, ValueError, "a finite number in \\(0, 1\\]"),
+    ("downsample_ratio", -0.5, ValueError, "a finite number in \\(0, 1\\]"),
+    ("downsample_ratio", "0.5", TypeError, "a number in \\(0, 1\\]"),
+    ("downsample_ratio", math.nan, ValueError, "finite"),
+    ("downsample_ratio", math.inf, ValueError, "finite"),
+    ("downsample_ratio", True, TypeError, "a number"),
+    ("select_layer", 1.5, TypeError, "an integer vision layer index"),
+    ("select_layer", "-1", TypeError, "an integer vision layer index"),
+    ("force_image_size", -448, ValueError, "a positive integer tile size"),
+    ("force_image_size", 0, ValueError, "a positive integer tile size"),
+    ("force_image_size", 448.0, TypeError, "a positive integer tile size"),
+    ("force_image_size", 450, ValueError, "multiple of the vision patch size \\(14\\)"),
+    ("vision_batch_size", -3, ValueError, "a positive integer"),
+    ("vision_batch_size", "3", TypeError, "a positive integer"),
+    ("image_token_id", "92546", TypeError, "a non-negative integer token id"),
+    ("image_token_id", -1, ValueError, "a non-negative integer token id"),
+    ("max_dynamic_patch", 0, ValueError, "a positive integer number of tiles"),
+    ("min_dynamic_patch", 1.5, TypeError, "a positive integer number of tiles"),
+    ("use_thumbnail", "yes", TypeError, "a boolean"),
+    ("llm_config", [], TypeError, "`llm_config` \\(`text_config`\\) must be a dict"),
+    ("llm_config", "qwen2", TypeError, "`llm_config` \\(`text_config`\\) must be a dict"),
+    ("vision_config", [], TypeError, "`vision_config` must be"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "error", "allowed"), BAD_VALUES)
+def test_bad_config_values_name_field_value_and_allowed(field, value, error, allowed):
+    config = _config_dict()
+    config[field] = value
+    with pytest.raises(error, match=rf"`{field}`.*{allowed}" if "`" not in allowed else allowed) as info:
+        InternVLConfig.from_dict(config)
+    if field not in ("llm_config", "vision_config"):
+        assert repr(value) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("vision_config", "layer_norm_eps"), math.nan),
+        (("llm_config", "rms_norm_eps"), math.nan),
+        (("llm_config", "rope_theta"), math.inf),
+    ],
+)
+def test_nan_anywhere_is_refused(path, value):
+    config = _config_dict()
+    config[path[0]][path[1]] = value
+    with pytest.raises(ValueError, match=r"is NaN or infinite|must be finite"):
+        InternVLConfig.from_dict(config)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "match"),
+    [
+        ({"vision_batch_size": -3}, ValueError, r"`vision_batch_size` must be a positive integer.*got -3"),
+        ({"downsample_ratio": 0}, ValueError, r"`downsample_ratio`.*got 0"),
+        ({"select_layer": 1.5}, TypeError, r"`select_layer`.*got 1.5"),
+        ({"image_token_id": "5"}, TypeError, r"`image_token_id`.*got '5'"),
+    ],
+)
+def test_from_pretrained_overrides_are_validated(overrides, error, match):
+    with pytest.raises(error, match=match):
+        AutoConfig.from_pretrained(QWEN2_DIR, **overrides)
+    with pytest.raises(error, match=match):
+        AutoModelForImageTextToText.from_pretrained(QWEN2_DIR, **overrides)
+
+
+def test_valid_overrides_still_apply():
+    config = AutoConfig.from_pretrained(QWEN2_DIR, vision_batch_size=2, image_token_id=IMAGE_TOKEN_ID)
+    assert config.vision_batch_size == 2 and config.image_token_id == IMAGE_TOKEN_ID
