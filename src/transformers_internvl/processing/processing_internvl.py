@@ -21,7 +21,6 @@ Text conventions are those of the original InternVL chat code:
 import inspect
 import json
 import os
-import re
 from typing import Any
 
 import numpy as np
@@ -573,9 +572,7 @@ class InternVLChatProcessor(ProcessorMixin):
         (`<|im_start|>`, `<|im_end|>`, `<img>`, `<IMG_CONTEXT>`, ...) as plain text; the default (`False`, as in
         transformers and the original `chat()`) lets message text write them, except the image tokens, which the
         processor refuses (`ValueError`)."""
-        conversation = escape_placeholders_in_messages(
-            conversation, (self.image_placeholder, self.video_placeholder)
-        )
+        conversation = escape_placeholders_in_messages(conversation, (self.image_placeholder, self.video_placeholder))
         return super().apply_chat_template(conversation, chat_template, **kwargs)
 
     # ---- saving / loading ----------------------------------------------------------------------------------------
