@@ -226,3 +226,33 @@ def test_from_pretrained_overrides_are_validated(overrides, error, match):
 def test_valid_overrides_still_apply():
     config = AutoConfig.from_pretrained(QWEN2_DIR, vision_batch_size=2, image_token_id=IMAGE_TOKEN_ID)
     assert config.vision_batch_size == 2 and config.image_token_id == IMAGE_TOKEN_ID
+
+
+# ---- batch_chat arguments ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(Path(__file__).parent / "fixtures" / "tokenizers" / "qwen2-tiny")
+
+
+@pytest.mark.parametrize(
+    ("questions", "error", "match"),
+    [
+        ("abc", TypeError, r"`questions` must be a list of str .*got str 'abc'; use \['abc'\]"),
+        (b"abc", TypeError, r"`questions` must be a list of str"),
+        (7, TypeError, r"`questions` must be a list of str"),
+        (["ok", 3], TypeError, r"`questions\[1\]` must be a str, got int"),
+        ([], ValueError, r"`questions` is empty"),
+    ],
+)
+def test_batch_chat_refuses_questions_that_are_not_a_list_of_str(model, tokenizer, questions, error, match):
+    with pytest.raises(error, match=match):
+        model.batch_chat(tokenizer, None, questions, generation_config={"max_new_tokens": 1})
+
+
+def test_batch_chat_accepts_a_tuple(model, tokenizer):
+    answers = model.batch_chat(tokenizer, None, ("a", "b"), generation_config={"max_new_tokens": 1, "do_sample": False})
+    assert isinstance(answers, list) and len(answers) == 2

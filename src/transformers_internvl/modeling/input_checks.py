@@ -10,7 +10,13 @@ from typing import Any
 import torch
 from transformers.utils.import_utils import torch_compilable_check
 
-__all__ = ["cached_length", "check_image_flags", "check_no_unfilled_image_tokens", "check_num_tiles"]
+__all__ = [
+    "cached_length",
+    "check_image_flags",
+    "check_no_unfilled_image_tokens",
+    "check_num_tiles",
+    "question_list",
+]
 
 
 def cached_length(cache: Any) -> int | torch.Tensor:
@@ -104,3 +110,29 @@ def check_image_flags(image_flags: torch.Tensor | None, num_tiles: int) -> None:
             f"`image_flags` must hold one flag per tile: got {image_flags.numel()} flags (shape "
             f"{tuple(image_flags.shape)}) for {num_tiles} tiles."
         )
+
+
+def question_list(questions: Any) -> list[str]:
+    """The questions of `batch_chat` as a list, refusing a single string (which `list()` would split into
+    characters, answering 'a', 'b', 'c' for "abc").
+
+    Raises:
+        TypeError: `questions` is a str / bytes or not a sequence, or an element is not a str.
+        ValueError: `questions` is empty.
+    """
+    if isinstance(questions, (str, bytes)) or not isinstance(questions, Sequence):
+        raise TypeError(
+            f"`questions` must be a list of str (one per image), got {type(questions).__name__}"
+            + (
+                f" {questions!r}; use [{questions!r}] or chat() for one question."
+                if isinstance(questions, str)
+                else "."
+            )
+        )
+    questions = list(questions)
+    if not questions:
+        raise ValueError("`questions` is empty; expected at least one question.")
+    for index, question in enumerate(questions):
+        if not isinstance(question, str):
+            raise TypeError(f"`questions[{index}]` must be a str, got {type(question).__name__}.")
+    return questions
