@@ -25,6 +25,7 @@ from transformers.utils import TransformersKwargs, can_return_tuple, logging
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.import_utils import torch_compilable_check
 
+from ..atomic_save import atomic_save_directory
 from ..conversion.checkpoint_mapping import head_renaming, original_layout_conversions
 from ..conversion.missing_weights import (
     allow_missing_weights,
@@ -225,17 +226,24 @@ class InternVLPreTrainedModel(PreTrainedModel):
         """`PreTrainedModel.save_pretrained` in the original layout (`architectures: ["InternVLChatModel"]`,
         `llm_config`, original key names, the source's `auto_map`), plus the original remote-code files
         (`configuration_*.py`, `modeling_*.py`, `tokenization_*.py`, `conversation.py`) of the folder the model was
-        loaded from, so that servers reading this layout with `trust_remote_code` (vLLM, LMDeploy) serve it."""
-        result = super().save_pretrained(save_directory, *args, **kwargs)
+        loaded from, so that servers reading this layout with `trust_remote_code` (vLLM, LMDeploy) serve it.
+
+        Atomic (`atomic_save.atomic_save_directory`): the checkpoint is written to a temporary folder beside
+        `save_directory` and swapped in, so that readers see the old checkpoint or the new one; files of the old
+        folder that this save does not write (tokenizer, processor, README, ...) are kept, old weight files are not."""
         is_main_process = args[0] if args else kwargs.get("is_main_process", True)
-        source = getattr(self, "_remote_code_source", None)
-        if source is not None and is_main_process:
-            if kwargs.get("push_to_hub") and remote_code_files(source):
-                logger.warning_once(
-                    "save_pretrained(push_to_hub=True) uploads before the original remote-code files are copied; "
-                    "upload them from the saved folder (e.g. `huggingface_hub.upload_folder`)."
-                )
-            copy_remote_code_files(source, save_directory)
+        if kwargs.get("push_to_hub"):
+            kwargs.setdefault("repo_id", os.path.basename(os.path.normpath(save_directory)))
+        with atomic_save_directory(save_directory, enabled=is_main_process) as staging:
+            result = super().save_pretrained(staging, *args, **kwargs)
+            source = getattr(self, "_remote_code_source", None)
+            if source is not None and is_main_process:
+                if kwargs.get("push_to_hub") and remote_code_files(source):
+                    logger.warning_once(
+                        "save_pretrained(push_to_hub=True) uploads before the original remote-code files are copied; "
+                        "upload them from the saved folder (e.g. `huggingface_hub.upload_folder`)."
+                    )
+                copy_remote_code_files(source, staging)
         return result
 
     @staticmethod

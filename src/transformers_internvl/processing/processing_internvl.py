@@ -30,6 +30,7 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, VideosKwargs
 from transformers.utils import CONFIG_NAME, PROCESSOR_NAME, cached_file, logging
 
+from ..atomic_save import atomic_save_directory
 from .control_tokens import (
     check_no_raw_image_tokens,
     count_placeholders,
@@ -576,6 +577,23 @@ class InternVLChatProcessor(ProcessorMixin):
         return super().apply_chat_template(conversation, chat_template, **kwargs)
 
     # ---- saving / loading ----------------------------------------------------------------------------------------
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """`ProcessorMixin.save_pretrained`, atomic (`atomic_save.atomic_save_directory`): written to a temporary
+        folder beside `save_directory` and swapped in; the folder's other files (the model's weights and config
+        included) are kept. Returns the saved files' paths under `save_directory`."""
+        if push_to_hub:
+            kwargs.setdefault("repo_id", os.path.basename(os.path.normpath(save_directory)))
+        with atomic_save_directory(save_directory, keep_old_weights=True) as staging:
+            files = super().save_pretrained(staging, push_to_hub=push_to_hub, **kwargs)
+        if isinstance(files, (list, tuple)):
+            files = [
+                os.path.join(os.fspath(save_directory), os.path.relpath(path, staging))
+                if isinstance(path, str)
+                else path
+                for path in files
+            ]
+        return files
 
     def to_dict(self) -> dict[str, Any]:
         output = super().to_dict()
