@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForImageTextToText
 
@@ -256,3 +258,49 @@ def test_batch_chat_refuses_questions_that_are_not_a_list_of_str(model, tokenize
 def test_batch_chat_accepts_a_tuple(model, tokenizer):
     answers = model.batch_chat(tokenizer, None, ("a", "b"), generation_config={"max_new_tokens": 1, "do_sample": False})
     assert isinstance(answers, list) and len(answers) == 2
+
+
+# ---- config fuzz -----------------------------------------------------------------------------------------------------
+
+FIELDS = [
+    "downsample_ratio",
+    "select_layer",
+    "force_image_size",
+    "vision_batch_size",
+    "image_token_id",
+    "min_dynamic_patch",
+    "max_dynamic_patch",
+    "use_thumbnail",
+    "dynamic_image_size",
+    "ps_version",
+    "template",
+    "llm_config",
+    "vision_config",
+]
+VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.sampled_from([0, 1, -1, 14, 448, 0.5, 0.25, 1.0, -0.5, 1.5, math.nan, math.inf, -math.inf]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["", "0.5", "448", "v2", "internvl2_5", "x"]),
+    st.sampled_from([[], {}, [1], {"a": 1}]),
+)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(changes=st.dictionaries(st.sampled_from(FIELDS), VALUES, max_size=3))
+def test_config_fuzz_valid_or_documented_error(changes):
+    """Random values for the checked fields: a config whose values are all in range, or TypeError / ValueError."""
+    config = _config_dict()
+    config.update(changes)
+    try:
+        loaded = InternVLConfig.from_dict(config)
+    except (TypeError, ValueError):
+        return
+    assert 0 < loaded.downsample_ratio <= 1 and math.isfinite(loaded.downsample_ratio)
+    assert isinstance(loaded.select_layer, int) and not isinstance(loaded.select_layer, bool)
+    assert loaded.force_image_size is None or loaded.force_image_size > 0
+    assert loaded.vision_batch_size is None or loaded.vision_batch_size >= 1
+    assert loaded.image_token_id is None or loaded.image_token_id >= 0
+    assert loaded.num_image_token > 0
