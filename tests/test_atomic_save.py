@@ -195,3 +195,10 @@ def test_killed_saves_leave_the_old_or_the_new_checkpoint(tmp_path):
     for leftover in _leftovers(target):
         shutil.rmtree(target.parent / leftover)
     assert outcomes["old"] > 0  # some kills landed mid-save
+
+
+def test_relative_and_trailing_slash_targets(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _model(1).save_pretrained("ckpt/")
+    _model(2).save_pretrained("ckpt")
+    assert _version(tmp_path / "ckpt") == 2 and _leftovers(tmp_path / "ckpt") == []

@@ -144,10 +144,10 @@ def atomic_save_directory(
         OSError: `save_directory` exists and is not a folder, or the swap fails (the target is left untouched).
     On an exception inside the block the temporary folder is deleted and the target is left untouched.
     """
-    target = Path(save_directory)
     if not enabled:
-        yield str(target)
+        yield os.fspath(save_directory)
         return
+    target = Path(os.path.abspath(save_directory))  # "." and "ckpt/" name the folder itself
     if target.is_symlink():
         target = target.resolve()
     if target.exists() and not target.is_dir():

@@ -487,6 +487,9 @@ class InternVLModel(InternVLPreTrainedModel):
         pixel_values: `(num_tiles, 3, 448, 448)`, tiles of all images of the batch in placeholder order.
         image_flags: `(num_tiles,)` training flag; tiles with flag 0 (dummy images of text-only samples) are dropped.
         num_tiles: tiles per image (alias `num_patches`), only checked against `pixel_values`.
+
+        Raises `ValueError` when `num_tiles` or `image_flags` do not match the tiles, or when the prompt holds
+        `<IMG_CONTEXT>` tokens but no tiles are given (decoding steps with a filled cache are exempt).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of `input_ids` or `inputs_embeds`.")
