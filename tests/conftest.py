@@ -25,5 +25,26 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+# Marks used by transformers' generic test modules (tests/test_transformers_mixins.py imports them from the
+# transformers sdist); registered here because setup.cfg runs pytest with --strict-markers.
+TRANSFORMERS_TEST_MARKERS = (
+    "accelerate_tests",
+    "flash_attn_test",
+    "flash_attn_3_test",
+    "flash_attn_4_test",
+    "torch_compile_test",
+    "is_agent_test",
+    "is_expert_parallel_test",
+    "is_fsdp_test",
+    "is_pipeline_test",
+    "is_staging_test",
+    "is_tensor_parallel_test",
+    "is_training_test",
+    "order",
+)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than 10 s on a CPU")
+    for marker in TRANSFORMERS_TEST_MARKERS:
+        config.addinivalue_line("markers", f"{marker}: used by transformers' generic tests")

@@ -187,3 +187,42 @@ def test_text_replacement_offsets_from_first_principles():
     assert out["text_replacement_offsets"] == [[{"span": (0, 0), "new_span": (0, expanded_prefix)}]]
     plain = processor(text="Compare.", images=[image, image], return_tensors="pt")
     assert "text_replacement_offsets" not in plain
+
+
+@pytest.mark.parametrize("tokenizer_name", ["qwen2-tiny", "internlm2-dummy-prefix"])
+def test_assistant_mask_with_literal_placeholder_text_and_an_image(tokenizer_name):
+    """Escaped literal `<image>` / `<video>` text, an added BOS and an expanded image all shift the text: the mask
+    still covers exactly each answer and its end token. (transformers refuses `sanitize_control_tokens=True` with
+    `return_assistant_tokens_mask=True`.)"""
+    import numpy as np
+    from PIL import Image
+
+    from transformers_internvl.processing.image_processing_internvl import InternVLImageProcessor
+    from transformers_internvl.processing.processing_internvl import InternVLProcessor
+
+    tokenizer = _tokenizer(tokenizer_name)
+    processor = InternVLProcessor(tokenizer=tokenizer, image_processor=InternVLImageProcessor(max_dynamic_patch=1))
+    image = Image.fromarray(np.zeros((64, 64, 3), np.uint8))
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": image}, {"type": "text", "text": "What is the <image> tag?"}],
+        },
+        {"role": "assistant", "content": "An HTML tag."},
+        {"role": "user", "content": [{"type": "text", "text": "And <video>?"}]},
+        {"role": "assistant", "content": "Another one."},
+    ]
+    out = processor.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    assert len(out["pixel_values"]) == 1
+    ids, mask = list(out["input_ids"][0]), [int(m) for m in out["assistant_masks"][0]]
+    runs, current = [], []
+    for token_id, flag in zip(ids, mask):
+        if flag:
+            current.append(token_id)
+        elif current:
+            runs.append(current)
+            current = []
+    if current:
+        runs.append(current)
+    # (sentencepiece decodes a run that starts mid-text with a leading space)
+    assert [tokenizer.decode(run).strip() for run in runs] == ["An HTML tag.<|im_end|>", "Another one.<|im_end|>"]

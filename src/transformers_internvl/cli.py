@@ -273,6 +273,7 @@ class _Chat:
             return_dict=True,
             return_tensors="pt",
             processor_kwargs=processor_kwargs,
+            sanitize_control_tokens=True,  # typed text is text: `<|im_end|>` in a question cannot end the turn
         )
         return inputs.to(self.model.device)
 

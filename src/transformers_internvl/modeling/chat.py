@@ -24,6 +24,7 @@ from ..processing.conversation import (
     postprocess_response,
     prepare_chat_question,
 )
+from .input_checks import question_list
 
 
 def _generation_kwargs(generation_config: dict | GenerationConfig | None) -> dict[str, Any]:
@@ -284,7 +285,7 @@ class InternVLChatMixin:
         self._image_token_id_from(tokenizer, IMG_CONTEXT_TOKEN)
         prompts = build_batch_chat_prompts(
             self.template,
-            list(questions),
+            question_list(questions),
             num_tiles_list=num_patches_list,
             system_message=self.system_message,
             pixel_values_passed=pixel_values is not None,

@@ -9,6 +9,7 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import logging
 
+from .config_validation import check_sub_configs_present, validate_config_values
 from .configuration_intern_vit import InternVLVisionConfig
 from .llm_resolution import normalize_llm_config, original_llm_config, resolve_text_model_type
 
@@ -82,6 +83,11 @@ class InternVLConfig(PreTrainedConfig):
         elif isinstance(self.vision_config, dict):
             self.vision_config = InternVLVisionConfig(**self.vision_config)
 
+        if self.text_config is not None and not isinstance(self.text_config, (dict, PreTrainedConfig)):
+            raise TypeError(
+                f"`llm_config` (`text_config`) must be a dict (the LLM's configuration) or a PreTrainedConfig, got "
+                f"{self.text_config!r} ({type(self.text_config).__name__})."
+            )
         if self.text_config is None:
             self.text_config = AutoConfig.for_model("qwen2")
         elif isinstance(self.text_config, dict):
@@ -106,7 +112,21 @@ class InternVLConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         self.validate_architecture()
 
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs):
+        """As `PreTrainedConfig.from_dict` (used by `from_pretrained`), but a dict without `llm_config` /
+        `vision_config` is refused (`ValueError` naming the field) instead of building full-size defaults, and the
+        values are checked again after the keyword overrides (`from_pretrained(..., vision_batch_size=-3)`)."""
+        check_sub_configs_present(config_dict, kwargs)
+        result = super().from_dict(config_dict, **kwargs)
+        config = result[0] if isinstance(result, tuple) else result
+        config.validate_architecture()
+        return result
+
     def validate_architecture(self) -> None:
+        """Check the values (`config_validation.validate_config_values`) and their consistency with the vision
+        tower; raises `TypeError` / `ValueError` naming the field, the value and what is allowed."""
+        validate_config_values(self)
         if self.ps_version not in PIXEL_SHUFFLE_VERSIONS:
             raise ValueError(f"`ps_version` must be one of {PIXEL_SHUFFLE_VERSIONS}, got {self.ps_version!r}.")
         side = self.vision_image_size // self.vision_config.patch_size

@@ -25,6 +25,7 @@ from transformers.utils import TransformersKwargs, can_return_tuple, logging
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.import_utils import torch_compilable_check
 
+from ..atomic_save import atomic_save_directory
 from ..conversion.checkpoint_mapping import head_renaming, original_layout_conversions
 from ..conversion.missing_weights import (
     allow_missing_weights,
@@ -41,6 +42,7 @@ from ..conversion.original_lora import (
 from ..processing.conversation import IMAGE_CONTEXT_TOKEN, get_eos_token
 from .chat import InternVLChatMixin
 from .configuration_internvl import InternVLConfig
+from .input_checks import cached_length, check_image_flags, check_no_unfilled_image_tokens, check_num_tiles
 from .llm_resolution import language_model_head
 from .modeling_intern_vit import InternVLVisionModel
 from .modeling_internlm2 import describe_wqkv_mismatch
@@ -224,17 +226,24 @@ class InternVLPreTrainedModel(PreTrainedModel):
         """`PreTrainedModel.save_pretrained` in the original layout (`architectures: ["InternVLChatModel"]`,
         `llm_config`, original key names, the source's `auto_map`), plus the original remote-code files
         (`configuration_*.py`, `modeling_*.py`, `tokenization_*.py`, `conversation.py`) of the folder the model was
-        loaded from, so that servers reading this layout with `trust_remote_code` (vLLM, LMDeploy) serve it."""
-        result = super().save_pretrained(save_directory, *args, **kwargs)
+        loaded from, so that servers reading this layout with `trust_remote_code` (vLLM, LMDeploy) serve it.
+
+        Atomic (`atomic_save.atomic_save_directory`): the checkpoint is written to a temporary folder beside
+        `save_directory` and swapped in, so that readers see the old checkpoint or the new one; files of the old
+        folder that this save does not write (tokenizer, processor, README, ...) are kept, old weight files are not."""
         is_main_process = args[0] if args else kwargs.get("is_main_process", True)
-        source = getattr(self, "_remote_code_source", None)
-        if source is not None and is_main_process:
-            if kwargs.get("push_to_hub") and remote_code_files(source):
-                logger.warning_once(
-                    "save_pretrained(push_to_hub=True) uploads before the original remote-code files are copied; "
-                    "upload them from the saved folder (e.g. `huggingface_hub.upload_folder`)."
-                )
-            copy_remote_code_files(source, save_directory)
+        if kwargs.get("push_to_hub"):
+            kwargs.setdefault("repo_id", os.path.basename(os.path.normpath(save_directory)))
+        with atomic_save_directory(save_directory, enabled=is_main_process) as staging:
+            result = super().save_pretrained(staging, *args, **kwargs)
+            source = getattr(self, "_remote_code_source", None)
+            if source is not None and is_main_process:
+                if kwargs.get("push_to_hub") and remote_code_files(source):
+                    logger.warning_once(
+                        "save_pretrained(push_to_hub=True) uploads before the original remote-code files are copied; "
+                        "upload them from the saved folder (e.g. `huggingface_hub.upload_folder`)."
+                    )
+                copy_remote_code_files(source, staging)
         return result
 
     @staticmethod
@@ -478,14 +487,14 @@ class InternVLModel(InternVLPreTrainedModel):
         pixel_values: `(num_tiles, 3, 448, 448)`, tiles of all images of the batch in placeholder order.
         image_flags: `(num_tiles,)` training flag; tiles with flag 0 (dummy images of text-only samples) are dropped.
         num_tiles: tiles per image (alias `num_patches`), only checked against `pixel_values`.
+
+        Raises `ValueError` when `num_tiles` or `image_flags` do not match the tiles, or when the prompt holds
+        `<IMG_CONTEXT>` tokens but no tiles are given (decoding steps with a filled cache are exempt).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of `input_ids` or `inputs_embeds`.")
         kwargs.pop("num_patches", None)
-        if num_tiles is not None and pixel_values is not None:
-            total = int(sum(int(n) for n in num_tiles))
-            if total != pixel_values.shape[0]:
-                raise ValueError(f"`num_tiles` sums to {total} but `pixel_values` holds {pixel_values.shape[0]} tiles.")
+        check_num_tiles(num_tiles, pixel_values)
 
         image_outputs = (mm_encoder_outputs or {}).get("image")
         if image_outputs is None and pixel_values is not None:
@@ -504,12 +513,16 @@ class InternVLModel(InternVLPreTrainedModel):
         if image_outputs is not None and image_outputs.pooler_output.shape[0] > 0:
             image_features = image_outputs.pooler_output
             if image_flags is not None:
+                check_image_flags(image_flags, image_features.shape[0])
                 image_features = image_features[image_flags.reshape(-1) == 1]
             image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
             special_image_mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
             inputs_embeds = inputs_embeds.masked_scatter(
                 special_image_mask.unsqueeze(-1).to(inputs_embeds.device), image_features
             )
+        else:
+            reason = "no pixel_values" if image_outputs is None else "pixel_values with zero tiles"
+            check_no_unfilled_image_tokens(input_ids, self.config.image_token_id, 0, reason, cached_length(cache))
 
         outputs = self.language_model(
             attention_mask=attention_mask,
@@ -616,10 +629,20 @@ class InternVLForConditionalGeneration(InternVLChatMixin, InternVLPreTrainedMode
         return self.model.get_image_features(pixel_values, **kwargs)
 
     def generate(self, *args, **kwargs):
-        """`GenerationMixin.generate`; `pixel_values=None` or zero tiles is the same as not passing them."""
-        pixel_values = kwargs.get("pixel_values", ...)
+        """`GenerationMixin.generate`; `pixel_values=None` or zero tiles is the same as not passing them.
+
+        Raises:
+            ValueError: `num_tiles` does not sum to the tiles of `pixel_values`, or the prompt holds `<IMG_CONTEXT>`
+                tokens without tiles for them (see `input_checks`).
+        """
+        pixel_values = kwargs.get("pixel_values")
+        check_num_tiles(kwargs.get("num_tiles"), pixel_values if isinstance(pixel_values, torch.Tensor) else None)
         if pixel_values is None or (isinstance(pixel_values, torch.Tensor) and pixel_values.shape[0] == 0):
-            kwargs.pop("pixel_values")
+            if not kwargs.get("mm_encoder_outputs"):
+                input_ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
+                reason = "no pixel_values" if pixel_values is None else "pixel_values with zero tiles"
+                check_no_unfilled_image_tokens(input_ids, self.config.image_token_id, 0, reason)
+            kwargs.pop("pixel_values", None)
             kwargs.pop("num_tiles", None)
         return super().generate(*args, **kwargs)
 

@@ -248,6 +248,9 @@ def copy_remote_code_files(source: str | os.PathLike, target: str | os.PathLike)
         os.close(handle)
         try:
             shutil.copyfile(os.path.join(source, name), temporary)
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(temporary, 0o666 & ~mask)  # mkstemp creates 0600; a saved file gets the umask's mode
             os.replace(temporary, os.path.join(target, name))
         except BaseException:
             if os.path.exists(temporary):

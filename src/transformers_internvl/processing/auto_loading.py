@@ -130,6 +130,10 @@ def wrap_auto_processor_loaders() -> None:
 
     _wrap(AutoImageProcessor, "image")
     _wrap(AutoVideoProcessor, "video")
+    # `AutoProcessor` on an InternVL folder without a usable config raises instead of returning a bare tokenizer.
+    from .auto_processor_checks import wrap_auto_processor
+
+    wrap_auto_processor()
 
 
 __all__ = ["wrap_auto_processor_loaders"]

@@ -21,7 +21,6 @@ Text conventions are those of the original InternVL chat code:
 import inspect
 import json
 import os
-import re
 from typing import Any
 
 import numpy as np
@@ -31,6 +30,15 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, VideosKwargs
 from transformers.utils import CONFIG_NAME, PROCESSOR_NAME, cached_file, logging
 
+from ..atomic_save import atomic_save_directory
+from .control_tokens import (
+    PLACEHOLDER_ESCAPE,
+    check_no_raw_image_tokens,
+    count_placeholders,
+    escape_placeholders_in_messages,
+    placeholder_pattern,
+    special_tokens_around_text,
+)
 from .conversation import (
     DEFAULT_VIDEO_FRAME_TEMPLATE,
     IMAGE_CONTEXT_TOKEN,
@@ -121,7 +129,7 @@ def _split_per_sample(items: Any, texts: list[str], placeholder: str, is_item, n
     if all(is_item(item) for item in items):
         if batch_size == 1:
             return [items]
-        counts = [text.count(placeholder) for text in texts]
+        counts = [count_placeholders(text, placeholder) for text in texts]
         if sum(counts) == len(items):
             grouped, start = [], 0
             for count in counts:
@@ -147,6 +155,67 @@ def _split_per_sample(items: Any, texts: list[str], placeholder: str, is_item, n
 # ---------------------------------------------------------------------------------------------------------------------
 # Defaults from an original config.json
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+def _expansion_offsets(
+    segments: list[tuple[str, str, bool]], prefix_length: int
+) -> tuple[str, list[dict[str, tuple[int, int]]]]:
+    """The text the tokenizer gets, and where each change to the text as given ended up (for assistant masks).
+
+    `segments` are `(given piece, produced piece, is a placeholder)` in order over the text with its added prefix
+    (the first `prefix_length` characters). Placeholders become their expansions and placeholder escapes
+    (`control_tokens.PLACEHOLDER_ESCAPE`) are removed; each change is `{"span": (start, end) in the text as given,
+    "new_span": (start, end) in the produced text}`, and the prefix is one insertion at 0, which is what
+    transformers' `ProcessorMixin._adjust_assistant_masks_indices` reads.
+    """
+    offsets: list[dict[str, tuple[int, int]]] = []
+    produced: list[str] = []
+    position = new_position = prefix_growth = 0
+
+    def change(given: str, output: str) -> None:
+        nonlocal prefix_growth
+        if position < prefix_length:
+            prefix_growth += len(output) - len(given)
+        else:
+            start = position - prefix_length
+            offsets.append(
+                {"span": (start, start + len(given)), "new_span": (new_position, new_position + len(output))}
+            )
+
+    for given, output, replaced in segments:
+        if replaced:
+            change(given, output)
+            produced.append(output)
+            position += len(given)
+            new_position += len(output)
+            continue
+        for part_index, part in enumerate(given.split(PLACEHOLDER_ESCAPE)):
+            if part_index:  # an escape character, removed
+                change(PLACEHOLDER_ESCAPE, "")
+                position += len(PLACEHOLDER_ESCAPE)
+            produced.append(part)
+            position += len(part)
+            new_position += len(part)
+    if prefix_length:
+        offsets.insert(0, {"span": (0, 0), "new_span": (0, prefix_length + prefix_growth)})
+    return "".join(produced), offsets
+
+
+def _shift_for_inserted_prefix(
+    offsets: list[dict[str, tuple[int, int]]], length: int
+) -> list[dict[str, tuple[int, int]]]:
+    """`offsets` after `length` characters were put before the produced text (one insertion at 0 in total)."""
+    if not length:
+        return offsets
+    shifted = [
+        {"span": entry["span"], "new_span": (entry["new_span"][0] + length, entry["new_span"][1] + length)}
+        for entry in offsets
+    ]
+    if shifted and shifted[0]["span"] == (0, 0):
+        shifted[0] = {"span": (0, 0), "new_span": (0, shifted[0]["new_span"][1])}
+    else:
+        shifted.insert(0, {"span": (0, 0), "new_span": (0, length)})
+    return shifted
 
 
 def _read_json(path: str | None) -> dict[str, Any] | None:
@@ -428,8 +497,16 @@ class InternVLChatProcessor(ProcessorMixin):
             text_kwargs.pop("return_text_replacement_offsets", None)
             or output_kwargs.get("return_text_replacement_offsets", False)
         )
-        for key in ("return_mm_token_type_ids", "sanitize_control_tokens"):
+        sanitize_control_tokens = bool(
+            text_kwargs.pop("sanitize_control_tokens", None) or output_kwargs.get("sanitize_control_tokens")
+        )
+        for key in ("return_mm_token_type_ids",):
             text_kwargs.pop(key, None)
+        if sanitize_control_tokens:
+            # Marked by `apply_chat_template(..., sanitize_control_tokens=True)`: the tokenizer encodes the marked
+            # control tokens as plain text (transformers' `encode_marked_chat`).
+            text_kwargs["sanitize_control_tokens"] = True
+        check_no_raw_image_tokens(texts, (self.image_start_token, self.image_end_token, self.image_context_token))
         return_mm_token_type_ids = output_kwargs.get("return_mm_token_type_ids", False)
 
         images_per_sample = _split_per_sample(images, texts, self.image_placeholder, _is_image, "images")
@@ -439,9 +516,9 @@ class InternVLChatProcessor(ProcessorMixin):
         prefix_lengths = []
         for index, (sample_images, sample_videos) in enumerate(zip(images_per_sample, videos_per_sample)):
             prefix = ""
-            if sample_images and self.image_placeholder not in texts[index]:
+            if sample_images and not count_placeholders(texts[index], self.image_placeholder):
                 prefix += self.image_prefix(len(sample_images))
-            if sample_videos and self.video_placeholder not in texts[index]:
+            if sample_videos and not count_placeholders(texts[index], self.video_placeholder):
                 prefix += (self.video_placeholder + "\n") * len(sample_videos)
             texts[index] = prefix + texts[index]
             prefix_lengths.append(len(prefix))
@@ -449,7 +526,7 @@ class InternVLChatProcessor(ProcessorMixin):
                 (self.image_placeholder, sample_images, "image"),
                 (self.video_placeholder, sample_videos, "video"),
             ):
-                count = texts[index].count(placeholder)
+                count = count_placeholders(texts[index], placeholder)
                 if count != len(items):
                     raise ValueError(
                         f"Text {index} has {count} {placeholder} placeholder(s) but {len(items)} {name}(s) were given "
@@ -468,7 +545,7 @@ class InternVLChatProcessor(ProcessorMixin):
         video_chunks = self._process_all_videos(videos_per_sample, output_kwargs["videos_kwargs"])
 
         # Walk the placeholders of every text in order: expand them and collect pixels in the same order.
-        pattern = re.compile(f"({re.escape(self.image_placeholder)}|{re.escape(self.video_placeholder)})")
+        pattern = placeholder_pattern(self.image_placeholder, self.video_placeholder)
         expanded_texts: list[str] = []
         pixel_chunks: list[torch.Tensor] = []
         num_tiles: list[int] = []
@@ -479,9 +556,7 @@ class InternVLChatProcessor(ProcessorMixin):
             sample_image_chunks = iter(image_chunks[index])
             sample_video_chunks = iter(video_chunks[index])
             pieces = []
-            offsets = []
-            position = new_position = prefix_growth = 0
-            prefix_length = prefix_lengths[index]
+            segments = []
             for piece in pattern.split(sample_text):
                 replaced = piece in (self.image_placeholder, self.video_placeholder)
                 if piece == self.image_placeholder:
@@ -498,24 +573,16 @@ class InternVLChatProcessor(ProcessorMixin):
                     num_tiles.extend([1] * int(frames.shape[0]))
                 else:
                     pieces.append(piece)
-                if replaced:
-                    if position < prefix_length:
-                        prefix_growth += len(pieces[-1]) - len(piece)
-                    else:
-                        start = position - prefix_length
-                        offsets.append(
-                            {
-                                "span": (start, start + len(piece)),
-                                "new_span": (new_position, new_position + len(pieces[-1])),
-                            }
-                        )
-                position += len(piece)
-                new_position += len(pieces[-1])
-            if prefix_length:
-                offsets.insert(0, {"span": (0, 0), "new_span": (0, prefix_length + prefix_growth)})
+                segments.append((piece, pieces[-1], replaced))
+            expanded, offsets = _expansion_offsets(segments, prefix_lengths[index])
             replacement_offsets.append(offsets)
-            expanded_texts.append("".join(pieces))
+            expanded_texts.append(expanded)
 
+        if sanitize_control_tokens and text_kwargs.get("add_special_tokens", True):
+            before, after = special_tokens_around_text(self.tokenizer)
+            expanded_texts = [before + sample + after for sample in expanded_texts]
+            replacement_offsets = [_shift_for_inserted_prefix(offsets, len(before)) for offsets in replacement_offsets]
+            text_kwargs["add_special_tokens"] = False
         text_inputs = self.tokenizer(expanded_texts, **text_kwargs)
         self._check_special_mm_tokens(expanded_texts, text_inputs, modalities=["image"])
         data = dict(text_inputs)
@@ -574,7 +641,37 @@ class InternVLChatProcessor(ProcessorMixin):
         per_video = iter(torch.split(frames, frames_per_video, dim=0))
         return [[next(per_video) for _ in sample_videos] for sample_videos in videos_per_sample]
 
+    def apply_chat_template(self, conversation, chat_template=None, **kwargs):
+        """transformers' `apply_chat_template`, where a literal `<image>` / `<video>` inside a typed text item
+        (`{"type": "text", "text": ...}`) is text, not a placeholder: only `{"type": "image"}` / `{"type": "video"}`
+        items are images and videos (see `control_tokens`). With `tokenize=False` the rendered string keeps the
+        escape character (U+F0002) before such text, so that passing it to the processor keeps it text.
+
+        `sanitize_control_tokens=True` (needs `tokenize=True`) encodes the control tokens in the messages
+        (`<|im_start|>`, `<|im_end|>`, `<img>`, `<IMG_CONTEXT>`, ...) as plain text; the default (`False`, as in
+        transformers and the original `chat()`) lets message text write them, except the image tokens, which the
+        processor refuses (`ValueError`)."""
+        conversation = escape_placeholders_in_messages(conversation, (self.image_placeholder, self.video_placeholder))
+        return super().apply_chat_template(conversation, chat_template, **kwargs)
+
     # ---- saving / loading ----------------------------------------------------------------------------------------
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """`ProcessorMixin.save_pretrained`, atomic (`atomic_save.atomic_save_directory`): written to a temporary
+        folder beside `save_directory` and swapped in; the folder's other files (the model's weights and config
+        included) are kept. Returns the saved files' paths under `save_directory`."""
+        if push_to_hub:
+            kwargs.setdefault("repo_id", os.path.basename(os.path.normpath(save_directory)))
+        with atomic_save_directory(save_directory, keep_old_weights=True) as staging:
+            files = super().save_pretrained(staging, push_to_hub=push_to_hub, **kwargs)
+        if isinstance(files, (list, tuple)):
+            files = [
+                os.path.join(os.fspath(save_directory), os.path.relpath(path, staging))
+                if isinstance(path, str)
+                else path
+                for path in files
+            ]
+        return files
 
     def to_dict(self) -> dict[str, Any]:
         output = super().to_dict()

@@ -1,0 +1,132 @@
+"""Checks on `InternVLConfig` values (issue 12), run at construction and again after `from_pretrained(..., key=value)`
+overrides: each error names the field, the value and what is allowed.
+
+Ranges follow how the original model uses the values (`internvl_chat/internvl/model/internvl_chat/
+modeling_internvl_chat.py`: `num_image_token = int((image_size // patch_size) ** 2 * downsample_ratio ** 2)`,
+`pixel_shuffle(x, scale_factor=downsample_ratio)`, `hidden_states[select_layer]`).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["check_sub_configs_present", "validate_config_values"]
+
+# The fields an original `config.json` always has; without them `InternVLConfig` would build full-size default
+# sub-models (a 300M-parameter vision tower and a default Qwen2 LLM) instead of the checkpoint's.
+_REQUIRED_SUB_CONFIGS = {"llm_config": ("llm_config", "text_config"), "vision_config": ("vision_config",)}
+
+
+def check_sub_configs_present(config_dict: Mapping[str, Any], overrides: Mapping[str, Any]) -> None:
+    """Refuse a loaded `config.json` (or dict) that lacks the LLM or the vision configuration.
+
+    `InternVLConfig()` without arguments (transformers' own machinery and tests) still builds the defaults; only
+    loading from a file / dict (`from_dict`, hence `from_pretrained`) requires them.
+
+    Raises:
+        ValueError: naming the missing (or null) field.
+    """
+    for field, names in _REQUIRED_SUB_CONFIGS.items():
+        present = any(config_dict.get(name) is not None or overrides.get(name) is not None for name in names)
+        if not present:
+            state = "null" if any(name in config_dict for name in names) else "missing"
+            raise ValueError(
+                f"The InternVL config is missing `{field}` ({state}): an InternVL config.json must contain the "
+                f"{'LLM' if field == 'llm_config' else 'vision tower'} configuration as a dict (the original "
+                f"OpenGVLab layout); without it a full-size default model would be built."
+            )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _fail(name: str, value: Any, allowed: str, integer: bool = False) -> None:
+    """TypeError for a value of the wrong type (a str, a bool, a fractional number where an integer is needed),
+    ValueError for one out of range."""
+    right_type = _is_int(value) if integer else _is_real(value)
+    if integer and _is_real(value) and not _is_int(value) and math.isfinite(value) and value == int(value):
+        right_type = False  # 448.0 where an integer is expected
+    error = ValueError if right_type else TypeError
+    raise error(f"`{name}` must be {allowed}, got {value!r} ({type(value).__name__}).")
+
+
+def _non_finite(value: Any, path: str, seen: set[int]) -> str | None:
+    """The path of the first NaN / infinite float inside `value` (dicts, lists and config objects), else None."""
+    if isinstance(value, float):
+        return path if not math.isfinite(value) else None
+    if id(value) in seen:
+        return None
+    seen.add(id(value))
+    if isinstance(value, Mapping):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    elif hasattr(value, "to_dict") and hasattr(value, "model_type"):  # a nested PreTrainedConfig
+        items = ((key, item) for key, item in vars(value).items() if not key.startswith("_"))
+    else:
+        return None
+    for key, item in items:
+        found = _non_finite(item, f"{path}.{key}" if path else str(key), seen)
+        if found is not None:
+            return found
+    return None
+
+
+def validate_config_values(config: Any) -> None:
+    """Check the top-level values of an `InternVLConfig` (types, ranges, finiteness).
+
+    Raises:
+        TypeError: a value of the wrong type (`select_layer=1.5`, `downsample_ratio="0.5"`, `image_token_id="x"`,
+            `llm_config=[]`, ...).
+        ValueError: a value out of range (`downsample_ratio` 0 or -0.5, `force_image_size=-448`,
+            `vision_batch_size=-3`, NaN anywhere in the config, ...).
+    """
+    ratio = config.downsample_ratio
+    if not _is_real(ratio):
+        _fail("downsample_ratio", ratio, "a number in (0, 1] of the form 1/k (0.5 for InternVL 2.5)")
+    if not math.isfinite(ratio) or not 0 < ratio <= 1:
+        _fail("downsample_ratio", ratio, "a finite number in (0, 1] of the form 1/k (0.5 for InternVL 2.5)")
+    if not _is_int(config.select_layer):
+        _fail("select_layer", config.select_layer, "an integer vision layer index (-1: the last layer)", True)
+    size = config.force_image_size
+    if size is not None and (not _is_int(size) or size <= 0):
+        _fail("force_image_size", size, "a positive integer tile size in pixels (448) or None", True)
+    patch_size = getattr(config.vision_config, "patch_size", None)
+    if size is not None and _is_int(patch_size) and patch_size > 0 and size % patch_size:
+        raise ValueError(f"`force_image_size` ({size}) must be a multiple of the vision patch size ({patch_size}).")
+    batch = config.vision_batch_size
+    if batch is not None and (not _is_int(batch) or batch < 1):
+        _fail("vision_batch_size", batch, "a positive integer (tiles per vision-tower pass) or None", True)
+    token_id = config.image_token_id
+    if token_id is not None and (not _is_int(token_id) or token_id < 0):
+        _fail("image_token_id", token_id, "a non-negative integer token id (of <IMG_CONTEXT>) or None", True)
+    for name in ("min_dynamic_patch", "max_dynamic_patch"):
+        value = getattr(config, name)
+        if not _is_int(value) or value < 1:
+            _fail(name, value, "a positive integer number of tiles", True)
+    for name in ("use_backbone_lora", "use_llm_lora"):
+        value = getattr(config, name)
+        if not _is_int(value) or value < 0:
+            _fail(name, value, "a non-negative integer LoRA rank (0: no LoRA)", True)
+    for name in ("dynamic_image_size", "use_thumbnail", "pad2square"):
+        value = getattr(config, name)
+        if not isinstance(value, (bool, numbers.Integral)) or value not in (0, 1):
+            raise TypeError(f"`{name}` must be a boolean, got {value!r} ({type(value).__name__}).")
+    if config.template is not None and not isinstance(config.template, str):
+        _fail("template", config.template, "a conversation template name (str) or None")
+    for name in ("vision_config", "text_config"):
+        found = _non_finite(getattr(config, name), name, set())
+        if found is not None:
+            raise ValueError(f"`{found}` is NaN or infinite; config values must be finite numbers.")
+    top_level = {key: value for key, value in vars(config).items() if isinstance(value, float)}
+    found = _non_finite(top_level, "", set())
+    if found is not None:
+        raise ValueError(f"`{found}` is {top_level[found]!r}; config values must be finite numbers.")

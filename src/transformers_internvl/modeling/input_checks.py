@@ -1,0 +1,138 @@
+"""Checks on the multimodal inputs of `InternVLModel.forward` and `InternVLForConditionalGeneration.generate`
+(issue 12): nothing generates from unfilled `<IMG_CONTEXT>` slots, `num_tiles` and `image_flags` match the tiles."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers.utils.import_utils import torch_compilable_check
+
+__all__ = [
+    "cached_length",
+    "check_image_flags",
+    "check_no_unfilled_image_tokens",
+    "check_num_tiles",
+    "question_list",
+]
+
+
+def cached_length(cache: Any) -> int | torch.Tensor:
+    """Tokens already in `cache` (0 without one; a tensor for static caches). Decoding steps see only new tokens,
+    which may legitimately include a generated `<IMG_CONTEXT>` id: only the prompt (nothing cached) is checked for
+    unfilled slots."""
+    get_seq_length = getattr(cache, "get_seq_length", None)
+    return 0 if get_seq_length is None else get_seq_length()
+
+
+def check_no_unfilled_image_tokens(
+    input_ids: torch.Tensor | None,
+    image_token_id: int | None,
+    num_tiles: int,
+    reason: str,
+    past_length: int | torch.Tensor = 0,
+) -> None:
+    """Refuse a prompt with `<IMG_CONTEXT>` tokens but no image features for them.
+
+    Without features the model would run those positions from the raw embedding of `<IMG_CONTEXT>` and answer
+    about no image. Compile-friendly (`torch_compilable_check`).
+
+    Args:
+        input_ids: `(batch, seq)` token ids (nothing is checked when `None`, i.e. for `inputs_embeds`-only calls).
+        image_token_id: The id of `<IMG_CONTEXT>` (nothing is checked when `None`).
+        num_tiles: Tiles given (0 here).
+        reason: What was given instead of pixels (`"no pixel_values"`, `"pixel_values with zero tiles"`).
+        past_length: Tokens already cached (`cached_length`); decoding steps (> 0) are not checked.
+
+    Raises:
+        ValueError: `input_ids` holds image tokens; the message gives their number and the tiles given.
+    """
+    if input_ids is None or image_token_id is None or not isinstance(input_ids, torch.Tensor):
+        return
+    if isinstance(past_length, int) and past_length > 0:
+        return
+    count = (input_ids == image_token_id).sum()
+    condition = count == 0
+    if isinstance(past_length, torch.Tensor):  # static caches: a branch-free condition under torch.compile
+        condition = condition | (past_length > 0)
+    torch_compilable_check(
+        condition,
+        lambda: (
+            f"`input_ids` holds {int(count)} image tokens (<IMG_CONTEXT>, id {image_token_id}) but {reason} were "
+            f"given ({num_tiles} tiles): the image slots would be filled with nothing. Pass the `pixel_values` "
+            f"(and `num_tiles`) the processor returned with these ids."
+        ),
+    )
+
+
+def check_num_tiles(num_tiles: Sequence[int] | torch.Tensor | None, pixel_values: torch.Tensor | None) -> None:
+    """`num_tiles` (tiles per image) must be non-negative integers summing to `pixel_values.shape[0]`.
+
+    Raises:
+        ValueError: a negative count, or a sum different from the number of tiles.
+        TypeError: `num_tiles` is not a sequence / tensor of integers.
+    """
+    if num_tiles is None or pixel_values is None:
+        return
+    if isinstance(num_tiles, torch.Tensor):
+        num_tiles = num_tiles.reshape(-1).tolist()
+    if isinstance(num_tiles, (str, bytes)) or not hasattr(num_tiles, "__iter__"):
+        raise TypeError(f"`num_tiles` must be a list or tensor of tile counts, got {type(num_tiles).__name__}.")
+    values = [value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value for value in num_tiles]
+    try:
+        if any(isinstance(value, bool) for value in values):
+            raise TypeError
+        values = [operator.index(value) for value in values]
+    except TypeError:
+        raise TypeError(f"`num_tiles` must hold integers, got {values}.") from None
+    if any(value < 0 for value in values):
+        raise ValueError(f"`num_tiles` must hold non-negative tile counts, got {values}.")
+    total = sum(values)
+    if total != pixel_values.shape[0]:
+        raise ValueError(f"`num_tiles` sums to {total} but `pixel_values` holds {pixel_values.shape[0]} tiles.")
+
+
+def check_image_flags(image_flags: torch.Tensor | None, num_tiles: int) -> None:
+    """`image_flags` needs one 0/1 flag per tile.
+
+    Raises:
+        ValueError: its length differs from the number of tiles.
+        TypeError: it is not a tensor.
+    """
+    if image_flags is None:
+        return
+    if not isinstance(image_flags, torch.Tensor):
+        raise TypeError(f"`image_flags` must be a tensor of 0/1 flags, got {type(image_flags).__name__}.")
+    if image_flags.numel() != num_tiles:
+        raise ValueError(
+            f"`image_flags` must hold one flag per tile: got {image_flags.numel()} flags (shape "
+            f"{tuple(image_flags.shape)}) for {num_tiles} tiles."
+        )
+
+
+def question_list(questions: Any) -> list[str]:
+    """The questions of `batch_chat` as a list, refusing a single string (which `list()` would split into
+    characters, answering 'a', 'b', 'c' for "abc").
+
+    Raises:
+        TypeError: `questions` is a str / bytes or not a sequence, or an element is not a str.
+        ValueError: `questions` is empty.
+    """
+    if isinstance(questions, (str, bytes)) or not isinstance(questions, Sequence):
+        raise TypeError(
+            f"`questions` must be a list of str (one per image), got {type(questions).__name__}"
+            + (
+                f" {questions!r}; use [{questions!r}] or chat() for one question."
+                if isinstance(questions, str)
+                else "."
+            )
+        )
+    questions = list(questions)
+    if not questions:
+        raise ValueError("`questions` is empty; expected at least one question.")
+    for index, question in enumerate(questions):
+        if not isinstance(question, str):
+            raise TypeError(f"`questions[{index}]` must be a str, got {type(question).__name__}.")
+    return questions
