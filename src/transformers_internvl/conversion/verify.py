@@ -102,7 +102,9 @@ def verify_conversion(
     if original.config.image_token_id is None:
         original.config.image_token_id = hf.config.image_token_id
     report = compare_models(original, hf)
-    report["tolerance"] = TOLERANCES[dtype]
+    # A merged adapter differs from the unmerged one by the rounding of W + s·B@A: the LoRA tolerance of the
+    # drop-in checks (fp32 1e-4) instead of the pure-relayout one.
+    report["tolerance"] = max(TOLERANCES[dtype], 1e-4) if merge_lora is not None else TOLERANCES[dtype]
     report["passed"] = report["max_abs_logits_diff"] <= report["tolerance"]
     if not report["passed"]:
         raise ConversionError(

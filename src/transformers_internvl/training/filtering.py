@@ -94,8 +94,10 @@ def add_filter_command(subparsers) -> None:
     parser = subparsers.add_parser(
         "filter",
         help="drop JSONL training samples whose answers repeat themselves (the paper's n-gram filter)",
-        description="Copy INPUT to --output without the samples whose assistant answers have more than THRESHOLD "
-        "of their whitespace N-grams repeated (InternVL 2.5's data filter: 10-grams, 0.4). Prints each dropped line.",
+        description="Copy INPUT to --output without the samples with an assistant answer whose repetition ratio "
+        "exceeds THRESHOLD: (distinct whitespace N-grams that occur more than once) / (all N-grams of the answer), "
+        "the original's calculate_ngram_repetition (10-grams, 0.4). A long loop of one phrase has FEW distinct "
+        "repeated N-grams and may pass; answers that are largely doubled are caught. Prints each dropped line.",
     )
     parser.add_argument("input", help="JSONL file (rows with `conversations` or `messages`)")
     parser.add_argument("-o", "--output", required=True, help="filtered JSONL file to write")
