@@ -586,3 +586,31 @@ def test_merge_lora_refuses_dora(workdir, sources, capsys):
     )
     assert "use_dora=true is not supported" in _single_error_line(capsys.readouterr().err)
     _no_leftovers(dst)
+
+
+def test_destination_that_is_or_holds_the_source_is_refused_even_with_force(tmp_path):
+    parent = tmp_path / "parent"
+    source = _copy_model("tiny-qwen2", parent / "src", tokenizer="qwen2-tiny")
+    (parent / "precious.txt").write_text("keep me")
+    for dst in (source, parent, tmp_path):
+        with pytest.raises(ConversionError, match="is the source folder .* or contains it"):
+            convert_checkpoint(source, dst, to="hf", force=True, progress=False)
+    assert (parent / "precious.txt").read_text() == "keep me"
+    assert (source / "model.safetensors").is_file()
+
+
+def test_destination_that_is_a_file_a_link_or_has_no_parent_is_refused(tmp_path):
+    source = _copy_model("tiny-qwen2", tmp_path / "src", tokenizer="qwen2-tiny")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    for dst, message in (
+        (a_file, "is not a folder"),
+        (dangling, "is not a folder"),
+        (a_file / "child", "that should hold the destination does not exist"),
+    ):
+        with pytest.raises(ConversionError, match=message):
+            convert_checkpoint(source, dst, to="hf", force=True, progress=False)
+    assert a_file.read_text() == "x" and dangling.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "dangling", "src"]

@@ -455,9 +455,17 @@ def convert_checkpoint(
         dtype = DTYPES[dtype]
     shard_bytes = parse_size(max_shard_size)
     dst = Path(dst)
+    if dst.is_symlink() or (dst.exists() and not dst.is_dir()):
+        raise ConversionError(f"destination {dst} exists and is not a folder (a file or a link): remove it first")
     if dst.exists() and not force:
         raise ConversionError(f"destination {dst} already exists (pass --force to replace it)")
+    if not dst.absolute().parent.is_dir():
+        raise ConversionError(f"the folder {dst.absolute().parent} that should hold the destination does not exist")
     source = resolve_source(src)
+    resolved_source, resolved_dst = source.resolve(), dst.resolve()
+    if resolved_dst == resolved_source or resolved_dst in resolved_source.parents:
+        # Replacing DST (--force) would delete the source checkpoint with it.
+        raise ConversionError(f"destination {dst} is the source folder {source} or contains it; choose another one")
     config = read_json(source / "config.json", "config")
     layout = detect_layout(config, source)
     wanted = "original" if to == "hf" else "hf"
