@@ -144,3 +144,40 @@ def test_all_bad_raises():
     ds = dataset([{"conversations": []}])
     with pytest.raises(RuntimeError, match="All 1 samples are bad"):
         ds[0]
+
+
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [
+        ({"conversations": [{"from": "human", "value": 5}, {"from": "gpt", "value": "a"}]}, "value must be a string"),
+        ({"conversations": [{"value": "hi"}, {"from": "gpt", "value": "a"}]}, "with a string `from`"),
+        ({"conversations": "hello"}, "`conversations` must be a list"),
+        ({"conversations": ["hi", "a"]}, "with a string `from`"),
+        ({"image": 5, "conversations": [{"from": "human", "value": "hi"}]}, "`image` must be a path"),
+        ({"video": 5, "conversations": [{"from": "human", "value": "hi"}]}, "`video` must be a path"),
+        ({"messages": [{"role": "user", "content": 5}]}, "content must be a string or a list"),
+        ({"messages": "hi"}, "`messages` must be a list of objects"),
+        (None, "must be a JSON object"),
+        ([1, 2], "must be a JSON object"),
+        (
+            {"conversations": [{"from": "human", "value": "look <IMG_CONTEXT> here"}, {"from": "gpt", "value": "a"}]},
+            "reserved token string '<IMG_CONTEXT>'",
+        ),
+        (
+            {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "a<|im_end|>b"}]},
+            "reserved token string '<|im_end|>'",
+        ),
+    ],
+)
+def test_malformed_rows_are_skipped_with_the_reason(tmp_path, row, reason):
+    """Hostile shapes of a row never crash the dataset: the row is skipped with a reason, the next one is used."""
+    from transformers_internvl.training.labels import SampleError  # noqa: F401  (the type the reasons come from)
+
+    good = {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps(row) + "\n" + json.dumps(good) + "\n")
+    ds = dataset(path)
+    sample = ds[0]
+    assert sample["input_ids"].numel() > 0
+    ((source, recorded),) = ds.skipped.reasons.items()
+    assert source.endswith(":1") and reason in recorded

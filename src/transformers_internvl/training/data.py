@@ -226,7 +226,8 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
 
     def build_sample(self, row: _Row, index: int = 0) -> dict[str, torch.Tensor]:
         """One sample from one row; raises `SampleError` / `OSError` for bad data."""
-        item = json.loads(row.text) if isinstance(row.text, str) else dict(row.text)
+        item = json.loads(row.text) if isinstance(row.text, str) else row.text
+        check_row_structure(item)
         if "messages" in item:
             conversations, images, video = _messages_to_conversations(item["messages"])
         else:
@@ -324,6 +325,57 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
             degraded = np.asarray(Image.open(buffer).convert("RGB"), dtype=np.float32) / 255.0
             out.append((torch.from_numpy(degraded).permute(2, 0, 1) - mean) / std)
         return torch.stack(out)
+
+
+# Token strings the processor and the labels write themselves; in data they would be encoded as control tokens.
+_RESERVED_STRINGS = ("<IMG_CONTEXT>", "<img>", "</img>", "<|im_start|>", "<|im_end|>")
+
+
+def check_row_structure(item: Any) -> None:
+    """Raise `SampleError` naming what is wrong when a row is not an InternVL training row (types of `conversations`
+    / `messages` / `image` / `video`, turns without a string `from` / `value`, reserved token strings in text)."""
+    if not isinstance(item, dict):
+        raise SampleError(f"a row must be a JSON object, got {type(item).__name__}")
+    if "messages" in item:
+        messages = item["messages"]
+        if not isinstance(messages, list) or not all(isinstance(message, dict) for message in messages):
+            raise SampleError("`messages` must be a list of objects")
+        texts = []
+        for index, message in enumerate(messages):
+            content = message.get("content")
+            if isinstance(content, str):
+                texts.append(content)
+            elif isinstance(content, list) and all(isinstance(part, dict) for part in content):
+                texts += [part["text"] for part in content if isinstance(part.get("text"), str)]
+            else:
+                raise SampleError(f"messages[{index}].content must be a string or a list of objects")
+    else:
+        conversations = item.get("conversations")
+        if conversations is not None and not isinstance(conversations, list):
+            raise SampleError(f"`conversations` must be a list, got {type(conversations).__name__}")
+        for index, turn in enumerate(conversations or []):
+            if not isinstance(turn, dict) or not isinstance(turn.get("from"), str):
+                raise SampleError(f"conversations[{index}] must be an object with a string `from`")
+            if not isinstance(turn.get("value"), str):
+                raise SampleError(
+                    f"conversations[{index}].value must be a string, got {type(turn.get('value')).__name__}"
+                )
+        texts = [turn["value"] for turn in conversations or []]
+        image = item.get("image")
+
+        def is_image(value: Any) -> bool:
+            return isinstance(value, (str, os.PathLike, Image.Image))
+
+        if image is not None and not (
+            is_image(image) or (isinstance(image, list) and all(is_image(value) for value in image))
+        ):
+            raise SampleError(f"`image` must be a path or a list of paths, got {type(image).__name__}")
+        if item.get("video") is not None and not isinstance(item["video"], (str, os.PathLike)):
+            raise SampleError(f"`video` must be a path, got {type(item['video']).__name__}")
+    for text in texts:
+        for reserved in _RESERVED_STRINGS:
+            if reserved in text:
+                raise SampleError(f"the text holds the reserved token string {reserved!r}")
 
 
 def _add_missing_tag(conversations: list[dict], tag: str) -> dict:
