@@ -182,6 +182,7 @@ def set_trainable(
         target_modules=lora_target_modules(model, llm=True, vision=vision),
         rank_pattern=patterns,
         alpha_pattern={key: 2 * rank for key, rank in patterns.items()},
+        task_type="CAUSAL_LM",  # `AutoPeftModelForCausalLM.from_pretrained(adapter_dir)` rebuilds it
     )
     peft_model = peft.get_peft_model(model, config)
     return peft_model
