@@ -72,7 +72,9 @@ def test_adapter_keys_are_original_module_names(saved):
     assert written == [out / "adapter_model.safetensors"]
     keys = _keys(written[0])
     original_weights = _keys(directory / "model.safetensors")  # the original checkpoint's key set
-    wrapped = [name for name, module in model.named_modules() if hasattr(module, "lora_A") and "default" in module.lora_A]
+    wrapped = [
+        name for name, module in model.named_modules() if hasattr(module, "lora_A") and "default" in module.lora_A
+    ]
     assert len(keys) == 2 * len(wrapped) > 0
     for key in keys:
         assert key.startswith("base_model.model.") and key.endswith((".lora_A.weight", ".lora_B.weight")), key
@@ -100,7 +102,9 @@ def test_adapter_in_this_packages_layout_still_loads(tmp_path):
     directory = MODELS["tiny-qwen2"]
     model = _trained_adapter(directory)
     model.save_pretrained(tmp_path)  # PEFT's own save: keys `base_model.model.model.language_model...`
-    assert any(k.startswith("base_model.model.model.vision_model.") for k in _keys(tmp_path / "adapter_model.safetensors"))
+    assert any(
+        k.startswith("base_model.model.model.vision_model.") for k in _keys(tmp_path / "adapter_model.safetensors")
+    )
     inputs = _inputs(directory)
     reloaded = peft.PeftModel.from_pretrained(_load(directory), tmp_path)
     assert torch.equal(_logits(reloaded, inputs), _logits(model, inputs))

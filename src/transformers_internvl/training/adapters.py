@@ -98,7 +98,9 @@ def to_original_adapter_keys(state_dict: dict, model: nn.Module) -> dict:
             if pattern is not None:
                 break
         else:
-            raise ValueError(f"Adapter key {key!r} is outside the InternVL module tree; cannot give it an original name.")
+            raise ValueError(
+                f"Adapter key {key!r} is outside the InternVL module tree; cannot give it an original name."
+            )
         new_key = prefix + new_inner
         if new_key in renamed:
             raise ValueError(f"Adapter keys collide on the original name {new_key!r}.")
