@@ -6,7 +6,13 @@
 `--data` is a JSONL file (rows with `conversations` + `image` / `video`, or `messages`) or an original meta file
 (`*.json`: `{name: {root, annotation, repeat_time, max_dynamic_patch, data_augment}}`). Without `--data`, a small
 built-in demo set is used (the test of this script trains the tiny fixture model on it). The adapter is saved under
-`--output-dir` with `save_pretrained`.
+`--output-dir` with the original module names (`training.adapters.save_adapter_original_layout`; `--adapter-layout
+peft` keeps PEFT's own names), together with `trainer_state.json` (the logged losses).
+
+    --trainer trl         TRL's SFTTrainer with this package's dataset and collator (`training.sft`)
+    --qlora               4-bit NF4 LLM (bitsandbytes, CUDA only); vision tower, projector and head stay in bf16
+    torchrun --nproc_per_node 2 examples/finetune_lora.py ...   DDP (gloo on CPU, NCCL on GPU); the batch size is
+                          per process, so 2 x 2 equals one process with 4 (`--train-sampling sequential` to compare)
 """
 
 from __future__ import annotations
@@ -23,10 +29,23 @@ from transformers import AutoModelForImageTextToText, AutoTokenizer, TrainingArg
 
 import transformers_internvl  # noqa: F401  (registers the InternVL classes)
 from transformers_internvl.processing.image_processing_internvl import InternVLImageProcessor
+from transformers_internvl.training.adapters import save_adapter_original_layout
 from transformers_internvl.training.collator import InternVLDataCollator, InternVLPackingCollator
 from transformers_internvl.training.data import InternVLSupervisedDataset
 from transformers_internvl.training.stages import set_trainable
 from transformers_internvl.training.trainer import InternVLTrainer
+
+
+def internvl_sft_config(**kwargs):
+    from transformers_internvl.training.sft import internvl_sft_config as make
+
+    return make(**kwargs)
+
+
+def sft_trainer(*args, **kwargs):
+    from transformers_internvl.training.sft import sft_trainer as make
+
+    return make(*args, **kwargs)
 
 
 def demo_rows(root: str) -> list[dict]:
@@ -41,6 +60,26 @@ def demo_rows(root: str) -> list[dict]:
         {"conversations": [{"from": human, "value": "Count to three."}, {"from": gpt, "value": "one two three"}]},
         {"conversations": [{"from": human, "value": "Say hello."}, {"from": gpt, "value": "hello world"}]},
     ]
+
+
+def qlora_kwargs(qlora: bool) -> dict:
+    """`from_pretrained` arguments of the QLoRA recipe: the LLM's linear layers in 4-bit NF4 (double quantization,
+    bf16 compute); InternViT, the projector `mlp1` and the head are not quantized and stay in bf16."""
+    if not qlora:
+        return {}
+    if not torch.cuda.is_available():
+        raise SystemExit("--qlora needs a CUDA GPU (bitsandbytes 4-bit kernels); none is available.")
+    from transformers import BitsAndBytesConfig
+
+    quantization_config = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        llm_int8_skip_modules=["vision_model", "mlp1", "lm_head"],
+    )
+    # one whole model per process (also under torchrun: its local rank's GPU)
+    return {"quantization_config": quantization_config, "device_map": {"": int(os.environ.get("LOCAL_RANK", "0"))}}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,6 +104,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report-to", default="none")
     parser.add_argument("--disable-tqdm", action="store_true")
+    parser.add_argument("--trainer", default="hf", choices=("hf", "trl"), help="transformers Trainer or TRL SFTTrainer")
+    parser.add_argument("--lora-dropout", type=float, default=0.05)
+    parser.add_argument("--train-sampling", default="random", choices=("random", "sequential"))
+    parser.add_argument("--adapter-layout", default="original", choices=("original", "peft"))
+    parser.add_argument("--qlora", action="store_true", help="4-bit NF4 LLM with bitsandbytes (needs CUDA)")
     return parser.parse_args(argv)
 
 
@@ -73,8 +117,10 @@ def main(argv=None) -> InternVLTrainer:
     torch.manual_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
     image_token_id = tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
-    dtype = torch.bfloat16 if args.bf16 else torch.float32
-    model = AutoModelForImageTextToText.from_pretrained(args.model, image_token_id=image_token_id, dtype=dtype)
+    dtype = torch.bfloat16 if args.bf16 or args.qlora else torch.float32
+    model = AutoModelForImageTextToText.from_pretrained(
+        args.model, image_token_id=image_token_id, dtype=dtype, **qlora_kwargs(args.qlora)
+    )
     config = model.config
     image_processor = InternVLImageProcessor(image_size=config.force_image_size, use_thumbnail=config.use_thumbnail)
     common = dict(
@@ -99,13 +145,14 @@ def main(argv=None) -> InternVLTrainer:
         "llm_lora",
         lora_rank=args.lora_rank,
         vision_lora_rank=args.vision_lora_rank,
-        gradient_checkpointing=args.gradient_checkpointing,
+        gradient_checkpointing=args.gradient_checkpointing or args.qlora,
+        lora_dropout=args.lora_dropout,
     )
     if args.packing:
         collator = InternVLPackingCollator(tokenizer.pad_token_id, args.max_tokens, loss_reduction=args.loss_reduction)
     else:
         collator = InternVLDataCollator(tokenizer.pad_token_id, loss_reduction=args.loss_reduction)
-    training_args = TrainingArguments(
+    training_args = (internvl_sft_config if args.trainer == "trl" else TrainingArguments)(
         output_dir=args.output_dir,
         max_steps=args.max_steps,
         per_device_train_batch_size=args.batch_size,
@@ -116,14 +163,24 @@ def main(argv=None) -> InternVLTrainer:
         save_strategy="no",
         report_to=args.report_to,
         remove_unused_columns=False,  # the collator needs pixel_values / image_flags
-        bf16=args.bf16,
+        bf16=args.bf16 or args.qlora,
         seed=args.seed,
         dataloader_num_workers=0,
         disable_tqdm=args.disable_tqdm,
+        train_sampling_strategy=args.train_sampling,
+        use_cpu=not torch.cuda.is_available(),  # also makes accelerate run DDP over gloo under torchrun on CPU
     )
-    trainer = InternVLTrainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator)
+    if args.trainer == "trl":
+        trainer = sft_trainer(model, training_args, dataset, collator, processing_class=tokenizer)
+    else:
+        trainer = InternVLTrainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator)
     trainer.train()
-    model.save_pretrained(args.output_dir)
+    if trainer.is_world_process_zero():
+        if args.adapter_layout == "original":
+            save_adapter_original_layout(model, args.output_dir)
+        else:
+            model.save_pretrained(args.output_dir)
+        trainer.state.save_to_json(os.path.join(args.output_dir, "trainer_state.json"))
     if len(dataset.skipped):
         summary = json.dumps(dataset.skipped.counts())
         trainer.log({"skipped_samples": len(dataset.skipped)})

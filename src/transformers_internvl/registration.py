@@ -32,6 +32,10 @@ def _register_core() -> None:
     AutoModelForImageTextToText.register(InternVLConfig, InternVLForConditionalGeneration, exist_ok=True)
     AutoModelForCausalLM.register(InternVLConfig, InternVLForConditionalGeneration, exist_ok=True)
     register_checkpoint_mappings()
+    # PEFT adapters saved with the original module names load with `PeftModel.from_pretrained` as they are.
+    from .training.adapters import install_peft_key_mapping
+
+    install_peft_key_mapping()
 
 
 def _register_internlm2() -> None:

@@ -105,6 +105,7 @@ def set_trainable(
     lora_rank: int = 16,
     vision_lora_rank: int = 0,
     gradient_checkpointing: bool = False,
+    lora_dropout: float = 0.05,
 ):
     """Make the parameters of one InternVL 2.5 training stage trainable and prepare the model for training.
 
@@ -127,6 +128,7 @@ def set_trainable(
         drop_path_rate: set InternViT's drop path (`set_drop_path_rate`); `None` keeps the model's. The original
             uses 0 in stage 1, 0.1 (300M ViT) / 0.4 (6B ViT) in stages 1.5 and 2.
         lora_rank, vision_lora_rank: LoRA ranks for `"llm_lora"`.
+        lora_dropout: LoRA dropout (the original's 0.05; 0 makes training deterministic, e.g. to compare runs).
         gradient_checkpointing: enable non-reentrant gradient checkpointing in both towers.
 
     Returns:
@@ -178,10 +180,11 @@ def set_trainable(
     config = peft.LoraConfig(
         r=lora_rank,
         lora_alpha=2 * lora_rank,
-        lora_dropout=0.05,
+        lora_dropout=lora_dropout,
         target_modules=lora_target_modules(model, llm=True, vision=vision),
         rank_pattern=patterns,
         alpha_pattern={key: 2 * rank for key, rank in patterns.items()},
+        task_type="CAUSAL_LM",  # `AutoPeftModelForCausalLM.from_pretrained(adapter_dir)` rebuilds it
     )
     peft_model = peft.get_peft_model(model, config)
     return peft_model
