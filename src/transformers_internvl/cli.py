@@ -219,7 +219,9 @@ def _load_model_and_processor(args: argparse.Namespace) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    import transformers_internvl  # noqa: F401  (registers the InternVL classes with the Auto* factories)
+    from .registration import register_all
+
+    register_all()  # the console script skips registration at import (fast `tiles`); models need it
 
     model_kwargs: dict[str, Any] = {"dtype": args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)}
     if args.device_map is not None:
