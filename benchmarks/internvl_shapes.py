@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 VIT_300M = dict(
+    image_size=448,
+    patch_size=14,
+    drop_path_rate=0.0,
     hidden_size=1024,
     intermediate_size=4096,
     num_attention_heads=16,
@@ -14,6 +17,9 @@ VIT_300M = dict(
     qk_normalization=False,
 )
 VIT_6B = dict(
+    image_size=448,
+    patch_size=14,
+    drop_path_rate=0.0,
     hidden_size=3200,
     intermediate_size=12800,
     num_attention_heads=25,

@@ -123,3 +123,15 @@ def test_lazy_value_dict_resolves_on_every_read_path():
     assert table.values() == ["value"] and table.items() == [("key", "value")]
     assert calls == [1]  # resolved once, then stored
     assert table.get("missing", 3) == 3
+
+
+def test_bench_command_hands_every_argument_to_the_benchmark_parser(capsys):
+    import pytest
+
+    from transformers_internvl.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "transformers-internvl bench" in out and "--against" in out and "--shape" in out
