@@ -4,7 +4,8 @@ Measures vision-tower time for 1/7/13 tiles, time to first token (one image of `
 decode tokens/s at batch 1 and 8 and peak memory of the time-to-first-token step (CUDA: `max_memory_allocated`;
 CPU: peak RSS growth of a child process that runs only that step). With `--against upstream` it builds
 `transformers.InternVLForConditionalGeneration` with the SAME weights (original-layout keys mapped to transformers'
-names: vision `qkv` split into q/k/v, `mlp1` -> `multi_modal_projector`, ...; Qwen2 LLMs only), checks that both
+names: vision `qkv` split into q/k/v, `mlp1` -> `multi_modal_projector`, ...; InternLM2 LLMs converted to Llama
+with `conversion.internlm2_llama`, as transformers' port runs them), checks that both
 give the same logits first, interleaves the runs (min of `--repeats`) and prints ratios (>1: this package faster /
 smaller). Writes `--json` and, when matplotlib is installed, a PNG bar chart (`--png`).
 
@@ -76,8 +77,13 @@ def build_upstream(ours: Any, attn: str):
     from transformers import InternVLConfig, InternVLForConditionalGeneration
 
     vision = ours.config.vision_config
-    if ours.config.text_config.model_type == "internlm2":
-        raise SystemExit("--against upstream needs a Qwen2 LLM (1B, 4B, 38B, 78B): transformers has no InternLM2")
+    text_config = ours.config.text_config
+    internlm2 = text_config.model_type == "internlm2"
+    if internlm2:  # transformers has no InternLM2: its port runs these checkpoints as Llama (converted weights)
+        from transformers_internvl.conversion.internlm2_llama import internlm2_config_to_llama
+
+        text_config = internlm2_config_to_llama(text_config)
+        text_config.architectures = ["LlamaForCausalLM"]
     config = InternVLConfig(
         vision_config=dict(
             hidden_size=vision.hidden_size,
@@ -93,7 +99,7 @@ def build_upstream(ours: Any, attn: str):
             hidden_act=vision.hidden_act,
             use_mean_pooling=True,
         ),
-        text_config=ours.config.text_config.to_dict(),
+        text_config=text_config.to_dict(),
         image_token_id=IMAGE_TOKEN_ID,
         image_seq_length=ours.config.num_image_token,
         downsample_ratio=ours.config.downsample_ratio,
@@ -110,6 +116,10 @@ def build_upstream(ours: Any, attn: str):
     with torch.device(parameter.device):
         model = InternVLForConditionalGeneration(config).to(parameter.dtype)
     state = upstream_state_dict(ours)
+    if internlm2:
+        from transformers_internvl.conversion.internlm2_llama import internlm2_state_dict_to_llama
+
+        state = internlm2_state_dict_to_llama(state, ours.config.text_config, prefix="model.language_model.")
     missing = set(model.state_dict()) - set(state)
     unexpected = set(state) - set(model.state_dict())
     if missing or unexpected:
@@ -285,6 +295,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _llm_parameter_bytes(args: argparse.Namespace) -> int:
+    """Bytes of LLM weights one decode step reads (for the HBM roofline), from the config alone."""
+    from internvl_shapes import build_config
+
+    text = build_config(args.shape, args.layers, vocab_size=args.vocab_size).text_config
+    hidden, layers, inter = text.hidden_size, text.num_hidden_layers, text.intermediate_size
+    head_dim = hidden // text.num_attention_heads
+    attention = hidden * head_dim * (2 * text.num_attention_heads + 2 * text.num_key_value_heads)
+    per_layer = attention + 3 * hidden * inter + 2 * hidden
+    size = torch.finfo(getattr(torch, args.dtype)).bits // 8
+    return (layers * per_layer + text.vocab_size * hidden) * size
+
+
 def _device_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(device)
@@ -343,6 +366,8 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
     args = args or build_parser().parse_args(argv)
     print(f"InternVL2.5-{args.shape}, layers={args.layers}, {args.dtype}, {args.attn}, {args.device}", flush=True)
     result = run(args)
+    result["command"] = " ".join(["python", *sys.argv])
+    result["llm_parameter_bytes"] = _llm_parameter_bytes(args)
     for name, ratio in result.get("ratios", {}).items():
         print(f"ratio {name}: {ratio:.3f}")
     if args.json:
