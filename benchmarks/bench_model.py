@@ -191,7 +191,7 @@ def check_logits(ours: Any, upstream: Any, device: str, dtype: torch.dtype) -> f
 
 
 MEMORY_CHILD = r"""
-import json, resource, sys, torch
+import json, sys, torch
 sys.path.insert(0, sys.argv[1])
 import bench_model as b
 args = json.loads(sys.argv[2])
@@ -201,11 +201,36 @@ if args["which"] == "upstream":
     model = b.build_upstream(model, args["attn"])
 pixel_values = torch.randn(args["tiles"], 3, 448, 448).to(dtype)
 input_ids = b.image_prompt(args["tiles"], 256)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-with torch.inference_mode():
-    b.ttft_call(model, input_ids, pixel_values)()
-print(json.dumps({"peak_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024}))
+print(json.dumps({"peak_mib": b.sampled_peak_rss_growth(lambda: b.ttft_call(model, input_ids, pixel_values)())}))
 """
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as file:
+        return int(file.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def sampled_peak_rss_growth(function: Callable[[], Any], interval: float = 0.002) -> float:
+    """Peak resident-set growth (MiB) while `function` runs, sampled every `interval` s (`ru_maxrss` is a
+    high-water mark of the whole process, which model construction may already have set)."""
+    import threading
+
+    before, peak, done = _rss_bytes(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(interval)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        with torch.inference_mode():
+            function()
+    finally:
+        done.set()
+        thread.join()
+    return (max(peak[0], _rss_bytes()) - before) / 2**20
 
 
 def cpu_peak_memory(args: argparse.Namespace, which: str) -> float:
@@ -290,8 +315,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["ratios"] = {}
         for name, values in rows.items():
             higher_is_better = "tokens/s" in name
-            ratio = values["ours"] / values["upstream"] if higher_is_better else values["upstream"] / values["ours"]
-            result["ratios"][name] = ratio
+            numerator, denominator = (
+                (values["ours"], values["upstream"]) if higher_is_better else (values["upstream"], values["ours"])
+            )
+            result["ratios"][name] = numerator / denominator if denominator > 0 else float("nan")
     return result
 
 
