@@ -90,7 +90,7 @@ def test_parser_is_built_from_one_function_per_command():
     from transformers_internvl import cli
 
     subparsers = next(action for action in build_parser()._actions if action.dest == "command")
-    assert list(subparsers.choices) == ["tiles", "chat", "convert", "filter"]
+    assert list(subparsers.choices) == ["tiles", "chat", "convert", "filter", "bench"]
     assert len(cli._COMMANDS) == len(subparsers.choices)
 
 

@@ -614,3 +614,10 @@ def test_destination_that_is_a_file_a_link_or_has_no_parent_is_refused(tmp_path)
             convert_checkpoint(source, dst, to="hf", force=True, progress=False)
     assert a_file.read_text() == "x" and dangling.is_symlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "dangling", "src"]
+
+
+def test_cli_constants_agree_with_the_converter():
+    from transformers_internvl.conversion import command, convert
+
+    assert sorted(command.DTYPE_NAMES) == sorted(convert.DTYPES)
+    assert command.DEFAULT_MAX_SHARD_SIZE == convert.DEFAULT_MAX_SHARD_SIZE

@@ -39,3 +39,13 @@ def test_cli_writes_kept_rows_and_prints_dropped(tmp_path, capsys):
     assert "kept 2, dropped 2" in out
     report = filter_jsonl(source, tmp_path / "again.jsonl", threshold=1.0)
     assert report.kept == 3 and report.dropped == 1
+
+
+def test_filter_defaults_are_the_original_settings():
+    from transformers_internvl import test_time_scaling
+    from transformers_internvl.training import filtering
+
+    assert (filtering.REPETITION_NGRAM_SIZE, filtering.REPETITION_THRESHOLD) == (
+        test_time_scaling.REPETITION_NGRAM_SIZE,
+        test_time_scaling.REPETITION_THRESHOLD,
+    )

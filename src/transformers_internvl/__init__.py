@@ -3,112 +3,88 @@
 ``import transformers_internvl`` registers every class of this package with transformers' ``Auto*`` factories, so
 plain transformers code (``AutoModelForImageTextToText.from_pretrained``, ``AutoProcessor``, ``pipeline``) works on
 original OpenGVLab checkpoints without ``trust_remote_code``.
+
+The package is lazy: its public names are imported on first access (``transformers_internvl.InternVLModel`` imports
+the modeling code then), and registration imports only the config classes (see `registration`). The console script
+(`transformers-internvl`) does not register at import; its commands that load a model call `register_all` themselves,
+so `transformers-internvl tiles` imports neither torch nor transformers.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
 # Ctrl-C while the console script imports torch/transformers: exit 130 without a traceback (cli.main undoes it).
+from ._startup import _is_console_script  # noqa: E402
 from ._startup import quiet_interrupt_during_startup as _quiet_interrupt_during_startup  # noqa: E402
 
 _quiet_interrupt_during_startup()
 
-# ---- core model (configs, vision tower, InternVL model) ----
-from .modeling.configuration_intern_vit import InternVLVisionConfig  # noqa: E402
-from .modeling.configuration_internvl import InternVLConfig  # noqa: E402
-from .modeling.modeling_intern_vit import InternVLVisionModel  # noqa: E402
-from .modeling.modeling_internvl import (  # noqa: E402
-    InternVLForConditionalGeneration,
-    InternVLModel,
-    InternVLPreTrainedModel,
-)
+# Public name -> module (relative to this package) that defines it.
+_LAZY_ATTRIBUTES: dict[str, str] = {
+    # core model (configs, vision tower, InternVL model)
+    "InternVLConfig": ".modeling.configuration_internvl",
+    "InternVLVisionConfig": ".modeling.configuration_intern_vit",
+    "InternVLVisionModel": ".modeling.modeling_intern_vit",
+    "InternVLModel": ".modeling.modeling_internvl",
+    "InternVLPreTrainedModel": ".modeling.modeling_internvl",
+    "InternVLForConditionalGeneration": ".modeling.modeling_internvl",
+    # InternLM2 language model
+    "InternLM2Config": ".modeling.configuration_internlm2",
+    "InternLM2Model": ".modeling.modeling_internlm2",
+    "InternLM2ForCausalLM": ".modeling.modeling_internlm2",
+    "InternLM2PreTrainedModel": ".modeling.modeling_internlm2",
+    # InternLM2 tokenizer
+    "InternLM2Tokenizer": ".processing.tokenization_internlm2",
+    "InternLM2TokenizerFast": ".processing.tokenization_internlm2_fast",
+    # image / video processors, tiling helpers
+    "InternVLImageProcessor": ".processing.image_processing_internvl",
+    "InternVLVideoProcessor": ".processing.video_processing_internvl",
+    "TilePlan": ".processing.tiling",
+    "draw_tile_plan": ".processing.tiling",
+    "plan_tiles": ".processing.tiling",
+    "sample_frame_indices": ".processing.video_processing_internvl",
+    # conversation templates and InternVLProcessor
+    "InternVLProcessor": ".processing.processing_internvl",
+    "InternVLChatProcessor": ".processing.processing_internvl",
+    "get_conv_template": ".processing.conversation",
+    "build_chat_prompt": ".processing.conversation",
+    "build_batch_chat_prompts": ".processing.conversation",
+    # test-time scaling (CoT prompts, voting, repetition stopping)
+    "INTERNVL_COT_TEMPLATE": ".test_time_scaling",
+    "MULTIPLE_CHOICE_COT_PROMPT": ".test_time_scaling",
+    "OPEN_QUESTION_COT_PROMPT": ".test_time_scaling",
+    "RepetitionStoppingCriteria": ".test_time_scaling",
+    "VoteResult": ".test_time_scaling",
+    "build_cot_prompt": ".test_time_scaling",
+    "extract_choice_letter": ".test_time_scaling",
+    "generate_with_votes": ".test_time_scaling",
+    "is_repetitive": ".test_time_scaling",
+    "majority_vote": ".test_time_scaling",
+    "parse_boxed_answer": ".test_time_scaling",
+    "repetition_ratio": ".test_time_scaling",
+}
 
-__all__ = [
-    "__version__",
-    "InternVLConfig",
-    "InternVLVisionConfig",
-    "InternVLVisionModel",
-    "InternVLModel",
-    "InternVLPreTrainedModel",
-    "InternVLForConditionalGeneration",
-]
+__all__ = ["__version__", *_LAZY_ATTRIBUTES]
 
-# ---- InternLM2 language model ----
-from .modeling.configuration_internlm2 import InternLM2Config  # noqa: E402
-from .modeling.modeling_internlm2 import (  # noqa: E402
-    InternLM2ForCausalLM,
-    InternLM2Model,
-    InternLM2PreTrainedModel,
-)
 
-__all__ += ["InternLM2Config", "InternLM2Model", "InternLM2ForCausalLM", "InternLM2PreTrainedModel"]
+def __getattr__(name: str) -> Any:
+    module = _LAZY_ATTRIBUTES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
 
-# ---- InternLM2 tokenizer ----
-from .processing.tokenization_internlm2 import InternLM2Tokenizer  # noqa: E402
-from .processing.tokenization_internlm2_fast import InternLM2TokenizerFast  # noqa: E402
 
-__all__ += ["InternLM2Tokenizer", "InternLM2TokenizerFast"]
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_ATTRIBUTES))
 
-# ---- image / video processors, tiling helpers ----
-from .processing.image_processing_internvl import InternVLImageProcessor  # noqa: E402
-from .processing.tiling import TilePlan, draw_tile_plan, plan_tiles  # noqa: E402
-from .processing.video_processing_internvl import InternVLVideoProcessor, sample_frame_indices  # noqa: E402
 
-__all__ += [
-    "InternVLImageProcessor",
-    "InternVLVideoProcessor",
-    "TilePlan",
-    "draw_tile_plan",
-    "plan_tiles",
-    "sample_frame_indices",
-]
+if not _is_console_script():
+    from .registration import register_all
 
-# ---- conversation templates and InternVLProcessor ----
-from .processing.conversation import (  # noqa: E402
-    build_batch_chat_prompts,
-    build_chat_prompt,
-    get_conv_template,
-)
-from .processing.processing_internvl import InternVLChatProcessor, InternVLProcessor  # noqa: E402
-
-__all__ += [
-    "InternVLProcessor",
-    "InternVLChatProcessor",
-    "get_conv_template",
-    "build_chat_prompt",
-    "build_batch_chat_prompts",
-]
-
-# ---- test-time scaling (CoT prompts, voting, repetition stopping) ----
-from .test_time_scaling import (  # noqa: E402
-    INTERNVL_COT_TEMPLATE,
-    MULTIPLE_CHOICE_COT_PROMPT,
-    OPEN_QUESTION_COT_PROMPT,
-    RepetitionStoppingCriteria,
-    VoteResult,
-    build_cot_prompt,
-    extract_choice_letter,
-    generate_with_votes,
-    is_repetitive,
-    majority_vote,
-    parse_boxed_answer,
-    repetition_ratio,
-)
-
-__all__ += [
-    "INTERNVL_COT_TEMPLATE",
-    "MULTIPLE_CHOICE_COT_PROMPT",
-    "OPEN_QUESTION_COT_PROMPT",
-    "RepetitionStoppingCriteria",
-    "VoteResult",
-    "build_cot_prompt",
-    "extract_choice_letter",
-    "generate_with_votes",
-    "is_repetitive",
-    "majority_vote",
-    "parse_boxed_answer",
-    "repetition_ratio",
-]
-
-from .registration import register_all  # noqa: E402
-
-register_all()
+    register_all()

@@ -5,7 +5,9 @@ Subcommands:
 - `tiles IMAGE`: show how an image is cut into 448 px tiles (grid, boxes, thumbnail), optionally as a PNG.
 - `chat MODEL_DIR`: talk to a model, one-shot (`--prompt`) or interactively, with streamed output, optional
   chain-of-thought prompting and majority voting.
+- `convert SRC DST --to hf|original`: convert checkpoints between the original and transformers' `-hf` layouts.
 - `filter IN.jsonl -o OUT.jsonl`: drop training samples with repetitive answers (`training.filtering`).
+- `bench ...`: `benchmarks/bench_model.py` (source checkouts only).
 
 Adding a subcommand is one function: write `_add_<name>_command(subparsers)` that creates its parser and sets
 `handler`, then list it in `_COMMANDS`. A handler takes the parsed arguments and returns the exit code; it reports
@@ -220,7 +222,9 @@ def _load_model_and_processor(args: argparse.Namespace) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    import transformers_internvl  # noqa: F401  (registers the InternVL classes with the Auto* factories)
+    from .registration import register_all
+
+    register_all()  # the console script skips registration at import (fast `tiles`); models need it
 
     model_kwargs: dict[str, Any] = {"dtype": args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)}
     if args.device_map is not None:
@@ -470,6 +474,53 @@ def _add_chat_command(subparsers: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# bench
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _benchmark_module() -> Any:
+    """`benchmarks/bench_model.py` of the source checkout this package runs from (not part of an installed wheel)."""
+    import importlib.util
+
+    folder = Path(__file__).resolve().parents[2] / "benchmarks"
+    path = folder / "bench_model.py"
+    if not path.is_file():
+        raise CLIError(f"the benchmark needs a source checkout of transformers-internvl: {path} not found")
+    sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location("bench_model", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from .registration import register_all
+
+    register_all()
+    return _benchmark_module().main(args=args)
+
+
+def _add_bench_command(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="benchmark random-weight models at InternVL 2.5 shapes (source checkout only)",
+        description="Run benchmarks/bench_model.py: vision, time to first token, decode, memory; see its --help.",
+        add_help=False,
+    )
+    parser.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments of benchmarks/bench_model.py")
+    parser.set_defaults(handler=_bench_handler)
+
+
+def _bench_handler(args: argparse.Namespace) -> int:
+    return _run_bench(_parse_bench_arguments(args.bench_args))
+
+
+def _parse_bench_arguments(arguments: Sequence[str]) -> argparse.Namespace:
+    benchmark_parser = argparse.ArgumentParser(prog=f"{PROG} bench", description="InternVL 2.5 model benchmark.")
+    return _benchmark_module().build_parser(benchmark_parser).parse_args(list(arguments))
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # entry point
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -491,6 +542,7 @@ _COMMANDS: list[Callable[[Any], None]] = [
     _add_chat_command,
     _add_convert_command,
     _add_filter_command,
+    _add_bench_command,
 ]
 
 
@@ -526,6 +578,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         parser = build_parser()
+        arguments = sys.argv[1:] if argv is None else list(argv)
+        if arguments[:1] == ["bench"]:  # every further argument (--help too) belongs to the benchmark's own parser
+            return _run(
+                argparse.Namespace(command="bench", traceback=False, bench_args=arguments[1:], handler=_bench_handler)
+            )
         try:
             args = parser.parse_args(argv)
         except SystemExit as exit_request:  # --help, --version and usage errors (argparse prints them)

@@ -1,6 +1,8 @@
 """Registration of this package's classes with transformers' ``Auto*`` factories and checkpoint-conversion tables.
 
-Called once by ``import transformers_internvl``; calling it again is a no-op.
+Called once by ``import transformers_internvl``; calling it again is a no-op. Config classes are registered as
+classes; model, tokenizer and processor classes as `LazyValue`s (see `_lazy_registry`), imported the first time a
+factory reads them, so registering imports no ``modeling_*`` module.
 """
 
 from __future__ import annotations
@@ -17,37 +19,42 @@ def _register_core() -> None:
         AutoModelForImageTextToText,
     )
 
+    from ._lazy_registry import lazy_attribute, make_lazy
     from .conversion.checkpoint_mapping import register_checkpoint_mappings
     from .modeling.configuration_intern_vit import InternVLVisionConfig
     from .modeling.configuration_internvl import InternVLConfig
-    from .modeling.modeling_intern_vit import InternVLVisionModel
-    from .modeling.modeling_internvl import InternVLForConditionalGeneration
 
     AutoConfig.register(InternVLConfig.model_type, InternVLConfig, exist_ok=True)
     AutoConfig.register(InternVLVisionConfig.model_type, InternVLVisionConfig, exist_ok=True)
+    chat_model = lazy_attribute(".modeling.modeling_internvl", "InternVLForConditionalGeneration")
+    vision_model = lazy_attribute(".modeling.modeling_intern_vit", "InternVLVisionModel")
     # The original's `auto_map` makes `AutoModel` the chat model (model cards call `AutoModel.from_pretrained(...).chat()`);
     # `InternVLModel` stays the base model (`base_model_prefix = "model"`) and loads the same checkpoints.
-    AutoModel.register(InternVLConfig, InternVLForConditionalGeneration, exist_ok=True)
-    AutoModel.register(InternVLVisionConfig, InternVLVisionModel, exist_ok=True)
-    AutoModelForImageTextToText.register(InternVLConfig, InternVLForConditionalGeneration, exist_ok=True)
-    AutoModelForCausalLM.register(InternVLConfig, InternVLForConditionalGeneration, exist_ok=True)
+    # Written to the mappings directly: `AutoModel.register` reads `model_class.config_class`, which would import it.
+    for factory, config_class, model_class in (
+        (AutoModel, InternVLConfig, chat_model),
+        (AutoModel, InternVLVisionConfig, vision_model),
+        (AutoModelForImageTextToText, InternVLConfig, chat_model),
+        (AutoModelForCausalLM, InternVLConfig, chat_model),
+    ):
+        make_lazy(factory._model_mapping)
+        factory._model_mapping.register(config_class, model_class, exist_ok=True)
     register_checkpoint_mappings()
-    # PEFT adapters saved with the original module names load with `PeftModel.from_pretrained` as they are.
-    from .training.adapters import install_peft_key_mapping
-
-    install_peft_key_mapping()
 
 
 def _register_internlm2() -> None:
     """InternLM2 config and language model."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
+    from ._lazy_registry import lazy_attribute, make_lazy
     from .modeling.configuration_internlm2 import InternLM2Config
-    from .modeling.modeling_internlm2 import InternLM2ForCausalLM, InternLM2Model
 
     AutoConfig.register(InternLM2Config.model_type, InternLM2Config, exist_ok=True)
-    AutoModel.register(InternLM2Config, InternLM2Model, exist_ok=True)
-    AutoModelForCausalLM.register(InternLM2Config, InternLM2ForCausalLM, exist_ok=True)
+    for factory, name in ((AutoModel, "InternLM2Model"), (AutoModelForCausalLM, "InternLM2ForCausalLM")):
+        make_lazy(factory._model_mapping)
+        factory._model_mapping.register(
+            InternLM2Config, lazy_attribute(".modeling.modeling_internlm2", name), exist_ok=True
+        )
 
 
 def _register_tokenizers() -> None:
@@ -58,9 +65,13 @@ def _register_tokenizers() -> None:
     # InternLM2TokenizerFast (AutoTokenizer ignores `use_fast` in transformers 5); InternLM2Tokenizer (sentencepiece)
     # stays available directly. Not registered for InternVLConfig: InternVL checkpoints with a Qwen2 or Llama
     # language model name their own tokenizer class.
-    from transformers import AutoTokenizer
-    from transformers.models.auto.tokenization_auto import REGISTERED_FAST_ALIASES, REGISTERED_TOKENIZER_CLASSES
+    from transformers.models.auto.tokenization_auto import (
+        REGISTERED_FAST_ALIASES,
+        REGISTERED_TOKENIZER_CLASSES,
+        TOKENIZER_MAPPING,
+    )
 
+    from ._lazy_registry import make_lazy
     from .modeling.configuration_internlm2 import InternLM2Config
     from .processing.tokenization_internlm2 import InternLM2Tokenizer
     from .processing.tokenization_internlm2_fast import InternLM2TokenizerFast
@@ -68,13 +79,10 @@ def _register_tokenizers() -> None:
     REGISTERED_TOKENIZER_CLASSES[InternLM2Tokenizer.__name__] = InternLM2Tokenizer
     REGISTERED_TOKENIZER_CLASSES[InternLM2TokenizerFast.__name__] = InternLM2TokenizerFast
     REGISTERED_FAST_ALIASES[InternLM2Tokenizer.__name__] = InternLM2TokenizerFast
-    # An InternLM2 language-model folder whose tokenizer_config.json names no class still gets the right tokenizer.
-    AutoTokenizer.register(
-        InternLM2Config,
-        slow_tokenizer_class=InternLM2Tokenizer,
-        fast_tokenizer_class=InternLM2TokenizerFast,
-        exist_ok=True,
-    )
+    # An InternLM2 language-model folder whose tokenizer_config.json names no class still gets the right tokenizer
+    # (what `AutoTokenizer.register(InternLM2Config, slow_tokenizer_class=..., fast_tokenizer_class=...)` writes).
+    make_lazy(TOKENIZER_MAPPING)
+    TOKENIZER_MAPPING.register(InternLM2Config, InternLM2TokenizerFast, exist_ok=True)
 
 
 def _register_image_video_processors() -> None:
@@ -88,18 +96,22 @@ def _register_image_video_processors() -> None:
     from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
     from transformers.models.auto.video_processing_auto import VIDEO_PROCESSOR_MAPPING
 
+    from ._lazy_registry import LazyValue, lazy_attribute, make_lazy
     from .modeling.configuration_internvl import InternVLConfig
-    from .processing.image_processing_internvl import InternVLImageProcessor
-    from .processing.video_processing_internvl import InternVLVideoProcessor
 
     # One class serves both backend names (it does not use torchvision), so the default backend resolves to it, and a
     # saved `image_processor_type` / `video_processor_type` resolves by class name.
-    IMAGE_PROCESSOR_MAPPING.register(
-        InternVLConfig, {"torchvision": InternVLImageProcessor, "pil": InternVLImageProcessor}, exist_ok=True
-    )
-    VIDEO_PROCESSOR_MAPPING.register(
-        InternVLConfig, {"torchvision": InternVLVideoProcessor, "pil": InternVLVideoProcessor}, exist_ok=True
-    )
+    for mapping, module, name in (
+        (IMAGE_PROCESSOR_MAPPING, ".processing.image_processing_internvl", "InternVLImageProcessor"),
+        (VIDEO_PROCESSOR_MAPPING, ".processing.video_processing_internvl", "InternVLVideoProcessor"),
+    ):
+        processor_class = lazy_attribute(module, name)
+        make_lazy(mapping)
+        mapping.register(
+            InternVLConfig,
+            LazyValue(lambda cls=processor_class: dict.fromkeys(("torchvision", "pil"), cls.factory()), name),
+            exist_ok=True,
+        )
     # Original OpenGVLab folders ship a CLIP preprocessor_config.json the original never used for tiling; the
     # factories resolve that class by name before any mapping, so their `from_pretrained` is wrapped instead.
     from .processing.auto_loading import wrap_auto_processor_loaders
@@ -109,14 +121,17 @@ def _register_image_video_processors() -> None:
 
 def _register_processor() -> None:
     """InternVLProcessor (tokenizer + image + video processors)."""
-    from transformers import AutoProcessor
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
 
+    from ._lazy_registry import lazy_attribute, make_lazy
     from .modeling.configuration_internvl import InternVLConfig
-    from .processing.processing_internvl import InternVLChatProcessor
 
     # Registered (and saved) under the class name "InternVLChatProcessor": transformers maps the name
     # "InternVLProcessor" to its own processor when it reads `processor_class` from a saved config.
-    AutoProcessor.register(InternVLConfig, InternVLChatProcessor, exist_ok=True)
+    make_lazy(PROCESSOR_MAPPING)
+    PROCESSOR_MAPPING.register(
+        InternVLConfig, lazy_attribute(".processing.processing_internvl", "InternVLChatProcessor"), exist_ok=True
+    )
 
 
 def register_all() -> None:

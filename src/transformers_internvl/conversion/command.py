@@ -7,7 +7,10 @@ import signal
 import sys
 from typing import Any
 
-from .convert import DEFAULT_MAX_SHARD_SIZE, DTYPES
+# Kept here (not imported from `.convert`, which imports torch and the model code) so that building the CLI parser
+# stays cheap for commands that need no model (`tiles` starts in well under a second); `.convert` checks they agree.
+DTYPE_NAMES = ("bf16", "fp16", "fp32")
+DEFAULT_MAX_SHARD_SIZE = "5GB"
 
 EXAMPLES = """\
 examples:
@@ -67,7 +70,7 @@ def add_convert_command(subparsers: Any) -> None:
     parser.add_argument("src", metavar="SRC", help="source checkpoint folder (or hub id, when online)")
     parser.add_argument("dst", metavar="DST", help="output folder (must not exist unless --force)")
     parser.add_argument("--to", required=True, choices=("hf", "original"), help="target layout")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), help="cast floating tensors (default: keep)")
+    parser.add_argument("--dtype", choices=sorted(DTYPE_NAMES), help="cast floating tensors (default: keep)")
     parser.add_argument(
         "--max-shard-size",
         default=DEFAULT_MAX_SHARD_SIZE,

@@ -24,6 +24,7 @@ from ..processing.conversation import (
     postprocess_response,
     prepare_chat_question,
 )
+from .chat_cache import can_reuse, clear_chat_cache, generate_reusing_cache
 from .input_checks import question_list
 
 
@@ -43,6 +44,14 @@ def _generation_kwargs(generation_config: dict | GenerationConfig | None) -> dic
 class InternVLChatMixin:
     """Adds the original remote-code API (`chat`, `batch_chat`, `extract_feature`) to
     `InternVLForConditionalGeneration`."""
+
+    #: `chat()` keeps the key/value cache of its last turn and reuses it for the next turn's common prefix (history,
+    #: images), see `chat_cache`. Set to False to re-run everything each turn, as the original does.
+    reuse_chat_cache: bool = True
+
+    def clear_chat_cache(self) -> None:
+        """Free the key/value cache `chat()` keeps between turns."""
+        clear_chat_cache(self)
 
     # The original model's attributes. `template`, `system_message` and `conv_template` are plain attributes there,
     # set in the constructor from `config.template` and changeable afterwards; here an assignment is kept on the
@@ -172,7 +181,9 @@ class InternVLChatMixin:
             )
         return token_id
 
-    def _generate_text(self, tokenizer, prompts: list[str], pixel_values, generation_config) -> list[str]:
+    def _generate_text(
+        self, tokenizer, prompts: list[str], pixel_values, generation_config, reuse_cache: bool = False
+    ) -> list[str]:
         kwargs = _generation_kwargs(generation_config)
         eos_token = get_conv_template(self.template).eos_token
         kwargs["eos_token_id"] = tokenizer.convert_tokens_to_ids(eos_token)
@@ -183,9 +194,12 @@ class InternVLChatMixin:
         attention_mask = model_inputs["attention_mask"].to(self.device)
         if pixel_values is not None:
             pixel_values = pixel_values.to(self.device, self.dtype)
-        output_ids = self.generate(
-            input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values, **kwargs
-        )
+        if reuse_cache and can_reuse(self, input_ids, kwargs):
+            output_ids = generate_reusing_cache(self, input_ids, attention_mask, pixel_values, kwargs)
+        else:
+            output_ids = self.generate(
+                input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values, **kwargs
+            )
         new_tokens = output_ids[:, input_ids.shape[1] :]
         responses = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         return [postprocess_response(response, self.template) for response in responses]
@@ -243,7 +257,7 @@ class InternVLChatMixin:
             image_end_token=IMG_END_TOKEN,
             image_context_token=IMG_CONTEXT_TOKEN,
         )
-        response = self._generate_text(tokenizer, [prompt], pixel_values, generation_config)[0]
+        response = self._generate_text(tokenizer, [prompt], pixel_values, generation_config, reuse_cache=True)[0]
         if not return_history:
             return response
         stored_question = prepare_chat_question(question, history, pixel_values is not None)

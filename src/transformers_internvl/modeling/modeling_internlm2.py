@@ -205,6 +205,16 @@ def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
     return hidden_states.reshape(batch, num_key_value_heads * n_rep, slen, head_dim)
 
 
+def _add_mask(scores: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """`scores + attention_mask`, in place when that gives the same tensor (same dtype, mask broadcasts to scores)."""
+    if (
+        attention_mask.dtype == scores.dtype
+        and torch.broadcast_shapes(scores.shape, attention_mask.shape) == scores.shape
+    ):
+        return scores.add_(attention_mask)
+    return scores + attention_mask
+
+
 def eager_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -219,9 +229,11 @@ def eager_attention_forward(
     key_states = repeat_kv(key, module.num_key_value_groups)
     value_states = repeat_kv(value, module.num_key_value_groups)
 
-    attn_weights = torch.matmul(query, key_states.transpose(2, 3)) * scaling
+    # Scaling and the mask are applied in place (the same values as `* scaling` / `+ mask`, one score-sized buffer
+    # instead of three); the fp32 softmax buffer lives only until its cast back to the input dtype.
+    attn_weights = torch.matmul(query, key_states.transpose(2, 3)).mul_(scaling)
     if attention_mask is not None:
-        attn_weights = attn_weights + attention_mask
+        attn_weights = _add_mask(attn_weights, attention_mask)
 
     attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
     attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)

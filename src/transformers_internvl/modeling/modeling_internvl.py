@@ -26,7 +26,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.import_utils import torch_compilable_check
 
 from ..atomic_save import atomic_save_directory
-from ..conversion.checkpoint_mapping import head_renaming, original_layout_conversions
+from ..conversion.checkpoint_mapping import head_renaming, original_layout_conversions, original_layout_renamings
 from ..conversion.missing_weights import (
     allow_missing_weights,
     check_no_missing_weights,
@@ -599,6 +599,15 @@ class InternVLForConditionalGeneration(InternVLChatMixin, InternVLPreTrainedMode
             mapping = original_lora_renamings() + mapping + original_lora_converters()
         load_config = dataclasses.replace(load_config, weight_mapping=mapping or None)
         return super()._load_pretrained_model(model, state_dict, checkpoint_files, load_config, *args, **kwargs)
+
+    @property
+    def _checkpoint_conversion_mapping(self) -> dict[str, str]:
+        """`{regex: replacement}` from the original module names to this module tree (head first), which PEFT's
+        `PeftModel.from_pretrained` uses as its default `key_mapping`: adapters saved with the original names
+        (`training.adapters.save_adapter_original_layout`, vLLM's) load as they are. transformers 5 itself reads
+        the conversion-mapping registry instead."""
+        renamings = original_layout_renamings(head_name=self._language_model_head.head_name)
+        return {renaming.source_patterns[0]: renaming.target_patterns[0] for renaming in renamings}
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()

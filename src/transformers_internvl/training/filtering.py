@@ -12,7 +12,10 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 
-from ..test_time_scaling import REPETITION_NGRAM_SIZE, REPETITION_THRESHOLD, repetition_ratio
+# The original data filter's settings (10-grams, ratio 0.4), as `test_time_scaling` defines them; repeated here so
+# that building the CLI parser imports neither torch nor transformers (a test checks they agree).
+REPETITION_NGRAM_SIZE = 10
+REPETITION_THRESHOLD = 0.4
 
 
 @dataclass
@@ -45,6 +48,8 @@ def _answers(row: dict) -> list[str]:
 def repetition_reason(row: dict, ngram: int = REPETITION_NGRAM_SIZE, threshold: float = REPETITION_THRESHOLD):
     """`None` when the row passes, else a reason naming the answer and its ratio."""
     for index, answer in enumerate(_answers(row)):
+        from ..test_time_scaling import repetition_ratio
+
         ratio = repetition_ratio(answer, ngram)
         if ratio > threshold:
             return f"answer {index}: {ratio:.3f} of its {ngram}-grams repeated (> {threshold})"

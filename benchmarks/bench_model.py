@@ -1,0 +1,415 @@
+"""Model benchmark (issue 13): random weights at real InternVL 2.5 shapes, optionally against transformers' own port.
+
+Measures vision-tower time for 1/7/13 tiles, time to first token (one image of `--ttft-tiles` tiles, 13 by default),
+decode tokens/s at batch 1 and 8 and peak memory of the time-to-first-token step (CUDA: `max_memory_allocated`;
+CPU: peak RSS growth of a child process that runs only that step). With `--against upstream` it builds
+`transformers.InternVLForConditionalGeneration` with the SAME weights (original-layout keys mapped to transformers'
+names: vision `qkv` split into q/k/v, `mlp1` -> `multi_modal_projector`, ...; InternLM2 LLMs converted to Llama
+with `conversion.internlm2_llama`, as transformers' port runs them), checks that both
+give the same logits first, interleaves the runs (min of `--repeats`) and prints ratios (>1: this package faster /
+smaller). Writes `--json` and, when matplotlib is installed, a PNG bar chart (`--png`).
+
+    PYTHONPATH=src python benchmarks/bench_model.py --shape 1B --layers 4 --dtype float32 --attn sdpa --against upstream
+    transformers-internvl bench --shape 1B --layers 4   # the same, through the console script
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+IMAGE_TOKEN_ID = 900  # any id inside the vocabulary; text tokens are drawn below it
+TEXT_VOCAB = 800
+
+
+def build_ours(shape: str, layers: int | None, dtype: torch.dtype, attn: str, device: str, vocab_size: int | None):
+    from internvl_shapes import build_config
+
+    from transformers_internvl.modeling.modeling_internvl import InternVLForConditionalGeneration
+
+    config = build_config(shape, layers, vocab_size=vocab_size, attn_implementation=attn, image_token_id=IMAGE_TOKEN_ID)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = InternVLForConditionalGeneration(config)
+    return model.to(dtype).eval()
+
+
+def upstream_state_dict(ours: Any) -> dict[str, torch.Tensor]:
+    """Our (original-layout) weights under transformers' `InternVLForConditionalGeneration` names."""
+    mapped = {}
+    for key, value in ours.state_dict().items():
+        if key.startswith("model.vision_model."):
+            name = key.replace("model.vision_model.", "model.vision_tower.")
+            name = name.replace("embeddings.class_embedding", "embeddings.cls_token")
+            name = name.replace("embeddings.position_embedding", "embeddings.position_embeddings")
+            name = name.replace("embeddings.patch_embedding.", "embeddings.patch_embeddings.projection.")
+            name = name.replace("encoder.layers.", "encoder.layer.")
+            name = name.replace(".ls1", ".lambda_1").replace(".ls2", ".lambda_2")
+            name = name.replace(".norm1.", ".layernorm_before.").replace(".norm2.", ".layernorm_after.")
+            name = name.replace(".attn.proj.", ".attention.projection_layer.")
+            name = name.replace(".attn.q_norm.", ".attention.q_norm.").replace(".attn.k_norm.", ".attention.k_norm.")
+            if ".attn.qkv." in name:
+                for part, chunk in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0), strict=True):
+                    mapped[name.replace(".attn.qkv.", f".attention.{part}.")] = chunk
+                continue
+            mapped[name] = value
+        elif key.startswith("model.mlp1."):
+            index, rest = key[len("model.mlp1.") :].split(".", 1)
+            target = {"0": "layer_norm", "1": "linear_1", "3": "linear_2"}[index]
+            mapped[f"model.multi_modal_projector.{target}.{rest}"] = value
+        else:
+            mapped[key] = value
+    return mapped
+
+
+def build_upstream(ours: Any, attn: str):
+    """transformers' own port with `ours`' weights (Qwen2 / Llama-family LLMs)."""
+    from transformers import InternVLConfig, InternVLForConditionalGeneration
+
+    vision = ours.config.vision_config
+    text_config = ours.config.text_config
+    internlm2 = text_config.model_type == "internlm2"
+    if internlm2:  # transformers has no InternLM2: its port runs these checkpoints as Llama (converted weights)
+        from transformers_internvl.conversion.internlm2_llama import internlm2_config_to_llama
+
+        text_config = internlm2_config_to_llama(text_config)
+        text_config.architectures = ["LlamaForCausalLM"]
+    config = InternVLConfig(
+        vision_config=dict(
+            hidden_size=vision.hidden_size,
+            num_hidden_layers=vision.num_hidden_layers,
+            num_attention_heads=vision.num_attention_heads,
+            intermediate_size=vision.intermediate_size,
+            image_size=[vision.image_size] * 2,
+            patch_size=[vision.patch_size] * 2,
+            attention_bias=vision.qkv_bias,
+            use_qk_norm=vision.qk_normalization,
+            norm_type=vision.norm_type,
+            layer_norm_eps=vision.layer_norm_eps,
+            hidden_act=vision.hidden_act,
+            use_mean_pooling=True,
+        ),
+        text_config=text_config.to_dict(),
+        image_token_id=IMAGE_TOKEN_ID,
+        image_seq_length=ours.config.num_image_token,
+        downsample_ratio=ours.config.downsample_ratio,
+        projector_hidden_act="gelu",
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        tie_word_embeddings=False,
+    )
+    config._attn_implementation = attn
+    config.vision_config._attn_implementation = attn
+    config.text_config._attn_implementation = attn
+    # Built on the device (not "meta"): rotary `inv_freq` buffers are not in the state dict.
+    parameter = next(ours.parameters())
+    with torch.device(parameter.device):
+        model = InternVLForConditionalGeneration(config).to(parameter.dtype)
+    state = upstream_state_dict(ours)
+    if internlm2:
+        from transformers_internvl.conversion.internlm2_llama import internlm2_state_dict_to_llama
+
+        state = internlm2_state_dict_to_llama(state, ours.config.text_config, prefix="model.language_model.")
+    missing = set(model.state_dict()) - set(state)
+    unexpected = set(state) - set(model.state_dict())
+    if missing or unexpected:
+        raise SystemExit(
+            f"weight mapping incomplete: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def image_prompt(tiles: int, num_image_token: int, batch: int = 1, text: int = 32) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(tiles)
+    before = torch.randint(1, TEXT_VOCAB, (batch, 8), generator=generator)
+    after = torch.randint(1, TEXT_VOCAB, (batch, text), generator=generator)
+    image = torch.full((batch, tiles * num_image_token), IMAGE_TOKEN_ID)
+    return torch.cat([before, image, after], dim=1)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(function: Callable[[], Any], device: str) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    function()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def vision_call(model: Any, pixel_values: torch.Tensor, upstream: bool) -> Callable[[], Any]:
+    if upstream:
+        return lambda: model.model.get_image_features(pixel_values=pixel_values)
+    return lambda: model.get_image_features(pixel_values)
+
+
+def ttft_call(model: Any, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> Callable[[], Any]:
+    mask = torch.ones_like(input_ids)
+    return lambda: model.generate(
+        input_ids=input_ids, attention_mask=mask, pixel_values=pixel_values, max_new_tokens=1, do_sample=False
+    )
+
+
+def decode_call(model: Any, input_ids: torch.Tensor, new_tokens: int, static: bool = False) -> Callable[[], Any]:
+    mask = torch.ones_like(input_ids)
+    extra = {"cache_implementation": "static"} if static else {}
+    return lambda: model.generate(
+        input_ids=input_ids,
+        attention_mask=mask,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        **extra,
+    )
+
+
+def check_logits(ours: Any, upstream: Any, device: str, dtype: torch.dtype) -> float:
+    pixel_values = torch.randn(1, 3, 448, 448, generator=torch.Generator().manual_seed(1)).to(device, dtype)
+    input_ids = image_prompt(1, ours.config.num_image_token).to(device)
+    with torch.inference_mode():
+        a = ours(input_ids=input_ids, pixel_values=pixel_values).logits.float()
+        b = upstream(input_ids=input_ids, pixel_values=pixel_values).logits.float()
+    difference = (a - b).abs().max().item()
+    tolerance = 1e-4 if dtype == torch.float32 else 5e-2 * max(1.0, b.abs().max().item())
+    if not difference <= tolerance:
+        raise SystemExit(f"logits differ by {difference:.3g} (> {tolerance:.3g}): the weight mapping is wrong")
+    return difference
+
+
+MEMORY_CHILD = r"""
+import json, sys, torch
+sys.path.insert(0, sys.argv[1])
+import bench_model as b
+args = json.loads(sys.argv[2])
+dtype = getattr(torch, args["dtype"])
+model = b.build_ours(args["shape"], args["layers"], dtype, args["attn"], "cpu", args["vocab_size"])
+if args["which"] == "upstream":
+    model = b.build_upstream(model, args["attn"])
+# Give freed memory (our model, for the upstream run; construction temporaries) back to the OS, so that the step's
+# allocations show as growth on both sides alike.
+import ctypes, gc
+gc.collect()
+ctypes.CDLL("libc.so.6").malloc_trim(0)
+pixel_values = torch.randn(args["tiles"], 3, 448, 448).to(dtype)
+input_ids = b.image_prompt(args["tiles"], 256)
+print(json.dumps({"peak_mib": b.sampled_peak_rss_growth(lambda: b.ttft_call(model, input_ids, pixel_values)())}))
+"""
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as file:
+        return int(file.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def sampled_peak_rss_growth(function: Callable[[], Any], interval: float = 0.002) -> float:
+    """Peak resident-set growth (MiB) while `function` runs, sampled every `interval` s (`ru_maxrss` is a
+    high-water mark of the whole process, which model construction may already have set)."""
+    import threading
+
+    before, peak, done = _rss_bytes(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(interval)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        with torch.inference_mode():
+            function()
+    finally:
+        done.set()
+        thread.join()
+    return (max(peak[0], _rss_bytes()) - before) / 2**20
+
+
+def cpu_peak_memory(args: argparse.Namespace, which: str) -> float:
+    payload = json.dumps(
+        {
+            "shape": args.shape,
+            "layers": args.layers,
+            "dtype": args.dtype,
+            "attn": args.attn,
+            "vocab_size": args.vocab_size,
+            "tiles": args.ttft_tiles,
+            "which": which,
+        }
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", MEMORY_CHILD, os.path.dirname(os.path.abspath(__file__)), payload],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_mib"]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    dtype = getattr(torch, args.dtype)
+    device = args.device
+    models = {"ours": build_ours(args.shape, args.layers, dtype, args.attn, device, args.vocab_size)}
+    result: dict[str, Any] = {"config": vars(args).copy(), "device_name": _device_name(device), "rows": {}}
+    if args.against == "upstream":
+        models["upstream"] = build_upstream(models["ours"], args.attn)
+        result["logits_max_abs_diff"] = check_logits(models["ours"], models["upstream"], device, dtype)
+    num_image_token = models["ours"].config.num_image_token
+    measurements: dict[str, Callable[[Any, bool], Callable[[], Any]]] = {}
+    for tiles in args.vision_tiles:
+        pixels = torch.randn(tiles, 3, 448, 448).to(device, dtype)
+        measurements[f"vision {tiles} tiles (ms)"] = lambda m, up, p=pixels: vision_call(m, p, up)
+    ttft_pixels = torch.randn(args.ttft_tiles, 3, 448, 448).to(device, dtype)
+    ttft_ids = image_prompt(args.ttft_tiles, num_image_token).to(device)
+    measurements[f"TTFT {args.ttft_tiles} tiles (ms)"] = lambda m, up: ttft_call(m, ttft_ids, ttft_pixels)
+    for batch in args.decode_batches:
+        ids = torch.randint(1, TEXT_VOCAB, (batch, 64), generator=torch.Generator().manual_seed(batch)).to(device)
+        measurements[f"decode b{batch} prefill (ms)"] = lambda m, up, i=ids: decode_call(m, i, 1)
+        measurements[f"decode b{batch} total (ms)"] = lambda m, up, i=ids: decode_call(m, i, args.decode_tokens + 1)
+        if args.static_compile:
+            measurements[f"decode b{batch} static total (ms)"] = lambda m, up, i=ids: decode_call(
+                m, i, args.decode_tokens + 1, static=True
+            )
+    with torch.inference_mode():
+        for name, make in measurements.items():
+            calls = {which: make(model, which == "upstream") for which, model in models.items()}
+            for call in calls.values():  # warm-up
+                call()
+            times: dict[str, list[float]] = {which: [] for which in models}
+            for _ in range(args.repeats):  # interleaved
+                for which, call in calls.items():
+                    times[which].append(timed(call, device) * 1000)
+            result["rows"][name] = {which: min(values) for which, values in times.items()}
+            print(f"  {name}: " + ", ".join(f"{w} {v:.1f}" for w, v in result["rows"][name].items()), flush=True)
+    rows = result["rows"]
+    for batch in args.decode_batches:
+        for suffix in ("", " static"):
+            total = rows.get(f"decode b{batch}{suffix} total (ms)")
+            if total is None:
+                continue
+            prefill = rows[f"decode b{batch} prefill (ms)"]
+            rows[f"decode b{batch}{suffix} (tokens/s)"] = {
+                w: batch * args.decode_tokens / max(total[w] - prefill[w], 1e-9) * 1000 for w in models
+            }
+    if device.startswith("cuda"):
+        peaks = {}
+        for which, model in models.items():
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            with torch.inference_mode():
+                ttft_call(model, ttft_ids, ttft_pixels)()
+            peaks[which] = (torch.cuda.max_memory_allocated() - base) / 2**20
+        rows[f"peak memory TTFT {args.ttft_tiles} tiles (MiB)"] = peaks
+    elif not args.no_memory:
+        rows[f"peak memory TTFT {args.ttft_tiles} tiles (MiB)"] = {w: cpu_peak_memory(args, w) for w in models}
+    if "upstream" in models:
+        result["ratios"] = {}
+        for name, values in rows.items():
+            higher_is_better = "tokens/s" in name
+            numerator, denominator = (
+                (values["ours"], values["upstream"]) if higher_is_better else (values["upstream"], values["ours"])
+            )
+            result["ratios"][name] = numerator / denominator if denominator > 0 else float("nan")
+    return result
+
+
+def _llm_parameter_bytes(args: argparse.Namespace) -> int:
+    """Bytes of LLM weights one decode step reads (for the HBM roofline), from the config alone."""
+    from internvl_shapes import build_config
+
+    text = build_config(args.shape, args.layers, vocab_size=args.vocab_size).text_config
+    hidden, layers, inter = text.hidden_size, text.num_hidden_layers, text.intermediate_size
+    head_dim = hidden // text.num_attention_heads
+    attention = hidden * head_dim * (2 * text.num_attention_heads + 2 * text.num_key_value_heads)
+    per_layer = attention + 3 * hidden * inter + 2 * hidden
+    size = torch.finfo(getattr(torch, args.dtype)).bits // 8
+    return (layers * per_layer + text.vocab_size * hidden) * size
+
+
+def _device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({os.cpu_count()} cores visible, {torch.get_num_threads()} torch threads)"
+
+
+def plot(result: dict[str, Any], path: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    ratios = result.get("ratios")
+    if not ratios:
+        return False
+    names = list(ratios)
+    figure, axis = plt.subplots(figsize=(8, 0.4 * len(names) + 1.5))
+    axis.barh(names, [ratios[n] for n in names], color=["tab:green" if ratios[n] >= 1 else "tab:red" for n in names])
+    axis.axvline(1.0, color="black", linewidth=1)
+    config = result["config"]
+    axis.set_title(
+        f"InternVL2.5-{config['shape']} ({config['layers']} layers), {config['dtype']}, {config['attn']}: "
+        "speed-up over transformers' port",
+        fontsize=9,
+    )
+    axis.set_xlabel("ratio (>1: transformers-internvl better)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    return True
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="1B", choices=["1B", "2B", "4B", "8B", "26B", "38B", "78B"])
+    parser.add_argument("--layers", type=int, help="truncate both towers to this many layers")
+    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--attn", default="sdpa", help="attention implementation for both towers")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--against", choices=["upstream"], help="compare with transformers' own InternVL port")
+    parser.add_argument("--vision-tiles", type=int, nargs="+", default=[1, 7, 13])
+    parser.add_argument("--ttft-tiles", type=int, default=13)
+    parser.add_argument("--decode-batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--decode-tokens", type=int, default=32)
+    parser.add_argument("--static-compile", action="store_true", help="also time decode with a static cache")
+    parser.add_argument("--vocab-size", type=int, help="override the LLM vocabulary (smaller: faster set-up)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-memory", action="store_true", help="skip the CPU peak-memory child processes")
+    parser.add_argument("--json", metavar="PATH", help="write the results here")
+    parser.add_argument("--png", metavar="PATH", help="bar chart of the ratios (needs matplotlib)")
+    return parser
+
+
+def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> int:
+    args = args or build_parser().parse_args(argv)
+    print(f"InternVL2.5-{args.shape}, layers={args.layers}, {args.dtype}, {args.attn}, {args.device}", flush=True)
+    result = run(args)
+    result["command"] = " ".join(["python", *sys.argv])
+    result["llm_parameter_bytes"] = _llm_parameter_bytes(args)
+    for name, ratio in result.get("ratios", {}).items():
+        print(f"ratio {name}: {ratio:.3f}")
+    if args.json:
+        with open(args.json + ".tmp", "w") as file:
+            json.dump(result, file, indent=1)
+        os.replace(args.json + ".tmp", args.json)
+    if args.png and not plot(result, args.png):
+        print("no PNG written (matplotlib missing or no comparison)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,156 @@
+"""`model.chat()` reuses the key/value cache of earlier turns with the same answers (issue 13)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+import transformers_internvl  # noqa: F401
+from transformers_internvl.modeling.chat_cache import reusable_prefix_length
+
+FIXTURES = Path(__file__).parent / "fixtures"
+GREEDY = {"max_new_tokens": 8, "do_sample": False}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return AutoModelForImageTextToText.from_pretrained(FIXTURES / "models" / "tiny-qwen2").eval()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(FIXTURES / "tokenizers" / "qwen2-tiny")
+
+
+class _CountVision:
+    """Counts vision-tower calls and the prompt lengths the LLM runs on (forward hooks)."""
+
+    def __init__(self, model):
+        self.vision_calls = 0
+        self.llm_lengths = []
+        self.handles = [
+            model.model.vision_model.register_forward_hook(lambda *_: self._vision()),
+            model.model.language_model.register_forward_pre_hook(self._llm, with_kwargs=True),
+        ]
+
+    def _vision(self):
+        self.vision_calls += 1
+
+    def _llm(self, module, args, kwargs):
+        embeds = kwargs.get("inputs_embeds")
+        self.llm_lengths.append(embeds.shape[1] if embeds is not None else kwargs["input_ids"].shape[1])
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+def _conversation(model, tokenizer, pixel_values, questions, reuse: bool):
+    model.clear_chat_cache()
+    model.reuse_chat_cache = reuse
+    history, answers = None, []
+    try:
+        for question in questions:
+            answer, history = model.chat(
+                tokenizer, pixel_values, question, GREEDY, history=history, return_history=True
+            )
+            answers.append(answer)
+    finally:
+        model.reuse_chat_cache = True
+        model.clear_chat_cache()
+    return answers
+
+
+def test_multi_turn_answers_are_the_same_with_and_without_reuse(model, tokenizer):
+    torch.manual_seed(0)
+    pixel_values = torch.randn(2, 3, 448, 448)
+    questions = ["Describe the image.", "What colour is it?", "And the shape?"]
+    assert _conversation(model, tokenizer, pixel_values, questions, reuse=True) == _conversation(
+        model, tokenizer, pixel_values, questions, reuse=False
+    )
+    assert _conversation(model, tokenizer, None, questions, reuse=True) == _conversation(
+        model, tokenizer, None, questions, reuse=False
+    )
+
+
+def test_second_turn_skips_the_image_and_the_history(model, tokenizer):
+    torch.manual_seed(0)
+    pixel_values = torch.randn(1, 3, 448, 448)
+    model.clear_chat_cache()
+    counter = _CountVision(model)
+    try:
+        _, history = model.chat(tokenizer, pixel_values, "Describe the image.", GREEDY, return_history=True)
+        first_prefill = counter.llm_lengths[0]
+        counter.llm_lengths.clear()
+        model.chat(tokenizer, pixel_values, "More?", GREEDY, history=history, return_history=True)
+    finally:
+        counter.remove()
+        model.clear_chat_cache()
+    assert counter.vision_calls == 1  # the first turn only
+    assert first_prefill > model.num_image_token
+    assert counter.llm_lengths[0] < 40  # only the tokens after the common prefix
+
+
+def test_other_history_or_images_invalidate_the_cache(model, tokenizer):
+    torch.manual_seed(0)
+    pixel_values = torch.randn(1, 3, 448, 448)
+    model.clear_chat_cache()
+    counter = _CountVision(model)
+    try:
+        model.chat(tokenizer, pixel_values, "Describe the image.", GREEDY, return_history=True)
+        # Another history that shares the system prompt and the image: the cached prefix serves it (causal K/V),
+        # the rest runs; the answer is the one of a fresh run.
+        other = [("<image>\nSomething else entirely.", "An answer the model never gave.")]
+        reused = model.chat(tokenizer, pixel_values, "More?", GREEDY, history=other)
+        assert counter.vision_calls == 1
+        model.reuse_chat_cache = False
+        fresh = model.chat(tokenizer, pixel_values, "More?", GREEDY, history=other)
+        model.reuse_chat_cache = True
+        assert reused == fresh and counter.vision_calls == 2
+        # A history whose image comes after other text: image tokens after the common prefix, run from scratch.
+        moved = [("Look at this: <image>\nWhat is it?", "A picture.")]
+        reused = model.chat(tokenizer, pixel_values, "More?", GREEDY, history=moved)
+        assert counter.vision_calls == 3
+        model.reuse_chat_cache = False
+        assert model.chat(tokenizer, pixel_values, "More?", GREEDY, history=moved) == reused
+        model.reuse_chat_cache = True
+        # Other pixel values with the same prompt: the vision tower runs again.
+        model.chat(tokenizer, pixel_values + 1, "More?", GREEDY, history=moved)
+        assert counter.vision_calls == 5
+    finally:
+        model.reuse_chat_cache = True
+        counter.remove()
+        model.clear_chat_cache()
+
+
+def test_reusable_prefix_length_rules():
+    from transformers.cache_utils import DynamicCache
+
+    from transformers_internvl.modeling.chat_cache import ChatCacheState
+
+    pixels = torch.zeros(1, 3, 4, 4)
+    state = ChatCacheState(torch.tensor([1, 2, 9, 9, 3, 4]), DynamicCache(), pixels)
+    ids = torch.tensor([[1, 2, 9, 9, 3, 5, 6]])
+    assert reusable_prefix_length(None, ids, pixels, 9) == 0
+    assert reusable_prefix_length(state, ids, pixels, 9) == 5
+    assert reusable_prefix_length(state, ids, pixels + 1, 9) == 0  # other images
+    assert reusable_prefix_length(state, torch.tensor([[1, 2, 9, 9, 3, 4]]), pixels, 9) == 5  # one token left to run
+    assert reusable_prefix_length(state, torch.tensor([[1, 7, 9, 9]]), pixels, 9) == 0  # image tokens after the prefix
+    assert reusable_prefix_length(state, torch.tensor([[1, 2, 5, 6]]), None, 9) == 2
+    assert reusable_prefix_length(state, torch.tensor([[1, 2, 5, 6]]), pixels, 9) == 0  # images, no image tokens
+    assert reusable_prefix_length(state, ids, None, 9) == 0  # image tokens, no images
+
+
+def test_generate_keeps_only_the_last_position_logits_at_prefill(model, tokenizer):
+    assert model._supports_logits_to_keep()
+    seen = []
+    handle = model.register_forward_pre_hook(lambda m, a, k: seen.append(k.get("logits_to_keep")), with_kwargs=True)
+    try:
+        ids = tokenizer("Hello there", return_tensors="pt")
+        model.generate(**ids, max_new_tokens=2, do_sample=False)
+    finally:
+        handle.remove()
+    assert seen and seen[0] == 1
