@@ -304,3 +304,23 @@ def test_config_fuzz_valid_or_documented_error(changes):
     assert loaded.vision_batch_size is None or loaded.vision_batch_size >= 1
     assert loaded.image_token_id is None or loaded.image_token_id >= 0
     assert loaded.num_image_token > 0
+
+
+@pytest.mark.parametrize(
+    ("tokenizer_ok", "pixel_values", "error", "message"),
+    [
+        (False, None, TypeError, "`tokenizer` must be the model's tokenizer"),
+        (True, [1, 2], TypeError, "`pixel_values` must be a torch.Tensor"),
+        (True, torch.zeros(1, 3, 448, 448, dtype=torch.long), TypeError, "must be a floating tensor"),
+        (True, torch.full((1, 3, 448, 448), float("nan")), ValueError, "NaN or infinite"),
+    ],
+)
+def test_chat_refuses_bad_tokenizer_and_pixel_values(tokenizer_ok, pixel_values, error, message):
+    from transformers_internvl.modeling.input_checks import check_chat_inputs
+
+    class Tokenizer:
+        def convert_tokens_to_ids(self, token):
+            return 0
+
+    with pytest.raises(error, match=message):
+        check_chat_inputs(Tokenizer() if tokenizer_ok else None, pixel_values)

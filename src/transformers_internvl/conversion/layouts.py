@@ -90,9 +90,13 @@ def _dtype_name(dtype: torch.dtype | None, fallback: Any) -> str | None:
 
 
 def _meta_state_names(model_class: type, config: Any) -> list[str]:
+    """Tensor names `model_class(config).save_pretrained` writes: the module tree's names with the class's own
+    save-time conversions applied (e.g. Qwen3-MoE's fused experts are saved per expert, as its checkpoints are)."""
+    from transformers.core_model_loading import revert_weight_conversion
+
     with torch.device("meta"):
         model = model_class(config)
-    return list(model.state_dict())
+    return list(revert_weight_conversion(model, model.state_dict()))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from ..processing.conversation import (
     prepare_chat_question,
 )
 from .chat_cache import can_reuse, clear_chat_cache, generate_reusing_cache
-from .input_checks import question_list
+from .input_checks import check_chat_inputs, question_list
 
 
 def _generation_kwargs(generation_config: dict | GenerationConfig | None) -> dict[str, Any]:
@@ -235,6 +235,7 @@ class InternVLChatMixin:
         Returns:
             The answer (decoded, cut at the template's end token, stripped), and the history if asked.
         """
+        check_chat_inputs(tokenizer, pixel_values)
         if num_tiles_list is not None:
             num_patches_list = num_tiles_list
         if num_patches_list is None:
@@ -285,6 +286,7 @@ class InternVLChatMixin:
         `num_patches_list[i]` (alias `num_tiles_list`, legacy `image_counts`) is the number of tiles of question
         i's image; `pixel_values` holds all of them in order.
         """
+        check_chat_inputs(tokenizer, pixel_values)
         if history is not None or return_history:
             raise ValueError("batch_chat does not support `history` or `return_history` (as in the original).")
         if image_counts is not None:

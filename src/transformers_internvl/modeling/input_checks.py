@@ -11,6 +11,7 @@ import torch
 from transformers.utils.import_utils import torch_compilable_check
 
 __all__ = [
+    "check_chat_inputs",
     "cached_length",
     "check_image_flags",
     "check_no_unfilled_image_tokens",
@@ -110,6 +111,31 @@ def check_image_flags(image_flags: torch.Tensor | None, num_tiles: int) -> None:
             f"`image_flags` must hold one flag per tile: got {image_flags.numel()} flags (shape "
             f"{tuple(image_flags.shape)}) for {num_tiles} tiles."
         )
+
+
+def check_chat_inputs(tokenizer: Any, pixel_values: Any) -> None:
+    """`chat()` / `batch_chat()` arguments: a tokenizer, and `pixel_values` None or a finite floating tensor
+    `(num_tiles, 3, H, W)` (the processor's normalised tiles; NaN pixels would answer from garbage).
+
+    Raises:
+        TypeError: `tokenizer` is not a tokenizer, or `pixel_values` is not a floating torch.Tensor.
+        ValueError: `pixel_values` holds NaN or infinite values.
+    """
+    if not callable(getattr(tokenizer, "convert_tokens_to_ids", None)):
+        raise TypeError(f"`tokenizer` must be the model's tokenizer, got {type(tokenizer).__name__}.")
+    if pixel_values is None:
+        return
+    if not isinstance(pixel_values, torch.Tensor):
+        raise TypeError(
+            f"`pixel_values` must be a torch.Tensor of tiles (num_tiles, 3, H, W) or None, got "
+            f"{type(pixel_values).__name__}; make it with the processor (or the model card's load_image)."
+        )
+    if not pixel_values.is_floating_point():
+        raise TypeError(
+            f"`pixel_values` must be a floating tensor of normalised tiles, got dtype {pixel_values.dtype}."
+        )
+    if not bool(torch.isfinite(pixel_values).all()):
+        raise ValueError("`pixel_values` holds NaN or infinite values.")
 
 
 def question_list(questions: Any) -> list[str]:

@@ -649,6 +649,12 @@ class InternVLForConditionalGeneration(InternVLChatMixin, InternVLPreTrainedMode
         if pixel_values is None or (isinstance(pixel_values, torch.Tensor) and pixel_values.shape[0] == 0):
             if not kwargs.get("mm_encoder_outputs"):
                 input_ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
+                # With a filled cache only the tokens after it are new: image tokens inside the cached prefix were
+                # placed when the cache was made (chat-cache reuse, `chat_cache.py`).
+                cache = kwargs.get("cache", kwargs.get("past_key_values"))
+                cached = cache.get_seq_length() if isinstance(cache, Cache) else 0
+                if isinstance(input_ids, torch.Tensor) and cached:
+                    input_ids = input_ids[:, cached:]
                 reason = "no pixel_values" if pixel_values is None else "pixel_values with zero tiles"
                 check_no_unfilled_image_tokens(input_ids, self.config.image_token_id, 0, reason)
             kwargs.pop("pixel_values", None)
