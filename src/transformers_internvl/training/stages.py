@@ -12,26 +12,16 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
+from ..conversion.original_lora import ORIGINAL_BACKBONE_LORA_TARGET_MODULES, ORIGINAL_LLM_LORA_TARGET_MODULES
+
 logger = logging.get_logger(__name__)
 
 STAGES = ("mlp", "vit_mlp", "full", "llm_lora")
 
-# Module-name suffixes the original wraps with LoRA, per LLM architecture, and for InternViT.
-LLM_LORA_TARGETS: dict[str, tuple[str, ...]] = {
-    "InternLM2ForCausalLM": ("attention.wqkv", "attention.wo", "feed_forward.w1", "feed_forward.w2", "feed_forward.w3"),
-    "Phi3ForCausalLM": ("mlp.down_proj", "mlp.gate_up_proj", "self_attn.o_proj", "self_attn.qkv_proj"),
-    "Qwen2ForCausalLM": (
-        "self_attn.q_proj",
-        "self_attn.k_proj",
-        "self_attn.v_proj",
-        "self_attn.o_proj",
-        "mlp.gate_proj",
-        "mlp.down_proj",
-        "mlp.up_proj",
-    ),
-}
-LLM_LORA_TARGETS["LlamaForCausalLM"] = LLM_LORA_TARGETS["Qwen2ForCausalLM"]
-VISION_LORA_TARGETS: tuple[str, ...] = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+# Module-name suffixes the original wraps with LoRA, per LLM architecture, and for InternViT (one table, shared with
+# the loader of the original's unmerged LoRA checkpoints).
+LLM_LORA_TARGETS: dict[str, tuple[str, ...]] = ORIGINAL_LLM_LORA_TARGET_MODULES
+VISION_LORA_TARGETS: tuple[str, ...] = ORIGINAL_BACKBONE_LORA_TARGET_MODULES
 
 
 def _parts(model: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module | None]:
