@@ -64,3 +64,17 @@ def test_internlm2_eager_in_place_scaling_and_mask_give_the_reference_values():
         expected_weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(dtype)
         assert torch.equal(weights, expected_weights)
         assert torch.equal(output, torch.matmul(expected_weights, value_rep).transpose(1, 2))
+
+
+def test_vision_eager_attention_is_the_original_naive_attention_in_bf16():
+    """The original InternViT `_naive_attn`: `((q * scale) @ k^T).softmax(-1) @ v` in the input dtype (no fp32
+    upcast), so bf16 numbers are the original's bit for bit."""
+    from transformers_internvl.modeling.modeling_intern_vit import eager_attention_forward as vision_eager
+
+    torch.manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        query, key, value = (torch.randn(2, 4, 9, 8, dtype=dtype) for _ in range(3))
+        output, weights = vision_eager(nn.Module().eval(), query, key, value, None, scaling=8**-0.5)
+        expected_weights = ((query * 8**-0.5) @ key.transpose(-2, -1)).softmax(dim=-1)
+        assert torch.equal(weights, expected_weights)
+        assert torch.equal(output, (expected_weights @ value).transpose(1, 2))

@@ -107,11 +107,14 @@ def eager_attention_forward(
     dropout: float = 0.0,
     **kwargs: Unpack[TransformersKwargs],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain attention with the softmax upcast to fp32. `query/key/value`: `(batch, heads, seq, head_dim)`."""
+    """Plain attention as the original InternViT `_naive_attn`: `softmax((q * scale) @ k^T) @ v`, the softmax in the
+    input dtype (no fp32 upcast: in bf16 an upcast would give other numbers than the original and keep an fp32 copy
+    of the weights). `query/key/value`: `(batch, heads, seq, head_dim)`. Source: the original
+    `internvl_chat/internvl/model/internvl_chat/modeling_intern_vit.py` (`InternAttention._naive_attn`)."""
     attn_weights = torch.matmul(query * scaling, key.transpose(2, 3))
     if attention_mask is not None:
         attn_weights = attn_weights + attention_mask
-    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1)
     attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
     attn_output = torch.matmul(attn_weights, value)
     attn_output = attn_output.transpose(1, 2).contiguous()
