@@ -621,3 +621,17 @@ def test_cli_constants_agree_with_the_converter():
 
     assert sorted(command.DTYPE_NAMES) == sorted(convert.DTYPES)
     assert command.DEFAULT_MAX_SHARD_SIZE == convert.DEFAULT_MAX_SHARD_SIZE
+
+
+def test_tensors_that_do_not_fit_the_config_are_refused(tmp_path):
+    """A source whose tensor shapes disagree with its own config (an `intermediate_size` twice the weights') is
+    refused with the tensor and both shapes, and no DST is left (before: exit 0 and an unloadable output)."""
+    source = _copy_model("tiny-qwen2", tmp_path / "src", tokenizer="qwen2-tiny")
+    config = json.loads((source / "config.json").read_text())
+    config["llm_config"]["intermediate_size"] = config["llm_config"]["intermediate_size"] * 2
+    (source / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        ConversionError, match=r"mlp\..*: the checkpoint gives shape \(64, 128\), the config implies \(64, 256\)"
+    ):
+        convert_checkpoint(source, tmp_path / "hf", to="hf", progress=False)
+    assert not (tmp_path / "hf").exists()

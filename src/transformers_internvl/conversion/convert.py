@@ -318,6 +318,7 @@ def stream_tensors(
     progress: bool,
     adjust: dict[str, Any] | None = None,
     original_lora: tuple[dict[str, str], dict[str, tuple[str, str]], dict[str, str]] | None = None,
+    expected_shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> tuple[list[str], int]:
     """Run the plan and write safetensors shards into `folder`; returns `(shard file names, total bytes)`.
 
@@ -341,6 +342,14 @@ def stream_tensors(
         out = step.apply([reader.meta(key) for key in step.sources])
         out_dtype = dtype if dtype is not None and out.is_floating_point() else out.dtype
         planned.append(_Planned(step, tuple(out.shape), out_dtype))
+    # Shapes the config implies (the target model on the meta device): a checkpoint whose tensors do not fit its own
+    # config is refused before anything is written, instead of giving a folder that fails to load.
+    for item in planned:
+        expected = (expected_shapes or {}).get(item.step.name)
+        if expected is not None and tuple(expected) != item.shape:
+            raise ConversionError(
+                f"{item.step.name}: the checkpoint gives shape {item.shape}, the config implies {tuple(expected)}"
+            )
     shards = plan_shards(planned, max_shard_size)
     count = len(shards)
     file_names = (
@@ -511,7 +520,7 @@ def convert_checkpoint(
 
     with atomic_output_folder(dst, force) as tmp:
         shards, total_bytes = stream_tensors(
-            source, locations, steps, tmp, dtype, shard_bytes, progress, adjust, original_lora
+            source, locations, steps, tmp, dtype, shard_bytes, progress, adjust, original_lora, prepared.expected_shapes
         )
         prepared.write_side_files(tmp)
         result = ConversionResult(path=dst, num_tensors=len(steps), total_bytes=total_bytes, shards=shards)

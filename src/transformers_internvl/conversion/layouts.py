@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,7 @@ class Prepared:
     internlm2_heads: LlmHeads | None
     expected_tensors: set[str]
     write_side_files: Callable[[Path], None]
+    expected_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def check_tensors(self, produced: set[str]) -> None:
         missing = sorted(self.expected_tensors - produced)
@@ -89,14 +90,15 @@ def _dtype_name(dtype: torch.dtype | None, fallback: Any) -> str | None:
     return str(fallback).removeprefix("torch.") if fallback is not None else None
 
 
-def _meta_state_names(model_class: type, config: Any) -> list[str]:
-    """Tensor names `model_class(config).save_pretrained` writes: the module tree's names with the class's own
-    save-time conversions applied (e.g. Qwen3-MoE's fused experts are saved per expert, as its checkpoints are)."""
+def _meta_state_shapes(model_class: type, config: Any) -> dict[str, tuple[int, ...]]:
+    """`{name: shape}` of the tensors `model_class(config).save_pretrained` writes: the module tree's names with the
+    class's own save-time conversions applied (e.g. Qwen3-MoE's fused experts are saved per expert, as its
+    checkpoints are)."""
     from transformers.core_model_loading import revert_weight_conversion
 
     with torch.device("meta"):
         model = model_class(config)
-    return list(revert_weight_conversion(model, model.state_dict()))
+    return {name: tuple(tensor.shape) for name, tensor in revert_weight_conversion(model, model.state_dict()).items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -198,15 +200,16 @@ def prepare_to_hf(source: Path, config: dict[str, Any], image_token_id: int | No
     hf_config = hf_config_for(original, config, token_id, dtype)
     _record_tokenizer_class(source, hf_config)
     internlm2 = original.text_config.model_type == "internlm2"
-    expected = {normalize_hf_key(name) for name in _meta_state_names(HfModel, hf_config)}
+    shapes = {normalize_hf_key(name): shape for name, shape in _meta_state_shapes(HfModel, hf_config).items()}
     if hf_config.tie_word_embeddings:
-        expected.discard("language_model.lm_head.weight")
+        shapes.pop("language_model.lm_head.weight", None)
+    expected = set(shapes)
 
     def write(folder: Path) -> None:
         hf_config.save_pretrained(folder)
         write_hf_side_files(source, folder, original, config, hf_config)
 
-    return Prepared(_heads(original.text_config) if internlm2 else None, expected, write)
+    return Prepared(_heads(original.text_config) if internlm2 else None, expected, write, shapes)
 
 
 def _chat_stop_token(template: str | None) -> str:
@@ -423,15 +426,16 @@ def prepare_to_original(source: Path, config: dict[str, Any], dtype: torch.dtype
         ("model.language_model.", "language_model.model."),
         ("lm_head.", f"language_model.{head}."),
     )
-    expected = set()
-    for name in _meta_state_names(OriginalModel, original):
+    shapes = {}
+    for name, shape in _meta_state_shapes(OriginalModel, original).items():
         for module_prefix, saved_prefix in prefixes:
             if name.startswith(module_prefix):
                 name = saved_prefix + name[len(module_prefix) :]
                 break
-        expected.add(name)
+        shapes[name] = shape
     if original.tie_word_embeddings:
-        expected.discard(f"language_model.{head}.weight")
+        shapes.pop(f"language_model.{head}.weight", None)
+    expected = set(shapes)
 
     def write(folder: Path) -> None:
         original.save_pretrained(folder)
@@ -441,7 +445,7 @@ def prepare_to_original(source: Path, config: dict[str, Any], dtype: torch.dtype
             write_json(folder / "generation_config.json", generation)
         copy_tokenizer_to_original(source, folder, config.get(ORIGINAL_RECORD_KEY) or {})
 
-    return Prepared(_heads(original.text_config) if internlm2 else None, expected, write)
+    return Prepared(_heads(original.text_config) if internlm2 else None, expected, write, shapes)
 
 
 def copy_tokenizer_to_original(source: Path, folder: Path, record: dict[str, Any]) -> None:
