@@ -4,66 +4,53 @@ from __future__ import annotations
 
 from typing import Any
 
-VIT_300M = dict(
-    image_size=448,
-    patch_size=14,
-    drop_path_rate=0.0,
-    hidden_size=1024,
-    intermediate_size=4096,
-    num_attention_heads=16,
-    num_hidden_layers=24,
-    qkv_bias=True,
-    norm_type="layer_norm",
-    qk_normalization=False,
-)
-VIT_6B = dict(
-    image_size=448,
-    patch_size=14,
-    drop_path_rate=0.0,
-    hidden_size=3200,
-    intermediate_size=12800,
-    num_attention_heads=25,
-    num_hidden_layers=45,
-    qkv_bias=False,
-    norm_type="rms_norm",
-    qk_normalization=True,
-)
 
-
-def _qwen2(hidden, layers, heads, kv_heads, intermediate, vocab=151674):
+def _vit(hidden, intermediate, heads, layers, six_b: bool):
+    """InternViT-300M (LayerNorm, qkv bias) or InternViT-6B (RMSNorm, QK-norm, no qkv bias) at 448 px / 14 px."""
     return dict(
-        architectures=["Qwen2ForCausalLM"],
-        model_type="qwen2",
+        image_size=448,
+        patch_size=14,
+        drop_path_rate=0.0,
         hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
         intermediate_size=intermediate,
-        vocab_size=vocab,
-        rms_norm_eps=1e-6,
-        rope_theta=1000000.0,
-        max_position_embeddings=32768,
-        tie_word_embeddings=False,
-        hidden_act="silu",
+        num_attention_heads=heads,
+        num_hidden_layers=layers,
+        qkv_bias=not six_b,
+        norm_type="rms_norm" if six_b else "layer_norm",
+        qk_normalization=six_b,
     )
 
 
-def _internlm2(hidden, layers, heads, kv_heads, intermediate, vocab=92553):
+VIT_300M = _vit(1024, 4096, 16, 24, six_b=False)
+VIT_6B = _vit(3200, 12800, 25, 45, six_b=True)
+
+
+def _llm(architecture, model_type, hidden, layers, heads, kv_heads, intermediate, vocab, rms_norm_eps, **extra):
     return dict(
-        architectures=["InternLM2ForCausalLM"],
-        model_type="internlm2",
+        architectures=[architecture],
+        model_type=model_type,
         hidden_size=hidden,
         num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
         intermediate_size=intermediate,
         vocab_size=vocab,
-        rms_norm_eps=1e-5,
+        rms_norm_eps=rms_norm_eps,
         rope_theta=1000000.0,
         max_position_embeddings=32768,
         tie_word_embeddings=False,
         hidden_act="silu",
-        bias=False,
+        **extra,
+    )
+
+
+def _qwen2(hidden, layers, heads, kv_heads, intermediate, vocab=151674):
+    return _llm("Qwen2ForCausalLM", "qwen2", hidden, layers, heads, kv_heads, intermediate, vocab, 1e-6)
+
+
+def _internlm2(hidden, layers, heads, kv_heads, intermediate, vocab=92553):
+    return _llm(
+        "InternLM2ForCausalLM", "internlm2", hidden, layers, heads, kv_heads, intermediate, vocab, 1e-5, bias=False
     )
 
 

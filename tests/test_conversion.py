@@ -48,25 +48,12 @@ def _copy_model(name: str, directory: Path, tokenizer: str | None = None) -> Pat
 def _llama_model(directory: Path) -> Path:
     """tiny-qwen2 with its LLM declared as Llama (Qwen2 = Llama with q/k/v biases; Llama's `attention_bias` adds an
     o_proj bias, zero here), so the Qwen2 reference logits of the original implementation still hold."""
-    from transformers import LlamaConfig
+    from test_modeling_internvl import llama_llm_config_like_qwen2
 
     directory.mkdir(parents=True)
     config = json.loads((MODELS / "tiny-qwen2" / "config.json").read_text())
     qwen2 = config["llm_config"]
-    config["llm_config"] = LlamaConfig(
-        vocab_size=qwen2["vocab_size"],
-        hidden_size=qwen2["hidden_size"],
-        intermediate_size=qwen2["intermediate_size"],
-        num_hidden_layers=qwen2["num_hidden_layers"],
-        num_attention_heads=qwen2["num_attention_heads"],
-        num_key_value_heads=qwen2["num_key_value_heads"],
-        rms_norm_eps=qwen2["rms_norm_eps"],
-        rope_theta=qwen2["rope_theta"],
-        attention_bias=True,
-        max_position_embeddings=qwen2["max_position_embeddings"],
-        tie_word_embeddings=False,
-        architectures=["LlamaForCausalLM"],
-    ).to_dict()
+    config["llm_config"] = llama_llm_config_like_qwen2(qwen2)
     config["image_token_id"] = _meta("tiny-qwen2")["token_ids"]["<IMG_CONTEXT>"]
     (directory / "config.json").write_text(json.dumps(config))
     state_dict = load_file(MODELS / "tiny-qwen2" / "model.safetensors")

@@ -350,15 +350,12 @@ def test_wqkv_of_the_wrong_shape_names_the_shapes(tmp_path):
         AutoModelForImageTextToText.from_pretrained(tmp_path)
 
 
-def test_llama_llm_checkpoint_in_the_original_layout(tmp_path, qwen2_io):
-    """A `LlamaForCausalLM` llm_config loads from original keys; with Qwen2's weights (Qwen2 = Llama with q/k/v
-    biases; Llama's `attention_bias` also adds an o_proj bias, set to zero here) it reproduces the Qwen2 reference."""
-    from safetensors.torch import save_file
+def llama_llm_config_like_qwen2(qwen2: dict) -> dict:
+    """A `LlamaForCausalLM` llm_config with the sizes of a Qwen2 one (Qwen2 = Llama with q/k/v biases; Llama's
+    `attention_bias` also adds an o_proj bias, to be set to zero)."""
     from transformers import LlamaConfig
 
-    config = json.loads((QWEN2_DIR / "config.json").read_text())
-    qwen2 = config["llm_config"]
-    llama = LlamaConfig(
+    return LlamaConfig(
         vocab_size=qwen2["vocab_size"],
         hidden_size=qwen2["hidden_size"],
         intermediate_size=qwen2["intermediate_size"],
@@ -372,6 +369,16 @@ def test_llama_llm_checkpoint_in_the_original_layout(tmp_path, qwen2_io):
         tie_word_embeddings=False,
         architectures=["LlamaForCausalLM"],
     ).to_dict()
+
+
+def test_llama_llm_checkpoint_in_the_original_layout(tmp_path, qwen2_io):
+    """A `LlamaForCausalLM` llm_config loads from original keys; with Qwen2's weights (Qwen2 = Llama with q/k/v
+    biases; Llama's `attention_bias` also adds an o_proj bias, set to zero here) it reproduces the Qwen2 reference."""
+    from safetensors.torch import save_file
+
+    config = json.loads((QWEN2_DIR / "config.json").read_text())
+    qwen2 = config["llm_config"]
+    llama = llama_llm_config_like_qwen2(qwen2)
     config["llm_config"] = llama
     (tmp_path / "config.json").write_text(json.dumps(config))
     state_dict = load_file(QWEN2_DIR / "model.safetensors")

@@ -7,37 +7,15 @@ import random
 from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from test_video_processing_internvl import SIDE, _frame_with_number, _number_in_frame
 
 from transformers_internvl import InternVLVideoProcessor, sample_frame_indices
 from transformers_internvl.processing.video_processing_internvl import read_video_frames
 
 av = pytest.importorskip("av")
 
-SIDE = 64
-BLOCK = SIDE // 4
 NUM_FRAMES = 100
-
-
-def _frame_with_number(index: int) -> np.ndarray:
-    frame = np.zeros((SIDE, SIDE, 3), dtype=np.uint8)
-    for bit in range(16):
-        row, col = divmod(bit, 4)
-        if (index >> bit) & 1:
-            frame[row * BLOCK : (row + 1) * BLOCK, col * BLOCK : (col + 1) * BLOCK] = 255
-    return frame
-
-
-def _number_in_frame(image: Image.Image) -> int:
-    gray = np.asarray(image.convert("L").resize((SIDE, SIDE), Image.Resampling.BILINEAR)).astype(np.float64)
-    value = 0
-    for bit in range(16):
-        row, col = divmod(bit, 4)
-        block = gray[row * BLOCK + 4 : (row + 1) * BLOCK - 4, col * BLOCK + 4 : (col + 1) * BLOCK - 4]
-        value |= int(block.mean() > 128) << bit
-    return value
 
 
 def _write_vfr(path: Path, bframes: int, seed: int) -> tuple[Path, list[float]]:
