@@ -651,8 +651,7 @@ class InternVLForConditionalGeneration(InternVLChatMixin, InternVLPreTrainedMode
                 input_ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
                 # With a filled cache only the tokens after it are new: image tokens inside the cached prefix were
                 # placed when the cache was made (chat-cache reuse, `chat_cache.py`).
-                cache = kwargs.get("cache", kwargs.get("past_key_values"))
-                cached = cache.get_seq_length() if isinstance(cache, Cache) else 0
+                cached = int(cached_length(kwargs.get("cache", kwargs.get("past_key_values"))))
                 if isinstance(input_ids, torch.Tensor) and cached:
                     input_ids = input_ids[:, cached:]
                 reason = "no pixel_values" if pixel_values is None else "pixel_values with zero tiles"

@@ -555,25 +555,22 @@ class InternVLChatProcessor(ProcessorMixin):
         for index, sample_text in enumerate(texts):
             sample_image_chunks = iter(image_chunks[index])
             sample_video_chunks = iter(video_chunks[index])
-            pieces = []
             segments = []
             for piece in pattern.split(sample_text):
-                replaced = piece in (self.image_placeholder, self.video_placeholder)
+                output = piece
                 if piece == self.image_placeholder:
                     pixels = next(sample_image_chunks)
-                    pieces.append(self.image_tokens(pixels.shape[0]))
+                    output = self.image_tokens(pixels.shape[0])
                     pixel_chunks.append(pixels)
                     num_tiles.append(int(pixels.shape[0]))
                 elif piece == self.video_placeholder:
                     frames = next(sample_video_chunks)
                     # Frame lines with one-tile images (placeholders in the user's text are not re-scanned).
                     frame_lines = self.video_prompt(int(frames.shape[0]))
-                    pieces.append(frame_lines.replace(self.image_placeholder, self.image_tokens(1)))
+                    output = frame_lines.replace(self.image_placeholder, self.image_tokens(1))
                     pixel_chunks.append(frames)
                     num_tiles.extend([1] * int(frames.shape[0]))
-                else:
-                    pieces.append(piece)
-                segments.append((piece, pieces[-1], replaced))
+                segments.append((piece, output, piece in (self.image_placeholder, self.video_placeholder)))
             expanded, offsets = _expansion_offsets(segments, prefix_lengths[index])
             replacement_offsets.append(offsets)
             expanded_texts.append(expanded)
