@@ -18,8 +18,8 @@ Llama), InternLM2 `w1`/`w3` into `gate_up_proj` (`wqkv`, `wo`, `w2` as is), itse
 
 Loading: `PeftModel.from_pretrained` / `AutoPeftModelForCausalLM.from_pretrained` rename adapter keys with the base
 model's `_checkpoint_conversion_mapping` (a `{regex: replacement}` dict, PEFT's `key_mapping`);
-`install_peft_key_mapping` (run by `import transformers_internvl`) gives `InternVLForConditionalGeneration` that
-attribute, mapping original names to this tree, so both load original-named adapters without extra arguments. Keys
+`InternVLForConditionalGeneration` has that attribute (a property mapping original names to this tree), so both load
+original-named adapters without extra arguments. Keys
 already in this package's layout match none of the patterns and load unchanged.
 """
 
@@ -69,11 +69,7 @@ def original_adapter_key_mapping(model: nn.Module) -> dict[str, str]:
     Raises:
         TypeError: `model` is not an InternVL model (or a PeftModel wrapping one).
     """
-    mapping: dict[str, str] = {}
-    for renaming in _renamings(model):
-        (source,), (target,) = renaming.source_patterns, renaming.target_patterns
-        mapping[source] = target
-    return mapping
+    return _base_model(model)._checkpoint_conversion_mapping
 
 
 def to_original_adapter_keys(state_dict: dict, model: nn.Module) -> dict:
@@ -161,8 +157,8 @@ def save_adapter_original_layout(model: nn.Module, save_directory: str | os.Path
 def load_adapter_original_layout(model: nn.Module, adapter_directory: str | os.PathLike, **kwargs):
     """`peft.PeftModel.from_pretrained(model, adapter_directory)` for an adapter with original module names.
 
-    Equivalent to the plain call once `install_peft_key_mapping` ran (as `import transformers_internvl` does); this
-    passes the mapping explicitly as PEFT's `key_mapping`. Adapters in this package's layout load too.
+    Equivalent to the plain call (the model's `_checkpoint_conversion_mapping` is PEFT's default); this passes the
+    mapping explicitly as PEFT's `key_mapping`. Adapters in this package's layout load too.
 
     Raises:
         TypeError: `model` is not an `InternVLForConditionalGeneration`.
@@ -174,20 +170,7 @@ def load_adapter_original_layout(model: nn.Module, adapter_directory: str | os.P
     return peft.PeftModel.from_pretrained(model, str(adapter_directory), **kwargs)
 
 
-def install_peft_key_mapping() -> None:
-    """Give `InternVLForConditionalGeneration` a `_checkpoint_conversion_mapping` property (PEFT's default
-    `key_mapping`, read by `PeftModel.from_pretrained` when no `key_mapping` is passed): original module names ->
-    this package's. transformers 5 itself no longer reads the attribute (it uses the conversion-mapping registry).
-    Idempotent."""
-    from ..modeling.modeling_internvl import InternVLForConditionalGeneration
-
-    if isinstance(InternVLForConditionalGeneration.__dict__.get("_checkpoint_conversion_mapping"), property):
-        return
-    InternVLForConditionalGeneration._checkpoint_conversion_mapping = property(original_adapter_key_mapping)
-
-
 __all__ = [
-    "install_peft_key_mapping",
     "load_adapter_original_layout",
     "original_adapter_key_mapping",
     "save_adapter_original_layout",
