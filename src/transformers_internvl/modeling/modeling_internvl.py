@@ -39,7 +39,8 @@ from ..conversion.original_lora import (
     original_lora_converters,
     original_lora_renamings,
 )
-from ..processing.conversation import IMAGE_CONTEXT_TOKEN, get_eos_token
+from ..chat_templates import IMAGE_CONTEXT_TOKEN
+from ..chat_templates import template_eos_token as get_eos_token
 from .chat import InternVLChatMixin
 from .configuration_internvl import InternVLConfig
 from .input_checks import cached_length, check_image_flags, check_no_unfilled_image_tokens, check_num_tiles
