@@ -15,8 +15,9 @@ import torch
 from PIL import Image
 
 import transformers_internvl
-from transformers_internvl.cli import _Chat, build_parser, main
-from transformers_internvl.test_time_scaling import build_cot_prompt
+from transformers_internvl.cli import build_parser, main
+from transformers_internvl.cli.chat import ChatSession
+from transformers_internvl.reasoning import build_cot_prompt
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PROG = "transformers-internvl"
@@ -87,11 +88,11 @@ def test_version_and_usage_errors(capsys):
 
 
 def test_parser_is_built_from_one_function_per_command():
-    from transformers_internvl import cli
+    from transformers_internvl.cli import app
 
     subparsers = next(action for action in build_parser()._actions if action.dest == "command")
     assert list(subparsers.choices) == ["tiles", "chat", "convert", "filter", "bench"]
-    assert len(cli._COMMANDS) == len(subparsers.choices)
+    assert len(app._COMMANDS) == len(subparsers.choices)
 
 
 # ---- tiles --------------------------------------------------------------------------------------------------------
@@ -272,14 +273,14 @@ def test_chat_one_shot_streams_the_greedy_answer(model_dir, model_and_processor,
     # 1600x400 (aspect 4): 4x1 grid + thumbnail by default, 2x1 + thumbnail = 3 tiles with --max-tiles 2.
     image = _solid_image(tmp_path / "wide.png", (1600, 400))
     sent = []
-    original_inputs = _Chat._inputs
+    original_inputs = ChatSession._inputs
 
     def recording_inputs(self):
         inputs = original_inputs(self)
         sent.append(inputs)
         return inputs
 
-    monkeypatch.setattr(_Chat, "_inputs", recording_inputs)
+    monkeypatch.setattr(ChatSession, "_inputs", recording_inputs)
     arguments = ["chat", str(model_dir), "--prompt", "Describe the image.", "--image", str(image)]
     assert main([*arguments, "--max-new-tokens", "6", "--max-tiles", "2"]) == 0
     streamed = capsys.readouterr().out
@@ -325,7 +326,7 @@ def test_chat_end_of_input_quits(model_dir, monkeypatch, capsys):
 def test_chat_cot_prompt_and_history(model_dir, model_and_processor):
     model, processor = model_and_processor
     args = build_parser().parse_args(["chat", str(model_dir), "--cot", "--max-new-tokens", "3"])
-    chat = _Chat(model, processor, args)
+    chat = ChatSession(model, processor, args)
     chat.ask("What is 2+3?")
     chat.ask("And 3+4?")
     assert [message["role"] for message in chat.messages] == ["user", "assistant", "user", "assistant"]

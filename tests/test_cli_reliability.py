@@ -17,7 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-from transformers_internvl.cli import _Chat, main
+from transformers_internvl.cli import main
+from transformers_internvl.cli.chat import ChatSession
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PROG = "transformers-internvl"
@@ -77,14 +78,14 @@ class _Lines(io.StringIO):
 
 
 def test_failed_turn_prints_one_line_and_the_conversation_goes_on(model_dir, model_and_processor, monkeypatch, capsys):
-    original_answer = _Chat._answer
+    original_answer = ChatSession._answer
 
     def failing_answer(self):
         if "explode" in self.messages[-1]["content"][-1]["text"]:
             raise RuntimeError("CUDA out of memory (simulated)\nsecond line of detail")
         return original_answer(self)
 
-    monkeypatch.setattr(_Chat, "_answer", failing_answer)
+    monkeypatch.setattr(ChatSession, "_answer", failing_answer)
     monkeypatch.setattr(sys, "stdin", _Lines(["Hello there\n", "please explode\n", "What did I say?\n", "exit\n"]))
     assert main(["chat", str(model_dir), "--max-new-tokens", "4"]) == 0
     captured = capsys.readouterr()
@@ -99,14 +100,14 @@ def test_failed_turn_prints_one_line_and_the_conversation_goes_on(model_dir, mod
 
 
 def test_ctrl_c_stops_one_answer_then_a_second_quits_with_130(model_dir, model_and_processor, monkeypatch, capsys):
-    original_answer = _Chat._answer
+    original_answer = ChatSession._answer
 
     def interrupted_answer(self):
         if "long" in self.messages[-1]["content"][-1]["text"]:
             raise KeyboardInterrupt
         return original_answer(self)
 
-    monkeypatch.setattr(_Chat, "_answer", interrupted_answer)
+    monkeypatch.setattr(ChatSession, "_answer", interrupted_answer)
     stdin = _Lines(["Hello there\n", "a long answer please\n", "What did I say?\n", "never read\n"], interrupt_at=4)
     monkeypatch.setattr(sys, "stdin", stdin)
     assert main(["chat", str(model_dir), "--max-new-tokens", "4"]) == 130
@@ -119,7 +120,7 @@ def test_ctrl_c_stops_one_answer_then_a_second_quits_with_130(model_dir, model_a
 
 
 def test_ctrl_d_after_an_interrupted_answer_exits_0(model_dir, monkeypatch, capsys):
-    monkeypatch.setattr(_Chat, "_answer", lambda self: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(ChatSession, "_answer", lambda self: (_ for _ in ()).throw(KeyboardInterrupt))
     monkeypatch.setattr(sys, "stdin", _Lines(["hello\n"]))  # then end of input (Ctrl-D)
     assert main(["chat", str(model_dir)]) == 0
     assert "answer interrupted" in capsys.readouterr().err
@@ -132,7 +133,7 @@ def test_failed_first_turn_keeps_its_images_for_the_next(model_dir, model_and_pr
     Image.new("RGB", (64, 64), (0, 0, 255)).save(image)
     model, processor = model_and_processor
     args = build_parser().parse_args(["chat", str(model_dir), "--image", str(image), "--max-new-tokens", "2"])
-    chat = _Chat(model, processor, args)
+    chat = ChatSession(model, processor, args)
     real_inputs = chat._inputs
     chat._inputs = lambda: (_ for _ in ()).throw(ValueError("bad turn"))
     with pytest.raises(ValueError, match="bad turn"):

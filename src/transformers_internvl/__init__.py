@@ -12,9 +12,6 @@ so `transformers-internvl tiles` imports neither torch nor transformers.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 __version__ = "0.1.0"
 
 # Ctrl-C while the console script imports torch/transformers: exit 130 without a traceback (cli.main undoes it).
@@ -22,6 +19,8 @@ from ._startup import _is_console_script  # noqa: E402
 from ._startup import quiet_interrupt_during_startup as _quiet_interrupt_during_startup  # noqa: E402
 
 _quiet_interrupt_during_startup()
+
+from ._lazy_registry import lazy_exports  # noqa: E402
 
 # Public name -> module (relative to this package) that defines it.
 _LAZY_ATTRIBUTES: dict[str, str] = {
@@ -44,7 +43,7 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
     "InternVLImageProcessor": ".processing.image_processing_internvl",
     "InternVLVideoProcessor": ".processing.video_processing_internvl",
     "TilePlan": ".processing.tiling",
-    "draw_tile_plan": ".processing.tiling",
+    "draw_tile_plan": ".cli.tiles",
     "plan_tiles": ".processing.tiling",
     "sample_frame_indices": ".processing.video_processing_internvl",
     # conversation templates and InternVLProcessor
@@ -53,35 +52,25 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
     "get_conv_template": ".processing.conversation",
     "build_chat_prompt": ".processing.conversation",
     "build_batch_chat_prompts": ".processing.conversation",
-    # test-time scaling (CoT prompts, voting, repetition stopping)
-    "INTERNVL_COT_TEMPLATE": ".test_time_scaling",
-    "MULTIPLE_CHOICE_COT_PROMPT": ".test_time_scaling",
-    "OPEN_QUESTION_COT_PROMPT": ".test_time_scaling",
-    "RepetitionStoppingCriteria": ".test_time_scaling",
-    "VoteResult": ".test_time_scaling",
-    "build_cot_prompt": ".test_time_scaling",
-    "extract_choice_letter": ".test_time_scaling",
-    "generate_with_votes": ".test_time_scaling",
-    "is_repetitive": ".test_time_scaling",
-    "majority_vote": ".test_time_scaling",
-    "parse_boxed_answer": ".test_time_scaling",
-    "repetition_ratio": ".test_time_scaling",
+    # reasoning at inference time (CoT prompts, answer parsing, voting, repetition stopping)
+    "INTERNVL_COT_TEMPLATE": ".reasoning.prompts",
+    "MULTIPLE_CHOICE_COT_PROMPT": ".reasoning.prompts",
+    "OPEN_QUESTION_COT_PROMPT": ".reasoning.prompts",
+    "RepetitionStoppingCriteria": ".reasoning.stopping",
+    "VoteResult": ".reasoning.voting",
+    "build_cot_prompt": ".reasoning.prompts",
+    "extract_choice_letter": ".reasoning.answers",
+    "generate_with_votes": ".reasoning.voting",
+    "is_repetitive": ".reasoning.repetition",
+    "majority_vote": ".reasoning.voting",
+    "parse_boxed_answer": ".reasoning.answers",
+    "repetition_ratio": ".reasoning.repetition",
 }
 
 __all__ = ["__version__", *_LAZY_ATTRIBUTES]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY_ATTRIBUTES.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY_ATTRIBUTES))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY_ATTRIBUTES, globals())
 
 
 if not _is_console_script():

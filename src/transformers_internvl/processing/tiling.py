@@ -19,20 +19,14 @@ This module reproduces the original code (`dynamic_preprocess` / `find_closest_a
   `width * height > 0.5 * image_size**2 * cols * rows`.
 
 Everything here works on sizes only, so token counts can be computed without pixels (`num_tiles_for_size`,
-`num_image_tokens_for_size`) and a `TilePlan` can be drawn for inspection (`draw_tile_plan`). Tile budgets are ints
-in `1..MAX_TILES_LIMIT` (1024, see `check_tile_budget`); the search costs O(max_tiles log max_tiles).
+`num_image_tokens_for_size`); the CLI draws a `TilePlan` for inspection (`cli.tiles.draw_tile_plan`). Tile budgets
+are ints in `1..MAX_TILES_LIMIT` (1024, see `check_tile_budget`); the search costs O(max_tiles log max_tiles).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from PIL import Image
-
 
 __all__ = [
     "DEFAULT_IMAGE_SIZE",
@@ -43,7 +37,6 @@ __all__ = [
     "allocate_tile_budget",
     "candidate_grids",
     "check_tile_budget",
-    "draw_tile_plan",
     "find_closest_grid",
     "num_image_tokens_for_size",
     "num_tiles_for_size",
@@ -298,89 +291,3 @@ def allocate_tile_budget(
         return max_tiles
     max_total_tiles = _check_positive_int("max_total_tiles", max_total_tiles)
     return max(1, min(max_tiles, max_total_tiles // num_images))
-
-
-def draw_tile_plan(
-    image: Image.Image | str | os.PathLike,
-    plan_or_max_tiles: TilePlan | int = DEFAULT_MAX_TILES,
-    *,
-    min_tiles: int = 1,
-    image_size: int = DEFAULT_IMAGE_SIZE,
-    use_thumbnail: bool = True,
-    max_side: int = 1024,
-    line_color: tuple[int, int, int] = (255, 64, 32),
-    line_width: int | None = None,
-    show_thumbnail: bool = True,
-) -> Image.Image:
-    """Picture of how `image` is tiled: the grid drawn over the image, and the thumbnail in a side panel.
-
-    Args:
-        image: a PIL image or a path to one.
-        plan_or_max_tiles: a `TilePlan` for this image's size, or `max_tiles` to compute one with `plan_tiles`.
-        min_tiles, image_size, use_thumbnail: passed to `plan_tiles` when `plan_or_max_tiles` is an int.
-        max_side: the longer side of the drawn image (the input is scaled to fit; it is never shown upscaled beyond
-            its own size unless smaller than 256 px).
-        line_color, line_width: grid line style (width defaults to ~0.4% of the drawn size, at least 1 px).
-        show_thumbnail: add the side panel with the thumbnail tile when the plan has one.
-
-    Returns:
-        An RGB PIL image. Tile `k` is labelled `k` at its top-left corner (row-major, as the tiles are ordered).
-    """
-    from PIL import Image, ImageDraw
-
-    if isinstance(image, str | os.PathLike):
-        with Image.open(image) as opened:
-            image = opened.convert("RGB")
-    elif isinstance(image, Image.Image):
-        image = image.convert("RGB")
-    else:
-        raise TypeError(f"`image` must be a PIL image or a path, got {type(image).__name__}.")
-    width, height = image.size
-    if isinstance(plan_or_max_tiles, TilePlan):
-        plan = plan_or_max_tiles
-        if (plan.image_width, plan.image_height) != (width, height):
-            raise ValueError(
-                f"`plan_or_max_tiles` was planned for a {plan.image_width}x{plan.image_height} image, "
-                f"but `image` is {width}x{height}."
-            )
-    else:
-        plan = plan_tiles(width, height, plan_or_max_tiles, min_tiles, image_size, use_thumbnail)
-
-    max_side = _check_positive_int("max_side", max_side)
-    scale = min(max_side / max(width, height), max(1.0, 256 / max(width, height)))
-    shown_w, shown_h = max(1, round(width * scale)), max(1, round(height * scale))
-    canvas_image = image.resize((shown_w, shown_h), Image.Resampling.BICUBIC)
-    if line_width is None:
-        line_width = max(1, round(0.004 * max(shown_w, shown_h)))
-
-    panel_w = 0
-    thumb = None
-    if show_thumbnail and plan.has_thumbnail:
-        side = min(shown_h, max(64, round(0.35 * shown_w)))
-        thumb = image.resize((plan.image_size, plan.image_size), Image.Resampling.BICUBIC).resize(
-            (side, side), Image.Resampling.BICUBIC
-        )
-        panel_w = side + 2 * line_width + 8
-
-    canvas = Image.new("RGB", (shown_w + panel_w, shown_h), (255, 255, 255))
-    canvas.paste(canvas_image, (0, 0))
-    draw = ImageDraw.Draw(canvas)
-    # Tile boxes live in the resized image (target_size); map them back onto the shown image.
-    sx = shown_w / plan.target_size[0]
-    sy = shown_h / plan.target_size[1]
-    for index, (left, top, right, bottom) in enumerate(plan.tile_boxes):
-        box = (round(left * sx), round(top * sy), round(right * sx) - 1, round(bottom * sy) - 1)
-        draw.rectangle(box, outline=line_color, width=line_width)
-        draw.text((box[0] + line_width + 2, box[1] + line_width + 1), str(index), fill=line_color)
-    if thumb is not None:
-        x0 = shown_w + 4 + line_width
-        canvas.paste(thumb, (x0, 0))
-        draw.rectangle(
-            (x0 - line_width, 0, x0 + thumb.width + line_width - 1, thumb.height + line_width - 1),
-            outline=line_color,
-            width=line_width,
-        )
-        draw.text((x0 + 2, thumb.height + line_width + 2), f"{plan.num_tiles - 1}: thumbnail", fill=line_color)
-    cols, rows = plan.grid
-    draw.text((4, max(0, shown_h - 14)), f"{cols}x{rows} grid, {plan.num_tiles} tiles", fill=line_color)
-    return canvas

@@ -2,7 +2,7 @@
 
 A sample is dropped when one of its assistant answers has `repetition_ratio > threshold` over whitespace n-grams
 (original `check_conversations_repetition`, `internvl_chat/internvl/train/dataset.py`: 10-grams, 0.4); the statistic is
-`test_time_scaling.repetition_ratio`, the same function as the original `calculate_ngram_repetition`.
+`reasoning.repetition.repetition_ratio`, the same function as the original `calculate_ngram_repetition`.
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 
-# The original data filter's settings (10-grams, ratio 0.4), as `test_time_scaling` defines them; repeated here so
-# that building the CLI parser imports neither torch nor transformers (a test checks they agree).
-REPETITION_NGRAM_SIZE = 10
-REPETITION_THRESHOLD = 0.4
+# The original data filter's settings (10-grams, ratio 0.4). `reasoning.repetition` imports neither torch nor
+# transformers, so building the CLI parser (which reads these defaults) stays light.
+from ..reasoning.repetition import REPETITION_NGRAM_SIZE, REPETITION_THRESHOLD, repetition_ratio
 
 
 @dataclass
@@ -48,8 +47,6 @@ def _answers(row: dict) -> list[str]:
 def repetition_reason(row: dict, ngram: int = REPETITION_NGRAM_SIZE, threshold: float = REPETITION_THRESHOLD):
     """`None` when the row passes, else a reason naming the answer and its ratio."""
     for index, answer in enumerate(_answers(row)):
-        from ..test_time_scaling import repetition_ratio
-
         ratio = repetition_ratio(answer, ngram)
         if ratio > threshold:
             return f"answer {index}: {ratio:.3f} of its {ngram}-grams repeated (> {threshold})"

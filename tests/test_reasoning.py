@@ -1,7 +1,8 @@
-"""Tests of transformers_internvl.test_time_scaling: CoT prompts, answer parsing, voting, repetition stopping."""
+"""Tests of transformers_internvl.reasoning: CoT prompts, answer parsing, voting, repetition stopping."""
 
 from __future__ import annotations
 
+import importlib
 import random
 import shutil
 from pathlib import Path
@@ -22,8 +23,8 @@ from transformers import (
 )
 
 import transformers_internvl
-from transformers_internvl import test_time_scaling as tts
-from transformers_internvl.test_time_scaling import (
+from transformers_internvl import reasoning
+from transformers_internvl.reasoning import (
     RepetitionStoppingCriteria,
     build_cot_prompt,
     build_internvl_cot_prompt,
@@ -75,16 +76,18 @@ SPEC_OPEN_DIRECT = "Answer the question using a single word or phrase."
 
 
 def test_prompt_constants_are_byte_identical_to_the_spec():
-    assert tts.MULTIPLE_CHOICE_COT_PROMPT == SPEC_MCQ_COT
-    assert tts.OPEN_QUESTION_COT_PROMPT == SPEC_OPEN_COT
-    assert tts.MMMU_PRO_COT_STANDARD_PROMPT == SPEC_MMMU_PRO_COT_STANDARD
-    assert tts.MMMU_PRO_COT_VISION_PROMPT == SPEC_MMMU_PRO_COT_VISION
-    assert tts.INTERNVL_COT_TEMPLATE == SPEC_INTERNVL_COT
-    assert tts.MULTIPLE_CHOICE_DIRECT_SUFFIX == SPEC_MCQ_DIRECT
-    assert tts.SHORT_ANSWER_DIRECT_SUFFIX == SPEC_OPEN_DIRECT
+    assert reasoning.MULTIPLE_CHOICE_COT_PROMPT == SPEC_MCQ_COT
+    assert reasoning.OPEN_QUESTION_COT_PROMPT == SPEC_OPEN_COT
+    assert reasoning.MMMU_PRO_COT_STANDARD_PROMPT == SPEC_MMMU_PRO_COT_STANDARD
+    assert reasoning.MMMU_PRO_COT_VISION_PROMPT == SPEC_MMMU_PRO_COT_VISION
+    assert reasoning.INTERNVL_COT_TEMPLATE == SPEC_INTERNVL_COT
+    assert reasoning.MULTIPLE_CHOICE_DIRECT_SUFFIX == SPEC_MCQ_DIRECT
+    assert reasoning.SHORT_ANSWER_DIRECT_SUFFIX == SPEC_OPEN_DIRECT
     # The em dash and the single backslash are real characters, not escapes.
-    assert "\u2014" in tts.MULTIPLE_CHOICE_COT_PROMPT and "\\boxed{$LETTER}" in tts.MULTIPLE_CHOICE_COT_PROMPT
-    assert tts.MULTIPLE_CHOICE_COT_PROMPT.encode("utf-8") == SPEC_MCQ_COT.encode("utf-8")
+    assert (
+        "\u2014" in reasoning.MULTIPLE_CHOICE_COT_PROMPT and "\\boxed{$LETTER}" in reasoning.MULTIPLE_CHOICE_COT_PROMPT
+    )
+    assert reasoning.MULTIPLE_CHOICE_COT_PROMPT.encode("utf-8") == SPEC_MCQ_COT.encode("utf-8")
 
 
 def test_multiple_choice_direct_prompt():
@@ -380,7 +383,7 @@ def test_generate_with_votes_on_a_vision_language_model_with_several_tiles(tmp_p
     assert text_votes.responses == [greedy_text.strip()] * 3
     # Same through the manual sequence-major expansion used for models that do not pre-encode images.
     monkeypatch.setattr(type(model), "_supports_mm_encoder_outputs", lambda self: False)
-    assert tts._needs_manual_expansion(model, inputs)
+    assert reasoning.voting._needs_manual_expansion(model, inputs)
     assert generate_with_votes(model, processor, inputs, **kwargs).responses == [expected] * 3
 
 
@@ -633,9 +636,15 @@ def test_package_exports():
         "RepetitionStoppingCriteria",
         "repetition_ratio",
     ):
-        if not hasattr(transformers_internvl, name):
-            pytest.skip(f"transformers_internvl.{name} not exported yet")
-        assert getattr(transformers_internvl, name) is getattr(tts, name)
+        assert getattr(transformers_internvl, name) is getattr(reasoning, name)
+    # Every name the reasoning package lists resolves to the object of the submodule that defines it.
+    for name in reasoning.__all__:
+        value = getattr(reasoning, name)
+        module = importlib.import_module(reasoning._LAZY_ATTRIBUTES[name], "transformers_internvl.reasoning")
+        assert getattr(module, name) is value and name in dir(reasoning)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        reasoning.no_such_name  # noqa: B018
+    assert not list(Path(transformers_internvl.__file__).parent.rglob("test_*.py"))  # no test-like module names
 
 
 @pytest.mark.gpu
@@ -680,3 +689,24 @@ class _CudaForce(LogitsProcessor):
 
     def __call__(self, input_ids, scores):
         return self.inner(input_ids.cpu(), scores.cpu()).to(scores.device)
+
+
+def test_prompts_answers_and_repetition_import_neither_torch_nor_transformers():
+    import subprocess
+    import sys
+
+    # As the console script (a plain `import transformers_internvl` registers with transformers).
+    code = (
+        "import sys\n"
+        "sys.argv = ['transformers-internvl']\n"
+        "from transformers_internvl.reasoning import build_cot_prompt, parse_boxed_answer, repetition_ratio\n"
+        "assert parse_boxed_answer(build_cot_prompt('q', ['x', 'y']) + ' \\\\boxed{B}') == 'B'\n"
+        "assert repetition_ratio([1, 2] * 20, 10) == 2 / 31  # 31 10-grams, both distinct ones repeated\n"
+        "heavy = sorted({'torch', 'transformers'} & set(sys.modules))\n"
+        "assert not heavy, heavy\n"
+    )
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env={"PYTHONPATH": src}
+    )
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,54 @@
+"""What every `transformers-internvl` command shares: the program name, `CLIError` and argument checks."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+PROG = "transformers-internvl"
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as `transformers-internvl: error: <message>`, exit code 1."""
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def existing_file(path: str, what: str) -> Path:
+    file = Path(path)
+    if not file.exists():
+        raise CLIError(f"{what} not found: {path}")
+    if not file.is_file():
+        raise CLIError(f"{what} is not a file: {path}")
+    return file
+
+
+def open_image(path: str) -> Any:
+    """The image at `path` as RGB PIL image, or a `CLIError` saying why it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    file = existing_file(path, "image file")
+    try:
+        with Image.open(file) as image:
+            return image.convert("RGB")
+    except UnidentifiedImageError:
+        raise CLIError(f"cannot read image {path}: not an image format PIL can open") from None
+    except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt files
+        raise CLIError(f"cannot read image {path}: {error}") from None
+
+
+def first_line(message: str, default: str = "") -> str:
+    """The first line of `message` (stripped), or `default` when it is blank."""
+    return message.strip().splitlines()[0] if message.strip() else default
+
+
+__all__ = ["PROG", "CLIError", "existing_file", "first_line", "open_image", "positive_int"]
