@@ -479,10 +479,10 @@ def test_wrong_direction_is_refused(sources, converted, workdir, capsys):
 
 
 def test_interrupted_run_leaves_no_destination(workdir, sources, monkeypatch):
-    from transformers_internvl.conversion import convert as convert_module
+    from transformers_internvl.conversion import streaming
 
     calls = []
-    read = convert_module.SourceReader.read
+    read = streaming.SourceReader.read
 
     def interrupt(self, name):
         calls.append(name)
@@ -490,7 +490,7 @@ def test_interrupted_run_leaves_no_destination(workdir, sources, monkeypatch):
             raise KeyboardInterrupt
         return read(self, name)
 
-    monkeypatch.setattr(convert_module.SourceReader, "read", interrupt)
+    monkeypatch.setattr(streaming.SourceReader, "read", interrupt)
     dst = workdir / "interrupted"
     with pytest.raises(KeyboardInterrupt):
         convert_checkpoint(sources["qwen2"], dst, "hf", progress=False)
@@ -503,7 +503,7 @@ def test_killed_run_leaves_no_destination(workdir, sources):
     folder beside it can remain)."""
     script = (
         "import sys, time\n"
-        "from transformers_internvl.conversion import convert as c\n"
+        "from transformers_internvl.conversion import streaming as c\n"
         "read = c.SourceReader.read\n"
         "def slow(self, name):\n"
         "    print('writing', flush=True); time.sleep(0.2); return read(self, name)\n"

@@ -25,7 +25,7 @@ from ..processing.conversation import (
     get_conv_template,
     get_jinja_chat_template,
 )
-from .convert import ConversionError, read_json, write_json
+from .checkpoint_io import ConversionError, read_json, write_json
 from .hf_layout import (
     ORIGINAL_RECORD_KEY,
     LlmHeads,

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from .convert import ConversionError, read_json
+from .checkpoint_io import ConversionError, read_json
 from .hf_layout import normalize_hf_key
 
 _LORA_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<part>[AB])\.weight$")

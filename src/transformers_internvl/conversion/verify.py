@@ -86,7 +86,7 @@ def verify_conversion(
 
     Returns the comparison plus `tolerance` and `passed`; raises `ConversionError` when max|Δlogits| exceeds the
     tolerance of the dtype (`TOLERANCES`). Needs memory for both models."""
-    from .convert import ConversionError
+    from .checkpoint_io import ConversionError
 
     dtype = dtype or torch.float32
     original_path, hf_path = (source, result) if to == "hf" else (result, source)
