@@ -17,7 +17,7 @@ from PIL import Image
 import transformers_internvl
 from transformers_internvl.cli import build_parser, main
 from transformers_internvl.cli.chat import ChatSession
-from transformers_internvl.reasoning import build_cot_prompt
+from transformers_internvl.reasoning.prompts import build_cot_prompt
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PROG = "transformers-internvl"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import random
 import shutil
 from pathlib import Path
@@ -23,20 +22,17 @@ from transformers import (
 )
 
 import transformers_internvl
-from transformers_internvl import reasoning
-from transformers_internvl.reasoning import (
-    RepetitionStoppingCriteria,
+from transformers_internvl.reasoning import answers, prompts, repetition, stopping, voting
+from transformers_internvl.reasoning.answers import extract_choice_letter, parse_boxed_answer
+from transformers_internvl.reasoning.prompts import (
     build_cot_prompt,
     build_internvl_cot_prompt,
     build_mmmu_pro_prompt,
     build_multiple_choice_prompt,
-    extract_choice_letter,
-    generate_with_votes,
-    is_repetitive,
-    majority_vote,
-    parse_boxed_answer,
-    repetition_ratio,
 )
+from transformers_internvl.reasoning.repetition import is_repetitive, repetition_ratio
+from transformers_internvl.reasoning.stopping import RepetitionStoppingCriteria
+from transformers_internvl.reasoning.voting import generate_with_votes, majority_vote
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -76,18 +72,16 @@ SPEC_OPEN_DIRECT = "Answer the question using a single word or phrase."
 
 
 def test_prompt_constants_are_byte_identical_to_the_spec():
-    assert reasoning.MULTIPLE_CHOICE_COT_PROMPT == SPEC_MCQ_COT
-    assert reasoning.OPEN_QUESTION_COT_PROMPT == SPEC_OPEN_COT
-    assert reasoning.MMMU_PRO_COT_STANDARD_PROMPT == SPEC_MMMU_PRO_COT_STANDARD
-    assert reasoning.MMMU_PRO_COT_VISION_PROMPT == SPEC_MMMU_PRO_COT_VISION
-    assert reasoning.INTERNVL_COT_TEMPLATE == SPEC_INTERNVL_COT
-    assert reasoning.MULTIPLE_CHOICE_DIRECT_SUFFIX == SPEC_MCQ_DIRECT
-    assert reasoning.SHORT_ANSWER_DIRECT_SUFFIX == SPEC_OPEN_DIRECT
+    assert prompts.MULTIPLE_CHOICE_COT_PROMPT == SPEC_MCQ_COT
+    assert prompts.OPEN_QUESTION_COT_PROMPT == SPEC_OPEN_COT
+    assert prompts.MMMU_PRO_COT_STANDARD_PROMPT == SPEC_MMMU_PRO_COT_STANDARD
+    assert prompts.MMMU_PRO_COT_VISION_PROMPT == SPEC_MMMU_PRO_COT_VISION
+    assert prompts.INTERNVL_COT_TEMPLATE == SPEC_INTERNVL_COT
+    assert prompts.MULTIPLE_CHOICE_DIRECT_SUFFIX == SPEC_MCQ_DIRECT
+    assert prompts.SHORT_ANSWER_DIRECT_SUFFIX == SPEC_OPEN_DIRECT
     # The em dash and the single backslash are real characters, not escapes.
-    assert (
-        "\u2014" in reasoning.MULTIPLE_CHOICE_COT_PROMPT and "\\boxed{$LETTER}" in reasoning.MULTIPLE_CHOICE_COT_PROMPT
-    )
-    assert reasoning.MULTIPLE_CHOICE_COT_PROMPT.encode("utf-8") == SPEC_MCQ_COT.encode("utf-8")
+    assert "\u2014" in prompts.MULTIPLE_CHOICE_COT_PROMPT and "\\boxed{$LETTER}" in prompts.MULTIPLE_CHOICE_COT_PROMPT
+    assert prompts.MULTIPLE_CHOICE_COT_PROMPT.encode("utf-8") == SPEC_MCQ_COT.encode("utf-8")
 
 
 def test_multiple_choice_direct_prompt():
@@ -383,7 +377,7 @@ def test_generate_with_votes_on_a_vision_language_model_with_several_tiles(tmp_p
     assert text_votes.responses == [greedy_text.strip()] * 3
     # Same through the manual sequence-major expansion used for models that do not pre-encode images.
     monkeypatch.setattr(type(model), "_supports_mm_encoder_outputs", lambda self: False)
-    assert reasoning.voting._needs_manual_expansion(model, inputs)
+    assert voting._needs_manual_expansion(model, inputs)
     assert generate_with_votes(model, processor, inputs, **kwargs).responses == [expected] * 3
 
 
@@ -628,22 +622,12 @@ def test_repetition_stopper_direct_call_and_validation():
 def test_package_exports():
     import transformers_internvl
 
-    for name in (
-        "build_cot_prompt",
-        "parse_boxed_answer",
-        "majority_vote",
-        "generate_with_votes",
-        "RepetitionStoppingCriteria",
-        "repetition_ratio",
-    ):
-        assert getattr(transformers_internvl, name) is getattr(reasoning, name)
-    # Every name the reasoning package lists resolves to the object of the submodule that defines it.
-    for name in reasoning.__all__:
-        value = getattr(reasoning, name)
-        module = importlib.import_module(reasoning._LAZY_ATTRIBUTES[name], "transformers_internvl.reasoning")
-        assert getattr(module, name) is value and name in dir(reasoning)
-    with pytest.raises(AttributeError, match="no_such_name"):
-        reasoning.no_such_name  # noqa: B018
+    modules = (prompts, answers, voting, repetition, stopping)
+    exported = [name for name, module in transformers_internvl._LAZY_ATTRIBUTES.items() if ".reasoning." in module]
+    assert len(exported) == 12
+    for name in exported:
+        defining = [module for module in modules if name in module.__all__]
+        assert len(defining) == 1 and getattr(transformers_internvl, name) is getattr(defining[0], name)
     assert not list(Path(transformers_internvl.__file__).parent.rglob("test_*.py"))  # no test-like module names
 
 
@@ -689,24 +673,3 @@ class _CudaForce(LogitsProcessor):
 
     def __call__(self, input_ids, scores):
         return self.inner(input_ids.cpu(), scores.cpu()).to(scores.device)
-
-
-def test_prompts_answers_and_repetition_import_neither_torch_nor_transformers():
-    import subprocess
-    import sys
-
-    # As the console script (a plain `import transformers_internvl` registers with transformers).
-    code = (
-        "import sys\n"
-        "sys.argv = ['transformers-internvl']\n"
-        "from transformers_internvl.reasoning import build_cot_prompt, parse_boxed_answer, repetition_ratio\n"
-        "assert parse_boxed_answer(build_cot_prompt('q', ['x', 'y']) + ' \\\\boxed{B}') == 'B'\n"
-        "assert repetition_ratio([1, 2] * 20, 10) == 2 / 31  # 31 10-grams, both distinct ones repeated\n"
-        "heavy = sorted({'torch', 'transformers'} & set(sys.modules))\n"
-        "assert not heavy, heavy\n"
-    )
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env={"PYTHONPATH": src}
-    )
-    assert result.returncode == 0, result.stderr

@@ -135,3 +135,23 @@ def test_bench_command_hands_every_argument_to_the_benchmark_parser(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "transformers-internvl bench" in out and "--against" in out and "--shape" in out
+
+
+def test_parser_filter_and_light_reasoning_modules_import_neither_torch_nor_transformers():
+    # As the console script (a plain `import transformers_internvl` registers with transformers).
+    modules = _modules_after(
+        "import sys\n"
+        "sys.argv = ['transformers-internvl', 'filter', '--help']\n"
+        "from transformers_internvl.cli import build_parser\n"
+        "from transformers_internvl.reasoning.answers import parse_boxed_answer\n"
+        "from transformers_internvl.reasoning.prompts import build_cot_prompt\n"
+        "from transformers_internvl.reasoning.repetition import repetition_ratio\n"
+        "from transformers_internvl.training.filtering import repetition_reason\n"
+        "build_parser()\n"
+        "assert parse_boxed_answer(build_cot_prompt('q', ['x', 'y']) + ' \\\\boxed{B}') == 'B'\n"
+        "assert repetition_ratio([1, 2] * 20, 10) == 2 / 31  # 31 10-grams, both distinct ones repeated\n"
+        "assert repetition_reason({'conversations': [{'from': 'gpt', 'value': 'a b c'}]}) is None\n"
+    )
+    assert "transformers_internvl.reasoning.repetition" in modules
+    assert "torch" not in modules
+    assert "transformers" not in modules

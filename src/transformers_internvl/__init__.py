@@ -12,6 +12,9 @@ so `transformers-internvl tiles` imports neither torch nor transformers.
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
 
 # Ctrl-C while the console script imports torch/transformers: exit 130 without a traceback (cli.main undoes it).
@@ -19,8 +22,6 @@ from ._startup import _is_console_script  # noqa: E402
 from ._startup import quiet_interrupt_during_startup as _quiet_interrupt_during_startup  # noqa: E402
 
 _quiet_interrupt_during_startup()
-
-from ._lazy_registry import lazy_exports  # noqa: E402
 
 # Public name -> module (relative to this package) that defines it.
 _LAZY_ATTRIBUTES: dict[str, str] = {
@@ -70,7 +71,17 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
 __all__ = ["__version__", *_LAZY_ATTRIBUTES]
 
 
-__getattr__, __dir__ = lazy_exports(__name__, _LAZY_ATTRIBUTES, globals())
+def __getattr__(name: str) -> Any:
+    module = _LAZY_ATTRIBUTES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_ATTRIBUTES))
 
 
 if not _is_console_script():

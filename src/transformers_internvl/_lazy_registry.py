@@ -16,7 +16,7 @@ import importlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["LazyValue", "LazyValueDict", "lazy_attribute", "lazy_exports", "make_lazy"]
+__all__ = ["LazyValue", "LazyValueDict", "lazy_attribute", "make_lazy"]
 
 
 class LazyValue:
@@ -88,24 +88,3 @@ def make_lazy(mapping: Any) -> None:
         lazy = LazyValueDict()
         dict.update(lazy, extra)
         mapping._extra_content = lazy
-
-
-def lazy_exports(
-    package: str, table: dict[str, str], namespace: dict[str, Any]
-) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """PEP 562 ``__getattr__`` and ``__dir__`` for `package`, whose public names `table` maps to the modules (relative
-    to `package`) that define them: a name is imported on first access and stored in `namespace` (the package's
-    ``globals()``), so later lookups skip ``__getattr__``. An unknown name raises `AttributeError` naming it."""
-
-    def __getattr__(name: str) -> Any:
-        module = table.get(name)
-        if module is None:
-            raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(module, package), name)
-        namespace[name] = value
-        return value
-
-    def __dir__() -> list[str]:
-        return sorted(set(namespace) | set(table))
-
-    return __getattr__, __dir__

@@ -74,6 +74,19 @@ def renamed_pieces(proto: Any, added_tokens_decoder: dict[int, Any]) -> dict[int
     return renamed
 
 
+def _sentencepiece_bpe(proto: Any, vocab: dict[str, int], merges: list[tuple[str, str]], ignore_merges: bool) -> BPE:
+    """`tokenizers`' BPE over the sentencepiece vocabulary and merges, with its unknown piece and byte fallback."""
+    return BPE(
+        vocab=vocab,
+        merges=merges,
+        unk_token=proto.trainer_spec.unk_piece or "<unk>",
+        fuse_unk=True,
+        byte_fallback=proto.trainer_spec.byte_fallback,
+        dropout=None,
+        ignore_merges=ignore_merges,
+    )
+
+
 def _regex_alternation(strings: list[str]) -> str:
     escaped = [re.escape(string) for string in sorted(strings)]
     return escaped[0] if len(escaped) == 1 else f"(?:{'|'.join(escaped)})"
@@ -91,14 +104,7 @@ def _whole_word_hazard_pattern(
     matches every other piece of that merge-only encoding, only when the whole word is the hazard; splitting
     `isolated` on it hands BPE those pieces one by one.
     """
-    merge_only = BPE(
-        vocab=vocab,
-        merges=merges,
-        unk_token=proto.trainer_spec.unk_piece or "<unk>",
-        fuse_unk=True,
-        byte_fallback=proto.trainer_spec.byte_fallback,
-        dropout=None,
-    )
+    merge_only = _sentencepiece_bpe(proto, vocab, merges, ignore_merges=False)
     # (start, piece) -> text before it -> texts after it, for the pieces to isolate
     cuts_by_piece: dict[tuple[int, str], dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
     longest = 0
@@ -171,19 +177,9 @@ def build_internlm2_backend(proto: Any, added_tokens_decoder: dict[int, Any] | N
     user_defined = [
         renamed.get(index, piece.piece) for index, piece in enumerate(proto.pieces) if piece.type == PIECE_USER_DEFINED
     ]
-    tokenizer = Tokenizer(
-        BPE(
-            vocab=vocab,
-            merges=merges,
-            unk_token=proto.trainer_spec.unk_piece or "<unk>",
-            fuse_unk=True,
-            byte_fallback=proto.trainer_spec.byte_fallback,
-            dropout=None,
-            # Emits the isolated user-defined pieces whole. A word that is a normal piece is what sentencepiece's
-            # merges make of it anyway; the other pieces (bytes, controls) are cut up by the hazard pre-tokenizer.
-            ignore_merges=bool(user_defined),
-        )
-    )
+    # Emits the isolated user-defined pieces whole. A word that is a normal piece is what sentencepiece's merges make
+    # of it anyway; the other pieces (bytes, controls) are cut up by the hazard pre-tokenizer.
+    tokenizer = Tokenizer(_sentencepiece_bpe(proto, vocab, merges, ignore_merges=bool(user_defined)))
 
     steps: list[normalizers.Normalizer] = []
     if normalizer_spec.precompiled_charsmap:
