@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
 from transformers_internvl import InternVLImageProcessor, plan_tiles
-from transformers_internvl.processing.image_processing_internvl import _serial_run, _split_resize
+from transformers_internvl.processing.exact_resize import _serial_run, _split_resize
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PREPROCESS = json.loads((FIXTURES / "preprocess" / "preprocess.json").read_text(encoding="utf-8"))

@@ -79,7 +79,7 @@ def test_registered_model_resolves_to_the_class_on_first_use():
     assert "transformers_internvl.modeling.modeling_internvl" in modules
 
 
-def test_tiles_command_imports_neither_torch_nor_modeling(tmp_path):
+def test_tiles_command_imports_no_modeling_code(tmp_path):
     image = tmp_path / "wide.png"
     Image.new("RGB", (900, 300), "white").save(image)
     # What the `transformers-internvl` console-script wrapper does: argv[0] is the script, then `main()`.
@@ -91,9 +91,9 @@ def test_tiles_command_imports_neither_torch_nor_modeling(tmp_path):
         str(image),
     )
     assert "transformers_internvl.processing.tiling" in modules
+    # The grid maths lives in the image processor's module (issue 10: pixels -> logits in 4 files), which imports
+    # torch and transformers; the model code stays out.
     assert not {m for m in modules if m.startswith("transformers_internvl.modeling")}
-    assert "torch" not in modules
-    assert "transformers" not in modules
 
 
 def test_lazy_attribute_errors_name_the_attribute():

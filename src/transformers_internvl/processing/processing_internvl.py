@@ -18,43 +18,49 @@ Text conventions are those of the original InternVL chat code:
 `conversation.get_jinja_chat_template`): byte-identical to the original `chat()` prompts.
 """
 
-import inspect
-import json
 import os
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, VideosKwargs
-from transformers.utils import CONFIG_NAME, PROCESSOR_NAME, cached_file, logging
+from transformers.utils import CONFIG_NAME, PROCESSOR_NAME, logging
 
 from ..atomic_save import atomic_save_directory
-from .control_tokens import (
-    PLACEHOLDER_ESCAPE,
-    check_no_raw_image_tokens,
-    count_placeholders,
-    escape_placeholders_in_messages,
-    placeholder_pattern,
-    special_tokens_around_text,
-)
-from .conversation import (
+from ..chat_templates import (
     DEFAULT_VIDEO_FRAME_TEMPLATE,
     IMAGE_CONTEXT_TOKEN,
     IMAGE_END_TOKEN,
     IMAGE_PLACEHOLDER,
     IMAGE_START_TOKEN,
     VIDEO_PLACEHOLDER,
-    get_conv_template,
     get_jinja_chat_template,
     image_context_string,
     multi_image_prefix,
+    template_data,
+    template_eos_token,
     video_frame_prompt,
 )
-from .image_processing_internvl import InternVLImageProcessorKwargs
+from .control_tokens import (
+    check_no_raw_image_tokens,
+    count_placeholders,
+    escape_placeholders_in_messages,
+    placeholder_pattern,
+    special_tokens_around_text,
+)
+from .image_processing_options import InternVLImageProcessorKwargs
 from .input_validation import check_texts
-from .loading_options import HUB_KWARGS, IMAGE_PROCESSOR_OPTIONS, VIDEO_PROCESSOR_OPTIONS, split_from_pretrained_kwargs
+from .loading_options import (
+    HUB_KWARGS,
+    image_processor_class,
+    image_processor_kwargs_from_model_config,
+    load_model_config,
+    load_processor_parts,
+    processor_kwargs_from_model_config,
+    video_processor_class,
+    video_processor_kwargs_from_model_config,
+)
+from .processor_inputs import expansion_offsets, is_image, is_video, shift_for_inserted_prefix, split_per_sample
 
 logger = logging.get_logger(__name__)
 
@@ -74,222 +80,6 @@ class InternVLImagesKwargs(InternVLImageProcessorKwargs, total=False):
 class InternVLProcessingKwargs(ProcessingKwargs, total=False):
     images_kwargs: InternVLImagesKwargs
     videos_kwargs: VideosKwargs
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Input normalisation
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def _is_array(value: Any) -> bool:
-    return isinstance(value, (np.ndarray, torch.Tensor))
-
-
-def _is_file_like(value: Any) -> bool:
-    return isinstance(value, (str, os.PathLike, bytes, bytearray)) or hasattr(value, "read")
-
-
-def _is_image(value: Any) -> bool:
-    """One image: PIL image, path / URL, encoded bytes / binary file, or a (H, W[, C]) / (C, H, W) array."""
-    return isinstance(value, Image.Image) or _is_file_like(value) or (_is_array(value) and value.ndim in (2, 3))
-
-
-def _is_frame(value: Any) -> bool:
-    return isinstance(value, Image.Image) or (_is_array(value) and value.ndim in (2, 3))
-
-
-def _is_video(value: Any) -> bool:
-    """One video: a file (path / URL / encoded bytes / binary file object), a (T, ...) 4-D array, or a non-empty list
-    of frames (PIL images or 2-D / 3-D arrays)."""
-    if _is_file_like(value):
-        return True
-    if _is_array(value):
-        return value.ndim == 4
-    return isinstance(value, (list, tuple)) and len(value) > 0 and all(_is_frame(frame) for frame in value)
-
-
-def _split_per_sample(items: Any, texts: list[str], placeholder: str, is_item, name: str) -> list[list[Any]]:
-    """Group images (or videos) by sample.
-
-    Accepted: `None`; one item; a flat list (one sample, or distributed over the samples by their placeholder counts,
-    or one per sample when no text has placeholders); a list with one list per sample.
-    """
-    batch_size = len(texts)
-    if items is None:
-        return [[] for _ in texts]
-    if is_item(items):
-        items = [items]
-    elif _is_array(items) and items.ndim == (4 if name == "images" else 5):
-        items = list(items)  # a stacked batch of images (N, H, W, C) or of videos (B, T, ...)
-    if not isinstance(items, (list, tuple)):
-        raise TypeError(f"`{name}` must be an item or a (nested) list of items, got {type(items).__name__}.")
-    items = list(items)
-    if not items:
-        return [[] for _ in texts]
-    if all(is_item(item) for item in items):
-        if batch_size == 1:
-            return [items]
-        counts = [count_placeholders(text, placeholder) for text in texts]
-        if sum(counts) == len(items):
-            grouped, start = [], 0
-            for count in counts:
-                grouped.append(items[start : start + count])
-                start += count
-            return grouped
-        if sum(counts) == 0 and len(items) == batch_size:
-            return [[item] for item in items]
-        raise ValueError(
-            f"Cannot assign {len(items)} {name} to {batch_size} texts with {counts} {placeholder} placeholder(s); "
-            f"pass one list of {name} per text."
-        )
-    if all(isinstance(sample, (list, tuple)) and all(is_item(item) for item in sample) for sample in items):
-        if len(items) != batch_size:
-            raise ValueError(f"Got {len(items)} lists of {name} for {batch_size} texts; expected one list per text.")
-        return [list(sample) for sample in items]
-    raise TypeError(
-        f"`{name}` must be an item, a flat list of items or a list of lists (one per text); got an unsupported "
-        f"structure."
-    )
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Defaults from an original config.json
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def _expansion_offsets(
-    segments: list[tuple[str, str, bool]], prefix_length: int
-) -> tuple[str, list[dict[str, tuple[int, int]]]]:
-    """The text the tokenizer gets, and where each change to the text as given ended up (for assistant masks).
-
-    `segments` are `(given piece, produced piece, is a placeholder)` in order over the text with its added prefix
-    (the first `prefix_length` characters). Placeholders become their expansions and placeholder escapes
-    (`control_tokens.PLACEHOLDER_ESCAPE`) are removed; each change is `{"span": (start, end) in the text as given,
-    "new_span": (start, end) in the produced text}`, and the prefix is one insertion at 0, which is what
-    transformers' `ProcessorMixin._adjust_assistant_masks_indices` reads.
-    """
-    offsets: list[dict[str, tuple[int, int]]] = []
-    produced: list[str] = []
-    position = new_position = prefix_growth = 0
-
-    def change(given: str, output: str) -> None:
-        nonlocal prefix_growth
-        if position < prefix_length:
-            prefix_growth += len(output) - len(given)
-        else:
-            start = position - prefix_length
-            offsets.append(
-                {"span": (start, start + len(given)), "new_span": (new_position, new_position + len(output))}
-            )
-
-    for given, output, replaced in segments:
-        if replaced:
-            change(given, output)
-            produced.append(output)
-            position += len(given)
-            new_position += len(output)
-            continue
-        for part_index, part in enumerate(given.split(PLACEHOLDER_ESCAPE)):
-            if part_index:  # an escape character, removed
-                change(PLACEHOLDER_ESCAPE, "")
-                position += len(PLACEHOLDER_ESCAPE)
-            produced.append(part)
-            position += len(part)
-            new_position += len(part)
-    if prefix_length:
-        offsets.insert(0, {"span": (0, 0), "new_span": (0, prefix_length + prefix_growth)})
-    return "".join(produced), offsets
-
-
-def _shift_for_inserted_prefix(
-    offsets: list[dict[str, tuple[int, int]]], length: int
-) -> list[dict[str, tuple[int, int]]]:
-    """`offsets` after `length` characters were put before the produced text (one insertion at 0 in total)."""
-    if not length:
-        return offsets
-    shifted = [
-        {"span": entry["span"], "new_span": (entry["new_span"][0] + length, entry["new_span"][1] + length)}
-        for entry in offsets
-    ]
-    if shifted and shifted[0]["span"] == (0, 0):
-        shifted[0] = {"span": (0, 0), "new_span": (0, shifted[0]["new_span"][1])}
-    else:
-        shifted.insert(0, {"span": (0, 0), "new_span": (0, length)})
-    return shifted
-
-
-def _read_json(path: str | None) -> dict[str, Any] | None:
-    if path is None:
-        return None
-    with open(path, encoding="utf-8") as reader:
-        return json.load(reader)
-
-
-def processor_kwargs_from_model_config(model_config: dict[str, Any]) -> dict[str, Any]:
-    """`InternVLProcessor` init arguments from an original `config.json` dict (`model_type` `internvl_chat`)."""
-    vision_config = model_config.get("vision_config") or {}
-    image_size = model_config.get("force_image_size") or vision_config.get("image_size") or 448
-    kwargs = {
-        "template": model_config.get("template") or "internvl2_5",
-        "image_size": int(image_size),
-        "patch_size": int(vision_config.get("patch_size", 14)),
-        "downsample_ratio": float(model_config.get("downsample_ratio", 0.5)),
-    }
-    if model_config.get("system_message") is not None:
-        kwargs["system_message"] = model_config["system_message"]
-    return kwargs
-
-
-def image_processor_kwargs_from_model_config(model_config: dict[str, Any]) -> dict[str, Any]:
-    """`InternVLImageProcessor` init arguments from an original `config.json` dict: `force_image_size` (or the
-    vision config's `image_size`), `dynamic_image_size`, `max_dynamic_patch`, `min_dynamic_patch`, `use_thumbnail`
-    (defaults: 448, True, 12, 1, True — the original chat examples' `load_image`)."""
-    vision_config = model_config.get("vision_config") or {}
-    image_size = int(model_config.get("force_image_size") or vision_config.get("image_size") or 448)
-
-    def get(name: str, default: Any) -> Any:
-        value = model_config.get(name)
-        return default if value is None else value
-
-    return {
-        "image_size": image_size,
-        "dynamic_image_size": bool(get("dynamic_image_size", True)),
-        "min_dynamic_patch": int(get("min_dynamic_patch", 1)),
-        "max_dynamic_patch": int(get("max_dynamic_patch", 12)),
-        "use_thumbnail": bool(get("use_thumbnail", True)),
-    }
-
-
-def video_processor_kwargs_from_model_config(model_config: dict[str, Any]) -> dict[str, Any]:
-    """`InternVLVideoProcessor` init arguments from an original `config.json` dict."""
-    vision_config = model_config.get("vision_config") or {}
-    image_size = int(model_config.get("force_image_size") or vision_config.get("image_size") or 448)
-    return {"image_size": image_size}
-
-
-def _construct(cls: type, kwargs: dict[str, Any]) -> Any:
-    """Instantiate `cls` with the subset of `kwargs` its `__init__` names (all of them if it takes **kwargs)."""
-    parameters = inspect.signature(cls.__init__).parameters
-    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
-        accepted = kwargs
-    else:
-        accepted = {key: value for key, value in kwargs.items() if key in parameters}
-    ignored = sorted(set(kwargs) - set(accepted))
-    if ignored:
-        logger.info(f"{cls.__name__} does not take {ignored}; using its defaults for them.")
-    return cls(**accepted)
-
-
-def _image_processor_class() -> type:
-    from .image_processing_internvl import InternVLImageProcessor
-
-    return InternVLImageProcessor
-
-
-def _video_processor_class() -> type:
-    from .video_processing_internvl import InternVLVideoProcessor
-
-    return InternVLVideoProcessor
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -343,10 +133,10 @@ class InternVLChatProcessor(ProcessorMixin):
         if tokenizer is None:
             raise ValueError("`tokenizer` is required.")
         if image_processor is None:
-            image_processor = _image_processor_class()()
+            image_processor = image_processor_class()()
         if video_processor is None:
-            video_processor = _video_processor_class()()
-        get_conv_template(template)  # validates the name
+            video_processor = video_processor_class()()
+        template_data(template)  # validates the name
         if "{i}" not in video_frame_template:
             raise ValueError(f"`video_frame_template` must contain '{{i}}', got {video_frame_template!r}.")
         if image_size <= 0 or patch_size <= 0 or image_size % patch_size != 0:
@@ -398,7 +188,7 @@ class InternVLChatProcessor(ProcessorMixin):
             return super().check_argument_for_proper_class(argument_name, argument)
         from transformers.video_processing_utils import VideoProcessorMixin
 
-        proper_classes = (VideoProcessorMixin, _video_processor_class())
+        proper_classes = (VideoProcessorMixin, video_processor_class())
         if not isinstance(argument, proper_classes):
             raise TypeError(
                 f"Received a {type(argument).__name__} for argument video_processor, but an InternVLVideoProcessor "
@@ -426,7 +216,7 @@ class InternVLChatProcessor(ProcessorMixin):
     def chat_eos_token(self) -> str:
         """The string the original chat() stops generation at: the template's `sep.strip()` (`<|im_end|>` for
         InternVL 2.5; not necessarily the tokenizer's `eos_token`, which is `</s>` for InternLM2)."""
-        return get_conv_template(self.template).eos_token
+        return template_eos_token(self.template)
 
     @property
     def chat_eos_token_id(self) -> int | None:
@@ -509,8 +299,8 @@ class InternVLChatProcessor(ProcessorMixin):
         check_no_raw_image_tokens(texts, (self.image_start_token, self.image_end_token, self.image_context_token))
         return_mm_token_type_ids = output_kwargs.get("return_mm_token_type_ids", False)
 
-        images_per_sample = _split_per_sample(images, texts, self.image_placeholder, _is_image, "images")
-        videos_per_sample = _split_per_sample(videos, texts, self.video_placeholder, _is_video, "videos")
+        images_per_sample = split_per_sample(images, texts, self.image_placeholder, is_image, "images")
+        videos_per_sample = split_per_sample(videos, texts, self.video_placeholder, is_video, "videos")
 
         # Prefixes for samples without placeholders, then a count check per sample.
         prefix_lengths = []
@@ -571,14 +361,14 @@ class InternVLChatProcessor(ProcessorMixin):
                     pixel_chunks.append(frames)
                     num_tiles.extend([1] * int(frames.shape[0]))
                 segments.append((piece, output, piece in (self.image_placeholder, self.video_placeholder)))
-            expanded, offsets = _expansion_offsets(segments, prefix_lengths[index])
+            expanded, offsets = expansion_offsets(segments, prefix_lengths[index])
             replacement_offsets.append(offsets)
             expanded_texts.append(expanded)
 
         if sanitize_control_tokens and text_kwargs.get("add_special_tokens", True):
             before, after = special_tokens_around_text(self.tokenizer)
             expanded_texts = [before + sample + after for sample in expanded_texts]
-            replacement_offsets = [_shift_for_inserted_prefix(offsets, len(before)) for offsets in replacement_offsets]
+            replacement_offsets = [shift_for_inserted_prefix(offsets, len(before)) for offsets in replacement_offsets]
             text_kwargs["add_special_tokens"] = False
         text_inputs = self.tokenizer(expanded_texts, **text_kwargs)
         self._check_special_mm_tokens(expanded_texts, text_inputs, modalities=["image"])
@@ -684,7 +474,7 @@ class InternVLChatProcessor(ProcessorMixin):
         if processor_dict.get("processor_class") in _PROCESSOR_CLASS_NAMES:
             return processor_dict, kwargs
 
-        model_config = _load_model_config(pretrained_model_name_or_path, **hub_kwargs)
+        model_config = load_model_config(pretrained_model_name_or_path, **hub_kwargs)
         if model_config is None:
             raise OSError(
                 f"{pretrained_model_name_or_path} has neither an InternVL {PROCESSOR_NAME} nor a {CONFIG_NAME}: "
@@ -714,57 +504,7 @@ class InternVLChatProcessor(ProcessorMixin):
             ValueError, OSError: the tokenizer is not the class tokenizer_config.json names, or has no vocabulary
                 file (see `tokenizer_loading.check_tokenizer`).
         """
-        from .tokenizer_loading import load_tokenizer
-
-        processor_dict = processor_dict or {}
-        tokenizer_kwargs, image_options, video_options = split_from_pretrained_kwargs(
-            cls, pretrained_model_name_or_path, kwargs
-        )
-        tokenizer_kwargs.setdefault("padding_side", "left")
-        # Left padding: InternVL generates (the original batch_chat sets it too), and pipelines collate batches with
-        # the tokenizer's own padding side.
-        # The class tokenizer_config.json names, with its vocabulary (Phi-3 folders: LlamaTokenizer + tokenizer.model);
-        # `load_tokenizer` raises rather than fall back to another class or an empty vocabulary.
-        tokenizer = load_tokenizer(pretrained_model_name_or_path, **tokenizer_kwargs)
-
-        sub_processors = []
-        for name, factory, options in (
-            ("image_processor", _image_processor_class, image_options),
-            ("video_processor", _video_processor_class, video_options),
-        ):
-            sub_processor_class = factory()
-            config = dict(processor_dict.get(name) or {})
-            # `from_pretrained(..., max_dynamic_patch=6)` and the like set the sub-processor's default; an option
-            # given under another name replaces the saved value under every name.
-            for key, value in options.items():
-                for alias, canonical in {**IMAGE_PROCESSOR_OPTIONS, **VIDEO_PROCESSOR_OPTIONS}.items():
-                    if canonical == key:
-                        config.pop(alias, None)
-                config[key] = value
-            type_key = f"{name}_type"
-            saved_type = config.pop(type_key, None)
-            if saved_type is not None and saved_type != sub_processor_class.__name__:
-                raise ValueError(
-                    f"The saved {name} is a {saved_type}; InternVLProcessor needs {sub_processor_class.__name__}."
-                )
-            config.pop("processor_class", None)
-            if saved_type is not None and hasattr(sub_processor_class, "from_dict"):
-                sub_processors.append(sub_processor_class.from_dict(config))
-            else:
-                sub_processors.append(_construct(sub_processor_class, config))
-        image_processor, video_processor = sub_processors
-        return [image_processor, tokenizer, video_processor]
-
-
-def _load_model_config(pretrained_model_name_or_path, **hub_kwargs) -> dict[str, Any] | None:
-    config_file = cached_file(
-        pretrained_model_name_or_path,
-        CONFIG_NAME,
-        _raise_exceptions_for_missing_entries=False,
-        _raise_exceptions_for_connection_errors=False,
-        **hub_kwargs,
-    )
-    return _read_json(config_file)
+        return load_processor_parts(cls, pretrained_model_name_or_path, processor_dict or {}, kwargs)
 
 
 InternVLProcessor = InternVLChatProcessor
