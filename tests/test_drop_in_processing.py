@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import sentencepiece as spm
+import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, LlamaTokenizer
 from transformers.models.auto.video_processing_auto import AutoVideoProcessor

@@ -50,12 +50,14 @@ def _read_json_file(pretrained_model_name_or_path: Any, filename: str, hub_kwarg
 def _build(kind: str, pretrained_model_name_or_path: Any, kwargs: dict[str, Any]) -> Any | None:
     """The InternVL image (`kind="image"`) or video processor of an InternVL folder, or None for other folders."""
     from .image_processing_internvl import InternVLImageProcessor
-    from .loading_options import IMAGE_PROCESSOR_OPTIONS, VIDEO_PROCESSOR_OPTIONS, canonical_options
-    from .processing_internvl import (
-        _PROCESSOR_CLASS_NAMES,
+    from .loading_options import (
+        IMAGE_PROCESSOR_OPTIONS,
+        VIDEO_PROCESSOR_OPTIONS,
+        canonical_options,
         image_processor_kwargs_from_model_config,
         video_processor_kwargs_from_model_config,
     )
+    from .processing_internvl import _PROCESSOR_CLASS_NAMES
     from .video_processing_internvl import InternVLVideoProcessor
 
     if not isinstance(pretrained_model_name_or_path, (str, os.PathLike)):

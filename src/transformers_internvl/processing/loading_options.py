@@ -10,7 +10,7 @@ import inspect
 import json
 from typing import Any
 
-from transformers.utils import CONFIG_NAME, cached_file, logging
+from transformers.utils import CONFIG_NAME, PROCESSOR_NAME, cached_file, logging
 
 logger = logging.get_logger(__name__)
 
@@ -302,3 +302,25 @@ def load_processor_parts(
             sub_processors.append(_construct(sub_processor_class, config))
     image_processor, video_processor = sub_processors
     return [image_processor, tokenizer, video_processor]
+
+
+def processor_dict_from_model_config(
+    pretrained_model_name_or_path: Any, processor_dict: dict[str, Any], hub_kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """The processor settings of an original OpenGVLab folder (no InternVL processor_config.json), from its
+    `config.json`: template, system message, tile size, tiling settings. Raises `OSError` without a config.json."""
+    model_config = load_model_config(pretrained_model_name_or_path, **hub_kwargs)
+    if model_config is None:
+        raise OSError(
+            f"{pretrained_model_name_or_path} has neither an InternVL {PROCESSOR_NAME} nor a {CONFIG_NAME}: "
+            f"cannot derive the processor settings."
+        )
+    if "chat_template" in processor_dict:
+        logger.info(
+            "Ignoring the chat template files of an original-layout checkpoint; the template is built from the "
+            "config's conversation template."
+        )
+    processor_dict = dict(processor_kwargs_from_model_config(model_config))
+    processor_dict["image_processor"] = image_processor_kwargs_from_model_config(model_config)
+    processor_dict["video_processor"] = video_processor_kwargs_from_model_config(model_config)
+    return processor_dict

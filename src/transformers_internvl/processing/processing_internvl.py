@@ -1,21 +1,20 @@
-"""`InternVLProcessor`: tokenizer + dynamic-tiling image processor + video processor, with the original chat format.
+"""`InternVLChatProcessor`: tokenizer + dynamic-tiling image processor + video processor, the original chat format.
 
-Text conventions are those of the original InternVL chat code:
+Text conventions are those of the original InternVL chat code, applied through transformers' placeholder hooks
+(`replace_image_token` / `replace_video_token`, `get_text_with_replacements`):
 
-* `<image>` in the text stands for one image; it becomes `<img>` + `<IMG_CONTEXT>` x (num_image_token * tiles) +
-  `</img>` (the three token strings come from the tokenizer; num_image_token = (image_size // patch_size)**2 *
-  downsample_ratio**2 = 256 for 448 px tiles, 14 px patches and ratio 0.5);
-* `<video>` stands for one video; it becomes one line per sampled frame, `Frame-1: <image>` ... `Frame-N: <image>`
-  joined by newlines (one tile per frame; the frame label is `video_frame_template`, `"Frame{i}: "` gives the
-  pre-2024-12-25 style);
+* `<image>` stands for one image: `<img>` + `<IMG_CONTEXT>` x (num_image_token * tiles) + `</img>`
+  (`chat_templates.image_context_string`; num_image_token = (image_size // patch_size)**2 * downsample_ratio**2);
+* `<video>` stands for one video: one line per sampled frame, `Frame-1: <image>` ... `Frame-N: <image>` joined by
+  newlines (one tile per frame; `video_frame_template="Frame{i}: "` gives the pre-2024-12-25 style);
 * a sample with images (videos) but no `<image>` (`<video>`) placeholder gets the prefix of the official examples:
   `<image>\\n` for one image, `Image-1: <image>\\nImage-2: <image>\\n...` for several (`<video>\\n` per video);
 * `pixel_values` holds the tiles of all images and video frames of the batch in the order their placeholders appear
   in the texts (sample 0 first), which is the order the model fills `<IMG_CONTEXT>` positions; `num_tiles` gives the
   tiles of each image, and 1 for each video frame, in that order.
 
-`apply_chat_template` renders messages with the Jinja template of the model's conversation template (see
-`conversation.get_jinja_chat_template`): byte-identical to the original `chat()` prompts.
+`apply_chat_template` renders messages with the Jinja template of the model's conversation template
+(`chat_templates.get_jinja_chat_template`): byte-identical to the original `chat()` prompts.
 """
 
 import os
@@ -24,7 +23,8 @@ from typing import Any
 import torch
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, VideosKwargs
-from transformers.utils import CONFIG_NAME, PROCESSOR_NAME, logging
+from transformers.video_processing_utils import VideoProcessorMixin
+from transformers.utils import logging
 
 from ..atomic_save import atomic_save_directory
 from ..chat_templates import (
@@ -43,7 +43,6 @@ from ..chat_templates import (
 )
 from .control_tokens import (
     check_no_raw_image_tokens,
-    count_placeholders,
     escape_placeholders_in_messages,
     placeholder_pattern,
     special_tokens_around_text,
@@ -53,14 +52,18 @@ from .input_validation import check_texts
 from .loading_options import (
     HUB_KWARGS,
     image_processor_class,
-    image_processor_kwargs_from_model_config,
-    load_model_config,
     load_processor_parts,
-    processor_kwargs_from_model_config,
+    processor_dict_from_model_config,
     video_processor_class,
-    video_processor_kwargs_from_model_config,
 )
-from .processor_inputs import expansion_offsets, is_image, is_video, shift_for_inserted_prefix, split_per_sample
+from .processor_inputs import (
+    add_missing_placeholders,
+    expansion_offsets,
+    is_image,
+    is_video,
+    shift_for_inserted_prefix,
+    split_per_sample,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -72,9 +75,7 @@ _PROCESSOR_CLASS_NAMES = ("InternVLChatProcessor", "InternVLProcessor")
 
 
 class InternVLImagesKwargs(InternVLImageProcessorKwargs, total=False):
-    """Per-call image options of `InternVLProcessor`: those of `InternVLImageProcessor` (see
-    `InternVLImageProcessorKwargs`: `dynamic_image_size`, `max_dynamic_patch` / `max_num`, `min_dynamic_patch` /
-    `min_num`, `use_thumbnail`, `max_total_tiles`, ...); defaults come from the model config."""
+    """Per-call image options: those of the image processor (`InternVLImageProcessorKwargs`)."""
 
 
 class InternVLProcessingKwargs(ProcessingKwargs, total=False):
@@ -82,15 +83,10 @@ class InternVLProcessingKwargs(ProcessingKwargs, total=False):
     videos_kwargs: VideosKwargs
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Processor
-# ---------------------------------------------------------------------------------------------------------------------
-
-
 class InternVLChatProcessor(ProcessorMixin):
     r"""
-    Processor of InternVL 2.5 (exported as `InternVLProcessor`): an InternVL image processor (dynamic tiling), a
-    tokenizer and an InternVL video processor, producing the inputs of the original chat format.
+    Processor of InternVL 2.5 (alias `InternVLProcessor`): image processor (dynamic tiling), tokenizer and video
+    processor, producing the inputs of the original chat format.
 
     Args:
         image_processor: `InternVLImageProcessor` (default settings when `None`).
@@ -104,8 +100,7 @@ class InternVLChatProcessor(ProcessorMixin):
         video_frame_template: Label before each video frame, formatted with `i` (1-based).
         image_placeholder, video_placeholder: Placeholders in the text.
         image_start_token, image_end_token, image_context_token: Image token strings; `None` reads the tokenizer's
-            `start_image_token` / `end_image_token` / `context_image_token` attributes, else uses `<img>`, `</img>`,
-            `<IMG_CONTEXT>`.
+            `start_image_token` / `end_image_token` / `context_image_token`, else `<img>`, `</img>`, `<IMG_CONTEXT>`.
     """
 
     text_kwargs = {"padding_side": "left"}
@@ -186,8 +181,6 @@ class InternVLChatProcessor(ProcessorMixin):
         exposes `VideoProcessorMixin` at top level when torchvision is installed, and this package does not need it."""
         if argument_name != "video_processor":
             return super().check_argument_for_proper_class(argument_name, argument)
-        from transformers.video_processing_utils import VideoProcessorMixin
-
         proper_classes = (VideoProcessorMixin, video_processor_class())
         if not isinstance(argument, proper_classes):
             raise TypeError(
@@ -290,8 +283,7 @@ class InternVLChatProcessor(ProcessorMixin):
         sanitize_control_tokens = bool(
             text_kwargs.pop("sanitize_control_tokens", None) or output_kwargs.get("sanitize_control_tokens")
         )
-        for key in ("return_mm_token_type_ids",):
-            text_kwargs.pop(key, None)
+        text_kwargs.pop("return_mm_token_type_ids", None)
         if sanitize_control_tokens:
             # Marked by `apply_chat_template(..., sanitize_control_tokens=True)`: the tokenizer encodes the marked
             # control tokens as plain text (transformers' `encode_marked_chat`).
@@ -302,26 +294,9 @@ class InternVLChatProcessor(ProcessorMixin):
         images_per_sample = split_per_sample(images, texts, self.image_placeholder, is_image, "images")
         videos_per_sample = split_per_sample(videos, texts, self.video_placeholder, is_video, "videos")
 
-        # Prefixes for samples without placeholders, then a count check per sample.
-        prefix_lengths = []
-        for index, (sample_images, sample_videos) in enumerate(zip(images_per_sample, videos_per_sample)):
-            prefix = ""
-            if sample_images and not count_placeholders(texts[index], self.image_placeholder):
-                prefix += self.image_prefix(len(sample_images))
-            if sample_videos and not count_placeholders(texts[index], self.video_placeholder):
-                prefix += (self.video_placeholder + "\n") * len(sample_videos)
-            texts[index] = prefix + texts[index]
-            prefix_lengths.append(len(prefix))
-            for placeholder, items, name in (
-                (self.image_placeholder, sample_images, "image"),
-                (self.video_placeholder, sample_videos, "video"),
-            ):
-                count = count_placeholders(texts[index], placeholder)
-                if count != len(items):
-                    raise ValueError(
-                        f"Text {index} has {count} {placeholder} placeholder(s) but {len(items)} {name}(s) were given "
-                        f"for it."
-                    )
+        prefix_lengths = add_missing_placeholders(
+            texts, images_per_sample, videos_per_sample, self.image_placeholder, self.video_placeholder
+        )
 
         has_images = any(images_per_sample)
         has_videos = any(videos_per_sample)
@@ -331,39 +306,24 @@ class InternVLChatProcessor(ProcessorMixin):
                 f"{self.image_context_token!r}; it cannot encode images for InternVL."
             )
 
-        image_chunks = self._process_images_per_sample(images_per_sample, output_kwargs["images_kwargs"])
-        video_chunks = self._process_all_videos(videos_per_sample, output_kwargs["videos_kwargs"])
-
-        # Walk the placeholders of every text in order: expand them and collect pixels in the same order.
+        image_inputs = self._process_sample_images(images_per_sample, output_kwargs["images_kwargs"])
+        video_inputs = self._process_sample_videos(videos_per_sample, output_kwargs["videos_kwargs"])
+        expanded_texts, replacement_offsets = self.get_text_with_replacements(
+            texts,
+            [self.replace_image_token(image_inputs, index) for index in range(len(image_inputs["num_tiles"]))],
+            [self.replace_video_token(video_inputs, index) for index in range(len(video_inputs["num_frames"]))],
+            prefix_lengths=prefix_lengths,
+        )
+        # Pixels in the order of the placeholders over the batch: the order the model fills `<IMG_CONTEXT>` positions.
+        image_chunks = iter(torch.split(image_inputs["pixel_values"], image_inputs["num_tiles"]))
+        video_chunks = iter(torch.split(video_inputs["pixel_values_videos"], video_inputs["num_frames"]))
         pattern = placeholder_pattern(self.image_placeholder, self.video_placeholder)
-        expanded_texts: list[str] = []
         pixel_chunks: list[torch.Tensor] = []
         num_tiles: list[int] = []
-        # Per text, where each placeholder of the text as given (`span`) ended up in the expanded text (`new_span`);
-        # an added prefix is one insertion at 0. transformers shifts assistant-mask character spans with these.
-        replacement_offsets: list[list[dict[str, tuple[int, int]]]] = []
-        for index, sample_text in enumerate(texts):
-            sample_image_chunks = iter(image_chunks[index])
-            sample_video_chunks = iter(video_chunks[index])
-            segments = []
-            for piece in pattern.split(sample_text):
-                output = piece
-                if piece == self.image_placeholder:
-                    pixels = next(sample_image_chunks)
-                    output = self.image_tokens(pixels.shape[0])
-                    pixel_chunks.append(pixels)
-                    num_tiles.append(int(pixels.shape[0]))
-                elif piece == self.video_placeholder:
-                    frames = next(sample_video_chunks)
-                    # Frame lines with one-tile images (placeholders in the user's text are not re-scanned).
-                    frame_lines = self.video_prompt(int(frames.shape[0]))
-                    output = frame_lines.replace(self.image_placeholder, self.image_tokens(1))
-                    pixel_chunks.append(frames)
-                    num_tiles.extend([1] * int(frames.shape[0]))
-                segments.append((piece, output, piece in (self.image_placeholder, self.video_placeholder)))
-            expanded, offsets = expansion_offsets(segments, prefix_lengths[index])
-            replacement_offsets.append(offsets)
-            expanded_texts.append(expanded)
+        for placeholder in (found for sample_text in texts for found in pattern.findall(sample_text)):
+            is_image_placeholder = placeholder == self.image_placeholder
+            pixel_chunks.append(next(image_chunks if is_image_placeholder else video_chunks))
+            num_tiles.extend([len(pixel_chunks[-1])] if is_image_placeholder else [1] * len(pixel_chunks[-1]))
 
         if sanitize_control_tokens and text_kwargs.get("add_special_tokens", True):
             before, after = special_tokens_around_text(self.tokenizer)
@@ -388,34 +348,30 @@ class InternVLChatProcessor(ProcessorMixin):
             data["num_tiles"] = torch.zeros((0,), dtype=torch.long)
         return BatchFeature(data=data, tensor_type=return_tensors, skip_tensor_conversion=["text_replacement_offsets"])
 
-    def _process_images_per_sample(
-        self, images_per_sample: list[list[Any]], images_kwargs: dict[str, Any]
-    ) -> list[list[torch.Tensor]]:
-        """Tile the images of all samples in one call (each sample shares its own tile budget); returns per sample,
-        per image, its tiles `(num_tiles, 3, image_size, image_size)`."""
+    def _process_sample_images(self, images_per_sample: list[list[Any]], images_kwargs: dict[str, Any]) -> dict:
+        """All images of the batch in one image-processor call, each sample sharing its own tile budget:
+        `pixel_values` `(total_tiles, 3, image_size, image_size)` and `num_tiles` per image, in batch order."""
         images_kwargs = {key: value for key, value in images_kwargs.items() if key != "return_tensors"}
         samples = [sample_images for sample_images in images_per_sample if sample_images]
         if not samples:
-            return [[] for _ in images_per_sample]
-        num_images = sum(len(sample_images) for sample_images in samples)
+            return {"pixel_values": torch.zeros((0, 3, self.image_size, self.image_size)), "num_tiles": []}
         outputs = self.image_processor(images=samples, return_tensors="pt", **images_kwargs)
         pixel_values = torch.as_tensor(outputs["pixel_values"])
         tiles_per_image = [int(n) for n in torch.as_tensor(outputs["num_tiles"]).reshape(-1).tolist()]
+        num_images = sum(len(sample_images) for sample_images in samples)
         if len(tiles_per_image) != num_images or sum(tiles_per_image) != pixel_values.shape[0]:
             raise ValueError(
                 f"The image processor returned num_tiles={tiles_per_image} and {pixel_values.shape[0]} tiles for "
                 f"{num_images} images."
             )
-        per_image = iter(torch.split(pixel_values, tiles_per_image, dim=0))
-        return [[next(per_image) for _ in sample_images] for sample_images in images_per_sample]
+        return {"pixel_values": pixel_values, "num_tiles": tiles_per_image}
 
-    def _process_all_videos(
-        self, videos_per_sample: list[list[Any]], videos_kwargs: dict[str, Any]
-    ) -> list[list[torch.Tensor]]:
-        """Sample and preprocess all videos of the batch at once; returns per sample, per video frames."""
+    def _process_sample_videos(self, videos_per_sample: list[list[Any]], videos_kwargs: dict[str, Any]) -> dict:
+        """All videos of the batch in one video-processor call: `pixel_values_videos` `(total_frames, 3, image_size,
+        image_size)` and `num_frames` per video, in batch order."""
         flat_videos = [video for sample_videos in videos_per_sample for video in sample_videos]
         if not flat_videos:
-            return [[] for _ in videos_per_sample]
+            return {"pixel_values_videos": torch.zeros((0, 3, self.image_size, self.image_size)), "num_frames": []}
         videos_kwargs = {key: value for key, value in videos_kwargs.items() if key != "return_tensors"}
         outputs = self.video_processor(videos=flat_videos, return_tensors="pt", **videos_kwargs)
         frames = torch.as_tensor(outputs["pixel_values_videos"])
@@ -425,8 +381,53 @@ class InternVLChatProcessor(ProcessorMixin):
                 f"The video processor returned num_frames={frames_per_video} and {frames.shape[0]} frames for "
                 f"{len(flat_videos)} videos."
             )
-        per_video = iter(torch.split(frames, frames_per_video, dim=0))
-        return [[next(per_video) for _ in sample_videos] for sample_videos in videos_per_sample]
+        return {"pixel_values_videos": frames, "num_frames": frames_per_video}
+
+    # ---- transformers' placeholder hooks ----------------------------------------------------------------------------
+
+    def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        """The text of image `image_idx` (batch order): `<img>` + `<IMG_CONTEXT>` x (num_image_token x its tiles) +
+        `</img>` (`chat_templates.image_context_string`, as the original chat())."""
+        return self.image_tokens(int(image_inputs["num_tiles"][image_idx]))
+
+    def replace_video_token(self, video_inputs: dict, video_idx: int, **kwargs) -> str:
+        """The text of video `video_idx`: one `Frame-i: <img>...</img>` line per frame, each frame one tile."""
+        frame_lines = self.video_prompt(int(video_inputs["num_frames"][video_idx]))
+        return frame_lines.replace(self.image_placeholder, self.image_tokens(1))
+
+    def get_text_with_replacements(
+        self,
+        text: list[str],
+        images_replacements: list[str] = (),
+        videos_replacements: list[str] = (),
+        audio_replacements: list[str] = (),
+        prefix_lengths: list[int] | None = None,
+    ) -> tuple[list[str], list[list[dict[str, tuple[int, int]]]]]:
+        """`ProcessorMixin.get_text_with_replacements` for InternVL's placeholders: the i-th `<image>` (`<video>`)
+        over the batch becomes `images_replacements[i]` (`videos_replacements[i]`). Unlike transformers' default the
+        placeholders differ from `image_token` (`<IMG_CONTEXT>`, which fills the sequence), escaped placeholders
+        (`control_tokens.PLACEHOLDER_ESCAPE`) stay text and lose their escape, and the first `prefix_lengths[i]`
+        characters of text `i` (the added `Image-1: <image>\n...` prefix) count as one insertion at 0.
+
+        Returns:
+            The expanded texts, and per text its changes `{"span": (start, end) in the text as given, "new_span":
+            (start, end) in the expanded text}` (what transformers' assistant-mask shift reads).
+        """
+        replacements = {
+            self.image_placeholder: iter(images_replacements),
+            self.video_placeholder: iter(videos_replacements),
+        }
+        pattern = placeholder_pattern(self.image_placeholder, self.video_placeholder)
+        expanded_texts, batch_offsets = [], []
+        for index, sample_text in enumerate(text):
+            segments = []
+            for piece in pattern.split(sample_text):
+                is_placeholder = piece in replacements
+                segments.append((piece, next(replacements[piece]) if is_placeholder else piece, is_placeholder))
+            expanded, offsets = expansion_offsets(segments, prefix_lengths[index] if prefix_lengths else 0)
+            expanded_texts.append(expanded)
+            batch_offsets.append(offsets)
+        return expanded_texts, batch_offsets
 
     def apply_chat_template(self, conversation, chat_template=None, **kwargs):
         """transformers' `apply_chat_template`, where a literal `<image>` / `<video>` inside a typed text item
@@ -474,21 +475,7 @@ class InternVLChatProcessor(ProcessorMixin):
         if processor_dict.get("processor_class") in _PROCESSOR_CLASS_NAMES:
             return processor_dict, kwargs
 
-        model_config = load_model_config(pretrained_model_name_or_path, **hub_kwargs)
-        if model_config is None:
-            raise OSError(
-                f"{pretrained_model_name_or_path} has neither an InternVL {PROCESSOR_NAME} nor a {CONFIG_NAME}: "
-                f"cannot derive the processor settings."
-            )
-        if "chat_template" in processor_dict:
-            logger.info(
-                "Ignoring the chat template files of an original-layout checkpoint; the template is built from the "
-                "config's conversation template."
-            )
-        processor_dict = dict(processor_kwargs_from_model_config(model_config))
-        processor_dict["image_processor"] = image_processor_kwargs_from_model_config(model_config)
-        processor_dict["video_processor"] = video_processor_kwargs_from_model_config(model_config)
-        return processor_dict, kwargs
+        return processor_dict_from_model_config(pretrained_model_name_or_path, processor_dict, hub_kwargs), kwargs
 
     @classmethod
     def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):

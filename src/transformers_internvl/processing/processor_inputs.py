@@ -17,9 +17,17 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..chat_templates import multi_image_prefix
 from .control_tokens import PLACEHOLDER_ESCAPE, count_placeholders
 
-__all__ = ["expansion_offsets", "is_image", "is_video", "shift_for_inserted_prefix", "split_per_sample"]
+__all__ = [
+    "add_missing_placeholders",
+    "expansion_offsets",
+    "is_image",
+    "is_video",
+    "shift_for_inserted_prefix",
+    "split_per_sample",
+]
 
 
 def _is_array(value: Any) -> bool:
@@ -152,3 +160,39 @@ def shift_for_inserted_prefix(
     else:
         shifted.insert(0, {"span": (0, 0), "new_span": (0, length)})
     return shifted
+
+
+def add_missing_placeholders(
+    texts: list[str],
+    images_per_sample: list[list[Any]],
+    videos_per_sample: list[list[Any]],
+    image_placeholder: str,
+    video_placeholder: str,
+) -> list[int]:
+    """Prefix, in place, each text that has images (videos) but no placeholder with the official examples' prefix
+    (`<image>\n` for one image, `Image-1: <image>\nImage-2: <image>\n...` for several; `<video>\n` per video),
+    then check that every text has as many placeholders as items. Returns the prefix length of each text.
+
+    Raises:
+        ValueError: a text whose placeholder count differs from the number of images (videos) given for it.
+    """
+    prefix_lengths = []
+    for index, (sample_images, sample_videos) in enumerate(zip(images_per_sample, videos_per_sample)):
+        prefix = ""
+        if sample_images and not count_placeholders(texts[index], image_placeholder):
+            prefix += multi_image_prefix(len(sample_images), image_placeholder)
+        if sample_videos and not count_placeholders(texts[index], video_placeholder):
+            prefix += (video_placeholder + "\n") * len(sample_videos)
+        texts[index] = prefix + texts[index]
+        prefix_lengths.append(len(prefix))
+        for placeholder, items, name in (
+            (image_placeholder, sample_images, "image"),
+            (video_placeholder, sample_videos, "video"),
+        ):
+            count = count_placeholders(texts[index], placeholder)
+            if count != len(items):
+                raise ValueError(
+                    f"Text {index} has {count} {placeholder} placeholder(s) but {len(items)} {name}(s) were given for "
+                    f"it."
+                )
+    return prefix_lengths
