@@ -326,7 +326,7 @@ def tiles_from_plans(images: Sequence[Image.Image], plans: Sequence[TilePlan], o
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class InternVLImageProcessor(BaseImageProcessor):
+class InternVLChatImageProcessor(BaseImageProcessor):
     r"""InternVL 2.5 image processor: dynamic tiling into 448 px tiles, pixel-identical to the original code.
 
     Call it as `processor(images=..., max_dynamic_patch=12, return_tensors="pt")`. The output `BatchFeature` holds
@@ -495,5 +495,5 @@ class InternVLImageProcessor(BaseImageProcessor):
         return {key: value for key, value in super().to_dict().items() if key != "_valid_kwargs_names"}
 
 
-# The name that matches `model_type` "internvl_chat" and cannot be confused with transformers' InternVL classes.
-InternVLChatImageProcessor = InternVLImageProcessor
+# The name before the rename (saved configs that name it still load).
+InternVLImageProcessor = InternVLChatImageProcessor

@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 from transformers.processing_utils import ImagesKwargs
 
@@ -99,8 +100,6 @@ def check_tile_budget(name: str, value: object) -> int:
 def default_num_workers() -> int:
     """Threads used when `num_workers` is None: torch's intra-op thread count (1 inside DataLoader workers), at most
     the CPUs this process may use, at most 8."""
-    import torch
-
     try:
         available = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

@@ -195,7 +195,7 @@ def processor_kwargs_from_model_config(model_config: dict[str, Any]) -> dict[str
 
 
 def image_processor_kwargs_from_model_config(model_config: dict[str, Any]) -> dict[str, Any]:
-    """`InternVLImageProcessor` init arguments from an original `config.json` dict: `force_image_size` (or the
+    """`InternVLChatImageProcessor` init arguments from an original `config.json` dict: `force_image_size` (or the
     vision config's `image_size`), `dynamic_image_size`, `max_dynamic_patch`, `min_dynamic_patch`, `use_thumbnail`
     (defaults: 448, True, 12, 1, True — the original chat examples' `load_image`)."""
     vision_config = model_config.get("vision_config") or {}
@@ -215,7 +215,7 @@ def image_processor_kwargs_from_model_config(model_config: dict[str, Any]) -> di
 
 
 def video_processor_kwargs_from_model_config(model_config: dict[str, Any]) -> dict[str, Any]:
-    """`InternVLVideoProcessor` init arguments from an original `config.json` dict."""
+    """`InternVLChatVideoProcessor` init arguments from an original `config.json` dict."""
     vision_config = model_config.get("vision_config") or {}
     image_size = int(model_config.get("force_image_size") or vision_config.get("image_size") or 448)
     return {"image_size": image_size}
@@ -234,16 +234,22 @@ def _construct(cls: type, kwargs: dict[str, Any]) -> Any:
     return cls(**accepted)
 
 
-def image_processor_class() -> type:
-    from .image_processing_internvl import InternVLImageProcessor
+def saved_type_names(processor_class: type) -> tuple[str, str]:
+    """The `image_processor_type` / `video_processor_type` values that name `processor_class` in a saved config: its
+    name (`InternVLChatImageProcessor`, `InternVLChatVideoProcessor`) and the name before the rename (without `Chat`)."""
+    return processor_class.__name__, processor_class.__name__.replace("InternVLChat", "InternVL", 1)
 
-    return InternVLImageProcessor
+
+def image_processor_class() -> type:
+    from .image_processing_internvl import InternVLChatImageProcessor
+
+    return InternVLChatImageProcessor
 
 
 def video_processor_class() -> type:
-    from .video_processing_internvl import InternVLVideoProcessor
+    from .video_processing_internvl import InternVLChatVideoProcessor
 
-    return InternVLVideoProcessor
+    return InternVLChatVideoProcessor
 
 
 def load_model_config(pretrained_model_name_or_path, **hub_kwargs) -> dict[str, Any] | None:
@@ -291,9 +297,9 @@ def load_processor_parts(
             config[key] = value
         type_key = f"{name}_type"
         saved_type = config.pop(type_key, None)
-        if saved_type is not None and saved_type != sub_processor_class.__name__:
+        if saved_type is not None and saved_type not in saved_type_names(sub_processor_class):
             raise ValueError(
-                f"The saved {name} is a {saved_type}; InternVLProcessor needs {sub_processor_class.__name__}."
+                f"The saved {name} is a {saved_type}; InternVLChatProcessor needs {sub_processor_class.__name__}."
             )
         config.pop("processor_class", None)
         if saved_type is not None and hasattr(sub_processor_class, "from_dict"):

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, VideosKwargs
-from transformers.video_processing_utils import VideoProcessorMixin
 from transformers.utils import logging
+from transformers.video_processing_utils import VideoProcessorMixin
 
 from ..atomic_save import atomic_save_directory
 from ..chat_templates import (
@@ -89,9 +89,9 @@ class InternVLChatProcessor(ProcessorMixin):
     processor, producing the inputs of the original chat format.
 
     Args:
-        image_processor: `InternVLImageProcessor` (default settings when `None`).
+        image_processor: `InternVLChatImageProcessor` (default settings when `None`).
         tokenizer: The checkpoint's tokenizer; it must know `<img>`, `</img>` and `<IMG_CONTEXT>`.
-        video_processor: `InternVLVideoProcessor` (default settings when `None`).
+        video_processor: `InternVLChatVideoProcessor` (default settings when `None`).
         chat_template: Jinja chat template; `None` builds the one of `template` (with `system_message`).
         template: Conversation template name of the model config (`"internvl2_5"`, `"internlm2-chat"`, ...).
         system_message: Default system message; `None` uses the template's own.
@@ -184,7 +184,7 @@ class InternVLChatProcessor(ProcessorMixin):
         proper_classes = (VideoProcessorMixin, video_processor_class())
         if not isinstance(argument, proper_classes):
             raise TypeError(
-                f"Received a {type(argument).__name__} for argument video_processor, but an InternVLVideoProcessor "
+                f"Received a {type(argument).__name__} for argument video_processor, but an InternVLChatVideoProcessor "
                 f"(or another VideoProcessorMixin) was expected."
             )
         return proper_classes

@@ -127,7 +127,7 @@ def group_videos(videos: object) -> list[Any]:
     return list(videos)
 
 
-class InternVLVideoProcessor(VideoProcessorMixin):
+class InternVLChatVideoProcessor(VideoProcessorMixin):
     r"""InternVL 2.5 video processor: `num_segments` frames per video, each one 448 x 448 tile.
 
     `processor(videos=..., num_segments=8, return_tensors="pt")` returns a `BatchFeature` with
@@ -162,7 +162,7 @@ class InternVLVideoProcessor(VideoProcessorMixin):
         num_segments (`int`, defaults to 8): frames per video (the original README example uses 8, `load_video`
             defaults to 32, MVBench 16).
         image_size (`int`, defaults to 448), resample, do_rescale, do_normalize, image_mean, image_std, num_workers:
-            as in `InternVLImageProcessor`.
+            as in `InternVLChatImageProcessor`.
     """
 
     valid_kwargs = InternVLVideoProcessorKwargs
@@ -378,5 +378,6 @@ class InternVLVideoProcessor(VideoProcessorMixin):
         return frames
 
 
-# The name that matches `model_type` "internvl_chat" (transformers has its own, different `InternVLVideoProcessor`).
-InternVLChatVideoProcessor = InternVLVideoProcessor
+# The name before the rename; transformers' own `InternVLVideoProcessor` (converted `-hf` checkpoints) is a different
+# class, so configs saved under this name are loaded by `auto_loading` / `loading_options`, not by name.
+InternVLVideoProcessor = InternVLChatVideoProcessor
