@@ -1,4 +1,6 @@
-"""Loading images (and video bytes) from paths, URLs, `data:` URLs, base64 strings and bytes, with one rule for all.
+"""Loading images (and video bytes) from paths, URLs, `data:` URLs, base64 strings and bytes, with one rule for all;
+any image input (those sources, PIL images, uint8 arrays / tensors) to an RGB PIL image (`to_rgb_image`), and the
+grouping of the `images` argument into samples (`group_images`).
 
 The rule, for every source: the encoded file is decoded by Pillow exactly as `Image.open(source)` reads it, and **no
 EXIF orientation is applied** (no `ImageOps.exif_transpose`). This is what the original does for paths
