@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sentencepiece as spm
+import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, LlamaTokenizer
 from transformers.models.auto.video_processing_auto import AutoVideoProcessor
@@ -180,8 +181,15 @@ def test_tiling_options_never_reach_the_tokenizer(tmp_path):
 
 
 def test_unknown_from_pretrained_option_raises_naming_it(tmp_path):
-    with pytest.raises(TypeError, match="max_tiles"):
-        AutoProcessor.from_pretrained(_original_dir(tmp_path), max_tiles=4)
+    with pytest.raises(TypeError, match="max_tile_count"):
+        AutoProcessor.from_pretrained(_original_dir(tmp_path), max_tile_count=4)
+
+
+@pytest.mark.parametrize("alias", ["max_num", "max_patches", "max_tiles"])
+def test_every_documented_alias_of_max_dynamic_patch_sets_it(tmp_path, alias):
+    processor = AutoProcessor.from_pretrained(_original_dir(tmp_path), **{alias: 4})
+    assert processor.image_processor.max_dynamic_patch == 4
+    assert alias not in processor.tokenizer.init_kwargs
 
 
 def test_two_names_of_one_option_must_agree(tmp_path):
@@ -208,13 +216,20 @@ def test_pipeline_model_arguments_are_not_processor_options(tmp_path):
 
 def test_unknown_images_kwargs_option_raises(tmp_path):
     processor = AutoProcessor.from_pretrained(_original_dir(tmp_path))
-    with pytest.raises(TypeError, match="max_tiles"):
-        processor(images=_image(), text="<image>\nx", images_kwargs={"max_tiles": 2})
+    with pytest.raises(TypeError, match="max_tile_count"):
+        processor(images=_image(), text="<image>\nx", images_kwargs={"max_tile_count": 2})
+    # `max_tiles` is a documented alias of `max_dynamic_patch`: 2 grid tiles + thumbnail for a wide image.
+    outputs = processor(images=_image(), text="<image>\nx", images_kwargs={"max_tiles": 2})
+    reference = processor(images=_image(), text="<image>\nx", images_kwargs={"max_dynamic_patch": 2})
+    assert outputs["num_tiles"] == reference["num_tiles"]
+    assert torch.equal(torch.as_tensor(outputs["pixel_values"]), torch.as_tensor(reference["pixel_values"]))
 
 
 def test_unknown_auto_image_processor_option_raises(tmp_path):
-    with pytest.raises(TypeError, match="max_tiles"):
-        AutoImageProcessor.from_pretrained(_original_dir(tmp_path), max_tiles=2)
+    directory = _original_dir(tmp_path)
+    with pytest.raises(TypeError, match="max_tile_count"):
+        AutoImageProcessor.from_pretrained(directory, max_tile_count=2)
+    assert AutoImageProcessor.from_pretrained(directory, max_tiles=2).max_dynamic_patch == 2
 
 
 # ---- AutoImageProcessor / AutoVideoProcessor on original folders ------------------------------------------------

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
 from transformers_internvl import InternVLImageProcessor, plan_tiles
-from transformers_internvl.processing.image_processing_internvl import _serial_run, _split_resize
+from transformers_internvl.processing.exact_resize import _serial_run, _split_resize
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PREPROCESS = json.loads((FIXTURES / "preprocess" / "preprocess.json").read_text(encoding="utf-8"))
@@ -309,7 +309,7 @@ def test_save_and_load_round_trip(tmp_path):
     processor = InternVLImageProcessor(max_dynamic_patch=6, min_dynamic_patch=2, max_total_tiles=None, image_size=448)
     processor.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "preprocessor_config.json").read_text())
-    assert config["image_processor_type"] == "InternVLImageProcessor"
+    assert config["image_processor_type"] == "InternVLChatImageProcessor"
     assert config["max_dynamic_patch"] == 6 and config["max_total_tiles"] is None
     for loaded in (InternVLImageProcessor.from_pretrained(tmp_path), AutoImageProcessor.from_pretrained(tmp_path)):
         assert type(loaded) is InternVLImageProcessor
@@ -360,3 +360,15 @@ def test_thread_pool_survives_fork():
     process.join(60)
     assert process.exitcode == 0
     assert queue.get(timeout=5) == expected
+
+
+def test_config_saved_under_the_name_before_the_rename_still_loads(tmp_path):
+    from transformers_internvl.processing.image_processing_internvl import InternVLChatImageProcessor
+
+    assert InternVLImageProcessor is InternVLChatImageProcessor
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "internvl_chat"}))
+    InternVLImageProcessor(max_dynamic_patch=5).save_pretrained(tmp_path)
+    path = tmp_path / "preprocessor_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "image_processor_type": "InternVLImageProcessor"}))
+    for loaded in (InternVLImageProcessor.from_pretrained(tmp_path), AutoImageProcessor.from_pretrained(tmp_path)):
+        assert type(loaded) is InternVLChatImageProcessor and loaded.max_dynamic_patch == 5

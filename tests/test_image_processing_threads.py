@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from transformers_internvl import InternVLImageProcessor
-from transformers_internvl.processing import image_processing_internvl as ipi
+from transformers_internvl.processing import exact_resize as ipi
 
 
 def _photo(width: int = 1000, height: int = 800) -> Image.Image:

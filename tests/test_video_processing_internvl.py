@@ -250,8 +250,24 @@ def test_save_and_load_round_trip(tmp_path):
     processor = InternVLVideoProcessor(num_segments=16, image_size=448)
     processor.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "video_preprocessor_config.json").read_text())
-    assert config["video_processor_type"] == "InternVLVideoProcessor" and config["num_segments"] == 16
+    assert config["video_processor_type"] == "InternVLChatVideoProcessor" and config["num_segments"] == 16
     for loaded in (InternVLVideoProcessor.from_pretrained(tmp_path), AutoVideoProcessor.from_pretrained(tmp_path)):
         assert type(loaded) is InternVLVideoProcessor
         assert loaded.to_dict() == processor.to_dict()
     assert InternVLVideoProcessor(num_frames=32).num_segments == 32
+
+
+def test_config_saved_under_the_name_before_the_rename_loads_this_class_not_transformers(tmp_path):
+    """transformers has its own `InternVLVideoProcessor`; a config saved under that name by this package (before
+    the rename to `InternVLChatVideoProcessor`) in an InternVL folder loads this package's class."""
+    from transformers.models.auto.video_processing_auto import AutoVideoProcessor
+
+    from transformers_internvl.processing.video_processing_internvl import InternVLChatVideoProcessor
+
+    assert InternVLVideoProcessor is InternVLChatVideoProcessor
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "internvl_chat"}))
+    InternVLVideoProcessor(num_segments=5).save_pretrained(tmp_path)
+    path = tmp_path / "video_preprocessor_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "video_processor_type": "InternVLVideoProcessor"}))
+    loaded = AutoVideoProcessor.from_pretrained(tmp_path)
+    assert type(loaded) is InternVLChatVideoProcessor and loaded.num_segments == 5

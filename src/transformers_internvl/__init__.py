@@ -41,15 +41,17 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
     "InternLM2Tokenizer": ".processing.tokenization_internlm2",
     "InternLM2TokenizerFast": ".processing.tokenization_internlm2_fast",
     # image / video processors, tiling helpers
-    "InternVLImageProcessor": ".processing.image_processing_internvl",
-    "InternVLVideoProcessor": ".processing.video_processing_internvl",
+    "InternVLChatImageProcessor": ".processing.image_processing_internvl",
+    "InternVLChatVideoProcessor": ".processing.video_processing_internvl",
+    "InternVLImageProcessor": ".processing.image_processing_internvl",  # alias of InternVLChatImageProcessor
+    "InternVLVideoProcessor": ".processing.video_processing_internvl",  # alias of InternVLChatVideoProcessor
     "TilePlan": ".processing.tiling",
     "draw_tile_plan": ".cli.tiles",
     "plan_tiles": ".processing.tiling",
     "sample_frame_indices": ".processing.video_processing_internvl",
     # conversation templates and InternVLProcessor
-    "InternVLProcessor": ".processing.processing_internvl",
     "InternVLChatProcessor": ".processing.processing_internvl",
+    "InternVLProcessor": ".processing.processing_internvl",  # alias of InternVLChatProcessor
     "get_conv_template": ".processing.conversation",
     "build_chat_prompt": ".processing.conversation",
     "build_batch_chat_prompts": ".processing.conversation",

@@ -6,7 +6,7 @@ An original folder (config.json with `model_type: "internvl_chat"`) ships a `pre
 untiled CLIP preprocessing, silently; a folder without it fails to load. The registries offer no hook for this
 (transformers resolves the `image_processor_type` named in the file by name, before any registered mapping), so
 `wrap_auto_processor_loaders` wraps the two factories' `from_pretrained`: for an InternVL folder whose
-preprocessor files do not name this package's classes, it builds `InternVLImageProcessor` / `InternVLVideoProcessor`
+preprocessor files do not name this package's classes, it builds `InternVLChatImageProcessor` / `InternVLChatVideoProcessor`
 with the tiling defaults of the folder (the processor config saved by `InternVLProcessor.save_pretrained` when there
 is one, else config.json: `force_image_size`, `dynamic_image_size`, `max_dynamic_patch`, `min_dynamic_patch`,
 `use_thumbnail`); every other folder goes to transformers unchanged.
@@ -49,14 +49,17 @@ def _read_json_file(pretrained_model_name_or_path: Any, filename: str, hub_kwarg
 
 def _build(kind: str, pretrained_model_name_or_path: Any, kwargs: dict[str, Any]) -> Any | None:
     """The InternVL image (`kind="image"`) or video processor of an InternVL folder, or None for other folders."""
-    from .image_processing_internvl import InternVLImageProcessor
-    from .loading_options import IMAGE_PROCESSOR_OPTIONS, VIDEO_PROCESSOR_OPTIONS, canonical_options
-    from .processing_internvl import (
-        _PROCESSOR_CLASS_NAMES,
+    from .image_processing_internvl import InternVLChatImageProcessor
+    from .loading_options import (
+        IMAGE_PROCESSOR_OPTIONS,
+        VIDEO_PROCESSOR_OPTIONS,
+        canonical_options,
         image_processor_kwargs_from_model_config,
+        saved_type_names,
         video_processor_kwargs_from_model_config,
     )
-    from .video_processing_internvl import InternVLVideoProcessor
+    from .processing_internvl import _PROCESSOR_CLASS_NAMES
+    from .video_processing_internvl import InternVLChatVideoProcessor
 
     if not isinstance(pretrained_model_name_or_path, (str, os.PathLike)):
         return None
@@ -64,7 +67,7 @@ def _build(kind: str, pretrained_model_name_or_path: Any, kwargs: dict[str, Any]
     model_config = _read_json_file(pretrained_model_name_or_path, CONFIG_NAME, hub_kwargs)
     if not model_config or model_config.get("model_type") != ORIGINAL_MODEL_TYPE:
         return None
-    processor_class = InternVLImageProcessor if kind == "image" else InternVLVideoProcessor
+    processor_class = InternVLChatImageProcessor if kind == "image" else InternVLChatVideoProcessor
     filename, type_key = (
         (IMAGE_PROCESSOR_NAME, "image_processor_type")
         if kind == "image"
@@ -73,14 +76,19 @@ def _build(kind: str, pretrained_model_name_or_path: Any, kwargs: dict[str, Any]
     saved = _read_json_file(pretrained_model_name_or_path, filename, hub_kwargs) or {}
     if saved.get(type_key) == processor_class.__name__:
         return None  # saved by this package: transformers resolves the registered class
-    if saved:
+    # Saved by this package under the name before the rename (which transformers resolves to its own InternVL video
+    # processor): the saved settings, read here.
+    legacy = saved.get(type_key) in saved_type_names(processor_class)
+    if saved and not legacy:
         logger.info(
             f"{filename} of {pretrained_model_name_or_path} names {saved.get(type_key)!r}, which the original InternVL "
             f"code does not use; building {processor_class.__name__} from the folder's tiling settings instead."
         )
     processor_config = _read_json_file(pretrained_model_name_or_path, PROCESSOR_NAME, hub_kwargs) or {}
     sub_config = processor_config.get(f"{kind}_processor")
-    if processor_config.get("processor_class") in _PROCESSOR_CLASS_NAMES and isinstance(sub_config, dict):
+    if legacy:
+        init_kwargs = {key: value for key, value in saved.items() if key not in (type_key, "processor_class")}
+    elif processor_config.get("processor_class") in _PROCESSOR_CLASS_NAMES and isinstance(sub_config, dict):
         init_kwargs = {key: value for key, value in sub_config.items() if key not in (type_key, "processor_class")}
     elif kind == "image":
         init_kwargs = image_processor_kwargs_from_model_config(model_config)

@@ -1,4 +1,6 @@
-"""Loading images (and video bytes) from paths, URLs, `data:` URLs, base64 strings and bytes, with one rule for all.
+"""Loading images (and video bytes) from paths, URLs, `data:` URLs, base64 strings and bytes, with one rule for all;
+any image input (those sources, PIL images, uint8 arrays / tensors) to an RGB PIL image (`to_rgb_image`), and the
+grouping of the `images` argument into samples (`group_images`).
 
 The rule, for every source: the encoded file is decoded by Pillow exactly as `Image.open(source)` reads it, and **no
 EXIF orientation is applied** (no `ImageOps.exif_transpose`). This is what the original does for paths
@@ -26,6 +28,8 @@ import urllib.error
 import urllib.request
 from typing import IO, Any
 
+import numpy as np
+import torch
 from PIL import Image
 
 __all__ = [
@@ -33,8 +37,10 @@ __all__ = [
     "check_timeout",
     "decode_image_bytes",
     "fetch_url",
+    "group_images",
     "load_image_source",
     "load_pil_image",
+    "to_rgb_image",
 ]
 
 DEFAULT_URL_TIMEOUT = 10.0
@@ -229,3 +235,165 @@ def load_pil_image(image: Image.Image, name: str = "images") -> Image.Image:
         except (OSError, SyntaxError, ValueError) as error:
             raise ValueError(f"`{name}`: the PIL image could not be decoded: {error}") from error
     return image
+
+
+# Any image input -> an RGB PIL image (what the original's `Image.open(f).convert('RGB')` makes)
+
+
+def _is_single_image(item: object) -> bool:
+    if isinstance(item, Image.Image | str | os.PathLike | bytes | bytearray):
+        return True
+    if isinstance(item, np.ndarray | torch.Tensor):
+        return item.ndim in (2, 3)
+    return hasattr(item, "read")
+
+
+def _array_to_pil(array: np.ndarray, name: str, channels_first: bool | None) -> Image.Image:
+    if array.dtype != np.uint8:
+        raise TypeError(
+            f"`{name}` must hold uint8 pixels (0-255), got dtype {array.dtype}. Convert it, e.g. "
+            "`(x * 255).round().clip(0, 255).astype(np.uint8)` for values in [0, 1]."
+        )
+    if array.ndim == 2:
+        return Image.fromarray(np.ascontiguousarray(array), mode="L")
+    if array.ndim != 3:
+        raise ValueError(f"`{name}` must be (H, W), (H, W, C) or (C, H, W), got shape {tuple(array.shape)}.")
+    if channels_first is None:
+        # numpy convention (and transformers' inference): channels last unless only the first axis looks like one.
+        if array.shape[-1] in (1, 3, 4):
+            channels_first = False
+        elif array.shape[0] in (1, 3, 4):
+            channels_first = True
+        else:
+            raise ValueError(
+                f"`{name}`: cannot tell the channel axis of an array of shape {tuple(array.shape)}; expected 1, 3 or "
+                "4 channels first or last (pass `input_data_format`)."
+            )
+    if channels_first:
+        array = np.moveaxis(array, 0, -1)
+    channels = array.shape[-1]
+    array = np.ascontiguousarray(array)
+    if channels == 1:
+        return Image.fromarray(array[..., 0], mode="L")
+    if channels == 3:
+        return Image.fromarray(array, mode="RGB")
+    if channels == 4:
+        return Image.fromarray(array, mode="RGBA")
+    raise ValueError(f"`{name}` must have 1, 3 or 4 channels, got shape {tuple(array.shape)}.")
+
+
+def _channels_first_flag(input_data_format: object) -> bool | None:
+    if input_data_format is None:
+        return None
+    value = getattr(input_data_format, "value", input_data_format)
+    if value in ("channels_first", "first"):
+        return True
+    if value in ("channels_last", "last"):
+        return False
+    raise ValueError(
+        f"`input_data_format` must be 'channels_first', 'channels_last' or None, got {input_data_format!r}."
+    )
+
+
+def to_rgb_image(
+    image: object, name: str = "images", input_data_format: object = None, timeout: float | None = None
+) -> Image.Image:
+    """Any supported image input -> an RGB PIL image, as the original's `.convert("RGB")` makes it.
+
+    Accepted: PIL images (any mode: RGBA loses its alpha without compositing, L is replicated), numpy arrays
+    `(H, W)`, `(H, W, C)` / `(C, H, W)` uint8, torch tensors likewise (`(C, H, W)` preferred when ambiguous), local
+    paths, `http(s)` URLs (fetched with `timeout` seconds, default 10), `data:` URLs, base64 strings, encoded bytes and
+    binary file objects. No EXIF orientation is applied for any source (as the original for paths; see
+    `image_loading`). A lazily opened PIL image shared by threads is decoded once, under a lock.
+    """
+    channels_first = _channels_first_flag(input_data_format)
+    if isinstance(image, Image.Image):
+        pil = load_pil_image(image, name)  # decode lazily opened files now, once (threads read the pixels later)
+    elif isinstance(image, np.ndarray):
+        pil = _array_to_pil(image, name, channels_first)
+    elif isinstance(image, torch.Tensor):
+        if image.dtype != torch.uint8:
+            # Checked here: numpy cannot even hold some dtypes (bfloat16), and float pixels have no agreed range.
+            raise TypeError(
+                f"`{name}` must hold uint8 pixels (0-255), got a tensor of dtype {image.dtype}. Convert it, e.g. "
+                "`(x * 255).round().clamp(0, 255).to(torch.uint8)` for values in [0, 1]."
+            )
+        array = image.detach().cpu().numpy()
+        if channels_first is None and array.ndim == 3 and array.shape[0] in (1, 3, 4):
+            channels_first = True  # torch convention
+        pil = _array_to_pil(array, name, channels_first)
+    elif isinstance(image, str | os.PathLike | bytes | bytearray) or hasattr(image, "read"):
+        pil = load_image_source(image, name, timeout)
+    else:
+        raise TypeError(
+            f"`{name}` must be a PIL image, a numpy array, a torch tensor, a path, a URL or bytes, "
+            f"got {type(image).__name__}."
+        )
+    return _convert_to_rgb(pil, name)
+
+
+def _convert_to_rgb(image: Image.Image, name: str) -> Image.Image:
+    """`image.convert("RGB")` as the original, with clear errors.
+
+    Modes Pillow converts directly (P, PA, L, LA, 1, I, I;16, F, RGBA, RGBa, CMYK, YCbCr, ...) are converted exactly
+    as the original's `.convert('RGB')` does. `La` (gray with premultiplied alpha), which Pillow cannot convert to RGB
+    (the original raises), goes through `LA` (un-premultiplied), as Pillow's own `RGBa -> RGB` does. A float (`F`)
+    image with NaN or infinite pixels raises `ValueError` (Pillow would silently turn them into 0 or 255).
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode == "F":
+        pixels = np.asarray(image)
+        if not np.isfinite(pixels).all():
+            raise ValueError(f"`{name}`: the float (mode 'F') image has NaN or infinite pixels.")
+    try:
+        if image.mode == "La":
+            image = image.convert("LA")
+        return image.convert("RGB")
+    except ValueError as error:
+        raise ValueError(f"`{name}`: cannot convert a PIL image of mode {image.mode!r} to RGB: {error}") from error
+
+
+def group_images(images: object, name: str = "images") -> list[list[Any]]:
+    """Normalise the `images` argument to a batch of samples, each a list of images sharing one tile budget.
+
+    A single image -> one sample with one image; a flat list -> ONE sample; a list of lists -> a batch of samples.
+    A 4-D array / tensor `(N, H, W, C)` counts as a flat list.
+    """
+    if images is None:
+        raise ValueError(f"`{name}` must be given, got None.")
+    if _is_single_image(images):
+        return [[images]]
+    if isinstance(images, np.ndarray | torch.Tensor):
+        if images.ndim == 4:
+            return [list(images)]
+        raise ValueError(f"`{name}`: an array of images must have 2, 3 or 4 dimensions, got {tuple(images.shape)}.")
+    if not isinstance(images, list | tuple):
+        raise TypeError(
+            f"`{name}` must be an image, a list of images (one sample) or a list of lists (a batch of samples), "
+            f"got {type(images).__name__}."
+        )
+    if len(images) == 0:
+        raise ValueError(f"`{name}` is an empty list; expected at least one image.")
+    nested = [isinstance(item, list | tuple) for item in images]
+    if all(nested):
+        samples = [list(sample) for sample in images]
+        for index, sample in enumerate(samples):
+            if len(sample) == 0:
+                raise ValueError(f"`{name}[{index}]` is an empty list; every sample needs at least one image.")
+            for inner, item in enumerate(sample):
+                if not _is_single_image(item):
+                    raise TypeError(
+                        f"`{name}[{index}][{inner}]` must be an image, got {type(item).__name__}; nesting deeper "
+                        "than a list of lists is not supported."
+                    )
+        return samples
+    if any(nested):
+        raise ValueError(
+            f"`{name}` mixes images and lists of images; pass either a flat list (one sample) or a list of lists "
+            "(a batch of samples)."
+        )
+    for index, item in enumerate(images):
+        if not _is_single_image(item):
+            raise TypeError(f"`{name}[{index}]` must be an image, got {type(item).__name__}.")
+    return [list(images)]

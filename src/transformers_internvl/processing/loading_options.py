@@ -1,4 +1,5 @@
-"""Routing of the keyword arguments of `InternVLProcessor.from_pretrained` (and of the Auto image / video processor
+"""Loading of `InternVLChatProcessor`: its settings derived from an original `config.json`, and the routing of the
+keyword arguments of `InternVLProcessor.from_pretrained` (and of the Auto image / video processor
 factories on original folders) by name: tiling options under their original names to the image processor, video
 options to the video processor, loading and tokenizer options to `AutoTokenizer`; anything else raises, so that no
 option is silently stored in the tokenizer (and written to its tokenizer_config.json)."""
@@ -6,24 +7,27 @@ option is silently stored in the tokenizer (and written to its tokenizer_config.
 from __future__ import annotations
 
 import inspect
+import json
 from typing import Any
 
-from transformers.utils import logging
+from transformers.utils import CONFIG_NAME, PROCESSOR_NAME, cached_file, logging
 
 logger = logging.get_logger(__name__)
 
 # `from_pretrained` keyword arguments that go to the image / video processor instead of the tokenizer: the original's
 # option names (`dynamic_image_size`, `max_dynamic_patch`, `min_dynamic_patch`, `use_thumbnail`, and `max_num` /
 # `min_num` of its `load_image` / `dynamic_preprocess`) and transformers' (`max_patches` / `min_patches`), each mapped
-# to the image processor's parameter.
+# to the image processor's parameter; `max_tiles` / `min_tiles` are `plan_tiles`' names.
 IMAGE_PROCESSOR_OPTIONS = {
     "dynamic_image_size": "dynamic_image_size",
     "max_dynamic_patch": "max_dynamic_patch",
     "max_num": "max_dynamic_patch",
     "max_patches": "max_dynamic_patch",
+    "max_tiles": "max_dynamic_patch",
     "min_dynamic_patch": "min_dynamic_patch",
     "min_num": "min_dynamic_patch",
     "min_patches": "min_dynamic_patch",
+    "min_tiles": "min_dynamic_patch",
     "use_thumbnail": "use_thumbnail",
     "max_total_tiles": "max_total_tiles",
 }
@@ -166,3 +170,163 @@ __all__ = [
     "canonical_options",
     "split_from_pretrained_kwargs",
 ]
+
+
+def read_json(path: str | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    with open(path, encoding="utf-8") as reader:
+        return json.load(reader)
+
+
+def processor_kwargs_from_model_config(model_config: dict[str, Any]) -> dict[str, Any]:
+    """`InternVLProcessor` init arguments from an original `config.json` dict (`model_type` `internvl_chat`)."""
+    vision_config = model_config.get("vision_config") or {}
+    image_size = model_config.get("force_image_size") or vision_config.get("image_size") or 448
+    kwargs = {
+        "template": model_config.get("template") or "internvl2_5",
+        "image_size": int(image_size),
+        "patch_size": int(vision_config.get("patch_size", 14)),
+        "downsample_ratio": float(model_config.get("downsample_ratio", 0.5)),
+    }
+    if model_config.get("system_message") is not None:
+        kwargs["system_message"] = model_config["system_message"]
+    return kwargs
+
+
+def image_processor_kwargs_from_model_config(model_config: dict[str, Any]) -> dict[str, Any]:
+    """`InternVLChatImageProcessor` init arguments from an original `config.json` dict: `force_image_size` (or the
+    vision config's `image_size`), `dynamic_image_size`, `max_dynamic_patch`, `min_dynamic_patch`, `use_thumbnail`
+    (defaults: 448, True, 12, 1, True — the original chat examples' `load_image`)."""
+    vision_config = model_config.get("vision_config") or {}
+    image_size = int(model_config.get("force_image_size") or vision_config.get("image_size") or 448)
+
+    def get(name: str, default: Any) -> Any:
+        value = model_config.get(name)
+        return default if value is None else value
+
+    return {
+        "image_size": image_size,
+        "dynamic_image_size": bool(get("dynamic_image_size", True)),
+        "min_dynamic_patch": int(get("min_dynamic_patch", 1)),
+        "max_dynamic_patch": int(get("max_dynamic_patch", 12)),
+        "use_thumbnail": bool(get("use_thumbnail", True)),
+    }
+
+
+def video_processor_kwargs_from_model_config(model_config: dict[str, Any]) -> dict[str, Any]:
+    """`InternVLChatVideoProcessor` init arguments from an original `config.json` dict."""
+    vision_config = model_config.get("vision_config") or {}
+    image_size = int(model_config.get("force_image_size") or vision_config.get("image_size") or 448)
+    return {"image_size": image_size}
+
+
+def _construct(cls: type, kwargs: dict[str, Any]) -> Any:
+    """Instantiate `cls` with the subset of `kwargs` its `__init__` names (all of them if it takes **kwargs)."""
+    parameters = inspect.signature(cls.__init__).parameters
+    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
+        accepted = kwargs
+    else:
+        accepted = {key: value for key, value in kwargs.items() if key in parameters}
+    ignored = sorted(set(kwargs) - set(accepted))
+    if ignored:
+        logger.info(f"{cls.__name__} does not take {ignored}; using its defaults for them.")
+    return cls(**accepted)
+
+
+def saved_type_names(processor_class: type) -> tuple[str, str]:
+    """The `image_processor_type` / `video_processor_type` values that name `processor_class` in a saved config: its
+    name (`InternVLChatImageProcessor`, `InternVLChatVideoProcessor`) and the name before the rename (without `Chat`)."""
+    return processor_class.__name__, processor_class.__name__.replace("InternVLChat", "InternVL", 1)
+
+
+def image_processor_class() -> type:
+    from .image_processing_internvl import InternVLChatImageProcessor
+
+    return InternVLChatImageProcessor
+
+
+def video_processor_class() -> type:
+    from .video_processing_internvl import InternVLChatVideoProcessor
+
+    return InternVLChatVideoProcessor
+
+
+def load_model_config(pretrained_model_name_or_path, **hub_kwargs) -> dict[str, Any] | None:
+    config_file = cached_file(
+        pretrained_model_name_or_path,
+        CONFIG_NAME,
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+        **hub_kwargs,
+    )
+    return read_json(config_file)
+
+
+def load_processor_parts(
+    cls: type, pretrained_model_name_or_path: Any, processor_dict: dict[str, Any], kwargs: dict[str, Any]
+) -> list[Any]:
+    """`[image_processor, tokenizer, video_processor]` of `InternVLChatProcessor.from_pretrained` (see its
+    `_get_arguments_from_pretrained`): the tokenizer tokenizer_config.json names, and this package's image and video
+    processors from the saved processor config, with the `from_pretrained` options routed by name."""
+    from .tokenizer_loading import load_tokenizer
+
+    tokenizer_kwargs, image_options, video_options = split_from_pretrained_kwargs(
+        cls, pretrained_model_name_or_path, kwargs
+    )
+    tokenizer_kwargs.setdefault("padding_side", "left")
+    # Left padding: InternVL generates (the original batch_chat sets it too), and pipelines collate batches with
+    # the tokenizer's own padding side.
+    # The class tokenizer_config.json names, with its vocabulary (Phi-3 folders: LlamaTokenizer + tokenizer.model);
+    # `load_tokenizer` raises rather than fall back to another class or an empty vocabulary.
+    tokenizer = load_tokenizer(pretrained_model_name_or_path, **tokenizer_kwargs)
+
+    sub_processors = []
+    for name, factory, options in (
+        ("image_processor", image_processor_class, image_options),
+        ("video_processor", video_processor_class, video_options),
+    ):
+        sub_processor_class = factory()
+        config = dict(processor_dict.get(name) or {})
+        # `from_pretrained(..., max_dynamic_patch=6)` and the like set the sub-processor's default; an option
+        # given under another name replaces the saved value under every name.
+        for key, value in options.items():
+            for alias, canonical in {**IMAGE_PROCESSOR_OPTIONS, **VIDEO_PROCESSOR_OPTIONS}.items():
+                if canonical == key:
+                    config.pop(alias, None)
+            config[key] = value
+        type_key = f"{name}_type"
+        saved_type = config.pop(type_key, None)
+        if saved_type is not None and saved_type not in saved_type_names(sub_processor_class):
+            raise ValueError(
+                f"The saved {name} is a {saved_type}; InternVLChatProcessor needs {sub_processor_class.__name__}."
+            )
+        config.pop("processor_class", None)
+        if saved_type is not None and hasattr(sub_processor_class, "from_dict"):
+            sub_processors.append(sub_processor_class.from_dict(config))
+        else:
+            sub_processors.append(_construct(sub_processor_class, config))
+    image_processor, video_processor = sub_processors
+    return [image_processor, tokenizer, video_processor]
+
+
+def processor_dict_from_model_config(
+    pretrained_model_name_or_path: Any, processor_dict: dict[str, Any], hub_kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """The processor settings of an original OpenGVLab folder (no InternVL processor_config.json), from its
+    `config.json`: template, system message, tile size, tiling settings. Raises `OSError` without a config.json."""
+    model_config = load_model_config(pretrained_model_name_or_path, **hub_kwargs)
+    if model_config is None:
+        raise OSError(
+            f"{pretrained_model_name_or_path} has neither an InternVL {PROCESSOR_NAME} nor a {CONFIG_NAME}: "
+            f"cannot derive the processor settings."
+        )
+    if "chat_template" in processor_dict:
+        logger.info(
+            "Ignoring the chat template files of an original-layout checkpoint; the template is built from the "
+            "config's conversation template."
+        )
+    processor_dict = dict(processor_kwargs_from_model_config(model_config))
+    processor_dict["image_processor"] = image_processor_kwargs_from_model_config(model_config)
+    processor_dict["video_processor"] = video_processor_kwargs_from_model_config(model_config)
+    return processor_dict

@@ -25,6 +25,7 @@ are ints in `1..MAX_TILES_LIMIT` (1024, see `check_tile_budget`); the search cos
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -51,11 +52,12 @@ MAX_TILES_LIMIT = 1024
 
 
 def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    # numbers.Integral covers Python and NumPy ints without importing NumPy here.
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"`{name}` must be an int, got {type(value).__name__} ({value!r}).")
     if value < 1:
         raise ValueError(f"`{name}` must be >= 1, got {value}.")
-    return value
+    return int(value)
 
 
 def _check_tile_range(min_tiles: object, max_tiles: object) -> tuple[int, int]:

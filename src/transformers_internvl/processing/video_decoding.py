@@ -1,4 +1,5 @@
-"""Reading the i-th frame of a video file with PyAV, as decord (the original's reader) numbers frames.
+"""Reading the i-th frame of a video file with PyAV, as decord (the original's reader) numbers frames, and the
+original's frame sampling (`sample_frame_indices`, `read_video_frames`).
 
 The original (`load_video` in the chat README, `eval/mvbench/evaluate_mvbench.py`) reads frames with
 `decord.VideoReader(path)[i]`: frame `i` is the i-th frame of the stream in presentation order. decord indexes the
@@ -19,16 +20,31 @@ from __future__ import annotations
 
 import bisect
 import io
+import math
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+from PIL import Image
 from transformers.utils import logging
 
-from .image_loading import fetch_url
+from .image_loading import check_timeout, fetch_url
+from .input_validation import check_int
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["FrameIndexReader", "open_container"]
+__all__ = [
+    "DEFAULT_NUM_SEGMENTS",
+    "MAX_NUM_SEGMENTS",
+    "DecodedVideo",
+    "FrameIndexReader",
+    "check_num_segments",
+    "open_container",
+    "read_video_frames",
+    "sample_frame_indices",
+]
 
 # Decode on (instead of seeking) to a target at most this many frames ahead of the last decoded frame.
 _DECODE_ON_MAX_GAP = 48
@@ -239,3 +255,205 @@ class FrameIndexReader:
         except av.FFmpegError as error:
             raise ValueError(f"`{self.name}`: decoding failed: {error}") from error
         raise ValueError(f"`{self.name}`: the video ended before frame {index} (truncated or damaged file?).")
+
+
+DEFAULT_NUM_SEGMENTS = 8
+# Most frames sampled per video (`num_segments`); see `check_num_segments`.
+MAX_NUM_SEGMENTS = 1024
+
+
+def check_num_segments(name: str, value: object) -> int:
+    """`value` as a frame count: an int in `1..MAX_NUM_SEGMENTS`, else a `TypeError` / `ValueError` naming `name`.
+
+    `MAX_NUM_SEGMENTS` (1024) is 16 times the most frames InternVL 2.5 uses (64, paper Sec. 5); every frame is one
+    448 px tile of 256 tokens, so 1024 frames are 262k tokens (8 times the 32k context) and 2.5 GB of float32 pixels.
+    """
+    value = check_int(name, value)
+    if value > MAX_NUM_SEGMENTS:
+        raise ValueError(
+            f"`{name}` must be <= {MAX_NUM_SEGMENTS} (MAX_NUM_SEGMENTS: 16 x the 64 frames InternVL uses; each frame is "
+            f"a 256-token tile), got {value}."
+        )
+    return value
+
+
+def _check_index(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"`{name}` must be an int, got {type(value).__name__} ({value!r}).")
+    return int(value)
+
+
+# Frame positions beyond this are clamped before rounding (equivalent: indices are clamped to the video anyway), so
+# that a huge finite `bound` cannot overflow `round`.
+_INDEX_CLAMP = 2.0**62
+
+
+def sample_frame_indices(
+    num_frames: int,
+    fps: float,
+    num_segments: int = DEFAULT_NUM_SEGMENTS,
+    bound: Sequence[float] | None = None,
+    first_idx: int = 0,
+    max_frame: int | None = None,
+) -> list[int]:
+    """Frame indices of the original `get_index`: the midpoints of `num_segments` equal segments.
+
+    `start, end = bound or (-1e5, 1e5)` seconds; `s = max(first_idx, round(start * fps))`,
+    `e = min(round(end * fps), max_frame)`, `seg = (e - s) / num_segments`, frame `k = int(s + seg / 2 +
+    np.round(seg * k))`. Python `round` and `np.round` both round halves to even, as in the original
+    (`get_index`, `internvl_chat/eval/mvbench/evaluate_mvbench.py`). A `bound` reaching outside the video is clamped
+    to it, as in the original; every returned index lies in `first_idx..max_frame`.
+
+    Args:
+        num_frames: frames in the video (int >= 1).
+        fps: frame rate used to turn `bound` (seconds) into indices (the original: decord's average fps).
+        num_segments: frames to sample, an int in `1..MAX_NUM_SEGMENTS` (1024); more segments than frames repeat
+            indices, as in the original.
+        bound: optional `(start_s, end_s)` window in seconds (finite, `start_s <= end_s`).
+        first_idx: index of the first frame (int >= 0): 0 for decoded videos, 1 for 1-based frame folders.
+        max_frame: last valid index, an int in `first_idx..first_idx + num_frames - 1`; defaults to
+            `first_idx + num_frames - 1` (the original's `len(vr) - 1` for decoded videos and `num_frames` for
+            1-based frame folders).
+
+    Returns:
+        `num_segments` ints, ascending (repeats possible).
+
+    Raises:
+        TypeError: a count or index that is not an int (fractional values are refused, not truncated), a malformed
+            `bound`.
+        ValueError: values out of range, or a `bound` that selects no frame.
+    """
+    num_frames = check_int("num_frames", num_frames)
+    num_segments = check_num_segments("num_segments", num_segments)
+    first_idx = _check_index("first_idx", first_idx)
+    if first_idx < 0:
+        raise ValueError(f"`first_idx` must be >= 0, got {first_idx}.")
+    if isinstance(fps, bool) or not isinstance(fps, int | float | np.integer | np.floating):
+        raise TypeError(f"`fps` must be a number, got {type(fps).__name__} ({fps!r}).")
+    if not math.isfinite(fps) or fps <= 0:
+        raise ValueError(f"`fps` must be a positive finite number, got {fps!r}.")
+    last = first_idx + num_frames - 1
+    if max_frame is None:
+        max_frame = last
+    max_frame = _check_index("max_frame", max_frame)
+    if not first_idx <= max_frame <= last:
+        raise ValueError(
+            f"`max_frame` must be in {first_idx}..{last} (first_idx..first_idx + num_frames - 1), got {max_frame}."
+        )
+    if bound is not None:
+        if not isinstance(bound, Sequence) or isinstance(bound, str) or len(bound) != 2:
+            raise TypeError(f"`bound` must be (start_s, end_s) or None, got {bound!r}.")
+        try:
+            start, end = float(bound[0]), float(bound[1])
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"`bound` must hold two numbers (seconds), got {bound!r}.") from error
+        if not (math.isfinite(start) and math.isfinite(end)) or start > end:
+            raise ValueError(f"`bound` must be finite with start <= end, got {tuple(bound)}.")
+    else:
+        start, end = -100000, 100000
+    start_idx = max(first_idx, round(min(max(start * fps, -_INDEX_CLAMP), _INDEX_CLAMP)))
+    end_idx = min(round(min(max(end * fps, -_INDEX_CLAMP), _INDEX_CLAMP)), max_frame)
+    if start_idx > end_idx:
+        raise ValueError(
+            f"`bound` {tuple(bound) if bound is not None else None} selects no frame: it starts at frame {start_idx} "
+            f"but the video ends at frame {end_idx} ({num_frames} frames at {fps} fps)."
+        )
+    seg_size = float(end_idx - start_idx) / num_segments
+    return [int(start_idx + (seg_size / 2) + np.round(seg_size * k)) for k in range(num_segments)]
+
+
+@dataclass
+class DecodedVideo:
+    """Frames read from a video file.
+
+    Attributes:
+        frames: the requested frames as RGB PIL images, in the order of `frame_indices`.
+        frame_indices: index of each returned frame.
+        num_frames: frames in the video stream.
+        fps: the stream's average frame rate.
+        width, height: frame size.
+        num_decoded: frames the decoder produced to get them (the cost measure; ≪ `num_frames` for long videos).
+    """
+
+    frames: list[Image.Image]
+    frame_indices: list[int]
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+    num_decoded: int = 0
+    timestamps: list[float] = field(default_factory=list)
+
+
+def _check_frame_indices(indices: object, num_frames: int, name: str) -> list[int]:
+    """`indices` as a list of ints in `0..num_frames - 1`, at most `MAX_NUM_SEGMENTS` of them."""
+    if isinstance(indices, str | bytes) or not isinstance(indices, Sequence | np.ndarray):
+        raise TypeError(f"`indices` must be a sequence of ints, got {type(indices).__name__}.")
+    checked = [_check_index("indices[]", index) for index in indices]
+    if not checked:
+        raise ValueError("`indices` is empty; expected at least one frame index.")
+    if len(checked) > MAX_NUM_SEGMENTS:
+        raise ValueError(
+            f"`{name}`: {len(checked)} frames requested, more than MAX_NUM_SEGMENTS ({MAX_NUM_SEGMENTS}); sample "
+            "fewer with `num_segments`."
+        )
+    for index in checked:
+        if not 0 <= index < num_frames:
+            raise ValueError(f"`{name}`: frame index {index} is outside the video (0..{num_frames - 1}).")
+    return checked
+
+
+def read_video_frames(
+    source: str | os.PathLike | bytes | Any,
+    num_segments: int | None = DEFAULT_NUM_SEGMENTS,
+    bound: Sequence[float] | None = None,
+    indices: Sequence[int] | None = None,
+    name: str = "videos",
+    timeout: float | None = None,
+) -> DecodedVideo:
+    """Decode only the sampled frames of a video with PyAV.
+
+    Args:
+        source: a path, an `http(s)` URL, encoded bytes or a binary file object (mp4, webm, mkv, avi, gif, ...).
+        num_segments: frames to sample with `sample_frame_indices` (`None`: every frame).
+        bound: optional `(start_s, end_s)` window for the sampling.
+        indices: explicit frame indices instead of sampling.
+        name: argument name used in error messages.
+        timeout: seconds a URL's server may take to connect and to send each piece of data (default 10).
+
+    Frame `i` is the i-th frame in presentation order, as decord numbers it (`video_decoding.FrameIndexReader`), for
+    constant and variable frame rates alike; `num_frames` counts the video packets. `timestamps` are the frames'
+    presentation times in seconds from the stream start.
+
+    Raises:
+        ValueError: an unreadable, damaged or frameless file, bad indices, or more than `MAX_NUM_SEGMENTS` frames.
+        FileNotFoundError: a missing path.
+    """
+    with FrameIndexReader(source, name, check_timeout(timeout)) as reader:
+        fps, num_frames = reader.fps, reader.num_frames
+        if indices is None:
+            if num_segments is None:
+                if num_frames > MAX_NUM_SEGMENTS:
+                    raise ValueError(
+                        f"`{name}`: every frame was asked for, but the video has {num_frames} frames, more than "
+                        f"MAX_NUM_SEGMENTS ({MAX_NUM_SEGMENTS}); sample fewer with `num_segments`."
+                    )
+                indices = list(range(num_frames))
+            else:
+                indices = sample_frame_indices(num_frames, fps, num_segments, bound)
+        indices = _check_frame_indices(indices, num_frames, name)
+        found: dict[int, Image.Image] = {}
+        for index in sorted(set(indices)):
+            found[index] = reader.read(index).to_image()
+        width, height = reader.stream.codec_context.width, reader.stream.codec_context.height
+        timestamps = [reader.timestamp(i) for i in indices]
+    return DecodedVideo(
+        frames=[found[i] for i in indices],
+        frame_indices=indices,
+        num_frames=num_frames,
+        fps=fps,
+        width=width,
+        height=height,
+        num_decoded=reader.num_decoded,
+        timestamps=timestamps,
+    )

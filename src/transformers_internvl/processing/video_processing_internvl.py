@@ -11,10 +11,8 @@ file; the reader seeks to the keyframe before it and decodes forward to it, or d
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -26,27 +24,30 @@ from transformers.utils import logging
 from transformers.video_processing_utils import VideoProcessorMixin
 from transformers.video_utils import VideoMetadata
 
-from .image_loading import check_timeout
+from .image_loading import check_timeout, to_rgb_image
 from .image_processing_internvl import (
+    DEFAULT_IMAGE_SIZE,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    _check_bool,
-    _check_int,
-    _check_triple,
-    _default_num_workers,
-    _make_region_writer,
-    _normalization_table,
-    _size_to_int,
-    resize_into_tiles,
-    to_rgb_image,
+    plan_tiles,
+    tiles_from_plans,
 )
-from .tiling import DEFAULT_IMAGE_SIZE, plan_tiles
-from .video_decoding import FrameIndexReader
+from .image_processing_options import default_num_workers
+from .input_validation import check_bool, check_int, check_triple, size_to_int
+from .video_decoding import (
+    DEFAULT_NUM_SEGMENTS,
+    MAX_NUM_SEGMENTS,
+    DecodedVideo,
+    check_num_segments,
+    read_video_frames,
+    sample_frame_indices,
+)
 
 logger = logging.get_logger(__name__)
 
 __all__ = [
     "DecodedVideo",
+    "InternVLChatVideoProcessor",
     "InternVLVideoProcessor",
     "InternVLVideoProcessorKwargs",
     "MAX_NUM_SEGMENTS",
@@ -54,207 +55,6 @@ __all__ = [
     "read_video_frames",
     "sample_frame_indices",
 ]
-
-DEFAULT_NUM_SEGMENTS = 8
-# Most frames sampled per video (`num_segments`); see `check_num_segments`.
-MAX_NUM_SEGMENTS = 1024
-
-
-def check_num_segments(name: str, value: object) -> int:
-    """`value` as a frame count: an int in `1..MAX_NUM_SEGMENTS`, else a `TypeError` / `ValueError` naming `name`.
-
-    `MAX_NUM_SEGMENTS` (1024) is 16 times the most frames InternVL 2.5 uses (64, paper Sec. 5); every frame is one
-    448 px tile of 256 tokens, so 1024 frames are 262k tokens (8 times the 32k context) and 2.5 GB of float32 pixels.
-    """
-    value = _check_int(name, value)
-    if value > MAX_NUM_SEGMENTS:
-        raise ValueError(
-            f"`{name}` must be <= {MAX_NUM_SEGMENTS} (MAX_NUM_SEGMENTS: 16 x the 64 frames InternVL uses; each frame is "
-            f"a 256-token tile), got {value}."
-        )
-    return value
-
-
-def _check_index(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"`{name}` must be an int, got {type(value).__name__} ({value!r}).")
-    return int(value)
-
-
-# Frame positions beyond this are clamped before rounding (equivalent: indices are clamped to the video anyway), so
-# that a huge finite `bound` cannot overflow `round`.
-_INDEX_CLAMP = 2.0**62
-
-
-def sample_frame_indices(
-    num_frames: int,
-    fps: float,
-    num_segments: int = DEFAULT_NUM_SEGMENTS,
-    bound: Sequence[float] | None = None,
-    first_idx: int = 0,
-    max_frame: int | None = None,
-) -> list[int]:
-    """Frame indices of the original `get_index`: the midpoints of `num_segments` equal segments.
-
-    `start, end = bound or (-1e5, 1e5)` seconds; `s = max(first_idx, round(start * fps))`,
-    `e = min(round(end * fps), max_frame)`, `seg = (e - s) / num_segments`, frame `k = int(s + seg / 2 +
-    np.round(seg * k))`. Python `round` and `np.round` both round halves to even, as in the original
-    (`get_index`, `internvl_chat/eval/mvbench/evaluate_mvbench.py`). A `bound` reaching outside the video is clamped
-    to it, as in the original; every returned index lies in `first_idx..max_frame`.
-
-    Args:
-        num_frames: frames in the video (int >= 1).
-        fps: frame rate used to turn `bound` (seconds) into indices (the original: decord's average fps).
-        num_segments: frames to sample, an int in `1..MAX_NUM_SEGMENTS` (1024); more segments than frames repeat
-            indices, as in the original.
-        bound: optional `(start_s, end_s)` window in seconds (finite, `start_s <= end_s`).
-        first_idx: index of the first frame (int >= 0): 0 for decoded videos, 1 for 1-based frame folders.
-        max_frame: last valid index, an int in `first_idx..first_idx + num_frames - 1`; defaults to
-            `first_idx + num_frames - 1` (the original's `len(vr) - 1` for decoded videos and `num_frames` for
-            1-based frame folders).
-
-    Returns:
-        `num_segments` ints, ascending (repeats possible).
-
-    Raises:
-        TypeError: a count or index that is not an int (fractional values are refused, not truncated), a malformed
-            `bound`.
-        ValueError: values out of range, or a `bound` that selects no frame.
-    """
-    num_frames = _check_int("num_frames", num_frames)
-    num_segments = check_num_segments("num_segments", num_segments)
-    first_idx = _check_index("first_idx", first_idx)
-    if first_idx < 0:
-        raise ValueError(f"`first_idx` must be >= 0, got {first_idx}.")
-    if isinstance(fps, bool) or not isinstance(fps, int | float | np.integer | np.floating):
-        raise TypeError(f"`fps` must be a number, got {type(fps).__name__} ({fps!r}).")
-    if not math.isfinite(fps) or fps <= 0:
-        raise ValueError(f"`fps` must be a positive finite number, got {fps!r}.")
-    last = first_idx + num_frames - 1
-    if max_frame is None:
-        max_frame = last
-    max_frame = _check_index("max_frame", max_frame)
-    if not first_idx <= max_frame <= last:
-        raise ValueError(
-            f"`max_frame` must be in {first_idx}..{last} (first_idx..first_idx + num_frames - 1), got {max_frame}."
-        )
-    if bound is not None:
-        if not isinstance(bound, Sequence) or isinstance(bound, str) or len(bound) != 2:
-            raise TypeError(f"`bound` must be (start_s, end_s) or None, got {bound!r}.")
-        try:
-            start, end = float(bound[0]), float(bound[1])
-        except (TypeError, ValueError) as error:
-            raise TypeError(f"`bound` must hold two numbers (seconds), got {bound!r}.") from error
-        if not (math.isfinite(start) and math.isfinite(end)) or start > end:
-            raise ValueError(f"`bound` must be finite with start <= end, got {tuple(bound)}.")
-    else:
-        start, end = -100000, 100000
-    start_idx = max(first_idx, round(min(max(start * fps, -_INDEX_CLAMP), _INDEX_CLAMP)))
-    end_idx = min(round(min(max(end * fps, -_INDEX_CLAMP), _INDEX_CLAMP)), max_frame)
-    if start_idx > end_idx:
-        raise ValueError(
-            f"`bound` {tuple(bound) if bound is not None else None} selects no frame: it starts at frame {start_idx} "
-            f"but the video ends at frame {end_idx} ({num_frames} frames at {fps} fps)."
-        )
-    seg_size = float(end_idx - start_idx) / num_segments
-    return [int(start_idx + (seg_size / 2) + np.round(seg_size * k)) for k in range(num_segments)]
-
-
-@dataclass
-class DecodedVideo:
-    """Frames read from a video file.
-
-    Attributes:
-        frames: the requested frames as RGB PIL images, in the order of `frame_indices`.
-        frame_indices: index of each returned frame.
-        num_frames: frames in the video stream.
-        fps: the stream's average frame rate.
-        width, height: frame size.
-        num_decoded: frames the decoder produced to get them (the cost measure; ≪ `num_frames` for long videos).
-    """
-
-    frames: list[Image.Image]
-    frame_indices: list[int]
-    num_frames: int
-    fps: float
-    width: int
-    height: int
-    num_decoded: int = 0
-    timestamps: list[float] = field(default_factory=list)
-
-
-def _check_frame_indices(indices: object, num_frames: int, name: str) -> list[int]:
-    """`indices` as a list of ints in `0..num_frames - 1`, at most `MAX_NUM_SEGMENTS` of them."""
-    if isinstance(indices, str | bytes) or not isinstance(indices, Sequence | np.ndarray):
-        raise TypeError(f"`indices` must be a sequence of ints, got {type(indices).__name__}.")
-    checked = [_check_index("indices[]", index) for index in indices]
-    if not checked:
-        raise ValueError("`indices` is empty; expected at least one frame index.")
-    if len(checked) > MAX_NUM_SEGMENTS:
-        raise ValueError(
-            f"`{name}`: {len(checked)} frames requested, more than MAX_NUM_SEGMENTS ({MAX_NUM_SEGMENTS}); sample "
-            "fewer with `num_segments`."
-        )
-    for index in checked:
-        if not 0 <= index < num_frames:
-            raise ValueError(f"`{name}`: frame index {index} is outside the video (0..{num_frames - 1}).")
-    return checked
-
-
-def read_video_frames(
-    source: str | os.PathLike | bytes | Any,
-    num_segments: int | None = DEFAULT_NUM_SEGMENTS,
-    bound: Sequence[float] | None = None,
-    indices: Sequence[int] | None = None,
-    name: str = "videos",
-    timeout: float | None = None,
-) -> DecodedVideo:
-    """Decode only the sampled frames of a video with PyAV.
-
-    Args:
-        source: a path, an `http(s)` URL, encoded bytes or a binary file object (mp4, webm, mkv, avi, gif, ...).
-        num_segments: frames to sample with `sample_frame_indices` (`None`: every frame).
-        bound: optional `(start_s, end_s)` window for the sampling.
-        indices: explicit frame indices instead of sampling.
-        name: argument name used in error messages.
-        timeout: seconds a URL's server may take to connect and to send each piece of data (default 10).
-
-    Frame `i` is the i-th frame in presentation order, as decord numbers it (`video_decoding.FrameIndexReader`), for
-    constant and variable frame rates alike; `num_frames` counts the video packets. `timestamps` are the frames'
-    presentation times in seconds from the stream start.
-
-    Raises:
-        ValueError: an unreadable, damaged or frameless file, bad indices, or more than `MAX_NUM_SEGMENTS` frames.
-        FileNotFoundError: a missing path.
-    """
-    with FrameIndexReader(source, name, check_timeout(timeout)) as reader:
-        fps, num_frames = reader.fps, reader.num_frames
-        if indices is None:
-            if num_segments is None:
-                if num_frames > MAX_NUM_SEGMENTS:
-                    raise ValueError(
-                        f"`{name}`: every frame was asked for, but the video has {num_frames} frames, more than "
-                        f"MAX_NUM_SEGMENTS ({MAX_NUM_SEGMENTS}); sample fewer with `num_segments`."
-                    )
-                indices = list(range(num_frames))
-            else:
-                indices = sample_frame_indices(num_frames, fps, num_segments, bound)
-        indices = _check_frame_indices(indices, num_frames, name)
-        found: dict[int, Image.Image] = {}
-        for index in sorted(set(indices)):
-            found[index] = reader.read(index).to_image()
-        width, height = reader.stream.codec_context.width, reader.stream.codec_context.height
-        timestamps = [reader.timestamp(i) for i in indices]
-    return DecodedVideo(
-        frames=[found[i] for i in indices],
-        frame_indices=indices,
-        num_frames=num_frames,
-        fps=fps,
-        width=width,
-        height=height,
-        num_decoded=reader.num_decoded,
-        timestamps=timestamps,
-    )
 
 
 class InternVLVideoProcessorKwargs(VideosKwargs, total=False):
@@ -327,7 +127,7 @@ def group_videos(videos: object) -> list[Any]:
     return list(videos)
 
 
-class InternVLVideoProcessor(VideoProcessorMixin):
+class InternVLChatVideoProcessor(VideoProcessorMixin):
     r"""InternVL 2.5 video processor: `num_segments` frames per video, each one 448 x 448 tile.
 
     `processor(videos=..., num_segments=8, return_tensors="pt")` returns a `BatchFeature` with
@@ -362,7 +162,7 @@ class InternVLVideoProcessor(VideoProcessorMixin):
         num_segments (`int`, defaults to 8): frames per video (the original README example uses 8, `load_video`
             defaults to 32, MVBench 16).
         image_size (`int`, defaults to 448), resample, do_rescale, do_normalize, image_mean, image_std, num_workers:
-            as in `InternVLImageProcessor`.
+            as in `InternVLChatImageProcessor`.
     """
 
     valid_kwargs = InternVLVideoProcessorKwargs
@@ -394,7 +194,7 @@ class InternVLVideoProcessor(VideoProcessorMixin):
         if kwargs.get("force_image_size") is not None:
             image_size = kwargs.pop("force_image_size")
         if kwargs.get("size") is not None:
-            image_size = _size_to_int("size", kwargs.pop("size"))
+            image_size = size_to_int("size", kwargs.pop("size"))
         # Keys of an image-processor config (`preprocessor_config.json` is read as a fallback) and bookkeeping keys.
         for key in (
             "num_frames",
@@ -415,13 +215,13 @@ class InternVLVideoProcessor(VideoProcessorMixin):
             kwargs.pop(key, None)
         super().__init__(**kwargs)
         self.num_segments = check_num_segments("num_segments", num_segments)
-        self.image_size = _check_int("image_size", image_size)
-        self.resample = _check_int("resample", int(resample), 0)
-        self.do_rescale = _check_bool("do_rescale", do_rescale)
-        self.do_normalize = _check_bool("do_normalize", do_normalize)
-        self.image_mean = list(_check_triple("image_mean", image_mean))
-        self.image_std = list(_check_triple("image_std", image_std))
-        self.num_workers = None if num_workers is None else _check_int("num_workers", num_workers)
+        self.image_size = check_int("image_size", image_size)
+        self.resample = check_int("resample", int(resample), 0)
+        self.do_rescale = check_bool("do_rescale", do_rescale)
+        self.do_normalize = check_bool("do_normalize", do_normalize)
+        self.image_mean = list(check_triple("image_mean", image_mean))
+        self.image_std = list(check_triple("image_std", image_std))
+        self.num_workers = None if num_workers is None else check_int("num_workers", num_workers)
 
     def __call__(self, videos: Any = None, **kwargs: Unpack[InternVLVideoProcessorKwargs]) -> BatchFeature:
         return self.preprocess(videos, **kwargs)
@@ -443,21 +243,23 @@ class InternVLVideoProcessor(VideoProcessorMixin):
         image_size = kwargs.pop("image_size", None)
         size = kwargs.pop("size", None)
         if size is not None:
-            image_size = _size_to_int("size", size)
-        image_size = self.image_size if image_size is None else _check_int("image_size", image_size)
+            image_size = size_to_int("size", size)
+        image_size = self.image_size if image_size is None else check_int("image_size", image_size)
         options: dict[str, Any] = {}
         for key in ("resample", "do_rescale", "do_normalize", "image_mean", "image_std", "num_workers"):
             value = kwargs.pop(key, None)
             options[key] = getattr(self, key) if value is None else value
-        resample = _check_int("resample", int(options["resample"]), 0)
-        table = _normalization_table(
-            _check_triple("image_mean", options["image_mean"]),
-            _check_triple("image_std", options["image_std"]),
-            _check_bool("do_rescale", options["do_rescale"]),
-            _check_bool("do_normalize", options["do_normalize"]),
-        )
+        options = {
+            "image_size": image_size,
+            "resample": check_int("resample", int(options["resample"]), 0),
+            "image_mean": check_triple("image_mean", options["image_mean"]),
+            "image_std": check_triple("image_std", options["image_std"]),
+            "do_rescale": check_bool("do_rescale", options["do_rescale"]),
+            "do_normalize": check_bool("do_normalize", options["do_normalize"]),
+            "num_workers": options["num_workers"],
+        }
         workers = options["num_workers"]
-        workers = _default_num_workers() if workers is None else _check_int("num_workers", workers)
+        options["num_workers"] = default_num_workers() if workers is None else check_int("num_workers", workers)
         timeout = check_timeout(kwargs.pop("timeout", None))
         return_tensors = kwargs.pop("return_tensors", None)
         return_metadata = bool(kwargs.pop("return_metadata", None) or False)
@@ -534,15 +336,12 @@ class InternVLVideoProcessor(VideoProcessorMixin):
             frames_per_video.append([to_rgb_image(frame, name, input_data_format) for frame in frames])
             metadata_out.append(metadata)
 
+        # The image processor's resize and normalisation, one tile per frame (the original's
+        # `dynamic_preprocess(frame, max_num=1)`: a 1x1 grid, no thumbnail).
         num_frames = [len(frames) for frames in frames_per_video]
-        pixel_values = np.empty((sum(num_frames), 3, image_size, image_size), dtype=np.float32)
-        position = 0
-        for frames in frames_per_video:
-            for frame in frames:
-                plan = plan_tiles(frame.width, frame.height, 1, 1, image_size, False)
-                writer = _make_region_writer(pixel_values[position : position + 1], table, image_size, 1)
-                resize_into_tiles(frame, plan.target_size, resample, writer, workers)
-                position += 1
+        frames = [frame for video_frames in frames_per_video for frame in video_frames]
+        plans = [plan_tiles(frame.width, frame.height, 1, 1, image_size, False) for frame in frames]
+        pixel_values = tiles_from_plans(frames, plans, options)
 
         data: dict[str, Any] = {"pixel_values_videos": pixel_values, "num_frames": num_frames}
         skip: list[str] = []
@@ -577,3 +376,8 @@ class InternVLVideoProcessor(VideoProcessorMixin):
         if not frames:
             raise ValueError(f"`{name}` has no frames.")
         return frames
+
+
+# The name before the rename; transformers' own `InternVLVideoProcessor` (converted `-hf` checkpoints) is a different
+# class, so configs saved under this name are loaded by `auto_loading` / `loading_options`, not by name.
+InternVLVideoProcessor = InternVLChatVideoProcessor

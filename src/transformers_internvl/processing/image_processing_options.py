@@ -1,0 +1,176 @@
+"""Per-call options of the InternVL image processor: the documented kwargs, their aliases, defaults and checks.
+
+`resolve_image_options(processor, kwargs)` folds the aliases into the canonical names (`max_dynamic_patch`: aliases
+`max_num` (the original `load_image`), `max_patches` (transformers' GotOcr2) and `max_tiles` (`plan_tiles`);
+`min_dynamic_patch`: `min_num`, `min_patches`, `min_tiles`; `image_size`: `force_image_size`, `input_size` and transformers' `size`), fills what is not given from the
+processor's attributes, validates every value (a `TypeError` / `ValueError` naming the argument) and refuses the
+standard transformers image kwargs that would change what InternVL does (`do_resize=False`, ...).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers.processing_utils import ImagesKwargs
+
+from .image_loading import check_timeout
+from .input_validation import check_bool, check_int, check_triple, pop_alias, size_to_int
+from .tiling import MAX_TILES_LIMIT, check_tile_budget
+
+__all__ = [
+    "MAX_TILES_LIMIT",
+    "InternVLImageProcessorKwargs",
+    "check_tile_budget",
+    "default_num_workers",
+    "resolve_image_options",
+]
+
+# Upstream / original names accepted for the tiling arguments (documented in `InternVLImageProcessorKwargs`).
+MAX_TILES_ALIASES = ("max_num", "max_patches", "max_tiles")
+MIN_TILES_ALIASES = ("min_num", "min_patches", "min_tiles")
+IMAGE_SIZE_ALIASES = ("force_image_size", "input_size")
+# Keys an original OpenGVLab `preprocessor_config.json` (a CLIP image-processor config) carries; they describe a
+# 448 px resize + centre crop that tiling already does, so they are dropped on load.
+LEGACY_CONFIG_KEYS = ("crop_size", "do_center_crop", "do_resize", "image_processor_type", "auto_map")
+_UNSET: Any = object()
+
+
+class InternVLImageProcessorKwargs(ImagesKwargs, total=False):
+    r"""
+    dynamic_image_size (`bool`, *optional*, defaults to `self.dynamic_image_size`):
+        `False` gives every image exactly one tile, the whole image resized to `image_size` x `image_size` (the
+        original's `dynamic_image_size=False` branch: `images = [image]`, then `build_transform`); the other tiling
+        options are then unused.
+    max_dynamic_patch (`int`, *optional*, defaults to `self.max_dynamic_patch`):
+        Most grid tiles per image (the thumbnail is not counted). Aliases: `max_patches` (transformers' GotOcr2),
+        `max_num` (the original `load_image` / `dynamic_preprocess`), `max_tiles` (`plan_tiles`).
+    min_dynamic_patch (`int`, *optional*, defaults to `self.min_dynamic_patch`):
+        Fewest grid tiles per image. Aliases: `min_patches`, `min_num`, `min_tiles`.
+    use_thumbnail (`bool`, *optional*, defaults to `self.use_thumbnail`):
+        Append the whole image resized to one tile when the grid has more than one tile.
+    image_size (`int`, *optional*, defaults to `self.image_size`):
+        Tile side in pixels (the checkpoint's `force_image_size`). Alias: `force_image_size`.
+    max_total_tiles (`int` or `None`, *optional*, defaults to `self.max_total_tiles`):
+        Tile budget shared by the images of one sample, see `allocate_tile_budget`; `None` = no sharing.
+    num_workers (`int`, *optional*, defaults to `self.num_workers`):
+        Threads for the exact resize/normalise engine (`None`: torch's thread count, at most the CPUs available and 8).
+    timeout (`float`, *optional*, defaults to 10):
+        Seconds an image URL's server may take to connect and to send each piece of data (`image_loading`).
+    """
+
+    dynamic_image_size: bool | None
+    max_dynamic_patch: int | None
+    min_dynamic_patch: int | None
+    use_thumbnail: bool | None
+    image_size: int | None
+    max_total_tiles: int | None
+    num_workers: int | None
+    timeout: float | None
+    max_patches: int | None
+    max_num: int | None
+    max_tiles: int | None
+    min_patches: int | None
+    min_num: int | None
+    min_tiles: int | None
+    force_image_size: int | None
+
+
+def default_num_workers() -> int:
+    """Threads used when `num_workers` is None: torch's intra-op thread count (1 inside DataLoader workers), at most
+    the CPUs this process may use, at most 8."""
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        available = os.cpu_count() or 1
+    return max(1, min(8, available, torch.get_num_threads()))
+
+
+def resolve_image_options(processor: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Per-call options of `processor` (an `InternVLChatImageProcessor`): aliases folded in, defaults filled from
+    its attributes, values validated; `TypeError` for unknown keyword arguments."""
+    kwargs = dict(kwargs)
+    max_tiles = pop_alias(kwargs, "max_dynamic_patch", kwargs.pop("max_dynamic_patch", None), MAX_TILES_ALIASES, None)
+    min_tiles = pop_alias(kwargs, "min_dynamic_patch", kwargs.pop("min_dynamic_patch", None), MIN_TILES_ALIASES, None)
+    image_size = pop_alias(kwargs, "image_size", kwargs.pop("image_size", None), IMAGE_SIZE_ALIASES, None)
+    size = kwargs.pop("size", None)
+    if size is not None:
+        size = size_to_int("size", size)
+        if image_size is not None and image_size != size:
+            raise ValueError(f"`image_size` ({image_size}) and `size` ({size}) disagree.")
+        image_size = size
+    options = {
+        "max_dynamic_patch": processor.max_dynamic_patch if max_tiles is None else max_tiles,
+        "min_dynamic_patch": processor.min_dynamic_patch if min_tiles is None else min_tiles,
+        "image_size": processor.image_size if image_size is None else image_size,
+    }
+    for key in (
+        "dynamic_image_size",
+        "use_thumbnail",
+        "resample",
+        "do_rescale",
+        "do_normalize",
+        "image_mean",
+        "image_std",
+        "num_workers",
+    ):
+        value = kwargs.pop(key, None)
+        options[key] = getattr(processor, key) if value is None else value
+    max_total_tiles = kwargs.pop("max_total_tiles", _UNSET)
+    options["max_total_tiles"] = processor.max_total_tiles if max_total_tiles is _UNSET else max_total_tiles
+    options["timeout"] = check_timeout(kwargs.pop("timeout", None))
+    options["return_tensors"] = kwargs.pop("return_tensors", None)
+    options["input_data_format"] = kwargs.pop("input_data_format", None)
+    options["device"] = kwargs.pop("device", None)
+
+    # Standard transformers image kwargs that this processor does not vary: accept the values that match what it
+    # does, refuse the others instead of silently ignoring them.
+    if kwargs.pop("do_convert_rgb", None) is False:
+        raise ValueError("`do_convert_rgb=False` is not supported: InternVL always converts images to RGB.")
+    if kwargs.pop("do_resize", None) is False:
+        raise ValueError("`do_resize=False` is not supported: dynamic tiling always resizes.")
+    data_format = kwargs.pop("data_format", None)
+    if data_format is not None and getattr(data_format, "value", data_format) != "channels_first":
+        raise ValueError(f"`data_format` must be 'channels_first' (tiles are (3, H, W)), got {data_format!r}.")
+    rescale_factor = kwargs.pop("rescale_factor", None)
+    if rescale_factor is not None and not np.isclose(rescale_factor, 1 / 255, rtol=0, atol=1e-12):
+        raise ValueError(f"`rescale_factor` must be 1/255 (as `ToTensor`), got {rescale_factor}.")
+    for key in ("do_center_crop", "do_pad", "crop_size", "pad_size", "default_to_square", "disable_grouping"):
+        kwargs.pop(key, None)
+    kwargs.pop("image_seq_length", None)
+    unknown = sorted(key for key, value in kwargs.items() if value is not None)
+    if unknown:
+        raise TypeError(f"{type(processor).__name__} got unexpected keyword arguments: {', '.join(unknown)}.")
+
+    options["max_dynamic_patch"] = check_tile_budget(
+        "max_dynamic_patch", check_int("max_dynamic_patch", options["max_dynamic_patch"])
+    )
+    options["min_dynamic_patch"] = check_tile_budget(
+        "min_dynamic_patch", check_int("min_dynamic_patch", options["min_dynamic_patch"])
+    )
+    if options["min_dynamic_patch"] > options["max_dynamic_patch"]:
+        raise ValueError(
+            f"`min_dynamic_patch` ({options['min_dynamic_patch']}) must be <= `max_dynamic_patch` "
+            f"({options['max_dynamic_patch']})."
+        )
+    options["image_size"] = check_int("image_size", options["image_size"])
+    options["use_thumbnail"] = check_bool("use_thumbnail", options["use_thumbnail"])
+    if not check_bool("dynamic_image_size", options.pop("dynamic_image_size")):
+        # One 1x1 grid: the image resized to one tile, no thumbnail (a one-tile grid never gets one).
+        options["max_dynamic_patch"] = options["min_dynamic_patch"] = 1
+    if options["max_total_tiles"] is not None:
+        options["max_total_tiles"] = check_int("max_total_tiles", options["max_total_tiles"])
+    resample = options["resample"]
+    options["resample"] = check_int(
+        "resample", int(resample) if isinstance(resample, Image.Resampling) else resample, 0
+    )
+    options["do_rescale"] = check_bool("do_rescale", options["do_rescale"])
+    options["do_normalize"] = check_bool("do_normalize", options["do_normalize"])
+    options["image_mean"] = check_triple("image_mean", options["image_mean"])
+    options["image_std"] = check_triple("image_std", options["image_std"])
+    workers = options["num_workers"]
+    options["num_workers"] = default_num_workers() if workers is None else check_int("num_workers", workers)
+    return options

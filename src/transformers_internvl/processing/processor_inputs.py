@@ -1,0 +1,198 @@
+"""Bookkeeping of `InternVLChatProcessor.__call__`: which images / videos belong to which text, and where each
+placeholder of a text ended up after expansion (for transformers' assistant masks).
+
+`split_per_sample` groups `images` (`videos`) by text: `None`; one item; a flat list (one sample, or distributed over
+the texts by their placeholder counts, or one per text when no text has placeholders); one list per text.
+`expansion_offsets` builds the expanded text from `(given, produced, is a placeholder)` segments and records every
+change as `{"span": (start, end) in the text as given, "new_span": (start, end) in the produced text}`, which is
+what `ProcessorMixin._adjust_assistant_masks_indices` reads.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..chat_templates import multi_image_prefix
+from .control_tokens import PLACEHOLDER_ESCAPE, count_placeholders
+
+__all__ = [
+    "add_missing_placeholders",
+    "expansion_offsets",
+    "is_image",
+    "is_video",
+    "shift_for_inserted_prefix",
+    "split_per_sample",
+]
+
+
+def _is_array(value: Any) -> bool:
+    return isinstance(value, (np.ndarray, torch.Tensor))
+
+
+def _is_file_like(value: Any) -> bool:
+    return isinstance(value, (str, os.PathLike, bytes, bytearray)) or hasattr(value, "read")
+
+
+def is_image(value: Any) -> bool:
+    """One image: PIL image, path / URL, encoded bytes / binary file, or a (H, W[, C]) / (C, H, W) array."""
+    return isinstance(value, Image.Image) or _is_file_like(value) or (_is_array(value) and value.ndim in (2, 3))
+
+
+def _is_frame(value: Any) -> bool:
+    return isinstance(value, Image.Image) or (_is_array(value) and value.ndim in (2, 3))
+
+
+def is_video(value: Any) -> bool:
+    """One video: a file (path / URL / encoded bytes / binary file object), a (T, ...) 4-D array, or a non-empty list
+    of frames (PIL images or 2-D / 3-D arrays)."""
+    if _is_file_like(value):
+        return True
+    if _is_array(value):
+        return value.ndim == 4
+    return isinstance(value, (list, tuple)) and len(value) > 0 and all(_is_frame(frame) for frame in value)
+
+
+def split_per_sample(items: Any, texts: list[str], placeholder: str, is_item, name: str) -> list[list[Any]]:
+    """Group images (or videos) by sample.
+
+    Accepted: `None`; one item; a flat list (one sample, or distributed over the samples by their placeholder counts,
+    or one per sample when no text has placeholders); a list with one list per sample.
+    """
+    batch_size = len(texts)
+    if items is None:
+        return [[] for _ in texts]
+    if is_item(items):
+        items = [items]
+    elif _is_array(items) and items.ndim == (4 if name == "images" else 5):
+        items = list(items)  # a stacked batch of images (N, H, W, C) or of videos (B, T, ...)
+    if not isinstance(items, (list, tuple)):
+        raise TypeError(f"`{name}` must be an item or a (nested) list of items, got {type(items).__name__}.")
+    items = list(items)
+    if not items:
+        return [[] for _ in texts]
+    if all(is_item(item) for item in items):
+        if batch_size == 1:
+            return [items]
+        counts = [count_placeholders(text, placeholder) for text in texts]
+        if sum(counts) == len(items):
+            grouped, start = [], 0
+            for count in counts:
+                grouped.append(items[start : start + count])
+                start += count
+            return grouped
+        if sum(counts) == 0 and len(items) == batch_size:
+            return [[item] for item in items]
+        raise ValueError(
+            f"Cannot assign {len(items)} {name} to {batch_size} texts with {counts} {placeholder} placeholder(s); "
+            f"pass one list of {name} per text."
+        )
+    if all(isinstance(sample, (list, tuple)) and all(is_item(item) for item in sample) for sample in items):
+        if len(items) != batch_size:
+            raise ValueError(f"Got {len(items)} lists of {name} for {batch_size} texts; expected one list per text.")
+        return [list(sample) for sample in items]
+    raise TypeError(
+        f"`{name}` must be an item, a flat list of items or a list of lists (one per text); got an unsupported "
+        f"structure."
+    )
+
+
+def expansion_offsets(
+    segments: list[tuple[str, str, bool]], prefix_length: int
+) -> tuple[str, list[dict[str, tuple[int, int]]]]:
+    """The text the tokenizer gets, and where each change to the text as given ended up (for assistant masks).
+
+    `segments` are `(given piece, produced piece, is a placeholder)` in order over the text with its added prefix
+    (the first `prefix_length` characters). Placeholders become their expansions and placeholder escapes
+    (`control_tokens.PLACEHOLDER_ESCAPE`) are removed; each change is `{"span": (start, end) in the text as given,
+    "new_span": (start, end) in the produced text}`, and the prefix is one insertion at 0, which is what
+    transformers' `ProcessorMixin._adjust_assistant_masks_indices` reads.
+    """
+    offsets: list[dict[str, tuple[int, int]]] = []
+    produced: list[str] = []
+    position = new_position = prefix_growth = 0
+
+    def change(given: str, output: str) -> None:
+        nonlocal prefix_growth
+        if position < prefix_length:
+            prefix_growth += len(output) - len(given)
+        else:
+            start = position - prefix_length
+            offsets.append(
+                {"span": (start, start + len(given)), "new_span": (new_position, new_position + len(output))}
+            )
+
+    for given, output, replaced in segments:
+        if replaced:
+            change(given, output)
+            produced.append(output)
+            position += len(given)
+            new_position += len(output)
+            continue
+        for part_index, part in enumerate(given.split(PLACEHOLDER_ESCAPE)):
+            if part_index:  # an escape character, removed
+                change(PLACEHOLDER_ESCAPE, "")
+                position += len(PLACEHOLDER_ESCAPE)
+            produced.append(part)
+            position += len(part)
+            new_position += len(part)
+    if prefix_length:
+        offsets.insert(0, {"span": (0, 0), "new_span": (0, prefix_length + prefix_growth)})
+    return "".join(produced), offsets
+
+
+def shift_for_inserted_prefix(
+    offsets: list[dict[str, tuple[int, int]]], length: int
+) -> list[dict[str, tuple[int, int]]]:
+    """`offsets` after `length` characters were put before the produced text (one insertion at 0 in total)."""
+    if not length:
+        return offsets
+    shifted = [
+        {"span": entry["span"], "new_span": (entry["new_span"][0] + length, entry["new_span"][1] + length)}
+        for entry in offsets
+    ]
+    if shifted and shifted[0]["span"] == (0, 0):
+        shifted[0] = {"span": (0, 0), "new_span": (0, shifted[0]["new_span"][1])}
+    else:
+        shifted.insert(0, {"span": (0, 0), "new_span": (0, length)})
+    return shifted
+
+
+def add_missing_placeholders(
+    texts: list[str],
+    images_per_sample: list[list[Any]],
+    videos_per_sample: list[list[Any]],
+    image_placeholder: str,
+    video_placeholder: str,
+) -> list[int]:
+    """Prefix, in place, each text that has images (videos) but no placeholder with the official examples' prefix
+    (`<image>\n` for one image, `Image-1: <image>\nImage-2: <image>\n...` for several; `<video>\n` per video),
+    then check that every text has as many placeholders as items. Returns the prefix length of each text.
+
+    Raises:
+        ValueError: a text whose placeholder count differs from the number of images (videos) given for it.
+    """
+    prefix_lengths = []
+    for index, (sample_images, sample_videos) in enumerate(zip(images_per_sample, videos_per_sample)):
+        prefix = ""
+        if sample_images and not count_placeholders(texts[index], image_placeholder):
+            prefix += multi_image_prefix(len(sample_images), image_placeholder)
+        if sample_videos and not count_placeholders(texts[index], video_placeholder):
+            prefix += (video_placeholder + "\n") * len(sample_videos)
+        texts[index] = prefix + texts[index]
+        prefix_lengths.append(len(prefix))
+        for placeholder, items, name in (
+            (image_placeholder, sample_images, "image"),
+            (video_placeholder, sample_videos, "video"),
+        ):
+            count = count_placeholders(texts[index], placeholder)
+            if count != len(items):
+                raise ValueError(
+                    f"Text {index} has {count} {placeholder} placeholder(s) but {len(items)} {name}(s) were given for "
+                    f"it."
+                )
+    return prefix_lengths
