@@ -32,6 +32,14 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
     "InternVLModel": ".modeling.modeling_internvl",
     "InternVLPreTrainedModel": ".modeling.modeling_internvl",
     "InternVLForConditionalGeneration": ".modeling.modeling_internvl",
+    # the same classes under their InternVLChat* / InternVision* names (see README, "Class names")
+    "InternVLChatConfig": ".modeling.configuration_internvl",
+    "InternVisionConfig": ".modeling.configuration_intern_vit",
+    "InternVisionModel": ".modeling.modeling_intern_vit",
+    "InternVLChatPreTrainedModel": ".modeling.modeling_internvl",
+    "InternVLChatBaseModel": ".modeling.modeling_internvl",
+    "InternVLChatForConditionalGeneration": ".modeling.modeling_internvl",
+    "InternVLChatModel": ".modeling.modeling_internvl",
     # InternLM2 language model
     "InternLM2Config": ".modeling.configuration_internlm2",
     "InternLM2Model": ".modeling.modeling_internlm2",
@@ -50,9 +58,9 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
     # conversation templates and InternVLProcessor
     "InternVLProcessor": ".processing.processing_internvl",
     "InternVLChatProcessor": ".processing.processing_internvl",
-    "get_conv_template": ".processing.conversation",
-    "build_chat_prompt": ".processing.conversation",
-    "build_batch_chat_prompts": ".processing.conversation",
+    "get_conv_template": ".modeling.conversation",
+    "build_chat_prompt": ".modeling.chat_prompts",
+    "build_batch_chat_prompts": ".modeling.chat_prompts",
     # test-time scaling (CoT prompts, voting, repetition stopping)
     "INTERNVL_COT_TEMPLATE": ".test_time_scaling",
     "MULTIPLE_CHOICE_COT_PROMPT": ".test_time_scaling",

@@ -21,7 +21,7 @@ from transformers.models.llama.modeling_llama import LlamaRMSNorm
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, logging
 
-from .configuration_intern_vit import InternVLVisionConfig
+from .configuration_intern_vit import InternVisionConfig
 
 logger = logging.get_logger(__name__)
 
@@ -56,7 +56,7 @@ class DropPath(nn.Module):
 class InternVLVisionEmbeddings(nn.Module):
     """Patch embedding + CLS token + learned position embedding (bicubically resized to the actual patch grid)."""
 
-    def __init__(self, config: InternVLVisionConfig) -> None:
+    def __init__(self, config: InternVisionConfig) -> None:
         super().__init__()
         self.config = config
         self.embed_dim = config.hidden_size
@@ -124,7 +124,7 @@ def eager_attention_forward(
 class InternVLVisionAttention(nn.Module):
     """Bidirectional attention with a fused `qkv` projection and optional QK-norm over all heads (InternViT-6B)."""
 
-    def __init__(self, config: InternVLVisionConfig) -> None:
+    def __init__(self, config: InternVisionConfig) -> None:
         super().__init__()
         self.config = config
         self.embed_dim = config.hidden_size
@@ -185,7 +185,7 @@ class InternVLVisionAttention(nn.Module):
 
 
 class InternVLVisionMLP(nn.Module):
-    def __init__(self, config: InternVLVisionConfig) -> None:
+    def __init__(self, config: InternVisionConfig) -> None:
         super().__init__()
         self.act = ACT2FN[config.hidden_act]
         self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
@@ -199,7 +199,7 @@ class InternVLVisionLayer(GradientCheckpointingLayer):
     """Pre-norm transformer block with layer scale and stochastic depth:
     `h += drop_path(attn(norm1(h)) * ls1); h += drop_path(mlp(norm2(h)) * ls2)`."""
 
-    def __init__(self, config: InternVLVisionConfig, drop_path_rate: float = 0.0) -> None:
+    def __init__(self, config: InternVisionConfig, drop_path_rate: float = 0.0) -> None:
         super().__init__()
         norm_class = NORM2FN[config.norm_type]
         self.norm1 = norm_class(config.hidden_size, eps=config.layer_norm_eps)
@@ -229,7 +229,7 @@ class InternVLVisionLayer(GradientCheckpointingLayer):
 
 
 class InternVLVisionEncoder(nn.Module):
-    def __init__(self, config: InternVLVisionConfig) -> None:
+    def __init__(self, config: InternVisionConfig) -> None:
         super().__init__()
         self.config = config
         # Computed on the CPU so that the model can be built under `torch.device("meta")` (a meta tensor has no
@@ -262,9 +262,9 @@ class InternVLVisionEncoder(nn.Module):
         )
 
 
-class InternVLVisionPreTrainedModel(PreTrainedModel):
-    config: InternVLVisionConfig
-    config_class = InternVLVisionConfig
+class InternVisionPreTrainedModel(PreTrainedModel):
+    config: InternVisionConfig
+    config_class = InternVisionConfig
     base_model_prefix = "vision_model"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
@@ -295,13 +295,13 @@ class InternVLVisionPreTrainedModel(PreTrainedModel):
             nn.init.constant_(module.ls2, self.config.initializer_factor)
 
 
-class InternVLVisionModel(InternVLVisionPreTrainedModel):
+class InternVisionModel(InternVisionPreTrainedModel):
     """InternViT: `pixel_values (num_tiles, 3, 448, 448)` -> `last_hidden_state (num_tiles, 1025, hidden_size)`.
 
     There is no final norm and no pooler: the InternVL connector uses the token states directly.
     """
 
-    def __init__(self, config: InternVLVisionConfig) -> None:
+    def __init__(self, config: InternVisionConfig) -> None:
         super().__init__(config)
         self.embeddings = InternVLVisionEmbeddings(config)
         self.encoder = InternVLVisionEncoder(config)
@@ -342,4 +342,13 @@ class InternVLVisionModel(InternVLVisionPreTrainedModel):
         return outputs if return_dict else outputs.to_tuple()
 
 
-__all__ = ["InternVLVisionPreTrainedModel", "InternVLVisionModel"]
+# The names of this package before version 0.2 (equal to transformers' own, different InternVL vision classes).
+InternVLVisionPreTrainedModel = InternVisionPreTrainedModel
+InternVLVisionModel = InternVisionModel
+
+__all__ = [
+    "InternVisionPreTrainedModel",
+    "InternVisionModel",
+    "InternVLVisionPreTrainedModel",
+    "InternVLVisionModel",
+]

@@ -15,7 +15,7 @@ from typing import Any
 
 from transformers.utils import CONFIG_NAME, cached_file
 
-from .conversation import IMAGE_CONTEXT_TOKEN
+from ..chat_templates import IMAGE_CONTEXT_TOKEN
 from .loading_options import HUB_KWARGS
 
 __all__ = ["check_auto_processor_result", "wrap_auto_processor"]

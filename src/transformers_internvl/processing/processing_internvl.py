@@ -31,6 +31,20 @@ from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Vide
 from transformers.utils import CONFIG_NAME, PROCESSOR_NAME, cached_file, logging
 
 from ..atomic_save import atomic_save_directory
+from ..chat_templates import (
+    DEFAULT_VIDEO_FRAME_TEMPLATE,
+    IMAGE_CONTEXT_TOKEN,
+    IMAGE_END_TOKEN,
+    IMAGE_PLACEHOLDER,
+    IMAGE_START_TOKEN,
+    VIDEO_PLACEHOLDER,
+    get_jinja_chat_template,
+    image_context_string,
+    multi_image_prefix,
+    template_data,
+    template_eos_token,
+    video_frame_prompt,
+)
 from .control_tokens import (
     PLACEHOLDER_ESCAPE,
     check_no_raw_image_tokens,
@@ -38,19 +52,6 @@ from .control_tokens import (
     escape_placeholders_in_messages,
     placeholder_pattern,
     special_tokens_around_text,
-)
-from .conversation import (
-    DEFAULT_VIDEO_FRAME_TEMPLATE,
-    IMAGE_CONTEXT_TOKEN,
-    IMAGE_END_TOKEN,
-    IMAGE_PLACEHOLDER,
-    IMAGE_START_TOKEN,
-    VIDEO_PLACEHOLDER,
-    get_conv_template,
-    get_jinja_chat_template,
-    image_context_string,
-    multi_image_prefix,
-    video_frame_prompt,
 )
 from .image_processing_internvl import InternVLImageProcessorKwargs
 from .input_validation import check_texts
@@ -346,7 +347,7 @@ class InternVLChatProcessor(ProcessorMixin):
             image_processor = _image_processor_class()()
         if video_processor is None:
             video_processor = _video_processor_class()()
-        get_conv_template(template)  # validates the name
+        template_data(template)  # validates the name
         if "{i}" not in video_frame_template:
             raise ValueError(f"`video_frame_template` must contain '{{i}}', got {video_frame_template!r}.")
         if image_size <= 0 or patch_size <= 0 or image_size % patch_size != 0:
@@ -426,7 +427,7 @@ class InternVLChatProcessor(ProcessorMixin):
     def chat_eos_token(self) -> str:
         """The string the original chat() stops generation at: the template's `sep.strip()` (`<|im_end|>` for
         InternVL 2.5; not necessarily the tokenizer's `eos_token`, which is `</s>` for InternLM2)."""
-        return get_conv_template(self.template).eos_token
+        return template_eos_token(self.template)
 
     @property
     def chat_eos_token_id(self) -> int | None:

@@ -74,7 +74,7 @@ def register_checkpoint_mappings() -> None:
     # Registered by model_type, not class name: transformers has classes of the same names for its own port. Only the
     # renamings that apply to every InternVL model: the head's name depends on the LLM, and each model adds its own
     # (`InternVLForConditionalGeneration._load_pretrained_model`, which also adds the LoRA transforms of
-    # `conversion/original_lora.py` for checkpoints that hold unmerged LoRA), so no pattern here matches nothing.
+    # `modeling/original_lora_loading.py` for checkpoints that hold unmerged LoRA), so no pattern here matches nothing.
     register_checkpoint_conversion_mapping("internvl_chat", original_layout_renamings(), overwrite=True)
     _REGISTERED = True
 
