@@ -29,7 +29,8 @@ def _register_core() -> None:
     chat_model = lazy_attribute(".modeling.modeling_internvl", "InternVLChatForConditionalGeneration")
     vision_model = lazy_attribute(".modeling.modeling_intern_vit", "InternVisionModel")
     # The original's `auto_map` makes `AutoModel` the chat model (model cards call `AutoModel.from_pretrained(...).chat()`);
-    # `InternVLChatBaseModel` (alias `InternVLModel`) stays the base model (`base_model_prefix = "model"`) and loads the same checkpoints.
+    # `InternVLChatBaseModel` (alias `InternVLModel`) stays the base model (`base_model_prefix = "model"`) and loads
+    # the same checkpoints.
     # Written to the mappings directly: `AutoModel.register` reads `model_class.config_class`, which would import it.
     for factory, config_class, model_class in (
         (AutoModel, InternVLChatConfig, chat_model),

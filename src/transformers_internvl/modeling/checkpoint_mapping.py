@@ -46,7 +46,7 @@ def original_layout_conversions(head_name: str, language_model: PreTrainedModel)
     This model's renamings (`original_layout_renamings(head_name)`), then what transformers registers for the LLM's
     own class or model type (e.g. Qwen3-MoE's per-expert `mlp.experts.N.gate_proj` <-> fused `gate_up_proj`), scoped
     to `model.language_model` as transformers scopes a sub-model's conversions. Entries transformers registers for
-    its own classes that merely share this package's class names (its `InternVLModel`) are not included.
+    its own, different InternVL classes are not included.
     """
     conversions: list[WeightTransform] = original_layout_renamings(head_name=head_name)
     for conversion in get_model_conversion_mapping(language_model, add_legacy=False):

@@ -76,7 +76,10 @@ InternVLCausalLMOutputWithPast = MultimodalCausalLMOutputWithPast
 
 
 @auto_docstring(
-    custom_intro="Base class of the InternVL chat models: config class, supported attention backends, and the\noriginal checkpoint layout on load and save (`checkpoint_loading.OriginalCheckpointMixin`)."
+    custom_intro="""
+    Base class of the InternVL chat models: config class, supported attention backends, and the original checkpoint
+    layout on load and save (`checkpoint_loading.OriginalCheckpointMixin`).
+    """
 )
 class InternVLChatPreTrainedModel(OriginalCheckpointMixin, PreTrainedModel):
     config: InternVLChatConfig
@@ -141,6 +144,8 @@ class InternVLChatBaseModel(InternVLChatPreTrainedModel):
         output_attentions = kwargs.pop("output_attentions", None)
         if output_hidden_states is None:
             output_hidden_states = self.config.vision_config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.vision_config.output_attentions
         pixel_values = pixel_values.to(dtype=self.vision_model.embeddings.patch_embedding.weight.dtype)
         select_layer = self.config.select_layer
         need_hidden_states = bool(output_hidden_states) or select_layer != -1
