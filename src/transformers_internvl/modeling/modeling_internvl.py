@@ -241,6 +241,7 @@ class InternVLChatBaseModel(InternVLChatPreTrainedModel):
         return special_image_mask
 
     @can_return_tuple
+    @auto_docstring
     @deprecate_kwarg("past_key_values", "6.0.0", new_name="cache")
     def forward(
         self,
@@ -257,10 +258,13 @@ class InternVLChatBaseModel(InternVLChatPreTrainedModel):
         **kwargs: Unpack[TransformersKwargs],
     ) -> MultimodalBaseModelOutputWithPast | tuple:
         r"""
-        input_ids: `(batch, seq)`, with `<IMG_CONTEXT>` x 256 per tile where image features go.
-        pixel_values: `(num_tiles, 3, 448, 448)`, tiles of all images of the batch in placeholder order.
-        image_flags: `(num_tiles,)` training flag; tiles with flag 0 (dummy images of text-only samples) are dropped.
-        num_tiles: tiles per image (alias `num_patches`), only checked against `pixel_values`.
+        pixel_values (`torch.Tensor` of shape `(num_tiles, 3, 448, 448)`, *optional*):
+            Tiles of all images of the batch, in placeholder order; `input_ids` holds `<IMG_CONTEXT>` x 256 per tile
+            where their features go.
+        image_flags (`torch.Tensor` of shape `(num_tiles,)`, *optional*):
+            Training flag; tiles with flag 0 (dummy images of text-only samples) are dropped.
+        num_tiles (`torch.Tensor` or `list[int]`, *optional*):
+            Tiles per image (alias `num_patches`), only checked against `pixel_values`.
 
         Raises `ValueError` when `num_tiles` or `image_flags` do not match the tiles, or when the prompt holds
         `<IMG_CONTEXT>` tokens but no tiles are given (decoding steps with a filled cache are exempt).
@@ -407,6 +411,7 @@ class InternVLChatForConditionalGeneration(InternVLChatMixin, InternVLChatPreTra
         return super().generate(*args, **kwargs)
 
     @can_return_tuple
+    @auto_docstring
     @deprecate_kwarg("past_key_values", "6.0.0", new_name="cache")
     def forward(
         self,
@@ -425,8 +430,15 @@ class InternVLChatForConditionalGeneration(InternVLChatMixin, InternVLChatPreTra
         **kwargs: Unpack[TransformersKwargs],
     ) -> MultimodalCausalLMOutputWithPast | tuple:
         r"""
-        Same inputs as [`InternVLChatBaseModel.forward`], plus `labels` `(batch, seq)` (-100 = ignored) and
-        `logits_to_keep` (int: last N positions; tensor: those positions). Returns logits `(batch, kept, vocab)`.
+        pixel_values (`torch.Tensor` of shape `(num_tiles, 3, 448, 448)`, *optional*):
+            Tiles of all images of the batch, in placeholder order; `input_ids` holds `<IMG_CONTEXT>` x 256 per tile
+            where their features go.
+        image_flags (`torch.Tensor` of shape `(num_tiles,)`, *optional*):
+            Training flag; tiles with flag 0 (dummy images of text-only samples) are dropped.
+        num_tiles (`torch.Tensor` or `list[int]`, *optional*):
+            Tiles per image (alias `num_patches`), only checked against `pixel_values`.
+
+        Returns logits `(batch_size, kept positions, vocab_size)`; raises as [`InternVLChatBaseModel.forward`].
         """
         outputs = self.model(
             input_ids=input_ids,
