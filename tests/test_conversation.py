@@ -9,21 +9,22 @@ from pathlib import Path
 import pytest
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from transformers_internvl.processing.conversation import (
+from transformers_internvl.chat_templates import (
     CHAT_TEMPLATE,
-    Conversation,
-    build_batch_chat_prompts,
-    build_chat_prompt,
     expand_image_placeholders,
     expand_video_placeholders,
-    get_conv_template,
-    get_eos_token,
     get_jinja_chat_template,
     multi_image_prefix,
-    postprocess_response,
-    prepare_chat_question,
     video_frame_prompt,
 )
+from transformers_internvl.modeling.chat_prompts import (
+    build_batch_chat_prompts,
+    build_chat_prompt,
+    get_eos_token,
+    postprocess_response,
+    prepare_chat_question,
+)
+from transformers_internvl.modeling.conversation import Conversation, get_conv_template
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PROMPTS = json.loads((FIXTURES / "prompts" / "prompts.json").read_text(encoding="utf-8"))

@@ -27,7 +27,8 @@ from transformers.models.auto.video_processing_auto import AutoVideoProcessor
 
 import transformers_internvl  # noqa: F401  (registers the classes)
 from transformers_internvl import InternVLImageProcessor, InternVLProcessor
-from transformers_internvl.processing.conversation import build_chat_prompt, get_conv_template
+from transformers_internvl.modeling.chat_prompts import build_chat_prompt
+from transformers_internvl.modeling.conversation import get_conv_template
 from transformers_internvl.processing.tokenizer_loading import check_tokenizer
 from transformers_internvl.processing.video_processing_internvl import InternVLVideoProcessor
 

@@ -24,16 +24,20 @@ def _tiny_vision(layers: int = 2) -> InternVLVisionModel:
     return InternVLVisionModel(config).eval()
 
 
-def test_vision_layer_returns_weights_only_when_asked():
+def test_vision_layer_keeps_no_attention_weights_and_the_model_records_them_when_asked():
     model = _tiny_vision()
-    hidden = model.embeddings(torch.randn(3, 3, 28, 28))
-    layer = model.encoder.layers[0]
-    states, weights = layer(hidden)
-    assert weights is None
-    states_with, weights_with = layer(hidden, output_attentions=True)
-    assert weights_with.shape == (3, 4, 5, 5)
-    torch.testing.assert_close(weights_with.sum(-1), torch.ones(3, 4, 5))
-    assert torch.equal(states, states_with)
+    pixel_values = torch.randn(3, 3, 28, 28)
+    hidden = model.embeddings(pixel_values)
+    states = model.encoder.layers[0](hidden)
+    assert isinstance(states, torch.Tensor)  # the layer releases the weights before its MLP runs
+    full = model(pixel_values, output_attentions=True, output_hidden_states=True)
+    assert full.attentions[0].shape == (3, 4, 5, 5)
+    torch.testing.assert_close(full.attentions[0].sum(-1), torch.ones(3, 4, 5))
+    # hidden_states = (embeddings, layer_1, layer_2), as the original indexes them for `select_layer`.
+    assert len(full.hidden_states) == 3
+    assert torch.equal(full.hidden_states[0], hidden) and torch.equal(full.hidden_states[1], states)
+    assert torch.equal(model.encoder.layers[1](states), full.last_hidden_state)
+    assert torch.equal(full.hidden_states[2], full.last_hidden_state)
 
 
 def test_vision_model_attentions_still_reported():

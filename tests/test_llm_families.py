@@ -19,8 +19,8 @@ from transformers import AutoModelForCausalLM, Phi3Config, Phi3ForCausalLM
 import transformers_internvl  # noqa: F401  (registers the classes)
 from transformers_internvl import InternVLConfig, InternVLForConditionalGeneration
 from transformers_internvl.modeling.configuration_intern_vit import InternVLVisionConfig
+from transformers_internvl.modeling.conversation import CONV_TEMPLATES
 from transformers_internvl.modeling.modeling_intern_vit import InternVLVisionModel
-from transformers_internvl.processing.conversation import CONV_TEMPLATES
 
 FAMILIES_DIR = Path(__file__).parent / "fixtures" / "llm_families"
 IMAGE_TOKEN_ID = 5

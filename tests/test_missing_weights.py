@@ -12,7 +12,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
 
 import transformers_internvl  # noqa: F401  (registers the classes)
 from transformers_internvl import InternVLConfig, InternVLForConditionalGeneration
-from transformers_internvl.conversion.missing_weights import group_under_prefixes
+from transformers_internvl.modeling.missing_weights import group_under_prefixes
 
 FIXTURES = Path(__file__).parent / "fixtures" / "models"
 QWEN2_DIR = FIXTURES / "tiny-qwen2"

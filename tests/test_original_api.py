@@ -23,8 +23,9 @@ from transformers import (
 
 import transformers_internvl  # noqa: F401
 from transformers_internvl import InternVLForConditionalGeneration, InternVLModel
+from transformers_internvl.chat_templates import INTERNVL2_5_SYSTEM_MESSAGE
 from transformers_internvl.modeling import original_api
-from transformers_internvl.processing.conversation import INTERNVL2_5_SYSTEM_MESSAGE, Conversation
+from transformers_internvl.modeling.conversation import Conversation
 
 FIXTURES = Path(__file__).parent / "fixtures"
 QWEN2_DIR = FIXTURES / "models" / "tiny-qwen2"

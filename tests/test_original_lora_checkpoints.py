@@ -22,11 +22,11 @@ from transformers.utils import logging
 
 import transformers_internvl  # noqa: F401  (registers the classes)
 from transformers_internvl import InternVLModel
-from transformers_internvl.conversion import original_lora
 from transformers_internvl.conversion.original_lora import (
     ORIGINAL_BACKBONE_LORA_TARGET_MODULES,
     ORIGINAL_LLM_LORA_TARGET_MODULES,
 )
+from transformers_internvl.modeling import original_lora_loading
 
 FIXTURES = Path(__file__).parent / "fixtures" / "models"
 TOLERANCE = 1e-4  # fp32 logits, acceptance bound; the merge itself is exact up to fp32 rounding (~1e-6)
@@ -155,7 +155,7 @@ def test_merge_is_w_plus_two_b_a_in_fp32():
     """First principles: PEFT's eval forward of a wrapped linear layer equals `x @ (W + (alpha / r) B A).T + b`."""
     generator = torch.Generator().manual_seed(1)
     weight, lora_a, lora_b = (torch.randn(shape, generator=generator) for shape in ((6, 5), (3, 5), (6, 3)))
-    merged = original_lora.MergeOriginalLora().convert(
+    merged = original_lora_loading.MergeOriginalLora().convert(
         {"base_layer.weight": [weight], "lora_A.default.weight": [lora_a], "lora_B.default.weight": [lora_b]},
         source_patterns=[],
         target_patterns=["weight"],
@@ -193,7 +193,7 @@ def test_lora_tensors_under_a_config_without_lora_are_merged_with_a_warning(tmp_
     config = json.loads((tmp_path / "config.json").read_text())
     config["use_llm_lora"] = 0
     (tmp_path / "config.json").write_text(json.dumps(config))
-    logger = logging.get_logger(original_lora.__name__)
+    logger = logging.get_logger(original_lora_loading.__name__)
     with CaptureLogger(logger) as captured:
         model = _load(tmp_path)
     assert "`use_llm_lora` is 0" in captured.out
@@ -204,7 +204,7 @@ def test_merge_keeps_the_weight_dtype_and_adds_in_fp32():
     generator = torch.Generator().manual_seed(2)
     weight, lora_a, lora_b = (torch.randn(shape, generator=generator) for shape in ((64, 32), (4, 32), (64, 4)))
     name = "model.vision_model.encoder.layers.0.attn.qkv.weight"
-    merged = original_lora.MergeOriginalLora().convert(
+    merged = original_lora_loading.MergeOriginalLora().convert(
         {
             "base_layer.weight": [weight.bfloat16()],
             "lora_A.default.weight": [lora_a.bfloat16()],
@@ -245,17 +245,13 @@ def test_sharded_checkpoint_merges_across_shards(tmp_path):
     assert _state_dicts_equal(_load(sharded).state_dict(), full.state_dict())
 
 
-@pytest.mark.xfail(
-    raises=ValueError,
-    strict=False,
-    reason="`InternVLModel` shares its class name with transformers' own port, whose class-name conversion mapping "
-    "(Llava's) takes priority over the `internvl_chat` one, so the LoRA merge is not applied to the base model; the "
-    "load fails loudly (missing weights) instead of giving a random LLM.",
-)
 def test_base_model_load_merges_the_same(tmp_path):
     write_original_lora_checkpoint("tiny-qwen2", tmp_path, llm_rank=4, vision_rank=8, with_logits=False)
     full = _load(tmp_path)
+    # The base model's class name (`InternVLChatBaseModel`) is not transformers' own `InternVLModel`, whose class-name
+    # conversion mapping (Llava's) would otherwise take priority over the `internvl_chat` one and skip the merge.
     base = InternVLModel.from_pretrained(tmp_path)  # AutoModel gives the chat model, as the original's
+    assert type(base).__name__ == "InternVLChatBaseModel"
     assert _state_dicts_equal(base.state_dict(), full.model.state_dict())
     assert (base.config.use_llm_lora, base.config.use_backbone_lora) == (0, 0)
 

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from transformers import AutoProcessor, AutoTokenizer
 
 import transformers_internvl  # noqa: F401  (registers the Auto classes)
-from transformers_internvl.processing.conversation import build_chat_prompt
+from transformers_internvl.modeling.chat_prompts import build_chat_prompt
 from transformers_internvl.processing.image_processing_internvl import InternVLImageProcessor
 from transformers_internvl.processing.processing_internvl import InternVLChatProcessor, InternVLProcessor
 from transformers_internvl.processing.video_processing_internvl import InternVLVideoProcessor

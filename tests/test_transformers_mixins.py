@@ -26,9 +26,11 @@ import tempfile
 import types
 import unittest
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES, MODEL_MAPPING_NAMES
 
 import transformers_internvl  # noqa: F401  (registers the classes)
 from transformers_internvl import InternVLConfig, InternVLForConditionalGeneration, InternVLModel
@@ -212,6 +214,15 @@ class InternVLTransformersCommonTest(ModelTesterMixin, *_generation_bases, unitt
 
     def setUp(self) -> None:
         self.model_tester = InternVLTinyModelTester(self)
+        # The mixins tell a base model from a model with a head by class name, through transformers' own name tables
+        # (which list only transformers' models): list this package's classes there for the duration of a test.
+        for table, name in (
+            (MODEL_MAPPING_NAMES, InternVLModel.__name__),
+            (MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES, InternVLForConditionalGeneration.__name__),
+        ):
+            patcher = mock.patch.dict(table, {InternVLConfig.model_type: name})
+            patcher.start()
+            self.addCleanup(patcher.stop)
         self.config_tester = ConfigTester(self, config_class=InternVLConfig, has_text_modality=False)
         if self._testMethodName.startswith(self._TEXT_ONLY_TESTS):
             self.model_tester.text_only = True
@@ -227,3 +238,9 @@ class InternVLTransformersCommonTest(ModelTesterMixin, *_generation_bases, unitt
 
     def test_config(self) -> None:
         self.config_tester.run_common_tests()
+
+    def test_reverse_loading_mapping(self) -> None:
+        # The original layout is the chat model's (`language_model.model.*`, `language_model.<head>.*`): the base
+        # model (`InternVLChatBaseModel`) saves its own module tree and loads original checkpoints through the
+        # `base_model_prefix`, as transformers' Llava does (the mixin's `skip_base_model` case).
+        super().test_reverse_loading_mapping(skip_base_model=True)

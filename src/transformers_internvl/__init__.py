@@ -32,6 +32,14 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
     "InternVLModel": ".modeling.modeling_internvl",
     "InternVLPreTrainedModel": ".modeling.modeling_internvl",
     "InternVLForConditionalGeneration": ".modeling.modeling_internvl",
+    # the same classes under their InternVLChat* / InternVision* names (see README, "Class names")
+    "InternVLChatConfig": ".modeling.configuration_internvl",
+    "InternVisionConfig": ".modeling.configuration_intern_vit",
+    "InternVisionModel": ".modeling.modeling_intern_vit",
+    "InternVLChatPreTrainedModel": ".modeling.modeling_internvl",
+    "InternVLChatBaseModel": ".modeling.modeling_internvl",
+    "InternVLChatForConditionalGeneration": ".modeling.modeling_internvl",
+    "InternVLChatModel": ".modeling.modeling_internvl",
     # InternLM2 language model
     "InternLM2Config": ".modeling.configuration_internlm2",
     "InternLM2Model": ".modeling.modeling_internlm2",
@@ -52,9 +60,9 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
     # conversation templates and InternVLProcessor
     "InternVLChatProcessor": ".processing.processing_internvl",
     "InternVLProcessor": ".processing.processing_internvl",  # alias of InternVLChatProcessor
-    "get_conv_template": ".processing.conversation",
-    "build_chat_prompt": ".processing.conversation",
-    "build_batch_chat_prompts": ".processing.conversation",
+    "get_conv_template": ".modeling.conversation",
+    "build_chat_prompt": ".modeling.chat_prompts",
+    "build_batch_chat_prompts": ".modeling.chat_prompts",
     # reasoning at inference time (CoT prompts, answer parsing, voting, repetition stopping)
     "INTERNVL_COT_TEMPLATE": ".reasoning.prompts",
     "MULTIPLE_CHOICE_COT_PROMPT": ".reasoning.prompts",

@@ -20,22 +20,23 @@ def _register_core() -> None:
     )
 
     from ._lazy_registry import lazy_attribute, make_lazy
-    from .conversion.checkpoint_mapping import register_checkpoint_mappings
-    from .modeling.configuration_intern_vit import InternVLVisionConfig
-    from .modeling.configuration_internvl import InternVLConfig
+    from .modeling.checkpoint_mapping import register_checkpoint_mappings
+    from .modeling.configuration_intern_vit import InternVisionConfig
+    from .modeling.configuration_internvl import InternVLChatConfig
 
-    AutoConfig.register(InternVLConfig.model_type, InternVLConfig, exist_ok=True)
-    AutoConfig.register(InternVLVisionConfig.model_type, InternVLVisionConfig, exist_ok=True)
-    chat_model = lazy_attribute(".modeling.modeling_internvl", "InternVLForConditionalGeneration")
-    vision_model = lazy_attribute(".modeling.modeling_intern_vit", "InternVLVisionModel")
+    AutoConfig.register(InternVLChatConfig.model_type, InternVLChatConfig, exist_ok=True)
+    AutoConfig.register(InternVisionConfig.model_type, InternVisionConfig, exist_ok=True)
+    chat_model = lazy_attribute(".modeling.modeling_internvl", "InternVLChatForConditionalGeneration")
+    vision_model = lazy_attribute(".modeling.modeling_intern_vit", "InternVisionModel")
     # The original's `auto_map` makes `AutoModel` the chat model (model cards call `AutoModel.from_pretrained(...).chat()`);
-    # `InternVLModel` stays the base model (`base_model_prefix = "model"`) and loads the same checkpoints.
+    # `InternVLChatBaseModel` (alias `InternVLModel`) stays the base model (`base_model_prefix = "model"`) and loads
+    # the same checkpoints.
     # Written to the mappings directly: `AutoModel.register` reads `model_class.config_class`, which would import it.
     for factory, config_class, model_class in (
-        (AutoModel, InternVLConfig, chat_model),
-        (AutoModel, InternVLVisionConfig, vision_model),
-        (AutoModelForImageTextToText, InternVLConfig, chat_model),
-        (AutoModelForCausalLM, InternVLConfig, chat_model),
+        (AutoModel, InternVLChatConfig, chat_model),
+        (AutoModel, InternVisionConfig, vision_model),
+        (AutoModelForImageTextToText, InternVLChatConfig, chat_model),
+        (AutoModelForCausalLM, InternVLChatConfig, chat_model),
     ):
         make_lazy(factory._model_mapping)
         factory._model_mapping.register(config_class, model_class, exist_ok=True)

@@ -16,15 +16,15 @@ from typing import Any
 import torch
 from transformers.utils import logging
 
-from ..modeling.modeling_internvl import find_added_token_id
-from ..processing.conversation import (
+from ..chat_templates import (
     IMAGE_CONTEXT_TOKEN,
     IMAGE_END_TOKEN,
     IMAGE_START_TOKEN,
     VIDEO_PLACEHOLDER,
-    get_conv_template,
     get_jinja_chat_template,
+    template_data,
 )
+from ..modeling.tokenizer_files import find_added_token_id
 from .checkpoint_io import ConversionError, read_json, write_json
 from .hf_layout import (
     ORIGINAL_RECORD_KEY,
@@ -213,7 +213,7 @@ def prepare_to_hf(source: Path, config: dict[str, Any], image_token_id: int | No
 
 
 def _chat_stop_token(template: str | None) -> str:
-    return get_conv_template(template or "internvl2_5").sep.strip()
+    return template_data(template or "internvl2_5")["sep"].strip()
 
 
 def write_hf_side_files(source: Path, folder: Path, original: Any, original_dict: dict, hf_config: Any) -> None:

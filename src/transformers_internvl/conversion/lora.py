@@ -22,7 +22,7 @@ from .checkpoint_io import ConversionError, read_json
 from .hf_layout import normalize_hf_key
 
 _LORA_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<part>[AB])\.weight$")
-# This package's module names -> original checkpoint names (see checkpoint_mapping.py).
+# This package's module names -> original checkpoint names (see modeling/checkpoint_mapping.py).
 _ORIGINAL_PREFIXES = (
     ("model.vision_model.", "vision_model."),
     ("model.mlp1.", "mlp1."),

@@ -1,44 +1,16 @@
-"""Unmerged LoRA checkpoints written by the original fine-tuning code, merged into plain weights while loading.
+"""Unmerged LoRA checkpoints of the original fine-tuning code, for the streaming converter and for training.
 
-With `--use_llm_lora r` / `--use_backbone_lora r` the original `internvl_chat_finetune.py` wraps the LLM and/or the
-vision tower with PEFT (`InternVLChatModel.wrap_llm_lora` / `wrap_backbone_lora` in the original
-`internvl/model/internvl_chat/modeling_internvl_chat.py`), writes `use_llm_lora: r` / `use_backbone_lora: r` into
-`config.json` and saves the wrapped modules' state dict as is. Every key of a wrapped module then carries PEFT's
-`base_model.model.` prefix, and each LoRA-wrapped linear layer is stored as three tensors::
-
-    language_model.base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight     W  (out, in)
-    language_model.base_model.model.model.layers.0.self_attn.q_proj.base_layer.bias       (when the layer has one)
-    language_model.base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight A  (r, in)
-    language_model.base_model.model.model.layers.0.self_attn.q_proj.lora_B.default.weight B  (out, r)
-    language_model.base_model.model.lm_head.weight                                       (not wrapped, prefixed)
-    vision_model.base_model.model.encoder.layers.0.attn.qkv.base_layer.weight            (the same for the ViT)
-
-The original rebuilds the wrappers from the config at load time with `lora_alpha = 2 * r` (dropout 0.05, inactive in
-eval), so each wrapped layer computes `x @ W.T + (alpha / r) * x @ A.T @ B.T` with `alpha / r = 2` whatever `r` is.
-Here that sum is folded into the weight while loading, `W' = W + 2 * B @ A` (in fp32, then cast to the weight's
-dtype), the same merge as the original's `tools/merge_lora.py` (`merge_and_unload`). The loaded model is a plain
-model; `config.use_llm_lora` / `config.use_backbone_lora` are set to 0, as the original merge script does, so that a
-save writes plain keys under a config that says so and a reload does not merge twice.
-
-The merge runs inside transformers' loader as a `WeightConverter` (many-to-one: base, A, B -> weight), one layer at a
-time: no second copy of the model is materialised, the peak extra memory is one layer's fp32 temporaries.
+`--use_llm_lora r` / `--use_backbone_lora r` checkpoints (see `modeling/original_lora_loading.py` for their layout and
+the merge `from_pretrained` does while loading) are merged here key by key: `plan_original_lora_merge` tells which
+tensors become which plain original keys, `merge_lora_pair` folds one layer. The PEFT target modules of the original's
+`wrap_backbone_lora` / `wrap_llm_lora` are kept here for the training code that wraps a model the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-
 import torch
-from safetensors import safe_open
-from transformers.core_model_loading import ConversionOps, WeightConverter, WeightRenaming
-from transformers.utils import logging
 
-logger = logging.get_logger(__name__)
-
-# `lora_alpha / r` of the original's wrappers (`lora_alpha = 2 * r` in `InternVLChatModel.__init__` and the script).
-ORIGINAL_LORA_SCALING = 2.0
-ORIGINAL_LORA_DROPOUT = 0.05
+from ..modeling.original_lora_loading import _BASE, _LORA_A, _LORA_B, ORIGINAL_LORA_SCALING
 
 # PEFT `target_modules` of the original `wrap_backbone_lora` (InternViT) and `wrap_llm_lora` (per LLM architecture).
 ORIGINAL_BACKBONE_LORA_TARGET_MODULES = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
@@ -62,129 +34,6 @@ ORIGINAL_LLM_LORA_TARGET_MODULES: dict[str, tuple[str, ...]] = {
     ),
 }
 ORIGINAL_LLM_LORA_TARGET_MODULES["LlamaForCausalLM"] = ORIGINAL_LLM_LORA_TARGET_MODULES["Qwen2ForCausalLM"]
-
-_BASE = "base_layer.weight"
-_LORA_A = "lora_A.default.weight"
-_LORA_B = "lora_B.default.weight"
-# Which config field declares the LoRA of each tower (keys of `LoraLoadRecord.ranks`).
-_TOWER_FIELDS = {"vision": "use_backbone_lora", "llm": "use_llm_lora"}
-
-
-@dataclass
-class LoraLoadRecord:
-    """What the merge saw during one load; kept on the model until the load finishes."""
-
-    ranks: dict[str, set[int]] = field(default_factory=lambda: {"vision": set(), "llm": set()})
-    merged: dict[str, int] = field(default_factory=lambda: {"vision": 0, "llm": 0})
-    # (key of this model or None, what is wrong)
-    problems: list[tuple[str | None, str]] = field(default_factory=list)
-
-
-def _tower(layer_name: str) -> str:
-    return "vision" if ".vision_model." in f".{layer_name}" else "llm"
-
-
-def _record(model) -> LoraLoadRecord:
-    record = model.__dict__.get("_original_lora_record")
-    if record is None:
-        record = LoraLoadRecord()
-        model.__dict__["_original_lora_record"] = record
-    return record
-
-
-class MergeOriginalLora(ConversionOps):
-    """`{base_layer.weight: W, lora_A: A, lora_B: B}` -> `{weight: W + 2 * B @ A}` (see the module docstring).
-
-    A layer whose tensors do not fit together (a missing part, shapes that do not chain) is recorded and left with its
-    base weight; the load then fails with all such layers listed (`finish_original_lora_load`).
-    """
-
-    def convert(
-        self,
-        input_dict: dict[str, list[torch.Tensor]],
-        source_patterns: list[str],
-        target_patterns: list[str],
-        full_layer_name: str | None = None,
-        model=None,
-        **kwargs,
-    ) -> dict[str, torch.Tensor]:
-        tensors = {name: values[0] for name, values in input_dict.items() if values}
-        record = _record(model) if model is not None else LoraLoadRecord()
-        tower = _tower(full_layer_name)
-        base, lora_a, lora_b = tensors.get(_BASE), tensors.get(_LORA_A), tensors.get(_LORA_B)
-        missing = [name for name, tensor in ((_BASE, base), (_LORA_A, lora_a), (_LORA_B, lora_b)) if tensor is None]
-        if missing:
-            record.problems.append((full_layer_name, f"the checkpoint has no {' / '.join(missing)} for this layer"))
-            if base is None:
-                return {}
-            return {full_layer_name: base}
-        if lora_a.ndim != 2 or lora_b.ndim != 2 or lora_b.shape[1] != lora_a.shape[0]:
-            record.problems.append(
-                (full_layer_name, f"lora_A {tuple(lora_a.shape)} and lora_B {tuple(lora_b.shape)} do not chain")
-            )
-            return {full_layer_name: base}
-        if (lora_b.shape[0], lora_a.shape[1]) != tuple(base.shape):
-            record.problems.append(
-                (
-                    full_layer_name,
-                    f"lora_B @ lora_A is {(lora_b.shape[0], lora_a.shape[1])}, the base weight {tuple(base.shape)}",
-                )
-            )
-            return {full_layer_name: base}
-        record.ranks[tower].add(int(lora_a.shape[0]))
-        record.merged[tower] += 1
-        delta = lora_b.to(torch.float32) @ lora_a.to(device=lora_b.device, dtype=torch.float32)
-        merged = (base.to(torch.float32) + ORIGINAL_LORA_SCALING * delta.to(base.device)).to(base.dtype)
-        return {full_layer_name: merged}
-
-
-class _PeftWrapperRenaming(WeightRenaming):
-    """Strips PEFT's wrapper names (`base_model.model.`, `base_layer.bias`); never reversed on save."""
-
-    __slots__ = ()
-
-
-class _LoraMergeConverter(WeightConverter):
-    """Merges `base_layer` + `lora_A` + `lora_B` into `weight`; never reversed on save."""
-
-    __slots__ = ()
-
-
-def original_lora_renamings() -> list[WeightRenaming]:
-    """Renamings to apply before the layout renamings: the PEFT wrapper prefixes and the wrapped layers' biases."""
-    return [
-        _PeftWrapperRenaming(r"^language_model\.base_model\.model\.", "language_model."),
-        _PeftWrapperRenaming(r"^vision_model\.base_model\.model\.", "vision_model."),
-        _PeftWrapperRenaming(r"\.base_layer\.bias$", ".bias"),
-    ]
-
-
-def original_lora_converters() -> list[WeightConverter]:
-    """The merge of each LoRA-wrapped layer's three tensors into its weight."""
-    return [_LoraMergeConverter([_BASE, _LORA_A, _LORA_B], "weight", operations=[MergeOriginalLora()])]
-
-
-def checkpoint_holds_original_lora(checkpoint_files: list[str] | None, state_dict: dict | None) -> bool:
-    """Whether the checkpoint holds keys of a PEFT-wrapped (unmerged LoRA) original model.
-
-    Reads only the safetensors headers (key names), never tensor data. `.bin` files (which cannot be listed
-    without loading them) count as LoRA-holding, so their keys still get the LoRA renamings.
-    """
-    markers = (".base_layer.", ".lora_A.", ".lora_B.", "language_model.base_model.model.", "vision_model.base_model.")
-
-    def holds(keys) -> bool:
-        return any(marker in key for key in keys for marker in markers)
-
-    if state_dict is not None and holds(state_dict):
-        return True
-    for checkpoint_file in checkpoint_files or []:
-        if not str(checkpoint_file).endswith(".safetensors"):
-            return True
-        with safe_open(checkpoint_file, framework="pt") as handle:
-            if holds(handle.keys()):
-                return True
-    return False
-
 
 _PEFT_PREFIXES = (
     ("language_model.base_model.model.", "language_model."),
@@ -253,79 +102,9 @@ def plan_original_lora_merge(keys) -> tuple[dict[str, str], dict[str, tuple[str,
     return aliases, merges
 
 
-def is_original_lora_transform(transform) -> bool:
-    """Whether `transform` is one of this module's (they only apply on load and must not be reversed on save)."""
-    return isinstance(transform, (_PeftWrapperRenaming, _LoraMergeConverter))
-
-
-def finish_original_lora_load(model, describe_key: Callable[[str], str]) -> None:
-    """After the weights are in: check the merged LoRA against the config and make the config describe the result.
-
-    Drops the LoRA transforms from the conversions kept for saving (a merged model saves plain keys), and sets
-    `use_llm_lora` / `use_backbone_lora` to 0.
-
-    Args:
-        model: the model being loaded (`InternVLPreTrainedModel`).
-        describe_key: maps a key of this model to its name in the original layout, for messages.
-
-    Raises:
-        ValueError: a LoRA layer whose tensors are incomplete or do not fit, or LoRA of another rank than the config's
-            `use_llm_lora` / `use_backbone_lora` (the original would not load it either).
-    """
-    record: LoraLoadRecord | None = model.__dict__.pop("_original_lora_record", None)
-    conversions = getattr(model, "_weight_conversions", None)
-    if conversions is not None:
-        model._weight_conversions = [t for t in conversions if not is_original_lora_transform(t)]
-    config = model.config
-    problems = list(record.problems) if record is not None else []
-    for tower, field_name in _TOWER_FIELDS.items():
-        declared = int(getattr(config, field_name, 0) or 0)
-        ranks = record.ranks[tower] if record is not None else set()
-        merged = record.merged[tower] if record is not None else 0
-        if declared and ranks and ranks != {declared}:
-            problems.append(
-                (
-                    None,
-                    f"`{field_name}` is {declared} in the config but the checkpoint's LoRA tensors have rank "
-                    f"{sorted(ranks)}",
-                )
-            )
-        elif merged and not declared:
-            logger.warning(
-                f"The checkpoint holds unmerged LoRA tensors (rank {sorted(ranks)}) for the "
-                f"{'vision tower' if tower == 'vision' else 'language model'} but the config's `{field_name}` is 0; "
-                f"they were merged with the original fine-tuning code's scaling lora_alpha / r = "
-                f"{ORIGINAL_LORA_SCALING:g}."
-            )
-        elif declared and not merged:
-            logger.warning(
-                f"The config's `{field_name}` is {declared} but the checkpoint holds no unmerged LoRA tensors for the "
-                f"{'vision tower' if tower == 'vision' else 'language model'}; loaded its weights as plain weights."
-            )
-        if merged:
-            logger.info(f"Merged {merged} LoRA layers (rank {sorted(ranks)}, scaling {ORIGINAL_LORA_SCALING:g}).")
-    if problems:
-        lines = [message if key is None else f"{describe_key(key)}: {message}" for key, message in problems]
-        raise ValueError(
-            "The checkpoint's unmerged LoRA (saved by the original fine-tuning code) cannot be loaded:\n  "
-            + "\n  ".join(lines)
-        )
-    for field_name in _TOWER_FIELDS.values():
-        if getattr(config, field_name, 0):
-            setattr(config, field_name, 0)
-
-
 __all__ = [
     "ORIGINAL_BACKBONE_LORA_TARGET_MODULES",
     "ORIGINAL_LLM_LORA_TARGET_MODULES",
-    "ORIGINAL_LORA_DROPOUT",
-    "ORIGINAL_LORA_SCALING",
-    "MergeOriginalLora",
-    "checkpoint_holds_original_lora",
     "merge_lora_pair",
     "plan_original_lora_merge",
-    "finish_original_lora_load",
-    "is_original_lora_transform",
-    "original_lora_converters",
-    "original_lora_renamings",
 ]

@@ -1,8 +1,8 @@
 """`model.chat()` / `model.batch_chat()` with the original remote-code signatures.
 
-Code written for the original `InternVLChatModel` keeps working unchanged. Both methods build the prompt with the
-processor's conversation code (`transformers_internvl.processing.conversation`), tokenize it and call the standard
-`generate`: there is no second generation path.
+Code written for the original `InternVLChatModel` keeps working unchanged. Both methods render the prompt with the
+Jinja chat template the processor uses too (`chat_prompts.py`), tokenize it and call the standard `generate`: there
+is no second generation path.
 """
 
 from __future__ import annotations
@@ -13,18 +13,10 @@ from typing import Any
 import torch
 from transformers import GenerationConfig
 
-from ..processing.conversation import (
-    IMAGE_CONTEXT_TOKEN,
-    IMAGE_END_TOKEN,
-    IMAGE_START_TOKEN,
-    Conversation,
-    build_batch_chat_prompts,
-    build_chat_prompt,
-    get_conv_template,
-    postprocess_response,
-    prepare_chat_question,
-)
+from ..chat_templates import IMAGE_CONTEXT_TOKEN, IMAGE_END_TOKEN, IMAGE_START_TOKEN
 from .chat_cache import can_reuse, clear_chat_cache, generate_reusing_cache
+from .chat_prompts import build_batch_chat_prompts, build_chat_prompt, postprocess_response, prepare_chat_question
+from .conversation import Conversation, get_conv_template
 from .input_checks import check_chat_inputs, question_list
 
 
@@ -43,7 +35,7 @@ def _generation_kwargs(generation_config: dict | GenerationConfig | None) -> dic
 
 class InternVLChatMixin:
     """Adds the original remote-code API (`chat`, `batch_chat`, `extract_feature`) to
-    `InternVLForConditionalGeneration`."""
+    `InternVLChatForConditionalGeneration`."""
 
     #: `chat()` keeps the key/value cache of its last turn and reuses it for the next turn's common prefix (history,
     #: images), see `chat_cache`. Set to False to re-run everything each turn, as the original does.

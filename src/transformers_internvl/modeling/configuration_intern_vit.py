@@ -10,7 +10,7 @@ logger = logging.get_logger(__name__)
 NORM_TYPES = ("layer_norm", "rms_norm")
 
 
-class InternVLVisionConfig(PreTrainedConfig):
+class InternVisionConfig(PreTrainedConfig):
     r"""
     Configuration of an InternViT vision tower, read verbatim from the `vision_config` of an original OpenGVLab
     checkpoint (`model_type` `"intern_vit_6b"`, as the original writes it for both sizes).
@@ -94,4 +94,7 @@ class InternVLVisionConfig(PreTrainedConfig):
         return self.image_size // self.patch_size
 
 
-__all__ = ["InternVLVisionConfig"]
+# The name of this package before version 0.2 (equal to transformers' own, different `InternVLVisionConfig`).
+InternVLVisionConfig = InternVisionConfig
+
+__all__ = ["InternVisionConfig", "InternVLVisionConfig"]

@@ -10,7 +10,7 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import logging
 
 from .config_validation import check_sub_configs_present, validate_config_values
-from .configuration_intern_vit import InternVLVisionConfig
+from .configuration_intern_vit import InternVisionConfig
 from .llm_resolution import normalize_llm_config, original_llm_config, resolve_text_model_type
 
 logger = logging.get_logger(__name__)
@@ -18,7 +18,7 @@ logger = logging.get_logger(__name__)
 PIXEL_SHUFFLE_VERSIONS = ("v1", "v2")
 
 
-class InternVLConfig(PreTrainedConfig):
+class InternVLChatConfig(PreTrainedConfig):
     r"""
     Configuration of an InternVL 2.5 chat model (`model_type` `"internvl_chat"`).
 
@@ -27,7 +27,7 @@ class InternVLConfig(PreTrainedConfig):
     remote code (and servers that read OpenGVLab checkpoints) accept the file.
 
     Args:
-        vision_config: InternViT configuration (dict or [`InternVLVisionConfig`]).
+        vision_config: InternViT configuration (dict or [`InternVisionConfig`]).
         text_config: LLM configuration (dict or config); alias `llm_config`. Its `architectures[0]` (or
             `model_type`) selects the LLM: any causal LM transformers knows (`Qwen2ForCausalLM`, `LlamaForCausalLM`,
             `Phi3ForCausalLM`, `Qwen3ForCausalLM`, `Qwen3MoeForCausalLM`, `GptOssForCausalLM`, ...) or this
@@ -49,7 +49,7 @@ class InternVLConfig(PreTrainedConfig):
 
     model_type = "internvl_chat"
     sub_configs_defaults = {
-        "vision_config": InternVLVisionConfig,
+        "vision_config": InternVisionConfig,
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2"),
     }
 
@@ -79,9 +79,9 @@ class InternVLConfig(PreTrainedConfig):
             self.text_config = llm_config
 
         if self.vision_config is None:
-            self.vision_config = InternVLVisionConfig()
+            self.vision_config = InternVisionConfig()
         elif isinstance(self.vision_config, dict):
-            self.vision_config = InternVLVisionConfig(**self.vision_config)
+            self.vision_config = InternVisionConfig(**self.vision_config)
 
         if self.text_config is not None and not isinstance(self.text_config, (dict, PreTrainedConfig)):
             raise TypeError(
@@ -198,4 +198,7 @@ class InternVLConfig(PreTrainedConfig):
         return json.dumps(config_dict, indent=2, sort_keys=True) + "\n"
 
 
-__all__ = ["InternVLConfig"]
+# The name of this package before version 0.2 (equal to transformers' own, different `InternVLConfig`).
+InternVLConfig = InternVLChatConfig
+
+__all__ = ["InternVLChatConfig", "InternVLConfig"]

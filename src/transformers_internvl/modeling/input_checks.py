@@ -1,4 +1,4 @@
-"""Checks on the multimodal inputs of `InternVLModel.forward` and `InternVLForConditionalGeneration.generate`
+"""Checks on the multimodal inputs of `InternVLChatBaseModel.forward` and `InternVLChatForConditionalGeneration.generate`
 (issue 12): nothing generates from unfilled `<IMG_CONTEXT>` slots, `num_tiles` and `image_flags` match the tiles."""
 
 from __future__ import annotations

@@ -19,9 +19,11 @@ from transformers.modeling_outputs import BaseModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, logging
+from transformers.utils import TransformersKwargs, auto_docstring, logging
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_intern_vit import InternVLVisionConfig
+from .configuration_intern_vit import InternVisionConfig
 
 logger = logging.get_logger(__name__)
 
@@ -56,7 +58,7 @@ class DropPath(nn.Module):
 class InternVLVisionEmbeddings(nn.Module):
     """Patch embedding + CLS token + learned position embedding (bicubically resized to the actual patch grid)."""
 
-    def __init__(self, config: InternVLVisionConfig) -> None:
+    def __init__(self, config: InternVisionConfig) -> None:
         super().__init__()
         self.config = config
         self.embed_dim = config.hidden_size
@@ -124,7 +126,7 @@ def eager_attention_forward(
 class InternVLVisionAttention(nn.Module):
     """Bidirectional attention with a fused `qkv` projection and optional QK-norm over all heads (InternViT-6B)."""
 
-    def __init__(self, config: InternVLVisionConfig) -> None:
+    def __init__(self, config: InternVisionConfig) -> None:
         super().__init__()
         self.config = config
         self.embed_dim = config.hidden_size
@@ -185,7 +187,7 @@ class InternVLVisionAttention(nn.Module):
 
 
 class InternVLVisionMLP(nn.Module):
-    def __init__(self, config: InternVLVisionConfig) -> None:
+    def __init__(self, config: InternVisionConfig) -> None:
         super().__init__()
         self.act = ACT2FN[config.hidden_act]
         self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
@@ -199,7 +201,7 @@ class InternVLVisionLayer(GradientCheckpointingLayer):
     """Pre-norm transformer block with layer scale and stochastic depth:
     `h += drop_path(attn(norm1(h)) * ls1); h += drop_path(mlp(norm2(h)) * ls2)`."""
 
-    def __init__(self, config: InternVLVisionConfig, drop_path_rate: float = 0.0) -> None:
+    def __init__(self, config: InternVisionConfig, drop_path_rate: float = 0.0) -> None:
         super().__init__()
         norm_class = NORM2FN[config.norm_type]
         self.norm1 = norm_class(config.hidden_size, eps=config.layer_norm_eps)
@@ -211,25 +213,19 @@ class InternVLVisionLayer(GradientCheckpointingLayer):
         self.drop_path1 = DropPath(drop_path_rate) if drop_path_rate > 0.0 else nn.Identity()
         self.drop_path2 = DropPath(drop_path_rate) if drop_path_rate > 0.0 else nn.Identity()
 
-    def forward(
-        self, hidden_states: torch.Tensor, output_attentions: bool = False, **kwargs: Unpack[TransformersKwargs]
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Returns the new hidden states and, only when `output_attentions`, the attention weights (else `None`).
-
-        Unrequested weights (eager: `(num_tiles, heads, seq, seq)`, ~470 MiB for 7 tiles of InternViT-300M in fp32) are
-        released here, before the MLP and the next layer run.
-        """
-        attn_output, attn_weights = self.attn(self.norm1(hidden_states).to(hidden_states.dtype), **kwargs)
-        if not output_attentions:
-            attn_weights = None
+    def forward(self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> torch.Tensor:
+        """`(num_tiles, seq_len, hidden_size)` -> same shape. The attention weights are returned by the attention
+        module (where `output_attentions=True` records them) and released here, before the MLP and the next layer run
+        (eager: `(num_tiles, heads, seq, seq)`, ~470 MiB for 7 tiles of InternViT-300M in fp32)."""
+        attn_output, _ = self.attn(self.norm1(hidden_states).to(hidden_states.dtype), **kwargs)
         hidden_states = hidden_states + self.drop_path1(attn_output * self.ls1)
         mlp_output = self.mlp(self.norm2(hidden_states).to(hidden_states.dtype))
         hidden_states = hidden_states + self.drop_path2(mlp_output * self.ls2)
-        return hidden_states, attn_weights
+        return hidden_states
 
 
 class InternVLVisionEncoder(nn.Module):
-    def __init__(self, config: InternVLVisionConfig) -> None:
+    def __init__(self, config: InternVisionConfig) -> None:
         super().__init__()
         self.config = config
         # Computed on the CPU so that the model can be built under `torch.device("meta")` (a meta tensor has no
@@ -240,31 +236,16 @@ class InternVLVisionEncoder(nn.Module):
         )
         self.gradient_checkpointing = False
 
-    def forward(
-        self,
-        inputs_embeds: torch.Tensor,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> BaseModelOutput:
-        all_hidden_states = (inputs_embeds,) if output_hidden_states else None
-        all_attentions = () if output_attentions else None
+    def forward(self, inputs_embeds: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> BaseModelOutput:
         hidden_states = inputs_embeds
         for layer in self.layers:
-            hidden_states, attn_weights = layer(hidden_states, output_attentions=output_attentions, **kwargs)
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-            # Kernels that do not materialise the weights (sdpa, flash) return None: report none, as the LLM does.
-            if output_attentions and attn_weights is not None:
-                all_attentions += (attn_weights,)
-        return BaseModelOutput(
-            last_hidden_state=hidden_states, hidden_states=all_hidden_states, attentions=all_attentions
-        )
+            hidden_states = layer(hidden_states, **kwargs)
+        return BaseModelOutput(last_hidden_state=hidden_states)
 
 
-class InternVLVisionPreTrainedModel(PreTrainedModel):
-    config: InternVLVisionConfig
-    config_class = InternVLVisionConfig
+class InternVisionPreTrainedModel(PreTrainedModel):
+    config: InternVisionConfig
+    config_class = InternVisionConfig
     base_model_prefix = "vision_model"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
@@ -274,6 +255,9 @@ class InternVLVisionPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    _input_embed_layer = "patch_embedding"  # `embeddings.patch_embedding`, for `get_input_embeddings`
+    # `hidden_states` = (embeddings, layer_1, ..., layer_N), as the original indexes them for `select_layer`.
+    _can_record_outputs = {"hidden_states": InternVLVisionLayer, "attentions": InternVLVisionAttention}
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -295,29 +279,28 @@ class InternVLVisionPreTrainedModel(PreTrainedModel):
             nn.init.constant_(module.ls2, self.config.initializer_factor)
 
 
-class InternVLVisionModel(InternVLVisionPreTrainedModel):
+class InternVisionModel(InternVisionPreTrainedModel):
     """InternViT: `pixel_values (num_tiles, 3, 448, 448)` -> `last_hidden_state (num_tiles, 1025, hidden_size)`.
 
     There is no final norm and no pooler: the InternVL connector uses the token states directly.
     """
 
-    def __init__(self, config: InternVLVisionConfig) -> None:
+    def __init__(self, config: InternVisionConfig) -> None:
         super().__init__(config)
         self.embeddings = InternVLVisionEmbeddings(config)
         self.encoder = InternVLVisionEncoder(config)
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.embeddings.patch_embedding
+    @merge_with_config_defaults
+    @capture_outputs(tie_last_hidden_states=False)
+    @auto_docstring
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> BaseModelOutput:
+        r"""
+        pixel_values (`torch.Tensor` of shape `(num_tiles, num_channels, height, width)`):
+            Normalised tiles; height and width must be multiples of `config.patch_size`.
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> BaseModelOutput | tuple:
+        Raises `ValueError` for another shape.
+        """
         if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.num_channels:
             raise ValueError(
                 f"`pixel_values` must have shape (num_tiles, {self.config.num_channels}, height, width), "
@@ -329,17 +312,16 @@ class InternVLVisionModel(InternVLVisionPreTrainedModel):
                 f"`pixel_values` height and width must be multiples of the patch size {patch_size}, got "
                 f"{tuple(pixel_values.shape[-2:])}."
             )
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
-
-        hidden_states = self.embeddings(pixel_values)
-        outputs = self.encoder(
-            hidden_states, output_hidden_states=output_hidden_states, output_attentions=output_attentions, **kwargs
-        )
-        return outputs if return_dict else outputs.to_tuple()
+        return self.encoder(self.embeddings(pixel_values), **kwargs)
 
 
-__all__ = ["InternVLVisionPreTrainedModel", "InternVLVisionModel"]
+# The names of this package before version 0.2 (equal to transformers' own, different InternVL vision classes).
+InternVLVisionPreTrainedModel = InternVisionPreTrainedModel
+InternVLVisionModel = InternVisionModel
+
+__all__ = [
+    "InternVisionPreTrainedModel",
+    "InternVisionModel",
+    "InternVLVisionPreTrainedModel",
+    "InternVLVisionModel",
+]

@@ -11,8 +11,7 @@ without renaming, and the numerics follow the original (``internvl_chat/internvl
   base from the key length of the forward pass (see `InternLM2RotaryEmbedding`), without the original's hidden state.
 """
 
-from collections.abc import Callable, Iterable
-from contextvars import ContextVar
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -23,7 +22,7 @@ from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
-from transformers.models.llama.modeling_llama import LlamaRMSNorm
+from transformers.models.llama.modeling_llama import LlamaRMSNorm, apply_rotary_pos_emb, repeat_kv
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, auto_docstring, can_return_tuple, logging
 from transformers.utils.deprecation import deprecate_kwarg
@@ -31,61 +30,15 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_internlm2 import InternLM2Config, standardize_rope_scaling
+from .load_errors import (  # noqa: F401  (check_wqkv_shape, describe_wqkv_mismatch: re-exported)
+    check_wqkv_shape,
+    describe_internlm2_mismatches,
+    describe_wqkv_mismatch,
+    naming_shape_mismatches,
+    record_shape_mismatches,
+)
 
 logger = logging.get_logger(__name__)
-
-
-def check_wqkv_shape(
-    weight_shape: tuple[int, ...] | torch.Size,
-    hidden_size: int,
-    num_attention_heads: int,
-    num_key_value_heads: int,
-    name: str = "wqkv.weight",
-) -> None:
-    """Raises a `ValueError` naming the shapes if a fused `wqkv` weight of shape `weight_shape` does not fit the heads.
-
-    The expected shape is `((num_attention_heads + 2 * num_key_value_heads) * head_dim, hidden_size)` with
-    `head_dim = hidden_size // num_attention_heads`, and `num_attention_heads` must be a multiple of
-    `num_key_value_heads`.
-    """
-    if num_attention_heads <= 0 or hidden_size % num_attention_heads != 0:
-        raise ValueError(
-            f"hidden_size ({hidden_size}) must be a positive multiple of num_attention_heads ({num_attention_heads})"
-        )
-    if num_key_value_heads <= 0 or num_attention_heads % num_key_value_heads != 0:
-        raise ValueError(
-            f"{name}: num_attention_heads ({num_attention_heads}) is not a multiple of num_key_value_heads "
-            f"({num_key_value_heads}), so the grouped [kv_heads][heads/kv_heads + 2][head_dim] layout is undefined"
-        )
-    head_dim = hidden_size // num_attention_heads
-    expected = ((num_attention_heads + 2 * num_key_value_heads) * head_dim, hidden_size)
-    if tuple(weight_shape) != expected:
-        raise ValueError(
-            f"{name} has shape {tuple(weight_shape)}, expected {expected} = ((num_attention_heads "
-            f"{num_attention_heads} + 2 * num_key_value_heads {num_key_value_heads}) * head_dim {head_dim}, "
-            f"hidden_size {hidden_size})"
-        )
-
-
-def describe_wqkv_mismatch(name: str, checkpoint_shape: tuple[int, ...], config: InternLM2Config) -> str:
-    """One line naming a checkpoint `wqkv` shape, the shape the config implies, and the heads the rows would fit."""
-    head_dim = config.hidden_size // config.num_attention_heads
-    expected_rows = (config.num_attention_heads + 2 * config.num_key_value_heads) * head_dim
-    message = (
-        f"{name} has shape {tuple(checkpoint_shape)} in the checkpoint, expected ({expected_rows}, "
-        f"{config.hidden_size}) = ((num_attention_heads {config.num_attention_heads} + 2 * num_key_value_heads "
-        f"{config.num_key_value_heads}) * head_dim {head_dim}, hidden_size {config.hidden_size})"
-    )
-    rows = checkpoint_shape[0] if checkpoint_shape else 0
-    kv_rows = rows - config.num_attention_heads * head_dim
-    if rows % head_dim == 0 and kv_rows > 0 and kv_rows % (2 * head_dim) == 0:
-        message += f"; its rows would fit num_key_value_heads={kv_rows // (2 * head_dim)}"
-    return message
-
-
-# Collects `wqkv` shape mismatches seen while `from_pretrained` loads weights, to turn transformers' generic
-# "size mismatch" RuntimeError into a ValueError that names the shapes.
-_WQKV_MISMATCHES: ContextVar[list[str] | None] = ContextVar("_WQKV_MISMATCHES", default=None)
 
 
 class InternLM2RMSNorm(LlamaRMSNorm):
@@ -160,24 +113,6 @@ class InternLM2RotaryEmbedding(nn.Module):
         return emb.cos().to(dtype=x.dtype), emb.sin().to(dtype=x.dtype)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """Rotates half the hidden dims of the input: `(x1, x2) -> (-x2, x1)`."""
-    x1 = x[..., : x.shape[-1] // 2]
-    x2 = x[..., x.shape[-1] // 2 :]
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rotary_pos_emb(
-    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, unsqueeze_dim: int = 1
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Applies RoPE to `q` / `k` of shape `(batch_size, heads, seq_len, head_dim)`; `cos` / `sin` lack the head axis."""
-    cos = cos.unsqueeze(unsqueeze_dim)
-    sin = sin.unsqueeze(unsqueeze_dim)
-    q_embed = (q * cos) + (rotate_half(q) * sin)
-    k_embed = (k * cos) + (rotate_half(k) * sin)
-    return q_embed, k_embed
-
-
 class InternLM2MLP(nn.Module):
     """`w2(act(w1 x) * w3 x)`, no biases."""
 
@@ -193,16 +128,6 @@ class InternLM2MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w2(self.act_fn(self.w1(x)) * self.w3(x))
-
-
-def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
-    """`(batch, num_key_value_heads, seq_len, head_dim)` -> `(batch, num_key_value_heads * n_rep, seq_len, head_dim)`;
-    query head `h` then attends with key/value head `h // n_rep`."""
-    batch, num_key_value_heads, slen, head_dim = hidden_states.shape
-    if n_rep == 1:
-        return hidden_states
-    hidden_states = hidden_states[:, :, None, :, :].expand(batch, num_key_value_heads, n_rep, slen, head_dim)
-    return hidden_states.reshape(batch, num_key_value_heads * n_rep, slen, head_dim)
 
 
 def _add_mask(scores: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -356,16 +281,6 @@ class InternLM2DecoderLayer(GradientCheckpointingLayer):
         return hidden_states
 
 
-def _wqkv_mismatch_messages(
-    mismatched_keys: Iterable[tuple[str, tuple[int, ...], tuple[int, ...]]], config: InternLM2Config
-) -> list[str]:
-    return [
-        describe_wqkv_mismatch(name, tuple(checkpoint_shape), config)
-        for name, checkpoint_shape, _ in sorted(mismatched_keys)
-        if name.endswith("attention.wqkv.weight")
-    ]
-
-
 @auto_docstring(
     custom_intro="Base class of the InternLM2 models: config class, weight init, supported attention backends."
 )
@@ -389,27 +304,14 @@ class InternLM2PreTrainedModel(PreTrainedModel):
 
     def _adjust_missing_and_unexpected_keys(self, loading_info) -> None:
         super()._adjust_missing_and_unexpected_keys(loading_info)
-        collected = _WQKV_MISMATCHES.get()
-        if collected is not None:
-            collected.extend(_wqkv_mismatch_messages(loading_info.mismatched_keys, self.config))
+        record_shape_mismatches(loading_info, self.config)
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         """`PreTrainedModel.from_pretrained`; a checkpoint whose fused `wqkv` does not fit the config's heads raises a
         `ValueError` naming the shapes (unless `ignore_mismatched_sizes=True`)."""
-        token = _WQKV_MISMATCHES.set([])
-        try:
+        with naming_shape_mismatches(describe_internlm2_mismatches):
             return super().from_pretrained(*args, **kwargs)
-        except RuntimeError as error:
-            mismatches = _WQKV_MISMATCHES.get()
-            if mismatches:
-                raise ValueError(
-                    "The checkpoint's fused attention weights do not match the config's head layout:\n  "
-                    + "\n  ".join(mismatches)
-                ) from error
-            raise
-        finally:
-            _WQKV_MISMATCHES.reset(token)
 
 
 @auto_docstring(

@@ -119,7 +119,7 @@ def module_names(model_class: type[nn.Module], config) -> set[str]:
 def translate_device_map(device_map: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
     """A device map written with the original module names, in this package's module tree.
 
-    Original -> here (`P` is `model.` for `InternVLForConditionalGeneration`, empty for `InternVLModel`):
+    Original -> here (`P` is `model.` for `InternVLChatForConditionalGeneration`, empty for `InternVLChatBaseModel`):
     `vision_model[.x]` -> `P vision_model[.x]`; `mlp1[.x]` -> `P mlp1[.x]`; `language_model.model[.x]` ->
     `P language_model[.x]`; `language_model.lm_head|output[.x]` -> `lm_head[.x]`; bare `language_model` -> the LLM
     body and the head. `embed_tokens` / `tok_embeddings` and `lm_head` / `output` name the same module (the

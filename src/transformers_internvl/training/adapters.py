@@ -3,7 +3,7 @@
 This package's module tree is `model.language_model.layers.N...`, `model.vision_model...`, `model.mlp1...`,
 `lm_head`; the original `InternVLChatModel` (and every tool built on it) names the same modules
 `language_model.model.layers.N...`, `vision_model...`, `mlp1...`, `language_model.<head>` (`lm_head`, InternLM2
-`output`). The key table is `conversion.checkpoint_mapping.original_layout_renamings`; here it is applied to the keys
+`output`). The key table is `modeling.checkpoint_mapping.original_layout_renamings`; here it is applied to the keys
 of PEFT adapter files, which carry PEFT's `base_model.model.` prefix and no adapter name::
 
     base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_A.weight     (PEFT's default save here)
@@ -34,7 +34,7 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers.utils import logging
 
-from ..conversion.checkpoint_mapping import original_layout_renamings
+from ..modeling.checkpoint_mapping import original_layout_renamings
 from ..modeling.llm_resolution import language_model_head
 
 logger = logging.get_logger(__name__)

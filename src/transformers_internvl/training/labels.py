@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..processing.conversation import get_conv_template
+from ..modeling.conversation import get_conv_template
 
 IGNORE_INDEX = -100
 IMG_START_TOKEN = "<img>"

@@ -39,7 +39,7 @@ def original_key_namer(model) -> Callable[[str], str]:
     head = getattr(model, "_language_model_head", None)
     head_name = head.head_name if head is not None else None
     renamings = [renaming.reverse_transform() for renaming in original_layout_renamings(head_name=head_name)]
-    # `InternVLModel` is the base model itself: its keys lack the `model.` prefix of the full model's.
+    # `InternVLChatBaseModel` is the base model itself: its keys lack the `model.` prefix of the full model's.
     is_base_model = not hasattr(model, model.base_model_prefix)
     prefix = f"{model.base_model_prefix}." if is_base_model else ""
 

@@ -46,7 +46,7 @@ def original_layout_conversions(head_name: str, language_model: PreTrainedModel)
     This model's renamings (`original_layout_renamings(head_name)`), then what transformers registers for the LLM's
     own class or model type (e.g. Qwen3-MoE's per-expert `mlp.experts.N.gate_proj` <-> fused `gate_up_proj`), scoped
     to `model.language_model` as transformers scopes a sub-model's conversions. Entries transformers registers for
-    its own classes that merely share this package's class names (its `InternVLModel`) are not included.
+    its own, different InternVL classes are not included.
     """
     conversions: list[WeightTransform] = original_layout_renamings(head_name=head_name)
     for conversion in get_model_conversion_mapping(language_model, add_legacy=False):
@@ -74,7 +74,7 @@ def register_checkpoint_mappings() -> None:
     # Registered by model_type, not class name: transformers has classes of the same names for its own port. Only the
     # renamings that apply to every InternVL model: the head's name depends on the LLM, and each model adds its own
     # (`InternVLForConditionalGeneration._load_pretrained_model`, which also adds the LoRA transforms of
-    # `conversion/original_lora.py` for checkpoints that hold unmerged LoRA), so no pattern here matches nothing.
+    # `modeling/original_lora_loading.py` for checkpoints that hold unmerged LoRA), so no pattern here matches nothing.
     register_checkpoint_conversion_mapping("internvl_chat", original_layout_renamings(), overwrite=True)
     _REGISTERED = True
 

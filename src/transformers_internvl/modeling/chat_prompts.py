@@ -1,0 +1,212 @@
+"""The prompt strings of the original `InternVLChatModel.chat()` / `batch_chat()`, rendered by the Jinja chat template.
+
+There is one prompt renderer: `chat_templates.get_jinja_chat_template(template, system_message)`, the template that
+`processor.apply_chat_template` uses too. `chat()` turns its history and question into messages whose contents are
+plain strings holding the literal `<image>` placeholders, renders them with transformers' Jinja machinery
+(`render_jinja_template`, with the generation prompt), then replaces the placeholders with
+`chat_templates.expand_image_placeholders`. The result is byte-identical to the original's
+`Conversation.get_prompt()` + `query.replace('<image>', image_tokens, 1)` (internvl_chat/internvl/model/internvl_chat/
+modeling_internvl_chat.py; checked against fixtures and the `Conversation` renderer in the tests).
+
+Quirks kept on purpose (they change prompts, so they are part of the behaviour): the system block is emitted even when
+the system message is empty, and a message that is empty (or `None`) renders as its role only, without separator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from transformers.utils.chat_template_utils import render_jinja_template
+
+from ..chat_templates import (
+    DEFAULT_NUM_IMAGE_TOKEN,
+    IMAGE_CONTEXT_TOKEN,
+    IMAGE_END_TOKEN,
+    IMAGE_PLACEHOLDER,
+    IMAGE_START_TOKEN,
+    _resolve_num_tiles_list,
+    expand_image_placeholders,
+    get_jinja_chat_template,
+    template_eos_token,
+)
+from .conversation import Conversation, get_conv_template
+
+
+def _template_and_messages(template: str | Conversation) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Template data (a name is looked up in `conversation.CONV_TEMPLATES`, which includes templates registered with
+    `register_conv_template`), and the messages a `Conversation` already holds (as chat messages)."""
+    if not isinstance(template, Conversation):
+        return get_conv_template(template).to_dict(), []
+    roles = {template.roles[0]: "user", template.roles[1]: "assistant"}
+    messages = [{"role": roles[role], "content": message} for role, message in template.messages]
+    return template.to_dict(), messages
+
+
+def render_chat_prompt(
+    template: str | Conversation,
+    turns: Sequence[tuple[str, str | None]],
+    system_message: str | None = None,
+) -> str:
+    """Render `(role, content)` turns (`role` "user" / "assistant") with the Jinja template, plus the generation
+    prompt; `system_message=None` keeps the template's own (a `Conversation`'s current one)."""
+    data, messages = _template_and_messages(template)
+    if system_message is None and isinstance(template, Conversation):
+        system_message = template.system_message
+    messages += [{"role": role, "content": content} for role, content in turns]
+    chat_template = get_jinja_chat_template(data, system_message)
+    rendered, _ = render_jinja_template([messages], chat_template=chat_template, add_generation_prompt=True)
+    return rendered[0]
+
+
+def prepare_chat_question(
+    question: str,
+    history: Sequence[Sequence[str]] | None = None,
+    pixel_values_passed: bool = False,
+    image_placeholder: str = IMAGE_PLACEHOLDER,
+) -> str:
+    """The question as the original chat() uses it (and stores it in the history).
+
+    `"<image>\\n"` is prepended only when pixel values are given, `history is None` (an empty list does not count)
+    and the question has no placeholder.
+    """
+    if not isinstance(question, str):
+        raise TypeError(f"`question` must be a str, got {type(question).__name__}.")
+    if history is None and pixel_values_passed and image_placeholder not in question:
+        question = image_placeholder + "\n" + question
+    return question
+
+
+def build_chat_prompt(
+    template: str | Conversation,
+    question: str,
+    history: Sequence[Sequence[str]] | None = None,
+    system_message: str | None = None,
+    num_tiles_list: Sequence[int] | None = None,
+    pixel_values_passed: bool | None = None,
+    num_image_token: int = DEFAULT_NUM_IMAGE_TOKEN,
+    image_start_token: str = IMAGE_START_TOKEN,
+    image_end_token: str = IMAGE_END_TOKEN,
+    image_context_token: str = IMAGE_CONTEXT_TOKEN,
+    expand_images: bool = True,
+    *,
+    num_patches_list: Sequence[int] | None = None,
+) -> str:
+    """The prompt string the original `InternVLChatModel.chat()` tokenizes.
+
+    Args:
+        template: Template name (the model config's `template`) or a `Conversation`.
+        question: The new user message (may contain `<image>` placeholders).
+        history: Earlier `(question, answer)` pairs, rendered first; `None` allows the automatic image prefix.
+        system_message: Replaces the template's default system message (the original model uses
+            `config.system_message` when the config has one).
+        num_tiles_list: Tiles per image in placeholder order (alias `num_patches_list`). The original defaults it to
+            `[pixel_values.shape[0]]` when pixel values are given, `[]` otherwise; the caller passes that.
+        pixel_values_passed: Whether pixel values are given; `None` means `sum(num_tiles_list) > 0`.
+        num_image_token: Tokens per tile.
+        expand_images: `False` returns the prompt with literal `<image>` placeholders.
+
+    Returns:
+        The (expanded) prompt.
+
+    Raises:
+        TypeError: `question` is not a str. ValueError: a `history` entry is not a pair, or an unknown template.
+    """
+    num_tiles_list = _resolve_num_tiles_list(num_tiles_list, num_patches_list)
+    if pixel_values_passed is None:
+        pixel_values_passed = bool(num_tiles_list) and sum(num_tiles_list) > 0
+    question = prepare_chat_question(question, history, pixel_values_passed)
+    turns: list[tuple[str, str | None]] = []
+    for turn in history or []:
+        if len(turn) != 2:
+            raise ValueError(f"Each `history` entry must be a (question, answer) pair, got {turn!r}.")
+        turns += [("user", turn[0]), ("assistant", turn[1])]
+    turns.append(("user", question))
+    prompt = render_chat_prompt(template, turns, system_message)
+    if not expand_images:
+        return prompt
+    return expand_image_placeholders(
+        prompt, num_tiles_list or [], num_image_token, image_start_token, image_end_token, image_context_token
+    )
+
+
+def build_batch_chat_prompts(
+    template: str | Conversation,
+    questions: Sequence[str],
+    num_tiles_list: Sequence[int] | None = None,
+    system_message: str | None = None,
+    pixel_values_passed: bool | None = None,
+    num_image_token: int = DEFAULT_NUM_IMAGE_TOKEN,
+    image_start_token: str = IMAGE_START_TOKEN,
+    image_end_token: str = IMAGE_END_TOKEN,
+    image_context_token: str = IMAGE_CONTEXT_TOKEN,
+    expand_images: bool = True,
+    *,
+    num_patches_list: Sequence[int] | None = None,
+) -> list[str]:
+    """The prompt strings the original `InternVLChatModel.batch_chat()` tokenizes (one image per question).
+
+    Each question gets the `"<image>\\n"` prefix when pixel values are given and it has no placeholder (there is no
+    history in batch_chat), then only its first placeholder is replaced by its own image
+    (`num_tiles_list[i]` tiles). Tokenize the result with left padding, as batch_chat does.
+
+    Args:
+        questions: One user message per sample.
+        num_tiles_list: Tiles of each question's image (alias `num_patches_list`); `None` for a text-only batch.
+        pixel_values_passed: Whether pixel values are given; `None` means `sum(num_tiles_list) > 0`.
+        Other arguments: as in `build_chat_prompt`.
+
+    Raises:
+        TypeError: `questions` is a single str or holds a non-str. ValueError: `num_tiles_list` is missing with pixel
+            values, or its length differs from the number of questions.
+    """
+    if isinstance(questions, str):
+        raise TypeError("`questions` must be a list of str, got a single str (use `build_chat_prompt`).")
+    num_tiles_list = _resolve_num_tiles_list(num_tiles_list, num_patches_list)
+    if pixel_values_passed is None:
+        pixel_values_passed = bool(num_tiles_list) and sum(num_tiles_list) > 0
+    if num_tiles_list is None:
+        if pixel_values_passed:
+            raise ValueError("`num_tiles_list` (tiles per question) is required when pixel values are passed.")
+        num_tiles_list = [0] * len(questions)
+    if len(num_tiles_list) != len(questions):
+        # The original iterates over num_patches_list and silently drops (or fails on) unmatched questions.
+        raise ValueError(
+            f"`num_tiles_list` must have one entry per question: got {len(num_tiles_list)} entries for "
+            f"{len(questions)} questions."
+        )
+    prompts = []
+    for question, num_tiles in zip(questions, num_tiles_list):
+        if not isinstance(question, str):
+            raise TypeError(f"Every question must be a str, got {type(question).__name__}.")
+        if pixel_values_passed and IMAGE_PLACEHOLDER not in question:
+            question = IMAGE_PLACEHOLDER + "\n" + question
+        prompt = render_chat_prompt(template, [("user", question)], system_message)
+        if expand_images and IMAGE_PLACEHOLDER in prompt:
+            # The original replaces only the first placeholder; a text-only prompt has none and is left as it is.
+            prompt = expand_image_placeholders(
+                prompt, [num_tiles], num_image_token, image_start_token, image_end_token, image_context_token
+            )
+        prompts.append(prompt)
+    return prompts
+
+
+def get_eos_token(template: str | Conversation) -> str:
+    """The string chat()/batch_chat() convert to the generation `eos_token_id` (`chat_templates.template_eos_token`)."""
+    conversation = template if isinstance(template, Conversation) else get_conv_template(template)
+    return template_eos_token(conversation.to_dict())
+
+
+def postprocess_response(response: str, template: str | Conversation) -> str:
+    """The answer as chat()/batch_chat() return it: the decoded text cut at the template's eos string, stripped."""
+    return response.split(get_eos_token(template))[0].strip()
+
+
+__all__ = [
+    "build_batch_chat_prompts",
+    "build_chat_prompt",
+    "get_eos_token",
+    "postprocess_response",
+    "prepare_chat_question",
+    "render_chat_prompt",
+]

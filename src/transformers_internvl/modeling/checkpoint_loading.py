@@ -1,0 +1,158 @@
+"""How an InternVL model loads and saves the original OpenGVLab checkpoint layout (`from_pretrained` /
+`save_pretrained` of `InternVLPreTrainedModel`), kept apart from the architecture in `modeling_internvl.py`.
+
+On load: the key table (`checkpoint_mapping.py`, plus the model's own head renaming), the merge of unmerged original
+LoRA checkpoints (`original_lora_loading.py`), the missing-weight check (`missing_weights.py`), errors that name
+mismatched shapes (`load_errors.py`), the ids the original leaves to the tokenizer files (`tokenizer_files.py`) and
+the original remote code's loading options (`original_api.py`). On save: the original layout, atomically, with the
+source folder's remote-code files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+
+from transformers.utils import logging
+
+from ..atomic_save import atomic_save_directory
+from .checkpoint_mapping import head_renaming
+from .load_errors import describe_internvl_mismatches, naming_shape_mismatches, record_shape_mismatches
+from .missing_weights import (
+    allow_missing_weights,
+    check_no_missing_weights,
+    missing_weights_allowed,
+    original_key_namer,
+)
+from .original_api import (
+    ORIGINAL_ROOTS,
+    copy_remote_code_files,
+    module_names,
+    remote_code_files,
+    resolve_attention_options,
+    translate_device_map,
+)
+from .original_lora_loading import (
+    checkpoint_holds_original_lora,
+    finish_original_lora_load,
+    original_lora_converters,
+    original_lora_renamings,
+)
+from .tokenizer_files import apply_tokenizer_file_ids, local_directory
+
+logger = logging.get_logger(__name__)
+
+
+class OriginalCheckpointMixin:
+    """`from_pretrained` / `save_pretrained` in the original layout; mixed into `InternVLPreTrainedModel`."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """As `PreTrainedModel.from_pretrained`, plus what original checkpoints leave to the tokenizer files next to
+        the weights: `image_token_id` (`<IMG_CONTEXT>`) when neither `config.json` nor the `image_token_id=` keyword
+        gives it, and the template's end token (`<|im_end|>`, Phi-3's `<|end|>`, ...: what the original `chat()` passes
+        as `eos_token_id`) added to the generation config's `eos_token_id` when it is not there yet, so that plain
+        `generate` stops where `chat()` does (see `tokenizer_files.py`).
+
+        The original remote code's options are accepted too (see `modeling/original_api.py`): `use_flash_attn=True`
+        (flash_attention_2, or eager with a warning when flash-attn is not usable) / `False` (eager),
+        `low_cpu_mem_usage` (ignored), and a `device_map` written with the original module names (`vision_model`,
+        `mlp1`, `language_model.model.layers.N`, `language_model.lm_head`, ... as the model cards' `split_model()`),
+        translated to this module tree; an unknown module name raises `ValueError`. The source folder is recorded so
+        that `save_pretrained` copies its remote-code files.
+
+        Raises:
+            ValueError: a checkpoint tensor whose shape does not fit the config (naming both shapes), weights the
+                checkpoint lacks (see `missing_weights.py`), or an unmerged LoRA that does not fit.
+        """
+        use_flash_attn = resolve_attention_options(kwargs)
+        device_map = kwargs.get("device_map")
+        if (
+            isinstance(device_map, Mapping)
+            and any(key.split(".")[0] in ORIGINAL_ROOTS for key in device_map)
+            and (pretrained_model_name_or_path is not None or kwargs.get("config") is not None)
+        ):
+            config = cls._config_for(pretrained_model_name_or_path, kwargs)
+            if config is not None:
+                kwargs["device_map"] = translate_device_map(device_map, module_names(cls, config))
+        missing_policy = allow_missing_weights.set(missing_weights_allowed(kwargs))
+        try:
+            with naming_shape_mismatches(describe_internvl_mismatches):
+                loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        finally:
+            allow_missing_weights.reset(missing_policy)
+        # `output_loading_info=True` returns `(model, loading_info)`; a `state_dict=` load may have no path at all.
+        model = loaded[0] if kwargs.get("output_loading_info") else loaded
+        if use_flash_attn is not None:
+            model.config.vision_config.use_flash_attn = use_flash_attn  # recorded as the original does
+        if pretrained_model_name_or_path is None:
+            return loaded
+        directory = local_directory(pretrained_model_name_or_path, kwargs)
+        if directory is None:
+            return loaded
+        model._remote_code_source = directory
+        apply_tokenizer_file_ids(model, directory)
+        return loaded
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained` in the original layout (`architectures: ["InternVLChatModel"]`,
+        `llm_config`, original key names, the source's `auto_map`), plus the original remote-code files
+        (`configuration_*.py`, `modeling_*.py`, `tokenization_*.py`, `conversation.py`) of the folder the model was
+        loaded from, so that servers reading this layout with `trust_remote_code` (vLLM, LMDeploy) serve it.
+
+        Atomic (`atomic_save.atomic_save_directory`): the checkpoint is written to a temporary folder beside
+        `save_directory` and swapped in, so that readers see the old checkpoint or the new one; files of the old
+        folder that this save does not write (tokenizer, processor, README, ...) are kept, old weight files are not."""
+        is_main_process = args[0] if args else kwargs.get("is_main_process", True)
+        if kwargs.get("push_to_hub"):
+            kwargs.setdefault("repo_id", os.path.basename(os.path.normpath(save_directory)))
+        with atomic_save_directory(save_directory, enabled=is_main_process) as staging:
+            result = super().save_pretrained(staging, *args, **kwargs)
+            source = getattr(self, "_remote_code_source", None)
+            if source is not None and is_main_process:
+                if kwargs.get("push_to_hub") and remote_code_files(source):
+                    logger.warning_once(
+                        "save_pretrained(push_to_hub=True) uploads before the original remote-code files are copied; "
+                        "upload them from the saved folder (e.g. `huggingface_hub.upload_folder`)."
+                    )
+                copy_remote_code_files(source, staging)
+        return result
+
+    @classmethod
+    def _config_for(cls, pretrained_model_name_or_path, kwargs):
+        config_class = cls.config_class
+        config = kwargs.get("config")
+        if isinstance(config, config_class):
+            return config
+        try:
+            return config_class.from_pretrained(pretrained_model_name_or_path)
+        except (OSError, ValueError):
+            return None
+
+    @classmethod
+    def _load_pretrained_model(cls, model, state_dict, checkpoint_files, load_config, *args, **kwargs):
+        """Adds the model's head renaming (`language_model.<head>.*` -> `lm_head.*`, the head's name from the LLM
+        class) to the load mapping: the registry holds only the renamings every InternVL model shares. transformers
+        keeps the renamings a load used as the model's `_weight_conversions`, which `save_pretrained` reverses."""
+        head = getattr(model, "_language_model_head", None)
+        mapping = list(load_config.weight_mapping or [])
+        if head is not None:
+            mapping.insert(0, head_renaming(head.head_name))
+        # Unmerged LoRA checkpoints of the original fine-tuning code: PEFT-prefix renamings first (renamings chain in
+        # order), the merge converter after them; only for checkpoints that hold such keys, so that no pattern of a
+        # plain model's mapping matches nothing.
+        if checkpoint_holds_original_lora(checkpoint_files, state_dict):
+            mapping = original_lora_renamings() + mapping + original_lora_converters()
+        load_config = dataclasses.replace(load_config, weight_mapping=mapping or None)
+        return super()._load_pretrained_model(model, state_dict, checkpoint_files, load_config, *args, **kwargs)
+
+    def _adjust_missing_and_unexpected_keys(self, loading_info) -> None:
+        super()._adjust_missing_and_unexpected_keys(loading_info)
+        record_shape_mismatches(loading_info, self.config)
+        # Original unmerged LoRA checkpoints are merged while loading; then no weight may be left random.
+        finish_original_lora_load(self, original_key_namer(self))
+        check_no_missing_weights(self, loading_info)
+
+
+__all__ = ["OriginalCheckpointMixin"]

@@ -1,0 +1,102 @@
+"""The token ids a model reads from the tokenizer files next to its weights when it is loaded (the one place).
+
+Original OpenGVLab checkpoints leave two ids to the tokenizer: the id of `<IMG_CONTEXT>` (`config.image_token_id`;
+the original's `chat()` sets `img_context_token_id` from the tokenizer) and the id of the conversation template's end
+token (`<|im_end|>`, Phi-3's `<|end|>`, ...), which the original `chat()` passes as `eos_token_id`. Both are read
+from the JSON files only (`added_tokens.json`, `tokenizer_config.json`, `tokenizer.json`): no tokenizer is loaded,
+so loading a model does not depend on the processing code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ..chat_templates import IMAGE_CONTEXT_TOKEN, template_eos_token
+
+
+def find_added_token_id(directory: str | os.PathLike, token: str) -> int | None:
+    """Id of the added token `token` from the tokenizer files in `directory`, or `None` when no file names it."""
+    directory = os.fspath(directory)
+    candidates = (
+        ("added_tokens.json", lambda data: data.get(token)),
+        (
+            "tokenizer_config.json",
+            lambda data: next(
+                (
+                    int(token_id)
+                    for token_id, entry in (data.get("added_tokens_decoder") or {}).items()
+                    if isinstance(entry, dict) and entry.get("content") == token
+                ),
+                None,
+            ),
+        ),
+        (
+            "tokenizer.json",
+            lambda data: next(
+                (entry["id"] for entry in data.get("added_tokens") or [] if entry.get("content") == token),
+                None,
+            ),
+        ),
+    )
+    for filename, lookup in candidates:
+        path = os.path.join(directory, filename)
+        if not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8") as handle:
+            token_id = lookup(json.load(handle))
+        if token_id is not None:
+            return int(token_id)
+    return None
+
+
+def add_template_stop_token(generation_config, stop_token_id: int | None) -> None:
+    """Make `generation_config.eos_token_id` include `stop_token_id` (kept as an int when it is the only one)."""
+    if stop_token_id is None:
+        return
+    eos_token_id = generation_config.eos_token_id
+    if eos_token_id is None:
+        generation_config.eos_token_id = stop_token_id
+        return
+    eos_token_ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    if stop_token_id not in eos_token_ids:
+        generation_config.eos_token_id = [*eos_token_ids, stop_token_id]
+
+
+def apply_tokenizer_file_ids(model, directory: str | os.PathLike) -> None:
+    """Fill what the original leaves to the tokenizer files in `directory`, without overriding explicit values.
+
+    `model.config.image_token_id` is set from `<IMG_CONTEXT>` when neither `config.json` nor the caller gave it, and
+    the template's end token (`chat_templates.template_eos_token(config.template)`) is added to
+    `model.generation_config.eos_token_id`, so that plain `generate` stops where the original `chat()` does.
+    """
+    if getattr(model.config, "image_token_id", None) is None:
+        model.config.image_token_id = find_added_token_id(directory, IMAGE_CONTEXT_TOKEN)
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is not None and model.config.template:
+        stop_token_id = find_added_token_id(directory, template_eos_token(model.config.template))
+        add_template_stop_token(generation_config, stop_token_id)
+
+
+def local_directory(name_or_path: str | os.PathLike, kwargs: dict) -> str | None:
+    """The local folder holding a checkpoint: the path itself, or the hub-cache snapshot of a repo id (not
+    downloaded: `None` when it is not cached)."""
+    if os.path.isdir(name_or_path):
+        return os.fspath(name_or_path)
+    try:
+        from transformers.utils import cached_file
+
+        config_file = cached_file(
+            name_or_path,
+            "config.json",
+            cache_dir=kwargs.get("cache_dir"),
+            revision=kwargs.get("revision"),
+            local_files_only=True,
+            _raise_exceptions_for_missing_entries=False,
+        )
+    except OSError:
+        return None
+    return os.path.dirname(config_file) if config_file else None
+
+
+__all__ = ["add_template_stop_token", "apply_tokenizer_file_ids", "find_added_token_id", "local_directory"]
