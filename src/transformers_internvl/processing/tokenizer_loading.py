@@ -75,12 +75,27 @@ def check_tokenizer(pretrained_model_name_or_path: Any, tokenizer: Any, hub_kwar
         )
 
 
+# Vocabulary files of the tokenizer classes InternVL checkpoints use (Qwen2 / Llama / Phi-3 / InternLM2 / GPT-OSS).
+VOCABULARY_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
 def load_tokenizer(pretrained_model_name_or_path: Any, **kwargs: Any) -> Any:
-    """`AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)`, checked by `check_tokenizer`."""
+    """`AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)`, checked by `check_tokenizer`.
+
+    Raises:
+        OSError: the folder holds none of `VOCABULARY_FILES` (checked before `AutoTokenizer`, whose error for an
+            empty folder depends on the model type), or lacks the files of the class it names.
+        ValueError: see `check_tokenizer`.
+    """
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)
     hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if kwargs.get(key) is not None}
+    if not any(_has_file(pretrained_model_name_or_path, name, hub_kwargs) for name in VOCABULARY_FILES):
+        raise OSError(
+            f"{pretrained_model_name_or_path} has no vocabulary for its tokenizer: expected one of "
+            f"{list(VOCABULARY_FILES)} next to tokenizer_config.json."
+        )
+    tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)
     check_tokenizer(pretrained_model_name_or_path, tokenizer, hub_kwargs)
     return tokenizer
 
