@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -9,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -313,6 +315,45 @@ def test_chat_interactive_keeps_history_and_quits(model_dir, model_and_processor
     ]
     second_answer = _expected_greedy_text(model, processor, second, max_new_tokens=4)
     assert [line.strip() for line in out.strip().splitlines()] == [first_answer, second_answer]
+
+
+@requires_model
+def test_chat_later_turns_reuse_the_cache_of_earlier_ones(model_dir, model_and_processor, tmp_path):
+    """Issue 13: the interactive chat encodes the image and the history once; later turns run only new tokens."""
+    model, processor = model_and_processor
+    image = _solid_image(tmp_path / "wide.png", (1600, 400))
+    arguments = ["chat", str(model_dir), "--image", str(image), "--max-new-tokens", "4", "--max-tiles", "2"]
+    prefill_lengths, vision_calls = [], []
+    original_forward = type(model).forward
+
+    @functools.wraps(original_forward)  # generate validates its kwargs against forward's signature
+    def recording_forward(self, *args, **kwargs):
+        if kwargs["input_ids"].shape[1] > 1:
+            prefill_lengths.append(kwargs["input_ids"].shape[1])
+        return original_forward(self, *args, **kwargs)
+
+    hook = model.model.vision_model.register_forward_hook(lambda *_: vision_calls.append(1))
+    chat = ChatSession(model, processor, build_parser().parse_args(arguments))
+    model.clear_chat_cache()
+    try:
+        with mock.patch.object(type(model), "forward", recording_forward):
+            chat.ask("Describe the image.")
+            chat.ask("And the colour?")
+    finally:
+        hook.remove()
+    assert len(vision_calls) == 1  # the image is encoded once, in the first turn
+    assert prefill_lengths[0] > 3 * 256  # first turn: the whole prompt with 3 tiles of image tokens
+    assert len(prefill_lengths) == 2 and prefill_lengths[1] < 64  # second turn: only the tokens after the cache
+    # Same answers as without reuse.
+    fresh = ChatSession(model, processor, build_parser().parse_args(arguments))
+    model.reuse_chat_cache = False
+    try:
+        fresh.ask("Describe the image.")
+        fresh.ask("And the colour?")
+    finally:
+        model.reuse_chat_cache = True
+        model.clear_chat_cache()
+    assert [m["content"][-1]["text"] for m in fresh.messages] == [m["content"][-1]["text"] for m in chat.messages]
 
 
 @requires_model

@@ -132,6 +132,20 @@ class ChatSession:
             self.pending_images, self.pending_video = saved[1], saved[2]
             raise
 
+    def _generate(self, inputs: Any, **kwargs: Any) -> Any:
+        """`model.generate`, reusing the key/value cache of the previous turn as `model.chat()` does
+        (`modeling/chat_cache.py`): a later turn runs only the tokens after the prefix it shares with the cached
+        prompt + answer, and the vision tower is skipped when the images are the cached ones."""
+        from ..modeling.chat_cache import can_reuse, generate_reusing_cache
+
+        inputs = dict(inputs)
+        input_ids = inputs.pop("input_ids")
+        if not can_reuse(self.model, input_ids, kwargs):
+            return self.model.generate(input_ids=input_ids, **inputs, **kwargs)
+        attention_mask = inputs.pop("attention_mask")
+        pixel_values = inputs.pop("pixel_values", None)
+        return generate_reusing_cache(self.model, input_ids, attention_mask, pixel_values, {**inputs, **kwargs})
+
     def _answer(self) -> str:
         from ..reasoning.voting import generate_with_votes
 
@@ -163,7 +177,7 @@ class ChatSession:
             tokenizer = _tokenizer_of(self.processor)
             streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
             with torch.inference_mode():
-                sequences = self.model.generate(**inputs, streamer=streamer, **generation_kwargs)
+                sequences = self._generate(inputs, streamer=streamer, **generation_kwargs)
             prompt_length = inputs["input_ids"].shape[1]
             response = tokenizer.decode(sequences[0, prompt_length:], skip_special_tokens=True).strip()
             sys.stdout.flush()
