@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -263,7 +264,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dtype = getattr(torch, args.dtype)
     device = args.device
     models = {"ours": build_ours(args.shape, args.layers, dtype, args.attn, device, args.vocab_size)}
-    result: dict[str, Any] = {"config": vars(args).copy(), "device_name": _device_name(device), "rows": {}}
+    result: dict[str, Any] = {
+        "config": vars(args).copy(),
+        "device_name": _device_name(device),
+        "rows": {},  # min over the repeats
+        "rows_median": {},
+        "times": {},  # every timed run (ms), in the order run
+    }
     if args.against == "upstream":
         models["upstream"] = build_upstream(models["ours"], args.attn)
         result["logits_max_abs_diff"] = check_logits(models["ours"], models["upstream"], device, dtype)
@@ -289,21 +296,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for call in calls.values():  # warm-up
                 call()
             times: dict[str, list[float]] = {which: [] for which in models}
-            for _ in range(args.repeats):  # interleaved
-                for which, call in calls.items():
-                    times[which].append(timed(call, device) * 1000)
+            order = list(calls)
+            for repeat in range(args.repeats):  # interleaved, who goes first alternating
+                for which in order if repeat % 2 == 0 else order[::-1]:
+                    times[which].append(timed(calls[which], device) * 1000)
             result["rows"][name] = {which: min(values) for which, values in times.items()}
-            print(f"  {name}: " + ", ".join(f"{w} {v:.1f}" for w, v in result["rows"][name].items()), flush=True)
+            result["rows_median"][name] = {which: statistics.median(values) for which, values in times.items()}
+            result["times"][name] = times
+            print(
+                f"  {name}: "
+                + ", ".join(
+                    f"{w} min {v:.1f} median {result['rows_median'][name][w]:.1f}"
+                    for w, v in result["rows"][name].items()
+                ),
+                flush=True,
+            )
+    for rows in (result["rows"], result["rows_median"]):
+        for batch in args.decode_batches:
+            for suffix in ("", " static"):
+                total = rows.get(f"decode b{batch}{suffix} total (ms)")
+                if total is None:
+                    continue
+                prefill = rows[f"decode b{batch} prefill (ms)"]
+                rows[f"decode b{batch}{suffix} (tokens/s)"] = {
+                    w: batch * args.decode_tokens / max(total[w] - prefill[w], 1e-9) * 1000 for w in models
+                }
     rows = result["rows"]
-    for batch in args.decode_batches:
-        for suffix in ("", " static"):
-            total = rows.get(f"decode b{batch}{suffix} total (ms)")
-            if total is None:
-                continue
-            prefill = rows[f"decode b{batch} prefill (ms)"]
-            rows[f"decode b{batch}{suffix} (tokens/s)"] = {
-                w: batch * args.decode_tokens / max(total[w] - prefill[w], 1e-9) * 1000 for w in models
-            }
     if device.startswith("cuda"):
         peaks = {}
         for which, model in models.items():
@@ -316,15 +334,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rows[f"peak memory TTFT {args.ttft_tiles} tiles (MiB)"] = peaks
     elif not args.no_memory:
         rows[f"peak memory TTFT {args.ttft_tiles} tiles (MiB)"] = {w: cpu_peak_memory(args, w) for w in models}
+    for name, values in rows.items():  # memory is measured once per side: its "median" is that one value
+        result["rows_median"].setdefault(name, values)
     if "upstream" in models:
-        result["ratios"] = {}
-        for name, values in rows.items():
-            higher_is_better = "tokens/s" in name
-            numerator, denominator = (
-                (values["ours"], values["upstream"]) if higher_is_better else (values["upstream"], values["ours"])
-            )
-            result["ratios"][name] = numerator / denominator if denominator > 0 else float("nan")
+        result["ratios"] = _ratios(rows)
+        result["ratios_median"] = _ratios(result["rows_median"])
     return result
+
+
+def _ratios(rows: dict[str, dict[str, float]]) -> dict[str, float]:
+    """upstream / ours for times and memory, ours / upstream for tokens/s: > 1 means this package is better."""
+    ratios = {}
+    for name, values in rows.items():
+        higher_is_better = "tokens/s" in name
+        numerator, denominator = (
+            (values["ours"], values["upstream"]) if higher_is_better else (values["upstream"], values["ours"])
+        )
+        ratios[name] = numerator / denominator if denominator > 0 else float("nan")
+    return ratios
 
 
 def _llm_parameter_bytes(args: argparse.Namespace) -> int:
@@ -401,7 +428,7 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
     result["command"] = " ".join(["python", *sys.argv])
     result["llm_parameter_bytes"] = _llm_parameter_bytes(args)
     for name, ratio in result.get("ratios", {}).items():
-        print(f"ratio {name}: {ratio:.3f}")
+        print(f"ratio {name}: min {ratio:.3f}, median {result['ratios_median'][name]:.3f}")
     if args.json:
         with open(args.json + ".tmp", "w") as file:
             json.dump(result, file, indent=1)
