@@ -274,6 +274,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.against == "upstream":
         models["upstream"] = build_upstream(models["ours"], args.attn)
         result["logits_max_abs_diff"] = check_logits(models["ours"], models["upstream"], device, dtype)
+    if args.control:  # a second, identical copy of this package's model: the ratio to it is the noise floor
+        models["control"] = build_ours(args.shape, args.layers, dtype, args.attn, device, args.vocab_size)
     num_image_token = models["ours"].config.num_image_token
     measurements: dict[str, Callable[[Any, bool], Callable[[], Any]]] = {}
     for tiles in args.vision_tiles:
@@ -281,7 +283,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         measurements[f"vision {tiles} tiles (ms)"] = lambda m, up, p=pixels: vision_call(m, p, up)
     ttft_pixels = torch.randn(args.ttft_tiles, 3, 448, 448).to(device, dtype)
     ttft_ids = image_prompt(args.ttft_tiles, num_image_token).to(device)
-    measurements[f"TTFT {args.ttft_tiles} tiles (ms)"] = lambda m, up: ttft_call(m, ttft_ids, ttft_pixels)
+    if args.ttft_tiles > 0:
+        measurements[f"TTFT {args.ttft_tiles} tiles (ms)"] = lambda m, up: ttft_call(m, ttft_ids, ttft_pixels)
     for batch in args.decode_batches:
         ids = torch.randint(1, TEXT_VOCAB, (batch, 64), generator=torch.Generator().manual_seed(batch)).to(device)
         measurements[f"decode b{batch} prefill (ms)"] = lambda m, up, i=ids: decode_call(m, i, 1)
@@ -332,23 +335,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ttft_call(model, ttft_ids, ttft_pixels)()
             peaks[which] = (torch.cuda.max_memory_allocated() - base) / 2**20
         rows[f"peak memory TTFT {args.ttft_tiles} tiles (MiB)"] = peaks
-    elif not args.no_memory:
-        rows[f"peak memory TTFT {args.ttft_tiles} tiles (MiB)"] = {w: cpu_peak_memory(args, w) for w in models}
+    elif not args.no_memory and args.ttft_tiles > 0:
+        rows[f"peak memory TTFT {args.ttft_tiles} tiles (MiB)"] = {
+            w: cpu_peak_memory(args, w) for w in models if w != "control"
+        }
     for name, values in rows.items():  # memory is measured once per side: its "median" is that one value
         result["rows_median"].setdefault(name, values)
     if "upstream" in models:
         result["ratios"] = _ratios(rows)
         result["ratios_median"] = _ratios(result["rows_median"])
+    if "control" in models:
+        result["control_ratios"] = _ratios(result["rows"], "control")
+        result["control_ratios_median"] = _ratios(result["rows_median"], "control")
     return result
 
 
-def _ratios(rows: dict[str, dict[str, float]]) -> dict[str, float]:
-    """upstream / ours for times and memory, ours / upstream for tokens/s: > 1 means this package is better."""
+def _ratios(rows: dict[str, dict[str, float]], other: str = "upstream") -> dict[str, float]:
+    """other / ours for times and memory, ours / other for tokens/s: > 1 means this package is better."""
     ratios = {}
     for name, values in rows.items():
+        if other not in values:
+            continue
         higher_is_better = "tokens/s" in name
         numerator, denominator = (
-            (values["ours"], values["upstream"]) if higher_is_better else (values["upstream"], values["ours"])
+            (values["ours"], values[other]) if higher_is_better else (values[other], values["ours"])
         )
         ratios[name] = numerator / denominator if denominator > 0 else float("nan")
     return ratios
@@ -409,12 +419,17 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--against", choices=["upstream"], help="compare with transformers' own InternVL port")
     parser.add_argument("--vision-tiles", type=int, nargs="+", default=[1, 7, 13])
-    parser.add_argument("--ttft-tiles", type=int, default=13)
+    parser.add_argument("--ttft-tiles", type=int, default=13, help="0: skip the time-to-first-token and memory rows")
     parser.add_argument("--decode-batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--static-compile", action="store_true", help="also time decode with a static cache")
     parser.add_argument("--vocab-size", type=int, help="override the LLM vocabulary (smaller: faster set-up)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="also time a second identical copy of this package's model (ratio to it: the noise floor of the run)",
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the CPU peak-memory child processes")
     parser.add_argument("--json", metavar="PATH", help="write the results here")
     parser.add_argument("--png", metavar="PATH", help="bar chart of the ratios (needs matplotlib)")
@@ -429,6 +444,8 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
     result["llm_parameter_bytes"] = _llm_parameter_bytes(args)
     for name, ratio in result.get("ratios", {}).items():
         print(f"ratio {name}: min {ratio:.3f}, median {result['ratios_median'][name]:.3f}")
+    for name, ratio in result.get("control_ratios", {}).items():
+        print(f"control (noise floor) {name}: min {ratio:.3f}, median {result['control_ratios_median'][name]:.3f}")
     if args.json:
         with open(args.json + ".tmp", "w") as file:
             json.dump(result, file, indent=1)
