@@ -344,10 +344,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if "upstream" in models:
         result["ratios"] = _ratios(rows)
         result["ratios_median"] = _ratios(result["rows_median"])
+        result["ratios_paired"] = paired_ratios(result)
     if "control" in models:
         result["control_ratios"] = _ratios(result["rows"], "control")
         result["control_ratios_median"] = _ratios(result["rows_median"], "control")
+        result["control_ratios_paired"] = paired_ratios(result, "control")
     return result
+
+
+def paired_ratios(result: dict[str, Any], other: str = "upstream") -> dict[str, dict[str, float]]:
+    """Per-round ratios (round i of this package against round i of `other`, run next to each other), summarised as
+    min / median / max: robust to load that drifts over the minutes a row takes, which the ratio of the two
+    minima is not. Decode tokens/s of round i come from that round's prefill-only and full runs."""
+    times, config = result["times"], result["config"]
+    paired: dict[str, list[float]] = {}
+    for name, values in times.items():
+        if other in values and "total" not in name and "prefill" not in name:
+            paired[name] = [theirs / ours for ours, theirs in zip(values["ours"], values[other], strict=True)]
+    for batch in config["decode_batches"]:
+        for suffix in ("", " static"):
+            total, prefill = (
+                times.get(f"decode b{batch}{suffix} total (ms)"),
+                times.get(f"decode b{batch} prefill (ms)"),
+            )
+            if total is None or prefill is None or other not in total:
+                continue
+            speed = {
+                w: [batch * config["decode_tokens"] * 1000 / max(t - p, 1e-9) for t, p in zip(total[w], prefill[w])]
+                for w in ("ours", other)
+            }
+            paired[f"decode b{batch}{suffix} (tokens/s)"] = [a / b for a, b in zip(speed["ours"], speed[other])]
+    return {
+        name: {"min": min(r), "median": statistics.median(r), "max": max(r), "rounds": len(r)}
+        for name, r in paired.items()
+    }
 
 
 def _ratios(rows: dict[str, dict[str, float]], other: str = "upstream") -> dict[str, float]:
@@ -444,6 +474,10 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
     result["llm_parameter_bytes"] = _llm_parameter_bytes(args)
     for name, ratio in result.get("ratios", {}).items():
         print(f"ratio {name}: min {ratio:.3f}, median {result['ratios_median'][name]:.3f}")
+    for name, summary in result.get("ratios_paired", {}).items():
+        print(
+            f"paired per-round ratio {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items() if k != "rounds")
+        )
     for name, ratio in result.get("control_ratios", {}).items():
         print(f"control (noise floor) {name}: min {ratio:.3f}, median {result['control_ratios_median'][name]:.3f}")
     if args.json:
