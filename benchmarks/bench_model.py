@@ -144,6 +144,11 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _timed_rows(device: str, calls: dict[str, Callable[[], Any]]) -> Callable[[], dict[str, float]]:
+    """A runner that runs `calls` in order and returns {name: ms}."""
+    return lambda: {name: timed(call, device) * 1000 for name, call in calls.items()}
+
+
 def timed(function: Callable[[], Any], device: str) -> float:
     _sync(device)
     start = time.perf_counter()
@@ -277,50 +282,59 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.control:  # a second, identical copy of this package's model: the ratio to it is the noise floor
         models["control"] = build_ours(args.shape, args.layers, dtype, args.attn, device, args.vocab_size)
     num_image_token = models["ours"].config.num_image_token
-    measurements: dict[str, Callable[[Any, bool], Callable[[], Any]]] = {}
+    # Each measurement gives, per model, a runner that returns {row name: ms}; a decode runner times its prefill-only
+    # and its full generate back to back, so that the tokens/s of one round come from one moment of the machine.
+    measurements: dict[str, Callable[[Any, bool], Callable[[], dict[str, float]]]] = {}
     for tiles in args.vision_tiles:
         pixels = torch.randn(tiles, 3, 448, 448).to(device, dtype)
-        measurements[f"vision {tiles} tiles (ms)"] = lambda m, up, p=pixels: vision_call(m, p, up)
+        name = f"vision {tiles} tiles (ms)"
+        measurements[name] = lambda m, up, p=pixels, n=name: _timed_rows(device, {n: vision_call(m, p, up)})
     ttft_pixels = torch.randn(args.ttft_tiles, 3, 448, 448).to(device, dtype)
     ttft_ids = image_prompt(args.ttft_tiles, num_image_token).to(device)
     if args.ttft_tiles > 0:
-        measurements[f"TTFT {args.ttft_tiles} tiles (ms)"] = lambda m, up: ttft_call(m, ttft_ids, ttft_pixels)
+        name = f"TTFT {args.ttft_tiles} tiles (ms)"
+        measurements[name] = lambda m, up, n=name: _timed_rows(device, {n: ttft_call(m, ttft_ids, ttft_pixels)})
     for batch in args.decode_batches:
         ids = torch.randint(1, TEXT_VOCAB, (batch, 64), generator=torch.Generator().manual_seed(batch)).to(device)
-        measurements[f"decode b{batch} prefill (ms)"] = lambda m, up, i=ids: decode_call(m, i, 1)
-        measurements[f"decode b{batch} total (ms)"] = lambda m, up, i=ids: decode_call(m, i, args.decode_tokens + 1)
-        if args.static_compile:
-            measurements[f"decode b{batch} static total (ms)"] = lambda m, up, i=ids: decode_call(
-                m, i, args.decode_tokens + 1, static=True
+        for suffix in ("", " static") if args.static_compile else ("",):
+            static = bool(suffix)
+            measurements[f"decode b{batch}{suffix}"] = lambda m, up, i=ids, b=batch, x=suffix, st=static: _timed_rows(
+                device,
+                {
+                    f"decode b{b}{x} prefill (ms)": decode_call(m, i, 1, static=st),
+                    f"decode b{b}{x} total (ms)": decode_call(m, i, args.decode_tokens + 1, static=st),
+                },
             )
     with torch.inference_mode():
-        for name, make in measurements.items():
-            calls = {which: make(model, which == "upstream") for which, model in models.items()}
-            for call in calls.values():  # warm-up
-                call()
-            times: dict[str, list[float]] = {which: [] for which in models}
-            order = list(calls)
+        for make in measurements.values():
+            runners = {which: make(model, which == "upstream") for which, model in models.items()}
+            for runner in runners.values():  # warm-up
+                runner()
+            times: dict[str, dict[str, list[float]]] = {}
+            order = list(runners)
             for repeat in range(args.repeats):  # interleaved, who goes first alternating
                 for which in order if repeat % 2 == 0 else order[::-1]:
-                    times[which].append(timed(calls[which], device) * 1000)
-            result["rows"][name] = {which: min(values) for which, values in times.items()}
-            result["rows_median"][name] = {which: statistics.median(values) for which, values in times.items()}
-            result["times"][name] = times
-            print(
-                f"  {name}: "
-                + ", ".join(
-                    f"{w} min {v:.1f} median {result['rows_median'][name][w]:.1f}"
-                    for w, v in result["rows"][name].items()
-                ),
-                flush=True,
-            )
+                    for name, value in runners[which]().items():
+                        times.setdefault(name, {w: [] for w in models})[which].append(value)
+            for name, values in times.items():
+                result["rows"][name] = {which: min(v) for which, v in values.items()}
+                result["rows_median"][name] = {which: statistics.median(v) for which, v in values.items()}
+                result["times"][name] = values
+                print(
+                    f"  {name}: "
+                    + ", ".join(
+                        f"{w} min {v:.1f} median {result['rows_median'][name][w]:.1f}"
+                        for w, v in result["rows"][name].items()
+                    ),
+                    flush=True,
+                )
     for rows in (result["rows"], result["rows_median"]):
         for batch in args.decode_batches:
             for suffix in ("", " static"):
                 total = rows.get(f"decode b{batch}{suffix} total (ms)")
                 if total is None:
                     continue
-                prefill = rows[f"decode b{batch} prefill (ms)"]
+                prefill = rows[f"decode b{batch}{suffix} prefill (ms)"]
                 rows[f"decode b{batch}{suffix} (tokens/s)"] = {
                     w: batch * args.decode_tokens / max(total[w] - prefill[w], 1e-9) * 1000 for w in models
                 }
@@ -365,7 +379,7 @@ def paired_ratios(result: dict[str, Any], other: str = "upstream") -> dict[str, 
         for suffix in ("", " static"):
             total, prefill = (
                 times.get(f"decode b{batch}{suffix} total (ms)"),
-                times.get(f"decode b{batch} prefill (ms)"),
+                times.get(f"decode b{batch}{suffix} prefill (ms)", times.get(f"decode b{batch} prefill (ms)")),
             )
             if total is None or prefill is None or other not in total:
                 continue
