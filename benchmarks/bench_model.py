@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -143,6 +144,11 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _timed_rows(device: str, calls: dict[str, Callable[[], Any]]) -> Callable[[], dict[str, float]]:
+    """A runner that runs `calls` in order and returns {name: ms}."""
+    return lambda: {name: timed(call, device) * 1000 for name, call in calls.items()}
+
+
 def timed(function: Callable[[], Any], device: str) -> float:
     _sync(device)
     start = time.perf_counter()
@@ -263,47 +269,76 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dtype = getattr(torch, args.dtype)
     device = args.device
     models = {"ours": build_ours(args.shape, args.layers, dtype, args.attn, device, args.vocab_size)}
-    result: dict[str, Any] = {"config": vars(args).copy(), "device_name": _device_name(device), "rows": {}}
+    result: dict[str, Any] = {
+        "config": vars(args).copy(),
+        "device_name": _device_name(device),
+        "rows": {},  # min over the repeats
+        "rows_median": {},
+        "times": {},  # every timed run (ms), in the order run
+    }
     if args.against == "upstream":
         models["upstream"] = build_upstream(models["ours"], args.attn)
         result["logits_max_abs_diff"] = check_logits(models["ours"], models["upstream"], device, dtype)
+    if args.control:  # a second, identical copy of this package's model: the ratio to it is the noise floor
+        models["control"] = build_ours(args.shape, args.layers, dtype, args.attn, device, args.vocab_size)
     num_image_token = models["ours"].config.num_image_token
-    measurements: dict[str, Callable[[Any, bool], Callable[[], Any]]] = {}
+    # Each measurement gives, per model, a runner that returns {row name: ms}; a decode runner times its prefill-only
+    # and its full generate back to back, so that the tokens/s of one round come from one moment of the machine.
+    measurements: dict[str, Callable[[Any, bool], Callable[[], dict[str, float]]]] = {}
     for tiles in args.vision_tiles:
         pixels = torch.randn(tiles, 3, 448, 448).to(device, dtype)
-        measurements[f"vision {tiles} tiles (ms)"] = lambda m, up, p=pixels: vision_call(m, p, up)
+        name = f"vision {tiles} tiles (ms)"
+        measurements[name] = lambda m, up, p=pixels, n=name: _timed_rows(device, {n: vision_call(m, p, up)})
     ttft_pixels = torch.randn(args.ttft_tiles, 3, 448, 448).to(device, dtype)
     ttft_ids = image_prompt(args.ttft_tiles, num_image_token).to(device)
-    measurements[f"TTFT {args.ttft_tiles} tiles (ms)"] = lambda m, up: ttft_call(m, ttft_ids, ttft_pixels)
+    if args.ttft_tiles > 0:
+        name = f"TTFT {args.ttft_tiles} tiles (ms)"
+        measurements[name] = lambda m, up, n=name: _timed_rows(device, {n: ttft_call(m, ttft_ids, ttft_pixels)})
     for batch in args.decode_batches:
         ids = torch.randint(1, TEXT_VOCAB, (batch, 64), generator=torch.Generator().manual_seed(batch)).to(device)
-        measurements[f"decode b{batch} prefill (ms)"] = lambda m, up, i=ids: decode_call(m, i, 1)
-        measurements[f"decode b{batch} total (ms)"] = lambda m, up, i=ids: decode_call(m, i, args.decode_tokens + 1)
-        if args.static_compile:
-            measurements[f"decode b{batch} static total (ms)"] = lambda m, up, i=ids: decode_call(
-                m, i, args.decode_tokens + 1, static=True
+        for suffix in ("", " static") if args.static_compile else ("",):
+            static = bool(suffix)
+            measurements[f"decode b{batch}{suffix}"] = lambda m, up, i=ids, b=batch, x=suffix, st=static: _timed_rows(
+                device,
+                {
+                    f"decode b{b}{x} prefill (ms)": decode_call(m, i, 1, static=st),
+                    f"decode b{b}{x} total (ms)": decode_call(m, i, args.decode_tokens + 1, static=st),
+                },
             )
     with torch.inference_mode():
-        for name, make in measurements.items():
-            calls = {which: make(model, which == "upstream") for which, model in models.items()}
-            for call in calls.values():  # warm-up
-                call()
-            times: dict[str, list[float]] = {which: [] for which in models}
-            for _ in range(args.repeats):  # interleaved
-                for which, call in calls.items():
-                    times[which].append(timed(call, device) * 1000)
-            result["rows"][name] = {which: min(values) for which, values in times.items()}
-            print(f"  {name}: " + ", ".join(f"{w} {v:.1f}" for w, v in result["rows"][name].items()), flush=True)
+        for make in measurements.values():
+            runners = {which: make(model, which == "upstream") for which, model in models.items()}
+            for runner in runners.values():  # warm-up
+                runner()
+            times: dict[str, dict[str, list[float]]] = {}
+            order = list(runners)
+            for repeat in range(args.repeats):  # interleaved, who goes first alternating
+                for which in order if repeat % 2 == 0 else order[::-1]:
+                    for name, value in runners[which]().items():
+                        times.setdefault(name, {w: [] for w in models})[which].append(value)
+            for name, values in times.items():
+                result["rows"][name] = {which: min(v) for which, v in values.items()}
+                result["rows_median"][name] = {which: statistics.median(v) for which, v in values.items()}
+                result["times"][name] = values
+                print(
+                    f"  {name}: "
+                    + ", ".join(
+                        f"{w} min {v:.1f} median {result['rows_median'][name][w]:.1f}"
+                        for w, v in result["rows"][name].items()
+                    ),
+                    flush=True,
+                )
+    for rows in (result["rows"], result["rows_median"]):
+        for batch in args.decode_batches:
+            for suffix in ("", " static"):
+                total = rows.get(f"decode b{batch}{suffix} total (ms)")
+                if total is None:
+                    continue
+                prefill = rows[f"decode b{batch}{suffix} prefill (ms)"]
+                rows[f"decode b{batch}{suffix} (tokens/s)"] = {
+                    w: batch * args.decode_tokens / max(total[w] - prefill[w], 1e-9) * 1000 for w in models
+                }
     rows = result["rows"]
-    for batch in args.decode_batches:
-        for suffix in ("", " static"):
-            total = rows.get(f"decode b{batch}{suffix} total (ms)")
-            if total is None:
-                continue
-            prefill = rows[f"decode b{batch} prefill (ms)"]
-            rows[f"decode b{batch}{suffix} (tokens/s)"] = {
-                w: batch * args.decode_tokens / max(total[w] - prefill[w], 1e-9) * 1000 for w in models
-            }
     if device.startswith("cuda"):
         peaks = {}
         for which, model in models.items():
@@ -314,17 +349,63 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ttft_call(model, ttft_ids, ttft_pixels)()
             peaks[which] = (torch.cuda.max_memory_allocated() - base) / 2**20
         rows[f"peak memory TTFT {args.ttft_tiles} tiles (MiB)"] = peaks
-    elif not args.no_memory:
-        rows[f"peak memory TTFT {args.ttft_tiles} tiles (MiB)"] = {w: cpu_peak_memory(args, w) for w in models}
+    elif not args.no_memory and args.ttft_tiles > 0:
+        rows[f"peak memory TTFT {args.ttft_tiles} tiles (MiB)"] = {
+            w: cpu_peak_memory(args, w) for w in models if w != "control"
+        }
+    for name, values in rows.items():  # memory is measured once per side: its "median" is that one value
+        result["rows_median"].setdefault(name, values)
     if "upstream" in models:
-        result["ratios"] = {}
-        for name, values in rows.items():
-            higher_is_better = "tokens/s" in name
-            numerator, denominator = (
-                (values["ours"], values["upstream"]) if higher_is_better else (values["upstream"], values["ours"])
-            )
-            result["ratios"][name] = numerator / denominator if denominator > 0 else float("nan")
+        result["ratios"] = _ratios(rows)
+        result["ratios_median"] = _ratios(result["rows_median"])
+        result["ratios_paired"] = paired_ratios(result)
+    if "control" in models:
+        result["control_ratios"] = _ratios(result["rows"], "control")
+        result["control_ratios_median"] = _ratios(result["rows_median"], "control")
+        result["control_ratios_paired"] = paired_ratios(result, "control")
     return result
+
+
+def paired_ratios(result: dict[str, Any], other: str = "upstream") -> dict[str, dict[str, float]]:
+    """Per-round ratios (round i of this package against round i of `other`, run next to each other), summarised as
+    min / median / max: robust to load that drifts over the minutes a row takes, which the ratio of the two
+    minima is not. Decode tokens/s of round i come from that round's prefill-only and full runs."""
+    times, config = result["times"], result["config"]
+    paired: dict[str, list[float]] = {}
+    for name, values in times.items():
+        if other in values and "total" not in name and "prefill" not in name:
+            paired[name] = [theirs / ours for ours, theirs in zip(values["ours"], values[other], strict=True)]
+    for batch in config["decode_batches"]:
+        for suffix in ("", " static"):
+            total, prefill = (
+                times.get(f"decode b{batch}{suffix} total (ms)"),
+                times.get(f"decode b{batch}{suffix} prefill (ms)", times.get(f"decode b{batch} prefill (ms)")),
+            )
+            if total is None or prefill is None or other not in total:
+                continue
+            speed = {
+                w: [batch * config["decode_tokens"] * 1000 / max(t - p, 1e-9) for t, p in zip(total[w], prefill[w])]
+                for w in ("ours", other)
+            }
+            paired[f"decode b{batch}{suffix} (tokens/s)"] = [a / b for a, b in zip(speed["ours"], speed[other])]
+    return {
+        name: {"min": min(r), "median": statistics.median(r), "max": max(r), "rounds": len(r)}
+        for name, r in paired.items()
+    }
+
+
+def _ratios(rows: dict[str, dict[str, float]], other: str = "upstream") -> dict[str, float]:
+    """other / ours for times and memory, ours / other for tokens/s: > 1 means this package is better."""
+    ratios = {}
+    for name, values in rows.items():
+        if other not in values:
+            continue
+        higher_is_better = "tokens/s" in name
+        numerator, denominator = (
+            (values["ours"], values[other]) if higher_is_better else (values[other], values["ours"])
+        )
+        ratios[name] = numerator / denominator if denominator > 0 else float("nan")
+    return ratios
 
 
 def _llm_parameter_bytes(args: argparse.Namespace) -> int:
@@ -382,12 +463,17 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--against", choices=["upstream"], help="compare with transformers' own InternVL port")
     parser.add_argument("--vision-tiles", type=int, nargs="+", default=[1, 7, 13])
-    parser.add_argument("--ttft-tiles", type=int, default=13)
+    parser.add_argument("--ttft-tiles", type=int, default=13, help="0: skip the time-to-first-token and memory rows")
     parser.add_argument("--decode-batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--static-compile", action="store_true", help="also time decode with a static cache")
     parser.add_argument("--vocab-size", type=int, help="override the LLM vocabulary (smaller: faster set-up)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="also time a second identical copy of this package's model (ratio to it: the noise floor of the run)",
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the CPU peak-memory child processes")
     parser.add_argument("--json", metavar="PATH", help="write the results here")
     parser.add_argument("--png", metavar="PATH", help="bar chart of the ratios (needs matplotlib)")
@@ -401,7 +487,13 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
     result["command"] = " ".join(["python", *sys.argv])
     result["llm_parameter_bytes"] = _llm_parameter_bytes(args)
     for name, ratio in result.get("ratios", {}).items():
-        print(f"ratio {name}: {ratio:.3f}")
+        print(f"ratio {name}: min {ratio:.3f}, median {result['ratios_median'][name]:.3f}")
+    for name, summary in result.get("ratios_paired", {}).items():
+        print(
+            f"paired per-round ratio {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items() if k != "rounds")
+        )
+    for name, ratio in result.get("control_ratios", {}).items():
+        print(f"control (noise floor) {name}: min {ratio:.3f}, median {result['control_ratios_median'][name]:.3f}")
     if args.json:
         with open(args.json + ".tmp", "w") as file:
             json.dump(result, file, indent=1)
