@@ -357,6 +357,22 @@ def test_chat_later_turns_reuse_the_cache_of_earlier_ones(model_dir, model_and_p
 
 
 @requires_model
+def test_chat_compile_sets_a_static_cache_and_gives_the_same_answer(model_dir, model_and_processor, capsys):
+    """`--compile` decodes with a static cache (compiled on accelerators); greedy answers are unchanged."""
+    from transformers_internvl.cli.chat import _load_model_and_processor
+
+    arguments = ["chat", str(model_dir), "--compile", "--max-cache-len", "256", "--max-new-tokens", "4"]
+    compiled_model, _ = _load_model_and_processor(build_parser().parse_args(arguments))
+    assert compiled_model.generation_config.cache_implementation == "static"
+    assert compiled_model.generation_config.max_cache_len == 256
+    assert compiled_model.generation_config.compile_config is not None
+    assert main([*arguments, "--prompt", "Hello there"]) == 0
+    model, processor = model_and_processor
+    messages = [{"role": "user", "content": [{"type": "text", "text": "Hello there"}]}]
+    assert capsys.readouterr().out.strip() == _expected_greedy_text(model, processor, messages, 4)
+
+
+@requires_model
 def test_chat_end_of_input_quits(model_dir, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
     assert main(["chat", str(model_dir)]) == 0

@@ -53,6 +53,11 @@ def _load_model_and_processor(args: argparse.Namespace) -> tuple[Any, Any]:
     except (OSError, ValueError, KeyError) as error:
         message = first_line(str(error), type(error).__name__)
         raise CLIError(f"cannot load a model from {args.model_dir}: {message}") from None
+    if args.compile:
+        from ..static_decode import static_decode_config
+
+        # transformers compiles on accelerators only; on a CPU this is a static cache without compilation.
+        model.generation_config = static_decode_config(model.generation_config, max_cache_len=args.max_cache_len)
     return model.eval(), processor
 
 
@@ -297,6 +302,18 @@ def add_chat_command(subparsers: Any) -> None:
     parser.add_argument("--device-map", help="e.g. auto, cpu, cuda:0 (default: not set, CPU)")
     parser.add_argument("--attn-implementation", help="eager, sdpa, flash_attention_2, ... (default: the model's)")
     parser.add_argument("--seed", type=int, help="random seed for sampling")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help=(
+            "decode with a static key/value cache and a torch.compile'd forward (GPU; on a CPU a static cache "
+            "only). Cost: the first answer compiles the model (tens of seconds to minutes) and a longer prompt than "
+            "--max-cache-len compiles again; a static cache turns off the cache reuse between turns"
+        ),
+    )
+    parser.add_argument(
+        "--max-cache-len", type=positive_int, help="static cache size in tokens with --compile (default: per call)"
+    )
     parser.set_defaults(handler=run_chat)
 
 

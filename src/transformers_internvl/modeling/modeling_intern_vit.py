@@ -87,16 +87,11 @@ class InternVLVisionEmbeddings(nn.Module):
         patch_embeds = self.patch_embedding(pixel_values.to(dtype=target_dtype))
         batch_size, _, height, width = patch_embeds.shape
         patch_embeds = patch_embeds.flatten(2).transpose(1, 2)
-        class_embeds = self.class_embedding.expand(batch_size, 1, -1).to(target_dtype)
-        embeddings = torch.cat([class_embeds, patch_embeds], dim=1)
-        position_embedding = torch.cat(
-            [
-                self.position_embedding[:, :1, :].to(target_dtype),
-                self._patch_position_embedding(height, width, target_dtype),
-            ],
-            dim=1,
-        )
-        return embeddings + position_embedding
+        # Positions are added before the concatenation: the same element-wise sums as adding the concatenated position
+        # embedding to the concatenated tokens (bit-identical), without two full-size temporaries per call.
+        patch_embeds = patch_embeds + self._patch_position_embedding(height, width, target_dtype)
+        class_embeds = self.class_embedding.to(target_dtype) + self.position_embedding[:, :1, :].to(target_dtype)
+        return torch.cat([class_embeds.expand(batch_size, 1, -1), patch_embeds], dim=1)
 
 
 def eager_attention_forward(
