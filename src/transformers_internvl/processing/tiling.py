@@ -29,6 +29,8 @@ import numbers
 from dataclasses import dataclass
 from functools import lru_cache
 
+from ..chat_templates import DEFAULT_NUM_IMAGE_TOKEN
+
 __all__ = [
     "DEFAULT_IMAGE_SIZE",
     "DEFAULT_MAX_TILES",
@@ -265,9 +267,10 @@ def num_image_tokens_for_size(
     min_tiles: int = 1,
     image_size: int = DEFAULT_IMAGE_SIZE,
     use_thumbnail: bool = True,
-    tokens_per_tile: int = 256,
+    tokens_per_tile: int = DEFAULT_NUM_IMAGE_TOKEN,
 ) -> int:
-    """Number of `<IMG_CONTEXT>` tokens of one image: tiles x `tokens_per_tile` (256 for 448 px, patch 14, ratio 0.5)."""
+    """Number of `<IMG_CONTEXT>` tokens of one image: tiles x `tokens_per_tile` (`chat_templates.tokens_per_tile`:
+    256 for 448 px tiles, 14 px patches, ratio 0.5)."""
     return num_tiles_for_size(width, height, max_tiles, min_tiles, image_size, use_thumbnail) * tokens_per_tile
 
 
