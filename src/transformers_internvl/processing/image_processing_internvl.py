@@ -216,11 +216,11 @@ class InternVLChatImageProcessor(TilePixelDefaults, BaseImageProcessor):
         max_dynamic_patch: int | None = None,
         use_thumbnail: bool = True,
         max_total_tiles: int | None = DEFAULT_MAX_TOTAL_TILES,
-        resample: int = int(Image.Resampling.BICUBIC),
+        resample: int = TilePixelDefaults.resample,
         do_rescale: bool = True,
         do_normalize: bool = True,
-        image_mean: float | Sequence[float] = IMAGENET_MEAN,
-        image_std: float | Sequence[float] = IMAGENET_STD,
+        image_mean: float | Sequence[float] = TilePixelDefaults.image_mean,
+        image_std: float | Sequence[float] = TilePixelDefaults.image_std,
         num_workers: int | None = None,
         dynamic_image_size: bool = True,
         **kwargs: Any,
@@ -249,15 +249,7 @@ class InternVLChatImageProcessor(TilePixelDefaults, BaseImageProcessor):
         self.use_thumbnail = check_bool("use_thumbnail", use_thumbnail)
         self.dynamic_image_size = check_bool("dynamic_image_size", dynamic_image_size)
         self.max_total_tiles = None if max_total_tiles is None else check_int("max_total_tiles", max_total_tiles)
-        set_pixel_options(
-            self,
-            resample=resample,
-            do_rescale=do_rescale,
-            do_normalize=do_normalize,
-            image_mean=image_mean,
-            image_std=image_std,
-            num_workers=num_workers,
-        )
+        set_pixel_options(self, resample, do_rescale, do_normalize, image_mean, image_std, num_workers)
         self._valid_kwargs_names = list(self.valid_kwargs.__annotations__.keys())
 
     def __call__(self, images: Any, **kwargs: Unpack[InternVLImageProcessorKwargs]) -> BatchFeature:

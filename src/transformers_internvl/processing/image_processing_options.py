@@ -132,9 +132,18 @@ def check_pixel_options(options: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def set_pixel_options(processor: Any, **options: Any) -> None:
+def set_pixel_options(
+    processor: Any,
+    resample: int,
+    do_rescale: bool,
+    do_normalize: bool,
+    image_mean: Any,
+    image_std: Any,
+    num_workers: int | None,
+) -> None:
     """`__init__` of both processors: check the `PIXEL_OPTIONS` and set them as attributes of `processor` (means
     and stds as lists, as transformers writes them to the saved config)."""
+    options = dict(zip(PIXEL_OPTIONS, (resample, do_rescale, do_normalize, image_mean, image_std, num_workers)))
     for key, value in check_pixel_options(options).items():
         setattr(processor, key, list(value) if key in ("image_mean", "image_std") else value)
 

@@ -27,15 +27,12 @@ from transformers.video_utils import VideoMetadata
 from .image_loading import check_timeout, to_rgb_image
 from .image_processing_internvl import plan_tiles, tiles_from_plans
 from .image_processing_options import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     LEGACY_CONFIG_KEYS,
     TilePixelDefaults,
     resolve_pixel_options,
     set_pixel_options,
 )
 from .input_validation import check_int, size_to_int
-from .tiling import DEFAULT_IMAGE_SIZE
 from .video_decoding import (
     DEFAULT_NUM_SEGMENTS,
     MAX_NUM_SEGMENTS,
@@ -176,12 +173,12 @@ class InternVLChatVideoProcessor(TilePixelDefaults, VideoProcessorMixin):
     def __init__(
         self,
         num_segments: int = DEFAULT_NUM_SEGMENTS,
-        image_size: int = DEFAULT_IMAGE_SIZE,
-        resample: int = int(Image.Resampling.BICUBIC),
+        image_size: int = TilePixelDefaults.image_size,
+        resample: int = TilePixelDefaults.resample,
         do_rescale: bool = True,
         do_normalize: bool = True,
-        image_mean: float | Sequence[float] = IMAGENET_MEAN,
-        image_std: float | Sequence[float] = IMAGENET_STD,
+        image_mean: float | Sequence[float] = TilePixelDefaults.image_mean,
+        image_std: float | Sequence[float] = TilePixelDefaults.image_std,
         num_workers: int | None = None,
         **kwargs: Any,
     ) -> None:
@@ -208,15 +205,7 @@ class InternVLChatVideoProcessor(TilePixelDefaults, VideoProcessorMixin):
         super().__init__(**kwargs)
         self.num_segments = check_num_segments("num_segments", num_segments)
         self.image_size = check_int("image_size", image_size)
-        set_pixel_options(
-            self,
-            resample=resample,
-            do_rescale=do_rescale,
-            do_normalize=do_normalize,
-            image_mean=image_mean,
-            image_std=image_std,
-            num_workers=num_workers,
-        )
+        set_pixel_options(self, resample, do_rescale, do_normalize, image_mean, image_std, num_workers)
 
     def __call__(self, videos: Any = None, **kwargs: Unpack[InternVLVideoProcessorKwargs]) -> BatchFeature:
         return self.preprocess(videos, **kwargs)
