@@ -1,9 +1,10 @@
 """Token strings and conversation-template data of InternVL, and the text-level prompt pieces built from them.
 
-This is the package's leaf module: it imports nothing of `transformers_internvl`, so processing, modeling, conversion
-and training all read the same strings from here.
+This is the package's leaf module: it imports nothing of `transformers_internvl` (and no transformers at import time),
+so processing, modeling, conversion and training all read the same strings from here.
 
-* token strings (`<image>`, `<img>`, `<IMG_CONTEXT>`, ...) and the default tokens per 448 px tile;
+* token strings (`<image>`, `<img>`, `<IMG_CONTEXT>`, ...) and `tokens_per_tile`, the one formula of tokens per tile
+  (`DEFAULT_NUM_IMAGE_TOKEN`: 256 for 448 px tiles);
 * `TEMPLATES`: the original conversation templates as data (internvl_chat/internvl/conversation.py), and
   `template_eos_token(name)`, the string the original `chat()` stops at;
 * the one `<image>` expansion (`image_context_string`, `expand_image_placeholders`), the video frame lines and the
@@ -19,17 +20,26 @@ from collections.abc import Mapping, Sequence
 from enum import Enum
 from typing import Any
 
-from transformers.utils import logging
-
-logger = logging.get_logger(__name__)
-
 # Defaults of the original chat code; a processor reads the real strings from its tokenizer.
 IMAGE_PLACEHOLDER = "<image>"
 VIDEO_PLACEHOLDER = "<video>"
 IMAGE_START_TOKEN = "<img>"
 IMAGE_END_TOKEN = "</img>"
 IMAGE_CONTEXT_TOKEN = "<IMG_CONTEXT>"
-DEFAULT_NUM_IMAGE_TOKEN = 256
+
+
+def tokens_per_tile(image_size: int, patch_size: int, downsample_ratio: float) -> int:
+    """`<IMG_CONTEXT>` tokens (LLM positions) per tile: the `(image_size // patch_size) ** 2` ViT patches of a tile
+    after pixel unshuffle by `downsample_ratio` (256 for 448 px tiles, 14 px patches, ratio 0.5).
+
+    The original's `num_image_token = int((image_size // patch_size) ** 2 * (downsample_ratio ** 2))`, to the letter
+    (`InternVLChatModel.__init__`, `internvl_chat/internvl/model/internvl_chat/modeling_internvl_chat.py`); the model
+    config (`InternVLChatConfig.num_image_token`) and the processor both take it from here.
+    """
+    return int((image_size // patch_size) ** 2 * (downsample_ratio**2))
+
+
+DEFAULT_NUM_IMAGE_TOKEN = tokens_per_tile(448, 14, 0.5)
 
 # Default system messages of the original templates.
 INTERNVL2_5_SYSTEM_MESSAGE = (
@@ -218,7 +228,13 @@ def expand_image_placeholders(
         )
         if strict:
             raise ValueError(message)
-        logger.warning(message + " Unmatched placeholders stay as text; unmatched images get no tokens.")
+        # Imported here: this leaf imports no transformers at import time (`processing.tiling` reads it, and
+        # `transformers-internvl tiles` starts without transformers).
+        from transformers.utils import logging
+
+        logging.get_logger(__name__).warning(
+            message + " Unmatched placeholders stay as text; unmatched images get no tokens."
+        )
     for num_tiles in num_tiles_list:
         image_tokens = image_context_string(
             num_tiles, num_image_token, image_start_token, image_end_token, image_context_token

@@ -1,8 +1,9 @@
 """Registration of this package's classes with transformers' ``Auto*`` factories and checkpoint-conversion tables.
 
-Called once by ``import transformers_internvl``; calling it again is a no-op. Config classes are registered as
-classes; model, tokenizer and processor classes as `LazyValue`s (see `_lazy_registry`), imported the first time a
-factory reads them, so registering imports no ``modeling_*`` module.
+Called once by ``import transformers_internvl``; calling it again is a no-op. Config, tokenizer, image- and
+video-processor classes are registered as classes (their modules hold no model code); model and processor classes as
+`LazyValue`s (see `_lazy_registry`), imported the first time a factory reads them, so registering imports no
+``modeling_*`` module.
 """
 
 from __future__ import annotations
@@ -87,32 +88,28 @@ def _register_tokenizers() -> None:
 
 
 def _register_image_video_processors() -> None:
-    """InternVLImageProcessor and InternVLVideoProcessor."""
-    # The mappings are registered directly rather than through `AutoImageProcessor.register` /
-    # `AutoVideoProcessor.register`: those first look up the existing entry, and because this package's config class
-    # shares the name `InternVLConfig` with transformers' own, that lookup resolves transformers' GotOcr2 / InternVL
-    # processors (a torchvision warning at import). The mappings are the ones AutoImageProcessor, AutoVideoProcessor
-    # and AutoProcessor read (without torchvision, `transformers.AutoVideoProcessor` is only a placeholder; the real
-    # class is `transformers.models.auto.video_processing_auto.AutoVideoProcessor`).
-    from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
-    from transformers.models.auto.video_processing_auto import VIDEO_PROCESSOR_MAPPING
+    """InternVLChatImageProcessor and InternVLChatVideoProcessor, through transformers' ordinary `register`."""
+    # `AutoImageProcessor.register` checks that the class is an image processor, so both processor classes are
+    # imported here: their modules are light (torch, PIL and transformers are already loaded by then; no model code).
+    # Since the classes are named InternVLChat*, the factories' look-up no longer meets transformers' own InternVL /
+    # GotOcr2 processors. `transformers.AutoVideoProcessor` is only a placeholder without torchvision; the real class is
+    # `transformers.models.auto.video_processing_auto.AutoVideoProcessor`.
+    from transformers.models.auto.image_processing_auto import AutoImageProcessor
+    from transformers.models.auto.video_processing_auto import AutoVideoProcessor
 
-    from ._lazy_registry import LazyValue, lazy_attribute, make_lazy
-    from .modeling.configuration_internvl import InternVLConfig
+    from .modeling.configuration_internvl import InternVLChatConfig
+    from .processing.image_processing_internvl import InternVLChatImageProcessor
+    from .processing.video_processing_internvl import InternVLChatVideoProcessor
 
     # One class serves both backend names (it does not use torchvision), so the default backend resolves to it, and a
     # saved `image_processor_type` / `video_processor_type` resolves by class name.
-    for mapping, module, name in (
-        (IMAGE_PROCESSOR_MAPPING, ".processing.image_processing_internvl", "InternVLImageProcessor"),
-        (VIDEO_PROCESSOR_MAPPING, ".processing.video_processing_internvl", "InternVLVideoProcessor"),
-    ):
-        processor_class = lazy_attribute(module, name)
-        make_lazy(mapping)
-        mapping.register(
-            InternVLConfig,
-            LazyValue(lambda cls=processor_class: dict.fromkeys(("torchvision", "pil"), cls.factory()), name),
-            exist_ok=True,
-        )
+    backends = ("torchvision", "pil")
+    AutoImageProcessor.register(
+        InternVLChatConfig, image_processor_classes=dict.fromkeys(backends, InternVLChatImageProcessor), exist_ok=True
+    )
+    AutoVideoProcessor.register(
+        InternVLChatConfig, video_processor_classes=dict.fromkeys(backends, InternVLChatVideoProcessor), exist_ok=True
+    )
     # Original OpenGVLab folders ship a CLIP preprocessor_config.json the original never used for tiling; the
     # factories resolve that class by name before any mapping, so their `from_pretrained` is wrapped instead.
     from .processing.auto_loading import wrap_auto_processor_loaders

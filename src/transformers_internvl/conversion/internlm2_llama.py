@@ -73,6 +73,22 @@ _TOP_KEY = re.compile(r"^(?P<base>(?:model\.)?)(?P<name>[^.]+\.(?:weight|bias))$
 
 _ROPE_TYPES = ("default", "linear", "dynamic")
 
+# The one-to-one renames as `(layer, base, head)` tables, in each direction.
+_TO_LLAMA = (_LAYER_RENAMES, _BASE_RENAMES, _HEAD_RENAMES)
+_TO_INTERNLM2 = tuple({new: old for old, new in table.items()} for table in _TO_LLAMA)
+
+
+def _renamed(key: str, renames: tuple[dict[str, str], dict[str, str], dict[str, str]]) -> str:
+    """The other layout's name of a one-to-one parameter `key` (not an attention projection): a per-layer name keeps
+    its `[model.]layers.{i}.`, a top-level one its optional `model.`, the head is renamed whole."""
+    layer_renames, base_renames, head_renames = renames
+    if match := _LAYER_KEY.match(key):
+        return f"{match['base']}layers.{match['index']}.{layer_renames[match['name']]}"
+    if key in head_renames:
+        return head_renames[key]
+    match = _TOP_KEY.match(key)
+    return f"{match['base']}{base_renames[match['name']]}"
+
 
 def _head_layout(config: InternLM2Config | LlamaConfig) -> tuple[int, int, int, int]:
     """`(hidden_size, num_heads, num_kv_heads, head_dim)`, checked to be expressible as an InternLM2 `wqkv`."""
@@ -235,28 +251,22 @@ def internlm2_state_dict_to_llama(
     _check_keys(set(inside), expected, prefix, "InternLM2")
 
     for key, tensor in inside.items():
-        if match := _LAYER_KEY.match(key):
-            layer = f"{match['base']}layers.{match['index']}."
-            name = match["name"]
-            if name in ("attention.wqkv.weight", "attention.wqkv.bias"):
-                kind = name.rsplit(".", 1)[1]
-                if kind == "weight":
-                    check_wqkv_shape(tensor.shape, hidden_size, num_heads, num_kv_heads, name=prefix + key)
-                else:
-                    expected_shape = ((num_heads + 2 * num_kv_heads) * head_dim,)
-                    if tuple(tensor.shape) != expected_shape:
-                        raise ValueError(f"{prefix + key} has shape {tuple(tensor.shape)}, expected {expected_shape}")
-                query, key_proj, value = split_wqkv(tensor, num_heads, num_kv_heads, head_dim)
-                converted[f"{prefix}{layer}self_attn.q_proj.{kind}"] = query
-                converted[f"{prefix}{layer}self_attn.k_proj.{kind}"] = key_proj
-                converted[f"{prefix}{layer}self_attn.v_proj.{kind}"] = value
-            else:
-                converted[f"{prefix}{layer}{_LAYER_RENAMES[name]}"] = tensor
-        elif key in _HEAD_RENAMES:
-            converted[prefix + _HEAD_RENAMES[key]] = tensor
+        match = _LAYER_KEY.match(key)
+        if match is None or match["name"] not in ("attention.wqkv.weight", "attention.wqkv.bias"):
+            converted[prefix + _renamed(key, _TO_LLAMA)] = tensor
+            continue
+        layer = f"{match['base']}layers.{match['index']}."
+        kind = match["name"].rsplit(".", 1)[1]
+        if kind == "weight":
+            check_wqkv_shape(tensor.shape, hidden_size, num_heads, num_kv_heads, name=prefix + key)
         else:
-            match = _TOP_KEY.match(key)
-            converted[f"{prefix}{match['base']}{_BASE_RENAMES[match['name']]}"] = tensor
+            expected_shape = ((num_heads + 2 * num_kv_heads) * head_dim,)
+            if tuple(tensor.shape) != expected_shape:
+                raise ValueError(f"{prefix + key} has shape {tuple(tensor.shape)}, expected {expected_shape}")
+        query, key_proj, value = split_wqkv(tensor, num_heads, num_kv_heads, head_dim)
+        converted[f"{prefix}{layer}self_attn.q_proj.{kind}"] = query
+        converted[f"{prefix}{layer}self_attn.k_proj.{kind}"] = key_proj
+        converted[f"{prefix}{layer}self_attn.v_proj.{kind}"] = value
     return converted
 
 
@@ -272,9 +282,6 @@ def llama_state_dict_to_internlm2(
     expected = _expected_internlm2_keys(config.num_hidden_layers, _attention_bias(config), base, with_head)
     _check_keys(set(inside), set(_internlm2_names_to_llama(expected)), prefix, "Llama")
 
-    layer_renames = {llama: internlm2 for internlm2, llama in _LAYER_RENAMES.items()}
-    base_renames = {llama: internlm2 for internlm2, llama in _BASE_RENAMES.items()}
-    head_renames = {llama: internlm2 for internlm2, llama in _HEAD_RENAMES.items()}
     projection_shapes = {
         "q_proj": (num_heads * head_dim, hidden_size),
         "k_proj": (num_kv_heads * head_dim, hidden_size),
@@ -294,24 +301,19 @@ def llama_state_dict_to_internlm2(
             )
 
     for key, tensor in inside.items():
-        if match := _LAYER_KEY.match(key):
-            layer = f"{match['base']}layers.{match['index']}."
-            name = match["name"]
-            if projection_match := _PROJECTION_KEY.match(key):
-                kind = projection_match["kind"]
-                if projection_match["projection"] != "q_proj":
-                    continue  # fused together with q_proj below
-                key_proj = inside[f"{layer}self_attn.k_proj.{kind}"]
-                value = inside[f"{layer}self_attn.v_proj.{kind}"]
-                fused = fuse_wqkv(tensor, key_proj, value, num_heads, num_kv_heads, head_dim)
-                converted[f"{prefix}{layer}attention.wqkv.{kind}"] = fused
-            else:
-                converted[f"{prefix}{layer}{layer_renames[name]}"] = tensor
-        elif key in head_renames:
-            converted[prefix + head_renames[key]] = tensor
-        else:
-            match = _TOP_KEY.match(key)
-            converted[f"{prefix}{match['base']}{base_renames[match['name']]}"] = tensor
+        projection_match = _PROJECTION_KEY.match(key)
+        if projection_match is None:
+            converted[prefix + _renamed(key, _TO_INTERNLM2)] = tensor
+            continue
+        if projection_match["projection"] != "q_proj":
+            continue  # fused together with q_proj below
+        match = _LAYER_KEY.match(key)
+        layer = f"{match['base']}layers.{match['index']}."
+        kind = projection_match["kind"]
+        key_proj = inside[f"{layer}self_attn.k_proj.{kind}"]
+        value = inside[f"{layer}self_attn.v_proj.{kind}"]
+        fused = fuse_wqkv(tensor, key_proj, value, num_heads, num_kv_heads, head_dim)
+        converted[f"{prefix}{layer}attention.wqkv.{kind}"] = fused
     return converted
 
 
@@ -319,19 +321,13 @@ def _internlm2_names_to_llama(keys: set[str]) -> list[str]:
     """Llama names of InternLM2 parameter names (a `wqkv` name gives its three projection names)."""
     names = []
     for key in keys:
-        if match := _LAYER_KEY.match(key):
+        match = _LAYER_KEY.match(key)
+        if match is not None and match["name"].startswith("attention.wqkv."):
             layer = f"{match['base']}layers.{match['index']}."
-            name = match["name"]
-            if name.startswith("attention.wqkv."):
-                kind = name.rsplit(".", 1)[1]
-                names += [f"{layer}self_attn.{projection}.{kind}" for projection in ("q_proj", "k_proj", "v_proj")]
-            else:
-                names.append(layer + _LAYER_RENAMES[name])
-        elif key in _HEAD_RENAMES:
-            names.append(_HEAD_RENAMES[key])
+            kind = match["name"].rsplit(".", 1)[1]
+            names += [f"{layer}self_attn.{projection}.{kind}" for projection in ("q_proj", "k_proj", "v_proj")]
         else:
-            match = _TOP_KEY.match(key)
-            names.append(match["base"] + _BASE_RENAMES[match["name"]])
+            names.append(_renamed(key, _TO_LLAMA))
     return names
 
 

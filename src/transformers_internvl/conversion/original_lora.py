@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import torch
 
-from ..modeling.original_lora_loading import _BASE, _LORA_A, _LORA_B, ORIGINAL_LORA_SCALING
+from ..modeling.original_lora_loading import (
+    LORA_A_SUFFIX,
+    LORA_B_SUFFIX,
+    LORA_BASE_SUFFIX,
+    ORIGINAL_LORA_SCALING,
+)
 
 # PEFT `target_modules` of the original `wrap_backbone_lora` (InternViT) and `wrap_llm_lora` (per LLM architecture).
 ORIGINAL_BACKBONE_LORA_TARGET_MODULES = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
@@ -82,13 +87,13 @@ def plan_original_lora_merge(keys) -> tuple[dict[str, str], dict[str, tuple[str,
             if plain.startswith(old):
                 plain = new + plain[len(old) :]
                 break
-        if key.endswith(f".{_BASE}"):
-            stem = key[: -len(_BASE)]
-            lora_a, lora_b = stem + _LORA_A, stem + _LORA_B
+        if key.endswith(f".{LORA_BASE_SUFFIX}"):
+            stem = key[: -len(LORA_BASE_SUFFIX)]
+            lora_a, lora_b = stem + LORA_A_SUFFIX, stem + LORA_B_SUFFIX
             missing = [factor for factor in (lora_a, lora_b) if factor not in keys]
             if missing:
                 raise ValueError(f"the LoRA-wrapped layer {stem.rstrip('.')!r} has no {missing[0]!r} in the checkpoint")
-            plain = plain[: -len(_BASE)] + "weight"
+            plain = plain[: -len(LORA_BASE_SUFFIX)] + "weight"
             merges[plain] = (lora_a, lora_b)
             used_factors.update((lora_a, lora_b))
         elif key.endswith(".base_layer.bias"):

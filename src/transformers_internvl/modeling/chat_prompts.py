@@ -179,8 +179,7 @@ def build_batch_chat_prompts(
     for question, num_tiles in zip(questions, num_tiles_list):
         if not isinstance(question, str):
             raise TypeError(f"Every question must be a str, got {type(question).__name__}.")
-        if pixel_values_passed and IMAGE_PLACEHOLDER not in question:
-            question = IMAGE_PLACEHOLDER + "\n" + question
+        question = prepare_chat_question(question, None, pixel_values_passed)  # batch_chat has no history
         prompt = render_chat_prompt(template, [("user", question)], system_message)
         if expand_images and IMAGE_PLACEHOLDER in prompt:
             # The original replaces only the first placeholder; a text-only prompt has none and is left as it is.

@@ -9,6 +9,7 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import logging
 
+from ..chat_templates import tokens_per_tile
 from .config_validation import check_sub_configs_present, validate_config_values
 from .configuration_intern_vit import InternVisionConfig
 from .llm_resolution import normalize_llm_config, original_llm_config, resolve_text_model_type
@@ -166,8 +167,7 @@ class InternVLChatConfig(PreTrainedConfig):
     @property
     def num_image_token(self) -> int:
         """LLM tokens per tile: `(tile / patch)**2 * downsample_ratio**2` (256 for 448 px, 14 px, 0.5)."""
-        side = self.vision_image_size // self.vision_config.patch_size
-        return int(side * side * self.downsample_ratio**2)
+        return tokens_per_tile(self.vision_image_size, self.vision_config.patch_size, self.downsample_ratio)
 
     def to_original_dict(self) -> dict[str, Any]:
         """The original OpenGVLab layout of `to_dict()`, which `save_pretrained` / `to_json_file` / `to_json_string`

@@ -337,12 +337,6 @@ class InternLM2Model(InternLM2PreTrainedModel):
 
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.tok_embeddings
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.tok_embeddings = value
-
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @merge_with_config_defaults
     @capture_outputs

@@ -74,6 +74,17 @@ class InternVLMultiModalProjector(nn.Sequential):
 InternVLModelOutputWithPast = MultimodalBaseModelOutputWithPast
 InternVLCausalLMOutputWithPast = MultimodalCausalLMOutputWithPast
 
+# The image inputs of both `forward`s (transformers' `auto_docstring` documents the standard ones).
+_IMAGE_INPUT_ARGS = r"""
+    pixel_values (`torch.Tensor` of shape `(num_tiles, 3, 448, 448)`, *optional*):
+        Tiles of all images of the batch, in placeholder order; `input_ids` holds `<IMG_CONTEXT>` x 256 per tile
+        where their features go.
+    image_flags (`torch.Tensor` of shape `(num_tiles,)`, *optional*):
+        Training flag; tiles with flag 0 (dummy images of text-only samples) are dropped.
+    num_tiles (`torch.Tensor` or `list[int]`, *optional*):
+        Tiles per image (alias `num_patches`), only checked against `pixel_values`.
+"""
+
 
 @auto_docstring(
     custom_intro="""
@@ -241,7 +252,7 @@ class InternVLChatBaseModel(InternVLChatPreTrainedModel):
         return special_image_mask
 
     @can_return_tuple
-    @auto_docstring
+    @auto_docstring(custom_args=_IMAGE_INPUT_ARGS)
     @deprecate_kwarg("past_key_values", "6.0.0", new_name="cache")
     def forward(
         self,
@@ -258,14 +269,6 @@ class InternVLChatBaseModel(InternVLChatPreTrainedModel):
         **kwargs: Unpack[TransformersKwargs],
     ) -> MultimodalBaseModelOutputWithPast | tuple:
         r"""
-        pixel_values (`torch.Tensor` of shape `(num_tiles, 3, 448, 448)`, *optional*):
-            Tiles of all images of the batch, in placeholder order; `input_ids` holds `<IMG_CONTEXT>` x 256 per tile
-            where their features go.
-        image_flags (`torch.Tensor` of shape `(num_tiles,)`, *optional*):
-            Training flag; tiles with flag 0 (dummy images of text-only samples) are dropped.
-        num_tiles (`torch.Tensor` or `list[int]`, *optional*):
-            Tiles per image (alias `num_patches`), only checked against `pixel_values`.
-
         Raises `ValueError` when `num_tiles` or `image_flags` do not match the tiles, or when the prompt holds
         `<IMG_CONTEXT>` tokens but no tiles are given (decoding steps with a filled cache are exempt).
         """
@@ -411,7 +414,7 @@ class InternVLChatForConditionalGeneration(InternVLChatMixin, InternVLChatPreTra
         return super().generate(*args, **kwargs)
 
     @can_return_tuple
-    @auto_docstring
+    @auto_docstring(custom_args=_IMAGE_INPUT_ARGS)
     @deprecate_kwarg("past_key_values", "6.0.0", new_name="cache")
     def forward(
         self,
@@ -430,14 +433,6 @@ class InternVLChatForConditionalGeneration(InternVLChatMixin, InternVLChatPreTra
         **kwargs: Unpack[TransformersKwargs],
     ) -> MultimodalCausalLMOutputWithPast | tuple:
         r"""
-        pixel_values (`torch.Tensor` of shape `(num_tiles, 3, 448, 448)`, *optional*):
-            Tiles of all images of the batch, in placeholder order; `input_ids` holds `<IMG_CONTEXT>` x 256 per tile
-            where their features go.
-        image_flags (`torch.Tensor` of shape `(num_tiles,)`, *optional*):
-            Training flag; tiles with flag 0 (dummy images of text-only samples) are dropped.
-        num_tiles (`torch.Tensor` or `list[int]`, *optional*):
-            Tiles per image (alias `num_patches`), only checked against `pixel_values`.
-
         Returns logits `(batch_size, kept positions, vocab_size)`; raises as [`InternVLChatBaseModel.forward`].
         """
         outputs = self.model(

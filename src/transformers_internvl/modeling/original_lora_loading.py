@@ -43,9 +43,10 @@ logger = logging.get_logger(__name__)
 ORIGINAL_LORA_SCALING = 2.0
 ORIGINAL_LORA_DROPOUT = 0.05
 
-_BASE = "base_layer.weight"
-_LORA_A = "lora_A.default.weight"
-_LORA_B = "lora_B.default.weight"
+# Key suffixes of one PEFT-wrapped linear layer in an original LoRA checkpoint (adapter name "default").
+LORA_BASE_SUFFIX = "base_layer.weight"
+LORA_A_SUFFIX = "lora_A.default.weight"
+LORA_B_SUFFIX = "lora_B.default.weight"
 # Which config field declares the LoRA of each tower (keys of `LoraLoadRecord.ranks`).
 _TOWER_FIELDS = {"vision": "use_backbone_lora", "llm": "use_llm_lora"}
 
@@ -91,8 +92,12 @@ class MergeOriginalLora(ConversionOps):
         tensors = {name: values[0] for name, values in input_dict.items() if values}
         record = _record(model) if model is not None else LoraLoadRecord()
         tower = _tower(full_layer_name)
-        base, lora_a, lora_b = tensors.get(_BASE), tensors.get(_LORA_A), tensors.get(_LORA_B)
-        missing = [name for name, tensor in ((_BASE, base), (_LORA_A, lora_a), (_LORA_B, lora_b)) if tensor is None]
+        base, lora_a, lora_b = tensors.get(LORA_BASE_SUFFIX), tensors.get(LORA_A_SUFFIX), tensors.get(LORA_B_SUFFIX)
+        missing = [
+            name
+            for name, tensor in ((LORA_BASE_SUFFIX, base), (LORA_A_SUFFIX, lora_a), (LORA_B_SUFFIX, lora_b))
+            if tensor is None
+        ]
         if missing:
             record.problems.append((full_layer_name, f"the checkpoint has no {' / '.join(missing)} for this layer"))
             if base is None:
@@ -141,7 +146,11 @@ def original_lora_renamings() -> list[WeightRenaming]:
 
 def original_lora_converters() -> list[WeightConverter]:
     """The merge of each LoRA-wrapped layer's three tensors into its weight."""
-    return [_LoraMergeConverter([_BASE, _LORA_A, _LORA_B], "weight", operations=[MergeOriginalLora()])]
+    return [
+        _LoraMergeConverter(
+            [LORA_BASE_SUFFIX, LORA_A_SUFFIX, LORA_B_SUFFIX], "weight", operations=[MergeOriginalLora()]
+        )
+    ]
 
 
 def checkpoint_holds_original_lora(checkpoint_files: list[str] | None, state_dict: dict | None) -> bool:
@@ -229,6 +238,9 @@ def finish_original_lora_load(model, describe_key: Callable[[str], str]) -> None
 
 
 __all__ = [
+    "LORA_A_SUFFIX",
+    "LORA_BASE_SUFFIX",
+    "LORA_B_SUFFIX",
     "ORIGINAL_LORA_DROPOUT",
     "ORIGINAL_LORA_SCALING",
     "MergeOriginalLora",

@@ -36,13 +36,17 @@ from .exact_resize import resize_into_tiles
 from .image_loading import DEFAULT_URL_TIMEOUT, group_images, load_image_source, to_rgb_image
 from .image_processing_options import (
     IMAGE_SIZE_ALIASES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     LEGACY_CONFIG_KEYS,
     MAX_TILES_ALIASES,
     MIN_TILES_ALIASES,
     InternVLImageProcessorKwargs,
+    TilePixelDefaults,
     resolve_image_options,
+    set_pixel_options,
 )
-from .input_validation import check_bool, check_int, check_triple, pop_alias, size_to_int
+from .input_validation import check_bool, check_int, pop_alias, size_to_int
 from .tiling import (  # the grid choice and tile budget: torch-free, so `transformers-internvl tiles` starts fast
     DEFAULT_IMAGE_SIZE,
     DEFAULT_MAX_TILES,
@@ -73,9 +77,6 @@ __all__ = [
     "find_closest_grid",
     "plan_tiles",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # --------------------------------------------------------------------------------------------------------------------
 # 2. + 3. Resize and normalisation (lookup table bit-identical to torchvision ToTensor + Normalize)
@@ -156,7 +157,7 @@ def tiles_from_plans(images: Sequence[Image.Image], plans: Sequence[TilePlan], o
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class InternVLChatImageProcessor(BaseImageProcessor):
+class InternVLChatImageProcessor(TilePixelDefaults, BaseImageProcessor):
     r"""InternVL 2.5 image processor: dynamic tiling into 448 px tiles, pixel-identical to the original code.
 
     Call it as `processor(images=..., max_dynamic_patch=12, return_tensors="pt")`. The output `BatchFeature` holds
@@ -201,18 +202,12 @@ class InternVLChatImageProcessor(BaseImageProcessor):
     valid_kwargs = InternVLImageProcessorKwargs
     model_input_names: ClassVar[list[str]] = ["pixel_values"]
 
-    image_size = DEFAULT_IMAGE_SIZE
+    # The tile side, resize and normalisation defaults come from `TilePixelDefaults` (shared with the video processor).
     min_dynamic_patch = 1
     max_dynamic_patch = DEFAULT_MAX_TILES
     dynamic_image_size = True
     use_thumbnail = True
     max_total_tiles = DEFAULT_MAX_TOTAL_TILES
-    resample = int(Image.Resampling.BICUBIC)
-    do_rescale = True
-    do_normalize = True
-    image_mean = IMAGENET_MEAN
-    image_std = IMAGENET_STD
-    num_workers = None
 
     def __init__(
         self,
@@ -221,11 +216,11 @@ class InternVLChatImageProcessor(BaseImageProcessor):
         max_dynamic_patch: int | None = None,
         use_thumbnail: bool = True,
         max_total_tiles: int | None = DEFAULT_MAX_TOTAL_TILES,
-        resample: int = int(Image.Resampling.BICUBIC),
+        resample: int = TilePixelDefaults.resample,
         do_rescale: bool = True,
         do_normalize: bool = True,
-        image_mean: float | Sequence[float] = IMAGENET_MEAN,
-        image_std: float | Sequence[float] = IMAGENET_STD,
+        image_mean: float | Sequence[float] = TilePixelDefaults.image_mean,
+        image_std: float | Sequence[float] = TilePixelDefaults.image_std,
         num_workers: int | None = None,
         dynamic_image_size: bool = True,
         **kwargs: Any,
@@ -254,12 +249,7 @@ class InternVLChatImageProcessor(BaseImageProcessor):
         self.use_thumbnail = check_bool("use_thumbnail", use_thumbnail)
         self.dynamic_image_size = check_bool("dynamic_image_size", dynamic_image_size)
         self.max_total_tiles = None if max_total_tiles is None else check_int("max_total_tiles", max_total_tiles)
-        self.resample = check_int("resample", int(resample) if isinstance(resample, Image.Resampling) else resample, 0)
-        self.do_rescale = check_bool("do_rescale", do_rescale)
-        self.do_normalize = check_bool("do_normalize", do_normalize)
-        self.image_mean = list(check_triple("image_mean", image_mean))
-        self.image_std = list(check_triple("image_std", image_std))
-        self.num_workers = None if num_workers is None else check_int("num_workers", num_workers)
+        set_pixel_options(self, resample, do_rescale, do_normalize, image_mean, image_std, num_workers)
         self._valid_kwargs_names = list(self.valid_kwargs.__annotations__.keys())
 
     def __call__(self, images: Any, **kwargs: Unpack[InternVLImageProcessorKwargs]) -> BatchFeature:

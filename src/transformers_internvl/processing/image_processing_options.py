@@ -19,15 +19,25 @@ from transformers.processing_utils import ImagesKwargs
 
 from .image_loading import check_timeout
 from .input_validation import check_bool, check_int, check_triple, pop_alias, size_to_int
-from .tiling import MAX_TILES_LIMIT, check_tile_budget
+from .tiling import DEFAULT_IMAGE_SIZE, MAX_TILES_LIMIT, check_tile_budget
 
 __all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "MAX_TILES_LIMIT",
+    "PIXEL_OPTIONS",
     "InternVLImageProcessorKwargs",
+    "TilePixelDefaults",
+    "check_pixel_options",
     "check_tile_budget",
     "default_num_workers",
     "resolve_image_options",
+    "resolve_pixel_options",
+    "set_pixel_options",
 ]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Upstream / original names accepted for the tiling arguments (documented in `InternVLImageProcessorKwargs`).
 MAX_TILES_ALIASES = ("max_num", "max_patches", "max_tiles")
@@ -89,6 +99,67 @@ def default_num_workers() -> int:
     return max(1, min(8, available, torch.get_num_threads()))
 
 
+# The resize and normalisation options that image tiles and video frames share (`tiles_from_plans` reads them).
+PIXEL_OPTIONS = ("resample", "do_rescale", "do_normalize", "image_mean", "image_std", "num_workers")
+
+
+class TilePixelDefaults:
+    """Class defaults of the tile side, resize and normalisation, shared by the image and the video processor (a
+    video frame becomes one tile exactly like an image does: the original's `build_transform`)."""
+
+    image_size = DEFAULT_IMAGE_SIZE
+    resample = int(Image.Resampling.BICUBIC)
+    do_rescale = True
+    do_normalize = True
+    image_mean = IMAGENET_MEAN
+    image_std = IMAGENET_STD
+    num_workers = None
+
+
+def check_pixel_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The `PIXEL_OPTIONS` of `options`, validated (`TypeError` / `ValueError` naming the argument): `resample` an
+    int >= 0 (a `PIL.Image.Resampling` member is accepted), the flags bools, `image_mean` / `image_std` a float or 3
+    floats (tuples), `num_workers` None or an int >= 1."""
+    resample = options["resample"]
+    workers = options["num_workers"]
+    return {
+        "resample": check_int("resample", int(resample) if isinstance(resample, Image.Resampling) else resample, 0),
+        "do_rescale": check_bool("do_rescale", options["do_rescale"]),
+        "do_normalize": check_bool("do_normalize", options["do_normalize"]),
+        "image_mean": check_triple("image_mean", options["image_mean"]),
+        "image_std": check_triple("image_std", options["image_std"]),
+        "num_workers": None if workers is None else check_int("num_workers", workers),
+    }
+
+
+def set_pixel_options(
+    processor: Any,
+    resample: int,
+    do_rescale: bool,
+    do_normalize: bool,
+    image_mean: Any,
+    image_std: Any,
+    num_workers: int | None,
+) -> None:
+    """`__init__` of both processors: check the `PIXEL_OPTIONS` and set them as attributes of `processor` (means
+    and stds as lists, as transformers writes them to the saved config)."""
+    options = dict(zip(PIXEL_OPTIONS, (resample, do_rescale, do_normalize, image_mean, image_std, num_workers)))
+    for key, value in check_pixel_options(options).items():
+        setattr(processor, key, list(value) if key in ("image_mean", "image_std") else value)
+
+
+def resolve_pixel_options(processor: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Per call: the `PIXEL_OPTIONS` popped from `kwargs` (unset or None = the processor's attribute), checked, and
+    `num_workers` None replaced by `default_num_workers()`."""
+    given = {key: kwargs.pop(key, None) for key in PIXEL_OPTIONS}
+    options = check_pixel_options(
+        {key: getattr(processor, key) if value is None else value for key, value in given.items()}
+    )
+    if options["num_workers"] is None:
+        options["num_workers"] = default_num_workers()
+    return options
+
+
 def resolve_image_options(processor: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Per-call options of `processor` (an `InternVLChatImageProcessor`): aliases folded in, defaults filled from
     its attributes, values validated; `TypeError` for unknown keyword arguments."""
@@ -107,16 +178,7 @@ def resolve_image_options(processor: Any, kwargs: dict[str, Any]) -> dict[str, A
         "min_dynamic_patch": processor.min_dynamic_patch if min_tiles is None else min_tiles,
         "image_size": processor.image_size if image_size is None else image_size,
     }
-    for key in (
-        "dynamic_image_size",
-        "use_thumbnail",
-        "resample",
-        "do_rescale",
-        "do_normalize",
-        "image_mean",
-        "image_std",
-        "num_workers",
-    ):
+    for key in ("dynamic_image_size", "use_thumbnail", *PIXEL_OPTIONS):
         value = kwargs.pop(key, None)
         options[key] = getattr(processor, key) if value is None else value
     max_total_tiles = kwargs.pop("max_total_tiles", _UNSET)
@@ -163,14 +225,7 @@ def resolve_image_options(processor: Any, kwargs: dict[str, Any]) -> dict[str, A
         options["max_dynamic_patch"] = options["min_dynamic_patch"] = 1
     if options["max_total_tiles"] is not None:
         options["max_total_tiles"] = check_int("max_total_tiles", options["max_total_tiles"])
-    resample = options["resample"]
-    options["resample"] = check_int(
-        "resample", int(resample) if isinstance(resample, Image.Resampling) else resample, 0
-    )
-    options["do_rescale"] = check_bool("do_rescale", options["do_rescale"])
-    options["do_normalize"] = check_bool("do_normalize", options["do_normalize"])
-    options["image_mean"] = check_triple("image_mean", options["image_mean"])
-    options["image_std"] = check_triple("image_std", options["image_std"])
-    workers = options["num_workers"]
-    options["num_workers"] = default_num_workers() if workers is None else check_int("num_workers", workers)
+    options.update(check_pixel_options(options))
+    if options["num_workers"] is None:
+        options["num_workers"] = default_num_workers()
     return options

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from .tiling import check_int
+
 __all__ = ["check_bool", "check_int", "check_texts", "check_triple", "pop_alias", "size_to_int"]
 
 
@@ -32,14 +34,6 @@ def check_texts(texts: Sequence[str]) -> None:
                 f"`text[{index}]` is not valid Unicode: {error.object[error.start : error.end]!r} at position "
                 f"{error.start} ({error.reason}; lone surrogates cannot be tokenized)."
             ) from None
-
-
-def check_int(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"`{name}` must be an int, got {type(value).__name__} ({value!r}).")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}, got {value}.")
-    return int(value)
 
 
 def check_bool(name: str, value: object) -> bool:

@@ -39,6 +39,7 @@ from ..chat_templates import (
     multi_image_prefix,
     template_data,
     template_eos_token,
+    tokens_per_tile,
     video_frame_prompt,
 )
 from .control_tokens import (
@@ -199,7 +200,7 @@ class InternVLChatProcessor(ProcessorMixin):
     @property
     def num_image_token(self) -> int:
         """Tokens per tile: `(image_size // patch_size) ** 2 * downsample_ratio ** 2` (256 for 448 / 14 / 0.5)."""
-        return int((self.image_size // self.patch_size) ** 2 * (self.downsample_ratio**2))
+        return tokens_per_tile(self.image_size, self.patch_size, self.downsample_ratio)
 
     @property
     def image_token_ids(self) -> list[int | None]:

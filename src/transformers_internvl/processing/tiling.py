@@ -29,6 +29,8 @@ import numbers
 from dataclasses import dataclass
 from functools import lru_cache
 
+from ..chat_templates import DEFAULT_NUM_IMAGE_TOKEN
+
 __all__ = [
     "DEFAULT_IMAGE_SIZE",
     "DEFAULT_MAX_TILES",
@@ -51,12 +53,16 @@ DEFAULT_MAX_TOTAL_TILES = 64
 MAX_TILES_LIMIT = 1024
 
 
-def _check_positive_int(name: str, value: object) -> int:
-    # numbers.Integral covers Python and NumPy ints without importing NumPy here.
+def check_int(name: str, value: object, minimum: int = 1) -> int:
+    """`value` as an int `>= minimum`; a `TypeError` (not an int; bools refused) or `ValueError` naming `name`.
+
+    The one int check of the processors (`input_validation` re-exports it); here because this module stays free of
+    NumPy and torch (`numbers.Integral` covers Python and NumPy ints without importing NumPy).
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"`{name}` must be an int, got {type(value).__name__} ({value!r}).")
-    if value < 1:
-        raise ValueError(f"`{name}` must be >= 1, got {value}.")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}, got {value}.")
     return int(value)
 
 
@@ -75,7 +81,7 @@ def check_tile_budget(name: str, value: object) -> int:
     in VLMEvalKit; 48 per packed training sample; 24 per image at most). 128 tiles already fill a 32k-token context
     (256 tokens per tile), and 1024 tiles are 2.5 GB of float32 pixels, so a larger budget is a mistake, not a use.
     """
-    value = _check_positive_int(name, value)
+    value = check_int(name, value)
     if value > MAX_TILES_LIMIT:
         raise ValueError(
             f"`{name}` must be <= {MAX_TILES_LIMIT} (MAX_TILES_LIMIT: 16 x the largest budget InternVL uses, 64; "
@@ -136,9 +142,9 @@ def find_closest_grid(
     image_size: int = DEFAULT_IMAGE_SIZE,
 ) -> tuple[int, int]:
     """The grid `(cols, rows)` the original `find_closest_aspect_ratio` picks for a `width` x `height` image."""
-    width = _check_positive_int("width", width)
-    height = _check_positive_int("height", height)
-    image_size = _check_positive_int("image_size", image_size)
+    width = check_int("width", width)
+    height = check_int("height", height)
+    image_size = check_int("image_size", image_size)
     min_tiles, max_tiles = _check_tile_range(min_tiles, max_tiles)
     return _find_closest_grid(width, height, min_tiles, max_tiles, image_size)
 
@@ -214,10 +220,10 @@ def plan_tiles(
         TypeError: a size or budget that is not an int, `use_thumbnail` not a bool.
         ValueError: a size below 1, a budget outside `1..MAX_TILES_LIMIT` (1024), or `min_tiles > max_tiles`.
     """
-    width = _check_positive_int("width", width)
-    height = _check_positive_int("height", height)
+    width = check_int("width", width)
+    height = check_int("height", height)
     min_tiles, max_tiles = _check_tile_range(min_tiles, max_tiles)
-    image_size = _check_positive_int("image_size", image_size)
+    image_size = check_int("image_size", image_size)
     if not isinstance(use_thumbnail, bool):
         raise TypeError(f"`use_thumbnail` must be a bool, got {type(use_thumbnail).__name__} ({use_thumbnail!r}).")
     return _plan_tiles(width, height, max_tiles, min_tiles, image_size, use_thumbnail)
@@ -265,9 +271,10 @@ def num_image_tokens_for_size(
     min_tiles: int = 1,
     image_size: int = DEFAULT_IMAGE_SIZE,
     use_thumbnail: bool = True,
-    tokens_per_tile: int = 256,
+    tokens_per_tile: int = DEFAULT_NUM_IMAGE_TOKEN,
 ) -> int:
-    """Number of `<IMG_CONTEXT>` tokens of one image: tiles x `tokens_per_tile` (256 for 448 px, patch 14, ratio 0.5)."""
+    """Number of `<IMG_CONTEXT>` tokens of one image: tiles x `tokens_per_tile` (`chat_templates.tokens_per_tile`:
+    256 for 448 px tiles, 14 px patches, ratio 0.5)."""
     return num_tiles_for_size(width, height, max_tiles, min_tiles, image_size, use_thumbnail) * tokens_per_tile
 
 
@@ -287,9 +294,9 @@ def allocate_tile_budget(
 
     The thumbnail is not counted in the budget.
     """
-    num_images = _check_positive_int("num_images", num_images)
-    max_tiles = _check_positive_int("max_tiles", max_tiles)
+    num_images = check_int("num_images", num_images)
+    max_tiles = check_int("max_tiles", max_tiles)
     if max_total_tiles is None:
         return max_tiles
-    max_total_tiles = _check_positive_int("max_total_tiles", max_total_tiles)
+    max_total_tiles = check_int("max_total_tiles", max_total_tiles)
     return max(1, min(max_tiles, max_total_tiles // num_images))

@@ -87,6 +87,8 @@ class InternLM2TokenizerMixin:
 
     add_bos_token: bool
     add_eos_token: bool
+    model_input_names = ["input_ids", "attention_mask"]
+    padding_side = "right"
 
     def _decode_sentencepiece(self, pieces: list[str]) -> str:
         raise NotImplementedError
@@ -151,10 +153,16 @@ class InternLM2TokenizerMixin:
 
         transformers 5 leaves both out of `tokenizer_config.json` (it expects them in the post-processor of a
         `tokenizer.json`); original checkpoints have them there, and the sentencepiece class reads them only there.
+        A `tokenizer.json`-backed tokenizer built from a `tokenizer.model` also writes a copy of that file, which keeps
+        the saved folder loadable by `InternLM2Tokenizer` and by the original remote code.
         """
         file_names = super()._save_pretrained(
             save_directory, file_names, legacy_format=legacy_format, filename_prefix=filename_prefix
         )
+        vocab_file = getattr(self, "vocab_file", None)
+        vocab_saved = any(os.path.basename(name).endswith(VOCAB_FILES_NAMES["vocab_file"]) for name in file_names)
+        if vocab_file and os.path.isfile(vocab_file) and not vocab_saved:
+            file_names = file_names + tuple(self.save_vocabulary(str(save_directory), filename_prefix=filename_prefix))
         config_file = os.path.join(
             str(save_directory), (filename_prefix + "-" if filename_prefix else "") + "tokenizer_config.json"
         )
@@ -283,8 +291,6 @@ class InternLM2Tokenizer(InternLM2TokenizerMixin, SentencePieceBackend):
     """
 
     vocab_files_names = VOCAB_FILES_NAMES
-    model_input_names = ["input_ids", "attention_mask"]
-    padding_side = "right"
 
     def __init__(
         self,

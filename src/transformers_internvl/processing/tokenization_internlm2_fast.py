@@ -221,8 +221,6 @@ class InternLM2TokenizerFast(InternLM2TokenizerMixin, TokenizersBackend):
 
     vocab_files_names = VOCAB_FILES_NAMES
     slow_tokenizer_class = InternLM2Tokenizer
-    model_input_names = ["input_ids", "attention_mask"]
-    padding_side = "right"
     model = BPE
 
     def __init__(
@@ -306,24 +304,6 @@ class InternLM2TokenizerFast(InternLM2TokenizerMixin, TokenizersBackend):
         self._tokenizer.post_processor = processors.TemplateProcessing(
             single=f"{prefix}$A:0{suffix}", pair=f"{prefix}$A:0 $B:0{suffix}", special_tokens=special_tokens
         )
-
-    def _save_pretrained(
-        self,
-        save_directory: str | os.PathLike,
-        file_names: tuple[str, ...],
-        legacy_format: bool | None = None,
-        filename_prefix: str | None = None,
-    ) -> tuple[str, ...]:
-        """Write `tokenizer.json` and, when this tokenizer was built from one, a copy of `tokenizer.model`.
-
-        The copy keeps the saved folder loadable by `InternLM2Tokenizer` and by the original remote code.
-        """
-        file_names = super()._save_pretrained(
-            save_directory, file_names, legacy_format=legacy_format, filename_prefix=filename_prefix
-        )
-        if getattr(self, "vocab_file", None) and os.path.isfile(self.vocab_file):
-            file_names = file_names + tuple(self.save_vocabulary(str(save_directory), filename_prefix=filename_prefix))
-        return file_names
 
     def _decode_sentencepiece(self, pieces: list[str]) -> str:
         return self._sentencepiece_layout.decode_pieces(pieces)

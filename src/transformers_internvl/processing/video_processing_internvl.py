@@ -25,15 +25,14 @@ from transformers.video_processing_utils import VideoProcessorMixin
 from transformers.video_utils import VideoMetadata
 
 from .image_loading import check_timeout, to_rgb_image
-from .image_processing_internvl import (
-    DEFAULT_IMAGE_SIZE,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    plan_tiles,
-    tiles_from_plans,
+from .image_processing_internvl import plan_tiles, tiles_from_plans
+from .image_processing_options import (
+    LEGACY_CONFIG_KEYS,
+    TilePixelDefaults,
+    resolve_pixel_options,
+    set_pixel_options,
 )
-from .image_processing_options import default_num_workers
-from .input_validation import check_bool, check_int, check_triple, size_to_int
+from .input_validation import check_int, size_to_int
 from .video_decoding import (
     DEFAULT_NUM_SEGMENTS,
     MAX_NUM_SEGMENTS,
@@ -127,7 +126,7 @@ def group_videos(videos: object) -> list[Any]:
     return list(videos)
 
 
-class InternVLChatVideoProcessor(VideoProcessorMixin):
+class InternVLChatVideoProcessor(TilePixelDefaults, VideoProcessorMixin):
     r"""InternVL 2.5 video processor: `num_segments` frames per video, each one 448 x 448 tile.
 
     `processor(videos=..., num_segments=8, return_tensors="pt")` returns a `BatchFeature` with
@@ -168,24 +167,18 @@ class InternVLChatVideoProcessor(VideoProcessorMixin):
     valid_kwargs = InternVLVideoProcessorKwargs
     model_input_names: ClassVar[list[str]] = ["pixel_values_videos"]
 
+    # The tile side, resize and normalisation defaults are the image processor's (`TilePixelDefaults`).
     num_segments = DEFAULT_NUM_SEGMENTS
-    image_size = DEFAULT_IMAGE_SIZE
-    resample = int(Image.Resampling.BICUBIC)
-    do_rescale = True
-    do_normalize = True
-    image_mean = IMAGENET_MEAN
-    image_std = IMAGENET_STD
-    num_workers = None
 
     def __init__(
         self,
         num_segments: int = DEFAULT_NUM_SEGMENTS,
-        image_size: int = DEFAULT_IMAGE_SIZE,
-        resample: int = int(Image.Resampling.BICUBIC),
+        image_size: int = TilePixelDefaults.image_size,
+        resample: int = TilePixelDefaults.resample,
         do_rescale: bool = True,
         do_normalize: bool = True,
-        image_mean: float | Sequence[float] = IMAGENET_MEAN,
-        image_std: float | Sequence[float] = IMAGENET_STD,
+        image_mean: float | Sequence[float] = TilePixelDefaults.image_mean,
+        image_std: float | Sequence[float] = TilePixelDefaults.image_std,
         num_workers: int | None = None,
         **kwargs: Any,
     ) -> None:
@@ -197,15 +190,11 @@ class InternVLChatVideoProcessor(VideoProcessorMixin):
             image_size = size_to_int("size", kwargs.pop("size"))
         # Keys of an image-processor config (`preprocessor_config.json` is read as a fallback) and bookkeeping keys.
         for key in (
+            *LEGACY_CONFIG_KEYS,
             "num_frames",
             "force_image_size",
             "size",
             "video_processor_type",
-            "image_processor_type",
-            "crop_size",
-            "do_center_crop",
-            "do_resize",
-            "auto_map",
             "min_dynamic_patch",
             "max_dynamic_patch",
             "use_thumbnail",
@@ -216,12 +205,7 @@ class InternVLChatVideoProcessor(VideoProcessorMixin):
         super().__init__(**kwargs)
         self.num_segments = check_num_segments("num_segments", num_segments)
         self.image_size = check_int("image_size", image_size)
-        self.resample = check_int("resample", int(resample), 0)
-        self.do_rescale = check_bool("do_rescale", do_rescale)
-        self.do_normalize = check_bool("do_normalize", do_normalize)
-        self.image_mean = list(check_triple("image_mean", image_mean))
-        self.image_std = list(check_triple("image_std", image_std))
-        self.num_workers = None if num_workers is None else check_int("num_workers", num_workers)
+        set_pixel_options(self, resample, do_rescale, do_normalize, image_mean, image_std, num_workers)
 
     def __call__(self, videos: Any = None, **kwargs: Unpack[InternVLVideoProcessorKwargs]) -> BatchFeature:
         return self.preprocess(videos, **kwargs)
@@ -245,21 +229,7 @@ class InternVLChatVideoProcessor(VideoProcessorMixin):
         if size is not None:
             image_size = size_to_int("size", size)
         image_size = self.image_size if image_size is None else check_int("image_size", image_size)
-        options: dict[str, Any] = {}
-        for key in ("resample", "do_rescale", "do_normalize", "image_mean", "image_std", "num_workers"):
-            value = kwargs.pop(key, None)
-            options[key] = getattr(self, key) if value is None else value
-        options = {
-            "image_size": image_size,
-            "resample": check_int("resample", int(options["resample"]), 0),
-            "image_mean": check_triple("image_mean", options["image_mean"]),
-            "image_std": check_triple("image_std", options["image_std"]),
-            "do_rescale": check_bool("do_rescale", options["do_rescale"]),
-            "do_normalize": check_bool("do_normalize", options["do_normalize"]),
-            "num_workers": options["num_workers"],
-        }
-        workers = options["num_workers"]
-        options["num_workers"] = default_num_workers() if workers is None else check_int("num_workers", workers)
+        options = {"image_size": image_size, **resolve_pixel_options(self, kwargs)}
         timeout = check_timeout(kwargs.pop("timeout", None))
         return_tensors = kwargs.pop("return_tensors", None)
         return_metadata = bool(kwargs.pop("return_metadata", None) or False)

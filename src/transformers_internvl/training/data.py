@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 from transformers.utils import logging
 
+from ..chat_templates import DEFAULT_NUM_IMAGE_TOKEN
 from .labels import IMAGE_PLACEHOLDER, SampleError, tokenize_conversation, video_frame_tags
 
 logger = logging.get_logger(__name__)
@@ -147,7 +148,7 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
         tokenizer,
         image_processor,
         template: str,
-        num_image_token: int = 256,
+        num_image_token: int = DEFAULT_NUM_IMAGE_TOKEN,
         max_length: int | None = None,
         truncate: bool = False,
         num_video_frames: int = 8,
