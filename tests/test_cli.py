@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import QWEN2_DIR
 from PIL import Image
 
 import transformers_internvl
@@ -19,7 +20,6 @@ from transformers_internvl.cli import build_parser, main
 from transformers_internvl.cli.chat import ChatSession
 from transformers_internvl.reasoning.prompts import build_cot_prompt
 
-FIXTURES = Path(__file__).parent / "fixtures"
 PROG = "transformers-internvl"
 BLUE = (0, 0, 255)
 
@@ -196,7 +196,7 @@ def test_errors_are_one_line_without_traceback(tmp_path, capsys, make_arguments,
     _solid_image(tmp_path / "ok.png", (64, 32))
     (tmp_path / "truncated.png").write_bytes((tmp_path / "ok.png").read_bytes()[:60])
     (tmp_path / "config_only").mkdir()
-    shutil.copy(FIXTURES / "models" / "tiny-qwen2" / "config.json", tmp_path / "config_only" / "config.json")
+    shutil.copy(QWEN2_DIR / "config.json", tmp_path / "config_only" / "config.json")
     (tmp_path / "bad_json").mkdir()
     (tmp_path / "bad_json" / "config.json").write_text("{ not json")
 
@@ -206,25 +206,12 @@ def test_errors_are_one_line_without_traceback(tmp_path, capsys, make_arguments,
     assert captured.out == ""
 
 
-def test_votes_without_prompt_is_an_error(tmp_path, capsys):
-    model_dir = _tiny_model_dir(tmp_path)
+def test_votes_without_prompt_is_an_error(model_dir, capsys):
     assert main(["chat", str(model_dir), "--votes", "3"]) == 1
     assert "--votes needs --prompt" in _single_error_line(capsys.readouterr().err)
 
 
 # ---- chat ---------------------------------------------------------------------------------------------------------
-
-
-def _tiny_model_dir(tmp_path: Path) -> Path:
-    """The tiny Qwen2-based fixture model in the original layout, with the tiny Qwen2 tokenizer next to it."""
-    directory = tmp_path / "tiny-internvl"
-    directory.mkdir()
-    for name in ("config.json", "generation_config.json", "model.safetensors"):
-        shutil.copy(FIXTURES / "models" / "tiny-qwen2" / name, directory / name)
-    for file in (FIXTURES / "tokenizers" / "qwen2-tiny").iterdir():
-        if file.name != "expected.json":
-            shutil.copy(file, directory / file.name)
-    return directory
 
 
 def _missing_model_pieces() -> list[str]:
@@ -242,8 +229,9 @@ requires_model = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return _tiny_model_dir(tmp_path_factory.mktemp("cli-model"))
+def model_dir(qwen2_model_dir) -> Path:
+    """The tiny Qwen2 model in the original layout with its tokenizer (shared, read only)."""
+    return qwen2_model_dir
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 import torch
+from helpers import FIXTURES, QWEN2_TOKENIZER, copy_tokenizer
 from PIL import Image
 from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, LlamaTokenizer
 from transformers.models.auto.video_processing_auto import AutoVideoProcessor
@@ -32,8 +33,6 @@ from transformers_internvl.modeling.conversation import get_conv_template
 from transformers_internvl.processing.tokenizer_loading import check_tokenizer
 from transformers_internvl.processing.video_processing_internvl import InternVLVideoProcessor
 
-FIXTURES = Path(__file__).parent / "fixtures"
-QWEN2_TOKENIZER = FIXTURES / "tokenizers" / "qwen2-tiny"
 MODEL_CONFIG = FIXTURES / "models" / "tiny-qwen2" / "config.json"
 IMG_CONTEXT_ID = json.loads((QWEN2_TOKENIZER / "added_tokens.json").read_text())["<IMG_CONTEXT>"]
 # The preprocessor_config.json of the original checkpoints (a CLIP image processor the original code never used).
@@ -65,9 +64,7 @@ def _original_dir(root: Path, name: str = "original", **config_changes) -> Path:
     """An original-layout folder: config.json, the Qwen2 tokenizer files, the original CLIP preprocessor config."""
     directory = root / name
     directory.mkdir()
-    for file in QWEN2_TOKENIZER.iterdir():
-        if file.name != "expected.json":
-            shutil.copy(file, directory / file.name)
+    copy_tokenizer("qwen2-tiny", directory)
     config = json.loads(MODEL_CONFIG.read_text())
     config.update(config_changes)
     (directory / "config.json").write_text(json.dumps(config))

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import base64
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import QWEN2_TOKENIZER
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -26,7 +26,6 @@ from transformers_internvl.processing.processing_internvl import InternVLProcess
 from transformers_internvl.processing.tiling import allocate_tile_budget, plan_tiles
 from transformers_internvl.processing.video_processing_internvl import InternVLVideoProcessor
 
-QWEN2_TOKENIZER = Path(__file__).parent / "fixtures" / "tokenizers" / "qwen2-tiny"
 DOCUMENTED = (ValueError, TypeError, FileNotFoundError)
 MODES = ["RGB", "RGBA", "L", "LA", "La", "P", "PA", "1", "I", "I;16", "F", "CMYK", "YCbCr", "RGBa"]
 FUZZ = settings(

@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import FIXTURES, INTERNLM2_DIR
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -19,7 +19,6 @@ from transformers.models.auto.image_processing_auto import AutoImageProcessor
 from transformers_internvl import InternVLImageProcessor, plan_tiles
 from transformers_internvl.processing.exact_resize import _serial_run, _split_resize
 
-FIXTURES = Path(__file__).parent / "fixtures"
 PREPROCESS = json.loads((FIXTURES / "preprocess" / "preprocess.json").read_text(encoding="utf-8"))
 CASES = [(image, case) for image in PREPROCESS["images"] for case in image["cases"]]
 TOL = 1e-6
@@ -85,7 +84,7 @@ def test_full_tensors_and_model_io(processor):
         out = processor(images=pil, max_dynamic_patch=int(max_num), return_tensors="pt")
         assert (out["pixel_values"] - reference).abs().max().item() <= TOL
     # tiny-internlm2's pixel_values are the preprocessed rgb_1920x1080 at max 6 (2x1 grid + thumbnail).
-    reference = load_file(FIXTURES / "models" / "tiny-internlm2" / "io.safetensors")["pixel_values"]
+    reference = load_file(INTERNLM2_DIR / "io.safetensors")["pixel_values"]
     pil = Image.open(FIXTURES / "preprocess" / "images" / "rgb_1920x1080.png")
     out = processor(images=pil, max_dynamic_patch=6, return_tensors="pt")
     assert out["pixel_values"].shape == reference.shape

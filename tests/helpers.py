@@ -1,0 +1,71 @@
+"""Paths, token ids and folder builders shared by the tests (import with `from helpers import ...`).
+
+Everything here reads the checked-in fixtures (`tests/fixtures/README.md` says how they were made); nothing downloads.
+`conftest.py` wraps the costly ones in session-scoped fixtures.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+FIXTURES = Path(__file__).parent / "fixtures"
+MODELS = FIXTURES / "models"
+TOKENIZERS = FIXTURES / "tokenizers"
+
+# The two tiny random InternVL checkpoints in the original layout (config.json, model.safetensors, meta.json with
+# the token ids of their reference inputs, io.safetensors with the original implementation's outputs).
+QWEN2_DIR = MODELS / "tiny-qwen2"
+INTERNLM2_DIR = MODELS / "tiny-internlm2"
+QWEN2_TOKENIZER = TOKENIZERS / "qwen2-tiny"
+
+# Files of an original checkpoint folder that the tests copy (meta.json / io.safetensors are test data, not model).
+CHECKPOINT_FILES = ("config.json", "generation_config.json", "model.safetensors")
+
+
+def model_meta(model: str | Path) -> dict:
+    """The `meta.json` of a fixture model: a name under `fixtures/models`, or a folder holding a copy of it."""
+    folder = MODELS / model if isinstance(model, str) else Path(model)
+    return json.loads((folder / "meta.json").read_text())
+
+
+def image_token_id(model: str | Path) -> int:
+    """The `<IMG_CONTEXT>` id of a fixture model's reference inputs (its `meta.json`)."""
+    return model_meta(model)["token_ids"]["<IMG_CONTEXT>"]
+
+
+# `<IMG_CONTEXT>` and pad of the tiny Qwen2 model: the ids of the `qwen2-tiny` tokenizer (its added_tokens.json).
+QWEN2_IMAGE_TOKEN_ID = image_token_id("tiny-qwen2")
+QWEN2_PAD_ID = model_meta("tiny-qwen2")["token_ids"]["pad"]
+
+
+def copy_tokenizer(tokenizer: str, directory: Path) -> Path:
+    """Copies the tokenizer files of `fixtures/tokenizers/<tokenizer>` (not its `expected.json`) into `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for file in (TOKENIZERS / tokenizer).iterdir():
+        if file.name != "expected.json":
+            shutil.copy(file, directory / file.name)
+    return directory
+
+
+def original_model_dir(directory: Path, model: str = "tiny-qwen2", tokenizer: str | None = "qwen2-tiny") -> Path:
+    """An original-layout checkpoint folder: the fixture model's weights and configs, with a tokenizer next to them
+    (`tokenizer=None`: weights only). `directory` is created if needed; returns it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in CHECKPOINT_FILES:
+        shutil.copy(MODELS / model / name, directory / name)
+    if tokenizer:
+        copy_tokenizer(tokenizer, directory)
+    return directory
+
+
+def load_model(model: str | Path = "tiny-qwen2", **kwargs):
+    """`AutoModelForImageTextToText` on a fixture model (a name under `fixtures/models`, or a folder with its
+    `meta.json`), with the `<IMG_CONTEXT>` id of its reference inputs unless `image_token_id` is given; other keywords
+    go to `from_pretrained`."""
+    from transformers import AutoModelForImageTextToText
+
+    folder = MODELS / model if isinstance(model, str) else Path(model)
+    kwargs.setdefault("image_token_id", image_token_id(folder))
+    return AutoModelForImageTextToText.from_pretrained(folder, **kwargs)
