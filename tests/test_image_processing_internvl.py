@@ -140,7 +140,9 @@ def _sizes(processor, images, **kwargs):
 def test_grouping_and_budgets(processor):
     wide = Image.new("RGB", (1920, 1080))
     tall = Image.new("RGB", (500, 3000))
-    big = Image.new("RGB", (2000, 2000))
+    # 1000 px square is past the area threshold of every square grid up to 3x3 (0.5 x 448^2 x 9 px), so it gets the
+    # same grids as any larger square at budgets <= 12, for a quarter of the resize work.
+    big = Image.new("RGB", (1000, 1000))
     one = plan_tiles(1920, 1080, 12).num_tiles
     # A single image, a flat list (ONE sample) and a list of lists (a batch of samples).
     assert _sizes(processor, wide) == [one]
@@ -150,23 +152,23 @@ def test_grouping_and_budgets(processor):
         plan_tiles(*im.size, 4).num_tiles for im in (wide, tall, big)
     ]
     # Evaluation rule with 8 images: 64 // 8 = 8 each; 20 images: 3 each.
-    assert _sizes(processor, [big] * 8) == [plan_tiles(2000, 2000, 8).num_tiles] * 8
-    assert _sizes(processor, [big] * 20) == [plan_tiles(2000, 2000, 3).num_tiles] * 20
+    assert _sizes(processor, [big] * 8) == [plan_tiles(*big.size, 8).num_tiles] * 8
+    assert _sizes(processor, [big] * 20) == [plan_tiles(*big.size, 3).num_tiles] * 20
     # No sharing.
-    assert _sizes(processor, [big] * 20, max_total_tiles=None) == [plan_tiles(2000, 2000, 12).num_tiles] * 20
+    assert _sizes(processor, [big] * 20, max_total_tiles=None) == [plan_tiles(*big.size, 12).num_tiles] * 20
     # Batch of samples: each inner list shares its own budget.
     batch = processor(images=[[big], [big, big, big]], max_total_tiles=12, return_tensors="pt")
     assert (
         batch["num_tiles"].tolist()
-        == [plan_tiles(2000, 2000, 12).num_tiles] + [plan_tiles(2000, 2000, 4).num_tiles] * 3
+        == [plan_tiles(*big.size, 12).num_tiles] + [plan_tiles(*big.size, 4).num_tiles] * 3
     )
     assert batch["pixel_values"].shape[0] == sum(batch["num_tiles"].tolist())
     # Tiles come in image order: the second sample's first tile is the big image's first 448 crop at budget 4.
     alone = processor(images=big, max_dynamic_patch=4, return_tensors="pt")["pixel_values"]
-    first = plan_tiles(2000, 2000, 12).num_tiles
+    first = plan_tiles(*big.size, 12).num_tiles
     assert torch.equal(batch["pixel_values"][first : first + alone.shape[0]], alone)
     # min_dynamic_patch is lowered to a smaller per-image budget.
-    assert _sizes(processor, [big] * 8, min_dynamic_patch=12) == [plan_tiles(2000, 2000, 8, 8).num_tiles] * 8
+    assert _sizes(processor, [big] * 8, min_dynamic_patch=12) == [plan_tiles(*big.size, 8, 8).num_tiles] * 8
 
 
 def test_overrides_and_aliases(processor):
