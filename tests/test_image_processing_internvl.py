@@ -159,8 +159,7 @@ def test_grouping_and_budgets(processor):
     # Batch of samples: each inner list shares its own budget.
     batch = processor(images=[[big], [big, big, big]], max_total_tiles=12, return_tensors="pt")
     assert (
-        batch["num_tiles"].tolist()
-        == [plan_tiles(*big.size, 12).num_tiles] + [plan_tiles(*big.size, 4).num_tiles] * 3
+        batch["num_tiles"].tolist() == [plan_tiles(*big.size, 12).num_tiles] + [plan_tiles(*big.size, 4).num_tiles] * 3
     )
     assert batch["pixel_values"].shape[0] == sum(batch["num_tiles"].tolist())
     # Tiles come in image order: the second sample's first tile is the big image's first 448 crop at budget 4.
