@@ -214,20 +214,6 @@ def test_votes_without_prompt_is_an_error(model_dir, capsys):
 # ---- chat ---------------------------------------------------------------------------------------------------------
 
 
-def _missing_model_pieces() -> list[str]:
-    return [
-        name
-        for name in ("InternVLForConditionalGeneration", "InternVLProcessor")
-        if not hasattr(transformers_internvl, name)
-    ]
-
-
-requires_model = pytest.mark.skipif(
-    bool(_missing_model_pieces()),
-    reason=f"transformers_internvl does not provide {', '.join(_missing_model_pieces())} yet",
-)
-
-
 @pytest.fixture(scope="module")
 def model_dir(qwen2_model_dir) -> Path:
     """The tiny Qwen2 model in the original layout with its tokenizer (shared, read only)."""
@@ -256,7 +242,6 @@ def _expected_greedy_text(model, processor, messages, max_new_tokens, processor_
     return processor.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
 
 
-@requires_model
 def test_chat_one_shot_streams_the_greedy_answer(model_dir, model_and_processor, tmp_path, monkeypatch, capsys):
     # 1600x400 (aspect 4): 4x1 grid + thumbnail by default, 2x1 + thumbnail = 3 tiles with --max-tiles 2.
     image = _solid_image(tmp_path / "wide.png", (1600, 400))
@@ -286,7 +271,6 @@ def test_chat_one_shot_streams_the_greedy_answer(model_dir, model_and_processor,
     assert streamed.strip() == expected
 
 
-@requires_model
 def test_chat_interactive_keeps_history_and_quits(model_dir, model_and_processor, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.StringIO("Hello there\n\nWhat did I say?\nexit\nnot read\n"))
     assert main(["chat", str(model_dir), "--max-new-tokens", "4"]) == 0
@@ -303,14 +287,12 @@ def test_chat_interactive_keeps_history_and_quits(model_dir, model_and_processor
     assert [line.strip() for line in out.strip().splitlines()] == [first_answer, second_answer]
 
 
-@requires_model
 def test_chat_end_of_input_quits(model_dir, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
     assert main(["chat", str(model_dir)]) == 0
     assert capsys.readouterr().out == ""
 
 
-@requires_model
 def test_chat_cot_prompt_and_history(model_dir, model_and_processor):
     model, processor = model_and_processor
     args = build_parser().parse_args(["chat", str(model_dir), "--cot", "--max-new-tokens", "3"])
@@ -322,7 +304,6 @@ def test_chat_cot_prompt_and_history(model_dir, model_and_processor):
     assert chat.messages[2]["content"][-1]["text"] == build_cot_prompt("And 3+4?", kind="open")
 
 
-@requires_model
 def test_chat_votes_are_deterministic_under_a_seed(model_dir, capsys):
     arguments = ["chat", str(model_dir), "--prompt", "2+2?", "--votes", "3", "--max-new-tokens", "4", "--seed", "5"]
     assert main(arguments) == 0
@@ -333,7 +314,6 @@ def test_chat_votes_are_deterministic_under_a_seed(model_dir, capsys):
     assert "=== majority answer: " in first.splitlines()[-1]
 
 
-@requires_model
 def test_chat_sampling_is_seeded(model_dir, capsys):
     arguments = ["chat", str(model_dir), "--prompt", "Hi", "--max-new-tokens", "8", "--temperature", "1.5"]
     outputs = []

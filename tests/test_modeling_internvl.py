@@ -69,7 +69,6 @@ def test_qwen2_reference_parity(qwen2_model, qwen2_io):
 
 
 def test_internlm2_reference_parity():
-    pytest.importorskip("transformers_internvl.modeling.modeling_internlm2")
     model = load_model("tiny-internlm2").eval()
     io = load_file(INTERNLM2_DIR / "io.safetensors")
     assert model.config.vision_config.qk_normalization and model.config.vision_config.norm_type == "rms_norm"
