@@ -69,3 +69,35 @@ def load_model(model: str | Path = "tiny-qwen2", **kwargs):
     folder = MODELS / model if isinstance(model, str) else Path(model)
     kwargs.setdefault("image_token_id", image_token_id(folder))
     return AutoModelForImageTextToText.from_pretrained(folder, **kwargs)
+
+
+# Tiny random InternVL configs for the convention tests: 32-wide, 2-layer towers; each test adds its own keys.
+LLM_ARCHITECTURES = {"qwen2": "Qwen2ForCausalLM", "internlm2": "InternLM2ForCausalLM"}
+
+
+def tiny_vision_config(image_size: int, **overrides) -> dict:
+    """An InternViT `vision_config` dict with `image_size` px tiles of 14 px patches."""
+    config = {
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+        "image_size": image_size,
+        "patch_size": 14,
+    }
+    return {**config, **overrides}
+
+
+def tiny_text_config(llm: str = "qwen2", **overrides) -> dict:
+    """An `llm_config` / `text_config` dict of a 2-layer LLM (`llm`: a key of `LLM_ARCHITECTURES`), vocabulary 99."""
+    config = {
+        "architectures": [LLM_ARCHITECTURES[llm]],
+        "vocab_size": 99,
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 128,
+    }
+    return {**config, **overrides}
