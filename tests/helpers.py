@@ -101,3 +101,34 @@ def tiny_text_config(llm: str = "qwen2", **overrides) -> dict:
         "max_position_embeddings": 128,
     }
     return {**config, **overrides}
+
+
+# The preprocessor_config.json of the original OpenGVLab checkpoints: a CLIP image processor for a 448 px resize and
+# crop, which the original code never used (it tiles with its own transform).
+ORIGINAL_PREPROCESSOR_CONFIG = {
+    "crop_size": 448,
+    "do_center_crop": True,
+    "do_normalize": True,
+    "do_resize": True,
+    "feature_extractor_type": "CLIPFeatureExtractor",
+    "image_mean": [0.485, 0.456, 0.406],
+    "image_std": [0.229, 0.224, 0.225],
+    "resample": 3,
+    "size": 448,
+}
+
+
+def qwen2_processor(**image_processor_kwargs):
+    """An InternVL processor on the tiny Qwen2 tokenizer, image and video processors with default settings except
+    `image_processor_kwargs` (e.g. `max_dynamic_patch`)."""
+    from transformers import AutoTokenizer
+
+    from transformers_internvl.processing.image_processing_internvl import InternVLImageProcessor
+    from transformers_internvl.processing.processing_internvl import InternVLProcessor
+    from transformers_internvl.processing.video_processing_internvl import InternVLVideoProcessor
+
+    return InternVLProcessor(
+        image_processor=InternVLImageProcessor(**image_processor_kwargs),
+        tokenizer=AutoTokenizer.from_pretrained(QWEN2_TOKENIZER),
+        video_processor=InternVLVideoProcessor(),
+    )

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import FIXTURES, INTERNLM2_DIR
+from helpers import FIXTURES, INTERNLM2_DIR, ORIGINAL_PREPROCESSOR_CONFIG
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -323,18 +323,7 @@ def test_save_and_load_round_trip(tmp_path):
 
 def test_loads_original_checkpoint_preprocessor_keys(tmp_path):
     # Keys of an OpenGVLab preprocessor_config.json (a CLIP config for a 448 resize + crop) are tolerated.
-    original = {
-        "crop_size": 448,
-        "do_center_crop": True,
-        "do_normalize": True,
-        "do_resize": True,
-        "feature_extractor_type": "CLIPFeatureExtractor",
-        "image_mean": [0.485, 0.456, 0.406],
-        "image_std": [0.229, 0.224, 0.225],
-        "resample": 3,
-        "size": 448,
-    }
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps(original))
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(ORIGINAL_PREPROCESSOR_CONFIG))
     loaded = InternVLImageProcessor.from_pretrained(tmp_path)
     assert loaded.image_size == 448 and loaded.max_dynamic_patch == 12
 
