@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import FIXTURES, original_model_dir
+from helpers import FIXTURES, QWEN2_DIR, load_model, original_model_dir
 
 
 def pytest_collection_modifyitems(config, items):
@@ -23,6 +23,21 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+@pytest.fixture(scope="module")
+def qwen2_model():
+    """The tiny Qwen2 InternVL model in eval mode with its `<IMG_CONTEXT>` id, loaded once per test module (tests that
+    patch it undo their patches; a module that needs a pristine copy loads its own)."""
+    return load_model().eval()
+
+
+@pytest.fixture(scope="module")
+def qwen2_io() -> dict:
+    """The original implementation's inputs and outputs on the tiny Qwen2 model (`io.safetensors`), per module."""
+    from safetensors.torch import load_file
+
+    return load_file(QWEN2_DIR / "io.safetensors")
 
 
 @pytest.fixture(scope="session")

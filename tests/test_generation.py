@@ -5,21 +5,20 @@ import threading
 
 import pytest
 import torch
-from helpers import QWEN2_DIR, QWEN2_IMAGE_TOKEN_ID, QWEN2_PAD_ID, QWEN2_TOKENIZER, load_model
-from safetensors.torch import load_file
+from helpers import QWEN2_DIR, QWEN2_IMAGE_TOKEN_ID, QWEN2_PAD_ID, QWEN2_TOKENIZER
 from transformers import AutoTokenizer, CompileConfig, TextIteratorStreamer
 
 import transformers_internvl  # noqa: F401
 
 
 @pytest.fixture(scope="module")
-def model():
-    return load_model().eval()
+def model(qwen2_model):
+    return qwen2_model
 
 
 @pytest.fixture(scope="module")
-def io():
-    return load_file(QWEN2_DIR / "io.safetensors")
+def io(qwen2_io):
+    return qwen2_io
 
 
 def _greedy(model, **kwargs):

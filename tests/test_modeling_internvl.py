@@ -21,16 +21,6 @@ from transformers_internvl import (
 from transformers_internvl.modeling.modeling_internvl import pixel_unshuffle
 
 
-@pytest.fixture(scope="module")
-def qwen2_model():
-    return load_model().eval()
-
-
-@pytest.fixture(scope="module")
-def qwen2_io():
-    return load_file(QWEN2_DIR / "io.safetensors")
-
-
 def _check_reference_parity(model, io, pad_token_id):
     with torch.no_grad():
         outputs = model(input_ids=io["input_ids"], pixel_values=io["pixel_values"], attention_mask=io["attention_mask"])

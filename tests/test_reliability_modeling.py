@@ -9,10 +9,9 @@ import shutil
 
 import pytest
 import torch
-from helpers import QWEN2_DIR, QWEN2_IMAGE_TOKEN_ID, QWEN2_PAD_ID, QWEN2_TOKENIZER, load_model
+from helpers import QWEN2_DIR, QWEN2_IMAGE_TOKEN_ID, QWEN2_PAD_ID, QWEN2_TOKENIZER
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForImageTextToText
 
 import transformers_internvl  # noqa: F401  (registers the classes)
@@ -20,13 +19,13 @@ from transformers_internvl import InternVLConfig
 
 
 @pytest.fixture(scope="module")
-def model():
-    return load_model().eval()
+def model(qwen2_model):
+    return qwen2_model
 
 
 @pytest.fixture(scope="module")
-def io():
-    return load_file(QWEN2_DIR / "io.safetensors")
+def io(qwen2_io):
+    return qwen2_io
 
 
 def _num_image_tokens(io) -> int:
