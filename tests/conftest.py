@@ -3,11 +3,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
-FIXTURES = Path(__file__).parent / "fixtures"
+from helpers import FIXTURES, QWEN2_DIR, load_model, original_model_dir
 
 
 def pytest_collection_modifyitems(config, items):
+    # transformers' generic compile tests (tests/test_transformers_mixins.py) are `slow` like ours; they still run by
+    # default (nothing deselects `slow`): `-m "not slow"` leaves them out.
+    for item in items:
+        if "torch_compile_test" in item.keywords and "slow" not in item.keywords:
+            item.add_marker(pytest.mark.slow)
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
@@ -19,6 +23,28 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+@pytest.fixture(scope="module")
+def qwen2_model():
+    """The tiny Qwen2 InternVL model in eval mode with its `<IMG_CONTEXT>` id, loaded once per test module (tests that
+    patch it undo their patches; a module that needs a pristine copy loads its own)."""
+    return load_model().eval()
+
+
+@pytest.fixture(scope="module")
+def qwen2_io() -> dict:
+    """The original implementation's inputs and outputs on the tiny Qwen2 model (`io.safetensors`), per module."""
+    from safetensors.torch import load_file
+
+    return load_file(QWEN2_DIR / "io.safetensors")
+
+
+@pytest.fixture(scope="session")
+def qwen2_model_dir(tmp_path_factory) -> Path:
+    """The tiny Qwen2 InternVL checkpoint in the original layout with the tiny Qwen2 tokenizer next to it (so
+    `<IMG_CONTEXT>` and the chat template resolve from the folder), written once; tests must not write into it."""
+    return original_model_dir(tmp_path_factory.mktemp("tiny-internvl-qwen2"))
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

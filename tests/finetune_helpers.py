@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from helpers import QWEN2_TOKENIZER
 from PIL import Image
 from transformers import AutoTokenizer
 
@@ -11,12 +12,9 @@ import transformers_internvl  # noqa: F401
 from transformers_internvl.processing.image_processing_internvl import InternVLImageProcessor
 from transformers_internvl.training.data import InternVLSupervisedDataset
 
-FIXTURES = Path(__file__).parent / "fixtures"
-QWEN2_DIR = FIXTURES / "models" / "tiny-qwen2"
-
 
 def tokenizer():
-    return AutoTokenizer.from_pretrained(FIXTURES / "tokenizers" / "qwen2-tiny")
+    return AutoTokenizer.from_pretrained(QWEN2_TOKENIZER)
 
 
 def write_image(path: Path, size=(300, 200), seed=0):

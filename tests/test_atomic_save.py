@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import QWEN2_TOKENIZER
 from safetensors.torch import save_file
 from transformers import AutoTokenizer
 
@@ -21,7 +22,6 @@ import transformers_internvl  # noqa: F401  (registers the classes)
 from transformers_internvl import InternVLConfig, InternVLForConditionalGeneration, InternVLProcessor
 from transformers_internvl.atomic_save import atomic_save_directory, is_weight_file
 
-TOKENIZER = Path(__file__).parent / "fixtures" / "tokenizers" / "qwen2-tiny"
 VISION = {
     "hidden_size": 16,
     "num_hidden_layers": 1,
@@ -88,7 +88,7 @@ def test_save_keeps_extra_files_and_drops_stale_weights(tmp_path):
 
 def test_processor_and_model_saves_keep_each_other(tmp_path):
     target = tmp_path / "ckpt"
-    processor = InternVLProcessor(tokenizer=AutoTokenizer.from_pretrained(TOKENIZER))
+    processor = InternVLProcessor(tokenizer=AutoTokenizer.from_pretrained(QWEN2_TOKENIZER))
     processor.save_pretrained(target)
     _model(3).save_pretrained(target)
     assert (target / "tokenizer_config.json").exists() and (target / "processor_config.json").exists()

@@ -8,19 +8,18 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import QWEN2_DIR, QWEN2_TOKENIZER
 from transformers import AutoProcessor
 
 import transformers_internvl  # noqa: F401  (registers the classes)
 from transformers_internvl import InternVLProcessor
 
-FIXTURES = Path(__file__).parent / "fixtures"
-TOKENIZER = FIXTURES / "tokenizers" / "qwen2-tiny"
-CONFIG = json.loads((FIXTURES / "models" / "tiny-qwen2" / "config.json").read_text())
+CONFIG = json.loads((QWEN2_DIR / "config.json").read_text())
 
 
 def _folder(tmp_path: Path, config: str | None, tokenizer_files: bool = True) -> Path:
     if tokenizer_files:
-        shutil.copytree(TOKENIZER, tmp_path, dirs_exist_ok=True)
+        shutil.copytree(QWEN2_TOKENIZER, tmp_path, dirs_exist_ok=True)
     if config is not None:
         (tmp_path / "config.json").write_text(config)
     return tmp_path
@@ -59,7 +58,7 @@ def test_folder_without_tokenizer_files(tmp_path):
     with pytest.raises(OSError, match=r"has no vocabulary for its tokenizer"):
         AutoProcessor.from_pretrained(_folder(tmp_path, json.dumps(CONFIG), tokenizer_files=False))
     # Only tokenizer_config.json: no one-entry tokenizer either.
-    shutil.copy(TOKENIZER / "tokenizer_config.json", tmp_path)
+    shutil.copy(QWEN2_TOKENIZER / "tokenizer_config.json", tmp_path)
     with pytest.raises(OSError, match=r"has no vocabulary"):
         AutoProcessor.from_pretrained(tmp_path)
 

@@ -3,25 +3,20 @@ same greedy tokens as calling `generate` directly."""
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import FIXTURES, INTERNLM2_DIR, QWEN2_DIR, QWEN2_TOKENIZER, TOKENIZERS
 from transformers import AutoModelForImageTextToText, AutoTokenizer
 
 import transformers_internvl  # noqa: F401
 
-FIXTURES = Path(__file__).parent / "fixtures"
-QWEN2_DIR = FIXTURES / "models" / "tiny-qwen2"
 PROMPTS = json.loads((FIXTURES / "prompts" / "prompts.json").read_text())
 COMPACT = re.compile(r"\[\[IMG_CONTEXT\*(\d+)\]\]")
 
 
 def _expand(compact: str) -> str:
     return COMPACT.sub(lambda match: "<IMG_CONTEXT>" * int(match.group(1)), compact)
-
-
-INTERNLM2_DIR = FIXTURES / "models" / "tiny-internlm2"
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +26,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return AutoTokenizer.from_pretrained(FIXTURES / "tokenizers" / "qwen2-tiny")
+    return AutoTokenizer.from_pretrained(QWEN2_TOKENIZER)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +36,7 @@ def internlm2_model():
 
 @pytest.fixture(scope="module")
 def internlm2_tokenizer():
-    return AutoTokenizer.from_pretrained(FIXTURES / "tokenizers" / "internlm2-dummy-prefix")
+    return AutoTokenizer.from_pretrained(TOKENIZERS / "internlm2-dummy-prefix")
 
 
 class _RecordingGenerate:

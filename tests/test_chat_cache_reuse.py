@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from helpers import QWEN2_DIR, QWEN2_TOKENIZER
 from transformers import AutoModelForImageTextToText, AutoTokenizer
 
 import transformers_internvl  # noqa: F401
 from transformers_internvl.modeling.chat_cache import reusable_prefix_length
 
-FIXTURES = Path(__file__).parent / "fixtures"
 GREEDY = {"max_new_tokens": 8, "do_sample": False}
 
 
 @pytest.fixture(scope="module")
 def model():
-    return AutoModelForImageTextToText.from_pretrained(FIXTURES / "models" / "tiny-qwen2").eval()
+    return AutoModelForImageTextToText.from_pretrained(QWEN2_DIR).eval()
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return AutoTokenizer.from_pretrained(FIXTURES / "tokenizers" / "qwen2-tiny")
+    return AutoTokenizer.from_pretrained(QWEN2_TOKENIZER)
 
 
 class _CountVision:

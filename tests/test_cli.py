@@ -14,6 +14,7 @@ from unittest import mock
 
 import pytest
 import torch
+from helpers import QWEN2_DIR
 from PIL import Image
 
 import transformers_internvl
@@ -21,7 +22,6 @@ from transformers_internvl.cli import build_parser, main
 from transformers_internvl.cli.chat import ChatSession
 from transformers_internvl.reasoning.prompts import build_cot_prompt
 
-FIXTURES = Path(__file__).parent / "fixtures"
 PROG = "transformers-internvl"
 BLUE = (0, 0, 255)
 
@@ -198,7 +198,7 @@ def test_errors_are_one_line_without_traceback(tmp_path, capsys, make_arguments,
     _solid_image(tmp_path / "ok.png", (64, 32))
     (tmp_path / "truncated.png").write_bytes((tmp_path / "ok.png").read_bytes()[:60])
     (tmp_path / "config_only").mkdir()
-    shutil.copy(FIXTURES / "models" / "tiny-qwen2" / "config.json", tmp_path / "config_only" / "config.json")
+    shutil.copy(QWEN2_DIR / "config.json", tmp_path / "config_only" / "config.json")
     (tmp_path / "bad_json").mkdir()
     (tmp_path / "bad_json" / "config.json").write_text("{ not json")
 
@@ -208,8 +208,7 @@ def test_errors_are_one_line_without_traceback(tmp_path, capsys, make_arguments,
     assert captured.out == ""
 
 
-def test_votes_without_prompt_is_an_error(tmp_path, capsys):
-    model_dir = _tiny_model_dir(tmp_path)
+def test_votes_without_prompt_is_an_error(model_dir, capsys):
     assert main(["chat", str(model_dir), "--votes", "3"]) == 1
     assert "--votes needs --prompt" in _single_error_line(capsys.readouterr().err)
 
@@ -217,35 +216,10 @@ def test_votes_without_prompt_is_an_error(tmp_path, capsys):
 # ---- chat ---------------------------------------------------------------------------------------------------------
 
 
-def _tiny_model_dir(tmp_path: Path) -> Path:
-    """The tiny Qwen2-based fixture model in the original layout, with the tiny Qwen2 tokenizer next to it."""
-    directory = tmp_path / "tiny-internvl"
-    directory.mkdir()
-    for name in ("config.json", "generation_config.json", "model.safetensors"):
-        shutil.copy(FIXTURES / "models" / "tiny-qwen2" / name, directory / name)
-    for file in (FIXTURES / "tokenizers" / "qwen2-tiny").iterdir():
-        if file.name != "expected.json":
-            shutil.copy(file, directory / file.name)
-    return directory
-
-
-def _missing_model_pieces() -> list[str]:
-    return [
-        name
-        for name in ("InternVLForConditionalGeneration", "InternVLProcessor")
-        if not hasattr(transformers_internvl, name)
-    ]
-
-
-requires_model = pytest.mark.skipif(
-    bool(_missing_model_pieces()),
-    reason=f"transformers_internvl does not provide {', '.join(_missing_model_pieces())} yet",
-)
-
-
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return _tiny_model_dir(tmp_path_factory.mktemp("cli-model"))
+def model_dir(qwen2_model_dir) -> Path:
+    """The tiny Qwen2 model in the original layout with its tokenizer (shared, read only)."""
+    return qwen2_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -270,7 +244,6 @@ def _expected_greedy_text(model, processor, messages, max_new_tokens, processor_
     return processor.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
 
 
-@requires_model
 def test_chat_one_shot_streams_the_greedy_answer(model_dir, model_and_processor, tmp_path, monkeypatch, capsys):
     # 1600x400 (aspect 4): 4x1 grid + thumbnail by default, 2x1 + thumbnail = 3 tiles with --max-tiles 2.
     image = _solid_image(tmp_path / "wide.png", (1600, 400))
@@ -300,7 +273,6 @@ def test_chat_one_shot_streams_the_greedy_answer(model_dir, model_and_processor,
     assert streamed.strip() == expected
 
 
-@requires_model
 def test_chat_interactive_keeps_history_and_quits(model_dir, model_and_processor, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.StringIO("Hello there\n\nWhat did I say?\nexit\nnot read\n"))
     assert main(["chat", str(model_dir), "--max-new-tokens", "4"]) == 0
@@ -317,7 +289,6 @@ def test_chat_interactive_keeps_history_and_quits(model_dir, model_and_processor
     assert [line.strip() for line in out.strip().splitlines()] == [first_answer, second_answer]
 
 
-@requires_model
 def test_chat_later_turns_reuse_the_cache_of_earlier_ones(model_dir, model_and_processor, tmp_path):
     """Issue 13: the interactive chat encodes the image and the history once; later turns run only new tokens."""
     model, processor = model_and_processor
@@ -356,7 +327,6 @@ def test_chat_later_turns_reuse_the_cache_of_earlier_ones(model_dir, model_and_p
     assert [m["content"][-1]["text"] for m in fresh.messages] == [m["content"][-1]["text"] for m in chat.messages]
 
 
-@requires_model
 def test_chat_compile_sets_a_static_cache_and_gives_the_same_answer(model_dir, model_and_processor, capsys):
     """`--compile` decodes with a static cache (compiled on accelerators); greedy answers are unchanged."""
     from transformers_internvl.cli.chat import _load_model_and_processor
@@ -372,14 +342,12 @@ def test_chat_compile_sets_a_static_cache_and_gives_the_same_answer(model_dir, m
     assert capsys.readouterr().out.strip() == _expected_greedy_text(model, processor, messages, 4)
 
 
-@requires_model
 def test_chat_end_of_input_quits(model_dir, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
     assert main(["chat", str(model_dir)]) == 0
     assert capsys.readouterr().out == ""
 
 
-@requires_model
 def test_chat_cot_prompt_and_history(model_dir, model_and_processor):
     model, processor = model_and_processor
     args = build_parser().parse_args(["chat", str(model_dir), "--cot", "--max-new-tokens", "3"])
@@ -391,7 +359,6 @@ def test_chat_cot_prompt_and_history(model_dir, model_and_processor):
     assert chat.messages[2]["content"][-1]["text"] == build_cot_prompt("And 3+4?", kind="open")
 
 
-@requires_model
 def test_chat_votes_are_deterministic_under_a_seed(model_dir, capsys):
     arguments = ["chat", str(model_dir), "--prompt", "2+2?", "--votes", "3", "--max-new-tokens", "4", "--seed", "5"]
     assert main(arguments) == 0
@@ -402,7 +369,6 @@ def test_chat_votes_are_deterministic_under_a_seed(model_dir, capsys):
     assert "=== majority answer: " in first.splitlines()[-1]
 
 
-@requires_model
 def test_chat_sampling_is_seeded(model_dir, capsys):
     arguments = ["chat", str(model_dir), "--prompt", "Hi", "--max-new-tokens", "8", "--temperature", "1.5"]
     outputs = []

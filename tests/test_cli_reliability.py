@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import signal
 import stat
 import subprocess
@@ -20,22 +19,13 @@ from PIL import Image
 from transformers_internvl.cli import main
 from transformers_internvl.cli.chat import ChatSession
 
-FIXTURES = Path(__file__).parent / "fixtures"
 PROG = "transformers-internvl"
 
 
-def _tiny_model_dir(directory: Path) -> Path:
-    for name in ("config.json", "generation_config.json", "model.safetensors"):
-        shutil.copy(FIXTURES / "models" / "tiny-qwen2" / name, directory / name)
-    for file in (FIXTURES / "tokenizers" / "qwen2-tiny").iterdir():
-        if file.name != "expected.json":
-            shutil.copy(file, directory / file.name)
-    return directory
-
-
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return _tiny_model_dir(tmp_path_factory.mktemp("cli-reliability-model"))
+def model_dir(qwen2_model_dir) -> Path:
+    """The tiny Qwen2 model in the original layout with its tokenizer (shared, read only)."""
+    return qwen2_model_dir
 
 
 @pytest.fixture(scope="module")

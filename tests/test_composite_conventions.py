@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from helpers import tiny_text_config, tiny_vision_config
 from transformers import AutoConfig, Qwen2Config
 
 import transformers_internvl  # noqa: F401  (registers the classes)
@@ -13,31 +14,13 @@ from transformers_internvl import InternVLConfig, InternVLForConditionalGenerati
 from transformers_internvl.modeling.configuration_intern_vit import InternVLVisionConfig
 
 IMAGE_TOKEN_ID = 1
-LLM_ARCHITECTURES = {"qwen2": "Qwen2ForCausalLM", "internlm2": "InternLM2ForCausalLM"}
 
 
 def tiny_config(llm: str = "qwen2") -> InternVLConfig:
     """56 px tiles of 14 px patches: 4x4 patches, pixel-unshuffled 0.5 -> 4 LLM tokens per tile."""
     return InternVLConfig(
-        vision_config={
-            "hidden_size": 32,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "intermediate_size": 64,
-            "image_size": 56,
-            "patch_size": 14,
-        },
-        llm_config={
-            "architectures": [LLM_ARCHITECTURES[llm]],
-            "vocab_size": 99,
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 128,
-            "rope_theta": 1e6,
-        },
+        vision_config=tiny_vision_config(image_size=56),
+        llm_config=tiny_text_config(llm, rope_theta=1e6),
         image_token_id=IMAGE_TOKEN_ID,
         ps_version="v2",
         template="internvl2_5",

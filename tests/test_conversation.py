@@ -4,9 +4,9 @@ and the Jinja chat template against the same prompts."""
 import hashlib
 import json
 import re
-from pathlib import Path
 
 import pytest
+from helpers import FIXTURES
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from transformers_internvl.chat_templates import (
@@ -26,7 +26,6 @@ from transformers_internvl.modeling.chat_prompts import (
 )
 from transformers_internvl.modeling.conversation import Conversation, get_conv_template
 
-FIXTURES = Path(__file__).parent / "fixtures"
 PROMPTS = json.loads((FIXTURES / "prompts" / "prompts.json").read_text(encoding="utf-8"))
 CASES = {case["id"]: case for case in PROMPTS["cases"]}
 COMPACT = re.compile(r"\[\[IMG_CONTEXT\*(\d+)\]\]")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import FIXTURES, MODELS, image_token_id, original_model_dir
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -24,25 +25,8 @@ from transformers_internvl.conversion.convert import ConversionError, convert_ch
 from transformers_internvl.conversion.hf_layout import ORIGINAL_RECORD_KEY
 from transformers_internvl.conversion.verify import verify_conversion
 
-FIXTURES = Path(__file__).parent / "fixtures"
-MODELS = FIXTURES / "models"
 SRC_ROOT = Path(transformers_internvl.__file__).resolve().parents[1]
 PROG = "transformers-internvl"
-
-
-def _meta(name: str) -> dict:
-    return json.loads((MODELS / name / "meta.json").read_text())
-
-
-def _copy_model(name: str, directory: Path, tokenizer: str | None = None) -> Path:
-    directory.mkdir(parents=True)
-    for file in ("config.json", "generation_config.json", "model.safetensors"):
-        shutil.copy(MODELS / name / file, directory / file)
-    if tokenizer:
-        for file in (FIXTURES / "tokenizers" / tokenizer).iterdir():
-            if file.name != "expected.json":
-                shutil.copy(file, directory / file.name)
-    return directory
 
 
 def _llama_model(directory: Path) -> Path:
@@ -54,7 +38,7 @@ def _llama_model(directory: Path) -> Path:
     config = json.loads((MODELS / "tiny-qwen2" / "config.json").read_text())
     qwen2 = config["llm_config"]
     config["llm_config"] = llama_llm_config_like_qwen2(qwen2)
-    config["image_token_id"] = _meta("tiny-qwen2")["token_ids"]["<IMG_CONTEXT>"]
+    config["image_token_id"] = image_token_id("tiny-qwen2")
     (directory / "config.json").write_text(json.dumps(config))
     state_dict = load_file(MODELS / "tiny-qwen2" / "model.safetensors")
     for layer in range(qwen2["num_hidden_layers"]):
@@ -73,16 +57,16 @@ def sources(workdir) -> dict[str, Path]:
     """Original-layout checkpoints: qwen2 (with its tokenizer), internlm2 (no tokenizer: the reference inputs use
     id 997 for <IMG_CONTEXT>), internlm2-tok (with the InternLM2 tokenizer), llama."""
     return {
-        "qwen2": _copy_model("tiny-qwen2", workdir / "qwen2", tokenizer="qwen2-tiny"),
-        "internlm2": _copy_model("tiny-internlm2", workdir / "internlm2"),
-        "internlm2-tok": _copy_model("tiny-internlm2", workdir / "internlm2-tok", tokenizer="internlm2-dummy-prefix"),
+        "qwen2": original_model_dir(workdir / "qwen2", "tiny-qwen2", "qwen2-tiny"),
+        "internlm2": original_model_dir(workdir / "internlm2", "tiny-internlm2", None),
+        "internlm2-tok": original_model_dir(workdir / "internlm2-tok", "tiny-internlm2", "internlm2-dummy-prefix"),
         "llama": _llama_model(workdir / "llama"),
     }
 
 
 @pytest.fixture(scope="module")
 def converted(workdir, sources) -> dict[str, Path]:
-    token_ids = {"internlm2": _meta("tiny-internlm2")["token_ids"]["<IMG_CONTEXT>"]}
+    token_ids = {"internlm2": image_token_id("tiny-internlm2")}
     return {
         name: convert_checkpoint(
             source, workdir / f"{name}-hf", to="hf", image_token_id=token_ids.get(name), progress=False
@@ -168,11 +152,11 @@ def test_select_layer_variants_match_the_original(workdir):
     from transformers import InternVLForConditionalGeneration
 
     for variant, select_layer in (("sl-2", -2), ("sl1", 1)):
-        source = _copy_model("tiny-qwen2", workdir / f"qwen2-{variant}")
+        source = original_model_dir(workdir / f"qwen2-{variant}", "tiny-qwen2", None)
         config = json.loads((source / "config.json").read_text())
         config["select_layer"] = select_layer
         (source / "config.json").write_text(json.dumps(config))
-        token_id = _meta("tiny-qwen2")["token_ids"]["<IMG_CONTEXT>"]
+        token_id = image_token_id("tiny-qwen2")
         result = convert_checkpoint(
             source, workdir / f"qwen2-{variant}-hf", "hf", image_token_id=token_id, progress=False
         )
@@ -359,7 +343,7 @@ def _no_leftovers(dst: Path) -> None:
 
 
 def _sharded_source(workdir: Path, name: str) -> Path:
-    source = _copy_model("tiny-qwen2", workdir / name, tokenizer="qwen2-tiny")
+    source = original_model_dir(workdir / name, "tiny-qwen2", "qwen2-tiny")
     tensors = load_file(source / "model.safetensors")
     (source / "model.safetensors").unlink()
     keys = sorted(tensors)
@@ -577,7 +561,7 @@ def test_merge_lora_refuses_dora(workdir, sources, capsys):
 
 def test_destination_that_is_or_holds_the_source_is_refused_even_with_force(tmp_path):
     parent = tmp_path / "parent"
-    source = _copy_model("tiny-qwen2", parent / "src", tokenizer="qwen2-tiny")
+    source = original_model_dir(parent / "src", "tiny-qwen2", "qwen2-tiny")
     (parent / "precious.txt").write_text("keep me")
     for dst in (source, parent, tmp_path):
         with pytest.raises(ConversionError, match="is the source folder .* or contains it"):
@@ -587,7 +571,7 @@ def test_destination_that_is_or_holds_the_source_is_refused_even_with_force(tmp_
 
 
 def test_destination_that_is_a_file_a_link_or_has_no_parent_is_refused(tmp_path):
-    source = _copy_model("tiny-qwen2", tmp_path / "src", tokenizer="qwen2-tiny")
+    source = original_model_dir(tmp_path / "src", "tiny-qwen2", "qwen2-tiny")
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     dangling = tmp_path / "dangling"
@@ -613,7 +597,7 @@ def test_cli_constants_agree_with_the_converter():
 def test_tensors_that_do_not_fit_the_config_are_refused(tmp_path):
     """A source whose tensor shapes disagree with its own config (an `intermediate_size` twice the weights') is
     refused with the tensor and both shapes, and no DST is left (before: exit 0 and an unloadable output)."""
-    source = _copy_model("tiny-qwen2", tmp_path / "src", tokenizer="qwen2-tiny")
+    source = original_model_dir(tmp_path / "src", "tiny-qwen2", "qwen2-tiny")
     config = json.loads((source / "config.json").read_text())
     config["llm_config"]["intermediate_size"] = config["llm_config"]["intermediate_size"] * 2
     (source / "config.json").write_text(json.dumps(config))

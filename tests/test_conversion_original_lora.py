@@ -5,28 +5,17 @@ transformers' own port on the result gives the original's (PEFT-wrapped) logits.
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
 import transformers
+from helpers import MODELS, copy_tokenizer
 from safetensors.torch import load_file, save_file
 from test_original_lora_checkpoints import write_original_lora_checkpoint
 
 import transformers_internvl  # noqa: F401  (registers the classes)
 from transformers_internvl.conversion.convert import ConversionError, convert_checkpoint
 from transformers_internvl.conversion.original_lora import plan_original_lora_merge
-
-TOKENIZERS = Path(__file__).parent / "fixtures" / "tokenizers"
-MODELS = Path(__file__).parent / "fixtures" / "models"
-
-
-def _with_tokenizer(folder: Path, tokenizer: str) -> Path:
-    for file in (TOKENIZERS / tokenizer).iterdir():
-        if file.name != "expected.json":
-            shutil.copy(file, folder / file.name)
-    return folder
 
 
 @pytest.mark.parametrize(
@@ -41,7 +30,7 @@ def test_unmerged_original_lora_converts_to_hf_with_the_original_logits(
     reference, base_logits, io = write_original_lora_checkpoint(fixture, source, llm_rank, vision_rank)
     image_token_id = None
     if tokenizer:
-        _with_tokenizer(source, tokenizer)
+        copy_tokenizer(tokenizer, source)
     else:
         image_token_id = json.loads((MODELS / fixture / "meta.json").read_text())["token_ids"]["<IMG_CONTEXT>"]
     convert_checkpoint(source, tmp_path / "hf", to="hf", image_token_id=image_token_id, progress=False)
@@ -62,7 +51,7 @@ def test_lora_factor_without_its_base_layer_is_refused(tmp_path):
     base = next(key for key in state if key.endswith(".base_layer.weight"))
     del state[base]
     save_file(state, source / "model.safetensors", metadata={"format": "pt"})
-    _with_tokenizer(source, "qwen2-tiny")
+    copy_tokenizer("qwen2-tiny", source)
     with pytest.raises(ConversionError, match="has no `base_layer.weight` beside it"):
         convert_checkpoint(source, tmp_path / "hf", to="hf", progress=False)
     assert not (tmp_path / "hf").exists()

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 import torch
+from helpers import FIXTURES, ORIGINAL_PREPROCESSOR_CONFIG, QWEN2_TOKENIZER, copy_tokenizer
 from PIL import Image
 from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, LlamaTokenizer
 from transformers.models.auto.video_processing_auto import AutoVideoProcessor
@@ -32,22 +33,8 @@ from transformers_internvl.modeling.conversation import get_conv_template
 from transformers_internvl.processing.tokenizer_loading import check_tokenizer
 from transformers_internvl.processing.video_processing_internvl import InternVLVideoProcessor
 
-FIXTURES = Path(__file__).parent / "fixtures"
-QWEN2_TOKENIZER = FIXTURES / "tokenizers" / "qwen2-tiny"
 MODEL_CONFIG = FIXTURES / "models" / "tiny-qwen2" / "config.json"
 IMG_CONTEXT_ID = json.loads((QWEN2_TOKENIZER / "added_tokens.json").read_text())["<IMG_CONTEXT>"]
-# The preprocessor_config.json of the original checkpoints (a CLIP image processor the original code never used).
-ORIGINAL_PREPROCESSOR_CONFIG = {
-    "crop_size": 448,
-    "do_center_crop": True,
-    "do_normalize": True,
-    "do_resize": True,
-    "feature_extractor_type": "CLIPFeatureExtractor",
-    "image_mean": [0.485, 0.456, 0.406],
-    "image_std": [0.229, 0.224, 0.225],
-    "resample": 3,
-    "size": 448,
-}
 IMAGE_SIZE = (1600, 900)
 # Tiles of a 1600 x 900 image (thumbnail included) for each option set (see the module docstring).
 TILE_CASES = [
@@ -65,9 +52,7 @@ def _original_dir(root: Path, name: str = "original", **config_changes) -> Path:
     """An original-layout folder: config.json, the Qwen2 tokenizer files, the original CLIP preprocessor config."""
     directory = root / name
     directory.mkdir()
-    for file in QWEN2_TOKENIZER.iterdir():
-        if file.name != "expected.json":
-            shutil.copy(file, directory / file.name)
+    copy_tokenizer("qwen2-tiny", directory)
     config = json.loads(MODEL_CONFIG.read_text())
     config.update(config_changes)
     (directory / "config.json").write_text(json.dumps(config))

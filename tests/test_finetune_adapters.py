@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import MODELS, copy_tokenizer, load_model
 from safetensors import safe_open
 from transformers import AutoModelForImageTextToText
 
@@ -20,12 +21,7 @@ from transformers_internvl.training.stages import set_trainable
 
 peft = pytest.importorskip("peft")
 
-FIXTURES = Path(__file__).parent / "fixtures"
-MODELS = {name: FIXTURES / "models" / name for name in ("tiny-qwen2", "tiny-internlm2")}
-
-
-def _image_token_id(directory: Path) -> int:
-    return json.loads((directory / "meta.json").read_text())["token_ids"]["<IMG_CONTEXT>"]
+FIXTURE_MODELS = {name: MODELS / name for name in ("tiny-qwen2", "tiny-internlm2")}
 
 
 def _inputs(directory: Path) -> dict:
@@ -45,7 +41,7 @@ def _logits(model, inputs) -> torch.Tensor:
 
 
 def _load(directory: Path):
-    return AutoModelForImageTextToText.from_pretrained(directory, image_token_id=_image_token_id(directory))
+    return load_model(directory)
 
 
 def _trained_adapter(directory: Path, vision: bool = True):
@@ -58,9 +54,9 @@ def _trained_adapter(directory: Path, vision: bool = True):
     return model
 
 
-@pytest.fixture(scope="module", params=sorted(MODELS))
+@pytest.fixture(scope="module", params=sorted(FIXTURE_MODELS))
 def saved(request, tmp_path_factory):
-    directory = MODELS[request.param]
+    directory = FIXTURE_MODELS[request.param]
     model = _trained_adapter(directory)
     out = tmp_path_factory.mktemp(request.param) / "adapter"
     written = save_adapter_original_layout(model, out)
@@ -99,7 +95,7 @@ def test_original_named_adapter_reloads_with_identical_logits(saved):
 
 
 def test_adapter_in_this_packages_layout_still_loads(tmp_path):
-    directory = MODELS["tiny-qwen2"]
+    directory = FIXTURE_MODELS["tiny-qwen2"]
     model = _trained_adapter(directory)
     model.save_pretrained(tmp_path)  # PEFT's own save: keys `base_model.model.model.language_model...`
     assert any(
@@ -113,10 +109,8 @@ def test_adapter_in_this_packages_layout_still_loads(tmp_path):
 def test_auto_peft_model_merge_and_save_write_the_original_layout(tmp_path):
     # An original-style folder: weights, config and the tokenizer (so `<IMG_CONTEXT>` resolves without arguments).
     base = tmp_path / "InternVL-tiny"
-    shutil.copytree(MODELS["tiny-qwen2"], base)
-    for file in (FIXTURES / "tokenizers" / "qwen2-tiny").iterdir():
-        if file.name != "expected.json":
-            shutil.copy(file, base / file.name)
+    shutil.copytree(FIXTURE_MODELS["tiny-qwen2"], base)
+    copy_tokenizer("qwen2-tiny", base)
     model = set_trainable(AutoModelForImageTextToText.from_pretrained(base), "llm_lora", lora_rank=4)
     for name, parameter in model.named_parameters():
         if "lora_B" in name:
@@ -142,7 +136,7 @@ def test_auto_peft_model_merge_and_save_write_the_original_layout(tmp_path):
 
 @pytest.mark.parametrize(("name", "head"), [("tiny-qwen2", "lm_head"), ("tiny-internlm2", "output")])
 def test_key_table_round_trip_with_the_llm_head_name(name, head):
-    model = _load(MODELS[name])
+    model = _load(FIXTURE_MODELS[name])
     ours = {
         "base_model.model.lm_head.lora_A.weight": 0,
         "base_model.model.model.mlp1.1.lora_B.weight": 1,
@@ -165,7 +159,7 @@ def test_key_table_round_trip_with_the_llm_head_name(name, head):
 
 
 def test_bad_arguments_are_refused(tmp_path):
-    model = _load(MODELS["tiny-qwen2"])
+    model = _load(FIXTURE_MODELS["tiny-qwen2"])
     with pytest.raises(ValueError, match="outside the InternVL module tree"):
         to_original_adapter_keys({"base_model.model.encoder.lora_A.weight": 0}, model)
     with pytest.raises(TypeError, match="peft.PeftModel"):

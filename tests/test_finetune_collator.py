@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-from finetune_helpers import QWEN2_DIR, dataset, write_image
-from transformers import AutoModelForImageTextToText
+from finetune_helpers import dataset, write_image
+from helpers import load_model
 
 from transformers_internvl.training.collator import (
     InternVLDataCollator,
@@ -35,7 +35,7 @@ def samples(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model():
-    model = AutoModelForImageTextToText.from_pretrained(QWEN2_DIR, image_token_id=995)
+    model = load_model()
     model.config.use_cache = model.config.text_config.use_cache = False  # transformers skips packing with a cache
     return model.eval()
 

@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import QWEN2_DIR, QWEN2_TOKENIZER
 from safetensors.torch import load_file
 
 pytest.importorskip("peft")
 ROOT = Path(__file__).parents[1]
-FIXTURES = ROOT / "tests" / "fixtures"
 
 
 def _free_port() -> int:
@@ -25,8 +25,8 @@ def _free_port() -> int:
 
 def _run(command: list[str], output_dir: Path, batch_size: int) -> tuple[list[tuple[float, float]], dict]:
     args = [
-        "--model", str(FIXTURES / "models" / "tiny-qwen2"),
-        "--tokenizer", str(FIXTURES / "tokenizers" / "qwen2-tiny"),
+        "--model", str(QWEN2_DIR),
+        "--tokenizer", str(QWEN2_TOKENIZER),
         "--output-dir", str(output_dir),
         "--max-steps", "2",
         "--lora-rank", "4",

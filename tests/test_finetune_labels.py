@@ -1,9 +1,9 @@
 """Labels of `training.labels.tokenize_conversation` against the original preprocess functions (fixture)."""
 
 import json
-from pathlib import Path
 
 import pytest
+from helpers import FIXTURES, TOKENIZERS
 from transformers import AutoTokenizer
 
 import transformers_internvl  # noqa: F401
@@ -14,14 +14,13 @@ from transformers_internvl.training.labels import (
     video_frame_tags,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures"
 DATA = json.loads((FIXTURES / "finetune" / "labels.json").read_text())
 _TOKENIZERS = {}
 
 
 def _tokenizer(name):
     if name not in _TOKENIZERS:
-        tokenizer = AutoTokenizer.from_pretrained(FIXTURES / "tokenizers" / name.replace("+specials", ""))
+        tokenizer = AutoTokenizer.from_pretrained(TOKENIZERS / name.replace("+specials", ""))
         if name.endswith("+specials"):
             tokenizer.add_special_tokens({"additional_special_tokens": DATA["added_special_tokens_for_+specials"]})
         _TOKENIZERS[name] = tokenizer

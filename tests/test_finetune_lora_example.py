@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from finetune_helpers import FIXTURES, QWEN2_DIR, dataset
+from finetune_helpers import dataset
+from helpers import QWEN2_DIR, QWEN2_TOKENIZER, load_model
 
 from transformers_internvl.training.collator import InternVLDataCollator
 
@@ -25,16 +26,15 @@ def test_thirty_lora_steps_halve_the_loss_and_change_only_lora(tmp_path):
     (tmp_path / "data").mkdir()
     samples = dataset(finetune_lora.demo_rows(str(tmp_path / "data")), root=tmp_path / "data", max_dynamic_patch=1)
     batch = InternVLDataCollator(990)([samples[i] for i in range(len(samples))])
-    from transformers import AutoModelForImageTextToText
 
-    base = AutoModelForImageTextToText.from_pretrained(QWEN2_DIR, image_token_id=995)
+    base = load_model()
     before_state = {k: v.clone() for k, v in base.state_dict().items()}
     loss_before = _loss(base, batch)
 
     trainer = finetune_lora.main(
         [
             "--model", str(QWEN2_DIR),
-            "--tokenizer", str(FIXTURES / "tokenizers" / "qwen2-tiny"),
+            "--tokenizer", str(QWEN2_TOKENIZER),
             "--output-dir", str(tmp_path / "out"),
             "--max-steps", "30",
             "--learning-rate", "1e-2",
@@ -66,7 +66,7 @@ def test_packing_square_loss_and_checkpointing_run_through_the_trainer(tmp_path)
     trainer = finetune_lora.main(
         [
             "--model", str(QWEN2_DIR),
-            "--tokenizer", str(FIXTURES / "tokenizers" / "qwen2-tiny"),
+            "--tokenizer", str(QWEN2_TOKENIZER),
             "--output-dir", str(tmp_path / "out"),
             "--max-steps", "2",
             "--lora-rank", "4",

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from finetune_helpers import FIXTURES, QWEN2_DIR, dataset
+from finetune_helpers import dataset
+from helpers import QWEN2_DIR, QWEN2_TOKENIZER, load_model
 
 from transformers_internvl.training.collator import InternVLDataCollator, weighted_lm_loss
 
@@ -21,7 +22,7 @@ def _main(tmp_path, *extra):
     return finetune_lora.main(
         [
             "--model", str(QWEN2_DIR),
-            "--tokenizer", str(FIXTURES / "tokenizers" / "qwen2-tiny"),
+            "--tokenizer", str(QWEN2_TOKENIZER),
             "--output-dir", str(tmp_path / "out"),
             "--trainer", "trl",
             "--lora-rank", "4",
@@ -39,9 +40,8 @@ def test_sft_trainer_trains_on_the_original_labels(tmp_path):
     (tmp_path / "data").mkdir()
     samples = dataset(finetune_lora.demo_rows(str(tmp_path / "data")), root=tmp_path / "data", max_dynamic_patch=1)
     first_batch = InternVLDataCollator(990)([samples[0], samples[1]])
-    from transformers import AutoModelForImageTextToText
 
-    base = AutoModelForImageTextToText.from_pretrained(QWEN2_DIR, image_token_id=995).eval()
+    base = load_model().eval()
     with torch.no_grad():
         expected_first_loss = base(**first_batch).loss.item()  # LoRA B = 0 at step 1: the base model's loss
 

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from finetune_helpers import FIXTURES, QWEN2_DIR
+from helpers import INTERNLM2_DIR, QWEN2_DIR, load_model
 from transformers import AutoModelForImageTextToText
 
 from transformers_internvl.training.stages import (
@@ -15,7 +15,7 @@ from transformers_internvl.training.stages import (
 
 @pytest.fixture()
 def model():
-    return AutoModelForImageTextToText.from_pretrained(QWEN2_DIR, image_token_id=995)
+    return load_model()
 
 
 def _towers(names):
@@ -70,7 +70,7 @@ def test_vision_lora_targets(model):
 
 
 def test_internlm2_lora_targets():
-    internlm2 = AutoModelForImageTextToText.from_pretrained(FIXTURES / "models" / "tiny-internlm2")
+    internlm2 = AutoModelForImageTextToText.from_pretrained(INTERNLM2_DIR)
     regex = lora_target_modules(internlm2)
     assert "attention\\.wqkv" in regex and "feed_forward\\.w3" in regex
 

@@ -11,22 +11,18 @@ from __future__ import annotations
 
 import base64
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import qwen2_processor
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from transformers import AutoTokenizer
 
 from transformers_internvl.processing.image_processing_internvl import InternVLImageProcessor
-from transformers_internvl.processing.processing_internvl import InternVLProcessor
 from transformers_internvl.processing.tiling import allocate_tile_budget, plan_tiles
-from transformers_internvl.processing.video_processing_internvl import InternVLVideoProcessor
 
-QWEN2_TOKENIZER = Path(__file__).parent / "fixtures" / "tokenizers" / "qwen2-tiny"
 DOCUMENTED = (ValueError, TypeError, FileNotFoundError)
 MODES = ["RGB", "RGBA", "L", "LA", "La", "P", "PA", "1", "I", "I;16", "F", "CMYK", "YCbCr", "RGBa"]
 FUZZ = settings(
@@ -180,11 +176,7 @@ FRAGMENTS = [
 
 @pytest.fixture(scope="module")
 def processor():
-    return InternVLProcessor(
-        image_processor=InternVLImageProcessor(max_dynamic_patch=2),
-        tokenizer=AutoTokenizer.from_pretrained(QWEN2_TOKENIZER),
-        video_processor=InternVLVideoProcessor(),
-    )
+    return qwen2_processor(max_dynamic_patch=2)
 
 
 @FUZZ

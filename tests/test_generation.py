@@ -2,40 +2,34 @@
 
 import json
 import threading
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from transformers import AutoModelForImageTextToText, AutoTokenizer, CompileConfig, TextIteratorStreamer
+from helpers import QWEN2_DIR, QWEN2_IMAGE_TOKEN_ID, QWEN2_PAD_ID, QWEN2_TOKENIZER
+from transformers import AutoTokenizer, CompileConfig, TextIteratorStreamer
 
 import transformers_internvl  # noqa: F401
 
-FIXTURES = Path(__file__).parent / "fixtures"
-QWEN2_DIR = FIXTURES / "models" / "tiny-qwen2"
-PAD_ID = 990
-IMG_CONTEXT_ID = 995
+
+@pytest.fixture(scope="module")
+def model(qwen2_model):
+    return qwen2_model
 
 
 @pytest.fixture(scope="module")
-def model():
-    return AutoModelForImageTextToText.from_pretrained(QWEN2_DIR, image_token_id=IMG_CONTEXT_ID).eval()
-
-
-@pytest.fixture(scope="module")
-def io():
-    return load_file(QWEN2_DIR / "io.safetensors")
+def io(qwen2_io):
+    return qwen2_io
 
 
 def _greedy(model, **kwargs):
     kwargs.setdefault("max_new_tokens", 6)
     with torch.no_grad():
-        return model.generate(do_sample=False, eos_token_id=None, pad_token_id=PAD_ID, **kwargs)
+        return model.generate(do_sample=False, eos_token_id=None, pad_token_id=QWEN2_PAD_ID, **kwargs)
 
 
 def _left_pad(sequences: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     length = max(len(sequence) for sequence in sequences)
-    input_ids = torch.full((len(sequences), length), PAD_ID, dtype=torch.long)
+    input_ids = torch.full((len(sequences), length), QWEN2_PAD_ID, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
     for row, sequence in enumerate(sequences):
         input_ids[row, length - len(sequence) :] = sequence
@@ -50,7 +44,7 @@ def test_batch_with_text_only_and_image_samples_equals_each_alone(model, io):
     image_end = next(s["start"] for s in segments if s["kind"] == "img_end")
     with_image = io["input_ids"][0]
     text_only = torch.cat([with_image[:image_start], with_image[image_end + 2 :]])  # drop <img>…</img>\n
-    assert (text_only == IMG_CONTEXT_ID).sum() == 0
+    assert (text_only == QWEN2_IMAGE_TOKEN_ID).sum() == 0
 
     input_ids, attention_mask = _left_pad([text_only, with_image, text_only[:20]])
     batch = _greedy(model, input_ids=input_ids, attention_mask=attention_mask, pixel_values=io["pixel_values"])
@@ -82,7 +76,7 @@ def test_logits_to_keep(model, io):
 
 
 def test_text_iterator_streamer_streams_the_generated_text(model, io):
-    tokenizer = AutoTokenizer.from_pretrained(FIXTURES / "tokenizers" / "qwen2-tiny")
+    tokenizer = AutoTokenizer.from_pretrained(QWEN2_TOKENIZER)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True)
     kwargs = dict(input_ids=io["input_ids"], pixel_values=io["pixel_values"], max_new_tokens=8, streamer=streamer)
     thread = threading.Thread(target=_greedy, args=(model,), kwargs=kwargs)
@@ -93,6 +87,7 @@ def test_text_iterator_streamer_streams_the_generated_text(model, io):
     assert streamed == expected
 
 
+@pytest.mark.slow  # torch.compile
 def test_static_cache_with_fullgraph_compile_matches_dynamic_cache(model, io):
     kwargs = dict(input_ids=io["input_ids"], pixel_values=io["pixel_values"], max_new_tokens=8)
     dynamic = _greedy(model, **kwargs)
@@ -106,7 +101,7 @@ def test_static_cache_with_fullgraph_compile_matches_dynamic_cache(model, io):
 def test_several_return_sequences_keep_each_samples_tiles(model, io):
     torch.manual_seed(0)
     meta_ids = io["input_ids"][0]
-    image_tokens = (meta_ids == IMG_CONTEXT_ID).nonzero()[:, 0]
+    image_tokens = (meta_ids == QWEN2_IMAGE_TOKEN_ID).nonzero()[:, 0]
     # Two tiles for one sample: repeat the <IMG_CONTEXT> run.
     start, end = image_tokens[0].item(), image_tokens[-1].item() + 1
     two_tiles = torch.cat([meta_ids[:end], meta_ids[start:end], meta_ids[end:]])[None]
@@ -121,7 +116,7 @@ def test_several_return_sequences_keep_each_samples_tiles(model, io):
             num_return_sequences=3,
             max_new_tokens=6,
             eos_token_id=None,
-            pad_token_id=PAD_ID,
+            pad_token_id=QWEN2_PAD_ID,
         )
     assert torch.equal(sampled, greedy.expand(3, -1))
 
@@ -137,11 +132,12 @@ def test_zero_tiles_and_several_return_sequences(model):
             top_k=1,
             num_return_sequences=2,
             max_new_tokens=3,
-            pad_token_id=PAD_ID,
+            pad_token_id=QWEN2_PAD_ID,
         )
     assert torch.equal(out, _greedy(model, input_ids=input_ids, max_new_tokens=3).expand(2, -1))
 
 
+@pytest.mark.slow  # torch.compile
 def test_prefill_with_images_compiles_without_graph_breaks(model, io):
     # fullgraph=True fails on any graph break: the vision tower, the placeholder check and the merge must all trace.
     compiled = torch.compile(model.forward, fullgraph=True, backend="eager")

@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from helpers import QWEN2_TOKENIZER
 from PIL import Image, ImageOps
 
 from transformers_internvl import InternVLImageProcessor, InternVLVideoProcessor
@@ -230,13 +231,12 @@ def test_lazily_opened_image_shared_by_threads(tmp_path):
 
 
 def test_processor_passes_the_timeout_to_image_urls(silent_server):
-    from pathlib import Path
 
     from transformers import AutoTokenizer
 
     from transformers_internvl.processing.processing_internvl import InternVLProcessor
 
-    tokenizer = AutoTokenizer.from_pretrained(Path(__file__).parent / "fixtures" / "tokenizers" / "qwen2-tiny")
+    tokenizer = AutoTokenizer.from_pretrained(QWEN2_TOKENIZER)
     processor = InternVLProcessor(
         image_processor=InternVLImageProcessor(), tokenizer=tokenizer, video_processor=InternVLVideoProcessor()
     )

@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import FIXTURES, INTERNLM2_DIR, ORIGINAL_PREPROCESSOR_CONFIG
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -19,7 +19,6 @@ from transformers.models.auto.image_processing_auto import AutoImageProcessor
 from transformers_internvl import InternVLImageProcessor, plan_tiles
 from transformers_internvl.processing.exact_resize import _serial_run, _split_resize
 
-FIXTURES = Path(__file__).parent / "fixtures"
 PREPROCESS = json.loads((FIXTURES / "preprocess" / "preprocess.json").read_text(encoding="utf-8"))
 CASES = [(image, case) for image in PREPROCESS["images"] for case in image["cases"]]
 TOL = 1e-6
@@ -85,7 +84,7 @@ def test_full_tensors_and_model_io(processor):
         out = processor(images=pil, max_dynamic_patch=int(max_num), return_tensors="pt")
         assert (out["pixel_values"] - reference).abs().max().item() <= TOL
     # tiny-internlm2's pixel_values are the preprocessed rgb_1920x1080 at max 6 (2x1 grid + thumbnail).
-    reference = load_file(FIXTURES / "models" / "tiny-internlm2" / "io.safetensors")["pixel_values"]
+    reference = load_file(INTERNLM2_DIR / "io.safetensors")["pixel_values"]
     pil = Image.open(FIXTURES / "preprocess" / "images" / "rgb_1920x1080.png")
     out = processor(images=pil, max_dynamic_patch=6, return_tensors="pt")
     assert out["pixel_values"].shape == reference.shape
@@ -141,7 +140,9 @@ def _sizes(processor, images, **kwargs):
 def test_grouping_and_budgets(processor):
     wide = Image.new("RGB", (1920, 1080))
     tall = Image.new("RGB", (500, 3000))
-    big = Image.new("RGB", (2000, 2000))
+    # 1000 px square is past the area threshold of every square grid up to 3x3 (0.5 x 448^2 x 9 px), so it gets the
+    # same grids as any larger square at budgets <= 12, for a quarter of the resize work.
+    big = Image.new("RGB", (1000, 1000))
     one = plan_tiles(1920, 1080, 12).num_tiles
     # A single image, a flat list (ONE sample) and a list of lists (a batch of samples).
     assert _sizes(processor, wide) == [one]
@@ -151,23 +152,22 @@ def test_grouping_and_budgets(processor):
         plan_tiles(*im.size, 4).num_tiles for im in (wide, tall, big)
     ]
     # Evaluation rule with 8 images: 64 // 8 = 8 each; 20 images: 3 each.
-    assert _sizes(processor, [big] * 8) == [plan_tiles(2000, 2000, 8).num_tiles] * 8
-    assert _sizes(processor, [big] * 20) == [plan_tiles(2000, 2000, 3).num_tiles] * 20
+    assert _sizes(processor, [big] * 8) == [plan_tiles(*big.size, 8).num_tiles] * 8
+    assert _sizes(processor, [big] * 20) == [plan_tiles(*big.size, 3).num_tiles] * 20
     # No sharing.
-    assert _sizes(processor, [big] * 20, max_total_tiles=None) == [plan_tiles(2000, 2000, 12).num_tiles] * 20
+    assert _sizes(processor, [big] * 20, max_total_tiles=None) == [plan_tiles(*big.size, 12).num_tiles] * 20
     # Batch of samples: each inner list shares its own budget.
     batch = processor(images=[[big], [big, big, big]], max_total_tiles=12, return_tensors="pt")
     assert (
-        batch["num_tiles"].tolist()
-        == [plan_tiles(2000, 2000, 12).num_tiles] + [plan_tiles(2000, 2000, 4).num_tiles] * 3
+        batch["num_tiles"].tolist() == [plan_tiles(*big.size, 12).num_tiles] + [plan_tiles(*big.size, 4).num_tiles] * 3
     )
     assert batch["pixel_values"].shape[0] == sum(batch["num_tiles"].tolist())
     # Tiles come in image order: the second sample's first tile is the big image's first 448 crop at budget 4.
     alone = processor(images=big, max_dynamic_patch=4, return_tensors="pt")["pixel_values"]
-    first = plan_tiles(2000, 2000, 12).num_tiles
+    first = plan_tiles(*big.size, 12).num_tiles
     assert torch.equal(batch["pixel_values"][first : first + alone.shape[0]], alone)
     # min_dynamic_patch is lowered to a smaller per-image budget.
-    assert _sizes(processor, [big] * 8, min_dynamic_patch=12) == [plan_tiles(2000, 2000, 8, 8).num_tiles] * 8
+    assert _sizes(processor, [big] * 8, min_dynamic_patch=12) == [plan_tiles(*big.size, 8, 8).num_tiles] * 8
 
 
 def test_overrides_and_aliases(processor):
@@ -323,18 +323,7 @@ def test_save_and_load_round_trip(tmp_path):
 
 def test_loads_original_checkpoint_preprocessor_keys(tmp_path):
     # Keys of an OpenGVLab preprocessor_config.json (a CLIP config for a 448 resize + crop) are tolerated.
-    original = {
-        "crop_size": 448,
-        "do_center_crop": True,
-        "do_normalize": True,
-        "do_resize": True,
-        "feature_extractor_type": "CLIPFeatureExtractor",
-        "image_mean": [0.485, 0.456, 0.406],
-        "image_std": [0.229, 0.224, 0.225],
-        "resample": 3,
-        "size": 448,
-    }
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps(original))
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(ORIGINAL_PREPROCESSOR_CONFIG))
     loaded = InternVLImageProcessor.from_pretrained(tmp_path)
     assert loaded.image_size == 448 and loaded.max_dynamic_patch == 12
 

@@ -4,10 +4,10 @@ are bit-exact, malformed inputs raise."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import INTERNLM2_DIR
 from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
 
@@ -19,7 +19,7 @@ from transformers_internvl.conversion.internlm2_llama import (
     llama_state_dict_to_internlm2,
 )
 
-MODEL_DIR = Path(__file__).parent / "fixtures" / "models" / "tiny-internlm2"
+MODEL_DIR = INTERNLM2_DIR
 PREFIX = "language_model."
 LOGITS_ATOL = 1e-5
 

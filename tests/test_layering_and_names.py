@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import transformers
+from helpers import QWEN2_DIR
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, GenerationConfig
 
 import transformers_internvl
@@ -28,7 +29,6 @@ from transformers_internvl.modeling.tokenizer_files import (
 )
 
 PACKAGE = Path(transformers_internvl.__file__).parent
-FIXTURES = Path(__file__).parent / "fixtures" / "models"
 
 
 def _imported_package_modules(path: Path) -> set[str]:
@@ -112,7 +112,7 @@ def test_auto_classes_give_the_chat_model_and_the_original_class_name_is_the_cha
 
 
 def test_original_class_name_loads_an_original_checkpoint(tmp_path):
-    directory = FIXTURES / "tiny-qwen2"
+    directory = QWEN2_DIR
     assert json.loads((directory / "config.json").read_text())["architectures"] == ["InternVLChatModel"]
     model = transformers_internvl.InternVLChatModel.from_pretrained(directory)
     assert type(model).__name__ == "InternVLChatForConditionalGeneration"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import FIXTURES
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, Phi3Config, Phi3ForCausalLM
 
@@ -22,7 +23,7 @@ from transformers_internvl.modeling.configuration_intern_vit import InternVLVisi
 from transformers_internvl.modeling.conversation import CONV_TEMPLATES
 from transformers_internvl.modeling.modeling_intern_vit import InternVLVisionModel
 
-FAMILIES_DIR = Path(__file__).parent / "fixtures" / "llm_families"
+FAMILIES_DIR = FIXTURES / "llm_families"
 IMAGE_TOKEN_ID = 5
 
 # family -> (decoder layer class, head name in the original layout, tied embeddings)

@@ -7,16 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import INTERNLM2_DIR, QWEN2_DIR
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
 
 import transformers_internvl  # noqa: F401  (registers the classes)
 from transformers_internvl import InternVLConfig, InternVLForConditionalGeneration
 from transformers_internvl.modeling.missing_weights import group_under_prefixes
-
-FIXTURES = Path(__file__).parent / "fixtures" / "models"
-QWEN2_DIR = FIXTURES / "tiny-qwen2"
-INTERNLM2_DIR = FIXTURES / "tiny-internlm2"
 
 
 def _checkpoint_without(source: Path, out: Path, drop) -> int:

@@ -4,17 +4,17 @@ and first principles."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import INTERNLM2_DIR
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache, StaticCache
 
 from transformers_internvl import InternLM2Config, InternLM2ForCausalLM, InternLM2Model
 from transformers_internvl.modeling.modeling_internlm2 import InternLM2RotaryEmbedding, check_wqkv_shape
 
-MODEL_DIR = Path(__file__).parent / "fixtures" / "models" / "tiny-internlm2"
+MODEL_DIR = INTERNLM2_DIR
 LOGITS_ATOL = 1e-5
 
 
@@ -445,6 +445,7 @@ def test_gradient_checkpointing_gives_same_gradients():
         torch.testing.assert_close(parameter.grad, gradients[name], msg=name)
 
 
+@pytest.mark.slow  # torch.compile
 def test_static_cache_decode_step_compiles_without_graph_breaks(model, reference):
     input_ids = reference["input_ids"][:, :140]  # past max_position_embeddings: dynamic NTK active
     outputs = []

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import INTERNLM2_DIR, QWEN2_DIR, QWEN2_TOKENIZER, image_token_id, load_model, model_meta
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText
 
@@ -18,28 +19,6 @@ from transformers_internvl import (
     InternVLVisionConfig,
 )
 from transformers_internvl.modeling.modeling_internvl import pixel_unshuffle
-
-FIXTURES = Path(__file__).parent / "fixtures"
-QWEN2_DIR = FIXTURES / "models" / "tiny-qwen2"
-INTERNLM2_DIR = FIXTURES / "models" / "tiny-internlm2"
-
-
-def _meta(directory: Path) -> dict:
-    return json.loads((directory / "meta.json").read_text())
-
-
-def _image_token_id(directory: Path) -> int:
-    return _meta(directory)["token_ids"]["<IMG_CONTEXT>"]
-
-
-@pytest.fixture(scope="module")
-def qwen2_model():
-    return AutoModelForImageTextToText.from_pretrained(QWEN2_DIR, image_token_id=_image_token_id(QWEN2_DIR)).eval()
-
-
-@pytest.fixture(scope="module")
-def qwen2_io():
-    return load_file(QWEN2_DIR / "io.safetensors")
 
 
 def _check_reference_parity(model, io, pad_token_id):
@@ -76,17 +55,14 @@ def _check_reference_parity(model, io, pad_token_id):
 
 
 def test_qwen2_reference_parity(qwen2_model, qwen2_io):
-    _check_reference_parity(qwen2_model, qwen2_io, pad_token_id=_meta(QWEN2_DIR)["token_ids"]["pad"])
+    _check_reference_parity(qwen2_model, qwen2_io, pad_token_id=model_meta(QWEN2_DIR)["token_ids"]["pad"])
 
 
 def test_internlm2_reference_parity():
-    pytest.importorskip("transformers_internvl.modeling.modeling_internlm2")
-    model = AutoModelForImageTextToText.from_pretrained(
-        INTERNLM2_DIR, image_token_id=_image_token_id(INTERNLM2_DIR)
-    ).eval()
+    model = load_model("tiny-internlm2").eval()
     io = load_file(INTERNLM2_DIR / "io.safetensors")
     assert model.config.vision_config.qk_normalization and model.config.vision_config.norm_type == "rms_norm"
-    _check_reference_parity(model, io, pad_token_id=_meta(INTERNLM2_DIR)["token_ids"]["pad"])
+    _check_reference_parity(model, io, pad_token_id=model_meta(INTERNLM2_DIR)["token_ids"]["pad"])
 
 
 def _drop_text_tokens(input_ids: torch.Tensor, start: int, count: int) -> torch.Tensor:
@@ -94,7 +70,7 @@ def _drop_text_tokens(input_ids: torch.Tensor, start: int, count: int) -> torch.
 
 
 def test_left_padded_batch_matches_single_samples(qwen2_model, qwen2_io):
-    pad_id = _meta(QWEN2_DIR)["token_ids"]["pad"]
+    pad_id = model_meta(QWEN2_DIR)["token_ids"]["pad"]
     long_ids = qwen2_io["input_ids"]
     short_ids = _drop_text_tokens(long_ids, start=5, count=6)  # shorter system text, same image
     batch_ids = torch.full((2, long_ids.shape[1]), pad_id, dtype=torch.long)
@@ -124,7 +100,7 @@ def test_left_padded_batch_matches_single_samples(qwen2_model, qwen2_io):
 
 
 def test_sdpa_matches_eager(qwen2_io):
-    token_id = _image_token_id(QWEN2_DIR)
+    token_id = image_token_id(QWEN2_DIR)
     eager = AutoModelForImageTextToText.from_pretrained(QWEN2_DIR, image_token_id=token_id, attn_implementation="eager")
     sdpa = AutoModelForImageTextToText.from_pretrained(QWEN2_DIR, image_token_id=token_id, attn_implementation="sdpa")
     assert sdpa.config.vision_config._attn_implementation == "sdpa"
@@ -173,7 +149,7 @@ def test_pixel_unshuffle_orderings_from_first_principles():
 
 
 def _model_with_config_changes(**changes) -> InternVLForConditionalGeneration:
-    config = AutoConfig.from_pretrained(QWEN2_DIR, image_token_id=_image_token_id(QWEN2_DIR), **changes)
+    config = AutoConfig.from_pretrained(QWEN2_DIR, image_token_id=image_token_id(QWEN2_DIR), **changes)
     return AutoModelForImageTextToText.from_pretrained(QWEN2_DIR, config=config).eval()
 
 
@@ -272,7 +248,7 @@ def test_auto_classes_resolve_original_directory_without_remote_code(tmp_path, m
 
 
 def test_base_model_loads_original_keys(tmp_path, qwen2_model, qwen2_io):
-    base = InternVLModel.from_pretrained(QWEN2_DIR, image_token_id=_image_token_id(QWEN2_DIR)).eval()
+    base = InternVLModel.from_pretrained(QWEN2_DIR, image_token_id=image_token_id(QWEN2_DIR)).eval()
     with torch.no_grad():
         hidden = base(input_ids=qwen2_io["input_ids"], pixel_values=qwen2_io["pixel_values"]).last_hidden_state
         assert torch.equal(
@@ -287,7 +263,7 @@ def test_image_token_id_resolution_order(tmp_path):
     assert AutoModelForImageTextToText.from_pretrained(tmp_path).config.image_token_id is None
     assert AutoModelForImageTextToText.from_pretrained(tmp_path, image_token_id=7).config.image_token_id == 7
     for name in ("tokenizer_config.json", "tokenizer.json", "added_tokens.json"):
-        shutil.copy(FIXTURES / "tokenizers" / "qwen2-tiny" / name, tmp_path / name)
+        shutil.copy(QWEN2_TOKENIZER / name, tmp_path / name)
     assert AutoModelForImageTextToText.from_pretrained(tmp_path).config.image_token_id == 995
     config = json.loads((tmp_path / "config.json").read_text())
     config["image_token_id"] = 3
@@ -386,7 +362,7 @@ def test_llama_llm_checkpoint_in_the_original_layout(tmp_path, qwen2_io):
         state_dict[f"language_model.model.layers.{layer}.self_attn.o_proj.bias"] = torch.zeros(qwen2["hidden_size"])
     save_file(state_dict, tmp_path / "model.safetensors", metadata={"format": "pt"})
 
-    model = AutoModelForImageTextToText.from_pretrained(tmp_path, image_token_id=_image_token_id(QWEN2_DIR)).eval()
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path, image_token_id=image_token_id(QWEN2_DIR)).eval()
     assert model.config.text_config.model_type == "llama"
     with torch.no_grad():
         logits = model(input_ids=qwen2_io["input_ids"], pixel_values=qwen2_io["pixel_values"]).logits

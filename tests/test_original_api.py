@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import INTERNLM2_DIR, QWEN2_DIR, QWEN2_TOKENIZER, image_token_id
 from safetensors.torch import load_file
 from transformers import (
     AutoConfig,
@@ -27,10 +28,6 @@ from transformers_internvl.chat_templates import INTERNVL2_5_SYSTEM_MESSAGE
 from transformers_internvl.modeling import original_api
 from transformers_internvl.modeling.conversation import Conversation
 
-FIXTURES = Path(__file__).parent / "fixtures"
-QWEN2_DIR = FIXTURES / "models" / "tiny-qwen2"
-INTERNLM2_DIR = FIXTURES / "models" / "tiny-internlm2"
-QWEN2_TOKENIZER_DIR = FIXTURES / "tokenizers" / "qwen2-tiny"
 AUTO_MAP = {
     "AutoConfig": "configuration_internvl_chat.InternVLChatConfig",
     "AutoModel": "modeling_internvl_chat.InternVLChatModel",
@@ -48,10 +45,6 @@ REMOTE_CODE = {
 
 def _io(directory: Path) -> dict[str, torch.Tensor]:
     return load_file(directory / "io.safetensors")
-
-
-def _image_token_id(directory: Path) -> int:
-    return json.loads((directory / "meta.json").read_text())["token_ids"]["<IMG_CONTEXT>"]
 
 
 def _logits(model, io) -> torch.Tensor:
@@ -72,13 +65,13 @@ def _original_folder(tmp_path: Path, source: Path = QWEN2_DIR, remote_code: bool
             (folder / name).write_text(text)
     if source == QWEN2_DIR:
         for name in ("tokenizer_config.json", "tokenizer.json", "added_tokens.json", "special_tokens_map.json"):
-            shutil.copy(QWEN2_TOKENIZER_DIR / name, folder / name)
+            shutil.copy(QWEN2_TOKENIZER / name, folder / name)
     return folder
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return AutoTokenizer.from_pretrained(QWEN2_TOKENIZER_DIR)
+    return AutoTokenizer.from_pretrained(QWEN2_TOKENIZER)
 
 
 @pytest.fixture(scope="module")
@@ -117,12 +110,12 @@ def _attention_implementations(model) -> set[str]:
 def test_use_flash_attn_false_is_eager_with_the_eager_numbers():
     io = _io(QWEN2_DIR)
     model = AutoModelForImageTextToText.from_pretrained(
-        QWEN2_DIR, use_flash_attn=False, low_cpu_mem_usage=True, image_token_id=_image_token_id(QWEN2_DIR)
+        QWEN2_DIR, use_flash_attn=False, low_cpu_mem_usage=True, image_token_id=image_token_id(QWEN2_DIR)
     ).eval()
     assert _attention_implementations(model) == {"eager"}
     assert model.config.vision_config.use_flash_attn is False
     eager = AutoModelForImageTextToText.from_pretrained(
-        QWEN2_DIR, attn_implementation="eager", image_token_id=_image_token_id(QWEN2_DIR)
+        QWEN2_DIR, attn_implementation="eager", image_token_id=image_token_id(QWEN2_DIR)
     ).eval()
     assert torch.equal(_logits(model, io), _logits(eager, io))
     # The original implementation's logits (fixture) within float32 noise.
@@ -196,8 +189,8 @@ def test_model_card_snippet_automodel_chat(tmp_path, monkeypatch, tokenizer, mod
 
 
 def test_base_model_stays_available():
-    base = InternVLModel.from_pretrained(QWEN2_DIR, image_token_id=_image_token_id(QWEN2_DIR)).eval()
-    full = AutoModel.from_pretrained(QWEN2_DIR, image_token_id=_image_token_id(QWEN2_DIR)).eval()
+    base = InternVLModel.from_pretrained(QWEN2_DIR, image_token_id=image_token_id(QWEN2_DIR)).eval()
+    full = AutoModel.from_pretrained(QWEN2_DIR, image_token_id=image_token_id(QWEN2_DIR)).eval()
     io = _io(QWEN2_DIR)
     with torch.no_grad():
         hidden = base(input_ids=io["input_ids"], pixel_values=io["pixel_values"]).last_hidden_state
@@ -385,7 +378,7 @@ def test_split_model_device_map_loads_with_the_one_device_logits(tmp_path, direc
     # Two layers all land on the first device; move layer 0 and the projector to the second to get a real split.
     device_map["language_model.model.layers.0"] = "disk"
     device_map["mlp1"] = "disk"
-    token_id = _image_token_id(directory)
+    token_id = image_token_id(directory)
     split = AutoModel.from_pretrained(
         directory, device_map=device_map, offload_folder=tmp_path / "offload", image_token_id=token_id
     ).eval()
@@ -470,9 +463,9 @@ def test_save_pretrained_keeps_remote_code_auto_map_and_architecture(tmp_path):
     assert "llm_config" in config and config["model_type"] == "internvl_chat"
     assert not list(saved.glob(".*.tmp"))
     # The saved folder is itself an original folder: it reloads, and saves its code onwards.
-    reloaded = AutoModel.from_pretrained(saved, image_token_id=_image_token_id(QWEN2_DIR))
+    reloaded = AutoModel.from_pretrained(saved, image_token_id=image_token_id(QWEN2_DIR))
     io = _io(QWEN2_DIR)
-    model.config.image_token_id = _image_token_id(QWEN2_DIR)
+    model.config.image_token_id = image_token_id(QWEN2_DIR)
     assert torch.equal(_logits(reloaded.eval(), io), _logits(model.eval(), io))
     again = tmp_path / "again"
     reloaded.save_pretrained(again)

@@ -15,6 +15,7 @@ from pathlib import Path
 import peft
 import pytest
 import torch
+from helpers import MODELS, load_model
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 from transformers.testing_utils import CaptureLogger
@@ -28,12 +29,7 @@ from transformers_internvl.conversion.original_lora import (
 )
 from transformers_internvl.modeling import original_lora_loading
 
-FIXTURES = Path(__file__).parent / "fixtures" / "models"
 TOLERANCE = 1e-4  # fp32 logits, acceptance bound; the merge itself is exact up to fp32 rounding (~1e-6)
-
-
-def _image_token_id(directory: Path) -> int:
-    return json.loads((directory / "meta.json").read_text())["token_ids"]["<IMG_CONTEXT>"]
 
 
 def _randomise_lora(module: torch.nn.Module, generator: torch.Generator) -> None:
@@ -44,7 +40,7 @@ def _randomise_lora(module: torch.nn.Module, generator: torch.Generator) -> None
 
 
 def _load(directory: Path):
-    return AutoModelForImageTextToText.from_pretrained(directory, image_token_id=_image_token_id(directory)).eval()
+    return load_model(directory).eval()
 
 
 def _logits(model, io) -> torch.Tensor:
@@ -59,7 +55,7 @@ def write_original_lora_checkpoint(
 ):
     """Save an original-style unmerged LoRA checkpoint in `out`; return `(reference_logits, base_logits, io)` (the
     logits `None` unless `with_logits`)."""
-    directory = FIXTURES / fixture
+    directory = MODELS / fixture
     io = load_file(directory / "io.safetensors")
     model = _load(directory)
     base_logits = _logits(model, io) if with_logits else None
@@ -143,7 +139,7 @@ def test_unmerged_lora_checkpoint_gives_the_original_logits(tmp_path, fixture, l
     # The merged model saves plain original keys under a config that says so; a reload does not merge again.
     model.save_pretrained(tmp_path / "merged")
     shutil.copy(tmp_path / "lora" / "meta.json", tmp_path / "merged" / "meta.json")
-    plain_keys = set(load_file(FIXTURES / fixture / "model.safetensors"))
+    plain_keys = set(load_file(MODELS / fixture / "model.safetensors"))
     assert set(load_file(tmp_path / "merged" / "model.safetensors")) == plain_keys
     saved_config = json.loads((tmp_path / "merged" / "config.json").read_text())
     assert (saved_config["use_llm_lora"], saved_config["use_backbone_lora"]) == (0, 0)

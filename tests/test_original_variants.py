@@ -2,16 +2,15 @@
 padding), against outputs of the original OpenGVLab implementation (see fixtures/original-variants/README.md)."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import FIXTURES, MODELS
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForImageTextToText
 
 import transformers_internvl  # noqa: F401
 
-FIXTURES = Path(__file__).parent / "fixtures"
 ORIGINAL = load_file(FIXTURES / "original-variants" / "outputs.safetensors")
 VARIANTS = {"plain": {}, "v1": {"ps_version": "v1"}, "sl-2": {"select_layer": -2}, "sl1": {"select_layer": 1}}
 CASES = [(base, variant) for base in ("tiny-qwen2", "tiny-internlm2") for variant in VARIANTS]
@@ -19,12 +18,12 @@ CASES = [(base, variant) for base in ("tiny-qwen2", "tiny-internlm2") for varian
 
 @pytest.fixture(scope="module")
 def inputs():
-    return {base: load_file(FIXTURES / "models" / base / "io.safetensors") for base in ("tiny-qwen2", "tiny-internlm2")}
+    return {base: load_file(MODELS / base / "io.safetensors") for base in ("tiny-qwen2", "tiny-internlm2")}
 
 
 @pytest.mark.parametrize("base,variant", CASES, ids=[f"{b}-{v}" for b, v in CASES])
 def test_matches_the_original_implementation(base, variant, inputs):
-    directory = FIXTURES / "models" / base
+    directory = MODELS / base
     meta = json.loads((directory / "meta.json").read_text())
     config = AutoConfig.from_pretrained(
         directory, image_token_id=meta["token_ids"]["<IMG_CONTEXT>"], **VARIANTS[variant]

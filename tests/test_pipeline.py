@@ -3,32 +3,24 @@ and on a directory saved by this package (model + processor files)."""
 
 import functools
 import http.server
-import shutil
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import original_model_dir
 from PIL import Image
 from transformers import AutoProcessor, pipeline
 
 import transformers_internvl  # noqa: F401
 from transformers_internvl import InternVLForConditionalGeneration, InternVLProcessor
 
-FIXTURES = Path(__file__).parent / "fixtures"
 GENERATE = {"max_new_tokens": 4, "do_sample": False}
 
 
 def _original_dir(tmp_path: Path, model_name: str, tokenizer_name: str) -> Path:
-    directory = tmp_path / f"{model_name}-original"
-    directory.mkdir()
-    for name in ("model.safetensors", "config.json", "generation_config.json"):
-        shutil.copy(FIXTURES / "models" / model_name / name, directory / name)
-    for path in (FIXTURES / "tokenizers" / tokenizer_name).iterdir():
-        if path.name != "expected.json":
-            shutil.copy(path, directory / path.name)
-    return directory
+    return original_model_dir(tmp_path / f"{model_name}-original", model_name, tokenizer_name)
 
 
 def _image(seed: int, size=(500, 300)) -> Image.Image:

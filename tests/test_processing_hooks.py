@@ -4,11 +4,10 @@ Expected strings come from first principles: an image of n tiles is `<img>` + `<
 (448 px tiles, 14 px patches, ratio 0.5); a video of k frames is k lines `Frame-i: ` + a one-tile image.
 """
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from helpers import QWEN2_TOKENIZER
 from PIL import Image
 from transformers import AutoTokenizer
 
@@ -24,7 +23,6 @@ from transformers_internvl.processing.video_processing_internvl import (
     InternVLVideoProcessor,
 )
 
-QWEN2_TOKENIZER = Path(__file__).parent / "fixtures" / "tokenizers" / "qwen2-tiny"
 ONE_TILE = "<img>" + "<IMG_CONTEXT>" * 256 + "</img>"
 
 

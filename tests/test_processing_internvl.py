@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import FIXTURES, INTERNLM2_DIR, MODELS, QWEN2_TOKENIZER, TOKENIZERS, copy_tokenizer
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoProcessor, AutoTokenizer
@@ -22,12 +23,10 @@ from transformers_internvl.processing.image_processing_internvl import InternVLI
 from transformers_internvl.processing.processing_internvl import InternVLChatProcessor, InternVLProcessor
 from transformers_internvl.processing.video_processing_internvl import InternVLVideoProcessor
 
-FIXTURES = Path(__file__).parent / "fixtures"
 IMAGES = FIXTURES / "preprocess" / "images"
-QWEN2_TOKENIZER = FIXTURES / "tokenizers" / "qwen2-tiny"
 INTERNLM2_TOKENIZERS = [
-    FIXTURES / "tokenizers" / "internlm2-no-dummy-prefix",
-    FIXTURES / "tokenizers" / "internlm2-dummy-prefix",
+    TOKENIZERS / "internlm2-no-dummy-prefix",
+    TOKENIZERS / "internlm2-dummy-prefix",
 ]
 PROMPTS = json.loads((FIXTURES / "prompts" / "prompts.json").read_text(encoding="utf-8"))
 CASES = {case["id"]: case for case in PROMPTS["cases"]}
@@ -71,10 +70,8 @@ def _original_dir(tmp_path: Path, tokenizer_dir: Path, model_name: str, **config
     """An original OpenGVLab-layout directory: config.json + tokenizer files, no processor files."""
     directory = tmp_path / f"original-{model_name}-{tokenizer_dir.name}"
     directory.mkdir()
-    for file in tokenizer_dir.iterdir():
-        if file.name != "expected.json":
-            shutil.copy(file, directory / file.name)
-    config = json.loads((FIXTURES / "models" / model_name / "config.json").read_text())
+    copy_tokenizer(tokenizer_dir.name, directory)
+    config = json.loads((MODELS / model_name / "config.json").read_text())
     config.update(config_changes)
     (directory / "config.json").write_text(json.dumps(config))
     return directory
@@ -105,7 +102,7 @@ def test_single_image_expansion_counts_and_pixels(processor):
     direct = processor.image_processor(images=image, return_tensors="pt")
     assert torch.equal(out["pixel_values"], direct["pixel_values"])
     # The same tiles as the original preprocessing of this image at max_num=6 (tiny-internlm2's io pixel_values).
-    reference = load_file(FIXTURES / "models" / "tiny-internlm2" / "io.safetensors")["pixel_values"]
+    reference = load_file(INTERNLM2_DIR / "io.safetensors")["pixel_values"]
     assert torch.allclose(out["pixel_values"], reference, rtol=0, atol=1e-5)
 
 

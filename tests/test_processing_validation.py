@@ -3,28 +3,19 @@ dtypes and PIL modes, NaN pixels. Each gives a clear error or the original's res
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from helpers import qwen2_processor
 from PIL import Image
-from transformers import AutoTokenizer
 
 from transformers_internvl.processing.image_processing_internvl import InternVLImageProcessor
-from transformers_internvl.processing.processing_internvl import InternVLProcessor
 from transformers_internvl.processing.video_processing_internvl import InternVLVideoProcessor
-
-QWEN2_TOKENIZER = Path(__file__).parent / "fixtures" / "tokenizers" / "qwen2-tiny"
 
 
 @pytest.fixture(scope="module")
 def processor():
-    return InternVLProcessor(
-        image_processor=InternVLImageProcessor(max_dynamic_patch=2),
-        tokenizer=AutoTokenizer.from_pretrained(QWEN2_TOKENIZER),
-        video_processor=InternVLVideoProcessor(),
-    )
+    return qwen2_processor(max_dynamic_patch=2)
 
 
 def test_empty_text_list(processor):

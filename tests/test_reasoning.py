@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import shutil
 from pathlib import Path
 
 import pytest
@@ -33,8 +32,6 @@ from transformers_internvl.reasoning.prompts import (
 from transformers_internvl.reasoning.repetition import is_repetitive, repetition_ratio
 from transformers_internvl.reasoning.stopping import RepetitionStoppingCriteria
 from transformers_internvl.reasoning.voting import generate_with_votes, majority_vote
-
-FIXTURES = Path(__file__).parent / "fixtures"
 
 # ---------------------------------------------------------------------------------------------------------------
 # Expected strings: copied from shared/design/original-behaviour.md §8 (the reference), not from the module.
@@ -328,24 +325,10 @@ def test_generate_with_votes_keeps_flat_tile_batches_in_sequence_order():
     assert result.responses == ["5", "5"] and result.answer == "5"
 
 
-def _tiny_internvl_dir(directory: Path) -> Path:
-    """The tiny Qwen2-based fixture model (original layout) with the tiny Qwen2 tokenizer next to it."""
-    for name in ("config.json", "generation_config.json", "model.safetensors"):
-        shutil.copy(FIXTURES / "models" / "tiny-qwen2" / name, directory / name)
-    for file in (FIXTURES / "tokenizers" / "qwen2-tiny").iterdir():
-        if file.name != "expected.json":
-            shutil.copy(file, directory / file.name)
-    return directory
-
-
-@pytest.mark.skipif(
-    not hasattr(transformers_internvl, "InternVLForConditionalGeneration"),
-    reason="transformers_internvl.InternVLForConditionalGeneration is not available yet",
-)
-def test_generate_with_votes_on_a_vision_language_model_with_several_tiles(tmp_path, monkeypatch):
+def test_generate_with_votes_on_a_vision_language_model_with_several_tiles(qwen2_model_dir, monkeypatch):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    model_dir = _tiny_internvl_dir(tmp_path)
+    model_dir = qwen2_model_dir
     model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
     processor = AutoProcessor.from_pretrained(model_dir)
     image = Image.effect_noise((1600, 400), 64).convert("RGB")  # 4x1 grid + thumbnail: 5 tiles
@@ -620,7 +603,6 @@ def test_repetition_stopper_direct_call_and_validation():
 
 
 def test_package_exports():
-    import transformers_internvl
 
     modules = (prompts, answers, voting, repetition, stopping)
     exported = [name for name, module in transformers_internvl._LAZY_ATTRIBUTES.items() if ".reasoning." in module]

@@ -6,36 +6,30 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import QWEN2_DIR, QWEN2_IMAGE_TOKEN_ID, QWEN2_PAD_ID, QWEN2_TOKENIZER
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForImageTextToText
 
 import transformers_internvl  # noqa: F401  (registers the classes)
 from transformers_internvl import InternVLConfig
 
-QWEN2_DIR = Path(__file__).parent / "fixtures" / "models" / "tiny-qwen2"
-META = json.loads((QWEN2_DIR / "meta.json").read_text())
-IMAGE_TOKEN_ID = META["token_ids"]["<IMG_CONTEXT>"]
-PAD_ID = META["token_ids"]["pad"]
+
+@pytest.fixture(scope="module")
+def model(qwen2_model):
+    return qwen2_model
 
 
 @pytest.fixture(scope="module")
-def model():
-    return AutoModelForImageTextToText.from_pretrained(QWEN2_DIR, image_token_id=IMAGE_TOKEN_ID).eval()
-
-
-@pytest.fixture(scope="module")
-def io():
-    return load_file(QWEN2_DIR / "io.safetensors")
+def io(qwen2_io):
+    return qwen2_io
 
 
 def _num_image_tokens(io) -> int:
-    return int((io["input_ids"] == IMAGE_TOKEN_ID).sum())
+    return int((io["input_ids"] == QWEN2_IMAGE_TOKEN_ID).sum())
 
 
 # ---- unfilled image slots ------------------------------------------------------------------------------------------
@@ -46,7 +40,9 @@ def test_forward_refuses_image_tokens_without_tiles(model, io, pixels):
     pixel_values = None if pixels == "none" else io["pixel_values"][:0]
     count = _num_image_tokens(io)
     expected = "no pixel_values" if pixels == "none" else "pixel_values with zero tiles"
-    with pytest.raises(ValueError, match=rf"holds {count} image tokens .*id {IMAGE_TOKEN_ID}.*{expected}.*0 tiles"):
+    with pytest.raises(
+        ValueError, match=rf"holds {count} image tokens .*id {QWEN2_IMAGE_TOKEN_ID}.*{expected}.*0 tiles"
+    ):
         with torch.no_grad():
             model(input_ids=io["input_ids"], pixel_values=pixel_values, attention_mask=io["attention_mask"])
     with pytest.raises(ValueError, match=rf"holds {count} image tokens"):
@@ -63,18 +59,18 @@ def test_generate_refuses_image_tokens_without_tiles(model, io, pixels):
             input_ids=io["input_ids"],
             attention_mask=io["attention_mask"],
             max_new_tokens=2,
-            pad_token_id=PAD_ID,
+            pad_token_id=QWEN2_PAD_ID,
             **kwargs,
         )
     with pytest.raises(ValueError, match=rf"holds {count} image tokens"):  # positional input_ids
-        model.generate(io["input_ids"], max_new_tokens=2, pad_token_id=PAD_ID, **kwargs)
+        model.generate(io["input_ids"], max_new_tokens=2, pad_token_id=QWEN2_PAD_ID, **kwargs)
 
 
 def test_text_only_prompts_still_generate(model, io):
     text_ids = io["input_ids"][:, :4].clone()
-    text_ids[text_ids == IMAGE_TOKEN_ID] = 5
+    text_ids[text_ids == QWEN2_IMAGE_TOKEN_ID] = 5
     for kwargs in ({}, {"pixel_values": None}, {"pixel_values": io["pixel_values"][:0], "num_tiles": []}):
-        out = model.generate(input_ids=text_ids, max_new_tokens=2, do_sample=False, pad_token_id=PAD_ID, **kwargs)
+        out = model.generate(input_ids=text_ids, max_new_tokens=2, do_sample=False, pad_token_id=QWEN2_PAD_ID, **kwargs)
         assert out.shape == (text_ids.shape[0], 6)
 
 
@@ -82,7 +78,7 @@ def test_a_generated_image_token_id_does_not_stop_decoding(model):
     # Decoding steps see only the new token; a generated <IMG_CONTEXT> id is not an unfilled prompt slot.
     with torch.no_grad():
         first = model(input_ids=torch.tensor([[5, 6]]), use_cache=True)
-        step = model(input_ids=torch.tensor([[IMAGE_TOKEN_ID]]), cache=first.cache, use_cache=True)
+        step = model(input_ids=torch.tensor([[QWEN2_IMAGE_TOKEN_ID]]), cache=first.cache, use_cache=True)
     assert torch.isfinite(step.logits).all()
 
 
@@ -98,7 +94,7 @@ def test_generate_checks_num_tiles_like_forward(model, io):
                 pixel_values=io["pixel_values"],
                 num_tiles=wrong,
                 max_new_tokens=1,
-                pad_token_id=PAD_ID,
+                pad_token_id=QWEN2_PAD_ID,
             )
         with pytest.raises(ValueError, match=r"`num_tiles` sums to"):
             with torch.no_grad():
@@ -226,8 +222,8 @@ def test_from_pretrained_overrides_are_validated(overrides, error, match):
 
 
 def test_valid_overrides_still_apply():
-    config = AutoConfig.from_pretrained(QWEN2_DIR, vision_batch_size=2, image_token_id=IMAGE_TOKEN_ID)
-    assert config.vision_batch_size == 2 and config.image_token_id == IMAGE_TOKEN_ID
+    config = AutoConfig.from_pretrained(QWEN2_DIR, vision_batch_size=2, image_token_id=QWEN2_IMAGE_TOKEN_ID)
+    assert config.vision_batch_size == 2 and config.image_token_id == QWEN2_IMAGE_TOKEN_ID
 
 
 # ---- batch_chat arguments ------------------------------------------------------------------------------------------
@@ -237,7 +233,7 @@ def test_valid_overrides_still_apply():
 def tokenizer():
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(Path(__file__).parent / "fixtures" / "tokenizers" / "qwen2-tiny")
+    return AutoTokenizer.from_pretrained(QWEN2_TOKENIZER)
 
 
 @pytest.mark.parametrize(

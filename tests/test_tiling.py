@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
+from helpers import FIXTURES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -20,7 +20,6 @@ from transformers_internvl.processing.tiling import (
     num_tiles_for_size,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures"
 PREPROCESS = json.loads((FIXTURES / "preprocess" / "preprocess.json").read_text(encoding="utf-8"))
 CASES = [(image, case) for image in PREPROCESS["images"] for case in image["cases"]]
 

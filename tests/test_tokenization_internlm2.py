@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import sentencepiece as spm
+from helpers import INTERNLM2_DIR, TOKENIZERS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
@@ -23,8 +24,6 @@ import transformers_internvl
 from transformers_internvl.processing.tokenization_internlm2 import InternLM2Tokenizer
 from transformers_internvl.processing.tokenization_internlm2_fast import InternLM2TokenizerFast
 
-FIXTURES = Path(__file__).parent / "fixtures"
-TOKENIZERS = FIXTURES / "tokenizers"
 FOLDERS = ["internlm2-dummy-prefix", "internlm2-no-dummy-prefix"]
 ORIGINAL_FILES = ["tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"]
 # "auto" is what users get: AutoTokenizer on the original folder (InternLM2TokenizerFast).
@@ -230,7 +229,7 @@ def _original_model_dir(tmp_path: Path, folder: str) -> Path:
     model_dir.mkdir()
     for name in ORIGINAL_FILES:
         shutil.copy(TOKENIZERS / folder / name, model_dir / name)
-    config = json.loads((FIXTURES / "models" / "tiny-internlm2" / "config.json").read_text())
+    config = json.loads((INTERNLM2_DIR / "config.json").read_text())
     config["auto_map"] = {
         "AutoConfig": "configuration_internvl_chat.InternVLChatConfig",
         "AutoModel": "modeling_internvl_chat.InternVLChatModel",

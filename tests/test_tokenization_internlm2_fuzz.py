@@ -2,22 +2,21 @@
 (fixtures/original-variants/internlm2_tokenizer_fuzz.json)."""
 
 import json
-from pathlib import Path
 
 import pytest
+from helpers import FIXTURES, TOKENIZERS
 from transformers import AutoTokenizer
 
 import transformers_internvl  # noqa: F401
 from transformers_internvl import InternLM2Tokenizer, InternLM2TokenizerFast
 
-FIXTURES = Path(__file__).parent / "fixtures"
 FUZZ = json.loads((FIXTURES / "original-variants" / "internlm2_tokenizer_fuzz.json").read_text())
 
 
 @pytest.mark.parametrize("folder", sorted(FUZZ["folders"]))
 @pytest.mark.parametrize("loader", ["auto", "sentencepiece"])
 def test_random_strings_match_the_original(folder, loader):
-    directory = FIXTURES / "tokenizers" / folder
+    directory = TOKENIZERS / folder
     if loader == "auto":
         tokenizer = AutoTokenizer.from_pretrained(directory)
         assert isinstance(tokenizer, InternLM2TokenizerFast)

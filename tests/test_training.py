@@ -1,16 +1,12 @@
 """Fine-tuning paths: loss, gradient checkpointing, PEFT LoRA on the original target modules, merge and save."""
 
-from pathlib import Path
-
 import pytest
 import torch
+from helpers import QWEN2_DIR, load_model
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
 import transformers_internvl  # noqa: F401
-
-FIXTURES = Path(__file__).parent / "fixtures"
-QWEN2_DIR = FIXTURES / "models" / "tiny-qwen2"
 
 # LoRA targets of the original fine-tuning code (original-behaviour.md §7): ViT and Qwen2 modules.
 LORA_TARGETS = [
@@ -30,7 +26,7 @@ LORA_TARGETS = [
 
 @pytest.fixture()
 def model():
-    return AutoModelForImageTextToText.from_pretrained(QWEN2_DIR, image_token_id=995)
+    return load_model()
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +104,7 @@ def test_peft_lora_trains_merges_and_saves_the_original_layout(model, io, tmp_pa
 
 def test_device_map_auto_loads_with_parity(io):
     pytest.importorskip("accelerate")
-    model = AutoModelForImageTextToText.from_pretrained(QWEN2_DIR, image_token_id=995, device_map="auto")
+    model = load_model(device_map="auto")
     with torch.no_grad():
         logits = model(input_ids=io["input_ids"], pixel_values=io["pixel_values"]).logits
     assert (logits - io["logits"]).abs().max().item() <= 1e-5

@@ -3,6 +3,7 @@ own ModelTesterMixin / GenerationTesterMixin exercise and that this port had to 
 
 import pytest
 import torch
+from helpers import tiny_text_config, tiny_vision_config
 from torch import nn
 
 import transformers_internvl  # noqa: F401  (registers the classes)
@@ -14,36 +15,19 @@ from transformers_internvl import (
 
 IMAGE_TOKEN_ID = 1
 VOCAB_SIZE = 99
-LLM_ARCHITECTURES = {"qwen2": "Qwen2ForCausalLM", "internlm2": "InternLM2ForCausalLM"}
 
 
 def tiny_config(llm: str = "qwen2", tie_word_embeddings: bool = False, **overrides) -> InternVLConfig:
     """28 px tiles of 14 px patches: 2x2 patches, pixel-unshuffled 0.5 -> 1 LLM token per tile."""
-    vision_config = {
-        "hidden_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "intermediate_size": 64,
-        "image_size": 28,
-        "patch_size": 14,
-        "qkv_bias": True,
-        "qk_normalization": True,
-        "norm_type": "rms_norm",
-    }
-    text_config = {
-        "architectures": [LLM_ARCHITECTURES[llm]],
-        "vocab_size": VOCAB_SIZE,
-        "hidden_size": 32,
-        "intermediate_size": 37,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 128,
-        "tie_word_embeddings": tie_word_embeddings,
-        "bos_token_id": 0,
-        "eos_token_id": 0,
-        "pad_token_id": 0,
-    }
+    vision_config = tiny_vision_config(image_size=28, qkv_bias=True, qk_normalization=True, norm_type="rms_norm")
+    text_config = tiny_text_config(
+        llm,
+        vocab_size=VOCAB_SIZE,
+        tie_word_embeddings=tie_word_embeddings,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
     return InternVLConfig(
         vision_config=vision_config,
         text_config=text_config,

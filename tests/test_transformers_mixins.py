@@ -30,6 +30,7 @@ from unittest import mock
 
 import pytest
 import torch
+from helpers import tiny_text_config, tiny_vision_config
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES, MODEL_MAPPING_NAMES
 
 import transformers_internvl  # noqa: F401  (registers the classes)
@@ -131,32 +132,12 @@ class InternVLTinyModelTester:
         self.num_channels = 3
         self.image_size = 56
         self.patch_size = 14
-        self.vision_config = {
-            "hidden_size": 32,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "intermediate_size": 64,
-            "image_size": self.image_size,
-            "patch_size": self.patch_size,
-            "qkv_bias": True,
-            "qk_normalization": True,
-            "norm_type": "rms_norm",
-        }
-        self.text_config = {
-            "architectures": ["Qwen2ForCausalLM"],
-            "model_type": "qwen2",
-            "vocab_size": 99,
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 128,
-            "tie_word_embeddings": False,
-            "bos_token_id": 0,
-            "eos_token_id": 0,
-            "pad_token_id": 0,
-        }
+        self.vision_config = tiny_vision_config(
+            self.image_size, patch_size=self.patch_size, qkv_bias=True, qk_normalization=True, norm_type="rms_norm"
+        )
+        self.text_config = tiny_text_config(
+            "qwen2", model_type="qwen2", tie_word_embeddings=False, bos_token_id=0, eos_token_id=0, pad_token_id=0
+        )
         self.image_seq_length = (self.image_size // self.patch_size) ** 2 // 4
         self.seq_length = text_length + self.image_seq_length
         self.vocab_size = self.text_config["vocab_size"]

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import FIXTURES
 from PIL import Image
 
 from transformers_internvl import InternVLImageProcessor, InternVLVideoProcessor, sample_frame_indices
@@ -15,7 +16,6 @@ from transformers_internvl.processing.video_processing_internvl import read_vide
 
 av = pytest.importorskip("av")
 
-FIXTURES = Path(__file__).parent / "fixtures"
 FRAME_CASES = json.loads((FIXTURES / "video" / "frame_indices.json").read_text(encoding="utf-8"))["cases"]
 SIDE = 64
 BLOCK = SIDE // 4
