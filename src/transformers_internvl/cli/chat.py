@@ -9,7 +9,9 @@ transformers are imported only when the command runs).
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,13 +35,32 @@ def _check_model_dir(path: str) -> Path:
     return model_dir
 
 
+def _import_model_code() -> None:
+    """Import torch, transformers' Auto classes and this package's registration with SIGINT held back.
+
+    A Ctrl-C that lands while torch's C++ extension initialises aborts the process (pybind11 cannot carry the
+    `KeyboardInterrupt` through it: exit -6 and a core message instead of 130). Held back with `pthread_sigmask`, it is
+    delivered as soon as the imports are done, as an ordinary `KeyboardInterrupt` that `main` turns into exit code 130.
+    """
+    hold = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
+    if hold:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        import torch  # noqa: F401
+        from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: F401
+
+        from ..registration import register_all
+
+        register_all()  # the console script skips registration at import (fast `tiles`); models need it
+    finally:
+        if hold:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def _load_model_and_processor(args: argparse.Namespace) -> tuple[Any, Any]:
+    _import_model_code()
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from ..registration import register_all
-
-    register_all()  # the console script skips registration at import (fast `tiles`); models need it
 
     model_kwargs: dict[str, Any] = {"dtype": args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)}
     if args.device_map is not None:
