@@ -485,3 +485,107 @@ def test_jinja_generation_marks_answer_and_trained_separator():
         )
         ((start, end),) = generation_indices[0]
         assert rendered[0][start:end] == answer
+
+
+# ---- one template registry for chat(), the processor and model loading ---------------------------------------------
+
+
+@pytest.fixture
+def restored_registries():
+    from transformers_internvl import chat_templates
+    from transformers_internvl.modeling import conversation
+
+    saved = dict(chat_templates.TEMPLATES), dict(conversation.CONV_TEMPLATES)
+    yield
+    chat_templates.TEMPLATES.clear()
+    chat_templates.TEMPLATES.update(saved[0])
+    conversation.CONV_TEMPLATES.clear()
+    conversation.CONV_TEMPLATES.update(saved[1])
+
+
+def _qwen2_processor(**kwargs):
+    from helpers import QWEN2_TOKENIZER
+    from transformers import AutoTokenizer
+
+    from transformers_internvl import InternVLChatProcessor
+
+    return InternVLChatProcessor(tokenizer=AutoTokenizer.from_pretrained(QWEN2_TOKENIZER), **kwargs)
+
+
+def test_registered_template_serves_chat_the_processor_and_the_stop_token(restored_registries):
+    from transformers_internvl.chat_templates import SeparatorStyle, template_eos_token
+    from transformers_internvl.modeling.conversation import register_conv_template
+
+    register_conv_template(
+        Conversation(
+            name="custom-test",
+            system_template="<|im_start|>system\n{system_message}",
+            system_message="SYS",
+            roles=("<|im_start|>user\n", "<|im_start|>assistant\n"),
+            sep_style=SeparatorStyle.MPT,
+            sep="<|endoftext|>",
+        )
+    )
+    messages = [{"role": "user", "content": "hi"}]
+    rendered = _qwen2_processor(template="custom-test").apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True
+    )
+    expected = "<|im_start|>system\nSYS<|endoftext|><|im_start|>user\nhi<|endoftext|><|im_start|>assistant\n"
+    assert rendered == build_chat_prompt("custom-test", "hi") == expected
+    assert template_eos_token("custom-test") == "<|endoftext|>"
+
+
+def test_overriding_a_template_changes_every_path(restored_registries):
+    from transformers_internvl.modeling.conversation import register_conv_template
+
+    template = get_conv_template("internvl2_5")
+    template.system_message = "OVERRIDDEN"
+    register_conv_template(template, override=True)
+    rendered = _qwen2_processor().apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
+    assert rendered == build_chat_prompt("internvl2_5", "hi")
+    assert rendered.startswith("<|im_start|>system\nOVERRIDDEN<|im_end|>\n")
+
+
+def test_system_template_without_a_message_field_renders_as_get_prompt(restored_registries):
+    from transformers_internvl.chat_templates import SeparatorStyle
+    from transformers_internvl.modeling.conversation import register_conv_template
+
+    register_conv_template(
+        Conversation(
+            name="fixed-system-test",
+            system_template="You are {{helpful}}.",
+            roles=("<|im_start|>user\n", "<|im_start|>assistant\n"),
+            sep_style=SeparatorStyle.MPT,
+            sep="<|im_end|>\n",
+        )
+    )
+    conversation = get_conv_template("fixed-system-test")
+    conversation.append_message(conversation.roles[0], "hi")
+    conversation.append_message(conversation.roles[1], None)
+    assert conversation.get_prompt().startswith("You are {helpful}.<|im_end|>\n")
+    assert build_chat_prompt("fixed-system-test", "hi") == conversation.get_prompt()
+    # The original's format() ignores the system message when the template has no field for it.
+    assert build_chat_prompt("fixed-system-test", "hi", system_message="other") == conversation.get_prompt()
+
+
+@pytest.mark.parametrize(
+    ("history", "error", "match"),
+    [
+        ([{"role": "user", "content": "q"}], ValueError, r"`history\[0\]` must be a \(question, answer\) pair"),
+        (["ab"], ValueError, r"`history\[0\]` must be a \(question, answer\) pair"),
+        ([("q", "a"), (1, 2)], TypeError, r"question of `history\[1\]` must be a str, got int"),
+        ([("q", 5)], TypeError, r"answer of `history\[0\]` must be a str"),
+    ],
+)
+def test_bad_history_entries_are_named(history, error, match):
+    with pytest.raises(error, match=match):
+        build_chat_prompt("internvl2_5", "now", history=history)
+
+
+def test_conversation_with_a_foreign_role_is_refused():
+    conversation = get_conv_template("internvl2_5")
+    conversation.append_message("weird_role", "x")
+    with pytest.raises(ValueError, match="role 'weird_role'"):
+        build_chat_prompt(conversation, "now")

@@ -150,6 +150,21 @@ def template_data(template: str | Mapping[str, Any]) -> dict[str, Any]:
     return dict(TEMPLATES[template])
 
 
+def register_template(data: Mapping[str, Any], override: bool = False) -> None:
+    """Add (or with `override=True` replace) a template in `TEMPLATES`, which the processor, model loading and
+    `chat()` all read. `modeling.conversation.register_conv_template` calls this for a `Conversation`.
+
+    Raises:
+        ValueError: the name is taken and `override` is False, or a field is missing.
+    """
+    missing = [field for field in TEMPLATES["internvl2_5"] if field not in data]
+    if missing:
+        raise ValueError(f"Template data lacks the field(s) {missing}.")
+    if data["name"] in TEMPLATES and not override:
+        raise ValueError(f"A conversation template named {data['name']!r} is already registered.")
+    TEMPLATES[data["name"]] = dict(data)
+
+
 def template_eos_token(template: str | Mapping[str, Any]) -> str:
     """The string whose token id the original chat()/batch_chat() pass as `eos_token_id`.
 
@@ -434,6 +449,18 @@ def get_jinja_chat_template(
         system_sep, even_sep, odd_sep, final_sep = data["sep2"], data["sep2"], data["sep"], None
         role_suffix, open_role_suffix = ": ", ":"
     else:
+        if "{system_message}" not in data["system_template"]:
+            # `system_template.format(system_message=...)` in the original gives the template itself (the message
+            # is not used): render it as a fixed prefix with an empty message.
+            try:
+                fixed = data["system_template"].format(system_message="")
+            except (IndexError, KeyError, ValueError) as error:
+                raise ValueError(
+                    f"The system template of {data['name']!r} cannot be formatted: {data['system_template']!r} "
+                    f"({type(error).__name__}: {error})."
+                ) from None
+            data = {**data, "system_template": fixed.replace("{", "{{").replace("}", "}}") + "{system_message}"}
+            system_message = ""
         if data["system_template"].count("{system_message}") != 1:
             raise ValueError(
                 f"The system template of {data['name']!r} must contain exactly one '{{system_message}}', got "

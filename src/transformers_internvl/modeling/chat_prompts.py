@@ -39,6 +39,12 @@ def _template_and_messages(template: str | Conversation) -> tuple[dict[str, Any]
     if not isinstance(template, Conversation):
         return get_conv_template(template).to_dict(), []
     roles = {template.roles[0]: "user", template.roles[1]: "assistant"}
+    unknown = [role for role, _ in template.messages if role not in roles]
+    if unknown:
+        raise ValueError(
+            f"The Conversation holds a message with role {unknown[0]!r}; only its own roles {tuple(template.roles)} "
+            f"can be rendered."
+        )
     messages = [{"role": roles[role], "content": message} for role, message in template.messages]
     return template.to_dict(), messages
 
@@ -110,16 +116,20 @@ def build_chat_prompt(
         The (expanded) prompt.
 
     Raises:
-        TypeError: `question` is not a str. ValueError: a `history` entry is not a pair, or an unknown template.
+        TypeError: `question`, or a question / answer of `history`, is not a str. ValueError: a `history` entry is
+            not a pair, an unknown template, or a `Conversation` holding a message of another role.
     """
     num_tiles_list = _resolve_num_tiles_list(num_tiles_list, num_patches_list)
     if pixel_values_passed is None:
         pixel_values_passed = bool(num_tiles_list) and sum(num_tiles_list) > 0
     question = prepare_chat_question(question, history, pixel_values_passed)
     turns: list[tuple[str, str | None]] = []
-    for turn in history or []:
-        if len(turn) != 2:
-            raise ValueError(f"Each `history` entry must be a (question, answer) pair, got {turn!r}.")
+    for index, turn in enumerate(history or []):
+        if isinstance(turn, str | bytes) or not isinstance(turn, Sequence) or len(turn) != 2:
+            raise ValueError(f"`history[{index}]` must be a (question, answer) pair, got {turn!r}.")
+        for part, value in zip(("question", "answer"), turn):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"The {part} of `history[{index}]` must be a str, got {type(value).__name__}.")
         turns += [("user", turn[0]), ("assistant", turn[1])]
     turns.append(("user", question))
     prompt = render_chat_prompt(template, turns, system_message)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..chat_templates import TEMPLATES, SeparatorStyle, template_eos_token
+from ..chat_templates import TEMPLATES, SeparatorStyle, register_template, template_eos_token
 
 
 @dataclasses.dataclass
@@ -114,6 +114,8 @@ def register_conv_template(template: Conversation, override: bool = False) -> No
     """Add a template to the registry used by `get_conv_template` (`override=True` replaces an existing name)."""
     if template.name in CONV_TEMPLATES and not override:
         raise ValueError(f"A conversation template named {template.name!r} is already registered.")
+    # One registry for every path: the processor, model loading (stop token) and chat() read `TEMPLATES`.
+    register_template(template.to_dict(), override=True)
     CONV_TEMPLATES[template.name] = template
 
 
