@@ -50,6 +50,7 @@ from .control_tokens import (
 )
 from .image_processing_options import InternVLImageProcessorKwargs
 from .input_validation import check_texts
+from .legacy_folders import legacy_processor_dict
 from .loading_options import (
     HUB_KWARGS,
     image_processor_class,
@@ -475,6 +476,9 @@ class InternVLChatProcessor(ProcessorMixin):
         processor_dict, kwargs = super().get_processor_dict(pretrained_model_name_or_path, **kwargs)
         if processor_dict.get("processor_class") in _PROCESSOR_CLASS_NAMES:
             return processor_dict, kwargs
+        legacy = legacy_processor_dict(pretrained_model_name_or_path, hub_kwargs)
+        if legacy is not None:  # saved before the rename with per-file sub-processor configs
+            return legacy, kwargs
 
         return processor_dict_from_model_config(pretrained_model_name_or_path, processor_dict, hub_kwargs), kwargs
 
