@@ -172,3 +172,16 @@ def test_transformers_hf_processor_folder_is_not_taken(tmp_path):
         },
     )
     assert legacy_processor_dict(folder, {}) is None
+
+
+# Messages name this package's classes, not transformers' own `InternVLProcessor` of the `-hf` layout.
+
+
+def test_processor_messages_name_the_chat_class(tmp_path):
+    from helpers import qwen2_processor
+
+    with pytest.raises(ValueError, match=r"^`text` is required: InternVLChatProcessor builds token ids"):
+        qwen2_processor()(images=[Image.new("RGB", (32, 32))])
+    folder = _legacy_processor_folder(tmp_path / "processor", "InternVLChatProcessor")
+    with pytest.raises(TypeError, match=r"^InternVLChatProcessor\.from_pretrained got unexpected keyword argument"):
+        InternVLChatProcessor.from_pretrained(folder, not_an_option=1)

@@ -266,7 +266,7 @@ class InternVLChatProcessor(ProcessorMixin):
             `(total_tiles, 3, image_size, image_size)` in placeholder order and `num_tiles` (per image; 1 per frame).
         """
         if text is None:
-            raise ValueError("`text` is required: InternVLProcessor builds token ids around the images.")
+            raise ValueError("`text` is required: InternVLChatProcessor builds token ids around the images.")
         texts = [text] if isinstance(text, str) else list(text)
         if not all(isinstance(sample, str) for sample in texts):
             raise TypeError("`text` must be a str or a list of str.")
