@@ -164,7 +164,7 @@ def test_bad_arguments_are_refused(tmp_path):
         to_original_adapter_keys({"base_model.model.encoder.lora_A.weight": 0}, model)
     with pytest.raises(TypeError, match="peft.PeftModel"):
         save_adapter_original_layout(model, tmp_path / "a")
-    with pytest.raises(TypeError, match="InternVLForConditionalGeneration"):
+    with pytest.raises(TypeError, match="must be an InternVLChatForConditionalGeneration"):
         original_adapter_key_mapping(torch.nn.Linear(2, 2))
     peft_model = set_trainable(model, "llm_lora", lora_rank=2)
     with pytest.raises(ValueError, match="safe_serialization"):

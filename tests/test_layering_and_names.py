@@ -33,17 +33,51 @@ PACKAGE = Path(transformers_internvl.__file__).parent
 
 def _imported_package_modules(path: Path) -> set[str]:
     """The `transformers_internvl` sub-packages a module imports (top level and inside functions)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+    depth = len(path.relative_to(PACKAGE).parts) - 1  # 1 for modeling/x.py, 0 for a module of the package root
+    return _imported_package_modules_of_source(path.read_text(encoding="utf-8"), depth)
+
+
+def _imported_package_modules_of_source(source: str, depth: int) -> set[str]:
+    """The `transformers_internvl` sub-packages (and root modules) that `source` imports, for a module `depth`
+    packages below `transformers_internvl`: `from ..processing import x`, `from .. import processing`,
+    `from transformers_internvl import processing`, `import transformers_internvl.processing`, ..."""
     found = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom):
-            if node.level >= 2 and node.module:
-                found.add(node.module.split(".")[0])
-            elif node.level == 0 and (node.module or "").startswith("transformers_internvl."):
-                found.add(node.module.split(".")[1])
+            if node.level > depth:  # relative to the package root (or above it)
+                parts = (node.module or "").split(".") if node.module else []
+            elif node.level == 0 and (node.module or "").split(".")[0] == "transformers_internvl":
+                parts = node.module.split(".")[1:]
+            else:
+                continue  # another package, or a sibling inside the same sub-package
+            if parts:
+                found.add(parts[0])
+            else:  # `from .. import processing` / `from transformers_internvl import processing`
+                found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("transformers_internvl."))
+            found.update(
+                alias.name.split(".")[1] for alias in node.names if alias.name.startswith("transformers_internvl.")
+            )
     return found
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("from ..processing import x", {"processing"}),
+        ("from ..processing.tiling import plan_tiles", {"processing"}),
+        ("from .. import processing", {"processing"}),
+        ("from .. import conversion as c, chat_templates", {"conversion", "chat_templates"}),
+        ("def f():\n    from ... import processing", {"processing"}),
+        ("from transformers_internvl import processing", {"processing"}),
+        ("from transformers_internvl.cli import main", {"cli"}),
+        ("import transformers_internvl.training.data", {"training"}),
+        ("from . import conversation\nfrom .chat import x\nfrom transformers import AutoModel\nimport torch", set()),
+    ],
+)
+def test_the_import_scanner_catches_every_form_of_package_import(source, expected):
+    # A modeling module is one package below the root; `from .. import processing` must not slip through.
+    assert _imported_package_modules_of_source(source, depth=1) == expected
 
 
 @pytest.mark.parametrize("path", sorted((PACKAGE / "modeling").glob("*.py")), ids=lambda path: path.name)
@@ -204,3 +238,11 @@ def test_batch_chat_prompts_replace_only_the_first_placeholder_of_each_question(
     image = "<img>" + IMAGE_CONTEXT_TOKEN + "</img>"
     assert "<|im_start|>user\n" + image + " and <image><|im_end|>" in prompts[0]
     assert "<|im_start|>user\n<img>" + IMAGE_CONTEXT_TOKEN * 2 + "</img>\nplain<|im_end|>" in prompts[1]
+
+
+def test_image_processor_docstring_lists_every_tile_count_alias():
+    from transformers_internvl.processing.image_processing_options import MAX_TILES_ALIASES, MIN_TILES_ALIASES
+
+    docstring = " ".join(transformers_internvl.InternVLChatImageProcessor.__doc__.split())
+    for alias in (*MAX_TILES_ALIASES, *MIN_TILES_ALIASES):
+        assert f"`{alias}`" in docstring, alias

@@ -4,8 +4,10 @@
 plain transformers code (``AutoModelForImageTextToText.from_pretrained``, ``AutoProcessor``, ``pipeline``) works on
 original OpenGVLab checkpoints without ``trust_remote_code``.
 
-The package is lazy: its public names are imported on first access (``transformers_internvl.InternVLModel`` imports
-the modeling code then), and registration imports only the config classes (see `registration`). The console script
+The package is lazy: its public names are imported on first access (``transformers_internvl.InternVLChatBaseModel``
+imports the modeling code then). Registration (`registration.register_all`) imports the config, tokenizer, image- and
+video-processor classes, whose modules hold no model code, and registers the model and processor classes lazily, so
+importing the package imports no ``modeling_*`` module. The console script
 (`transformers-internvl`) does not register at import; its commands that load a model call `register_all` themselves,
 so `transformers-internvl tiles` imports neither torch nor transformers.
 """
@@ -57,7 +59,7 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
     "draw_tile_plan": ".cli.tiles",
     "plan_tiles": ".processing.tiling",
     "sample_frame_indices": ".processing.video_processing_internvl",
-    # conversation templates and InternVLProcessor
+    # conversation templates and InternVLChatProcessor
     "InternVLChatProcessor": ".processing.processing_internvl",
     "InternVLProcessor": ".processing.processing_internvl",  # alias of InternVLChatProcessor
     "get_conv_template": ".modeling.conversation",

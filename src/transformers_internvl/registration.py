@@ -30,7 +30,7 @@ def _register_core() -> None:
     chat_model = lazy_attribute(".modeling.modeling_internvl", "InternVLChatForConditionalGeneration")
     vision_model = lazy_attribute(".modeling.modeling_intern_vit", "InternVisionModel")
     # The original's `auto_map` makes `AutoModel` the chat model (model cards call `AutoModel.from_pretrained(...).chat()`);
-    # `InternVLChatBaseModel` (alias `InternVLModel`) stays the base model (`base_model_prefix = "model"`) and loads
+    # `InternVLChatBaseModel` stays the base model (`base_model_prefix = "model"`) and loads
     # the same checkpoints.
     # Written to the mappings directly: `AutoModel.register` reads `model_class.config_class`, which would import it.
     for factory, config_class, model_class in (
@@ -65,7 +65,7 @@ def _register_tokenizers() -> None:
     # original tokenizer_config.json files) by name through these two tables, before any `auto_map` remote code: with
     # a local class found it neither prompts nor imports remote code. The fast alias makes both names load
     # InternLM2TokenizerFast (AutoTokenizer ignores `use_fast` in transformers 5); InternLM2Tokenizer (sentencepiece)
-    # stays available directly. Not registered for InternVLConfig: InternVL checkpoints with a Qwen2 or Llama
+    # stays available directly. Not registered for InternVLChatConfig: InternVL checkpoints with a Qwen2 or Llama
     # language model name their own tokenizer class.
     from transformers.models.auto.tokenization_auto import (
         REGISTERED_FAST_ALIASES,
@@ -118,17 +118,17 @@ def _register_image_video_processors() -> None:
 
 
 def _register_processor() -> None:
-    """InternVLProcessor (tokenizer + image + video processors)."""
+    """InternVLChatProcessor (tokenizer + image + video processors)."""
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
 
     from ._lazy_registry import lazy_attribute, make_lazy
-    from .modeling.configuration_internvl import InternVLConfig
+    from .modeling.configuration_internvl import InternVLChatConfig
 
     # Registered (and saved) under the class name "InternVLChatProcessor": transformers maps the name
     # "InternVLProcessor" to its own processor when it reads `processor_class` from a saved config.
     make_lazy(PROCESSOR_MAPPING)
     PROCESSOR_MAPPING.register(
-        InternVLConfig, lazy_attribute(".processing.processing_internvl", "InternVLChatProcessor"), exist_ok=True
+        InternVLChatConfig, lazy_attribute(".processing.processing_internvl", "InternVLChatProcessor"), exist_ok=True
     )
 
 

@@ -1,8 +1,8 @@
-"""`python -m transformers_internvl.conversion SRC DST --to hf|original`: the `convert` subcommand."""
+"""`python -m transformers_internvl.conversion SRC DST --to hf|original`: the `convert` command (see `command.main`).
 
-import sys
+It uses the conversion package's own parser: the conversion layer does not import `cli`, which sits above it."""
 
-from ..cli import main
+from .command import main
 
 if __name__ == "__main__":
-    raise SystemExit(main(["convert", *sys.argv[1:]]))
+    raise SystemExit(main())

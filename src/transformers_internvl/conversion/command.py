@@ -10,6 +10,7 @@ from typing import Any
 # Kept here (not imported from `.convert`, which imports torch and the model code) so that building the CLI parser
 # stays cheap for commands that need no model (`tiles` starts in well under a second); `.convert` checks they agree.
 DTYPE_NAMES = ("bf16", "fp16", "fp32")
+PROG = "transformers-internvl"
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 
 EXAMPLES = """\
@@ -57,16 +58,26 @@ def run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+DESCRIPTION = (
+    "Convert an InternVL checkpoint between the original OpenGVLab layout (model_type internvl_chat) and the layout "
+    "of transformers' built-in InternVL port (model_type internvl, '-hf' repositories). Tensors are streamed shard by "
+    "shard; the output appears at DST only when complete."
+)
+
+
 def add_convert_command(subparsers: Any) -> None:
+    """Add `convert` to the subcommands of `transformers-internvl` (the console script's parser)."""
     parser = subparsers.add_parser(
         "convert",
         help="convert a checkpoint between the original layout and transformers' -hf layout",
-        description="Convert an InternVL checkpoint between the original OpenGVLab layout (model_type internvl_chat) "
-        "and the layout of transformers' built-in InternVL port (model_type internvl, '-hf' repositories). Tensors "
-        "are streamed shard by shard; the output appears at DST only when complete.",
+        description=DESCRIPTION,
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_arguments(parser)
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", metavar="SRC", help="source checkpoint folder (or hub id, when online)")
     parser.add_argument("dst", metavar="DST", help="output folder (must not exist unless --force)")
     parser.add_argument("--to", required=True, choices=("hf", "original"), help="target layout")
@@ -91,4 +102,44 @@ def add_convert_command(subparsers: Any) -> None:
     parser.set_defaults(handler=run_convert)
 
 
-__all__ = ["add_convert_command", "run_convert"]
+def _error(message: str) -> int:
+    lines = message.strip().splitlines()
+    print(f"{PROG}: error: {lines[0] if lines else 'unknown error'}", file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m transformers_internvl.conversion SRC DST --to hf|original [...]`: the `convert` command on its own
+    (without the console script's other commands). Exit codes as `transformers-internvl convert`: 0 done, 1 on an
+    error (printed as one line; `--traceback` shows it whole), 2 on a usage error, 130 on Ctrl-C."""
+    parser = argparse.ArgumentParser(
+        prog="python -m transformers_internvl.conversion",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_arguments(parser)
+    parser.add_argument(
+        "--traceback", action="store_true", help="show the full traceback of an error instead of one line"
+    )
+    try:
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exit_request:  # --help and usage errors (argparse prints them)
+            return exit_request.code if isinstance(exit_request.code, int) else 1
+        try:
+            return run_convert(args)
+        except (OSError, ValueError, TypeError) as error:
+            if args.traceback:
+                raise
+            return _error(str(error) or type(error).__name__)
+        except Exception as error:
+            if args.traceback:
+                raise
+            return _error(f"{type(error).__name__}: {error} (run with --traceback for details)")
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+__all__ = ["add_convert_command", "main", "run_convert"]

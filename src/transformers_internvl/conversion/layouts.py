@@ -107,7 +107,7 @@ def _meta_state_shapes(model_class: type, config: Any) -> dict[str, tuple[int, .
 
 
 def _load_original_config(source: Path) -> Any:
-    from ..modeling.configuration_internvl import InternVLConfig as OriginalConfig
+    from ..modeling.configuration_internvl import InternVLChatConfig as OriginalConfig
 
     try:
         return OriginalConfig.from_pretrained(source)
@@ -116,7 +116,7 @@ def _load_original_config(source: Path) -> Any:
 
 
 def hf_config_for(original: Any, original_dict: dict[str, Any], image_token_id: int, dtype: torch.dtype | None) -> Any:
-    """transformers `InternVLConfig` (model_type "internvl") of an original config, with the original-only fields
+    """`transformers.InternVLConfig` (model_type "internvl") of an original config, with the original-only fields
     recorded under `ORIGINAL_RECORD_KEY`. Raises `ConversionError` for what `-hf` cannot express exactly."""
     from transformers import AutoConfig
     from transformers import InternVLConfig as HfConfig
@@ -348,11 +348,11 @@ def write_generation_config(source: Path, folder: Path, stop_token_id: int | Non
 
 
 def original_config_for(hf: dict[str, Any], dtype: torch.dtype | None) -> Any:
-    """This package's `InternVLConfig` (original layout) of a `-hf` config dict; InternLM2 when the record says so."""
+    """This package's `InternVLChatConfig` (original layout) of a `-hf` config dict; InternLM2 when the record says so."""
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    from ..modeling.configuration_internvl import InternVLConfig as OriginalConfig
+    from ..modeling.configuration_internvl import InternVLChatConfig as OriginalConfig
     from .internlm2_llama import llama_config_to_internlm2
 
     record = dict(hf.get(ORIGINAL_RECORD_KEY) or {})
@@ -412,7 +412,7 @@ def original_config_for(hf: dict[str, Any], dtype: torch.dtype | None) -> Any:
 
 def prepare_to_original(source: Path, config: dict[str, Any], dtype: torch.dtype | None) -> Prepared:
     from ..modeling.llm_resolution import language_model_head
-    from ..modeling.modeling_internvl import InternVLForConditionalGeneration as OriginalModel
+    from ..modeling.modeling_internvl import InternVLChatForConditionalGeneration as OriginalModel
 
     try:
         original = original_config_for(config, dtype)

@@ -1,7 +1,7 @@
 """`--merge-lora`: fold a PEFT LoRA adapter folder into the base weights while they stream through the converter.
 
 The adapter (`adapter_config.json` + `adapter_model.safetensors`, as `PeftModel.save_pretrained` writes it) must have
-been trained on the model that loads the source folder: this package's `InternVLForConditionalGeneration` for an
+been trained on the model that loads the source folder: this package's `InternVLChatForConditionalGeneration` for an
 original-layout source (module names `model.vision_model.*`, `model.mlp1.*`, `model.language_model.*`, `lm_head`),
 transformers' port for a `-hf` source (`model.vision_tower.*`, `model.multi_modal_projector.*`, ...). Each adapted
 `Linear` weight becomes `W + scaling * B @ A` with `scaling = lora_alpha / r` (`/ sqrt(r)` with `use_rslora`),

@@ -24,7 +24,7 @@ from transformers.core_model_loading import PrefixChange, WeightRenaming, Weight
 
 
 def original_layout_renamings(*, head_name: str | None = None) -> list[WeightRenaming]:
-    """Renamings from the original layout to `InternVLForConditionalGeneration`.
+    """Renamings from the original layout to `InternVLChatForConditionalGeneration`.
 
     Without `head_name` the list holds the renamings every InternVL model shares (vision tower, projector, base
     LLM): that is what is registered for the `internvl_chat` model type. With it (the module name of the LLM's
@@ -73,7 +73,7 @@ def register_checkpoint_mappings() -> None:
         return
     # Registered by model_type, not class name: transformers has classes of the same names for its own port. Only the
     # renamings that apply to every InternVL model: the head's name depends on the LLM, and each model adds its own
-    # (`InternVLForConditionalGeneration._load_pretrained_model`, which also adds the LoRA transforms of
+    # (`InternVLChatForConditionalGeneration._load_pretrained_model`, which also adds the LoRA transforms of
     # `modeling/original_lora_loading.py` for checkpoints that hold unmerged LoRA), so no pattern here matches nothing.
     register_checkpoint_conversion_mapping("internvl_chat", original_layout_renamings(), overwrite=True)
     _REGISTERED = True

@@ -1,4 +1,4 @@
-"""Checks on `InternVLConfig` values (issue 12), run at construction and again after `from_pretrained(..., key=value)`
+"""Checks on `InternVLChatConfig` values (issue 12), run at construction and again after `from_pretrained(..., key=value)`
 overrides: each error names the field, the value and what is allowed.
 
 Ranges follow how the original model uses the values (`internvl_chat/internvl/model/internvl_chat/
@@ -15,7 +15,7 @@ from typing import Any
 
 __all__ = ["check_sub_configs_present", "validate_config_values"]
 
-# The fields an original `config.json` always has; without them `InternVLConfig` would build full-size default
+# The fields an original `config.json` always has; without them `InternVLChatConfig` would build full-size default
 # sub-models (a 300M-parameter vision tower and a default Qwen2 LLM) instead of the checkpoint's.
 _REQUIRED_SUB_CONFIGS = {"llm_config": ("llm_config", "text_config"), "vision_config": ("vision_config",)}
 
@@ -23,7 +23,7 @@ _REQUIRED_SUB_CONFIGS = {"llm_config": ("llm_config", "text_config"), "vision_co
 def check_sub_configs_present(config_dict: Mapping[str, Any], overrides: Mapping[str, Any]) -> None:
     """Refuse a loaded `config.json` (or dict) that lacks the LLM or the vision configuration.
 
-    `InternVLConfig()` without arguments (transformers' own machinery and tests) still builds the defaults; only
+    `InternVLChatConfig()` without arguments (transformers' own machinery and tests) still builds the defaults; only
     loading from a file / dict (`from_dict`, hence `from_pretrained`) requires them.
 
     Raises:
@@ -81,7 +81,7 @@ def _non_finite(value: Any, path: str, seen: set[int]) -> str | None:
 
 
 def validate_config_values(config: Any) -> None:
-    """Check the top-level values of an `InternVLConfig` (types, ranges, finiteness).
+    """Check the top-level values of an `InternVLChatConfig` (types, ranges, finiteness).
 
     Raises:
         TypeError: a value of the wrong type (`select_layer=1.5`, `downsample_ratio="0.5"`, `image_token_id="x"`,

@@ -7,9 +7,11 @@ untiled CLIP preprocessing, silently; a folder without it fails to load. The reg
 (transformers resolves the `image_processor_type` named in the file by name, before any registered mapping), so
 `wrap_auto_processor_loaders` wraps the two factories' `from_pretrained`: for an InternVL folder whose
 preprocessor files do not name this package's classes, it builds `InternVLChatImageProcessor` / `InternVLChatVideoProcessor`
-with the tiling defaults of the folder (the processor config saved by `InternVLProcessor.save_pretrained` when there
-is one, else config.json: `force_image_size`, `dynamic_image_size`, `max_dynamic_patch`, `min_dynamic_patch`,
-`use_thumbnail`); every other folder goes to transformers unchanged.
+with the tiling defaults of the folder (the processor config saved by `InternVLChatProcessor.save_pretrained` when
+there is one, else config.json: `force_image_size`, `dynamic_image_size`, `max_dynamic_patch`, `min_dynamic_patch`,
+`use_thumbnail`). A folder this package saved before the rename (`InternVLImageProcessor` /
+`InternVLVideoProcessor` with this package's keys, see `legacy_folders`) loads from its saved settings, with or
+without a config.json. Every other folder goes to transformers unchanged.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ def _read_json_file(pretrained_model_name_or_path: Any, filename: str, hub_kwarg
 def _build(kind: str, pretrained_model_name_or_path: Any, kwargs: dict[str, Any]) -> Any | None:
     """The InternVL image (`kind="image"`) or video processor of an InternVL folder, or None for other folders."""
     from .image_processing_internvl import InternVLChatImageProcessor
+    from .legacy_folders import is_own_saved_config
     from .loading_options import (
         IMAGE_PROCESSOR_OPTIONS,
         VIDEO_PROCESSOR_OPTIONS,
@@ -64,9 +67,6 @@ def _build(kind: str, pretrained_model_name_or_path: Any, kwargs: dict[str, Any]
     if not isinstance(pretrained_model_name_or_path, (str, os.PathLike)):
         return None
     hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if kwargs.get(key) is not None}
-    model_config = _read_json_file(pretrained_model_name_or_path, CONFIG_NAME, hub_kwargs)
-    if not model_config or model_config.get("model_type") != ORIGINAL_MODEL_TYPE:
-        return None
     processor_class = InternVLChatImageProcessor if kind == "image" else InternVLChatVideoProcessor
     filename, type_key = (
         (IMAGE_PROCESSOR_NAME, "image_processor_type")
@@ -76,9 +76,15 @@ def _build(kind: str, pretrained_model_name_or_path: Any, kwargs: dict[str, Any]
     saved = _read_json_file(pretrained_model_name_or_path, filename, hub_kwargs) or {}
     if saved.get(type_key) == processor_class.__name__:
         return None  # saved by this package: transformers resolves the registered class
-    # Saved by this package under the name before the rename (which transformers resolves to its own InternVL video
-    # processor): the saved settings, read here.
-    legacy = saved.get(type_key) in saved_type_names(processor_class)
+    model_config = _read_json_file(pretrained_model_name_or_path, CONFIG_NAME, hub_kwargs)
+    original_folder = bool(model_config) and model_config.get("model_type") == ORIGINAL_MODEL_TYPE
+    # Saved by this package under the name before the rename (which transformers resolves to nothing, or to its own
+    # InternVL video processor), with or without a config.json beside it: the saved settings, read here.
+    legacy = is_own_saved_config(saved, type_key) or (
+        original_folder and saved.get(type_key) in saved_type_names(processor_class)
+    )
+    if not original_folder and not legacy:
+        return None
     if saved and not legacy:
         logger.info(
             f"{filename} of {pretrained_model_name_or_path} names {saved.get(type_key)!r}, which the original InternVL "

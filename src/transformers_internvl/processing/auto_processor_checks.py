@@ -16,6 +16,7 @@ from typing import Any
 from transformers.utils import CONFIG_NAME, cached_file
 
 from ..chat_templates import IMAGE_CONTEXT_TOKEN
+from .legacy_folders import is_legacy_processor_folder
 from .loading_options import HUB_KWARGS
 
 __all__ = ["check_auto_processor_result", "wrap_auto_processor"]
@@ -96,7 +97,8 @@ def check_auto_processor_result(pretrained_model_name_or_path: Any, result: Any,
 
 
 def wrap_auto_processor() -> None:
-    """Wrap `AutoProcessor.from_pretrained` with `check_auto_processor_result`; idempotent."""
+    """Wrap `AutoProcessor.from_pretrained` with `check_auto_processor_result`, and make it load folders this package
+    saved as `processor_class: "InternVLProcessor"` (see `legacy_folders`) with `InternVLChatProcessor`; idempotent."""
     from transformers import AutoProcessor
 
     original = AutoProcessor.__dict__["from_pretrained"].__func__
@@ -105,6 +107,13 @@ def wrap_auto_processor() -> None:
 
     @functools.wraps(original)
     def from_pretrained(cls, pretrained_model_name_or_path, *inputs, **kwargs):
+        hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if kwargs.get(key) is not None}
+        if is_legacy_processor_folder(pretrained_model_name_or_path, hub_kwargs):
+            # Saved by this package as "InternVLProcessor", a name transformers gives its own processor.
+            from .processing_internvl import InternVLChatProcessor
+
+            kwargs.pop("config", None)
+            return InternVLChatProcessor.from_pretrained(pretrained_model_name_or_path, *inputs, **kwargs)
         result = original(cls, pretrained_model_name_or_path, *inputs, **kwargs)
         check_auto_processor_result(pretrained_model_name_or_path, result, kwargs)
         return result

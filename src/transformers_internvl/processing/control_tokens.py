@@ -4,7 +4,7 @@ Two kinds of strings in a prompt are not plain text for InternVL:
 
 * the tokenizer's control tokens (`<|im_start|>`, `<|im_end|>`, `<img>`, `</img>`, `<IMG_CONTEXT>`, ...), which the
   tokenizer encodes as single special tokens wherever they appear;
-* the processor's placeholders `<image>` / `<video>`, which `InternVLProcessor` expands into image tokens.
+* the processor's placeholders `<image>` / `<video>`, which `InternVLChatProcessor` expands into image tokens.
 
 Policy (the default follows the original `chat()` and transformers, which put user text into the prompt as is):
 

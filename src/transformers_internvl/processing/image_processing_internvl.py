@@ -183,7 +183,8 @@ class InternVLChatImageProcessor(TilePixelDefaults, BaseImageProcessor):
         max_dynamic_patch (`int`, defaults to 12): most grid tiles, the original's name; documented aliases
             `max_num` (the original `load_image`), `max_patches` (transformers' GotOcr2) and `max_tiles` (this
             package's `plan_tiles`). At most `MAX_TILES_LIMIT` (1024).
-        min_dynamic_patch (`int`, defaults to 1): fewest grid tiles (aliases `min_num`, `min_patches`).
+        min_dynamic_patch (`int`, defaults to 1): fewest grid tiles (aliases `min_num`, `min_patches`,
+            `min_tiles`).
         dynamic_image_size (`bool`, defaults to `True`): `False` = one tile per image, a plain resize to `image_size`
             (the original's non-dynamic branch).
         use_thumbnail (`bool`, defaults to `True`): append the thumbnail tile to multi-tile images.

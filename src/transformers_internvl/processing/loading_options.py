@@ -1,5 +1,5 @@
 """Loading of `InternVLChatProcessor`: its settings derived from an original `config.json`, and the routing of the
-keyword arguments of `InternVLProcessor.from_pretrained` (and of the Auto image / video processor
+keyword arguments of `InternVLChatProcessor.from_pretrained` (and of the Auto image / video processor
 factories on original folders) by name: tiling options under their original names to the image processor, video
 options to the video processor, loading and tokenizer options to `AutoTokenizer`; anything else raises, so that no
 option is silently stored in the tokenizer (and written to its tokenizer_config.json)."""
@@ -109,7 +109,7 @@ def _tokenizer_parameter_names(pretrained_model_name_or_path, hub_kwargs: dict[s
 def split_from_pretrained_kwargs(
     processor_class: type, pretrained_model_name_or_path, kwargs: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """Route `InternVLProcessor.from_pretrained` keyword arguments.
+    """Route `InternVLChatProcessor.from_pretrained` keyword arguments.
 
     Returns `(tokenizer_kwargs, image_processor_options, video_processor_options)`:
 
@@ -152,11 +152,11 @@ def split_from_pretrained_kwargs(
             unknown.remove(key)
     if unknown and kwargs.get("_from_pipeline"):
         # `pipeline(...)` forwards the model's keyword arguments (`dtype`, `device_map`, ...) to every loader.
-        logger.info(f"InternVLProcessor ignores the pipeline's model arguments {sorted(unknown)}.")
+        logger.info(f"{processor_class.__name__} ignores the pipeline's model arguments {sorted(unknown)}.")
         unknown = []
     if unknown:
         raise TypeError(
-            f"InternVLProcessor.from_pretrained got unexpected keyword argument(s) {sorted(unknown)}: they are neither "
+            f"{processor_class.__name__}.from_pretrained got unexpected keyword argument(s) {sorted(unknown)}: they are neither "
             f"tiling options ({sorted(IMAGE_PROCESSOR_OPTIONS)}), video options ({sorted(VIDEO_PROCESSOR_OPTIONS)}), "
             f"processor arguments ({sorted(processor_names)}) nor options of the tokenizer."
         )
@@ -180,7 +180,7 @@ def read_json(path: str | None) -> dict[str, Any] | None:
 
 
 def processor_kwargs_from_model_config(model_config: dict[str, Any]) -> dict[str, Any]:
-    """`InternVLProcessor` init arguments from an original `config.json` dict (`model_type` `internvl_chat`)."""
+    """`InternVLChatProcessor` init arguments from an original `config.json` dict (`model_type` `internvl_chat`)."""
     vision_config = model_config.get("vision_config") or {}
     image_size = model_config.get("force_image_size") or vision_config.get("image_size") or 448
     kwargs = {

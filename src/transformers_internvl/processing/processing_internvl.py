@@ -50,6 +50,7 @@ from .control_tokens import (
 )
 from .image_processing_options import InternVLImageProcessorKwargs
 from .input_validation import check_texts
+from .legacy_folders import legacy_processor_dict
 from .loading_options import (
     HUB_KWARGS,
     image_processor_class,
@@ -265,7 +266,7 @@ class InternVLChatProcessor(ProcessorMixin):
             `(total_tiles, 3, image_size, image_size)` in placeholder order and `num_tiles` (per image; 1 per frame).
         """
         if text is None:
-            raise ValueError("`text` is required: InternVLProcessor builds token ids around the images.")
+            raise ValueError("`text` is required: InternVLChatProcessor builds token ids around the images.")
         texts = [text] if isinstance(text, str) else list(text)
         if not all(isinstance(sample, str) for sample in texts):
             raise TypeError("`text` must be a str or a list of str.")
@@ -475,6 +476,9 @@ class InternVLChatProcessor(ProcessorMixin):
         processor_dict, kwargs = super().get_processor_dict(pretrained_model_name_or_path, **kwargs)
         if processor_dict.get("processor_class") in _PROCESSOR_CLASS_NAMES:
             return processor_dict, kwargs
+        legacy = legacy_processor_dict(pretrained_model_name_or_path, hub_kwargs)
+        if legacy is not None:  # saved before the rename with per-file sub-processor configs
+            return legacy, kwargs
 
         return processor_dict_from_model_config(pretrained_model_name_or_path, processor_dict, hub_kwargs), kwargs
 

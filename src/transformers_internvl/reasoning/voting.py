@@ -105,7 +105,7 @@ def generate_with_votes(
     Works with any transformers model that has `generate` (causal LMs and vision-language models alike).
 
     Args:
-        model: a model with `generate`, e.g. `InternVLForConditionalGeneration` or any `*ForCausalLM`.
+        model: a model with `generate`, e.g. `InternVLChatForConditionalGeneration` or any `*ForCausalLM`.
         processor_or_tokenizer: anything with `batch_decode` (a processor or a tokenizer).
         inputs: model inputs for ONE prompt (`input_ids` of shape `(1, sequence_length)`, plus `attention_mask`,
             `pixel_values`, ...), e.g. the output of `processor.apply_chat_template(..., return_dict=True)`.

@@ -18,7 +18,7 @@ Llama), InternLM2 `w1`/`w3` into `gate_up_proj` (`wqkv`, `wo`, `w2` as is), itse
 
 Loading: `PeftModel.from_pretrained` / `AutoPeftModelForCausalLM.from_pretrained` rename adapter keys with the base
 model's `_checkpoint_conversion_mapping` (a `{regex: replacement}` dict, PEFT's `key_mapping`);
-`InternVLForConditionalGeneration` has that attribute (a property mapping original names to this tree), so both load
+`InternVLChatForConditionalGeneration` has that attribute (a property mapping original names to this tree), so both load
 original-named adapters without extra arguments. Keys
 already in this package's layout match none of the patterns and load unchanged.
 """
@@ -44,12 +44,12 @@ ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 
 
 def _base_model(model: nn.Module) -> nn.Module:
-    """The `InternVLForConditionalGeneration` inside a `PeftModel` (or the model itself)."""
+    """The `InternVLChatForConditionalGeneration` inside a `PeftModel` (or the model itself)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = getattr(base, "config", None)
     if config is None or getattr(config, "text_config", None) is None or not hasattr(base, "lm_head"):
         raise TypeError(
-            f"`model` must be an InternVLForConditionalGeneration or a PeftModel wrapping one, got {type(base).__name__}."
+            f"`model` must be an InternVLChatForConditionalGeneration or a PeftModel wrapping one, got {type(base).__name__}."
         )
     return base
 
@@ -114,7 +114,7 @@ def save_adapter_original_layout(model: nn.Module, save_directory: str | os.Path
     one). Files are written to a temporary folder next to `save_directory` and moved into place.
 
     Args:
-        model: a `peft.PeftModel` wrapping an `InternVLForConditionalGeneration`.
+        model: a `peft.PeftModel` wrapping an `InternVLChatForConditionalGeneration`.
         save_directory: output folder (created if missing).
         **save_kwargs: passed to `PeftModel.save_pretrained` (`selected_adapters`, `is_main_process`, ...);
             `safe_serialization=False` is refused (the renaming rewrites safetensors files).
@@ -161,7 +161,7 @@ def load_adapter_original_layout(model: nn.Module, adapter_directory: str | os.P
     mapping explicitly as PEFT's `key_mapping`. Adapters in this package's layout load too.
 
     Raises:
-        TypeError: `model` is not an `InternVLForConditionalGeneration`.
+        TypeError: `model` is not an `InternVLChatForConditionalGeneration`.
         ImportError: `peft` is not installed.
     """
     import peft

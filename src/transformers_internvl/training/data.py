@@ -131,7 +131,7 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
         rows: JSONL rows already parsed (dicts), or use `from_meta` / `from_jsonl`. A row has either
             `conversations` (+ `image` str or list, or `video`) or `messages` (transformers' chat format).
         tokenizer: the checkpoint's tokenizer.
-        image_processor: an `InternVLImageProcessor` (e.g. `AutoProcessor.from_pretrained(...).image_processor`).
+        image_processor: an `InternVLChatImageProcessor` (e.g. `AutoProcessor.from_pretrained(...).image_processor`).
         template: the checkpoint's `config.template`.
         num_image_token: `<IMG_CONTEXT>` tokens per tile (`config.num_image_token`, 256 for InternVL 2.5).
         max_length: longest sample in tokens (`None`: `tokenizer.model_max_length` when below 1e6, else no limit).

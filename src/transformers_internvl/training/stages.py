@@ -112,7 +112,7 @@ def set_trainable(
     (also on `Trainer`) behaves the same way.
 
     Args:
-        model: an `InternVLForConditionalGeneration`.
+        model: an `InternVLChatForConditionalGeneration`.
         stage: one of `STAGES`.
         unfreeze_vit_layers: with a frozen ViT, make `encoder.layers[k:]` trainable (original semantics; 0 = none).
         drop_path_rate: set InternViT's drop path (`set_drop_path_rate`); `None` keeps the model's. The original
