@@ -3,18 +3,15 @@
 Text conventions are those of the original InternVL chat code, applied through transformers' placeholder hooks
 (`replace_image_token` / `replace_video_token`, `get_text_with_replacements`):
 
-* `<image>` stands for one image: `<img>` + `<IMG_CONTEXT>` x (num_image_token * tiles) + `</img>`
-  (`chat_templates.image_context_string`; num_image_token = (image_size // patch_size)**2 * downsample_ratio**2);
-* `<video>` stands for one video: one line per sampled frame, `Frame-1: <image>` ... `Frame-N: <image>` joined by
-  newlines (one tile per frame; `video_frame_template="Frame{i}: "` gives the pre-2024-12-25 style);
+* `<image>` is one image: `<img>` + `<IMG_CONTEXT>` x (num_image_token * tiles) + `</img>` (`chat_templates`);
+* `<video>` is one video: `Frame-1: <image>` ... `Frame-N: <image>`, one line and one tile per sampled frame;
 * a sample with images (videos) but no `<image>` (`<video>`) placeholder gets the prefix of the official examples:
   `<image>\\n` for one image, `Image-1: <image>\\nImage-2: <image>\\n...` for several (`<video>\\n` per video);
 * `pixel_values` holds the tiles of all images and video frames of the batch in the order their placeholders appear
   in the texts (sample 0 first), which is the order the model fills `<IMG_CONTEXT>` positions; `num_tiles` gives the
   tiles of each image, and 1 for each video frame, in that order.
 
-`apply_chat_template` renders messages with the Jinja template of the model's conversation template
-(`chat_templates.get_jinja_chat_template`): byte-identical to the original `chat()` prompts.
+`apply_chat_template` renders with `chat_templates.get_jinja_chat_template`: the original `chat()` prompts, byte for byte.
 """
 
 import os
