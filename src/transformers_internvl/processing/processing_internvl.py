@@ -7,11 +7,10 @@ Text conventions are those of the original InternVL chat code, applied through t
 * `<video>` is one video: `Frame-1: <image>` ... `Frame-N: <image>`, one line and one tile per sampled frame;
 * a sample with images (videos) but no `<image>` (`<video>`) placeholder gets the prefix of the official examples:
   `<image>\\n` for one image, `Image-1: <image>\\nImage-2: <image>\\n...` for several (`<video>\\n` per video);
-* `pixel_values` holds the tiles of all images and video frames of the batch in the order their placeholders appear
-  in the texts (sample 0 first), which is the order the model fills `<IMG_CONTEXT>` positions; `num_tiles` gives the
-  tiles of each image, and 1 for each video frame, in that order.
+* `pixel_values` holds the tiles of the batch's images and frames in placeholder order (the order the model fills
+  `<IMG_CONTEXT>` positions); `num_tiles` gives the tiles of each image, and 1 for each video frame.
 
-`apply_chat_template` renders with `chat_templates.get_jinja_chat_template`: the original `chat()` prompts, byte for byte.
+`apply_chat_template` renders the original `chat()` prompts byte for byte (`chat_templates.get_jinja_chat_template`).
 """
 
 import os
