@@ -15,9 +15,10 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..command_errors import run_handler
 from .bench import add_bench_command, bench_handler
 from .chat import add_chat_command
-from .common import PROG, CLIError, first_line
+from .common import PROG
 from .tiles import add_tiles_command
 
 
@@ -59,11 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _error(message: str) -> int:
-    print(f"{PROG}: error: {first_line(message, 'unknown error')}", file=sys.stderr)
-    return 1
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the console script; returns the exit code (0 on success, 1 on errors, 2 on usage errors)."""
     from .._startup import _exit_quietly
@@ -89,18 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    try:
-        return args.handler(args)
-    except CLIError as error:
-        return _error(str(error))
-    except (OSError, ValueError, TypeError) as error:
-        if args.traceback:
-            raise
-        return _error(str(error) or type(error).__name__)
-    except Exception as error:
-        if args.traceback:
-            raise
-        return _error(f"{type(error).__name__}: {error} (run with --traceback for details)")
+    return run_handler(args.handler, args)
 
 
 __all__ = ["build_parser", "main"]

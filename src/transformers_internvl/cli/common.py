@@ -6,11 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-PROG = "transformers-internvl"
-
-
-class CLIError(Exception):
-    """A user-facing error: printed as `transformers-internvl: error: <message>`, exit code 1."""
+from ..command_errors import PROG, CLIError, first_line
 
 
 def positive_int(text: str) -> int:
@@ -44,11 +40,6 @@ def open_image(path: str) -> Any:
         raise CLIError(f"cannot read image {path}: not an image format PIL can open") from None
     except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt files
         raise CLIError(f"cannot read image {path}: {error}") from None
-
-
-def first_line(message: str, default: str = "") -> str:
-    """The first line of `message` (stripped), or `default` when it is blank."""
-    return message.strip().splitlines()[0] if message.strip() else default
 
 
 __all__ = ["PROG", "CLIError", "existing_file", "first_line", "open_image", "positive_int"]

@@ -7,10 +7,11 @@ import signal
 import sys
 from typing import Any
 
+from ..command_errors import run_handler
+
 # Kept here (not imported from `.convert`, which imports torch and the model code) so that building the CLI parser
 # stays cheap for commands that need no model (`tiles` starts in well under a second); `.convert` checks they agree.
 DTYPE_NAMES = ("bf16", "fp16", "fp32")
-PROG = "transformers-internvl"
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 
 EXAMPLES = """\
@@ -102,12 +103,6 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=run_convert)
 
 
-def _error(message: str) -> int:
-    lines = message.strip().splitlines()
-    print(f"{PROG}: error: {lines[0] if lines else 'unknown error'}", file=sys.stderr)
-    return 1
-
-
 def main(argv: list[str] | None = None) -> int:
     """`python -m transformers_internvl.conversion SRC DST --to hf|original [...]`: the `convert` command on its own
     (without the console script's other commands). Exit codes as `transformers-internvl convert`: 0 done, 1 on an
@@ -127,16 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             args = parser.parse_args(argv)
         except SystemExit as exit_request:  # --help and usage errors (argparse prints them)
             return exit_request.code if isinstance(exit_request.code, int) else 1
-        try:
-            return run_convert(args)
-        except (OSError, ValueError, TypeError) as error:
-            if args.traceback:
-                raise
-            return _error(str(error) or type(error).__name__)
-        except Exception as error:
-            if args.traceback:
-                raise
-            return _error(f"{type(error).__name__}: {error} (run with --traceback for details)")
+        return run_handler(run_convert, args)
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130

@@ -17,12 +17,12 @@ without a config.json. Every other folder goes to transformers unchanged.
 from __future__ import annotations
 
 import functools
-import json
 import os
 from typing import Any
 
-from transformers.utils import CONFIG_NAME, IMAGE_PROCESSOR_NAME, PROCESSOR_NAME, cached_file, logging
+from transformers.utils import CONFIG_NAME, IMAGE_PROCESSOR_NAME, PROCESSOR_NAME, logging
 
+from .legacy_folders import read_json_file
 from .loading_options import HUB_KWARGS
 
 logger = logging.get_logger(__name__)
@@ -33,20 +33,6 @@ VIDEO_PROCESSOR_NAME = "video_preprocessor_config.json"
 _FACTORY_KWARGS = frozenset(
     ("use_fast", "backend", "trust_remote_code", "config", "_from_auto", "_from_pipeline", "code_revision")
 )
-
-
-def _read_json_file(pretrained_model_name_or_path: Any, filename: str, hub_kwargs: dict[str, Any]) -> dict | None:
-    path = cached_file(
-        pretrained_model_name_or_path,
-        filename,
-        _raise_exceptions_for_missing_entries=False,
-        _raise_exceptions_for_connection_errors=False,
-        **hub_kwargs,
-    )
-    if path is None:
-        return None
-    with open(path, encoding="utf-8") as reader:
-        return json.load(reader)
 
 
 def _build(kind: str, pretrained_model_name_or_path: Any, kwargs: dict[str, Any]) -> Any | None:
@@ -73,10 +59,10 @@ def _build(kind: str, pretrained_model_name_or_path: Any, kwargs: dict[str, Any]
         if kind == "image"
         else (VIDEO_PROCESSOR_NAME, "video_processor_type")
     )
-    saved = _read_json_file(pretrained_model_name_or_path, filename, hub_kwargs) or {}
+    saved = read_json_file(pretrained_model_name_or_path, filename, hub_kwargs) or {}
     if saved.get(type_key) == processor_class.__name__:
         return None  # saved by this package: transformers resolves the registered class
-    model_config = _read_json_file(pretrained_model_name_or_path, CONFIG_NAME, hub_kwargs)
+    model_config = read_json_file(pretrained_model_name_or_path, CONFIG_NAME, hub_kwargs)
     original_folder = bool(model_config) and model_config.get("model_type") == ORIGINAL_MODEL_TYPE
     # Saved by this package under the name before the rename (which transformers resolves to nothing, or to its own
     # InternVL video processor), with or without a config.json beside it: the saved settings, read here.
@@ -90,7 +76,7 @@ def _build(kind: str, pretrained_model_name_or_path: Any, kwargs: dict[str, Any]
             f"{filename} of {pretrained_model_name_or_path} names {saved.get(type_key)!r}, which the original InternVL "
             f"code does not use; building {processor_class.__name__} from the folder's tiling settings instead."
         )
-    processor_config = _read_json_file(pretrained_model_name_or_path, PROCESSOR_NAME, hub_kwargs) or {}
+    processor_config = read_json_file(pretrained_model_name_or_path, PROCESSOR_NAME, hub_kwargs) or {}
     sub_config = processor_config.get(f"{kind}_processor")
     if legacy:
         init_kwargs = {key: value for key, value in saved.items() if key not in (type_key, "processor_class")}

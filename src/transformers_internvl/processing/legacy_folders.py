@@ -41,8 +41,12 @@ _OWN_SUB_PROCESSOR_KEYS = frozenset(
 _OWN_PROCESSOR_KEYS = frozenset(("template", "image_placeholder", "video_frame_template", "image_context_token"))
 
 
-def _read_json(pretrained_model_name_or_path: Any, filename: str, hub_kwargs: dict[str, Any]) -> dict | None:
-    if not isinstance(pretrained_model_name_or_path, (str, os.PathLike)):
+def read_json_file(
+    pretrained_model_name_or_path: Any, filename: str, hub_kwargs: dict[str, Any], lenient: bool = False
+) -> dict | None:
+    """`filename` of a local folder or Hub repo as a dict; `None` when absent. With `lenient=True` (probing whether a
+    folder is a legacy one), an unreadable or non-object file is `None` too; otherwise its error propagates."""
+    if lenient and not isinstance(pretrained_model_name_or_path, (str, os.PathLike)):
         return None
     path = cached_file(
         pretrained_model_name_or_path,
@@ -57,8 +61,14 @@ def _read_json(pretrained_model_name_or_path: Any, filename: str, hub_kwargs: di
         with open(path, encoding="utf-8") as reader:
             content = json.load(reader)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        if not lenient:
+            raise
         return None
-    return content if isinstance(content, dict) else None
+    return content if isinstance(content, dict) or not lenient else None
+
+
+def _read_json(pretrained_model_name_or_path: Any, filename: str, hub_kwargs: dict[str, Any]) -> dict | None:
+    return read_json_file(pretrained_model_name_or_path, filename, hub_kwargs, lenient=True)
 
 
 def is_own_saved_config(saved: dict[str, Any] | None, type_key: str) -> bool:
