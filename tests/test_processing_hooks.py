@@ -93,3 +93,24 @@ def test_video_frames_are_the_image_processors_one_tile_pixels():
     video = InternVLChatVideoProcessor()(videos=frames, return_tensors="pt")["pixel_values_videos"]
     images = InternVLChatImageProcessor(dynamic_image_size=False)([[frame] for frame in frames], return_tensors="pt")
     assert torch.equal(video, images["pixel_values"])
+
+
+@pytest.mark.parametrize("kwargs", [{"image_size": 224}, {"size": 224}, {"images_kwargs": {"image_size": 224}}])
+def test_per_call_tile_size_that_does_not_fit_the_token_count_is_refused(processor, kwargs):
+    """Tokens per tile are the model's `num_image_token` (256 for 448 px): 224 px tiles with 256 tokens each would
+    be a silently wrong prompt, so the processor refuses them (image tiles and video frames alike)."""
+    with pytest.raises(ValueError, match=r"image tiles are 224 px .* 256 tokens per 448 px tile"):
+        processor(text="<image>", images=_noise(300, 200), return_tensors="pt", **kwargs)
+    frames = [_noise(80, 64, seed) for seed in range(2)]
+    with pytest.raises(ValueError, match=r"video frames are 224 px"):
+        processor(text="<video>", videos=[frames], return_tensors="pt", **{"image_size": 224})
+
+
+def test_processor_image_size_sets_its_default_sub_processors():
+    tokenizer = AutoTokenizer.from_pretrained(QWEN2_TOKENIZER)
+    processor = InternVLChatProcessor(tokenizer=tokenizer, image_size=224)
+    out = processor(text="<image>", images=_noise(500, 300), return_tensors="pt")
+    assert out["pixel_values"].shape[-2:] == (224, 224)
+    image_tokens = int((out["input_ids"] == tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")).sum())
+    assert processor.num_image_token == 64
+    assert image_tokens == 64 * out["pixel_values"].shape[0]

@@ -7,8 +7,8 @@ Text conventions are those of the original InternVL chat code, applied through t
 * `<video>` is one video: `Frame-1: <image>` ... `Frame-N: <image>`, one line and one tile per sampled frame;
 * a sample with images (videos) but no `<image>` (`<video>`) placeholder gets the prefix of the official examples:
   `<image>\\n` for one image, `Image-1: <image>\\nImage-2: <image>\\n...` for several (`<video>\\n` per video);
-* `pixel_values` holds the tiles of the batch's images and frames in placeholder order (the order the model fills
-  `<IMG_CONTEXT>` positions); `num_tiles` gives the tiles of each image, and 1 for each video frame.
+* `pixel_values` holds the batch's image tiles in placeholder order (the order the model fills them), `num_tiles`
+  the tiles per image; tiles of another side than `image_size` are refused (their token count would be wrong).
 
 `apply_chat_template` renders the original `chat()` prompts byte for byte (`chat_templates.get_jinja_chat_template`).
 """
@@ -56,6 +56,7 @@ from .loading_options import (
 )
 from .processor_inputs import (
     add_missing_placeholders,
+    check_tile_side,
     expansion_offsets,
     is_image,
     is_video,
@@ -125,10 +126,10 @@ class InternVLChatProcessor(ProcessorMixin):
     ):
         if tokenizer is None:
             raise ValueError("`tokenizer` is required.")
-        if image_processor is None:
-            image_processor = image_processor_class()()
+        if image_processor is None:  # the default sub-processors cut tiles of this processor's `image_size`
+            image_processor = image_processor_class()(image_size=image_size)
         if video_processor is None:
-            video_processor = video_processor_class()()
+            video_processor = video_processor_class()(image_size=image_size)
         template_data(template)  # validates the name
         if "{i}" not in video_frame_template:
             raise ValueError(f"`video_frame_template` must contain '{{i}}', got {video_frame_template!r}.")
@@ -339,22 +340,21 @@ class InternVLChatProcessor(ProcessorMixin):
             data["pixel_values"] = torch.cat(pixel_chunks, dim=0)
             data["num_tiles"] = num_tiles
         elif return_tensors == "pt":
-            # Same keys with or without images, so that text-only and image samples can be collated into one batch
-            # (transformers' pipelines require it); the model treats zero tiles as no image.
+            # Same keys with or without images (pipelines collate them); the model treats zero tiles as no image.
             size = self.image_size
             data["pixel_values"] = torch.zeros((0, 3, size, size))
             data["num_tiles"] = torch.zeros((0,), dtype=torch.long)
         return BatchFeature(data=data, tensor_type=return_tensors, skip_tensor_conversion=["text_replacement_offsets"])
 
     def _process_sample_images(self, images_per_sample: list[list[Any]], images_kwargs: dict[str, Any]) -> dict:
-        """All images of the batch in one image-processor call, each sample sharing its own tile budget:
-        `pixel_values` `(total_tiles, 3, image_size, image_size)` and `num_tiles` per image, in batch order."""
+        """All images in one image-processor call (per-sample tile budgets): `pixel_values`, `num_tiles`."""
         images_kwargs = {key: value for key, value in images_kwargs.items() if key != "return_tensors"}
         samples = [sample_images for sample_images in images_per_sample if sample_images]
         if not samples:
             return {"pixel_values": torch.zeros((0, 3, self.image_size, self.image_size)), "num_tiles": []}
         outputs = self.image_processor(images=samples, return_tensors="pt", **images_kwargs)
         pixel_values = torch.as_tensor(outputs["pixel_values"])
+        check_tile_side(pixel_values, self.image_size, self.num_image_token, "image tiles")
         tiles_per_image = [int(n) for n in torch.as_tensor(outputs["num_tiles"]).reshape(-1).tolist()]
         num_images = sum(len(sample_images) for sample_images in samples)
         if len(tiles_per_image) != num_images or sum(tiles_per_image) != pixel_values.shape[0]:
@@ -365,14 +365,14 @@ class InternVLChatProcessor(ProcessorMixin):
         return {"pixel_values": pixel_values, "num_tiles": tiles_per_image}
 
     def _process_sample_videos(self, videos_per_sample: list[list[Any]], videos_kwargs: dict[str, Any]) -> dict:
-        """All videos of the batch in one video-processor call: `pixel_values_videos` `(total_frames, 3, image_size,
-        image_size)` and `num_frames` per video, in batch order."""
+        """All videos in one video-processor call: `pixel_values_videos` (one tile per frame), `num_frames`."""
         flat_videos = [video for sample_videos in videos_per_sample for video in sample_videos]
         if not flat_videos:
             return {"pixel_values_videos": torch.zeros((0, 3, self.image_size, self.image_size)), "num_frames": []}
         videos_kwargs = {key: value for key, value in videos_kwargs.items() if key != "return_tensors"}
         outputs = self.video_processor(videos=flat_videos, return_tensors="pt", **videos_kwargs)
         frames = torch.as_tensor(outputs["pixel_values_videos"])
+        check_tile_side(frames, self.image_size, self.num_image_token, "video frames")
         frames_per_video = [int(n) for n in torch.as_tensor(outputs["num_frames"]).reshape(-1).tolist()]
         if len(frames_per_video) != len(flat_videos) or sum(frames_per_video) != frames.shape[0]:
             raise ValueError(

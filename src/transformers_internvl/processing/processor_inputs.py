@@ -21,6 +21,7 @@ from ..chat_templates import multi_image_prefix
 from .control_tokens import PLACEHOLDER_ESCAPE, count_placeholders
 
 __all__ = [
+    "check_tile_side",
     "add_missing_placeholders",
     "expansion_offsets",
     "is_image",
@@ -196,3 +197,19 @@ def add_missing_placeholders(
                     f"it."
                 )
     return prefix_lengths
+
+
+def check_tile_side(pixel_values: Any, image_size: int, num_image_token: int, name: str) -> None:
+    """Refuse tiles whose side is not the processor's `image_size`: the text gets `num_image_token` tokens per
+    `image_size` px tile (the model's `num_image_token`), so other tiles would not match their tokens.
+
+    Raises:
+        ValueError: names the tile side, the processor's `image_size` and how to change both together.
+    """
+    side = int(pixel_values.shape[-1])
+    if side != image_size:
+        raise ValueError(
+            f"The {name} are {side} px but this processor writes {num_image_token} tokens per {image_size} px tile "
+            f"(the model's num_image_token): a per-call `image_size` / `size` cannot change the tile size. Build the "
+            f"processor (and the model config's `force_image_size`) for {side} px tiles instead."
+        )
