@@ -493,14 +493,11 @@ def test_jinja_generation_marks_answer_and_trained_separator():
 @pytest.fixture
 def restored_registries():
     from transformers_internvl import chat_templates
-    from transformers_internvl.modeling import conversation
 
-    saved = dict(chat_templates.TEMPLATES), dict(conversation.CONV_TEMPLATES)
+    saved = dict(chat_templates.TEMPLATES)
     yield
     chat_templates.TEMPLATES.clear()
-    chat_templates.TEMPLATES.update(saved[0])
-    conversation.CONV_TEMPLATES.clear()
-    conversation.CONV_TEMPLATES.update(saved[1])
+    chat_templates.TEMPLATES.update(saved)
 
 
 def _qwen2_processor(**kwargs):

@@ -34,7 +34,7 @@ from .conversation import Conversation, get_conv_template
 
 
 def _template_and_messages(template: str | Conversation) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Template data (a name is looked up in `conversation.CONV_TEMPLATES`, which includes templates registered with
+    """Template data (a name is looked up in `chat_templates.TEMPLATES`, which includes templates registered with
     `register_conv_template`), and the messages a `Conversation` already holds (as chat messages)."""
     if not isinstance(template, Conversation):
         return get_conv_template(template).to_dict(), []

@@ -107,30 +107,31 @@ class Conversation:
         }
 
 
-CONV_TEMPLATES: dict[str, Conversation] = {}
+# The one template registry is `chat_templates.TEMPLATES` (template data), which the processor, model loading (stop
+# token) and chat() read; `CONV_TEMPLATES` is that same dict, and `get_conv_template` builds a `Conversation` from it.
+CONV_TEMPLATES = TEMPLATES
 
 
 def register_conv_template(template: Conversation, override: bool = False) -> None:
-    """Add a template to the registry used by `get_conv_template` (`override=True` replaces an existing name)."""
-    if template.name in CONV_TEMPLATES and not override:
-        raise ValueError(f"A conversation template named {template.name!r} is already registered.")
-    # One registry for every path: the processor, model loading (stop token) and chat() read `TEMPLATES`.
-    register_template(template.to_dict(), override=True)
-    CONV_TEMPLATES[template.name] = template
+    """Add a template to the registry (`override=True` replaces an existing name); every path sees it."""
+    register_template(template.to_dict(), override=override)
 
 
 def get_conv_template(name: str) -> Conversation:
-    """A fresh copy (no messages) of the registered template `name`."""
+    """A fresh `Conversation` (no messages) of the registered template `name`."""
     if not isinstance(name, str):
         raise TypeError(f"`name` must be a template name (str), got {type(name).__name__}.")
-    if name not in CONV_TEMPLATES:
-        raise ValueError(f"Unknown conversation template {name!r}; known templates: {sorted(CONV_TEMPLATES)}.")
-    return CONV_TEMPLATES[name].copy()
-
-
-for _data in TEMPLATES.values():
-    register_conv_template(
-        Conversation(**{**_data, "roles": tuple(_data["roles"]), "sep_style": SeparatorStyle(_data["sep_style"])})
+    if name not in TEMPLATES:
+        raise ValueError(f"Unknown conversation template {name!r}; known templates: {sorted(TEMPLATES)}.")
+    data = TEMPLATES[name]
+    return Conversation(
+        **{
+            **data,
+            "roles": tuple(data["roles"]),
+            "sep_style": SeparatorStyle(data["sep_style"]),
+            "stop_str": list(data["stop_str"]) if isinstance(data["stop_str"], list) else data["stop_str"],
+            "stop_token_ids": list(data["stop_token_ids"]) if data["stop_token_ids"] is not None else None,
+        }
     )
 
 
