@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import FIXTURES, QWEN2_DIR, load_model, original_model_dir
+from helpers import FIXTURES, QWEN2_DIR, QWEN2_TOKENIZER, load_model, original_model_dir
 
 
 def pytest_collection_modifyitems(config, items):
@@ -45,6 +45,25 @@ def qwen2_model_dir(tmp_path_factory) -> Path:
     """The tiny Qwen2 InternVL checkpoint in the original layout with the tiny Qwen2 tokenizer next to it (so
     `<IMG_CONTEXT>` and the chat template resolve from the folder), written once; tests must not write into it."""
     return original_model_dir(tmp_path_factory.mktemp("tiny-internvl-qwen2"))
+
+
+@pytest.fixture(scope="module")
+def qwen2_tokenizer():
+    """The tiny Qwen2 tokenizer (`tests/fixtures/tokenizers/qwen2-tiny`), per module."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(QWEN2_TOKENIZER)
+
+
+@pytest.fixture(scope="module")
+def qwen2_model_and_processor(qwen2_model_dir):
+    """`AutoModelForImageTextToText` (eval) and `AutoProcessor` loaded from `qwen2_model_dir`, per module."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    return (
+        AutoModelForImageTextToText.from_pretrained(qwen2_model_dir).eval(),
+        AutoProcessor.from_pretrained(qwen2_model_dir),
+    )
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

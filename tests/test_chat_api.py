@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from helpers import FIXTURES, INTERNLM2_DIR, QWEN2_DIR, QWEN2_TOKENIZER, TOKENIZERS
+from helpers import FIXTURES, INTERNLM2_DIR, QWEN2_DIR, TOKENIZERS
 from transformers import AutoModelForImageTextToText, AutoTokenizer
 
 import transformers_internvl  # noqa: F401
@@ -25,8 +25,8 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(QWEN2_TOKENIZER)
+def tokenizer(qwen2_tokenizer):
+    return qwen2_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import QWEN2_DIR, QWEN2_TOKENIZER
-from transformers import AutoModelForImageTextToText, AutoTokenizer
+from helpers import QWEN2_DIR
+from transformers import AutoModelForImageTextToText
 
 import transformers_internvl  # noqa: F401
 from transformers_internvl.modeling.chat_cache import reusable_prefix_length
@@ -19,8 +19,8 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(QWEN2_TOKENIZER)
+def tokenizer(qwen2_tokenizer):
+    return qwen2_tokenizer
 
 
 class _CountVision:

@@ -24,15 +24,12 @@ PROG = "transformers-internvl"
 
 @pytest.fixture(scope="module")
 def model_dir(qwen2_model_dir) -> Path:
-    """The tiny Qwen2 model in the original layout with its tokenizer (shared, read only)."""
     return qwen2_model_dir
 
 
 @pytest.fixture(scope="module")
-def model_and_processor(model_dir):
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    return AutoModelForImageTextToText.from_pretrained(model_dir).eval(), AutoProcessor.from_pretrained(model_dir)
+def model_and_processor(qwen2_model_and_processor):
+    return qwen2_model_and_processor
 
 
 def _greedy(model, processor, messages, max_new_tokens=4):

@@ -70,8 +70,8 @@ def _original_folder(tmp_path: Path, source: Path = QWEN2_DIR, remote_code: bool
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(QWEN2_TOKENIZER)
+def tokenizer(qwen2_tokenizer):
+    return qwen2_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -67,10 +67,6 @@ def read_json_file(
     return content if isinstance(content, dict) or not lenient else None
 
 
-def _read_json(pretrained_model_name_or_path: Any, filename: str, hub_kwargs: dict[str, Any]) -> dict | None:
-    return read_json_file(pretrained_model_name_or_path, filename, hub_kwargs, lenient=True)
-
-
 def is_own_saved_config(saved: dict[str, Any] | None, type_key: str) -> bool:
     """Whether `saved` (a preprocessor / video preprocessor config dict) was written by this package's
     `InternVLChatImageProcessor` / `InternVLChatVideoProcessor` under the name before the rename (`type_key` is
@@ -95,9 +91,9 @@ def legacy_processor_dict(pretrained_model_name_or_path: Any, hub_kwargs: dict[s
     The settings are processor_config.json's (with its nested `image_processor` / `video_processor`), completed by
     preprocessor_config.json / video_preprocessor_config.json where those hold this package's (legacy-named) configs.
     A folder of transformers' own InternVL processor (converted `-hf` layout) gives None."""
-    processor_config = _read_json(pretrained_model_name_or_path, PROCESSOR_NAME, hub_kwargs) or {}
-    image_config = _read_json(pretrained_model_name_or_path, IMAGE_PROCESSOR_NAME, hub_kwargs) or {}
-    video_config = _read_json(pretrained_model_name_or_path, VIDEO_PROCESSOR_NAME, hub_kwargs) or {}
+    processor_config = read_json_file(pretrained_model_name_or_path, PROCESSOR_NAME, hub_kwargs, lenient=True) or {}
+    image_config = read_json_file(pretrained_model_name_or_path, IMAGE_PROCESSOR_NAME, hub_kwargs, lenient=True) or {}
+    video_config = read_json_file(pretrained_model_name_or_path, VIDEO_PROCESSOR_NAME, hub_kwargs, lenient=True) or {}
     named = LEGACY_PROCESSOR_CLASS in (processor_config.get("processor_class"), image_config.get("processor_class"))
     if not named:
         return None
