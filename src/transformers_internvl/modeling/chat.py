@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from transformers import GenerationConfig
 
-from ..chat_templates import IMAGE_CONTEXT_TOKEN, IMAGE_END_TOKEN, IMAGE_START_TOKEN
+from ..chat_templates import IMAGE_CONTEXT_TOKEN, IMAGE_END_TOKEN, IMAGE_START_TOKEN, template_data, template_eos_token
 from .chat_cache import can_reuse, clear_chat_cache, generate_reusing_cache
 from .chat_prompts import build_batch_chat_prompts, build_chat_prompt, postprocess_response, prepare_chat_question
 from .conversation import Conversation, get_conv_template
@@ -61,7 +61,7 @@ class InternVLChatMixin:
 
     @template.setter
     def template(self, value: str) -> None:
-        get_conv_template(value)  # raises for a non-str or unknown name
+        template_data(value)  # raises for a non-str or unknown name
         self.__dict__["_template_override"] = value
 
     @property
@@ -78,7 +78,7 @@ class InternVLChatMixin:
             return configured
         if not self.config.template:
             raise ValueError("`config.template` is not set: chat() needs a conversation template name.")
-        return get_conv_template(self.config.template).system_message
+        return template_data(self.config.template)["system_message"]
 
     @system_message.setter
     def system_message(self, value: str) -> None:
@@ -177,7 +177,7 @@ class InternVLChatMixin:
         self, tokenizer, prompts: list[str], pixel_values, generation_config, reuse_cache: bool = False
     ) -> list[str]:
         kwargs = _generation_kwargs(generation_config)
-        eos_token = get_conv_template(self.template).eos_token
+        eos_token = template_eos_token(self.template)
         kwargs["eos_token_id"] = tokenizer.convert_tokens_to_ids(eos_token)
         if kwargs.get("pad_token_id") is None and tokenizer.pad_token_id is not None:
             kwargs["pad_token_id"] = tokenizer.pad_token_id

@@ -28,16 +28,17 @@ from ..chat_templates import (
     _resolve_num_tiles_list,
     expand_image_placeholders,
     get_jinja_chat_template,
+    template_data,
     template_eos_token,
 )
-from .conversation import Conversation, get_conv_template
+from .conversation import Conversation
 
 
 def _template_and_messages(template: str | Conversation) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Template data (a name is looked up in `chat_templates.TEMPLATES`, which includes templates registered with
     `register_conv_template`), and the messages a `Conversation` already holds (as chat messages)."""
     if not isinstance(template, Conversation):
-        return get_conv_template(template).to_dict(), []
+        return template_data(template), []
     roles = {template.roles[0]: "user", template.roles[1]: "assistant"}
     unknown = [role for role, _ in template.messages if role not in roles]
     if unknown:
@@ -202,8 +203,7 @@ def build_batch_chat_prompts(
 
 def get_eos_token(template: str | Conversation) -> str:
     """The string chat()/batch_chat() convert to the generation `eos_token_id` (`chat_templates.template_eos_token`)."""
-    conversation = template if isinstance(template, Conversation) else get_conv_template(template)
-    return template_eos_token(conversation.to_dict())
+    return template_eos_token(template.to_dict() if isinstance(template, Conversation) else template)
 
 
 def postprocess_response(response: str, template: str | Conversation) -> str:
