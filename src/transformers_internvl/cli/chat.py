@@ -162,15 +162,13 @@ class ChatSession:
         """`model.generate`, reusing the key/value cache of the previous turn as `model.chat()` does
         (`modeling/chat_cache.py`): a later turn runs only the tokens after the prefix it shares with the cached
         prompt + answer, and the vision tower is skipped when the images are the cached ones."""
-        from ..modeling.chat_cache import can_reuse, generate_reusing_cache
+        from ..modeling.chat_cache import generate_turn
 
         inputs = dict(inputs)
-        input_ids = inputs.pop("input_ids")
-        if not can_reuse(self.model, input_ids, kwargs):
-            return self.model.generate(input_ids=input_ids, **inputs, **kwargs)
-        attention_mask = inputs.pop("attention_mask")
-        pixel_values = inputs.pop("pixel_values", None)
-        return generate_reusing_cache(self.model, input_ids, attention_mask, pixel_values, {**inputs, **kwargs})
+        input_ids, attention_mask = inputs.pop("input_ids"), inputs.pop("attention_mask")
+        return generate_turn(
+            self.model, input_ids, attention_mask, inputs.pop("pixel_values", None), {**inputs, **kwargs}
+        )
 
     def _answer(self) -> str:
         from ..reasoning.voting import generate_with_votes

@@ -14,7 +14,7 @@ import torch
 from transformers import GenerationConfig
 
 from ..chat_templates import IMAGE_CONTEXT_TOKEN, IMAGE_END_TOKEN, IMAGE_START_TOKEN, template_data, template_eos_token
-from .chat_cache import can_reuse, clear_chat_cache, generate_reusing_cache
+from .chat_cache import clear_chat_cache, generate_turn
 from .chat_prompts import build_batch_chat_prompts, build_chat_prompt, postprocess_response, prepare_chat_question
 from .conversation import Conversation, get_conv_template
 from .input_checks import check_chat_inputs, question_list
@@ -186,12 +186,7 @@ class InternVLChatMixin:
         attention_mask = model_inputs["attention_mask"].to(self.device)
         if pixel_values is not None:
             pixel_values = pixel_values.to(self.device, self.dtype)
-        if reuse_cache and can_reuse(self, input_ids, kwargs):
-            output_ids = generate_reusing_cache(self, input_ids, attention_mask, pixel_values, kwargs)
-        else:
-            output_ids = self.generate(
-                input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values, **kwargs
-            )
+        output_ids = generate_turn(self, input_ids, attention_mask, pixel_values, kwargs, reuse_cache)
         new_tokens = output_ids[:, input_ids.shape[1] :]
         responses = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         return [postprocess_response(response, self.template) for response in responses]

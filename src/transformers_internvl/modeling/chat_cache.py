@@ -125,9 +125,31 @@ def generate_reusing_cache(
     return output_ids
 
 
+def generate_turn(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    pixel_values: torch.Tensor | None,
+    kwargs: dict[str, Any],
+    reuse_cache: bool = True,
+) -> torch.Tensor:
+    """One chat turn's `generate`: through the kept cache (`generate_reusing_cache`) when `reuse_cache` and
+    `can_reuse` allow it, else a plain `model.generate`. Used by `model.chat()` and the interactive CLI."""
+    if reuse_cache and can_reuse(model, input_ids, kwargs):
+        return generate_reusing_cache(model, input_ids, attention_mask, pixel_values, kwargs)
+    return model.generate(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values, **kwargs)
+
+
 def clear_chat_cache(model: Any) -> None:
     """Drop the kept chat cache (frees its memory; the next `chat()` turn runs from scratch)."""
     model.__dict__.pop(_STATE_ATTRIBUTE, None)
 
 
-__all__ = ["ChatCacheState", "can_reuse", "clear_chat_cache", "generate_reusing_cache", "reusable_prefix_length"]
+__all__ = [
+    "ChatCacheState",
+    "can_reuse",
+    "clear_chat_cache",
+    "generate_reusing_cache",
+    "generate_turn",
+    "reusable_prefix_length",
+]
