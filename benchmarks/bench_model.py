@@ -149,12 +149,19 @@ def _timed_rows(device: str, calls: dict[str, Callable[[], Any]]) -> Callable[[]
     return lambda: {name: timed(call, device) * 1000 for name, call in calls.items()}
 
 
+# The clock `timed` reads: wall time by default; `--timer cpu` reads the CPU time of this process instead, which does
+# not advance while other processes hold the cores (a shared machine), only while this one computes. With
+# `--threads 1` it is the compute time of the one thread that runs the kernels; with more threads it also counts the
+# OpenMP workers' spinning, so use it with one thread.
+CLOCK: Callable[[], float] = time.perf_counter
+
+
 def timed(function: Callable[[], Any], device: str) -> float:
     _sync(device)
-    start = time.perf_counter()
+    start = CLOCK()
     function()
     _sync(device)
-    return time.perf_counter() - start
+    return CLOCK() - start
 
 
 def vision_call(model: Any, pixel_values: torch.Tensor, upstream: bool) -> Callable[[], Any]:
@@ -474,6 +481,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         action="store_true",
         help="also time a second identical copy of this package's model (ratio to it: the noise floor of the run)",
     )
+    parser.add_argument(
+        "--timer",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall: elapsed time; cpu: CPU time of this process (CPU only; robust to other load, use with --threads 1)",
+    )
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--no-memory", action="store_true", help="skip the CPU peak-memory child processes")
     parser.add_argument("--json", metavar="PATH", help="write the results here")
     parser.add_argument("--png", metavar="PATH", help="bar chart of the ratios (needs matplotlib)")
@@ -482,7 +496,18 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> int:
     args = args or build_parser().parse_args(argv)
-    print(f"InternVL2.5-{args.shape}, layers={args.layers}, {args.dtype}, {args.attn}, {args.device}", flush=True)
+    global CLOCK
+    if args.timer == "cpu":
+        if args.device != "cpu":
+            raise SystemExit("--timer cpu: CPU time only measures CPU work; use the wall timer on an accelerator")
+        CLOCK = time.process_time
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(
+        f"InternVL2.5-{args.shape}, layers={args.layers}, {args.dtype}, {args.attn}, {args.device}, "
+        f"{torch.get_num_threads()} threads, {args.timer} timer",
+        flush=True,
+    )
     result = run(args)
     result["command"] = " ".join(["python", *sys.argv])
     result["llm_parameter_bytes"] = _llm_parameter_bytes(args)
