@@ -82,3 +82,84 @@ def test_vision_eager_attention_is_the_original_naive_attention_in_bf16():
         expected_weights = ((query * 8**-0.5) @ key.transpose(-2, -1)).softmax(dim=-1)
         assert torch.equal(weights, expected_weights)
         assert torch.equal(output, (expected_weights @ value).transpose(1, 2))
+
+
+def _score_buffers(function, scores_shape) -> int:
+    """How many distinct storages of shape `scores_shape` the ops run by `function` write (outputs and `out=`)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    storages: set[int] = set()
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            result = func(*args, **(kwargs or {}))
+            for tensor in result if isinstance(result, (tuple, list)) else (result,):
+                if isinstance(tensor, torch.Tensor) and tuple(tensor.shape) == tuple(scores_shape):
+                    storages.add(tensor.untyped_storage().data_ptr())
+            return result
+
+    with Record():
+        function()
+    return len(storages)
+
+
+def test_vision_eager_inference_softmax_reuses_the_score_buffer_with_the_same_values():
+    """Under `no_grad` / `inference_mode` the softmax overwrites the scores (one `(batch, heads, seq, seq)` buffer, not
+    two) and gives the bits of the out-of-place softmax; with autograd on, the out-of-place path is kept."""
+    from transformers_internvl.modeling.modeling_intern_vit import eager_attention_forward as vision_eager
+
+    torch.manual_seed(0)
+    module = nn.Module().eval()
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for seq in (9, 257):  # a short row and one long enough for the vectorised kernels
+            query, key, value = (torch.randn(2, 4, seq, 16, dtype=dtype) * 3 for _ in range(3))
+            expected_weights = ((query * 16**-0.5) @ key.transpose(-2, -1)).softmax(dim=-1)
+            expected_output = (expected_weights @ value).transpose(1, 2)
+            for context in (torch.no_grad, torch.inference_mode):
+                with context():
+                    output, weights = vision_eager(module, query, key, value, None, scaling=16**-0.5)
+                    buffers = _score_buffers(
+                        lambda: vision_eager(module, query, key, value, None, scaling=16**-0.5), (2, 4, seq, seq)
+                    )
+                assert torch.equal(weights, expected_weights) and torch.equal(output, expected_output)
+                assert buffers == 1, (dtype, seq, context, buffers)
+            with torch.enable_grad():
+                buffers = _score_buffers(
+                    lambda: vision_eager(module, query, key, value, None, scaling=16**-0.5), (2, 4, seq, seq)
+                )
+            assert buffers == 2
+
+
+def test_vision_layer_residuals_are_the_out_of_place_sums_and_train():
+    """`(x * ls).add_(h)` in the layer gives the bits of `h + x * ls`, with and without autograd, and backward works
+    (layer scale, weights and input all get gradients), with stochastic depth too."""
+    model = _tiny_vision(layers=1)
+    layer = model.encoder.layers[0]
+    torch.manual_seed(1)
+    with torch.no_grad():
+        layer.ls1.copy_(torch.randn(32))
+        layer.ls2.copy_(torch.randn(32))
+    hidden = torch.randn(3, 5, 32)
+
+    def reference(h: torch.Tensor) -> torch.Tensor:
+        attn_output, _ = layer.attn(layer.norm1(h))
+        h = h + attn_output * layer.ls1
+        return h + layer.mlp(layer.norm2(h)) * layer.ls2
+
+    with torch.no_grad():
+        assert torch.equal(layer(hidden), reference(hidden))
+    source = hidden.clone().requires_grad_(True)
+    out = layer(source)
+    assert torch.equal(out.detach(), reference(hidden).detach())
+    out.square().sum().backward()
+    assert source.grad is not None and layer.ls1.grad is not None and layer.ls2.grad is not None
+    assert layer.attn.qkv.weight.grad is not None and torch.isfinite(source.grad).all()
+    # Stochastic depth in training: the in-place sum on the dropped branch's output still backpropagates.
+    from transformers_internvl.modeling.modeling_intern_vit import InternVLVisionLayer
+
+    config = model.config
+    config.drop_path_rate = 0.5
+    dropping = InternVLVisionLayer(config, drop_path_rate=0.5).train()
+    dropped = dropping(hidden.clone().requires_grad_(True))
+    dropped.sum().backward()
+    assert dropping.ls1.grad is not None and torch.isfinite(dropping.ls1.grad).all()

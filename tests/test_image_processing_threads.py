@@ -45,3 +45,33 @@ def test_one_bounded_pool_for_every_num_workers():
     # A huge num_workers is capped to the pool (no thread per requested worker).
     assert np.array_equal(processor(image, num_workers=10_000)["pixel_values"], expected)
     assert len([t for t in threading.enumerate() if t.name.startswith("internvl-preprocess")]) <= ipi._MAX_POOL_THREADS
+
+
+def test_thumbnail_beside_the_grid_gives_the_serial_pixels_and_reports_failures(monkeypatch):
+    """With threads, each thumbnail resizes on the pool while the grid's strips run: a batch of images gives the
+    bytes of the one-thread run, and a resize that fails (thumbnail or grid strip) raises from the call."""
+    import pytest
+
+    images = [_photo(1000, 800), _photo(640, 1200), _photo(900, 300)]
+    processor = InternVLImageProcessor(max_dynamic_patch=6)
+    expected = processor(images, num_workers=1)["pixel_values"]
+    assert expected.shape[0] > 3  # grids with thumbnails
+    for workers in (2, 3):
+        assert np.array_equal(processor(images, num_workers=workers)["pixel_values"], expected)
+
+    original_resize = Image.Image.resize
+
+    for failing_size in ((448, 448), None):  # the thumbnail; any strip of the grid pass
+
+        def resize(self, size, *args, failing_size=failing_size, **kwargs):
+            if (failing_size is None and tuple(size) != (448, 448) and self.size[1] > 100) or (
+                failing_size is not None and tuple(size) == failing_size
+            ):
+                raise OSError("decoder broke")
+            return original_resize(self, size, *args, **kwargs)
+
+        monkeypatch.setattr(Image.Image, "resize", resize)
+        with pytest.raises(OSError, match="decoder broke"):
+            processor(images[0], num_workers=2)
+        monkeypatch.setattr(Image.Image, "resize", original_resize)
+    assert np.array_equal(processor(images, num_workers=2)["pixel_values"], expected)
