@@ -24,6 +24,7 @@ from transformers.utils import TransformersKwargs, auto_docstring, can_return_tu
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.import_utils import torch_compilable_check
 
+from .attention_kernels import check_attention_kernels
 from .chat import InternVLChatMixin
 from .checkpoint_loading import OriginalCheckpointMixin
 from .checkpoint_mapping import original_layout_conversions, original_layout_renamings
@@ -107,6 +108,11 @@ class InternVLChatPreTrainedModel(OriginalCheckpointMixin, PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True
+
+    def set_attn_implementation(self, attn_implementation: str | dict, *args, **kwargs):
+        """As transformers', with a missing flash-attention package named first (`attention_kernels.py`)."""
+        check_attention_kernels(attn_implementation)
+        return super().set_attn_implementation(attn_implementation, *args, **kwargs)
 
 
 @auto_docstring(custom_intro="Vision tower + `mlp1` projector + base LLM, without the LM head.")

@@ -1,0 +1,111 @@
+"""Which package a flash-attention kernel needs, and one clear error when it is missing (issue 13).
+
+transformers' own message ("the package for FlashAttention2 doesn't seem to be installed") names neither the pip
+package nor the reason (not installed, or installed without a CUDA device). `check_attention_kernels` runs before
+transformers' check, on what the user asked for: `from_pretrained(attn_implementation=...)`, a per-tower dict
+(`{"vision_config": ..., "text_config": ...}`) included, and `set_attn_implementation`. Values stored in original
+`config.json` files are not checked here: they fall back as the original does (`original_api.py`,
+`configuration_internlm2.py`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import torch
+from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available, is_flash_attn_4_available
+
+__all__ = ["FLASH_KERNELS", "check_attention_kernels", "requested_attention"]
+
+
+class FlashKernel(NamedTuple):
+    package: str  # the distribution transformers looks for
+    module: str  # what it imports
+    available: Callable[[], bool]  # transformers' own check (package + CUDA)
+    install: str
+
+
+FLASH_KERNELS: dict[str, FlashKernel] = {
+    "flash_attention_2": FlashKernel(
+        "flash-attn", "flash_attn", is_flash_attn_2_available, '`pip install "transformers-internvl[flash]"`'
+    ),
+    "flash_attention_3": FlashKernel(
+        "flash-attn-3",
+        "flash_attn_interface",
+        is_flash_attn_3_available,
+        "a `flash-attn-3` build (the `hopper/` folder of Dao-AILab/flash-attention; Hopper GPUs)",
+    ),
+    "flash_attention_4": FlashKernel(
+        "flash-attn-4",
+        "flash_attn.cute",
+        is_flash_attn_4_available,
+        "a `flash-attn-4` build (`flash_attn.cute` of Dao-AILab/flash-attention; Hopper/Blackwell GPUs)",
+    ),
+}
+
+
+def _module_installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package that is missing or broken
+        return False
+
+
+def _requests(attn_implementation: Any) -> list[tuple[str, str]]:
+    """`[(where, implementation)]` for a string (both towers) or a per-tower mapping."""
+    if isinstance(attn_implementation, str):
+        return [("both towers", attn_implementation)]
+    if isinstance(attn_implementation, Mapping):
+        return [
+            (key or "the model (both towers)", value)
+            for key, value in attn_implementation.items()
+            if isinstance(value, str)
+        ]
+    return []
+
+
+def requested_attention(kwargs: Mapping[str, Any]) -> Any:
+    """What `from_pretrained(**kwargs)` asks for: its `attn_implementation`, or, when the Auto classes have moved it
+    into the config they pass on, the config's and its towers' chosen implementations."""
+    if kwargs.get("attn_implementation") is not None:
+        return kwargs["attn_implementation"]
+    config = kwargs.get("config")
+    if config is None or isinstance(config, str):
+        return None
+    chosen = {"": getattr(config, "_attn_implementation_internal", None)}
+    for key in ("vision_config", "text_config"):
+        chosen[key] = getattr(getattr(config, key, None), "_attn_implementation_internal", None)
+    return chosen
+
+
+def check_attention_kernels(attn_implementation: Any) -> None:
+    """Raise if a requested flash-attention kernel cannot run here.
+
+    Args:
+        attn_implementation: what the user asked for: `None`, a name (`"flash_attention_2"`, `"sdpa"`, ...) or a
+            per-tower mapping (`{"vision_config": "flash_attention_2", "text_config": "sdpa"}`). Names other than
+            `flash_attention_2/3/4` are left to transformers.
+
+    Raises:
+        ImportError: a `flash_attention_N` is requested and transformers cannot use it; the message names the tower,
+            the package, what is missing (the package, or a CUDA device) and how to install it.
+    """
+    for where, name in _requests(attn_implementation):
+        kernel = FLASH_KERNELS.get(name)
+        if kernel is None or kernel.available():
+            continue
+        if not _module_installed(kernel.module):
+            reason = f"the `{kernel.package}` package is not installed (no `{kernel.module}` module)"
+        elif not torch.cuda.is_available():
+            reason = f"`{kernel.module}` is installed but no CUDA device is visible (flash kernels run on NVIDIA GPUs)"
+        else:
+            reason = (
+                f"`{kernel.module}` is installed but is not the `{kernel.package}` distribution transformers expects"
+            )
+        raise ImportError(
+            f"attn_implementation={name!r} ({where}) needs the `{kernel.package}` package and a CUDA GPU: {reason}. "
+            f"Install it with {kernel.install}, or choose 'sdpa' (PyTorch's kernels, with its own flash backend on "
+            "GPUs), 'flex_attention' or 'eager'."
+        )
