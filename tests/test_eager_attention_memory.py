@@ -61,13 +61,28 @@ def test_internlm2_eager_in_place_scaling_and_mask_give_the_reference_values():
         key, value = torch.randn(2, 2, 6, 8, dtype=dtype), torch.randn(2, 2, 6, 8, dtype=dtype)
         mask = torch.triu(torch.full((6, 6), torch.finfo(dtype).min, dtype=dtype), 1).expand(2, 1, 6, 6)
         module = _Module().eval()
-        output, weights = eager_attention_forward(module, query, key, value, mask, scaling=8**-0.5)
         # Reference: out-of-place ops in the original order (scores * scale + mask, fp32 softmax, cast back).
         key_rep, value_rep = key.repeat_interleave(2, dim=1), value.repeat_interleave(2, dim=1)
         scores = torch.matmul(query, key_rep.transpose(2, 3)) * 8**-0.5 + mask
         expected_weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(dtype)
-        assert torch.equal(weights, expected_weights)
-        assert torch.equal(output, torch.matmul(expected_weights, value_rep).transpose(1, 2))
+        # With autograd on, and in inference where the softmax writes into the score buffer.
+        counts = {}
+        for context in (torch.enable_grad, torch.no_grad, torch.inference_mode):
+            with context():
+                output, weights = eager_attention_forward(module, query, key, value, mask, scaling=8**-0.5)
+                buffers = _score_buffers(
+                    lambda: eager_attention_forward(module, query, key, value, mask, scaling=8**-0.5), (2, 4, 6, 6)
+                )
+            assert torch.equal(weights, expected_weights)
+            assert torch.equal(output, torch.matmul(expected_weights, value_rep).transpose(1, 2))
+            counts[context] = buffers
+        # Inference writes the probabilities into the score buffer: one score-sized buffer fewer than with autograd
+        # (in fp32 the scores are then the only one).
+        assert max(counts[torch.no_grad], counts[torch.inference_mode]) <= counts[torch.enable_grad] - 1, (
+            dtype,
+            counts,
+        )
+        assert dtype != torch.float32 or counts[torch.no_grad] == 1
 
 
 def test_vision_eager_attention_is_the_original_naive_attention_in_bf16():
@@ -89,6 +104,7 @@ def _score_buffers(function, scores_shape) -> int:
     from torch.utils._python_dispatch import TorchDispatchMode
 
     storages: set[int] = set()
+    kept: list[torch.Tensor] = []  # held so that a freed buffer's address is not handed out again and miscounted
 
     class Record(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -96,6 +112,7 @@ def _score_buffers(function, scores_shape) -> int:
             for tensor in result if isinstance(result, (tuple, list)) else (result,):
                 if isinstance(tensor, torch.Tensor) and tuple(tensor.shape) == tuple(scores_shape):
                     storages.add(tensor.untyped_storage().data_ptr())
+                    kept.append(tensor)
             return result
 
     with Record():

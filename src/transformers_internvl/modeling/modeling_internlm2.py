@@ -160,7 +160,12 @@ def eager_attention_forward(
     if attention_mask is not None:
         attn_weights = _add_mask(attn_weights, attention_mask)
 
-    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    if torch.is_grad_enabled():
+        attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    elif attn_weights.dtype == torch.float32:  # inference: the softmax overwrites the scores (same kernel, same bits)
+        attn_weights = torch.softmax(attn_weights, dim=-1, out=attn_weights)
+    else:  # inference: the fp32 probabilities are cast back into the score buffer (the same rounding as `.to`)
+        attn_weights = attn_weights.copy_(nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32))
     attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
     attn_output = torch.matmul(attn_weights, value_states)
     attn_output = attn_output.transpose(1, 2).contiguous()
