@@ -212,20 +212,47 @@ dtype = getattr(torch, args["dtype"])
 model = b.build_ours(args["shape"], args["layers"], dtype, args["attn"], "cpu", args["vocab_size"])
 if args["which"] == "upstream":
     model = b.build_upstream(model, args["attn"])
-# Give freed memory (our model, for the upstream run; construction temporaries) back to the OS, so that the step's
-# allocations show as growth on both sides alike.
 import ctypes, gc
-gc.collect()
-ctypes.CDLL("libc.so.6").malloc_trim(0)
 pixel_values = torch.randn(args["tiles"], 3, 448, 448).to(dtype)
 input_ids = b.image_prompt(args["tiles"], 256)
-print(json.dumps({"peak_mib": b.sampled_peak_rss_growth(lambda: b.ttft_call(model, input_ids, pixel_values)())}))
+with torch.inference_mode():  # a first run: one-time set-up (kernels' scratch, libraries) is not the step's memory
+    b.ttft_call(model, input_ids, pixel_values)()
+# Give freed memory (our model, for the upstream run; construction and warm-up temporaries) back to the OS, so that
+# the step's allocations show as growth on both sides alike.
+gc.collect()
+ctypes.CDLL("libc.so.6").malloc_trim(0)
+print(json.dumps({"peak_mib": b.peak_rss_growth(lambda: b.ttft_call(model, input_ids, pixel_values)())}))
 """
 
 
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as file:
         return int(file.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _status_mib(field: str) -> float:
+    with open("/proc/self/status") as file:
+        for line in file:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def peak_rss_growth(function: Callable[[], Any]) -> float:
+    """Peak resident-set growth (MiB) while `function` runs: Linux's own high-water mark (`VmHWM`), reset first by
+    writing 5 to `/proc/self/clear_refs`, so that no short peak is missed (the sampler below may miss one between two
+    samples). Falls back to `sampled_peak_rss_growth` where the reset is not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as file:
+            file.write("5")
+    except OSError:
+        return sampled_peak_rss_growth(function)
+    before = _status_mib("VmRSS")
+    if _status_mib("VmHWM") > before + 1:  # the reset did not take
+        return sampled_peak_rss_growth(function)
+    with torch.inference_mode():
+        function()
+    return _status_mib("VmHWM") - before
 
 
 def sampled_peak_rss_growth(function: Callable[[], Any], interval: float = 0.002) -> float:
@@ -263,11 +290,17 @@ def cpu_peak_memory(args: argparse.Namespace, which: str) -> float:
             "which": which,
         }
     )
+    # One torch thread (the timing runs' setting) and glibc's mmap threshold fixed at 128 KiB: every tensor-sized block
+    # is mapped on allocation and unmapped when freed, so the resident set follows the live tensors rather than the
+    # heap's history (glibc otherwise raises the threshold as blocks are freed, and the step's figure moves by tens of
+    # MiB from one process to the next).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
     out = subprocess.run(
         [sys.executable, "-c", MEMORY_CHILD, os.path.dirname(os.path.abspath(__file__)), payload],
         check=True,
         capture_output=True,
         text=True,
+        env=env,
     ).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_mib"]
 
@@ -312,6 +345,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     f"decode b{b}{x} total (ms)": decode_call(m, i, args.decode_tokens + 1, static=st),
                 },
             )
+    if args.memory_only:
+        measurements = {}
     with torch.inference_mode():
         for make in measurements.values():
             runners = {which: make(model, which == "upstream") for which, model in models.items()}
@@ -489,6 +524,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     )
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--no-memory", action="store_true", help="skip the CPU peak-memory child processes")
+    parser.add_argument("--memory-only", action="store_true", help="only the peak-memory rows (no timing)")
     parser.add_argument("--json", metavar="PATH", help="write the results here")
     parser.add_argument("--png", metavar="PATH", help="bar chart of the ratios (needs matplotlib)")
     return parser

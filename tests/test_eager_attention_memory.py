@@ -180,3 +180,31 @@ def test_vision_layer_residuals_are_the_out_of_place_sums_and_train():
     dropped = dropping(hidden.clone().requires_grad_(True))
     dropped.sum().backward()
     assert dropping.ls1.grad is not None and torch.isfinite(dropping.ls1.grad).all()
+
+
+def test_vision_mlp_inference_gelu_overwrites_fc1_output_with_the_same_values():
+    """Exact GELU (`hidden_act="gelu"`): in inference it is applied over fc1's output (one intermediate-sized buffer,
+    not two), giving the bits of `fc2(gelu(fc1(x)))`; with autograd on the out-of-place path is kept and trains."""
+    model = _tiny_vision(layers=1)
+    mlp = model.encoder.layers[0].mlp
+    assert mlp.gelu_in_place
+    torch.manual_seed(2)
+    for dtype in (torch.float32, torch.bfloat16):
+        mlp = mlp.to(dtype)
+        hidden = torch.randn(3, 5, 32, dtype=dtype)
+        expected = mlp.fc2(nn.functional.gelu(mlp.fc1(hidden)))
+        counts = {}
+        for context in (torch.enable_grad, torch.no_grad, torch.inference_mode):
+            with context():
+                assert torch.equal(mlp(hidden), expected)
+                counts[context] = _score_buffers(lambda: mlp(hidden), (3, 5, 64))
+        assert counts == {torch.enable_grad: 2, torch.no_grad: 1, torch.inference_mode: 1}, (dtype, counts)
+    source = torch.randn(3, 5, 32, dtype=torch.bfloat16, requires_grad=True)
+    mlp(source).sum().backward()
+    assert source.grad is not None and mlp.fc1.weight.grad is not None
+    # Another activation keeps the module's own function.
+    config = InternVLVisionConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4, hidden_act="gelu_new")
+    other = InternVLVisionModel(config).encoder.layers[0].mlp.eval()
+    assert not other.gelu_in_place
+    with torch.no_grad():
+        assert torch.equal(other(hidden.float()), other.fc2(other.act(other.fc1(hidden.float()))))
