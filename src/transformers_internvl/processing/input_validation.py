@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from .tiling import check_int
+from .tiling import check_image_size, check_int
 
-__all__ = ["check_bool", "check_int", "check_texts", "check_triple", "pop_alias", "size_to_int"]
+__all__ = ["check_bool", "check_image_size", "check_int", "check_texts", "check_triple", "pop_alias", "size_to_int"]
 
 
 def check_texts(texts: Sequence[str]) -> None:
@@ -62,13 +62,13 @@ def check_triple(name: str, value: object) -> tuple[float, float, float]:
 
 
 def size_to_int(name: str, size: object) -> int:
-    """`size` as transformers writes it (int, or {"height": s, "width": s}) -> the tile side."""
+    """`size` as transformers writes it (int, or {"height": s, "width": s}) -> the tile side (`check_image_size`)."""
     if isinstance(size, dict):
         height, width = size.get("height"), size.get("width")
         if height is None or height != width:
             raise ValueError(f"`{name}` must describe a square tile, e.g. {{'height': 448, 'width': 448}}; got {size}.")
-        return check_int(name, height)
-    return check_int(name, size)
+        return check_image_size(name, height)
+    return check_image_size(name, size)
 
 
 def pop_alias(kwargs: dict[str, Any], canonical: str, value: Any, aliases: Sequence[str], none_value: Any) -> Any:

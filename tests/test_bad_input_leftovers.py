@@ -1,0 +1,180 @@
+"""Inputs an adversarial review found accepted silently or failing unclearly: each now raises a specific `TypeError` /
+`ValueError` naming the argument, and the valid neighbours of each case keep working."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from transformers_internvl.processing.image_processing_internvl import InternVLChatImageProcessor
+from transformers_internvl.processing.tiling import MAX_IMAGE_SIZE, plan_tiles
+from transformers_internvl.processing.video_processing_internvl import InternVLChatVideoProcessor
+
+GREEDY = {"max_new_tokens": 1, "do_sample": False}
+
+
+# ---- 1. chat() / batch_chat(): `num_patches_list` and its aliases ------------------------------------------------
+
+
+def test_chat_refuses_conflicting_tile_count_aliases(qwen2_model, qwen2_tokenizer):
+    pixel_values = torch.zeros(2, 3, 448, 448)
+    question = "<image>\n<image>\nhi"
+    with pytest.raises(
+        ValueError, match=r"`num_patches_list` \(\[1, 1\]\) and its alias `num_tiles_list` \(\[2, 0\]\)"
+    ):
+        qwen2_model.chat(
+            qwen2_tokenizer, pixel_values, question, GREEDY, num_patches_list=[1, 1], num_tiles_list=[2, 0]
+        )
+
+
+def test_chat_accepts_equal_tile_count_aliases(qwen2_model, qwen2_tokenizer):
+    pixel_values = torch.zeros(2, 3, 448, 448)
+    question = "<image>\n<image>\nhi"
+    alone = qwen2_model.chat(qwen2_tokenizer, pixel_values, question, GREEDY, num_patches_list=[1, 1])
+    both = qwen2_model.chat(
+        qwen2_tokenizer, pixel_values, question, GREEDY, num_patches_list=[1, 1], num_tiles_list=torch.tensor([1, 1])
+    )
+    by_alias = qwen2_model.chat(qwen2_tokenizer, pixel_values, question, GREEDY, num_tiles_list=[1, 1])
+    assert both == alone == by_alias
+
+
+@pytest.mark.parametrize("alias", ["num_tiles_list", "image_counts"])
+def test_batch_chat_refuses_conflicting_tile_count_aliases(qwen2_model, qwen2_tokenizer, alias):
+    pixel_values = torch.zeros(2, 3, 448, 448)
+    with pytest.raises(ValueError, match=rf"`num_patches_list` \(\[1, 1\]\) and its alias `{alias}` \(\[2, 0\]\)"):
+        qwen2_model.batch_chat(
+            qwen2_tokenizer, pixel_values, ["a", "b"], GREEDY, num_patches_list=[1, 1], **{alias: [2, 0]}
+        )
+    with pytest.raises(ValueError, match=r"`num_tiles_list` \(\[1, 1\]\) and its alias `image_counts` \(\[2, 0\]\)"):
+        qwen2_model.batch_chat(
+            qwen2_tokenizer, pixel_values, ["a", "b"], GREEDY, num_tiles_list=[1, 1], image_counts=[2, 0]
+        )
+
+
+def test_batch_chat_accepts_equal_tile_count_aliases(qwen2_model, qwen2_tokenizer):
+    pixel_values = torch.zeros(2, 3, 448, 448)
+    alone = qwen2_model.batch_chat(qwen2_tokenizer, pixel_values, ["a", "b"], GREEDY, num_patches_list=[1, 1])
+    both = qwen2_model.batch_chat(
+        qwen2_tokenizer, pixel_values, ["a", "b"], GREEDY, num_patches_list=[1, 1], image_counts=[1, 1]
+    )
+    assert both == alone
+
+
+def test_chat_refuses_a_tile_count_list_that_is_not_a_list(qwen2_model, qwen2_tokenizer):
+    with pytest.raises(TypeError, match="`num_tiles_list` must be a list of tile counts"):
+        qwen2_model.chat(
+            qwen2_tokenizer, torch.zeros(2, 3, 448, 448), "hi", GREEDY, num_patches_list=[2], num_tiles_list=2
+        )
+
+
+# ---- 2. video processor: `num_segments` / `num_frames` and the tile-size aliases at construction -----------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"num_segments": 4, "num_frames": 8}, r"`num_segments` \(4\) and its alias `num_frames` \(8\) disagree"),
+        ({"image_size": 224, "force_image_size": 448}, r"`image_size` \(224\) and its alias `force_image_size`"),
+        ({"image_size": 224, "size": 448}, r"`image_size` \(224\) and `size` \(448\) disagree"),
+        ({"force_image_size": 224, "size": {"height": 448, "width": 448}}, r"`image_size` \(224\) and `size`"),
+    ],
+)
+def test_video_processor_refuses_conflicting_aliases(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        InternVLChatVideoProcessor(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "num_segments", "image_size"),
+    [
+        ({}, 8, 448),
+        ({"num_frames": 6}, 6, 448),
+        ({"num_segments": 4, "num_frames": 4}, 4, 448),
+        ({"num_segments": 4, "num_frames": None}, 4, 448),
+        ({"image_size": 224, "size": 224, "force_image_size": 224}, 8, 224),
+        ({"size": {"height": 224, "width": 224}}, 8, 224),
+        ({"force_image_size": 224}, 8, 224),
+    ],
+)
+def test_video_processor_accepts_agreeing_aliases(kwargs, num_segments, image_size):
+    processor = InternVLChatVideoProcessor(**kwargs)
+    assert (processor.num_segments, processor.image_size) == (num_segments, image_size)
+
+
+# ---- 5. video: the frame rate of decoded frames ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fps", [0, 0.0, -1, -25.0, float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize(
+    "call_kwargs", [{"num_segments": 4}, {"num_segments": 4, "bound": (0, 1)}, {"return_metadata": True}, {}]
+)
+def test_video_metadata_fps_out_of_range(fps, call_kwargs):
+    frames = np.zeros((10, 8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"`video_metadata\['fps'\]` must be a positive finite number.*got"):
+        InternVLChatVideoProcessor()(frames, video_metadata={"fps": fps}, **call_kwargs)
+
+
+def test_video_metadata_fps_names_the_video_and_is_checked_before_decoding():
+    frames = np.zeros((10, 8, 8, 3), np.uint8)
+    # The second video's metadata is bad; the first video is not even a decodable file: the fps check comes first.
+    with pytest.raises(ValueError, match=r"`video_metadata\[1\]\['fps'\]`.*got 0"):
+        InternVLChatVideoProcessor()([b"not a video", frames], video_metadata=[None, {"fps": 0}])
+
+
+@pytest.mark.parametrize(
+    ("metadata", "match"),
+    [
+        ({"fps": "25"}, r"`video_metadata\['fps'\]` must be a number"),
+        ({"fps": True}, r"`video_metadata\['fps'\]` must be a number"),
+        (["fps", 25], r"`video_metadata` must be a dict or a VideoMetadata"),
+    ],
+)
+def test_video_metadata_of_the_wrong_type(metadata, match):
+    frames = np.zeros((10, 8, 8, 3), np.uint8)
+    with pytest.raises(TypeError, match=match):
+        InternVLChatVideoProcessor()(frames, num_segments=2, video_metadata=[metadata])
+
+
+def test_valid_video_metadata_fps_still_gives_timestamps():
+    frames = np.zeros((10, 8, 8, 3), np.uint8)
+    out = InternVLChatVideoProcessor()(
+        frames, num_segments=2, video_metadata={"fps": np.float32(2.0)}, return_metadata=True, image_size=14
+    )
+    # The original `get_index` on 10 frames, 2 segments: seg = 9 / 2, frames int(2.25 + round(4.5 * k)) = 2 and 6 (4.5
+    # rounds half to even), at 2 fps 1.0 s and 3.0 s.
+    assert out["frame_indices"] == [[2, 6]] and out["timestamps"] == [[1.0, 3.0]]
+
+
+# ---- 6. tile side bound ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("image_size", [MAX_IMAGE_SIZE + 1, 10**6, 10**18])
+def test_image_size_above_the_bound_is_refused_before_any_allocation(image_size):
+    from PIL import Image
+
+    image = Image.new("RGB", (8, 8))
+    match = rf"`image_size` is a tile side in pixels and must be <= {MAX_IMAGE_SIZE}.*got {image_size}"
+    with pytest.raises(ValueError, match=match):
+        InternVLChatImageProcessor(image_size=image_size)
+    with pytest.raises(ValueError, match=match):
+        InternVLChatImageProcessor()(image, image_size=image_size)
+    with pytest.raises(ValueError, match=match):
+        InternVLChatVideoProcessor(image_size=image_size)
+    with pytest.raises(ValueError, match=match):
+        InternVLChatVideoProcessor()(np.zeros((2, 8, 8, 3), np.uint8), image_size=image_size)
+    with pytest.raises(ValueError, match=match):
+        plan_tiles(8, 8, image_size=image_size)
+    with pytest.raises(ValueError, match=rf"`size` is a tile side.*got {image_size}"):
+        InternVLChatImageProcessor(size={"height": image_size, "width": image_size})
+    with pytest.raises(ValueError, match=match):  # an alias is checked under the canonical name
+        InternVLChatImageProcessor()(image, force_image_size=image_size)
+
+
+def test_image_size_at_the_bound_and_non_default_sides_still_work():
+    assert InternVLChatImageProcessor(image_size=MAX_IMAGE_SIZE).image_size == MAX_IMAGE_SIZE
+    assert plan_tiles(8000, 4000, image_size=MAX_IMAGE_SIZE).target_size == (2 * MAX_IMAGE_SIZE, MAX_IMAGE_SIZE)
+    # A side that is no multiple of 14 is the model's concern (config / processor check it against the patch size).
+    out = InternVLChatImageProcessor(image_size=30)(np.zeros((30, 30, 3), np.uint8), return_tensors="pt")
+    assert tuple(out["pixel_values"].shape) == (1, 3, 30, 30)
+    assert math.isclose(float(out["pixel_values"][0, 0, 0, 0]), -0.485 / 0.229, rel_tol=1e-6)
