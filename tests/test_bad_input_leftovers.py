@@ -178,3 +178,53 @@ def test_image_size_at_the_bound_and_non_default_sides_still_work():
     out = InternVLChatImageProcessor(image_size=30)(np.zeros((30, 30, 3), np.uint8), return_tensors="pt")
     assert tuple(out["pixel_values"].shape) == (1, 3, 30, 30)
     assert math.isclose(float(out["pixel_values"][0, 0, 0, 0]), -0.485 / 0.229, rel_tol=1e-6)
+
+
+# ---- 4. tokens_per_tile ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "match"),
+    [
+        ((0, 14, 0.5), ValueError, r"`image_size` must be an int >= 1, got 0"),
+        ((-448, 14, 0.5), ValueError, r"`image_size` must be an int >= 1, got -448"),
+        ((448, 0, 0.5), ValueError, r"`patch_size` must be an int >= 1, got 0"),
+        ((448, -14, 0.5), ValueError, r"`patch_size` must be an int >= 1, got -14"),
+        ((448, 14, 0), ValueError, r"`downsample_ratio` must be a number in \(0, 1\], got 0"),
+        ((448, 14, -0.5), ValueError, r"`downsample_ratio` must be a number in \(0, 1\], got -0.5"),
+        ((448, 14, 2.0), ValueError, r"`downsample_ratio` must be a number in \(0, 1\], got 2.0"),
+        ((448, 14, float("nan")), ValueError, r"`downsample_ratio` must be a number in \(0, 1\], got nan"),
+        ((448, 14, float("inf")), ValueError, r"`downsample_ratio` must be a number in \(0, 1\], got inf"),
+        ((448.0, 14, 0.5), TypeError, r"`image_size` must be an int >= 1, got float \(448.0\)"),
+        (("448", 14, 0.5), TypeError, r"`image_size` must be an int >= 1, got str"),
+        ((True, 14, 0.5), TypeError, r"`image_size` must be an int >= 1, got bool"),
+        ((448, 14.0, 0.5), TypeError, r"`patch_size` must be an int >= 1, got float"),
+        ((448, None, 0.5), TypeError, r"`patch_size` must be an int >= 1, got NoneType"),
+        ((448, 14, "0.5"), TypeError, r"`downsample_ratio` must be a number in \(0, 1\], got str"),
+        ((448, 14, True), TypeError, r"`downsample_ratio` must be a number in \(0, 1\], got bool"),
+        ((10, 14, 0.5), ValueError, r"`image_size` 10 gives 0 tokens per tile"),
+        ((14, 14, 0.5), ValueError, r"`image_size` 14 gives 0 tokens per tile"),
+    ],
+)
+def test_tokens_per_tile_refuses_bad_geometry(args, error, match):
+    from transformers_internvl.chat_templates import tokens_per_tile
+
+    with pytest.raises(error, match=match):
+        tokens_per_tile(*args)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ((448, 14, 0.5), 256),  # InternVL 2.5
+        ((224, 14, 0.5), 64),
+        ((448, 14, 1), 1024),  # no pixel unshuffle
+        ((28, 14, 0.5), 1),  # the tiny test towers
+        ((np.int64(448), np.int32(14), np.float32(0.5)), 256),
+        ((450, 14, 0.5), 256),  # the original's floor division: 450 // 14 == 32
+    ],
+)
+def test_tokens_per_tile_of_valid_geometry(args, expected):
+    from transformers_internvl.chat_templates import tokens_per_tile
+
+    assert tokens_per_tile(*args) == expected

@@ -16,6 +16,7 @@ so processing, modeling, conversion and training all read the same strings from 
 from __future__ import annotations
 
 import json
+import numbers
 from collections.abc import Mapping, Sequence
 from enum import Enum
 from typing import Any
@@ -35,8 +36,26 @@ def tokens_per_tile(image_size: int, patch_size: int, downsample_ratio: float) -
     The original's `num_image_token = int((image_size // patch_size) ** 2 * (downsample_ratio ** 2))`, to the letter
     (`InternVLChatModel.__init__`, `internvl_chat/internvl/model/internvl_chat/modeling_internvl_chat.py`); the model
     config (`InternVLChatConfig.num_image_token`) and the processor both take it from here.
+
+    Raises:
+        TypeError / ValueError: a size that is not an int >= 1, a ratio that is not a number in (0, 1] (NaN refused),
+            or values giving less than one token per tile; the message names the argument.
     """
-    return int((image_size // patch_size) ** 2 * (downsample_ratio**2))
+    checks = (("image_size", image_size), ("patch_size", patch_size), ("downsample_ratio", downsample_ratio))
+    for name, value in checks:
+        ratio = name == "downsample_ratio"
+        expected = "a number in (0, 1]" if ratio else "an int >= 1"
+        if isinstance(value, bool) or not isinstance(value, numbers.Real if ratio else numbers.Integral):
+            raise TypeError(f"`{name}` must be {expected}, got {type(value).__name__} ({value!r}).")
+        if not (0 < value <= 1 if ratio else value >= 1):  # NaN compares False
+            raise ValueError(f"`{name}` must be {expected}, got {value!r}.")
+    tokens = int((image_size // patch_size) ** 2 * (downsample_ratio**2))
+    if tokens < 1:
+        raise ValueError(
+            f"`image_size` {image_size} gives {tokens} tokens per tile (`patch_size` {patch_size}, `downsample_ratio` "
+            f"{downsample_ratio}); it must be >= patch_size / downsample_ratio."
+        )
+    return tokens
 
 
 DEFAULT_NUM_IMAGE_TOKEN = tokens_per_tile(448, 14, 0.5)
