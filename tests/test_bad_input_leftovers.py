@@ -228,3 +228,173 @@ def test_tokens_per_tile_of_valid_geometry(args, expected):
     from transformers_internvl.chat_templates import tokens_per_tile
 
     assert tokens_per_tile(*args) == expected
+
+
+# ---- 3. apply_chat_template: malformed content items ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def processor():
+    from helpers import qwen2_processor
+
+    return qwen2_processor()
+
+
+def _user(*content):
+    return [{"role": "user", "content": list(content)}]
+
+
+@pytest.mark.parametrize("tokenize", [False, True])
+@pytest.mark.parametrize(
+    ("conversation", "error", "match"),
+    [
+        (_user("hello"), TypeError, r"conversation\[0\]\['content'\]\[0\] must be a dict .* got str \('hello'\)"),
+        (_user({"type": "text", "text": "a"}, 5), TypeError, r"conversation\[0\]\['content'\]\[1\] must be a dict"),
+        (_user({"text": "hello"}), ValueError, r"conversation\[0\]\['content'\]\[0\] has no 'type'.*keys \['text'\]"),
+        (
+            _user({"type": "picture", "image": "x.png"}, {"type": "text", "text": "hi"}),
+            ValueError,
+            r"conversation\[0\]\['content'\]\[0\] has the unknown type 'picture'",
+        ),
+        (_user({"type": "audio", "url": "a.wav"}), ValueError, r"\[0\] has the unknown type 'audio'"),
+        (
+            _user({"type": "text"}),
+            TypeError,
+            r"\['content'\]\[0\] is a text item and needs a str 'text', got no 'text'",
+        ),
+        (_user({"type": "text", "text": 5}), TypeError, r"needs a str 'text', got 'text' of type int"),
+        (
+            [{"role": "system", "content": [{"type": "image", "url": "x.png"}]}, *_user({"type": "text", "text": "a"})],
+            ValueError,
+            r"conversation\[0\]\['content'\]\[0\] is an image item in the system message",
+        ),
+        (
+            [*_user({"type": "text", "text": "a"}), {"role": "assistant", "content": 7}],
+            TypeError,
+            r"conversation\[1\]\['content'\] must be a str or a list of content items, got int",
+        ),
+    ],
+)
+def test_apply_chat_template_refuses_malformed_content(processor, conversation, error, match, tokenize):
+    with pytest.raises(error, match=match):
+        processor.apply_chat_template(conversation, tokenize=tokenize)
+
+
+def test_apply_chat_template_names_the_conversation_of_a_batch(processor):
+    good = _user({"type": "text", "text": "fine"})
+    with pytest.raises(ValueError, match=r"conversation\[1\]\[0\]\['content'\]\[0\] has no 'type'"):
+        processor.apply_chat_template([good, _user({"text": "lost"})])
+
+
+@pytest.mark.parametrize(
+    ("item", "match"),
+    [
+        ({"type": "image"}, r"\[0\] is an image item without its image: give one of the keys \['image', 'url'"),
+        ({"type": "image", "image": None}, r"\[0\] is an image item without its image"),
+        (
+            {"type": "video"},
+            r"\[0\] is a video item without its video: give one of the keys \['video', 'url', 'path'\]",
+        ),
+    ],
+)
+def test_apply_chat_template_refuses_media_items_without_media_when_tokenizing(processor, item, match):
+    conversation = _user(item, {"type": "text", "text": "What is it?"})
+    with pytest.raises(ValueError, match=match):
+        processor.apply_chat_template(conversation, tokenize=True, return_dict=True)
+
+
+def test_apply_chat_template_keeps_valid_messages(processor):
+    from PIL import Image
+
+    image = Image.new("RGB", (32, 32), (10, 20, 30))
+    question = {"type": "text", "text": "What is it?"}
+    # A media item without media renders its placeholder (for a later processor call), as in transformers.
+    rendered = processor.apply_chat_template(_user({"type": "image"}, question), add_generation_prompt=True)
+    assert rendered.endswith("<|im_start|>user\n<image>\nWhat is it?<|im_end|>\n<|im_start|>assistant\n")
+    # OpenAI-style image_url items are converted by transformers and render the same.
+    openai = _user({"type": "image_url", "image_url": {"url": "https://example.com/x.png"}}, question)
+    assert processor.apply_chat_template(openai, add_generation_prompt=True) == rendered
+    # Strings, None content and extra keys stay valid.
+    plain = [{"role": "user", "content": "<image>\nWhat is it?"}, {"role": "assistant", "content": None}]
+    assert "<|im_start|>user\n<image>\nWhat is it?<|im_end|>\n" in processor.apply_chat_template(plain)
+    # Tokenizing with the image in the item, or passed as `images=` for a source-less item, gives the same ids.
+    by_item = processor.apply_chat_template(
+        _user({"type": "image", "image": image}, question), tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    by_argument = processor.apply_chat_template(
+        _user({"type": "image"}, question),
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        processor_kwargs={"images": [image]},
+    )
+    assert torch.equal(by_item["input_ids"], by_argument["input_ids"])
+    assert torch.equal(by_item["pixel_values"], by_argument["pixel_values"])
+
+
+# ---- 7. processor construction: placeholders, image token strings, frame template ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from helpers import QWEN2_TOKENIZER
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(QWEN2_TOKENIZER)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"image_placeholder": ""}, ValueError, r"`image_placeholder` must be a non-empty string.*got ''"),
+        ({"video_placeholder": "  "}, ValueError, r"`video_placeholder` must be a non-empty string.*got '  '"),
+        ({"image_placeholder": 5}, TypeError, r"`image_placeholder` must be a str, got int \(5\)"),
+        ({"video_placeholder": None}, TypeError, r"`video_placeholder` must be a str, got NoneType"),
+        ({"image_placeholder": "<x>", "video_placeholder": "<x>"}, ValueError, r"`image_placeholder` \('<x>'\) and"),
+        ({"video_placeholder": "<image>s"}, ValueError, r"`image_placeholder`.*`video_placeholder`.*contain"),
+        ({"image_placeholder": "<img>"}, ValueError, r"`image_placeholder` \('<img>'\) and `image_start_token`"),
+        ({"image_start_token": ""}, ValueError, r"`image_start_token` must be a non-empty string"),
+        ({"image_end_token": 5}, TypeError, r"`image_end_token` must be a str, got int"),
+        ({"image_start_token": "<IMG_CONTEXT>"}, ValueError, r"`image_start_token`.*`image_context_token`.*differ"),
+        ({"video_frame_template": ""}, ValueError, r"`video_frame_template` must be a non-empty string"),
+        ({"video_frame_template": 5}, TypeError, r"`video_frame_template` must be a str, got int"),
+        ({"video_frame_template": "Frame: "}, ValueError, r"`video_frame_template` must contain '\{i\}'"),
+        ({"video_frame_template": "F{i}{j}: "}, ValueError, r"`video_frame_template` must be formatted with `i` alone"),
+        ({"video_frame_template": "F{0}{i}: "}, ValueError, r"`video_frame_template` must be formatted with `i` alone"),
+        ({"video_frame_template": "F{i:q}{i}: "}, ValueError, r"`video_frame_template` must be formatted with `i`"),
+        ({"system_message": 5}, TypeError, r"`system_message` must be a str or None, got int"),
+        ({"patch_size": None}, TypeError, r"`patch_size` must be an int >= 1, got NoneType"),
+        ({"downsample_ratio": "0.5"}, TypeError, r"`downsample_ratio` must be a number in \(0, 1\], got str"),
+        ({"downsample_ratio": float("nan")}, ValueError, r"`downsample_ratio` must be a number in \(0, 1\], got nan"),
+        ({"image_size": 450}, ValueError, r"`image_size` \(450\) must be a multiple of `patch_size` \(14\)"),
+        ({"image_size": 14}, ValueError, r"`image_size` 14 gives 0 tokens per tile"),
+        ({"image_size": 10**6}, ValueError, r"`image_size` is a tile side in pixels and must be <= 4096"),
+        ({"image_size": 448.0}, TypeError, r"`image_size` must be an int, got float"),
+    ],
+)
+def test_processor_refuses_bad_construction_arguments(tokenizer, kwargs, error, match):
+    from transformers_internvl.processing.processing_internvl import InternVLChatProcessor
+
+    with pytest.raises(error, match=match):
+        InternVLChatProcessor(tokenizer=tokenizer, **kwargs)
+
+
+def test_processor_keeps_valid_construction_arguments(tokenizer):
+    from PIL import Image
+
+    from transformers_internvl.processing.processing_internvl import InternVLChatProcessor
+
+    processor = InternVLChatProcessor(
+        tokenizer=tokenizer,
+        video_frame_template="Frame{i} {{t}}: ",
+        image_placeholder="<pic>",
+        video_placeholder="<clip>",
+        system_message="",
+        image_size=28,
+    )
+    assert (processor.image_start_token, processor.image_end_token) == ("<img>", "</img>")
+    assert processor.video_prompt(2) == "Frame1 {t}: <pic>\nFrame2 {t}: <pic>"
+    out = processor(text="<pic> and <clip>", images=Image.new("RGB", (8, 8)), videos=np.zeros((2, 8, 8, 3), np.uint8))
+    expanded = processor.tokenizer.decode(out["input_ids"][0])
+    # One 28 px tile is one token (2 x 2 patches, pixel unshuffle 0.5); each video frame one tile.
+    assert expanded.count("<IMG_CONTEXT>") == 3 and "Frame2 {t}: <img><IMG_CONTEXT></img>" in expanded
