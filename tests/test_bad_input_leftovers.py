@@ -202,8 +202,8 @@ def test_image_size_at_the_bound_and_non_default_sides_still_work():
         ((448, None, 0.5), TypeError, r"`patch_size` must be an int >= 1, got NoneType"),
         ((448, 14, "0.5"), TypeError, r"`downsample_ratio` must be a number in \(0, 1\], got str"),
         ((448, 14, True), TypeError, r"`downsample_ratio` must be a number in \(0, 1\], got bool"),
-        ((10, 14, 0.5), ValueError, r"`image_size` 10 gives 0 tokens per tile"),
-        ((14, 14, 0.5), ValueError, r"`image_size` 14 gives 0 tokens per tile"),
+        ((10, 14, 0.5), ValueError, r"`image_size` 10 gives no token per tile"),
+        ((14, 14, 0.5), ValueError, r"`image_size` 14 gives no token per tile"),
     ],
 )
 def test_tokens_per_tile_refuses_bad_geometry(args, error, match):
@@ -367,7 +367,7 @@ def tokenizer():
         ({"downsample_ratio": "0.5"}, TypeError, r"`downsample_ratio` must be a number in \(0, 1\], got str"),
         ({"downsample_ratio": float("nan")}, ValueError, r"`downsample_ratio` must be a number in \(0, 1\], got nan"),
         ({"image_size": 450}, ValueError, r"`image_size` \(450\) must be a multiple of `patch_size` \(14\)"),
-        ({"image_size": 14}, ValueError, r"`image_size` 14 gives 0 tokens per tile"),
+        ({"image_size": 14}, ValueError, r"`image_size` 14 gives no token per tile"),
         ({"image_size": 10**6}, ValueError, r"`image_size` is a tile side in pixels and must be <= 4096"),
         ({"image_size": 448.0}, TypeError, r"`image_size` must be an int, got float"),
     ],
