@@ -16,6 +16,7 @@ so processing, modeling, conversion and training all read the same strings from 
 from __future__ import annotations
 
 import json
+import numbers
 from collections.abc import Mapping, Sequence
 from enum import Enum
 from typing import Any
@@ -34,9 +35,21 @@ def tokens_per_tile(image_size: int, patch_size: int, downsample_ratio: float) -
 
     The original's `num_image_token = int((image_size // patch_size) ** 2 * (downsample_ratio ** 2))`, to the letter
     (`InternVLChatModel.__init__`, `internvl_chat/internvl/model/internvl_chat/modeling_internvl_chat.py`); the model
-    config (`InternVLChatConfig.num_image_token`) and the processor both take it from here.
+    config (`InternVLChatConfig.num_image_token`) and the processor both take it from here. Raises `TypeError` /
+    `ValueError` naming the argument for a size not an int >= 1, a ratio not in (0, 1], or no token per tile.
     """
-    return int((image_size // patch_size) ** 2 * (downsample_ratio**2))
+    checks = dict(image_size=image_size, patch_size=patch_size, downsample_ratio=downsample_ratio)
+    for name, value in checks.items():
+        ratio = name == "downsample_ratio"
+        expected = "a number in (0, 1]" if ratio else "an int >= 1"
+        if isinstance(value, bool) or not isinstance(value, numbers.Real if ratio else numbers.Integral):
+            raise TypeError(f"`{name}` must be {expected}, got {type(value).__name__} ({value!r}).")
+        if not (0 < value <= 1 if ratio else value >= 1):  # NaN compares False
+            raise ValueError(f"`{name}` must be {expected}, got {value!r}.")
+    tokens = int((image_size // patch_size) ** 2 * (downsample_ratio**2))
+    if tokens < 1:
+        raise ValueError(f"`image_size` {image_size} gives no token per tile (needs >= patch_size / downsample_ratio).")
+    return tokens
 
 
 DEFAULT_NUM_IMAGE_TOKEN = tokens_per_tile(448, 14, 0.5)
@@ -66,17 +79,7 @@ class SeparatorStyle(str, Enum):
 
 
 def _template(name, system_template, system_message, roles, sep_style, sep, sep2=None, stop_str=None):
-    return {
-        "name": name,
-        "system_template": system_template,
-        "system_message": system_message,
-        "roles": roles,
-        "sep_style": sep_style,
-        "sep": sep,
-        "sep2": sep2,
-        "stop_str": stop_str,
-        "stop_token_ids": None,
-    }
+    return {**locals(), "stop_token_ids": None}  # the fields of the original `Conversation`, in its order
 
 
 # The original templates (internvl_chat/internvl/conversation.py). Hermes-2 and internlm2-chat render identically at
@@ -243,8 +246,7 @@ def expand_image_placeholders(
         )
         if strict:
             raise ValueError(message)
-        # Imported here: this leaf imports no transformers at import time (`processing.tiling` reads it, and
-        # `transformers-internvl tiles` starts without transformers).
+        # Imported here: no transformers at import time (`processing.tiling` and the `tiles` CLI start without it).
         from transformers.utils import logging
 
         logging.get_logger(__name__).warning(
@@ -313,9 +315,7 @@ def multi_image_prefix(num_images: int, image_placeholder: str = IMAGE_PLACEHOLD
     return "".join(f"Image-{index + 1}: {image_placeholder}\n" for index in range(num_images))
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Jinja chat template (for `apply_chat_template`)
-# ---------------------------------------------------------------------------------------------------------------------
+# ---- Jinja chat template (for `apply_chat_template`) ------------------------------------------------------------------
 
 # The body is shared by all templates; `get_jinja_chat_template` prepends the template's strings as `{% set %}` lines.
 # All output goes through `{{ }}` so whitespace control never touches rendered text.

@@ -17,7 +17,7 @@ from ..chat_templates import IMAGE_CONTEXT_TOKEN, IMAGE_END_TOKEN, IMAGE_START_T
 from .chat_cache import clear_chat_cache, generate_turn
 from .chat_prompts import build_batch_chat_prompts, build_chat_prompt, postprocess_response, prepare_chat_question
 from .conversation import Conversation, get_conv_template
-from .input_checks import check_chat_inputs, question_list
+from .input_checks import check_chat_inputs, merge_tile_count_aliases, question_list
 
 
 def _generation_kwargs(generation_config: dict | GenerationConfig | None) -> dict[str, Any]:
@@ -217,14 +217,14 @@ class InternVLChatMixin:
             generation_config: `generate` keyword arguments (dict, as in the original) or a `GenerationConfig`.
             history: Earlier `(question, answer)` pairs.
             return_history: Also return the history with this turn appended.
-            num_patches_list: Tiles per image (alias `num_tiles_list`); defaults to one image with all tiles.
+            num_patches_list: Tiles per image (alias `num_tiles_list`; both with different values raise
+                `ValueError`); defaults to one image with all tiles.
 
         Returns:
             The answer (decoded, cut at the template's end token, stripped), and the history if asked.
         """
         check_chat_inputs(tokenizer, pixel_values)
-        if num_tiles_list is not None:
-            num_patches_list = num_tiles_list
+        num_patches_list = merge_tile_count_aliases(num_patches_list=num_patches_list, num_tiles_list=num_tiles_list)
         if num_patches_list is None:
             num_patches_list = [pixel_values.shape[0]] if pixel_values is not None else []
         if pixel_values is not None and pixel_values.shape[0] != sum(num_patches_list):
@@ -271,15 +271,15 @@ class InternVLChatMixin:
         """One turn for several questions (one image each), left-padded, as the original `batch_chat`.
 
         `num_patches_list[i]` (alias `num_tiles_list`, legacy `image_counts`) is the number of tiles of question
-        i's image; `pixel_values` holds all of them in order.
+        i's image; `pixel_values` holds all of them in order. Two of these names with different values raise
+        `ValueError` (the original lets `image_counts` win silently).
         """
         check_chat_inputs(tokenizer, pixel_values)
         if history is not None or return_history:
             raise ValueError("batch_chat does not support `history` or `return_history` (as in the original).")
-        if image_counts is not None:
-            num_patches_list = image_counts
-        if num_tiles_list is not None:
-            num_patches_list = num_tiles_list
+        num_patches_list = merge_tile_count_aliases(
+            num_patches_list=num_patches_list, num_tiles_list=num_tiles_list, image_counts=image_counts
+        )
         if pixel_values is not None and num_patches_list is not None and pixel_values.shape[0] != sum(num_patches_list):
             raise ValueError(
                 f"`num_patches_list` sums to {sum(num_patches_list)} tiles but `pixel_values` holds "

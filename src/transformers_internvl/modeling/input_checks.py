@@ -16,6 +16,7 @@ __all__ = [
     "check_image_flags",
     "check_no_unfilled_image_tokens",
     "check_num_tiles",
+    "merge_tile_count_aliases",
     "question_list",
 ]
 
@@ -136,6 +137,35 @@ def check_chat_inputs(tokenizer: Any, pixel_values: Any) -> None:
         )
     if not bool(torch.isfinite(pixel_values).all()):
         raise ValueError("`pixel_values` holds NaN or infinite values.")
+
+
+def _tile_counts(name: str, value: Any) -> list[Any]:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise TypeError(f"`{name}` must be a list of tile counts (one per image), got {type(value).__name__}.")
+    return list(value.tolist() if hasattr(value, "tolist") else value)
+
+
+def merge_tile_count_aliases(**given: Any) -> Any:
+    """The tiles-per-image list of `chat()` / `batch_chat()` passed under `num_patches_list` (the original's name) or
+    an alias (`num_tiles_list`; `batch_chat`'s deprecated `image_counts`, which the original lets override
+    `num_patches_list` silently): the one given, or None. Aliases given with equal values agree.
+
+    Raises:
+        ValueError: two of them are given with different values; the message names both and their values.
+        TypeError: one of them is not a list / tuple / tensor.
+    """
+    chosen_name, chosen = None, None
+    for name, value in given.items():
+        if value is None:
+            continue
+        if chosen_name is None:
+            chosen_name, chosen = name, value
+        elif _tile_counts(name, value) != _tile_counts(chosen_name, chosen):
+            raise ValueError(
+                f"`{chosen_name}` ({_tile_counts(chosen_name, chosen)}) and its alias `{name}` "
+                f"({_tile_counts(name, value)}) disagree; pass the tiles per image once."
+            )
+    return chosen
 
 
 def question_list(questions: Any) -> list[str]:

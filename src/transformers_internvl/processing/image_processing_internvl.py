@@ -47,7 +47,7 @@ from .image_processing_options import (
     resolve_image_options,
     set_pixel_options,
 )
-from .input_validation import check_bool, check_int, pop_alias, size_to_int
+from .input_validation import check_bool, check_image_size, check_int, pop_alias, size_to_int
 from .tiling import (  # the grid choice and tile budget: torch-free, so `transformers-internvl tiles` starts fast
     DEFAULT_IMAGE_SIZE,
     DEFAULT_MAX_TILES,
@@ -189,7 +189,7 @@ class InternVLChatImageProcessor(TilePixelDefaults, BaseImageProcessor):
 
     Args:
         image_size (`int`, defaults to 448): tile side (`force_image_size`; aliases `force_image_size`, `input_size`,
-            and transformers' `size` as an int or `{"height": s, "width": s}`).
+            and transformers' `size` as an int or `{"height": s, "width": s}`); at most `MAX_IMAGE_SIZE` (4096).
         max_dynamic_patch (`int`, defaults to 12): most grid tiles, the original's name; documented aliases
             `max_num` (the original `load_image`), `max_patches` (transformers' GotOcr2) and `max_tiles` (this
             package's `plan_tiles`). At most `MAX_TILES_LIMIT` (1024).
@@ -245,7 +245,7 @@ class InternVLChatImageProcessor(TilePixelDefaults, BaseImageProcessor):
         for key in LEGACY_CONFIG_KEYS:
             kwargs.pop(key, None)
         super().__init__(**kwargs)
-        self.image_size = check_int("image_size", DEFAULT_IMAGE_SIZE if image_size is None else image_size)
+        self.image_size = check_image_size("image_size", DEFAULT_IMAGE_SIZE if image_size is None else image_size)
         self.min_dynamic_patch = check_tile_budget(
             "min_dynamic_patch", 1 if min_dynamic_patch is None else min_dynamic_patch
         )

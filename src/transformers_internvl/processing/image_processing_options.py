@@ -18,7 +18,7 @@ from PIL import Image
 from transformers.processing_utils import ImagesKwargs
 
 from .image_loading import check_timeout
-from .input_validation import check_bool, check_int, check_triple, pop_alias, size_to_int
+from .input_validation import check_bool, check_image_size, check_int, check_triple, pop_alias, size_to_int
 from .tiling import DEFAULT_IMAGE_SIZE, MAX_TILES_LIMIT, check_tile_budget
 
 __all__ = [
@@ -63,7 +63,8 @@ class InternVLImageProcessorKwargs(ImagesKwargs, total=False):
     use_thumbnail (`bool`, *optional*, defaults to `self.use_thumbnail`):
         Append the whole image resized to one tile when the grid has more than one tile.
     image_size (`int`, *optional*, defaults to `self.image_size`):
-        Tile side in pixels (the checkpoint's `force_image_size`). Alias: `force_image_size`.
+        Tile side in pixels (the checkpoint's `force_image_size`), at most `MAX_IMAGE_SIZE` (4096). Alias:
+        `force_image_size`.
     max_total_tiles (`int` or `None`, *optional*, defaults to `self.max_total_tiles`):
         Tile budget shared by the images of one sample, see `allocate_tile_budget`; `None` = no sharing.
     num_workers (`int`, *optional*, defaults to `self.num_workers`):
@@ -218,7 +219,7 @@ def resolve_image_options(processor: Any, kwargs: dict[str, Any]) -> dict[str, A
             f"`min_dynamic_patch` ({options['min_dynamic_patch']}) must be <= `max_dynamic_patch` "
             f"({options['max_dynamic_patch']})."
         )
-    options["image_size"] = check_int("image_size", options["image_size"])
+    options["image_size"] = check_image_size("image_size", options["image_size"])
     options["use_thumbnail"] = check_bool("use_thumbnail", options["use_thumbnail"])
     if not check_bool("dynamic_image_size", options.pop("dynamic_image_size")):
         # One 1x1 grid: the image resized to one tile, no thumbnail (a one-tile grid never gets one).

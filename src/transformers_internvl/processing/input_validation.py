@@ -1,6 +1,7 @@
 """Argument checks of the processors: the text given to `InternVLChatProcessor` (issue 12), refused early with the
-index and position, and the ints, bools, per-channel triples and alias pairs of the image and video processors
-(a `TypeError` / `ValueError` naming the argument and the value given)."""
+index and position, the ints, bools, per-channel triples and alias pairs of the image and video processors, and the
+tile geometry and strings of `InternVLChatProcessor.__init__` (a `TypeError` / `ValueError` naming the argument and
+the value given)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,27 @@ from typing import Any
 
 import numpy as np
 
-from .tiling import check_int
+from ..chat_templates import IMAGE_CONTEXT_TOKEN, IMAGE_END_TOKEN, IMAGE_START_TOKEN, tokens_per_tile
+from .tiling import check_image_size, check_int
 
-__all__ = ["check_bool", "check_int", "check_texts", "check_triple", "pop_alias", "size_to_int"]
+__all__ = [
+    "check_bool",
+    "check_frame_template",
+    "check_image_size",
+    "check_int",
+    "check_processor_args",
+    "check_texts",
+    "check_triple",
+    "pop_alias",
+    "size_to_int",
+]
+
+# Image token strings of `InternVLChatProcessor`: the tokenizer attribute read when the argument is None, the default.
+_IMAGE_TOKENS = {
+    "image_start_token": ("start_image_token", IMAGE_START_TOKEN),
+    "image_end_token": ("end_image_token", IMAGE_END_TOKEN),
+    "image_context_token": ("context_image_token", IMAGE_CONTEXT_TOKEN),
+}
 
 
 def check_texts(texts: Sequence[str]) -> None:
@@ -62,13 +81,13 @@ def check_triple(name: str, value: object) -> tuple[float, float, float]:
 
 
 def size_to_int(name: str, size: object) -> int:
-    """`size` as transformers writes it (int, or {"height": s, "width": s}) -> the tile side."""
+    """`size` as transformers writes it (int, or {"height": s, "width": s}) -> the tile side (`check_image_size`)."""
     if isinstance(size, dict):
         height, width = size.get("height"), size.get("width")
         if height is None or height != width:
             raise ValueError(f"`{name}` must describe a square tile, e.g. {{'height': 448, 'width': 448}}; got {size}.")
-        return check_int(name, height)
-    return check_int(name, size)
+        return check_image_size(name, height)
+    return check_image_size(name, size)
 
 
 def pop_alias(kwargs: dict[str, Any], canonical: str, value: Any, aliases: Sequence[str], none_value: Any) -> Any:
@@ -81,3 +100,80 @@ def pop_alias(kwargs: dict[str, Any], canonical: str, value: Any, aliases: Seque
                 raise ValueError(f"`{canonical}` ({value}) and its alias `{alias}` ({alias_value}) disagree.")
             value = alias_value
     return value
+
+
+def _check_text_option(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"`{name}` must be a str, got {type(value).__name__} ({value!r}).")
+    if not value.strip():
+        raise ValueError(f"`{name}` must be a non-empty string (not only whitespace), got {value!r}.")
+    return value
+
+
+def check_frame_template(name: str, template: object) -> str:
+    """`template` (the label before each video frame) as a str formatted with only `i`, the 1-based frame number.
+
+    Raises:
+        TypeError: not a str.
+        ValueError: empty, without `{i}`, or with another field (`{j}`, `{0}`) or a bad format spec.
+    """
+    template = _check_text_option(name, template)
+    if "{i}" not in template:
+        raise ValueError(f"`{name}` must contain '{{i}}' (the 1-based frame number), got {template!r}.")
+    try:
+        template.format(i=1)
+    except (IndexError, KeyError, ValueError) as error:
+        raise ValueError(
+            f"`{name}` must be formatted with `i` alone (the 1-based frame number), got {template!r} "
+            f"({type(error).__name__}: {error}); write a literal brace as '{{{{' / '}}}}'."
+        ) from None
+    return template
+
+
+def check_processor_args(
+    tokenizer: Any,
+    image_size: object,
+    patch_size: object,
+    downsample_ratio: object,
+    video_frame_template: object,
+    system_message: object,
+    **strings: Any,
+) -> dict[str, str]:
+    """The checks of `InternVLChatProcessor.__init__`; returns the placeholders and image token strings (`strings`,
+    by argument name) with each image token given as None replaced by the tokenizer's (`start_image_token`, ...) or
+    the default (`<img>`, `</img>`, `<IMG_CONTEXT>`).
+
+    Raises:
+        TypeError: a size that is not an int, a ratio that is not a number, a placeholder / token / template that is
+            not a str (an image token may be None), a `system_message` neither a str nor None.
+        ValueError: no tokenizer, `image_size` outside `1..MAX_IMAGE_SIZE` or no multiple of `patch_size`, a ratio
+            outside (0, 1], an empty placeholder / token string, a frame template without `{i}`
+            (`check_frame_template`), two equal strings, or a placeholder inside another string or containing one.
+    """
+    if tokenizer is None:
+        raise ValueError("`tokenizer` is required.")
+    check_image_size("image_size", image_size)
+    tokens_per_tile(image_size, patch_size, downsample_ratio)  # type and range of each, at least one token per tile
+    if image_size % patch_size:
+        raise ValueError(f"`image_size` ({image_size}) must be a multiple of `patch_size` ({patch_size}).")
+    check_frame_template("video_frame_template", video_frame_template)
+    if system_message is not None and not isinstance(system_message, str):
+        raise TypeError(f"`system_message` must be a str or None, got {type(system_message).__name__}.")
+    resolved = {}
+    for name, value in strings.items():
+        if value is None and name in _IMAGE_TOKENS:
+            attribute, default = _IMAGE_TOKENS[name]
+            value = getattr(tokenizer, attribute, None) or default
+        resolved[name] = _check_text_option(name, value)
+    names = list(resolved)
+    for index, first in enumerate(names):
+        for second in names[index + 1 :]:
+            a, b = resolved[first], resolved[second]
+            # Placeholders are found in the text by their string, image tokens refused in it: none may hide another.
+            # Image tokens only need to differ (the tokenizer matches the longest special token).
+            if a == b or ("placeholder" in first + second and (a in b or b in a)):
+                raise ValueError(
+                    f"`{first}` ({a!r}) and `{second}` ({b!r}) must differ"
+                    + (" and neither may contain the other." if "placeholder" in first + second else ".")
+                )
+    return resolved

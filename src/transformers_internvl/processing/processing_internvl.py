@@ -25,10 +25,7 @@ from transformers.video_processing_utils import VideoProcessorMixin
 from ..atomic_save import atomic_save_directory
 from ..chat_templates import (
     DEFAULT_VIDEO_FRAME_TEMPLATE,
-    IMAGE_CONTEXT_TOKEN,
-    IMAGE_END_TOKEN,
     IMAGE_PLACEHOLDER,
-    IMAGE_START_TOKEN,
     VIDEO_PLACEHOLDER,
     get_jinja_chat_template,
     image_context_string,
@@ -38,6 +35,7 @@ from ..chat_templates import (
     tokens_per_tile,
     video_frame_prompt,
 )
+from .chat_messages import check_chat_messages
 from .control_tokens import (
     check_no_raw_image_tokens,
     escape_placeholders_in_messages,
@@ -45,7 +43,7 @@ from .control_tokens import (
     special_tokens_around_text,
 )
 from .image_processing_options import InternVLImageProcessorKwargs
-from .input_validation import check_texts
+from .input_validation import check_processor_args, check_texts
 from .legacy_folders import legacy_processor_dict
 from .loading_options import (
     HUB_KWARGS,
@@ -124,19 +122,24 @@ class InternVLChatProcessor(ProcessorMixin):
         image_context_token: str | None = None,
         **kwargs,
     ):
-        if tokenizer is None:
-            raise ValueError("`tokenizer` is required.")
+        template_data(template)  # validates the name
+        strings = check_processor_args(  # and the tokenizer, sizes, ratio, frame template, system message, strings
+            tokenizer,
+            image_size,
+            patch_size,
+            downsample_ratio,
+            video_frame_template,
+            system_message,
+            image_placeholder=image_placeholder,
+            video_placeholder=video_placeholder,
+            image_start_token=image_start_token,
+            image_end_token=image_end_token,
+            image_context_token=image_context_token,
+        )
         if image_processor is None:  # the default sub-processors cut tiles of this processor's `image_size`
             image_processor = image_processor_class()(image_size=image_size)
         if video_processor is None:
             video_processor = video_processor_class()(image_size=image_size)
-        template_data(template)  # validates the name
-        if "{i}" not in video_frame_template:
-            raise ValueError(f"`video_frame_template` must contain '{{i}}', got {video_frame_template!r}.")
-        if image_size <= 0 or patch_size <= 0 or image_size % patch_size != 0:
-            raise ValueError(f"`image_size` ({image_size}) must be a positive multiple of `patch_size` ({patch_size}).")
-        if not 0 < downsample_ratio <= 1:
-            raise ValueError(f"`downsample_ratio` must be in (0, 1], got {downsample_ratio}.")
         if chat_template is None:
             chat_template = get_jinja_chat_template(
                 template, system_message, image_placeholder=image_placeholder, video_placeholder=video_placeholder
@@ -148,13 +151,8 @@ class InternVLChatProcessor(ProcessorMixin):
         self.patch_size = int(patch_size)
         self.downsample_ratio = float(downsample_ratio)
         self.video_frame_template = video_frame_template
-        self.image_placeholder = image_placeholder
-        self.video_placeholder = video_placeholder
-        self.image_start_token = image_start_token or getattr(tokenizer, "start_image_token", None) or IMAGE_START_TOKEN
-        self.image_end_token = image_end_token or getattr(tokenizer, "end_image_token", None) or IMAGE_END_TOKEN
-        self.image_context_token = (
-            image_context_token or getattr(tokenizer, "context_image_token", None) or IMAGE_CONTEXT_TOKEN
-        )
+        for name, value in strings.items():  # the placeholders and the image token strings
+            setattr(self, name, value)
         super().__init__(image_processor, tokenizer, video_processor, chat_template=chat_template, **kwargs)
 
         # ProcessorMixin conventions: `image_token` is the token that fills the sequence (checked after tokenization,
@@ -436,8 +434,9 @@ class InternVLChatProcessor(ProcessorMixin):
         `sanitize_control_tokens=True` (needs `tokenize=True`) encodes the control tokens in the messages
         (`<|im_start|>`, `<|im_end|>`, `<img>`, `<IMG_CONTEXT>`, ...) as plain text; the default (`False`, as in
         transformers and the original `chat()`) lets message text write them, except the image tokens, which the
-        processor refuses (`ValueError`)."""
+        processor refuses (`ValueError`). Malformed content items raise (`chat_messages.check_chat_messages`)."""
         conversation = escape_placeholders_in_messages(conversation, (self.image_placeholder, self.video_placeholder))
+        check_chat_messages(*self._normalize_conversations(conversation), kwargs)
         return super().apply_chat_template(conversation, chat_template, **kwargs)
 
     # ---- saving / loading ----------------------------------------------------------------------------------------

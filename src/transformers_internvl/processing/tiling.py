@@ -35,10 +35,12 @@ __all__ = [
     "DEFAULT_IMAGE_SIZE",
     "DEFAULT_MAX_TILES",
     "DEFAULT_MAX_TOTAL_TILES",
+    "MAX_IMAGE_SIZE",
     "MAX_TILES_LIMIT",
     "TilePlan",
     "allocate_tile_budget",
     "candidate_grids",
+    "check_image_size",
     "check_tile_budget",
     "find_closest_grid",
     "num_image_tokens_for_size",
@@ -51,6 +53,8 @@ DEFAULT_MAX_TILES = 12
 DEFAULT_MAX_TOTAL_TILES = 64
 # Largest accepted tile budget (`max_tiles` / `min_tiles`); see `check_tile_budget`.
 MAX_TILES_LIMIT = 1024
+# Largest accepted tile side (`image_size`); see `check_image_size`.
+MAX_IMAGE_SIZE = 4096
 
 
 def check_int(name: str, value: object, minimum: int = 1) -> int:
@@ -86,6 +90,22 @@ def check_tile_budget(name: str, value: object) -> int:
         raise ValueError(
             f"`{name}` must be <= {MAX_TILES_LIMIT} (MAX_TILES_LIMIT: 16 x the largest budget InternVL uses, 64; "
             f"each tile is 256 tokens), got {value}."
+        )
+    return value
+
+
+def check_image_size(name: str, value: object) -> int:
+    """`value` as a tile side in pixels: an int in `1..MAX_IMAGE_SIZE`, else a `TypeError` / `ValueError` naming `name`.
+
+    InternVL 2.5 models all use 448 px tiles (`force_image_size`); `MAX_IMAGE_SIZE` (4096) is over 9 times that. One
+    4096 px tile is 201 MB of float32 pixels (448 px: 2.4 MB) and a 12-tile grid of them a 200-megapixel resize, so a
+    larger side is a mistake (an image's size or a pixel count), not a tile size.
+    """
+    value = check_int(name, value)
+    if value > MAX_IMAGE_SIZE:
+        raise ValueError(
+            f"`{name}` is a tile side in pixels and must be <= {MAX_IMAGE_SIZE} (MAX_IMAGE_SIZE; InternVL tiles are "
+            f"448 px), got {value}."
         )
     return value
 
@@ -144,7 +164,7 @@ def find_closest_grid(
     """The grid `(cols, rows)` the original `find_closest_aspect_ratio` picks for a `width` x `height` image."""
     width = check_int("width", width)
     height = check_int("height", height)
-    image_size = check_int("image_size", image_size)
+    image_size = check_image_size("image_size", image_size)
     min_tiles, max_tiles = _check_tile_range(min_tiles, max_tiles)
     return _find_closest_grid(width, height, min_tiles, max_tiles, image_size)
 
@@ -223,7 +243,7 @@ def plan_tiles(
     width = check_int("width", width)
     height = check_int("height", height)
     min_tiles, max_tiles = _check_tile_range(min_tiles, max_tiles)
-    image_size = check_int("image_size", image_size)
+    image_size = check_image_size("image_size", image_size)
     if not isinstance(use_thumbnail, bool):
         raise TypeError(f"`use_thumbnail` must be a bool, got {type(use_thumbnail).__name__} ({use_thumbnail!r}).")
     return _plan_tiles(width, height, max_tiles, min_tiles, image_size, use_thumbnail)

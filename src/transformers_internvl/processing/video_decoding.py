@@ -40,6 +40,7 @@ __all__ = [
     "MAX_NUM_SEGMENTS",
     "DecodedVideo",
     "FrameIndexReader",
+    "check_fps",
     "check_num_segments",
     "open_container",
     "read_video_frames",
@@ -288,6 +289,20 @@ def _check_index(name: str, value: object) -> int:
 _INDEX_CLAMP = 2.0**62
 
 
+def check_fps(name: str, fps: object) -> float:
+    """`fps` (frames per second) as a float: a positive finite number (it divides frame indices into seconds).
+
+    Raises:
+        TypeError: not a number (a bool or a str included).
+        ValueError: zero, negative, NaN or infinite; the message names `name` and the value.
+    """
+    if isinstance(fps, bool) or not isinstance(fps, int | float | np.integer | np.floating):
+        raise TypeError(f"`{name}` must be a number, got {type(fps).__name__} ({fps!r}).")
+    if not math.isfinite(fps) or fps <= 0:
+        raise ValueError(f"`{name}` must be a positive finite number (frames per second), got {fps!r}.")
+    return float(fps)
+
+
 def sample_frame_indices(
     num_frames: int,
     fps: float,
@@ -328,10 +343,7 @@ def sample_frame_indices(
     first_idx = _check_index("first_idx", first_idx)
     if first_idx < 0:
         raise ValueError(f"`first_idx` must be >= 0, got {first_idx}.")
-    if isinstance(fps, bool) or not isinstance(fps, int | float | np.integer | np.floating):
-        raise TypeError(f"`fps` must be a number, got {type(fps).__name__} ({fps!r}).")
-    if not math.isfinite(fps) or fps <= 0:
-        raise ValueError(f"`fps` must be a positive finite number, got {fps!r}.")
+    fps = check_fps("fps", fps)
     last = first_idx + num_frames - 1
     if max_frame is None:
         max_frame = last

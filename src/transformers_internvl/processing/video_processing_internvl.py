@@ -27,16 +27,18 @@ from transformers.video_utils import VideoMetadata
 from .image_loading import check_timeout, to_rgb_image
 from .image_processing_internvl import plan_tiles, tiles_from_plans
 from .image_processing_options import (
+    IMAGE_SIZE_ALIASES,
     LEGACY_CONFIG_KEYS,
     TilePixelDefaults,
     resolve_pixel_options,
     set_pixel_options,
 )
-from .input_validation import check_int, size_to_int
+from .input_validation import check_image_size, pop_alias, size_to_int
 from .video_decoding import (
     DEFAULT_NUM_SEGMENTS,
     MAX_NUM_SEGMENTS,
     DecodedVideo,
+    check_fps,
     check_num_segments,
     read_video_frames,
     sample_frame_indices,
@@ -172,8 +174,8 @@ class InternVLChatVideoProcessor(TilePixelDefaults, VideoProcessorMixin):
 
     def __init__(
         self,
-        num_segments: int = DEFAULT_NUM_SEGMENTS,
-        image_size: int = TilePixelDefaults.image_size,
+        num_segments: int | None = None,
+        image_size: int | None = None,
         resample: int = TilePixelDefaults.resample,
         do_rescale: bool = True,
         do_normalize: bool = True,
@@ -182,12 +184,14 @@ class InternVLChatVideoProcessor(TilePixelDefaults, VideoProcessorMixin):
         num_workers: int | None = None,
         **kwargs: Any,
     ) -> None:
-        if kwargs.get("num_frames") is not None:
-            num_segments = kwargs.pop("num_frames")
-        if kwargs.get("force_image_size") is not None:
-            image_size = kwargs.pop("force_image_size")
+        # Aliases (transformers' `num_frames`, the image processor's tile-size names) must agree with the canonical name.
+        num_segments = pop_alias(kwargs, "num_segments", num_segments, ("num_frames",), None)
+        image_size = pop_alias(kwargs, "image_size", image_size, IMAGE_SIZE_ALIASES, None)
         if kwargs.get("size") is not None:
-            image_size = size_to_int("size", kwargs.pop("size"))
+            size = size_to_int("size", kwargs.pop("size"))
+            if image_size is not None and image_size != size:
+                raise ValueError(f"`image_size` ({image_size}) and `size` ({size}) disagree.")
+            image_size = size
         # Keys of an image-processor config (`preprocessor_config.json` is read as a fallback) and bookkeeping keys.
         for key in (
             *LEGACY_CONFIG_KEYS,
@@ -203,8 +207,12 @@ class InternVLChatVideoProcessor(TilePixelDefaults, VideoProcessorMixin):
         ):
             kwargs.pop(key, None)
         super().__init__(**kwargs)
-        self.num_segments = check_num_segments("num_segments", num_segments)
-        self.image_size = check_int("image_size", image_size)
+        self.num_segments = check_num_segments(
+            "num_segments", DEFAULT_NUM_SEGMENTS if num_segments is None else num_segments
+        )
+        self.image_size = check_image_size(
+            "image_size", TilePixelDefaults.image_size if image_size is None else image_size
+        )
         set_pixel_options(self, resample, do_rescale, do_normalize, image_mean, image_std, num_workers)
 
     def __call__(self, videos: Any = None, **kwargs: Unpack[InternVLVideoProcessorKwargs]) -> BatchFeature:
@@ -228,7 +236,7 @@ class InternVLChatVideoProcessor(TilePixelDefaults, VideoProcessorMixin):
         size = kwargs.pop("size", None)
         if size is not None:
             image_size = size_to_int("size", size)
-        image_size = self.image_size if image_size is None else check_int("image_size", image_size)
+        image_size = self.image_size if image_size is None else check_image_size("image_size", image_size)
         options = {"image_size": image_size, **resolve_pixel_options(self, kwargs)}
         timeout = check_timeout(kwargs.pop("timeout", None))
         return_tensors = kwargs.pop("return_tensors", None)
@@ -287,7 +295,7 @@ class InternVLChatVideoProcessor(TilePixelDefaults, VideoProcessorMixin):
                             f"`{name}`: sampling decoded frames with a `bound` needs their frame rate; pass "
                             "`video_metadata={'fps': ...}`."
                         )
-                    indices = sample_frame_indices(len(all_frames), float(fps or 1.0), num_segments, bound)
+                    indices = sample_frame_indices(len(all_frames), 1.0 if fps is None else fps, num_segments, bound)
                 if len(indices) > MAX_NUM_SEGMENTS:
                     raise ValueError(
                         f"`{name}` has {len(indices)} frames, more than MAX_NUM_SEGMENTS ({MAX_NUM_SEGMENTS}) tiles; "
@@ -334,6 +342,13 @@ class InternVLChatVideoProcessor(TilePixelDefaults, VideoProcessorMixin):
             video_metadata = [video_metadata]
         if not isinstance(video_metadata, list | tuple) or len(video_metadata) != num_videos:
             raise ValueError(f"`video_metadata` must be one dict per video ({num_videos}), got {video_metadata!r}.")
+        for index, metadata in enumerate(video_metadata):
+            name = f"video_metadata[{index}]" if num_videos > 1 else "video_metadata"
+            if metadata is not None and not isinstance(metadata, dict | VideoMetadata):
+                raise TypeError(f"`{name}` must be a dict or a VideoMetadata, got {type(metadata).__name__}.")
+            fps = None if metadata is None else metadata.get("fps")
+            if fps is not None:  # checked before any decoding: it divides frame indices into timestamps
+                check_fps(f"{name}['fps']", fps)
         return list(video_metadata)
 
     @staticmethod
