@@ -398,3 +398,39 @@ def test_processor_keeps_valid_construction_arguments(tokenizer):
     expanded = processor.tokenizer.decode(out["input_ids"][0])
     # One 28 px tile is one token (2 x 2 patches, pixel unshuffle 0.5); each video frame one tile.
     assert expanded.count("<IMG_CONTEXT>") == 3 and "Frame2 {t}: <img><IMG_CONTEXT></img>" in expanded
+
+
+def test_from_pretrained_keywords_replace_saved_values_under_any_spelling(tmp_path):
+    """A keyword given to `from_pretrained` replaces what the folder saved, whichever name either uses
+    (`max_num` for a saved `max_dynamic_patch`, `num_frames` for a saved `num_segments`, `size` for `image_size`);
+    two names given at once in one call must still agree."""
+    from helpers import qwen2_processor
+    from transformers import AutoImageProcessor, AutoProcessor
+
+    from transformers_internvl import InternVLImageProcessor
+    from transformers_internvl.processing.video_processing_internvl import InternVLVideoProcessor
+
+    images, videos, full = tmp_path / "image", tmp_path / "video", tmp_path / "processor"
+    InternVLImageProcessor(max_num=8).save_pretrained(images)
+    for keywords, expected in (
+        ({}, (8, 448)),
+        ({"max_num": 6}, (6, 448)),
+        ({"max_tiles": 5}, (5, 448)),
+        ({"max_dynamic_patch": 4}, (4, 448)),
+        ({"size": 224}, (8, 224)),
+        ({"force_image_size": 336}, (8, 336)),
+    ):
+        loaded = AutoImageProcessor.from_pretrained(images, **keywords)
+        assert (loaded.max_dynamic_patch, loaded.image_size) == expected, keywords
+    with pytest.raises(ValueError, match="disagree"):
+        AutoImageProcessor.from_pretrained(images, size=224, image_size=336)
+    with pytest.raises(ValueError, match="disagree"):
+        InternVLImageProcessor(size=224, image_size=336)  # silently 336 before
+
+    InternVLVideoProcessor(num_frames=12).save_pretrained(videos)
+    for keywords, expected in (({}, (12, 448)), ({"num_frames": 16}, (16, 448)), ({"size": 224}, (12, 224))):
+        loaded = InternVLVideoProcessor.from_pretrained(videos, **keywords)
+        assert (loaded.num_segments, loaded.image_size) == expected, keywords
+
+    qwen2_processor(max_dynamic_patch=3).save_pretrained(full)
+    assert AutoProcessor.from_pretrained(full, max_num=2).image_processor.max_dynamic_patch == 2

@@ -36,6 +36,7 @@ from transformers.processing_utils import Unpack
 from .exact_resize import resize_in_background, resize_into_tiles
 from .image_loading import DEFAULT_URL_TIMEOUT, group_images, load_image_source, to_rgb_image
 from .image_processing_options import (
+    IMAGE_OPTION_GROUPS,
     IMAGE_SIZE_ALIASES,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -47,7 +48,7 @@ from .image_processing_options import (
     resolve_image_options,
     set_pixel_options,
 )
-from .input_validation import check_bool, check_image_size, check_int, pop_alias, size_to_int
+from .input_validation import check_bool, check_image_size, check_int, drop_saved_aliases, pop_alias, size_to_int
 from .tiling import (  # the grid choice and tile budget: torch-free, so `transformers-internvl tiles` starts fast
     DEFAULT_IMAGE_SIZE,
     DEFAULT_MAX_TILES,
@@ -240,8 +241,11 @@ class InternVLChatImageProcessor(TilePixelDefaults, BaseImageProcessor):
         min_dynamic_patch = pop_alias(kwargs, "min_dynamic_patch", min_dynamic_patch, MIN_TILES_ALIASES, None)
         image_size = pop_alias(kwargs, "image_size", image_size, IMAGE_SIZE_ALIASES, None)
         size = kwargs.pop("size", None)
-        if size is not None and image_size is None:
-            image_size = size_to_int("size", size)
+        if size is not None:  # transformers' name (and the original CLIP-style preprocessor_config.json's)
+            size = size_to_int("size", size)
+            if image_size is not None and image_size != size:
+                raise ValueError(f"`image_size` ({image_size}) and `size` ({size}) disagree.")
+            image_size = size
         for key in LEGACY_CONFIG_KEYS:
             kwargs.pop(key, None)
         super().__init__(**kwargs)
@@ -262,6 +266,13 @@ class InternVLChatImageProcessor(TilePixelDefaults, BaseImageProcessor):
         self.max_total_tiles = None if max_total_tiles is None else check_int("max_total_tiles", max_total_tiles)
         set_pixel_options(self, resample, do_rescale, do_normalize, image_mean, image_std, num_workers)
         self._valid_kwargs_names = list(self.valid_kwargs.__annotations__.keys())
+
+    @classmethod
+    def from_dict(cls, image_processor_dict: dict[str, Any], **kwargs: Any):
+        """As transformers', except that a keyword replaces the saved value under any of its names
+        (`from_pretrained(folder, max_num=6)` with a saved `max_dynamic_patch`)."""
+        saved = drop_saved_aliases(image_processor_dict, kwargs, IMAGE_OPTION_GROUPS)
+        return super().from_dict(saved, **kwargs)
 
     def __call__(self, images: Any, **kwargs: Unpack[InternVLImageProcessorKwargs]) -> BatchFeature:
         return self.preprocess(images, **kwargs)

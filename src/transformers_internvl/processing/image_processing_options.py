@@ -43,6 +43,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 MAX_TILES_ALIASES = ("max_num", "max_patches", "max_tiles")
 MIN_TILES_ALIASES = ("min_num", "min_patches", "min_tiles")
 IMAGE_SIZE_ALIASES = ("force_image_size", "input_size")
+# Every spelling of one option, for `from_pretrained` keywords that replace a saved value (`drop_saved_aliases`).
+IMAGE_OPTION_GROUPS = (
+    ("max_dynamic_patch", *MAX_TILES_ALIASES),
+    ("min_dynamic_patch", *MIN_TILES_ALIASES),
+    ("image_size", *IMAGE_SIZE_ALIASES, "size"),
+)
 # Keys an original OpenGVLab `preprocessor_config.json` (a CLIP image-processor config) carries; they describe a
 # 448 px resize + centre crop that tiling already does, so they are dropped on load.
 LEGACY_CONFIG_KEYS = ("crop_size", "do_center_crop", "do_resize", "image_processor_type", "auto_map")

@@ -5,7 +5,7 @@ the value given)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -100,6 +100,21 @@ def pop_alias(kwargs: dict[str, Any], canonical: str, value: Any, aliases: Seque
                 raise ValueError(f"`{canonical}` ({value}) and its alias `{alias}` ({alias_value}) disagree.")
             value = alias_value
     return value
+
+
+def drop_saved_aliases(
+    saved: Mapping[str, Any], given: Mapping[str, Any], groups: Sequence[Sequence[str]]
+) -> dict[str, Any]:
+    """`saved` (a processor dict read from a folder) without the names of every option group the caller gives a value
+    for under any of its names, so that `from_pretrained(folder, max_num=6)` replaces the saved `max_dynamic_patch`
+    (keywords override what a folder saved, whichever spelling either uses) instead of disagreeing with it."""
+    kept = dict(saved)
+    for group in groups:
+        if any(given.get(name) is not None for name in group):
+            for name in group:
+                if name not in given:
+                    kept.pop(name, None)
+    return kept
 
 
 def _check_text_option(name: str, value: object) -> str:

@@ -33,7 +33,7 @@ from .image_processing_options import (
     resolve_pixel_options,
     set_pixel_options,
 )
-from .input_validation import check_image_size, pop_alias, size_to_int
+from .input_validation import check_image_size, drop_saved_aliases, pop_alias, size_to_int
 from .video_decoding import (
     DEFAULT_NUM_SEGMENTS,
     MAX_NUM_SEGMENTS,
@@ -214,6 +214,13 @@ class InternVLChatVideoProcessor(TilePixelDefaults, VideoProcessorMixin):
             "image_size", TilePixelDefaults.image_size if image_size is None else image_size
         )
         set_pixel_options(self, resample, do_rescale, do_normalize, image_mean, image_std, num_workers)
+
+    @classmethod
+    def from_dict(cls, video_processor_dict: dict[str, Any], **kwargs: Any):
+        """As transformers', except that a keyword replaces the saved value under any of its names
+        (`from_pretrained(folder, num_frames=16)` with a saved `num_segments`)."""
+        groups = (("num_segments", "num_frames"), ("image_size", *IMAGE_SIZE_ALIASES, "size"))
+        return super().from_dict(drop_saved_aliases(video_processor_dict, kwargs, groups), **kwargs)
 
     def __call__(self, videos: Any = None, **kwargs: Unpack[InternVLVideoProcessorKwargs]) -> BatchFeature:
         return self.preprocess(videos, **kwargs)
