@@ -208,3 +208,22 @@ def test_vision_mlp_inference_gelu_overwrites_fc1_output_with_the_same_values():
     assert not other.gelu_in_place
     with torch.no_grad():
         assert torch.equal(other(hidden.float()), other.fc2(other.act(other.fc1(hidden.float()))))
+
+
+def test_vision_eager_under_autocast_keeps_the_out_of_place_softmax():
+    """Under autocast the softmax may be run in fp32 by autocast (CUDA's policy); writing it into the low-precision
+    scores would skip that, so inference under autocast keeps the out-of-place softmax (same values as with grad)."""
+    from transformers_internvl.modeling.modeling_intern_vit import eager_attention_forward as vision_eager
+
+    torch.manual_seed(0)
+    query, key, value = (torch.randn(2, 4, 9, 8) for _ in range(3))
+    module = nn.Module().eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = vision_eager(module, query, key, value, None, scaling=8**-0.5)
+        with torch.no_grad():
+            got = vision_eager(module, query, key, value, None, scaling=8**-0.5)
+            buffers = _score_buffers(
+                lambda: vision_eager(module, query, key, value, None, scaling=8**-0.5), (2, 4, 9, 9)
+            )
+    assert all(torch.equal(a, b) for a, b in zip(expected, got, strict=True))
+    assert buffers == 2

@@ -111,8 +111,8 @@ def eager_attention_forward(
     attn_weights = torch.matmul(query * scaling, key.transpose(2, 3))
     if attention_mask is not None:
         attn_weights = attn_weights + attention_mask
-    if torch.is_grad_enabled():
-        attn_weights = nn.functional.softmax(attn_weights, dim=-1)
+    if torch.is_grad_enabled() or torch.is_autocast_enabled(attn_weights.device.type):
+        attn_weights = nn.functional.softmax(attn_weights, dim=-1)  # (autocast may run it in fp32)
     else:
         # Inference: the softmax overwrites the scores it reads (same kernel, bit-identical), so one
         # `(batch, heads, seq, seq)` tensor is alive instead of two (~470 MiB at 7 tiles of InternViT-300M in fp32).
