@@ -12,8 +12,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as module_hooks
 from transformers import PreTrainedModel
-from transformers.activations import ACT2FN
+from transformers.activations import ACT2FN, GELUActivation
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -192,15 +193,27 @@ class InternVLVisionMLP(nn.Module):
         self.act = ACT2FN[config.hidden_act]
         self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.gelu_in_place = config.hidden_act == "gelu"  # transformers' exact GELU, InternViT's activation
+
+    @property
+    def gelu_in_place(self) -> bool:
+        """Whether inference may write the GELU over fc1's output: `act` is still transformers' exact GELU (not
+        replaced by the user) and no forward hook on `fc1` or `act` (or a global one) could see fc1's output or expect
+        `act` to be called."""
+        act = self.act
+        if type(act) is not GELUActivation or act.act is not F.gelu:
+            return False
+        hooked = (module_hooks._global_forward_hooks, module_hooks._global_forward_pre_hooks)
+        for module in (self.fc1, act):
+            hooked += (module._forward_hooks, module._forward_pre_hooks)
+        return not any(hooked)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """`(num_tiles, seq_len, hidden_size)` -> same shape: `fc2(act(fc1(x)))`."""
         hidden_states = self.fc1(hidden_states)
-        if self.gelu_in_place and not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() and self.gelu_in_place:
             # Inference: the exact GELU overwrites fc1's output (the same kernel, the same bits), so one
             # `(num_tiles, seq_len, intermediate_size)` tensor is alive instead of two (218 MiB at 13 tiles of
-            # InternViT-300M in fp32). A forward hook that keeps fc1's output would see it activated.
+            # InternViT-300M in fp32).
             hidden_states = torch.ops.aten.gelu_(hidden_states)
         else:
             hidden_states = self.act(hidden_states)

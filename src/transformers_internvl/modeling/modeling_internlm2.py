@@ -160,7 +160,11 @@ def eager_attention_forward(
     if attention_mask is not None:
         attn_weights = _add_mask(attn_weights, attention_mask)
 
-    if torch.is_grad_enabled() or torch.is_autocast_enabled(attn_weights.device.type):
+    if (
+        torch.is_grad_enabled()
+        or torch.is_autocast_enabled(attn_weights.device.type)
+        or attn_weights.dtype != query.dtype  # a mask of another dtype promoted the scores (e.g. fp32 over bf16)
+    ):
         attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
     elif attn_weights.dtype == torch.float32:  # inference: the softmax overwrites the scores (same kernel, same bits)
         attn_weights = torch.softmax(attn_weights, dim=-1, out=attn_weights)

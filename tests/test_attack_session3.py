@@ -1,0 +1,113 @@
+"""Adversarial checks of the session-3 in-place inference buffers (issue 13): what a caller can observe (hooks, a
+replaced activation, a mask of another dtype) is the same as with the out-of-place computation."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from transformers_internvl.modeling.configuration_intern_vit import InternVLVisionConfig
+from transformers_internvl.modeling.modeling_intern_vit import InternVLVisionModel
+from transformers_internvl.modeling.modeling_internlm2 import eager_attention_forward
+
+
+def _tiny_vision() -> InternVLVisionModel:
+    config = InternVLVisionConfig(
+        hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, image_size=28, patch_size=14
+    )
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    return InternVLVisionModel(config).eval()
+
+
+def _pixels() -> torch.Tensor:
+    return torch.randn(3, 3, 28, 28, generator=torch.Generator().manual_seed(1))
+
+
+def test_forward_hook_on_fc1_sees_fc1_output_not_its_gelu_under_no_grad():
+    model = _tiny_vision()
+    pixels = _pixels()
+    for context in (torch.no_grad, torch.inference_mode):
+        seen = []
+        fc1 = model.encoder.layers[0].mlp.fc1
+        handle = fc1.register_forward_hook(lambda module, args, output: seen.append((args[0].clone(), output)))
+        with context():
+            model(pixels)
+        handle.remove()
+        (inputs, output), *_ = seen
+        with context():
+            assert torch.equal(output, nn.functional.linear(inputs, fc1.weight, fc1.bias))
+        assert output.min() < 0  # a GELU output would be >= -0.17
+
+
+def test_global_forward_hook_sees_fc1_output_under_no_grad():
+    model = _tiny_vision()
+    fc1 = model.encoder.layers[0].mlp.fc1
+    seen = []
+
+    def hook(module, args, output):
+        if module is fc1:
+            seen.append((args[0].clone(), output))
+
+    handle = nn.modules.module.register_module_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            model(_pixels())
+    finally:
+        handle.remove()
+    (inputs, output), *_ = seen
+    with torch.no_grad():
+        assert torch.equal(output, nn.functional.linear(inputs, fc1.weight, fc1.bias))
+
+
+def test_hooks_on_the_activation_module_still_fire_under_no_grad():
+    model = _tiny_vision()
+    calls = []
+    for layer in model.encoder.layers:
+        layer.mlp.act.register_forward_hook(lambda module, args, output: calls.append(output.shape))
+    with torch.no_grad():
+        model(_pixels())
+    assert calls == [(3, 5, 64)] * 2
+
+
+def test_a_replaced_activation_is_used_in_inference():
+    model = _tiny_vision()
+    pixels = _pixels()
+    with torch.no_grad():
+        gelu = model(pixels).last_hidden_state
+    for layer in model.encoder.layers:
+        layer.mlp.act = nn.ReLU()
+    with torch.no_grad():
+        relu = model(pixels).last_hidden_state
+    with torch.enable_grad():
+        relu_with_grad = model(pixels).last_hidden_state.detach()
+    assert torch.equal(relu, relu_with_grad)
+    assert not torch.equal(relu, gelu)
+
+
+def test_in_place_gelu_still_taken_without_hooks():
+    mlp = _tiny_vision().encoder.layers[0].mlp
+    assert mlp.gelu_in_place
+    handle = mlp.fc1.register_forward_hook(lambda *args: None)
+    assert not mlp.gelu_in_place
+    handle.remove()
+    assert mlp.gelu_in_place
+
+
+class _Module(nn.Module):
+    num_key_value_groups = 1
+
+
+def test_internlm2_eager_bf16_query_with_an_fp32_mask_under_no_grad():
+    """A float32 4-D mask promotes bf16 scores to float32; the result must be the autograd path's (bf16 weights),
+    not a float32 buffer that the bf16 value matmul refuses."""
+    generator = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(1, 2, 5, 8, generator=generator).to(torch.bfloat16) for _ in range(3))
+    mask = torch.triu(torch.full((5, 5), torch.finfo(torch.float32).min), 1)[None, None]
+    with torch.enable_grad():
+        expected_output, expected_weights = eager_attention_forward(_Module().eval(), query, key, value, mask, 8**-0.5)
+    for context in (torch.no_grad, torch.inference_mode):
+        with context():
+            output, weights = eager_attention_forward(_Module().eval(), query, key, value, mask, 8**-0.5)
+        assert weights.dtype == output.dtype == torch.bfloat16
+        assert torch.equal(weights, expected_weights) and torch.equal(output, expected_output)
