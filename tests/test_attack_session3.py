@@ -111,3 +111,43 @@ def test_internlm2_eager_bf16_query_with_an_fp32_mask_under_no_grad():
             output, weights = eager_attention_forward(_Module().eval(), query, key, value, mask, 8**-0.5)
         assert weights.dtype == output.dtype == torch.bfloat16
         assert torch.equal(weights, expected_weights) and torch.equal(output, expected_output)
+
+
+def test_full_backward_hooks_on_every_module_train_as_before():
+    """A full backward hook wraps a module's output in a view that may not be written in place (drop_path is an
+    `nn.Identity` at rate 0): the residual sum must then be out of place. The outputs are the same bits; the hooks'
+    views change the order in which autograd sums gradients, so those agree to rounding (as before the change)."""
+    for rate in (0.0, 0.3):
+        config = InternVLVisionConfig(
+            hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, drop_path_rate=rate
+        )
+        config._attn_implementation = "eager"
+        grads, outputs = [], []
+        for hooked in (False, True):
+            torch.manual_seed(0)
+            model = InternVLVisionModel(config).train()
+            if hooked:
+                for module in model.modules():
+                    if module is not model:
+                        module.register_full_backward_hook(lambda module, grad_input, grad_output: None)
+            torch.manual_seed(3)
+            output = model(_pixels()).last_hidden_state
+            output.square().sum().backward()
+            outputs.append(output.detach())
+            grads.append([parameter.grad for parameter in model.parameters()])
+        assert torch.equal(*outputs)
+        for plain, hooked in zip(*grads):
+            torch.testing.assert_close(hooked, plain)
+
+
+def test_forward_hook_on_drop_path_keeps_the_scaled_branch_output():
+    model = _tiny_vision()
+    layer = model.encoder.layers[0]
+    seen = []
+    layer.drop_path1.register_forward_hook(lambda module, args, output: seen.append(output))
+    pixels = _pixels()
+    with torch.no_grad():
+        model(pixels)
+        embeddings = model.embeddings(pixels)
+        expected = layer.attn(layer.norm1(embeddings))[0] * layer.ls1
+    assert torch.equal(seen[0], expected)

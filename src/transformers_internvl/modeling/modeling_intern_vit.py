@@ -187,6 +187,28 @@ class InternVLVisionAttention(nn.Module):
         return attn_output, attn_weights
 
 
+def _hooked(*modules: nn.Module) -> bool:
+    """Whether a forward or backward hook (on one of `modules`, or a global one) could see their outputs: the in-place
+    inference buffers below are then not used, so that a hook sees what the out-of-place computation gives."""
+    hooks = [
+        module_hooks._global_forward_hooks,
+        module_hooks._global_forward_pre_hooks,
+        module_hooks._global_backward_hooks,
+        module_hooks._global_backward_pre_hooks,
+    ]
+    for module in modules:
+        hooks += [module._forward_hooks, module._forward_pre_hooks, module._backward_hooks, module._backward_pre_hooks]
+    return any(hooks)
+
+
+def _add_residual(drop_path: nn.Module, branch: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """`residual + drop_path(branch)`, written into `drop_path`'s output when nothing else can hold it (`(x * ls).add_(h)`
+    is `h + x * ls` element for element: addition commutes exactly; autograd needs neither the product nor the sum)."""
+    if _hooked(drop_path):  # a hook may keep drop_path's output, or wrap it in a view that may not be written
+        return residual + drop_path(branch)
+    return drop_path(branch).add_(residual)
+
+
 class InternVLVisionMLP(nn.Module):
     def __init__(self, config: InternVisionConfig) -> None:
         super().__init__()
@@ -200,12 +222,7 @@ class InternVLVisionMLP(nn.Module):
         replaced by the user) and no forward hook on `fc1` or `act` (or a global one) could see fc1's output or expect
         `act` to be called."""
         act = self.act
-        if type(act) is not GELUActivation or act.act is not F.gelu:
-            return False
-        hooked = (module_hooks._global_forward_hooks, module_hooks._global_forward_pre_hooks)
-        for module in (self.fc1, act):
-            hooked += (module._forward_hooks, module._forward_pre_hooks)
-        return not any(hooked)
+        return type(act) is GELUActivation and act.act is F.gelu and not _hooked(self.fc1, act)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """`(num_tiles, seq_len, hidden_size)` -> same shape: `fc2(act(fc1(x)))`."""
@@ -241,13 +258,12 @@ class InternVLVisionLayer(GradientCheckpointingLayer):
         module (where `output_attentions=True` records them) and released here, before the MLP and the next layer run
         (eager: `(num_tiles, heads, seq, seq)`, ~470 MiB for 7 tiles of InternViT-300M in fp32)."""
         attn_output = self.attn(self.norm1(hidden_states).to(hidden_states.dtype), **kwargs)[0]
-        # `(x * ls).add_(h)` is `h + x * ls` element for element (addition commutes exactly), written into the
-        # product this line has just made rather than a new tensor; nothing else holds that product, and autograd
-        # needs neither it nor the sum. The attention output is released before the MLP runs.
-        hidden_states = self.drop_path1(attn_output * self.ls1).add_(hidden_states)
+        # The residual sums are written into the product this line has just made (`_add_residual`); the attention
+        # output is released before the MLP runs.
+        hidden_states = _add_residual(self.drop_path1, attn_output * self.ls1, hidden_states)
         del attn_output
         mlp_output = self.mlp(self.norm2(hidden_states).to(hidden_states.dtype))
-        hidden_states = self.drop_path2(mlp_output * self.ls2).add_(hidden_states)
+        hidden_states = _add_residual(self.drop_path2, mlp_output * self.ls2, hidden_states)
         return hidden_states
 
 
