@@ -151,3 +151,18 @@ def test_forward_hook_on_drop_path_keeps_the_scaled_branch_output():
         embeddings = model.embeddings(pixels)
         expected = layer.attn(layer.norm1(embeddings))[0] * layer.ls1
     assert torch.equal(seen[0], expected)
+
+
+def test_meta_device_forward_under_no_grad():
+    """Shape-only forwards on `meta` tensors (no autocast exists for them) run as before the in-place buffers."""
+    config = InternVLVisionConfig(
+        hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, image_size=28, patch_size=14
+    )
+    config._attn_implementation = "eager"
+    with torch.device("meta"):
+        model = InternVLVisionModel(config).eval()
+    query = torch.empty(1, 2, 5, 8, device="meta")
+    with torch.no_grad():
+        assert model(torch.empty(2, 3, 28, 28, device="meta")).last_hidden_state.shape == (2, 5, 32)
+        output, weights = eager_attention_forward(_Module().eval(), query, query, query, None, 8**-0.5)
+    assert output.shape == (1, 5, 2, 8) and weights.shape == (1, 2, 5, 5)

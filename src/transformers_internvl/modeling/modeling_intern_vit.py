@@ -112,7 +112,9 @@ def eager_attention_forward(
     attn_weights = torch.matmul(query * scaling, key.transpose(2, 3))
     if attention_mask is not None:
         attn_weights = attn_weights + attention_mask
-    if torch.is_grad_enabled() or torch.is_autocast_enabled(attn_weights.device.type):
+    device_type = attn_weights.device.type  # (no autocast exists for `meta` tensors)
+    autocast = torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+    if torch.is_grad_enabled() or autocast:
         attn_weights = nn.functional.softmax(attn_weights, dim=-1)  # (autocast may run it in fp32)
     else:
         # Inference: the softmax overwrites the scores it reads (same kernel, bit-identical), so one

@@ -140,6 +140,11 @@ def _add_mask(scores: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return scores + attention_mask
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    """`torch.is_autocast_enabled(device_type)`, False where autocast does not exist (`meta` tensors)."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
 def eager_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -162,7 +167,7 @@ def eager_attention_forward(
 
     if (
         torch.is_grad_enabled()
-        or torch.is_autocast_enabled(attn_weights.device.type)
+        or _autocast_enabled(attn_weights.device.type)
         or attn_weights.dtype != query.dtype  # a mask of another dtype promoted the scores (e.g. fp32 over bf16)
     ):
         attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
