@@ -166,3 +166,37 @@ def test_meta_device_forward_under_no_grad():
         assert model(torch.empty(2, 3, 28, 28, device="meta")).last_hidden_state.shape == (2, 5, 32)
         output, weights = eager_attention_forward(_Module().eval(), query, query, query, None, 8**-0.5)
     assert output.shape == (1, 5, 2, 8) and weights.shape == (1, 2, 5, 5)
+
+
+def test_torch_func_vmap_and_jvp_under_no_grad():
+    """`out=` softmax has neither a vmap batching rule nor forward AD: under `torch.func` transforms (and forward AD)
+    the out-of-place ops run, giving the values they give with autograd on."""
+    from torch.func import jvp, vmap
+
+    model = _tiny_vision()
+    pixels = torch.randn(3, 2, 3, 28, 28, generator=torch.Generator().manual_seed(4))
+
+    def vision(x: torch.Tensor) -> torch.Tensor:
+        return model(x).last_hidden_state
+
+    generator = torch.Generator().manual_seed(5)
+    query, key, value = (torch.randn(3, 1, 2, 5, 8, generator=generator) for _ in range(3))
+
+    def text(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return eager_attention_forward(_Module().eval(), q, k, v, None, 8**-0.5)[0]
+
+    results = {}
+    for context in (torch.enable_grad, torch.no_grad):
+        with context():
+            results[context] = (
+                vmap(vision)(pixels).detach(),
+                *(t.detach() for t in jvp(vision, (pixels[0],), (torch.ones_like(pixels[0]),))),
+                vmap(text)(query, key, value).detach(),
+                *(t.detach() for t in jvp(text, (query[0], key[0], value[0]), (query[1], key[1], value[1]))),
+            )
+    for with_grad, without in zip(results[torch.enable_grad], results[torch.no_grad]):
+        assert torch.equal(with_grad, without)
+    with torch.no_grad(), torch.autograd.forward_ad.dual_level():
+        dual = torch.autograd.forward_ad.make_dual(pixels[0], torch.ones_like(pixels[0]))
+        tangent = torch.autograd.forward_ad.unpack_dual(vision(dual)).tangent
+    assert torch.equal(tangent, results[torch.no_grad][2])

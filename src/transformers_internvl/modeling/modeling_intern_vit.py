@@ -25,6 +25,7 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_intern_vit import InternVisionConfig
+from .inference_buffers import in_place_inference
 
 logger = logging.get_logger(__name__)
 
@@ -112,9 +113,7 @@ def eager_attention_forward(
     attn_weights = torch.matmul(query * scaling, key.transpose(2, 3))
     if attention_mask is not None:
         attn_weights = attn_weights + attention_mask
-    device_type = attn_weights.device.type  # (no autocast exists for `meta` tensors)
-    autocast = torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
-    if torch.is_grad_enabled() or autocast:
+    if not in_place_inference(attn_weights.device.type):
         attn_weights = nn.functional.softmax(attn_weights, dim=-1)  # (autocast may run it in fp32)
     else:
         # Inference: the softmax overwrites the scores it reads (same kernel, bit-identical), so one
@@ -229,7 +228,7 @@ class InternVLVisionMLP(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """`(num_tiles, seq_len, hidden_size)` -> same shape: `fc2(act(fc1(x)))`."""
         hidden_states = self.fc1(hidden_states)
-        if not torch.is_grad_enabled() and self.gelu_in_place:
+        if in_place_inference(hidden_states.device.type) and self.gelu_in_place:
             # Inference: the exact GELU overwrites fc1's output (the same kernel, the same bits), so one
             # `(num_tiles, seq_len, intermediate_size)` tensor is alive instead of two (218 MiB at 13 tiles of
             # InternViT-300M in fp32).

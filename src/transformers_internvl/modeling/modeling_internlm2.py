@@ -30,6 +30,7 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_internlm2 import InternLM2Config, standardize_rope_scaling
+from .inference_buffers import in_place_inference
 from .load_errors import (  # noqa: F401  (check_wqkv_shape, describe_wqkv_mismatch: re-exported)
     check_wqkv_shape,
     describe_internlm2_mismatches,
@@ -140,11 +141,6 @@ def _add_mask(scores: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return scores + attention_mask
 
 
-def _autocast_enabled(device_type: str) -> bool:
-    """`torch.is_autocast_enabled(device_type)`, False where autocast does not exist (`meta` tensors)."""
-    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
-
-
 def eager_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -166,8 +162,7 @@ def eager_attention_forward(
         attn_weights = _add_mask(attn_weights, attention_mask)
 
     if (
-        torch.is_grad_enabled()
-        or _autocast_enabled(attn_weights.device.type)
+        not in_place_inference(attn_weights.device.type)
         or attn_weights.dtype != query.dtype  # a mask of another dtype promoted the scores (e.g. fp32 over bf16)
     ):
         attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
