@@ -3,6 +3,7 @@ replaced activation, a mask of another dtype) is the same as with the out-of-pla
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -200,3 +201,21 @@ def test_torch_func_vmap_and_jvp_under_no_grad():
         dual = torch.autograd.forward_ad.make_dual(pixels[0], torch.ones_like(pixels[0]))
         tangent = torch.autograd.forward_ad.unpack_dual(vision(dual)).tangent
     assert torch.equal(tangent, results[torch.no_grad][2])
+
+
+def test_missing_flash_attn_is_left_to_transformers_hub_kernel_fallback_when_kernels_is_installed(monkeypatch):
+    """transformers loads `kernels-community/flash-attn2` (...) when flash-attn is missing but the `kernels` package
+    is installed (`_check_and_adjust_attn_implementation`); the early ImportError must not forbid that."""
+    from transformers_internvl.modeling import attention_kernels
+
+    for name in ("flash_attention_2", "flash_attention_3", "flash_attention_4"):
+        kernel = attention_kernels.FLASH_KERNELS[name]
+        monkeypatch.setitem(attention_kernels.FLASH_KERNELS, name, kernel._replace(available=lambda: False))
+    monkeypatch.setattr(attention_kernels, "is_torch_npu_available", lambda: False)
+    monkeypatch.setattr(attention_kernels, "is_kernels_available", lambda: False)
+    with pytest.raises(ImportError, match="`flash-attn` package"):
+        attention_kernels.check_attention_kernels("flash_attention_2")
+    monkeypatch.setattr(attention_kernels, "is_kernels_available", lambda: True)
+    for name in ("flash_attention_2", "flash_attention_3", "flash_attention_4"):
+        attention_kernels.check_attention_kernels(name)
+        attention_kernels.check_attention_kernels({"vision_config": name, "text_config": "sdpa"})

@@ -15,7 +15,14 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import torch
-from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available, is_flash_attn_4_available
+from transformers.modeling_flash_attention_utils import FLASH_ATTN_KERNEL_FALLBACK
+from transformers.utils import (
+    is_flash_attn_2_available,
+    is_flash_attn_3_available,
+    is_flash_attn_4_available,
+    is_kernels_available,
+    is_torch_npu_available,
+)
 
 __all__ = ["FLASH_KERNELS", "check_attention_kernels", "requested_attention"]
 
@@ -89,12 +96,17 @@ def check_attention_kernels(attn_implementation: Any) -> None:
             `flash_attention_2/3/4` are left to transformers.
 
     Raises:
-        ImportError: a `flash_attention_N` is requested and transformers cannot use it; the message names the tower,
+        ImportError: a `flash_attention_N` is requested and transformers cannot use it, nor fall back to its Hub
+            kernel (the `kernels` package is not installed); the message names the tower,
             the package, what is missing (the package, or a CUDA device) and how to install it.
     """
     for where, name in _requests(attn_implementation):
         kernel = FLASH_KERNELS.get(name)
         if kernel is None or kernel.available():
+            continue
+        if name in FLASH_ATTN_KERNEL_FALLBACK and is_kernels_available() and not is_torch_npu_available():
+            # transformers then loads the Hub build (`kernels-community/flash-attn2`, ...) instead, and raises its own
+            # error if that fails (`PreTrainedModel._check_and_adjust_attn_implementation`).
             continue
         if not _module_installed(kernel.module):
             reason = f"the `{kernel.package}` package is not installed (no `{kernel.module}` module)"
