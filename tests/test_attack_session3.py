@@ -219,3 +219,17 @@ def test_missing_flash_attn_is_left_to_transformers_hub_kernel_fallback_when_ker
     for name in ("flash_attention_2", "flash_attention_3", "flash_attention_4"):
         attention_kernels.check_attention_kernels(name)
         attention_kernels.check_attention_kernels({"vision_config": name, "text_config": "sdpa"})
+
+
+def test_hook_inside_a_wrapped_fc1_sees_its_output():
+    """A wrapper that returns its inner layer's output as is (a PEFT layer with merged or disabled adapters): a hook
+    on the inner layer keeps fc1's output, which must not be overwritten by the GELU."""
+    model = _tiny_vision()
+    mlp = model.encoder.layers[0].mlp
+    mlp.fc1 = nn.Sequential(mlp.fc1)
+    seen = []
+    mlp.fc1[0].register_forward_hook(lambda module, args, output: seen.append((args[0].clone(), output)))
+    with torch.no_grad():
+        model(_pixels())
+        (inputs, output), *_ = seen
+        assert torch.equal(output, mlp.fc1(inputs))

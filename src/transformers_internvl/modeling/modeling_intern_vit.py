@@ -220,10 +220,10 @@ class InternVLVisionMLP(nn.Module):
     @property
     def gelu_in_place(self) -> bool:
         """Whether inference may write the GELU over fc1's output: `act` is still transformers' exact GELU (not
-        replaced by the user) and no forward hook on `fc1` or `act` (or a global one) could see fc1's output or expect
-        `act` to be called."""
+        replaced by the user) and no hook on `fc1` (a wrapper's inner layers included, e.g. a PEFT `base_layer`) or
+        `act` (or a global one) could see fc1's output or expect `act` to be called."""
         act = self.act
-        return type(act) is GELUActivation and act.act is F.gelu and not _hooked(self.fc1, act)
+        return type(act) is GELUActivation and act.act is F.gelu and not _hooked(*self.fc1.modules(), act)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """`(num_tiles, seq_len, hidden_size)` -> same shape: `fc2(act(fc1(x)))`."""
