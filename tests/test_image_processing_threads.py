@@ -47,9 +47,9 @@ def test_one_bounded_pool_for_every_num_workers():
     assert len([t for t in threading.enumerate() if t.name.startswith("internvl-preprocess")]) <= ipi._MAX_POOL_THREADS
 
 
-def test_thumbnail_beside_the_grid_gives_the_serial_pixels_and_reports_failures(monkeypatch):
-    """With threads, each thumbnail resizes on the pool while the grid's strips run: a batch of images gives the
-    bytes of the one-thread run, and a resize that fails (thumbnail or grid strip) raises from the call."""
+def test_threaded_resize_gives_the_serial_pixels_and_reports_failures(monkeypatch):
+    """With threads, a batch of images (grids with thumbnails) gives the bytes of the one-thread run, and a resize
+    that fails (the thumbnail or a strip of the grid) raises from the call."""
     import pytest
 
     images = [_photo(1000, 800), _photo(640, 1200), _photo(900, 300)]

@@ -15,7 +15,7 @@ import itertools
 import os
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any
 
@@ -26,7 +26,7 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["resize_in_background", "resize_into_tiles"]
+__all__ = ["resize_into_tiles"]
 
 
 # ONE thread pool for the whole process, created at first use and shared by every processor and call, whatever their
@@ -185,36 +185,6 @@ def resize_into_tiles(
         resized = image if image.size == tuple(size) else image.resize(size, resample)
         write(np.asarray(resized), 0, 0)
         return
-    parts = min(num_workers, _MAX_POOL_THREADS)
-    _split_resize(image, size, resample, parts, write, _pool_run)
-
-
-def _pool_run(function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
-    """`[function(item) for item in items]`, the first item on the calling thread and the others on the pool: the
-    caller works instead of waiting, so a resize cut into `n` strips wakes `n - 1` pool threads, not `n`. Every
-    task has finished when this returns or raises."""
     pool = _pool()
-    futures = [pool.submit(function, item) for item in items[1:]]
-    try:
-        first = function(items[0])
-    finally:
-        wait(futures)
-    return [first, *(future.result() for future in futures)]
-
-
-def resize_in_background(
-    image: Image.Image,
-    size: tuple[int, int],
-    resample: int,
-    write: Callable[[np.ndarray, int, int], None],
-) -> Future:
-    """`write(np.asarray(image.resize(size, resample)), 0, 0)` as one task on the shared pool; returns its future
-    (`.result()` waits and re-raises). For a small resize (the thumbnail) that runs while the strips of a large one
-    (the grid) keep the other threads busy: the two together then take about half their serial time on two CPUs
-    instead of one resize after the other. The task waits on nothing, so it cannot block the strips."""
-
-    def task() -> None:
-        resized = image if image.size == tuple(size) else image.resize(size, resample)
-        write(np.asarray(resized), 0, 0)
-
-    return _pool().submit(task)
+    parts = min(num_workers, _MAX_POOL_THREADS)
+    _split_resize(image, size, resample, parts, write, lambda function, items: list(pool.map(function, items)))

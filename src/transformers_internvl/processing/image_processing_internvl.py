@@ -23,7 +23,6 @@ Input decoding is `image_loading.to_rgb_image`; per-call options are resolved by
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import wait
 from functools import lru_cache
 from typing import Any, ClassVar
 
@@ -33,7 +32,7 @@ from PIL import Image
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.processing_utils import Unpack
 
-from .exact_resize import resize_in_background, resize_into_tiles
+from .exact_resize import resize_into_tiles
 from .image_loading import DEFAULT_URL_TIMEOUT, group_images, load_image_source, to_rgb_image
 from .image_processing_options import (
     IMAGE_OPTION_GROUPS,
@@ -141,25 +140,16 @@ def tiles_from_plans(images: Sequence[Image.Image], plans: Sequence[TilePlan], o
         options["image_mean"], options["image_std"], options["do_rescale"], options["do_normalize"]
     )
     pixel_values = np.empty((sum(plan.num_tiles for plan in plans), 3, size, size), dtype=np.float32)
-    start, background = 0, []
-    try:
-        for image, plan in zip(images, plans):
-            if plan.has_thumbnail:
-                thumbnail = pixel_values[start + plan.num_grid_tiles : start + plan.num_tiles]
-                writer = _make_region_writer(thumbnail, table, size, 1)
-                if workers > 1:  # the thumbnail resizes on one thread while the grid's strips use the others
-                    background.append(resize_in_background(image, (size, size), resample, writer))
-                else:
-                    resize_into_tiles(image, (size, size), resample, writer, workers)
-            grid_tiles = pixel_values[start : start + plan.num_grid_tiles]
-            resize_into_tiles(
-                image, plan.target_size, resample, _make_region_writer(grid_tiles, table, size, plan.grid[0]), workers
-            )
-            start += plan.num_tiles
-    finally:
-        wait(background)  # no thumbnail still writes into `pixel_values` once this returns or raises
-    for job in background:
-        job.result()  # re-raises a thumbnail's failure
+    start = 0
+    for image, plan in zip(images, plans):
+        grid_tiles = pixel_values[start : start + plan.num_grid_tiles]
+        resize_into_tiles(
+            image, plan.target_size, resample, _make_region_writer(grid_tiles, table, size, plan.grid[0]), workers
+        )
+        if plan.has_thumbnail:
+            thumbnail = pixel_values[start + plan.num_grid_tiles : start + plan.num_tiles]
+            resize_into_tiles(image, (size, size), resample, _make_region_writer(thumbnail, table, size, 1), workers)
+        start += plan.num_tiles
     return pixel_values
 
 
