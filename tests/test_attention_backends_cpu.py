@@ -104,3 +104,21 @@ def test_an_installed_flash_package_without_cuda_says_so(monkeypatch):
     with pytest.raises(ImportError, match="installed but no CUDA device is visible"):
         attention_kernels.check_attention_kernels({"text_config": "flash_attention_2"})
     attention_kernels.check_attention_kernels({"text_config": "sdpa", "vision_config": None})  # nothing to refuse
+
+
+def test_a_model_built_from_a_config_asking_for_a_missing_flash_kernel_names_the_package():
+    from helpers import tiny_text_config, tiny_vision_config
+    from transformers.utils import is_flash_attn_2_available, is_kernels_available
+
+    from transformers_internvl.modeling.configuration_internvl import InternVLChatConfig
+    from transformers_internvl.modeling.modeling_internvl import InternVLForConditionalGeneration
+
+    if is_flash_attn_2_available() or is_kernels_available():
+        pytest.skip("flash_attention_2 (or transformers' Hub-kernel fallback) is usable here")
+    config = InternVLChatConfig(
+        vision_config=tiny_vision_config(28), llm_config=tiny_text_config(), attn_implementation="flash_attention_2"
+    )
+    with pytest.raises(ImportError, match="`flash-attn` package"):
+        InternVLForConditionalGeneration(config)
+    config = InternVLChatConfig(vision_config=tiny_vision_config(28), llm_config=tiny_text_config())
+    assert InternVLForConditionalGeneration(config).config.text_config._attn_implementation in ("sdpa", "eager")

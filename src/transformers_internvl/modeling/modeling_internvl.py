@@ -114,6 +114,12 @@ class InternVLChatPreTrainedModel(OriginalCheckpointMixin, PreTrainedModel):
         check_attention_kernels(attn_implementation)
         return super().set_attn_implementation(attn_implementation, *args, **kwargs)
 
+    def _check_and_adjust_attn_implementation(self, attn_implementation: str | None, *args, **kwargs) -> str:
+        """As transformers' (run when the model is built), with a missing flash-attention package named first: a
+        model built from a config that asks for a flash kernel gets the same message as `from_pretrained`."""
+        check_attention_kernels(attn_implementation)
+        return super()._check_and_adjust_attn_implementation(attn_implementation, *args, **kwargs)
+
 
 @auto_docstring(custom_intro="Vision tower + `mlp1` projector + base LLM, without the LM head.")
 class InternVLChatBaseModel(InternVLChatPreTrainedModel):
