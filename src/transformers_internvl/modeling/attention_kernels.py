@@ -2,10 +2,11 @@
 
 transformers' own message ("the package for FlashAttention2 doesn't seem to be installed") names neither the pip
 package nor the reason (not installed, or installed without a CUDA device). `check_attention_kernels` runs before
-transformers' check, on what the user asked for: `from_pretrained(attn_implementation=...)`, a per-tower dict
-(`{"vision_config": ..., "text_config": ...}`) included, and `set_attn_implementation`. Values stored in original
-`config.json` files are not checked here: they fall back as the original does (`original_api.py`,
-`configuration_internlm2.py`).
+transformers' check (`InternVLChatPreTrainedModel._check_and_adjust_attn_implementation`), on what the user asked
+for: at build time every tower's choice (`from_pretrained(attn_implementation=...)`, a per-tower dict
+`{"vision_config": ..., "text_config": ...}` included, or a config built by hand), and `set_attn_implementation`'s
+argument. Flash values stored in original `config.json` files never reach it: they fall back when the config is read,
+as the original does (`original_api.py`, `configuration_internlm2.py`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from transformers.utils import (
     is_torch_npu_available,
 )
 
-__all__ = ["FLASH_KERNELS", "check_attention_kernels", "requested_attention"]
+__all__ = ["FLASH_KERNELS", "check_attention_kernels", "configured_attention"]
 
 
 class FlashKernel(NamedTuple):
@@ -73,14 +74,10 @@ def _requests(attn_implementation: Any) -> list[tuple[str, str]]:
     return []
 
 
-def requested_attention(kwargs: Mapping[str, Any]) -> Any:
-    """What `from_pretrained(**kwargs)` asks for: its `attn_implementation`, or, when the Auto classes have moved it
-    into the config they pass on, the config's and its towers' chosen implementations."""
-    if kwargs.get("attn_implementation") is not None:
-        return kwargs["attn_implementation"]
-    config = kwargs.get("config")
-    if config is None or isinstance(config, str):
-        return None
+def configured_attention(config: Any) -> dict[str, Any]:
+    """The implementations a composite config asks for: `{"": the model's, "vision_config": ..., "text_config": ...}`
+    (from `attn_implementation=` of `from_pretrained`, a string or a per-tower dict, once transformers has applied
+    it to the configs)."""
     chosen = {"": getattr(config, "_attn_implementation_internal", None)}
     for key in ("vision_config", "text_config"):
         chosen[key] = getattr(getattr(config, key, None), "_attn_implementation_internal", None)

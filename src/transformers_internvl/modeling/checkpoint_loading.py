@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from transformers.utils import logging
 
 from ..atomic_save import atomic_save_directory
-from .attention_kernels import check_attention_kernels, requested_attention
 from .checkpoint_mapping import head_renaming
 from .load_errors import describe_internvl_mismatches, naming_shape_mismatches, record_shape_mismatches
 from .missing_weights import (
@@ -68,7 +67,6 @@ class OriginalCheckpointMixin:
                 checkpoint lacks (see `missing_weights.py`), or an unmerged LoRA that does not fit.
         """
         use_flash_attn = resolve_attention_options(kwargs)
-        check_attention_kernels(requested_attention(kwargs))
         device_map = kwargs.get("device_map")
         if (
             isinstance(device_map, Mapping)

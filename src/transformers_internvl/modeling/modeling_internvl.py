@@ -24,7 +24,7 @@ from transformers.utils import TransformersKwargs, auto_docstring, can_return_tu
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.import_utils import torch_compilable_check
 
-from .attention_kernels import check_attention_kernels
+from .attention_kernels import check_attention_kernels, configured_attention
 from .chat import InternVLChatMixin
 from .checkpoint_loading import OriginalCheckpointMixin
 from .checkpoint_mapping import original_layout_conversions, original_layout_renamings
@@ -114,11 +114,14 @@ class InternVLChatPreTrainedModel(OriginalCheckpointMixin, PreTrainedModel):
         check_attention_kernels(attn_implementation)
         return super().set_attn_implementation(attn_implementation, *args, **kwargs)
 
-    def _check_and_adjust_attn_implementation(self, attn_implementation: str | None, *args, **kwargs) -> str:
-        """As transformers' (run when the model is built), with a missing flash-attention package named first: a
-        model built from a config that asks for a flash kernel gets the same message as `from_pretrained`."""
-        check_attention_kernels(attn_implementation)
-        return super()._check_and_adjust_attn_implementation(attn_implementation, *args, **kwargs)
+    def _check_and_adjust_attn_implementation(
+        self, attn_implementation: str | None, is_init_check: bool = False, *args, **kwargs
+    ) -> str:
+        """As transformers', with a missing flash-attention package named first. At build time (`from_pretrained`
+        with a string or a per-tower dict, or a config built by hand) every tower's choice is checked, before the
+        towers' own checks run."""
+        check_attention_kernels(configured_attention(self.config) if is_init_check else attn_implementation)
+        return super()._check_and_adjust_attn_implementation(attn_implementation, is_init_check, *args, **kwargs)
 
 
 @auto_docstring(custom_intro="Vision tower + `mlp1` projector + base LLM, without the LM head.")
