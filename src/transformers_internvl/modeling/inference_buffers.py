@@ -5,14 +5,17 @@ tensor fewer. That is only allowed when nothing differentiates or transforms the
 autocast would run the op in another dtype, and neither forward-mode AD (`torch.autograd.forward_ad`,
 `torch.func.jvp`) nor a `torch.func` transform (`vmap`, `grad`) is active; `out=` softmax supports neither
 (`Batching rule not implemented for aten::softmax.int_out`, `Trying to use forward AD with aten::softmax`).
+`hooked` says whether a module hook could see an output that would be overwritten.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 from torch.autograd import forward_ad
+from torch.nn.modules import module as module_hooks
 
-__all__ = ["in_place_inference"]
+__all__ = ["hooked", "in_place_inference"]
 
 
 def _transformed() -> bool:
@@ -33,3 +36,17 @@ def in_place_inference(device_type: str) -> bool:
     if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
         return False
     return torch.compiler.is_compiling() or not _transformed()
+
+
+def hooked(*modules: nn.Module) -> bool:
+    """Whether a forward or backward hook (on one of `modules`, or a global one) could see their outputs: the in-place
+    inference buffers are then not used, so that a hook sees what the out-of-place computation gives."""
+    hooks = [
+        module_hooks._global_forward_hooks,
+        module_hooks._global_forward_pre_hooks,
+        module_hooks._global_backward_hooks,
+        module_hooks._global_backward_pre_hooks,
+    ]
+    for module in modules:
+        hooks += [module._forward_hooks, module._forward_pre_hooks, module._backward_hooks, module._backward_pre_hooks]
+    return any(hooks)

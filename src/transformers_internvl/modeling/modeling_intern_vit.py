@@ -12,7 +12,6 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules import module as module_hooks
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN, GELUActivation
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -25,7 +24,7 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_intern_vit import InternVisionConfig
-from .inference_buffers import in_place_inference
+from .inference_buffers import hooked, in_place_inference
 
 logger = logging.get_logger(__name__)
 
@@ -188,24 +187,10 @@ class InternVLVisionAttention(nn.Module):
         return attn_output, attn_weights
 
 
-def _hooked(*modules: nn.Module) -> bool:
-    """Whether a forward or backward hook (on one of `modules`, or a global one) could see their outputs: the in-place
-    inference buffers below are then not used, so that a hook sees what the out-of-place computation gives."""
-    hooks = [
-        module_hooks._global_forward_hooks,
-        module_hooks._global_forward_pre_hooks,
-        module_hooks._global_backward_hooks,
-        module_hooks._global_backward_pre_hooks,
-    ]
-    for module in modules:
-        hooks += [module._forward_hooks, module._forward_pre_hooks, module._backward_hooks, module._backward_pre_hooks]
-    return any(hooks)
-
-
 def _add_residual(drop_path: nn.Module, branch: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """`residual + drop_path(branch)`, written into `drop_path`'s output when nothing else can hold it (`(x * ls).add_(h)`
     is `h + x * ls` element for element: addition commutes exactly; autograd needs neither the product nor the sum)."""
-    if _hooked(drop_path):  # a hook may keep drop_path's output, or wrap it in a view that may not be written
+    if hooked(drop_path):  # a hook may keep drop_path's output, or wrap it in a view that may not be written
         return residual + drop_path(branch)
     return drop_path(branch).add_(residual)
 
@@ -223,7 +208,7 @@ class InternVLVisionMLP(nn.Module):
         replaced by the user) and no hook on `fc1` (a wrapper's inner layers included, e.g. a PEFT `base_layer`) or
         `act` (or a global one) could see fc1's output or expect `act` to be called."""
         act = self.act
-        return type(act) is GELUActivation and act.act is F.gelu and not _hooked(*self.fc1.modules(), act)
+        return type(act) is GELUActivation and act.act is F.gelu and not hooked(*self.fc1.modules(), act)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """`(num_tiles, seq_len, hidden_size)` -> same shape: `fc2(act(fc1(x)))`."""
