@@ -117,9 +117,7 @@ class InternVLChatPreTrainedModel(OriginalCheckpointMixin, PreTrainedModel):
     def _check_and_adjust_attn_implementation(
         self, attn_implementation: str | None, is_init_check: bool = False, *args, **kwargs
     ) -> str:
-        """As transformers', with a missing flash-attention package named first. At build time (`from_pretrained`
-        with a string or a per-tower dict, or a config built by hand) every tower's choice is checked, before the
-        towers' own checks run."""
+        """As transformers', a missing flash package named first; at build time for every tower, before their own."""
         check_attention_kernels(configured_attention(self.config) if is_init_check else attn_implementation)
         return super()._check_and_adjust_attn_implementation(attn_implementation, is_init_check, *args, **kwargs)
 
