@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
 from transformers_internvl import InternVLImageProcessor, plan_tiles
-from transformers_internvl.processing.exact_resize import _serial_run, _split_resize
+from transformers_internvl.processing.exact_resize import ResizeJob, _run_jobs, _SerialExecutor
 
 PREPROCESS = json.loads((FIXTURES / "preprocess" / "preprocess.json").read_text(encoding="utf-8"))
 CASES = [(image, case) for image in PREPROCESS["images"] for case in image["cases"]]
@@ -114,10 +114,11 @@ def test_threads_do_not_change_pixels(num_workers):
 @given(
     src=st.tuples(st.integers(1, 120), st.integers(1, 120)),
     dst=st.tuples(st.integers(1, 160), st.integers(1, 160)),
-    parts=st.integers(1, 5),
+    first_parts=st.integers(1, 5),
+    last_parts=st.integers(1, 5),
     resample=st.sampled_from([Image.Resampling.BICUBIC, Image.Resampling.BILINEAR, Image.Resampling.LANCZOS]),
 )
-def test_strip_wise_resize_equals_pil_resize(src, dst, parts, resample):
+def test_strip_wise_resize_equals_pil_resize(src, dst, first_parts, last_parts, resample):
     rng = np.random.default_rng(src[0] * 1000 + src[1])
     image = Image.fromarray(rng.integers(0, 256, (src[1], src[0], 3), dtype=np.uint8))
     expected = np.asarray(image.resize(dst, resample))
@@ -128,7 +129,7 @@ def test_strip_wise_resize_equals_pil_resize(src, dst, parts, resample):
         got[y0 : y0 + region.shape[0], x0 : x0 + region.shape[1]] = region
         covered[y0 : y0 + region.shape[0], x0 : x0 + region.shape[1]] += 1
 
-    _split_resize(image, dst, resample, parts, write, _serial_run)
+    _run_jobs([ResizeJob(image, dst, write)], resample, [(first_parts, last_parts)], _SerialExecutor())
     assert np.array_equal(got, expected)
     assert (covered == 1).all()
 

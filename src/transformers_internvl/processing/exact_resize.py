@@ -1,13 +1,13 @@
 """Exact, threaded PIL resize: `Image.resize`'s bytes, several CPUs at once (this package's speed edge).
 
 PIL's resize is separable: a horizontal and a vertical pass, each rounding to uint8, in an order Pillow picks from the
-sizes. Each pass is independent across rows (horizontal) or columns (vertical), so `resize_into_tiles` runs the same
+sizes. Each pass is independent across rows (horizontal) or columns (vertical), so `resize_jobs` runs the same
 single-axis PIL passes on strips, in threads (PIL releases the GIL), and hands the resized pixels region by region to a
-writer (the image processor's normaliser), never building the whole float image. The result is the same bytes as one
-`image.resize(size, resample)` call; a self-check at first use (`_split_resize_is_exact`) confirms it for the
-installed Pillow and otherwise falls back to plain `Image.resize`. On one CPU the cost is that of `Image.resize`.
-Measured in `benchmarks/bench_preprocess.py`.
-"""
+writer (the image processor's normaliser), never building the whole float image. Several resizes share the pool: an
+image's grid and thumbnail run their first passes side by side, many video frames run one whole resize each
+(`_splits`). The result is the same bytes as one `image.resize(size, resample)` call per job; a self-check at first
+use (`_split_resize_is_exact`) confirms it for the installed Pillow and otherwise falls back to plain `Image.resize`.
+On one CPU the cost is that of `Image.resize`. Measured in `benchmarks/bench_preprocess.py`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import itertools
 import os
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -26,7 +27,7 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["resize_into_tiles"]
+__all__ = ["ResizeJob", "resize_jobs"]
 
 
 # ONE thread pool for the whole process, created at first use and shared by every processor and call, whatever their
@@ -71,62 +72,134 @@ def _strips(length: int, parts: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in itertools.pairwise(bounds) if b > a]
 
 
-def _split_resize(
-    image: Image.Image,
-    size: tuple[int, int],
+Writer = Callable[[np.ndarray, int, int], None]
+
+
+@dataclass(frozen=True)
+class ResizeJob:
+    """One exact resize: `image.resize(size, resample)`, its pixels handed to `write(region, y0, x0)` as `(h, w, 3)`
+    uint8 regions that together cover the resized image once (regions of one job may arrive from several threads)."""
+
+    image: Image.Image
+    size: tuple[int, int]
+    write: Writer
+
+
+class _SerialExecutor:
+    """`submit` runs the function at once in the calling thread (the one-CPU path and the self-check)."""
+
+    def submit(self, function: Callable[..., Any], *args: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(function(*args))
+        except Exception as error:  # noqa: BLE001 - handed to the caller through the future, as a pool would
+            future.set_exception(error)
+        return future
+
+
+def _horizontal(source: Image.Image, rows: tuple[int, int], width: int, resample: int) -> Image.Image:
+    """PIL's horizontal pass over `rows` of `source` (the whole image when the rows cover it: no crop copy)."""
+    if rows == (0, source.height):
+        return source.resize((width, source.height), resample)
+    return source.crop((0, rows[0], source.width, rows[1])).resize((width, rows[1] - rows[0]), resample)
+
+
+def _vertical(source: Image.Image, cols: tuple[int, int], height: int, resample: int) -> Image.Image:
+    """PIL's vertical pass over `cols` of `source`."""
+    if cols == (0, source.width):
+        return source.resize((source.width, height), resample)
+    return source.crop((cols[0], 0, cols[1], source.height)).resize((cols[1] - cols[0], height), resample)
+
+
+def _start_job(
+    job: ResizeJob,
     resample: int,
-    parts: int,
-    write: Callable[[np.ndarray, int, int], None],
-    run: Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]],
+    first_parts: int,
+    last_parts: int,
+    submit: Callable[..., None],
 ) -> None:
-    """`image.resize(size, resample)` as single-axis PIL passes on strips; regions go to `write(region, y0, x0)`."""
+    """Submit the tasks of one job as single-axis PIL passes in Pillow's order.
+
+    The first pass (when two are needed) runs on `first_parts` strips; once all are done (`then`, in the calling
+    thread) their middle image is assembled and the last pass runs on `last_parts` strips, each writing its region.
+    `first_parts == last_parts == 0` asks for one whole `image.resize` task.
+    """
+    image, write = job.image, job.write
     src_w, src_h = image.size
-    dst_w, dst_h = size
-    need_horizontal = dst_w != src_w
-    need_vertical = dst_h != src_h
+    dst_w, dst_h = job.size
+    if (src_w, src_h) == (dst_w, dst_h):
+        submit(lambda _: write(np.asarray(image), 0, 0), None)
+        return
+    if first_parts == 0:
+        submit(lambda _: write(np.asarray(image.resize(job.size, resample)), 0, 0), None)
+        return
 
-    def horizontal(source: Image.Image, rows: tuple[int, int]) -> Image.Image:
-        strip = source.crop((0, rows[0], source.width, rows[1]))
-        return strip.resize((dst_w, rows[1] - rows[0]), resample)
+    def last_by_rows(source: Image.Image) -> None:  # last pass horizontal: split by rows
+        for rows in _strips(source.height, last_parts):
+            submit(lambda rows: write(np.asarray(_horizontal(source, rows, dst_w, resample)), rows[0], 0), rows)
 
-    def vertical(source: Image.Image, cols: tuple[int, int]) -> Image.Image:
-        strip = source.crop((cols[0], 0, cols[1], source.height))
-        return strip.resize((cols[1] - cols[0], dst_h), resample)
+    def last_by_cols(source: Image.Image) -> None:  # last pass vertical: split by columns
+        for cols in _strips(source.width, last_parts):
+            submit(lambda cols: write(np.asarray(_vertical(source, cols, dst_h, resample)), 0, cols[0]), cols)
 
-    def finish_rows(source: Image.Image) -> None:  # last pass horizontal (or none): split by rows
-        def task(rows: tuple[int, int]) -> None:
-            if need_horizontal:
-                region = np.asarray(horizontal(source, rows))
-            else:
-                region = np.asarray(source.crop((0, rows[0], source.width, rows[1])))
-            write(region, rows[0], 0)
-
-        run(task, _strips(source.height, parts))
-
-    def finish_cols(source: Image.Image) -> None:  # last pass vertical: split by columns
-        run(lambda cols: write(np.asarray(vertical(source, cols)), 0, cols[0]), _strips(source.width, parts))
-
-    if need_horizontal and need_vertical:
-        if _horizontal_pass_first(src_w, src_h, dst_w, dst_h):
-            middle = Image.new(image.mode, (dst_w, src_h))
-            row_strips = _strips(src_h, parts)
-            for rows, strip in zip(row_strips, run(lambda rows: horizontal(image, rows), row_strips)):
-                middle.paste(strip, (0, rows[0]))
-            finish_cols(middle)
-        else:
-            middle = Image.new(image.mode, (src_w, dst_h))
-            col_strips = _strips(src_w, parts)
-            for cols, strip in zip(col_strips, run(lambda cols: vertical(image, cols), col_strips)):
-                middle.paste(strip, (cols[0], 0))
-            finish_rows(middle)
-    elif need_vertical:
-        finish_cols(image)
+    if dst_h == src_h:
+        last_by_rows(image)
+        return
+    if dst_w == src_w:
+        last_by_cols(image)
+        return
+    horizontal_first = _horizontal_pass_first(src_w, src_h, dst_w, dst_h)
+    if horizontal_first:
+        strips = _strips(src_h, first_parts)
+        middle_size, task = (dst_w, src_h), (lambda rows: _horizontal(image, rows, dst_w, resample))
     else:
-        finish_rows(image)
+        strips = _strips(src_w, first_parts)
+        middle_size, task = (src_w, dst_h), (lambda cols: _vertical(image, cols, dst_h, resample))
+    done: dict[tuple[int, int], Image.Image] = {}
+
+    def collect(strip: tuple[int, int], result: Image.Image) -> None:
+        done[strip] = result
+        if len(done) < len(strips):
+            return
+        if len(strips) == 1:
+            middle = result
+        else:
+            middle = Image.new(image.mode, middle_size, None)  # every pixel is pasted below: no fill needed
+            for (start, _), part in done.items():
+                middle.paste(part, (0, start) if horizontal_first else (start, 0))
+        (last_by_cols if horizontal_first else last_by_rows)(middle)
+
+    for strip in strips:
+        submit(task, strip, then=lambda result, strip=strip: collect(strip, result))
 
 
-def _serial_run(function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
-    return [function(item) for item in items]
+def _run_jobs(jobs: Sequence[ResizeJob], resample: int, parts: Sequence[tuple[int, int]], executor: Any) -> None:
+    """Run every job's tasks on `executor` (`submit(fn, arg) -> Future`), job `i` cut in `parts[i]`
+    (`(first_parts, last_parts)`, see `_start_job`); continuations run in the calling thread.
+
+    On the first failure the tasks not yet started are cancelled, the running ones are waited for (no region is written
+    after this returns) and the error is raised.
+    """
+    pending: dict[Future, Callable[[Any], None] | None] = {}
+
+    def submit(function: Callable[[Any], Any], arg: Any, then: Callable[[Any], None] | None = None) -> None:
+        pending[executor.submit(function, arg)] = then
+
+    try:
+        for job, (first_parts, last_parts) in zip(jobs, parts):
+            _start_job(job, resample, first_parts, last_parts, submit)
+        while pending:
+            finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for future in finished:
+                then = pending.pop(future)
+                result = future.result()
+                if then is not None:
+                    then(result)
+    except BaseException:
+        for future in pending:
+            future.cancel()
+        wait(list(pending))
+        raise
 
 
 @lru_cache(maxsize=1)
@@ -147,44 +220,62 @@ def _split_resize_is_exact() -> bool:
         image = Image.fromarray(rng.integers(0, 256, (src_h, src_w, 3), dtype=np.uint8), mode="RGB")
         for resample in (Image.Resampling.BICUBIC, Image.Resampling.BILINEAR):
             expected = np.asarray(image.resize(size, resample))
-            got = np.empty_like(expected)
+            for first_parts, last_parts in ((1, 3), (3, 2)):
+                got = np.empty_like(expected)
 
-            def write(region: np.ndarray, y0: int, x0: int, got: np.ndarray = got) -> None:
-                got[y0 : y0 + region.shape[0], x0 : x0 + region.shape[1]] = region
+                def write(region: np.ndarray, y0: int, x0: int, got: np.ndarray = got) -> None:
+                    got[y0 : y0 + region.shape[0], x0 : x0 + region.shape[1]] = region
 
-            _split_resize(image, size, resample, 3, write, _serial_run)
-            if not np.array_equal(expected, got):
-                logger.warning_once(
-                    f"Pillow {PIL.__version__}: strip-wise resizing does not reproduce Image.resize; using single "
-                    "Image.resize calls (same pixels, slower)."
-                )
-                return False
+                _run_jobs([ResizeJob(image, size, write)], resample, [(first_parts, last_parts)], _SerialExecutor())
+                if not np.array_equal(expected, got):
+                    logger.warning_once(
+                        f"Pillow {PIL.__version__}: strip-wise resizing does not reproduce Image.resize; using single "
+                        "Image.resize calls (same pixels, slower)."
+                    )
+                    return False
     return True
 
 
-def resize_into_tiles(
-    image: Image.Image,
-    size: tuple[int, int],
-    resample: int,
-    write: Callable[[np.ndarray, int, int], None],
-    num_workers: int,
-) -> None:
-    """Resize `image` to `size` exactly as `image.resize(size, resample)` and hand the pixels to `write`.
+def _pixels(job: ResizeJob) -> int:
+    return job.image.width * job.image.height + job.size[0] * job.size[1]
 
-    `write(region, y0, x0)` receives `(h, w, 3)` uint8 regions that together cover the resized image once.
+
+def _is_small(job: ResizeJob) -> bool:
+    return _pixels(job) < _MIN_PIXELS_FOR_THREADS
+
+
+def _splits(jobs: Sequence[ResizeJob], threads: int) -> list[tuple[int, int]]:
+    """`(first_parts, last_parts)` of each job for `threads` CPUs. With fewer than `2 * threads` jobs, each large job
+    runs its first pass in `ceil(threads / large jobs)` strips and its last pass in `threads` strips (the last tasks
+    are short, so the CPUs finish together); otherwise, and for small jobs, `(0, 0)`: one whole `Image.resize` task.
+    For one image's grid and thumbnail on 2 CPUs that is: both first passes side by side, then the short last passes
+    in halves (measured in `benchmarks/bench_preprocess.py`)."""
+    large = sum(not _is_small(job) for job in jobs)
+    if large == 0 or len(jobs) >= 2 * threads:
+        return [(0, 0)] * len(jobs)
+    first_parts = -(-threads // large)
+    return [(0, 0) if _is_small(job) else (first_parts, threads) for job in jobs]
+
+
+def resize_jobs(jobs: Sequence[ResizeJob], resample: int, num_workers: int) -> None:
+    """Run each job: resize `job.image` to `job.size` exactly as `image.resize(size, resample)` and hand the pixels to
+    `job.write`. With `num_workers > 1` the jobs share the process-wide pool: the grid and the thumbnail of an image
+    (or many video frames) resize side by side, a large resize in strips. Returns when every region is written;
+    raises the first error of any task.
     """
-    src_w, src_h = image.size
-    small = src_w * src_h + size[0] * size[1] < _MIN_PIXELS_FOR_THREADS
-    if (
-        num_workers <= 1
-        or small
-        or resample == Image.Resampling.NEAREST
-        or image.mode != "RGB"
-        or not _split_resize_is_exact()
-    ):
-        resized = image if image.size == tuple(size) else image.resize(size, resample)
-        write(np.asarray(resized), 0, 0)
+    if not jobs:
         return
-    pool = _pool()
-    parts = min(num_workers, _MAX_POOL_THREADS)
-    _split_resize(image, size, resample, parts, write, lambda function, items: list(pool.map(function, items)))
+    threads = min(num_workers, _MAX_POOL_THREADS)
+    parts = _splits(jobs, threads) if threads > 1 else [(0, 0)] * len(jobs)
+    if any(first for first, _ in parts) and not (
+        resample != Image.Resampling.NEAREST
+        and all(job.image.mode == "RGB" for job in jobs)
+        and _split_resize_is_exact()
+    ):
+        parts = [(0, 0)] * len(jobs)
+    if threads <= 1 or (len(jobs) == 1 and parts[0] == (0, 0)):  # one CPU, or one whole resize: no hand-over
+        _run_jobs(jobs, resample, parts, _SerialExecutor())
+        return
+    # Largest first, so that the last tasks to start are the short ones.
+    order = sorted(range(len(jobs)), key=lambda i: -_pixels(jobs[i]))
+    _run_jobs([jobs[i] for i in order], resample, [parts[i] for i in order], _pool())

@@ -12,8 +12,9 @@ This module runs them in that order:
    of the distinct insertions, which `_grids_in_first_seen_order` reproduces without the original's cubic loop). A
    strictly smaller `|w/h - cols/rows|` wins; an exact tie moves to the later grid only if
    `width * height > 0.5 * 448**2 * cols * rows`. Per sample, images share a tile budget (`allocate_tile_budget`).
-2. **Resize**: `image.resize(size, BICUBIC)`, exactly; `exact_resize.resize_into_tiles` computes the same bytes on
-   several CPUs (strip-wise single-axis PIL passes in threads) and hands them over region by region.
+2. **Resize**: `image.resize(size, BICUBIC)`, exactly; `exact_resize.resize_jobs` computes the same bytes on
+   several CPUs (the grid and thumbnail resizes side by side, as strip-wise single-axis PIL passes in threads) and
+   hands them over region by region.
 3. **Normalisation**: a 256-entry lookup table per channel built with the very float32 operations `ToTensor` and
    `Normalize` perform, applied to all tiles at once straight from the resized uint8 image.
 
@@ -32,7 +33,7 @@ from PIL import Image
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.processing_utils import Unpack
 
-from .exact_resize import resize_into_tiles
+from .exact_resize import ResizeJob, resize_jobs
 from .image_loading import DEFAULT_URL_TIMEOUT, group_images, load_image_source, to_rgb_image
 from .image_processing_options import (
     IMAGE_OPTION_GROUPS,
@@ -125,8 +126,8 @@ def _make_region_writer(
                     top - row * tile_size : bottom - row * tile_size,
                     left - col * tile_size : right - col * tile_size,
                 ]
-                for channel in range(3):
-                    np.take(table[channel], source[..., channel], out=target[channel], mode="clip")
+                for channel in range(3):  # uint8 levels index a 256-entry table: "wrap" never wraps, and is the
+                    np.take(table[channel], source[..., channel], out=target[channel], mode="wrap")  # fastest mode
 
     return write
 
@@ -140,16 +141,16 @@ def tiles_from_plans(images: Sequence[Image.Image], plans: Sequence[TilePlan], o
         options["image_mean"], options["image_std"], options["do_rescale"], options["do_normalize"]
     )
     pixel_values = np.empty((sum(plan.num_tiles for plan in plans), 3, size, size), dtype=np.float32)
+    jobs: list[ResizeJob] = []
     start = 0
     for image, plan in zip(images, plans):
         grid_tiles = pixel_values[start : start + plan.num_grid_tiles]
-        resize_into_tiles(
-            image, plan.target_size, resample, _make_region_writer(grid_tiles, table, size, plan.grid[0]), workers
-        )
+        jobs.append(ResizeJob(image, plan.target_size, _make_region_writer(grid_tiles, table, size, plan.grid[0])))
         if plan.has_thumbnail:
             thumbnail = pixel_values[start + plan.num_grid_tiles : start + plan.num_tiles]
-            resize_into_tiles(image, (size, size), resample, _make_region_writer(thumbnail, table, size, 1), workers)
+            jobs.append(ResizeJob(image, (size, size), _make_region_writer(thumbnail, table, size, 1)))
         start += plan.num_tiles
+    resize_jobs(jobs, resample, workers)
     return pixel_values
 
 
