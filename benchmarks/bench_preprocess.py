@@ -27,8 +27,10 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,9 +39,35 @@ import PIL
 import torch
 from PIL import Image
 
-from transformers_internvl import InternVLImageProcessor, plan_tiles
-from transformers_internvl.processing.image_processing_internvl import IMAGENET_MEAN, IMAGENET_STD
-from transformers_internvl.processing.tiling import candidate_grids
+
+def _import_torchvision() -> str:
+    """Import torchvision if it is installed, before transformers looks for it; returns a note for the row labels.
+
+    A CUDA torchvision wheel beside a CPU torch (this machine's package index) fails at import while registering its
+    C ops (`operator torchvision::nms does not exist`), and transformers then fails to import too. The code timed here
+    (the original's `Resize` on PIL, `ToTensor`, `Normalize`; transformers' torchvision image backend) needs none of
+    those ops, so the import is retried without the C ops' meta registrations."""
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        return ""
+    except RuntimeError as error:
+        if "torchvision::" not in str(error):
+            raise
+        for name in [name for name in sys.modules if name == "torchvision" or name.startswith("torchvision.")]:
+            del sys.modules[name]
+        sys.modules["torchvision._meta_registrations"] = types.ModuleType("torchvision._meta_registrations")
+        import torchvision  # noqa: F401
+
+        return ", its C ops not loaded (not used)"
+    return ""
+
+
+_TORCHVISION_NOTE = _import_torchvision()
+
+from transformers_internvl import InternVLImageProcessor, plan_tiles  # noqa: E402 - after torchvision's import fix-up
+from transformers_internvl.processing.image_processing_internvl import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402 - after torchvision's import fix-up
+from transformers_internvl.processing.tiling import candidate_grids  # noqa: E402 - after torchvision's import fix-up
 
 
 def synthetic_image(width: int = 1920, height: int = 1080, seed: int = 0) -> Image.Image:
@@ -86,6 +114,7 @@ def original_dynamic_preprocess(image: Image.Image, max_num: int = 12, image_siz
 
 def make_original_recipe() -> tuple[Callable[[Image.Image], torch.Tensor], str]:
     try:
+        import torchvision
         import torchvision.transforms as T
         from torchvision.transforms.functional import InterpolationMode
 
@@ -101,7 +130,7 @@ def make_original_recipe() -> tuple[Callable[[Image.Image], torch.Tensor], str]:
         def recipe(image: Image.Image) -> torch.Tensor:
             return torch.stack([transform(tile) for tile in original_dynamic_preprocess(image)])
 
-        return recipe, "original recipe (PIL + torchvision)"
+        return recipe, f"original recipe (PIL + torchvision {torchvision.__version__}{_TORCHVISION_NOTE})"
     except (ImportError, RuntimeError, AttributeError, OSError):  # torchvision missing or broken beside this torch
         mean = torch.as_tensor(IMAGENET_MEAN, dtype=torch.float32)[:, None, None]
         std = torch.as_tensor(IMAGENET_STD, dtype=torch.float32)[:, None, None]
