@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import queue
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -25,6 +26,8 @@ import PIL
 from PIL import Image
 from transformers.utils import logging
 
+from .image_loading import load_pil_image
+
 logger = logging.get_logger(__name__)
 
 __all__ = ["ResizeJob", "resize_jobs"]
@@ -32,13 +35,30 @@ __all__ = ["ResizeJob", "resize_jobs"]
 
 # ONE thread pool for the whole process, created at first use and shared by every processor and call, whatever their
 # `num_workers` (which only sets how many strips a resize is cut into). Its size is bounded by `_MAX_POOL_THREADS`. A
-# pool inherited through fork has no live threads, so a child process makes its own (the pid is checked).
+# pool inherited through fork has no live threads, so a child process makes its own (the pid is checked), and its
+# lock is made anew (a thread of the parent may have held it at the fork).
 _POOL: ThreadPoolExecutor | None = None
 _POOL_PID: int | None = None
 _POOL_LOCK = threading.Lock()
+# `active` is set in the pool's own threads: a task (a writer) that resizes again runs serially there, as waiting on
+# the pool from inside it could deadlock (every pool thread waiting for tasks queued behind it).
+_POOL_THREAD = threading.local()
 _MAX_POOL_THREADS = max(1, min(32, os.cpu_count() or 1))
 # Below this many source + target pixels, threads cost more than they save.
 _MIN_PIXELS_FOR_THREADS = 1 << 19
+
+
+def _mark_pool_thread() -> None:
+    _POOL_THREAD.active = True
+
+
+def _renew_pool_lock() -> None:
+    global _POOL_LOCK
+    _POOL_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_pool_lock)
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -46,7 +66,9 @@ def _pool() -> ThreadPoolExecutor:
     global _POOL, _POOL_PID
     with _POOL_LOCK:
         if _POOL is None or _POOL_PID != os.getpid():
-            _POOL = ThreadPoolExecutor(max_workers=_MAX_POOL_THREADS, thread_name_prefix="internvl-preprocess")
+            _POOL = ThreadPoolExecutor(
+                max_workers=_MAX_POOL_THREADS, thread_name_prefix="internvl-preprocess", initializer=_mark_pool_thread
+            )
             _POOL_PID = os.getpid()
         return _POOL
 
@@ -86,7 +108,8 @@ class ResizeJob:
 
 
 class _SerialExecutor:
-    """`submit` runs the function at once in the calling thread (the one-CPU path and the self-check)."""
+    """`submit` runs the function at once in the calling thread (the one-CPU path, the self-check, and the tasks a
+    shut-down pool refuses)."""
 
     def submit(self, function: Callable[..., Any], *args: Any) -> Future:
         future: Future = Future()
@@ -178,23 +201,30 @@ def _run_jobs(jobs: Sequence[ResizeJob], resample: int, parts: Sequence[tuple[in
     (`(first_parts, last_parts)`, see `_start_job`); continuations run in the calling thread.
 
     On the first failure the tasks not yet started are cancelled, the running ones are waited for (no region is written
-    after this returns) and the error is raised.
+    after this returns) and the error is raised. A task the pool refuses (shut down at interpreter exit) runs in the
+    calling thread. Finished tasks arrive through a queue, one at a time (waiting on all pending futures for each
+    would cost the calling thread time quadratic in the number of tasks).
     """
     pending: dict[Future, Callable[[Any], None] | None] = {}
+    finished: queue.SimpleQueue[Future] = queue.SimpleQueue()
 
     def submit(function: Callable[[Any], Any], arg: Any, then: Callable[[Any], None] | None = None) -> None:
-        pending[executor.submit(function, arg)] = then
+        try:
+            future = executor.submit(function, arg)
+        except RuntimeError:  # the pool takes no more tasks (interpreter exit while a non-daemon thread still runs)
+            future = _SerialExecutor().submit(function, arg)
+        pending[future] = then
+        future.add_done_callback(finished.put)
 
     try:
         for job, (first_parts, last_parts) in zip(jobs, parts):
             _start_job(job, resample, first_parts, last_parts, submit)
         while pending:
-            finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-            for future in finished:
-                then = pending.pop(future)
-                result = future.result()
-                if then is not None:
-                    then(result)
+            future = finished.get()
+            then = pending.pop(future)
+            result = future.result()
+            if then is not None:
+                then(result)
     except BaseException:
         for future in pending:
             future.cancel()
@@ -260,12 +290,15 @@ def _splits(jobs: Sequence[ResizeJob], threads: int) -> list[tuple[int, int]]:
 def resize_jobs(jobs: Sequence[ResizeJob], resample: int, num_workers: int) -> None:
     """Run each job: resize `job.image` to `job.size` exactly as `image.resize(size, resample)` and hand the pixels to
     `job.write`. With `num_workers > 1` the jobs share the process-wide pool: the grid and the thumbnail of an image
-    (or many video frames) resize side by side, a large resize in strips. Returns when every region is written;
-    raises the first error of any task.
+    (or many video frames) resize side by side, a large resize in strips; called from one of the pool's own tasks
+    (a writer that resizes again) it runs serially. Lazily opened images are decoded first, in the calling thread
+    (`ValueError` if one cannot be). Returns when every region is written; raises the first error of any task.
     """
     if not jobs:
         return
-    threads = min(num_workers, _MAX_POOL_THREADS)
+    for index, job in enumerate(jobs):  # decode lazily opened images here, once: threads would decode them together
+        load_pil_image(job.image, f"jobs[{index}].image")
+    threads = 1 if getattr(_POOL_THREAD, "active", False) else min(num_workers, _MAX_POOL_THREADS)
     parts = _splits(jobs, threads) if threads > 1 else [(0, 0)] * len(jobs)
     if any(first for first, _ in parts) and not (
         resample != Image.Resampling.NEAREST
