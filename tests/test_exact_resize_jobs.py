@@ -42,9 +42,12 @@ def test_split_plans():
     assert _splits([grid], 2) == [(2, 2)]
     assert _splits([grid, thumb], 2) == [(1, 2), (1, 2)]
     assert _splits([grid, thumb], 8) == [(4, 8), (4, 8)]
-    # Small resizes are never cut; from 2 x threads jobs on, every job is one whole task.
+    # Small resizes are never cut; many similar jobs are one whole task each; a big job among them is cut alone.
     assert _splits([grid, tiny], 2) == [(2, 2), (0, 0)]
     assert _splits([thumb] * 4, 2) == [(0, 0)] * 4
+    assert _splits([grid, thumb, thumb, thumb], 2) == [(2, 2), (0, 0), (0, 0), (0, 0)]
+    assert _splits([grid, thumb, grid, thumb], 2) == [(1, 2), (0, 0), (1, 2), (0, 0)]
+    assert _splits([ResizeJob(_photo(1280, 720), (448, 448), None)] * 16, 2) == [(0, 0)] * 16
     assert _splits([tiny], 4) == [(0, 0)]
 
 

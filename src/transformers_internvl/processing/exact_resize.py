@@ -275,16 +275,21 @@ def _is_small(job: ResizeJob) -> bool:
 
 
 def _splits(jobs: Sequence[ResizeJob], threads: int) -> list[tuple[int, int]]:
-    """`(first_parts, last_parts)` of each job for `threads` CPUs. With fewer than `2 * threads` jobs, each large job
-    runs its first pass in `ceil(threads / large jobs)` strips and its last pass in `threads` strips (the last tasks
-    are short, so the CPUs finish together); otherwise, and for small jobs, `(0, 0)`: one whole `Image.resize` task.
-    For one image's grid and thumbnail on 2 CPUs that is: both first passes side by side, then the short last passes
-    in halves (measured in `benchmarks/bench_preprocess.py`)."""
-    large = sum(not _is_small(job) for job in jobs)
-    if large == 0 or len(jobs) >= 2 * threads:
+    """`(first_parts, last_parts)` of each job for `threads` CPUs, by cost (source + target pixels).
+
+    A large job costing more than `1 / (2 * threads)` of the whole call is cut: its first pass in
+    `ceil(threads / cut jobs)` strips, its last pass in `threads` strips (the last tasks are short, so the CPUs finish
+    together). The other jobs are `(0, 0)`: one whole `Image.resize` task each. So one image's grid and thumbnail on 2
+    CPUs run both first passes side by side, then the short last passes in halves; many similar video frames run one
+    whole resize per thread; one big image beside small ones is cut, the small ones are not (measured in
+    `benchmarks/bench_preprocess.py`)."""
+    costs = [_pixels(job) for job in jobs]
+    share = sum(costs) / (2 * threads)
+    cut = [not _is_small(job) and cost > share for job, cost in zip(jobs, costs)]
+    if not any(cut):
         return [(0, 0)] * len(jobs)
-    first_parts = -(-threads // large)
-    return [(0, 0) if _is_small(job) else (first_parts, threads) for job in jobs]
+    first_parts = -(-threads // sum(cut))
+    return [(first_parts, threads) if is_cut else (0, 0) for is_cut in cut]
 
 
 def resize_jobs(jobs: Sequence[ResizeJob], resample: int, num_workers: int) -> None:
