@@ -13,6 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 from PIL import Image
+from resize_helpers import collecting_job, random_photo
 
 from transformers_internvl import InternVLImageProcessor
 from transformers_internvl.processing import exact_resize
@@ -20,24 +21,6 @@ from transformers_internvl.processing.exact_resize import ResizeJob, _run_jobs, 
 
 BICUBIC = Image.Resampling.BICUBIC
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-
-
-def _photo(width: int, height: int, seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), mode="RGB")
-
-
-def _collecting_job(image: Image.Image, size: tuple[int, int]) -> tuple[ResizeJob, np.ndarray, np.ndarray]:
-    got = np.zeros((size[1], size[0], 3), dtype=np.uint8)
-    covered = np.zeros((size[1], size[0]), dtype=np.int32)
-    lock = threading.Lock()
-
-    def write(region: np.ndarray, y0: int, x0: int) -> None:
-        with lock:
-            got[y0 : y0 + region.shape[0], x0 : x0 + region.shape[1]] = region
-            covered[y0 : y0 + region.shape[0], x0 : x0 + region.shape[1]] += 1
-
-    return ResizeJob(image, size, write), got, covered
 
 
 def _in_forked_child(check: Callable[[], bool], seconds: int = 20) -> int:
@@ -56,7 +39,7 @@ def _in_forked_child(check: Callable[[], bool], seconds: int = 20) -> int:
 
 
 def _grid_and_thumbnail_are_exact(image: Image.Image, workers: int) -> bool:
-    jobs = [_collecting_job(image, (1792, 896)), _collecting_job(image, (448, 448))]
+    jobs = [collecting_job(image, (1792, 896)), collecting_job(image, (448, 448))]
     resize_jobs([job for job, _, _ in jobs], BICUBIC, workers)
     return all(
         np.array_equal(got, np.asarray(image.resize(job.size, BICUBIC))) and (covered == 1).all()
@@ -67,7 +50,7 @@ def _grid_and_thumbnail_are_exact(image: Image.Image, workers: int) -> bool:
 @needs_fork
 def test_a_writer_that_calls_the_processor_does_not_deadlock():
     # Both pool threads ran writers that waited on tasks queued behind them in the same pool: a deadlock.
-    image = _photo(1920, 1080)
+    image = random_photo(1920, 1080)
     processor = InternVLImageProcessor(max_dynamic_patch=6)
     expected = processor(image, num_workers=1)["pixel_values"]
 
@@ -88,7 +71,7 @@ def test_lazily_opened_image_shared_by_jobs_gives_the_exact_bytes(image_format):
     # The grid and thumbnail strips decoded the same lazily opened file on two threads at once: OSError or
     # AssertionError from the decoder, or wrong pixels.
     buffer = io.BytesIO()
-    _photo(1920, 1080).save(buffer, image_format)
+    random_photo(1920, 1080).save(buffer, image_format)
     data = buffer.getvalue()
     for _ in range(3):
         image = Image.open(io.BytesIO(data))
@@ -97,7 +80,7 @@ def test_lazily_opened_image_shared_by_jobs_gives_the_exact_bytes(image_format):
 
 @needs_fork
 def test_fork_while_another_thread_holds_the_pool_lock():
-    image = _photo(1920, 1080)
+    image = random_photo(1920, 1080)
     assert _grid_and_thumbnail_are_exact(image, 2)  # the pool exists before the fork
     # A thread of the parent held the pool lock at the fork: the child's first threaded resize waited forever.
     with exact_resize._POOL_LOCK:
@@ -109,7 +92,7 @@ def test_fork_while_another_thread_holds_the_pool_lock():
 def test_many_jobs_cost_the_calling_thread_linear_time():
     # Waiting on all pending futures after every finished task cost the caller O(tasks^2): ~1.1 s of its CPU for 2048
     # frames whose tasks finish one by one (1024 frames is MAX_NUM_SEGMENTS).
-    image = _photo(4, 4)
+    image = random_photo(4, 4)
     jobs = [ResizeJob(image, (2, 2), lambda region, y0, x0: time.sleep(0.0005)) for _ in range(2048)]
     start = time.thread_time()
     resize_jobs(jobs, BICUBIC, 2)
@@ -133,10 +116,10 @@ def test_odd_sizes_and_filters_give_the_bytes_of_image_resize(resample):
         ((37, 23), (60, 11)),
     ]
     for index, (source, size) in enumerate(cases):
-        image = _photo(*source, seed=index)
+        image = random_photo(*source, seed=index)
         expected = np.asarray(image.resize(size, resample))
         for parts in ((1, 3), (4, 2), (500, 500)):  # more strips than rows or columns are clamped
-            job, got, covered = _collecting_job(image, size)
+            job, got, covered = collecting_job(image, size)
             _run_jobs([job], resample, [parts], _SerialExecutor())
             assert np.array_equal(got, expected), (source, size, parts)
             assert (covered == 1).all()
@@ -144,7 +127,7 @@ def test_odd_sizes_and_filters_give_the_bytes_of_image_resize(resample):
 
 @pytest.mark.parametrize("error", [KeyboardInterrupt(), ValueError("writer broke")])
 def test_a_failing_writer_raises_its_error_and_nothing_is_written_after_return(error):
-    image, small = _photo(1920, 1080), _photo(100, 80)
+    image, small = random_photo(1920, 1080), random_photo(100, 80)
     returned = threading.Event()
     late: list[tuple[int, int]] = []
 
@@ -173,4 +156,4 @@ def test_a_shut_down_pool_runs_the_tasks_in_the_calling_thread(monkeypatch):
     closed.shutdown()
     monkeypatch.setattr(exact_resize, "_POOL", closed)
     monkeypatch.setattr(exact_resize, "_POOL_PID", os.getpid())
-    assert _grid_and_thumbnail_are_exact(_photo(1920, 1080), 2)
+    assert _grid_and_thumbnail_are_exact(random_photo(1920, 1080), 2)

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
+from resize_helpers import collecting_job, random_photo
 
 from transformers_internvl.processing import exact_resize
 from transformers_internvl.processing.exact_resize import ResizeJob, _splits, resize_jobs
@@ -16,26 +17,8 @@ from transformers_internvl.processing.exact_resize import ResizeJob, _splits, re
 BICUBIC = Image.Resampling.BICUBIC
 
 
-def _photo(width: int, height: int, seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), mode="RGB")
-
-
-def _collecting_job(image: Image.Image, size: tuple[int, int]) -> tuple[ResizeJob, np.ndarray, np.ndarray]:
-    got = np.zeros((size[1], size[0], *np.asarray(image).shape[2:]), dtype=np.uint8)
-    covered = np.zeros((size[1], size[0]), dtype=np.int32)
-    lock = threading.Lock()
-
-    def write(region: np.ndarray, y0: int, x0: int) -> None:
-        with lock:
-            got[y0 : y0 + region.shape[0], x0 : x0 + region.shape[1]] = region
-            covered[y0 : y0 + region.shape[0], x0 : x0 + region.shape[1]] += 1
-
-    return ResizeJob(image, size, write), got, covered
-
-
 def test_split_plans():
-    big, small = _photo(1920, 1080), _photo(64, 48)
+    big, small = random_photo(1920, 1080), random_photo(64, 48)
     grid, thumb = ResizeJob(big, (1792, 896), None), ResizeJob(big, (448, 448), None)
     tiny = ResizeJob(small, (448, 448), None)
     # One large resize on 2 CPUs: both passes in halves; grid + thumbnail: first passes whole, side by side.
@@ -47,7 +30,7 @@ def test_split_plans():
     assert _splits([thumb] * 4, 2) == [(0, 0)] * 4
     assert _splits([grid, thumb, thumb, thumb], 2) == [(2, 2), (0, 0), (0, 0), (0, 0)]
     assert _splits([grid, thumb, grid, thumb], 2) == [(1, 2), (0, 0), (1, 2), (0, 0)]
-    assert _splits([ResizeJob(_photo(1280, 720), (448, 448), None)] * 16, 2) == [(0, 0)] * 16
+    assert _splits([ResizeJob(random_photo(1280, 720), (448, 448), None)] * 16, 2) == [(0, 0)] * 16
     assert _splits([tiny], 4) == [(0, 0)]
 
 
@@ -63,8 +46,8 @@ def test_split_plans():
     ],
 )
 def test_jobs_give_the_bytes_of_image_resize(workers, sizes):
-    images = [_photo(*src, seed=i) for i, (src, _) in enumerate(sizes)]
-    jobs = [_collecting_job(image, dst) for image, (_, dst) in zip(images, sizes)]
+    images = [random_photo(*src, seed=i) for i, (src, _) in enumerate(sizes)]
+    jobs = [collecting_job(image, dst) for image, (_, dst) in zip(images, sizes)]
     resize_jobs([job for job, _, _ in jobs], BICUBIC, workers)
     for image, (_, dst), (_, got, covered) in zip(images, sizes, jobs):
         assert np.array_equal(got, np.asarray(image.resize(dst, BICUBIC)))
@@ -72,7 +55,7 @@ def test_jobs_give_the_bytes_of_image_resize(workers, sizes):
 
 
 def test_a_failing_task_raises_and_no_region_is_written_afterwards():
-    image = _photo(1920, 1080)
+    image = random_photo(1920, 1080)
     writes_after_return: list[int] = []
     returned = threading.Event()
 
@@ -91,7 +74,7 @@ def test_a_failing_task_raises_and_no_region_is_written_afterwards():
     time.sleep(0.3)
     assert writes_after_return == []
     # The pool still serves later calls.
-    job, got, _ = _collecting_job(image, (448, 448))
+    job, got, _ = collecting_job(image, (448, 448))
     resize_jobs([job], BICUBIC, 2)
     assert np.array_equal(got, np.asarray(image.resize((448, 448), BICUBIC)))
 
@@ -105,9 +88,12 @@ def test_modes_other_than_rgb_and_nearest_run_whole(monkeypatch):
         return original(self, size, *args, **kwargs)
 
     monkeypatch.setattr(Image.Image, "resize", resize)
-    for image, resample in ((_photo(1920, 1080).convert("L"), BICUBIC), (_photo(1920, 1080), Image.NEAREST)):
+    for image, resample in (
+        (random_photo(1920, 1080).convert("L"), BICUBIC),
+        (random_photo(1920, 1080), Image.NEAREST),
+    ):
         calls.clear()
-        job, got, _ = _collecting_job(image, (1792, 896))
+        job, got, _ = collecting_job(image, (1792, 896))
         resize_jobs([job], resample, 2)
         assert calls == [(1792, 896)]  # one whole Image.resize, no strips
         assert np.array_equal(got, np.asarray(original(image, (1792, 896), resample)))

@@ -6,18 +6,14 @@ import threading
 
 import numpy as np
 from PIL import Image
+from resize_helpers import random_photo
 
 from transformers_internvl import InternVLImageProcessor
 from transformers_internvl.processing import exact_resize as ipi
 
 
-def _photo(width: int = 1000, height: int = 800) -> Image.Image:
-    rng = np.random.default_rng(0)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), mode="RGB")
-
-
 def test_one_bounded_pool_for_every_num_workers():
-    image = _photo()
+    image = random_photo()
     processor = InternVLImageProcessor(max_dynamic_patch=1)
     expected = processor(image, num_workers=1)["pixel_values"]
     before = threading.active_count()
@@ -52,7 +48,7 @@ def test_threaded_resize_gives_the_serial_pixels_and_reports_failures(monkeypatc
     resize that fails on a pool thread raises from the call; the pool still works afterwards."""
     import pytest
 
-    images = [_photo(1000, 800), _photo(640, 1200), _photo(900, 300)]
+    images = [random_photo(1000, 800), random_photo(640, 1200), random_photo(900, 300)]
     processor = InternVLImageProcessor(max_dynamic_patch=6)
     expected = processor(images, num_workers=1)["pixel_values"]
     assert expected.shape[0] > 3  # grids with thumbnails
