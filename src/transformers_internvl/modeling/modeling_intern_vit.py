@@ -167,6 +167,10 @@ class InternVLVisionAttention(nn.Module):
         query_states = query_states.reshape(hidden_shape).transpose(1, 2)
         key_states = key_states.reshape(hidden_shape).transpose(1, 2)
         value_states = value_states.reshape(hidden_shape).transpose(1, 2)
+        if query_states.device.type == "cpu" and self.config._attn_implementation in ("sdpa", "eager"):
+            query_states, key_states, value_states = (
+                state.contiguous() for state in (query_states, key_states, value_states)
+            )
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward

@@ -1,0 +1,51 @@
+"""InternViT attention hands per-head contiguous q/k/v to the CPU kernels (issue 13): faster (4-5 % of the attention
+module at InternViT-300M widths, `benchmarks/RESULTS.md`) and bit-identical to running them on views of the fused
+`qkv` output."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from transformers_internvl.modeling.configuration_intern_vit import InternVLVisionConfig
+from transformers_internvl.modeling.modeling_intern_vit import InternVLVisionAttention, eager_attention_forward
+
+
+def _reference(module: InternVLVisionAttention, hidden_states: torch.Tensor, implementation: str) -> torch.Tensor:
+    """The attention on strided views of the fused projection (the layout before this change)."""
+    batch, length, _ = hidden_states.shape
+    query, key, value = module.qkv(hidden_states).view(batch, length, 3, module.embed_dim).unbind(2)
+    shape = (batch, length, module.num_heads, module.head_dim)
+    query = module.q_norm(query).reshape(shape).transpose(1, 2)
+    key = module.k_norm(key).reshape(shape).transpose(1, 2)
+    value = value.reshape(shape).transpose(1, 2)
+    assert not query.is_contiguous()
+    function = eager_attention_forward if implementation == "eager" else ALL_ATTENTION_FUNCTIONS[implementation]
+    output, _ = function(module, query, key, value, None, dropout=0.0, scaling=module.scaling, is_causal=False)
+    return module.proj(output.reshape(batch, length, module.embed_dim))
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("qk_normalization", [False, True])
+def test_contiguous_heads_give_the_bytes_of_the_strided_views(implementation, dtype, qk_normalization):
+    config = InternVLVisionConfig(
+        hidden_size=256,
+        intermediate_size=512,
+        num_attention_heads=4,
+        num_hidden_layers=1,
+        image_size=28,
+        patch_size=14,
+        qk_normalization=qk_normalization,
+        qkv_bias=not qk_normalization,
+    )
+    config._attn_implementation = implementation
+    torch.manual_seed(0)
+    module = InternVLVisionAttention(config).to(dtype).eval()
+    hidden_states = torch.randn(3, 257, 256, dtype=dtype)
+    with torch.inference_mode():
+        output, _ = module(hidden_states)
+        assert torch.equal(output, _reference(module, hidden_states, implementation))
+    with torch.no_grad():  # and outside inference mode
+        assert torch.equal(module(hidden_states)[0], _reference(module, hidden_states, implementation))
