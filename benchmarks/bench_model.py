@@ -506,7 +506,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--against", choices=["upstream"], help="compare with transformers' own InternVL port")
     parser.add_argument("--vision-tiles", type=int, nargs="+", default=[1, 7, 13])
     parser.add_argument("--ttft-tiles", type=int, default=13, help="0: skip the time-to-first-token and memory rows")
-    parser.add_argument("--decode-batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--decode-batches", type=int, nargs="*", default=[1, 8], help="none: skip the decode rows")
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--static-compile", action="store_true", help="also time decode with a static cache")
     parser.add_argument("--vocab-size", type=int, help="override the LLM vocabulary (smaller: faster set-up)")
