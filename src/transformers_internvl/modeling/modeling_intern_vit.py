@@ -23,6 +23,7 @@ from transformers.utils import TransformersKwargs, auto_docstring, logging
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
+from .attention_kernels import contiguous_heads_on_cpu
 from .configuration_intern_vit import InternVisionConfig
 from .inference_buffers import hooked, in_place_inference
 
@@ -167,10 +168,9 @@ class InternVLVisionAttention(nn.Module):
         query_states = query_states.reshape(hidden_shape).transpose(1, 2)
         key_states = key_states.reshape(hidden_shape).transpose(1, 2)
         value_states = value_states.reshape(hidden_shape).transpose(1, 2)
-        if query_states.device.type == "cpu" and self.config._attn_implementation in ("sdpa", "eager"):
-            query_states, key_states, value_states = (
-                state.contiguous() for state in (query_states, key_states, value_states)
-            )
+        query_states, key_states, value_states = contiguous_heads_on_cpu(
+            self.config._attn_implementation, query_states, key_states, value_states
+        )
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
