@@ -1,6 +1,6 @@
-"""InternViT and InternLM2 attention hand per-head contiguous q/k/v to the CPU kernels (issue 13): faster
+"""InternViT attention hands per-head contiguous q/k/v to the CPU kernels (issue 13): faster
 (`attention_kernels.contiguous_heads_on_cpu`, `benchmarks/RESULTS.md`) and bit-identical to running them on views of
-the fused `qkv` / `wqkv` output."""
+the fused `qkv` output."""
 
 from __future__ import annotations
 
@@ -8,10 +8,8 @@ import pytest
 import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from transformers_internvl.modeling import modeling_internlm2
 from transformers_internvl.modeling.attention_kernels import contiguous_heads_on_cpu
 from transformers_internvl.modeling.configuration_intern_vit import InternVLVisionConfig
-from transformers_internvl.modeling.configuration_internlm2 import InternLM2Config
 from transformers_internvl.modeling.modeling_intern_vit import InternVLVisionAttention, eager_attention_forward
 
 
@@ -52,38 +50,6 @@ def test_contiguous_heads_give_the_bytes_of_the_strided_views(implementation, dt
         assert torch.equal(output, _reference(module, hidden_states, implementation))
     with torch.no_grad():  # and outside inference mode
         assert torch.equal(module(hidden_states)[0], _reference(module, hidden_states, implementation))
-
-
-@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_internlm2_prefill_and_decode_give_the_bytes_of_the_strided_views(monkeypatch, implementation, dtype):
-    config = InternLM2Config(
-        vocab_size=99,
-        hidden_size=256,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-    )
-    config._attn_implementation = implementation
-    torch.manual_seed(0)
-    model = modeling_internlm2.InternLM2ForCausalLM(config).to(dtype).eval()
-    input_ids = torch.randint(0, 99, (2, 300), generator=torch.Generator().manual_seed(0))
-
-    def run():
-        with torch.inference_mode():
-            logits = model(input_ids).logits
-            tokens = model.generate(
-                input_ids, max_new_tokens=5, do_sample=False, output_scores=True, return_dict_in_generate=True
-            )
-        return logits, tokens.sequences, torch.stack(tokens.scores)
-
-    contiguous = run()
-    monkeypatch.setattr(modeling_internlm2, "contiguous_heads_on_cpu", lambda implementation, *states: states)
-    strided = run()
-    for got, expected in zip(contiguous, strided, strict=True):
-        assert torch.equal(got, expected)
 
 
 def test_only_cpu_sdpa_and_eager_get_copies():

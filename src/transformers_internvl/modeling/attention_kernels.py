@@ -125,11 +125,12 @@ def contiguous_heads_on_cpu(implementation: str | None, *states: torch.Tensor) -
     the CPU SDPA or eager kernels will read them (otherwise returned as they are).
 
     Those kernels read each head's rows faster from contiguous memory than from views whose rows lie `3 * hidden`
-    (InternViT's `qkv`) or `(groups + 2) * head_dim` (InternLM2's `wqkv`) elements apart, and compute the same bytes
-    (`tests/test_vision_attention_layout.py`). Measured at 1 thread: InternViT-300M attention, 7 tiles, 4-5 % faster;
-    a 3,400-token causal SDPA with InternLM2-1.8B heads 12 % faster in bf16, 2 % in fp32 (`benchmarks/RESULTS.md`).
-    CUDA kernels prefer the `(batch, seq, heads, head_dim)` memory of the views, and flash kernels transpose back:
-    both are left alone.
+    elements apart (InternViT's fused `qkv`), and compute the same bytes (`tests/test_attention_layout_cpu.py`).
+    Measured at 1 thread, InternViT-300M attention module, 7 tiles: 4-5 % faster in fp32 and bf16 SDPA and fp32
+    eager, 1 % in bf16 eager (`benchmarks/RESULTS.md`). Not used for InternLM2's `wqkv` views: there the copies cost
+    about what the kernel saves (LLM prefill of 3,400 tokens: +1.5 % in bf16, -1 to -2 % in fp32). CUDA kernels
+    prefer the `(batch, seq, heads, head_dim)` memory of the views, and flash kernels transpose back: both are left
+    alone.
     """
     if implementation not in ("sdpa", "eager") or states[0].device.type != "cpu":
         return states

@@ -29,7 +29,6 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from .attention_kernels import contiguous_heads_on_cpu
 from .configuration_internlm2 import InternLM2Config, standardize_rope_scaling
 from .inference_buffers import in_place_inference
 from .load_errors import (  # noqa: F401  (check_wqkv_shape, describe_wqkv_mismatch: re-exported)
@@ -226,9 +225,6 @@ class InternLM2Attention(nn.Module):
 
         cos, sin = position_embeddings
         query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
-        query_states, key_states, value_states = contiguous_heads_on_cpu(
-            self.config._attn_implementation, query_states, key_states, value_states
-        )
 
         if cache is not None:
             key_states, value_states = cache.update(key_states, value_states, self.layer_idx, kwargs=kwargs)
