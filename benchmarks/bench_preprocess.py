@@ -5,7 +5,8 @@ by
 
 * the original recipe: `dynamic_preprocess` (PIL resize, per-tile crops, thumbnail) and, per tile, torchvision
   `Resize(448, BICUBIC)` (a no-op on 448 tiles) + `ToTensor()` + `Normalize(ImageNet)`, then `torch.stack`. When
-  torchvision cannot be imported, an exact transcription of that recipe in PIL + torch is timed instead (per tile:
+  torchvision cannot be imported (a CUDA torchvision beside a CPU torch is imported without its C ops' meta
+  registrations, which the timed transforms do not use), an exact transcription of that recipe in PIL + torch is timed instead (per tile:
   `np.array` -> `torch.from_numpy` -> permute -> `.float().div(255)` -> `.sub_(mean).div_(std)`, which is what
   `ToTensor` / `Normalize` do; the no-op resize is skipped), and the table says so;
 * `InternVLImageProcessor` (default threads, and `num_workers=1`);
@@ -63,11 +64,11 @@ def _import_torchvision() -> str:
     return ""
 
 
-_TORCHVISION_NOTE = _import_torchvision()
+_TORCHVISION_NOTE = _import_torchvision()  # before transformers (imported below) looks for torchvision
 
-from transformers_internvl import InternVLImageProcessor, plan_tiles  # noqa: E402 - after torchvision's import fix-up
-from transformers_internvl.processing.image_processing_internvl import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402 - after torchvision's import fix-up
-from transformers_internvl.processing.tiling import candidate_grids  # noqa: E402 - after torchvision's import fix-up
+from transformers_internvl import InternVLImageProcessor, plan_tiles  # noqa: E402
+from transformers_internvl.processing.image_processing_internvl import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from transformers_internvl.processing.tiling import candidate_grids  # noqa: E402
 
 
 def synthetic_image(width: int = 1920, height: int = 1080, seed: int = 0) -> Image.Image:
@@ -224,7 +225,7 @@ def bench_image(repeats: int, width: int, height: int, max_tiles: int) -> None:
 
     print(
         f"\nImage: {width}x{height}, max_dynamic_patch {max_tiles} -> grid {plan.grid[0]}x{plan.grid[1]}, "
-        f"{plan.num_tiles} tiles; median of {repeats} runs"
+        f"{plan.num_tiles} tiles; min / median of {repeats} runs"
     )
     outputs = [function(image) for _, function in rows]  # warm-up and outputs for the pixel comparison
     # Timing in blocks, rows alternating between rounds: load changes on the machine hit all rows alike, and each block

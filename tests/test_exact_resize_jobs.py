@@ -97,4 +97,33 @@ def test_modes_other_than_rgb_and_nearest_run_whole(monkeypatch):
         resize_jobs([job], resample, 2)
         assert calls == [(1792, 896)]  # one whole Image.resize, no strips
         assert np.array_equal(got, np.asarray(original(image, (1792, 896), resample)))
-    assert exact_resize._split_resize_is_exact()
+    assert all(exact_resize._split_resize_is_exact(f) for f in (BICUBIC, Image.BILINEAR, Image.LANCZOS, Image.BOX))
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_num_workers_caps_the_tasks_running_at_once(monkeypatch, workers):
+    """`num_workers` bounds concurrency even when the pool has more threads (16 frames, several cut jobs)."""
+    monkeypatch.setattr(exact_resize, "_MAX_POOL_THREADS", 8)
+    monkeypatch.setattr(exact_resize, "_POOL", None)
+    lock, running, most = threading.Lock(), [0], [0]
+
+    def counting(write):
+        def counted(region, y0, x0):
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            time.sleep(0.002)
+            write(region, y0, x0)
+            with lock:
+                running[0] -= 1
+
+        return counted
+
+    frames = [collecting_job(random_photo(640, 360, seed=i), (448, 448)) for i in range(16)]
+    big = [collecting_job(random_photo(1920, 1080), size) for size in ((1792, 896), (448, 448))]
+    for jobs in (frames, big):
+        resize_jobs([ResizeJob(job.image, job.size, counting(job.write)) for job, _, _ in jobs], BICUBIC, workers)
+        for job, got, covered in jobs:
+            assert np.array_equal(got, np.asarray(job.image.resize(job.size, BICUBIC))) and (covered == 1).all()
+    assert most[0] <= workers
+    assert workers == 1 or most[0] > 1  # and the threads are used

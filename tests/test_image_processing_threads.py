@@ -9,7 +9,7 @@ from PIL import Image
 from resize_helpers import random_photo
 
 from transformers_internvl import InternVLImageProcessor
-from transformers_internvl.processing import exact_resize as ipi
+from transformers_internvl.processing import exact_resize
 
 
 def test_one_bounded_pool_for_every_num_workers():
@@ -35,12 +35,15 @@ def test_one_bounded_pool_for_every_num_workers():
     # Ten distinct num_workers: the pixels never depend on it, and only one pool of bounded size exists.
     assert all(np.array_equal(values, expected) for values in results.values()) and len(results) == 10
     pool_threads = [t for t in threading.enumerate() if t.name.startswith("internvl-preprocess")]
-    assert 1 <= len(pool_threads) <= ipi._MAX_POOL_THREADS
-    assert threading.active_count() <= before + ipi._MAX_POOL_THREADS
-    assert ipi._pool() is ipi._pool()
+    assert 1 <= len(pool_threads) <= exact_resize._MAX_POOL_THREADS
+    assert threading.active_count() <= before + exact_resize._MAX_POOL_THREADS
+    assert exact_resize._pool() is exact_resize._pool()
     # A huge num_workers is capped to the pool (no thread per requested worker).
     assert np.array_equal(processor(image, num_workers=10_000)["pixel_values"], expected)
-    assert len([t for t in threading.enumerate() if t.name.startswith("internvl-preprocess")]) <= ipi._MAX_POOL_THREADS
+    assert (
+        len([t for t in threading.enumerate() if t.name.startswith("internvl-preprocess")])
+        <= exact_resize._MAX_POOL_THREADS
+    )
 
 
 def test_threaded_resize_gives_the_serial_pixels_and_reports_failures(monkeypatch):

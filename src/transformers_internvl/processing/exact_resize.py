@@ -15,6 +15,7 @@ import itertools
 import os
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -33,8 +34,9 @@ logger = logging.get_logger(__name__)
 __all__ = ["ResizeJob", "resize_jobs"]
 
 
-# ONE thread pool for the whole process, created at first use and shared by every processor and call, whatever their
-# `num_workers` (which only sets how many strips a resize is cut into). Its size is bounded by `_MAX_POOL_THREADS`. A
+# ONE thread pool for the whole process, created at first use and shared by every processor and call. Its size is
+# bounded by `_MAX_POOL_THREADS`; a call's `num_workers` sets how many of its tasks run at once and how many strips a
+# large resize is cut into. A
 # pool inherited through fork has no live threads, so a child process makes its own (the pid is checked), and its
 # lock is made anew (a thread of the parent may have held it at the fork).
 _POOL: ThreadPoolExecutor | None = None
@@ -44,7 +46,7 @@ _POOL_LOCK = threading.Lock()
 # the pool from inside it could deadlock (every pool thread waiting for tasks queued behind it).
 _POOL_THREAD = threading.local()
 _MAX_POOL_THREADS = max(1, min(32, os.cpu_count() or 1))
-# Below this many source + target pixels, threads cost more than they save.
+# Below this many source + target pixels a resize is never cut into strips (one whole task).
 _MIN_PIXELS_FOR_THREADS = 1 << 19
 
 
@@ -100,7 +102,8 @@ Writer = Callable[[np.ndarray, int, int], None]
 @dataclass(frozen=True)
 class ResizeJob:
     """One exact resize: `image.resize(size, resample)`, its pixels handed to `write(region, y0, x0)` as `(h, w, 3)`
-    uint8 regions that together cover the resized image once (regions of one job may arrive from several threads)."""
+    uint8 regions (`(h, w)` or `(h, w, c)` for other modes, which are never cut) that together cover the resized image
+    once (regions of one job may arrive from several threads)."""
 
     image: Image.Image
     size: tuple[int, int]
@@ -196,25 +199,39 @@ def _start_job(
         submit(task, strip, then=lambda result, strip=strip: collect(strip, result))
 
 
-def _run_jobs(jobs: Sequence[ResizeJob], resample: int, parts: Sequence[tuple[int, int]], executor: Any) -> None:
+def _run_jobs(
+    jobs: Sequence[ResizeJob],
+    resample: int,
+    parts: Sequence[tuple[int, int]],
+    executor: Any,
+    limit: int | None = None,
+) -> None:
     """Run every job's tasks on `executor` (`submit(fn, arg) -> Future`), job `i` cut in `parts[i]`
-    (`(first_parts, last_parts)`, see `_start_job`); continuations run in the calling thread.
+    (`(first_parts, last_parts)`, see `_start_job`), at most `limit` tasks at a time (None: no limit), in the order
+    they become ready; continuations run in the calling thread.
 
-    On the first failure the tasks not yet started are cancelled, the running ones are waited for (no region is written
-    after this returns) and the error is raised. A task the pool refuses (shut down at interpreter exit) runs in the
-    calling thread. Finished tasks arrive through a queue, one at a time (waiting on all pending futures for each
-    would cost the calling thread time quadratic in the number of tasks).
+    On the first failure the tasks not yet started are dropped or cancelled, the running ones are waited for (no
+    region is written after this returns) and the error is raised. A task the pool refuses (shut down at interpreter
+    exit) runs in the calling thread. Finished tasks arrive through a queue, one at a time (waiting on all pending
+    futures for each would cost the calling thread time quadratic in the number of tasks).
     """
+    ready: deque[tuple[Callable[[Any], Any], Any, Callable[[Any], None] | None]] = deque()
     pending: dict[Future, Callable[[Any], None] | None] = {}
     finished: queue.SimpleQueue[Future] = queue.SimpleQueue()
 
+    def start_ready() -> None:
+        while ready and (limit is None or len(pending) < limit):
+            function, arg, then = ready.popleft()
+            try:
+                future = executor.submit(function, arg)
+            except RuntimeError:  # the pool takes no more tasks (interpreter exit while a non-daemon thread runs)
+                future = _SerialExecutor().submit(function, arg)
+            pending[future] = then
+            future.add_done_callback(finished.put)
+
     def submit(function: Callable[[Any], Any], arg: Any, then: Callable[[Any], None] | None = None) -> None:
-        try:
-            future = executor.submit(function, arg)
-        except RuntimeError:  # the pool takes no more tasks (interpreter exit while a non-daemon thread still runs)
-            future = _SerialExecutor().submit(function, arg)
-        pending[future] = then
-        future.add_done_callback(finished.put)
+        ready.append((function, arg, then))
+        start_ready()
 
     try:
         for job, (first_parts, last_parts) in zip(jobs, parts):
@@ -225,16 +242,19 @@ def _run_jobs(jobs: Sequence[ResizeJob], resample: int, parts: Sequence[tuple[in
             result = future.result()
             if then is not None:
                 then(result)
+            start_ready()
     except BaseException:
+        ready.clear()
         for future in pending:
             future.cancel()
         wait(list(pending))
         raise
 
 
-@lru_cache(maxsize=1)
-def _split_resize_is_exact() -> bool:
-    """Self-check: the strip-wise passes give `Image.resize`'s bytes with the installed Pillow (both pass orders)."""
+@lru_cache(maxsize=8)
+def _split_resize_is_exact(resample: int) -> bool:
+    """Self-check, once per filter: the strip-wise passes give `Image.resize`'s bytes with the installed Pillow (both
+    pass orders, several strip counts)."""
     rng = np.random.default_rng(0)
     cases = [
         ((40, 30), (25, 20)),  # horizontal pass first
@@ -248,21 +268,20 @@ def _split_resize_is_exact() -> bool:
     ]
     for (src_w, src_h), size in cases:
         image = Image.fromarray(rng.integers(0, 256, (src_h, src_w, 3), dtype=np.uint8), mode="RGB")
-        for resample in (Image.Resampling.BICUBIC, Image.Resampling.BILINEAR):
-            expected = np.asarray(image.resize(size, resample))
-            for first_parts, last_parts in ((1, 3), (3, 2)):
-                got = np.empty_like(expected)
+        expected = np.asarray(image.resize(size, resample))
+        for first_parts, last_parts in ((1, 3), (3, 2)):
+            got = np.empty_like(expected)
 
-                def write(region: np.ndarray, y0: int, x0: int, got: np.ndarray = got) -> None:
-                    got[y0 : y0 + region.shape[0], x0 : x0 + region.shape[1]] = region
+            def write(region: np.ndarray, y0: int, x0: int, got: np.ndarray = got) -> None:
+                got[y0 : y0 + region.shape[0], x0 : x0 + region.shape[1]] = region
 
-                _run_jobs([ResizeJob(image, size, write)], resample, [(first_parts, last_parts)], _SerialExecutor())
-                if not np.array_equal(expected, got):
-                    logger.warning_once(
-                        f"Pillow {PIL.__version__}: strip-wise resizing does not reproduce Image.resize; using single "
-                        "Image.resize calls (same pixels, slower)."
-                    )
-                    return False
+            _run_jobs([ResizeJob(image, size, write)], resample, [(first_parts, last_parts)], _SerialExecutor())
+            if not np.array_equal(expected, got):
+                logger.warning_once(
+                    f"Pillow {PIL.__version__}: strip-wise resizing with filter {resample} does not reproduce "
+                    "Image.resize; using single Image.resize calls (same pixels, slower)."
+                )
+                return False
     return True
 
 
@@ -294,7 +313,8 @@ def _splits(jobs: Sequence[ResizeJob], threads: int) -> list[tuple[int, int]]:
 
 def resize_jobs(jobs: Sequence[ResizeJob], resample: int, num_workers: int) -> None:
     """Run each job: resize `job.image` to `job.size` exactly as `image.resize(size, resample)` and hand the pixels to
-    `job.write`. With `num_workers > 1` the jobs share the process-wide pool: the grid and the thumbnail of an image
+    `job.write`. With `num_workers > 1` the jobs run on the process-wide pool, at most `num_workers` tasks at a time
+    (and at most the pool's `_MAX_POOL_THREADS`): the grid and the thumbnail of an image
     (or many video frames) resize side by side, a large resize in strips; called from one of the pool's own tasks
     (a writer that resizes again) it runs serially. Lazily opened images are decoded first, in the calling thread
     (`ValueError` if one cannot be). Returns when every region is written; raises the first error of any task.
@@ -308,7 +328,7 @@ def resize_jobs(jobs: Sequence[ResizeJob], resample: int, num_workers: int) -> N
     if any(first for first, _ in parts) and not (
         resample != Image.Resampling.NEAREST
         and all(job.image.mode == "RGB" for job in jobs)
-        and _split_resize_is_exact()
+        and _split_resize_is_exact(resample)
     ):
         parts = [(0, 0)] * len(jobs)
     if threads <= 1 or (len(jobs) == 1 and parts[0] == (0, 0)):  # one CPU, or one whole resize: no hand-over
@@ -316,4 +336,4 @@ def resize_jobs(jobs: Sequence[ResizeJob], resample: int, num_workers: int) -> N
         return
     # Largest first, so that the last tasks to start are the short ones.
     order = sorted(range(len(jobs)), key=lambda i: -_pixels(jobs[i]))
-    _run_jobs([jobs[i] for i in order], resample, [parts[i] for i in order], _pool())
+    _run_jobs([jobs[i] for i in order], resample, [parts[i] for i in order], _pool(), limit=threads)

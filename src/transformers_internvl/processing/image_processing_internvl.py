@@ -16,7 +16,7 @@ This module runs them in that order:
    several CPUs (the grid and thumbnail resizes side by side, as strip-wise single-axis PIL passes in threads) and
    hands them over region by region.
 3. **Normalisation**: a 256-entry lookup table per channel built with the very float32 operations `ToTensor` and
-   `Normalize` perform, applied to all tiles at once straight from the resized uint8 image.
+   `Normalize` perform, applied region by region (as the resize hands them over) straight from the uint8 pixels.
 
 Input decoding is `image_loading.to_rgb_image`; per-call options are resolved by `image_processing_options`.
 """
@@ -126,8 +126,9 @@ def _make_region_writer(
                     top - row * tile_size : bottom - row * tile_size,
                     left - col * tile_size : right - col * tile_size,
                 ]
-                for channel in range(3):  # uint8 levels index a 256-entry table: "wrap" never wraps, and is the
-                    np.take(table[channel], source[..., channel], out=target[channel], mode="wrap")  # fastest mode
+                # uint8 levels index a 256-entry table: mode "wrap" never wraps here, and is numpy's fastest mode.
+                for channel in range(3):
+                    np.take(table[channel], source[..., channel], out=target[channel], mode="wrap")
 
     return write
 
