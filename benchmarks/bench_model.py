@@ -197,7 +197,8 @@ def check_logits(ours: Any, upstream: Any, device: str, dtype: torch.dtype) -> f
         a = ours(input_ids=input_ids, pixel_values=pixel_values).logits.float()
         b = upstream(input_ids=input_ids, pixel_values=pixel_values).logits.float()
     difference = (a - b).abs().max().item()
-    tolerance = 1e-4 if dtype == torch.float32 else 5e-2 * max(1.0, b.abs().max().item())
+    scale = max(1.0, b.abs().max().item())
+    tolerance = 1e-4 * scale if dtype == torch.float32 else 5e-2 * scale
     if not difference <= tolerance:
         raise SystemExit(f"logits differ by {difference:.3g} (> {tolerance:.3g}): the weight mapping is wrong")
     return difference
@@ -308,7 +309,9 @@ def cpu_peak_memory(args: argparse.Namespace, which: str) -> float:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     dtype = getattr(torch, args.dtype)
     device = args.device
-    models = {"ours": build_ours(args.shape, args.layers, dtype, args.attn, device, args.vocab_size)}
+    # Built and compared in float32 (a deep bf16 stack of random weights drifts between two correct implementations
+    # by more than any fixed tolerance), then cast to the benchmarked dtype.
+    models = {"ours": build_ours(args.shape, args.layers, torch.float32, args.attn, device, args.vocab_size)}
     result: dict[str, Any] = {
         "config": vars(args).copy(),
         "device_name": _device_name(device),
@@ -318,7 +321,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.against == "upstream":
         models["upstream"] = build_upstream(models["ours"], args.attn)
-        result["logits_max_abs_diff"] = check_logits(models["ours"], models["upstream"], device, dtype)
+        result["logits_max_abs_diff_float32"] = check_logits(models["ours"], models["upstream"], device, torch.float32)
+    models = {which: model.to(dtype) for which, model in models.items()}
     if args.control:  # a second, identical copy of this package's model: the ratio to it is the noise floor
         models["control"] = build_ours(args.shape, args.layers, dtype, args.attn, device, args.vocab_size)
     num_image_token = models["ours"].config.num_image_token

@@ -37,7 +37,7 @@ PY
 DEVICE=$(python3 -c "import torch; print(torch.cuda.get_device_name())")
 echo "device: $DEVICE"
 
-timeout 150 python3 -m pytest -q -m gpu -rs tests/test_gpu_attention.py 2>&1 | tee "$RESULTS_DIR/gpu_tests.log"
+timeout 120 python3 -m pytest -q -m gpu -rs tests/test_gpu_attention.py 2>&1 | tee "$RESULTS_DIR/gpu_tests.log"
 TESTS_STATUS=${PIPESTATUS[0]}
 
 FILES=()
@@ -51,12 +51,12 @@ run_bench() {  # name, seconds, bench_model.py arguments...
         echo "gpu_check: bench $name failed or timed out" | tee -a "$RESULTS_DIR/$name.log"
     fi
 }
-run_bench gpu_1B_bf16_sdpa 120 --shape 1B --dtype bfloat16 --attn sdpa --against upstream --static-compile --repeats 5
+run_bench gpu_1B_bf16_sdpa 240 --shape 1B --dtype bfloat16 --attn sdpa --against upstream --static-compile --repeats 5
 run_bench gpu_1B_bf16_eager 90 --shape 1B --dtype bfloat16 --attn eager --against upstream --repeats 3
 if python3 -c "from transformers.utils import is_flash_attn_2_available as a; raise SystemExit(not a())"; then
     run_bench gpu_1B_bf16_fa2 90 --shape 1B --dtype bfloat16 --attn flash_attention_2 --against upstream --repeats 5
 fi
-run_bench gpu_8B_bf16_sdpa 200 --shape 8B --dtype bfloat16 --attn sdpa --against upstream --static-compile --repeats 3
+run_bench gpu_8B_bf16_sdpa 240 --shape 8B --dtype bfloat16 --attn sdpa --against upstream --static-compile --repeats 3
 
 if [ ${#FILES[@]} -gt 0 ]; then
     {
