@@ -320,3 +320,24 @@ def test_chat_refuses_bad_tokenizer_and_pixel_values(tokenizer_ok, pixel_values,
 
     with pytest.raises(error, match=message):
         check_chat_inputs(Tokenizer() if tokenizer_ok else None, pixel_values)
+
+
+def test_unfilled_image_tokens_check_is_skipped_only_in_compiled_static_cache_steps(monkeypatch):
+    """Compiled static-cache calls are decoding steps (exempt): no data-dependent check there; eager calls and
+    int-length caches are still checked."""
+    import pytest
+    import torch
+
+    from transformers_internvl.modeling.input_checks import check_no_unfilled_image_tokens
+
+    ids = torch.tensor([[1, 7, 7, 2]])
+    with pytest.raises(ValueError, match="holds 2 image tokens"):
+        check_no_unfilled_image_tokens(ids, 7, 0, "no pixel_values", torch.tensor(0))
+    with pytest.raises(ValueError, match="holds 2 image tokens"):
+        check_no_unfilled_image_tokens(ids, 7, 0, "no pixel_values", 0)
+    check_no_unfilled_image_tokens(ids, 7, 0, "no pixel_values", torch.tensor(5))  # decoding step: exempt
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    check_no_unfilled_image_tokens(ids, 7, 0, "no pixel_values", torch.tensor(0))  # compiled static step: skipped
+    monkeypatch.setattr("transformers.utils.import_utils.is_tracing", lambda *a, **k: False, raising=False)
+    with pytest.raises(ValueError, match="holds 2 image tokens"):  # an int past length is still checked
+        check_no_unfilled_image_tokens(ids, 7, 0, "no pixel_values", 0)

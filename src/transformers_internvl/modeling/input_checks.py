@@ -46,7 +46,8 @@ def check_no_unfilled_image_tokens(
         image_token_id: The id of `<IMG_CONTEXT>` (nothing is checked when `None`).
         num_tiles: Tiles given (0 here).
         reason: What was given instead of pixels (`"no pixel_values"`, `"pixel_values with zero tiles"`).
-        past_length: Tokens already cached (`cached_length`); decoding steps (> 0) are not checked.
+        past_length: Tokens already cached (`cached_length`); decoding steps (> 0) are not checked, nor is a
+            compiled call with a static cache (a tensor `past_length`), which `generate` makes only for decoding steps.
 
     Raises:
         ValueError: `input_ids` holds image tokens; the message gives their number and the tiles given.
@@ -55,9 +56,14 @@ def check_no_unfilled_image_tokens(
         return
     if isinstance(past_length, int) and past_length > 0:
         return
+    if isinstance(past_length, torch.Tensor) and torch.compiler.is_compiling():
+        # A compiled step with a static cache is a decoding step (transformers' `generate` compiles only those; the
+        # prefill runs eagerly and is checked), which is exempt; the data-dependent check would cost every compiled
+        # token a check kernel and assertion (H200, 1B bf16, b8 static decode: 2,076 -> ~2,480 tokens/s without it).
+        return
     count = (input_ids == image_token_id).sum()
     condition = count == 0
-    if isinstance(past_length, torch.Tensor):  # static caches: a branch-free condition under torch.compile
+    if isinstance(past_length, torch.Tensor):  # static caches, uncompiled: one branch-free condition
         condition = condition | (past_length > 0)
     torch_compilable_check(
         condition,
