@@ -117,8 +117,10 @@ class InternVLChatPreTrainedModel(OriginalCheckpointMixin, PreTrainedModel):
     def _check_and_adjust_attn_implementation(
         self, attn_implementation: str | None, is_init_check: bool = False, *args, **kwargs
     ) -> str:
-        """As transformers', a missing flash package named first; at build time for every tower, before their own."""
-        check_attention_kernels(configured_attention(self.config) if is_init_check else attn_implementation)
+        """As transformers', a missing flash package named first at build time, for every tower before their own checks
+        (`set_attn_implementation` has already checked its argument when it calls this)."""
+        if is_init_check:
+            check_attention_kernels(configured_attention(self.config))
         return super()._check_and_adjust_attn_implementation(attn_implementation, is_init_check, *args, **kwargs)
 
 

@@ -289,10 +289,6 @@ def _pixels(job: ResizeJob) -> int:
     return job.image.width * job.image.height + job.size[0] * job.size[1]
 
 
-def _is_small(job: ResizeJob) -> bool:
-    return _pixels(job) < _MIN_PIXELS_FOR_THREADS
-
-
 def _splits(jobs: Sequence[ResizeJob], threads: int) -> list[tuple[int, int]]:
     """`(first_parts, last_parts)` of each job for `threads` CPUs, by cost (source + target pixels).
 
@@ -304,7 +300,7 @@ def _splits(jobs: Sequence[ResizeJob], threads: int) -> list[tuple[int, int]]:
     `benchmarks/bench_preprocess.py`)."""
     costs = [_pixels(job) for job in jobs]
     share = sum(costs) / (2 * threads)
-    cut = [not _is_small(job) and cost > share for job, cost in zip(jobs, costs)]
+    cut = [cost >= _MIN_PIXELS_FOR_THREADS and cost > share for cost in costs]
     if not any(cut):
         return [(0, 0)] * len(jobs)
     first_parts = -(-threads // sum(cut))
