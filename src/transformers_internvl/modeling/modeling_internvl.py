@@ -117,8 +117,7 @@ class InternVLChatPreTrainedModel(OriginalCheckpointMixin, PreTrainedModel):
     def _check_and_adjust_attn_implementation(
         self, attn_implementation: str | None, is_init_check: bool = False, *args, **kwargs
     ) -> str:
-        """As transformers', a missing flash package named first at build time, for every tower before their own checks
-        (`set_attn_implementation` has already checked its argument when it calls this)."""
+        """As transformers', a missing flash package named first at build time (set_attn_implementation checks its own)."""
         if is_init_check:
             check_attention_kernels(configured_attention(self.config))
         return super()._check_and_adjust_attn_implementation(attn_implementation, is_init_check, *args, **kwargs)
