@@ -545,6 +545,28 @@ def test_merge_peft_lora_adapter(workdir, sources, capsys):
         verify_conversion(sources["qwen2"], dst, "hf")
 
 
+def test_merge_lora_refuses_a_non_finite_adapter(workdir, sources, capsys):
+    """A NaN in an adapter factor would make the merged weights NaN: refused, naming the module, nothing written."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    base = AutoModelForImageTextToText.from_pretrained(sources["qwen2"]).eval()
+    peft_model = get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], init_lora_weights=False))
+    for name, parameter in peft_model.named_parameters():
+        if "lora_A" in name:
+            with torch.no_grad():
+                parameter[0, 0] = float("nan")
+            break
+    adapter = workdir / "nan-adapter"
+    peft_model.save_pretrained(adapter)
+    dst = workdir / "nan-merged"
+    capsys.readouterr()  # the loading bars above
+    arguments = ["convert", str(sources["qwen2"]), str(dst), "--to", "hf", "--merge-lora", str(adapter), "--quiet"]
+    assert main(arguments) == 1
+    assert "merging lora_A / lora_B gives" in _single_error_line(capsys.readouterr().err)
+    _no_leftovers(dst)
+
+
 def test_merge_lora_refuses_dora(workdir, sources, capsys):
     adapter = workdir / "dora-adapter"
     adapter.mkdir()

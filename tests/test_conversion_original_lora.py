@@ -80,3 +80,16 @@ def test_plan_maps_peft_names_to_plain_original_names():
     assert merges["vision_model.encoder.layers.0.attn.qkv.weight"] == (keys[6], keys[7])
     with pytest.raises(ValueError, match="has no"):
         plan_original_lora_merge(keys[:3])
+
+
+def test_non_finite_lora_factor_is_refused_while_converting(tmp_path):
+    source = tmp_path / "lora"
+    write_original_lora_checkpoint("tiny-qwen2", source, 4, 0, with_logits=False)
+    state = load_file(source / "model.safetensors")
+    key = next(key for key in state if key.endswith("q_proj.lora_B.default.weight"))
+    state[key][0, 0] = float("nan")
+    save_file(state, source / "model.safetensors", metadata={"format": "pt"})
+    copy_tokenizer("qwen2-tiny", source)
+    with pytest.raises(ConversionError, match=r"q_proj\.weight: merging lora_A / lora_B gives \d+ non-finite"):
+        convert_checkpoint(source, tmp_path / "hf", to="hf", progress=False)
+    assert not (tmp_path / "hf").exists()

@@ -260,3 +260,38 @@ def test_bfloat16_load_of_a_lora_checkpoint(tmp_path):
         assert parameter.dtype == torch.bfloat16, name
         # One bf16 rounding of the fp32 merge or of the inputs: within a few bf16 ulps.
         assert torch.allclose(parameter.float(), reference, rtol=2**-6, atol=1e-3), name
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_lora_factors_are_refused_at_load(tmp_path, bad):
+    """NaN / inf in a factor would make every output NaN: the load names the layer instead of merging silently."""
+    write_original_lora_checkpoint("tiny-qwen2", tmp_path, llm_rank=4, vision_rank=0, with_logits=False)
+    state_dict = load_file(tmp_path / "model.safetensors")
+    key = "language_model.base_model.model.model.layers.0.mlp.up_proj.lora_A.default.weight"
+    state_dict[key][1, 2] = bad
+    save_file(state_dict, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(
+        ValueError, match=r"language_model\.model\.layers\.0\.mlp\.up_proj\.weight: merging lora_A / lora_B gives \d+ "
+    ):
+        AutoModelForImageTextToText.from_pretrained(tmp_path)
+
+
+def test_a_merge_beyond_the_dtype_range_is_refused():
+    """Finite factors whose sum overflows float16 are named too (the cast back would give inf)."""
+    weight = torch.full((4, 3), 60000.0, dtype=torch.float16)
+    lora_a, lora_b = torch.full((2, 3), 100.0), torch.full((4, 2), 100.0)
+    record = original_lora_loading.LoraLoadRecord()
+    model = type("M", (), {})()
+    model._original_lora_record = record
+    out = original_lora_loading.MergeOriginalLora().convert(
+        {"base_layer.weight": [weight], "lora_A.default.weight": [lora_a], "lora_B.default.weight": [lora_b]},
+        source_patterns=[],
+        target_patterns=["weight"],
+        full_layer_name="model.language_model.layers.0.mlp.up_proj.weight",
+        model=model,
+    )
+    assert torch.equal(next(iter(out.values())), weight)  # left as the base; the load then fails with the record
+    assert "range of float16" in record.problems[0][1]
+    # A base weight that is already non-finite is the checkpoint's own content: not blamed on the LoRA.
+    weight[0, 0] = float("nan")
+    assert original_lora_loading.nonfinite_merge_problem(weight, weight.clone()) is None

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from ..modeling.original_lora_loading import nonfinite_merge_problem
 from .checkpoint_io import ConversionError, read_json
 from .hf_layout import normalize_hf_key
 
@@ -53,7 +54,8 @@ def lora_deltas(
 
     Raises:
         ConversionError: not a LoRA adapter, an option whose merge this does not reproduce (DoRA, `fan_in_fan_out`,
-            per-module rank / alpha patterns, `modules_to_save`), or an A without its B.
+            per-module rank / alpha patterns, `modules_to_save`), or an A without its B; when merging, a delta that
+            does not fit its weight or that makes finite weights NaN / inf.
     """
     adapter = Path(adapter)
     config = read_json(adapter / "adapter_config.json", "adapter config")
@@ -88,7 +90,11 @@ def lora_deltas(
                 raise ConversionError(
                     f"LoRA delta for {module!r} has shape {tuple(delta.shape)}, weight {tuple(weight.shape)}"
                 )
-            return (weight.float() + delta).to(weight.dtype)
+            merged = (weight.float() + delta).to(weight.dtype)
+            problem = nonfinite_merge_problem(weight, merged)
+            if problem is not None:
+                raise ConversionError(f"LoRA module {module!r}: {problem}")
+            return merged
 
         deltas[_checkpoint_name(module, layout, lm_head)] = merge
     return deltas

@@ -15,6 +15,7 @@ from ..modeling.original_lora_loading import (
     LORA_B_SUFFIX,
     LORA_BASE_SUFFIX,
     ORIGINAL_LORA_SCALING,
+    nonfinite_merge_problem,
 )
 
 # PEFT `target_modules` of the original `wrap_backbone_lora` (InternViT) and `wrap_llm_lora` (per LLM architecture).
@@ -50,7 +51,8 @@ def merge_lora_pair(base: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tens
     """`W + 2 * B @ A` (the original's `lora_alpha = 2 r`), in float32, cast back to `base`'s dtype.
 
     Raises:
-        ValueError: `lora_A` / `lora_B` do not chain or do not fit `base` (naming `name`).
+        ValueError: `lora_A` / `lora_B` do not chain or do not fit `base`, or the merge gives NaN / inf where `base`
+            is finite (naming `name`).
     """
     if lora_a.ndim != 2 or lora_b.ndim != 2 or lora_b.shape[1] != lora_a.shape[0]:
         raise ValueError(f"{name}: lora_A {tuple(lora_a.shape)} and lora_B {tuple(lora_b.shape)} do not chain")
@@ -59,7 +61,11 @@ def merge_lora_pair(base: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tens
             f"{name}: lora_B @ lora_A is {(lora_b.shape[0], lora_a.shape[1])}, the base weight {tuple(base.shape)}"
         )
     delta = lora_b.to(torch.float32) @ lora_a.to(torch.float32)
-    return (base.to(torch.float32) + ORIGINAL_LORA_SCALING * delta).to(base.dtype)
+    merged = (base.to(torch.float32) + ORIGINAL_LORA_SCALING * delta).to(base.dtype)
+    problem = nonfinite_merge_problem(base, merged)
+    if problem is not None:
+        raise ValueError(f"{name}: {problem}")
+    return merged
 
 
 def plan_original_lora_merge(keys) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:

@@ -73,6 +73,22 @@ def _record(model) -> LoraLoadRecord:
     return record
 
 
+def nonfinite_merge_problem(base: torch.Tensor, merged: torch.Tensor) -> str | None:
+    """Why a LoRA merge result is unusable, or `None`: it holds NaN / inf where the base weight is finite.
+
+    The original would compute with those values in every forward (silently NaN outputs); a merge refuses them. A base
+    weight that is itself non-finite is the checkpoint's own content and is passed through unchanged.
+    """
+    finite_base = torch.isfinite(base)
+    bad = int((~torch.isfinite(merged) & finite_base.to(merged.device)).sum())
+    if bad == 0:
+        return None
+    return (
+        f"merging lora_A / lora_B gives {bad} non-finite value(s) (NaN or inf) where the base weight is finite "
+        f"(non-finite LoRA factors, or a sum beyond the range of {str(merged.dtype).removeprefix('torch.')})"
+    )
+
+
 class MergeOriginalLora(ConversionOps):
     """`{base_layer.weight: W, lora_A: A, lora_B: B}` -> `{weight: W + 2 * B @ A}` (see the module docstring).
 
@@ -120,6 +136,10 @@ class MergeOriginalLora(ConversionOps):
         record.merged[tower] += 1
         delta = lora_b.to(torch.float32) @ lora_a.to(device=lora_b.device, dtype=torch.float32)
         merged = (base.to(torch.float32) + ORIGINAL_LORA_SCALING * delta.to(base.device)).to(base.dtype)
+        problem = nonfinite_merge_problem(base, merged)
+        if problem is not None:
+            record.problems.append((full_layer_name, problem))
+            return {full_layer_name: base}
         return {full_layer_name: merged}
 
 
@@ -191,7 +211,7 @@ def finish_original_lora_load(model, describe_key: Callable[[str], str]) -> None
         describe_key: maps a key of this model to its name in the original layout, for messages.
 
     Raises:
-        ValueError: a LoRA layer whose tensors are incomplete or do not fit, or LoRA of another rank than the config's
+        ValueError: a LoRA layer whose tensors are incomplete, do not fit or merge to NaN / inf, or LoRA of another rank than the config's
             `use_llm_lora` / `use_backbone_lora` (the original would not load it either).
     """
     record: LoraLoadRecord | None = model.__dict__.pop("_original_lora_record", None)
@@ -247,6 +267,7 @@ __all__ = [
     "checkpoint_holds_original_lora",
     "finish_original_lora_load",
     "is_original_lora_transform",
+    "nonfinite_merge_problem",
     "original_lora_converters",
     "original_lora_renamings",
 ]

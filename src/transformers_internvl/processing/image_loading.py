@@ -8,10 +8,10 @@ EXIF orientation is applied** (no `ImageOps.exif_transpose`). This is what the o
 the same pixels whether it is passed as a path, a URL, bytes, a base64 string or a `data:` URL. (transformers'
 `load_image` transposes by EXIF; this processor does not, to match the original.)
 
-URLs are fetched with the standard library with a `timeout` (seconds the server may take to accept the connection and
-to send each further piece of data; default `DEFAULT_URL_TIMEOUT`, 10 s). A status >= 400 or an HTML/text body raises
-a `ValueError` that names the URL and the status; no answer within the timeout raises `TimeoutError`; a connection
-failure raises `ConnectionError`.
+URLs are fetched by `url_fetching.fetch_url` in bounded time: a `timeout` (default `DEFAULT_URL_TIMEOUT`, 10 s)
+bounds the response head and any stall of the body (its module docstring gives the rule). A status >= 400 or an
+HTML/text body raises a `ValueError` that names the URL and the status; a silent or trickling server raises
+`TimeoutError`; a connection failure raises `ConnectionError`.
 """
 
 from __future__ import annotations
@@ -21,16 +21,14 @@ import binascii
 import io
 import os
 import re
-import socket
-import tempfile
 import threading
-import urllib.error
-import urllib.request
 from typing import IO, Any
 
 import numpy as np
 import torch
 from PIL import Image
+
+from .url_fetching import DEFAULT_URL_TIMEOUT, check_timeout, fetch_url, shown_url
 
 __all__ = [
     "DEFAULT_URL_TIMEOUT",
@@ -43,103 +41,10 @@ __all__ = [
     "to_rgb_image",
 ]
 
-DEFAULT_URL_TIMEOUT = 10.0
-# Largest download accepted for one image or video (bytes).
-MAX_DOWNLOAD_BYTES = 2 << 30
-_CHUNK = 1 << 20
-_USER_AGENT = "transformers-internvl"
 _BASE64_RE = re.compile(r"^[A-Za-z0-9+/=_\-\s]+$")
 # Lock striping for decoding lazily opened PIL images that several threads may share (PIL images are unhashable).
 _LOAD_LOCKS = tuple(threading.Lock() for _ in range(64))
-
-
-def check_timeout(value: object) -> float:
-    """`timeout` as a positive finite number of seconds (`None` -> `DEFAULT_URL_TIMEOUT`)."""
-    if value is None:
-        return DEFAULT_URL_TIMEOUT
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"`timeout` must be a number of seconds, got {type(value).__name__} ({value!r}).")
-    if not value > 0 or value == float("inf"):
-        raise ValueError(f"`timeout` must be a positive finite number of seconds, got {value!r}.")
-    return float(value)
-
-
-def _shown(url: str, limit: int = 120) -> str:
-    return url if len(url) <= limit else url[:limit] + "..."
-
-
-def _open_url(url: str, name: str, timeout: float) -> Any:
-    request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
-    try:
-        return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - http(s) only, checked by the caller
-    except urllib.error.HTTPError as error:
-        raise ValueError(
-            f"`{name}`: fetching {_shown(url)} failed with HTTP status {error.code} ({error.reason})."
-        ) from error
-    except urllib.error.URLError as error:
-        if isinstance(error.reason, TimeoutError | socket.timeout):
-            raise TimeoutError(f"`{name}`: {_shown(url)} did not answer within {timeout} s (`timeout`).") from error
-        raise ConnectionError(f"`{name}`: could not fetch {_shown(url)}: {error.reason}") from error
-    except TimeoutError as error:
-        raise TimeoutError(f"`{name}`: {_shown(url)} did not answer within {timeout} s (`timeout`).") from error
-    except OSError as error:
-        raise ConnectionError(f"`{name}`: could not fetch {_shown(url)}: {error}") from error
-
-
-def fetch_url(url: str, name: str = "images", timeout: float | None = None, spool: bool = False) -> IO[bytes]:
-    """GET an `http(s)` URL and return its body as a binary file positioned at 0.
-
-    Args:
-        url: `http://` or `https://` URL.
-        name: argument name used in error messages.
-        timeout: seconds to wait for the connection and for each piece of data (`None`: `DEFAULT_URL_TIMEOUT`).
-        spool: keep large bodies on disk (a `SpooledTemporaryFile`, for videos) instead of memory.
-
-    Raises:
-        ValueError: HTTP status >= 400, an HTML / text body (an error page, not media), or a body over
-            `MAX_DOWNLOAD_BYTES`; the message names the URL and the status.
-        TimeoutError: no connection or no data within `timeout` seconds.
-        ConnectionError: the host cannot be reached.
-    """
-    timeout = check_timeout(timeout)
-    response = _open_url(url, name, timeout)
-    body: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=64 << 20) if spool else io.BytesIO()
-    try:
-        status = getattr(response, "status", 200)
-        content_type = (response.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-        if content_type.startswith("text/") or content_type in ("application/xhtml+xml", "application/json"):
-            raise ValueError(
-                f"`{name}`: {_shown(url)} answered HTTP status {status} with a {content_type!r} body, not an image "
-                "or video (an error or login page?)."
-            )
-        size = 0
-        while True:
-            try:
-                chunk = response.read(_CHUNK)
-            except TimeoutError as error:
-                raise TimeoutError(
-                    f"`{name}`: {_shown(url)} stopped sending data for {timeout} s (`timeout`)."
-                ) from error
-            if not chunk:
-                break
-            size += len(chunk)
-            if size > MAX_DOWNLOAD_BYTES:
-                raise ValueError(f"`{name}`: {_shown(url)} is larger than {MAX_DOWNLOAD_BYTES} bytes.")
-            body.write(chunk)
-    except BaseException:
-        body.close()
-        raise
-    finally:
-        response.close()
-    body.seek(0)
-    head = body.read(512).lstrip().lower()
-    body.seek(0)
-    if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")) and b"<svg" not in head:
-        body.close()
-        raise ValueError(
-            f"`{name}`: {_shown(url)} answered HTTP status {status} with an HTML page, not an image or video."
-        )
-    return body
+_shown = shown_url
 
 
 def decode_image_bytes(data: bytes | IO[bytes], name: str, shown: str) -> Image.Image:

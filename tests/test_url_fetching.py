@@ -1,0 +1,150 @@
+"""URL downloads end in bounded time whatever the server does: one that trickles its response head or its body a byte
+at a time (each byte within the per-read timeout, so a socket timeout alone never fires), one that breaks off before
+its Content-Length, and a fast body of many windows that must still succeed. Raw sockets on 127.0.0.1 play the
+servers."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from transformers_internvl import InternVLImageProcessor, InternVLVideoProcessor
+from transformers_internvl.processing import url_fetching
+from transformers_internvl.processing.image_loading import load_image_source
+from transformers_internvl.processing.url_fetching import MIN_BYTES_PER_WINDOW, fetch_url
+
+
+def _png(size: tuple[int, int] = (64, 48)) -> bytes:
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _serve(behaviour: Callable[[socket.socket], None]) -> Iterator[str]:
+    """A raw TCP server that runs `behaviour(connection)` for each client, in its own daemon thread."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    stop = threading.Event()
+
+    def handle(connection: socket.socket) -> None:
+        with connection:
+            try:
+                connection.recv(65536)  # the request
+                behaviour(connection)
+            except OSError:  # the client gave up: expected for the hostile servers
+                pass
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(connection,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/photo.png"
+    stop.set()
+    listener.close()
+
+
+def _trickle(connection: socket.socket, data: bytes, pause: float) -> None:
+    for byte in data:
+        connection.sendall(bytes([byte]))
+        time.sleep(pause)
+
+
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: %d\r\n\r\n"
+
+
+@pytest.fixture
+def trickling_head():
+    """Sends the status line and headers one byte every 0.1 s (a 0.5 s read timeout never fires), for ever."""
+    yield from _serve(lambda c: _trickle(c, b"HTTP/1.1 200 OK\r\n" + b"X-Slow: " + b"a" * 10_000, 0.1))
+
+
+@pytest.fixture
+def trickling_body():
+    """A prompt head, then the body one byte every 0.1 s."""
+    body = _png()
+    yield from _serve(lambda c: (c.sendall(HEAD % len(body)), _trickle(c, body, 0.1)))
+
+
+@pytest.fixture
+def truncated_body():
+    """Promises 1,000 bytes more than it sends, then closes."""
+    body = _png()
+    yield from _serve(lambda c: c.sendall(HEAD % (len(body) + 1000) + body))
+
+
+@pytest.fixture
+def fast_big_body():
+    """A 3 MB PNG (many `MIN_BYTES_PER_WINDOW` windows) sent in 16 KiB pieces as fast as the socket takes them."""
+    body = _png((1024, 1024))
+    assert len(body) > 40 * MIN_BYTES_PER_WINDOW
+
+    def send(connection: socket.socket) -> None:
+        connection.sendall(HEAD % len(body))
+        for start in range(0, len(body), 16384):
+            connection.sendall(body[start : start + 16384])
+
+    yield from _serve(send)
+
+
+def test_a_trickled_response_head_times_out_within_twice_the_timeout(trickling_head):
+    started = time.perf_counter()
+    with pytest.raises(TimeoutError, match=r"127\.0\.0\.1.*`timeout`"):
+        fetch_url(trickling_head, timeout=0.5)
+    assert time.perf_counter() - started < 2.5
+    started = time.perf_counter()
+    with pytest.raises(TimeoutError, match="127.0.0.1"):
+        InternVLImageProcessor()(trickling_head, timeout=0.5)
+    with pytest.raises(TimeoutError, match="127.0.0.1"):
+        InternVLVideoProcessor()(trickling_head.replace("photo.png", "clip.mp4"), timeout=0.5)
+    assert time.perf_counter() - started < 5.0
+
+
+def test_a_trickled_body_is_stalled_within_twice_the_timeout(trickling_body):
+    started = time.perf_counter()
+    with pytest.raises(TimeoutError, match=rf"less than {MIN_BYTES_PER_WINDOW} bytes in 0\.5 s.*stalled"):
+        load_image_source(trickling_body, timeout=0.5)
+    assert time.perf_counter() - started < 2.5
+
+
+def test_a_body_shorter_than_its_content_length_is_a_connection_error(truncated_body):
+    with pytest.raises(ConnectionError, match=r"broke off after \d+ bytes, 1000 short"):
+        fetch_url(truncated_body, timeout=2)
+
+
+def test_a_fast_body_of_many_windows_downloads_whole(fast_big_body):
+    expected = _png((1024, 1024))
+    with fetch_url(fast_big_body, timeout=2) as body:
+        assert body.read() == expected
+    assert load_image_source(fast_big_body, timeout=2).size == (1024, 1024)
+
+
+def test_the_download_cap_is_enforced(fast_big_body, monkeypatch):
+    monkeypatch.setattr(url_fetching, "MAX_DOWNLOAD_BYTES", 1 << 20)
+    with pytest.raises(ValueError, match=r"larger than 1048576 bytes"):
+        fetch_url(fast_big_body, timeout=2)
+
+
+def test_the_watchdog_leaves_no_thread_behind(trickling_head):
+    before = threading.active_count()
+    for _ in range(3):
+        with pytest.raises(TimeoutError):
+            fetch_url(trickling_head, timeout=0.3)
+    time.sleep(0.2)
+    # The server's own handler threads may still be trickling; the fetches' watchdog timers are gone.
+    assert not [t for t in threading.enumerate() if isinstance(t, threading.Timer) and t.is_alive()]
+    assert threading.active_count() <= before + 3
