@@ -148,3 +148,31 @@ def test_the_watchdog_leaves_no_thread_behind(trickling_head):
     # The server's own handler threads may still be trickling; the fetches' watchdog timers are gone.
     assert not [t for t in threading.enumerate() if isinstance(t, threading.Timer) and t.is_alive()]
     assert threading.active_count() <= before + 3
+
+
+@pytest.fixture
+def redirect_to_ftp():
+    yield from _serve(lambda c: c.sendall(b"HTTP/1.1 302 Found\r\nLocation: ftp://127.0.0.1/photo.png\r\n\r\n"))
+
+
+def test_a_redirect_to_ftp_is_refused(redirect_to_ftp):
+    with pytest.raises(ValueError, match=r"HTTP status 302 \(redirect to a non-http\(s\) URL 'ftp://127\.0\.0\.1"):
+        fetch_url(redirect_to_ftp, timeout=2)
+
+
+@pytest.fixture
+def redirect_loop():
+    """Redirects to itself for ever (urllib stops after 10), each answer a little slow."""
+
+    def answer(connection: socket.socket) -> None:
+        time.sleep(0.05)
+        connection.sendall(b"HTTP/1.1 302 Found\r\nLocation: /photo.png?again\r\nContent-Length: 0\r\n\r\n")
+
+    yield from _serve(answer)
+
+
+def test_a_redirect_loop_ends_with_a_clear_error(redirect_loop):
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match=r"HTTP status 302"):
+        fetch_url(redirect_loop, timeout=2)
+    assert time.perf_counter() - started < 4.0

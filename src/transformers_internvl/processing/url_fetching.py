@@ -7,7 +7,8 @@ or trickling, can hold a call for long:
   `2 * timeout` of the start (a watchdog closes the socket otherwise);
 - the body must keep arriving: every window of `timeout` seconds must bring at least `MIN_BYTES_PER_WINDOW` bytes
   (64 KiB, i.e. 6.4 KB/s at the default) or the end of the body; one that trickles slower is stalled;
-- the body may hold at most `MAX_DOWNLOAD_BYTES` (2 GiB).
+- the body may hold at most `MAX_DOWNLOAD_BYTES` (2 GiB);
+- redirects are followed to `http(s)` URLs only (urllib's default would follow `ftp://` too), within the same bound.
 
 A stalled or silent server raises `TimeoutError` (within about `2 * timeout`), a status >= 400 or an HTML / text body a
 `ValueError`, an unreachable host a `ConnectionError`; each message names the URL. (The per-read socket timeout that
@@ -24,6 +25,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import IO, Any
 
@@ -122,7 +124,16 @@ def _opener(watchdog: _Watchdog) -> urllib.request.OpenerDirector:
         def https_open(self, req: urllib.request.Request) -> Any:
             return self.do_open(https_connection, req)
 
-    return urllib.request.build_opener(HTTPHandler, HTTPSHandler)
+    class RedirectHandler(urllib.request.HTTPRedirectHandler):
+        # urllib follows redirects to ftp:// as well, outside the watchdog; only http(s) is followed here.
+        def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201 - urllib's signature
+            if urllib.parse.urlparse(newurl).scheme.lower() not in ("http", "https"):
+                raise urllib.error.HTTPError(
+                    req.full_url, code, f"redirect to a non-http(s) URL {shown_url(newurl)!r} refused", headers, fp
+                )
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    return urllib.request.build_opener(HTTPHandler, HTTPSHandler, RedirectHandler)
 
 
 def _open_url(url: str, name: str, timeout: float) -> Any:
