@@ -44,6 +44,30 @@ from .tokenizer_files import apply_tokenizer_file_ids, local_directory
 logger = logging.get_logger(__name__)
 
 
+# The generation settings the original's `generate` takes from `llm_config` (see `llm_generation_defaults`).
+_LLM_GENERATION_IDS = ("eos_token_id", "pad_token_id", "bos_token_id")
+
+
+def llm_generation_defaults(model) -> None:
+    """Fill `model.generation_config`'s unset `eos_token_id` / `pad_token_id` / `bos_token_id` from `llm_config`.
+
+    The original `InternVLChatModel.generate` (`internvl_chat/internvl/model/internvl_chat/modeling_internvl_chat.py`)
+    hands `generation_config=None` on to `self.language_model.generate`, which then uses the language model's own
+    generation config, built from `llm_config`: plain `generate` stops at `llm_config.eos_token_id` (`</s>` = 2 for
+    InternLM2.5, `<|im_end|>` for Qwen2.5) and pads finished rows with `llm_config.pad_token_id`. The checkpoint's
+    top-level `generation_config.json` (`{"_from_model_config": true}`) sets none of them. Values the file or the caller
+    set are kept; the template's stop token is added afterwards (`tokenizer_files.apply_tokenizer_file_ids`).
+    """
+    generation_config = getattr(model, "generation_config", None)
+    text_config = getattr(model.config, "text_config", None)
+    if generation_config is None or text_config is None:
+        return
+    for name in _LLM_GENERATION_IDS:
+        value = getattr(text_config, name, None)
+        if getattr(generation_config, name, None) is None and value is not None:
+            setattr(generation_config, name, value)
+
+
 class OriginalCheckpointMixin:
     """`from_pretrained` / `save_pretrained` in the original layout; mixed into `InternVLPreTrainedModel`."""
 
@@ -53,7 +77,8 @@ class OriginalCheckpointMixin:
         the weights: `image_token_id` (`<IMG_CONTEXT>`) when neither `config.json` nor the `image_token_id=` keyword
         gives it, and the template's end token (`<|im_end|>`, Phi-3's `<|end|>`, ...: what the original `chat()` passes
         as `eos_token_id`) added to the generation config's `eos_token_id` when it is not there yet, so that plain
-        `generate` stops where `chat()` does (see `tokenizer_files.py`).
+        `generate` stops where `chat()` does (see `tokenizer_files.py`); unset eos / pad / bos ids of the generation
+        config come from `llm_config`, as the original's `generate` takes them (`llm_generation_defaults`).
 
         The original remote code's options are accepted too (see `modeling/original_api.py`): `use_flash_attn=True`
         (flash_attention_2, or eager with a warning when flash-attn is not usable) / `False` (eager),
@@ -86,6 +111,7 @@ class OriginalCheckpointMixin:
         model = loaded[0] if kwargs.get("output_loading_info") else loaded
         if use_flash_attn is not None:
             model.config.vision_config.use_flash_attn = use_flash_attn  # recorded as the original does
+        llm_generation_defaults(model)
         if pretrained_model_name_or_path is None:
             return loaded
         directory = local_directory(pretrained_model_name_or_path, kwargs)
