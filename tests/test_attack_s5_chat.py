@@ -170,3 +170,40 @@ def test_dtype_change_between_turns_rebuilds_the_cache(qwen2, qwen2_tokenizer):
     assert qwen2.__dict__["_chat_cache_state"].cache.layers[0].keys.dtype == torch.bfloat16
     qwen2.reuse_chat_cache = False
     assert reused == qwen2.chat(qwen2_tokenizer, pixel_values, "More?", GREEDY, history=history)
+
+
+# --- attn_implementation per tower: bad values are clear errors, not silently ignored ---------------------------------
+
+
+@pytest.mark.parametrize("bad", [{"vision": "sdpa"}, {"text": "eager"}, {"llm_config": "sdpa"}])
+def test_a_misspelt_tower_key_is_refused_at_load_and_in_set_attn_implementation(bad, qwen2):
+    """transformers' config setter drops unknown keys: `{"vision": "sdpa"}` changed nothing without a word."""
+    key = next(iter(bad))
+    with pytest.raises(ValueError, match=rf"'{key}'.*'vision_config', 'text_config'"):
+        AutoModelForImageTextToText.from_pretrained(QWEN2_DIR, attn_implementation=bad)
+    before = (qwen2.config.vision_config._attn_implementation, qwen2.config.text_config._attn_implementation)
+    with pytest.raises(ValueError, match=rf"'{key}'.*'vision_config', 'text_config'"):
+        qwen2.set_attn_implementation(bad)
+    assert (qwen2.config.vision_config._attn_implementation, qwen2.config.text_config._attn_implementation) == before
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [(5, r"`attn_implementation` must be .* got 5 \(int\)"), ({"vision_config": 3}, r"\['vision_config'\]` must be")],
+)
+def test_a_non_str_attn_implementation_is_a_type_error_naming_the_argument(bad, match, qwen2):
+    """Before: `AttributeError: 'int' object has no attribute 'startswith'` from inside transformers."""
+    with pytest.raises(TypeError, match=match):
+        AutoModelForImageTextToText.from_pretrained(QWEN2_DIR, attn_implementation=bad)
+    with pytest.raises(TypeError, match=match):
+        qwen2.set_attn_implementation(bad)
+
+
+def test_valid_per_tower_choices_still_apply(qwen2):
+    model = AutoModelForImageTextToText.from_pretrained(
+        QWEN2_DIR, attn_implementation={"": "sdpa", "vision_config": "eager", "text_config": "sdpa"}
+    )
+    assert model.config.vision_config._attn_implementation == "eager"
+    assert model.config.text_config._attn_implementation == "sdpa"
+    qwen2.set_attn_implementation({"vision_config": "sdpa", "text_config": None})
+    assert qwen2.config.vision_config._attn_implementation == "sdpa"
