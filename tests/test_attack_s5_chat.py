@@ -207,3 +207,28 @@ def test_valid_per_tower_choices_still_apply(qwen2):
     assert model.config.text_config._attn_implementation == "sdpa"
     qwen2.set_attn_implementation({"vision_config": "sdpa", "text_config": None})
     assert qwen2.config.vision_config._attn_implementation == "sdpa"
+
+
+# --- static cache / compile options: bad options are clear errors ------------------------------------------------------
+
+
+def test_static_decode_config_refuses_bad_compile_options():
+    from transformers_internvl.static_decode import static_decode_config
+
+    with pytest.raises(ValueError, match=r"`compile_mode` must be one of .*'reduce-overhead'.* got 'fast'"):
+        static_decode_config(compile_mode="fast")  # was accepted; ignored on a CPU, an error at the first GPU call
+    for name in ("compile", "fullgraph", "compile_on_cpu"):
+        with pytest.raises(TypeError, match=rf"`{name}` must be True or False, got 'no'"):
+            static_decode_config(**{name: "no"})  # a truthy string compiled
+    assert static_decode_config(compile_mode="max-autotune").compile_config.mode == "max-autotune"
+
+
+def test_cli_max_cache_len_without_compile_is_an_error(tmp_path, capsys):
+    """`--max-cache-len` alone was ignored without a word (it only sizes the `--compile` static cache)."""
+    from helpers import original_model_dir
+
+    from transformers_internvl.cli import main
+
+    model_dir = original_model_dir(tmp_path / "model")
+    assert main(["chat", str(model_dir), "--prompt", "Hi", "--max-cache-len", "64"]) == 1
+    assert "--max-cache-len needs --compile" in capsys.readouterr().err
