@@ -172,7 +172,7 @@ def test_dtype_change_between_turns_rebuilds_the_cache(qwen2, qwen2_tokenizer):
     assert reused == qwen2.chat(qwen2_tokenizer, pixel_values, "More?", GREEDY, history=history)
 
 
-# --- attn_implementation per tower: bad values are clear errors, not silently ignored ---------------------------------
+# --- attn_implementation per tower: bad values are clear errors, not silently ignored ------------------------------
 
 
 @pytest.mark.parametrize("bad", [{"vision": "sdpa"}, {"text": "eager"}, {"llm_config": "sdpa"}])
@@ -209,7 +209,7 @@ def test_valid_per_tower_choices_still_apply(qwen2):
     assert qwen2.config.vision_config._attn_implementation == "sdpa"
 
 
-# --- static cache / compile options: bad options are clear errors ------------------------------------------------------
+# --- static cache / compile options: bad options are clear errors ---------------------------------------------------
 
 
 def test_static_decode_config_refuses_bad_compile_options():
@@ -232,3 +232,17 @@ def test_cli_max_cache_len_without_compile_is_an_error(tmp_path, capsys):
     model_dir = original_model_dir(tmp_path / "model")
     assert main(["chat", str(model_dir), "--prompt", "Hi", "--max-cache-len", "64"]) == 1
     assert "--max-cache-len needs --compile" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("name", "value"), [("select_layer", -2), ("ps_version", "v1")])
+def test_config_edits_between_turns_are_not_served_from_the_cache(qwen2, qwen2_tokenizer, name, value):
+    """The cached image keys were built with the old `select_layer` / `ps_version`: the next turn must re-encode."""
+    pixel_values = _image()
+    turns = [(pixel_values, "Describe the image."), (pixel_values, "More?")]
+    default = getattr(qwen2.config, name)
+
+    def between(index):
+        setattr(qwen2.config, name, default if index == 0 else value)
+
+    reused = _conversation(qwen2, qwen2_tokenizer, turns, reuse=True, between=between)
+    assert reused == _conversation(qwen2, qwen2_tokenizer, turns, reuse=False, between=between)

@@ -5,11 +5,12 @@ The original `chat()` re-encodes the images and the whole history every turn. He
 holds, the cache is cut back to the longest common prefix, and `generate` runs only on the rest. The vision tower is
 skipped when every image token of the new prompt lies in that prefix and `pixel_values` equal those of the cached
 turn. Anything else (another history, other images, a new image, another system message or template) shortens the
-common prefix or discards the cache, and so do other weights, dtype or device (`weights_key`): the answer is the one
-a fresh run gives. Greedy text is the same up to floating-point rounding: the cached keys were computed in other
-shapes (one token per decode step, or a shorter prefill) than a fresh prefill computes them. In float32 the tests see
-identical tokens; in bfloat16 a near-tie can flip a later token (1 of 8 four-turn conversations of the tiny Qwen2 test
-model with SDPA); `reuse_chat_cache = False` re-runs everything as the original does.
+common prefix or discards the cache, and so do other weights, dtype, device or config (`model_state_key`): the
+answer is the one a fresh run gives. Greedy text is the same up to floating-point rounding: the cached keys were
+computed in other shapes (one token per decode step, or a shorter prefill) than a fresh prefill computes them. In
+float32 the tests see identical tokens; in bfloat16 a near-tie can flip a later token (1 of 8 four-turn
+conversations of the tiny Qwen2 test model with SDPA); `reuse_chat_cache = False` re-runs everything as the
+original does.
 
 Used for single-sequence greedy or sampling `chat()` with a dynamic cache only: beam search, assisted generation
 (`prompt_lookup_num_tokens`, an assistant model), DoLa, contrastive search, several return sequences, a caller's own
@@ -36,12 +37,12 @@ _STATE_ATTRIBUTE = "_chat_cache_state"
 @dataclass
 class ChatCacheState:
     """What the kept cache holds: the K/V of `token_ids` (1-D), built with `pixel_values` for its image tokens by
-    the model whose `weights_key` was `weights`."""
+    the model whose `model_state_key` was `model_state`."""
 
     token_ids: torch.Tensor
     cache: DynamicCache
     pixel_values: torch.Tensor | None
-    weights: tuple = ()
+    model_state: tuple = ()
 
 
 def _effective_generation_config(model: Any, kwargs: dict[str, Any]) -> GenerationConfig:
@@ -67,15 +68,16 @@ def can_reuse(model: Any, input_ids: torch.Tensor, kwargs: dict[str, Any]) -> bo
     return config.get_generation_mode() in (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE)
 
 
-def weights_key(model: Any) -> tuple:
+def model_state_key(model: Any) -> tuple:
     """What the model's key/value states depend on besides the tokens: every parameter's and buffer's storage,
-    dtype, device and in-place version counter. `model.to(...)`, `load_state_dict`, in-place updates and added
-    modules (adapters) all change it. (Inference tensors keep no version counter; in-place changes to them inside
-    `torch.inference_mode()` go unseen.)"""
-    return tuple(
+    dtype, device and in-place version counter, and the configuration (`select_layer`, `ps_version`, rope, ...).
+    `model.to(...)`, `load_state_dict`, in-place updates, added modules (adapters) and config edits all change it.
+    (In-place writes through `.data`, and to inference tensors, which keep no version counter, go unseen.)"""
+    weights = tuple(
         (tensor.data_ptr(), tensor.dtype, tensor.device, -1 if tensor.is_inference() else tensor._version)
         for tensor in itertools.chain(model.parameters(), model.buffers())
     )
+    return weights, model.config.to_dict()
 
 
 def length_dependent_rope_limit(text_config: Any) -> int | None:
@@ -155,9 +157,9 @@ def generate_reusing_cache(
 ) -> torch.Tensor:
     """`model.generate(...)` for one chat turn, reusing and then keeping the chat cache; returns the output ids."""
     state: ChatCacheState | None = model.__dict__.pop(_STATE_ATTRIBUTE, None)  # invalid while generate mutates it
-    weights = weights_key(model)
-    if state is not None and state.weights != weights:
-        state = None  # other weights, dtype or device since the cache was built
+    model_state = model_state_key(model)
+    if state is not None and state.model_state != model_state:
+        state = None  # other weights, dtype, device or config since the cache was built
     text_config = model.config.get_text_config(decoder=True)
     prefix = reusable_prefix_length(
         state, input_ids, pixel_values, model.config.image_token_id, length_dependent_rope_limit(text_config)
@@ -177,7 +179,7 @@ def generate_reusing_cache(
     if _is_plain_dynamic(cache):
         length = cache.get_seq_length()
         model.__dict__[_STATE_ATTRIBUTE] = ChatCacheState(
-            output_ids[0, :length].clone(), cache, kept_pixel_values, weights
+            output_ids[0, :length].clone(), cache, kept_pixel_values, model_state
         )
     return output_ids
 
@@ -210,5 +212,5 @@ __all__ = [
     "generate_turn",
     "length_dependent_rope_limit",
     "reusable_prefix_length",
-    "weights_key",
+    "model_state_key",
 ]
