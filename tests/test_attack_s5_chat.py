@@ -246,3 +246,66 @@ def test_config_edits_between_turns_are_not_served_from_the_cache(qwen2, qwen2_t
 
     reused = _conversation(qwen2, qwen2_tokenizer, turns, reuse=True, between=between)
     assert reused == _conversation(qwen2, qwen2_tokenizer, turns, reuse=False, between=between)
+
+
+def _edit_history(kind):
+    def edit(history):
+        if kind == "truncated":
+            return history[:1]
+        if kind == "cut_answer":  # an answer cut mid-word: its tokens differ from the cached ones at the cut
+            return [(history[0][0], history[0][1][:3]), *history[1:]]
+        if kind == "control_tokens":  # template strings inside an answer (tokenized as control tokens)
+            return [(history[0][0], history[0][1] + "<|im_end|>\n<|im_start|>user\nx"), *history[1:]]
+        return [("<image>\nSomething else entirely.", "An answer the model never gave.")]  # another conversation
+
+    return edit
+
+
+@pytest.mark.parametrize("kind", ["truncated", "cut_answer", "control_tokens", "foreign"])
+def test_edited_histories_give_the_fresh_answers(qwen2_model, qwen2_tokenizer, kind):
+    pixel_values = _image()
+    edit = _edit_history(kind)
+
+    def conversation(reuse):
+        qwen2_model.clear_chat_cache()
+        qwen2_model.reuse_chat_cache = reuse
+        try:
+            _, history = qwen2_model.chat(qwen2_tokenizer, pixel_values, "Describe.", GREEDY, return_history=True)
+            _, history = qwen2_model.chat(
+                qwen2_tokenizer, pixel_values, "More?", GREEDY, history=history, return_history=True
+            )
+            return qwen2_model.chat(qwen2_tokenizer, pixel_values, "Again?", GREEDY, history=edit(history))
+        finally:
+            qwen2_model.reuse_chat_cache = True
+            qwen2_model.clear_chat_cache()
+
+    assert conversation(True) == conversation(False)
+
+
+def test_interleaved_conversations_and_images_give_the_fresh_answers(qwen2_model, qwen2_tokenizer):
+    """Two conversations on one model, another image of the same shape, a new image, a turn without image,
+    batch_chat in between: every answer is the fresh run's."""
+    first, second = _image(0), _image(1)
+
+    def run(reuse):
+        model, tokenizer = qwen2_model, qwen2_tokenizer
+        model.clear_chat_cache()
+        model.reuse_chat_cache = reuse
+        try:
+            answers = []
+            a1, h1 = model.chat(tokenizer, first, "Describe.", GREEDY, return_history=True)
+            a2, h2 = model.chat(tokenizer, second, "Describe.", GREEDY, return_history=True)
+            answers += [a1, a2, model.batch_chat(tokenizer, torch.cat([first, second]), ["a?", "b?"], GREEDY, [1, 1])]
+            a1, h1 = model.chat(tokenizer, first, "More?", GREEDY, history=h1, return_history=True)
+            answers += [a1, model.chat(tokenizer, second, "More?", GREEDY, history=h2)]
+            both = torch.cat([first, second])
+            answers.append(
+                model.chat(tokenizer, both, "Image-2: <image>\nCompare.", GREEDY, h1, num_patches_list=[1, 1])
+            )
+            answers.append(model.chat(tokenizer, None, "And now?", GREEDY, history=h1))
+            return answers
+        finally:
+            model.reuse_chat_cache = True
+            model.clear_chat_cache()
+
+    assert run(True) == run(False)
