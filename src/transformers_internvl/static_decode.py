@@ -51,8 +51,10 @@ def static_decode_config(
         The new `GenerationConfig`.
 
     Raises:
-        TypeError: `generation_config` is not a `GenerationConfig`.
-        ValueError: `max_cache_len` is not a positive integer.
+        TypeError: `generation_config` is not a `GenerationConfig`; `compile`, `fullgraph` or `compile_on_cpu` is not
+            a bool.
+        ValueError: `max_cache_len` is not a positive integer; `compile_mode` is not one of torch.compile's modes
+            (without this check a misspelt mode is ignored on a CPU and fails only at the first GPU `generate`).
     """
     if generation_config is None:
         generation_config = GenerationConfig()
@@ -64,6 +66,15 @@ def static_decode_config(
         isinstance(max_cache_len, bool) or not isinstance(max_cache_len, int) or max_cache_len <= 0
     ):
         raise ValueError(f"`max_cache_len` must be a positive integer or None, got {max_cache_len!r}.")
+    for name, value in (("compile", compile), ("fullgraph", fullgraph), ("compile_on_cpu", compile_on_cpu)):
+        if not isinstance(value, bool):
+            raise TypeError(f"`{name}` must be True or False, got {value!r} ({type(value).__name__}).")
+    if compile_mode is not None:
+        from torch._inductor import list_mode_options
+
+        modes = list(list_mode_options())
+        if compile_mode not in modes:
+            raise ValueError(f"`compile_mode` must be one of {modes} or None, got {compile_mode!r}.")
     config = copy.deepcopy(generation_config)
     config.cache_implementation = "static"
     config.max_cache_len = max_cache_len

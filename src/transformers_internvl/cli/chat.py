@@ -231,6 +231,8 @@ def run_chat(args: argparse.Namespace) -> int:
         existing_file(args.video, "video file")
     if args.votes > 1 and args.prompt is None:
         raise CLIError("--votes needs --prompt (voting is one-shot)")
+    if args.max_cache_len is not None and not args.compile:
+        raise CLIError("--max-cache-len needs --compile (it sizes the static cache that --compile turns on)")
 
     model, processor = _load_model_and_processor(args)
     chat = ChatSession(model, processor, args)

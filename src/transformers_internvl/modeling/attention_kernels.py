@@ -25,6 +25,8 @@ from transformers.utils import (
     is_torch_npu_available,
 )
 
+from .config_validation import check_attn_implementation_argument
+
 __all__ = ["FLASH_KERNELS", "check_attention_kernels", "configured_attention", "contiguous_heads_on_cpu"]
 
 
@@ -96,7 +98,10 @@ def check_attention_kernels(attn_implementation: Any) -> None:
         ImportError: a `flash_attention_N` is requested and transformers cannot use it, nor fall back to its Hub
             kernel (the `kernels` package is not installed); the message names the tower,
             the package, what is missing (the package, or a CUDA device) and how to install it.
+        TypeError, ValueError: not a str, None or a per-tower mapping, or a mapping key other than `""`,
+            `"vision_config"` and `"text_config"` (`config_validation.check_attn_implementation_argument`).
     """
+    check_attn_implementation_argument(attn_implementation)
     for where, name in _requests(attn_implementation):
         kernel = FLASH_KERNELS.get(name)
         if kernel is None or kernel.available():

@@ -5,67 +5,118 @@ The original `chat()` re-encodes the images and the whole history every turn. He
 holds, the cache is cut back to the longest common prefix, and `generate` runs only on the rest. The vision tower is
 skipped when every image token of the new prompt lies in that prefix and `pixel_values` equal those of the cached
 turn. Anything else (another history, other images, a new image, another system message or template) shortens the
-common prefix or discards the cache: the answer is the one a fresh run gives (greedy decoding gives the same text).
+common prefix or discards the cache, and so do other weights, dtype, device or config (`model_state_key`): the
+answer is the one a fresh run gives. Greedy text is the same up to floating-point rounding: the cached keys were
+computed in other shapes (one token per decode step, or a shorter prefill) than a fresh prefill computes them. In
+float32 the tests see identical tokens; in bfloat16 a near-tie can flip a later token (1 of 8 four-turn
+conversations of the tiny Qwen2 test model with SDPA); `reuse_chat_cache = False` re-runs everything as the
+original does.
 
-Used for single-sequence `chat()` with a dynamic cache only: beam search, several return sequences, a caller's own
-cache, `use_cache=False` and caches with non-plain layers (sliding window, linear attention) run without reuse.
+Used for single-sequence greedy or sampling `chat()` with a dynamic cache only: beam search, assisted generation
+(`prompt_lookup_num_tokens`, an assistant model), DoLa, contrastive search, several return sequences, a caller's own
+cache, `use_cache=False` and caches with non-plain layers (sliding window, linear attention) run without reuse. With
+rotary embeddings whose frequencies depend on the sequence length (`dynamic` NTK, `longrope`), a cache is reused only
+while both it and the new prompt stay within the length where that scaling starts: beyond it a fresh run rotates
+every key with the frequencies of the new length, which cached keys do not have.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import GenerationConfig
 from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.generation.configuration_utils import GenerationMode
 
 _STATE_ATTRIBUTE = "_chat_cache_state"
 
 
 @dataclass
 class ChatCacheState:
-    """What the kept cache holds: the K/V of `token_ids` (1-D), built with `pixel_values` for its image tokens."""
+    """What the kept cache holds: the K/V of `token_ids` (1-D), built with `pixel_values` for its image tokens by
+    the model whose `model_state_key` was `model_state`."""
 
     token_ids: torch.Tensor
     cache: DynamicCache
     pixel_values: torch.Tensor | None
+    model_state: tuple = ()
 
 
-def _setting(kwargs: dict[str, Any], model: Any, name: str) -> Any:
-    if name in kwargs:
-        return kwargs[name]
-    config = kwargs.get("generation_config")
-    if isinstance(config, GenerationConfig):
-        return getattr(config, name, None)
-    return getattr(getattr(model, "generation_config", None), name, None)
+def _effective_generation_config(model: Any, kwargs: dict[str, Any]) -> GenerationConfig:
+    """The generation config `generate(**kwargs)` will run with (kwargs over the passed config over the model's)."""
+    settings = {name: value for name, value in kwargs.items() if name != "generation_config"}
+    config, _ = model._prepare_generation_config(kwargs.get("generation_config"), **settings)
+    return config
 
 
 def can_reuse(model: Any, input_ids: torch.Tensor, kwargs: dict[str, Any]) -> bool:
-    """Whether this `generate` call may use (and keep) a chat cache."""
+    """Whether this `generate` call may use (and keep) a chat cache: one sequence, greedy or sampling, a dynamic
+    cache of our own (assisted generation, beam search, DoLa, contrastive search and custom decoding loops reshape
+    or re-run the cache and run without reuse)."""
     if not getattr(model, "reuse_chat_cache", False) or input_ids.shape[0] != 1:
         return False
-    if any(name in kwargs for name in ("cache", "past_key_values", "cache_implementation")):
+    if any(name in kwargs for name in ("cache", "past_key_values", "assistant_model", "custom_generate")):
         return False
-    if _setting(kwargs, model, "use_cache") is False:
+    config = _effective_generation_config(model, kwargs)
+    if config.use_cache is False or (config.num_return_sequences or 1) > 1:
         return False
-    if (_setting(kwargs, model, "num_beams") or 1) > 1 or (_setting(kwargs, model, "num_return_sequences") or 1) > 1:
+    if config.cache_implementation not in (None, "dynamic"):
         return False
-    if _setting(kwargs, model, "cache_implementation") not in (None, "dynamic"):
-        return False
-    return True
+    return config.get_generation_mode() in (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE)
+
+
+def model_state_key(model: Any) -> tuple:
+    """What the model's key/value states depend on besides the tokens: every parameter's and buffer's storage,
+    dtype, device and in-place version counter, and the configuration (`select_layer`, `ps_version`, rope, ...).
+    `model.to(...)`, `load_state_dict`, in-place updates, added modules (adapters) and config edits all change it.
+    (In-place writes through `.data`, and to inference tensors, which keep no version counter, go unseen.)"""
+    weights = tuple(
+        (tensor.data_ptr(), tensor.dtype, tensor.device, -1 if tensor.is_inference() else tensor._version)
+        for tensor in itertools.chain(model.parameters(), model.buffers())
+    )
+    return weights, model.config.to_dict()
+
+
+def length_dependent_rope_limit(text_config: Any) -> int | None:
+    """The sequence length above which the LLM's rotary frequencies change with the length (`dynamic` NTK scaling,
+    `longrope`), or None when they do not. Reads `rope_parameters` / `rope_scaling` (transformers' and the original
+    InternLM2's spelling); the smaller of `max_position_embeddings` and `original_max_position_embeddings`."""
+    for name in ("rope_parameters", "rope_scaling"):
+        parameters = getattr(text_config, name, None)
+        if not isinstance(parameters, dict):
+            continue
+        nested = [value for value in parameters.values() if isinstance(value, dict)]  # per layer type
+        for entry in [parameters, *nested]:
+            if entry.get("rope_type", entry.get("type")) in ("dynamic", "longrope"):
+                limits = [
+                    entry.get("original_max_position_embeddings"),
+                    getattr(text_config, "original_max_position_embeddings", None),
+                    getattr(text_config, "max_position_embeddings", None),
+                ]
+                return min(int(limit) for limit in limits if limit)
+    return None
 
 
 def reusable_prefix_length(
-    state: ChatCacheState | None, input_ids: torch.Tensor, pixel_values: torch.Tensor | None, image_token_id: int | None
+    state: ChatCacheState | None,
+    input_ids: torch.Tensor,
+    pixel_values: torch.Tensor | None,
+    image_token_id: int | None,
+    max_length: int | None = None,
 ) -> int:
     """How many leading tokens of `input_ids` (`(1, seq)`) the kept cache can serve (0: none).
 
     At least one token is always left to run. Image tokens past the prefix, or pixel values other than the cached
     ones for image tokens inside it, give 0; so do pixel values without image tokens and image tokens without pixel
-    values (a fresh run reports that mismatch).
+    values (a fresh run reports that mismatch), and a cache or prompt longer than `max_length` (the
+    `length_dependent_rope_limit` of the LLM, None: no limit).
     """
     if state is None:
+        return 0
+    if max_length is not None and max(state.token_ids.shape[0], input_ids.shape[1]) > max_length:
         return 0
     tokens = input_ids[0]
     limit = min(state.token_ids.shape[0], tokens.shape[0] - 1)
@@ -106,14 +157,20 @@ def generate_reusing_cache(
 ) -> torch.Tensor:
     """`model.generate(...)` for one chat turn, reusing and then keeping the chat cache; returns the output ids."""
     state: ChatCacheState | None = model.__dict__.pop(_STATE_ATTRIBUTE, None)  # invalid while generate mutates it
-    prefix = reusable_prefix_length(state, input_ids, pixel_values, model.config.image_token_id)
+    model_state = model_state_key(model)
+    if state is not None and state.model_state != model_state:
+        state = None  # other weights, dtype, device or config since the cache was built
+    text_config = model.config.get_text_config(decoder=True)
+    prefix = reusable_prefix_length(
+        state, input_ids, pixel_values, model.config.image_token_id, length_dependent_rope_limit(text_config)
+    )
     if prefix > 0:
         cache = state.cache
         cache.crop(prefix - cache.get_seq_length())
         kept_pixel_values = state.pixel_values
         generate_pixel_values = None  # every image token is in the cached prefix
     else:
-        cache = DynamicCache(config=model.config.get_text_config(decoder=True))
+        cache = DynamicCache(config=text_config)
         kept_pixel_values = pixel_values.detach().clone() if pixel_values is not None else None
         generate_pixel_values = pixel_values
     output_ids = model.generate(
@@ -121,7 +178,9 @@ def generate_reusing_cache(
     )
     if _is_plain_dynamic(cache):
         length = cache.get_seq_length()
-        model.__dict__[_STATE_ATTRIBUTE] = ChatCacheState(output_ids[0, :length].clone(), cache, kept_pixel_values)
+        model.__dict__[_STATE_ATTRIBUTE] = ChatCacheState(
+            output_ids[0, :length].clone(), cache, kept_pixel_values, model_state
+        )
     return output_ids
 
 
@@ -151,5 +210,7 @@ __all__ = [
     "clear_chat_cache",
     "generate_reusing_cache",
     "generate_turn",
+    "length_dependent_rope_limit",
     "reusable_prefix_length",
+    "model_state_key",
 ]

@@ -13,7 +13,7 @@ import numbers
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["check_sub_configs_present", "validate_config_values"]
+__all__ = ["check_attn_implementation_argument", "check_sub_configs_present", "validate_config_values"]
 
 # The fields an original `config.json` always has; without them `InternVLChatConfig` would build full-size default
 # sub-models (a 300M-parameter vision tower and a default Qwen2 LLM) instead of the checkpoint's.
@@ -130,3 +130,40 @@ def validate_config_values(config: Any) -> None:
     found = _non_finite(top_level, "", set())
     if found is not None:
         raise ValueError(f"`{found}` is {top_level[found]!r}; config values must be finite numbers.")
+
+
+def check_attn_implementation_argument(
+    value: Any, sub_config_keys: Any = ("vision_config", "text_config"), name: str = "attn_implementation"
+) -> None:
+    """Refuse an `attn_implementation` transformers would silently ignore or fail on deep inside.
+
+    Allowed: None, a name (str, both towers), or a mapping whose keys are `""` (the model itself) or sub-config names
+    (`"vision_config"`, `"text_config"`) and whose values are names, None or such mappings. A misspelt key
+    (`{"vision": "sdpa"}`) would otherwise leave that tower unchanged without a word. Names themselves are checked by
+    transformers.
+
+    Raises:
+        TypeError: the value or one of its entries is neither a str nor None (nor a mapping).
+        ValueError: a mapping key that is not a sub-config of the model, naming the allowed keys.
+    """
+    if value is None or isinstance(value, str):
+        return
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"`{name}` must be an attention implementation name (str, e.g. 'sdpa', for both towers), a dict "
+            f"{{'vision_config': ..., 'text_config': ...}} or None, got {value!r} ({type(value).__name__})."
+        )
+    allowed = ["", *sub_config_keys]
+    for key, item in value.items():
+        if key not in allowed:
+            raise ValueError(
+                f"`{name}` has the key {key!r}, which is no part of this model; the keys are "
+                f"{', '.join(repr(k) for k in allowed)} ('' is the model itself)."
+            )
+        if isinstance(item, Mapping):
+            check_attn_implementation_argument(item, (), f"{name}[{key!r}]")
+        elif item is not None and not isinstance(item, str):
+            raise TypeError(
+                f"`{name}[{key!r}]` must be an attention implementation name (str, e.g. 'sdpa') or None, got "
+                f"{item!r} ({type(item).__name__})."
+            )

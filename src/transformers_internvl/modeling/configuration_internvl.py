@@ -10,7 +10,7 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import logging
 
 from ..chat_templates import tokens_per_tile
-from .config_validation import check_sub_configs_present, validate_config_values
+from .config_validation import check_attn_implementation_argument, check_sub_configs_present, validate_config_values
 from .configuration_intern_vit import InternVisionConfig
 from .llm_resolution import normalize_llm_config, original_llm_config, resolve_text_model_type
 
@@ -154,6 +154,17 @@ class InternVLChatConfig(PreTrainedConfig):
     @llm_config.setter
     def llm_config(self, value: PreTrainedConfig) -> None:
         self.text_config = value
+
+    @property
+    def _attn_implementation(self) -> str | None:
+        return self._attn_implementation_internal
+
+    @_attn_implementation.setter
+    def _attn_implementation(self, value: str | dict | None) -> None:
+        """transformers' setter (a dict goes to the sub-configs by key), with misspelt keys and non-str values refused
+        (`config_validation.check_attn_implementation_argument`)."""
+        check_attn_implementation_argument(value, list(self.sub_configs))
+        PreTrainedConfig._attn_implementation.fset(self, value)
 
     @property
     def hidden_size(self) -> int:
