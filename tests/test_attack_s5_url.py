@@ -213,6 +213,7 @@ def test_spaces_and_non_ascii_in_the_path_are_percent_encoded(serve):
         ("http://[::1/photo.png", r"'http://\[::1/photo\.png' is not a valid URL"),
         ("file:///etc/passwd", r"'file:///etc/passwd' is not an http\(s\) URL"),
     ],
+    ids=["no-host", "non-numeric-port", "port-out-of-range", "bad-ipv6", "file-scheme"],
 )
 def test_malformed_urls_are_value_errors_naming_them(url, match):
     with pytest.raises(ValueError, match=match):

@@ -1,19 +1,22 @@
 """Fetching `http(s)` image and video URLs in bounded time (standard library only).
 
-The `timeout` (seconds, default `DEFAULT_URL_TIMEOUT` = 10) bounds every phase of a download, so that no server, silent
-or trickling, can hold a call for long:
+The `timeout` (seconds, default `DEFAULT_URL_TIMEOUT` = 10, at most `MAX_URL_TIMEOUT`) bounds every phase of a
+download, so that no server, silent or trickling, can hold a call for long:
 
 - the connection, TLS handshake, request and the whole response head (status line and headers) must complete within
-  `2 * timeout` of the start (a watchdog closes the socket otherwise);
+  `2 * timeout` of the start (a watchdog shuts the connection down otherwise; a head it cut short is not used);
 - the body must keep arriving: every window of `timeout` seconds must bring at least `MIN_BYTES_PER_WINDOW` bytes
-  (64 KiB, i.e. 6.4 KB/s at the default) or the end of the body; one that trickles slower is stalled;
-- the body may hold at most `MAX_DOWNLOAD_BYTES` (2 GiB);
-- redirects are followed to `http(s)` URLs only (urllib's default would follow `ftp://` too), within the same bound.
+  (64 KiB, i.e. 6.4 KB/s at the default) or the end of the body; one that trickles slower is stalled, and a read that
+  blocks inside `http.client` (a chunk-size line or chunk trailers that never end) is ended by the same watchdog
+  `2 * timeout` after the last full window;
+- the body may hold at most `MAX_DOWNLOAD_BYTES` (2 GiB; a larger Content-Length is refused before reading);
+- redirects are followed to `http(s)` URLs only (urllib's default would follow `ftp://` too), within the same bound,
+  without reading the redirect responses' bodies.
 
-A stalled or silent server raises `TimeoutError` (within about `2 * timeout`), a status >= 400 or an HTML / text body a
-`ValueError`, an unreachable host a `ConnectionError`; each message names the URL. (The per-read socket timeout that
-`urllib` / `requests` offer alone does not bound a server that sends one byte every few seconds; hence the watchdog and
-the rate rule, written here.)
+A stalled or silent server raises `TimeoutError` (within about `2 * timeout` of the start or of the last full body
+window), a status >= 400, an HTML / text body or a malformed URL a `ValueError`, an unreachable host a
+`ConnectionError`; each message names the URL. (The per-read socket timeout that `urllib` / `requests` offer alone does
+not bound a server that sends one byte every few seconds; hence the watchdog and the rate rule, written here.)
 """
 
 from __future__ import annotations
