@@ -274,3 +274,24 @@ def test_concurrent_fetches_keep_their_own_bounds_and_leave_no_thread(serve):
         assert isinstance(results[f"fast{i}"], float)  # all ten fast fetches succeeded
     time.sleep(0.1)
     assert not [thread for thread in threading.enumerate() if thread.name == "url-fetch-watchdog"]
+
+
+def test_a_stuck_host_name_resolution_is_bounded_too(serve, monkeypatch):
+    # getaddrinfo (DNS) runs before there is a socket for the watchdog to shut, and cannot be interrupted: a resolver
+    # that hangs (the system's takes 5 s per try and name server) held the fetch for as long.
+    url = serve(lambda c, _: c.sendall(OK_HEAD % len(PNG) + PNG))
+    release = threading.Event()
+    real = socket.getaddrinfo
+
+    def resolver(host, *args, **kwargs):
+        if host == "stuck.example":
+            release.wait(10)
+        return real("127.0.0.1" if host == "stuck.example" else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    try:
+        stuck = url.replace("127.0.0.1", "stuck.example")
+        _raises_within(TimeoutError, r"stuck\.example.*`timeout`", 2 * T + 3, lambda: fetch_url(stuck, timeout=T))
+        assert load_image_source(url, timeout=2).size == (8, 8)  # other hosts still resolve
+    finally:
+        release.set()

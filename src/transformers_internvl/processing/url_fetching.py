@@ -3,8 +3,9 @@
 The `timeout` (seconds, default `DEFAULT_URL_TIMEOUT` = 10, at most `MAX_URL_TIMEOUT`) bounds every phase of a
 download, so that no server, silent or trickling, can hold a call for long:
 
-- the connection, TLS handshake, request and the whole response head (status line and headers) must complete within
-  `2 * timeout` of the start (a watchdog shuts the connection down otherwise; a head it cut short is not used);
+- the host name's resolution, the connection, TLS handshake, request and the whole response head (status line and
+  headers) must complete within `2 * timeout` of the start (a watchdog shuts the connection down otherwise; a head it
+  cut short is not used);
 - the body must keep arriving: every window of `timeout` seconds must bring at least `MIN_BYTES_PER_WINDOW` bytes
   (64 KiB, i.e. 6.4 KB/s at the default) or the end of the body; one that trickles slower is stalled, and a read that
   blocks inside `http.client` (a chunk-size line or chunk trailers that never end) is ended by the same watchdog
@@ -100,6 +101,10 @@ class _Watchdog:
         with self._wake:
             self._deadline = time.monotonic() + seconds
 
+    def seconds_left(self) -> float:
+        with self._wake:
+            return self._deadline - time.monotonic()
+
     def close(self) -> None:
         with self._wake:
             self._closed = True
@@ -127,16 +132,50 @@ class _Watchdog:
             pass
 
 
+def _resolve(host: str, port: int, seconds: float) -> list[tuple[Any, ...]]:
+    """`socket.getaddrinfo(host, port)` for TCP, waited for at most `seconds` (in a daemon thread, left to finish).
+
+    Raises:
+        TimeoutError: no answer in time. OSError: the resolver's own error (unknown host).
+    """
+    answer: list[Any] = []
+
+    def resolve() -> None:
+        try:
+            answer.append(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM))
+        except OSError as error:
+            answer.append(error)
+
+    thread = threading.Thread(target=resolve, name="url-fetch-resolver", daemon=True)
+    thread.start()
+    thread.join(max(seconds, 0.0))
+    if not answer:
+        raise TimeoutError(f"resolving {host!r} took more than {seconds:.3g} s")
+    if isinstance(answer[0], OSError):
+        raise answer[0]
+    return answer[0]
+
+
 def _watched_connection(base: type[http.client.HTTPConnection], watchdog: _Watchdog) -> type:
     class WatchedConnection(base):  # type: ignore[valid-type, misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             create = self._create_connection
 
-            def create_and_watch(*c_args: Any, **c_kwargs: Any) -> socket.socket:
-                sock = create(*c_args, **c_kwargs)
-                watchdog.watch(sock)
-                return sock
+            def create_and_watch(address: tuple[str, int], *c_args: Any, **c_kwargs: Any) -> socket.socket:
+                # The host is resolved here, within the deadline (a stuck resolver cannot be interrupted), and the
+                # addresses tried in turn as `socket.create_connection` does.
+                host, port = address
+                failures: list[OSError] = []
+                for *_, sockaddr in _resolve(host, port, watchdog.seconds_left()):
+                    try:
+                        sock = create((sockaddr[0], port), *c_args, **c_kwargs)
+                    except OSError as error:
+                        failures.append(error)
+                        continue
+                    watchdog.watch(sock)
+                    return sock
+                raise failures[-1] if failures else OSError(f"{host!r} resolves to no address")
 
             self._create_connection = create_and_watch
 
