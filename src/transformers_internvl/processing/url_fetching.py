@@ -173,7 +173,11 @@ def _watched_connection(base: type[http.client.HTTPConnection], watchdog: _Watch
                     except OSError as error:
                         failures.append(error)
                         continue
-                    watchdog.watch(sock)
+                    try:
+                        watchdog.watch(sock)
+                    except OSError:  # no descriptor left for the duplicate
+                        sock.close()
+                        raise
                     return sock
                 raise failures[-1] if failures else OSError(f"{host!r} resolves to no address")
 
