@@ -145,8 +145,8 @@ def test_the_watchdog_leaves_no_thread_behind(trickling_head):
         with pytest.raises(TimeoutError):
             fetch_url(trickling_head, timeout=0.3)
     time.sleep(0.2)
-    # The server's own handler threads may still be trickling; the fetches' watchdog timers are gone.
-    assert not [t for t in threading.enumerate() if isinstance(t, threading.Timer) and t.is_alive()]
+    # The server's own handler threads may still be trickling; the fetches' watchdog threads are gone.
+    assert not [t for t in threading.enumerate() if t.name == "url-fetch-watchdog" and t.is_alive()]
     assert threading.active_count() <= before + 3
 
 

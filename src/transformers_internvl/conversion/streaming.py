@@ -118,6 +118,23 @@ class SourceReader:
             return reader.get_tensor(name)
 
 
+def _check_cast(before: torch.Tensor, after: torch.Tensor, name: str) -> None:
+    """`--dtype` must not turn finite values into inf (beyond the target dtype's range: silently broken weights).
+
+    Raises:
+        ConversionError: naming the tensor, the dtypes and how many values overflowed.
+    """
+    if not after.is_floating_point() or not before.is_floating_point():
+        return
+    overflowed = int((torch.isfinite(before) & ~torch.isfinite(after)).sum())
+    if overflowed:
+        target = str(after.dtype).removeprefix("torch.")
+        raise ConversionError(
+            f"{name}: casting to {target} (--dtype) turns {overflowed} finite value(s) into inf (beyond the range of "
+            f"{target}); keep the source dtype or use bfloat16"
+        )
+
+
 def plan_shards(planned: list[_Planned], max_shard_size: int) -> list[list[_Planned]]:
     """Consecutive groups of at most `max_shard_size` bytes (a larger tensor gets a shard of its own)."""
     shards: list[list[_Planned]] = []
@@ -204,7 +221,11 @@ def stream_tensors(
                     step = item.step
                     cache = {key: cache[key] for key in step.sources if key in cache}  # drop the others first
                     cache |= {key: reader.read(key) for key in step.sources if key not in cache}
-                    tensor = step.apply([cache[key] for key in step.sources]).to(item.dtype).contiguous()
+                    computed = step.apply([cache[key] for key in step.sources])
+                    tensor = computed.to(item.dtype).contiguous()
+                    if tensor.dtype != computed.dtype:
+                        _check_cast(computed, tensor, step.name)
+                    del computed
                     if tuple(tensor.shape) != item.shape:  # the meta run and the real run must agree
                         raise ConversionError(f"{step.name}: shape {tuple(tensor.shape)} != planned {item.shape}")
                     writer.write(tensor.reshape(-1).view(torch.uint8).numpy().data)  # no copy

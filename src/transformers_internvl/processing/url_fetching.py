@@ -1,19 +1,23 @@
 """Fetching `http(s)` image and video URLs in bounded time (standard library only).
 
-The `timeout` (seconds, default `DEFAULT_URL_TIMEOUT` = 10) bounds every phase of a download, so that no server, silent
-or trickling, can hold a call for long:
+The `timeout` (seconds, default `DEFAULT_URL_TIMEOUT` = 10, at most `MAX_URL_TIMEOUT`) bounds every phase of a
+download, so that no server, silent or trickling, can hold a call for long:
 
-- the connection, TLS handshake, request and the whole response head (status line and headers) must complete within
-  `2 * timeout` of the start (a watchdog closes the socket otherwise);
+- the host name's resolution, the connection, TLS handshake, request and the whole response head (status line and
+  headers) must complete within `2 * timeout` of the start (a watchdog shuts the connection down otherwise; a head it
+  cut short is not used);
 - the body must keep arriving: every window of `timeout` seconds must bring at least `MIN_BYTES_PER_WINDOW` bytes
-  (64 KiB, i.e. 6.4 KB/s at the default) or the end of the body; one that trickles slower is stalled;
-- the body may hold at most `MAX_DOWNLOAD_BYTES` (2 GiB);
-- redirects are followed to `http(s)` URLs only (urllib's default would follow `ftp://` too), within the same bound.
+  (64 KiB, i.e. 6.4 KB/s at the default) or the end of the body; one that trickles slower is stalled, and a read that
+  blocks inside `http.client` (a chunk-size line or chunk trailers that never end) is ended by the same watchdog
+  `2 * timeout` after the last full window;
+- the body may hold at most `MAX_DOWNLOAD_BYTES` (2 GiB; a larger Content-Length is refused before reading);
+- redirects are followed to `http(s)` URLs only (urllib's default would follow `ftp://` too), within the same bound,
+  without reading the redirect responses' bodies.
 
-A stalled or silent server raises `TimeoutError` (within about `2 * timeout`), a status >= 400 or an HTML / text body a
-`ValueError`, an unreachable host a `ConnectionError`; each message names the URL. (The per-read socket timeout that
-`urllib` / `requests` offer alone does not bound a server that sends one byte every few seconds; hence the watchdog and
-the rate rule, written here.)
+A stalled or silent server raises `TimeoutError` (within about `2 * timeout` of the start or of the last full body
+window), a status >= 400, an HTML / text body or a malformed URL a `ValueError`, an unreachable host a
+`ConnectionError`; each message names the URL. (The per-read socket timeout that `urllib` / `requests` offer alone does
+not bound a server that sends one byte every few seconds; hence the watchdog and the rate rule, written here.)
 """
 
 from __future__ import annotations
@@ -29,7 +33,14 @@ import urllib.parse
 import urllib.request
 from typing import IO, Any
 
-__all__ = ["DEFAULT_URL_TIMEOUT", "MAX_DOWNLOAD_BYTES", "MIN_BYTES_PER_WINDOW", "check_timeout", "fetch_url"]
+__all__ = [
+    "DEFAULT_URL_TIMEOUT",
+    "MAX_DOWNLOAD_BYTES",
+    "MAX_URL_TIMEOUT",
+    "MIN_BYTES_PER_WINDOW",
+    "check_timeout",
+    "fetch_url",
+]
 
 DEFAULT_URL_TIMEOUT = 10.0
 # Largest download accepted for one image or video (bytes).
@@ -38,20 +49,24 @@ MAX_DOWNLOAD_BYTES = 2 << 30
 MIN_BYTES_PER_WINDOW = 64 << 10
 _CHUNK = 1 << 20
 _USER_AGENT = "transformers-internvl"
+# Characters left as they are when a URL's path and query are percent-encoded (`requests`' `requote_uri` set).
+_URL_SAFE = "!#$%&'()*+,/:;=?@[]~"
+# Largest `timeout` accepted (seconds): far beyond any real download, and within what threads and sockets can wait.
+MAX_URL_TIMEOUT = 1e8
 
 
 def check_timeout(value: object) -> float:
     """`timeout` as a positive finite number of seconds (`None` -> `DEFAULT_URL_TIMEOUT`).
 
     Raises:
-        TypeError: not a number. ValueError: not positive, or not finite.
+        TypeError: not a number. ValueError: not positive, or over `MAX_URL_TIMEOUT` (1e8 s; NaN and inf included).
     """
     if value is None:
         return DEFAULT_URL_TIMEOUT
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"`timeout` must be a number of seconds, got {type(value).__name__} ({value!r}).")
-    if not value > 0 or value == float("inf"):
-        raise ValueError(f"`timeout` must be a positive finite number of seconds, got {value!r}.")
+    if not 0 < value <= MAX_URL_TIMEOUT:
+        raise ValueError(f"`timeout` must be a positive number of seconds up to {MAX_URL_TIMEOUT:g}, got {value!r}.")
     return float(value)
 
 
@@ -61,39 +76,84 @@ def shown_url(url: str, limit: int = 120) -> str:
 
 
 class _Watchdog:
-    """Shuts the connection's socket down when the response head has not arrived by the deadline."""
+    """Shuts a download's sockets down once its deadline passes; `extend` moves the deadline (one thread per fetch).
+
+    It holds a duplicate of each socket's descriptor: `ssl` detaches the socket object it wraps, so shutting that
+    object down would do nothing once TLS starts, while `shutdown` on any descriptor of a connection ends its reads.
+    """
 
     def __init__(self, seconds: float) -> None:
         self.fired = False
         self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._fire)
-        self._timer.daemon = True
-
-    def start(self) -> None:
-        self._timer.start()
+        self._deadline = time.monotonic() + seconds
+        self._closed = False
+        self._wake = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="url-fetch-watchdog", daemon=True)
+        self._thread.start()
 
     def watch(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._sockets.append(sock)
+        with self._wake:
+            self._sockets.append(sock.dup())
             if self.fired:
-                self._shut(sock)
+                self._shut(self._sockets[-1])
 
-    def cancel(self) -> None:
-        self._timer.cancel()
+    def extend(self, seconds: float) -> None:
+        with self._wake:
+            self._deadline = time.monotonic() + seconds
 
-    def _fire(self) -> None:
-        with self._lock:
-            self.fired = True
-            for sock in self._sockets:
-                self._shut(sock)
+    def seconds_left(self) -> float:
+        with self._wake:
+            return self._deadline - time.monotonic()
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join()
+        for sock in self._sockets:
+            sock.close()
+
+    def _run(self) -> None:
+        with self._wake:
+            while not self._closed:
+                left = self._deadline - time.monotonic()
+                if left <= 0:
+                    self.fired = True
+                    for sock in self._sockets:
+                        self._shut(sock)
+                    return
+                self._wake.wait(left)
 
     @staticmethod
     def _shut(sock: socket.socket) -> None:
         try:
             sock.shutdown(socket.SHUT_RDWR)
-        except OSError:  # already closed or never connected: nothing left to unblock
+        except OSError:  # never connected or already reset: nothing left to unblock
             pass
+
+
+def _resolve(host: str, port: int, seconds: float) -> list[tuple[Any, ...]]:
+    """`socket.getaddrinfo(host, port)` for TCP, waited for at most `seconds` (in a daemon thread, left to finish).
+
+    Raises:
+        TimeoutError: no answer in time. OSError: the resolver's own error (unknown host).
+    """
+    answer: list[Any] = []
+
+    def resolve() -> None:
+        try:
+            answer.append(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM))
+        except OSError as error:
+            answer.append(error)
+
+    thread = threading.Thread(target=resolve, name="url-fetch-resolver", daemon=True)
+    thread.start()
+    thread.join(max(seconds, 0.0))
+    if not answer:
+        raise TimeoutError(f"resolving {host!r} took more than {seconds:.3g} s")
+    if isinstance(answer[0], OSError):
+        raise answer[0]
+    return answer[0]
 
 
 def _watched_connection(base: type[http.client.HTTPConnection], watchdog: _Watchdog) -> type:
@@ -102,10 +162,24 @@ def _watched_connection(base: type[http.client.HTTPConnection], watchdog: _Watch
             super().__init__(*args, **kwargs)
             create = self._create_connection
 
-            def create_and_watch(*c_args: Any, **c_kwargs: Any) -> socket.socket:
-                sock = create(*c_args, **c_kwargs)
-                watchdog.watch(sock)
-                return sock
+            def create_and_watch(address: tuple[str, int], *c_args: Any, **c_kwargs: Any) -> socket.socket:
+                # The host is resolved here, within the deadline (a stuck resolver cannot be interrupted), and the
+                # addresses tried in turn as `socket.create_connection` does.
+                host, port = address
+                failures: list[OSError] = []
+                for *_, sockaddr in _resolve(host, port, watchdog.seconds_left()):
+                    try:
+                        sock = create((sockaddr[0], port), *c_args, **c_kwargs)
+                    except OSError as error:
+                        failures.append(error)
+                        continue
+                    try:
+                        watchdog.watch(sock)
+                    except OSError:  # no descriptor left for the duplicate
+                        sock.close()
+                        raise
+                    return sock
+                raise failures[-1] if failures else OSError(f"{host!r} resolves to no address")
 
             self._create_connection = create_and_watch
 
@@ -131,19 +205,39 @@ def _opener(watchdog: _Watchdog) -> urllib.request.OpenerDirector:
                 raise urllib.error.HTTPError(
                     req.full_url, code, f"redirect to a non-http(s) URL {shown_url(newurl)!r} refused", headers, fp
                 )
+            # urllib reads a redirect's whole body into memory before following it, however long; it is not needed.
+            fp.close()
             return super().redirect_request(req, fp, code, msg, headers, newurl)
 
     return urllib.request.build_opener(HTTPHandler, HTTPSHandler, RedirectHandler)
 
 
-def _open_url(url: str, name: str, timeout: float) -> Any:
-    request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
-    watchdog = _Watchdog(2 * timeout)
-    silent = f"`{name}`: {shown_url(url)} did not answer within {timeout} s (`timeout`)."
-    watchdog.start()
+def _request_url(url: str, name: str) -> str:
+    """`url` checked (`http(s)`, a host, a valid port) with its path and query percent-encoded where they hold spaces,
+    control or non-ASCII characters (as browsers and `requests` send them); the fragment is dropped.
+
+    Raises:
+        ValueError: not an `http(s)` URL, no host, or a malformed host or port (the message names the URL).
+    """
     try:
-        return _opener(watchdog).open(request, timeout=timeout)
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a non-numeric or out-of-range port
+    except ValueError as error:
+        raise ValueError(f"`{name}`: {shown_url(url)!r} is not a valid URL ({error}).") from error
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"`{name}`: {shown_url(url)!r} is not an http(s) URL with a host.")
+    path, query = (urllib.parse.quote(part, safe=_URL_SAFE) for part in (parts.path, parts.query))
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, query, ""))
+
+
+def _open_url(url: str, name: str, timeout: float, watchdog: _Watchdog) -> Any:
+    request = urllib.request.Request(_request_url(url, name), headers={"User-Agent": _USER_AGENT})
+    silent = f"`{name}`: {shown_url(url)} did not answer within {timeout} s (`timeout`)."
+    cut = f"`{name}`: {shown_url(url)} did not send its response head within {2 * timeout} s (`timeout`)."
+    try:
+        response = _opener(watchdog).open(request, timeout=timeout)
     except urllib.error.HTTPError as error:
+        error.close()  # its response holds the connection open
         raise ValueError(
             f"`{name}`: fetching {shown_url(url)} failed with HTTP status {error.code} ({error.reason})."
         ) from error
@@ -155,27 +249,41 @@ def _open_url(url: str, name: str, timeout: float) -> Any:
         raise TimeoutError(silent) from error
     except (OSError, http.client.HTTPException) as error:
         if watchdog.fired:
-            raise TimeoutError(
-                f"`{name}`: {shown_url(url)} did not send its response head within {2 * timeout} s (`timeout`)."
-            ) from error
+            raise TimeoutError(cut) from error
+        if isinstance(error, http.client.InvalidURL):
+            raise ValueError(f"`{name}`: could not fetch {shown_url(url)}: {error}") from error
         raise ConnectionError(f"`{name}`: could not fetch {shown_url(url)}: {error!r}") from error
-    finally:
-        watchdog.cancel()
+    except ValueError as error:  # a malformed redirect Location
+        raise ValueError(f"`{name}`: could not fetch {shown_url(url)}: {error}") from error
+    if watchdog.fired:  # the head was cut short: what http.client parsed of it is not the server's answer
+        response.close()
+        raise TimeoutError(cut)
+    return response
 
 
-def _read_body(response: Any, body: IO[bytes], url: str, name: str, timeout: float) -> None:
+def _read_body(response: Any, body: IO[bytes], url: str, name: str, timeout: float, watchdog: _Watchdog) -> None:
     stalled = (
         f"`{name}`: {shown_url(url)} sent less than {MIN_BYTES_PER_WINDOW} bytes in {timeout} s (`timeout`): stalled."
     )
+    declared = getattr(response, "length", None)
+    if declared is not None and declared > MAX_DOWNLOAD_BYTES:
+        raise ValueError(f"`{name}`: {shown_url(url)} is larger than {MAX_DOWNLOAD_BYTES} bytes ({declared}).")
     size = 0
     window_start, window_bytes = time.monotonic(), 0
+    # A read can block past a window inside http.client (a trickled chunk-size line, endless chunk trailers): the
+    # watchdog ends it 2 windows after the last full one.
+    watchdog.extend(2 * timeout)
     while True:
         try:
             chunk = response.read1(_CHUNK)
         except TimeoutError as error:
             raise TimeoutError(stalled) from error
         except (OSError, http.client.HTTPException) as error:
+            if watchdog.fired:
+                raise TimeoutError(stalled) from error
             raise ConnectionError(f"`{name}`: the download of {shown_url(url)} broke off: {error!r}") from error
+        if watchdog.fired:
+            raise TimeoutError(stalled)
         if not chunk:
             missing = getattr(response, "length", None)
             if missing:
@@ -192,6 +300,7 @@ def _read_body(response: Any, body: IO[bytes], url: str, name: str, timeout: flo
         now = time.monotonic()
         if window_bytes >= MIN_BYTES_PER_WINDOW:
             window_start, window_bytes = now, 0
+            watchdog.extend(2 * timeout)
         elif now - window_start > timeout:
             raise TimeoutError(stalled)
 
@@ -200,35 +309,39 @@ def fetch_url(url: str, name: str = "images", timeout: float | None = None, spoo
     """GET an `http(s)` URL and return its body as a binary file positioned at 0, in bounded time (module docstring).
 
     Args:
-        url: `http://` or `https://` URL.
+        url: `http://` or `https://` URL (spaces and non-ASCII characters in its path and query are percent-encoded).
         name: argument name used in error messages.
         timeout: seconds (`None`: `DEFAULT_URL_TIMEOUT`); the response head must arrive within `2 * timeout` and
             every `timeout`-second window of the body must bring `MIN_BYTES_PER_WINDOW` bytes or the end.
         spool: keep large bodies on disk (a `SpooledTemporaryFile`, for videos) instead of memory.
 
     Raises:
-        ValueError: HTTP status >= 400, an HTML / text body (an error page, not media), or a body over
-            `MAX_DOWNLOAD_BYTES`; the message names the URL and the status.
+        ValueError: not an `http(s)` URL with a host, an HTTP status >= 400, an HTML / text body (an error page, not
+            media), or a body (or its Content-Length) over `MAX_DOWNLOAD_BYTES`; the message names the URL.
         TimeoutError: no connection or response head in time, or a stalled body.
         ConnectionError: the host cannot be reached, or the connection broke.
     """
     timeout = check_timeout(timeout)
-    response = _open_url(url, name, timeout)
-    body: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=64 << 20) if spool else io.BytesIO()
+    watchdog = _Watchdog(2 * timeout)
     try:
-        status = getattr(response, "status", 200)
-        content_type = (response.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-        if content_type.startswith("text/") or content_type in ("application/xhtml+xml", "application/json"):
-            raise ValueError(
-                f"`{name}`: {shown_url(url)} answered HTTP status {status} with a {content_type!r} body, not an "
-                "image or video (an error or login page?)."
-            )
-        _read_body(response, body, url, name, timeout)
-    except BaseException:
-        body.close()
-        raise
+        response = _open_url(url, name, timeout, watchdog)
+        body: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=64 << 20) if spool else io.BytesIO()
+        try:
+            status = getattr(response, "status", 200)
+            content_type = (response.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            if content_type.startswith("text/") or content_type in ("application/xhtml+xml", "application/json"):
+                raise ValueError(
+                    f"`{name}`: {shown_url(url)} answered HTTP status {status} with a {content_type!r} body, not an "
+                    "image or video (an error or login page?)."
+                )
+            _read_body(response, body, url, name, timeout, watchdog)
+        except BaseException:
+            body.close()
+            raise
+        finally:
+            response.close()
     finally:
-        response.close()
+        watchdog.close()
     body.seek(0)
     head = body.read(512).lstrip().lower()
     body.seek(0)

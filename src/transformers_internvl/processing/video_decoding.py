@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 from transformers.utils import logging
 
-from .image_loading import check_timeout, fetch_url
+from .image_loading import check_timeout, fetch_url, shown_url
 from .input_validation import check_int
 
 logger = logging.get_logger(__name__)
@@ -51,9 +51,9 @@ __all__ = [
 _DECODE_ON_MAX_GAP = 48
 
 
-def open_container(source: object, name: str) -> Any:
-    """`av.open` on a path, bytes or binary file; errors name the argument (URLs are fetched first, see
-    `FrameIndexReader`)."""
+def open_container(source: object, name: str, shown: str | None = None) -> Any:
+    """`av.open` on a path, bytes or binary file; errors name the argument and `shown` (default: the path or the type;
+    URLs are fetched first, see `FrameIndexReader`, which shows the URL)."""
     import av
 
     if isinstance(source, bytes | bytearray):
@@ -67,7 +67,7 @@ def open_container(source: object, name: str) -> Any:
     try:
         return av.open(source, mode="r")
     except av.FFmpegError as error:
-        shown = source if isinstance(source, str) else type(source).__name__
+        shown = shown or (source if isinstance(source, str) else type(source).__name__)
         raise ValueError(f"`{name}`: could not open {shown!r} as a video: {error}") from error
 
 
@@ -92,12 +92,14 @@ class FrameIndexReader:
 
         self.name = name
         self._downloaded: Any = None
+        self._shown: str | None = None
         if isinstance(source, str) and source.strip()[:8].lower().startswith(("http://", "https://")):
             # Fetched with a timeout and a status check (an error page is not handed to FFmpeg), kept on disk when big.
+            self._shown = shown_url(source.strip())
             self._downloaded = source = fetch_url(source.strip(), name, timeout, spool=True)
         self.source = source
         try:
-            self.container = open_container(source, name)
+            self.container = open_container(source, name, self._shown)
         except BaseException:
             self._close_download()
             raise
@@ -172,7 +174,7 @@ class FrameIndexReader:
             self.container.seek(0)
         except av.FFmpegError:
             self.container.close()
-            self.container = open_container(self.source, self.name)
+            self.container = open_container(self.source, self.name, self._shown)
             self.stream = self.container.streams.video[0]
             self.stream.thread_type = "AUTO"
         self.decoder = self.container.decode(self.stream)
