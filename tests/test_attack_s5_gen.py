@@ -102,6 +102,28 @@ def test_hostile_generation_config_argument_is_refused(tmp_path):
         _load(folder, image_token_id=5, generation_config=GenerationConfig(eos_token_id="2"))
 
 
+@pytest.mark.parametrize("value", [True, 598.7, -3, "abc", [598]])
+def test_hostile_stop_token_id_in_tokenizer_files_is_refused(tmp_path, value):
+    """Before: `true` in added_tokens.json made plain `generate` stop at token 1, 598.7 at 598, -3 was added as is;
+    "abc" / [598] failed in `int()` with no file named."""
+    folder = original_model_dir(tmp_path / "model", "tiny-internlm2", None)
+    (folder / "added_tokens.json").write_text(json.dumps({"<|im_end|>": value, "<IMG_CONTEXT>": 5}))
+    with pytest.raises(ValueError, match=r"added_tokens\.json gives '<\|im_end\|>' the id .*expected a non-negative"):
+        _load(folder)
+
+
+def test_stop_token_id_from_each_tokenizer_file(tmp_path):
+    """The decimal-string keys of `added_tokens_decoder` and the ints of tokenizer.json are read as ids."""
+    folder = original_model_dir(tmp_path / "config", "tiny-internlm2", None)
+    decoder = {"5": {"content": "<IMG_CONTEXT>"}, "598": {"content": "<|im_end|>"}}
+    (folder / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": decoder}))
+    assert _ids(_load(folder).generation_config) == ([2, 598], 2, 1)
+    folder = original_model_dir(tmp_path / "fast", "tiny-internlm2", None)
+    added = [{"id": 5, "content": "<IMG_CONTEXT>"}, {"id": 598, "content": "<|im_end|>"}]
+    (folder / "tokenizer.json").write_text(json.dumps({"added_tokens": added}))
+    assert _ids(_load(folder).generation_config) == ([2, 598], 2, 1)
+
+
 # ---- a template this package does not know: loads as the original does --------------------------------------------
 
 

@@ -20,8 +20,23 @@ from ..chat_templates import IMAGE_CONTEXT_TOKEN, TEMPLATES, template_eos_token
 logger = logging.get_logger(__name__)
 
 
+def _checked_token_id(value, path: str, token: str) -> int:
+    """`value` as a token id: a non-negative int, or its decimal string (the keys of `added_tokens_decoder`)."""
+    if isinstance(value, str) and value.isdecimal():
+        return int(value)
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0:
+        return int(value)
+    raise ValueError(
+        f"{path} gives {token!r} the id {value!r} ({type(value).__name__}); expected a non-negative integer."
+    )
+
+
 def find_added_token_id(directory: str | os.PathLike, token: str) -> int | None:
-    """Id of the added token `token` from the tokenizer files in `directory`, or `None` when no file names it."""
+    """Id of the added token `token` from the tokenizer files in `directory`, or `None` when no file names it.
+
+    Raises:
+        ValueError: a file names `token` with an id that is not a non-negative integer (`true`, `"abc"`, `598.7`, -3).
+    """
     directory = os.fspath(directory)
     candidates = (
         ("added_tokens.json", lambda data: data.get(token)),
@@ -29,7 +44,7 @@ def find_added_token_id(directory: str | os.PathLike, token: str) -> int | None:
             "tokenizer_config.json",
             lambda data: next(
                 (
-                    int(token_id)
+                    token_id
                     for token_id, entry in (data.get("added_tokens_decoder") or {}).items()
                     if isinstance(entry, dict) and entry.get("content") == token
                 ),
@@ -39,7 +54,11 @@ def find_added_token_id(directory: str | os.PathLike, token: str) -> int | None:
         (
             "tokenizer.json",
             lambda data: next(
-                (entry["id"] for entry in data.get("added_tokens") or [] if entry.get("content") == token),
+                (
+                    entry.get("id")
+                    for entry in data.get("added_tokens") or []
+                    if isinstance(entry, dict) and entry.get("content") == token
+                ),
                 None,
             ),
         ),
@@ -51,7 +70,7 @@ def find_added_token_id(directory: str | os.PathLike, token: str) -> int | None:
         with open(path, encoding="utf-8") as handle:
             token_id = lookup(json.load(handle))
         if token_id is not None:
-            return int(token_id)
+            return _checked_token_id(token_id, path, token)
     return None
 
 
