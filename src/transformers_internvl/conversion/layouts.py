@@ -22,9 +22,8 @@ from ..chat_templates import (
     IMAGE_START_TOKEN,
     VIDEO_PLACEHOLDER,
     get_jinja_chat_template,
-    template_data,
 )
-from ..modeling.tokenizer_files import find_added_token_id
+from ..modeling.tokenizer_files import find_added_token_id, template_stop_token_id, with_stop_token
 from .checkpoint_io import ConversionError, read_json, write_json
 from .hf_layout import (
     ORIGINAL_RECORD_KEY,
@@ -212,10 +211,6 @@ def prepare_to_hf(source: Path, config: dict[str, Any], image_token_id: int | No
     return Prepared(_heads(original.text_config) if internlm2 else None, expected, write, shapes)
 
 
-def _chat_stop_token(template: str | None) -> str:
-    return template_data(template or "internvl2_5")["sep"].strip()
-
-
 def write_hf_side_files(source: Path, folder: Path, original: Any, original_dict: dict, hf_config: Any) -> None:
     """Tokenizer (fast, checked id-for-id against the source tokenizer), image / video processor, processor config,
     chat template and generation config of the `-hf` layout."""
@@ -227,10 +222,8 @@ def write_hf_side_files(source: Path, folder: Path, original: Any, original_dict
         video_placeholder=VIDEO_PLACEHOLDER,
     )
     has_tokenizer = any((source / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "vocab.json"))
-    stop_token_id = None
     if has_tokenizer:
-        tokenizer = write_hf_tokenizer(source, folder, chat_template, hf_config.text_config.vocab_size)
-        stop_token_id = tokenizer.convert_tokens_to_ids(_chat_stop_token(template))
+        write_hf_tokenizer(source, folder, chat_template, hf_config.text_config.vocab_size)
     write_image_processor(folder, original, original_dict)
     if has_tokenizer:
         write_json(folder / "processor_config.json", {
@@ -240,7 +233,7 @@ def write_hf_side_files(source: Path, folder: Path, original: Any, original_dict
         (folder / "chat_template.jinja").write_text(chat_template, encoding="utf-8")
     else:
         logger.warning(f"{source} has no tokenizer files; the -hf folder gets no tokenizer and no processor config.")
-    write_generation_config(source, folder, stop_token_id)
+    write_generation_config(source, folder, original.text_config, template_stop_token_id(source, template))
 
 
 def write_image_processor(folder: Path, original: Any, original_dict: dict[str, Any]) -> None:
@@ -330,15 +323,22 @@ def write_hf_tokenizer(source: Path, folder: Path, chat_template: str, vocab_siz
     return converted
 
 
-def write_generation_config(source: Path, folder: Path, stop_token_id: int | None) -> None:
-    """The source's generation config with the chat stop token (`<|im_end|>` for `internvl2_5`) as `eos_token_id`,
-    as the original `chat()` does (`eos_token_id = tokenizer.convert_tokens_to_ids(template.sep.strip())`)."""
+def write_generation_config(source: Path, folder: Path, text_config: Any, stop_token_id: int | None) -> None:
+    """The source's generation config with the ids this package's loader gives plain `generate` on the source
+    (`modeling.checkpoint_loading.llm_generation_defaults`, `modeling.tokenizer_files.apply_tokenizer_file_ids`):
+    eos / pad / bos the file leaves unset come from `llm_config`, as the original's `generate` takes them, and the
+    chat stop token (`<|im_end|>` for `internvl2_5`, what the original `chat()` passes as `eos_token_id`) is added to
+    `eos_token_id`; the -hf model reads them from this file only."""
     generation = {}
     if (source / "generation_config.json").is_file():
         generation = read_json(source / "generation_config.json", "generation config")
     generation.pop("transformers_version", None)
-    if stop_token_id is not None:
-        generation["eos_token_id"] = int(stop_token_id)
+    for name in ("eos_token_id", "pad_token_id", "bos_token_id"):
+        if generation.get(name) is None and getattr(text_config, name, None) is not None:
+            generation[name] = getattr(text_config, name)
+    eos_token_id = with_stop_token(generation.get("eos_token_id"), stop_token_id)
+    if eos_token_id is not None:
+        generation["eos_token_id"] = eos_token_id
     write_json(folder / "generation_config.json", generation)
 
 

@@ -11,6 +11,7 @@ source folder's remote-code files.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 from collections.abc import Mapping
 
@@ -48,6 +49,32 @@ logger = logging.get_logger(__name__)
 _LLM_GENERATION_IDS = ("eos_token_id", "pad_token_id", "bos_token_id")
 
 
+def _is_token_id(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_generation_token_ids(generation_config) -> None:
+    """Refuse token ids of the loaded generation config (`generation_config.json`, or the `generation_config=` argument
+    of `from_pretrained`) that `generate` would fail on deep inside or read as another token (`true` as id 1).
+
+    `eos_token_id`: an integer or a list of integers; `pad_token_id` / `bos_token_id`: an integer; each may be None.
+
+    Raises:
+        TypeError: naming the field and the value given.
+    """
+    for name in _LLM_GENERATION_IDS:
+        value = getattr(generation_config, name, None)
+        if value is None or _is_token_id(value):
+            continue
+        if name == "eos_token_id" and isinstance(value, (list, tuple)) and all(map(_is_token_id, value)):
+            continue
+        allowed = "an integer token id or a list of them" if name == "eos_token_id" else "an integer token id"
+        raise TypeError(
+            f"`generation_config.{name}` (from generation_config.json or the `generation_config=` argument) must be "
+            f"{allowed} or None, got {value!r} ({type(value).__name__})."
+        )
+
+
 def llm_generation_defaults(model) -> None:
     """Fill `model.generation_config`'s unset `eos_token_id` / `pad_token_id` / `bos_token_id` from `llm_config`.
 
@@ -57,11 +84,15 @@ def llm_generation_defaults(model) -> None:
     InternLM2.5, `<|im_end|>` for Qwen2.5) and pads finished rows with `llm_config.pad_token_id`. The checkpoint's
     top-level `generation_config.json` (`{"_from_model_config": true}`) sets none of them. Values the file or the caller
     set are kept; the template's stop token is added afterwards (`tokenizer_files.apply_tokenizer_file_ids`).
+
+    Raises:
+        TypeError: an id of the loaded generation config of the wrong type (`check_generation_token_ids`).
     """
     generation_config = getattr(model, "generation_config", None)
     text_config = getattr(model.config, "text_config", None)
     if generation_config is None or text_config is None:
         return
+    check_generation_token_ids(generation_config)
     for name in _LLM_GENERATION_IDS:
         value = getattr(text_config, name, None)
         if getattr(generation_config, name, None) is None and value is not None:
@@ -90,6 +121,8 @@ class OriginalCheckpointMixin:
         Raises:
             ValueError: a checkpoint tensor whose shape does not fit the config (naming both shapes), weights the
                 checkpoint lacks (see `missing_weights.py`), or an unmerged LoRA that does not fit.
+            TypeError: an eos / pad / bos id of `generation_config.json` or of the `generation_config=` argument that is
+                not an integer (eos: or a list of them), e.g. `"2"`, `2.0`, `true` (`check_generation_token_ids`).
         """
         use_flash_attn = resolve_attention_options(kwargs)
         device_map = kwargs.get("device_map")

@@ -10,13 +10,33 @@ so loading a model does not depend on the processing code.
 from __future__ import annotations
 
 import json
+import numbers
 import os
 
-from ..chat_templates import IMAGE_CONTEXT_TOKEN, template_eos_token
+from transformers.utils import logging
+
+from ..chat_templates import IMAGE_CONTEXT_TOKEN, TEMPLATES, template_eos_token
+
+logger = logging.get_logger(__name__)
+
+
+def _checked_token_id(value, path: str, token: str) -> int:
+    """`value` as a token id: a non-negative int, or its decimal string (the keys of `added_tokens_decoder`)."""
+    if isinstance(value, str) and value.isdecimal():
+        return int(value)
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0:
+        return int(value)
+    raise ValueError(
+        f"{path} gives {token!r} the id {value!r} ({type(value).__name__}); expected a non-negative integer."
+    )
 
 
 def find_added_token_id(directory: str | os.PathLike, token: str) -> int | None:
-    """Id of the added token `token` from the tokenizer files in `directory`, or `None` when no file names it."""
+    """Id of the added token `token` from the tokenizer files in `directory`, or `None` when no file names it.
+
+    Raises:
+        ValueError: a file names `token` with an id that is not a non-negative integer (`true`, `"abc"`, `598.7`, -3).
+    """
     directory = os.fspath(directory)
     candidates = (
         ("added_tokens.json", lambda data: data.get(token)),
@@ -24,7 +44,7 @@ def find_added_token_id(directory: str | os.PathLike, token: str) -> int | None:
             "tokenizer_config.json",
             lambda data: next(
                 (
-                    int(token_id)
+                    token_id
                     for token_id, entry in (data.get("added_tokens_decoder") or {}).items()
                     if isinstance(entry, dict) and entry.get("content") == token
                 ),
@@ -34,7 +54,11 @@ def find_added_token_id(directory: str | os.PathLike, token: str) -> int | None:
         (
             "tokenizer.json",
             lambda data: next(
-                (entry["id"] for entry in data.get("added_tokens") or [] if entry.get("content") == token),
+                (
+                    entry.get("id")
+                    for entry in data.get("added_tokens") or []
+                    if isinstance(entry, dict) and entry.get("content") == token
+                ),
                 None,
             ),
         ),
@@ -46,36 +70,52 @@ def find_added_token_id(directory: str | os.PathLike, token: str) -> int | None:
         with open(path, encoding="utf-8") as handle:
             token_id = lookup(json.load(handle))
         if token_id is not None:
-            return int(token_id)
+            return _checked_token_id(token_id, path, token)
     return None
+
+
+def with_stop_token(eos_token_id: int | list[int] | None, stop_token_id: int | None) -> int | list[int] | None:
+    """`eos_token_id` with `stop_token_id` appended when it is not in it yet (an int when it is the only id)."""
+    if stop_token_id is None:
+        return eos_token_id
+    if eos_token_id is None:
+        return stop_token_id
+    eos_token_ids = [eos_token_id] if isinstance(eos_token_id, numbers.Integral) else list(eos_token_id)
+    return eos_token_id if stop_token_id in eos_token_ids else [*eos_token_ids, stop_token_id]
 
 
 def add_template_stop_token(generation_config, stop_token_id: int | None) -> None:
     """Make `generation_config.eos_token_id` include `stop_token_id` (kept as an int when it is the only one)."""
-    if stop_token_id is None:
-        return
-    eos_token_id = generation_config.eos_token_id
-    if eos_token_id is None:
-        generation_config.eos_token_id = stop_token_id
-        return
-    eos_token_ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
-    if stop_token_id not in eos_token_ids:
-        generation_config.eos_token_id = [*eos_token_ids, stop_token_id]
+    generation_config.eos_token_id = with_stop_token(generation_config.eos_token_id, stop_token_id)
+
+
+def template_stop_token_id(directory: str | os.PathLike, template: str | None) -> int | None:
+    """Id of the end token of conversation template `template` (`chat_templates.template_eos_token`) from the
+    tokenizer files in `directory`; `None` when the files do not name it, or when the template is unknown (as the
+    original, which needs the template only in `chat()`: a warning, and plain `generate` stops at the LLM's eos)."""
+    if not template:
+        return None
+    if isinstance(template, str) and template not in TEMPLATES:
+        logger.warning_once(
+            f"Unknown conversation template {template!r} (known: {sorted(TEMPLATES)}); its end token is not added to "
+            "the generation config's eos_token_id, so plain `generate` stops at the LLM's eos only."
+        )
+        return None
+    return find_added_token_id(directory, template_eos_token(template))
 
 
 def apply_tokenizer_file_ids(model, directory: str | os.PathLike) -> None:
     """Fill what the original leaves to the tokenizer files in `directory`, without overriding explicit values.
 
     `model.config.image_token_id` is set from `<IMG_CONTEXT>` when neither `config.json` nor the caller gave it, and
-    the template's end token (`chat_templates.template_eos_token(config.template)`) is added to
-    `model.generation_config.eos_token_id`, so that plain `generate` stops where the original `chat()` does.
+    the template's end token (`template_stop_token_id`) is added to `model.generation_config.eos_token_id`, so that
+    plain `generate` stops where the original `chat()` does.
     """
     if getattr(model.config, "image_token_id", None) is None:
         model.config.image_token_id = find_added_token_id(directory, IMAGE_CONTEXT_TOKEN)
     generation_config = getattr(model, "generation_config", None)
-    if generation_config is not None and model.config.template:
-        stop_token_id = find_added_token_id(directory, template_eos_token(model.config.template))
-        add_template_stop_token(generation_config, stop_token_id)
+    if generation_config is not None:
+        add_template_stop_token(generation_config, template_stop_token_id(directory, model.config.template))
 
 
 def local_directory(name_or_path: str | os.PathLike, kwargs: dict) -> str | None:
@@ -99,4 +139,11 @@ def local_directory(name_or_path: str | os.PathLike, kwargs: dict) -> str | None
     return os.path.dirname(config_file) if config_file else None
 
 
-__all__ = ["add_template_stop_token", "apply_tokenizer_file_ids", "find_added_token_id", "local_directory"]
+__all__ = [
+    "add_template_stop_token",
+    "apply_tokenizer_file_ids",
+    "find_added_token_id",
+    "local_directory",
+    "template_stop_token_id",
+    "with_stop_token",
+]
