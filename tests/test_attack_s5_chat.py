@@ -72,6 +72,8 @@ def test_length_dependent_rope_limit():
     assert length_dependent_rope_limit(Qwen2Config()) is None
     dynamic = Qwen2Config(max_position_embeddings=64, rope_scaling={"rope_type": "dynamic", "factor": 2.0})
     assert length_dependent_rope_limit(dynamic) == 64
+    no_length = types.SimpleNamespace(rope_scaling={"type": "dynamic", "factor": 2.0})
+    assert length_dependent_rope_limit(no_length) == 0  # no reuse, not a `min()` error inside chat()
     state = ChatCacheState(torch.tensor([1, 2, 3, 4]), None, None)
     ids = torch.tensor([[1, 2, 3, 4, 5]])
     assert reusable_prefix_length(state, ids, None, 9) == 4

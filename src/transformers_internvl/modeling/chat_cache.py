@@ -102,7 +102,8 @@ def model_state_key(model: Any) -> tuple:
 def length_dependent_rope_limit(text_config: Any) -> int | None:
     """The sequence length above which the LLM's rotary frequencies change with the length (`dynamic` NTK scaling,
     `longrope`), or None when they do not. Reads `rope_parameters` / `rope_scaling` (transformers' and the original
-    InternLM2's spelling); the smaller of `max_position_embeddings` and `original_max_position_embeddings`."""
+    InternLM2's spelling); the smaller of `max_position_embeddings` and `original_max_position_embeddings` (0 when the
+    config gives neither)."""
     for name in ("rope_parameters", "rope_scaling"):
         parameters = getattr(text_config, name, None)
         if not isinstance(parameters, dict):
@@ -115,7 +116,8 @@ def length_dependent_rope_limit(text_config: Any) -> int | None:
                     getattr(text_config, "original_max_position_embeddings", None),
                     getattr(text_config, "max_position_embeddings", None),
                 ]
-                return min(int(limit) for limit in limits if limit)
+                # No known length: 0, i.e. never reuse (rather than guess where the scaling starts).
+                return min((int(limit) for limit in limits if limit), default=0)
     return None
 
 

@@ -324,10 +324,14 @@ def fetch_url(url: str, name: str = "images", timeout: float | None = None, spoo
         spool: keep large bodies on disk (a `SpooledTemporaryFile`, for videos) instead of memory.
 
     Raises:
-        ValueError: not an `http(s)` URL with a host, an HTTP status >= 400, an HTML / text body (an error page, not
-            media), or a body (or its Content-Length) over `MAX_DOWNLOAD_BYTES`; the message names the URL.
-        TimeoutError: no connection or response head in time, or a stalled body.
-        ConnectionError: the host cannot be reached, or the connection broke.
+        ValueError: not an `http(s)` URL with a host, a malformed host, port or redirect `Location`, a redirect to a
+            non-http(s) URL, an HTTP status >= 400, an HTML / text body (an error page, not media), or a body (or its
+            Content-Length) over `MAX_DOWNLOAD_BYTES`; the message names the URL.
+        TypeError: `timeout` is not a number (`check_timeout`; a `ValueError` when not positive or over
+            `MAX_URL_TIMEOUT`).
+        TimeoutError: no name resolution, connection or response head in time, or a stalled body.
+        ConnectionError: the host cannot be reached, the connection broke, or the body ended short of its
+            Content-Length.
     """
     timeout = check_timeout(timeout)
     watchdog = _Watchdog(2 * timeout)
