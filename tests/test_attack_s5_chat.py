@@ -314,6 +314,7 @@ def test_edited_histories_give_the_fresh_answers(qwen2_model, qwen2_tokenizer, k
     assert conversation(True) == conversation(False)
 
 
+@pytest.mark.slow  # ~10 s on a shared 2-core CPU: 14 chat turns and 2 batch_chat calls
 def test_interleaved_conversations_and_images_give_the_fresh_answers(qwen2_model, qwen2_tokenizer):
     """Two conversations on one model, another image of the same shape, a new image, a turn without image,
     batch_chat in between: every answer is the fresh run's."""
