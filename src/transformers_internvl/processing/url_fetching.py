@@ -164,7 +164,9 @@ def _watched_connection(base: type[http.client.HTTPConnection], watchdog: _Watch
             super().__init__(*args, **kwargs)
             create = self._create_connection
 
-            def create_and_watch(address: tuple[str, int], timeout: Any, *c_args: Any) -> socket.socket:
+            def create_and_watch(
+                address: tuple[str, int], timeout: float, *c_args: Any, **c_kwargs: Any
+            ) -> socket.socket:
                 # The host is resolved here, within the deadline (a stuck resolver cannot be interrupted), and the
                 # addresses tried in turn as `socket.create_connection` does, each connect attempt cut to the time
                 # left (a socket is watched only once connected; several unanswering addresses would each take
@@ -176,7 +178,7 @@ def _watched_connection(base: type[http.client.HTTPConnection], watchdog: _Watch
                     if left <= 0:
                         raise TimeoutError(f"connecting to {host!r} took more than the deadline")
                     try:
-                        sock = create((sockaddr[0], port), min(timeout, left), *c_args)
+                        sock = create((sockaddr[0], port), min(timeout, left), *c_args, **c_kwargs)
                     except OSError as error:
                         failures.append(error)
                         continue
