@@ -6,6 +6,8 @@ original's behaviour, `reuse_chat_cache = False`), whatever changes between turn
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 from helpers import INTERNLM2_DIR, QWEN2_DIR, TOKENIZERS
@@ -14,6 +16,7 @@ from transformers import AutoModelForImageTextToText, AutoTokenizer, GenerationC
 import transformers_internvl  # noqa: F401
 from transformers_internvl.modeling.chat_cache import (
     ChatCacheState,
+    can_reuse,
     length_dependent_rope_limit,
     reusable_prefix_length,
 )
@@ -69,6 +72,8 @@ def test_length_dependent_rope_limit():
     assert length_dependent_rope_limit(Qwen2Config()) is None
     dynamic = Qwen2Config(max_position_embeddings=64, rope_scaling={"rope_type": "dynamic", "factor": 2.0})
     assert length_dependent_rope_limit(dynamic) == 64
+    no_length = types.SimpleNamespace(rope_scaling={"type": "dynamic", "factor": 2.0})
+    assert length_dependent_rope_limit(no_length) == 0  # no reuse, not a `min()` error inside chat()
     state = ChatCacheState(torch.tensor([1, 2, 3, 4]), None, None)
     ids = torch.tensor([[1, 2, 3, 4, 5]])
     assert reusable_prefix_length(state, ids, None, 9) == 4
@@ -137,6 +142,33 @@ def test_decoding_mode_from_the_models_generation_config_disables_reuse(qwen2, q
     qwen2.generation_config.num_beams = 1
     qwen2.chat(qwen2_tokenizer, None, "Hello", GenerationConfig(max_new_tokens=4, do_sample=False))
     assert "_chat_cache_state" in qwen2.__dict__
+
+
+def _stub_model(prepare):
+    model = types.SimpleNamespace(reuse_chat_cache=True)
+    if prepare is not None:
+        model._prepare_generation_config = prepare
+    return model
+
+
+@pytest.mark.parametrize(
+    "prepare",
+    [
+        None,  # renamed away
+        lambda generation_config: (GenerationConfig(), {}),  # another signature
+        lambda generation_config, **kwargs: GenerationConfig(),  # returns the config alone
+        lambda generation_config, **kwargs: ({"num_beams": 1}, {}),  # returns something else
+    ],
+    ids=["missing", "signature", "config-only", "not-a-config"],
+)
+def test_a_changed_private_generation_api_turns_reuse_off_not_chat(prepare):
+    """`can_reuse` reads the effective config through transformers' private `_prepare_generation_config`: if a
+    transformers release changes it, chat() runs without reuse (the original's behaviour) instead of failing."""
+    input_ids = torch.ones(1, 4, dtype=torch.long)
+    assert can_reuse(_stub_model(prepare), input_ids, {"max_new_tokens": 2}) is False
+    works = _stub_model(lambda generation_config, **kwargs: (GenerationConfig(**kwargs), {}))
+    assert can_reuse(works, input_ids, {"max_new_tokens": 2}) is True
+    assert can_reuse(works, input_ids, {"max_new_tokens": 2, "num_beams": 2}) is False
 
 
 def test_cache_is_still_reused_when_nothing_changed(qwen2, qwen2_tokenizer):
@@ -282,6 +314,7 @@ def test_edited_histories_give_the_fresh_answers(qwen2_model, qwen2_tokenizer, k
     assert conversation(True) == conversation(False)
 
 
+@pytest.mark.slow  # ~10 s on a shared 2-core CPU: 14 chat turns and 2 batch_chat calls
 def test_interleaved_conversations_and_images_give_the_fresh_answers(qwen2_model, qwen2_tokenizer):
     """Two conversations on one model, another image of the same shape, a new image, a turn without image,
     batch_chat in between: every answer is the fresh run's."""

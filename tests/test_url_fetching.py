@@ -176,3 +176,37 @@ def test_a_redirect_loop_ends_with_a_clear_error(redirect_loop):
     with pytest.raises(ValueError, match=r"HTTP status 302"):
         fetch_url(redirect_loop, timeout=2)
     assert time.perf_counter() - started < 4.0
+
+
+def test_the_per_window_rate_rule_stalls_a_trickle_on_its_own(trickling_body, monkeypatch):
+    """The rule "a window short of 64 KiB after `timeout` is stalled", not only the watchdog's 2 * timeout: with the
+    watchdog pushed 30 s away, a body trickling a byte every 0.1 s still ends soon after `timeout`."""
+    extend = url_fetching._Watchdog.extend
+    monkeypatch.setattr(url_fetching._Watchdog, "extend", lambda self, seconds: extend(self, 30.0))
+    started = time.perf_counter()
+    with pytest.raises(TimeoutError, match=rf"less than {MIN_BYTES_PER_WINDOW} bytes in 0\.5 s.*stalled"):
+        fetch_url(trickling_body, timeout=0.5)
+    assert time.perf_counter() - started < 10  # ~0.6 s; 30 s if only the watchdog ended it
+
+
+def test_connect_attempts_share_the_head_deadline(monkeypatch):
+    """A host name with several addresses that never answer: each connect attempt gets only the time left of the
+    `2 * timeout` deadline (a socket is watched only once connected), not `timeout` each."""
+    real_getaddrinfo = socket.getaddrinfo
+    attempts: list[float] = []
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host == "blackhole.example":
+            return real_getaddrinfo("127.0.0.1", *args, **kwargs) * 6
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    def create_connection(address, timeout, *args, **kwargs):
+        attempts.append(timeout)
+        time.sleep(timeout)
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket, "create_connection", create_connection)
+    with pytest.raises(TimeoutError, match=r"blackhole\.example.*`timeout`"):
+        fetch_url("http://blackhole.example/photo.png", timeout=0.3)
+    assert attempts and sum(attempts) <= 2 * 0.3  # 6 x 0.3 s without the shared deadline

@@ -30,6 +30,9 @@ import torch
 from transformers import GenerationConfig
 from transformers.cache_utils import DynamicCache, DynamicLayer
 from transformers.generation.configuration_utils import GenerationMode
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 _STATE_ATTRIBUTE = "_chat_cache_state"
 
@@ -45,11 +48,27 @@ class ChatCacheState:
     model_state: tuple = ()
 
 
-def _effective_generation_config(model: Any, kwargs: dict[str, Any]) -> GenerationConfig:
-    """The generation config `generate(**kwargs)` will run with (kwargs over the passed config over the model's)."""
+def _effective_generation_config(model: Any, kwargs: dict[str, Any]) -> GenerationConfig | None:
+    """The generation config `generate(**kwargs)` will run with (kwargs over the passed config over the model's), from
+    transformers' private `GenerationMixin._prepare_generation_config` (5.24: `(config, **kwargs) -> (config,
+    model_kwargs)`). None when it rejects the settings (`generate` reports them), and, with a warning, when that method
+    is missing or answers otherwise (another transformers release): the chat then runs without cache reuse."""
     settings = {name: value for name, value in kwargs.items() if name != "generation_config"}
-    config, _ = model._prepare_generation_config(kwargs.get("generation_config"), **settings)
-    return config
+    try:
+        config, _ = model._prepare_generation_config(kwargs.get("generation_config"), **settings)
+    except ValueError:  # settings `generate` itself refuses, with its own message
+        return None
+    except (AttributeError, TypeError) as error:
+        config, reason = None, repr(error)
+    else:
+        reason = f"it returned {type(config).__name__}"
+    if isinstance(config, GenerationConfig):
+        return config
+    logger.warning_once(
+        "chat(): the effective generation config could not be read through transformers' "
+        f"`_prepare_generation_config` ({reason}); the key/value cache is not reused between turns."
+    )
+    return None
 
 
 def can_reuse(model: Any, input_ids: torch.Tensor, kwargs: dict[str, Any]) -> bool:
@@ -61,7 +80,7 @@ def can_reuse(model: Any, input_ids: torch.Tensor, kwargs: dict[str, Any]) -> bo
     if any(name in kwargs for name in ("cache", "past_key_values", "assistant_model", "custom_generate")):
         return False
     config = _effective_generation_config(model, kwargs)
-    if config.use_cache is False or (config.num_return_sequences or 1) > 1:
+    if config is None or config.use_cache is False or (config.num_return_sequences or 1) > 1:
         return False
     if config.cache_implementation not in (None, "dynamic"):
         return False
@@ -83,7 +102,8 @@ def model_state_key(model: Any) -> tuple:
 def length_dependent_rope_limit(text_config: Any) -> int | None:
     """The sequence length above which the LLM's rotary frequencies change with the length (`dynamic` NTK scaling,
     `longrope`), or None when they do not. Reads `rope_parameters` / `rope_scaling` (transformers' and the original
-    InternLM2's spelling); the smaller of `max_position_embeddings` and `original_max_position_embeddings`."""
+    InternLM2's spelling); the smaller of `max_position_embeddings` and `original_max_position_embeddings` (0 when the
+    config gives neither)."""
     for name in ("rope_parameters", "rope_scaling"):
         parameters = getattr(text_config, name, None)
         if not isinstance(parameters, dict):
@@ -96,7 +116,8 @@ def length_dependent_rope_limit(text_config: Any) -> int | None:
                     getattr(text_config, "original_max_position_embeddings", None),
                     getattr(text_config, "max_position_embeddings", None),
                 ]
-                return min(int(limit) for limit in limits if limit)
+                # No known length: 0, i.e. never reuse (rather than guess where the scaling starts).
+                return min((int(limit) for limit in limits if limit), default=0)
     return None
 
 

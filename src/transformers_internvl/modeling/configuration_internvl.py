@@ -157,7 +157,7 @@ class InternVLChatConfig(PreTrainedConfig):
 
     @property
     def _attn_implementation(self) -> str | None:
-        return self._attn_implementation_internal
+        return PreTrainedConfig._attn_implementation.fget(self)
 
     @_attn_implementation.setter
     def _attn_implementation(self, value: str | dict | None) -> None:

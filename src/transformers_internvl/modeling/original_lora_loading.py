@@ -211,8 +211,8 @@ def finish_original_lora_load(model, describe_key: Callable[[str], str]) -> None
         describe_key: maps a key of this model to its name in the original layout, for messages.
 
     Raises:
-        ValueError: a LoRA layer whose tensors are incomplete, do not fit or merge to NaN / inf, or LoRA of another rank than the config's
-            `use_llm_lora` / `use_backbone_lora` (the original would not load it either).
+        ValueError: a LoRA layer whose tensors are incomplete, do not fit or merge to NaN / inf, or LoRA of another
+            rank than the config's `use_llm_lora` / `use_backbone_lora` (the original would not load it either).
     """
     record: LoraLoadRecord | None = model.__dict__.pop("_original_lora_record", None)
     conversions = getattr(model, "_weight_conversions", None)

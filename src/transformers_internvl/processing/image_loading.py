@@ -44,7 +44,6 @@ __all__ = [
 _BASE64_RE = re.compile(r"^[A-Za-z0-9+/=_\-\s]+$")
 # Lock striping for decoding lazily opened PIL images that several threads may share (PIL images are unhashable).
 _LOAD_LOCKS = tuple(threading.Lock() for _ in range(64))
-_shown = shown_url
 
 
 def decode_image_bytes(data: bytes | IO[bytes], name: str, shown: str) -> Image.Image:
@@ -90,11 +89,11 @@ def load_image_source(source: object, name: str = "images", timeout: float | Non
         lowered = stripped[:16].lower()
         if lowered.startswith(("http://", "https://")):
             with fetch_url(stripped, name, timeout) as body:
-                return decode_image_bytes(body.read(), name, repr(_shown(stripped)))
+                return decode_image_bytes(body.read(), name, repr(shown_url(stripped)))
         if lowered.startswith("data:"):
             header, comma, payload = stripped.partition(",")
             if not comma:
-                raise ValueError(f"`{name}`: a `data:` URL needs a ',' before its data, got {_shown(stripped)!r}.")
+                raise ValueError(f"`{name}`: a `data:` URL needs a ',' before its data, got {shown_url(stripped)!r}.")
             if header.lower().endswith(";base64"):
                 data = _decode_base64(payload, name, "the `data:` URL")
             else:
@@ -116,7 +115,7 @@ def load_image_source(source: object, name: str = "images", timeout: float | Non
                 except ValueError:
                     pass
         raise FileNotFoundError(
-            f"`{name}`: {_shown(source)!r} is no existing file, `http(s)` URL, `data:` URL or base64-encoded image."
+            f"`{name}`: {shown_url(source)!r} is no existing file, `http(s)` URL, `data:` URL or base64-encoded image."
         )
     if isinstance(source, bytes | bytearray | memoryview):
         return decode_image_bytes(bytes(source), name, f"{type(source).__name__} of length {len(source)}")

@@ -6,10 +6,11 @@ download, so that no server, silent or trickling, can hold a call for long:
 - the host name's resolution, the connection, TLS handshake, request and the whole response head (status line and
   headers) must complete within `2 * timeout` of the start (a watchdog shuts the connection down otherwise; a head it
   cut short is not used);
-- the body must keep arriving: every window of `timeout` seconds must bring at least `MIN_BYTES_PER_WINDOW` bytes
-  (64 KiB, i.e. 6.4 KB/s at the default) or the end of the body; one that trickles slower is stalled, and a read that
-  blocks inside `http.client` (a chunk-size line or chunk trailers that never end) is ended by the same watchdog
-  `2 * timeout` after the last full window;
+- the body must keep arriving in windows of `MIN_BYTES_PER_WINDOW` bytes (64 KiB, i.e. 6.4 KB/s at the default): a
+  window still short of 64 KiB (and of the body's end) more than `timeout` seconds after it started (at the head or
+  at the previous full window) is stalled at its next read, and a read that blocks (a silent server, or a chunk-size
+  line or chunk trailers that never end inside `http.client`) is ended by the same watchdog `2 * timeout` after the
+  last full window;
 - the body may hold at most `MAX_DOWNLOAD_BYTES` (2 GiB; a larger Content-Length is refused before reading);
 - redirects are followed to `http(s)` URLs only (urllib's default would follow `ftp://` too), within the same bound,
   without reading the redirect responses' bodies.
@@ -40,6 +41,7 @@ __all__ = [
     "MIN_BYTES_PER_WINDOW",
     "check_timeout",
     "fetch_url",
+    "shown_url",
 ]
 
 DEFAULT_URL_TIMEOUT = 10.0
@@ -162,17 +164,25 @@ def _watched_connection(base: type[http.client.HTTPConnection], watchdog: _Watch
             super().__init__(*args, **kwargs)
             create = self._create_connection
 
-            def create_and_watch(address: tuple[str, int], *c_args: Any, **c_kwargs: Any) -> socket.socket:
+            def create_and_watch(
+                address: tuple[str, int], timeout: float, *c_args: Any, **c_kwargs: Any
+            ) -> socket.socket:
                 # The host is resolved here, within the deadline (a stuck resolver cannot be interrupted), and the
-                # addresses tried in turn as `socket.create_connection` does.
+                # addresses tried in turn as `socket.create_connection` does, each connect attempt cut to the time
+                # left (a socket is watched only once connected; several unanswering addresses would each take
+                # `timeout`). The socket keeps `timeout` for its reads.
                 host, port = address
                 failures: list[OSError] = []
                 for *_, sockaddr in _resolve(host, port, watchdog.seconds_left()):
+                    left = watchdog.seconds_left()
+                    if left <= 0:
+                        raise TimeoutError(f"connecting to {host!r} took more than the deadline")
                     try:
-                        sock = create((sockaddr[0], port), *c_args, **c_kwargs)
+                        sock = create((sockaddr[0], port), min(timeout, left), *c_args, **c_kwargs)
                     except OSError as error:
                         failures.append(error)
                         continue
+                    sock.settimeout(timeout)
                     try:
                         watchdog.watch(sock)
                     except OSError:  # no descriptor left for the duplicate
@@ -316,10 +326,14 @@ def fetch_url(url: str, name: str = "images", timeout: float | None = None, spoo
         spool: keep large bodies on disk (a `SpooledTemporaryFile`, for videos) instead of memory.
 
     Raises:
-        ValueError: not an `http(s)` URL with a host, an HTTP status >= 400, an HTML / text body (an error page, not
-            media), or a body (or its Content-Length) over `MAX_DOWNLOAD_BYTES`; the message names the URL.
-        TimeoutError: no connection or response head in time, or a stalled body.
-        ConnectionError: the host cannot be reached, or the connection broke.
+        ValueError: not an `http(s)` URL with a host, a malformed host, port or redirect `Location`, a redirect to a
+            non-http(s) URL, an HTTP status >= 400, an HTML / text body (an error page, not media), or a body (or its
+            Content-Length) over `MAX_DOWNLOAD_BYTES`; the message names the URL.
+        TypeError: `timeout` is not a number (`check_timeout`; a `ValueError` when not positive or over
+            `MAX_URL_TIMEOUT`).
+        TimeoutError: no name resolution, connection or response head in time, or a stalled body.
+        ConnectionError: the host cannot be reached, the connection broke, or the body ended short of its
+            Content-Length.
     """
     timeout = check_timeout(timeout)
     watchdog = _Watchdog(2 * timeout)

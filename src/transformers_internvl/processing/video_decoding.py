@@ -30,8 +30,8 @@ import numpy as np
 from PIL import Image
 from transformers.utils import logging
 
-from .image_loading import check_timeout, fetch_url, shown_url
 from .input_validation import check_int
+from .url_fetching import check_timeout, fetch_url, shown_url
 
 logger = logging.get_logger(__name__)
 
