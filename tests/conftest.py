@@ -1,4 +1,8 @@
 import os
+import socket
+import ssl
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -87,6 +91,45 @@ TRANSFORMERS_TEST_MARKERS = (
     "is_training_test",
     "order",
 )
+
+
+@pytest.fixture
+def raw_http_server():
+    """`raw_http_server(behaviour, tls=None)` -> URL of a raw server on 127.0.0.1 that runs `behaviour(connection,
+    request)` for each client in a daemon thread (hostile servers for the URL-fetching tests; `tls`: an
+    `ssl.SSLContext` to serve https)."""
+    listeners: list[socket.socket] = []
+
+    def start(behaviour: Callable[[socket.socket, bytes], None], tls: ssl.SSLContext | None = None) -> str:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        listeners.append(listener)
+
+        def handle(connection: socket.socket) -> None:
+            try:
+                with connection:
+                    if tls is not None:
+                        connection = tls.wrap_socket(connection, server_side=True)
+                    behaviour(connection, connection.recv(65536))
+            except OSError:  # the client gave up: expected of hostile servers
+                pass
+
+        def accept() -> None:
+            while True:
+                try:
+                    connection, _ = listener.accept()
+                except OSError:
+                    return
+                threading.Thread(target=handle, args=(connection,), daemon=True).start()
+
+        threading.Thread(target=accept, daemon=True).start()
+        scheme = "https" if tls else "http"
+        return f"{scheme}://127.0.0.1:{listener.getsockname()[1]}/photo.png"
+
+    yield start
+    for listener in listeners:
+        listener.close()
 
 
 def pytest_configure(config):

@@ -35,43 +35,6 @@ OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: %d\r\n
 CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
-@pytest.fixture
-def serve():
-    """`serve(behaviour, tls=None)` -> URL of a raw server running `behaviour(connection, request)` per client."""
-    listeners: list[socket.socket] = []
-
-    def start(behaviour: Callable[[socket.socket, bytes], None], tls: ssl.SSLContext | None = None) -> str:
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
-        listeners.append(listener)
-
-        def handle(connection: socket.socket) -> None:
-            try:
-                with connection:
-                    if tls is not None:
-                        connection = tls.wrap_socket(connection, server_side=True)
-                    behaviour(connection, connection.recv(65536))
-            except OSError:  # the client gave up: expected of hostile servers
-                pass
-
-        def accept() -> None:
-            while True:
-                try:
-                    connection, _ = listener.accept()
-                except OSError:
-                    return
-                threading.Thread(target=handle, args=(connection,), daemon=True).start()
-
-        threading.Thread(target=accept, daemon=True).start()
-        scheme = "https" if tls else "http"
-        return f"{scheme}://127.0.0.1:{listener.getsockname()[1]}/photo.png"
-
-    yield start
-    for listener in listeners:
-        listener.close()
-
-
 def _forever(connection: socket.socket, data: bytes, pause: float) -> None:
     while True:
         connection.sendall(data)
@@ -108,15 +71,15 @@ def _raises_within(error: type[BaseException], match: str, bound: float, call: C
     ],
     ids=["chunk-size-line", "chunk-extension", "chunk-crlf", "endless-trailers"],
 )
-def test_a_chunked_body_blocking_inside_http_client_is_stalled(serve, behaviour):
-    url = serve(behaviour)
+def test_a_chunked_body_blocking_inside_http_client_is_stalled(raw_http_server, behaviour):
+    url = raw_http_server(behaviour)
     _raises_within(TimeoutError, r"127\.0\.0\.1.*stalled", 4 * T + 3, lambda: fetch_url(url, timeout=T))
 
 
-def test_a_head_cut_short_by_the_watchdog_is_a_timeout_not_an_empty_image(serve):
+def test_a_head_cut_short_by_the_watchdog_is_a_timeout_not_an_empty_image(raw_http_server):
     # The status line comes whole, then a header line one byte at a time: when the watchdog shuts the socket,
     # http.client sees the end of the head and would answer "200, empty body".
-    url = serve(lambda c, _: (c.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: "), _forever(c, b"a", 0.05)))
+    url = raw_http_server(lambda c, _: (c.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: "), _forever(c, b"a", 0.05)))
     _raises_within(
         TimeoutError, r"127\.0\.0\.1.*response head within 0\.8 s", 2 * T + 3, lambda: fetch_url(url, timeout=T)
     )
@@ -159,20 +122,20 @@ def tls_contexts(tmp_path, monkeypatch):
     return server
 
 
-def test_https_heads_and_bodies_are_bounded_too(serve, tls_contexts):
+def test_https_heads_and_bodies_are_bounded_too(raw_http_server, tls_contexts):
     # `ssl` detaches the socket object the watchdog held: shutting that down did nothing, so HTTPS was unbounded.
-    good = serve(lambda c, _: c.sendall(OK_HEAD % len(PNG) + PNG), tls=tls_contexts)
+    good = raw_http_server(lambda c, _: c.sendall(OK_HEAD % len(PNG) + PNG), tls=tls_contexts)
     assert load_image_source(good, timeout=2).size == (8, 8)
-    head = serve(lambda c, _: (c.sendall(b"HTTP/1.1 200 OK\r\n"), _forever(c, b"a", 0.05)), tls=tls_contexts)
+    head = raw_http_server(lambda c, _: (c.sendall(b"HTTP/1.1 200 OK\r\n"), _forever(c, b"a", 0.05)), tls=tls_contexts)
     _raises_within(TimeoutError, r"https://127\.0\.0\.1.*response head", 2 * T + 3, lambda: fetch_url(head, timeout=T))
-    body = serve(lambda c, _: (c.sendall(CHUNKED_HEAD), _forever(c, b"1", 0.05)), tls=tls_contexts)
+    body = raw_http_server(lambda c, _: (c.sendall(CHUNKED_HEAD), _forever(c, b"1", 0.05)), tls=tls_contexts)
     _raises_within(TimeoutError, r"https://127\.0\.0\.1.*stalled", 4 * T + 3, lambda: fetch_url(body, timeout=T))
 
 
-def test_a_redirect_body_is_not_read(serve):
+def test_a_redirect_body_is_not_read(raw_http_server):
     # urllib read a redirect's body whole before following it: an endless one filled memory until the head bound.
-    target = serve(lambda c, _: c.sendall(OK_HEAD % len(PNG) + PNG))
-    url = serve(
+    target = raw_http_server(lambda c, _: c.sendall(OK_HEAD % len(PNG) + PNG))
+    url = raw_http_server(
         lambda c, _: (
             c.sendall(b"HTTP/1.1 302 Found\r\nLocation: %s\r\n\r\n" % target.encode()),
             _forever(c, b"z" * 65536, 0),
@@ -182,8 +145,8 @@ def test_a_redirect_body_is_not_read(serve):
         assert body.read() == PNG
 
 
-def test_a_content_length_over_the_cap_is_refused_before_downloading(serve):
-    url = serve(lambda c, _: (c.sendall(OK_HEAD % (MAX_DOWNLOAD_BYTES + 1) + PNG), time.sleep(5)))
+def test_a_content_length_over_the_cap_is_refused_before_downloading(raw_http_server):
+    url = raw_http_server(lambda c, _: (c.sendall(OK_HEAD % (MAX_DOWNLOAD_BYTES + 1) + PNG), time.sleep(5)))
     _raises_within(
         ValueError, rf"127\.0\.0\.1.*larger than {MAX_DOWNLOAD_BYTES} bytes", T + 2, lambda: fetch_url(url, timeout=T)
     )
@@ -196,9 +159,11 @@ def test_huge_timeouts_are_refused_clearly():
             check_timeout(huge)
 
 
-def test_spaces_and_non_ascii_in_the_path_are_percent_encoded(serve):
+def test_spaces_and_non_ascii_in_the_path_are_percent_encoded(raw_http_server):
     requests: list[bytes] = []
-    url = serve(lambda c, request: (requests.append(request.split(b"\r\n")[0]), c.sendall(OK_HEAD % len(PNG) + PNG)))
+    url = raw_http_server(
+        lambda c, request: (requests.append(request.split(b"\r\n")[0]), c.sendall(OK_HEAD % len(PNG) + PNG))
+    )
     assert load_image_source(url.replace("photo", "my photo ф") + "?q=a b", timeout=2).size == (8, 8)
     assert load_image_source(url.replace("photo", "my%20photo"), timeout=2).size == (8, 8)  # already encoded: kept
     assert requests == [b"GET /my%20photo%20%D1%84.png?q=a%20b HTTP/1.1", b"GET /my%20photo.png HTTP/1.1"]
@@ -220,13 +185,15 @@ def test_malformed_urls_are_value_errors_naming_them(url, match):
         fetch_url(url, timeout=1)
 
 
-def test_a_malformed_redirect_location_names_the_url(serve):
-    url = serve(lambda c, _: c.sendall(b"HTTP/1.1 302 Found\r\nLocation: http://[zz\r\nContent-Length: 0\r\n\r\n"))
+def test_a_malformed_redirect_location_names_the_url(raw_http_server):
+    url = raw_http_server(
+        lambda c, _: c.sendall(b"HTTP/1.1 302 Found\r\nLocation: http://[zz\r\nContent-Length: 0\r\n\r\n")
+    )
     with pytest.raises(ValueError, match=r"127\.0\.0\.1.*Invalid IPv6 URL"):
         fetch_url(url, timeout=1)
 
 
-def test_an_http_error_does_not_keep_the_connection_open(serve):
+def test_an_http_error_does_not_keep_the_connection_open(raw_http_server):
     closed = threading.Event()
 
     def not_found(connection: socket.socket, _: bytes) -> None:
@@ -235,22 +202,22 @@ def test_an_http_error_does_not_keep_the_connection_open(serve):
         if connection.recv(1) == b"":
             closed.set()
 
-    url = serve(not_found)
+    url = raw_http_server(not_found)
     with pytest.raises(ValueError, match="HTTP status 404") as caught:
         fetch_url(url, timeout=1)
     assert closed.wait(3), "the client kept the connection open while the error lives"
     del caught
 
 
-def test_a_video_that_is_not_one_names_its_url(serve):
-    url = serve(lambda c, _: c.sendall(OK_HEAD % 0)).replace("photo.png", "clip.mp4")
+def test_a_video_that_is_not_one_names_its_url(raw_http_server):
+    url = raw_http_server(lambda c, _: c.sendall(OK_HEAD % 0)).replace("photo.png", "clip.mp4")
     with pytest.raises(ValueError, match=r"could not open 'http://127\.0\.0\.1:\d+/clip\.mp4' as a video"):
         InternVLVideoProcessor()(url, timeout=1)
 
 
-def test_concurrent_fetches_keep_their_own_bounds_and_leave_no_thread(serve):
-    slow = serve(lambda c, _: (c.sendall(b"HTTP/1.1 200 OK\r\n"), _forever(c, b"a", 0.05)))
-    fast = serve(lambda c, _: c.sendall(OK_HEAD % len(PNG) + PNG))
+def test_concurrent_fetches_keep_their_own_bounds_and_leave_no_thread(raw_http_server):
+    slow = raw_http_server(lambda c, _: (c.sendall(b"HTTP/1.1 200 OK\r\n"), _forever(c, b"a", 0.05)))
+    fast = raw_http_server(lambda c, _: c.sendall(OK_HEAD % len(PNG) + PNG))
     results: dict[str, object] = {}
 
     def run(key: str, url: str, times: int) -> None:
@@ -279,10 +246,10 @@ def test_concurrent_fetches_keep_their_own_bounds_and_leave_no_thread(serve):
     assert not [thread for thread in threading.enumerate() if thread.name == "url-fetch-watchdog"]
 
 
-def test_a_stuck_host_name_resolution_is_bounded_too(serve, monkeypatch):
+def test_a_stuck_host_name_resolution_is_bounded_too(raw_http_server, monkeypatch):
     # getaddrinfo (DNS) runs before there is a socket for the watchdog to shut, and cannot be interrupted: a resolver
     # that hangs (the system's takes 5 s per try and name server) held the fetch for as long.
-    url = serve(lambda c, _: c.sendall(OK_HEAD % len(PNG) + PNG))
+    url = raw_http_server(lambda c, _: c.sendall(OK_HEAD % len(PNG) + PNG))
     release = threading.Event()
     real = socket.getaddrinfo
 

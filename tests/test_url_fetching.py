@@ -9,7 +9,6 @@ import io
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -28,36 +27,6 @@ def _png(size: tuple[int, int] = (64, 48)) -> bytes:
     return buffer.getvalue()
 
 
-def _serve(behaviour: Callable[[socket.socket], None]) -> Iterator[str]:
-    """A raw TCP server that runs `behaviour(connection)` for each client, in its own daemon thread."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    stop = threading.Event()
-
-    def handle(connection: socket.socket) -> None:
-        with connection:
-            try:
-                connection.recv(65536)  # the request
-                behaviour(connection)
-            except OSError:  # the client gave up: expected for the hostile servers
-                pass
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                connection, _ = listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=handle, args=(connection,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}/photo.png"
-    stop.set()
-    listener.close()
-
-
 def _trickle(connection: socket.socket, data: bytes, pause: float) -> None:
     for byte in data:
         connection.sendall(bytes([byte]))
@@ -68,37 +37,37 @@ HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: %d\r\n\r\
 
 
 @pytest.fixture
-def trickling_head():
+def trickling_head(raw_http_server):
     """Sends the status line and headers one byte every 0.1 s (a 0.5 s read timeout never fires), for ever."""
-    yield from _serve(lambda c: _trickle(c, b"HTTP/1.1 200 OK\r\n" + b"X-Slow: " + b"a" * 10_000, 0.1))
+    return raw_http_server(lambda c, _: _trickle(c, b"HTTP/1.1 200 OK\r\n" + b"X-Slow: " + b"a" * 10_000, 0.1))
 
 
 @pytest.fixture
-def trickling_body():
+def trickling_body(raw_http_server):
     """A prompt head, then the body one byte every 0.1 s."""
     body = _png()
-    yield from _serve(lambda c: (c.sendall(HEAD % len(body)), _trickle(c, body, 0.1)))
+    return raw_http_server(lambda c, _: (c.sendall(HEAD % len(body)), _trickle(c, body, 0.1)))
 
 
 @pytest.fixture
-def truncated_body():
+def truncated_body(raw_http_server):
     """Promises 1,000 bytes more than it sends, then closes."""
     body = _png()
-    yield from _serve(lambda c: c.sendall(HEAD % (len(body) + 1000) + body))
+    return raw_http_server(lambda c, _: c.sendall(HEAD % (len(body) + 1000) + body))
 
 
 @pytest.fixture
-def fast_big_body():
+def fast_big_body(raw_http_server):
     """A 3 MB PNG (many `MIN_BYTES_PER_WINDOW` windows) sent in 16 KiB pieces as fast as the socket takes them."""
     body = _png((1024, 1024))
     assert len(body) > 40 * MIN_BYTES_PER_WINDOW
 
-    def send(connection: socket.socket) -> None:
+    def send(connection: socket.socket, request: bytes) -> None:
         connection.sendall(HEAD % len(body))
         for start in range(0, len(body), 16384):
             connection.sendall(body[start : start + 16384])
 
-    yield from _serve(send)
+    return raw_http_server(send)
 
 
 def test_a_trickled_response_head_times_out_within_twice_the_timeout(trickling_head):
@@ -151,8 +120,8 @@ def test_the_watchdog_leaves_no_thread_behind(trickling_head):
 
 
 @pytest.fixture
-def redirect_to_ftp():
-    yield from _serve(lambda c: c.sendall(b"HTTP/1.1 302 Found\r\nLocation: ftp://127.0.0.1/photo.png\r\n\r\n"))
+def redirect_to_ftp(raw_http_server):
+    return raw_http_server(lambda c, _: c.sendall(b"HTTP/1.1 302 Found\r\nLocation: ftp://127.0.0.1/photo.png\r\n\r\n"))
 
 
 def test_a_redirect_to_ftp_is_refused(redirect_to_ftp):
@@ -161,14 +130,14 @@ def test_a_redirect_to_ftp_is_refused(redirect_to_ftp):
 
 
 @pytest.fixture
-def redirect_loop():
+def redirect_loop(raw_http_server):
     """Redirects to itself for ever (urllib stops after 10), each answer a little slow."""
 
-    def answer(connection: socket.socket) -> None:
+    def answer(connection: socket.socket, request: bytes) -> None:
         time.sleep(0.05)
         connection.sendall(b"HTTP/1.1 302 Found\r\nLocation: /photo.png?again\r\nContent-Length: 0\r\n\r\n")
 
-    yield from _serve(answer)
+    return raw_http_server(answer)
 
 
 def test_a_redirect_loop_ends_with_a_clear_error(redirect_loop):
