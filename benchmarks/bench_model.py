@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -144,9 +145,51 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+# Least time one timed sample should span (seconds; `--min-sample-ms`): a call shorter than that (a 9 ms one-tile
+# vision forward on a GPU) is repeated back to back within the sample and its mean taken, so that timer resolution,
+# launch jitter and one stray interruption weigh little. 0: every sample is one call.
+MIN_SAMPLE_SECONDS = 0.05
+_MAX_INNER = 64
+
+
 def _timed_rows(device: str, calls: dict[str, Callable[[], Any]]) -> Callable[[], dict[str, float]]:
-    """A runner that runs `calls` in order and returns {name: ms}."""
-    return lambda: {name: timed(call, device) * 1000 for name, call in calls.items()}
+    """A runner that runs `calls` in order and returns {name: ms per call}.
+
+    Its first run is the warm-up (its values are not kept by `run`): a call that takes less than
+    `MIN_SAMPLE_SECONDS` runs a second time, and that time fixes how many back-to-back calls (`inner`, 1 to 64) make
+    one sample of at least `MIN_SAMPLE_SECONDS`; later runs time `inner` calls and report the mean. Each model is
+    calibrated from its own warm-up; calls as long as a sample cost no extra warm-up.
+    """
+    inner: dict[str, int] = {}
+
+    def run() -> dict[str, float]:
+        out = {}
+        for name, call in calls.items():
+            if name not in inner:
+                once = timed(call, device)
+                if once < MIN_SAMPLE_SECONDS:
+                    once = timed(call, device)
+                inner[name] = max(1, min(_MAX_INNER, math.ceil(MIN_SAMPLE_SECONDS / max(once, 1e-9))))
+                out[name] = once * 1000
+                continue
+            count = inner[name]
+            out[name] = timed(lambda c=call, k=count: [c() for _ in range(k)], device) / count * 1000
+        return out
+
+    return run
+
+
+def warm_up_device(device: str, seconds: float = 2.0) -> None:
+    """Keep an accelerator busy for `seconds` (matrix products) so that its clocks are up before the first timed row;
+    the models are built on the host meanwhile, and an idle GPU starts the first measurement at a lower clock."""
+    if not device.startswith("cuda"):
+        return
+    a = torch.randn(4096, 4096, device=device, dtype=torch.bfloat16)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for _ in range(8):
+            a @ a
+        torch.cuda.synchronize()
 
 
 # The clock `timed` reads: wall time by default; `--timer cpu` reads the CPU time of this process instead, which does
@@ -352,6 +395,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
     if args.memory_only:
         measurements = {}
+    warm_up_device(device)
     with torch.inference_mode():
         for make in measurements.values():
             runners = {which: make(model, which == "upstream") for which, model in models.items()}
@@ -517,6 +561,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--vocab-size", type=int, help="override the LLM vocabulary (smaller: faster set-up)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
+        "--min-sample-ms",
+        type=float,
+        default=50.0,
+        help="repeat calls shorter than this back to back within one timed sample (mean per call); 0: one call",
+    )
+    parser.add_argument(
         "--control",
         action="store_true",
         help="also time a second identical copy of this package's model (ratio to it: the noise floor of the run)",
@@ -544,6 +594,8 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
         CLOCK = time.process_time
     if args.threads:
         torch.set_num_threads(args.threads)
+    global MIN_SAMPLE_SECONDS
+    MIN_SAMPLE_SECONDS = max(args.min_sample_ms, 0.0) / 1000
     print(
         f"InternVL2.5-{args.shape}, layers={args.layers}, {args.dtype}, {args.attn}, {args.device}, "
         f"{torch.get_num_threads()} threads, {args.timer} timer",
