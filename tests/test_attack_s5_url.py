@@ -80,9 +80,9 @@ def test_a_head_cut_short_by_the_watchdog_is_a_timeout_not_an_empty_image(raw_ht
     # The status line comes whole, then a header line one byte at a time: when the watchdog shuts the socket,
     # http.client sees the end of the head and would answer "200, empty body".
     url = raw_http_server(lambda c, _: (c.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: "), _forever(c, b"a", 0.05)))
-    _raises_within(
-        TimeoutError, r"127\.0\.0\.1.*response head within 0\.8 s", 2 * T + 3, lambda: fetch_url(url, timeout=T)
-    )
+    # The watchdog's "response head within 0.8 s", or (a loaded machine starving the server for over T between two
+    # bytes) the per-read timeout's "did not answer": the bound is what is tested, and without the watchdog it fails.
+    _raises_within(TimeoutError, r"127\.0\.0\.1.*`timeout`", 2 * T + 3, lambda: fetch_url(url, timeout=T))
     _raises_within(TimeoutError, r"127\.0\.0\.1", 2 * T + 3, lambda: load_image_source(url, timeout=T))
 
 
@@ -127,7 +127,7 @@ def test_https_heads_and_bodies_are_bounded_too(raw_http_server, tls_contexts):
     good = raw_http_server(lambda c, _: c.sendall(OK_HEAD % len(PNG) + PNG), tls=tls_contexts)
     assert load_image_source(good, timeout=2).size == (8, 8)
     head = raw_http_server(lambda c, _: (c.sendall(b"HTTP/1.1 200 OK\r\n"), _forever(c, b"a", 0.05)), tls=tls_contexts)
-    _raises_within(TimeoutError, r"https://127\.0\.0\.1.*response head", 2 * T + 3, lambda: fetch_url(head, timeout=T))
+    _raises_within(TimeoutError, r"https://127\.0\.0\.1.*`timeout`", 2 * T + 3, lambda: fetch_url(head, timeout=T))
     body = raw_http_server(lambda c, _: (c.sendall(CHUNKED_HEAD), _forever(c, b"1", 0.05)), tls=tls_contexts)
     _raises_within(TimeoutError, r"https://127\.0\.0\.1.*stalled", 4 * T + 3, lambda: fetch_url(body, timeout=T))
 
@@ -240,7 +240,9 @@ def test_concurrent_fetches_keep_their_own_bounds_and_leave_no_thread(raw_http_s
         thread.join(30)
     for i in range(3):
         error, elapsed = results[f"slow{i}"]
-        assert "response head" in str(error) and elapsed < 2 * T + 3
+        # The watchdog's "response head" message, or the per-read timeout's when a loaded machine starves the
+        # trickling server for more than T between bytes: both are this bound's TimeoutError naming the URL.
+        assert "127.0.0.1" in str(error) and "`timeout`" in str(error) and elapsed < 2 * T + 3
         assert isinstance(results[f"fast{i}"], float)  # all ten fast fetches succeeded
     time.sleep(0.1)
     assert not [thread for thread in threading.enumerate() if thread.name == "url-fetch-watchdog"]
