@@ -167,8 +167,8 @@ def test_grouping_and_budgets(processor):
     alone = processor(images=big, max_dynamic_patch=4, return_tensors="pt")["pixel_values"]
     first = plan_tiles(*big.size, 12).num_tiles
     assert torch.equal(batch["pixel_values"][first : first + alone.shape[0]], alone)
-    # min_dynamic_patch is lowered to a smaller per-image budget.
-    assert _sizes(processor, [big] * 8, min_dynamic_patch=12) == [plan_tiles(*big.size, 8, 8).num_tiles] * 8
+    # min_dynamic_patch above the per-image budget: the original's candidate set is empty, so each image is one tile.
+    assert _sizes(processor, [big] * 8, min_dynamic_patch=12) == [1] * 8
 
 
 def test_overrides_and_aliases(processor):

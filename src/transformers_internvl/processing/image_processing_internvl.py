@@ -177,8 +177,8 @@ class InternVLChatImageProcessor(TilePixelDefaults, BaseImageProcessor):
     Tile budget of each image of a sample (paper Fig. 3, `allocate_tile_budget`):
     `max(1, min(max_dynamic_patch, max_total_tiles // num_images))` grid tiles, plus a thumbnail when the grid has more
     than one tile; `max_total_tiles=64` (default) is the evaluation rule of the released numbers (VLMEvalKit),
-    `max_total_tiles=max_dynamic_patch` the training rule, `None` no sharing. `min_dynamic_patch` is lowered to an
-    image's budget when the budget is smaller.
+    `max_total_tiles=max_dynamic_patch` the training rule, `None` no sharing. When `min_dynamic_patch` exceeds an
+    image's budget, the image becomes one tile (a 1x1 grid, no thumbnail), as the original's empty candidate set gives.
 
     Args:
         image_size (`int`, defaults to 448): tile side (`force_image_size`; aliases `force_image_size`, `input_size`,
@@ -273,7 +273,11 @@ class InternVLChatImageProcessor(TilePixelDefaults, BaseImageProcessor):
     def _plans_for_sample(sizes: Sequence[tuple[int, int]], options: dict[str, Any]) -> list[TilePlan]:
         """The per-sample tile budget, then one plan per image (budget shared by the images of the sample)."""
         budget = allocate_tile_budget(len(sizes), options["max_dynamic_patch"], options["max_total_tiles"])
-        min_tiles = min(options["min_dynamic_patch"], budget)
+        min_tiles = options["min_dynamic_patch"]
+        if min_tiles > budget:
+            # The original's candidate set is empty when min_num > max_num, so find_closest_aspect_ratio keeps its
+            # default (1, 1): one tile, no thumbnail (internvl_chat_finetune.py multi-image branch, dataset.py).
+            budget = min_tiles = 1
         return [
             plan_tiles(int(w), int(h), budget, min_tiles, options["image_size"], options["use_thumbnail"])
             for w, h in sizes
