@@ -53,9 +53,10 @@ def saved_state_dict(model, directory: Path) -> dict[str, torch.Tensor]:
     return load_file(directory / "model.safetensors")
 
 
-def original_folder(family: str, tmp_path: Path) -> tuple[Path, torch.nn.Module]:
-    """An original-layout folder built from the LLM's own class; returns it and that causal LM."""
-    raw = read_fixture(family)
+def original_folder(family: str, tmp_path: Path, raw: dict | None = None) -> tuple[Path, torch.nn.Module]:
+    """An original-layout folder built from the LLM's own class (config: the family's fixture, or `raw`); returns it
+    and that causal LM."""
+    raw = raw if raw is not None else read_fixture(family)
     config = InternVLConfig(**{k: v for k, v in raw.items() if k != "model_type"})
     torch.manual_seed(0)
     causal_lm = AutoModelForCausalLM.from_config(config.text_config, dtype=torch.float32).eval()

@@ -8,6 +8,11 @@ causal mask (eager / sdpa), and the flash-attention paths use the same position 
 the model to run without a KV cache during training (`use_cache = False` in `model.config` AND
 `model.config.text_config`, which `training.stages.set_trainable` does): transformers skips the packed detection
 when a cache object exists, and the language model creates one when its own config says `use_cache=True`.
+
+Packed and unpacked losses are equal (up to float rounding) except with InternLM2's dynamic NTK RoPE
+(`rope_scaling.type "dynamic"`) on rows longer than `max_position_embeddings`: its RoPE base follows the key length
+of the forward pass, which for a packed row is the row's length, as in the original's packed training
+(`internvl_chat/internvl/model/internlm2/modeling_internlm2.py`, `rotary_emb(value_states, seq_len=kv_seq_len)`).
 """
 
 from __future__ import annotations

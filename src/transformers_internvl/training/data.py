@@ -6,8 +6,14 @@ Source of the behaviour: `LazySupervisedDataset` in `internvl_chat/internvl/trai
 * Bad samples (missing image or video, `<image>` tags not matching the images, empty conversation, sample longer
   than `max_length`, invalid JSON) are skipped deterministically (the next row is used) and logged once with the
   file, the line and the reason; `skipped` holds them. The original retries a random row and prints the error.
-* A single image or video without its tag gets `<image>\\n` / `<video>\\n` prepended to the first HUMAN turn (the
-  original prepends to the first turn, a system turn included, where the tag then stays as literal text).
+* Tag placement of a single image or video: when no human turn holds the tag, `<image>\\n` / `<video>\\n` is
+  prepended to the first HUMAN turn; a tag already in any human turn is used where it is. The original checks and
+  prepends to `conversations[0]` only, whatever its role: with a leading system turn it writes the tag into the
+  system text (the sample then keeps a literal `<image>` there, or is rejected when the human turn had no tag),
+  and a tag in a later human turn gets a second tag prepended to the first turn (the image goes there, the later
+  tag stays literal text). A video's `<video>\\n` is replaced by the frame lines in the first human turn only (as
+  the original does in `conversations[0]`); a `<video>` tag only in a later turn leaves the frames untagged and
+  the sample is skipped.
 * Video frames are sampled at the midpoints of `num_video_frames` equal segments (the inference rule); the original
   draws a random count in `[min_num_frame, max_num_frame]` and random positions (`sample='rand'`).
 """
