@@ -6,12 +6,14 @@ import json
 
 import pytest
 import torch
-import transformers
 from finetune_helpers import dataset, write_image
 from helpers import FIXTURES, TOKENIZERS, load_model
 from safetensors import safe_open
 from safetensors.torch import save_file
-from test_llm_families import IMAGE_TOKEN_ID, load, original_folder, read_fixture, text_ids
+from test_conversion_families import assert_port_and_ours_agree
+from test_finetune_labels import DATA as LABELS_DATA
+from test_finetune_labels import _tokenizer
+from test_llm_families import load, original_folder, read_fixture
 from transformers import AutoTokenizer
 
 import transformers_internvl  # noqa: F401
@@ -28,16 +30,8 @@ S = lambda v: {"from": "system", "value": v}  # noqa: E731
 # ---- labels: outputs of the ORIGINAL preprocess functions on held-out pairs and conversations -----------------------
 
 HELDOUT = json.loads((FIXTURES / "finetune" / "labels_heldout.json").read_text())
-_TOKENIZERS = {}
-
-
-def _tokenizer(name):
-    if name not in _TOKENIZERS:
-        tokenizer = AutoTokenizer.from_pretrained(TOKENIZERS / name.replace("+specials", ""))
-        if name.endswith("+specials"):
-            tokenizer.add_special_tokens({"additional_special_tokens": HELDOUT["added_special_tokens_for_+specials"]})
-        _TOKENIZERS[name] = tokenizer
-    return _TOKENIZERS[name]
+# The "+specials" tokenizers add the same special tokens as in labels.json (checked by the assertion below).
+assert HELDOUT["added_special_tokens_for_+specials"] == LABELS_DATA["added_special_tokens_for_+specials"]
 
 
 @pytest.mark.parametrize("case", HELDOUT["cases"], ids=lambda c: f"{c['template']}-{c['tokenizer']}-{c['case']}")
@@ -187,20 +181,7 @@ VARIANTS = {
 def test_heldout_checkpoint_converts_both_ways(name, tmp_path):
     family, llm, vision, dtype, shards = VARIANTS[name]
     folder, source_tensors = _variant_folder(tmp_path, family, llm, vision, dtype, shards)
-    ours = load(folder)
-    config = ours.config
-    image_tokens = torch.full((2, config.num_image_token), IMAGE_TOKEN_ID)
-    vocab = config.text_config.vocab_size
-    input_ids = torch.cat([text_ids(vocab)[:, :3], image_tokens, text_ids(vocab, seed=1)[:, :4]], dim=1)
-    pixel_values = torch.randn(2, 3, config.vision_image_size, config.vision_image_size)
-    with torch.no_grad():
-        reference = ours(input_ids=input_ids, pixel_values=pixel_values).logits
-
-    convert_checkpoint(folder, tmp_path / "hf", to="hf", image_token_id=IMAGE_TOKEN_ID, progress=False)
-    upstream = transformers.InternVLForConditionalGeneration.from_pretrained(tmp_path / "hf", dtype=torch.float32)
-    with torch.no_grad():
-        logits = upstream.eval()(input_ids=input_ids, pixel_values=pixel_values).logits
-    assert (logits - reference).abs().max() <= 1e-5
+    assert_port_and_ours_agree(load(folder), folder, tmp_path)
 
     convert_checkpoint(tmp_path / "hf", tmp_path / "back", to="original", progress=False)
     back = _file_tensors(tmp_path / "back")
