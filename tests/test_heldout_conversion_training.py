@@ -7,12 +7,10 @@ import json
 import pytest
 import torch
 from finetune_helpers import dataset, write_image
-from helpers import FIXTURES, TOKENIZERS, load_model
+from helpers import TOKENIZERS, load_model
 from safetensors import safe_open
 from safetensors.torch import save_file
 from test_conversion_families import assert_port_and_ours_agree
-from test_finetune_labels import DATA as LABELS_DATA
-from test_finetune_labels import _tokenizer
 from test_llm_families import load, original_folder, read_fixture
 from transformers import AutoTokenizer
 
@@ -21,34 +19,13 @@ from transformers_internvl.conversion.convert import convert_checkpoint
 from transformers_internvl.processing.image_processing_internvl import InternVLImageProcessor
 from transformers_internvl.training.collator import InternVLDataCollator, InternVLPackingCollator
 from transformers_internvl.training.data import InternVLSupervisedDataset
-from transformers_internvl.training.labels import SampleError, tokenize_conversation
 
 H = lambda v: {"from": "human", "value": v}  # noqa: E731
 G = lambda v: {"from": "gpt", "value": v}  # noqa: E731
 S = lambda v: {"from": "system", "value": v}  # noqa: E731
 
-# ---- labels: outputs of the ORIGINAL preprocess functions on held-out pairs and conversations -----------------------
-
-HELDOUT = json.loads((FIXTURES / "finetune" / "labels_heldout.json").read_text())
-# The "+specials" tokenizers add the same special tokens as in labels.json (checked by the assertion below).
-assert HELDOUT["added_special_tokens_for_+specials"] == LABELS_DATA["added_special_tokens_for_+specials"]
-
-
-@pytest.mark.parametrize("case", HELDOUT["cases"], ids=lambda c: f"{c['template']}-{c['tokenizer']}-{c['case']}")
-def test_heldout_labels_equal_the_original(case):
-    call = dict(
-        tokenizer=_tokenizer(case["tokenizer"]),
-        template=case["template"],
-        num_image_tokens=case["num_image_tokens"],
-        max_length=case["max_length"],
-    )
-    if "error" in case:  # the original rejects the sample (and resamples another one)
-        with pytest.raises(SampleError):
-            tokenize_conversation(case["conversations"], **call)
-        return
-    sample = tokenize_conversation(case["conversations"], **call)
-    assert sample.input_ids == case["input_ids"]
-    assert sample.labels == case["labels"]
+# The held-out label cases (`fixtures/finetune/labels_heldout.json`, outputs of the ORIGINAL preprocess functions)
+# run in `test_finetune_labels.py::test_labels_equal_the_original`.
 
 
 # ---- tag placement of the dataset (documented differences from `internvl_chat_finetune.py`) ------------------------
