@@ -36,9 +36,8 @@ __all__ = ["ResizeJob", "resize_jobs"]
 
 # ONE thread pool for the whole process, created at first use and shared by every processor and call. Its size is
 # bounded by `_MAX_POOL_THREADS`; a call's `num_workers` sets how many of its tasks run at once and how many strips a
-# large resize is cut into. A
-# pool inherited through fork has no live threads, so a child process makes its own (the pid is checked), and its
-# lock is made anew (a thread of the parent may have held it at the fork).
+# large resize is cut into. A pool inherited through fork has no live threads, so a child process makes its own (the
+# pid is checked), and its lock is made anew (a thread of the parent may have held it at the fork).
 _POOL: ThreadPoolExecutor | None = None
 _POOL_PID: int | None = None
 _POOL_LOCK = threading.Lock()
