@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ..modeling.original_lora_loading import nonfinite_merge_problem
+from ..modeling.original_lora_loading import merge_lora_weight
 from .checkpoint_io import ConversionError, read_json
 from .hf_layout import normalize_hf_key
 
@@ -85,16 +85,10 @@ def lora_deltas(
             raise ConversionError(f"adapter module {module!r} has lora_{next(iter(parts))} only")
 
         def merge(weight: torch.Tensor, a=parts["A"], b=parts["B"], module=module) -> torch.Tensor:
-            delta = (b.float() @ a.float()) * scaling
-            if delta.shape != weight.shape:
-                raise ConversionError(
-                    f"LoRA delta for {module!r} has shape {tuple(delta.shape)}, weight {tuple(weight.shape)}"
-                )
-            merged = (weight.float() + delta).to(weight.dtype)
-            problem = nonfinite_merge_problem(weight, merged)
-            if problem is not None:
-                raise ConversionError(f"LoRA module {module!r}: {problem}")
-            return merged
+            try:
+                return merge_lora_weight(weight, a, b, scaling)
+            except ValueError as error:
+                raise ConversionError(f"LoRA module {module!r}: {error}") from None
 
         deltas[_checkpoint_name(module, layout, lm_head)] = merge
     return deltas

@@ -14,8 +14,7 @@ from ..modeling.original_lora_loading import (
     LORA_A_SUFFIX,
     LORA_B_SUFFIX,
     LORA_BASE_SUFFIX,
-    ORIGINAL_LORA_SCALING,
-    nonfinite_merge_problem,
+    merge_lora_weight,
 )
 
 # PEFT `target_modules` of the original `wrap_backbone_lora` (InternViT) and `wrap_llm_lora` (per LLM architecture).
@@ -48,24 +47,17 @@ _PEFT_PREFIXES = (
 
 
 def merge_lora_pair(base: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, name: str) -> torch.Tensor:
-    """`W + 2 * B @ A` (the original's `lora_alpha = 2 r`), in float32, cast back to `base`'s dtype.
+    """`W + 2 * B @ A` (the original's `lora_alpha = 2 r`), in float32, cast back to `base`'s dtype
+    (`modeling.original_lora_loading.merge_lora_weight`, the merge the loader does).
 
     Raises:
         ValueError: `lora_A` / `lora_B` do not chain or do not fit `base`, or the merge gives NaN / inf where `base`
             is finite (naming `name`).
     """
-    if lora_a.ndim != 2 or lora_b.ndim != 2 or lora_b.shape[1] != lora_a.shape[0]:
-        raise ValueError(f"{name}: lora_A {tuple(lora_a.shape)} and lora_B {tuple(lora_b.shape)} do not chain")
-    if (lora_b.shape[0], lora_a.shape[1]) != tuple(base.shape):
-        raise ValueError(
-            f"{name}: lora_B @ lora_A is {(lora_b.shape[0], lora_a.shape[1])}, the base weight {tuple(base.shape)}"
-        )
-    delta = lora_b.to(torch.float32) @ lora_a.to(torch.float32)
-    merged = (base.to(torch.float32) + ORIGINAL_LORA_SCALING * delta).to(base.dtype)
-    problem = nonfinite_merge_problem(base, merged)
-    if problem is not None:
-        raise ValueError(f"{name}: {problem}")
-    return merged
+    try:
+        return merge_lora_weight(base, lora_a, lora_b)
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from None
 
 
 def plan_original_lora_merge(keys) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:

@@ -89,6 +89,31 @@ def nonfinite_merge_problem(base: torch.Tensor, merged: torch.Tensor) -> str | N
     )
 
 
+def merge_lora_weight(
+    base: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float = ORIGINAL_LORA_SCALING
+) -> torch.Tensor:
+    """`base + scaling * lora_b @ lora_a` in float32, cast back to `base`'s dtype, on `base`'s device: the one merge
+    of a LoRA layer, used at load (`MergeOriginalLora`), by the streaming converter (`conversion.original_lora`) and by
+    `--merge-lora` (`conversion.lora`, with the adapter's own scaling).
+
+    Raises:
+        ValueError: the factors do not chain or do not fit `base`, or the merge holds NaN / inf where `base` is finite
+            (`nonfinite_merge_problem`); the message names no layer (the callers add it).
+    """
+    if lora_a.ndim != 2 or lora_b.ndim != 2 or lora_b.shape[1] != lora_a.shape[0]:
+        raise ValueError(f"lora_A {tuple(lora_a.shape)} and lora_B {tuple(lora_b.shape)} do not chain")
+    if (lora_b.shape[0], lora_a.shape[1]) != tuple(base.shape):
+        raise ValueError(
+            f"lora_B @ lora_A is {(lora_b.shape[0], lora_a.shape[1])}, the base weight {tuple(base.shape)}"
+        )
+    delta = lora_b.to(torch.float32) @ lora_a.to(device=lora_b.device, dtype=torch.float32)
+    merged = (base.to(torch.float32) + scaling * delta.to(base.device)).to(base.dtype)
+    problem = nonfinite_merge_problem(base, merged)
+    if problem is not None:
+        raise ValueError(problem)
+    return merged
+
+
 class MergeOriginalLora(ConversionOps):
     """`{base_layer.weight: W, lora_A: A, lora_B: B}` -> `{weight: W + 2 * B @ A}` (see the module docstring).
 
@@ -119,27 +144,13 @@ class MergeOriginalLora(ConversionOps):
             if base is None:
                 return {}
             return {full_layer_name: base}
-        if lora_a.ndim != 2 or lora_b.ndim != 2 or lora_b.shape[1] != lora_a.shape[0]:
-            record.problems.append(
-                (full_layer_name, f"lora_A {tuple(lora_a.shape)} and lora_B {tuple(lora_b.shape)} do not chain")
-            )
-            return {full_layer_name: base}
-        if (lora_b.shape[0], lora_a.shape[1]) != tuple(base.shape):
-            record.problems.append(
-                (
-                    full_layer_name,
-                    f"lora_B @ lora_A is {(lora_b.shape[0], lora_a.shape[1])}, the base weight {tuple(base.shape)}",
-                )
-            )
+        try:
+            merged = merge_lora_weight(base, lora_a, lora_b)
+        except ValueError as error:
+            record.problems.append((full_layer_name, str(error)))
             return {full_layer_name: base}
         record.ranks[tower].add(int(lora_a.shape[0]))
         record.merged[tower] += 1
-        delta = lora_b.to(torch.float32) @ lora_a.to(device=lora_b.device, dtype=torch.float32)
-        merged = (base.to(torch.float32) + ORIGINAL_LORA_SCALING * delta.to(base.device)).to(base.dtype)
-        problem = nonfinite_merge_problem(base, merged)
-        if problem is not None:
-            record.problems.append((full_layer_name, problem))
-            return {full_layer_name: base}
         return {full_layer_name: merged}
 
 
@@ -267,6 +278,7 @@ __all__ = [
     "checkpoint_holds_original_lora",
     "finish_original_lora_load",
     "is_original_lora_transform",
+    "merge_lora_weight",
     "nonfinite_merge_problem",
     "original_lora_converters",
     "original_lora_renamings",
