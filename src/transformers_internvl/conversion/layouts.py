@@ -23,7 +23,12 @@ from ..chat_templates import (
     VIDEO_PLACEHOLDER,
     get_jinja_chat_template,
 )
-from ..modeling.tokenizer_files import find_added_token_id, template_stop_token_id, with_stop_token
+from ..modeling.tokenizer_files import (
+    find_added_token_id,
+    llm_generation_ids,
+    template_stop_token_id,
+    with_stop_token,
+)
 from .checkpoint_io import ConversionError, read_json, write_json
 from .hf_layout import (
     ORIGINAL_RECORD_KEY,
@@ -333,9 +338,7 @@ def write_generation_config(source: Path, folder: Path, text_config: Any, stop_t
     if (source / "generation_config.json").is_file():
         generation = read_json(source / "generation_config.json", "generation config")
     generation.pop("transformers_version", None)
-    for name in ("eos_token_id", "pad_token_id", "bos_token_id"):
-        if generation.get(name) is None and getattr(text_config, name, None) is not None:
-            generation[name] = getattr(text_config, name)
+    generation.update(llm_generation_ids(text_config, generation.get))
     eos_token_id = with_stop_token(generation.get("eos_token_id"), stop_token_id)
     if eos_token_id is not None:
         generation["eos_token_id"] = eos_token_id

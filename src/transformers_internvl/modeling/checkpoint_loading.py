@@ -40,13 +40,9 @@ from .original_lora_loading import (
     original_lora_converters,
     original_lora_renamings,
 )
-from .tokenizer_files import apply_tokenizer_file_ids, local_directory
+from .tokenizer_files import LLM_GENERATION_IDS, apply_tokenizer_file_ids, llm_generation_ids, local_directory
 
 logger = logging.get_logger(__name__)
-
-
-# The generation settings the original's `generate` takes from `llm_config` (see `llm_generation_defaults`).
-_LLM_GENERATION_IDS = ("eos_token_id", "pad_token_id", "bos_token_id")
 
 
 def _is_token_id(value) -> bool:
@@ -62,7 +58,7 @@ def check_generation_token_ids(generation_config) -> None:
     Raises:
         TypeError: naming the field and the value given.
     """
-    for name in _LLM_GENERATION_IDS:
+    for name in LLM_GENERATION_IDS:
         value = getattr(generation_config, name, None)
         if value is None or _is_token_id(value):
             continue
@@ -93,10 +89,8 @@ def llm_generation_defaults(model) -> None:
     if generation_config is None or text_config is None:
         return
     check_generation_token_ids(generation_config)
-    for name in _LLM_GENERATION_IDS:
-        value = getattr(text_config, name, None)
-        if getattr(generation_config, name, None) is None and value is not None:
-            setattr(generation_config, name, value)
+    for name, value in llm_generation_ids(text_config, lambda name: getattr(generation_config, name, None)).items():
+        setattr(generation_config, name, value)
 
 
 class OriginalCheckpointMixin:

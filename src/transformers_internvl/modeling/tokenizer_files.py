@@ -4,7 +4,8 @@ Original OpenGVLab checkpoints leave two ids to the tokenizer: the id of `<IMG_C
 the original's `chat()` sets `img_context_token_id` from the tokenizer) and the id of the conversation template's end
 token (`<|im_end|>`, Phi-3's `<|end|>`, ...), which the original `chat()` passes as `eos_token_id`. Both are read
 from the JSON files only (`added_tokens.json`, `tokenizer_config.json`, `tokenizer.json`): no tokenizer is loaded,
-so loading a model does not depend on the processing code.
+so loading a model does not depend on the processing code. The generation ids the original's plain `generate` takes
+from `llm_config` (`llm_generation_ids`) are here too, so that the loader and the converter fill them alike.
 """
 
 from __future__ import annotations
@@ -84,6 +85,22 @@ def with_stop_token(eos_token_id: int | list[int] | None, stop_token_id: int | N
     return eos_token_id if stop_token_id in eos_token_ids else [*eos_token_ids, stop_token_id]
 
 
+# The generation ids the original's `generate` takes from `llm_config` (it hands `generation_config=None` to its
+# language model, whose generation config is built from `llm_config`).
+LLM_GENERATION_IDS = ("eos_token_id", "pad_token_id", "bos_token_id")
+
+
+def llm_generation_ids(text_config, given) -> dict[str, int | list[int]]:
+    """`{name: llm_config value}` for the `LLM_GENERATION_IDS` that `given(name)` leaves unset (None) and the LLM
+    config sets: what the loader (`checkpoint_loading.llm_generation_defaults`) and the converter
+    (`conversion.layouts.write_generation_config`) fill in."""
+    return {
+        name: getattr(text_config, name)
+        for name in LLM_GENERATION_IDS
+        if given(name) is None and getattr(text_config, name, None) is not None
+    }
+
+
 def add_template_stop_token(generation_config, stop_token_id: int | None) -> None:
     """Make `generation_config.eos_token_id` include `stop_token_id` (kept as an int when it is the only one)."""
     generation_config.eos_token_id = with_stop_token(generation_config.eos_token_id, stop_token_id)
@@ -142,7 +159,9 @@ def local_directory(name_or_path: str | os.PathLike, kwargs: dict) -> str | None
 __all__ = [
     "add_template_stop_token",
     "apply_tokenizer_file_ids",
+    "LLM_GENERATION_IDS",
     "find_added_token_id",
+    "llm_generation_ids",
     "local_directory",
     "template_stop_token_id",
     "with_stop_token",
