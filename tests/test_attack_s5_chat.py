@@ -11,6 +11,7 @@ import types
 import pytest
 import torch
 from helpers import INTERNLM2_DIR, QWEN2_DIR, TOKENIZERS
+from test_chat_cache_reuse import GREEDY, conversation
 from transformers import AutoModelForImageTextToText, AutoTokenizer, GenerationConfig, Qwen2Config
 
 import transformers_internvl  # noqa: F401
@@ -21,32 +22,11 @@ from transformers_internvl.modeling.chat_cache import (
     reusable_prefix_length,
 )
 
-GREEDY = {"max_new_tokens": 8, "do_sample": False}
-
 
 @pytest.fixture
 def qwen2():
     """A fresh tiny Qwen2 model per test (the tests change its weights, dtype or generation config)."""
     return AutoModelForImageTextToText.from_pretrained(QWEN2_DIR).eval()
-
-
-def _conversation(model, tokenizer, turns, reuse: bool, between=None, generation_config=GREEDY):
-    """Runs `turns` ((pixel_values, question) pairs) as one conversation; `between(index)` runs before turn index."""
-    model.clear_chat_cache()
-    model.reuse_chat_cache = reuse
-    history, answers = None, []
-    try:
-        for index, (pixel_values, question) in enumerate(turns):
-            if between is not None:
-                between(index)
-            answer, history = model.chat(
-                tokenizer, pixel_values, question, generation_config, history=history, return_history=True
-            )
-            answers.append(answer)
-    finally:
-        model.reuse_chat_cache = True
-        model.clear_chat_cache()
-    return answers
 
 
 def _image(seed: int = 0) -> torch.Tensor:
@@ -62,8 +42,8 @@ def test_internlm2_dynamic_ntk_rope_turns_equal_a_fresh_run(qwen2_tokenizer):
     # The model's vocabulary is larger than this tokenizer's: keep the answers decodable.
     config = {**GREEDY, "suppress_tokens": list(range(len(tokenizer), model.config.text_config.vocab_size))}
     turns = [(None, "Hello there"), (None, "And more?"), (None, "Again?")]
-    reused = _conversation(model, tokenizer, turns, reuse=True, generation_config=config)
-    assert reused == _conversation(model, tokenizer, turns, reuse=False, generation_config=config)
+    reused = conversation(model, tokenizer, turns, reuse=True, generation_config=config)
+    assert reused == conversation(model, tokenizer, turns, reuse=False, generation_config=config)
 
 
 def test_length_dependent_rope_limit():
@@ -116,8 +96,8 @@ def test_weights_changed_between_turns_are_not_served_from_the_cache(qwen2, qwen
             with torch.no_grad():
                 change(qwen2)
 
-    reused = _conversation(qwen2, qwen2_tokenizer, turns, reuse=True, between=between)
-    fresh = _conversation(qwen2, qwen2_tokenizer, turns, reuse=False, between=between)
+    reused = conversation(qwen2, qwen2_tokenizer, turns, reuse=True, between=between)
+    fresh = conversation(qwen2, qwen2_tokenizer, turns, reuse=False, between=between)
     assert reused == fresh
 
 
@@ -127,9 +107,9 @@ def test_prompt_lookup_turn_equals_a_fresh_run(qwen2, qwen2_tokenizer):
     pixel_values = _image()
     lookup = {**GREEDY, "prompt_lookup_num_tokens": 3}
     turns = [(pixel_values, "Describe the image."), (pixel_values, "More?"), (pixel_values, "Again?")]
-    greedy = _conversation(qwen2, qwen2_tokenizer, turns, reuse=False)
-    assert _conversation(qwen2, qwen2_tokenizer, turns, reuse=True, generation_config=lookup) == greedy
-    assert _conversation(qwen2, qwen2_tokenizer, turns, reuse=False, generation_config=lookup) == greedy
+    greedy = conversation(qwen2, qwen2_tokenizer, turns, reuse=False)
+    assert conversation(qwen2, qwen2_tokenizer, turns, reuse=True, generation_config=lookup) == greedy
+    assert conversation(qwen2, qwen2_tokenizer, turns, reuse=False, generation_config=lookup) == greedy
 
 
 def test_decoding_mode_from_the_models_generation_config_disables_reuse(qwen2, qwen2_tokenizer):
@@ -179,14 +159,14 @@ def test_cache_is_still_reused_when_nothing_changed(qwen2, qwen2_tokenizer):
         lambda module, args, kwargs: prefill_lengths.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True
     )
     try:
-        answers = _conversation(
+        answers = conversation(
             qwen2, qwen2_tokenizer, [(pixel_values, "Describe the image."), (pixel_values, "More?")], reuse=True
         )
     finally:
         handle.remove()
     prompts = [length for length in prefill_lengths if length > 1]
     assert len(prompts) == 2 and prompts[0] > qwen2.num_image_token and prompts[1] < 40
-    assert answers == _conversation(
+    assert answers == conversation(
         qwen2, qwen2_tokenizer, [(pixel_values, "Describe the image."), (pixel_values, "More?")], reuse=False
     )
 
@@ -276,8 +256,8 @@ def test_config_edits_between_turns_are_not_served_from_the_cache(qwen2, qwen2_t
     def between(index):
         setattr(qwen2.config, name, default if index == 0 else value)
 
-    reused = _conversation(qwen2, qwen2_tokenizer, turns, reuse=True, between=between)
-    assert reused == _conversation(qwen2, qwen2_tokenizer, turns, reuse=False, between=between)
+    reused = conversation(qwen2, qwen2_tokenizer, turns, reuse=True, between=between)
+    assert reused == conversation(qwen2, qwen2_tokenizer, turns, reuse=False, between=between)
 
 
 def _edit_history(kind):

@@ -46,14 +46,18 @@ class _CountVision:
             handle.remove()
 
 
-def _conversation(model, tokenizer, pixel_values, questions, reuse: bool):
+def conversation(model, tokenizer, turns, reuse: bool, between=None, generation_config=GREEDY):
+    """The answers of `turns` ((pixel_values, question) pairs) as one `chat()` conversation, with the KV-cache reuse
+    on or off; `between(index)` runs before turn `index`. The model's reuse setting and cache are restored after."""
     model.clear_chat_cache()
     model.reuse_chat_cache = reuse
     history, answers = None, []
     try:
-        for question in questions:
+        for index, (pixel_values, question) in enumerate(turns):
+            if between is not None:
+                between(index)
             answer, history = model.chat(
-                tokenizer, pixel_values, question, GREEDY, history=history, return_history=True
+                tokenizer, pixel_values, question, generation_config, history=history, return_history=True
             )
             answers.append(answer)
     finally:
@@ -66,12 +70,9 @@ def test_multi_turn_answers_are_the_same_with_and_without_reuse(model, tokenizer
     torch.manual_seed(0)
     pixel_values = torch.randn(2, 3, 448, 448)
     questions = ["Describe the image.", "What colour is it?", "And the shape?"]
-    assert _conversation(model, tokenizer, pixel_values, questions, reuse=True) == _conversation(
-        model, tokenizer, pixel_values, questions, reuse=False
-    )
-    assert _conversation(model, tokenizer, None, questions, reuse=True) == _conversation(
-        model, tokenizer, None, questions, reuse=False
-    )
+    for pixels in (pixel_values, None):
+        turns = [(pixels, question) for question in questions]
+        assert conversation(model, tokenizer, turns, reuse=True) == conversation(model, tokenizer, turns, reuse=False)
 
 
 def test_second_turn_skips_the_image_and_the_history(model, tokenizer):
