@@ -66,15 +66,16 @@ class InternVLChatMixin:
 
     @property
     def system_message(self) -> str:
-        """The system message chat() / batch_chat() render: `config.system_message` when set, else the default of
-        the config's template (the original sets it once from `config.template`). Assign a str to change it; an
-        empty string renders an empty system block, as in the original. `del model.system_message` restores the
-        default."""
+        """The system message chat() / batch_chat() render: `config.system_message` when it is a str (an empty one
+        included, as the original's `hasattr(config, 'system_message')`), else the default of the config's template
+        (the original sets it once from `config.template`; a `null` in config.json also gives the default here, where
+        the original would render "None"). Assign a str to change it; an empty string renders an empty system block,
+        as in the original. `del model.system_message` restores the default."""
         override = self.__dict__.get("_system_message_override")
         if override is not None:
             return override
         configured = getattr(self.config, "system_message", None)
-        if configured:
+        if isinstance(configured, str):
             return configured
         if not self.config.template:
             raise ValueError("`config.template` is not set: chat() needs a conversation template name.")
