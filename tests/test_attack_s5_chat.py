@@ -178,10 +178,10 @@ def test_dtype_change_between_turns_rebuilds_the_cache(qwen2, qwen2_tokenizer):
     qwen2.clear_chat_cache()
     _, history = qwen2.chat(qwen2_tokenizer, pixel_values, "Hello there.", GREEDY, return_history=True)
     qwen2.to(torch.bfloat16)
-    reused = qwen2.chat(qwen2_tokenizer, pixel_values, "More?", GREEDY, history=history)
+    reused = qwen2.chat(qwen2_tokenizer, pixel_values, "More?", GREEDY, history=tuple(history))
     assert qwen2.__dict__["_chat_cache_state"].cache.layers[0].keys.dtype == torch.bfloat16
     qwen2.reuse_chat_cache = False
-    assert reused == qwen2.chat(qwen2_tokenizer, pixel_values, "More?", GREEDY, history=history)
+    assert reused == qwen2.chat(qwen2_tokenizer, pixel_values, "More?", GREEDY, history=tuple(history))
 
 
 # --- attn_implementation per tower: bad values are clear errors, not silently ignored ------------------------------

@@ -75,6 +75,7 @@ def test_chat_prompt_ids_and_tokens_match_the_original(case, model, tokenizer, m
         with pytest.raises(ValueError, match="0 image tokens"):
             model.chat(tokenizer, pixel_values, case["question"], dict(max_new_tokens=1), history=history)
         return
+    earlier = list(history or [])
     response, new_history = model.chat(
         tokenizer,
         pixel_values,
@@ -100,7 +101,9 @@ def test_chat_prompt_ids_and_tokens_match_the_original(case, model, tokenizer, m
     direct_text = tokenizer.decode(direct[0, expected_ids.shape[1] :], skip_special_tokens=True)
     assert response == direct_text.split("<|im_end|>")[0].strip()
     assert new_history[-1][1] == response
-    assert len(new_history) == len(history or []) + 1
+    assert new_history[:-1] == earlier
+    if history is not None:  # the original's `history.append`: the caller's list grows and is the one returned
+        assert new_history is history
 
 
 @pytest.mark.parametrize("case", _cases("batch_chat"), ids=lambda case: case["id"])

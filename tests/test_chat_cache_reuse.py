@@ -103,21 +103,21 @@ def test_other_history_or_images_invalidate_the_cache(model, tokenizer):
         # Another history that shares the system prompt and the image: the cached prefix serves it (causal K/V),
         # the rest runs; the answer is the one of a fresh run.
         other = [("<image>\nSomething else entirely.", "An answer the model never gave.")]
-        reused = model.chat(tokenizer, pixel_values, "More?", GREEDY, history=other)
+        reused = model.chat(tokenizer, pixel_values, "More?", GREEDY, history=tuple(other))
         assert counter.vision_calls == 1
         model.reuse_chat_cache = False
-        fresh = model.chat(tokenizer, pixel_values, "More?", GREEDY, history=other)
+        fresh = model.chat(tokenizer, pixel_values, "More?", GREEDY, history=tuple(other))
         model.reuse_chat_cache = True
         assert reused == fresh and counter.vision_calls == 2
         # A history whose image comes after other text: image tokens after the common prefix, run from scratch.
         moved = [("Look at this: <image>\nWhat is it?", "A picture.")]
-        reused = model.chat(tokenizer, pixel_values, "More?", GREEDY, history=moved)
+        reused = model.chat(tokenizer, pixel_values, "More?", GREEDY, history=tuple(moved))
         assert counter.vision_calls == 3
         model.reuse_chat_cache = False
-        assert model.chat(tokenizer, pixel_values, "More?", GREEDY, history=moved) == reused
+        assert model.chat(tokenizer, pixel_values, "More?", GREEDY, history=tuple(moved)) == reused
         model.reuse_chat_cache = True
         # Other pixel values with the same prompt: the vision tower runs again.
-        model.chat(tokenizer, pixel_values + 1, "More?", GREEDY, history=moved)
+        model.chat(tokenizer, pixel_values + 1, "More?", GREEDY, history=tuple(moved))
         assert counter.vision_calls == 5
     finally:
         model.reuse_chat_cache = True

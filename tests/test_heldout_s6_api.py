@@ -216,6 +216,8 @@ def test_chat_sends_the_original_prompt_ids_eos_and_history(recorded, qwen2_toke
     model, calls = recorded
     pixel_values = _pixels(sum(counts))
     caller_config = dict(GREEDY, eos_token_id=5)  # the original overwrites a caller's eos with the template's
+    given = history
+    history = None if history is None else list(history)  # chat() appends to a given list, as the original
     response, new_history = model.chat(
         qwen2_tokenizer,
         pixel_values,
@@ -225,11 +227,13 @@ def test_chat_sends_the_original_prompt_ids_eos_and_history(recorded, qwen2_toke
         return_history=True,
         num_patches_list=counts,
     )
-    expected, stored_question = reference_chat_prompt("internvl2_5", question, history, True, counts)
+    expected, stored_question = reference_chat_prompt("internvl2_5", question, given, True, counts)
     assert torch.equal(calls[-1]["input_ids"].cpu(), qwen2_tokenizer(expected, return_tensors="pt").input_ids)
     assert int((calls[-1]["input_ids"] == QWEN2_IMAGE_TOKEN_ID).sum()) == 256 * sum(counts)
     assert calls[-1]["eos_token_id"] == qwen2_tokenizer.convert_tokens_to_ids("<|im_end|>")
-    assert new_history == [*(history or []), (stored_question, response)]
+    assert new_history == [*(given or []), (stored_question, response)]
+    if given is not None:  # the original's `history.append`: the caller's list is the returned one, extended
+        assert new_history is history
     assert caller_config == dict(GREEDY, eos_token_id=5)  # not mutated (a documented difference)
 
 
@@ -422,3 +426,19 @@ def test_config_json_system_message_gives_the_same_system_block_to_chat_and_proc
     expected, _ = reference_chat_prompt("internvl2_5", "Hi", None, False, [], system_message=system_message)
     assert processor.apply_chat_template(messages, add_generation_prompt=True) == expected
     assert build_chat_prompt(model.template, "Hi", system_message=model.system_message) == expected
+
+
+def test_chat_appends_to_the_callers_history_list_as_the_original(recorded, qwen2_tokenizer):
+    """The original `chat` ends with `history.append((question, response))` on the caller's list, also without
+    `return_history`, so code that keeps one list across turns sees every turn; a tuple is left unchanged."""
+    model, calls = recorded
+    history: list = []
+    first = model.chat(qwen2_tokenizer, None, "Hello.", GREEDY, history=history)
+    assert history == [("Hello.", first)]
+    second = model.chat(qwen2_tokenizer, None, "Again.", GREEDY, history=history)
+    assert history == [("Hello.", first), ("Again.", second)]
+    expected, _ = reference_chat_prompt("internvl2_5", "Again.", [("Hello.", first)], False, [])
+    assert torch.equal(calls[-1]["input_ids"].cpu(), qwen2_tokenizer(expected, return_tensors="pt").input_ids)
+    frozen = (("Hello.", first),)
+    _, returned = model.chat(qwen2_tokenizer, None, "Once more.", GREEDY, history=frozen, return_history=True)
+    assert frozen == (("Hello.", first),) and returned[:1] == [("Hello.", first)] and len(returned) == 2

@@ -216,8 +216,10 @@ class InternVLChatMixin:
             question: User message; `<image>` placeholders mark where images go (`"<image>\\n"` is prepended when
                 pixel values are given, there is no history and the question has none).
             generation_config: `generate` keyword arguments (dict, as in the original) or a `GenerationConfig`.
-            history: Earlier `(question, answer)` pairs.
-            return_history: Also return the history with this turn appended.
+            history: Earlier `(question, answer)` pairs. A list is extended in place with this turn, as the
+                original does (also without `return_history`); a tuple is left as it is.
+            return_history: Also return the history with this turn appended (the same list object when a list
+                was given).
             num_patches_list: Tiles per image (alias `num_tiles_list`; both with different values raise
                 `ValueError`); defaults to one image with all tiles.
 
@@ -247,10 +249,12 @@ class InternVLChatMixin:
             image_context_token=IMG_CONTEXT_TOKEN,
         )
         response = self._generate_text(tokenizer, [prompt], pixel_values, generation_config, reuse_cache=True)[0]
-        if not return_history:
-            return response
-        stored_question = prepare_chat_question(question, history, pixel_values is not None)
-        return response, [*(history or []), (stored_question, response)]
+        turn = (prepare_chat_question(question, history, pixel_values is not None), response)
+        if isinstance(history, list):  # the original appends to the caller's list, even without `return_history`
+            history.append(turn)
+        else:
+            history = [*(history or []), turn]
+        return (response, history) if return_history else response
 
     @torch.no_grad()
     def batch_chat(
