@@ -442,3 +442,23 @@ def test_chat_appends_to_the_callers_history_list_as_the_original(recorded, qwen
     frozen = (("Hello.", first),)
     _, returned = model.chat(qwen2_tokenizer, None, "Once more.", GREEDY, history=frozen, return_history=True)
     assert frozen == (("Hello.", first),) and returned[:1] == [("Hello.", first)] and len(returned) == 2
+
+
+def test_verbose_logs_what_the_original_prints(recorded, qwen2_tokenizer):
+    """`verbose=True` in the original prints `dynamic ViT batch size: N` and, without `return_history`, the query
+    with the image tokens folded back to `<image>` followed by the answer; here they go to transformers' logger."""
+    from transformers.testing_utils import CaptureLogger
+
+    from transformers_internvl.modeling import chat as chat_module
+
+    model, _ = recorded
+    with CaptureLogger(chat_module.logger) as captured:
+        answer = model.chat(qwen2_tokenizer, _pixels(2), "What is it?", GREEDY, verbose=True)
+    expected, _ = reference_chat_prompt("internvl2_5", "What is it?", None, True, [2])
+    folded = expected.replace("<IMG_CONTEXT>", "").replace("<img></img>", "<image>")
+    assert "dynamic ViT batch size: 2" in captured.out
+    assert f"{folded} {answer}" in captured.out
+    with CaptureLogger(chat_module.logger) as captured:
+        model.chat(qwen2_tokenizer, _pixels(2), "What is it?", GREEDY)
+        model.batch_chat(qwen2_tokenizer, _pixels(3), ["A?", "B?"], GREEDY, num_patches_list=[1, 2], verbose=True)
+    assert captured.out.strip() == "dynamic ViT batch size: 3"

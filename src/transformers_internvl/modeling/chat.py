@@ -12,12 +12,21 @@ from typing import Any
 
 import torch
 from transformers import GenerationConfig
+from transformers.utils import logging
 
 from ..chat_templates import IMAGE_CONTEXT_TOKEN, IMAGE_END_TOKEN, IMAGE_START_TOKEN, template_data, template_eos_token
 from .chat_cache import clear_chat_cache, generate_turn
 from .chat_prompts import build_batch_chat_prompts, build_chat_prompt, postprocess_response, prepare_chat_question
 from .conversation import Conversation, get_conv_template
 from .input_checks import check_chat_inputs, merge_tile_count_aliases, question_list
+
+logger = logging.get_logger(__name__)
+
+
+def _report_tiles(verbose: bool, pixel_values: torch.Tensor | None) -> None:
+    """`verbose=True`: what the original prints, through transformers' logger (warning level, shown by default)."""
+    if verbose and pixel_values is not None:
+        logger.warning(f"dynamic ViT batch size: {pixel_values.shape[0]}")
 
 
 def _generation_kwargs(generation_config: dict | GenerationConfig | None) -> dict[str, Any]:
@@ -222,6 +231,8 @@ class InternVLChatMixin:
                 was given).
             num_patches_list: Tiles per image (alias `num_tiles_list`; both with different values raise
                 `ValueError`); defaults to one image with all tiles.
+            verbose: Log what the original prints (the tile count; without `return_history`, the query with image
+                tokens folded to `<image>` and the answer) as warnings of transformers' logger.
 
         Returns:
             The answer (decoded, cut at the template's end token, stripped), and the history if asked.
@@ -236,6 +247,7 @@ class InternVLChatMixin:
                 f"{pixel_values.shape[0]}."
             )
         self._image_token_id_from(tokenizer, IMG_CONTEXT_TOKEN)
+        _report_tiles(verbose, pixel_values)
         prompt = build_chat_prompt(
             self.template,
             question,
@@ -254,6 +266,9 @@ class InternVLChatMixin:
             history.append(turn)
         else:
             history = [*(history or []), turn]
+        if verbose and not return_history:  # the original prints the query (image tokens folded) and the answer
+            shown = prompt.replace(IMG_CONTEXT_TOKEN, "").replace(f"{IMG_START_TOKEN}{IMG_END_TOKEN}", "<image>")
+            logger.warning(f"{shown} {response}")
         return (response, history) if return_history else response
 
     @torch.no_grad()
@@ -291,6 +306,7 @@ class InternVLChatMixin:
                 f"{pixel_values.shape[0]}."
             )
         self._image_token_id_from(tokenizer, IMG_CONTEXT_TOKEN)
+        _report_tiles(verbose, pixel_values)
         prompts = build_batch_chat_prompts(
             self.template,
             question_list(questions),
