@@ -21,16 +21,26 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", default="1B")
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--tiles", type=int, default=7)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--attn", default="sdpa")
+    from internvl_shapes import SHAPES, build_config
+
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--shape", default="1B", choices=sorted(SHAPES), help="InternVL 2.5 widths")
+    parser.add_argument("--layers", type=_positive, default=4, help="layers per tower")
+    parser.add_argument("--tiles", type=_positive, default=7, help="tiles of the image")
+    parser.add_argument("--repeats", type=_positive, default=3, help="timed conversations per mode (min reported)")
+    parser.add_argument("--attn", default="sdpa", choices=["eager", "sdpa", "flex_attention"])
     args = parser.parse_args()
 
-    from internvl_shapes import build_config
     from transformers import AutoTokenizer
 
     from transformers_internvl.modeling.modeling_internvl import InternVLForConditionalGeneration
@@ -50,7 +60,7 @@ def main() -> int:
         model.chat(tokenizer, pixel_values, history[0][0], one_token)
         first = time.perf_counter() - start
         start = time.perf_counter()
-        model.chat(tokenizer, pixel_values, "What colours are in it?", one_token, history=history)
+        model.chat(tokenizer, pixel_values, "What colours are in it?", one_token, history=tuple(history))
         return first, time.perf_counter() - start
 
     turn(True)  # warm-up
