@@ -165,7 +165,7 @@ def transformers_processors() -> list[tuple[str, Callable[[Image.Image], torch.T
         pil_processor = GotOcr2ImageProcessorPil(**common)
         rows.append(
             (
-                "transformers GotOcr2ImageProcessorPil",
+                GOT_OCR2_PIL_ROW,
                 lambda image: pil_processor(image, return_tensors="pt")["pixel_values"],
             )
         )
@@ -191,6 +191,9 @@ def transformers_processors() -> list[tuple[str, Callable[[Image.Image], torch.T
     return rows
 
 
+GOT_OCR2_PIL_ROW = "transformers GotOcr2ImageProcessorPil"
+
+
 def median_ms(function: Callable[[], object], repeats: int) -> float:
     function()  # warm-up (thread pools, lookup tables, caches)
     times = []
@@ -211,7 +214,7 @@ def bench_image(repeats: int, width: int, height: int, max_tiles: int) -> None:
     ours_single = InternVLImageProcessor(max_dynamic_patch=max_tiles, num_workers=1)
     rows.append(
         (
-            "InternVLImageProcessor (default threads)",
+            f"InternVLImageProcessor (default: num_workers = torch threads = {torch.get_num_threads()})",
             lambda img: ours_default(images=img, return_tensors="pt")["pixel_values"],
         )
     )
@@ -241,19 +244,25 @@ def bench_image(repeats: int, width: int, height: int, max_tiles: int) -> None:
                 times[index].append((time.perf_counter() - start) * 1e3)
     print(
         "| preprocessing | ms min / median | original / this (min) | original / this (median) "
-        "| max abs diff vs original | identical |"
+        "| GotOcr2 PIL / this (min, median) | max abs diff vs original | identical |"
     )
-    print("|---|---:|---:|---:|---:|:---:|")
+    print("|---|---:|---:|---:|---:|---:|:---:|")
     base_min, base_median = min(times[0]), statistics.median(times[0])
+    pil_index = next((i for i, (name, _) in enumerate(rows) if name == GOT_OCR2_PIL_ROW), None)
     for (name, _), output, row_times in zip(rows, outputs, times):
         low, ms = min(row_times), statistics.median(row_times)
+        if pil_index is None:
+            pil_text = "-"
+        else:
+            pil_text = f"{min(times[pil_index]) / low:.2f}x, {statistics.median(times[pil_index]) / ms:.2f}x"
         if output.shape == reference.shape:
             diff_text = f"{(output - reference).abs().max().item():.2e}"
             same = "yes" if torch.equal(output, reference) else "no"
         else:
             diff_text, same = f"shape {tuple(output.shape)}", "no"
         print(
-            f"| {name} | {low:.1f} / {ms:.1f} | {base_min / low:.2f}x | {base_median / ms:.2f}x | {diff_text} | {same} |"
+            f"| {name} | {low:.1f} / {ms:.1f} | {base_min / low:.2f}x | {base_median / ms:.2f}x | {pil_text} "
+            f"| {diff_text} | {same} |"
         )
 
 
@@ -319,19 +328,28 @@ def bench_video(repeats: int, side: int, fps: int, gop: int, minutes: float, num
     )
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--width", type=int, default=1920)
-    parser.add_argument("--height", type=int, default=1080)
-    parser.add_argument("--max-tiles", type=int, default=12)
+    parser.add_argument("--repeats", type=_positive, default=20)
+    parser.add_argument(
+        "--torch-threads", type=_positive, default=None, help="torch.set_num_threads (default: torch's)"
+    )
+    parser.add_argument("--width", type=_positive, default=1920)
+    parser.add_argument("--height", type=_positive, default=1080)
+    parser.add_argument("--max-tiles", type=_positive, default=12)
     parser.add_argument("--skip-video", action="store_true")
-    parser.add_argument("--video-size", type=int, default=64)
-    parser.add_argument("--video-fps", type=int, default=5)
-    parser.add_argument("--gop", type=int, default=50)
+    parser.add_argument("--video-size", type=_positive, default=64)
+    parser.add_argument("--video-fps", type=_positive, default=5)
+    parser.add_argument("--gop", type=_positive, default=50)
     parser.add_argument("--minutes", type=float, default=10.0)
-    parser.add_argument("--num-segments", type=int, default=8)
+    parser.add_argument("--num-segments", type=_positive, default=8)
     args = parser.parse_args()
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
