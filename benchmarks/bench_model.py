@@ -545,24 +545,64 @@ def plot(result: dict[str, Any], path: str) -> bool:
     return True
 
 
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """argparse type: an int >= `minimum` (a 0-layer model, 0 tiles or 0 repeats would time nothing, silently)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _milliseconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of milliseconds >= 0, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number of milliseconds >= 0, got {text!r}")
+    return value
+
+
+def check_output_folders(args: argparse.Namespace) -> None:
+    """Fail before the (minutes-long) run, not after it, when `--json` / `--png` point into a missing folder."""
+    for option, path in (("--json", args.json), ("--png", args.png)):
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise SystemExit(f"{option} {path}: folder {os.path.dirname(os.path.abspath(path))} does not exist")
+
+
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="1B", choices=["1B", "2B", "4B", "8B", "26B", "38B", "78B"])
-    parser.add_argument("--layers", type=int, help="truncate both towers to this many layers")
+    parser.add_argument("--layers", type=_int_at_least(1), help="truncate both towers to this many layers")
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--attn", default="sdpa", help="attention implementation for both towers")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--against", choices=["upstream"], help="compare with transformers' own InternVL port")
-    parser.add_argument("--vision-tiles", type=int, nargs="+", default=[1, 7, 13])
-    parser.add_argument("--ttft-tiles", type=int, default=13, help="0: skip the time-to-first-token and memory rows")
-    parser.add_argument("--decode-batches", type=int, nargs="*", default=[1, 8], help="none: skip the decode rows")
-    parser.add_argument("--decode-tokens", type=int, default=32)
+    parser.add_argument("--vision-tiles", type=_int_at_least(1), nargs="+", default=[1, 7, 13])
+    parser.add_argument(
+        "--ttft-tiles", type=_int_at_least(0), default=13, help="0: skip the time-to-first-token and memory rows"
+    )
+    parser.add_argument(
+        "--decode-batches", type=_int_at_least(1), nargs="*", default=[1, 8], help="none: skip the decode rows"
+    )
+    parser.add_argument("--decode-tokens", type=_int_at_least(1), default=32)
     parser.add_argument("--static-compile", action="store_true", help="also time decode with a static cache")
-    parser.add_argument("--vocab-size", type=int, help="override the LLM vocabulary (smaller: faster set-up)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--vocab-size",
+        type=_int_at_least(IMAGE_TOKEN_ID + 1),
+        help=f"override the LLM vocabulary (smaller: faster set-up; > {IMAGE_TOKEN_ID}, the image token id)",
+    )
+    parser.add_argument("--repeats", type=_int_at_least(1), default=3)
     parser.add_argument(
         "--min-sample-ms",
-        type=float,
+        type=_milliseconds,
         default=50.0,
         help="repeat calls shorter than this back to back within one timed sample (mean per call); 0: one call",
     )
@@ -577,7 +617,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         default="wall",
         help="wall: elapsed time; cpu: CPU time of this process (CPU only; robust to other load, use with --threads 1)",
     )
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--threads", type=_int_at_least(1), help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--no-memory", action="store_true", help="skip the CPU peak-memory child processes")
     parser.add_argument("--memory-only", action="store_true", help="only the peak-memory rows (no timing)")
     parser.add_argument("--json", metavar="PATH", help="write the results here")
@@ -587,6 +627,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> int:
     args = args or build_parser().parse_args(argv)
+    check_output_folders(args)
     global CLOCK
     if args.timer == "cpu":
         if args.device != "cpu":

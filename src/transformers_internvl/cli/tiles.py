@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..chat_templates import tokens_per_tile
 from ..processing.tiling import DEFAULT_IMAGE_SIZE, DEFAULT_MAX_TILES, TilePlan, plan_tiles
 from .common import CLIError, open_image, positive_int
 
@@ -149,7 +150,18 @@ def _save_image_atomically(image: Any, output: Path) -> None:
 
 
 def _tokens_per_tile(image_size: int) -> int:
-    return int((image_size // _PATCH_SIZE) ** 2 * _DOWNSAMPLE_RATIO**2)
+    return tokens_per_tile(image_size, _PATCH_SIZE, _DOWNSAMPLE_RATIO)
+
+
+def _check_image_size(image_size: int) -> None:
+    """The processor's rule (`processing.input_validation`): a tile of whole 14 px patches and at least one token
+    (else the printed token count would be 0 or not what the model gets)."""
+    if image_size % _PATCH_SIZE:
+        raise CLIError(f"--image-size ({image_size}) must be a multiple of the {_PATCH_SIZE} px patch size")
+    try:
+        _tokens_per_tile(image_size)
+    except ValueError as error:
+        raise CLIError(f"--image-size ({image_size}): {error}") from None
 
 
 def _plan_as_dict(plan: Any) -> dict[str, Any]:
@@ -189,6 +201,7 @@ def _format_plan(plan: Any) -> str:
 def run_tiles(args: argparse.Namespace) -> int:
     if args.min_tiles > args.max_tiles:
         raise CLIError(f"--min-tiles ({args.min_tiles}) must be <= --max-tiles ({args.max_tiles})")
+    _check_image_size(args.image_size)
     image = open_image(args.image)
     plan = plan_tiles(
         image.width,

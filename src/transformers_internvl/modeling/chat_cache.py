@@ -127,13 +127,16 @@ def reusable_prefix_length(
     pixel_values: torch.Tensor | None,
     image_token_id: int | None,
     max_length: int | None = None,
+    tokens_per_tile: int | None = None,
 ) -> int:
     """How many leading tokens of `input_ids` (`(1, seq)`) the kept cache can serve (0: none).
 
     At least one token is always left to run. Image tokens past the prefix, or pixel values other than the cached
     ones for image tokens inside it, give 0; so do pixel values without image tokens and image tokens without pixel
-    values (a fresh run reports that mismatch), and a cache or prompt longer than `max_length` (the
-    `length_dependent_rope_limit` of the LLM, None: no limit).
+    values, and (with `tokens_per_tile`, the model's `num_image_token`) a number of image tokens other than
+    `tiles * tokens_per_tile`: a fresh run reports those mismatches, which a served prefix would skip (the vision
+    tower does not run). Also 0: a cache or prompt longer than `max_length` (the `length_dependent_rope_limit` of
+    the LLM, None: no limit).
     """
     if state is None:
         return 0
@@ -154,6 +157,8 @@ def reusable_prefix_length(
     if image_positions.numel():
         if int(image_positions[-1, 0]) >= prefix:
             return 0
+        if tokens_per_tile is not None and image_positions.shape[0] != pixel_values.shape[0] * tokens_per_tile:
+            return 0  # e.g. another `num_patches_list` over the same tiles: the fresh run's placeholder check raises
         same_pixels = (
             pixel_values is not None
             and state.pixel_values is not None
@@ -183,7 +188,12 @@ def generate_reusing_cache(
         state = None  # other weights, dtype, device or config since the cache was built
     text_config = model.config.get_text_config(decoder=True)
     prefix = reusable_prefix_length(
-        state, input_ids, pixel_values, model.config.image_token_id, length_dependent_rope_limit(text_config)
+        state,
+        input_ids,
+        pixel_values,
+        model.config.image_token_id,
+        length_dependent_rope_limit(text_config),
+        tokens_per_tile=getattr(model.config, "num_image_token", None),
     )
     if prefix > 0:
         cache = state.cache

@@ -29,6 +29,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
+from .causal_lm_loss import causal_lm_loss
 from .configuration_internlm2 import InternLM2Config, standardize_rope_scaling
 from .inference_buffers import in_place_inference
 from .load_errors import (  # noqa: F401  (check_wqkv_shape, describe_wqkv_mismatch: re-exported)
@@ -469,10 +470,7 @@ class InternLM2ForCausalLM(InternLM2PreTrainedModel, GenerationMixin):
         hidden_states = outputs.last_hidden_state
         hidden_states = slice_logits_to_keep(hidden_states, logits_to_keep)
         logits = self.output(hidden_states)
-
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        loss = causal_lm_loss(self, logits, labels, logits_to_keep, self.config.vocab_size, **kwargs)
 
         return CausalLMOutputWithPast(
             loss=loss,

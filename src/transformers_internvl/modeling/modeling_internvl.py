@@ -25,6 +25,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.import_utils import torch_compilable_check
 
 from .attention_kernels import check_attention_kernels, configured_attention
+from .causal_lm_loss import causal_lm_loss
 from .chat import InternVLChatMixin
 from .checkpoint_loading import OriginalCheckpointMixin
 from .checkpoint_mapping import original_layout_conversions, original_layout_renamings
@@ -465,12 +466,7 @@ class InternVLChatForConditionalGeneration(InternVLChatMixin, InternVLChatPreTra
         )
         hidden_states = outputs.last_hidden_state
         logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))
-
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(
-                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
-            )
+        loss = causal_lm_loss(self, logits, labels, logits_to_keep, self.config.text_config.vocab_size, **kwargs)
         return MultimodalCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
