@@ -366,6 +366,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.against == "upstream":
         models["upstream"] = build_upstream(models["ours"], args.attn)
         result["logits_max_abs_diff_float32"] = check_logits(models["ours"], models["upstream"], device)
+        print(
+            f"logits check (float32, one image prompt): max |ours - port| = {result['logits_max_abs_diff_float32']:.3g}",
+            flush=True,
+        )
     models = {which: model.to(dtype) for which, model in models.items()}
     if args.control:  # a second, identical copy of this package's model: the ratio to it is the noise floor
         models["control"] = build_ours(args.shape, args.layers, dtype, args.attn, device, args.vocab_size)
@@ -578,28 +582,49 @@ def check_output_folders(args: argparse.Namespace) -> None:
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", default="1B", choices=["1B", "2B", "4B", "8B", "26B", "38B", "78B"])
-    parser.add_argument("--layers", type=_int_at_least(1), help="truncate both towers to this many layers")
-    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--attn", default="sdpa", help="attention implementation for both towers")
+    parser = parser or argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="On a shared CPU machine add `--timer cpu --threads 1 --control` (benchmarks/README.md).",
+    )
+    parser.add_argument(
+        "--shape", default="1B", choices=["1B", "2B", "4B", "8B", "26B", "38B", "78B"], help="default: 1B"
+    )
+    parser.add_argument(
+        "--layers", type=_int_at_least(1), help="truncate both towers to this many layers (default: all)"
+    )
+    parser.add_argument(
+        "--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"], help="default: bfloat16"
+    )
+    parser.add_argument(
+        "--attn",
+        default="sdpa",
+        choices=["eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3", "flash_attention_4"],
+        help="attention implementation for both towers (default: sdpa)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--against", choices=["upstream"], help="compare with transformers' own InternVL port")
-    parser.add_argument("--vision-tiles", type=_int_at_least(1), nargs="+", default=[1, 7, 13])
+    parser.add_argument("--vision-tiles", type=_int_at_least(1), nargs="+", default=[1, 7, 13], help="default: 1 7 13")
     parser.add_argument(
-        "--ttft-tiles", type=_int_at_least(0), default=13, help="0: skip the time-to-first-token and memory rows"
+        "--ttft-tiles",
+        type=_int_at_least(0),
+        default=13,
+        help="tiles of the time-to-first-token image (default: 13); 0: skip the TTFT and memory rows",
     )
     parser.add_argument(
-        "--decode-batches", type=_int_at_least(1), nargs="*", default=[1, 8], help="none: skip the decode rows"
+        "--decode-batches",
+        type=_int_at_least(1),
+        nargs="*",
+        default=[1, 8],
+        help="decode batch sizes (default: 1 8); the flag with no value skips the decode rows",
     )
-    parser.add_argument("--decode-tokens", type=_int_at_least(1), default=32)
+    parser.add_argument("--decode-tokens", type=_int_at_least(1), default=32, help="default: 32")
     parser.add_argument("--static-compile", action="store_true", help="also time decode with a static cache")
     parser.add_argument(
         "--vocab-size",
         type=_int_at_least(IMAGE_TOKEN_ID + 1),
         help=f"override the LLM vocabulary (smaller: faster set-up; > {IMAGE_TOKEN_ID}, the image token id)",
     )
-    parser.add_argument("--repeats", type=_int_at_least(1), default=3)
+    parser.add_argument("--repeats", type=_int_at_least(1), default=3, help="timed rounds per row (default: 3)")
     parser.add_argument(
         "--min-sample-ms",
         type=_milliseconds,
@@ -645,6 +670,9 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
     result = run(args)
     result["command"] = " ".join(["python", *sys.argv])
     result["llm_parameter_bytes"] = _llm_parameter_bytes(args)
+    for name, values in result["rows"].items():
+        if "(ms)" not in name:  # the timed rows were printed as they ran; these are derived or measured once
+            print(f"  {name}: " + ", ".join(f"{which} {value:.1f}" for which, value in values.items()))
     for name, ratio in result.get("ratios", {}).items():
         print(f"ratio {name}: min {ratio:.3f}, median {result['ratios_median'][name]:.3f}")
     for name, summary in result.get("ratios_paired", {}).items():
