@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from helpers import MODELS, QWEN2_DIR, load_model
 from PIL import Image
 from safetensors.torch import load_file
+from test_chat_cache_reuse import conversation
 from transformers import AutoModelForImageTextToText, GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 import transformers_internvl  # noqa: F401 - registers the Auto classes
@@ -33,28 +34,7 @@ def model():
 def _chat_turns(model, tokenizer, turns, reuse: bool) -> list:
     """Answers (or the raised exception's type and message) of `turns`: dicts with `pixel_values`, `question` and
     optionally `config` (generation config), `num_patches_list`; one conversation, history carried over."""
-    model.clear_chat_cache()
-    model.reuse_chat_cache = reuse
-    history, answers = None, []
-    try:
-        for turn in turns:
-            try:
-                answer, history = model.chat(
-                    tokenizer,
-                    turn["pixel_values"],
-                    turn["question"],
-                    turn.get("config", GREEDY),
-                    history=history,
-                    return_history=True,
-                    num_patches_list=turn.get("num_patches_list"),
-                )
-            except (ValueError, KeyboardInterrupt) as error:
-                answer = (type(error).__name__, str(error))
-            answers.append(answer)
-    finally:
-        model.reuse_chat_cache = True
-        model.clear_chat_cache()
-    return answers
+    return conversation(model, tokenizer, turns, reuse, generation_config=GREEDY, catch=(ValueError, KeyboardInterrupt))
 
 
 # --- chat KV-cache reuse ---------------------------------------------------------------------------------------------

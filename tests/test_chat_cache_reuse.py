@@ -46,19 +46,33 @@ class _CountVision:
             handle.remove()
 
 
-def conversation(model, tokenizer, turns, reuse: bool, between=None, generation_config=GREEDY):
-    """The answers of `turns` ((pixel_values, question) pairs) as one `chat()` conversation, with the KV-cache reuse
-    on or off; `between(index)` runs before turn `index`. The model's reuse setting and cache are restored after."""
+def conversation(model, tokenizer, turns, reuse: bool, between=None, generation_config=GREEDY, catch=()):
+    """The answers of `turns` as one `chat()` conversation, with the KV-cache reuse on or off. A turn is a
+    `(pixel_values, question)` pair or a dict with `pixel_values`, `question` and optionally `config` (generation
+    config) and `num_patches_list`. `between(index)` runs before turn `index`; an exception of a type in `catch`
+    becomes that turn's answer as `(type name, message)` and the conversation goes on. The model's reuse setting and
+    cache are restored after."""
     model.clear_chat_cache()
     model.reuse_chat_cache = reuse
     history, answers = None, []
     try:
-        for index, (pixel_values, question) in enumerate(turns):
+        for index, turn in enumerate(turns):
+            if not isinstance(turn, dict):
+                turn = {"pixel_values": turn[0], "question": turn[1]}
             if between is not None:
                 between(index)
-            answer, history = model.chat(
-                tokenizer, pixel_values, question, generation_config, history=history, return_history=True
-            )
+            try:
+                answer, history = model.chat(
+                    tokenizer,
+                    turn["pixel_values"],
+                    turn["question"],
+                    turn.get("config", generation_config),
+                    history=history,
+                    return_history=True,
+                    num_patches_list=turn.get("num_patches_list"),
+                )
+            except catch as error:
+                answer = (type(error).__name__, str(error))
             answers.append(answer)
     finally:
         model.reuse_chat_cache = True
