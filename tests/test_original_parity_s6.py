@@ -61,7 +61,7 @@ def test_tiles_match_original(case):
     assert case["num_patches"] == meta["num_patches_list"]
     sums = pixel_values.double().sum((1, 2, 3))
     assert torch.allclose(sums, torch.tensor(meta["tile_sums"], dtype=torch.float64), rtol=0, atol=1e-3)
-    assert (pixel_values[:, :, ::97, ::89] - case["io"]["pixel_values_sample"]).abs().max().item() <= 1e-6
+    assert torch.equal(pixel_values[:, :, ::97, ::89], case["io"]["pixel_values_sample"])  # bit-identical pixels
 
 
 @pytest.mark.parametrize("attn", ["eager", None])
@@ -70,11 +70,12 @@ def test_forward_logits_match_original(case, attn):
     model = _model(case, **({"attn_implementation": attn} if attn else {}))
     with torch.no_grad():
         logits = model(pixel_values=pixel_values, input_ids=io["forward_input_ids"]).logits[0].float()
-    # eager is the original's own path: rounding level. sdpa sums in another order (long prompts: up to ~8e-6).
-    tolerance = 1e-5 if attn == "eager" else 5e-5
+    # eager is the original's own path: rounding level. sdpa sums in another order (the 3481-token prompt: ~8e-6),
+    # still inside issue 2's 1e-5.
+    tolerance = 1e-5
     assert (logits[io["forward_positions"]] - io["forward_logits_at"]).abs().max().item() <= tolerance
     assert (torch.logsumexp(logits, -1) - io["forward_logsumexp"]).abs().max().item() <= tolerance
-    assert (logits.argmax(-1) != io["forward_argmax"]).sum().item() <= logits.shape[0] // 1000
+    assert torch.equal(logits.argmax(-1), io["forward_argmax"])
 
 
 def _spy_prompts(model, monkeypatch):
