@@ -78,6 +78,22 @@ def _bos_eos_from_tokenizer_file(tokenizer_file: str) -> tuple[bool, bool] | Non
     return any(is_special[:sequence_at]), any(is_special[sequence_at + 1 :])
 
 
+def _write_original_token_keys(tokenizer_config: dict[str, Any], added_tokens_decoder: dict[int, Any]) -> None:
+    """Store the added tokens under the keys the original remote code reads (transformers 4.x), in place.
+
+    `added_tokens_decoder` (`{"598": {"content": "<|im_end|>", ...}}`) renames the placeholder pieces; without it the
+    original would add the chat tokens as new ids. The extra special tokens go to `additional_special_tokens`:
+    transformers 4.x reads `extra_special_tokens` as a dict of named tokens and fails on the list transformers 5
+    writes there; transformers 5 reads either key.
+    """
+    tokenizer_config["added_tokens_decoder"] = {
+        str(index): token.__getstate__() for index, token in sorted(added_tokens_decoder.items())
+    }
+    extra = tokenizer_config.get("extra_special_tokens")
+    if isinstance(extra, list):
+        tokenizer_config["additional_special_tokens"] = tokenizer_config.pop("extra_special_tokens")
+
+
 class InternLM2TokenizerMixin:
     """Special-token layout and decoding of the original InternLM2 tokenizer, shared by the slow and the fast class.
 
@@ -153,6 +169,7 @@ class InternLM2TokenizerMixin:
 
         transformers 5 leaves both out of `tokenizer_config.json` (it expects them in the post-processor of a
         `tokenizer.json`); original checkpoints have them there, and the sentencepiece class reads them only there.
+        The added tokens are written the way the original reads them too (`_write_original_token_keys`).
         A `tokenizer.json`-backed tokenizer built from a `tokenizer.model` also writes a copy of that file, which keeps
         the saved folder loadable by `InternLM2Tokenizer` and by the original remote code.
         """
@@ -171,6 +188,7 @@ class InternLM2TokenizerMixin:
                 tokenizer_config = json.load(handle)
             tokenizer_config["add_bos_token"] = bool(self.add_bos_token)
             tokenizer_config["add_eos_token"] = bool(self.add_eos_token)
+            _write_original_token_keys(tokenizer_config, self.added_tokens_decoder)
             temporary_file = f"{config_file}.tmp-{os.getpid()}"
             with open(temporary_file, "w", encoding="utf-8") as handle:
                 handle.write(json.dumps(tokenizer_config, indent=2, sort_keys=True, ensure_ascii=False) + "\n")

@@ -286,6 +286,28 @@ class InternLM2TokenizerFast(InternLM2TokenizerMixin, TokenizersBackend):
                     "(added tokens outside the sentencepiece vocabulary must have consecutive ids after it)."
                 )
         self.update_post_processor()
+        self._loaded = True
+
+    def _add_tokens(self, new_tokens: list[str | AddedToken], special_tokens: bool = False) -> int:
+        """Add tokens as the original's `add_tokens` does (transformers 4.x slow tokenizer).
+
+        Every added token is matched on the raw text (`normalized=False` in the Rust pipeline), as the original's
+        trie matches it, so the normalizer (" " -> "▁", dummy prefix) runs on each piece of text between added tokens;
+        a normalized added token would be looked for with a "▁" in front and never match inside text. A token added as
+        special after loading also joins `extra_special_tokens` (the original's `additional_special_tokens`), so
+        `decode(..., skip_special_tokens=True)` drops it like the original.
+        """
+        named = set(self.all_special_tokens)
+        tokens = [
+            AddedToken(token, special=special_tokens or token in named, normalized=False)
+            if isinstance(token, str)
+            else AddedToken(**{**token.__getstate__(), "special": special_tokens or token.special, "normalized": False})
+            for token in new_tokens
+        ]
+        added = super()._add_tokens(tokens, special_tokens=special_tokens)
+        if getattr(self, "_loaded", False):
+            self._extra_special_tokens += [token for token in tokens if token.special and str(token) not in named]
+        return added
 
     def update_post_processor(self) -> None:
         """`<s> $A` for one text and `<s> $A $B` for a pair (the original adds a single BOS), `</s>` last if asked."""
