@@ -17,20 +17,30 @@ def check_logits_for_labels(labels: torch.Tensor, logits_to_keep: int | torch.Te
 
     Args:
         labels: `(batch, seq)` token ids (-100: ignored).
-        logits_to_keep: `forward`'s argument: 0 (all positions), an int `k` (the last `k`), or a 1-D tensor of
-            positions.
+        logits_to_keep: `forward`'s argument: 0 (all positions), an int `k` (the last `k`), a tensor of positions
+            (`(n,)` or `(batch, n)`), or a boolean `(batch, seq)` mask.
 
     Raises:
-        ValueError: an int `k` with `0 < k < seq`, or a tensor of other than `seq` positions.
+        ValueError: an int `k` with `0 < k < seq`, a tensor of other than `seq` positions, or a mask that drops a
+            position.
     """
     length = labels.shape[-1]
-    if isinstance(logits_to_keep, torch.Tensor):
+    if isinstance(logits_to_keep, torch.Tensor) and logits_to_keep.dtype == torch.bool:
+        # A `(batch, seq)` mask (transformers' packed-training form) keeps its True positions, flattened.
+        all_kept = bool(logits_to_keep.all())
+        kept = logits_to_keep.shape[-1] if all_kept else int(logits_to_keep.sum(-1).min())
+    elif isinstance(logits_to_keep, torch.Tensor):
         kept = logits_to_keep.shape[-1] if logits_to_keep.dim() else 1
     else:
         kept = length if logits_to_keep == 0 else min(int(logits_to_keep), length)
     if kept != length:
+        shown = (
+            f"a {str(logits_to_keep.dtype).removeprefix('torch.')} tensor of shape {tuple(logits_to_keep.shape)}"
+            if isinstance(logits_to_keep, torch.Tensor)
+            else repr(logits_to_keep)
+        )
         raise ValueError(
-            f"`labels` cover {length} positions, but `logits_to_keep={logits_to_keep!r}` keeps the logits of "
+            f"`labels` cover {length} positions, but `logits_to_keep` ({shown}) keeps the logits of "
             f"{kept}: the loss needs every position. Pass `logits_to_keep=0` (the default) with `labels`, or compute "
             "the loss yourself from the kept logits."
         )

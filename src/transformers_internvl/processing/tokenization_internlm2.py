@@ -346,6 +346,34 @@ class InternLM2Tokenizer(InternLM2TokenizerMixin, SentencePieceBackend):
             clean_up_tokenization_spaces=clean_up_tokenization_spaces,
             **kwargs,
         )
+        self._loaded = True
+
+    def _add_tokens(self, new_tokens: list[str | AddedToken], special_tokens: bool = False) -> int:
+        """Add tokens as the original's `add_tokens` does (transformers 4.x `PreTrainedTokenizer._add_tokens`).
+
+        transformers 5's `SentencePieceBackend` looks an `AddedToken` up among the sentencepiece pieces only, so one
+        whose content is already an added token (a chat token such as `<img>`, or one added before) got a second id,
+        past `len(tokenizer)`. The original keeps the token's id and takes the new flags; so does this, after loading.
+        """
+        if not getattr(self, "_loaded", False):
+            return super()._add_tokens(new_tokens, special_tokens=special_tokens)
+        added, pending = 0, []
+        for token in new_tokens:
+            index = self._added_tokens_encoder.get(str(token)) if isinstance(token, AddedToken) else None
+            if index is None:
+                pending.append(token)
+                continue
+            added += super()._add_tokens(pending, special_tokens=special_tokens)
+            pending = []
+            state = token.__getstate__()
+            token = AddedToken(**{**state, "special": special_tokens or state["special"]})
+            if token.special and str(token) not in self.all_special_tokens:
+                self._extra_special_tokens.append(token)
+            self._added_tokens_decoder[index] = token
+        added += super()._add_tokens(pending, special_tokens=special_tokens)
+        self._update_trie()
+        self._update_total_vocab_size()
+        return added
 
     def _tokenize(self, text: str, **kwargs: Any) -> list[str]:
         """Sentencepiece pieces of one piece of text that contains no added token."""

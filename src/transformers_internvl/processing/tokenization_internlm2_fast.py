@@ -295,18 +295,28 @@ class InternLM2TokenizerFast(InternLM2TokenizerMixin, TokenizersBackend):
         trie matches it, so the normalizer (" " -> "▁", dummy prefix) runs on each piece of text between added tokens;
         a normalized added token would be looked for with a "▁" in front and never match inside text. A token added as
         special after loading also joins `extra_special_tokens` (the original's `additional_special_tokens`), so
-        `decode(..., skip_special_tokens=True)` drops it like the original.
+        `decode(..., skip_special_tokens=True)` drops it like the original, once. As there, a str that is already an
+        added token is left as it is (`add_tokens(["<x>"], special_tokens=True)` after `add_tokens(["<x>"])` does not
+        make it special), and the count returned is that of new ids.
         """
+        loaded = getattr(self, "_loaded", False)
         named = set(self.all_special_tokens)
+        already_added = set(self.added_tokens_encoder) if loaded else set()
         tokens = [
             AddedToken(token, special=special_tokens or token in named, normalized=False)
             if isinstance(token, str)
             else AddedToken(**{**token.__getstate__(), "special": special_tokens or token.special, "normalized": False})
             for token in new_tokens
+            if not (isinstance(token, str) and token in already_added)
         ]
-        added = super()._add_tokens(tokens, special_tokens=special_tokens)
-        if getattr(self, "_loaded", False):
-            self._extra_special_tokens += [token for token in tokens if token.special and str(token) not in named]
+        size = len(self)
+        super()._add_tokens(tokens, special_tokens=special_tokens)
+        added = len(self) - size  # new ids only: the Rust count includes tokens whose flags were updated
+        if loaded:
+            for token in tokens:
+                if token.special and str(token) not in named:
+                    self._extra_special_tokens.append(token)
+                    named.add(str(token))
         return added
 
     def update_post_processor(self) -> None:
