@@ -181,3 +181,13 @@ def test_the_same_history_list_passed_again_reuses_the_cache_every_turn(qwen2_to
     assert reused == fresh
     assert all(length < 40 for length in reused_prefills)
     assert all(length > model.num_image_token for length in fresh_prefills)
+
+
+def test_a_negative_logits_to_keep_with_labels_is_refused_by_name():
+    from transformers_internvl.modeling.causal_lm_loss import check_logits_for_labels
+
+    labels = torch.zeros(1, 5, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"`logits_to_keep` must be >= 0 .* got -1"):
+        check_logits_for_labels(labels, -1)
+    check_logits_for_labels(labels, 0)
+    check_logits_for_labels(labels, 5)

@@ -21,7 +21,7 @@ def check_logits_for_labels(labels: torch.Tensor, logits_to_keep: int | torch.Te
             (`(n,)` or `(batch, n)`), or a boolean `(batch, seq)` mask.
 
     Raises:
-        ValueError: an int `k` with `0 < k < seq`, a tensor of other than `seq` positions, or a mask that drops a
+        ValueError: a negative int, an int `k` with `0 < k < seq`, a tensor of other than `seq` positions, or a mask that drops a
             position.
     """
     length = labels.shape[-1]
@@ -31,6 +31,8 @@ def check_logits_for_labels(labels: torch.Tensor, logits_to_keep: int | torch.Te
         kept = logits_to_keep.shape[-1] if all_kept else int(logits_to_keep.sum(-1).min())
     elif isinstance(logits_to_keep, torch.Tensor):
         kept = logits_to_keep.shape[-1] if logits_to_keep.dim() else 1
+    elif int(logits_to_keep) < 0:
+        raise ValueError(f"`logits_to_keep` must be >= 0 (0: every position), got {logits_to_keep}.")
     else:
         kept = length if logits_to_keep == 0 else min(int(logits_to_keep), length)
     if kept != length:

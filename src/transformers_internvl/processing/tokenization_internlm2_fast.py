@@ -297,7 +297,9 @@ class InternLM2TokenizerFast(InternLM2TokenizerMixin, TokenizersBackend):
         special after loading also joins `extra_special_tokens` (the original's `additional_special_tokens`), so
         `decode(..., skip_special_tokens=True)` drops it like the original, once. As there, a str that is already an
         added token is left as it is (`add_tokens(["<x>"], special_tokens=True)` after `add_tokens(["<x>"])` does not
-        make it special), and the count returned is that of new ids.
+        make it special), and the count returned is that of new ids. Not reproduced: `single_word=True`, which the
+        Rust matcher applies at word boundaries while the original's trie glues the token to the text beside it (use
+        `InternLM2Tokenizer` for such tokens).
         """
         loaded = getattr(self, "_loaded", False)
         named = set(self.all_special_tokens)
