@@ -185,6 +185,12 @@ def main(argv=None) -> InternVLTrainer:
         summary = json.dumps(dataset.skipped.counts())
         trainer.log({"skipped_samples": len(dataset.skipped)})
         print(f"skipped {len(dataset.skipped)} bad samples: {summary}")
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Under torchrun: close the process group while Python runs normally. Left to interpreter teardown, a gloo
+        # group can abort in its threads ("terminate called without an active exception", SIGABRT) after training
+        # succeeded. No barrier first: its pending work, freed by a gloo thread that needs the GIL, deadlocks against
+        # the main thread joining that thread when DDP's reducer drops the group.
+        torch.distributed.destroy_process_group()
     return trainer
 
 
