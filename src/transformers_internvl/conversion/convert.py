@@ -172,7 +172,9 @@ def convert_checkpoint(
         adjust = lora_deltas(merge_lora, layout, "output" if llm[:1] == ["InternLM2ForCausalLM"] else "lm_head")
 
     if to == "hf":
-        prepared = prepare_to_hf(source, config, image_token_id=image_token_id, dtype=dtype)
+        prepared = prepare_to_hf(
+            source, config, image_token_id=image_token_id, dtype=dtype, tensor_names=set(locations)
+        )
         steps = original_to_hf_plan(list(locations), prepared.internlm2_heads)
     else:
         prepared = prepare_to_original(source, config, dtype=dtype)

@@ -40,9 +40,12 @@ from collections.abc import Mapping
 
 import torch
 from transformers import LlamaConfig
+from transformers.utils import logging
 
 from ..modeling.configuration_internlm2 import InternLM2Config, standardize_rope_scaling
 from ..modeling.modeling_internlm2 import check_wqkv_shape
+
+logger = logging.get_logger(__name__)
 
 __all__ = [
     "fuse_wqkv",
@@ -135,7 +138,10 @@ def _shared_fields(config) -> dict[str, object]:
 
 
 def internlm2_config_to_llama(config: InternLM2Config) -> LlamaConfig:
-    """The `LlamaConfig` of the same model (`attention_bias = bias`, `mlp_bias = False`, rope mapped by type)."""
+    """The `LlamaConfig` of the same model (`attention_bias = bias`, `mlp_bias = False`, rope mapped by type).
+
+    Logs a warning for `dynamic` rope scaling: Llama's dynamic rope matches InternLM2's only on a freshly loaded model
+    (see the module docstring)."""
     if not isinstance(config, InternLM2Config):
         raise TypeError(f"`config` must be an InternLM2Config, got {type(config).__name__}")
     _, _, num_kv_heads, head_dim = _head_layout(config)
@@ -143,6 +149,13 @@ def internlm2_config_to_llama(config: InternLM2Config) -> LlamaConfig:
     if config.rope_scaling is not None:
         rope_parameters["rope_type"] = config.rope_scaling["type"]
         rope_parameters["factor"] = config.rope_scaling["factor"]
+    if rope_parameters["rope_type"] == "dynamic":
+        logger.warning(
+            "InternLM2's dynamic NTK RoPE becomes Llama's 'dynamic' rope, which gives the original's numbers on a "
+            "freshly loaded model only: transformers keeps the largest base it has used (a model object reused after "
+            f"a longer sequence than the next one, beyond max_position_embeddings {config.max_position_embeddings}, "
+            "gives other logits) and takes the length from position_ids (right padding and packed sequences differ)"
+        )
     llama_config = LlamaConfig(
         **_shared_fields(config),
         num_key_value_heads=num_kv_heads,

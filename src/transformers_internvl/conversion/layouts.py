@@ -119,9 +119,18 @@ def _load_original_config(source: Path) -> Any:
         raise ConversionError(f"cannot read {source / 'config.json'}: {error}") from None
 
 
-def hf_config_for(original: Any, original_dict: dict[str, Any], image_token_id: int, dtype: torch.dtype | None) -> Any:
+def hf_config_for(
+    original: Any,
+    original_dict: dict[str, Any],
+    image_token_id: int,
+    dtype: torch.dtype | None,
+    separate_head: bool = False,
+) -> Any:
     """`transformers.InternVLConfig` (model_type "internvl") of an original config, with the original-only fields
-    recorded under `ORIGINAL_RECORD_KEY`. Raises `ConversionError` for what `-hf` cannot express exactly."""
+    recorded under `ORIGINAL_RECORD_KEY`. `separate_head`: the checkpoint holds its own LM head tensor, which the
+    model uses whatever `tie_word_embeddings` says (the original forces it to false; this package's loader, like
+    transformers, does not tie a head stored with other values), so the `-hf` config says false.
+    Raises `ConversionError` for what `-hf` cannot express exactly."""
     from transformers import AutoConfig
     from transformers import InternVLConfig as HfConfig
     from transformers import InternVLVisionConfig as HfVisionConfig
@@ -152,7 +161,10 @@ def hf_config_for(original: Any, original_dict: dict[str, Any], image_token_id: 
         text_dict = text.to_dict()
         text_dict.pop("model_type", None)
         text_config = AutoConfig.for_model(text.model_type, **text_dict)
-    tie = bool(original.tie_word_embeddings)
+    tie = bool(original.tie_word_embeddings) and not separate_head
+    if original.tie_word_embeddings and separate_head:
+        logger.warning("config.json says tie_word_embeddings: true but the checkpoint has its own LM head, which the "
+                       "original uses (it never ties); the -hf config says false and keeps that head")  # fmt: skip
     text_config.tie_word_embeddings = tie
     text_config.architectures = None
     side = original.vision_image_size // original.vision_config.patch_size
@@ -196,12 +208,21 @@ def _source_image_token_id(source: Path, original: Any, image_token_id: int | No
     )
 
 
-def prepare_to_hf(source: Path, config: dict[str, Any], image_token_id: int | None, dtype: torch.dtype | None):
+def prepare_to_hf(
+    source: Path,
+    config: dict[str, Any],
+    image_token_id: int | None,
+    dtype: torch.dtype | None,
+    tensor_names: set[str] | frozenset[str] = frozenset(),
+):
     from transformers import InternVLForConditionalGeneration as HfModel
+
+    from ..modeling.llm_resolution import language_model_head
 
     original = _load_original_config(source)
     token_id = _source_image_token_id(source, original, image_token_id)
-    hf_config = hf_config_for(original, config, token_id, dtype)
+    head_key = f"language_model.{language_model_head(original.text_config).head_name}.weight"
+    hf_config = hf_config_for(original, config, token_id, dtype, separate_head=head_key in tensor_names)
     _record_tokenizer_class(source, hf_config)
     internlm2 = original.text_config.model_type == "internlm2"
     shapes = {normalize_hf_key(name): shape for name, shape in _meta_state_shapes(HfModel, hf_config).items()}

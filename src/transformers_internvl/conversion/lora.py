@@ -22,7 +22,7 @@ from ..modeling.original_lora_loading import merge_lora_weight
 from .checkpoint_io import ConversionError, read_json
 from .hf_layout import normalize_hf_key
 
-_LORA_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<part>[AB])\.weight$")
+_LORA_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.(?:lora_(?P<part>[AB])|base_layer)\.weight$")
 # This package's module names -> original checkpoint names (see modeling/checkpoint_mapping.py).
 _ORIGINAL_PREFIXES = (
     ("model.vision_model.", "vision_model."),
@@ -78,15 +78,20 @@ def lora_deltas(
         match = _LORA_KEY.match(key)
         if match is None:
             raise ConversionError(f"unexpected adapter tensor {key!r}")
-        pairs.setdefault(match["module"], {})[match["part"]] = tensor
+        # `base_layer`: the weight PEFT saves with an adapter on `lm_head` / `embed_tokens` and loads over the base's.
+        pairs.setdefault(match["module"], {})[match["part"] or "base"] = tensor
     deltas = {}
     for module, parts in pairs.items():
-        if set(parts) != {"A", "B"}:
-            raise ConversionError(f"adapter module {module!r} has lora_{next(iter(parts))} only")
+        if not {"A", "B"} <= set(parts):
+            raise ConversionError(f"adapter module {module!r} has {sorted(parts)} but not both lora_A and lora_B")
 
         def merge(weight: torch.Tensor, a=parts["A"], b=parts["B"], module=module) -> torch.Tensor:
+            base = parts.get("base")
+            if base is not None and base.shape != weight.shape:
+                raise ConversionError(f"adapter base_layer of {module!r} is {tuple(base.shape)}, the weight "
+                                      f"{tuple(weight.shape)}")  # fmt: skip
             try:
-                return merge_lora_weight(weight, a, b, scaling)
+                return merge_lora_weight(weight if base is None else base.to(weight.dtype), a, b, scaling)
             except ValueError as error:
                 raise ConversionError(f"LoRA module {module!r}: {error}") from None
 
