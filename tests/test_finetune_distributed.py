@@ -37,14 +37,24 @@ def _run(command: list[str], output_dir: Path, batch_size: int) -> tuple[list[tu
         "--disable-tqdm",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run(
-        [*command, str(ROOT / "examples" / "finetune_lora.py"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    attempts = 2 if command[0] == "torchrun" else 1
+    failures = []
+    for _ in range(attempts):
+        # torchrun only: one retry on a fresh port. Two failures seen in ~10 clean runs were outside what this test
+        # checks: rank 1 aborting in gloo's threads at interpreter teardown after training succeeded ("terminate
+        # called without an active exception"), and one not kept, under load. Both tails are shown if both fail.
+        launch = [*command[:-1], str(_free_port())] if command[0] == "torchrun" else command  # port: last
+        result = subprocess.run(
+            [*launch, str(ROOT / "examples" / "finetune_lora.py"), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if result.returncode == 0:
+            break
+        failures.append(result.stderr[-3000:])
+    assert result.returncode == 0, "\n--- next attempt ---\n".join(failures)
     history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
     steps = [(entry["loss"], entry["grad_norm"]) for entry in history if "loss" in entry]
     return steps, load_file(output_dir / "adapter_model.safetensors")
