@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 
 import numpy as np
@@ -185,14 +186,24 @@ def main(argv=None) -> InternVLTrainer:
         summary = json.dumps(dataset.skipped.counts())
         trainer.log({"skipped_samples": len(dataset.skipped)})
         print(f"skipped {len(dataset.skipped)} bad samples: {summary}")
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # Under torchrun: close the process group while Python runs normally. Left to interpreter teardown, a gloo
-        # group can abort in its threads ("terminate called without an active exception", SIGABRT) after training
-        # succeeded. No barrier first: its pending work, freed by a gloo thread that needs the GIL, deadlocks against
-        # the main thread joining that thread when DDP's reducer drops the group.
-        torch.distributed.destroy_process_group()
     return trainer
+
+
+def _exit_distributed_run() -> None:
+    """Under torchrun, end the process once its work is written, without running object destructors.
+
+    Freeing DDP's reducer (and with it the gloo process group) joins gloo's worker threads while holding the GIL; a
+    worker still freeing a finished collective needs the GIL, so the process either hangs there (seen with and
+    without `destroy_process_group()`) or aborts at interpreter teardown ("terminate called without an active
+    exception", SIGABRT), after training succeeded. Each rank has finished its writes when `main` returns (rank 0
+    saves before returning), so output streams are flushed and the process exits with status 0.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":
     main()
+    _exit_distributed_run()
