@@ -14,8 +14,9 @@ Source of the behaviour: `LazySupervisedDataset` in `internvl_chat/internvl/trai
   tag stays literal text). A video's `<video>\\n` is replaced by the frame lines in the first human turn only (as
   the original does in `conversations[0]`); a `<video>` tag only in a later turn leaves the frames untagged and
   the sample is skipped.
-* Video frames are sampled at the midpoints of `num_video_frames` equal segments (the inference rule); the original
-  draws a random count in `[min_num_frame, max_num_frame]` and random positions (`sample='rand'`).
+* Video frames follow the original training rule (`training.frame_sampling`: a count drawn in
+  `[min_num_frame, max_num_frame]`, positions by `sampling_method`), with random generators seeded per sample from
+  `seed` and the index (the same frames every epoch; the original draws again each time).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from PIL import Image
 from transformers.utils import logging
 
 from ..chat_templates import DEFAULT_NUM_IMAGE_TOKEN
+from .frame_sampling import check_sampling_method, sort_frame_files, training_frame_indices
 from .labels import IMAGE_PLACEHOLDER, SampleError, tokenize_conversation, video_frame_tags
 
 logger = logging.get_logger(__name__)
@@ -143,9 +145,13 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
         max_length: longest sample in tokens (`None`: `tokenizer.model_max_length` when below 1e6, else no limit).
         truncate: `False` (default): longer samples are skipped; `True`: truncated as the original does (skipped
             only when the cut falls inside an image).
-        num_video_frames: frames sampled per video.
+        num_video_frames: frames per video when `min_num_frame` / `max_num_frame` are not given (both = this).
+        min_num_frame, max_num_frame: the original's range of the per-sample frame count (its defaults are 8 and 32).
+        sampling_method: the original's `sampling_method`: `"rand"` (default, as the original's training),
+            `"middle"` or `"fps<rate>"` (`training.frame_sampling`).
         root, max_dynamic_patch, data_augment: defaults for rows not coming from a meta file.
-        seed: seed of the JPEG augmentation (`data_augment`).
+        seed: seed of the JPEG augmentation (`data_augment`) and of the video frame choice (per sample: with the
+            index).
     """
 
     def __init__(
@@ -158,6 +164,9 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
         max_length: int | None = None,
         truncate: bool = False,
         num_video_frames: int = 8,
+        min_num_frame: int | None = None,
+        max_num_frame: int | None = None,
+        sampling_method: str = "rand",
         root: str = "",
         max_dynamic_patch: int = 12,
         data_augment: bool = False,
@@ -179,6 +188,15 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
         self.max_length = max_length
         self.truncate = truncate
         self.num_video_frames = int(num_video_frames)
+        self.min_num_frame = self.num_video_frames if min_num_frame is None else int(min_num_frame)
+        self.max_num_frame = self.num_video_frames if max_num_frame is None else int(max_num_frame)
+        if not 1 <= self.min_num_frame <= self.max_num_frame:
+            raise ValueError(
+                f"`min_num_frame` ({self.min_num_frame}) and `max_num_frame` ({self.max_num_frame}) must satisfy "
+                "1 <= min_num_frame <= max_num_frame."
+            )
+        check_sampling_method(sampling_method)
+        self.sampling_method = sampling_method
         self.seed = seed
         self.skipped = SkipReport()
 
@@ -251,21 +269,24 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
             loaded = [self._load_image(row.root, image) for image in images]
             budget = row.max_dynamic_patch
             tiles = self.image_processor(
-                images=loaded, max_dynamic_patch=budget, max_total_tiles=budget, return_tensors="pt"
+                images=loaded, **self._tile_budget(budget), max_total_tiles=budget, return_tensors="pt"
             )
             pixel_values, num_tiles = tiles["pixel_values"], [int(n) for n in tiles["num_tiles"]]
         elif video:
-            frames = self._load_video(row.root, video)
+            frames = self._load_video(row.root, video, index)
             first = _add_missing_tag(conversations, VIDEO_PLACEHOLDER)
             first["value"] = first["value"].replace(VIDEO_PLACEHOLDER + "\n", video_frame_tags(len(frames)) + "\n")
-            tiles = self.image_processor(images=frames, max_dynamic_patch=1, max_total_tiles=None, return_tensors="pt")
+            tiles = self.image_processor(
+                images=frames, **self._tile_budget(1), max_total_tiles=None, return_tensors="pt"
+            )
             pixel_values, num_tiles = tiles["pixel_values"], [1] * len(frames)
         else:
             tags = sum(turn["value"].count(IMAGE_PLACEHOLDER) for turn in conversations if turn["from"] == "human")
             if tags:  # the original would train on the literal tag text
                 raise SampleError(f"{tags} '<image>' tags in human turns but 0 images")
             white = Image.new("RGB", (224, 224), (255, 255, 255))
-            pixel_values = self.image_processor(images=white, max_dynamic_patch=1, return_tensors="pt")["pixel_values"]
+            tiles = self.image_processor(images=white, **self._tile_budget(1), return_tensors="pt")
+            pixel_values = tiles["pixel_values"]
             num_tiles, flags = [], 0
         if row.data_augment and flags:
             pixel_values = self._jpeg_degrade(pixel_values, index)
@@ -297,17 +318,29 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
         with Image.open(path) as handle:
             return handle.convert("RGB")
 
-    def _load_video(self, root: str, video: Any) -> list[Image.Image]:
-        from ..processing.video_processing_internvl import read_video_frames, sample_frame_indices
+    def _tile_budget(self, budget: int) -> dict[str, int]:
+        """Per-call tile options for a budget of `budget` grid tiles. A processor `min_dynamic_patch` above the budget
+        makes every image one plain tile, as the original's empty candidate grid set does (`dynamic_preprocess`
+        falls back to 1x1); the processor itself refuses min > max, so both are set to 1 then."""
+        if getattr(self.image_processor, "min_dynamic_patch", 1) > budget:
+            return {"min_dynamic_patch": 1, "max_dynamic_patch": 1}
+        return {"max_dynamic_patch": budget}
+
+    def _load_video(self, root: str, video: Any, index: int) -> list[Image.Image]:
+        from ..processing.video_decoding import FrameIndexReader, read_video_frames
 
         path = os.path.join(root, video)
+        seed = self.seed * 1_000_003 + index
+        frames_range = (self.min_num_frame, self.max_num_frame, self.sampling_method, seed)
         if os.path.isdir(path):  # a folder of frames (original `read_frames_folder`)
-            names = sorted(n for n in os.listdir(path) if n.lower().endswith(_FRAME_SUFFIXES))
+            names = sort_frame_files([n for n in os.listdir(path) if n.lower().endswith(_FRAME_SUFFIXES)])
             if not names:
                 raise SampleError(f"video folder {path} has no frames")
-            indices = sample_frame_indices(
-                len(names), 1.0, num_segments=self.num_video_frames, max_frame=len(names) - 1
-            )
+            indices = training_frame_indices(len(names), *frames_range, is_folder=True)
+            if not indices:
+                raise SampleError(
+                    f"no frame of video folder {path} selected by sampling_method={self.sampling_method!r}"
+                )
             frames = []
             for i in indices:
                 with Image.open(os.path.join(path, names[i])) as handle:
@@ -315,7 +348,12 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
             return frames
         if not os.path.isfile(path):
             raise SampleError(f"missing video file {path}")
-        return read_video_frames(path, num_segments=self.num_video_frames).frames
+        with FrameIndexReader(path, "video") as reader:  # original `read_frames_decord`
+            num_frames, fps = reader.num_frames, reader.fps
+        indices = training_frame_indices(num_frames, *frames_range, is_folder=False, fps=fps)
+        if not indices:
+            raise SampleError(f"no frame of video {path} selected by sampling_method={self.sampling_method!r}")
+        return read_video_frames(path, indices=indices).frames
 
     def _jpeg_degrade(self, pixel_values: torch.Tensor, index: int) -> torch.Tensor:
         """The original `data_augment`: every tile re-encoded as JPEG at a random quality in 75..100
