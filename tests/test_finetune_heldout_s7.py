@@ -9,7 +9,9 @@ selection of `read_frames_decord` / `read_frames_folder`, `packed_collate_fn` lo
 import gzip
 import hashlib
 import json
+import random
 import sys
+import types
 
 import pytest
 import torch
@@ -19,6 +21,7 @@ from transformers import AutoTokenizer
 import transformers_internvl  # noqa: F401
 from transformers_internvl.processing.image_processing_internvl import InternVLImageProcessor
 from transformers_internvl.reasoning.repetition import repetition_ratio
+from transformers_internvl.training import data as data_module
 from transformers_internvl.training.collator import InternVLPackingCollator, weighted_lm_loss
 from transformers_internvl.training.data import InternVLSupervisedDataset
 from transformers_internvl.training.filtering import repetition_reason
@@ -27,7 +30,7 @@ from transformers_internvl.training.labels import IGNORE_INDEX, SampleError, tok
 
 HERE = FIXTURES / "finetune_heldout_s7"
 sys.path.insert(0, str(HERE))
-from heldout_inputs import NUM_IMAGE_TOKEN, TILE, input_digests, write_inputs  # noqa: E402
+from heldout_inputs import AUGMENT_QUALITY, NUM_IMAGE_TOKEN, TILE, input_digests, write_inputs  # noqa: E402
 
 with gzip.open(HERE / "original.json.gz", "rt", encoding="utf-8") as _handle:
     DATA = json.load(_handle)
@@ -88,9 +91,20 @@ def _digest(pixel_values):
     return [hashlib.sha256(tile.numpy().tobytes()).hexdigest()[:24] for tile in pixel_values.contiguous()]
 
 
+class _FixedQuality(random.Random):
+    """The JPEG quality the original ran with (`augment_*` cases), instead of a random draw."""
+
+    def randint(self, a, b):
+        assert (a, b) == (75, 100)
+        return AUGMENT_QUALITY
+
+
 @pytest.mark.parametrize("case", DATA["dataset"], ids=lambda c: c["name"])
-def test_dataset_sample_equals_the_original(case, inputs):
+def test_dataset_sample_equals_the_original(case, inputs, monkeypatch):
     options = case["options"]
+    augment = options.get("is_train", False)
+    if augment:
+        monkeypatch.setattr(data_module, "random", types.SimpleNamespace(Random=_FixedQuality))
     low = options.get("min_dynamic_patch", 1)
     processor = InternVLImageProcessor(
         image_size=TILE,
@@ -109,6 +123,7 @@ def test_dataset_sample_equals_the_original(case, inputs):
         root=str(inputs),
         max_dynamic_patch=options["max_dynamic_patch"],
         max_length=4096,
+        data_augment=augment,
         seed=0,  # the original ran with numpy / random seeded 0, the same generators' state as sample 0 here
         **video,
     )
@@ -259,3 +274,14 @@ def test_video_file_frames_follow_the_training_rule(tmp_path):
     levels = [round(float(np.asarray(frame, dtype=np.float64).mean()) / 8) for frame in frames]
     assert levels == [2, 8, 14, 20, 26]
     assert dataset[0]["pixel_values"].shape[0] == 5
+
+
+def test_internvl_zh_is_refused_because_the_original_trains_nothing_with_it():
+    """The original sends `internvl_zh` to its generic (vicuna) `preprocess`, which trains 0 tokens or raises on
+    every conversation of the set; this package refuses the template up front."""
+    results = DATA["internvl_zh_generic_preprocess"]
+    assert results and all(r["trained_tokens"] == 0 or isinstance(r["trained_tokens"], str) for r in results)
+    with pytest.raises(ValueError, match="template"):
+        tokenize_conversation(
+            [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}], _tokenizer("qwen2-tiny"), "internvl_zh"
+        )

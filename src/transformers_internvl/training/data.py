@@ -14,6 +14,9 @@ Source of the behaviour: `LazySupervisedDataset` in `internvl_chat/internvl/trai
   tag stays literal text). A video's `<video>\\n` is replaced by the frame lines in the first human turn only (as
   the original does in `conversations[0]`); a `<video>` tag only in a later turn leaves the frames untagged and
   the sample is skipped.
+* `data_augment` (JPEG re-encoding) draws its qualities from a generator seeded per sample (the original's are
+  drawn anew each time); like the original it re-encodes the tiles of dynamic tiling, and whole images (video frames,
+  `dynamic_image_size` off) before their resize.
 * Video frames follow the original training rule (`training.frame_sampling`: a count drawn in
   `[min_num_frame, max_num_frame]`, positions by `sampling_method`), with random generators seeded per sample from
   `seed` and the index (the same frames every epoch; the original draws again each time).
@@ -267,6 +270,8 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
             _add_missing_tag(conversations, IMAGE_PLACEHOLDER)
         if images:
             loaded = [self._load_image(row.root, image) for image in images]
+            if row.data_augment and not getattr(self.image_processor, "dynamic_image_size", True):
+                loaded = self._jpeg_degrade_images(loaded, index)  # whole images, before the resize
             budget = row.max_dynamic_patch
             tiles = self.image_processor(
                 images=loaded, **self._tile_budget(budget), max_total_tiles=budget, return_tensors="pt"
@@ -274,6 +279,8 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
             pixel_values, num_tiles = tiles["pixel_values"], [int(n) for n in tiles["num_tiles"]]
         elif video:
             frames = self._load_video(row.root, video, index)
+            if row.data_augment:
+                frames = self._jpeg_degrade_images(frames, index)  # whole frames, before the resize
             first = _add_missing_tag(conversations, VIDEO_PLACEHOLDER)
             first["value"] = first["value"].replace(VIDEO_PLACEHOLDER + "\n", video_frame_tags(len(frames)) + "\n")
             tiles = self.image_processor(
@@ -288,8 +295,8 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
             tiles = self.image_processor(images=white, **self._tile_budget(1), return_tensors="pt")
             pixel_values = tiles["pixel_values"]
             num_tiles, flags = [], 0
-        if row.data_augment and flags:
-            pixel_values = self._jpeg_degrade(pixel_values, index)
+        if row.data_augment and images and getattr(self.image_processor, "dynamic_image_size", True):
+            pixel_values = self._jpeg_degrade(pixel_values, index)  # tiles (thumbnail included)
         sample = tokenize_conversation(
             conversations,
             self.tokenizer,
@@ -355,21 +362,34 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
             raise SampleError(f"no frame of video {path} selected by sampling_method={self.sampling_method!r}")
         return read_video_frames(path, indices=indices).frames
 
+    def _jpeg_degrade_images(self, images: list[Image.Image], index: int) -> list[Image.Image]:
+        """The original `data_augment` where its transform gets whole images (video frames, `dynamic_image_size`
+        off): each image re-encoded as JPEG at a random quality in 75..100 BEFORE the resize to the tile size."""
+        rng = random.Random(self.seed * 1_000_003 + index)
+        return [_jpeg(image, rng.randint(75, 100)) for image in images]
+
     def _jpeg_degrade(self, pixel_values: torch.Tensor, index: int) -> torch.Tensor:
-        """The original `data_augment`: every tile re-encoded as JPEG at a random quality in 75..100
-        (`build_transform(is_train=True)`, dataset.py); the tile's uint8 pixels are recovered exactly first."""
+        """The original `data_augment` on dynamic tiles: every tile (thumbnail included) re-encoded as JPEG at a
+        random quality in 75..100 (`build_transform(is_train=True)`, dataset.py: the transform gets the 448 px crops);
+        the tile's uint8 pixels are recovered exactly first."""
         mean = torch.tensor(self.image_processor.image_mean).view(3, 1, 1)
         std = torch.tensor(self.image_processor.image_std).view(3, 1, 1)
         rng = random.Random(self.seed * 1_000_003 + index)
         out = []
         for tile in pixel_values:
             pixels = ((tile * std + mean) * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-            buffer = io.BytesIO()
-            Image.fromarray(pixels).save(buffer, format="JPEG", quality=rng.randint(75, 100))
-            buffer.seek(0)
-            degraded = np.asarray(Image.open(buffer).convert("RGB"), dtype=np.float32) / 255.0
+            degraded = np.asarray(_jpeg(Image.fromarray(pixels), rng.randint(75, 100)), dtype=np.float32) / 255.0
             out.append((torch.from_numpy(degraded).permute(2, 0, 1) - mean) / std)
         return torch.stack(out)
+
+
+def _jpeg(image: Image.Image, quality: int) -> Image.Image:
+    """`image` saved as JPEG at `quality` and decoded again (original `simulate_jpeg_degradation`)."""
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=quality)
+    buffer.seek(0)
+    with Image.open(buffer) as handle:
+        return handle.convert("RGB")
 
 
 # Token strings the processor and the labels write themselves; in data they would be encoded as control tokens.
