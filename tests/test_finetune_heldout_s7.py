@@ -285,3 +285,21 @@ def test_internvl_zh_is_refused_because_the_original_trains_nothing_with_it():
         tokenize_conversation(
             [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}], _tokenizer("qwen2-tiny"), "internvl_zh"
         )
+
+
+@pytest.mark.parametrize("case", DATA["tag_in_answer"], ids=lambda c: f"{c['template']}-{c['tokenizer']}")
+def test_an_image_tag_in_an_earlier_answer_stays_text(case):
+    """`<image>` typed in an answer before the human turn's tag. internvl2_5: identical to the original. The pre-2.5
+    templates of the original replace the first `<image>` of the whole prompt, so the image goes into the answer
+    (Hermes-2 x qwen2-tiny trains its 2 <IMG_CONTEXT> tokens; the other pairs end as a tokenization mismatch). Here
+    the image always goes to the human turn that holds its tag, and no image token is trained (deliberate)."""
+    tokenizer = _tokenizer(case["tokenizer"])
+    sample = tokenize_conversation(case["conversations"], tokenizer, case["template"], case["num_image_tokens"])
+    if case["template"] == "internvl2_5":
+        assert (sample.input_ids, sample.labels) == (case["input_ids"], case["labels"])
+    context = tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
+    assert not any(i == context and label != IGNORE_INDEX for i, label in zip(sample.input_ids, sample.labels))
+    text = tokenizer.decode(sample.input_ids)
+    assert "see <image> here" in text and text.index("<img>") > text.index("see <image> here")
+    if (case["template"], case["tokenizer"]) == ("Hermes-2", "qwen2-tiny"):
+        assert case["trained_image_tokens"] == 2  # what the original trains there

@@ -71,6 +71,11 @@ def _expand_images(conversations: list[dict], num_image_tokens: Sequence[int]) -
 
     Raises `SampleError` when the number of tags in human turns differs from the number of images (the original
     asserts for fewer tags, and would silently leave extra tags as text: both are rejected here).
+
+    `<image>` text in system or assistant turns stays text, as in the original `preprocess_internvl2_5`. The
+    original's pre-2.5 functions (`preprocess_mpt`, `preprocess_phi3`, `preprocess_internlm`) replace the first
+    `<image>` of the whole rendered prompt instead, so a tag typed in an earlier answer received the image and its
+    `<IMG_CONTEXT>` tokens were trained; here the image always goes to the human turn's tag (deliberate).
     """
     count = sum(turn["value"].count(IMAGE_PLACEHOLDER) for turn in conversations if turn["from"] == "human")
     if count != len(num_image_tokens):
