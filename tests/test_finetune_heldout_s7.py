@@ -167,6 +167,8 @@ def test_frame_files_sort_by_their_number_as_the_original():
         ({"min_num_frame": 9, "max_num_frame": 4}, "min_num_frame"),
         ({"sampling_method": "uniform"}, "sampling_method"),
         ({"sampling_method": "fps0"}, "sampling_method"),
+        ({"max_num_frame": "8"}, "max_num_frame"),
+        ({"num_video_frames": 0}, "min_num_frame"),
     ],
 )
 def test_bad_frame_options_raise(kwargs, message):
@@ -303,3 +305,14 @@ def test_an_image_tag_in_an_earlier_answer_stays_text(case):
     assert "see <image> here" in text and text.index("<img>") > text.index("see <image> here")
     if (case["template"], case["tokenizer"]) == ("Hermes-2", "qwen2-tiny"):
         assert case["trained_image_tokens"] == 2  # what the original trains there
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [({}, (8, 8)), ({"max_num_frame": 32}, (8, 32)), ({"max_num_frame": 4}, (4, 4)), ({"min_num_frame": 12}, (12, 12))],
+)
+def test_one_frame_count_end_alone_follows_num_video_frames(kwargs, expected):
+    dataset = InternVLSupervisedDataset(
+        [{"conversations": []}], _tokenizer("qwen2-tiny"), InternVLImageProcessor(), "internvl2_5", **kwargs
+    )
+    assert (dataset.min_num_frame, dataset.max_num_frame) == expected

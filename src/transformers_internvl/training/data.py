@@ -148,7 +148,8 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
         max_length: longest sample in tokens (`None`: `tokenizer.model_max_length` when below 1e6, else no limit).
         truncate: `False` (default): longer samples are skipped; `True`: truncated as the original does (skipped
             only when the cut falls inside an image).
-        num_video_frames: frames per video when `min_num_frame` / `max_num_frame` are not given (both = this).
+        num_video_frames: frames per video when `min_num_frame` / `max_num_frame` are not given (both = this; one
+            end given alone: the other is `num_video_frames` clipped to it).
         min_num_frame, max_num_frame: the original's range of the per-sample frame count (its defaults are 8 and 32).
         sampling_method: the original's `sampling_method`: `"rand"` (default, as the original's training),
             `"middle"` or `"fps<rate>"` (`training.frame_sampling`).
@@ -190,9 +191,14 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
             max_length = int(tokenizer.model_max_length)
         self.max_length = max_length
         self.truncate = truncate
-        self.num_video_frames = int(num_video_frames)
-        self.min_num_frame = self.num_video_frames if min_num_frame is None else int(min_num_frame)
-        self.max_num_frame = self.num_video_frames if max_num_frame is None else int(max_num_frame)
+        for name, value in (("num_video_frames", num_video_frames), ("min_num_frame", min_num_frame),
+                            ("max_num_frame", max_num_frame)):  # fmt: skip
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise ValueError(f"`{name}` must be an int, got {value!r}.")
+        self.num_video_frames = num_video_frames
+        # An end not given follows `num_video_frames`, clipped so that one given end alone never conflicts with it.
+        self.max_num_frame = max_num_frame if max_num_frame is not None else max(min_num_frame or 0, num_video_frames)
+        self.min_num_frame = min_num_frame if min_num_frame is not None else min(self.max_num_frame, num_video_frames)
         if not 1 <= self.min_num_frame <= self.max_num_frame:
             raise ValueError(
                 f"`min_num_frame` ({self.min_num_frame}) and `max_num_frame` ({self.max_num_frame}) must satisfy "
