@@ -8,9 +8,9 @@ selection of `read_frames_decord` / `read_frames_folder`, `packed_collate_fn` lo
 
 import gzip
 import hashlib
+import importlib.util
 import json
 import random
-import sys
 import types
 
 import pytest
@@ -29,8 +29,11 @@ from transformers_internvl.training.frame_sampling import sort_frame_files, trai
 from transformers_internvl.training.labels import IGNORE_INDEX, SampleError, tokenize_conversation
 
 HERE = FIXTURES / "finetune_heldout_s7"
-sys.path.insert(0, str(HERE))
-from heldout_inputs import AUGMENT_QUALITY, NUM_IMAGE_TOKEN, TILE, input_digests, write_inputs  # noqa: E402
+# Loaded by path: other fixture folders hold input modules too, and a shared sys.path entry would mix them up.
+_spec = importlib.util.spec_from_file_location("finetune_s7_inputs", HERE / "finetune_s7_inputs.py")
+INPUTS = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(INPUTS)
+AUGMENT_QUALITY, NUM_IMAGE_TOKEN, TILE = INPUTS.AUGMENT_QUALITY, INPUTS.NUM_IMAGE_TOKEN, INPUTS.TILE
 
 with gzip.open(HERE / "original.json.gz", "rt", encoding="utf-8") as _handle:
     DATA = json.load(_handle)
@@ -82,8 +85,8 @@ def test_label_cases_are_not_trivial():
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("s7_inputs")
-    write_inputs(root)
-    assert input_digests(root) == DATA["inputs_sha256"]  # the pixels the original saw
+    INPUTS.write_inputs(root)
+    assert INPUTS.input_digests(root) == DATA["inputs_sha256"]  # the pixels the original saw
     return root
 
 
