@@ -55,7 +55,7 @@ def measure(src: str, which: str, layers: int, dtype: str, tiles: int, tokens: i
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--src", action="append", help="source tree(s) to compare (default: this tree's src)")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--dtype", default="float32")

@@ -43,7 +43,11 @@ def run_handler(handler: Callable[[argparse.Namespace], int], args: argparse.Nam
     except Exception as error:
         if traceback:
             raise
-        return report_error(f"{type(error).__name__}: {error} (run with --traceback for details)")
+        # The message's first non-blank line: transformers' backend errors start with a newline, which left only
+        # "ImportError:" on the line.
+        detail = first_line(str(error))
+        name = f"{type(error).__name__}: {detail}" if detail else type(error).__name__
+        return report_error(f"{name} (run with --traceback for details)")
 
 
 __all__ = ["PROG", "CLIError", "first_line", "report_error", "run_handler"]

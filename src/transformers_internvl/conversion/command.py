@@ -27,8 +27,12 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
 
 def run_convert(args: argparse.Namespace) -> int:
     """Handler of `convert`: converts, prints where it wrote and, with --verify, the comparison; 1 on failure."""
+    from ..registration import register_all
     from .convert import convert_checkpoint
 
+    # The console script skips registration at import (fast `tiles`); reading InternLM2 checkpoints and the source's
+    # tokenizer needs it (without it, InternLM2 sources were refused as an unsupported LLM).
+    register_all()
     # A terminated run cleans up its temporary folder like Ctrl-C does (SIGKILL cannot be caught; it leaves only the
     # hidden temporary folder beside DST, never DST).
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)

@@ -2,8 +2,9 @@
 
 The adapter (`adapter_config.json` + `adapter_model.safetensors`, as `PeftModel.save_pretrained` writes it) must have
 been trained on the model that loads the source folder: this package's `InternVLChatForConditionalGeneration` for an
-original-layout source (module names `model.vision_model.*`, `model.mlp1.*`, `model.language_model.*`, `lm_head`),
-transformers' port for a `-hf` source (`model.vision_tower.*`, `model.multi_modal_projector.*`, ...). Each adapted
+original-layout source (module names `model.vision_model.*`, `model.mlp1.*`, `model.language_model.*`, `lm_head`,
+or the original's own `vision_model.*`, `mlp1.*`, `language_model.model.*`, `language_model.lm_head` / `.output` as
+`training.adapters.save_adapter_original_layout` writes them), transformers' port for a `-hf` source (`model.vision_tower.*`, `model.multi_modal_projector.*`, ...). Each adapted
 `Linear` weight becomes `W + scaling * B @ A` with `scaling = lora_alpha / r` (`/ sqrt(r)` with `use_rslora`),
 computed in float32 and cast back to the weight's dtype, as PEFT's `merge_and_unload` does.
 """
@@ -34,12 +35,20 @@ _ORIGINAL_PREFIXES = (
 def _checkpoint_name(module: str, layout: str, lm_head: str) -> str:
     if layout == "hf":
         return normalize_hf_key(module) + ".weight"
-    if module == "lm_head":
+    if module in ("lm_head", f"language_model.{lm_head}"):
         return f"language_model.{lm_head}.weight"
     for module_prefix, saved_prefix in _ORIGINAL_PREFIXES:
         if module.startswith(module_prefix):
             return saved_prefix + module[len(module_prefix) :] + ".weight"
-    raise ConversionError(f"LoRA module {module!r} is not part of an InternVL model in the original layout")
+        # Adapters saved with the original module names (`training.adapters.save_adapter_original_layout`, the
+        # default of examples/finetune_lora.py) already name the checkpoint's tensors.
+        if module.startswith(saved_prefix):
+            return module + ".weight"
+    raise ConversionError(
+        f"LoRA module {module!r} is not part of an InternVL model in the original layout (expected this package's "
+        f"names `model.vision_model.*`, `model.mlp1.*`, `model.language_model.*`, `lm_head`, or the original's "
+        f"`vision_model.*`, `mlp1.*`, `language_model.model.*`, `language_model.{lm_head}`)"
+    )
 
 
 def lora_deltas(
