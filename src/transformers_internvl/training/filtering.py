@@ -8,6 +8,7 @@ A sample is dropped when one of its assistant answers has `repetition_ratio > th
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -29,23 +30,69 @@ class FilterReport:
         return len(self.dropped_lines)
 
 
+class MalformedRow(ValueError):
+    """A JSONL row whose `conversations` / `messages` do not have the InternVL or transformers shape."""
+
+
+def _text(value: object, where: str) -> str:
+    if not isinstance(value, str):
+        raise MalformedRow(f"{where} is {type(value).__name__}, expected a string")
+    return value
+
+
+def _turns(row: dict, key: str) -> list[dict]:
+    turns = row[key]
+    if not isinstance(turns, list) or not all(isinstance(turn, dict) for turn in turns):
+        raise MalformedRow(f"`{key}` must be a list of objects")
+    return turns
+
+
 def _answers(row: dict) -> list[str]:
+    """The assistant answers of a row; raises `MalformedRow` when its turns are not objects with string texts."""
     if "conversations" in row:
-        return [turn.get("value", "") for turn in row["conversations"] if turn.get("from") == "gpt"]
+        return [
+            _text(turn.get("value", ""), f"`conversations[{index}].value`")
+            for index, turn in enumerate(_turns(row, "conversations"))
+            if turn.get("from") == "gpt"
+        ]
     answers = []
-    for message in row.get("messages", []):
+    for index, message in enumerate(_turns(row, "messages") if "messages" in row else []):
         if message.get("role") != "assistant":
             continue
         content = message.get("content", "")
         if isinstance(content, str):
             answers.append(content)
-        else:
-            answers.append("".join(part.get("text", "") for part in content if part.get("type") == "text"))
+            continue
+        if not isinstance(content, list) or not all(isinstance(part, dict) for part in content):
+            raise MalformedRow(f"`messages[{index}].content` must be a string or a list of objects")
+        answers.append(
+            "".join(
+                _text(part.get("text", ""), f"`messages[{index}].content` text")
+                for part in content
+                if part.get("type") == "text"
+            )
+        )
     return answers
 
 
+def _check_settings(ngram: object, threshold: object) -> None:
+    if not isinstance(ngram, int) or isinstance(ngram, bool) or ngram < 1:
+        raise ValueError(f"`ngram` must be a positive int, got {ngram!r}.")
+    if (
+        not isinstance(threshold, (int, float))
+        or isinstance(threshold, bool)
+        or not math.isfinite(threshold)
+        or not 0 <= threshold <= 1
+    ):
+        raise ValueError(f"`threshold` must be a number in [0, 1] (a ratio of n-grams), got {threshold!r}.")
+
+
 def repetition_reason(row: dict, ngram: int = REPETITION_NGRAM_SIZE, threshold: float = REPETITION_THRESHOLD):
-    """`None` when the row passes, else a reason naming the answer and its ratio."""
+    """`None` when the row passes, else a reason naming the answer and its ratio.
+
+    Raises `ValueError` for an `ngram` that is not a positive int or a `threshold` outside [0, 1], and
+    `MalformedRow` (a `ValueError`) when the row's turns are not shaped as InternVL `conversations` or `messages`."""
+    _check_settings(ngram, threshold)
     for index, answer in enumerate(_answers(row)):
         ratio = repetition_ratio(answer, ngram)
         if ratio > threshold:
@@ -60,9 +107,12 @@ def filter_jsonl(
     threshold: float = REPETITION_THRESHOLD,
 ) -> FilterReport:
     """Copy the lines of `source` that pass the repetition filter to `destination` (written to a temporary file in
-    the same folder, then renamed). Lines that are not JSON objects are dropped with reason `"invalid JSON"`.
+    the same folder, then renamed). Lines that are not JSON objects are dropped with reason `"invalid JSON"`, rows
+    whose turns are malformed with a reason naming the field.
 
-    Raises `ValueError` when `source` and `destination` are the same file."""
+    Raises `ValueError` when `source` and `destination` are the same file, `ngram` is not a positive int or
+    `threshold` is not a number in [0, 1]."""
+    _check_settings(ngram, threshold)
     if os.path.abspath(source) == os.path.abspath(destination):
         raise ValueError(f"`destination` must differ from `source` ({source}).")
     report = FilterReport()
@@ -78,6 +128,8 @@ def filter_jsonl(
                     reason = repetition_reason(row, ngram, threshold) if isinstance(row, dict) else "not an object"
                 except json.JSONDecodeError:
                     reason = "invalid JSON"
+                except MalformedRow as error:
+                    reason = f"malformed row: {error}"
                 if reason is None:
                     writer.write(line if line.endswith("\n") else line + "\n")
                     report.kept += 1
@@ -103,8 +155,15 @@ def add_filter_command(subparsers) -> None:
     )
     parser.add_argument("input", help="JSONL file (rows with `conversations` or `messages`)")
     parser.add_argument("-o", "--output", required=True, help="filtered JSONL file to write")
-    parser.add_argument("--ngram", type=int, default=REPETITION_NGRAM_SIZE)
-    parser.add_argument("--threshold", type=float, default=REPETITION_THRESHOLD)
+    parser.add_argument(
+        "--ngram", type=int, default=REPETITION_NGRAM_SIZE, help=f"N of the N-grams (default: {REPETITION_NGRAM_SIZE})"
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=REPETITION_THRESHOLD,
+        help=f"largest repetition ratio kept, in [0, 1] (default: {REPETITION_THRESHOLD})",
+    )
     parser.set_defaults(handler=_run_filter)
 
 
