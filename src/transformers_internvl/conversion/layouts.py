@@ -199,13 +199,34 @@ def _record_tokenizer_class(source: Path, hf_config: Any) -> None:
 
 
 def _source_image_token_id(source: Path, original: Any, image_token_id: int | None) -> int:
-    for candidate in (original.image_token_id, image_token_id, find_added_token_id(source, IMAGE_CONTEXT_TOKEN)):
-        if candidate is not None:
-            return int(candidate)
-    raise ConversionError(
-        f"cannot tell the id of {IMAGE_CONTEXT_TOKEN}: config.json has no image_token_id and {source} has no tokenizer "
-        "files naming it; pass --image-token-id"
-    )
+    """The `<IMG_CONTEXT>` id: config.json's, else the tokenizer files', else `image_token_id` (--image-token-id).
+
+    A given `image_token_id` that differs from the source's own id, or any id outside the LLM's vocabulary, is refused
+    (it would be written into the -hf config, and no prompt would ever place an image)."""
+    told = [
+        (f"{source}/config.json", original.image_token_id),
+        (f"the tokenizer files of {source}", find_added_token_id(source, IMAGE_CONTEXT_TOKEN)),
+    ]
+    where, token_id = next(((where, value) for where, value in told if value is not None), ("", None))
+    if image_token_id is not None and token_id is not None and int(image_token_id) != int(token_id):
+        raise ConversionError(
+            f"--image-token-id {image_token_id} disagrees with the id of {IMAGE_CONTEXT_TOKEN} in {where} "
+            f"({token_id}); leave --image-token-id out"
+        )
+    if token_id is None:
+        if image_token_id is None:
+            raise ConversionError(
+                f"cannot tell the id of {IMAGE_CONTEXT_TOKEN}: config.json has no image_token_id and {source} has no "
+                "tokenizer files naming it; pass --image-token-id"
+            )
+        where, token_id = "--image-token-id", image_token_id
+    vocab_size = getattr(original.text_config, "vocab_size", None)
+    if isinstance(vocab_size, int) and not 0 <= int(token_id) < vocab_size:
+        raise ConversionError(
+            f"the id of {IMAGE_CONTEXT_TOKEN} from {where} ({token_id}) is outside the LLM's vocabulary "
+            f"(0..{vocab_size - 1}, llm_config.vocab_size)"
+        )
+    return int(token_id)
 
 
 def prepare_to_hf(

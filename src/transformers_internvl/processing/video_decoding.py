@@ -31,6 +31,7 @@ from PIL import Image
 from transformers.utils import logging
 
 from .input_validation import check_int
+from .local_files import check_regular_file
 from .url_fetching import check_timeout, fetch_url, shown_url
 
 logger = logging.get_logger(__name__)
@@ -62,6 +63,8 @@ def open_container(source: object, name: str, shown: str | None = None) -> Any:
         source = os.fspath(source)
     if isinstance(source, str) and not os.path.exists(source):
         raise FileNotFoundError(f"`{name}`: no such video file: {source!r}")
+    if isinstance(source, str):
+        check_regular_file(source, name, "a video")
     if hasattr(source, "seek"):
         source.seek(0)
     try:
