@@ -7,6 +7,7 @@ of each case are checked to still work.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -271,23 +272,34 @@ def test_vision_config_sizes_and_activation_are_checked_at_load(tmp_path, field,
 
 
 @pytest.mark.parametrize(
-    ("with_tokenizer", "token_id", "match"),
-    [
-        (False, -3, r"\(-3\) is outside the LLM's vocabulary \(0\.\.999"),
-        (False, 99_999_999, r"\(99999999\) is outside the LLM's vocabulary"),
-        (True, 7, rf"--image-token-id 7 disagrees with .*tokenizer files .*\({QWEN2_IMAGE_TOKEN_ID}\)"),
-    ],
+    ("token_id", "match"),
+    [(-3, r"\(-3\) is outside the LLM's vocabulary \(0\.\.999"), (99_999_999, r"\(99999999\) is outside the LLM's")],
 )
-def test_convert_refuses_a_bad_image_token_id(tmp_path, with_tokenizer, token_id, match):
-    """`convert SRC DST --to hf --image-token-id -3` wrote `"image_token_id": -3`; with tokenizer files naming
-    <IMG_CONTEXT> (id 995) `--image-token-id 7` overrode them silently. No output folder is left behind."""
+def test_convert_refuses_an_image_token_id_outside_the_vocabulary(tmp_path, token_id, match):
+    """`convert SRC DST --to hf --image-token-id -3` (SRC without tokenizer files) wrote `"image_token_id": -3` into
+    the -hf config. No output folder is left behind."""
     from transformers_internvl.conversion.convert import convert_checkpoint
 
-    source = original_model_dir(tmp_path / "src", tokenizer="qwen2-tiny" if with_tokenizer else None)
+    source = original_model_dir(tmp_path / "src", tokenizer=None)
     with pytest.raises(Exception, match=match) as caught:
         convert_checkpoint(source, tmp_path / "dst", to="hf", image_token_id=token_id, progress=False)
     assert type(caught.value).__name__ == "ConversionError"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["src"]
+
+
+def test_convert_warns_when_the_image_token_id_overrides_the_tokenizer(tmp_path, caplog):
+    """`--image-token-id 7` over tokenizer files naming <IMG_CONTEXT> 995 replaced it without a word."""
+    from transformers_internvl.conversion.convert import convert_checkpoint
+
+    source = original_model_dir(tmp_path / "src")
+    logger = logging.getLogger("transformers_internvl.conversion.layouts")
+    logger.addHandler(caplog.handler)
+    try:
+        convert_checkpoint(source, tmp_path / "dst", to="hf", image_token_id=7, progress=False)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert f"from --image-token-id (7) differs from the one in the tokenizer files of {source} (995)" in caplog.text
+    assert json.loads((tmp_path / "dst" / "config.json").read_text())["image_token_id"] == 7
 
 
 def test_convert_accepts_an_image_token_id_that_agrees(tmp_path):
@@ -296,6 +308,29 @@ def test_convert_accepts_an_image_token_id_that_agrees(tmp_path):
     source = original_model_dir(tmp_path / "src")
     convert_checkpoint(source, tmp_path / "dst", to="hf", image_token_id=QWEN2_IMAGE_TOKEN_ID, progress=False)
     assert json.loads((tmp_path / "dst" / "config.json").read_text())["image_token_id"] == QWEN2_IMAGE_TOKEN_ID
+
+
+@pytest.mark.parametrize(
+    "shard", ["../outside/model.safetensors", "/tmp/model.safetensors", "sub/model.safetensors", 5]
+)
+def test_convert_refuses_an_index_naming_shards_outside_the_folder(tmp_path, shard):
+    """A `model.safetensors.index.json` mapping tensors to `../outside/model.safetensors` (or an absolute path) made
+    the converter copy another folder's tensors into the output; a non-str shard raised a bare TypeError."""
+    from safetensors import safe_open
+
+    from transformers_internvl.conversion.convert import convert_checkpoint
+
+    outside = original_model_dir(tmp_path / "outside", tokenizer=None)
+    source = original_model_dir(tmp_path / "src")
+    with safe_open(str(outside / "model.safetensors"), framework="pt") as reader:
+        keys = list(reader.keys())
+    (source / "model.safetensors").unlink()
+    index = {"metadata": {}, "weight_map": dict.fromkeys(keys, shard)}
+    (source / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(Exception, match=r"shards must be file names inside .*src") as caught:
+        convert_checkpoint(source, tmp_path / "dst", to="hf", progress=False)
+    assert type(caught.value).__name__ == "ConversionError"
+    assert not (tmp_path / "dst").exists()
 
 
 # ---- 7. fine-tuning meta files and rows --------------------------------------------------------------------------

@@ -199,34 +199,37 @@ def _record_tokenizer_class(source: Path, hf_config: Any) -> None:
 
 
 def _source_image_token_id(source: Path, original: Any, image_token_id: int | None) -> int:
-    """The `<IMG_CONTEXT>` id: config.json's, else the tokenizer files', else `image_token_id` (--image-token-id).
+    """The `<IMG_CONTEXT>` id: config.json's, else `image_token_id` (--image-token-id), else the tokenizer files'.
 
-    A given `image_token_id` that differs from the source's own id, or any id outside the LLM's vocabulary, is refused
-    (it would be written into the -hf config, and no prompt would ever place an image)."""
-    told = [
+    A given `image_token_id` that differs from the id the source states is logged (a warning naming both and the one
+    used); an id outside the LLM's vocabulary is refused (it would be written into the -hf config, and no prompt
+    would ever place an image)."""
+    from_tokenizer = find_added_token_id(source, IMAGE_CONTEXT_TOKEN)
+    candidates = [
         (f"{source}/config.json", original.image_token_id),
-        (f"the tokenizer files of {source}", find_added_token_id(source, IMAGE_CONTEXT_TOKEN)),
+        ("--image-token-id", image_token_id),
+        (f"the tokenizer files of {source}", from_tokenizer),
     ]
-    where, token_id = next(((where, value) for where, value in told if value is not None), ("", None))
-    if image_token_id is not None and token_id is not None and int(image_token_id) != int(token_id):
+    stated = [(where, int(value)) for where, value in candidates if value is not None]
+    if not stated:
         raise ConversionError(
-            f"--image-token-id {image_token_id} disagrees with the id of {IMAGE_CONTEXT_TOKEN} in {where} "
-            f"({token_id}); leave --image-token-id out"
+            f"cannot tell the id of {IMAGE_CONTEXT_TOKEN}: config.json has no image_token_id and {source} has no "
+            "tokenizer files naming it; pass --image-token-id"
         )
-    if token_id is None:
-        if image_token_id is None:
-            raise ConversionError(
-                f"cannot tell the id of {IMAGE_CONTEXT_TOKEN}: config.json has no image_token_id and {source} has no "
-                "tokenizer files naming it; pass --image-token-id"
+    where, token_id = stated[0]
+    for other, value in stated[1:]:
+        if value != token_id:
+            logger.warning(
+                f"The id of {IMAGE_CONTEXT_TOKEN} from {where} ({token_id}) differs from the one in {other} ({value}); "
+                f"the -hf config gets {token_id}."
             )
-        where, token_id = "--image-token-id", image_token_id
     vocab_size = getattr(original.text_config, "vocab_size", None)
-    if isinstance(vocab_size, int) and not 0 <= int(token_id) < vocab_size:
+    if isinstance(vocab_size, int) and not 0 <= token_id < vocab_size:
         raise ConversionError(
             f"the id of {IMAGE_CONTEXT_TOKEN} from {where} ({token_id}) is outside the LLM's vocabulary "
             f"(0..{vocab_size - 1}, llm_config.vocab_size)"
         )
-    return int(token_id)
+    return token_id
 
 
 def prepare_to_hf(
