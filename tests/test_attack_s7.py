@@ -15,6 +15,7 @@ import struct
 import threading
 import zlib
 
+import numpy as np
 import pytest
 import torch
 from finetune_helpers import dataset, tokenizer, write_image, write_jsonl
@@ -156,6 +157,29 @@ def test_a_decompression_bomb_names_the_argument_and_keeps_pillows_type(bomb_png
     """The `DecompressionBombError` of a 14000 x 14000 px PNG did not say which image it was."""
     with pytest.raises(Image.DecompressionBombError, match=r"`images\[2\]`: .*bomb.png'"):
         load_image_source(str(bomb_png), "images[2]")
+
+
+def _write_video(path, frames: int = 6, width: int = 64, height: int = 48) -> None:
+    av = pytest.importorskip("av")
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for index in range(frames):
+            pixels = np.full((height, width, 3), index * 40, np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def test_video_frames_over_pillows_pixel_limit_are_refused(tmp_path, monkeypatch):
+    """Video frames had no pixel limit: a small file declaring 16384 x 16384 px frames was decoded at 800 MB per
+    frame. Pillow's image limit (2 x MAX_IMAGE_PIXELS) now applies; lowered here so that a 64 x 48 video trips it."""
+    _write_video(tmp_path / "clip.mp4")
+    assert read_video_frames(tmp_path / "clip.mp4", num_segments=2).width == 64
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(Image.DecompressionBombError, match=r"`videos`: video frames of 64 x 48 px \(3072 pixels\)"):
+        read_video_frames(tmp_path / "clip.mp4", num_segments=2)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # Pillow's switch: no limit
+    assert len(read_video_frames(tmp_path / "clip.mp4", num_segments=2).frames) == 2
 
 
 # ---- 3. normalisation constants that overflow float32 (inf pixels before) -------------------------------------------

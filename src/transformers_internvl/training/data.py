@@ -286,7 +286,7 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
             raise SampleError(f"missing video file {path}")
         try:
             return read_video_frames(path, num_segments=self.num_video_frames).frames
-        except ValueError as error:  # not a video, damaged, no frames: a bad sample like a missing file
+        except (ValueError, Image.DecompressionBombError) as error:  # damaged, no frames, too big: a bad sample
             raise SampleError(f"unreadable video file {path}: {error}") from error
 
     def _jpeg_degrade(self, pixel_values: torch.Tensor, index: int) -> torch.Tensor:
