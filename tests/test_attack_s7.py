@@ -316,7 +316,7 @@ def test_convert_warns_when_the_image_token_id_overrides_the_tokenizer(tmp_path,
     from transformers_internvl.conversion.convert import convert_checkpoint
 
     source = original_model_dir(tmp_path / "src")
-    logger = logging.getLogger("transformers_internvl.conversion.layouts")
+    logger = logging.getLogger("transformers_internvl.conversion.image_token_id")
     logger.addHandler(caplog.handler)
     try:
         convert_checkpoint(source, tmp_path / "dst", to="hf", image_token_id=7, progress=False)

@@ -24,7 +24,6 @@ from ..chat_templates import (
     get_jinja_chat_template,
 )
 from ..modeling.tokenizer_files import (
-    find_added_token_id,
     llm_generation_ids,
     template_stop_token_id,
     with_stop_token,
@@ -38,6 +37,7 @@ from .hf_layout import (
     vision_config_from_hf,
     vision_config_to_hf,
 )
+from .image_token_id import source_image_token_id
 
 logger = logging.get_logger(__name__)
 
@@ -198,40 +198,6 @@ def _record_tokenizer_class(source: Path, hf_config: Any) -> None:
             record[recorded] = tokenizer_config[name]
 
 
-def _source_image_token_id(source: Path, original: Any, image_token_id: int | None) -> int:
-    """The `<IMG_CONTEXT>` id: config.json's, else `image_token_id` (--image-token-id), else the tokenizer files'.
-
-    A given `image_token_id` that differs from the id the source states is logged (a warning naming both and the one
-    used); an id outside the LLM's vocabulary is refused (it would be written into the -hf config, and no prompt
-    would ever place an image)."""
-    from_tokenizer = find_added_token_id(source, IMAGE_CONTEXT_TOKEN)
-    candidates = [
-        (f"{source}/config.json", original.image_token_id),
-        ("--image-token-id", image_token_id),
-        (f"the tokenizer files of {source}", from_tokenizer),
-    ]
-    stated = [(where, int(value)) for where, value in candidates if value is not None]
-    if not stated:
-        raise ConversionError(
-            f"cannot tell the id of {IMAGE_CONTEXT_TOKEN}: config.json has no image_token_id and {source} has no "
-            "tokenizer files naming it; pass --image-token-id"
-        )
-    where, token_id = stated[0]
-    for other, value in stated[1:]:
-        if value != token_id:
-            logger.warning(
-                f"The id of {IMAGE_CONTEXT_TOKEN} from {where} ({token_id}) differs from the one in {other} ({value}); "
-                f"the -hf config gets {token_id}."
-            )
-    vocab_size = getattr(original.text_config, "vocab_size", None)
-    if isinstance(vocab_size, int) and not 0 <= token_id < vocab_size:
-        raise ConversionError(
-            f"the id of {IMAGE_CONTEXT_TOKEN} from {where} ({token_id}) is outside the LLM's vocabulary "
-            f"(0..{vocab_size - 1}, llm_config.vocab_size)"
-        )
-    return token_id
-
-
 def prepare_to_hf(
     source: Path,
     config: dict[str, Any],
@@ -244,7 +210,7 @@ def prepare_to_hf(
     from ..modeling.llm_resolution import language_model_head
 
     original = _load_original_config(source)
-    token_id = _source_image_token_id(source, original, image_token_id)
+    token_id = source_image_token_id(source, original, image_token_id)
     head_key = f"language_model.{language_model_head(original.text_config).head_name}.weight"
     hf_config = hf_config_for(original, config, token_id, dtype, separate_head=head_key in tensor_names)
     _record_tokenizer_class(source, hf_config)
