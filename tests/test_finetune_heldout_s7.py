@@ -171,7 +171,7 @@ def test_frame_files_sort_by_their_number_as_the_original():
         ({"sampling_method": "uniform"}, "sampling_method"),
         ({"sampling_method": "fps0"}, "sampling_method"),
         ({"max_num_frame": "8"}, "max_num_frame"),
-        ({"num_video_frames": 0}, "min_num_frame"),
+        ({"num_video_frames": 0}, "num_video_frames"),
     ],
 )
 def test_bad_frame_options_raise(kwargs, message):

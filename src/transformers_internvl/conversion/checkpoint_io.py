@@ -43,7 +43,7 @@ def tensor_files(folder: Path) -> dict[str, str]:
 
     Raises:
         ConversionError: no weights, a `.bin`-only checkpoint, a missing shard, an unreadable / truncated shard
-            header, or an index that does not match the shards' contents.
+            header, an index naming a shard outside the folder, or one that does not match the shards' contents.
     """
     index_path, single_path = folder / INDEX_NAME, folder / SINGLE_NAME
     if index_path.is_file():
@@ -51,6 +51,13 @@ def tensor_files(folder: Path) -> dict[str, str]:
         weight_map = index.get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise ConversionError(f"{index_path} has no weight_map")
+        for key, shard in weight_map.items():
+            # A shard is a file of this folder: a path elsewhere ("../x", "/abs") would copy outside tensors in.
+            if not isinstance(shard, str) or shard in ("", ".", "..") or os.path.basename(shard) != shard:
+                raise ConversionError(
+                    f"{index_path} maps {key!r} to {shard!r}; shards must be file names inside {folder} (no folders, "
+                    "no '..')"
+                )
     elif single_path.is_file():
         weight_map = None
     else:

@@ -24,7 +24,6 @@ from ..chat_templates import (
     get_jinja_chat_template,
 )
 from ..modeling.tokenizer_files import (
-    find_added_token_id,
     llm_generation_ids,
     template_stop_token_id,
     with_stop_token,
@@ -38,6 +37,7 @@ from .hf_layout import (
     vision_config_from_hf,
     vision_config_to_hf,
 )
+from .image_token_id import source_image_token_id
 
 logger = logging.get_logger(__name__)
 
@@ -198,16 +198,6 @@ def _record_tokenizer_class(source: Path, hf_config: Any) -> None:
             record[recorded] = tokenizer_config[name]
 
 
-def _source_image_token_id(source: Path, original: Any, image_token_id: int | None) -> int:
-    for candidate in (original.image_token_id, image_token_id, find_added_token_id(source, IMAGE_CONTEXT_TOKEN)):
-        if candidate is not None:
-            return int(candidate)
-    raise ConversionError(
-        f"cannot tell the id of {IMAGE_CONTEXT_TOKEN}: config.json has no image_token_id and {source} has no tokenizer "
-        "files naming it; pass --image-token-id"
-    )
-
-
 def prepare_to_hf(
     source: Path,
     config: dict[str, Any],
@@ -220,7 +210,7 @@ def prepare_to_hf(
     from ..modeling.llm_resolution import language_model_head
 
     original = _load_original_config(source)
-    token_id = _source_image_token_id(source, original, image_token_id)
+    token_id = source_image_token_id(source, original, image_token_id)
     head_key = f"language_model.{language_model_head(original.text_config).head_name}.weight"
     hf_config = hf_config_for(original, config, token_id, dtype, separate_head=head_key in tensor_names)
     _record_tokenizer_class(source, hf_config)

@@ -8,6 +8,16 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 NORM_TYPES = ("layer_norm", "rms_norm")
+# Sizes and counts of the tower (`validate_architecture`): a 0 or a str would fail deep in the model's construction.
+_POSITIVE_INTS = (
+    "num_channels",
+    "patch_size",
+    "image_size",
+    "hidden_size",
+    "num_attention_heads",
+    "intermediate_size",
+    "num_hidden_layers",
+)
 
 
 class InternVisionConfig(PreTrainedConfig):
@@ -72,6 +82,22 @@ class InternVisionConfig(PreTrainedConfig):
         self.validate_architecture()
 
     def validate_architecture(self) -> None:
+        """Raises `TypeError` / `ValueError` naming the field: a size or count that is not a positive integer, an
+        unknown `hidden_act` or `norm_type`, sizes that do not divide."""
+        for name in _POSITIVE_INTS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                error = ValueError if isinstance(value, int) and not isinstance(value, bool) else TypeError
+                raise error(
+                    f"`vision_config.{name}` must be a positive integer, got {value!r} ({type(value).__name__})."
+                )
+        from transformers.activations import ACT2FN
+
+        if not isinstance(self.hidden_act, str) or self.hidden_act not in ACT2FN:
+            raise ValueError(
+                f"`vision_config.hidden_act` must be an activation name of transformers' ACT2FN (InternViT: 'gelu'), "
+                f"got {self.hidden_act!r}."
+            )
         if self.norm_type not in NORM_TYPES:
             raise ValueError(f"`norm_type` must be one of {NORM_TYPES}, got {self.norm_type!r}.")
         if self.hidden_size % self.num_attention_heads != 0:

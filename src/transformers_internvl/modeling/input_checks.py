@@ -16,6 +16,7 @@ __all__ = [
     "check_image_flags",
     "check_no_unfilled_image_tokens",
     "check_num_tiles",
+    "check_pixel_values",
     "merge_tile_count_aliases",
     "question_list",
 ]
@@ -100,6 +101,34 @@ def check_num_tiles(num_tiles: Sequence[int] | torch.Tensor | None, pixel_values
     total = sum(values)
     if total != pixel_values.shape[0]:
         raise ValueError(f"`num_tiles` sums to {total} but `pixel_values` holds {pixel_values.shape[0]} tiles.")
+
+
+def check_pixel_values(pixel_values: Any, channels: int, size: int, finite: bool = True) -> None:
+    """`pixel_values` of `forward` / `generate` / `get_image_features`: a floating tensor `(num_tiles, channels, size,
+    size)` of normalised tiles, finite (`finite=False` skips the one pass over the values).
+
+    An integer or bool tensor (raw uint8 pixels, a mask) would be cast to float and answered from unnormalised values,
+    NaN / inf tiles give NaN features and an answer from garbage: both are refused, as `chat()` refuses them.
+
+    Raises:
+        TypeError: not a torch.Tensor, or not of a floating dtype.
+        ValueError: another shape, or NaN / infinite values.
+    """
+    if not isinstance(pixel_values, torch.Tensor):
+        raise TypeError(f"`pixel_values` must be a torch.Tensor, got {type(pixel_values).__name__}.")
+    if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (channels, size, size):
+        raise ValueError(
+            f"`pixel_values` must have shape (num_tiles, {channels}, {size}, {size}), got {tuple(pixel_values.shape)}."
+        )
+    if not pixel_values.is_floating_point():
+        raise TypeError(
+            f"`pixel_values` must be a floating tensor of normalised tiles (the processor's output), got dtype "
+            f"{pixel_values.dtype}."
+        )
+    if finite and pixel_values.numel() and pixel_values.device.type != "meta":
+        torch_compilable_check(
+            torch.isfinite(pixel_values).all(), "`pixel_values` holds NaN or infinite values.", ValueError
+        )
 
 
 def check_image_flags(image_flags: torch.Tensor | None, num_tiles: int) -> None:

@@ -30,7 +30,13 @@ from .chat import InternVLChatMixin
 from .checkpoint_loading import OriginalCheckpointMixin
 from .checkpoint_mapping import original_layout_conversions, original_layout_renamings
 from .configuration_internvl import InternVLChatConfig
-from .input_checks import cached_length, check_image_flags, check_no_unfilled_image_tokens, check_num_tiles
+from .input_checks import (
+    cached_length,
+    check_image_flags,
+    check_no_unfilled_image_tokens,
+    check_num_tiles,
+    check_pixel_values,
+)
 from .llm_resolution import language_model_head
 from .modeling_intern_vit import InternVisionModel
 
@@ -133,16 +139,8 @@ class InternVLChatBaseModel(InternVLChatPreTrainedModel):
         self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
 
-    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
-        size = self.config.vision_image_size
-        channels = self.config.vision_config.num_channels
-        if not isinstance(pixel_values, torch.Tensor):
-            raise TypeError(f"`pixel_values` must be a torch.Tensor, got {type(pixel_values).__name__}.")
-        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (channels, size, size):
-            raise ValueError(
-                f"`pixel_values` must have shape (num_tiles, {channels}, {size}, {size}), got "
-                f"{tuple(pixel_values.shape)}."
-            )
+    def _check_pixel_values(self, pixel_values: torch.Tensor, finite: bool = True) -> None:
+        check_pixel_values(pixel_values, self.config.vision_config.num_channels, self.config.vision_image_size, finite)
 
     @can_return_tuple
     def get_image_features(
@@ -409,10 +407,13 @@ class InternVLChatForConditionalGeneration(InternVLChatMixin, InternVLChatPreTra
         """`GenerationMixin.generate`; `pixel_values=None` or zero tiles is the same as not passing them.
 
         Raises:
-            ValueError: `num_tiles` does not sum to the tiles of `pixel_values`, or the prompt holds `<IMG_CONTEXT>`
-                tokens without tiles for them (see `input_checks`).
+            ValueError: `num_tiles` does not sum to the tiles of `pixel_values`, the prompt holds `<IMG_CONTEXT>`
+                tokens without tiles for them, or `pixel_values` has another shape or NaN / inf values (`input_checks`).
+            TypeError: `pixel_values` is not a floating torch.Tensor.
         """
         pixel_values = kwargs.get("pixel_values")
+        if pixel_values is not None:  # shape and dtype before the tile counts (values: in `get_image_features`)
+            self.model._check_pixel_values(pixel_values, finite=False)
         check_num_tiles(kwargs.get("num_tiles"), pixel_values if isinstance(pixel_values, torch.Tensor) else None)
         if pixel_values is None or (isinstance(pixel_values, torch.Tensor) and pixel_values.shape[0] == 0):
             if not kwargs.get("mm_encoder_outputs"):

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["CONTENT_TYPES", "MEDIA_SOURCE_KEYS", "check_chat_messages"]
+from .input_validation import check_bool
+
+__all__ = ["CONTENT_TYPES", "MEDIA_SOURCE_KEYS", "check_chat_messages", "check_conversation_shape"]
 
 # Content item types the InternVL chat template renders.
 CONTENT_TYPES = ("text", "image", "video")
@@ -47,6 +49,39 @@ def _check_item(item: Any, where: str, system: bool, media_needed: dict[str, boo
         )
 
 
+def check_conversation_shape(conversation: Any) -> None:
+    """`conversation` must be a non-empty list of messages, or a batch (list) of such lists; checked before
+    transformers indexes it (an empty list would fail there with a bare `IndexError`, `None` with "not iterable").
+
+    Raises:
+        TypeError: `conversation` is not a list / tuple (e.g. None, a str, one message dict).
+        ValueError: `conversation`, or a conversation of the batch, is empty.
+    """
+    if hasattr(conversation, "messages"):  # a conversation object; transformers reads its `messages`
+        return
+    if isinstance(conversation, dict) or not isinstance(conversation, list | tuple):
+        got = "one message dict (wrap it in a list: [{...}])" if isinstance(conversation, dict) else None
+        raise TypeError(
+            "`conversation` must be a list of messages {'role': ..., 'content': ...} (or a list of such lists), got "
+            f"{got or type(conversation).__name__}."
+        )
+    if not conversation:
+        raise ValueError("`conversation` is empty; expected at least one message.")
+    if isinstance(conversation[0], list | tuple):
+        for index, messages in enumerate(conversation):
+            if isinstance(messages, list | tuple) and not messages:
+                raise ValueError(f"conversation[{index}] of the batch is empty; expected at least one message.")
+
+
+def _check_role(message: Any, where: str) -> None:
+    if not isinstance(message, dict):
+        return  # transformers refuses these itself, naming the value
+    if "role" not in message:
+        raise ValueError(f"{where} has no 'role' ('system', 'user' or 'assistant'); got the keys {sorted(message)}.")
+    if not isinstance(message["role"], str):
+        raise TypeError(f"{where}['role'] must be a str ('system', 'user' or 'assistant'), got {message['role']!r}.")
+
+
 def check_chat_messages(conversations: list[list[dict[str, Any]]], is_batched: bool, kwargs: dict[str, Any]) -> None:
     """Refuse message contents the chat template would drop (conversations as transformers normalises them).
 
@@ -58,18 +93,21 @@ def check_chat_messages(conversations: list[list[dict[str, Any]]], is_batched: b
             `tokenize=False` (the default) an item without media renders its placeholder, for a later processor call.
 
     Raises:
-        TypeError: a content that is neither a str, None nor a list; an item that is not a dict; a text item
-            without a str `text`.
-        ValueError: an item without `type` or of a type other than text / image / video, an image / video in the
-            system message, or an image / video item without its media where they are needed.
+        TypeError: a non-bool `sanitize_control_tokens`; a role that is not a str; a content that is neither a str, None nor a list; an item that is not
+            a dict; a text item without a str `text`.
+        ValueError: a message without a role; an item without `type` or of a type other than text / image / video,
+            an image / video in the system message, or an image / video item without its media where needed.
         Messages name the item, e.g. `conversation[1]['content'][0]` (`conversation[b][i]...` for a batch).
     """
+    if kwargs.get("sanitize_control_tokens") is not None:  # "no" would be truthy: sanitizing on
+        check_bool("sanitize_control_tokens", kwargs["sanitize_control_tokens"])
     tokenize = bool(kwargs.get("tokenize", False))
     images_given = kwargs.get("images") is not None or (kwargs.get("processor_kwargs") or {}).get("images") is not None
     media_needed = {"image": tokenize and not images_given, "video": tokenize}
     for batch_index, messages in enumerate(conversations):
         prefix = f"conversation[{batch_index}]" if is_batched else "conversation"
         for index, message in enumerate(messages):
+            _check_role(message, f"{prefix}[{index}]")
             content = message.get("content")
             where = f"{prefix}[{index}]['content']"
             if content is None or isinstance(content, str):

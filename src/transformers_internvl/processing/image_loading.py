@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .local_files import check_regular_file
 from .url_fetching import DEFAULT_URL_TIMEOUT, check_timeout, fetch_url, shown_url
 
 __all__ = [
@@ -52,9 +53,10 @@ def decode_image_bytes(data: bytes | IO[bytes], name: str, shown: str) -> Image.
     try:
         image = Image.open(stream)
         image.load()
-    except Image.DecompressionBombError:
-        # Pillow's pixel limit (`PIL.Image.MAX_IMAGE_PIXELS`) is respected, never disabled here.
-        raise
+    except Image.DecompressionBombError as error:
+        # Pillow's pixel limit (`PIL.Image.MAX_IMAGE_PIXELS`) is respected, never disabled here; the message names the
+        # argument and the source, and the type stays Pillow's.
+        raise Image.DecompressionBombError(f"`{name}`: {shown}: {error}") from error
     except (OSError, SyntaxError, ValueError) as error:  # UnidentifiedImageError is an OSError
         raise ValueError(f"`{name}`: could not decode an image from {shown}: {error}") from error
     return image
@@ -79,7 +81,9 @@ def load_image_source(source: object, name: str = "images", timeout: float | Non
 
     Raises:
         FileNotFoundError: a string that is no existing path, URL, data URL or base64 image.
-        ValueError: undecodable data, a bad data URL, an HTTP error status or an HTML page (URL and status named).
+        ValueError: undecodable data, a bad data URL, an HTTP error status or an HTML page (URL and status named),
+            a path that is a directory, FIFO or device (`local_files.check_regular_file`).
+        PIL.Image.DecompressionBombError: more pixels than Pillow's limit (`PIL.Image.MAX_IMAGE_PIXELS`).
         TimeoutError / ConnectionError: see `fetch_url`.
     """
     if isinstance(source, os.PathLike):
@@ -102,8 +106,9 @@ def load_image_source(source: object, name: str = "images", timeout: float | Non
                 data = unquote_to_bytes(payload)
             return decode_image_bytes(data, name, "the `data:` URL")
         if os.path.exists(source):
-            with open(source, "rb") as handle:
-                return decode_image_bytes(handle.read(), name, repr(source))
+            check_regular_file(source, name, "an image")
+            with open(source, "rb") as handle:  # Pillow reads what it needs (a huge non-image fails at its header)
+                return decode_image_bytes(handle, name, repr(source))
         if len(stripped) >= 16 and _BASE64_RE.match(stripped):
             try:
                 data = _decode_base64(stripped, name, "the string")

@@ -129,7 +129,7 @@ def check_pixel_options(options: dict[str, Any]) -> dict[str, Any]:
     floats (tuples), `num_workers` None or an int >= 1."""
     resample = options["resample"]
     workers = options["num_workers"]
-    return {
+    checked = {
         "resample": check_int("resample", int(resample) if isinstance(resample, Image.Resampling) else resample, 0),
         "do_rescale": check_bool("do_rescale", options["do_rescale"]),
         "do_normalize": check_bool("do_normalize", options["do_normalize"]),
@@ -137,6 +137,23 @@ def check_pixel_options(options: dict[str, Any]) -> dict[str, Any]:
         "image_std": check_triple("image_std", options["image_std"]),
         "num_workers": None if workers is None else check_int("num_workers", workers),
     }
+    if checked["do_normalize"]:
+        _check_normalized_range(checked["image_mean"], checked["image_std"], 1.0 if checked["do_rescale"] else 255.0)
+    return checked
+
+
+def _check_normalized_range(mean: tuple[float, ...], std: tuple[float, ...], top: float) -> None:
+    """Pixels are normalised in float32 (`(x - mean) / std`, x in 0..top): refuse constants that turn them into inf
+    or NaN there (a std below float32's smallest value, `1e-300`, rounds to 0; a mean of `1e39` overflows), which
+    finite, non-zero float64 values can still do."""
+    with np.errstate(all="ignore"):
+        mean32, std32 = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+        extremes = (np.float32(0) - mean32) / std32, (np.float32(top) - mean32) / std32
+    if not (np.isfinite(mean32).all() and np.isfinite(extremes).all()):
+        raise ValueError(
+            f"`image_mean` {list(mean)} / `image_std` {list(std)} give non-finite pixels in float32 ((x - mean) / std "
+            f"for x in 0..{top:g}); use values float32 can hold (e.g. the ImageNet defaults)."
+        )
 
 
 def set_pixel_options(

@@ -35,7 +35,7 @@ from ..chat_templates import (
     tokens_per_tile,
     video_frame_prompt,
 )
-from .chat_messages import check_chat_messages
+from .chat_messages import check_chat_messages, check_conversation_shape
 from .control_tokens import (
     check_no_raw_image_tokens,
     escape_placeholders_in_messages,
@@ -43,7 +43,7 @@ from .control_tokens import (
     special_tokens_around_text,
 )
 from .image_processing_options import InternVLImageProcessorKwargs
-from .input_validation import check_processor_args, check_texts
+from .input_validation import check_bool, check_processor_args, check_texts
 from .legacy_folders import legacy_processor_dict
 from .loading_options import (
     HUB_KWARGS,
@@ -262,10 +262,10 @@ class InternVLChatProcessor(ProcessorMixin):
         """
         if text is None:
             raise ValueError("`text` is required: InternVLChatProcessor builds token ids around the images.")
+        if isinstance(text, bytes | dict) or not hasattr(text, "__iter__"):
+            raise TypeError(f"`text` must be a str or a list of str, got {type(text).__name__}.")
         texts = [text] if isinstance(text, str) else list(text)
-        if not all(isinstance(sample, str) for sample in texts):
-            raise TypeError("`text` must be a str or a list of str.")
-        check_texts(texts)
+        check_texts(texts)  # each a str (TypeError naming its index), valid Unicode
 
         tokenizer_init_kwargs = {k: v for k, v in self.tokenizer.init_kwargs.items() if k != "padding_side"}
         output_kwargs = self._merge_kwargs(
@@ -277,9 +277,8 @@ class InternVLChatProcessor(ProcessorMixin):
             text_kwargs.pop("return_text_replacement_offsets", None)
             or output_kwargs.get("return_text_replacement_offsets", False)
         )
-        sanitize_control_tokens = bool(
-            text_kwargs.pop("sanitize_control_tokens", None) or output_kwargs.get("sanitize_control_tokens")
-        )
+        sanitize = text_kwargs.pop("sanitize_control_tokens", None) or output_kwargs.get("sanitize_control_tokens")
+        sanitize_control_tokens = check_bool("sanitize_control_tokens", sanitize or False)
         text_kwargs.pop("return_mm_token_type_ids", None)
         if sanitize_control_tokens:
             # Marked by `apply_chat_template(..., sanitize_control_tokens=True)`: the tokenizer encodes the marked
@@ -435,6 +434,7 @@ class InternVLChatProcessor(ProcessorMixin):
         (`<|im_start|>`, `<|im_end|>`, `<img>`, `<IMG_CONTEXT>`, ...) as plain text; the default (`False`, as in
         transformers and the original `chat()`) lets message text write them, except the image tokens, which the
         processor refuses (`ValueError`). Malformed content items raise (`chat_messages.check_chat_messages`)."""
+        check_conversation_shape(conversation)
         conversation = escape_placeholders_in_messages(conversation, (self.image_placeholder, self.video_placeholder))
         check_chat_messages(*self._normalize_conversations(conversation), kwargs)
         return super().apply_chat_template(conversation, chat_template, **kwargs)

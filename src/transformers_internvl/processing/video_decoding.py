@@ -31,6 +31,7 @@ from PIL import Image
 from transformers.utils import logging
 
 from .input_validation import check_int
+from .local_files import check_regular_file
 from .url_fetching import check_timeout, fetch_url, shown_url
 
 logger = logging.get_logger(__name__)
@@ -62,6 +63,8 @@ def open_container(source: object, name: str, shown: str | None = None) -> Any:
         source = os.fspath(source)
     if isinstance(source, str) and not os.path.exists(source):
         raise FileNotFoundError(f"`{name}`: no such video file: {source!r}")
+    if isinstance(source, str):
+        check_regular_file(source, name, "a video")
     if hasattr(source, "seek"):
         source.seek(0)
     try:
@@ -69,6 +72,22 @@ def open_container(source: object, name: str, shown: str | None = None) -> Any:
     except av.FFmpegError as error:
         shown = shown or (source if isinstance(source, str) else type(source).__name__)
         raise ValueError(f"`{name}`: could not open {shown!r} as a video: {error}") from error
+
+
+def _check_frame_pixels(width: int, height: int, name: str) -> None:
+    """Pillow's decompression-bomb limit for images applies to video frames too: a small file can declare frames of
+    16384 x 16384 px, and each decoded frame is held as an RGB image (800 MB there, times the frames sampled).
+
+    Raises:
+        PIL.Image.DecompressionBombError: `width * height` above `2 * PIL.Image.MAX_IMAGE_PIXELS` (the limit at which
+            Pillow refuses an image; `MAX_IMAGE_PIXELS = None` turns the check off, as for images).
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and width * height > 2 * limit:
+        raise Image.DecompressionBombError(
+            f"`{name}`: video frames of {width} x {height} px ({width * height} pixels) exceed the limit of "
+            f"{2 * limit} pixels (2 x PIL.Image.MAX_IMAGE_PIXELS, as for images); could be a decompression bomb."
+        )
 
 
 class FrameIndexReader:
@@ -85,6 +104,7 @@ class FrameIndexReader:
         FileNotFoundError: a path that does not exist.
         ValueError: a file that is not a video, has no video stream, no frame rate, no frames, or fewer packets than
             its header promises (truncated).
+        PIL.Image.DecompressionBombError: frames over Pillow's pixel limit (`_check_frame_pixels`).
     """
 
     def __init__(self, source: object, name: str, timeout: float | None = None) -> None:
@@ -111,6 +131,7 @@ class FrameIndexReader:
             if not rate or float(rate) <= 0:
                 raise ValueError(f"`{name}`: the video stream has no frame rate.")
             self.fps = float(rate)
+            _check_frame_pixels(self.stream.codec_context.width, self.stream.codec_context.height, name)
             self.time_base = self.stream.time_base
             packet_pts: list[int | None] = []
             keyframe_pts: list[int] = []
@@ -442,6 +463,7 @@ def read_video_frames(
     Raises:
         ValueError: an unreadable, damaged or frameless file, bad indices, or more than `MAX_NUM_SEGMENTS` frames.
         FileNotFoundError: a missing path.
+        PIL.Image.DecompressionBombError: frames over Pillow's pixel limit (`2 * PIL.Image.MAX_IMAGE_PIXELS`).
     """
     with FrameIndexReader(source, name, check_timeout(timeout)) as reader:
         fps, num_frames = reader.fps, reader.num_frames

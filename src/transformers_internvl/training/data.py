@@ -39,22 +39,16 @@ from PIL import Image
 from transformers.utils import logging
 
 from ..chat_templates import DEFAULT_NUM_IMAGE_TOKEN
+from ..processing.input_validation import check_int
+from ..processing.video_decoding import check_num_segments
 from .frame_sampling import check_sampling_method, sort_frame_files, training_frame_indices
 from .labels import IMAGE_PLACEHOLDER, SampleError, tokenize_conversation, video_frame_tags
+from .meta_files import RowSequence, _Row, load_meta, read_jsonl
 
 logger = logging.get_logger(__name__)
 
 VIDEO_PLACEHOLDER = "<video>"
 _FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-
-
-@dataclass
-class _Row:
-    source: str  # "annotation.jsonl:LINE" or "records[INDEX]"
-    text: str | dict
-    root: str
-    max_dynamic_patch: int
-    data_augment: bool
 
 
 @dataclass
@@ -74,28 +68,6 @@ class SkipReport:
             key = re.sub(r"\S*/\S*|\d+", "*", reason.split(":")[0])
             out[key] = out.get(key, 0) + 1
         return out
-
-
-def load_meta(meta_path: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """Read an original meta file `{name: {"root", "annotation", "repeat_time", "data_augment", ...}}`.
-
-    Raises `ValueError` naming the dataset and the missing key or bad value.
-    """
-    with open(meta_path, encoding="utf-8") as handle:
-        meta = json.load(handle)
-    if not isinstance(meta, dict) or not meta:
-        raise ValueError(f"meta file {meta_path} must hold a non-empty JSON object {{name: {{...}}}}.")
-    for name, entry in meta.items():
-        for key in ("root", "annotation"):
-            if key not in entry:
-                raise ValueError(f"meta file {meta_path}: dataset {name!r} has no {key!r}.")
-        repeat = entry.get("repeat_time", 1)
-        if not isinstance(repeat, (int, float)) or repeat <= 0 or (repeat > 1 and int(repeat) != repeat):
-            raise ValueError(
-                f"meta file {meta_path}: dataset {name!r} repeat_time must be > 0 and an integer when > 1, "
-                f"got {repeat!r}."
-            )
-    return meta
 
 
 def _messages_to_conversations(messages: list[dict]) -> tuple[list[dict], list[Any], Any]:
@@ -176,26 +148,27 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
         data_augment: bool = False,
         seed: int = 0,
     ) -> None:
-        rows = [
-            r if isinstance(r, _Row) else _Row(f"records[{i}]", r, root, max_dynamic_patch, data_augment)
-            for i, r in enumerate(rows)
-        ]
-        if not rows:
+        if not isinstance(rows, RowSequence):  # a `RowSequence` (from_meta / from_jsonl) builds repeats on access
+            rows = [
+                r if isinstance(r, _Row) else _Row(f"records[{i}]", r, root, max_dynamic_patch, data_augment)
+                for i, r in enumerate(rows)
+            ]
+        if not len(rows):
             raise ValueError("`rows` is empty: the dataset has no samples.")
         self.rows = rows
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.template = template
-        self.num_image_token = int(num_image_token)
+        self.num_image_token = check_int("num_image_token", num_image_token)
         if max_length is None and getattr(tokenizer, "model_max_length", None) and tokenizer.model_max_length < 1e6:
             max_length = int(tokenizer.model_max_length)
-        self.max_length = max_length
+        self.max_length = None if max_length is None else check_int("max_length", max_length)
         self.truncate = truncate
         for name, value in (("num_video_frames", num_video_frames), ("min_num_frame", min_num_frame),
                             ("max_num_frame", max_num_frame)):  # fmt: skip
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
                 raise ValueError(f"`{name}` must be an int, got {value!r}.")
-        self.num_video_frames = num_video_frames
+        self.num_video_frames = check_num_segments("num_video_frames", num_video_frames)
         # An end not given follows `num_video_frames`, clipped so that one given end alone never conflicts with it.
         self.max_num_frame = max_num_frame if max_num_frame is not None else max(min_num_frame or 0, num_video_frames)
         self.min_num_frame = min_num_frame if min_num_frame is not None else min(self.max_num_frame, num_video_frames)
@@ -213,21 +186,22 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
     def from_jsonl(cls, path: str | os.PathLike, *args, root: str = "", **kwargs) -> InternVLSupervisedDataset:
         """Rows from one JSONL file; image paths are relative to `root`."""
         max_patch, augment = kwargs.pop("max_dynamic_patch", 12), kwargs.pop("data_augment", False)
-        rows = _read_jsonl(str(path), root, max_patch, augment, 1)
+        rows = read_jsonl(str(path), root, max_patch, augment, 1, RowSequence())
         return cls(rows, *args, **kwargs)
 
     @classmethod
     def from_meta(cls, meta_path: str | os.PathLike, *args, max_dynamic_patch: int = 12, **kwargs):
         """Rows of all datasets of an original meta file, in its order, each with its `repeat_time`,
         `max_dynamic_patch` (default: the argument) and `data_augment` (`build_datasets`)."""
-        rows: list[_Row] = []
-        for entry in load_meta(meta_path).values():
-            rows += _read_jsonl(
+        rows = RowSequence()
+        for entry in load_meta(meta_path).values():  # values checked there (types, ranges)
+            read_jsonl(
                 entry["annotation"],
                 entry["root"],
-                int(entry.get("max_dynamic_patch", max_dynamic_patch)),
-                bool(entry.get("data_augment", False)),
+                entry.get("max_dynamic_patch", max_dynamic_patch),
+                entry.get("data_augment", False),
                 entry.get("repeat_time", 1),
+                rows,
             )
         return cls(rows, *args, **kwargs)
 
@@ -328,8 +302,7 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
         path = os.path.join(root, image)
         if not os.path.isfile(path):
             raise SampleError(f"missing image file {path}")
-        with Image.open(path) as handle:
-            return handle.convert("RGB")
+        return _open_rgb(path)
 
     def _tile_budget(self, budget: int) -> dict[str, int]:
         """Per-call tile options for a budget of `budget` grid tiles. A processor `min_dynamic_patch` above the budget
@@ -354,19 +327,20 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
                 raise SampleError(
                     f"no frame of video folder {path} selected by sampling_method={self.sampling_method!r}"
                 )
-            frames = []
-            for i in indices:
-                with Image.open(os.path.join(path, names[i])) as handle:
-                    frames.append(handle.convert("RGB"))
-            return frames
+            return [_open_rgb(os.path.join(path, names[i])) for i in indices]
         if not os.path.isfile(path):
             raise SampleError(f"missing video file {path}")
-        with FrameIndexReader(path, "video") as reader:  # original `read_frames_decord`
-            num_frames, fps = reader.num_frames, reader.fps
-        indices = training_frame_indices(num_frames, *frames_range, is_folder=False, fps=fps)
-        if not indices:
-            raise SampleError(f"no frame of video {path} selected by sampling_method={self.sampling_method!r}")
-        return read_video_frames(path, indices=indices).frames
+        try:
+            with FrameIndexReader(path, "video") as reader:  # original `read_frames_decord`
+                num_frames, fps = reader.num_frames, reader.fps
+            indices = training_frame_indices(num_frames, *frames_range, is_folder=False, fps=fps)
+            if not indices:
+                raise SampleError(f"no frame of video {path} selected by sampling_method={self.sampling_method!r}")
+            return read_video_frames(path, indices=indices).frames
+        except SampleError:
+            raise
+        except (ValueError, Image.DecompressionBombError) as error:  # damaged, no frames, too big: a bad sample
+            raise SampleError(f"unreadable video file {path}: {error}") from error
 
     def _jpeg_degrade_images(self, images: list[Image.Image], index: int) -> list[Image.Image]:
         """The original `data_augment` where its transform gets whole images (video frames, `dynamic_image_size`
@@ -398,6 +372,15 @@ def _jpeg(image: Image.Image, quality: int) -> Image.Image:
         return handle.convert("RGB")
 
 
+def _open_rgb(path: str) -> Image.Image:
+    """The image file `path` as RGB; more pixels than Pillow's limit (a decompression bomb) is a bad sample."""
+    try:
+        with Image.open(path) as handle:
+            return handle.convert("RGB")
+    except Image.DecompressionBombError as error:
+        raise SampleError(f"image file {path} has too many pixels: {error}") from error
+
+
 # Token strings the processor and the labels write themselves; in data they would be encoded as control tokens.
 _RESERVED_STRINGS = ("<IMG_CONTEXT>", "<img>", "</img>", "<|im_start|>", "<|im_end|>")
 
@@ -417,6 +400,12 @@ def check_row_structure(item: Any) -> None:
             if isinstance(content, str):
                 texts.append(content)
             elif isinstance(content, list) and all(isinstance(part, dict) for part in content):
+                for part in content:
+                    if part.get("type") == "text" and not isinstance(part.get("text", ""), str):
+                        raise SampleError(
+                            f"messages[{index}].content has a text part whose `text` is "
+                            f"{type(part['text']).__name__}, not a string"
+                        )
                 texts += [part["text"] for part in content if isinstance(part.get("text"), str)]
             else:
                 raise SampleError(f"messages[{index}].content must be a string or a list of objects")
@@ -460,13 +449,3 @@ def _add_missing_tag(conversations: list[dict], tag: str) -> dict:
     if not any(tag in turn["value"] for turn in humans):
         humans[0]["value"] = tag + "\n" + humans[0]["value"]
     return humans[0]
-
-
-def _read_jsonl(path: str, root: str, max_dynamic_patch: int, data_augment: bool, repeat_time) -> list[_Row]:
-    with open(path, encoding="utf-8") as handle:
-        lines = [(f"{path}:{number}", line) for number, line in enumerate(handle, start=1) if line.strip()]
-    if repeat_time < 1:
-        lines = lines[: int(len(lines) * repeat_time)]
-    elif repeat_time > 1:
-        lines = [(f"{source}#{copy}", line) for copy in range(int(repeat_time)) for source, line in lines]
-    return [_Row(source, line, root, max_dynamic_patch, data_augment) for source, line in lines]
