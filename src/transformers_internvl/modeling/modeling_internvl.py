@@ -33,6 +33,7 @@ from .configuration_internvl import InternVLChatConfig
 from .input_checks import cached_length, check_image_flags, check_no_unfilled_image_tokens, check_num_tiles
 from .llm_resolution import language_model_head
 from .modeling_intern_vit import InternVisionModel
+from .visual_features import visual_features_to_encoder_outputs
 
 logger = logging.get_logger(__name__)
 
@@ -406,12 +407,15 @@ class InternVLChatForConditionalGeneration(InternVLChatMixin, InternVLChatPreTra
         return self.model.get_image_features(pixel_values, **kwargs)
 
     def generate(self, *args, **kwargs):
-        """`GenerationMixin.generate`; `pixel_values=None` or zero tiles is the same as not passing them.
+        """`GenerationMixin.generate`; `pixel_values=None` or zero tiles is the same as not passing them. The original's
+        `visual_features=` (image features `(num_tiles, num_image_token, hidden)` used instead of running the tower on
+        `pixel_values`) is accepted (`visual_features.py`).
 
         Raises:
             ValueError: `num_tiles` does not sum to the tiles of `pixel_values`, or the prompt holds `<IMG_CONTEXT>`
-                tokens without tiles for them (see `input_checks`).
+                tokens without tiles for them (see `input_checks`), or `visual_features` has the wrong hidden size.
         """
+        visual_features_to_encoder_outputs(kwargs, self.config.num_image_token, self.config.text_config.hidden_size)
         pixel_values = kwargs.get("pixel_values")
         check_num_tiles(kwargs.get("num_tiles"), pixel_values if isinstance(pixel_values, torch.Tensor) else None)
         if pixel_values is None or (isinstance(pixel_values, torch.Tensor) and pixel_values.shape[0] == 0):
