@@ -155,6 +155,36 @@ def test_two_turn_chat_and_batch_chat_match_original(case, monkeypatch):
     assert answers == meta["batch_chat"]["answers"]
 
 
+def test_text_only_chats_later_image_and_bfloat16_batch_chat_match_original(case):
+    """Pure-text `chat` (one and two turns) and `batch_chat` (`pixel_values=None`, `num_patches_list=[0, 0]`), an
+    image only in the second turn, and `batch_chat` of a bfloat16 model, each on a fresh model."""
+    expected, tokenizer = case["meta"]["other_chats"], case["tokenizer"]
+    config = dict(max_new_tokens=case["meta"]["case"]["max_new_tokens"], do_sample=False)
+    assert _model(case).chat(tokenizer, None, "Tell me a story about 猫.", dict(config)) == expected["text_chat"]
+    model = _model(case)
+    answer, history = model.chat(tokenizer, None, "Hello!", dict(config), return_history=True)
+    assert [answer, model.chat(tokenizer, None, "And then?", dict(config), history=history)] == expected["text_chat2"]
+    answers = _model(case).batch_chat(
+        tokenizer, None, ["Hi there", "What is 2+2? Explain."], dict(config), num_patches_list=[0, 0]
+    )
+    assert answers == expected["text_batch_chat"]
+    answer, history = _model(case).chat(tokenizer, None, "Hello!", dict(config), return_history=True)
+    image = case["pixel_list"][0]
+    later = _model(case).chat(
+        tokenizer, image, "<image>\nWhat now?", dict(config), history=history, num_patches_list=[len(image)]
+    )
+    assert later == expected["image_second_turn"]
+    chosen = case["meta"]["case"]["batch_images"]
+    answers = _model(case, dtype=torch.bfloat16).batch_chat(
+        tokenizer,
+        torch.cat([case["pixel_list"][i] for i in chosen]).to(torch.bfloat16),
+        case["meta"]["questions"]["batch"],
+        dict(config),
+        num_patches_list=[case["num_patches"][i] for i in chosen],
+    )
+    assert answers == expected["bf16_batch_chat"]
+
+
 def test_generate_left_padded_matches_original(case):
     io, meta = case["io"], case["meta"]
     chosen = meta["case"]["batch_images"]
