@@ -401,3 +401,39 @@ def test_generate_with_visual_features_matches_original(case):
         )
     assert torch.equal(output[:, input_ids.shape[1] :], io["visual_features_generate_ids"])
     assert not torch.equal(io["visual_features_generate_ids"], io["generate_ids"])
+
+
+# --- drop-path in train() mode --------------------------------------------------------------------------------------
+
+
+def test_seeded_drop_path_training_matches_original_timm_drop_path():
+    """`drop_path_rate` 0.2 in train() mode against the original with timm's `DropPath` (select_layer -1, so that
+    layers 1-3 with rates 0.067 / 0.133 / 0.2 count): with the same seed the same rows are dropped and the survivors
+    scaled by 1/keep_prob, so loss and gradients are the original's."""
+    case = load_case("llama-vit6b-224")
+    io, meta = case["io"], case["meta"]
+    model = AutoModelForImageTextToText.from_pretrained(
+        case["folder"], select_layer=-1, attn_implementation="eager"
+    ).train()
+    batch = _batch(case)
+    losses = []
+    for seed in meta["train"]["drop_path_seeds"]:
+        torch.manual_seed(seed)
+        model.zero_grad()
+        output = model(**batch)
+        output.loss.backward()
+        losses.append(output.loss.item())
+        grad = model.model.mlp1[1].weight.grad.flatten()
+        expected = io[f"drop_path_grad_seed{seed}.mlp1.1.weight"]
+        assert (grad[:: max(1, grad.numel() // 256)] - expected).abs().max().item() <= 1e-6, seed
+    assert losses == pytest.approx(meta["train"]["drop_path_losses"], abs=5e-6)
+    assert len(set(losses)) == len(losses)  # the seeds drop different rows
+
+
+def test_drop_path_rate_one_drops_the_branch_as_timm():
+    """timm's `drop_path` (the original's) with drop_prob 1 returns zeros (it does not divide by keep_prob 0)."""
+    from transformers_internvl.modeling.modeling_intern_vit import DropPath
+
+    hidden = torch.randn(3, 5, 4)
+    assert torch.equal(DropPath(1.0).train()(hidden), torch.zeros_like(hidden))
+    assert torch.equal(DropPath(1.0).eval()(hidden), hidden)
