@@ -224,6 +224,35 @@ def test_bfloat16_forward_and_chat_match_original_bfloat16(case):
     assert answer == meta["bf16_chat_answer1"]
 
 
+def test_float16_vision_tower_matches_original(case):
+    """float16 tiles through the tower and projector: the original's bytes (eager; the CPU float16 kernels round
+    differently on contiguous copies of the heads, which this package makes only in float32 / bfloat16)."""
+    io = case["io"]
+    model = _model(case, dtype=torch.float16, attn_implementation="eager")
+    with torch.no_grad():
+        features = model.get_image_features(torch.cat(case["pixel_list"])[:2].to(torch.float16)).pooler_output
+    step = max(1, features.shape[1] // 8)
+    assert torch.equal(features[:, ::step, :8].float(), io["fp16_vit_embeds_sample"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+def test_internlm2_eager_logits_are_the_originals_bytes(dtype):
+    """This package's own InternLM2 in eager mode divides the scores by sqrt(head_dim) as the original does (not
+    `* head_dim**-0.5`): the logits are the original's bytes in every dtype. (Llama / Qwen2 are transformers' own
+    classes, whose 5.x eager attention multiplies by the scale where 4.x divided: about one float16 step in fp16.)"""
+    case = load_case("internlm2-ds1-single")
+    io, tag = case["io"], {torch.float32: "", torch.bfloat16: "bf16_", torch.float16: "fp16_"}[dtype]
+    model = _model(case, dtype=dtype, attn_implementation="eager")
+    with torch.no_grad():
+        logits = (
+            model(pixel_values=torch.cat(case["pixel_list"]).to(dtype), input_ids=io["forward_input_ids"])
+            .logits[0]
+            .float()
+        )
+    assert torch.equal(logits[io["forward_positions"]], io[f"{tag}forward_logits_at"])
+    assert torch.equal(logits.argmax(-1), io[f"{tag}forward_argmax"].long())
+
+
 # --- training forward -----------------------------------------------------------------------------------------------
 
 
@@ -406,15 +435,19 @@ def test_generate_with_visual_features_matches_original(case):
 # --- drop-path in train() mode --------------------------------------------------------------------------------------
 
 
-def test_seeded_drop_path_training_matches_original_timm_drop_path():
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "gradient-checkpointing"])
+def test_seeded_drop_path_training_matches_original_timm_drop_path(checkpointing):
     """`drop_path_rate` 0.2 in train() mode against the original with timm's `DropPath` (select_layer -1, so that
     layers 1-3 with rates 0.067 / 0.133 / 0.2 count): with the same seed the same rows are dropped and the survivors
-    scaled by 1/keep_prob, so loss and gradients are the original's."""
+    scaled by 1/keep_prob, so loss and gradients are the original's; with gradient checkpointing too (the recomputed
+    forward replays the same RNG state)."""
     case = load_case("llama-vit6b-224")
     io, meta = case["io"], case["meta"]
     model = AutoModelForImageTextToText.from_pretrained(
         case["folder"], select_layer=-1, attn_implementation="eager"
     ).train()
+    if checkpointing:
+        model.gradient_checkpointing_enable()
     batch = _batch(case)
     losses = []
     for seed in meta["train"]["drop_path_seeds"]:
