@@ -28,7 +28,7 @@ def _reference(module: InternVLVisionAttention, hidden_states: torch.Tensor, imp
 
 
 @pytest.mark.parametrize("implementation", ["sdpa", "eager"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("qk_normalization", [False, True])
 def test_contiguous_heads_give_the_bytes_of_the_strided_views(implementation, dtype, qk_normalization):
     config = InternVLVisionConfig(
@@ -60,3 +60,11 @@ def test_only_cpu_sdpa_and_eager_get_copies():
         assert all(a is b for a, b in zip(contiguous_heads_on_cpu(implementation, *views), views))
     meta = tuple(view.to("meta") for view in views)
     assert all(a is b for a, b in zip(contiguous_heads_on_cpu("sdpa", *meta), meta))
+
+
+def test_float16_keeps_the_strided_views():
+    """CPU float16 kernels round differently on contiguous copies (1 float16 step per InternViT layer against the
+    original, `test_original_parity_s7.py::test_float16_vision_tower_matches_original`): float16 gets no copies."""
+    views = tuple(torch.randn(2, 5, 3, 4, dtype=torch.float16).transpose(1, 2) for _ in range(3))
+    assert all(a is b for a, b in zip(contiguous_heads_on_cpu("eager", *views), views))
+    assert all(a is b for a, b in zip(contiguous_heads_on_cpu("sdpa", *views), views))

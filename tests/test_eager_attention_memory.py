@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -61,9 +63,10 @@ def test_internlm2_eager_in_place_scaling_and_mask_give_the_reference_values():
         key, value = torch.randn(2, 2, 6, 8, dtype=dtype), torch.randn(2, 2, 6, 8, dtype=dtype)
         mask = torch.triu(torch.full((6, 6), torch.finfo(dtype).min, dtype=dtype), 1).expand(2, 1, 6, 6)
         module = _Module().eval()
-        # Reference: out-of-place ops in the original order (scores * scale + mask, fp32 softmax, cast back).
+        # Reference: out-of-place ops in the original order (scores / sqrt(head_dim) + mask, fp32 softmax, cast
+        # back; the original divides, `* head_dim**-0.5` rounds differently).
         key_rep, value_rep = key.repeat_interleave(2, dim=1), value.repeat_interleave(2, dim=1)
-        scores = torch.matmul(query, key_rep.transpose(2, 3)) * 8**-0.5 + mask
+        scores = torch.matmul(query, key_rep.transpose(2, 3)) / math.sqrt(8) + mask
         expected_weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(dtype)
         # With autograd on, and in inference where the softmax writes into the score buffer.
         counts = {}

@@ -298,7 +298,9 @@ def add_chat_command(subparsers: Any) -> None:
         "--image", action="append", metavar="PATH", help="image for the first message (repeat for several images)"
     )
     parser.add_argument("--video", metavar="PATH", help="video for the first message")
-    parser.add_argument("--num-frames", type=positive_int, help="frames sampled from --video (default: the processor's, 8)")
+    parser.add_argument(
+        "--num-frames", type=positive_int, help="frames sampled from --video (default: the processor's, 8)"
+    )
     parser.add_argument("--max-tiles", type=positive_int, help="most tiles per image (default: the model's, 12)")
     parser.add_argument("--max-new-tokens", type=positive_int, default=1024, help="(default: 1024)")
     parser.add_argument(

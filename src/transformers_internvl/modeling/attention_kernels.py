@@ -125,6 +125,12 @@ def check_attention_kernels(attn_implementation: Any) -> None:
         )
 
 
+SAME_BYTES_WHEN_CONTIGUOUS = (torch.float32, torch.bfloat16)
+"""dtypes whose CPU matmul / SDPA results do not depend on the memory layout of the heads. float16 is not one: its CPU
+kernels round differently on the contiguous copies (1 float16 step per InternViT layer), so float16 keeps the original's
+strided views, and the original's numbers."""
+
+
 def contiguous_heads_on_cpu(implementation: str | None, *states: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """`(batch, heads, seq, head_dim)` query/key/value views of a fused projection, copied to contiguous memory when
     the CPU SDPA or eager kernels will read them (otherwise returned as they are).
@@ -138,5 +144,7 @@ def contiguous_heads_on_cpu(implementation: str | None, *states: torch.Tensor) -
     alone.
     """
     if implementation not in ("sdpa", "eager") or states[0].device.type != "cpu":
+        return states
+    if states[0].dtype not in SAME_BYTES_WHEN_CONTIGUOUS:
         return states
     return tuple(state.contiguous() for state in states)

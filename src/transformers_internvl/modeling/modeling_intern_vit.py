@@ -51,7 +51,9 @@ class DropPath(nn.Module):
         keep_prob = 1.0 - self.drop_prob
         shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
         mask = hidden_states.new_empty(shape).bernoulli_(keep_prob)
-        return hidden_states * mask.div_(keep_prob)
+        if keep_prob > 0.0:  # drop_prob 1 drops every row (timm's drop_path; not 0 / 0 = NaN)
+            mask.div_(keep_prob)
+        return hidden_states * mask
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob}"

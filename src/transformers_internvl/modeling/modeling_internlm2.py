@@ -11,6 +11,7 @@ without renaming, and the numerics follow the original (``internvl_chat/internvl
   base from the key length of the forward pass (see `InternLM2RotaryEmbedding`), without the original's hidden state.
 """
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -156,9 +157,15 @@ def eager_attention_forward(
     key_states = repeat_kv(key, module.num_key_value_groups)
     value_states = repeat_kv(value, module.num_key_value_groups)
 
-    # Scaling and the mask are applied in place (the same values as `* scaling` / `+ mask`, one score-sized buffer
-    # instead of three); the fp32 softmax buffer lives only until its cast back to the input dtype.
-    attn_weights = torch.matmul(query, key_states.transpose(2, 3)).mul_(scaling)
+    # Scaling and the mask are applied in place (the same values as `/ sqrt(head_dim)` / `+ mask`, one score-sized
+    # buffer instead of three); the fp32 softmax buffer lives only until its cast back to the input dtype. The original
+    # divides by `math.sqrt(head_dim)`; `* head_dim**-0.5` rounds differently (1e-6 in fp32, a float16 step in fp16).
+    attn_weights = torch.matmul(query, key_states.transpose(2, 3))
+    head_dim = query.shape[-1]
+    if scaling == head_dim**-0.5:
+        attn_weights = attn_weights.div_(math.sqrt(head_dim))
+    else:  # a caller's own scaling
+        attn_weights = attn_weights.mul_(scaling)
     if attention_mask is not None:
         attn_weights = _add_mask(attn_weights, attention_mask)
 

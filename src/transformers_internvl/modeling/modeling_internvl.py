@@ -39,6 +39,7 @@ from .input_checks import (
 )
 from .llm_resolution import language_model_head
 from .modeling_intern_vit import InternVisionModel
+from .visual_features import visual_features_to_encoder_outputs
 
 logger = logging.get_logger(__name__)
 
@@ -404,13 +405,15 @@ class InternVLChatForConditionalGeneration(InternVLChatMixin, InternVLChatPreTra
         return self.model.get_image_features(pixel_values, **kwargs)
 
     def generate(self, *args, **kwargs):
-        """`GenerationMixin.generate`; `pixel_values=None` or zero tiles is the same as not passing them.
+        """`GenerationMixin.generate`; `pixel_values=None` or zero tiles is the same as not passing them. The original's
+        `visual_features=` (`(num_tiles, num_image_token, hidden)`, used instead of the tower's) is accepted.
 
         Raises:
-            ValueError: `num_tiles` does not sum to the tiles of `pixel_values`, the prompt holds `<IMG_CONTEXT>`
-                tokens without tiles for them, or `pixel_values` has another shape or NaN / inf values (`input_checks`).
-            TypeError: `pixel_values` is not a floating torch.Tensor.
+            ValueError / TypeError (`input_checks`): `num_tiles` does not sum to the tiles of `pixel_values`, the
+                prompt holds `<IMG_CONTEXT>` tokens without tiles for them, `pixel_values` is not a floating tensor
+                of tiles, or `visual_features` has the wrong hidden size.
         """
+        visual_features_to_encoder_outputs(kwargs, self.config.num_image_token, self.config.text_config.hidden_size)
         pixel_values = kwargs.get("pixel_values")
         if pixel_values is not None:  # shape and dtype before the tile counts (values: in `get_image_features`)
             self.model._check_pixel_values(pixel_values, finite=False)
