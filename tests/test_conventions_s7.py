@@ -115,3 +115,64 @@ def test_per_call_layer_matches_transformers_own_port(qwen2_model, inputs, tmp_p
             ours = qwen2_model(**inputs, vision_feature_layer=layer).logits
             theirs = port(**port_inputs, vision_feature_layer=layer).logits
             torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+
+
+# ---- `crop_to_patches`: transformers' GotOcr2 name of the original's `dynamic_image_size` ----------------------------
+# This package accepts GotOcr2's `max_patches` / `min_patches`; `crop_to_patches=False` (one 448 px tile per image in
+# transformers' InternVL port) was dropped with a warning and the image was tiled anyway.
+
+
+def _wide_image():
+    return Image.fromarray(np.random.default_rng(3).integers(0, 256, (300, 500, 3), dtype=np.uint8))
+
+
+def test_crop_to_patches_false_gives_one_tile_per_image_as_transformers_gotocr2():
+    from transformers import GotOcr2ImageProcessorPil
+
+    processor = qwen2_processor()
+    image = _wide_image()
+    plain = processor(images=[image], text="<image>\nWhat?", dynamic_image_size=False, return_tensors="pt")
+    for call in (
+        lambda: processor(images=[image], text="<image>\nWhat?", crop_to_patches=False, return_tensors="pt"),
+        lambda: processor(
+            images=[image], text="<image>\nWhat?", images_kwargs={"crop_to_patches": False}, return_tensors="pt"
+        ),
+    ):
+        got = call()
+        assert got["num_tiles"].tolist() == [1]
+        assert torch.equal(got["pixel_values"], plain["pixel_values"])
+        assert torch.equal(got["input_ids"], plain["input_ids"])
+    # GotOcr2 with the settings the `-hf` conversion writes (448 px, ImageNet mean / std, bicubic).
+    port = GotOcr2ImageProcessorPil(
+        crop_to_patches=False,
+        size={"height": 448, "width": 448},
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+        resample=3,
+    )(image, return_tensors="pt")["pixel_values"]
+    assert torch.equal(plain["pixel_values"], port)
+    tiled = processor(images=[image], text="<image>\nWhat?", crop_to_patches=True, return_tensors="pt")
+    assert tiled["num_tiles"].tolist() == [7]  # 500x300: aspect 5:3 -> 3x2 grid (closest within 12) + thumbnail
+
+
+def test_crop_to_patches_in_the_image_processor_init_call_and_from_pretrained(tmp_path):
+    from transformers import AutoImageProcessor, AutoProcessor
+
+    from transformers_internvl.processing.image_processing_internvl import InternVLImageProcessor
+
+    image = _wide_image()
+    assert list(InternVLImageProcessor(crop_to_patches=False)(image)["num_tiles"]) == [1]
+    assert list(InternVLImageProcessor()(image, crop_to_patches=False)["num_tiles"]) == [1]
+    assert list(InternVLImageProcessor()(image)["num_tiles"]) == [7]
+    folder = tmp_path / "processor"
+    qwen2_processor().save_pretrained(folder)
+    processor = AutoProcessor.from_pretrained(folder, crop_to_patches=False)
+    assert processor.image_processor.dynamic_image_size is False
+    assert AutoImageProcessor.from_pretrained(folder, crop_to_patches=False).dynamic_image_size is False
+
+
+def test_crop_to_patches_and_dynamic_image_size_must_agree():
+    with pytest.raises(ValueError, match="dynamic_image_size.*crop_to_patches"):
+        qwen2_processor()(
+            images=[_wide_image()], text="<image>", dynamic_image_size=True, crop_to_patches=False, return_tensors="pt"
+        )
