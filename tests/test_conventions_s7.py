@@ -176,3 +176,18 @@ def test_crop_to_patches_and_dynamic_image_size_must_agree():
         qwen2_processor()(
             images=[_wide_image()], text="<image>", dynamic_image_size=True, crop_to_patches=False, return_tensors="pt"
         )
+
+
+# ---- `num_patches`: the forward docstring calls it an alias of `num_tiles` (GotOcr2's output name) -----------------
+# It was popped and dropped, so a wrong count passed unnoticed, unlike the same count under `num_tiles`.
+
+
+def test_num_patches_is_checked_against_the_tiles_like_num_tiles(qwen2_model, inputs):
+    plain = {key: value for key, value in inputs.items() if key != "num_tiles"}
+    with torch.no_grad():
+        expected = qwen2_model(**inputs).logits
+        assert torch.equal(qwen2_model(**plain, num_patches=inputs["num_tiles"]).logits, expected)
+        with pytest.raises(ValueError, match="sums to 2 but `pixel_values` holds 1 tiles"):
+            qwen2_model(**plain, num_patches=torch.tensor([2]))
+        with pytest.raises(ValueError, match="num_tiles.*num_patches.*disagree"):
+            qwen2_model(**inputs, num_patches=[0, 1])

@@ -35,6 +35,7 @@ from .input_checks import (
     check_image_flags,
     check_no_unfilled_image_tokens,
     check_num_tiles,
+    merge_tile_count_aliases,
     vision_feature_layer_index,
 )
 from .llm_resolution import language_model_head
@@ -286,7 +287,7 @@ class InternVLChatBaseModel(InternVLChatPreTrainedModel):
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of `input_ids` or `inputs_embeds`.")
-        kwargs.pop("num_patches", None)
+        num_tiles = merge_tile_count_aliases(num_tiles=num_tiles, num_patches=kwargs.pop("num_patches", None))
         check_num_tiles(num_tiles, pixel_values)
 
         image_outputs = (mm_encoder_outputs or {}).get("image")
