@@ -191,3 +191,21 @@ def test_num_patches_is_checked_against_the_tiles_like_num_tiles(qwen2_model, in
             qwen2_model(**plain, num_patches=torch.tensor([2]))
         with pytest.raises(ValueError, match="num_tiles.*num_patches.*disagree"):
             qwen2_model(**inputs, num_patches=[0, 1])
+
+
+# ---- `image_hidden_states`: transformers' InternVL port (5.24) keeps it on its outputs, deprecated, as
+# `image_outputs.pooler_output`; here it raised AttributeError. -----------------------------------------------------
+
+
+def test_outputs_keep_the_deprecated_image_hidden_states_of_transformers_port(qwen2_model, inputs, qwen2_tokenizer):
+    with torch.no_grad():
+        full = qwen2_model(**inputs)
+        base = qwen2_model.model(**inputs)
+        text_only = qwen2_model(input_ids=qwen2_tokenizer("Hello", return_tensors="pt")["input_ids"])
+    features = full.image_outputs.pooler_output
+    assert features.shape == (1, 256, qwen2_model.config.text_config.hidden_size)
+    assert full.image_hidden_states is features
+    assert base.image_hidden_states is base.image_outputs.pooler_output
+    assert torch.equal(base.image_hidden_states, features)
+    assert text_only.image_hidden_states is None
+    assert "image_hidden_states" not in full.keys()  # a property, as in transformers' port: not an output field

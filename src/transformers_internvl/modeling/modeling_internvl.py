@@ -13,11 +13,7 @@ from transformers import AutoModel, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.generation import GenerationMixin
-from transformers.modeling_outputs import (
-    BaseModelOutputWithPooling,
-    MultimodalBaseModelOutputWithPast,
-    MultimodalCausalLMOutputWithPast,
-)
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, auto_docstring, can_return_tuple, logging
@@ -39,6 +35,7 @@ from .input_checks import (
     vision_feature_layer_index,
 )
 from .llm_resolution import language_model_head
+from .model_outputs import InternVLCausalLMOutputWithPast, InternVLModelOutputWithPast
 from .modeling_intern_vit import InternVisionModel
 
 logger = logging.get_logger(__name__)
@@ -77,11 +74,6 @@ class InternVLMultiModalProjector(nn.Sequential):
             nn.Linear(text_hidden_size, text_hidden_size),
         )
 
-
-# The outputs are transformers' multimodal ones: `image_outputs.pooler_output` holds the projected image features
-# `(num_tiles, 256, hidden_size)`. The names below are kept for code that imported them.
-InternVLModelOutputWithPast = MultimodalBaseModelOutputWithPast
-InternVLCausalLMOutputWithPast = MultimodalCausalLMOutputWithPast
 
 # The image inputs of both `forward`s (transformers' `auto_docstring` documents the standard ones).
 _IMAGE_INPUT_ARGS = r"""
@@ -280,7 +272,7 @@ class InternVLChatBaseModel(InternVLChatPreTrainedModel):
         vision_feature_layer: int | None = None,
         vision_feature_select_strategy: str | None = None,
         **kwargs: Unpack[TransformersKwargs],
-    ) -> MultimodalBaseModelOutputWithPast | tuple:
+    ) -> InternVLModelOutputWithPast | tuple:
         r"""
         Raises `ValueError` when `num_tiles` or `image_flags` do not match the tiles, or when the prompt holds
         `<IMG_CONTEXT>` tokens but no tiles are given (decoding steps with a filled cache are exempt).
@@ -329,7 +321,7 @@ class InternVLChatBaseModel(InternVLChatPreTrainedModel):
             return_dict=True,
             **kwargs,
         )
-        return MultimodalBaseModelOutputWithPast(
+        return InternVLModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
@@ -441,7 +433,7 @@ class InternVLChatForConditionalGeneration(InternVLChatMixin, InternVLChatPreTra
         vision_feature_layer: int | None = None,
         vision_feature_select_strategy: str | None = None,
         **kwargs: Unpack[TransformersKwargs],
-    ) -> MultimodalCausalLMOutputWithPast | tuple:
+    ) -> InternVLCausalLMOutputWithPast | tuple:
         r"""
         Returns logits `(batch_size, kept positions, vocab_size)`; raises as [`InternVLChatBaseModel.forward`].
         """
@@ -464,7 +456,7 @@ class InternVLChatForConditionalGeneration(InternVLChatMixin, InternVLChatPreTra
         hidden_states = outputs.last_hidden_state
         logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))
         loss = causal_lm_loss(self, logits, labels, logits_to_keep, self.config.text_config.vocab_size, **kwargs)
-        return MultimodalCausalLMOutputWithPast(
+        return InternVLCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
             cache=outputs.cache,
