@@ -19,6 +19,7 @@ __all__ = [
     "check_pixel_values",
     "merge_tile_count_aliases",
     "question_list",
+    "vision_feature_layer_index",
 ]
 
 
@@ -129,6 +130,44 @@ def check_pixel_values(pixel_values: Any, channels: int, size: int, finite: bool
         torch_compilable_check(
             torch.isfinite(pixel_values).all(), "`pixel_values` holds NaN or infinite values.", ValueError
         )
+
+
+def vision_feature_layer_index(
+    config: Any, vision_feature_layer: Any = None, vision_feature_select_strategy: str | None = None
+) -> int:
+    """The vision layer whose states feed the projector: a per-call `vision_feature_layer` (transformers' name, which
+    its own InternVL port takes in `forward`, `get_image_features` and `generate`), else `config.select_layer` (the
+    original's name for the same index: -1 the last layer, otherwise `hidden_states[k]` of
+    `(embeddings, layer_1, ..., layer_N)`, `internvl_chat_model.py` `extract_feature`).
+
+    Raises:
+        TypeError: `vision_feature_layer` is not one integer (InternVL projects a single layer).
+        ValueError: it is out of range for the vision tower, or `vision_feature_select_strategy` is not `"default"`
+            (InternVL always drops the CLS token: the 32x32 patch grid is what pixel unshuffle needs).
+    """
+    if vision_feature_select_strategy not in (None, "default"):
+        raise ValueError(
+            f"`vision_feature_select_strategy` must be 'default' (drop the CLS token, as InternVL does before pixel "
+            f"unshuffle), got {vision_feature_select_strategy!r}."
+        )
+    if vision_feature_layer is None:
+        return config.select_layer
+    try:
+        if isinstance(vision_feature_layer, bool):
+            raise TypeError
+        layer = operator.index(vision_feature_layer)
+    except TypeError:
+        raise TypeError(
+            f"`vision_feature_layer` must be one integer layer index, got {type(vision_feature_layer).__name__} "
+            f"{vision_feature_layer!r}."
+        ) from None
+    num_layers = config.vision_config.num_hidden_layers
+    if not -(num_layers + 1) <= layer <= num_layers:
+        raise ValueError(
+            f"`vision_feature_layer` {layer} is out of range for a vision tower with {num_layers} layers (allowed "
+            f"{-(num_layers + 1)} to {num_layers}: indices of (embeddings, layer_1, ..., layer_{num_layers}))."
+        )
+    return layer
 
 
 def check_image_flags(image_flags: torch.Tensor | None, num_tiles: int) -> None:

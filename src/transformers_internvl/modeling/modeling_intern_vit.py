@@ -349,6 +349,31 @@ class InternVisionModel(InternVisionPreTrainedModel):
             )
         return self.encoder(self.embeddings(pixel_values), **kwargs)
 
+    def forward_in_tile_batches(
+        self, pixel_values: torch.Tensor, batch_size: int | None = None, **kwargs: Unpack[TransformersKwargs]
+    ) -> BaseModelOutput:
+        """`self(pixel_values, return_dict=True, **kwargs)` run on at most `batch_size` tiles at a time (`None`: all
+        at once; the chat model's `config.vision_batch_size`), outputs concatenated along the tile dimension."""
+        batch_size = batch_size or pixel_values.shape[0]
+        chunks = [
+            self(pixel_values=pixel_values[start : start + batch_size], return_dict=True, **kwargs)
+            for start in range(0, pixel_values.shape[0], batch_size)
+        ]
+        if len(chunks) == 1:
+            return chunks[0]
+        return chunks[0].__class__(
+            last_hidden_state=torch.cat([chunk.last_hidden_state for chunk in chunks]),
+            hidden_states=_cat_tuples([chunk.hidden_states for chunk in chunks]),
+            attentions=_cat_tuples([chunk.attentions for chunk in chunks]),
+        )
+
+
+def _cat_tuples(per_chunk: list[tuple[torch.Tensor, ...] | None]) -> tuple[torch.Tensor, ...] | None:
+    """Concatenate per-layer tuples of micro-batch outputs along the tile dimension."""
+    if per_chunk[0] is None:
+        return None
+    return tuple(torch.cat(layer_outputs) for layer_outputs in zip(*per_chunk))
+
 
 # The names of this package before version 0.2 (equal to transformers' own, different InternVL vision classes).
 InternVLVisionPreTrainedModel = InternVisionPreTrainedModel

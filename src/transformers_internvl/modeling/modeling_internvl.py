@@ -13,11 +13,7 @@ from transformers import AutoModel, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.generation import GenerationMixin
-from transformers.modeling_outputs import (
-    BaseModelOutputWithPooling,
-    MultimodalBaseModelOutputWithPast,
-    MultimodalCausalLMOutputWithPast,
-)
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, auto_docstring, can_return_tuple, logging
@@ -36,8 +32,11 @@ from .input_checks import (
     check_no_unfilled_image_tokens,
     check_num_tiles,
     check_pixel_values,
+    merge_tile_count_aliases,
+    vision_feature_layer_index,
 )
 from .llm_resolution import language_model_head
+from .model_outputs import InternVLCausalLMOutputWithPast, InternVLModelOutputWithPast
 from .modeling_intern_vit import InternVisionModel
 from .visual_features import visual_features_to_encoder_outputs
 
@@ -77,11 +76,6 @@ class InternVLMultiModalProjector(nn.Sequential):
             nn.Linear(text_hidden_size, text_hidden_size),
         )
 
-
-# The outputs are transformers' multimodal ones: `image_outputs.pooler_output` holds the projected image features
-# `(num_tiles, 256, hidden_size)`. The names below are kept for code that imported them.
-InternVLModelOutputWithPast = MultimodalBaseModelOutputWithPast
-InternVLCausalLMOutputWithPast = MultimodalCausalLMOutputWithPast
 
 # The image inputs of both `forward`s (transformers' `auto_docstring` documents the standard ones).
 _IMAGE_INPUT_ARGS = r"""
@@ -145,16 +139,20 @@ class InternVLChatBaseModel(InternVLChatPreTrainedModel):
 
     @can_return_tuple
     def get_image_features(
-        self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+        self,
+        pixel_values: torch.Tensor,
+        vision_feature_layer: int | None = None,
+        vision_feature_select_strategy: str | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling | tuple:
         """Vision tower -> drop CLS -> pixel unshuffle -> `mlp1`.
 
         Args:
             pixel_values: `(num_tiles, 3, 448, 448)` normalised tiles.
-            output_hidden_states, output_attentions (keyword): return the vision tower's per-layer states /
-                attention weights (default: `config.vision_config.output_hidden_states` / `output_attentions`).
-                They are not named parameters because `generate` hands an encoder every model kwarg its signature
-                names, and would then withhold them from the language model.
+            vision_feature_layer, vision_feature_select_strategy: per-call `select_layer` and `"default"` (drop CLS),
+                as transformers' InternVL port takes them; bad values raise (`input_checks.vision_feature_layer_index`).
+            output_hidden_states, output_attentions (keyword): the vision tower's per-layer states / attention weights
+                (default: `config.vision_config`'s). Not named: `generate` would withhold them from the LLM.
 
         Returns:
             `BaseModelOutputWithPooling` with `last_hidden_state` the vision states at `select_layer`
@@ -163,6 +161,7 @@ class InternVLChatBaseModel(InternVLChatPreTrainedModel):
             Tiles go through the vision tower in micro-batches of `config.vision_batch_size`.
         """
         self._check_pixel_values(pixel_values)
+        select_layer = vision_feature_layer_index(self.config, vision_feature_layer, vision_feature_select_strategy)
         if pixel_values.shape[0] == 0:
             return self._empty_image_features(pixel_values)
         output_hidden_states = kwargs.pop("output_hidden_states", None)
@@ -172,29 +171,13 @@ class InternVLChatBaseModel(InternVLChatPreTrainedModel):
         if output_attentions is None:
             output_attentions = self.config.vision_config.output_attentions
         pixel_values = pixel_values.to(dtype=self.vision_model.embeddings.patch_embedding.weight.dtype)
-        select_layer = self.config.select_layer
-        need_hidden_states = bool(output_hidden_states) or select_layer != -1
-        batch_size = self.config.vision_batch_size or pixel_values.shape[0]
-
-        chunks = []
-        for start in range(0, pixel_values.shape[0], batch_size):
-            chunks.append(
-                self.vision_model(
-                    pixel_values=pixel_values[start : start + batch_size],
-                    output_hidden_states=need_hidden_states,
-                    output_attentions=output_attentions,
-                    return_dict=True,
-                    **kwargs,
-                )
-            )
-        if len(chunks) == 1:
-            vision_outputs = chunks[0]
-        else:
-            vision_outputs = chunks[0].__class__(
-                last_hidden_state=torch.cat([chunk.last_hidden_state for chunk in chunks]),
-                hidden_states=_cat_tuples([chunk.hidden_states for chunk in chunks]),
-                attentions=_cat_tuples([chunk.attentions for chunk in chunks]),
-            )
+        vision_outputs = self.vision_model.forward_in_tile_batches(
+            pixel_values,
+            self.config.vision_batch_size,
+            output_hidden_states=bool(output_hidden_states) or select_layer != -1,
+            output_attentions=output_attentions,
+            **kwargs,
+        )
 
         if select_layer == -1:
             selected = vision_outputs.last_hidden_state
@@ -280,15 +263,17 @@ class InternVLChatBaseModel(InternVLChatPreTrainedModel):
         num_tiles: torch.Tensor | list[int] | None = None,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         use_cache: bool | None = None,
+        vision_feature_layer: int | None = None,
+        vision_feature_select_strategy: str | None = None,
         **kwargs: Unpack[TransformersKwargs],
-    ) -> MultimodalBaseModelOutputWithPast | tuple:
+    ) -> InternVLModelOutputWithPast | tuple:
         r"""
         Raises `ValueError` when `num_tiles` or `image_flags` do not match the tiles, or when the prompt holds
         `<IMG_CONTEXT>` tokens but no tiles are given (decoding steps with a filled cache are exempt).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of `input_ids` or `inputs_embeds`.")
-        kwargs.pop("num_patches", None)
+        num_tiles = merge_tile_count_aliases(num_tiles=num_tiles, num_patches=kwargs.pop("num_patches", None))
         check_num_tiles(num_tiles, pixel_values)
 
         image_outputs = (mm_encoder_outputs or {}).get("image")
@@ -296,6 +281,8 @@ class InternVLChatBaseModel(InternVLChatPreTrainedModel):
             # The output flags apply to the vision tower too: its states / attentions land in `image_outputs`.
             image_outputs = self.get_image_features(
                 pixel_values,
+                vision_feature_layer,
+                vision_feature_select_strategy,
                 output_hidden_states=kwargs.get("output_hidden_states"),
                 output_attentions=kwargs.get("output_attentions"),
                 return_dict=True,
@@ -328,20 +315,13 @@ class InternVLChatBaseModel(InternVLChatPreTrainedModel):
             return_dict=True,
             **kwargs,
         )
-        return MultimodalBaseModelOutputWithPast(
+        return InternVLModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_outputs=image_outputs,
         )
-
-
-def _cat_tuples(per_chunk: list[tuple[torch.Tensor, ...] | None]) -> tuple[torch.Tensor, ...] | None:
-    """Concatenate per-layer tuples of micro-batch outputs along the tile dimension."""
-    if per_chunk[0] is None:
-        return None
-    return tuple(torch.cat(layer_outputs) for layer_outputs in zip(*per_chunk))
 
 
 @auto_docstring(
@@ -449,8 +429,10 @@ class InternVLChatForConditionalGeneration(InternVLChatMixin, InternVLChatPreTra
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        vision_feature_layer: int | None = None,
+        vision_feature_select_strategy: str | None = None,
         **kwargs: Unpack[TransformersKwargs],
-    ) -> MultimodalCausalLMOutputWithPast | tuple:
+    ) -> InternVLCausalLMOutputWithPast | tuple:
         r"""
         Returns logits `(batch_size, kept positions, vocab_size)`; raises as [`InternVLChatBaseModel.forward`].
         """
@@ -465,13 +447,15 @@ class InternVLChatForConditionalGeneration(InternVLChatMixin, InternVLChatPreTra
             num_tiles=num_tiles,
             mm_encoder_outputs=mm_encoder_outputs,
             use_cache=use_cache,
+            vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy,
             return_dict=True,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
         logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))
         loss = causal_lm_loss(self, logits, labels, logits_to_keep, self.config.text_config.vocab_size, **kwargs)
-        return MultimodalCausalLMOutputWithPast(
+        return InternVLCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
             cache=outputs.cache,

@@ -36,6 +36,7 @@ from transformers.processing_utils import Unpack
 from .exact_resize import ResizeJob, resize_jobs
 from .image_loading import DEFAULT_URL_TIMEOUT, group_images, load_image_source, to_rgb_image
 from .image_processing_options import (
+    DYNAMIC_ALIASES,
     IMAGE_OPTION_GROUPS,
     IMAGE_SIZE_ALIASES,
     IMAGENET_MEAN,
@@ -189,7 +190,7 @@ class InternVLChatImageProcessor(TilePixelDefaults, BaseImageProcessor):
         min_dynamic_patch (`int`, defaults to 1): fewest grid tiles (aliases `min_num`, `min_patches`,
             `min_tiles`).
         dynamic_image_size (`bool`, defaults to `True`): `False` = one tile per image, a plain resize to `image_size`
-            (the original's non-dynamic branch).
+            (the original's non-dynamic branch); alias `crop_to_patches` (transformers' GotOcr2).
         use_thumbnail (`bool`, defaults to `True`): append the thumbnail tile to multi-tile images.
         max_total_tiles (`int` or `None`, defaults to 64): shared budget of the images of one sample.
         resample (`int`, defaults to `PIL.Image.BICUBIC`): PIL filter (the original uses PIL's default, bicubic).
@@ -226,9 +227,10 @@ class InternVLChatImageProcessor(TilePixelDefaults, BaseImageProcessor):
         image_mean: float | Sequence[float] = TilePixelDefaults.image_mean,
         image_std: float | Sequence[float] = TilePixelDefaults.image_std,
         num_workers: int | None = None,
-        dynamic_image_size: bool = True,
+        dynamic_image_size: bool | None = None,
         **kwargs: Any,
     ) -> None:
+        dynamic_image_size = pop_alias(kwargs, "dynamic_image_size", dynamic_image_size, DYNAMIC_ALIASES, None)
         max_dynamic_patch = pop_alias(kwargs, "max_dynamic_patch", max_dynamic_patch, MAX_TILES_ALIASES, None)
         min_dynamic_patch = pop_alias(kwargs, "min_dynamic_patch", min_dynamic_patch, MIN_TILES_ALIASES, None)
         image_size = pop_alias(kwargs, "image_size", image_size, IMAGE_SIZE_ALIASES, None)
@@ -254,7 +256,9 @@ class InternVLChatImageProcessor(TilePixelDefaults, BaseImageProcessor):
                 f"({self.max_dynamic_patch})."
             )
         self.use_thumbnail = check_bool("use_thumbnail", use_thumbnail)
-        self.dynamic_image_size = check_bool("dynamic_image_size", dynamic_image_size)
+        self.dynamic_image_size = check_bool(
+            "dynamic_image_size", True if dynamic_image_size is None else dynamic_image_size
+        )
         self.max_total_tiles = None if max_total_tiles is None else check_int("max_total_tiles", max_total_tiles)
         set_pixel_options(self, resample, do_rescale, do_normalize, image_mean, image_std, num_workers)
         self._valid_kwargs_names = list(self.valid_kwargs.__annotations__.keys())

@@ -43,11 +43,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 MAX_TILES_ALIASES = ("max_num", "max_patches", "max_tiles")
 MIN_TILES_ALIASES = ("min_num", "min_patches", "min_tiles")
 IMAGE_SIZE_ALIASES = ("force_image_size", "input_size")
+DYNAMIC_ALIASES = ("crop_to_patches",)  # transformers' GotOcr2 name of `dynamic_image_size`
 # Every spelling of one option, for `from_pretrained` keywords that replace a saved value (`drop_saved_aliases`).
 IMAGE_OPTION_GROUPS = (
     ("max_dynamic_patch", *MAX_TILES_ALIASES),
     ("min_dynamic_patch", *MIN_TILES_ALIASES),
     ("image_size", *IMAGE_SIZE_ALIASES, "size"),
+    ("dynamic_image_size", *DYNAMIC_ALIASES),
 )
 # Keys an original OpenGVLab `preprocessor_config.json` (a CLIP image-processor config) carries; they describe a
 # 448 px resize + centre crop that tiling already does, so they are dropped on load.
@@ -60,7 +62,7 @@ class InternVLImageProcessorKwargs(ImagesKwargs, total=False):
     dynamic_image_size (`bool`, *optional*, defaults to `self.dynamic_image_size`):
         `False` gives every image exactly one tile, the whole image resized to `image_size` x `image_size` (the
         original's `dynamic_image_size=False` branch: `images = [image]`, then `build_transform`); the other tiling
-        options are then unused.
+        options are then unused. Alias: `crop_to_patches` (transformers' GotOcr2).
     max_dynamic_patch (`int`, *optional*, defaults to `self.max_dynamic_patch`):
         Most grid tiles per image (the thumbnail is not counted). Aliases: `max_patches` (transformers' GotOcr2),
         `max_num` (the original `load_image` / `dynamic_preprocess`), `max_tiles` (`plan_tiles`).
@@ -94,6 +96,7 @@ class InternVLImageProcessorKwargs(ImagesKwargs, total=False):
     min_num: int | None
     min_tiles: int | None
     force_image_size: int | None
+    crop_to_patches: bool | None
 
 
 def default_num_workers() -> int:
@@ -202,7 +205,9 @@ def resolve_image_options(processor: Any, kwargs: dict[str, Any]) -> dict[str, A
         "min_dynamic_patch": processor.min_dynamic_patch if min_tiles is None else min_tiles,
         "image_size": processor.image_size if image_size is None else image_size,
     }
-    for key in ("dynamic_image_size", "use_thumbnail", *PIXEL_OPTIONS):
+    dynamic = pop_alias(kwargs, "dynamic_image_size", kwargs.pop("dynamic_image_size", None), DYNAMIC_ALIASES, None)
+    options["dynamic_image_size"] = processor.dynamic_image_size if dynamic is None else dynamic
+    for key in ("use_thumbnail", *PIXEL_OPTIONS):
         value = kwargs.pop(key, None)
         options[key] = getattr(processor, key) if value is None else value
     max_total_tiles = kwargs.pop("max_total_tiles", _UNSET)

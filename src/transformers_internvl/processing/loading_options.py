@@ -16,10 +16,12 @@ logger = logging.get_logger(__name__)
 
 # `from_pretrained` keyword arguments that go to the image / video processor instead of the tokenizer: the original's
 # option names (`dynamic_image_size`, `max_dynamic_patch`, `min_dynamic_patch`, `use_thumbnail`, and `max_num` /
-# `min_num` of its `load_image` / `dynamic_preprocess`) and transformers' (`max_patches` / `min_patches`), each mapped
+# `min_num` of its `load_image` / `dynamic_preprocess`) and transformers' (`max_patches` / `min_patches` /
+# `crop_to_patches`), each mapped
 # to the image processor's parameter; `max_tiles` / `min_tiles` are `plan_tiles`' names.
 IMAGE_PROCESSOR_OPTIONS = {
     "dynamic_image_size": "dynamic_image_size",
+    "crop_to_patches": "dynamic_image_size",
     "max_dynamic_patch": "max_dynamic_patch",
     "max_num": "max_dynamic_patch",
     "max_patches": "max_dynamic_patch",
