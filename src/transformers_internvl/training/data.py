@@ -316,7 +316,9 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
         from ..processing.video_decoding import FrameIndexReader, read_video_frames
 
         path = os.path.join(root, video)
-        seed = self.seed * 1_000_003 + index
+        # numpy's `RandomState` takes seeds in [0, 2**32): a larger `seed` (e.g. 12345 * 1_000_003) or a negative one
+        # would raise for every video; small seeds are unchanged.
+        seed = (self.seed * 1_000_003 + index) % 2**32
         frames_range = (self.min_num_frame, self.max_num_frame, self.sampling_method, seed)
         if os.path.isdir(path):  # a folder of frames (original `read_frames_folder`)
             names = sort_frame_files([n for n in os.listdir(path) if n.lower().endswith(_FRAME_SUFFIXES)])
@@ -333,13 +335,15 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
         try:
             with FrameIndexReader(path, "video") as reader:  # original `read_frames_decord`
                 num_frames, fps = reader.num_frames, reader.fps
-            indices = training_frame_indices(num_frames, *frames_range, is_folder=False, fps=fps)
-            if not indices:
-                raise SampleError(f"no frame of video {path} selected by sampling_method={self.sampling_method!r}")
-            return read_video_frames(path, indices=indices).frames
-        except SampleError:
-            raise
         except (ValueError, Image.DecompressionBombError) as error:  # damaged, no frames, too big: a bad sample
+            raise SampleError(f"unreadable video file {path}: {error}") from error
+        # Outside the `try`: a ValueError of the frame choice (bad settings) is an error, not a skipped sample.
+        indices = training_frame_indices(num_frames, *frames_range, is_folder=False, fps=fps)
+        if not indices:
+            raise SampleError(f"no frame of video {path} selected by sampling_method={self.sampling_method!r}")
+        try:
+            return read_video_frames(path, indices=indices).frames
+        except (ValueError, Image.DecompressionBombError) as error:  # damaged, too big: a bad sample
             raise SampleError(f"unreadable video file {path}: {error}") from error
 
     def _jpeg_degrade_images(self, images: list[Image.Image], index: int) -> list[Image.Image]:
