@@ -3,6 +3,8 @@
 * Training video frames: the per-sample seed `seed * 1_000_003 + index` went to numpy's `RandomState`, which only
   takes [0, 2**32): any `seed` >= 4295 (e.g. 12345) or < 0 raised for every video, and for a video FILE the
   `ValueError` was caught as "unreadable video file", so every video sample was silently skipped.
+* A row's `clip: [start, end]` (seconds) was ignored: the original `read_frames_decord` samples only that span
+  (`vlen = int((end - start) * fps)` frames from `int(start * fps)`), here frames came from the whole video.
 """
 
 from __future__ import annotations
@@ -58,3 +60,39 @@ def test_small_seeds_keep_their_frames(tmp_path):
         assert len(frames) == len(expected)
         # grey level 16 * k identifies frame k (lossless encode)
         assert [round(float(np.asarray(frame, dtype=np.float32).mean()) / 16) for frame in frames] == expected
+
+
+def _grey_levels(frames) -> list[int]:
+    return [round(float(np.asarray(frame, dtype=np.float32).mean()) / 16) for frame in frames]
+
+
+def test_a_rows_clip_limits_the_frames_to_its_span_as_the_original(tmp_path):
+    """15 frames at 10 fps, frame k grey 16 k; clip [0.5, 1.0] s is frames 5..9 (first int(0.5 * 10) = 5, count
+    int(0.5 * 10) = 5); "middle" with 5 frames of 5 takes each once."""
+    _write_video(tmp_path / "clip.mp4", frames=15)
+    row = {"video": "clip.mp4", "clip": [0.5, 1.0], "conversations": _turns("<video>\nx")}
+    ds = dataset([row], root=tmp_path, num_video_frames=5, sampling_method="middle")
+    assert _grey_levels(ds._load_video(str(tmp_path), "clip.mp4", 0, clip=[0.5, 1.0])) == [5, 6, 7, 8, 9]
+    assert ds[0]["pixel_values"].shape[0] == 5
+    whole = _grey_levels(ds._load_video(str(tmp_path), "clip.mp4", 0))
+    assert whole == [1, 4, 7, 10, 13]  # without a clip: intervals of 3 over 15 frames, middles
+
+
+@pytest.mark.parametrize(
+    ("clip", "reason"),
+    [
+        ([1.0, 2.0], "ends after the video's 15 frames"),
+        ([0.5, 0.55], "holds no frame"),
+        ([1.0, 0.5], "0 <= start < end"),
+        ("0-1", "0 <= start < end"),
+    ],
+)
+def test_a_clip_outside_the_video_or_malformed_is_a_skipped_sample(tmp_path, clip, reason):
+    _write_video(tmp_path / "clip.mp4", frames=15)
+    rows = [
+        {"video": "clip.mp4", "clip": clip, "conversations": _turns("<video>\nx")},
+        {"video": "clip.mp4", "conversations": _turns("<video>\nx")},
+    ]
+    ds = dataset(rows, root=tmp_path, num_video_frames=2)
+    assert ds[0]["pixel_values"].shape[0] == 2  # the good row replaces the bad one
+    assert reason in ds.skipped.reasons["records[0]"]

@@ -41,7 +41,7 @@ from transformers.utils import logging
 from ..chat_templates import DEFAULT_NUM_IMAGE_TOKEN
 from ..processing.input_validation import check_int
 from ..processing.video_decoding import check_num_segments
-from .frame_sampling import check_sampling_method, sort_frame_files, training_frame_indices
+from .frame_sampling import check_sampling_method, clip_frame_range, sort_frame_files, training_frame_indices
 from .labels import IMAGE_PLACEHOLDER, SampleError, tokenize_conversation, video_frame_tags
 from .meta_files import RowSequence, _Row, load_meta, read_jsonl
 
@@ -258,7 +258,7 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
             )
             pixel_values, num_tiles = tiles["pixel_values"], [int(n) for n in tiles["num_tiles"]]
         elif video:
-            frames = self._load_video(row.root, video, index)
+            frames = self._load_video(row.root, video, index, clip=item.get("clip"))
             if row.data_augment:
                 frames = self._jpeg_degrade_images(frames, index)  # whole frames, before the resize
             first = _add_missing_tag(conversations, VIDEO_PLACEHOLDER)
@@ -312,7 +312,9 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
             return {"min_dynamic_patch": 1, "max_dynamic_patch": 1}
         return {"max_dynamic_patch": budget}
 
-    def _load_video(self, root: str, video: Any, index: int) -> list[Image.Image]:
+    def _load_video(self, root: str, video: Any, index: int, clip: Any = None) -> list[Image.Image]:
+        """Frames of sample `index` (`training.frame_sampling`); a video file's `clip` `[start, end]` (seconds, the
+        row's `clip`) limits them to that span as in the original; frame folders ignore it, as there."""
         from ..processing.video_decoding import FrameIndexReader, read_video_frames
 
         path = os.path.join(root, video)
@@ -337,8 +339,14 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
                 num_frames, fps = reader.num_frames, reader.fps
         except (ValueError, Image.DecompressionBombError) as error:  # damaged, no frames, too big: a bad sample
             raise SampleError(f"unreadable video file {path}: {error}") from error
+        first = 0
+        if clip is not None:
+            try:
+                first, num_frames = clip_frame_range(clip, fps, num_frames)
+            except ValueError as error:
+                raise SampleError(f"video {path}: {error}") from error
         # Outside the `try`: a ValueError of the frame choice (bad settings) is an error, not a skipped sample.
-        indices = training_frame_indices(num_frames, *frames_range, is_folder=False, fps=fps)
+        indices = [first + i for i in training_frame_indices(num_frames, *frames_range, is_folder=False, fps=fps)]
         if not indices:
             raise SampleError(f"no frame of video {path} selected by sampling_method={self.sampling_method!r}")
         try:
