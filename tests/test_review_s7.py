@@ -5,6 +5,8 @@
   `ValueError` was caught as "unreadable video file", so every video sample was silently skipped.
 * A row's `clip: [start, end]` (seconds) was ignored: the original `read_frames_decord` samples only that span
   (`vlen = int((end - start) * fps)` frames from `int(start * fps)`), here frames came from the whole video.
+* `max_num_frame` was not bounded like `num_video_frames` (`MAX_NUM_SEGMENTS`): 5000 made every video longer than
+  1024 frames an "unreadable video file" skip, and a non-int frame count raised `ValueError` instead of `TypeError`.
 """
 
 from __future__ import annotations
@@ -96,3 +98,29 @@ def test_a_clip_outside_the_video_or_malformed_is_a_skipped_sample(tmp_path, cli
     ds = dataset(rows, root=tmp_path, num_video_frames=2)
     assert ds[0]["pixel_values"].shape[0] == 2  # the good row replaces the bad one
     assert reason in ds.skipped.reasons["records[0]"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"max_num_frame": 5000}, ValueError, r"`max_num_frame` must be <= 1024"),
+        ({"min_num_frame": 0}, ValueError, r"`min_num_frame` must be >= 1"),
+        ({"min_num_frame": 8.0}, TypeError, r"`min_num_frame`"),
+        ({"max_num_frame": True}, TypeError, r"`max_num_frame`"),
+        ({"num_video_frames": "8"}, TypeError, r"`num_video_frames`"),
+        ({"min_num_frame": 9, "max_num_frame": 4}, ValueError, r"1 <= min_num_frame <= max_num_frame"),
+    ],
+)
+def test_frame_counts_are_checked_by_name(tmp_path, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        dataset([{"conversations": _turns("hi")}], root=tmp_path, **kwargs)
+
+
+def test_one_frame_bound_alone_follows_num_video_frames(tmp_path):
+    rows = [{"conversations": _turns("hi")}]
+    ds = dataset(rows, root=tmp_path, min_num_frame=16)
+    assert (ds.min_num_frame, ds.max_num_frame) == (16, 16)
+    ds = dataset(rows, root=tmp_path, max_num_frame=4)
+    assert (ds.min_num_frame, ds.max_num_frame) == (4, 4)
+    ds = dataset(rows, root=tmp_path, min_num_frame=8, max_num_frame=32)
+    assert (ds.min_num_frame, ds.max_num_frame) == (8, 32)

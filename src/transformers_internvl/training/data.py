@@ -164,11 +164,13 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
             max_length = int(tokenizer.model_max_length)
         self.max_length = None if max_length is None else check_int("max_length", max_length)
         self.truncate = truncate
-        for name, value in (("num_video_frames", num_video_frames), ("min_num_frame", min_num_frame),
-                            ("max_num_frame", max_num_frame)):  # fmt: skip
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-                raise ValueError(f"`{name}` must be an int, got {value!r}.")
+        # Frame counts are ints in 1..MAX_NUM_SEGMENTS (TypeError / ValueError naming the argument): a larger
+        # `max_num_frame` would make every longer video an "unreadable" skipped sample, or read a whole frame folder.
         self.num_video_frames = check_num_segments("num_video_frames", num_video_frames)
+        if min_num_frame is not None:
+            min_num_frame = check_num_segments("min_num_frame", min_num_frame)
+        if max_num_frame is not None:
+            max_num_frame = check_num_segments("max_num_frame", max_num_frame)
         # An end not given follows `num_video_frames`, clipped so that one given end alone never conflicts with it.
         self.max_num_frame = max_num_frame if max_num_frame is not None else max(min_num_frame or 0, num_video_frames)
         self.min_num_frame = min_num_frame if min_num_frame is not None else min(self.max_num_frame, num_video_frames)
