@@ -165,17 +165,17 @@ def test_frame_files_sort_by_their_number_as_the_original():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("kwargs", "error", "message"),
     [
-        ({"min_num_frame": 9, "max_num_frame": 4}, "min_num_frame"),
-        ({"sampling_method": "uniform"}, "sampling_method"),
-        ({"sampling_method": "fps0"}, "sampling_method"),
-        ({"max_num_frame": "8"}, "max_num_frame"),
-        ({"num_video_frames": 0}, "num_video_frames"),
+        ({"min_num_frame": 9, "max_num_frame": 4}, ValueError, "min_num_frame"),
+        ({"sampling_method": "uniform"}, ValueError, "sampling_method"),
+        ({"sampling_method": "fps0"}, ValueError, "sampling_method"),
+        ({"max_num_frame": "8"}, TypeError, "max_num_frame"),
+        ({"num_video_frames": 0}, ValueError, "num_video_frames"),
     ],
 )
-def test_bad_frame_options_raise(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_frame_options_raise(kwargs, error, message):
+    with pytest.raises(error, match=message):
         InternVLSupervisedDataset(
             [{"conversations": []}], _tokenizer("qwen2-tiny"), InternVLImageProcessor(), "internvl2_5", **kwargs
         )

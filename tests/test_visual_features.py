@@ -41,10 +41,11 @@ def test_pixel_values_are_not_encoded_when_features_are_given(qwen2_model, input
     "make,error,message",
     [
         (lambda f: f.tolist(), TypeError, r"`visual_features` must be a tensor .* got list"),
+        (lambda f: f.long(), TypeError, r"`visual_features` must be a floating tensor .* got dtype torch.int64"),
         (lambda f: f[..., :-1], ValueError, r"`visual_features` must have shape `\(num_tiles, 256, \d+\)`.* got"),
         (lambda f: f[0, 0], ValueError, r"`visual_features` must have shape"),
     ],
-    ids=["list", "hidden-size", "1-d"],
+    ids=["list", "integer", "hidden-size", "1-d"],
 )
 def test_bad_visual_features_are_refused(qwen2_model, inputs, make, error, message):
     input_ids, pixel_values, features, greedy = inputs

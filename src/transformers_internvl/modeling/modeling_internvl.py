@@ -269,7 +269,9 @@ class InternVLChatBaseModel(InternVLChatPreTrainedModel):
     ) -> InternVLModelOutputWithPast | tuple:
         r"""
         Raises `ValueError` when `num_tiles` or `image_flags` do not match the tiles, or when the prompt holds
-        `<IMG_CONTEXT>` tokens but no tiles are given (decoding steps with a filled cache are exempt).
+        `<IMG_CONTEXT>` tokens but no tiles are given (decoding steps with a filled cache are exempt); `TypeError` /
+        `ValueError` for `pixel_values` or `vision_feature_layer` / `vision_feature_select_strategy` that cannot apply
+        (`input_checks.check_pixel_values`, `input_checks.vision_feature_layer_index`).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of `input_ids` or `inputs_embeds`.")

@@ -29,7 +29,7 @@ def visual_features_to_encoder_outputs(kwargs: dict[str, Any], num_image_token: 
         hidden_size: the LLM's hidden size.
 
     Raises:
-        TypeError: `visual_features` is not a tensor.
+        TypeError: `visual_features` is not a floating tensor (an integer tensor would be cast into the embeddings).
         ValueError: its last dimension is not `hidden_size`, or `mm_encoder_outputs["image"]` is given as well.
     """
     features = kwargs.pop("visual_features", None)
@@ -39,6 +39,11 @@ def visual_features_to_encoder_outputs(kwargs: dict[str, Any], num_image_token: 
         raise TypeError(
             "`visual_features` must be a tensor of image features `(num_tiles, num_image_token, hidden_size)` (what "
             f"`model.extract_feature(pixel_values)` returns), got {type(features).__name__}."
+        )
+    if not features.is_floating_point():
+        raise TypeError(
+            f"`visual_features` must be a floating tensor of image features (what `model.extract_feature` returns), got "
+            f"dtype {features.dtype}."
         )
     if features.dim() < 2 or features.shape[-1] != hidden_size:
         raise ValueError(

@@ -41,7 +41,7 @@ from transformers.utils import logging
 from ..chat_templates import DEFAULT_NUM_IMAGE_TOKEN
 from ..processing.input_validation import check_int
 from ..processing.video_decoding import check_num_segments
-from .frame_sampling import check_sampling_method, sort_frame_files, training_frame_indices
+from .frame_sampling import check_sampling_method, clip_frame_range, sort_frame_files, training_frame_indices
 from .labels import IMAGE_PLACEHOLDER, SampleError, tokenize_conversation, video_frame_tags
 from .meta_files import RowSequence, _Row, load_meta, read_jsonl
 
@@ -164,11 +164,13 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
             max_length = int(tokenizer.model_max_length)
         self.max_length = None if max_length is None else check_int("max_length", max_length)
         self.truncate = truncate
-        for name, value in (("num_video_frames", num_video_frames), ("min_num_frame", min_num_frame),
-                            ("max_num_frame", max_num_frame)):  # fmt: skip
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-                raise ValueError(f"`{name}` must be an int, got {value!r}.")
+        # Frame counts are ints in 1..MAX_NUM_SEGMENTS (TypeError / ValueError naming the argument): a larger
+        # `max_num_frame` would make every longer video an "unreadable" skipped sample, or read a whole frame folder.
         self.num_video_frames = check_num_segments("num_video_frames", num_video_frames)
+        if min_num_frame is not None:
+            min_num_frame = check_num_segments("min_num_frame", min_num_frame)
+        if max_num_frame is not None:
+            max_num_frame = check_num_segments("max_num_frame", max_num_frame)
         # An end not given follows `num_video_frames`, clipped so that one given end alone never conflicts with it.
         self.max_num_frame = max_num_frame if max_num_frame is not None else max(min_num_frame or 0, num_video_frames)
         self.min_num_frame = min_num_frame if min_num_frame is not None else min(self.max_num_frame, num_video_frames)
@@ -258,7 +260,7 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
             )
             pixel_values, num_tiles = tiles["pixel_values"], [int(n) for n in tiles["num_tiles"]]
         elif video:
-            frames = self._load_video(row.root, video, index)
+            frames = self._load_video(row.root, video, index, clip=item.get("clip"))
             if row.data_augment:
                 frames = self._jpeg_degrade_images(frames, index)  # whole frames, before the resize
             first = _add_missing_tag(conversations, VIDEO_PLACEHOLDER)
@@ -312,11 +314,15 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
             return {"min_dynamic_patch": 1, "max_dynamic_patch": 1}
         return {"max_dynamic_patch": budget}
 
-    def _load_video(self, root: str, video: Any, index: int) -> list[Image.Image]:
+    def _load_video(self, root: str, video: Any, index: int, clip: Any = None) -> list[Image.Image]:
+        """Frames of sample `index` (`training.frame_sampling`); a video file's `clip` `[start, end]` (seconds, the
+        row's `clip`) limits them to that span as in the original; frame folders ignore it, as there."""
         from ..processing.video_decoding import FrameIndexReader, read_video_frames
 
         path = os.path.join(root, video)
-        seed = self.seed * 1_000_003 + index
+        # numpy's `RandomState` takes seeds in [0, 2**32): a larger `seed` (e.g. 12345 * 1_000_003) or a negative one
+        # would raise for every video; small seeds are unchanged.
+        seed = (self.seed * 1_000_003 + index) % 2**32
         frames_range = (self.min_num_frame, self.max_num_frame, self.sampling_method, seed)
         if os.path.isdir(path):  # a folder of frames (original `read_frames_folder`)
             names = sort_frame_files([n for n in os.listdir(path) if n.lower().endswith(_FRAME_SUFFIXES)])
@@ -333,13 +339,21 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
         try:
             with FrameIndexReader(path, "video") as reader:  # original `read_frames_decord`
                 num_frames, fps = reader.num_frames, reader.fps
-            indices = training_frame_indices(num_frames, *frames_range, is_folder=False, fps=fps)
-            if not indices:
-                raise SampleError(f"no frame of video {path} selected by sampling_method={self.sampling_method!r}")
-            return read_video_frames(path, indices=indices).frames
-        except SampleError:
-            raise
         except (ValueError, Image.DecompressionBombError) as error:  # damaged, no frames, too big: a bad sample
+            raise SampleError(f"unreadable video file {path}: {error}") from error
+        first = 0
+        if clip is not None:
+            try:
+                first, num_frames = clip_frame_range(clip, fps, num_frames)
+            except ValueError as error:
+                raise SampleError(f"video {path}: {error}") from error
+        # Outside the `try`: a ValueError of the frame choice (bad settings) is an error, not a skipped sample.
+        indices = [first + i for i in training_frame_indices(num_frames, *frames_range, is_folder=False, fps=fps)]
+        if not indices:
+            raise SampleError(f"no frame of video {path} selected by sampling_method={self.sampling_method!r}")
+        try:
+            return read_video_frames(path, indices=indices).frames
+        except (ValueError, Image.DecompressionBombError) as error:  # damaged, too big: a bad sample
             raise SampleError(f"unreadable video file {path}: {error}") from error
 
     def _jpeg_degrade_images(self, images: list[Image.Image], index: int) -> list[Image.Image]:

@@ -14,6 +14,9 @@ picks that many frames with `get_frame_indices` (`internvl_chat/internvl/train/d
 interval is never drawn; when an interval leaves nothing to draw, a sorted random permutation prefix is used
 instead), `"middle"` the interval's `(start + end - 1) // 2`; `"fpsX"` one frame every `1 / X` seconds.
 
+A row's `clip: [start, end]` (seconds) restricts a video FILE to that span (`read_frames_decord`: `vlen =
+int((end - start) * fps)` frames from `int(start * fps)` on; folders and GIFs ignore it there too): `clip_frame_range`.
+
 Here the two random sources of the original (numpy's global generator for the count and the permutation, Python's
 `random` for `random.choice`) are explicit generators, so the same seeds give the same frames as the original.
 """
@@ -122,3 +125,32 @@ def sort_frame_files(names: list[str]) -> list[str]:
         return (int(match.group(1)) if match else -1, name)
 
     return sorted(names, key=key)
+
+
+def clip_frame_range(clip: object, fps: float, num_frames: int) -> tuple[int, int]:
+    """`(first_frame, frame_count)` of a row's `clip: [start, end]` in seconds, as the original `read_frames_decord`
+    computes them (`int(start * fps)`, `int((end - start) * fps)`); training indices are drawn in `range(frame_count)`
+    and shifted by `first_frame`.
+
+    Raises:
+        ValueError: `clip` is not two finite numbers with `0 <= start < end`, the span holds no frame at `fps`, or it
+            ends after the video's `num_frames` frames (the original's decord read fails there and the sample is
+            replaced).
+    """
+    if (
+        not isinstance(clip, (list, tuple))
+        or len(clip) != 2
+        or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and np.isfinite(t) for t in clip)
+        or not 0 <= clip[0] < clip[1]
+    ):
+        raise ValueError(f"`clip` must be [start, end] in seconds with 0 <= start < end, got {clip!r}")
+    start, end = clip
+    first, count = int(start * fps), int((end - start) * fps)
+    if count < 1:
+        raise ValueError(f"`clip` {list(clip)} holds no frame at {fps:g} fps")
+    if first + count > num_frames:
+        raise ValueError(
+            f"`clip` {list(clip)} (frames {first}..{first + count - 1} at {fps:g} fps) ends after the video's "
+            f"{num_frames} frames"
+        )
+    return first, count
