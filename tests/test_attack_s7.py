@@ -479,3 +479,25 @@ def test_default_meta_values_still_load(data_dir):
     meta = load_meta(_meta(data_dir, repeat_time=1, max_dynamic_patch=4, data_augment=False))
     assert meta["set"]["max_dynamic_patch"] == 4
     assert len(dataset(data_dir / "b.jsonl", root=data_dir)) == 3
+
+
+def test_all_bad_rows_repeated_many_times_fail_at_once(tmp_path):
+    """Every copy of a repeated row had its own source name, so with all rows bad and `repeat_time: 10**12` the
+    dataset tried each copy (unbounded time) before "all samples are bad"; it stops once every line failed."""
+    rows = [
+        {
+            "image": f"missing{i}.png",
+            "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}],
+        }
+        for i in range(3)
+    ]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    args = (tokenizer(), InternVLImageProcessor(), "internvl2_5")
+    ds = InternVLSupervisedDataset.from_meta(_meta(tmp_path, repeat_time=10**12), *args, max_dynamic_patch=1)
+
+    def read():
+        with pytest.raises(RuntimeError, match="samples are bad"):
+            ds[5 * 10**11]
+
+    _in_thread_with_timeout(read)
+    assert len(ds.skipped) == 3 and all("missing image file" in reason for reason in ds.skipped.reasons.values())

@@ -183,6 +183,7 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
         self.sampling_method = sampling_method
         self.seed = seed
         self.skipped = SkipReport()
+        self._bad_lines: set[str] = set()  # annotation lines that failed in some copy
 
     @classmethod
     def from_jsonl(cls, path: str | os.PathLike, *args, root: str = "", **kwargs) -> InternVLSupervisedDataset:
@@ -213,7 +214,10 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         """The sample at `index`, or the next good one when it is bad (logged, recorded in `skipped`).
 
-        Raises `RuntimeError` when every row is bad."""
+        Raises `RuntimeError` when every row is bad; with repeats (`repeat_time`), once every annotation line has
+        failed in some copy, so that a dataset of bad rows repeated 10**12 times fails at once instead of trying each
+        copy."""
+        distinct = getattr(self.rows, "distinct_rows", len(self.rows))
         for offset in range(len(self.rows)):
             row = self.rows[(index + offset) % len(self.rows)]
             if row.source in self.skipped.reasons:
@@ -224,6 +228,9 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
                 reason = f"{type(error).__name__}: {error}" if not isinstance(error, SampleError) else str(error)
                 self.skipped.reasons[row.source] = reason
                 logger.warning(f"Skipping sample {row.source}: {reason} ({len(self.skipped)} skipped so far).")
+                self._bad_lines.add(row.source.split("#")[0])
+                if len(self._bad_lines) >= distinct:
+                    break
         raise RuntimeError(f"All {len(self.rows)} samples are bad; reasons: {self.skipped.counts()}.")
 
     def scan(self) -> SkipReport:

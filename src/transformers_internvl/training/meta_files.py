@@ -91,6 +91,11 @@ class RowSequence(Sequence):
     def __len__(self) -> int:
         return self._ends[-1] if self._ends else 0
 
+    @property
+    def distinct_rows(self) -> int:
+        """Rows before repeats (each annotation line once)."""
+        return sum(len(lines) for lines, *_ in self._parts)
+
     def __getitem__(self, index: int) -> _Row:  # type: ignore[override]
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
