@@ -193,6 +193,18 @@ def test_num_patches_is_checked_against_the_tiles_like_num_tiles(qwen2_model, in
             qwen2_model(**inputs, num_patches=[0, 1])
 
 
+def test_generate_takes_num_patches_like_forward(qwen2_model, inputs):
+    """`generate(num_patches=...)` was refused by transformers' "model_kwargs are not used" while `forward` took it."""
+    plain = {key: value for key, value in inputs.items() if key != "num_tiles"}
+    settings = {"max_new_tokens": 3, "do_sample": False}
+    expected = qwen2_model.generate(**inputs, **settings)
+    assert torch.equal(qwen2_model.generate(**plain, num_patches=inputs["num_tiles"], **settings), expected)
+    with pytest.raises(ValueError, match="sums to 2 but `pixel_values` holds 1 tiles"):
+        qwen2_model.generate(**plain, num_patches=torch.tensor([2]), **settings)
+    with pytest.raises(ValueError, match="num_tiles.*num_patches.*disagree"):
+        qwen2_model.generate(**inputs, num_patches=[0, 1], **settings)
+
+
 # ---- `image_hidden_states`: transformers' InternVL port (5.24) keeps it on its outputs, deprecated, as
 # `image_outputs.pooler_output`; here it raised AttributeError. -----------------------------------------------------
 

@@ -396,6 +396,10 @@ class InternVLChatForConditionalGeneration(InternVLChatMixin, InternVLChatPreTra
                 of tiles, or `visual_features` has the wrong hidden size.
         """
         visual_features_to_encoder_outputs(kwargs, self.config.num_image_token, self.config.text_config.hidden_size)
+        if "num_patches" in kwargs:  # GotOcr2's name, as `forward` takes it
+            kwargs["num_tiles"] = merge_tile_count_aliases(
+                num_tiles=kwargs.get("num_tiles"), num_patches=kwargs.pop("num_patches")
+            )
         pixel_values = kwargs.get("pixel_values")
         if pixel_values is not None:  # shape and dtype before the tile counts (values: in `get_image_features`)
             self.model._check_pixel_values(pixel_values, finite=False)
