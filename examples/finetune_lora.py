@@ -97,6 +97,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--vision-lora-rank", type=int, default=0)
     parser.add_argument("--max-dynamic-patch", type=int, default=6)
     parser.add_argument("--max-length", type=int, default=8192)
+    parser.add_argument("--min-num-frame", type=int, default=8, help="fewest frames per training video (original: 8)")
+    parser.add_argument("--max-num-frame", type=int, default=32, help="most frames per training video (original: 32)")
+    parser.add_argument(
+        "--sampling-method", default="rand", help="frame positions: rand, middle or fps<rate> (original: rand)"
+    )
     parser.add_argument("--packing", action="store_true", help="pack the samples of a batch into rows")
     parser.add_argument("--max-tokens", type=int, default=16384, help="token budget of a packed row")
     parser.add_argument("--loss-reduction", default="token", choices=("token", "sample", "square"))
@@ -130,6 +135,9 @@ def main(argv=None) -> InternVLTrainer:
         template=config.template,
         num_image_token=config.num_image_token,
         max_length=args.max_length,
+        min_num_frame=args.min_num_frame,
+        max_num_frame=args.max_num_frame,
+        sampling_method=args.sampling_method,
     )
     scratch = tempfile.mkdtemp(prefix="internvl-demo-")
     if args.data is None:
