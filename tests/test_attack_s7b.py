@@ -1,0 +1,114 @@
+"""Session 7, second attack (re-check of issue 12): save paths, adapters, loading keywords, the CLI, helpers.
+
+Each test failed before its fix; the input that triggered the defect is in the test's docstring. Valid neighbours
+of each case are checked to still work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import load_model, original_model_dir
+from safetensors import safe_open
+from transformers import AutoModelForImageTextToText
+
+import transformers_internvl  # noqa: F401  (registers the classes)
+from transformers_internvl.training import adapters as adapter_module
+
+peft = pytest.importorskip("peft")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model()
+
+
+def _lora(rank: int):
+    from transformers_internvl.training.stages import set_trainable
+
+    return set_trainable(load_model(), "llm_lora", lora_rank=rank, vision_lora_rank=0)
+
+
+def _adapter_rank(folder: Path) -> tuple[int, int]:
+    """(`r` of adapter_config.json, rank of the first lora_A tensor of adapter_model.safetensors)."""
+    config_rank = json.loads((folder / "adapter_config.json").read_text())["r"]
+    with safe_open(folder / "adapter_model.safetensors", framework="pt") as handle:
+        key = next(key for key in handle.keys() if "lora_A" in key)
+        return config_rank, handle.get_slice(key).get_shape()[0]
+
+
+# ---- 1. adapter saves: one folder swap, as model saves ------------------------------------------------------------
+
+
+def test_an_adapter_save_never_shows_a_new_config_beside_old_weights(tmp_path, monkeypatch):
+    """`save_adapter_original_layout(rank_8_model, folder_with_rank_4_adapter)` moved its files in one by one: between
+    the moves (a kill, a full disk) the folder held the new adapter_config.json (r=8) beside the old rank-4 weights,
+    which PEFT then fails to load (or, at one rank, loads as the wrong adapter)."""
+    folder = tmp_path / "adapter"
+    adapter_module.save_adapter_original_layout(_lora(4), folder)
+    (folder / "notes.txt").write_text("mine")
+    assert _adapter_rank(folder) == (4, 4)
+
+    seen: list[tuple[int, int]] = []
+    real_replace = os.replace
+
+    def watching_replace(source, destination):  # what a reader sees after every file move
+        real_replace(source, destination)
+        if (folder / "adapter_config.json").is_file() and (folder / "adapter_model.safetensors").is_file():
+            seen.append(_adapter_rank(folder))
+
+    monkeypatch.setattr(os, "replace", watching_replace)
+    written = adapter_module.save_adapter_original_layout(_lora(8), folder)
+    assert all(config_rank == weight_rank for config_rank, weight_rank in seen), seen
+    assert written == [folder / "adapter_model.safetensors"]
+    assert _adapter_rank(folder) == (8, 8)
+    assert (folder / "notes.txt").read_text() == "mine"  # files this save does not write are kept
+    assert sorted(os.listdir(tmp_path)) == ["adapter"]  # no temporary folder left
+
+
+def test_a_failed_adapter_save_leaves_the_old_adapter_and_no_temporary_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "adapter"
+    adapter_module.save_adapter_original_layout(_lora(4), folder)
+
+    def failing_save_file(*args, **kwargs):
+        raise OSError("No space left on device (simulated)")
+
+    monkeypatch.setattr(adapter_module, "save_file", failing_save_file)
+    with pytest.raises(OSError, match="simulated"):
+        adapter_module.save_adapter_original_layout(_lora(8), folder)
+    assert _adapter_rank(folder) == (4, 4)
+    assert sorted(os.listdir(tmp_path)) == ["adapter"]
+
+
+# ---- 2. save_pretrained(".") ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", [".", "sub"])
+def test_saving_into_the_working_directory_keeps_the_process_there(tmp_path, monkeypatch, model, where):
+    """`model.save_pretrained(".")` swapped the folder the process works in: the process was left in the deleted old
+    folder (`os.getcwd()` raised FileNotFoundError, a second `save_pretrained(".")` failed, relative paths named
+    nothing). Also for a working directory inside the saved folder."""
+    folder = original_model_dir(tmp_path / "ckpt", tokenizer=None)
+    (folder / "sub").mkdir()
+    monkeypatch.chdir(folder / where)
+    model.save_pretrained(folder if where == "sub" else ".")
+    assert os.getcwd() == os.path.realpath(folder / where)
+    model.save_pretrained(".." if where == "sub" else ".")  # a second save from the same place
+    assert os.path.samefile(".", folder / where)
+    assert AutoModelForImageTextToText.from_pretrained(folder).config.text_config.hidden_size == (
+        model.config.text_config.hidden_size
+    )
+    assert sorted(name for name in os.listdir(tmp_path)) == ["ckpt"]
+
+
+def test_tiny_model_weights_survive_the_save_into_the_working_directory(tmp_path, monkeypatch, model):
+    folder = original_model_dir(tmp_path / "ckpt", tokenizer=None)
+    monkeypatch.chdir(folder)
+    model.save_pretrained(".")
+    reloaded = AutoModelForImageTextToText.from_pretrained(".")
+    for (name, value), (_, expected) in zip(reloaded.state_dict().items(), model.state_dict().items()):
+        assert torch.equal(value, expected), name
