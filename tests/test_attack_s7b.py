@@ -112,3 +112,45 @@ def test_tiny_model_weights_survive_the_save_into_the_working_directory(tmp_path
     reloaded = AutoModelForImageTextToText.from_pretrained(".")
     for (name, value), (_, expected) in zip(reloaded.state_dict().items(), model.state_dict().items()):
         assert torch.equal(value, expected), name
+
+
+# ---- 3. from_pretrained(device_map=...) with keys naming no module ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("device_map", "named"),
+    [
+        ({"visual_model": "cpu", "": "cpu"}, "visual_model"),  # a typo of an original name
+        ({"model.language_model.layers.9": "cpu", "": "cpu"}, "model.language_model.layers.9"),  # no layer 9 here
+        ({"model.vison_tower": "cpu"}, "model.vison_tower"),
+    ],
+)
+def test_a_device_map_key_naming_no_module_is_refused(tmp_path, device_map, named):
+    """`from_pretrained(folder, device_map={"visual_model": "cuda:1", "": "cuda:0"})` loaded without a word and put
+    everything on cuda:0: keys were checked only when one began with an original root (`vision_model`, `mlp1`,
+    `language_model`), and transformers ignores keys that name nothing."""
+    folder = original_model_dir(tmp_path / "ckpt", tokenizer=None)
+    with pytest.raises(ValueError, match=rf"device map names modules this model does not have: \['{named}'\]"):
+        AutoModelForImageTextToText.from_pretrained(folder, device_map=device_map)
+
+
+def test_a_device_map_key_that_is_not_a_string_is_refused(tmp_path):
+    folder = original_model_dir(tmp_path / "ckpt", tokenizer=None)
+    with pytest.raises(TypeError, match=r"`device_map` keys must be module names \(str\), got 5 \(int\)"):
+        AutoModelForImageTextToText.from_pretrained(folder, device_map={5: "cpu"})
+
+
+@pytest.mark.parametrize(
+    "device_map",
+    [
+        {"": "cpu"},
+        {"model.vision_model": "cpu", "model.mlp1": "cpu", "model.language_model": "cpu", "lm_head": "cpu"},
+        {"vision_model": "cpu", "mlp1": "cpu", "language_model": "cpu"},
+    ],
+)
+def test_device_maps_naming_real_modules_still_load(tmp_path, model, device_map):
+    folder = original_model_dir(tmp_path / "ckpt", tokenizer=None)
+    loaded = AutoModelForImageTextToText.from_pretrained(folder, device_map=device_map)
+    assert {parameter.device.type for parameter in loaded.parameters()} == {"cpu"}
+    for (name, value), (_, expected) in zip(loaded.state_dict().items(), model.state_dict().items()):
+        assert torch.equal(value, expected), name

@@ -27,7 +27,6 @@ from .missing_weights import (
     original_key_namer,
 )
 from .original_api import (
-    ORIGINAL_ROOTS,
     copy_remote_code_files,
     module_names,
     remote_code_files,
@@ -109,7 +108,8 @@ class OriginalCheckpointMixin:
         (flash_attention_2, or eager with a warning when flash-attn is not usable) / `False` (eager),
         `low_cpu_mem_usage` (ignored), and a `device_map` written with the original module names (`vision_model`,
         `mlp1`, `language_model.model.layers.N`, `language_model.lm_head`, ... as the model cards' `split_model()`),
-        translated to this module tree; an unknown module name raises `ValueError`. The source folder is recorded so
+        translated to this module tree; a key naming no module (original or here) raises `ValueError` (transformers
+        ignores it). The source folder is recorded so
         that `save_pretrained` copies its remote-code files.
 
         Raises:
@@ -122,7 +122,7 @@ class OriginalCheckpointMixin:
         device_map = kwargs.get("device_map")
         if (
             isinstance(device_map, Mapping)
-            and any(key.split(".")[0] in ORIGINAL_ROOTS for key in device_map)
+            and any(key != "" for key in device_map)  # all keys are checked: transformers ignores unknown ones
             and (pretrained_model_name_or_path is not None or kwargs.get("config") is not None)
         ):
             config = cls._config_for(pretrained_model_name_or_path, kwargs)
