@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,45 @@ def test_device_maps_naming_real_modules_still_load(tmp_path, model, device_map)
     assert {parameter.device.type for parameter in loaded.parameters()} == {"cpu"}
     for (name, value), (_, expected) in zip(loaded.state_dict().items(), model.state_dict().items()):
         assert torch.equal(value, expected), name
+
+
+# ---- 4. dtype naming no torch dtype ---------------------------------------------------------------------------------
+
+_DTYPE_MESSAGE = r"must be a torch.dtype, 'auto' or the name of a torch dtype .*got '{}'"
+
+
+@pytest.mark.parametrize(
+    ("keywords", "where", "value"),
+    [
+        ({"dtype": "float17"}, "`dtype`", "float17"),
+        ({"torch_dtype": "float17"}, "`torch_dtype`", "float17"),
+        ({"dtype": "Tensor"}, "`dtype`", "Tensor"),  # an attribute of torch, not a dtype
+        ({"dtype": {"": "float32", "text_config": "half_float"}}, "`dtype['text_config']`", "half_float"),
+    ],
+)
+def test_a_dtype_naming_no_torch_dtype_is_refused_by_name(tmp_path, keywords, where, value):
+    """`from_pretrained(folder, dtype="float17")` raised `AttributeError: module 'torch' has no attribute 'float17'`
+    from inside the config; `dtype="Tensor"` got past that check as a "dtype"."""
+    folder = original_model_dir(tmp_path / "ckpt", tokenizer=None)
+    with pytest.raises(ValueError, match=re.escape(where) + " " + _DTYPE_MESSAGE.format(value)):
+        AutoModelForImageTextToText.from_pretrained(folder, **keywords)
+
+
+@pytest.mark.parametrize("field", [None, "llm_config", "vision_config"])
+def test_a_config_json_dtype_naming_no_torch_dtype_is_refused_by_name(tmp_path, field):
+    """A config.json with `"torch_dtype": "bfloat17"` (top level or in a sub-config) raised a bare AttributeError."""
+    folder = original_model_dir(tmp_path / "ckpt", tokenizer=None)
+    config = json.loads((folder / "config.json").read_text())
+    (config if field is None else config[field])["torch_dtype"] = "bfloat17"
+    (folder / "config.json").write_text(json.dumps(config))
+    where = " in config.json" if field is None else f" of config.json's `{field}`"
+    with pytest.raises(ValueError, match=re.escape("`torch_dtype`" + where) + " " + _DTYPE_MESSAGE.format("bfloat17")):
+        AutoModelForImageTextToText.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "auto", torch.float32, {"": "float32", "text_config": "float32"}])
+def test_valid_dtypes_still_load(tmp_path, dtype):
+    folder = original_model_dir(tmp_path / "ckpt", tokenizer=None)
+    loaded = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype)
+    expected = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype if isinstance(dtype, str) else "")
+    assert loaded.dtype == (expected or torch.float32)

@@ -15,10 +15,12 @@ import numbers
 import os
 from collections.abc import Mapping
 
+
 from transformers.utils import logging
 
 from ..atomic_save import atomic_save_directory
 from .checkpoint_mapping import head_renaming
+from .config_validation import check_dtype_argument
 from .load_errors import describe_internvl_mismatches, naming_shape_mismatches, record_shape_mismatches
 from .missing_weights import (
     allow_missing_weights,
@@ -113,11 +115,13 @@ class OriginalCheckpointMixin:
         that `save_pretrained` copies its remote-code files.
 
         Raises:
-            ValueError: a checkpoint tensor whose shape does not fit the config (naming both shapes), weights the
+            ValueError: a `dtype` naming no torch dtype (`"float17"`), a checkpoint tensor whose shape does not fit the
+                config (naming both shapes), weights the
                 checkpoint lacks (see `missing_weights.py`), or an unmerged LoRA that does not fit.
             TypeError: an eos / pad / bos id of `generation_config.json` or of the `generation_config=` argument that is
                 not an integer (eos: or a list of them), e.g. `"2"`, `2.0`, `true` (`check_generation_token_ids`).
         """
+        check_dtype_argument(kwargs)
         use_flash_attn = resolve_attention_options(kwargs)
         device_map = kwargs.get("device_map")
         if (
