@@ -197,3 +197,86 @@ def test_valid_dtypes_still_load(tmp_path, dtype):
     loaded = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype)
     expected = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype if isinstance(dtype, str) else "")
     assert loaded.dtype == (expected or torch.float32)
+
+
+# ---- 5. generation_config.json: damaged files and fields of the wrong type --------------------------------------
+
+
+def _with_generation_file(tmp_path, content: str) -> Path:
+    folder = original_model_dir(tmp_path / "ckpt", tokenizer=None)
+    (folder / "generation_config.json").write_text(content)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"eos_token_id": [2, 92542], "max_new', r"generation_config.json is not valid JSON \(Unterminated string"),
+        ("[1, 2]", r"generation_config.json must hold a JSON object of generation settings, got list"),
+        ("null", r"generation_config.json must hold a JSON object of generation settings, got NoneType"),
+    ],
+)
+def test_a_damaged_generation_config_file_is_refused(tmp_path, content, message):
+    """A half-written generation_config.json was skipped without a word (transformers logs it at info level), so the
+    model generated with other stop tokens / sampling settings than the file holds; `[1, 2]` or `null` failed with
+    "'list' object is not a mapping"."""
+    folder = _with_generation_file(tmp_path, content)
+    with pytest.raises(ValueError, match=message):
+        AutoModelForImageTextToText.from_pretrained(folder)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("do_sample", "false", TypeError),  # a non-empty string: generate sampled
+        ("max_new_tokens", "5", TypeError),  # "'<=' not supported between 'str' and 'int'"
+        ("max_length", "20", TypeError),  # passed the load, used as given
+        ("temperature", "0.7", TypeError),
+        ("num_beams", 0, ValueError),  # ZeroDivisionError in generate
+        ("top_p", 5.0, ValueError),  # filtered nothing
+        ("top_k", 2.5, TypeError),
+        ("max_new_tokens", True, TypeError),
+    ],
+)
+def test_generation_fields_of_the_wrong_type_are_refused_by_name(tmp_path, field, value, error):
+    """`"do_sample": "false"` in generation_config.json made `generate` sample; `"num_beams": 0` raised a bare
+    ZeroDivisionError in `generate`; `"max_new_tokens": "5"` a TypeError comparing str and int."""
+    folder = _with_generation_file(tmp_path, json.dumps({field: value, "_from_model_config": True}))
+    with pytest.raises(error, match=rf"`generation_config\.{field}` \(from generation_config.json"):
+        AutoModelForImageTextToText.from_pretrained(folder)
+
+
+def test_the_same_fields_are_checked_in_the_generation_config_argument(tmp_path):
+    from transformers import GenerationConfig
+
+    folder = original_model_dir(tmp_path / "ckpt", tokenizer=None)
+    generation_config = GenerationConfig()
+    generation_config.do_sample = "no"
+    with pytest.raises(TypeError, match=r"`generation_config\.do_sample` .* must be a bool or None, got 'no' \(str\)"):
+        AutoModelForImageTextToText.from_pretrained(folder, generation_config=generation_config)
+
+
+def test_valid_generation_files_still_load_with_their_settings(tmp_path):
+    settings = {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 0, "max_new_tokens": 7, "num_beams": 1}
+    folder = _with_generation_file(tmp_path, json.dumps({**settings, "eos_token_id": [2, 5]}))
+    loaded = AutoModelForImageTextToText.from_pretrained(folder)
+    assert {name: getattr(loaded.generation_config, name) for name in settings} == settings
+    assert 2 in loaded.generation_config.eos_token_id and 5 in loaded.generation_config.eos_token_id
+    # the original checkpoints' file: {"_from_model_config": true, "transformers_version": ...}
+    folder = _with_generation_file(tmp_path / "b", '{"_from_model_config": true, "transformers_version": "4.37.2"}')
+    assert AutoModelForImageTextToText.from_pretrained(folder).generation_config.do_sample in (None, False)
+
+
+# ---- 6. public helpers ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "error"), [("256", TypeError), (256.0, TypeError), (-5, ValueError), (0, ValueError)])
+def test_num_image_tokens_for_size_checks_tokens_per_tile(value, error):
+    """`num_image_tokens_for_size(500, 500, tokens_per_tile="256")` returned the string '256' repeated once per tile
+    ('256256...'), and `tokens_per_tile=-5` a negative token count."""
+    from transformers_internvl.processing.tiling import num_image_tokens_for_size
+
+    with pytest.raises(error, match="`tokens_per_tile` must be"):
+        num_image_tokens_for_size(500, 500, tokens_per_tile=value)
+    assert num_image_tokens_for_size(500, 500) == 256 * num_image_tokens_for_size(500, 500, tokens_per_tile=1)
+    assert num_image_tokens_for_size(896, 448, tokens_per_tile=64) == 3 * 64  # 2 x 1 grid + thumbnail

@@ -21,6 +21,7 @@ from transformers.utils import logging
 from ..atomic_save import atomic_save_directory
 from .checkpoint_mapping import head_renaming
 from .config_validation import check_dtype_argument
+from .generation_file_checks import check_generation_config_file, check_generation_fields
 from .load_errors import describe_internvl_mismatches, naming_shape_mismatches, record_shape_mismatches
 from .missing_weights import (
     allow_missing_weights,
@@ -90,6 +91,7 @@ def llm_generation_defaults(model) -> None:
     if generation_config is None or text_config is None:
         return
     check_generation_token_ids(generation_config)
+    check_generation_fields(generation_config)
     for name, value in llm_generation_ids(text_config, lambda name: getattr(generation_config, name, None)).items():
         setattr(generation_config, name, value)
 
@@ -119,9 +121,16 @@ class OriginalCheckpointMixin:
                 config (naming both shapes), weights the
                 checkpoint lacks (see `missing_weights.py`), or an unmerged LoRA that does not fit.
             TypeError: an eos / pad / bos id of `generation_config.json` or of the `generation_config=` argument that is
-                not an integer (eos: or a list of them), e.g. `"2"`, `2.0`, `true` (`check_generation_token_ids`).
+                not an integer (eos: or a list of them), e.g. `"2"`, `2.0`, `true` (`check_generation_token_ids`), or
+                a sampling / length field of the wrong type (`do_sample: "false"`; `check_generation_fields`).
+            ValueError (also): a `generation_config.json` that is not a JSON object (`check_generation_config_file`),
+                a sampling / length field out of range (`num_beams: 0`, `top_p: 5`).
         """
         check_dtype_argument(kwargs)
+        if pretrained_model_name_or_path is not None:
+            check_generation_config_file(
+                local_directory(pretrained_model_name_or_path, kwargs), kwargs.get("subfolder", "")
+            )
         use_flash_attn = resolve_attention_options(kwargs)
         device_map = kwargs.get("device_map")
         if (
