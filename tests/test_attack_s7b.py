@@ -280,3 +280,59 @@ def test_num_image_tokens_for_size_checks_tokens_per_tile(value, error):
         num_image_tokens_for_size(500, 500, tokens_per_tile=value)
     assert num_image_tokens_for_size(500, 500) == 256 * num_image_tokens_for_size(500, 500, tokens_per_tile=1)
     assert num_image_tokens_for_size(896, 448, tokens_per_tile=64) == 3 * 64  # 2 x 1 grid + thumbnail
+
+
+# ---- 7. InternLM2 tokenizer files -------------------------------------------------------------------------------
+
+
+def _internlm2_folder(tmp_path) -> Path:
+    return original_model_dir(tmp_path / "ckpt", model="tiny-internlm2", tokenizer="internlm2-dummy-prefix")
+
+
+@pytest.mark.parametrize(
+    ("keep", "message"),
+    [(0.5, r"is not a valid sentencepiece model \(tokenizer.model\).*damaged or truncated"), (0.0, "holds no sentencepiece pieces")],
+)
+@pytest.mark.parametrize("use_fast", [True, None])
+def test_a_damaged_tokenizer_model_is_refused_by_file_name(tmp_path, keep, message, use_fast):
+    """A truncated tokenizer.model gave "RuntimeError: Unable to load tokenizer model from SPM, loading from TikToken
+    will be attempted instead" (no file named); an empty one "needs a sentencepiece BPE model, got model_type 1"."""
+    from transformers import AutoProcessor, AutoTokenizer
+
+    folder = _internlm2_folder(tmp_path)
+    model_file = folder / "tokenizer.model"
+    model_file.write_bytes(model_file.read_bytes()[: int(model_file.stat().st_size * keep)])
+    pattern = re.escape(str(model_file)) + r" \(\d+ bytes\) " + message
+    with pytest.raises(ValueError, match=pattern):
+        AutoTokenizer.from_pretrained(folder, **({} if use_fast is None else {"use_fast": use_fast}))
+    with pytest.raises(ValueError, match=pattern):
+        AutoProcessor.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("name", ["add_bos_token", "add_eos_token"])
+@pytest.mark.parametrize("value", ["false", "true", None, 2, [True]])
+def test_add_bos_and_eos_token_flags_of_the_wrong_type_are_refused(tmp_path, name, value):
+    """`"add_bos_token": "false"` in tokenizer_config.json was taken by transformers for a special token named
+    add_bos_token, and the tokenizer added a BOS to every text (the default)."""
+    from transformers import AutoTokenizer
+
+    folder = _internlm2_folder(tmp_path)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config[name] = value
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(TypeError, match=rf"`{name}` \(tokenizer_config.json or keyword\) must be true or false, got"):
+        AutoTokenizer.from_pretrained(folder)
+
+
+@pytest.mark.parametrize(("flags", "bos", "eos"), [((False, False), False, False), ((True, True), True, True), ((0, 1), False, True)])
+def test_boolean_bos_and_eos_flags_still_apply(tmp_path, flags, bos, eos):
+    from transformers import AutoTokenizer
+
+    folder = _internlm2_folder(tmp_path)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["add_bos_token"], config["add_eos_token"] = flags
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    for use_fast in (True, False):
+        tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=use_fast)
+        ids = tokenizer("hi").input_ids
+        assert (ids[0] == tokenizer.bos_token_id, ids[-1] == tokenizer.eos_token_id) == (bos, eos)
