@@ -336,3 +336,56 @@ def test_boolean_bos_and_eos_flags_still_apply(tmp_path, flags, bos, eos):
         tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=use_fast)
         ids = tokenizer("hi").input_ids
         assert (ids[0] == tokenizer.bos_token_id, ids[-1] == tokenizer.eos_token_id) == (bos, eos)
+
+
+# ---- 8. chat CLI: bad argument values and combinations ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cli_model_dir(tmp_path_factory) -> Path:
+    return original_model_dir(tmp_path_factory.mktemp("cli") / "model")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--top-p", "2"], r"argument --top-p: expected a number in \(0, 1\], got 2"),  # sampled with no filtering
+        (["--top-p", "0"], r"argument --top-p: expected a number in \(0, 1\], got 0"),
+        (["--top-p", "-0.5"], r"argument --top-p: expected a number in \(0, 1\], got -0.5"),
+        (["--temperature", "-1"], "argument --temperature: expected a positive finite number, got -1"),
+        (["--temperature", "nan"], "argument --temperature: expected a positive finite number, got nan"),
+        (["--temperature", "inf"], "argument --temperature: expected a positive finite number, got inf"),
+    ],
+)
+def test_chat_refuses_sampling_values_out_of_range_as_usage_errors(cli_model_dir, capsys, arguments, message):
+    """`chat MODEL --prompt hi --top-p 2` loaded the model and sampled without any nucleus filtering; `--temperature
+    -1` loaded the model before transformers refused `temperature` (exit 1, not a usage error)."""
+    from transformers_internvl.cli import main
+
+    assert main(["chat", str(cli_model_dir), "--prompt", "hi", "--max-new-tokens", "2", *arguments]) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--num-frames", "5"], r"--num-frames needs --video"),  # was silently ignored
+        (
+            ["--compile", "--max-cache-len", "10000000000"],  # asked for 1.28 TB at the first answer
+            r"--max-cache-len 10000000000 is larger than the model's context \(max_position_embeddings 32768\)",
+        ),
+    ],
+)
+def test_chat_refuses_argument_combinations_that_cannot_work(cli_model_dir, capsys, arguments, message):
+    from transformers_internvl.cli import main
+
+    assert main(["chat", str(cli_model_dir), "--prompt", "hi", "--max-new-tokens", "2", *arguments]) == 1
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_chat_still_samples_with_valid_values(cli_model_dir, capsys):
+    from transformers_internvl.cli import main
+
+    arguments = ["--temperature", "0.5", "--top-p", "1", "--seed", "0", "--compile", "--max-cache-len", "64"]
+    assert main(["chat", str(cli_model_dir), "--prompt", "hi", "--max-new-tokens", "2", *arguments]) == 0
+    assert capsys.readouterr().out.strip()
