@@ -389,3 +389,27 @@ def test_chat_still_samples_with_valid_values(cli_model_dir, capsys):
     arguments = ["--temperature", "0.5", "--top-p", "1", "--seed", "0", "--compile", "--max-cache-len", "64"]
     assert main(["chat", str(cli_model_dir), "--prompt", "hi", "--max-new-tokens", "2", *arguments]) == 0
     assert capsys.readouterr().out.strip()
+
+
+# ---- 9. tiles CLI: the drawing must not replace its input ------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["same path", "relative", "link"])
+def test_tiles_refuses_to_draw_over_its_input_image(tmp_path, monkeypatch, capsys, how):
+    """`transformers-internvl tiles photo.png -o photo.png` replaced the photo with the tile drawing (exit 0)."""
+    from PIL import Image
+
+    from transformers_internvl.cli import main
+
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (500, 300), (1, 2, 3)).save(photo)
+    before = photo.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    output = {"same path": str(photo), "relative": "./photo.png", "link": str(tmp_path / "link.png")}[how]
+    if how == "link":
+        os.symlink(photo, output)
+    assert main(["tiles", str(photo), "-o", output]) == 1
+    assert "is the input image" in capsys.readouterr().err
+    assert photo.read_bytes() == before
+    assert main(["tiles", str(photo), "-o", str(tmp_path / "drawing.png")]) == 0  # another file is fine
+    assert Image.open(tmp_path / "drawing.png").size != (500, 300) and photo.read_bytes() == before
