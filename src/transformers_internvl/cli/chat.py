@@ -325,7 +325,9 @@ def add_chat_command(subparsers: Any) -> None:
         help="sample this many answers (printed when all are done) and the majority answer; needs --prompt",
     )
     parser.add_argument(
-        "--temperature", type=positive_float, help="sampling temperature (default: greedy decoding; --votes always samples)"
+        "--temperature",
+        type=positive_float,
+        help="sampling temperature (default: greedy decoding; --votes always samples)",
     )
     parser.add_argument("--top-p", type=probability, help="nucleus sampling threshold in (0, 1] (implies sampling)")
     parser.add_argument(

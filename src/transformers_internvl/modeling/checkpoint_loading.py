@@ -15,7 +15,6 @@ import numbers
 import os
 from collections.abc import Mapping
 
-
 from transformers.utils import logging
 
 from ..atomic_save import atomic_save_directory
