@@ -13,7 +13,9 @@ Policy:
 * The swap is one `renameat2(RENAME_EXCHANGE)` on Linux (atomic: the target path always names a complete folder);
   elsewhere two renames (old folder aside, new one in), with a moment in which the path is absent. The old folder is
   then deleted; a save killed between the swap and that deletion leaves it beside the target as `.<name>.tmp-*`
-  (as does a save killed before the swap, with the incomplete new folder): such folders can be deleted.
+  (as does a save killed before the swap, with the incomplete new folder): such folders can be deleted. A process
+  whose working directory is the target (`save_pretrained(".")`) or inside it is moved back to that path, which now
+  names the new folder.
 * The folder gets the old folder's permissions, or `0o777 & ~umask` for a new one; the files this save writes get
   `0o666 & ~umask`, as a plain `open()` would (transformers' own writer leaves `model.safetensors` 0600); files kept
   from the old folder keep theirs.
@@ -129,6 +131,25 @@ def _swap_in(staging: Path, target: Path) -> None:
 
 
 @contextlib.contextmanager
+def _following_the_working_directory(target: Path) -> Iterator[None]:
+    """Keep the process's working directory at its path when the swap replaces it: `save_pretrained(".")` (or a
+    save into a folder the process works in) would otherwise leave the process in the deleted old folder, where
+    `os.getcwd()` fails and relative paths name nothing."""
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        cwd = None
+    real = os.path.realpath(target)  # getcwd() names the folder without symbolic links
+    inside = cwd is not None and (cwd == real or cwd.startswith(real + os.sep))
+    try:
+        yield
+    finally:
+        if inside:
+            with contextlib.suppress(OSError):
+                os.chdir(cwd if os.path.isdir(cwd) else real)
+
+
+@contextlib.contextmanager
 def atomic_save_directory(
     save_directory: str | os.PathLike, keep_old_weights: bool = False, enabled: bool = True
 ) -> Iterator[str]:
@@ -161,7 +182,8 @@ def atomic_save_directory(
         _apply_umask(staging)
         if target.exists():
             _carry_over(target, staging, lambda name: keep_old_weights or not is_weight_file(name))
-        _swap_in(staging, target)
+        with _following_the_working_directory(target):
+            _swap_in(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..reasoning.answers import parse_boxed_answer
 from ..reasoning.prompts import build_cot_prompt
-from .common import PROG, CLIError, existing_file, first_line, open_image, positive_int
+from .common import PROG, CLIError, existing_file, first_line, open_image, positive_float, positive_int, probability
 
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 _EXIT_WORDS = {"exit", "quit", ":q"}
@@ -76,6 +76,14 @@ def _load_model_and_processor(args: argparse.Namespace) -> tuple[Any, Any]:
         raise CLIError(f"cannot load a model from {args.model_dir}: {message}") from None
     if args.compile:
         from ..static_decode import static_decode_config
+
+        positions = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+        if args.max_cache_len is not None and isinstance(positions, int) and args.max_cache_len > positions:
+            # A static cache is allocated whole: --max-cache-len 10000000000 asked for terabytes at the first answer.
+            raise CLIError(
+                f"--max-cache-len {args.max_cache_len} is larger than the model's context "
+                f"(max_position_embeddings {positions}); the static cache is allocated whole"
+            )
 
         # transformers compiles on accelerators only; on a CPU this is a static cache without compilation.
         model.generation_config = static_decode_config(model.generation_config, max_cache_len=args.max_cache_len)
@@ -233,6 +241,8 @@ def run_chat(args: argparse.Namespace) -> int:
         raise CLIError("--votes needs --prompt (voting is one-shot)")
     if args.max_cache_len is not None and not args.compile:
         raise CLIError("--max-cache-len needs --compile (it sizes the static cache that --compile turns on)")
+    if args.num_frames is not None and args.video is None:
+        raise CLIError("--num-frames needs --video (it sets how many frames are sampled from the video)")
 
     model, processor = _load_model_and_processor(args)
     chat = ChatSession(model, processor, args)
@@ -315,9 +325,11 @@ def add_chat_command(subparsers: Any) -> None:
         help="sample this many answers (printed when all are done) and the majority answer; needs --prompt",
     )
     parser.add_argument(
-        "--temperature", type=float, help="sampling temperature (default: greedy decoding; --votes always samples)"
+        "--temperature",
+        type=positive_float,
+        help="sampling temperature (default: greedy decoding; --votes always samples)",
     )
-    parser.add_argument("--top-p", type=float, help="nucleus sampling threshold (implies sampling)")
+    parser.add_argument("--top-p", type=probability, help="nucleus sampling threshold in (0, 1] (implies sampling)")
     parser.add_argument(
         "--stop-repetition", action="store_true", help="stop a response that falls into a repetition loop"
     )

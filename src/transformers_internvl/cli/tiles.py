@@ -202,6 +202,9 @@ def run_tiles(args: argparse.Namespace) -> int:
     if args.min_tiles > args.max_tiles:
         raise CLIError(f"--min-tiles ({args.min_tiles}) must be <= --max-tiles ({args.max_tiles})")
     _check_image_size(args.image_size)
+    if args.output is not None and os.path.exists(args.output) and os.path.samefile(args.output, args.image):
+        # The drawing replaced the photo it was drawn from.
+        raise CLIError(f"--output {args.output} is the input image {args.image}; choose another file")
     image = open_image(args.image)
     plan = plan_tiles(
         image.width,

@@ -19,6 +19,8 @@ from transformers.utils import logging
 
 from ..atomic_save import atomic_save_directory
 from .checkpoint_mapping import head_renaming
+from .config_validation import check_dtype_argument
+from .generation_file_checks import check_generation_config_file, check_generation_fields
 from .load_errors import describe_internvl_mismatches, naming_shape_mismatches, record_shape_mismatches
 from .missing_weights import (
     allow_missing_weights,
@@ -27,7 +29,6 @@ from .missing_weights import (
     original_key_namer,
 )
 from .original_api import (
-    ORIGINAL_ROOTS,
     copy_remote_code_files,
     module_names,
     remote_code_files,
@@ -89,6 +90,7 @@ def llm_generation_defaults(model) -> None:
     if generation_config is None or text_config is None:
         return
     check_generation_token_ids(generation_config)
+    check_generation_fields(generation_config)
     for name, value in llm_generation_ids(text_config, lambda name: getattr(generation_config, name, None)).items():
         setattr(generation_config, name, value)
 
@@ -109,20 +111,30 @@ class OriginalCheckpointMixin:
         (flash_attention_2, or eager with a warning when flash-attn is not usable) / `False` (eager),
         `low_cpu_mem_usage` (ignored), and a `device_map` written with the original module names (`vision_model`,
         `mlp1`, `language_model.model.layers.N`, `language_model.lm_head`, ... as the model cards' `split_model()`),
-        translated to this module tree; an unknown module name raises `ValueError`. The source folder is recorded so
+        translated to this module tree; a key naming no module (original or here) raises `ValueError` (transformers
+        ignores it). The source folder is recorded so
         that `save_pretrained` copies its remote-code files.
 
         Raises:
-            ValueError: a checkpoint tensor whose shape does not fit the config (naming both shapes), weights the
+            ValueError: a `dtype` naming no torch dtype (`"float17"`), a checkpoint tensor whose shape does not fit the
+                config (naming both shapes), weights the
                 checkpoint lacks (see `missing_weights.py`), or an unmerged LoRA that does not fit.
             TypeError: an eos / pad / bos id of `generation_config.json` or of the `generation_config=` argument that is
-                not an integer (eos: or a list of them), e.g. `"2"`, `2.0`, `true` (`check_generation_token_ids`).
+                not an integer (eos: or a list of them), e.g. `"2"`, `2.0`, `true` (`check_generation_token_ids`), or
+                a sampling / length field of the wrong type (`do_sample: "false"`; `check_generation_fields`).
+            ValueError (also): a `generation_config.json` that is not a JSON object (`check_generation_config_file`),
+                a sampling / length field out of range (`num_beams: 0`, `top_p: 5`).
         """
+        check_dtype_argument(kwargs)
+        if pretrained_model_name_or_path is not None:
+            check_generation_config_file(
+                local_directory(pretrained_model_name_or_path, kwargs), kwargs.get("subfolder", "")
+            )
         use_flash_attn = resolve_attention_options(kwargs)
         device_map = kwargs.get("device_map")
         if (
             isinstance(device_map, Mapping)
-            and any(key.split(".")[0] in ORIGINAL_ROOTS for key in device_map)
+            and any(key != "" for key in device_map)  # all keys are checked: transformers ignores unknown ones
             and (pretrained_model_name_or_path is not None or kwargs.get("config") is not None)
         ):
             config = cls._config_for(pretrained_model_name_or_path, kwargs)

@@ -13,7 +13,12 @@ import numbers
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["check_attn_implementation_argument", "check_sub_configs_present", "validate_config_values"]
+__all__ = [
+    "check_attn_implementation_argument",
+    "check_dtype_argument",
+    "check_sub_configs_present",
+    "validate_config_values",
+]
 
 # The fields an original `config.json` always has; without them `InternVLChatConfig` would build full-size default
 # sub-models (a 300M-parameter vision tower and a default Qwen2 LLM) instead of the checkpoint's.
@@ -38,6 +43,33 @@ def check_sub_configs_present(config_dict: Mapping[str, Any], overrides: Mapping
                 f"{'LLM' if field == 'llm_config' else 'vision tower'} configuration as a dict (the original "
                 f"OpenGVLab layout); without it a full-size default model would be built."
             )
+
+
+def check_dtype_argument(kwargs: Mapping[str, Any], source: str = "") -> None:
+    """Refuses a `dtype=` / `torch_dtype=` string (or dict value) of `kwargs` (`from_pretrained`'s keywords, or a
+    `config.json` dict: `source` then says so) that names no torch dtype, such as `"float17"`: transformers raises
+    `AttributeError: module 'torch' has no attribute 'float17'` from inside the config for it, and takes a name such
+    as `"Tensor"` for a dtype.
+
+    Raises:
+        ValueError: naming the argument (and the dict key), what it accepts and the value given.
+    """
+    for name in ("dtype", "torch_dtype"):
+        value = kwargs.get(name)
+        entries = value.items() if isinstance(value, Mapping) else [(None, value)]
+        for key, entry in entries:
+            if isinstance(entry, str) and entry != "auto" and not _names_a_torch_dtype(entry):
+                where = (f"`{name}`" if key is None else f"`{name}[{key!r}]`") + source
+                raise ValueError(
+                    f"{where} must be a torch.dtype, 'auto' or the name of a torch dtype ('float32', 'bfloat16', "
+                    f"'float16', ...), got {entry!r}."
+                )
+
+
+def _names_a_torch_dtype(name: str) -> bool:
+    import torch
+
+    return isinstance(getattr(torch, name, None), torch.dtype)
 
 
 def _is_int(value: Any) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from transformers import AutoConfig, PreTrainedConfig
@@ -10,7 +11,12 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import logging
 
 from ..chat_templates import tokens_per_tile
-from .config_validation import check_attn_implementation_argument, check_sub_configs_present, validate_config_values
+from .config_validation import (
+    check_attn_implementation_argument,
+    check_dtype_argument,
+    check_sub_configs_present,
+    validate_config_values,
+)
 from .configuration_intern_vit import InternVisionConfig
 from .llm_resolution import normalize_llm_config, original_llm_config, resolve_text_model_type
 
@@ -117,8 +123,14 @@ class InternVLChatConfig(PreTrainedConfig):
     def from_dict(cls, config_dict: dict[str, Any], **kwargs):
         """As `PreTrainedConfig.from_dict` (used by `from_pretrained`), but a dict without `llm_config` /
         `vision_config` is refused (`ValueError` naming the field) instead of building full-size defaults, and the
-        values are checked again after the keyword overrides (`from_pretrained(..., vision_batch_size=-3)`)."""
+        values are checked again after the keyword overrides (`from_pretrained(..., vision_batch_size=-3)`); a `dtype`
+        naming no torch dtype (`"float17"`) is refused by name (`check_dtype_argument`)."""
         check_sub_configs_present(config_dict, kwargs)
+        check_dtype_argument(kwargs)
+        check_dtype_argument(config_dict, " in config.json")
+        for name in ("llm_config", "text_config", "vision_config"):
+            if isinstance(config_dict.get(name), Mapping):
+                check_dtype_argument(config_dict[name], f" of config.json's `{name}`")
         result = super().from_dict(config_dict, **kwargs)
         config = result[0] if isinstance(result, tuple) else result
         config.validate_architecture()

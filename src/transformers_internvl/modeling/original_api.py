@@ -136,6 +136,7 @@ def translate_device_map(device_map: Mapping[str, Any], names: Iterable[str]) ->
     Raises:
         ValueError: a key names no module (original or here), or two keys naming the same module ask for different
             devices.
+        TypeError: a key that is not a string.
     """
     names = set(names)
     prefix = "model." if any(name.startswith("model.language_model") for name in names) else ""
@@ -154,6 +155,8 @@ def translate_device_map(device_map: Mapping[str, Any], names: Iterable[str]) ->
         sources[target] = source
 
     for key, device in device_map.items():
+        if not isinstance(key, str):
+            raise TypeError(f"`device_map` keys must be module names (str), got {key!r} ({type(key).__name__}).")
         if key == "" or key in names:
             place(key, device, key)
             continue

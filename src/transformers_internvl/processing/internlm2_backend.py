@@ -50,11 +50,31 @@ BYTE_PIECE = re.compile(r"<0x([0-9A-F]{2})>")
 
 
 def load_sentencepiece_proto(vocab_file: str) -> Any:
-    """The parsed sentencepiece `ModelProto` of `vocab_file` (`tokenizer.model`); needs protobuf."""
+    """The parsed sentencepiece `ModelProto` of `vocab_file` (`tokenizer.model`); needs protobuf.
+
+    Raises:
+        ValueError: naming the file, when it is not a sentencepiece model or holds no pieces (a truncated or empty
+            file: protobuf's own error names neither the file nor the cause, and an empty file parses as an empty
+            model of another type).
+    """
+    from google.protobuf.message import DecodeError
+
     model_pb2 = import_protobuf("InternLM2TokenizerFast reads tokenizer.model with protobuf.")
     proto = model_pb2.ModelProto()
     with open(vocab_file, "rb") as handle:
-        proto.ParseFromString(handle.read())
+        data = handle.read()
+    try:
+        proto.ParseFromString(data)
+    except DecodeError as error:
+        raise ValueError(
+            f"{vocab_file} ({len(data)} bytes) is not a valid sentencepiece model (tokenizer.model): {error}; the file "
+            f"is damaged or truncated."
+        ) from error
+    if not proto.pieces:
+        raise ValueError(
+            f"{vocab_file} ({len(data)} bytes) holds no sentencepiece pieces; expected the sentencepiece model "
+            f"(tokenizer.model) of the checkpoint, the file is empty or damaged."
+        )
     return proto
 
 

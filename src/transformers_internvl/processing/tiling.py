@@ -294,7 +294,13 @@ def num_image_tokens_for_size(
     tokens_per_tile: int = DEFAULT_NUM_IMAGE_TOKEN,
 ) -> int:
     """Number of `<IMG_CONTEXT>` tokens of one image: tiles x `tokens_per_tile` (`chat_templates.tokens_per_tile`:
-    256 for 448 px tiles, 14 px patches, ratio 0.5)."""
+    256 for 448 px tiles, 14 px patches, ratio 0.5).
+
+    Raises:
+        TypeError / ValueError: as `plan_tiles`, and `tokens_per_tile` not an int >= 1 (a string `"256"` was
+            repeated, a negative count multiplied).
+    """
+    tokens_per_tile = check_int("tokens_per_tile", tokens_per_tile)
     return num_tiles_for_size(width, height, max_tiles, min_tiles, image_size, use_thumbnail) * tokens_per_tile
 
 

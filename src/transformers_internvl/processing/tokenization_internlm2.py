@@ -94,6 +94,26 @@ def _write_original_token_keys(tokenizer_config: dict[str, Any], added_tokens_de
         tokenizer_config["additional_special_tokens"] = tokenizer_config.pop("extra_special_tokens")
 
 
+def check_special_token_flags(add_bos_token: object, add_eos_token: object, kwargs: dict[str, Any]) -> None:
+    """Refuse an `add_bos_token` / `add_eos_token` (tokenizer_config.json or keyword) that is not a bool (0 and 1 pass:
+    the original reads the flags by truth value). transformers
+    takes a string value (`"add_bos_token": "false"`) for a special token of that name
+    (`model_specific_special_tokens`) and the flag kept its default, so a BOS was added to every text that the file
+    asks to leave without one.
+
+    Raises:
+        TypeError: naming the option and the value given.
+    """
+    taken_for_tokens = kwargs.get("model_specific_special_tokens") or {}
+    for name, value in (("add_bos_token", add_bos_token), ("add_eos_token", add_eos_token)):
+        value = taken_for_tokens.get(name, value)
+        if not isinstance(value, bool) and not (type(value) is int and value in (0, 1)):
+            raise TypeError(
+                f"`{name}` (tokenizer_config.json or keyword) must be true or false, got {value!r} "
+                f"({type(value).__name__})."
+            )
+
+
 class InternLM2TokenizerMixin:
     """Special-token layout and decoding of the original InternLM2 tokenizer, shared by the slow and the fast class.
 
@@ -328,6 +348,7 @@ class InternLM2Tokenizer(InternLM2TokenizerMixin, SentencePieceBackend):
             raise ValueError(
                 f"`vocab_file` must be the path of a sentencepiece model (tokenizer.model), got {vocab_file!r}."
             )
+        check_special_token_flags(add_bos_token, add_eos_token, kwargs)
         self.add_bos_token = add_bos_token
         self.add_eos_token = add_eos_token
         self.decode_with_prefix_space = decode_with_prefix_space

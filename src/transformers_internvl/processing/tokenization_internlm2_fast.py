@@ -42,7 +42,7 @@ from .internlm2_backend import (
     load_sentencepiece_proto,
     renamed_pieces,
 )
-from .tokenization_internlm2 import InternLM2Tokenizer, InternLM2TokenizerMixin
+from .tokenization_internlm2 import InternLM2Tokenizer, InternLM2TokenizerMixin, check_special_token_flags
 
 logger = logging.get_logger(__name__)
 
@@ -240,6 +240,7 @@ class InternLM2TokenizerFast(InternLM2TokenizerMixin, TokenizersBackend):
     ) -> None:
         for key in ("vocab", "merges", "tokenizer_object", "post_processor", "legacy"):
             kwargs.pop(key, None)
+        check_special_token_flags(add_bos_token, add_eos_token, kwargs)
         added_tokens_decoder = kwargs.get("added_tokens_decoder") or {}
         if vocab_file is not None and os.path.isfile(vocab_file):
             proto = load_sentencepiece_proto(vocab_file)

@@ -26,7 +26,6 @@ already in this package's layout match none of the patterns and load unchanged.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from safetensors import safe_open
@@ -34,6 +33,7 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers.utils import logging
 
+from ..atomic_save import atomic_save_directory
 from ..modeling.checkpoint_mapping import original_layout_renamings
 from ..modeling.llm_resolution import language_model_head
 
@@ -111,7 +111,9 @@ def save_adapter_original_layout(model: nn.Module, save_directory: str | os.Path
     Everything PEFT writes (`adapter_config.json`, a README) is kept; `adapter_config.json`'s `target_modules` still
     describes this package's tree (PEFT matches it when the adapter is loaded here) and
     `base_model_name_or_path` is the folder the base model was loaded from (an original checkpoint folder when it was
-    one). Files are written to a temporary folder next to `save_directory` and moved into place.
+    one). The adapter folder is written to a temporary folder next to `save_directory` and swapped in whole
+    (`atomic_save.atomic_save_directory`): a reader sees the old adapter or the new one, never a mix; files of the old
+    folder this save does not write are kept.
 
     Args:
         model: a `peft.PeftModel` wrapping an `InternVLChatForConditionalGeneration`.
@@ -133,24 +135,17 @@ def save_adapter_original_layout(model: nn.Module, save_directory: str | os.Path
         raise ValueError("`safe_serialization=False` is not supported: original-layout adapters are safetensors.")
     if save_kwargs.get("is_main_process", True) is False:
         return []
-    save_directory = Path(save_directory)
-    save_directory.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    with tempfile.TemporaryDirectory(dir=save_directory.parent, prefix=f".{save_directory.name}.tmp-") as scratch:
-        model.save_pretrained(scratch, **save_kwargs)
-        for weights in sorted(Path(scratch).rglob(ADAPTER_WEIGHTS_NAME)):
+    # One folder swap (as model saves): a save interrupted between files used to leave the new adapter_config.json
+    # (a new rank) beside the old weights. Files of the old folder this save does not write are kept.
+    with atomic_save_directory(save_directory, keep_old_weights=True) as staging:
+        model.save_pretrained(staging, **save_kwargs)
+        for weights in sorted(Path(staging).rglob(ADAPTER_WEIGHTS_NAME)):
             with safe_open(weights, framework="pt") as handle:
                 metadata = handle.metadata()
                 state_dict = {key: handle.get_tensor(key) for key in handle.keys()}
             save_file(to_original_adapter_keys(state_dict, model), weights, metadata=metadata)
-        for path in sorted(Path(scratch).rglob("*")):
-            if path.is_dir():
-                continue
-            target = save_directory / path.relative_to(scratch)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, target)  # same file system: the scratch folder is next to `save_directory`
-            if target.name == ADAPTER_WEIGHTS_NAME:
-                written.append(target)
+            written.append(Path(save_directory) / weights.relative_to(staging))
     return written
 
 
