@@ -293,3 +293,89 @@ def test_a_dynamic_cache_implementation_runs_without_reuse_instead_of_failing(ll
     turns = [{"pixel_values": _tiles(2), "question": question, "config": config} for question in ("Describe.", "More?")]
     reused, fresh, _ = _reused_and_fresh(llama, qwen2_tokenizer, turns)
     assert reused == fresh
+
+
+def test_a_forward_patched_on_a_module_between_turns_is_not_served_from_the_cache(qwen2_tokenizer):
+    """`module.forward = wrapper` (research code, activation patching) changes the outputs without a hook: a cache
+    built with the class's `forward` must not serve a turn that runs the patched one."""
+    model = family_model("llama3")
+    layer = model.model.language_model.layers[0]
+    steering = torch.randn(model.config.text_config.hidden_size, generator=torch.Generator().manual_seed(2)) * 0.05
+    unpatched = layer.forward
+
+    def patched(*args, **kwargs):
+        return unpatched(*args, **kwargs) + steering
+
+    def between(index):
+        if index == 1:
+            layer.forward = patched
+
+    turns = [{"pixel_values": _tiles(2), "question": question} for question in ("Describe.", "More?")]
+    try:
+        reused = _conversation(model, qwen2_tokenizer, turns, True, between)
+        del layer.forward
+        fresh = _conversation(model, qwen2_tokenizer, turns, False, between)
+    finally:
+        vars(layer).pop("forward", None)
+    assert reused == fresh
+
+
+# --- penalties see the generated tokens only, as in the original (found comparing with the original's answers) -----
+
+ORIGINAL_ANSWERS = json.loads((FIXTURES / "chat_cache_s7" / "original_answers.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def qwen2():
+    from helpers import load_model
+
+    return load_model().eval()
+
+
+@pytest.mark.parametrize(
+    ("setting", "reuse"), [(setting, True) for setting in sorted(ORIGINAL_ANSWERS["chat"])] + [("both", False)]
+)
+def test_penalties_in_a_conversation_give_the_original_answers(setting, reuse, qwen2, qwen2_tokenizer):
+    """Found in session 7: the original generates from embeddings, so `repetition_penalty` and
+    `no_repeat_ngram_size` never look at the prompt; here they did (system message, question, the earlier answers in
+    the history) and from the second turn on the answers differed from the original's."""
+    pixel_values = torch.randn(2, 3, 448, 448, generator=torch.Generator().manual_seed(0))
+    turns = [
+        {"pixel_values": pixel_values, "question": question, "config": ORIGINAL_ANSWERS["configs"][setting]}
+        for question in ORIGINAL_ANSWERS["questions"]
+    ]
+    assert _conversation(qwen2, qwen2_tokenizer, turns, reuse) == ORIGINAL_ANSWERS["chat"][setting]
+
+
+def test_penalties_in_batch_chat_give_the_original_answers(qwen2, qwen2_tokenizer):
+    """Left-padded rows: the penalties start after the padded prompt width, as the original's empty `input_ids`."""
+    pixel_values = torch.randn(2, 3, 448, 448, generator=torch.Generator().manual_seed(0))
+    questions = ["Describe.", "What is in this picture, in detail?"]
+    config = dict(ORIGINAL_ANSWERS["configs"]["both"])
+    answers = qwen2.batch_chat(qwen2_tokenizer, pixel_values, questions, config, num_patches_list=[1, 1])
+    assert answers == ORIGINAL_ANSWERS["batch_chat"]
+
+
+def test_generated_only_penalties_leave_the_callers_processors_alone():
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    from transformers_internvl.modeling.chat_processors import (
+        GeneratedNoRepeatNGramLogitsProcessor,
+        GeneratedRepetitionPenaltyLogitsProcessor,
+        generated_only_penalties,
+    )
+
+    own = LogitsProcessorList()
+    kwargs = {"repetition_penalty": 1.2, "no_repeat_ngram_size": 2, "logits_processor": own}
+    config = GenerationConfig(repetition_penalty=1.2, no_repeat_ngram_size=2)
+    changed = generated_only_penalties(kwargs, 5, config)
+    assert len(own) == 0 and kwargs["repetition_penalty"] == 1.2  # the caller's objects are not modified
+    assert changed["repetition_penalty"] == 1.0 and changed["no_repeat_ngram_size"] == 0
+    types = [type(processor) for processor in changed["logits_processor"]]
+    assert types == [GeneratedRepetitionPenaltyLogitsProcessor, GeneratedNoRepeatNGramLogitsProcessor]
+    # A penalty on the generated tokens only: token 3 (prompt) keeps its score, token 7 (generated) is penalised.
+    scores = torch.ones(1, 10)
+    out = changed["logits_processor"][0](torch.tensor([[3, 3, 3, 3, 3, 7]]), scores.clone())
+    assert out[0, 3] == 1.0 and out[0, 7] == pytest.approx(1 / 1.2)
+    # Nothing to change: the same dict back.
+    assert generated_only_penalties(kwargs, 5, GenerationConfig()) is kwargs

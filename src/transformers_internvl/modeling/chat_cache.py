@@ -51,7 +51,7 @@ class ChatCacheState:
     model_state: tuple = ()
 
 
-def _effective_generation_config(model: Any, kwargs: dict[str, Any]) -> GenerationConfig | None:
+def effective_generation_config(model: Any, kwargs: dict[str, Any]) -> GenerationConfig | None:
     """The generation config `generate(**kwargs)` will run with (kwargs over the passed config over the model's), from
     transformers' private `GenerationMixin._prepare_generation_config` (5.24: `(config, **kwargs) -> (config,
     model_kwargs)`). None when it rejects the settings (`generate` reports them), and, with a warning, when that method
@@ -82,7 +82,7 @@ def can_reuse(model: Any, input_ids: torch.Tensor, kwargs: dict[str, Any]) -> bo
         return False
     if any(name in kwargs for name in ("cache", "past_key_values", "assistant_model", "custom_generate")):
         return False
-    config = _effective_generation_config(model, kwargs)
+    config = effective_generation_config(model, kwargs)
     if config is None or config.use_cache is False or (config.num_return_sequences or 1) > 1:
         return False
     if config.cache_implementation is not None:  # `generate` refuses any, "dynamic" included, next to a cache object
@@ -113,15 +113,19 @@ _NOT_PLAIN = object()
 
 def _module_switches(model: Any) -> tuple:
     """Per module, its plain attributes (`training`, PEFT's `_active_adapter`, `_disable_adapters`, `scaling`,
-    `merged_adapters`, ...) and the ids of its forward hooks: state that changes the outputs with the same weights
-    (`with peft_model.disable_adapter():`, `set_adapter`, a hook that edits activations)."""
+    `merged_adapters`, ...), the functions set on the instance (a patched `forward`; compared by identity) and the
+    ids of its forward hooks: state that changes the outputs with the same weights (`with
+    peft_model.disable_adapter():`, `set_adapter`, a hook or patch that edits activations)."""
     switches = []
     for name, module in model.named_modules():
-        attributes = tuple(
-            (key, plain) for key, value in vars(module).items() if (plain := _plain_value(value)) is not _NOT_PLAIN
-        )
+        attributes, functions = [], []
+        for key, value in vars(module).items():
+            if (plain := _plain_value(value)) is not _NOT_PLAIN:
+                attributes.append((key, plain))
+            elif callable(value) and not isinstance(value, (torch.nn.Module, torch.Tensor, type)):
+                functions.append((key, value))
         hooks = (tuple(module._forward_pre_hooks), tuple(module._forward_hooks))
-        switches.append((name, type(module), attributes, hooks))
+        switches.append((name, type(module), tuple(attributes), tuple(functions), hooks))
     return tuple(switches)
 
 
