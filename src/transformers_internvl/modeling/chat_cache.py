@@ -111,6 +111,9 @@ def _plain_value(value: Any, depth: int = 0) -> Any:
 _NOT_PLAIN = object()
 
 
+_MODULE_INTERNALS = frozenset(vars(torch.nn.Module())) - {"training"}
+
+
 def _module_switches(model: Any) -> tuple:
     """Per module, its plain attributes (`training`, PEFT's `_active_adapter`, `_disable_adapters`, `scaling`,
     `merged_adapters`, ...), the functions set on the instance (a patched `forward`; compared by identity) and the
@@ -120,6 +123,8 @@ def _module_switches(model: Any) -> tuple:
     for name, module in model.named_modules():
         attributes, functions = [], []
         for key, value in vars(module).items():
+            if key in _MODULE_INTERNALS:  # parameters, buffers, submodules, hook tables: read elsewhere
+                continue
             if (plain := _plain_value(value)) is not _NOT_PLAIN:
                 attributes.append((key, plain))
             elif callable(value) and not isinstance(value, (torch.nn.Module, torch.Tensor, type)):
