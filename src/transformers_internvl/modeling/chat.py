@@ -15,7 +15,8 @@ from transformers import GenerationConfig
 from transformers.utils import logging
 
 from ..chat_templates import IMAGE_CONTEXT_TOKEN, IMAGE_END_TOKEN, IMAGE_START_TOKEN, template_data, template_eos_token
-from .chat_cache import clear_chat_cache, generate_turn
+from .chat_cache import clear_chat_cache, effective_generation_config, generate_turn
+from .chat_processors import generated_only_penalties
 from .chat_prompts import build_batch_chat_prompts, build_chat_prompt, postprocess_response, prepare_chat_question
 from .conversation import Conversation, get_conv_template
 from .input_checks import check_chat_inputs, merge_tile_count_aliases, question_list
@@ -196,6 +197,9 @@ class InternVLChatMixin:
         attention_mask = model_inputs["attention_mask"].to(self.device)
         if pixel_values is not None:
             pixel_values = pixel_values.to(self.device, self.dtype)
+        # The original generates from embeddings: penalties see the generated tokens only (`chat_processors`).
+        config = effective_generation_config(self, kwargs)
+        kwargs = generated_only_penalties(kwargs, input_ids.shape[1], config)
         output_ids = generate_turn(self, input_ids, attention_mask, pixel_values, kwargs, reuse_cache)
         new_tokens = output_ids[:, input_ids.shape[1] :]
         responses = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)

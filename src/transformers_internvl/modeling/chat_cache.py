@@ -14,7 +14,9 @@ original does.
 
 Used for single-sequence greedy or sampling `chat()` with a dynamic cache only: beam search, assisted generation
 (`prompt_lookup_num_tokens`, an assistant model), DoLa, contrastive search, several return sequences, a caller's own
-cache, `use_cache=False` and caches with non-plain layers (sliding window, linear attention) run without reuse. With
+cache or `cache_implementation` (even "dynamic"), `use_cache=False` and caches with non-plain layers (sliding window,
+linear attention) run without reuse. PEFT adapters switched, disabled or rescaled, forward hooks added or removed and
+optimizer steps (fused ones too) between turns also discard the cache (`model_state_key`). With
 rotary embeddings whose frequencies depend on the sequence length (`dynamic` NTK, `longrope`), a cache is reused only
 while both it and the new prompt stay within the length where that scaling starts: beyond it a fresh run rotates
 every key with the frequencies of the new length, which cached keys do not have.
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformers import GenerationConfig
 from transformers.cache_utils import DynamicCache, DynamicLayer
 from transformers.generation.configuration_utils import GenerationMode
@@ -48,7 +51,7 @@ class ChatCacheState:
     model_state: tuple = ()
 
 
-def _effective_generation_config(model: Any, kwargs: dict[str, Any]) -> GenerationConfig | None:
+def effective_generation_config(model: Any, kwargs: dict[str, Any]) -> GenerationConfig | None:
     """The generation config `generate(**kwargs)` will run with (kwargs over the passed config over the model's), from
     transformers' private `GenerationMixin._prepare_generation_config` (5.24: `(config, **kwargs) -> (config,
     model_kwargs)`). None when it rejects the settings (`generate` reports them), and, with a warning, when that method
@@ -79,24 +82,87 @@ def can_reuse(model: Any, input_ids: torch.Tensor, kwargs: dict[str, Any]) -> bo
         return False
     if any(name in kwargs for name in ("cache", "past_key_values", "assistant_model", "custom_generate")):
         return False
-    config = _effective_generation_config(model, kwargs)
+    config = effective_generation_config(model, kwargs)
     if config is None or config.use_cache is False or (config.num_return_sequences or 1) > 1:
         return False
-    if config.cache_implementation not in (None, "dynamic"):
+    if config.cache_implementation is not None:  # `generate` refuses any, "dynamic" included, next to a cache object
         return False
     return config.get_generation_mode() in (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE)
 
 
+_PLAIN_SCALARS = (bool, int, float, str, type(None))
+
+
+def _plain_value(value: Any, depth: int = 0) -> Any:
+    """`value` as a comparable tuple when it is built of scalars (nested lists, tuples, sets, dicts), else `_NOT_PLAIN`."""
+    if isinstance(value, _PLAIN_SCALARS):
+        return value
+    if depth < 3 and isinstance(value, (list, tuple, set, frozenset)):
+        items = [_plain_value(item, depth + 1) for item in value]
+        if any(item is _NOT_PLAIN for item in items):
+            return _NOT_PLAIN
+        return (type(value).__name__, tuple(sorted(items, key=repr) if isinstance(value, (set, frozenset)) else items))
+    if depth < 3 and isinstance(value, dict):
+        items = [(repr(key), _plain_value(item, depth + 1)) for key, item in value.items()]
+        return ("dict", tuple(item for item in items if item[1] is not _NOT_PLAIN))
+    return _NOT_PLAIN
+
+
+_NOT_PLAIN = object()
+
+
+_MODULE_INTERNALS = frozenset(vars(torch.nn.Module())) - {"training"}
+
+
+def _module_switches(model: Any) -> tuple:
+    """Per module, its plain attributes (`training`, PEFT's `_active_adapter`, `_disable_adapters`, `scaling`,
+    `merged_adapters`, ...), the functions set on the instance (a patched `forward`; compared by identity) and the
+    ids of its forward hooks: state that changes the outputs with the same weights (`with
+    peft_model.disable_adapter():`, `set_adapter`, a hook or patch that edits activations)."""
+    switches = []
+    for name, module in model.named_modules():
+        attributes, functions = [], []
+        for key, value in vars(module).items():
+            if key in _MODULE_INTERNALS:  # parameters, buffers, submodules, hook tables: read elsewhere
+                continue
+            if (plain := _plain_value(value)) is not _NOT_PLAIN:
+                attributes.append((key, plain))
+            elif callable(value) and not isinstance(value, (torch.nn.Module, torch.Tensor, type)):
+                functions.append((key, value))
+        hooks = (tuple(module._forward_pre_hooks), tuple(module._forward_hooks))
+        switches.append((name, type(module), tuple(attributes), tuple(functions), hooks))
+    return tuple(switches)
+
+
 def model_state_key(model: Any) -> tuple:
     """What the model's key/value states depend on besides the tokens: every parameter's and buffer's storage,
-    dtype, device and in-place version counter, and the configuration (`select_layer`, `ps_version`, rope, ...).
-    `model.to(...)`, `load_state_dict`, in-place updates, added modules (adapters) and config edits all change it.
-    (In-place writes through `.data`, and to inference tensors, which keep no version counter, go unseen.)"""
+    dtype, device and in-place version counter, the configuration (`select_layer`, `ps_version`, rope, ...),
+    every module's plain attributes and forward hooks (`_module_switches`: PEFT adapters switched, disabled or
+    rescaled, train/eval mode), and the number of optimizer steps run (`_optimizer_steps`). `model.to(...)`,
+    `load_state_dict`, in-place updates, training steps, added modules (adapters), adapter switches and config
+    edits all change it. (Other in-place writes through `.data`, and to inference tensors, which keep no version
+    counter, go unseen.)"""
     weights = tuple(
         (tensor.data_ptr(), tensor.dtype, tensor.device, -1 if tensor.is_inference() else tensor._version)
         for tensor in itertools.chain(model.parameters(), model.buffers())
     )
-    return weights, model.config.to_dict()
+    return weights, model.config.to_dict(), _module_switches(model), _optimizer_steps()
+
+
+_OPTIMIZER_STEPS = [0, None]  # steps counted, the hook's handle
+
+
+def _count_step(*_: Any) -> None:
+    _OPTIMIZER_STEPS[0] += 1
+
+
+def _optimizer_steps() -> int:
+    """How many `torch.optim` steps ran since the first chat turn (any optimizer, any model). Fused optimizers
+    (`AdamW(fused=True)`, transformers' default `adamw_torch_fused`) update the weights in place without bumping
+    their version counter, so a step between two turns would otherwise go unseen."""
+    if _OPTIMIZER_STEPS[1] is None:
+        _OPTIMIZER_STEPS[1] = register_optimizer_step_post_hook(_count_step)
+    return _OPTIMIZER_STEPS[0]
 
 
 def length_dependent_rope_limit(text_config: Any) -> int | None:
