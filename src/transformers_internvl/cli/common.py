@@ -20,26 +20,24 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
-    """A finite number > 0 (`--temperature`): `-1`, `0`, `nan` and `inf` are refused by argparse with the value."""
+def _float_in(text: str, expected: str, accept) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not accept(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
     return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (`--temperature`): `-1`, `0`, `nan` and `inf` are refused by argparse with the value."""
+    return _float_in(text, "a positive finite number", lambda value: math.isfinite(value) and value > 0)
 
 
 def probability(text: str) -> float:
     """A number in (0, 1] (`--top-p`): above 1 nucleus sampling keeps every token, 0 or less none."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text}")
-    return value
+    return _float_in(text, "a number in (0, 1]", lambda value: 0 < value <= 1)
 
 
 def existing_file(path: str, what: str) -> Path:
