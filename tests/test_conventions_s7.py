@@ -221,3 +221,32 @@ def test_outputs_keep_the_deprecated_image_hidden_states_of_transformers_port(qw
     assert torch.equal(base.image_hidden_states, features)
     assert text_only.image_hidden_states is None
     assert "image_hidden_states" not in full.keys()  # a property, as in transformers' port: not an output field
+
+
+# ---- attribute names of transformers' InternVLProcessor (`image_seq_length`, `start_image_token`, ...) -------------
+# Code written for the port read them and got AttributeError; the values are the original's under the port's names.
+
+
+@pytest.mark.parametrize("size,patch,ratio,expected", [(448, 14, 0.5, 256), (224, 14, 0.5, 64), (448, 14, 0.25, 64)])
+def test_processor_has_the_port_attribute_names(size, patch, ratio, expected):
+    from transformers_internvl.processing.image_processing_internvl import InternVLImageProcessor
+    from transformers_internvl.processing.processing_internvl import InternVLProcessor
+
+    processor = InternVLProcessor(
+        image_processor=InternVLImageProcessor(image_size=size),
+        tokenizer=qwen2_processor().tokenizer,
+        image_size=size,
+        patch_size=patch,
+        downsample_ratio=ratio,
+    )
+    # (size / patch)^2 patches per tile, pixel unshuffle keeps ratio^2 of them
+    assert processor.image_seq_length == processor.num_image_token == expected
+    assert (processor.start_image_token, processor.end_image_token) == ("<img>", "</img>")
+    ids = processor.tokenizer.convert_tokens_to_ids(["<img>", "</img>"])
+    assert [processor.start_image_token_id, processor.end_image_token_id] == ids
+    encoded = processor(images=[Image.new("RGB", (size, size))], text="<image>", return_tensors="pt")["input_ids"][0]
+    tile_tokens = encoded.tolist()
+    start = tile_tokens.index(processor.start_image_token_id)
+    end = tile_tokens.index(processor.end_image_token_id)
+    tiles = processor.image_processor(images=[Image.new("RGB", (size, size))])["pixel_values"].shape[0]
+    assert end - start - 1 == processor.image_seq_length * tiles

@@ -52,6 +52,7 @@ from .loading_options import (
     processor_dict_from_model_config,
     video_processor_class,
 )
+from .port_attributes import PortAttributeNamesMixin
 from .processor_inputs import (
     add_missing_placeholders,
     check_tile_side,
@@ -80,7 +81,7 @@ class InternVLProcessingKwargs(ProcessingKwargs, total=False):
     videos_kwargs: VideosKwargs
 
 
-class InternVLChatProcessor(ProcessorMixin):
+class InternVLChatProcessor(PortAttributeNamesMixin, ProcessorMixin):
     r"""
     Processor of InternVL 2.5 (alias `InternVLProcessor`): image processor (dynamic tiling), tokenizer and video
     processor, producing the inputs of the original chat format.
