@@ -69,14 +69,12 @@ def check_generation_config_file(directory: str | os.PathLike | None, subfolder:
     check_generation_fields(SimpleNamespace(**{name: content[name] for name in _FIELDS if name in content}))
 
 
-def _fits(kind: str, value: Any, minimum: float | None) -> bool:
+def _type_ok(kind: str, value: Any) -> bool:
     if kind == "bool":
         return isinstance(value, bool)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return False
-    if kind == "int" and not isinstance(value, numbers.Integral):
-        return False
-    return math.isfinite(value) and (minimum is None or value >= minimum)
+    return kind != "int" or isinstance(value, numbers.Integral)
 
 
 def check_generation_fields(generation_config: Any) -> None:
@@ -97,15 +95,8 @@ def check_generation_fields(generation_config: Any) -> None:
         if name == "top_p":
             allowed += " in (0, 1]"
         where = f"`generation_config.{name}` (from generation_config.json or the `generation_config=` argument)"
-        wrong_type = (kind == "bool" and not isinstance(value, bool)) or (
-            kind != "bool"
-            and (
-                isinstance(value, bool)
-                or not isinstance(value, numbers.Real)
-                or (kind == "int" and not isinstance(value, numbers.Integral))
-            )
-        )
-        if wrong_type:
+        if not _type_ok(kind, value):
             raise TypeError(f"{where} must be {allowed} or None, got {value!r} ({type(value).__name__}).")
-        if not _fits(kind, value, minimum) or (name == "top_p" and not 0 < value <= 1):
+        in_range = kind == "bool" or (math.isfinite(value) and (minimum is None or value >= minimum))
+        if not in_range or (name == "top_p" and not 0 < value <= 1):
             raise ValueError(f"{where} must be {allowed} or None, got {value!r}.")

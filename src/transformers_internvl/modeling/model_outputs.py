@@ -16,29 +16,24 @@ logger = logging.get_logger(__name__)
 __all__ = ["InternVLCausalLMOutputWithPast", "InternVLModelOutputWithPast"]
 
 
-def _image_hidden_states(output: MultimodalBaseModelOutputWithPast | MultimodalCausalLMOutputWithPast):
-    logger.warning_once(
-        "`image_hidden_states` is deprecated (transformers' InternVL port: it will hold the per-layer hidden states "
-        "from transformers 5.30); use `out.image_outputs.pooler_output` for the projected image features."
-    )
-    return None if output.image_outputs is None else output.image_outputs.pooler_output
+class _DeprecatedImageHiddenStates:
+    """`image_hidden_states`, as transformers' port keeps it on its outputs (deprecated there)."""
+
+    @property
+    def image_hidden_states(self) -> torch.Tensor | None:
+        """Deprecated: `image_outputs.pooler_output` `(num_tiles, 256, hidden_size)`, None without images."""
+        logger.warning_once(
+            "`image_hidden_states` is deprecated (transformers' InternVL port: it will hold the per-layer hidden "
+            "states from transformers 5.30); use `out.image_outputs.pooler_output` for the projected image features."
+        )
+        return None if self.image_outputs is None else self.image_outputs.pooler_output
 
 
 @dataclass
-class InternVLModelOutputWithPast(MultimodalBaseModelOutputWithPast):
+class InternVLModelOutputWithPast(_DeprecatedImageHiddenStates, MultimodalBaseModelOutputWithPast):
     __doc__ = MultimodalBaseModelOutputWithPast.__doc__  # the fields' docs, which `auto_docstring` reads
 
-    @property
-    def image_hidden_states(self) -> torch.Tensor | None:
-        """Deprecated: `image_outputs.pooler_output` `(num_tiles, 256, hidden_size)`, None without images."""
-        return _image_hidden_states(self)
-
 
 @dataclass
-class InternVLCausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
+class InternVLCausalLMOutputWithPast(_DeprecatedImageHiddenStates, MultimodalCausalLMOutputWithPast):
     __doc__ = MultimodalCausalLMOutputWithPast.__doc__  # the fields' docs, which `auto_docstring` reads
-
-    @property
-    def image_hidden_states(self) -> torch.Tensor | None:
-        """Deprecated: `image_outputs.pooler_output` `(num_tiles, 256, hidden_size)`, None without images."""
-        return _image_hidden_states(self)
