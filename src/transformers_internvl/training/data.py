@@ -39,9 +39,16 @@ from PIL import Image
 from transformers.utils import logging
 
 from ..chat_templates import DEFAULT_NUM_IMAGE_TOKEN
+from ..processing.image_loading import load_image_source
 from ..processing.input_validation import check_int
 from ..processing.video_decoding import check_num_segments
-from .frame_sampling import check_sampling_method, clip_frame_range, sort_frame_files, training_frame_indices
+from .frame_sampling import (
+    check_frame_range,
+    check_sampling_method,
+    clip_frame_range,
+    sort_frame_files,
+    training_frame_indices,
+)
 from .labels import IMAGE_PLACEHOLDER, SampleError, tokenize_conversation, video_frame_tags
 from .meta_files import RowSequence, _Row, load_meta, read_jsonl
 
@@ -174,11 +181,7 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
         # An end not given follows `num_video_frames`, clipped so that one given end alone never conflicts with it.
         self.max_num_frame = max_num_frame if max_num_frame is not None else max(min_num_frame or 0, num_video_frames)
         self.min_num_frame = min_num_frame if min_num_frame is not None else min(self.max_num_frame, num_video_frames)
-        if not 1 <= self.min_num_frame <= self.max_num_frame:
-            raise ValueError(
-                f"`min_num_frame` ({self.min_num_frame}) and `max_num_frame` ({self.max_num_frame}) must satisfy "
-                "1 <= min_num_frame <= max_num_frame."
-            )
+        check_frame_range(self.min_num_frame, self.max_num_frame)
         check_sampling_method(sampling_method)
         self.sampling_method = sampling_method
         self.seed = seed
@@ -394,12 +397,15 @@ def _jpeg(image: Image.Image, quality: int) -> Image.Image:
 
 
 def _open_rgb(path: str) -> Image.Image:
-    """The image file `path` as RGB; more pixels than Pillow's limit (a decompression bomb) is a bad sample."""
+    """The image file `path` as RGB, read by the processor's loader (`load_image_source`: regular files only, Pillow's
+    pixel limit kept); an undecodable file or a decompression bomb is a bad sample (`SampleError`)."""
     try:
-        with Image.open(path) as handle:
-            return handle.convert("RGB")
+        image = load_image_source(path, "image")
     except Image.DecompressionBombError as error:
         raise SampleError(f"image file {path} has too many pixels: {error}") from error
+    except ValueError as error:
+        raise SampleError(f"unreadable image file {path}: {error}") from error
+    return image.convert("RGB")
 
 
 # Token strings the processor and the labels write themselves; in data they would be encoded as control tokens.

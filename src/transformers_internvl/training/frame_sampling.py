@@ -47,6 +47,15 @@ def check_sampling_method(sampling_method: str) -> None:
     raise ValueError(f"`sampling_method` must be 'rand', 'middle' or 'fps<rate>' (rate > 0), got {sampling_method!r}.")
 
 
+def check_frame_range(min_num_frame: int, max_num_frame: int) -> None:
+    """Raise `ValueError` unless `1 <= min_num_frame <= max_num_frame`."""
+    if not 1 <= min_num_frame <= max_num_frame:
+        raise ValueError(
+            f"`min_num_frame` ({min_num_frame}) and `max_num_frame` ({max_num_frame}) must satisfy "
+            "1 <= min_num_frame <= max_num_frame."
+        )
+
+
 def get_frame_indices(
     count: int,
     num_frames: int,
@@ -101,11 +110,7 @@ def training_frame_indices(
     positions): the original with `np.random.seed(seed); random.seed(seed)` draws the same frames.
 
     Raises `ValueError` when `min_num_frame > max_num_frame`, either is < 1, or `num_frames` < 1."""
-    if not 1 <= min_num_frame <= max_num_frame:
-        raise ValueError(
-            f"`min_num_frame` ({min_num_frame}) and `max_num_frame` ({max_num_frame}) must satisfy "
-            "1 <= min_num_frame <= max_num_frame."
-        )
+    check_frame_range(min_num_frame, max_num_frame)
     check_sampling_method(sampling_method)
     if num_frames < 1:
         raise ValueError(f"the video has no frames (num_frames={num_frames}).")
