@@ -91,6 +91,7 @@ def can_reuse(model: Any, input_ids: torch.Tensor, kwargs: dict[str, Any]) -> bo
 
 
 _PLAIN_SCALARS = (bool, int, float, str, type(None))
+_NOT_PLAIN = object()
 
 
 def _plain_value(value: Any, depth: int = 0) -> Any:
@@ -106,9 +107,6 @@ def _plain_value(value: Any, depth: int = 0) -> Any:
         items = [(repr(key), _plain_value(item, depth + 1)) for key, item in value.items()]
         return ("dict", tuple(item for item in items if item[1] is not _NOT_PLAIN))
     return _NOT_PLAIN
-
-
-_NOT_PLAIN = object()
 
 
 _MODULE_INTERNALS = frozenset(vars(torch.nn.Module())) - {"training"}
