@@ -168,7 +168,8 @@ def _array_to_pil(array: np.ndarray, name: str, channels_first: bool | None) -> 
     if array.ndim != 3:
         raise ValueError(f"`{name}` must be (H, W), (H, W, C) or (C, H, W), got shape {tuple(array.shape)}.")
     if channels_first is None:
-        # numpy convention (and transformers' inference): channels last unless only the first axis looks like one.
+        # numpy / `Image.fromarray` convention: channels last unless only the first axis looks like one. (transformers'
+        # `infer_channel_dimension_format` takes the first axis when both could be channels, e.g. (3, W, 3).)
         if array.shape[-1] in (1, 3, 4):
             channels_first = False
         elif array.shape[0] in (1, 3, 4):
