@@ -424,7 +424,7 @@ def test_tiles_refuses_to_draw_over_its_input_image(tmp_path, monkeypatch, capsy
     assert Image.open(tmp_path / "drawing.png").size != (500, 300) and photo.read_bytes() == before
 
 
-# ---- 10. pipeline(images=URL, text=...): transformers loads the URL itself (NOT fixed here) ------------------------
+# ---- 10. pipeline(images=URL, text=...): loaded by this package's loader (fixed in session 8, pipeline_images) ------
 
 
 def _silent(connection, request):
@@ -437,19 +437,19 @@ def _not_found(connection, request):
     connection.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nContent-Length: 9\r\n\r\nnot here!")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ImageTextToTextPipeline.preprocess loads `images=` itself with transformers.image_utils.load_images("
-    "timeout=None): no timeout (a silent server blocks forever) and a 404 page becomes 'cannot identify image file "
-    "<_io.BytesIO ...>'. The chat-message form goes through this package's loader and is bounded. Fixing it needs a "
-    "pipeline-level hook (a lead's decision); pass `timeout=` to the pipeline meanwhile.",
-)
 @pytest.mark.parametrize("behaviour", [_silent, _not_found])
-def test_pipeline_images_url_fails_fast_naming_the_url(qwen2_model_dir, raw_http_server, behaviour):
+def test_pipeline_images_url_fails_fast_naming_the_url(qwen2_model_dir, raw_http_server, behaviour, monkeypatch):
+    """`pipe(images=url, text=...)` with no `timeout` waited forever on a silent server and turned a 404 page into
+    "cannot identify image file <_io.BytesIO ...>" (transformers' `load_images(timeout=None)`). It now goes through
+    `load_image_source`: the default timeout (`DEFAULT_URL_TIMEOUT`, 10 s; lowered to 1 s here to keep the test
+    short) bounds it, and the error names the URL."""
     import threading
 
     from transformers import pipeline
 
+    from transformers_internvl.processing import url_fetching
+
+    monkeypatch.setattr(url_fetching, "DEFAULT_URL_TIMEOUT", 1.0)
     pipe = pipeline("image-text-to-text", model=str(qwen2_model_dir))
     url = raw_http_server(behaviour)
     outcome: dict = {}
@@ -465,3 +465,5 @@ def test_pipeline_images_url_fails_fast_naming_the_url(qwen2_model_dir, raw_http
     thread.join(4)
     assert not thread.is_alive(), "pipeline(images=URL) still blocked after 4 s"
     assert "error" in outcome and url in str(outcome["error"])
+    expected = TimeoutError if behaviour is _silent else ValueError
+    assert isinstance(outcome["error"], expected), repr(outcome["error"])

@@ -52,6 +52,7 @@ from .loading_options import (
     processor_dict_from_model_config,
     video_processor_class,
 )
+from .pipeline_images import wrap_image_text_to_text_pipeline
 from .port_attributes import PortAttributeNamesMixin
 from .processor_inputs import (
     add_missing_placeholders,
@@ -156,8 +157,7 @@ class InternVLChatProcessor(PortAttributeNamesMixin, ProcessorMixin):
             setattr(self, name, value)
         super().__init__(image_processor, tokenizer, video_processor, chat_template=chat_template, **kwargs)
 
-        # ProcessorMixin conventions: `image_token` is the token that fills the sequence (checked after tokenization,
-        # used for mm_token_type_ids); there is no separate video token (frames use image tokens).
+        # ProcessorMixin: `image_token` fills the sequence (checked after tokenizing); frames use image tokens too.
         self.image_token = self.image_context_token
         self.image_token_id = self._token_id(self.image_context_token)
         self.image_start_token_id = self._token_id(self.image_start_token)
@@ -496,5 +496,5 @@ class InternVLChatProcessor(PortAttributeNamesMixin, ProcessorMixin):
 
 
 InternVLProcessor = InternVLChatProcessor
-
 __all__ = ["InternVLChatProcessor", "InternVLProcessor"]
+wrap_image_text_to_text_pipeline()  # `pipeline(images=...)` loads images by this package's rule (pipeline_images)
