@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import FIXTURES, QWEN2_DIR, original_model_dir
+from helpers import FIXTURES, QWEN2_DIR
 from transformers import AutoModel, BitsAndBytesConfig, PreTrainedModel
 
 import transformers_internvl  # noqa: F401
@@ -91,3 +91,132 @@ def test_load_in_nbit_false_leaves_nothing_behind(captured_load_kwargs):
 def test_load_in_nbit_conflicts_and_non_bools(kwargs, error, message):
     with pytest.raises(error, match=message):
         InternVLChatModel.from_pretrained(QWEN2_DIR, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The model card's loading lines kept verbatim: trust_remote_code=True, use_flash_attn=True, low_cpu_mem_usage=True
+# ---------------------------------------------------------------------------------------------------------------------
+
+HELDOUT_S6 = FIXTURES / "heldout_s6"
+sys.path.insert(0, str(HELDOUT_S6))
+from heldout_inputs import make_image  # noqa: E402
+
+# The original checkpoints' remote-code files (config.json / tokenizer_config.json `auto_map` point into them).
+REMOTE_CODE_FILES = (
+    "configuration_intern_vit.py",
+    "configuration_internvl_chat.py",
+    "modeling_intern_vit.py",
+    "modeling_internvl_chat.py",
+    "conversation.py",
+    "configuration_internlm2.py",
+    "modeling_internlm2.py",
+    "tokenization_internlm2.py",
+    "tokenization_internlm2_fast.py",
+)
+AUTO_MAP = {
+    "AutoConfig": "configuration_internvl_chat.InternVLChatConfig",
+    "AutoModel": "modeling_internvl_chat.InternVLChatModel",
+    "AutoModelForCausalLM": "modeling_internvl_chat.InternVLChatModel",
+}
+
+
+def _hub_like_folder(tmp_path: Path, case: str) -> Path:
+    """A held-out checkpoint as the Hub ships it: `auto_map`, `llm_config.attn_implementation: flash_attention_2`,
+    `vision_config.use_flash_attn: true`, remote-code files next to the weights; here every code file raises when
+    imported, so a load that runs remote code fails."""
+    folder = tmp_path / case
+    shutil.copytree(HELDOUT_S6 / case, folder, ignore=shutil.ignore_patterns("io.safetensors", "outputs.json"))
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = AUTO_MAP
+    config["llm_config"]["attn_implementation"] = "flash_attention_2"
+    config["vision_config"]["use_flash_attn"] = True
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    for name in REMOTE_CODE_FILES:
+        (folder / name).write_text(f"raise RuntimeError('remote code imported: {name}')\n")
+    return folder
+
+
+def _remote_modules(folder: Path) -> list[str]:
+    return [name for name in sys.modules if name.startswith("transformers_modules") and folder.name in name]
+
+
+def _package_class(obj) -> str:
+    return type(obj).__module__.split(".")[0]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [pytest.param("internlm2-dynamic", marks=pytest.mark.slow), "llama3-hermes"],  # ~13 s / ~3 s on CPU
+)
+def test_model_card_loading_with_trust_remote_code_uses_this_package(tmp_path, monkeypatch, case):
+    """`AutoModel.from_pretrained(path, torch_dtype=torch.bfloat16, low_cpu_mem_usage=True, use_flash_attn=True,
+    trust_remote_code=True).eval()` and `AutoTokenizer.from_pretrained(path, trust_remote_code=True, use_fast=False)`
+    as the model cards write them: this package's classes, nothing of the folder's code imported, and the two-turn
+    chat answers of the original implementation (recorded on the same checkpoint, `heldout_s6/<case>/outputs.json`)."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    monkeypatch.setattr("builtins.input", lambda *args: pytest.fail("prompted for trust_remote_code"))
+    folder = _hub_like_folder(tmp_path, case)
+    model = AutoModel.from_pretrained(
+        folder, torch_dtype=torch.float32, low_cpu_mem_usage=True, use_flash_attn=True, trust_remote_code=True
+    ).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True, use_fast=False)
+    assert isinstance(model, InternVLChatModel)
+    assert _package_class(tokenizer) in ("transformers", "transformers_internvl")
+    assert model.config.text_config._attn_implementation == "eager"  # the original's fallback without flash-attn
+    assert _remote_modules(folder) == []
+
+    meta = json.loads((HELDOUT_S6 / case / "outputs.json").read_text(encoding="utf-8"))
+    processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+    pixel_list = [
+        processor(images=make_image(w, h, seed), max_dynamic_patch=max_num, return_tensors="pt")["pixel_values"]
+        for w, h, seed, max_num in meta["case"]["images"]
+    ]
+    generation_config = dict(max_new_tokens=meta["case"]["max_new_tokens"], do_sample=False)
+    num_patches_list = [p.shape[0] for p in pixel_list]
+    answer1, history = model.chat(
+        tokenizer,
+        torch.cat(pixel_list),
+        meta["chat"]["turn1"],
+        dict(generation_config),
+        num_patches_list=num_patches_list,
+        history=None,
+        return_history=True,
+    )
+    answer2, history = model.chat(
+        tokenizer,
+        torch.cat(pixel_list),
+        meta["chat"]["turn2"],
+        dict(generation_config),
+        num_patches_list=num_patches_list,
+        history=history,
+        return_history=True,
+    )
+    assert (answer1, answer2) == (meta["chat"]["answer1"], meta["chat"]["answer2"])
+
+
+def test_every_factory_with_trust_remote_code_gives_this_package(tmp_path, monkeypatch):
+    """AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoImageProcessor and
+    `pipeline("image-text-to-text", ..., trust_remote_code=True)` on a folder whose remote code cannot be imported."""
+    from transformers import (
+        AutoConfig,
+        AutoImageProcessor,
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoProcessor,
+        pipeline,
+    )
+
+    monkeypatch.setattr("builtins.input", lambda *args: pytest.fail("prompted for trust_remote_code"))
+    folder = _hub_like_folder(tmp_path, "internlm2-dynamic")
+    loaded = {
+        "AutoConfig": AutoConfig.from_pretrained(folder, trust_remote_code=True),
+        "AutoModelForCausalLM": AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True),
+        "AutoModelForImageTextToText": AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True),
+        "AutoProcessor": AutoProcessor.from_pretrained(folder, trust_remote_code=True),
+        "AutoImageProcessor": AutoImageProcessor.from_pretrained(folder, trust_remote_code=True),
+        "pipeline": pipeline("image-text-to-text", model=str(folder), trust_remote_code=True).model,
+    }
+    assert {name: _package_class(obj) for name, obj in loaded.items()} == dict.fromkeys(loaded, "transformers_internvl")
+    assert _package_class(loaded["AutoProcessor"].tokenizer) == "transformers_internvl"  # InternLM2 tokenizer
+    assert _remote_modules(folder) == []
