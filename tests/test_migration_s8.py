@@ -220,3 +220,75 @@ def test_every_factory_with_trust_remote_code_gives_this_package(tmp_path, monke
     assert {name: _package_class(obj) for name, obj in loaded.items()} == dict.fromkeys(loaded, "transformers_internvl")
     assert _package_class(loaded["AutoProcessor"].tokenizer) == "transformers_internvl"  # InternLM2 tokenizer
     assert _remote_modules(folder) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The model cards' chat flows against the original (fixtures/migration_s8, recorded by the original code)
+# ---------------------------------------------------------------------------------------------------------------------
+
+MIGRATION_S8 = FIXTURES / "migration_s8"
+RECORDED = json.loads((MIGRATION_S8 / "outputs.json").read_text(encoding="utf-8"))
+# The model cards' dtype for every case; float32 for one (all six records pass; the others cost ~25 s more on CPU).
+FLOW_CASES = [
+    pytest.param(key, marks=pytest.mark.slow) if key.startswith("phi3") else key
+    for key in sorted(RECORDED)
+    if key.endswith("/bfloat16") or key == "qwen2-v1-sl2/float32"
+]
+
+
+def _two_turns(model, tokenizer, pixel_values, questions, config, **kwargs):
+    answer1, history = model.chat(
+        tokenizer, pixel_values, questions[0], dict(config), history=None, return_history=True, **kwargs
+    )
+    answer2, _ = model.chat(
+        tokenizer, pixel_values, questions[1], dict(config), history=history, return_history=True, **kwargs
+    )
+    return [answer1, answer2]
+
+
+@pytest.mark.parametrize("key", FLOW_CASES)
+def test_model_card_flows_give_the_original_answers(key, monkeypatch):
+    """One model object loaded as the model cards load it, then, in the generator's order (`make_migration_s8.py`):
+    a two-turn pure-text chat, two images in one `pixel_values` without `num_patches_list`, a video chat with
+    `Frame{i}: <image>` prefixes, and sampling under `torch.manual_seed` (do_sample alone, with transformers 4's
+    implicit top_k=50; temperature + top_p; top_k) and beam search."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    case, dtype_name = key.split("/")
+    expected = RECORDED[key]
+    dtype = getattr(torch, dtype_name)
+    torch.set_num_threads(1)
+    folder = HELDOUT_S6 / case
+    model = AutoModel.from_pretrained(folder, torch_dtype=dtype, low_cpu_mem_usage=True, use_flash_attn=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=False)
+    processor = AutoImageProcessor.from_pretrained(folder)
+
+    def tiles(width, height, seed, max_num):
+        image = make_image(width, height, seed)
+        return processor(images=image, max_dynamic_patch=max_num, return_tensors="pt")["pixel_values"].to(dtype)
+
+    pixel_list = [tiles(*image) for image in ((900, 500, 11, 6), (300, 640, 12, 6))]
+    frames = [tiles(320, 240, 100 + k, 1) for k in range(8)]
+    assert [p.shape[0] for p in pixel_list] == expected["num_patches_list"]
+    greedy = {"max_new_tokens": 8, "do_sample": False}
+    questions = {
+        "text": ("Hello, who are you?", "Can you tell me a story?"),
+        "combined": ("<image>\nDescribe the two images in detail.", "What are the similarities and differences?"),
+    }
+    assert _two_turns(model, tokenizer, None, questions["text"], greedy) == expected["text"]
+    assert _two_turns(model, tokenizer, torch.cat(pixel_list), questions["combined"], greedy) == expected["combined"]
+    prefix = "".join(f"Frame{i + 1}: <image>\n" for i in range(len(frames)))
+    video = (prefix + "What is the red panda doing?", "Describe this video in detail.")
+    answers = _two_turns(model, tokenizer, torch.cat(frames), video, greedy, num_patches_list=[1] * len(frames))
+    assert answers == expected["video"]
+    sampled = []
+    for settings in (
+        {"do_sample": True},
+        {"do_sample": True, "temperature": 0.7, "top_p": 0.9},
+        {"do_sample": True, "top_k": 5},
+        {"do_sample": False, "num_beams": 2},
+    ):
+        torch.manual_seed(1234)
+        config = {"max_new_tokens": 8, **settings}
+        sampled.append(model.chat(tokenizer, pixel_list[0], "<image>\nPlease describe the image shortly.", config))
+    assert sampled == expected["sampled"]
