@@ -196,8 +196,9 @@ def test_model_card_loading_with_trust_remote_code_uses_this_package(tmp_path, m
 
 
 def test_every_factory_with_trust_remote_code_gives_this_package(tmp_path, monkeypatch):
-    """AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoImageProcessor and
-    `pipeline("image-text-to-text", ..., trust_remote_code=True)` on a folder whose remote code cannot be imported."""
+    """AutoConfig, AutoModel.from_config, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor,
+    AutoImageProcessor and `pipeline("image-text-to-text", ..., trust_remote_code=True)` on a folder whose remote
+    code cannot be imported."""
     from transformers import (
         AutoConfig,
         AutoImageProcessor,
@@ -212,6 +213,9 @@ def test_every_factory_with_trust_remote_code_gives_this_package(tmp_path, monke
     loaded = {
         "AutoConfig": AutoConfig.from_pretrained(folder, trust_remote_code=True),
         "AutoModelForCausalLM": AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True),
+        "AutoModel.from_config": AutoModel.from_config(
+            AutoConfig.from_pretrained(folder, trust_remote_code=True), trust_remote_code=True
+        ),
         "AutoModelForImageTextToText": AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True),
         "AutoProcessor": AutoProcessor.from_pretrained(folder, trust_remote_code=True),
         "AutoImageProcessor": AutoImageProcessor.from_pretrained(folder, trust_remote_code=True),
