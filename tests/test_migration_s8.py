@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import FIXTURES, QWEN2_DIR
+from helpers import FIXTURES, QWEN2_DIR, original_model_dir
 from transformers import AutoModel, BitsAndBytesConfig, PreTrainedModel
 
 import transformers_internvl  # noqa: F401
@@ -296,3 +296,15 @@ def test_model_card_flows_give_the_original_answers(key, monkeypatch):
         config = {"max_new_tokens": 8, **settings}
         sampled.append(model.chat(tokenizer, pixel_list[0], "<image>\nPlease describe the image shortly.", config))
     assert sampled == expected["sampled"]
+
+
+def test_without_torch_dtype_the_checkpoint_dtype_is_used(tmp_path):
+    """README: a script without `torch_dtype` gets the dtype config.json names (transformers 5's `dtype="auto"`
+    default; the original under transformers 4 loaded float32), and `dtype=torch.float32` gives the original's."""
+    folder = original_model_dir(tmp_path / "bf16", tokenizer=None)
+    config = json.loads((folder / "config.json").read_text())
+    for part in (config, config["llm_config"], config["vision_config"]):
+        part["torch_dtype"] = "bfloat16"
+    (folder / "config.json").write_text(json.dumps(config))
+    assert AutoModel.from_pretrained(folder).dtype == torch.bfloat16
+    assert AutoModel.from_pretrained(folder, dtype=torch.float32).dtype == torch.float32
