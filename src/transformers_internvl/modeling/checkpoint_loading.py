@@ -41,6 +41,7 @@ from .original_lora_loading import (
     original_lora_converters,
     original_lora_renamings,
 )
+from .quantization_options import resolve_bitsandbytes_options
 from .tokenizer_files import LLM_GENERATION_IDS, apply_tokenizer_file_ids, llm_generation_ids, local_directory
 
 logger = logging.get_logger(__name__)
@@ -109,7 +110,9 @@ class OriginalCheckpointMixin:
 
         The original remote code's options are accepted too (see `modeling/original_api.py`): `use_flash_attn=True`
         (flash_attention_2, or eager with a warning when flash-attn is not usable) / `False` (eager),
-        `low_cpu_mem_usage` (ignored), and a `device_map` written with the original module names (`vision_model`,
+        `low_cpu_mem_usage` (ignored), `load_in_8bit` / `load_in_4bit` (transformers 4's options, which the original
+        evaluation scripts pass: `True` becomes `quantization_config=BitsAndBytesConfig(...)`, `False` is dropped;
+        `quantization_options.py`), and a `device_map` written with the original module names (`vision_model`,
         `mlp1`, `language_model.model.layers.N`, `language_model.lm_head`, ... as the model cards' `split_model()`),
         translated to this module tree; a key naming no module (original or here) raises `ValueError` (transformers
         ignores it). The source folder is recorded so
@@ -122,10 +125,13 @@ class OriginalCheckpointMixin:
             TypeError: an eos / pad / bos id of `generation_config.json` or of the `generation_config=` argument that is
                 not an integer (eos: or a list of them), e.g. `"2"`, `2.0`, `true` (`check_generation_token_ids`), or
                 a sampling / length field of the wrong type (`do_sample: "false"`; `check_generation_fields`).
+            TypeError / ValueError (also): `load_in_8bit` / `load_in_4bit` not a bool, both `True`, or one `True`
+                together with `quantization_config` (`resolve_bitsandbytes_options`).
             ValueError (also): a `generation_config.json` that is not a JSON object (`check_generation_config_file`),
                 a sampling / length field out of range (`num_beams: 0`, `top_p: 5`).
         """
         check_dtype_argument(kwargs)
+        resolve_bitsandbytes_options(kwargs)
         if pretrained_model_name_or_path is not None:
             check_generation_config_file(
                 local_directory(pretrained_model_name_or_path, kwargs), kwargs.get("subfolder", "")
