@@ -1,0 +1,252 @@
+"""Held-out re-check of the conversion (issue 9), session 8: what the earlier conversion tests did not reach.
+
+- `-hf` -> original of checkpoints with a tokenizer: the original-layout tokenizer must be the source's (the `<video>`
+  token that `--to hf` adds for transformers' processor is removed again; the `-hf` list form of
+  `extra_special_tokens` goes back to `additional_special_tokens`, the form the original's transformers 4.x reads);
+- `--merge-lora` of an adapter on the `lm_head` of transformers' port (`-hf` source);
+- a broken tokenizer file is reported naming the folder;
+- transformers' own port in bfloat16 (eager) on converted weights gives the ORIGINAL implementation's recorded
+  bfloat16 logits bit for bit (`fixtures/heldout_s7`), and float32 ones within 1e-5;
+- an unmerged original LoRA run in bfloat16 merges to what the original's `tools/merge_lora.py` writes (PEFT's
+  `merge_and_unload` on the model loaded in bfloat16), bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from helpers import copy_tokenizer
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+import transformers_internvl  # noqa: F401  (registers the classes)
+from transformers_internvl.cli import main
+from transformers_internvl.conversion.convert import ConversionError, convert_checkpoint
+
+HELDOUT_S7 = Path(__file__).parent / "fixtures" / "heldout_s7"
+sys.path.insert(0, str(HELDOUT_S7))
+from heldout_s7_inputs import make_image  # noqa: E402
+
+CASES = ("qwen2-train", "internlm2-ds1-single")  # a BPE tokenizer.json and an InternLM2 sentencepiece tokenizer
+
+
+class _Converted(dict):
+    """`{case: (its -hf folder, the folder converted back)}`, made once per module on first use."""
+
+    def __init__(self, root: Path):
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, name: str) -> tuple[Path, Path]:
+        hf = convert_checkpoint(HELDOUT_S7 / name, self.root / f"{name}-hf", to="hf", progress=False).path
+        back = convert_checkpoint(hf, self.root / f"{name}-back", to="original", progress=False).path
+        self[name] = (hf, back)
+        return self[name]
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory) -> _Converted:
+    return _Converted(tmp_path_factory.mktemp("conversion_s8"))
+
+
+def _tokenizer(folder: Path):
+    """The tokenizer the original code uses for `folder`: InternLM2's sentencepiece class, else AutoTokenizer."""
+    from transformers import AutoTokenizer
+
+    from transformers_internvl.processing.tokenization_internlm2 import InternLM2Tokenizer
+
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    if config.get("tokenizer_class") == "InternLM2Tokenizer":
+        return InternLM2Tokenizer.from_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+# ---- -hf -> original: the tokenizer comes back as the source's --------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_round_trip_tokenizer_encodes_like_the_source_and_has_its_size(converted, name):
+    """`--to hf` adds `<video>` (transformers' processor needs it; its id is past the LLM vocabulary here). Back in the
+    original layout it made "<video>" one token the model cannot embed (id == vocab_size: the original model raised
+    IndexError on a prompt the source folder runs) and the tokenizer one entry longer than the source's."""
+    _, back = converted[name]
+    source, result = _tokenizer(HELDOUT_S7 / name), _tokenizer(back)
+    assert len(result) == len(source)
+    for text in ("a <video> b", "<|im_start|>user\n<img><IMG_CONTEXT></img>\n<video>中文<|im_end|>\n"):
+        assert result(text)["input_ids"] == source(text)["input_ids"], text
+    vocab_size = json.loads((back / "config.json").read_text())["llm_config"]["vocab_size"]
+    assert max(result("a <video> b")["input_ids"]) < vocab_size
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_round_trip_tokenizer_config_keeps_the_original_special_token_list(converted, name):
+    """transformers 5 writes `extra_special_tokens` as a list; the transformers 4.x that the original code and the
+    tools serving OpenGVLab checkpoints run on read only `additional_special_tokens` and fail on that list
+    ("'list' object has no attribute 'keys'", measured with transformers 4.47.1). The original layout gets the
+    source's `additional_special_tokens` back."""
+    _, back = converted[name]
+    config = json.loads((back / "tokenizer_config.json").read_text())
+    original = json.loads((HELDOUT_S7 / name / "tokenizer_config.json").read_text())
+    assert not isinstance(config.get("extra_special_tokens"), list)
+    assert config["additional_special_tokens"] == original["additional_special_tokens"]
+    assert "<video>" not in json.dumps(config)
+    with open(back / "tokenizer.json", encoding="utf-8") as reader:
+        assert "<video>" not in {token["content"] for token in json.load(reader)["added_tokens"]}
+
+
+def test_hf_folder_not_made_here_keeps_its_video_token(converted, tmp_path):
+    """A `-hf` folder without the conversion record (made by another tool, or a hub `-hf` repository) keeps its
+    tokenizer's `<video>`: only a token that `--to hf` added itself is removed."""
+    hf, _ = converted["qwen2-train"]
+    plain = tmp_path / "plain-hf"
+    shutil.copytree(hf, plain)
+    config = json.loads((plain / "config.json").read_text())
+    del config["internvl_chat_original"]
+    (plain / "config.json").write_text(json.dumps(config))
+    back = convert_checkpoint(plain, tmp_path / "back", to="original", progress=False).path
+    with open(back / "tokenizer.json", encoding="utf-8") as reader:
+        assert "<video>" in {token["content"] for token in json.load(reader)["added_tokens"]}
+    assert not isinstance(json.loads((back / "tokenizer_config.json").read_text()).get("extra_special_tokens"), list)
+
+
+def test_broken_tokenizer_file_is_named(tmp_path, capsys):
+    """A tokenizer.json that is not JSON: the error names the folder (it gave only the JSON parser's message)."""
+    source = tmp_path / "src"
+    shutil.copytree(HELDOUT_S7 / "qwen2-train", source, ignore=shutil.ignore_patterns("io.safetensors", "outputs.json"))
+    (source / "tokenizer.json").write_text("{not json", encoding="utf-8")
+    assert main(["convert", str(source), str(tmp_path / "out"), "--to", "hf", "--quiet"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "tokenizer" in error[0] and str(source) in error[0], error
+    assert not (tmp_path / "out").exists()
+
+
+# ---- --merge-lora on a -hf source ------------------------------------------------------------------------------------
+
+
+def test_merge_lora_on_the_lm_head_of_an_hf_source(converted, tmp_path):
+    """An adapter trained on transformers' port with `lm_head` among its targets: `--to original --merge-lora` was
+    refused ("adapts 'lm_head.weight', which the checkpoint does not have"; the head is `language_model.lm_head`).
+    The merged head is `W + (alpha / r) B @ A` by hand and the result gives the PEFT model's logits."""
+    from peft import LoraConfig, get_peft_model
+
+    hf, _ = converted["qwen2-train"]
+    base = transformers.InternVLForConditionalGeneration.from_pretrained(hf, attn_implementation="eager").eval()
+    head = base.lm_head.weight.detach().clone()
+    torch.manual_seed(0)
+    peft_model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=["lm_head", "q_proj"], init_lora_weights=False)
+    ).eval()
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter)
+    layer = peft_model.base_model.model.lm_head
+    expected_head = head + 2.0 * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+
+    result = convert_checkpoint(hf, tmp_path / "merged", to="original", merge_lora=adapter, progress=False)
+    with safe_open(result.path / "model.safetensors", "pt") as reader:
+        merged_head = reader.get_tensor("language_model.lm_head.weight")
+    assert (merged_head - expected_head).abs().max() <= 1e-6
+    assert not torch.equal(merged_head, head)
+
+    ours = transformers.AutoModelForImageTextToText.from_pretrained(result.path, attn_implementation="eager").eval()
+    ids = torch.tensor([[1, 2, 3] + [base.config.image_token_id] * base.config.image_seq_length + [4, 5, 6]])
+    pixel_values = torch.randn(1, 3, 448, 448, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = peft_model(input_ids=ids, pixel_values=pixel_values).logits
+        logits = ours(input_ids=ids, pixel_values=pixel_values).logits
+    assert (logits - reference).abs().max() <= 1e-4
+
+
+# ---- transformers' port against the original's recorded numbers ------------------------------------------------------
+
+
+def _expand(prompt: str) -> str:
+    return re.sub(r"<IMG_CONTEXT\*(\d+)>", lambda run: "<IMG_CONTEXT>" * int(run[1]), prompt)
+
+
+@pytest.mark.parametrize("name", [pytest.param("qwen2-train", marks=pytest.mark.slow), "internlm2-ds1-single"])
+def test_port_in_bf16_and_fp32_gives_the_original_recorded_logits(converted, name, tmp_path):
+    """downsample 1.0 / 224 px / one tile without thumbnail (InternLM2) and 448 px, 4 tiles + thumbnail (Qwen2):
+    transformers' own image processor and model on the `-hf` folder (float32, and converted with `--dtype bf16`) give
+    the original's recorded tiles, logits within 1e-5 (fp32) and its bfloat16 logits bit for bit (eager, as the
+    original ran); the bf16 folder keeps bfloat16 in every tensor and in config.json."""
+    from transformers import AutoImageProcessor
+
+    hf, _ = converted[name]
+    bf16 = convert_checkpoint(HELDOUT_S7 / name, tmp_path / "bf16", to="hf", dtype="bf16", progress=False).path
+    meta = json.loads((HELDOUT_S7 / name / "outputs.json").read_text())
+    io = load_file(HELDOUT_S7 / name / "io.safetensors")
+    processor = AutoImageProcessor.from_pretrained(hf)
+    outputs = [processor(images=[make_image(w, h, seed)], return_tensors="pt") for w, h, seed in meta["case"]["images"]]
+    assert [int(out["num_patches"][0]) for out in outputs] == meta["num_patches_list"]
+    pixel_values = torch.cat([out["pixel_values"] for out in outputs])
+    assert torch.equal(pixel_values[:, :, ::37, ::29], io["pixel_values_sample"])
+    input_ids = io["forward_input_ids"]
+    assert torch.equal(transformers.AutoTokenizer.from_pretrained(hf)(_expand(meta["chat"]["prompt1"]),
+                                                                      return_tensors="pt")["input_ids"], input_ids)  # fmt: skip
+
+    assert json.loads((bf16 / "config.json").read_text())["dtype"] == "bfloat16"
+    assert {tensor.dtype for tensor in load_file(bf16 / "model.safetensors").values()} == {torch.bfloat16}
+    for folder, prefix, tolerance in ((hf, "", 1e-5), (bf16, "bf16_", 0.0)):
+        model = transformers.InternVLForConditionalGeneration.from_pretrained(folder, attn_implementation="eager")
+        with torch.no_grad():
+            logits = model.eval()(pixel_values=pixel_values.to(model.dtype), input_ids=input_ids).logits[0]
+        at = logits[io["forward_positions"]].float()
+        assert (at - io[f"{prefix}forward_logits_at"].float()).abs().max().item() <= tolerance, prefix
+        assert torch.equal(logits.argmax(-1).to(torch.int32), io[f"{prefix}forward_argmax"].to(torch.int32)), prefix
+
+
+# ---- unmerged original LoRA in bfloat16: the original's merge script ---------------------------------------------------
+
+
+def test_bf16_original_lora_run_merges_as_the_original_merge_script(tmp_path):
+    """The original's `internvl_chat/tools/merge_lora.py` loads the unmerged run in bfloat16 and calls PEFT's
+    `merge_and_unload` on `vision_model` and `language_model`. `--to hf` merges while streaming; every merged
+    tensor (after the round trip back to the original layout) equals the installed PEFT's bfloat16
+    `merge_and_unload` bit for bit, and `W + 2 B@A` computed by hand in float32, rounded once to bfloat16."""
+    import peft
+    from test_original_lora_checkpoints import write_original_lora_checkpoint
+
+    from transformers_internvl.conversion.original_lora import plan_original_lora_merge
+
+    source = tmp_path / "lora"
+    write_original_lora_checkpoint("tiny-qwen2", source, 4, 8, with_logits=False)
+    state = {key: tensor.to(torch.bfloat16) for key, tensor in load_file(source / "model.safetensors").items()}
+    save_file(state, source / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((source / "config.json").read_text())
+    config["torch_dtype"] = "bfloat16"
+    (source / "config.json").write_text(json.dumps(config))
+    copy_tokenizer("qwen2-tiny", source)
+    hf = convert_checkpoint(source, tmp_path / "hf", to="hf", progress=False).path
+    back = load_file(
+        convert_checkpoint(hf, tmp_path / "back", to="original", progress=False).path / "model.safetensors"
+    )
+
+    _, merges = plan_original_lora_merge(state)
+    assert merges
+    for plain, (key_a, key_b) in merges.items():
+        base_key = key_a.replace("lora_A.default.weight", "base_layer.weight")
+        weight, lora_a, lora_b = state[base_key], state[key_a], state[key_b]
+        layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, dtype=torch.bfloat16)
+        wrapped = peft.get_peft_model(
+            torch.nn.Sequential(layer),
+            peft.LoraConfig(r=lora_a.shape[0], lora_alpha=2 * lora_a.shape[0], target_modules=["0"]),
+        )
+        lora = wrapped.base_model.model[0]
+        with torch.no_grad():
+            lora.base_layer.weight.copy_(weight)
+            lora.lora_A["default"].weight.copy_(lora_a)
+            lora.lora_B["default"].weight.copy_(lora_b)
+        peft_merged = wrapped.merge_and_unload()[0].weight
+        assert back[plain].dtype == torch.bfloat16
+        assert torch.equal(back[plain], peft_merged), plain
+        by_hand = weight.float() + 2.0 * lora_b.float() @ lora_a.float()
+        assert torch.equal(back[plain], by_hand.to(torch.bfloat16)), plain
+    with pytest.raises(ConversionError, match="already in the 'original' layout"):
+        convert_checkpoint(source, tmp_path / "again", to="original", progress=False)
