@@ -163,6 +163,37 @@ def test_merge_lora_on_the_lm_head_of_an_hf_source(converted, tmp_path):
     assert (logits - reference).abs().max() <= 1e-4
 
 
+def test_merge_lora_on_an_hf_source_saved_with_module_tree_names(converted, tmp_path):
+    """`-hf` weights saved with the in-memory names (`model.language_model.*`, `lm_head.*`: accepted by the
+    converter) and `--merge-lora`: refused ("adapts 'language_model.model.layers.0.self_attn.q_proj.weight', which
+    the checkpoint does not have"); now the same merged tensors as from the saved-name folder."""
+    from peft import LoraConfig, get_peft_model
+
+    hf, _ = converted["internlm2-ds1-single"]
+    renamed = tmp_path / "module-names"
+    shutil.copytree(hf, renamed)
+    prefixes = {"vision_tower.": "model.vision_tower.", "multi_modal_projector.": "model.multi_modal_projector."}
+    prefixes |= {"language_model.model.": "model.language_model.", "language_model.lm_head.": "lm_head."}
+    tensors = {}
+    for key, tensor in load_file(hf / "model.safetensors").items():
+        old = next(prefix for prefix in prefixes if key.startswith(prefix))
+        tensors[prefixes[old] + key[len(old) :]] = tensor
+    save_file(tensors, renamed / "model.safetensors", metadata={"format": "pt"})
+    base = transformers.InternVLForConditionalGeneration.from_pretrained(hf)
+    torch.manual_seed(0)
+    adapter = tmp_path / "adapter"
+    config = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "linear_1", "lm_head"], init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(adapter)
+
+    expected = convert_checkpoint(hf, tmp_path / "a", to="original", merge_lora=adapter, progress=False).path
+    result = convert_checkpoint(renamed, tmp_path / "b", to="original", merge_lora=adapter, progress=False).path
+    before, after = load_file(expected / "model.safetensors"), load_file(result / "model.safetensors")
+    assert set(before) == set(after)
+    assert all(torch.equal(before[key], after[key]) for key in before)
+    source = load_file(HELDOUT_S7 / "internlm2-ds1-single" / "model.safetensors")
+    assert not torch.equal(after["language_model.output.weight"], source["language_model.output.weight"])
+
+
 # ---- transformers' port against the original's recorded numbers ------------------------------------------------------
 
 
