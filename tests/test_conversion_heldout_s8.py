@@ -127,6 +127,37 @@ def test_broken_tokenizer_file_is_named(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def _read_only_folder(folder: Path) -> bool:
+    """Make `folder` unwritable (chmod; as root, where chmod does not stop writes, the immutable attribute)."""
+    import os
+    import subprocess
+
+    folder.chmod(0o555)
+    if not os.access(folder, os.W_OK):
+        return True
+    done = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, check=False).returncode == 0
+    return done
+
+
+def test_read_only_destination_folder_is_one_clear_line(tmp_path, capsys):
+    """DST in a folder that cannot be written: one line naming DST and that folder, exit 1, nothing left."""
+    import subprocess
+
+    parent = tmp_path / "read-only"
+    parent.mkdir()
+    if not _read_only_folder(parent):
+        pytest.skip("cannot make a read-only folder here")
+    try:
+        dst = parent / "out"
+        assert main(["convert", str(HELDOUT_S7 / "qwen2-train"), str(dst), "--to", "hf", "--quiet"]) == 1
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and f"cannot write the destination {dst}" in error[0] and str(parent) in error[0]
+        assert list(parent.iterdir()) == []
+    finally:
+        subprocess.run(["chattr", "-i", str(parent)], capture_output=True, check=False)
+        parent.chmod(0o755)
+
+
 # ---- --merge-lora on a -hf source ------------------------------------------------------------------------------------
 
 
