@@ -116,6 +116,32 @@ def test_hf_folder_not_made_here_keeps_its_video_token(converted, tmp_path):
     assert not isinstance(json.loads((back / "tokenizer_config.json").read_text()).get("extra_special_tokens"), list)
 
 
+def test_internlm2_hf_tokenizer_resaved_without_its_sentencepiece_model_warns(converted, tmp_path):
+    """A `-hf` InternLM2 folder whose tokenizer was re-saved by transformers (tokenizer.json only, as after
+    fine-tuning with transformers' port): `--to original` restores the `InternLM2Tokenizer` class, which the original
+    code can only build from tokenizer.model, so it says so; this package still reads the result."""
+    from transformers import AutoTokenizer
+    from transformers.testing_utils import CaptureLogger
+
+    from transformers_internvl.conversion import layouts
+
+    hf, _ = converted["internlm2-ds1-single"]
+    resaved = tmp_path / "resaved"
+    shutil.copytree(hf, resaved)
+    (resaved / "tokenizer.model").unlink()
+    with CaptureLogger(layouts.logger) as captured:
+        back = convert_checkpoint(resaved, tmp_path / "back", to="original", progress=False).path
+    assert "has no tokenizer.model" in captured.out
+    text = "<|im_start|>user\n<img><IMG_CONTEXT></img>\n<video> 中文<|im_end|>"
+    assert (
+        AutoTokenizer.from_pretrained(back)(text)["input_ids"]
+        == _tokenizer(HELDOUT_S7 / "internlm2-ds1-single")(text)["input_ids"]
+    )
+    with CaptureLogger(layouts.logger) as captured:
+        convert_checkpoint(hf, tmp_path / "back2", to="original", progress=False)
+    assert "has no tokenizer.model" not in captured.out
+
+
 def test_broken_tokenizer_file_is_named(tmp_path, capsys):
     """A tokenizer.json that is not JSON: the error names the folder (it gave only the JSON parser's message)."""
     source = tmp_path / "src"

@@ -483,6 +483,10 @@ def copy_tokenizer_to_original(source: Path, folder: Path, record: dict[str, Any
         tokenizer_config.pop("chat_template", None)
         if record.get("tokenizer_class"):
             tokenizer_config["tokenizer_class"] = record["tokenizer_class"]
+        if record.get("tokenizer_class") == "InternLM2Tokenizer" and not (source / "tokenizer.model").is_file():
+            logger.warning(f"{source} has no tokenizer.model (a tokenizer re-saved by transformers keeps only "
+                           "tokenizer.json): the original code's InternLM2Tokenizer cannot read the tokenizer of the "
+                           "original-layout folder; this package reads its tokenizer.json")  # fmt: skip
         if record.get("tokenizer_auto_map"):
             tokenizer_config["auto_map"] = record["tokenizer_auto_map"]
         write_json(config_path, tokenizer_config)
