@@ -338,3 +338,47 @@ def test_bf16_original_lora_run_merges_as_the_original_merge_script(tmp_path):
         assert torch.equal(back[plain], by_hand.to(torch.bfloat16)), plain
     with pytest.raises(ConversionError, match="already in the 'original' layout"):
         convert_checkpoint(source, tmp_path / "again", to="original", progress=False)
+
+
+# ---- every family, bfloat16, sharded in and out: the files come back byte for byte ----------------------------------
+
+
+def test_every_family_round_trips_byte_for_byte_in_bf16_through_sharded_folders(tmp_path):
+    """Every LLM family of `fixtures/llm_families` (Phi-3, Llama, Qwen3 tied and untied, Qwen3-MoE, GPT-OSS, InternLM2
+    holding InternLM3) stored in bfloat16 over three shards with an index: `--to hf` and `--to original` with 50 kB
+    output shards keep bfloat16 in every tensor and in config.json, write an index whose `total_size` is the bytes
+    written, and give back the source's tensor names, shapes and bytes."""
+    from test_llm_families import FAMILIES, IMAGE_TOKEN_ID, original_folder
+
+    for family in sorted(FAMILIES):
+        work = tmp_path / family
+        work.mkdir()
+        folder, _ = original_folder(family, work)
+        with safe_open(folder / "model.safetensors", "pt") as reader:
+            source = {key: reader.get_tensor(key).to(torch.bfloat16) for key in reader.keys()}
+        (folder / "model.safetensors").unlink()
+        keys, weight_map = sorted(source), {}
+        for index in range(3):
+            name = f"model-{index + 1:05d}-of-00003.safetensors"
+            part = {key: source[key] for key in keys[index::3]}
+            save_file(part, folder / name, metadata={"format": "pt"})
+            weight_map |= dict.fromkeys(part, name)
+        (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+        hf = convert_checkpoint(
+            folder, work / "hf", to="hf", image_token_id=IMAGE_TOKEN_ID, max_shard_size="50kB", progress=False
+        )
+        back = convert_checkpoint(hf.path, work / "back", to="original", max_shard_size="50kB", progress=False)
+        for result in (hf, back):
+            assert len(result.shards) > 1, family
+            index = json.loads((result.path / "model.safetensors.index.json").read_text())
+            assert index["metadata"]["total_size"] == result.total_bytes == sum(t.nbytes for t in source.values())
+            assert json.loads((result.path / "config.json").read_text())["dtype"] == "bfloat16", family
+        tensors = {}
+        for shard in back.shards:
+            with safe_open(back.path / shard, "pt") as reader:
+                assert reader.metadata() == {"format": "pt"}
+                tensors |= {key: reader.get_tensor(key) for key in reader.keys()}
+        assert set(tensors) == set(source), family
+        for key, tensor in source.items():
+            assert tensors[key].dtype == torch.bfloat16 and tensors[key].shape == tensor.shape, (family, key)
+            assert torch.equal(tensors[key].view(torch.int16), tensor.view(torch.int16)), (family, key)
