@@ -382,3 +382,37 @@ def test_every_family_round_trips_byte_for_byte_in_bf16_through_sharded_folders(
         for key, tensor in source.items():
             assert tensors[key].dtype == torch.bfloat16 and tensors[key].shape == tensor.shape, (family, key)
             assert torch.equal(tensors[key].view(torch.int16), tensor.view(torch.int16)), (family, key)
+
+
+# ---- InternViT-6B style tower with other downsample ratios -----------------------------------------------------------
+
+
+def test_vit6b_tower_with_downsample_quarter_converts_exactly(tmp_path):
+    """`fixtures/heldout_s7/llama-vit6b-224` (RMSNorm, QK-norm, no qkv bias, 4 layers, drop-path 0.2 in eval) at its
+    tower's own 448 px: transformers' port on the converted folder gives this package's logits on the original one,
+    bit for bit (both eager), with downsample 0.25 (64 tokens per tile) and `select_layer` -4. (Downsample 1.0 is
+    checked against the original's own numbers above, on `internlm2-ds1-single`.)"""
+    downsample_ratio, select_layer = 0.25, -4
+    source = tmp_path / "src"
+    shutil.copytree(HELDOUT_S7 / "llama-vit6b-224", source, ignore=shutil.ignore_patterns("io.safetensors"))
+    config = json.loads((source / "config.json").read_text())
+    config |= {"force_image_size": 448, "downsample_ratio": downsample_ratio, "select_layer": select_layer}
+    (source / "config.json").write_text(json.dumps(config))
+    tensors = load_file(source / "model.safetensors")
+    width = int(config["vision_config"]["hidden_size"] / downsample_ratio**2)
+    generator = torch.Generator().manual_seed(0)
+    tensors["mlp1.0.weight"] = torch.rand(width, generator=generator) + 0.5
+    tensors["mlp1.0.bias"] = torch.randn(width, generator=generator) * 0.1
+    tensors["mlp1.1.weight"] = torch.randn(tensors["mlp1.1.weight"].shape[0], width, generator=generator) * 0.05
+    save_file(tensors, source / "model.safetensors", metadata={"format": "pt"})
+
+    hf = convert_checkpoint(source, tmp_path / "hf", to="hf", progress=False).path
+    port = transformers.InternVLForConditionalGeneration.from_pretrained(hf, attn_implementation="eager").eval()
+    ours = transformers.AutoModelForImageTextToText.from_pretrained(source, attn_implementation="eager").eval()
+    tokens = int((448 // 14) ** 2 * downsample_ratio**2)
+    assert port.config.image_seq_length == ours.config.num_image_token == tokens
+    ids = torch.tensor([[1, 2, 3] + [port.config.image_token_id] * tokens + [4, 5]])
+    pixel_values = torch.randn(1, 3, 448, 448, generator=generator)
+    with torch.no_grad():
+        expected = ours(input_ids=ids, pixel_values=pixel_values).logits
+        assert torch.equal(port(input_ids=ids, pixel_values=pixel_values).logits, expected)
