@@ -416,3 +416,40 @@ def test_vit6b_tower_with_downsample_quarter_converts_exactly(tmp_path):
     with torch.no_grad():
         expected = ours(input_ids=ids, pixel_values=pixel_values).logits
         assert torch.equal(port(input_ids=ids, pixel_values=pixel_values).logits, expected)
+
+
+# ---- unmerged LoRA runs written by the ORIGINAL code: the original's merge script ---------------------------------
+
+
+S8_FIXTURES = Path(__file__).parent / "fixtures" / "conversion_heldout_s8"
+ORIGINAL_LORA_SOURCES = {
+    "phi3-su": Path(__file__).parent / "fixtures" / "heldout_s6" / "phi3-su",
+    "internlm2-ds1-single": HELDOUT_S7 / "internlm2-ds1-single",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ORIGINAL_LORA_SOURCES))
+def test_original_lora_run_converts_to_what_the_original_merge_script_writes(name, tmp_path):
+    """`fixtures/conversion_heldout_s8/<case>-lora`: a bfloat16 unmerged run saved by the ORIGINAL code
+    (`wrap_backbone_lora` r=2 and `wrap_llm_lora` r=4: Phi-3's fused `qkv_proj` / `gate_up_proj`, InternLM2's `wqkv` /
+    `w1..w3`); `<case>-merged.json`: the sha256 of every tensor the original's `tools/merge_lora.py` steps wrote
+    (see `make_original_lora.py`). `--to hf` then `--to original` gives those tensors bit for bit, and the config
+    says `use_backbone_lora` / `use_llm_lora` 0 as the script leaves it."""
+    import hashlib
+
+    source = tmp_path / "lora"
+    shutil.copytree(S8_FIXTURES / f"{name}-lora", source)
+    for file in ORIGINAL_LORA_SOURCES[name].iterdir():
+        if file.name.startswith("tokenizer") or file.name in ("special_tokens_map.json", "added_tokens.json"):
+            shutil.copy(file, source / file.name)
+    hf = convert_checkpoint(source, tmp_path / "hf", to="hf", progress=False).path
+    back = convert_checkpoint(hf, tmp_path / "back", to="original", progress=False).path
+    expected = json.loads((S8_FIXTURES / f"{name}-merged.json").read_text())
+    tensors = load_file(back / "model.safetensors")
+    assert sorted(tensors) == sorted(expected)
+    for key, (dtype, shape, digest) in expected.items():
+        tensor = tensors[key]
+        assert (str(tensor.dtype).removeprefix("torch."), list(tensor.shape)) == (dtype, shape), key
+        assert hashlib.sha256(tensor.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest() == digest, key
+    config = json.loads((back / "config.json").read_text())
+    assert (config.get("use_backbone_lora", 0), config.get("use_llm_lora", 0)) == (0, 0)
