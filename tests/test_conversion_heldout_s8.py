@@ -3,12 +3,19 @@
 - `-hf` -> original of checkpoints with a tokenizer: the original-layout tokenizer must be the source's (the `<video>`
   token that `--to hf` adds for transformers' processor is removed again; the `-hf` list form of
   `extra_special_tokens` goes back to `additional_special_tokens`, the form the original's transformers 4.x reads);
-- `--merge-lora` of an adapter on the `lm_head` of transformers' port (`-hf` source);
-- a broken tokenizer file is reported naming the folder;
+  an InternLM2 `-hf` tokenizer re-saved without tokenizer.model is warned about;
+- `--merge-lora` of an adapter on the `lm_head` of transformers' port (`-hf` source), and on an `-hf` source saved
+  with the module-tree names;
+- a broken tokenizer file and an unwritable destination folder are reported in one line naming them;
 - transformers' own port in bfloat16 (eager) on converted weights gives the ORIGINAL implementation's recorded
   bfloat16 logits bit for bit (`fixtures/heldout_s7`), and float32 ones within 1e-5;
-- an unmerged original LoRA run in bfloat16 merges to what the original's `tools/merge_lora.py` writes (PEFT's
-  `merge_and_unload` on the model loaded in bfloat16), bit for bit.
+- unmerged original LoRA runs in bfloat16 merge to what the original's `tools/merge_lora.py` writes, bit for bit
+  (runs saved by the original code: `fixtures/conversion_heldout_s8`; and runs built here with PEFT);
+- every LLM family in bfloat16 through sharded input and output round-trips byte for byte;
+- an InternViT-6B-style tower with downsample 0.25 converts exactly.
+
+`fixtures/conversion_heldout_s8/check_round_trip_with_original.py` runs the round-trip results through the original
+code itself (tokenizers and logits; see its README).
 """
 
 from __future__ import annotations
