@@ -108,6 +108,33 @@ def test_round_trip_tokenizer_config_keeps_the_original_special_token_list(conve
         assert "<video>" not in {token["content"] for token in json.load(reader)["added_tokens"]}
 
 
+@pytest.mark.parametrize("name", CASES)
+def test_round_trip_folder_serves_the_processor_and_generation_config(converted, name):
+    """The original-layout result loads with `AutoProcessor` (this package's processor, the original template's
+    prompt for one image) and `GenerationConfig`; the `-hf` folder's generation config stops at the chat stop token
+    (`<|im_end|>`: what the original `chat()` passes as `eos_token_id` for both templates)."""
+    from transformers import AutoProcessor, GenerationConfig
+
+    hf, back = converted[name]
+    processor = AutoProcessor.from_pretrained(back)
+    assert type(processor).__module__.startswith("transformers_internvl")
+    meta = json.loads((HELDOUT_S7 / name / "outputs.json").read_text())
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    # The original templates (conversation.py): internvl2_5 separates turns with "<|im_end|>\n", internlm2-chat
+    # with "<|im_end|>" alone.
+    separator = {"internvl2_5": "<|im_end|>\n", "internlm2-chat": "<|im_end|>"}[meta["case"]["template"]]
+    assert prompt.endswith(f"<|im_start|>user\n<image>\nHi{separator}<|im_start|>assistant\n"), prompt
+    stop = _tokenizer(HELDOUT_S7 / name).convert_tokens_to_ids("<|im_end|>")
+    for folder in (hf, back):
+        eos = GenerationConfig.from_pretrained(folder).eos_token_id
+        assert stop in (eos if isinstance(eos, list) else [eos]), (folder, eos)
+    assert meta["num_image_token"] == json.loads((hf / "processor_config.json").read_text())["image_seq_length"]
+
+
 def test_hf_folder_not_made_here_keeps_its_video_token(converted, tmp_path):
     """A `-hf` folder without the conversion record (made by another tool, or a hub `-hf` repository) keeps its
     tokenizer's `<video>`: only a token that `--to hf` added itself is removed."""
