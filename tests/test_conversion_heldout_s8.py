@@ -285,6 +285,37 @@ def test_merge_lora_on_an_hf_source_saved_with_module_tree_names(converted, tmp_
     assert not torch.equal(after["language_model.output.weight"], source["language_model.output.weight"])
 
 
+def test_hf_model_made_by_transformers_with_its_default_image_seq_length_converts(tmp_path):
+    """A model built and saved with transformers' own classes for 56 px tiles keeps `InternVLConfig`'s default
+    `image_seq_length` 256 (transformers' model never reads it; the tower gives 4 tokens per tile). `--to original`
+    refused it ("does not match the vision tower"); it converts, and this package on the result gives transformers'
+    logits bit for bit."""
+    from transformers import AutoConfig, InternVLConfig
+
+    text = AutoConfig.for_model(
+        "qwen2", vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64, tie_word_embeddings=False,
+    )  # fmt: skip
+    vision = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+              "image_size": [56, 56], "patch_size": [14, 14]}  # fmt: skip
+    config = InternVLConfig(vision_config=vision, text_config=text, image_token_id=299)
+    assert config.image_seq_length == 256
+    torch.manual_seed(0)
+    model = transformers.InternVLForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    model.save_pretrained(tmp_path / "hf")
+    back = convert_checkpoint(tmp_path / "hf", tmp_path / "back", to="original", progress=False).path
+    ours = transformers.AutoModelForImageTextToText.from_pretrained(back).eval()
+    assert ours.config.num_image_token == 4
+    ids = torch.tensor([[1, 2, 3] + [299] * 4 + [4, 5, 6]])
+    pixel_values = torch.randn(1, 3, 56, 56)
+    with torch.no_grad():
+        expected = model(input_ids=ids, pixel_values=pixel_values).logits
+        assert torch.equal(ours(input_ids=ids, pixel_values=pixel_values).logits, expected)
+
+
 # ---- transformers' port against the original's recorded numbers ------------------------------------------------------
 
 

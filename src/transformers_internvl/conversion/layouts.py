@@ -404,7 +404,10 @@ def original_config_for(hf: dict[str, Any], dtype: torch.dtype | None) -> Any:
     side = vision["image_size"] // vision["patch_size"]
     downsample = hf.get("downsample_ratio", 0.5)
     if hf.get("image_seq_length") not in (None, int(side * side * downsample**2)):
-        raise ConversionError(f"image_seq_length {hf['image_seq_length']} does not match the vision tower")
+        # transformers' model never reads it (InternVLConfig defaults it to 256 whatever the tower); the original
+        # layout has no such field, its token count follows from the tower.
+        logger.warning(f"config.json says image_seq_length {hf['image_seq_length']}; the vision tower gives "
+                       f"{int(side * side * downsample**2)} tokens per tile, which the original layout uses")  # fmt: skip
     fields = {
         "template": "internvl2_5",
         "force_image_size": vision["image_size"],
