@@ -113,7 +113,12 @@ def atomic_output_folder(dst: Path, force: bool) -> Iterator[Path]:
         raise ConversionError(f"destination {dst} already exists (pass --force / force=True to replace it)")
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_folder_beside(dst)
-    tmp.mkdir()
+    try:
+        tmp.mkdir()
+    except OSError as error:  # a read-only folder or file system: say which folder, before any work is done
+        raise ConversionError(
+            f"cannot write the destination {dst}: creating a folder in {dst.parent} failed ({error.strerror or error})"
+        ) from None
     try:
         yield tmp
         if dst.exists():

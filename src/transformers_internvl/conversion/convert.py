@@ -184,6 +184,8 @@ def convert_checkpoint(
             if name in normalized:
                 raise ConversionError(f"tensors {normalized[name]!r} and {key!r} name the same parameter")
             normalized[name] = key
+        if adjust:  # the adapter names the saved -hf names; the files may use the module-tree ones
+            adjust = {normalized.get(name, name): merge for name, merge in adjust.items()}
         steps = hf_to_original_plan(normalized, prepared.internlm2_heads)
     prepared.check_tensors({step.name for step in steps})
 

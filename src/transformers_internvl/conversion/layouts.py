@@ -38,6 +38,7 @@ from .hf_layout import (
     vision_config_to_hf,
 )
 from .image_token_id import source_image_token_id
+from .tokenizer_io import ADDED_TOKENS_RECORD, load_source_tokenizers, restore_original_tokenizer_files
 
 logger = logging.get_logger(__name__)
 
@@ -219,17 +220,25 @@ def prepare_to_hf(
     if hf_config.tie_word_embeddings:
         shapes.pop("language_model.lm_head.weight", None)
     expected = set(shapes)
+    # Loaded (and checked) before any tensor is written: a broken tokenizer file fails at once.
+    has_tokenizer = any((source / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "vocab.json"))
+    tokenizers = load_source_tokenizers(source) if has_tokenizer else None
+    if tokenizers and tokenizers[2]:
+        getattr(hf_config, ORIGINAL_RECORD_KEY)[ADDED_TOKENS_RECORD] = tokenizers[2]  # removed by --to original
 
     def write(folder: Path) -> None:
         hf_config.save_pretrained(folder)
-        write_hf_side_files(source, folder, original, config, hf_config)
+        write_hf_side_files(source, folder, original, config, hf_config, tokenizers)
 
     return Prepared(_heads(original.text_config) if internlm2 else None, expected, write, shapes)
 
 
-def write_hf_side_files(source: Path, folder: Path, original: Any, original_dict: dict, hf_config: Any) -> None:
-    """Tokenizer (fast, checked id-for-id against the source tokenizer), image / video processor, processor config,
-    chat template and generation config of the `-hf` layout."""
+def write_hf_side_files(
+    source: Path, folder: Path, original: Any, original_dict: dict, hf_config: Any, tokenizers: tuple | None = None
+) -> None:
+    """Tokenizer (fast, checked id-for-id against the source tokenizer; `tokenizers`: what
+    `tokenizer_io.load_source_tokenizers` gave, loaded here when not given), image / video processor, processor
+    config, chat template and generation config of the `-hf` layout."""
     template = original_dict.get("template") or "internvl2_5"
     chat_template = get_jinja_chat_template(
         template,
@@ -239,7 +248,13 @@ def write_hf_side_files(source: Path, folder: Path, original: Any, original_dict
     )
     has_tokenizer = any((source / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "vocab.json"))
     if has_tokenizer:
-        write_hf_tokenizer(source, folder, chat_template, hf_config.text_config.vocab_size)
+        write_hf_tokenizer(
+            source,
+            folder,
+            chat_template,
+            hf_config.text_config.vocab_size,
+            tokenizers or load_source_tokenizers(source),
+        )
     write_image_processor(folder, original, original_dict)
     if has_tokenizer:
         write_json(folder / "processor_config.json", {
@@ -289,24 +304,17 @@ def write_image_processor(folder: Path, original: Any, original_dict: dict[str, 
     })  # fmt: skip
 
 
-def write_hf_tokenizer(source: Path, folder: Path, chat_template: str, vocab_size: int) -> Any:
+def write_hf_tokenizer(source: Path, folder: Path, chat_template: str, vocab_size: int, tokenizers: tuple) -> Any:
     """Save the source tokenizer as a fast `tokenizer.json` readable by plain transformers, with the InternVL image
     tokens named in `extra_special_tokens`; check its ids against the source tokenizer's (for InternLM2 the
-    sentencepiece `InternLM2Tokenizer`, which reproduces the original slow tokenizer)."""
+    sentencepiece `InternLM2Tokenizer`, which reproduces the original slow tokenizer). `tokenizers`: the source's,
+    from `tokenizer_io.load_source_tokenizers`."""
     from transformers import AutoTokenizer
 
-    from ..processing.tokenization_internlm2 import InternLM2Tokenizer
     from ..processing.tokenization_internlm2_fast import InternLM2TokenizerFast
 
-    extra = {
-        "start_image_token": IMAGE_START_TOKEN,
-        "end_image_token": IMAGE_END_TOKEN,
-        "context_image_token": IMAGE_CONTEXT_TOKEN,
-        "video_token": VIDEO_PLACEHOLDER,
-    }
-    tokenizer = AutoTokenizer.from_pretrained(source, extra_special_tokens=extra)
+    tokenizer, reference, _ = tokenizers
     internlm2 = isinstance(tokenizer, InternLM2TokenizerFast)
-    reference = InternLM2Tokenizer.from_pretrained(source) if internlm2 else AutoTokenizer.from_pretrained(source)
     for token in (IMAGE_START_TOKEN, IMAGE_END_TOKEN, IMAGE_CONTEXT_TOKEN):
         if tokenizer.convert_tokens_to_ids(token) in (None, tokenizer.unk_token_id):
             raise ConversionError(f"the tokenizer of {source} has no {token} token")
@@ -396,7 +404,10 @@ def original_config_for(hf: dict[str, Any], dtype: torch.dtype | None) -> Any:
     side = vision["image_size"] // vision["patch_size"]
     downsample = hf.get("downsample_ratio", 0.5)
     if hf.get("image_seq_length") not in (None, int(side * side * downsample**2)):
-        raise ConversionError(f"image_seq_length {hf['image_seq_length']} does not match the vision tower")
+        # transformers' model never reads it (InternVLConfig defaults it to 256 whatever the tower); the original
+        # layout has no such field, its token count follows from the tower.
+        logger.warning(f"config.json says image_seq_length {hf['image_seq_length']}; the vision tower gives "
+                       f"{int(side * side * downsample**2)} tokens per tile, which the original layout uses")  # fmt: skip
     fields = {
         "template": "internvl2_5",
         "force_image_size": vision["image_size"],
@@ -475,9 +486,14 @@ def copy_tokenizer_to_original(source: Path, folder: Path, record: dict[str, Any
         tokenizer_config.pop("chat_template", None)
         if record.get("tokenizer_class"):
             tokenizer_config["tokenizer_class"] = record["tokenizer_class"]
+        if record.get("tokenizer_class") == "InternLM2Tokenizer" and not (source / "tokenizer.model").is_file():
+            logger.warning(f"{source} has no tokenizer.model (a tokenizer re-saved by transformers keeps only "
+                           "tokenizer.json): the original code's InternLM2Tokenizer cannot read the tokenizer of the "
+                           "original-layout folder; this package reads its tokenizer.json")  # fmt: skip
         if record.get("tokenizer_auto_map"):
             tokenizer_config["auto_map"] = record["tokenizer_auto_map"]
         write_json(config_path, tokenizer_config)
+    restore_original_tokenizer_files(folder, list(record.get(ADDED_TOKENS_RECORD) or []))
 
 
 __all__ = ["Prepared", "hf_config_for", "original_config_for", "prepare_to_hf", "prepare_to_original"]

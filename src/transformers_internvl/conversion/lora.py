@@ -34,7 +34,8 @@ _ORIGINAL_PREFIXES = (
 
 def _checkpoint_name(module: str, layout: str, lm_head: str) -> str:
     if layout == "hf":
-        return normalize_hf_key(module) + ".weight"
+        # The name with `.weight` is normalized: the prefix table maps `lm_head.` (a bare `lm_head` matched nothing).
+        return normalize_hf_key(module + ".weight")
     if module in ("lm_head", f"language_model.{lm_head}"):
         return f"language_model.{lm_head}.weight"
     for module_prefix, saved_prefix in _ORIGINAL_PREFIXES:
