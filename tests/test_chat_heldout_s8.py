@@ -70,7 +70,8 @@ def _run(name: str, case: dict) -> dict:
 
     def recording_generate(*args, **kwargs):  # new tokens only, as the original's generate returns them
         output = generate(model, *args, **kwargs)
-        captured.append(output[:, kwargs["input_ids"].shape[1] :].tolist())
+        prompt = kwargs["input_ids"] if "input_ids" in kwargs else args[1]  # args: the original's positional order
+        captured.append(output[:, prompt.shape[1] :].tolist())
         return output
 
     model.generate = recording_generate
@@ -160,3 +161,21 @@ def test_generated_only_settings_leave_the_callers_objects_alone():
     forced = changed["logits_processor"][2]
     assert forced(torch.zeros(1, 5, dtype=torch.long), torch.zeros(1, 8))[0].isinf().sum() == 0
     assert forced(torch.zeros(1, 6, dtype=torch.long), torch.zeros(1, 8))[0].isinf().sum() == 7
+
+
+def test_original_positional_generate_arguments():
+    """`generate(pixel_values, input_ids, attention_mask, ...)` in the original's order; transformers' own order (ids
+    first) is left alone; too many or doubled arguments are a TypeError naming them."""
+    from transformers_internvl.modeling.original_api import original_generate_arguments
+
+    pixels, ids, mask = torch.zeros(1, 3, 4, 4), torch.ones(1, 3, dtype=torch.long), torch.ones(1, 3)
+    assert original_generate_arguments((pixels, ids, mask), {"max_new_tokens": 2}) == (
+        (),
+        {"max_new_tokens": 2, "pixel_values": pixels, "input_ids": ids, "attention_mask": mask},
+    )
+    assert original_generate_arguments((None, ids), {}) == ((), {"pixel_values": None, "input_ids": ids})
+    assert original_generate_arguments((ids,), {"pixel_values": pixels}) == ((ids,), {"pixel_values": pixels})
+    with pytest.raises(TypeError, match="at most 6"):
+        original_generate_arguments((pixels, ids, mask, None, None, None, None), {})
+    with pytest.raises(TypeError, match="'input_ids'"):
+        original_generate_arguments((pixels, ids), {"input_ids": ids})
