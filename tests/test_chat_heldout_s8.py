@@ -27,7 +27,7 @@ sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent / "fixtures" 
 from chat_cases_s8 import CHECKPOINTS, FIXTURES, FULL, cases, load_expected, run_case, tile_size  # noqa: E402
 
 EXPECTED = load_expected()
-RESULT_KEYS = ("answer", "answers", "history", "generated", "error")
+RESULT_KEYS = ("answer", "answers", "history", "generated", "error", "streamed")
 
 # Cases where this package deliberately differs from the original run under transformers 4.47.1; each is checked
 # against what it does instead (the original's own numbers where there are any).

@@ -7,7 +7,8 @@ system message, the question, earlier answers of the history), `no_repeat_ngram_
 the prompt, a multi-token `bad_words_ids` / `sequence_bias` entry never matches across the end of the prompt,
 `forced_bos_token_id` forces the second generated token (the first step where the sequence has length 1),
 `encoder_repetition_penalty` / `encoder_no_repeat_ngram_size` are ignored (no `input_ids`; transformers warns), and
-the caller's own `logits_processor`, `stopping_criteria` and `prefix_allowed_tokens_fn` are given the generated tokens.
+the caller's own `logits_processor`, `stopping_criteria` and `prefix_allowed_tokens_fn` are given the generated tokens,
+and a `streamer` receives an empty prompt (with `skip_prompt=False` it streams the answer only, not the prompt).
 Here `generate` runs on `input_ids`; without this module these settings also act on the prompt and change answers.
 Length settings (`min_length`, `max_length`, `min_new_tokens`, `exponential_decay_length_penalty`,
 `begin_suppress_tokens`, `forced_eos_token_id`) are relative to the prompt in both and need nothing.
@@ -27,6 +28,7 @@ from transformers.generation.logits_process import (
     RepetitionPenaltyLogitsProcessor,
     SequenceBiasLogitsProcessor,
 )
+from transformers.generation.streamers import BaseStreamer
 
 
 class GeneratedRepetitionPenaltyLogitsProcessor(RepetitionPenaltyLogitsProcessor):
@@ -78,6 +80,24 @@ class _GeneratedTokensPrefixFunction:
         return self.function(batch_id, tokens[self.prompt_length :])
 
 
+class GeneratedTokensStreamer(BaseStreamer):
+    """Forwards to `streamer`, with the prompt (`generate`'s first `put`) replaced by an empty `(batch, 0)` tensor, as
+    the original's `generate` from embeddings puts it."""
+
+    def __init__(self, streamer: BaseStreamer):
+        self.streamer = streamer
+        self.prompt_done = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_done:
+            self.prompt_done = True
+            value = value[..., :0]
+        self.streamer.put(value)
+
+    def end(self) -> None:
+        self.streamer.end()
+
+
 def _generated_only(processor: LogitsProcessor, prompt_length: int) -> GeneratedTokensLogitsProcessor:
     return GeneratedTokensLogitsProcessor(processor, prompt_length)
 
@@ -126,6 +146,8 @@ def generated_only_penalties(
         changes["stopping_criteria"] = StoppingCriteriaList(
             GeneratedTokensStoppingCriteria(criteria, prompt_length) for criteria in kwargs["stopping_criteria"]
         )
+    if kwargs.get("streamer") is not None:
+        changes["streamer"] = GeneratedTokensStreamer(kwargs["streamer"])
     if kwargs.get("prefix_allowed_tokens_fn") is not None:
         changes["prefix_allowed_tokens_fn"] = _GeneratedTokensPrefixFunction(
             kwargs["prefix_allowed_tokens_fn"], prompt_length
@@ -137,6 +159,7 @@ __all__ = [
     "GeneratedNoRepeatNGramLogitsProcessor",
     "GeneratedTokensLogitsProcessor",
     "GeneratedTokensStoppingCriteria",
+    "GeneratedTokensStreamer",
     "GeneratedRepetitionPenaltyLogitsProcessor",
     "generated_only_penalties",
 ]
