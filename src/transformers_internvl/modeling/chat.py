@@ -197,7 +197,8 @@ class InternVLChatMixin:
         attention_mask = model_inputs["attention_mask"].to(self.device)
         if pixel_values is not None:
             pixel_values = pixel_values.to(self.device, self.dtype)
-        # The original generates from embeddings: penalties see the generated tokens only (`chat_processors`).
+        # The original generates from embeddings: penalties, bans, the caller's processors / criteria and a streamer
+        # see the generated tokens only (`chat_processors`).
         config = effective_generation_config(self, kwargs)
         kwargs = generated_only_penalties(kwargs, input_ids.shape[1], config)
         output_ids = generate_turn(self, input_ids, attention_mask, pixel_values, kwargs, reuse_cache)

@@ -38,6 +38,7 @@ from .input_checks import (
 from .llm_resolution import language_model_head
 from .model_outputs import InternVLCausalLMOutputWithPast, InternVLModelOutputWithPast
 from .modeling_intern_vit import InternVisionModel
+from .original_api import original_generate_arguments
 from .visual_features import visual_features_to_encoder_outputs
 
 logger = logging.get_logger(__name__)
@@ -388,13 +389,16 @@ class InternVLChatForConditionalGeneration(InternVLChatMixin, InternVLChatPreTra
 
     def generate(self, *args, **kwargs):
         """`GenerationMixin.generate`; `pixel_values=None` or zero tiles is the same as not passing them. The original's
-        `visual_features=` (`(num_tiles, num_image_token, hidden)`, used instead of the tower's) is accepted.
+        `visual_features=` (`(num_tiles, num_image_token, hidden)`, used instead of the tower's) is accepted, and so
+        are the original's positional arguments (`generate(pixel_values, input_ids, attention_mask, ...)`,
+        `original_api.original_generate_arguments`); the output holds the prompt and the new tokens, as transformers'.
 
         Raises:
             ValueError / TypeError (`input_checks`): `num_tiles` does not sum to the tiles of `pixel_values`, the
                 prompt holds `<IMG_CONTEXT>` tokens without tiles for them, `pixel_values` is not a floating tensor
                 of tiles, or `visual_features` has the wrong hidden size.
         """
+        args, kwargs = original_generate_arguments(args, kwargs)
         visual_features_to_encoder_outputs(kwargs, self.config.num_image_token, self.config.text_config.hidden_size)
         if "num_patches" in kwargs:  # GotOcr2's name, as `forward` takes it
             kwargs["num_tiles"] = merge_tile_count_aliases(

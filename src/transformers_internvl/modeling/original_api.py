@@ -273,3 +273,51 @@ __all__ = [
     "resolve_attention_options",
     "translate_device_map",
 ]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# generate(pixel_values, input_ids, attention_mask, ...) called positionally
+# ---------------------------------------------------------------------------------------------------------------------
+
+ORIGINAL_GENERATE_PARAMETERS = (
+    "pixel_values",
+    "input_ids",
+    "attention_mask",
+    "visual_features",
+    "generation_config",
+    "output_hidden_states",
+)
+"""The positional parameters of the original `InternVLChatModel.generate`
+(internvl_chat/internvl/model/internvl_chat/modeling_internvl_chat.py), in order."""
+
+
+def original_generate_arguments(args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+    """`generate(*args, **kwargs)` with positional arguments in the original's order moved into `kwargs`.
+
+    transformers' `generate` takes the prompt ids first (`inputs`); the original took `pixel_values` first, then
+    `input_ids`, `attention_mask`, `visual_features`, `generation_config`, `output_hidden_states`. A first positional
+    argument that is a floating-point tensor (tiles; prompt ids are integers), or `None` followed by a tensor, is read
+    in the original's order; anything else is left to transformers.
+
+    Raises:
+        TypeError: more positional arguments than the original takes, or one also given by keyword.
+    """
+    if not args:
+        return args, kwargs
+    first = args[0]
+    original_order = (isinstance(first, torch.Tensor) and first.is_floating_point()) or (
+        first is None and len(args) > 1 and isinstance(args[1], torch.Tensor)
+    )
+    if not original_order:
+        return args, kwargs
+    if len(args) > len(ORIGINAL_GENERATE_PARAMETERS):
+        raise TypeError(
+            f"generate() got {len(args)} positional arguments; in the original's order it takes at most "
+            f"{len(ORIGINAL_GENERATE_PARAMETERS)} ({', '.join(ORIGINAL_GENERATE_PARAMETERS)})."
+        )
+    kwargs = dict(kwargs)
+    for name, value in zip(ORIGINAL_GENERATE_PARAMETERS, args):
+        if name in kwargs:
+            raise TypeError(f"generate() got multiple values for argument {name!r} (positionally and by keyword).")
+        kwargs[name] = value
+    return (), kwargs
