@@ -497,23 +497,36 @@ def test_killed_run_leaves_no_destination(workdir, sources):
         "sys.exit(main(['convert', sys.argv[1], sys.argv[2], '--to', 'hf', '--quiet']))\n"
     )
     environment = {**os.environ, "PYTHONPATH": f"{SRC_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    for signal_number, name in ((signal.SIGTERM, "terminated"), (signal.SIGKILL, "killed")):
-        dst = workdir / name
-        process = subprocess.Popen(
+    # Both runs start together (two fresh interpreters side by side, for wall time); each is signalled mid-run.
+    runs = [
+        (signal_number, workdir / name)
+        for signal_number, name in ((signal.SIGTERM, "terminated"), (signal.SIGKILL, "killed"))
+    ]
+    processes = [
+        subprocess.Popen(
             [sys.executable, "-c", script, str(sources["qwen2"]), str(dst)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             env=environment,
         )
-        assert process.stdout.readline().strip() == "writing"
-        time.sleep(0.3)
-        process.send_signal(signal_number)
-        process.wait(timeout=60)
-        assert process.returncode != 0
-        assert not dst.exists()
-        if signal_number == signal.SIGTERM:
-            _no_leftovers(dst)
+        for _, dst in runs
+    ]
+    try:
+        for (signal_number, dst), process in zip(runs, processes):
+            assert process.stdout.readline().strip() == "writing"
+            time.sleep(0.3)
+            process.send_signal(signal_number)
+            process.wait(timeout=60)
+            assert process.returncode != 0
+            assert not dst.exists()
+            if signal_number == signal.SIGTERM:
+                _no_leftovers(dst)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 # ---- --merge-lora (PEFT adapter folders) ----------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 from helpers import original_model_dir
 
@@ -40,11 +41,18 @@ def test_module_converts_without_importing_cli(tmp_path):
 
 
 def test_module_errors_and_usage_exit_codes(tmp_path):
-    code, cli_modules, output = _run(str(tmp_path / "missing"), str(tmp_path / "out"), "--to", "hf")
+    runs = (
+        (str(tmp_path / "missing"), str(tmp_path / "out"), "--to", "hf"),
+        (str(tmp_path / "missing"), str(tmp_path / "out")),  # --to is required
+        ("--help",),
+    )
+    with ThreadPoolExecutor(len(runs)) as pool:  # three fresh interpreters side by side (wall time)
+        missing, no_to, usage = pool.map(lambda arguments: _run(*arguments), runs)
+    code, cli_modules, output = missing
     assert (code, cli_modules) == (1, [])
     assert "transformers-internvl: error: source folder" in output and "does not exist" in output
     assert "Traceback" not in output
-    code, _, output = _run(str(tmp_path / "missing"), str(tmp_path / "out"))  # --to is required
+    code, _, output = no_to
     assert code == 2 and "the following arguments are required: --to" in output
-    code, _, output = _run("--help")
+    code, _, output = usage
     assert code == 0 and "--to {hf,original}" in output and "--merge-lora" in output

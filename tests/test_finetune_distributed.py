@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -63,9 +64,12 @@ def _run(command: list[str], output_dir: Path, batch_size: int) -> tuple[list[tu
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
 def test_two_gloo_ddp_processes_equal_one_process(tmp_path):
-    one_steps, one_adapter = _run([sys.executable], tmp_path / "one", batch_size=4)
     torchrun = ["torchrun", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
-    two_steps, two_adapter = _run(torchrun, tmp_path / "two", batch_size=2)
+    # The two runs are independent (own output folder, one thread per process): run side by side to save wall time.
+    with ThreadPoolExecutor(2) as pool:
+        one = pool.submit(_run, [sys.executable], tmp_path / "one", batch_size=4)
+        two = pool.submit(_run, torchrun, tmp_path / "two", batch_size=2)
+        (one_steps, one_adapter), (two_steps, two_adapter) = one.result(), two.result()
 
     assert len(one_steps) == len(two_steps) == 2
     for (loss_1, grad_1), (loss_2, grad_2) in zip(one_steps, two_steps):

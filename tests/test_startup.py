@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -21,51 +22,52 @@ MODEL_ONLY_MODULES = (
 )
 
 
-def _modules_after(code: str, *args: str) -> set[str]:
-    """The `sys.modules` keys after running `code` in a fresh interpreter (with this tree's `src` first)."""
+def _start(code: str, *args: str) -> subprocess.Popen:
+    """Runs `code` in a fresh interpreter (with this tree's `src` first) that prints its `sys.modules` keys."""
     script = f"{code}\nimport json, sys\nprint('MODULES=' + json.dumps(sorted(sys.modules)))"
-    result = subprocess.run(
+    return subprocess.Popen(
         [sys.executable, "-c", script, *args],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
         env={**__import__("os").environ, "PYTHONPATH": SRC},
     )
-    assert result.returncode == 0, result.stderr
-    line = next(line for line in result.stdout.splitlines() if line.startswith("MODULES="))
+
+
+def _modules_of(process: subprocess.Popen) -> set[str]:
+    """The `sys.modules` keys that a process of `_start` printed."""
+    try:
+        stdout, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr
+    line = next(line for line in stdout.splitlines() if line.startswith("MODULES="))
     return set(json.loads(line[len("MODULES=") :]))
 
 
-def test_tiling_import_does_not_import_modeling_code():
-    modules = _modules_after("import transformers_internvl.processing.tiling")
-    assert "transformers_internvl.processing.tiling" in modules
-    assert not modules.intersection(MODEL_ONLY_MODULES)
+def _modules_after(code: str, *args: str) -> set[str]:
+    """The `sys.modules` keys after running `code` in a fresh interpreter (with this tree's `src` first)."""
+    return _modules_of(_start(code, *args))
 
 
-def test_processors_alone_do_not_import_modeling_code():
-    modules = _modules_after(
+# The fresh interpreters that import torch and transformers (seconds each): all started together on first use, so
+# that they run side by side (wall time); each test reads its own.
+IMPORTING_SCRIPTS = {
+    "tiling": "import transformers_internvl.processing.tiling",
+    "processors": (
         "from transformers_internvl.processing.processing_internvl import InternVLChatProcessor\n"
         "from transformers_internvl.processing.image_processing_internvl import InternVLImageProcessor\n"
         "InternVLImageProcessor()"
-    )
-    assert "transformers_internvl.processing.processing_internvl" in modules
-    assert not modules.intersection(MODEL_ONLY_MODULES)
-
-
-def test_package_import_registers_without_importing_models():
-    modules = _modules_after(
+    ),
+    "package": (
         "import transformers_internvl\n"
         "from transformers.models.auto.configuration_auto import CONFIG_MAPPING\n"
         "from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING as M\n"
         "assert CONFIG_MAPPING['internvl_chat'] is transformers_internvl.InternVLConfig\n"
         "assert transformers_internvl.InternVLConfig in M\n"
-    )
-    assert "transformers_internvl.registration" in modules
-    assert not modules.intersection(MODEL_ONLY_MODULES)
-
-
-def test_registered_model_resolves_to_the_class_on_first_use():
-    modules = _modules_after(
+    ),
+    "registered": (
         "import transformers_internvl\n"
         "from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor\n"
         "from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING as M\n"
@@ -75,7 +77,41 @@ def test_registered_model_resolves_to_the_class_on_first_use():
         "assert M[transformers_internvl.InternVLConfig] is C\n"
         "assert C in M.values() and P[transformers_internvl.InternVLConfig] is Q\n"
         "assert transformers_internvl.InternVLForConditionalGeneration is C\n"
-    )
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def modules_after() -> dict[str, subprocess.Popen]:
+    """`{name: process}` for `IMPORTING_SCRIPTS`, all started at once; `_modules_of` reads one."""
+    processes = {name: _start(code) for name, code in IMPORTING_SCRIPTS.items()}
+    yield processes
+    for process in processes.values():
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_tiling_import_does_not_import_modeling_code(modules_after):
+    modules = _modules_of(modules_after["tiling"])
+    assert "transformers_internvl.processing.tiling" in modules
+    assert not modules.intersection(MODEL_ONLY_MODULES)
+
+
+def test_processors_alone_do_not_import_modeling_code(modules_after):
+    modules = _modules_of(modules_after["processors"])
+    assert "transformers_internvl.processing.processing_internvl" in modules
+    assert not modules.intersection(MODEL_ONLY_MODULES)
+
+
+def test_package_import_registers_without_importing_models(modules_after):
+    modules = _modules_of(modules_after["package"])
+    assert "transformers_internvl.registration" in modules
+    assert not modules.intersection(MODEL_ONLY_MODULES)
+
+
+def test_registered_model_resolves_to_the_class_on_first_use(modules_after):
+    modules = _modules_of(modules_after["registered"])
     assert "transformers_internvl.modeling.modeling_internvl" in modules
 
 
