@@ -212,9 +212,11 @@ def test_damaged_tokenizer_files_are_named_when_the_model_loads(tmp_path, file, 
     [
         ("tokenizer.json", "{not json", r"tokenizer.json is not valid JSON"),
         ("tokenizer_config.json", "[]", r"tokenizer_config.json must hold a JSON object, got a list"),
+        ("preprocessor_config.json", "[1]", r"processor file .*preprocessor_config.json must hold a JSON object"),
     ],
 )
 def test_auto_processor_names_a_damaged_tokenizer_file(tmp_path, file, content, match):
+    """transformers raised a bare JSONDecodeError / "'list' object has no attribute 'get'" naming no file."""
     folder = _folder(tmp_path, tokenizer=True)
     (folder / file).write_text(content)
     with pytest.raises(OSError, match=match):

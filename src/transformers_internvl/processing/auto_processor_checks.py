@@ -96,18 +96,20 @@ def check_auto_processor_result(pretrained_model_name_or_path: Any, result: Any,
     )
 
 
-# Tokenizer files transformers reads as JSON objects; a damaged one surfaced as a bare `JSONDecodeError` or
-# "'list' object has no attribute 'get'".
+# Files AutoProcessor reads as JSON objects; a damaged one surfaced as a bare `JSONDecodeError` or "'list' object
+# has no attribute 'get'".
 TOKENIZER_JSON_FILES = ("tokenizer_config.json", "tokenizer.json", "special_tokens_map.json", "added_tokens.json")
+PROCESSOR_JSON_FILES = ("processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json")
 
 
 def damaged_tokenizer_file(pretrained_model_name_or_path: Any, subfolder: str = "") -> str | None:
-    """A sentence naming the first tokenizer JSON file of a local folder that is not a JSON object, else None (only
-    asked after a load failed, so that good folders are not parsed twice)."""
+    """A sentence naming the first tokenizer or processor JSON file of a local folder that is not a JSON object, else
+    None (only asked after a load failed, so that good folders are not parsed twice)."""
     if not isinstance(pretrained_model_name_or_path, (str, os.PathLike)):
         return None
     folder = os.path.join(pretrained_model_name_or_path, subfolder)
-    for name in TOKENIZER_JSON_FILES:
+    for name in TOKENIZER_JSON_FILES + PROCESSOR_JSON_FILES:
+        kind = "tokenizer" if name in TOKENIZER_JSON_FILES else "processor"
         path = os.path.join(folder, name)
         if not os.path.isfile(path):
             continue
@@ -115,9 +117,9 @@ def damaged_tokenizer_file(pretrained_model_name_or_path: Any, subfolder: str = 
             with open(path, encoding="utf-8") as reader:
                 data = json.load(reader)
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            return f"The tokenizer file {path} is not valid JSON ({error})"
+            return f"The {kind} file {path} is not valid JSON ({error})"
         if not isinstance(data, dict):
-            return f"The tokenizer file {path} must hold a JSON object, got a {type(data).__name__}"
+            return f"The {kind} file {path} must hold a JSON object, got a {type(data).__name__}"
     return None
 
 
@@ -145,7 +147,7 @@ def wrap_auto_processor() -> None:
             damaged = damaged_tokenizer_file(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
             if damaged is not None:
                 raise OSError(
-                    f"{damaged}; AutoProcessor cannot load the tokenizer ({type(error).__name__})."
+                    f"{damaged}; AutoProcessor cannot load it ({type(error).__name__})."
                 ) from error
             raise
         check_auto_processor_result(pretrained_model_name_or_path, result, kwargs)
