@@ -269,3 +269,13 @@ def test_image_flags_of_ones_in_the_original_shape_still_work(qwen2_model, qwen2
         ).logits
         plain = qwen2_model(input_ids=qwen2_io["input_ids"], pixel_values=qwen2_io["pixel_values"]).logits
     assert torch.equal(flagged, plain)
+
+
+@pytest.mark.parametrize("architectures", ["Qwen2ForCausalLM", 5, [5], {"Qwen2ForCausalLM": 1}])
+def test_llm_architectures_that_are_not_a_list_of_names_are_refused_by_name(architectures):
+    """A bare string was read as its first letter: "Unsupported `llm_config.architectures[0]`: 'Q'"; a dict raised
+    KeyError 0."""
+    config = json.loads((QWEN2_DIR / "config.json").read_text())
+    config["llm_config"]["architectures"] = architectures
+    with pytest.raises(TypeError, match=r"`llm_config.architectures` must be a list of class names .*got "):
+        InternVLConfig.from_dict(config)

@@ -146,9 +146,7 @@ def wrap_auto_processor() -> None:
         except (ValueError, AttributeError, TypeError) as error:
             damaged = damaged_tokenizer_file(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
             if damaged is not None:
-                raise OSError(
-                    f"{damaged}; AutoProcessor cannot load it ({type(error).__name__})."
-                ) from error
+                raise OSError(f"{damaged}; AutoProcessor cannot load it ({type(error).__name__}).") from error
             raise
         check_auto_processor_result(pretrained_model_name_or_path, result, kwargs)
         return result
