@@ -124,7 +124,9 @@ class OriginalCheckpointMixin:
                 not an integer (eos: or a list of them), e.g. `"2"`, `2.0`, `true` (`check_generation_token_ids`), or
                 a sampling / length field of the wrong type (`do_sample: "false"`; `check_generation_fields`).
             ValueError (also): a `generation_config.json` that is not a JSON object (`check_generation_config_file`),
-                a sampling / length field out of range (`num_beams: 0`, `top_p: 5`).
+                a sampling / length field out of range (`num_beams: 0`, `top_p: 5`); before the model is built, a
+                config the local safetensors weights cannot fill (layer counts far above the checkpoint's, embedding
+                sizes), weights stored as integers, or a damaged safetensors header (`checkpoint_precheck.py`).
         """
         check_dtype_argument(kwargs)
         if pretrained_model_name_or_path is not None:
