@@ -8,6 +8,7 @@ is no second generation path.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from .chat_cache import clear_chat_cache, effective_generation_config, generate_
 from .chat_processors import generated_only_penalties
 from .chat_prompts import build_batch_chat_prompts, build_chat_prompt, postprocess_response, prepare_chat_question
 from .conversation import Conversation, get_conv_template
+from .generation_file_checks import check_generation_fields
 from .input_checks import check_chat_inputs, merge_tile_count_aliases, question_list
 
 logger = logging.get_logger(__name__)
@@ -31,15 +33,19 @@ def _report_tiles(verbose: bool, pixel_values: torch.Tensor | None) -> None:
 
 
 def _generation_kwargs(generation_config: dict | GenerationConfig | None) -> dict[str, Any]:
-    """A fresh kwargs dict (the caller's dict is never modified, unlike the original)."""
+    """A fresh kwargs dict (the caller's dict is never modified, unlike the original). Sampling / length fields of
+    the wrong type or range (`max_new_tokens="3"`, `top_p=5`) raise `TypeError` / `ValueError` naming the field
+    (`check_generation_fields`) instead of failing inside `generate` ("'<=' not supported between 'str' and 'int'")."""
     if generation_config is None:
         return {}
     if isinstance(generation_config, GenerationConfig):
+        check_generation_fields(generation_config)
         return {"generation_config": generation_config}
     if not isinstance(generation_config, dict):
         raise TypeError(
             f"`generation_config` must be a dict or a GenerationConfig, got {type(generation_config).__name__}."
         )
+    check_generation_fields(SimpleNamespace(**{str(key): value for key, value in generation_config.items()}))
     return dict(generation_config)
 
 

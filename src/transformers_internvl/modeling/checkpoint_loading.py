@@ -19,6 +19,7 @@ from transformers.utils import logging
 
 from ..atomic_save import atomic_save_directory
 from .checkpoint_mapping import head_renaming
+from .checkpoint_precheck import check_config_against_checkpoint
 from .config_validation import check_dtype_argument
 from .generation_file_checks import check_generation_config_file, check_generation_fields
 from .load_errors import describe_internvl_mismatches, naming_shape_mismatches, record_shape_mismatches
@@ -128,7 +129,9 @@ class OriginalCheckpointMixin:
             TypeError / ValueError (also): `load_in_8bit` / `load_in_4bit` not a bool, both `True`, or one `True`
                 together with `quantization_config` (`resolve_bitsandbytes_options`).
             ValueError (also): a `generation_config.json` that is not a JSON object (`check_generation_config_file`),
-                a sampling / length field out of range (`num_beams: 0`, `top_p: 5`).
+                a sampling / length field out of range (`num_beams: 0`, `top_p: 5`); before the model is built, a
+                config the local safetensors weights cannot fill (layer counts far above the checkpoint's, embedding
+                sizes), weights stored as integers, or a damaged safetensors header (`checkpoint_precheck.py`).
         """
         check_dtype_argument(kwargs)
         resolve_bitsandbytes_options(kwargs)
@@ -137,6 +140,7 @@ class OriginalCheckpointMixin:
                 local_directory(pretrained_model_name_or_path, kwargs), kwargs.get("subfolder", "")
             )
         use_flash_attn = resolve_attention_options(kwargs)
+        cls._check_checkpoint_before_building(pretrained_model_name_or_path, kwargs)
         device_map = kwargs.get("device_map")
         if (
             isinstance(device_map, Mapping)
@@ -191,6 +195,17 @@ class OriginalCheckpointMixin:
         return result
 
     @classmethod
+    def _check_checkpoint_before_building(cls, pretrained_model_name_or_path, kwargs) -> None:
+        """`checkpoint_precheck.check_config_against_checkpoint` on a local checkpoint folder, so that layer counts
+        and embedding sizes the weights cannot fill fail before the model is built (in bounded time and memory)."""
+        if pretrained_model_name_or_path is None or missing_weights_allowed(kwargs):
+            return
+        directory = local_directory(pretrained_model_name_or_path, kwargs)
+        config = cls._config_for(pretrained_model_name_or_path, kwargs) if directory is not None else None
+        if config is not None:
+            check_config_against_checkpoint(config, directory, kwargs)
+
+    @classmethod
     def _config_for(cls, pretrained_model_name_or_path, kwargs):
         config_class = cls.config_class
         config = kwargs.get("config")
@@ -216,7 +231,13 @@ class OriginalCheckpointMixin:
         if checkpoint_holds_original_lora(checkpoint_files, state_dict):
             mapping = original_lora_renamings() + mapping + original_lora_converters()
         load_config = dataclasses.replace(load_config, weight_mapping=mapping or None)
-        return super()._load_pretrained_model(model, state_dict, checkpoint_files, load_config, *args, **kwargs)
+        result = super()._load_pretrained_model(model, state_dict, checkpoint_files, load_config, *args, **kwargs)
+        loading_info = result[0]
+        if loading_info.mismatched_keys and not load_config.ignore_mismatched_sizes:
+            # Raised here, before transformers allocates and randomly initialises every mismatched tensor at the
+            # config's size (gigabytes for `vocab_size: 10**8`) only to raise afterwards.
+            raise ValueError(describe_internvl_mismatches(sorted(loading_info.mismatched_keys), model.config))
+        return result
 
     def _adjust_missing_and_unexpected_keys(self, loading_info) -> None:
         super()._adjust_missing_and_unexpected_keys(loading_info)

@@ -72,6 +72,19 @@ def _names_a_torch_dtype(name: str) -> bool:
     return isinstance(getattr(torch, name, None), torch.dtype)
 
 
+# Sizes every LLM config of InternVL has; 0 or negative values fail deep inside torch ("negative dimension",
+# "Padding_idx must be within num_embeddings") or build empty layers.
+_LLM_SIZE_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "max_position_embeddings",
+)
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -119,7 +132,8 @@ def validate_config_values(config: Any) -> None:
         TypeError: a value of the wrong type (`select_layer=1.5`, `downsample_ratio="0.5"`, `image_token_id="x"`,
             `llm_config=[]`, ...).
         ValueError: a value out of range (`downsample_ratio` 0 or -0.5, `force_image_size=-448`,
-            `vision_batch_size=-3`, NaN anywhere in the config, ...).
+            `vision_batch_size=-3`, `llm_config.hidden_size: -64` or another LLM size below 1, NaN anywhere in the
+            config, ...).
     """
     ratio = config.downsample_ratio
     if not _is_real(ratio):
@@ -154,6 +168,10 @@ def validate_config_values(config: Any) -> None:
             raise TypeError(f"`{name}` must be a boolean, got {value!r} ({type(value).__name__}).")
     if config.template is not None and not isinstance(config.template, str):
         _fail("template", config.template, "a conversation template name (str) or None")
+    for name in _LLM_SIZE_FIELDS:  # transformers checks the types of most of them, not their signs
+        value = getattr(config.text_config, name, None)
+        if value is not None and (not _is_int(value) or value < 1):
+            _fail(f"llm_config.{name}", value, "a positive integer", True)
     for name in ("vision_config", "text_config"):
         found = _non_finite(getattr(config, name), name, set())
         if found is not None:

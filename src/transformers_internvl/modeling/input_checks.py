@@ -174,7 +174,7 @@ def check_image_flags(image_flags: torch.Tensor | None, num_tiles: int) -> None:
     """`image_flags` needs one 0/1 flag per tile.
 
     Raises:
-        ValueError: its length differs from the number of tiles.
+        ValueError: its length differs from the number of tiles, or a flag is neither 0 nor 1.
         TypeError: it is not a tensor.
     """
     if image_flags is None:
@@ -185,6 +185,14 @@ def check_image_flags(image_flags: torch.Tensor | None, num_tiles: int) -> None:
         raise ValueError(
             f"`image_flags` must hold one flag per tile: got {image_flags.numel()} flags (shape "
             f"{tuple(image_flags.shape)}) for {num_tiles} tiles."
+        )
+    invalid = (image_flags != 0) & (image_flags != 1)
+    if bool(invalid.any()):
+        # The original keeps the tiles whose flag == 1: any other value (7, -1, 0.5, True from a mask) silently
+        # dropped a tile, and the mismatch surfaced as an unrelated token-count error.
+        raise ValueError(
+            f"`image_flags` must hold 0 (padding tile, dropped) or 1 (real tile) per tile, got "
+            f"{sorted(set(image_flags[invalid].reshape(-1).tolist()))[:5]} among {image_flags.reshape(-1).tolist()[:8]}."
         )
 
 

@@ -67,9 +67,16 @@ def resolve_text_model_type(llm_config: dict[str, Any]) -> str:
     Raises:
         ValueError: naming `llm_config.architectures[0]` (or `llm_config.model_type`) and the value, when
             transformers knows no such causal LM.
+        TypeError: `llm_config.architectures` is not a list of str (a bare `"Qwen2ForCausalLM"`, a number, ...).
     """
     architectures = llm_config.get("architectures") or []
     declared_model_type = llm_config.get("model_type")
+    if not isinstance(architectures, (list, tuple)) or not all(isinstance(name, str) for name in architectures):
+        # A bare string was read as its first letter ("Unsupported ...: 'Q'"), a number or a dict failed deep inside.
+        raise TypeError(
+            '`llm_config.architectures` must be a list of class names (e.g. ["Qwen2ForCausalLM"]), got '
+            f"{architectures!r} ({type(architectures).__name__})."
+        )
     if architectures:
         architecture = architectures[0]
         candidates = _registered_causal_lms().get(architecture)

@@ -32,11 +32,36 @@ def _checked_token_id(value, path: str, token: str) -> int:
     )
 
 
+# The part of each tokenizer file that `find_added_token_id` reads, and the JSON type it must have.
+_READ_FIELDS = {"tokenizer_config.json": ("added_tokens_decoder", dict), "tokenizer.json": ("added_tokens", list)}
+
+
+def _read_json_object(path: str, filename: str) -> dict:
+    """The JSON object in the tokenizer file `path`; a damaged file raises `ValueError` naming it (a bare
+    `JSONDecodeError` / `AttributeError` came out of model loading before)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"The tokenizer file {path} is not valid JSON ({error}).") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"The tokenizer file {path} must hold a JSON object, got a {type(data).__name__}.")
+    field, kind = _READ_FIELDS.get(filename, (None, None))
+    if field is not None and data.get(field) is not None and not isinstance(data[field], kind):
+        raise ValueError(
+            f"`{field}` in the tokenizer file {path} must be a JSON {'object' if kind is dict else 'list'}, got "
+            f"{type(data[field]).__name__}."
+        )
+    return data
+
+
 def find_added_token_id(directory: str | os.PathLike, token: str) -> int | None:
     """Id of the added token `token` from the tokenizer files in `directory`, or `None` when no file names it.
 
     Raises:
-        ValueError: a file names `token` with an id that is not a non-negative integer (`true`, `"abc"`, `598.7`, -3).
+        ValueError: a file names `token` with an id that is not a non-negative integer (`true`, `"abc"`, `598.7`, -3),
+            or a file read is damaged (not JSON, not an object, `added_tokens_decoder` / `added_tokens` of the wrong
+            JSON type), naming the file.
     """
     directory = os.fspath(directory)
     candidates = (
@@ -68,8 +93,7 @@ def find_added_token_id(directory: str | os.PathLike, token: str) -> int | None:
         path = os.path.join(directory, filename)
         if not os.path.isfile(path):
             continue
-        with open(path, encoding="utf-8") as handle:
-            token_id = lookup(json.load(handle))
+        token_id = lookup(_read_json_object(path, filename))
         if token_id is not None:
             return _checked_token_id(token_id, path, token)
     return None

@@ -96,6 +96,33 @@ def check_auto_processor_result(pretrained_model_name_or_path: Any, result: Any,
     )
 
 
+# Files AutoProcessor reads as JSON objects; a damaged one surfaced as a bare `JSONDecodeError` or "'list' object
+# has no attribute 'get'".
+TOKENIZER_JSON_FILES = ("tokenizer_config.json", "tokenizer.json", "special_tokens_map.json", "added_tokens.json")
+PROCESSOR_JSON_FILES = ("processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json")
+
+
+def damaged_tokenizer_file(pretrained_model_name_or_path: Any, subfolder: str = "") -> str | None:
+    """A sentence naming the first tokenizer or processor JSON file of a local folder that is not a JSON object, else
+    None (only asked after a load failed, so that good folders are not parsed twice)."""
+    if not isinstance(pretrained_model_name_or_path, (str, os.PathLike)):
+        return None
+    folder = os.path.join(pretrained_model_name_or_path, subfolder)
+    for name in TOKENIZER_JSON_FILES + PROCESSOR_JSON_FILES:
+        kind = "tokenizer" if name in TOKENIZER_JSON_FILES else "processor"
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path, encoding="utf-8") as reader:
+                data = json.load(reader)
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            return f"The {kind} file {path} is not valid JSON ({error})"
+        if not isinstance(data, dict):
+            return f"The {kind} file {path} must hold a JSON object, got a {type(data).__name__}"
+    return None
+
+
 def wrap_auto_processor() -> None:
     """Wrap `AutoProcessor.from_pretrained` with `check_auto_processor_result`, and make it load folders this package
     saved as `processor_class: "InternVLProcessor"` (see `legacy_folders`) with `InternVLChatProcessor`; idempotent."""
@@ -114,7 +141,13 @@ def wrap_auto_processor() -> None:
 
             kwargs.pop("config", None)
             return InternVLChatProcessor.from_pretrained(pretrained_model_name_or_path, *inputs, **kwargs)
-        result = original(cls, pretrained_model_name_or_path, *inputs, **kwargs)
+        try:
+            result = original(cls, pretrained_model_name_or_path, *inputs, **kwargs)
+        except (ValueError, AttributeError, TypeError) as error:
+            damaged = damaged_tokenizer_file(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
+            if damaged is not None:
+                raise OSError(f"{damaged}; AutoProcessor cannot load it ({type(error).__name__}).") from error
+            raise
         check_auto_processor_result(pretrained_model_name_or_path, result, kwargs)
         return result
 
