@@ -47,6 +47,9 @@ def test_bad_settings_are_refused_before_writing(tmp_path, ngram, threshold, nam
         ({"messages": [{"role": "assistant", "content": [5]}]}, "`messages[0].content`"),
         ({"messages": [{"role": "assistant", "content": 7}]}, "`messages[0].content`"),
         ({"messages": [{"role": "assistant", "content": [{"type": "text", "text": None}]}]}, "`messages[0].content`"),
+        # no turns at all (the README's "rows whose turns are not ... are dropped"; the dataset skips them too)
+        ({"foo": 1}, "neither `conversations` nor `messages`"),
+        ({"image": "a.jpg", "conversation": []}, "neither `conversations` nor `messages`"),
     ],
 )
 def test_malformed_rows_are_dropped_with_the_field_named(tmp_path, row, field):

@@ -48,7 +48,10 @@ def _turns(row: dict, key: str) -> list[dict]:
 
 
 def _answers(row: dict) -> list[str]:
-    """The assistant answers of a row; raises `MalformedRow` when its turns are not objects with string texts."""
+    """The assistant answers of a row; raises `MalformedRow` when it has no turns (neither key, as
+    `InternVLSupervisedDataset` skips it) or its turns are not objects with string texts."""
+    if "conversations" not in row and "messages" not in row:
+        raise MalformedRow("the row has neither `conversations` nor `messages`")
     if "conversations" in row:
         return [
             _text(turn.get("value", ""), f"`conversations[{index}].value`")
@@ -56,7 +59,7 @@ def _answers(row: dict) -> list[str]:
             if turn.get("from") == "gpt"
         ]
     answers = []
-    for index, message in enumerate(_turns(row, "messages") if "messages" in row else []):
+    for index, message in enumerate(_turns(row, "messages")):
         if message.get("role") != "assistant":
             continue
         content = message.get("content", "")
