@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import FIXTURES, QWEN2_DIR, QWEN2_TOKENIZER, load_model, original_model_dir
+from helpers import (
+    FIXTURES,
+    QWEN2_DIR,
+    QWEN2_TOKENIZER,
+    load_model,
+    original_model_dir,
+    small_tile_qwen2_model,
+    small_tiles,
+)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -54,6 +62,33 @@ def qwen2_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def qwen2_tokenizer():
     """The tiny Qwen2 tokenizer (`tests/fixtures/tokenizers/qwen2-tiny`), per module."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(QWEN2_TOKENIZER)
+
+
+@pytest.fixture(scope="session")
+def small_tile_qwen2(qwen2_tokenizer_session):
+    """`helpers.small_tile_qwen2_model()`, built once per session and shared: tests must not change it (a test that
+    changes weights, dtype, config or generation config takes a `copy.deepcopy`). Checked here so that no test using
+    it passes vacuously: greedy answers vary from token to token and with the image."""
+    model = small_tile_qwen2_model()
+    greedy = {"max_new_tokens": 8, "do_sample": False}
+    model.reuse_chat_cache = False
+    try:
+        answers = [model.chat(qwen2_tokenizer_session, small_tiles(1, seed), "Describe.", greedy) for seed in (0, 1)]
+    finally:
+        model.reuse_chat_cache = True
+        model.clear_chat_cache()
+    tokens = qwen2_tokenizer_session(answers[0], add_special_tokens=False).input_ids
+    assert len(set(tokens)) >= 4, answers  # not one token repeated
+    assert answers[0] != answers[1], answers  # the image reaches the answer
+    return model
+
+
+@pytest.fixture(scope="session")
+def qwen2_tokenizer_session():
+    """The tiny Qwen2 tokenizer, once per session (for session-scoped fixtures)."""
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(QWEN2_TOKENIZER)

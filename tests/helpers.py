@@ -132,3 +132,43 @@ def qwen2_processor(**image_processor_kwargs):
         tokenizer=AutoTokenizer.from_pretrained(QWEN2_TOKENIZER),
         video_processor=InternVLVideoProcessor(),
     )
+
+
+# Tile size of `small_tile_qwen2_model`: 64 patches, 16 image tokens per tile (a 448 px tile: 1024 patches, 256
+# tokens). With 56 px tiles (4 tokens) a `select_layer` / `ps_version` edit between turns no longer changed answers.
+SMALL_TILE_SIZE = 112
+
+
+def small_tile_qwen2_model():
+    """A random InternVL model with the tiny Qwen2 model's configuration (`fixtures/models/tiny-qwen2`: vocabulary,
+    `<IMG_CONTEXT>` id, template, tower sizes) but `SMALL_TILE_SIZE` px tiles: for the multi-turn `chat()` tests,
+    where the tile size does not matter and 448 px tiles cost most of the time. Seeded (`torch.manual_seed(0)`,
+    the global generator is left as it was), float32, eval mode.
+
+    Both towers are initialised with `initializer_range=0.1` (the fixture config says 0.02): with 0.02, or with the
+    fixture's own weights on 56 px tiles, greedy answers ignored the image, a 1.5x `k_proj` change or a
+    `ps_version` edit, so the cache-reuse comparisons (cached turn == fresh run) could not fail.
+    `conftest.small_tile_qwen2` checks that greedy answers vary from token to token and with the image."""
+    import torch
+
+    from transformers_internvl import InternVLConfig, InternVLForConditionalGeneration
+
+    raw = json.loads((QWEN2_DIR / "config.json").read_text())
+    raw.pop("model_type", None)
+    raw["force_image_size"] = SMALL_TILE_SIZE
+    raw["vision_config"].update(image_size=SMALL_TILE_SIZE, initializer_range=0.1)
+    raw["llm_config"]["initializer_range"] = 0.1
+    config = InternVLConfig(**raw)
+    config.image_token_id = QWEN2_IMAGE_TOKEN_ID
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = InternVLForConditionalGeneration(config)
+    return model.float().eval()
+
+
+def small_tiles(count: int, seed: int = 0):
+    """`count` random `SMALL_TILE_SIZE` px tiles, shape (count, 3, SMALL_TILE_SIZE, SMALL_TILE_SIZE)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(count, 3, SMALL_TILE_SIZE, SMALL_TILE_SIZE, generator=generator)

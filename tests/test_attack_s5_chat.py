@@ -6,11 +6,12 @@ original's behaviour, `reuse_chat_cache = False`), whatever changes between turn
 
 from __future__ import annotations
 
+import copy
 import types
 
 import pytest
 import torch
-from helpers import INTERNLM2_DIR, QWEN2_DIR, TOKENIZERS
+from helpers import INTERNLM2_DIR, QWEN2_DIR, TOKENIZERS, small_tiles
 from test_chat_cache_reuse import GREEDY, conversation
 from transformers import AutoModelForImageTextToText, AutoTokenizer, GenerationConfig, Qwen2Config
 
@@ -24,14 +25,14 @@ from transformers_internvl.modeling.chat_cache import (
 
 
 @pytest.fixture
-def qwen2():
-    """A fresh tiny Qwen2 model per test (the tests change its weights, dtype or generation config)."""
-    return AutoModelForImageTextToText.from_pretrained(QWEN2_DIR).eval()
+def qwen2(small_tile_qwen2):
+    """A copy of the shared small-tile Qwen2 model per test (the tests change its weights, dtype or generation
+    config); 112 px tiles, as the tile size does not matter to these checks."""
+    return copy.deepcopy(small_tile_qwen2)
 
 
 def _image(seed: int = 0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(1, 3, 448, 448, generator=generator)
+    return small_tiles(1, seed)
 
 
 def test_internlm2_dynamic_ntk_rope_turns_equal_a_fresh_run(qwen2_tokenizer):
@@ -248,8 +249,9 @@ def test_cli_max_cache_len_without_compile_is_an_error(tmp_path, capsys):
 
 @pytest.mark.parametrize(("name", "value"), [("select_layer", -2), ("ps_version", "v1")])
 def test_config_edits_between_turns_are_not_served_from_the_cache(qwen2, qwen2_tokenizer, name, value):
-    """The cached image keys were built with the old `select_layer` / `ps_version`: the next turn must re-encode."""
-    pixel_values = _image()
+    """The cached image keys were built with the old `select_layer` / `ps_version`: the next turn must re-encode.
+    (Two tiles: with one small tile the edit changed too few answers for a served stale prefix to show.)"""
+    pixel_values = small_tiles(2)
     turns = [(pixel_values, "Describe the image."), (pixel_values, "More?")]
     default = getattr(qwen2.config, name)
 
@@ -274,9 +276,11 @@ def _edit_history(kind):
 
 
 @pytest.mark.parametrize("kind", ["truncated", "cut_answer", "control_tokens", "foreign"])
-def test_edited_histories_give_the_fresh_answers(qwen2_model, qwen2_tokenizer, kind):
+def test_edited_histories_give_the_fresh_answers(small_tile_qwen2, qwen2_tokenizer, kind):
     pixel_values = _image()
     edit = _edit_history(kind)
+
+    qwen2_model = small_tile_qwen2  # shared: only its reuse setting and chat cache change, and are restored
 
     def conversation(reuse):
         qwen2_model.clear_chat_cache()
@@ -294,14 +298,13 @@ def test_edited_histories_give_the_fresh_answers(qwen2_model, qwen2_tokenizer, k
     assert conversation(True) == conversation(False)
 
 
-@pytest.mark.slow  # ~10 s on a shared 2-core CPU: 14 chat turns and 2 batch_chat calls
-def test_interleaved_conversations_and_images_give_the_fresh_answers(qwen2_model, qwen2_tokenizer):
+def test_interleaved_conversations_and_images_give_the_fresh_answers(small_tile_qwen2, qwen2_tokenizer):
     """Two conversations on one model, another image of the same shape, a new image, a turn without image,
     batch_chat in between: every answer is the fresh run's."""
     first, second = _image(0), _image(1)
 
     def run(reuse):
-        model, tokenizer = qwen2_model, qwen2_tokenizer
+        model, tokenizer = small_tile_qwen2, qwen2_tokenizer
         model.clear_chat_cache()
         model.reuse_chat_cache = reuse
         try:

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import MODELS, QWEN2_DIR, load_model
+from helpers import MODELS, load_model, small_tiles
 from PIL import Image
 from safetensors.torch import load_file
 from test_chat_cache_reuse import conversation
-from transformers import AutoModelForImageTextToText, GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 import transformers_internvl  # noqa: F401 - registers the Auto classes
 from transformers_internvl.cli import main
@@ -27,8 +27,10 @@ GREEDY = {"max_new_tokens": 6, "do_sample": False}
 
 
 @pytest.fixture(scope="module")
-def model():
-    return AutoModelForImageTextToText.from_pretrained(QWEN2_DIR).eval()
+def model(small_tile_qwen2):
+    """The shared small-tile Qwen2 model (112 px tiles, 16 image tokens each; the tile size does not matter to the chat
+    checks): `conversation` restores its reuse setting and chat cache."""
+    return small_tile_qwen2
 
 
 def _chat_turns(model, tokenizer, turns, reuse: bool) -> list:
@@ -42,10 +44,10 @@ def _chat_turns(model, tokenizer, turns, reuse: bool) -> list:
 
 def test_other_num_patches_list_over_the_same_tiles_raises_as_a_fresh_run(model, qwen2_tokenizer):
     """Defect (failed before): turn 2 with the same 3 tiles split as `num_patches_list=[1, 2]` (one `<image>`
-    placeholder in the history: 256 image tokens for 768 features) answered silently from the cache, because every
-    image token lay in the cached prefix and the pixels were equal; a fresh run raises the token/feature mismatch."""
-    torch.manual_seed(0)
-    tiles = torch.randn(3, 3, 448, 448)
+    placeholder in the history: 256 image tokens for 768 features with 448 px tiles, 16 for 48 here) answered silently
+    from the cache, because every image token lay in the cached prefix and the pixels were equal; a fresh run raises
+    the token/feature mismatch."""
+    tiles = small_tiles(3)
     turns = [
         {"pixel_values": tiles, "question": "Describe."},
         {"pixel_values": tiles, "question": "Describe.", "num_patches_list": [1, 2]},
@@ -83,8 +85,7 @@ class _RaiseAt(StoppingCriteria):
 
 @pytest.mark.parametrize("at", [1, 3])
 def test_a_turn_interrupted_mid_generation_leaves_the_next_turns_as_a_fresh_run(model, qwen2_tokenizer, at):
-    torch.manual_seed(1)
-    tiles = torch.randn(2, 3, 448, 448)
+    tiles = small_tiles(2, seed=1)
 
     def turns():  # a new criterion per conversation (it counts its calls)
         interrupted = {**GREEDY, "stopping_criteria": StoppingCriteriaList([_RaiseAt(at, KeyboardInterrupt())])}
@@ -102,8 +103,7 @@ def test_a_turn_interrupted_mid_generation_leaves_the_next_turns_as_a_fresh_run(
 def test_generation_config_changes_between_turns_answer_as_a_fresh_run(model, qwen2_tokenizer):
     """max_new_tokens, repetition_penalty, beam search (no reuse), sampling with a seed, a GenerationConfig object,
     another image with the same text: every turn equals the non-reusing run in fp32."""
-    torch.manual_seed(2)
-    first, second = torch.randn(1, 3, 448, 448), torch.randn(1, 3, 448, 448)
+    first, second = small_tiles(1, seed=2), small_tiles(1, seed=3)
     turns = [
         {"pixel_values": first, "question": "Describe."},
         {"pixel_values": first, "question": "More.", "config": {"max_new_tokens": 10, "do_sample": False}},

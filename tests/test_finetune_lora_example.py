@@ -5,10 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from finetune_helpers import dataset
-from helpers import QWEN2_DIR, QWEN2_TOKENIZER, load_model
+from finetune_helpers import tokenizer
+from helpers import QWEN2_DIR, QWEN2_TOKENIZER, SMALL_TILE_SIZE, small_tile_qwen2_model
 
+from transformers_internvl.processing.image_processing_internvl import InternVLImageProcessor
 from transformers_internvl.training.collator import InternVLDataCollator
+from transformers_internvl.training.data import InternVLSupervisedDataset
 
 pytest.importorskip("peft")
 sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
@@ -21,19 +23,32 @@ def _loss(model, batch):
         return model(**batch).loss.item()
 
 
-@pytest.mark.slow
 def test_thirty_lora_steps_halve_the_loss_and_change_only_lora(tmp_path):
+    """On the small-tile (112 px) random Qwen2 model saved to a folder: the example tiles at the checkpoint's
+    `force_image_size`, so every tile costs 64 patches and 16 image tokens instead of 1024 and 256 (the claim does
+    not depend on the tile size)."""
     (tmp_path / "data").mkdir()
-    samples = dataset(finetune_lora.demo_rows(str(tmp_path / "data")), root=tmp_path / "data", max_dynamic_patch=1)
+    model_dir = tmp_path / "model"
+    base = small_tile_qwen2_model()
+    base.save_pretrained(model_dir)
+    samples = InternVLSupervisedDataset(
+        finetune_lora.demo_rows(str(tmp_path / "data")),
+        tokenizer(),
+        InternVLImageProcessor(image_size=SMALL_TILE_SIZE),
+        "internvl2_5",
+        root=str(tmp_path / "data"),
+        num_image_token=base.num_image_token,
+        max_dynamic_patch=1,
+    )
     batch = InternVLDataCollator(990)([samples[i] for i in range(len(samples))])
+    assert batch["pixel_values"].shape[-1] == SMALL_TILE_SIZE
 
-    base = load_model()
     before_state = {k: v.clone() for k, v in base.state_dict().items()}
     loss_before = _loss(base, batch)
 
     trainer = finetune_lora.main(
         [
-            "--model", str(QWEN2_DIR),
+            "--model", str(model_dir),
             "--tokenizer", str(QWEN2_TOKENIZER),
             "--output-dir", str(tmp_path / "out"),
             "--max-steps", "30",
@@ -44,6 +59,7 @@ def test_thirty_lora_steps_halve_the_loss_and_change_only_lora(tmp_path):
         ]
     )  # fmt: skip
     model = trainer.model
+    assert model.config.force_image_size == SMALL_TILE_SIZE
     loss_after = _loss(model, batch)
     print(f"loss on the 4 demo samples: {loss_before:.4f} -> {loss_after:.4f}")
     assert loss_after <= 0.5 * loss_before, (loss_before, loss_after)
