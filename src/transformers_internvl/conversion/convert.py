@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .checkpoint_io import ConversionError, atomic_output_folder, read_json, tensor_files
-from .hf_layout import hf_to_original_plan, normalize_hf_key, original_to_hf_plan
+from .hf_layout import TensorStep, hf_to_original_plan, normalize_hf_key, original_to_hf_plan
 from .streaming import stream_tensors
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -177,16 +177,19 @@ def convert_checkpoint(
         )
         steps = original_to_hf_plan(list(locations), prepared.internlm2_heads)
     else:
-        prepared = prepare_to_original(source, config, dtype=dtype)
         normalized = {}
         for key in locations:
             name = normalize_hf_key(key)
             if name in normalized:
                 raise ConversionError(f"tensors {normalized[name]!r} and {key!r} name the same parameter")
             normalized[name] = key
+        prepared = prepare_to_original(source, config, dtype=dtype, tensor_names=set(normalized))
         if adjust:  # the adapter names the saved -hf names; the files may use the module-tree ones
             adjust = {normalized.get(name, name): merge for name, merge in adjust.items()}
         steps = hf_to_original_plan(normalized, prepared.internlm2_heads)
+        embeddings = normalized.get("language_model.model.embed_tokens.weight")
+        if prepared.head_from_embeddings and embeddings:  # a tied -hf model: the original needs its head stored
+            steps.append(TensorStep(prepared.head_from_embeddings, (embeddings,)))
     prepared.check_tensors({step.name for step in steps})
 
     with atomic_output_folder(dst, force) as tmp:

@@ -42,6 +42,9 @@ from .tokenizer_io import ADDED_TOKENS_RECORD, load_source_tokenizers, restore_o
 
 logger = logging.get_logger(__name__)
 
+# Record key (under `ORIGINAL_RECORD_KEY`): the original source of a `-hf` folder tied its LM head (no head tensor).
+TIED_RECORD = "tie_word_embeddings"
+
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 TOKENIZER_FILES = (
@@ -72,6 +75,8 @@ class Prepared:
     expected_tensors: set[str]
     write_side_files: Callable[[Path], None]
     expected_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # `--to original` of a tied `-hf` model: the original LM head tensor to write as a copy of the embeddings.
+    head_from_embeddings: str | None = None
 
     def check_tensors(self, produced: set[str]) -> None:
         missing = sorted(self.expected_tensors - produced)
@@ -225,6 +230,8 @@ def prepare_to_hf(
     tokenizers = load_source_tokenizers(source) if has_tokenizer else None
     if tokenizers and tokenizers[2]:
         getattr(hf_config, ORIGINAL_RECORD_KEY)[ADDED_TOKENS_RECORD] = tokenizers[2]  # removed by --to original
+    if hf_config.tie_word_embeddings:  # a tied source without a head tensor: --to original keeps it so
+        getattr(hf_config, ORIGINAL_RECORD_KEY)[TIED_RECORD] = True
 
     def write(folder: Path) -> None:
         hf_config.save_pretrained(folder)
@@ -369,8 +376,14 @@ def write_generation_config(source: Path, folder: Path, text_config: Any, stop_t
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def original_config_for(hf: dict[str, Any], dtype: torch.dtype | None) -> Any:
-    """This package's `InternVLChatConfig` (original layout) of a `-hf` config dict; InternLM2 when the record says so."""
+def original_config_for(hf: dict[str, Any], dtype: torch.dtype | None, head_stored: bool | None = None) -> Any:
+    """This package's `InternVLChatConfig` (original layout) of a `-hf` config dict; InternLM2 when the record says so.
+
+    `head_stored`: whether the `-hf` checkpoint holds an `lm_head` tensor (`None`: not known, the config's
+    `tie_word_embeddings` is kept). A tied `-hf` model without one gets `tie_word_embeddings: false` (its head is
+    then written as a copy of the embeddings): the original InternVL 2.5 code forces false
+    (`internvl_chat/internvl/model/internvl_chat/configuration_internvl_chat.py`) and would leave the head
+    uninitialised. Only a `-hf` folder that `--to hf` made from a tied original stays tied (`TIED_RECORD`)."""
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -399,6 +412,8 @@ def original_config_for(hf: dict[str, Any], dtype: torch.dtype | None) -> Any:
         architecture = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
         text_config.architectures = architectures or ([architecture] if architecture else None)
     tie = bool(hf.get("tie_word_embeddings", True))
+    if tie and head_stored is False and not record.get(TIED_RECORD):
+        tie = False
     text_config.tie_word_embeddings = tie
     vision = vision_config_from_hf(hf.get("vision_config") or {})
     side = vision["image_size"] // vision["patch_size"]
@@ -416,7 +431,11 @@ def original_config_for(hf: dict[str, Any], dtype: torch.dtype | None) -> Any:
         "min_dynamic_patch": 1,
         "max_dynamic_patch": 12,
         "pad2square": False,
-        **{k: v for k, v in record.items() if k != "llm_architectures" and not k.startswith("tokenizer_")},
+        **{
+            k: v
+            for k, v in record.items()
+            if k not in ("llm_architectures", TIED_RECORD) and not k.startswith("tokenizer_")
+        },
         "ps_version": "v2",
         "select_layer": layer,
     }
@@ -435,12 +454,17 @@ def original_config_for(hf: dict[str, Any], dtype: torch.dtype | None) -> Any:
     return config
 
 
-def prepare_to_original(source: Path, config: dict[str, Any], dtype: torch.dtype | None) -> Prepared:
+def prepare_to_original(
+    source: Path, config: dict[str, Any], dtype: torch.dtype | None, tensor_names: set[str] | None = None
+) -> Prepared:
+    """`tensor_names`: the source's tensor names, normalized (`normalize_hf_key`); tells whether it stores an LM head
+    (see `original_config_for`)."""
     from ..modeling.llm_resolution import language_model_head
     from ..modeling.modeling_internvl import InternVLChatForConditionalGeneration as OriginalModel
 
+    head_stored = None if tensor_names is None else "language_model.lm_head.weight" in tensor_names
     try:
-        original = original_config_for(config, dtype)
+        original = original_config_for(config, dtype, head_stored)
     except (ValueError, TypeError) as error:
         raise ConversionError(str(error)) from None
     internlm2 = original.text_config.model_type == "internlm2"
@@ -470,7 +494,13 @@ def prepare_to_original(source: Path, config: dict[str, Any], dtype: torch.dtype
             write_json(folder / "generation_config.json", generation)
         copy_tokenizer_to_original(source, folder, config.get(ORIGINAL_RECORD_KEY) or {})
 
-    return Prepared(_heads(original.text_config) if internlm2 else None, expected, write, shapes)
+    untied = bool(config.get("tie_word_embeddings", True)) and head_stored is False and not original.tie_word_embeddings
+    if untied:
+        logger.info("the -hf model ties its LM head to the embeddings; the original layout stores a separate head "
+                    "(the original code forces tie_word_embeddings false), written as a copy of the embeddings")  # fmt: skip
+    heads = _heads(original.text_config) if internlm2 else None
+    head_name = f"language_model.{head}.weight" if untied else None
+    return Prepared(heads, expected, write, shapes, head_from_embeddings=head_name)
 
 
 def copy_tokenizer_to_original(source: Path, folder: Path, record: dict[str, Any]) -> None:

@@ -1,0 +1,78 @@
+"""`--to original` of `-hf` models whose LM head is tied to the embeddings (no `lm_head` tensor stored).
+
+The original InternVL 2.5 code forces `tie_word_embeddings` false (`configuration_internvl_chat.py`: "By default, we
+use tie_word_embeddings=False for models of all sizes"), so an original-layout folder without an LM head tensor
+loads there with an uninitialised head (measured with the original code: logits of 1e38 / NaN for Qwen2, Llama,
+Phi-3 and InternLM2; `fixtures/conversion_tied_s8/check_tied_with_original.py`). The converter writes the head as a
+copy of the embeddings and says `tie_word_embeddings: false` at both levels; after the fix the original code gives
+transformers' logits on the `-hf` source within 1e-6 (same script). A `-hf` folder made by `--to hf` from a tied
+original keeps its layout on the way back (recorded), so the round trip stays byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file
+
+import transformers_internvl  # noqa: F401  (registers the classes)
+from transformers_internvl.conversion.convert import convert_checkpoint
+
+IMAGE_TOKEN_ID = 250
+FAMILIES = ("qwen2", "llama", "phi3", "qwen3", "internlm2")
+
+
+def tied_hf_folder(family: str, folder: Path) -> transformers.InternVLForConditionalGeneration:
+    """A tiny `-hf` model saved by transformers with `tie_word_embeddings: true` (Llama recorded as InternLM2 for
+    `internlm2`); returns the model."""
+    from transformers import AutoConfig, InternVLConfig
+
+    text = AutoConfig.for_model(
+        {"internlm2": "llama"}.get(family, family), vocab_size=256, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2 if family != "phi3" else 4, intermediate_size=64,
+        max_position_embeddings=512, pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=True,
+    )  # fmt: skip
+    vision = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+              "image_size": [56, 56], "patch_size": [14, 14]}  # fmt: skip
+    config = InternVLConfig(
+        vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN_ID, image_seq_length=4,
+        tie_word_embeddings=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.InternVLForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    model.save_pretrained(folder)
+    if family == "internlm2":
+        raw = json.loads((folder / "config.json").read_text())
+        raw["internvl_chat_original"] = {"llm_architectures": ["InternLM2ForCausalLM"]}
+        (folder / "config.json").write_text(json.dumps(raw))
+    return model
+
+
+def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.tensor([[1, 2, 3] + [IMAGE_TOKEN_ID] * 4 + [4, 5, 6]])
+    return ids, torch.randn(1, 3, 56, 56, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tied_hf_model_goes_to_original_with_its_head_written_out(family, tmp_path):
+    model = tied_hf_folder(family, tmp_path / "hf")
+    assert "language_model.lm_head.weight" not in load_file(tmp_path / "hf" / "model.safetensors")
+    back = convert_checkpoint(tmp_path / "hf", tmp_path / "original", to="original", progress=False).path
+    config = json.loads((back / "config.json").read_text())
+    assert config["tie_word_embeddings"] is False and config["llm_config"]["tie_word_embeddings"] is False
+    tensors = load_file(back / "model.safetensors")
+    head, embed = ("output", "tok_embeddings") if family == "internlm2" else ("lm_head", "embed_tokens")
+    assert torch.equal(tensors[f"language_model.{head}.weight"], tensors[f"language_model.model.{embed}.weight"])
+    assert torch.equal(tensors[f"language_model.{head}.weight"], model.lm_head.weight)
+    ours = transformers.AutoModelForImageTextToText.from_pretrained(back).eval()
+    ids, pixel_values = _inputs()
+    with torch.no_grad():
+        expected = model(input_ids=ids, pixel_values=pixel_values).logits
+        assert torch.equal(ours(input_ids=ids, pixel_values=pixel_values).logits, expected)
