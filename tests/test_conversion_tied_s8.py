@@ -76,3 +76,46 @@ def test_tied_hf_model_goes_to_original_with_its_head_written_out(family, tmp_pa
     with torch.no_grad():
         expected = model(input_ids=ids, pixel_values=pixel_values).logits
         assert torch.equal(ours(input_ids=ids, pixel_values=pixel_values).logits, expected)
+
+
+def test_hf_config_saying_tied_over_a_stored_head_keeps_that_head(tmp_path):
+    """`tie_word_embeddings: true` with an `lm_head` tensor of other values: transformers 5 does not tie them (it
+    warns and uses the stored head), so the original layout gets that head and `tie_word_embeddings: false`, as
+    `--to hf` does in the other direction. It was refused ("a tensor the model does not use")."""
+    from safetensors.torch import save_file
+
+    tied_hf_folder("qwen2", tmp_path / "hf")
+    tensors = load_file(tmp_path / "hf" / "model.safetensors")
+    head = torch.randn(
+        tensors["language_model.model.embed_tokens.weight"].shape, generator=torch.Generator().manual_seed(2)
+    )
+    tensors["language_model.lm_head.weight"] = head
+    save_file(tensors, tmp_path / "hf" / "model.safetensors", metadata={"format": "pt"})
+    model = transformers.InternVLForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
+    assert torch.equal(model.lm_head.weight, head)
+    back = convert_checkpoint(tmp_path / "hf", tmp_path / "original", to="original", progress=False).path
+    config = json.loads((back / "config.json").read_text())
+    assert config["tie_word_embeddings"] is False and config["llm_config"]["tie_word_embeddings"] is False
+    assert torch.equal(load_file(back / "model.safetensors")["language_model.lm_head.weight"], head)
+    ours = transformers.AutoModelForImageTextToText.from_pretrained(back).eval()
+    ids, pixel_values = _inputs()
+    with torch.no_grad():
+        expected = model(input_ids=ids, pixel_values=pixel_values).logits
+        assert torch.equal(ours(input_ids=ids, pixel_values=pixel_values).logits, expected)
+
+
+def test_tied_original_round_trip_stays_tied(tmp_path):
+    """An original checkpoint with a tied head and no head tensor (the InternVL3.5 code follows
+    `llm_config.tie_word_embeddings`) -> `-hf` -> original comes back as it was: no head tensor, still tied, every
+    tensor equal."""
+    from test_llm_families import IMAGE_TOKEN_ID as FAMILY_IMAGE_TOKEN_ID
+    from test_llm_families import original_folder
+
+    folder, _ = original_folder("qwen3_tied", tmp_path)
+    hf = convert_checkpoint(folder, tmp_path / "hf", to="hf", image_token_id=FAMILY_IMAGE_TOKEN_ID, progress=False)
+    back = convert_checkpoint(hf.path, tmp_path / "back", to="original", progress=False).path
+    config = json.loads((back / "config.json").read_text())
+    assert config["tie_word_embeddings"] is True and config["llm_config"]["tie_word_embeddings"] is True
+    source, result = load_file(folder / "model.safetensors"), load_file(back / "model.safetensors")
+    assert "language_model.lm_head.weight" not in result and set(source) == set(result)
+    assert all(torch.equal(source[key], result[key]) for key in source)

@@ -380,8 +380,9 @@ def original_config_for(hf: dict[str, Any], dtype: torch.dtype | None, head_stor
     """This package's `InternVLChatConfig` (original layout) of a `-hf` config dict; InternLM2 when the record says so.
 
     `head_stored`: whether the `-hf` checkpoint holds an `lm_head` tensor (`None`: not known, the config's
-    `tie_word_embeddings` is kept). A tied `-hf` model without one gets `tie_word_embeddings: false` (its head is
-    then written as a copy of the embeddings): the original InternVL 2.5 code forces false
+    `tie_word_embeddings` is kept). A stored head is kept, with `tie_word_embeddings: false` (transformers does not
+    tie a stored head). A tied `-hf` model without one also gets false (its head is then written as a copy of the
+    embeddings): the original InternVL 2.5 code forces false
     (`internvl_chat/internvl/model/internvl_chat/configuration_internvl_chat.py`) and would leave the head
     uninitialised. Only a `-hf` folder that `--to hf` made from a tied original stays tied (`TIED_RECORD`)."""
     from transformers import AutoConfig
@@ -412,8 +413,12 @@ def original_config_for(hf: dict[str, Any], dtype: torch.dtype | None, head_stor
         architecture = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
         text_config.architectures = architectures or ([architecture] if architecture else None)
     tie = bool(hf.get("tie_word_embeddings", True))
-    if tie and head_stored is False and not record.get(TIED_RECORD):
-        tie = False
+    if tie and head_stored:
+        logger.warning("config.json says tie_word_embeddings: true but the checkpoint has its own LM head, which "
+                       "transformers uses (it does not tie a stored head); the original config says false and keeps "
+                       "that head")  # fmt: skip
+    if head_stored is not None:
+        tie = tie and not head_stored and bool(record.get(TIED_RECORD))
     text_config.tie_word_embeddings = tie
     vision = vision_config_from_hf(hf.get("vision_config") or {})
     side = vision["image_size"] // vision["patch_size"]
