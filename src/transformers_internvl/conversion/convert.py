@@ -94,6 +94,7 @@ def convert_checkpoint(
     image_token_id: int | None = None,
     merge_lora: str | os.PathLike | None = None,
     progress: bool = True,
+    template: str | None = None,
 ) -> ConversionResult:
     """Convert an InternVL checkpoint folder between the original OpenGVLab layout and transformers' `-hf` layout.
 
@@ -113,6 +114,9 @@ def convert_checkpoint(
         merge_lora: a PEFT LoRA adapter folder trained on the model of `src`, merged into the weights on the way
             (`lora.lora_deltas`); `verify` then compares against the unmerged source.
         progress: show a progress bar (bytes of the source tensors).
+        template: `--to original` only: the conversation template the original `config.json` names (a name of
+            `chat_templates.TEMPLATES`). Default: the one `--to hf` recorded, else the one the source's chat
+            template renders as (`template_inference`), else from the LLM architecture, with a warning.
 
     Returns:
         `ConversionResult`.
@@ -130,6 +134,13 @@ def convert_checkpoint(
             raise ConversionError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         dtype = DTYPES[dtype]
     shard_bytes = parse_size(max_shard_size)
+    if template is not None:
+        from ..chat_templates import TEMPLATES
+
+        if to != "original":
+            raise ConversionError("template applies to --to original (an original config.json names its template)")
+        if template not in TEMPLATES:
+            raise ConversionError(f"unknown template {template!r}; known templates: {', '.join(sorted(TEMPLATES))}")
     dst = Path(dst)
     if dst.is_symlink() or (dst.exists() and not dst.is_dir()):
         raise ConversionError(f"destination {dst} exists and is not a folder (a file or a link): remove it first")
@@ -183,7 +194,7 @@ def convert_checkpoint(
             if name in normalized:
                 raise ConversionError(f"tensors {normalized[name]!r} and {key!r} name the same parameter")
             normalized[name] = key
-        prepared = prepare_to_original(source, config, dtype=dtype, tensor_names=set(normalized))
+        prepared = prepare_to_original(source, config, dtype=dtype, tensor_names=set(normalized), template=template)
         if adjust:  # the adapter names the saved -hf names; the files may use the module-tree ones
             adjust = {normalized.get(name, name): merge for name, merge in adjust.items()}
         steps = hf_to_original_plan(normalized, prepared.internlm2_heads)

@@ -376,8 +376,18 @@ def write_generation_config(source: Path, folder: Path, text_config: Any, stop_t
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def original_config_for(hf: dict[str, Any], dtype: torch.dtype | None, head_stored: bool | None = None) -> Any:
+def original_config_for(
+    hf: dict[str, Any],
+    dtype: torch.dtype | None,
+    head_stored: bool | None = None,
+    source: Path | None = None,
+    template: str | None = None,
+) -> Any:
     """This package's `InternVLChatConfig` (original layout) of a `-hf` config dict; InternLM2 when the record says so.
+
+    `template` (a name of `chat_templates.TEMPLATES`) replaces the recorded one. A config without a record of the
+    original fields takes `template`, `system_message` and tiling from the chat template and image processor config
+    of the folder `source` (`template_inference.infer_original_fields`; the original defaults without `source`).
 
     `head_stored`: whether the `-hf` checkpoint holds an `lm_head` tensor (`None`: not known, the config's
     `tie_word_embeddings` is kept). A stored head is kept, with `tie_word_embeddings: false` (transformers does not
@@ -406,6 +416,13 @@ def original_config_for(hf: dict[str, Any], dtype: torch.dtype | None, head_stor
     except ValueError as error:
         raise ConversionError(f"text_config: {error}") from None
     architectures = record.get("llm_architectures") or []
+    if source is not None and "template" not in record:
+        from .template_inference import infer_original_fields
+
+        architecture = (architectures or [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)])[0]
+        record.update(infer_original_fields(source, hf, architecture, template))
+    elif template is not None:
+        record["template"] = template
     if architectures[:1] == ["InternLM2ForCausalLM"]:
         text_config = llama_config_to_internlm2(text_config)
     else:
@@ -460,16 +477,20 @@ def original_config_for(hf: dict[str, Any], dtype: torch.dtype | None, head_stor
 
 
 def prepare_to_original(
-    source: Path, config: dict[str, Any], dtype: torch.dtype | None, tensor_names: set[str] | None = None
+    source: Path,
+    config: dict[str, Any],
+    dtype: torch.dtype | None,
+    tensor_names: set[str] | None = None,
+    template: str | None = None,
 ) -> Prepared:
-    """`tensor_names`: the source's tensor names, normalized (`normalize_hf_key`); tells whether it stores an LM head
-    (see `original_config_for`)."""
+    """`tensor_names`: the source's tensor names, normalized (`normalize_hf_key`); tells whether it stores an LM head.
+    `template`: the conversation template to write (default: recorded or recognised; see `original_config_for`)."""
     from ..modeling.llm_resolution import language_model_head
     from ..modeling.modeling_internvl import InternVLChatForConditionalGeneration as OriginalModel
 
     head_stored = None if tensor_names is None else "language_model.lm_head.weight" in tensor_names
     try:
-        original = original_config_for(config, dtype, head_stored)
+        original = original_config_for(config, dtype, head_stored, source, template)
     except (ValueError, TypeError) as error:
         raise ConversionError(str(error)) from None
     internlm2 = original.text_config.model_type == "internlm2"
