@@ -135,7 +135,7 @@ def infer_original_fields(
     )
     logger.warning(
         f"{source} records no original template and {reason}; the original config.json gets template "
-        f"{fields['template']!r} (from the LLM architecture {architecture}). Pass --template NAME (one of "
+        f"{fields['template']!r} (the choice for LLM architecture {architecture}). Pass --template NAME (one of "
         f"{', '.join(sorted(TEMPLATES))}) to choose another."
     )
     return fields
