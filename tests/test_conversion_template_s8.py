@@ -16,7 +16,7 @@ import transformers_internvl  # noqa: F401  (registers the classes)
 from transformers_internvl.chat_templates import get_jinja_chat_template
 from transformers_internvl.cli import main
 from transformers_internvl.conversion.convert import ConversionError, convert_checkpoint
-from transformers_internvl.conversion.layouts import original_config_for
+from transformers_internvl.conversion.original_layout import original_config_for
 
 # The chat template of the -hf repositories converted by transformers' script (same behaviour, written here): every
 # message as `<|im_start|>{role}\n{text}<|im_end|>\n`, images as `<image>\n`, no default system message.

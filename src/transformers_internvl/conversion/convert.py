@@ -125,7 +125,8 @@ def convert_checkpoint(
         ConversionError: bad source (missing / truncated shard, index mismatch, unknown architecture or tensor,
             `ps_version: v1`, ...), existing `dst`, wrong direction, or a failed verification.
     """
-    from .layouts import prepare_to_hf, prepare_to_original  # the config / tokenizer side
+    from .layouts import prepare_to_hf  # the config / tokenizer side
+    from .original_layout import prepare_to_original
 
     if to not in ("hf", "original"):
         raise ConversionError(f"`to` must be 'hf' or 'original', got {to!r}")
