@@ -157,13 +157,13 @@ def test_internlm2_hf_tokenizer_resaved_without_its_sentencepiece_model_warns(co
     from transformers import AutoTokenizer
     from transformers.testing_utils import CaptureLogger
 
-    from transformers_internvl.conversion import layouts
+    from transformers_internvl.conversion import original_layout
 
     hf, _ = converted["internlm2-ds1-single"]
     resaved = tmp_path / "resaved"
     shutil.copytree(hf, resaved)
     (resaved / "tokenizer.model").unlink()
-    with CaptureLogger(layouts.logger) as captured:
+    with CaptureLogger(original_layout.logger) as captured:
         back = convert_checkpoint(resaved, tmp_path / "back", to="original", progress=False).path
     assert "has no tokenizer.model" in captured.out
     text = "<|im_start|>user\n<img><IMG_CONTEXT></img>\n<video> 中文<|im_end|>"
@@ -171,7 +171,7 @@ def test_internlm2_hf_tokenizer_resaved_without_its_sentencepiece_model_warns(co
         AutoTokenizer.from_pretrained(back)(text)["input_ids"]
         == _tokenizer(HELDOUT_S7 / "internlm2-ds1-single")(text)["input_ids"]
     )
-    with CaptureLogger(layouts.logger) as captured:
+    with CaptureLogger(original_layout.logger) as captured:
         convert_checkpoint(hf, tmp_path / "back2", to="original", progress=False)
     assert "has no tokenizer.model" not in captured.out
 

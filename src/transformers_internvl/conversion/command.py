@@ -48,6 +48,7 @@ def run_convert(args: argparse.Namespace) -> int:
             image_token_id=args.image_token_id,
             merge_lora=args.merge_lora,
             progress=not args.quiet,
+            template=args.template,
         )
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -102,6 +103,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-token-id", type=int, help="id of <IMG_CONTEXT> when SRC does not tell it")
     parser.add_argument(
         "--merge-lora", metavar="ADAPTER", help="PEFT LoRA adapter folder (trained on SRC's model) to merge in"
+    )
+    parser.add_argument(
+        "--template",
+        help="--to original: the conversation template config.json names (e.g. internvl2_5, Hermes-2, phi3-chat, "
+        "internvl3_5_gpt_oss); default: the recorded one, else the one SRC's chat template renders as",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run_convert)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .checkpoint_io import ConversionError, atomic_output_folder, read_json, tensor_files
-from .hf_layout import hf_to_original_plan, normalize_hf_key, original_to_hf_plan
+from .hf_layout import TensorStep, hf_to_original_plan, normalize_hf_key, original_to_hf_plan
 from .streaming import stream_tensors
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -94,6 +94,7 @@ def convert_checkpoint(
     image_token_id: int | None = None,
     merge_lora: str | os.PathLike | None = None,
     progress: bool = True,
+    template: str | None = None,
 ) -> ConversionResult:
     """Convert an InternVL checkpoint folder between the original OpenGVLab layout and transformers' `-hf` layout.
 
@@ -113,6 +114,9 @@ def convert_checkpoint(
         merge_lora: a PEFT LoRA adapter folder trained on the model of `src`, merged into the weights on the way
             (`lora.lora_deltas`); `verify` then compares against the unmerged source.
         progress: show a progress bar (bytes of the source tensors).
+        template: `--to original` only: the conversation template the original `config.json` names (a name of
+            `chat_templates.TEMPLATES`). Default: the one `--to hf` recorded, else the one the source's chat
+            template renders as (`template_inference`), else from the LLM architecture, with a warning.
 
     Returns:
         `ConversionResult`.
@@ -121,7 +125,8 @@ def convert_checkpoint(
         ConversionError: bad source (missing / truncated shard, index mismatch, unknown architecture or tensor,
             `ps_version: v1`, ...), existing `dst`, wrong direction, or a failed verification.
     """
-    from .layouts import prepare_to_hf, prepare_to_original  # the config / tokenizer side
+    from .layouts import prepare_to_hf  # the config / tokenizer side
+    from .original_layout import prepare_to_original
 
     if to not in ("hf", "original"):
         raise ConversionError(f"`to` must be 'hf' or 'original', got {to!r}")
@@ -130,6 +135,13 @@ def convert_checkpoint(
             raise ConversionError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         dtype = DTYPES[dtype]
     shard_bytes = parse_size(max_shard_size)
+    if template is not None:
+        from ..chat_templates import TEMPLATES
+
+        if to != "original":
+            raise ConversionError("template applies to --to original (an original config.json names its template)")
+        if template not in TEMPLATES:
+            raise ConversionError(f"unknown template {template!r}; known templates: {', '.join(sorted(TEMPLATES))}")
     dst = Path(dst)
     if dst.is_symlink() or (dst.exists() and not dst.is_dir()):
         raise ConversionError(f"destination {dst} exists and is not a folder (a file or a link): remove it first")
@@ -177,16 +189,19 @@ def convert_checkpoint(
         )
         steps = original_to_hf_plan(list(locations), prepared.internlm2_heads)
     else:
-        prepared = prepare_to_original(source, config, dtype=dtype)
         normalized = {}
         for key in locations:
             name = normalize_hf_key(key)
             if name in normalized:
                 raise ConversionError(f"tensors {normalized[name]!r} and {key!r} name the same parameter")
             normalized[name] = key
+        prepared = prepare_to_original(source, config, dtype=dtype, tensor_names=set(normalized), template=template)
         if adjust:  # the adapter names the saved -hf names; the files may use the module-tree ones
             adjust = {normalized.get(name, name): merge for name, merge in adjust.items()}
         steps = hf_to_original_plan(normalized, prepared.internlm2_heads)
+        embeddings = normalized.get("language_model.model.embed_tokens.weight")
+        if prepared.head_from_embeddings and embeddings:  # a tied -hf model: the original needs its head stored
+            steps.append(TensorStep(prepared.head_from_embeddings, (embeddings,)))
     prepared.check_tensors({step.name for step in steps})
 
     with atomic_output_folder(dst, force) as tmp:

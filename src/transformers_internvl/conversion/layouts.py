@@ -1,13 +1,12 @@
 """Everything but the tensors: config.json, tokenizer, processor and generation config of each layout.
 
-`prepare_to_hf` / `prepare_to_original` read the source configuration, refuse what the target layout cannot express
-exactly, and return a `Prepared` object that checks the converted tensor names against the target model and writes
-the non-weight files into the output folder.
+`prepare_to_hf` / `original_layout.prepare_to_original` read the source configuration, refuse what the target layout
+cannot express exactly, and return a `Prepared` object that checks the converted tensor names against the target
+model and writes the non-weight files into the output folder.
 """
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,13 +33,15 @@ from .hf_layout import (
     LlmHeads,
     normalize_hf_key,
     recorded_fields,
-    vision_config_from_hf,
     vision_config_to_hf,
 )
 from .image_token_id import source_image_token_id
-from .tokenizer_io import ADDED_TOKENS_RECORD, load_source_tokenizers, restore_original_tokenizer_files
+from .tokenizer_io import ADDED_TOKENS_RECORD, load_source_tokenizers
 
 logger = logging.get_logger(__name__)
+
+# Record key (under `ORIGINAL_RECORD_KEY`): the original source of a `-hf` folder tied its LM head (no head tensor).
+TIED_RECORD = "tie_word_embeddings"
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -72,6 +73,8 @@ class Prepared:
     expected_tensors: set[str]
     write_side_files: Callable[[Path], None]
     expected_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # `--to original` of a tied `-hf` model: the original LM head tensor to write as a copy of the embeddings.
+    head_from_embeddings: str | None = None
 
     def check_tensors(self, produced: set[str]) -> None:
         missing = sorted(self.expected_tensors - produced)
@@ -225,6 +228,8 @@ def prepare_to_hf(
     tokenizers = load_source_tokenizers(source) if has_tokenizer else None
     if tokenizers and tokenizers[2]:
         getattr(hf_config, ORIGINAL_RECORD_KEY)[ADDED_TOKENS_RECORD] = tokenizers[2]  # removed by --to original
+    if hf_config.tie_word_embeddings:  # a tied source without a head tensor: --to original keeps it so
+        getattr(hf_config, ORIGINAL_RECORD_KEY)[TIED_RECORD] = True
 
     def write(folder: Path) -> None:
         hf_config.save_pretrained(folder)
@@ -364,136 +369,4 @@ def write_generation_config(source: Path, folder: Path, text_config: Any, stop_t
     write_json(folder / "generation_config.json", generation)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# -hf -> original
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def original_config_for(hf: dict[str, Any], dtype: torch.dtype | None) -> Any:
-    """This package's `InternVLChatConfig` (original layout) of a `-hf` config dict; InternLM2 when the record says so."""
-    from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    from ..modeling.configuration_internvl import InternVLChatConfig as OriginalConfig
-    from .internlm2_llama import llama_config_to_internlm2
-
-    record = dict(hf.get(ORIGINAL_RECORD_KEY) or {})
-    text = dict(hf.get("text_config") or {})
-    model_type = text.pop("model_type", "qwen2")
-    if hf.get("vision_feature_select_strategy", "default") != "default":
-        raise ConversionError("vision_feature_select_strategy must be 'default' (drop CLS) for the original layout")
-    if hf.get("projector_hidden_act", "gelu") != "gelu":
-        raise ConversionError(f"projector_hidden_act {hf.get('projector_hidden_act')!r}: the original uses gelu")
-    layer = hf.get("vision_feature_layer", -1)
-    if not isinstance(layer, int):
-        raise ConversionError(f"vision_feature_layer {layer!r}: the original selects one layer")
-    try:
-        text_config = AutoConfig.for_model(model_type, **text)
-    except ValueError as error:
-        raise ConversionError(f"text_config: {error}") from None
-    architectures = record.get("llm_architectures") or []
-    if architectures[:1] == ["InternLM2ForCausalLM"]:
-        text_config = llama_config_to_internlm2(text_config)
-    else:
-        # The causal-LM class transformers registers for the model type (what `llm_config.architectures[0]` names).
-        architecture = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
-        text_config.architectures = architectures or ([architecture] if architecture else None)
-    tie = bool(hf.get("tie_word_embeddings", True))
-    text_config.tie_word_embeddings = tie
-    vision = vision_config_from_hf(hf.get("vision_config") or {})
-    side = vision["image_size"] // vision["patch_size"]
-    downsample = hf.get("downsample_ratio", 0.5)
-    if hf.get("image_seq_length") not in (None, int(side * side * downsample**2)):
-        # transformers' model never reads it (InternVLConfig defaults it to 256 whatever the tower); the original
-        # layout has no such field, its token count follows from the tower.
-        logger.warning(f"config.json says image_seq_length {hf['image_seq_length']}; the vision tower gives "
-                       f"{int(side * side * downsample**2)} tokens per tile, which the original layout uses")  # fmt: skip
-    fields = {
-        "template": "internvl2_5",
-        "force_image_size": vision["image_size"],
-        "dynamic_image_size": True,
-        "use_thumbnail": True,
-        "min_dynamic_patch": 1,
-        "max_dynamic_patch": 12,
-        "pad2square": False,
-        **{k: v for k, v in record.items() if k != "llm_architectures" and not k.startswith("tokenizer_")},
-        "ps_version": "v2",
-        "select_layer": layer,
-    }
-    config = OriginalConfig(
-        vision_config=vision,
-        text_config=text_config,
-        downsample_ratio=downsample,
-        image_token_id=hf.get("image_token_id"),
-        tie_word_embeddings=tie,
-        **fields,
-    )
-    config.architectures = ["InternVLChatModel"]
-    dtype_name = _dtype_name(dtype, hf.get("dtype") or hf.get("torch_dtype"))
-    if dtype_name:
-        config.dtype = dtype_name
-    return config
-
-
-def prepare_to_original(source: Path, config: dict[str, Any], dtype: torch.dtype | None) -> Prepared:
-    from ..modeling.llm_resolution import language_model_head
-    from ..modeling.modeling_internvl import InternVLChatForConditionalGeneration as OriginalModel
-
-    try:
-        original = original_config_for(config, dtype)
-    except (ValueError, TypeError) as error:
-        raise ConversionError(str(error)) from None
-    internlm2 = original.text_config.model_type == "internlm2"
-    head = language_model_head(original.text_config).head_name  # `lm_head`, InternLM2 `output`, as the LLM class
-    prefixes = (
-        ("model.vision_model.", "vision_model."),
-        ("model.mlp1.", "mlp1."),
-        ("model.language_model.", "language_model.model."),
-        ("lm_head.", f"language_model.{head}."),
-    )
-    shapes = {}
-    for name, shape in _meta_state_shapes(OriginalModel, original).items():
-        for module_prefix, saved_prefix in prefixes:
-            if name.startswith(module_prefix):
-                name = saved_prefix + name[len(module_prefix) :]
-                break
-        shapes[name] = shape
-    if original.tie_word_embeddings:
-        shapes.pop(f"language_model.{head}.weight", None)
-    expected = set(shapes)
-
-    def write(folder: Path) -> None:
-        original.save_pretrained(folder)
-        if (source / "generation_config.json").is_file():
-            generation = read_json(source / "generation_config.json", "generation config")
-            generation.pop("transformers_version", None)
-            write_json(folder / "generation_config.json", generation)
-        copy_tokenizer_to_original(source, folder, config.get(ORIGINAL_RECORD_KEY) or {})
-
-    return Prepared(_heads(original.text_config) if internlm2 else None, expected, write, shapes)
-
-
-def copy_tokenizer_to_original(source: Path, folder: Path, record: dict[str, Any]) -> None:
-    """Tokenizer files only (no chat template, processor or image processor config: the original layout takes
-    those from `config.json`'s `template` and tiling fields); the original tokenizer class and `auto_map` come back
-    from the record when the `-hf` folder was made by `--to hf`."""
-    for name in TOKENIZER_FILES:
-        if (source / name).is_file():
-            shutil.copyfile(source / name, folder / name)
-    config_path = folder / "tokenizer_config.json"
-    if config_path.is_file():
-        tokenizer_config = read_json(config_path, "tokenizer config")
-        tokenizer_config.pop("chat_template", None)
-        if record.get("tokenizer_class"):
-            tokenizer_config["tokenizer_class"] = record["tokenizer_class"]
-        if record.get("tokenizer_class") == "InternLM2Tokenizer" and not (source / "tokenizer.model").is_file():
-            logger.warning(f"{source} has no tokenizer.model (a tokenizer re-saved by transformers keeps only "
-                           "tokenizer.json): the original code's InternLM2Tokenizer cannot read the tokenizer of the "
-                           "original-layout folder; this package reads its tokenizer.json")  # fmt: skip
-        if record.get("tokenizer_auto_map"):
-            tokenizer_config["auto_map"] = record["tokenizer_auto_map"]
-        write_json(config_path, tokenizer_config)
-    restore_original_tokenizer_files(folder, list(record.get(ADDED_TOKENS_RECORD) or []))
-
-
-__all__ = ["Prepared", "hf_config_for", "original_config_for", "prepare_to_hf", "prepare_to_original"]
+__all__ = ["TOKENIZER_FILES", "Prepared", "hf_config_for", "prepare_to_hf"]
