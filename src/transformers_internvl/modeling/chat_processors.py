@@ -98,10 +98,6 @@ class GeneratedTokensStreamer(BaseStreamer):
         self.streamer.end()
 
 
-def _generated_only(processor: LogitsProcessor, prompt_length: int) -> GeneratedTokensLogitsProcessor:
-    return GeneratedTokensLogitsProcessor(processor, prompt_length)
-
-
 def generated_only_penalties(
     kwargs: dict[str, Any], prompt_length: int, config: GenerationConfig | None
 ) -> dict[str, Any]:
@@ -117,7 +113,7 @@ def generated_only_penalties(
     # the sampling warpers), which give the same scores: the masks set -inf, which the penalty, the bias and the
     # bans keep.
     if config.sequence_bias is not None:
-        extra.append(_generated_only(SequenceBiasLogitsProcessor(config.sequence_bias), prompt_length))
+        extra.append(GeneratedTokensLogitsProcessor(SequenceBiasLogitsProcessor(config.sequence_bias), prompt_length))
         changes["sequence_bias"] = None
     if config.encoder_repetition_penalty is not None and config.encoder_repetition_penalty != 1.0:
         changes["encoder_repetition_penalty"] = 1.0  # the original has no input ids: transformers ignores it
@@ -133,13 +129,15 @@ def generated_only_penalties(
         changes["encoder_no_repeat_ngram_size"] = 0  # ignored by the original's generate as well
     if config.bad_words_ids is not None:
         banned = NoBadWordsLogitsProcessor(config.bad_words_ids, config.eos_token_id)
-        extra.append(_generated_only(banned, prompt_length))
+        extra.append(GeneratedTokensLogitsProcessor(banned, prompt_length))
         changes["bad_words_ids"] = None
     if config.forced_bos_token_id is not None:
-        extra.append(_generated_only(ForcedBOSTokenLogitsProcessor(config.forced_bos_token_id), prompt_length))
+        extra.append(
+            GeneratedTokensLogitsProcessor(ForcedBOSTokenLogitsProcessor(config.forced_bos_token_id), prompt_length)
+        )
         changes["forced_bos_token_id"] = None
     if kwargs.get("logits_processor"):
-        extra += [_generated_only(processor, prompt_length) for processor in kwargs["logits_processor"]]
+        extra += [GeneratedTokensLogitsProcessor(processor, prompt_length) for processor in kwargs["logits_processor"]]
     if extra:
         changes["logits_processor"] = LogitsProcessorList(extra)
     if kwargs.get("stopping_criteria"):
