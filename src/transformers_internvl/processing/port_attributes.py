@@ -1,16 +1,23 @@
-"""Read-only attribute names of transformers' own `InternVLProcessor` on this package's processor.
+"""Attributes and helpers that transformers' own `InternVLProcessor` and `ProcessorMixin` define, on this package's
+processor.
 
-Code written for transformers' port reads `processor.image_seq_length`, `start_image_token(_id)` and
-`end_image_token(_id)`; this processor keeps the original's names (`num_image_token`, `image_start_token`, ...). The
-properties below give the same values under the port's names (nothing is stored or saved twice).
+Code written for transformers' port reads `processor.image_seq_length`, `start_image_token(_id)`,
+`end_image_token(_id)` and `video_token(_id)`; this processor keeps the original's names (`num_image_token`,
+`image_start_token`, `video_placeholder`, ...). The properties below give the same values under the port's names
+(nothing is stored or saved twice). `_get_num_multimodal_tokens` is the count vLLM and TRL ask for
+(`multimodal_tokens`).
 """
 
 from __future__ import annotations
 
+from .control_tokens import placeholder_pattern
+from .multimodal_tokens import mm_token_type_ids, num_multimodal_tokens, placeholder_kinds
+
 
 class PortAttributeNamesMixin:
-    """`image_seq_length` (tokens per tile), `start_image_token` / `end_image_token` (`<img>` / `</img>`) and their
-    ids, as transformers' `InternVLProcessor` names them."""
+    """`image_seq_length` (tokens per tile), `start_image_token` / `end_image_token` (`<img>` / `</img>`),
+    `video_token` (`<video>`) and their ids, as transformers' `InternVLProcessor` names them, and
+    `_get_num_multimodal_tokens`."""
 
     @property
     def image_seq_length(self) -> int:
@@ -32,3 +39,47 @@ class PortAttributeNamesMixin:
     @property
     def end_image_token_id(self) -> int | None:
         return self.image_end_token_id
+
+    @property
+    def video_token(self) -> str:
+        """The video placeholder of the text (`<video>`, `video_placeholder`): one per video, expanded to one
+        `Frame-i: <img>...</img>` line per sampled frame."""
+        return self.video_placeholder
+
+    @property
+    def video_token_id(self) -> int | None:
+        """Id of `video_token` when the tokenizer has it as one token (the original tokenizers do not: None)."""
+        return self._token_id(self.video_placeholder)
+
+    def _get_num_multimodal_tokens(self, image_sizes=None, video_sizes=None, **kwargs):
+        """Tokens the processor inserts for images of the given sizes and for videos, without pixels.
+
+        Args:
+            image_sizes: `(height, width)` per image, each counted as the only image of its prompt; or one list of
+                sizes per prompt, whose images share the prompt's tile budget (`max_total_tiles`) as in `__call__`.
+            video_sizes: `(frames, height, width)` per decoded video given to the processor (all its frames are
+                used unless `num_segments` / `num_frames` is passed; for a video file the processor samples
+                `num_segments`, so pass it here).
+            kwargs: per-call options as `__call__` takes them (`max_dynamic_patch` / `max_num`, `use_thumbnail`,
+                `dynamic_image_size`, `max_total_tiles`, `num_segments`, ..., flat or as `images_kwargs` /
+                `videos_kwargs`).
+
+        Returns:
+            `MultiModalData`: `num_image_patches` (tiles per image, thumbnail included), `num_image_tokens`
+            (`2 + num_image_token * tiles` per image: `<img>`, the context tokens, `</img>`), `num_video_tokens`
+            (frames x `(2 + num_image_token)` per video; the `Frame-i: ` labels are text). Each equals what
+            `__call__` inserts and marks in `mm_token_type_ids` (1 for images, 2 for video frames).
+
+        Raises:
+            ValueError, TypeError: a malformed size, or an option `__call__` refuses too.
+        """
+        merged = self._merge_kwargs(type(self).valid_processor_kwargs, tokenizer_init_kwargs={}, **kwargs)
+        return num_multimodal_tokens(self, image_sizes, video_sizes, merged)
+
+    def _mm_token_type_ids(self, text_inputs, texts: list[str], video_inputs: dict) -> list[list[int]]:
+        """`mm_token_type_ids` of `text_inputs["input_ids"]`, tokenized from `texts` once expanded (`video_inputs`:
+        `num_frames` per video): 1 on each image's tokens, 2 on each video frame's (transformers' types; its default
+        marks by id, which cannot tell a frame from an image)."""
+        pattern = placeholder_pattern(self.image_placeholder, self.video_placeholder)
+        kinds = placeholder_kinds(texts, pattern, self.image_placeholder, video_inputs["num_frames"])
+        return mm_token_type_ids(text_inputs["input_ids"], kinds, self.image_start_token_id, self.image_end_token_id)

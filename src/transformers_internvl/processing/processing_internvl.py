@@ -332,8 +332,8 @@ class InternVLChatProcessor(PortAttributeNamesMixin, ProcessorMixin):
         data = dict(text_inputs)
         if return_text_replacement_offsets:
             data["text_replacement_offsets"] = replacement_offsets
-        if return_mm_token_type_ids:
-            data["mm_token_type_ids"] = self.create_mm_token_type_ids(text_inputs["input_ids"])
+        if return_mm_token_type_ids:  # 1 on image tokens, 2 on video frames' (`port_attributes`)
+            data["mm_token_type_ids"] = self._mm_token_type_ids(text_inputs, texts, video_inputs)
         if pixel_chunks:
             data["pixel_values"] = torch.cat(pixel_chunks, dim=0)
             data["num_tiles"] = num_tiles
