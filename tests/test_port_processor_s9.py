@@ -160,6 +160,15 @@ def test_a_list_per_prompt_shares_the_prompt_tile_budget(small):
     assert small._get_num_multimodal_tokens(image_sizes=[sizes], max_total_tiles=None)["num_image_patches"] == [13] * 7
 
 
+def test_sizes_as_arrays(small):
+    import torch
+
+    expected = small._get_num_multimodal_tokens(image_sizes=SIZES, video_sizes=[(6, 40, 50)])
+    for convert in (np.array, torch.tensor):
+        counts = small._get_num_multimodal_tokens(image_sizes=convert(SIZES), video_sizes=convert([(6, 40, 50)]))
+        assert counts == expected
+
+
 def test_two_images_per_prompt_total_matches(small):
     images = [_image(h, w, seed) for seed, (h, w) in enumerate(SIZES[:4])]
     out = small(

@@ -105,6 +105,9 @@ def num_multimodal_tokens(processor: Any, image_sizes=None, video_sizes=None, me
     """
     merged = merged or {}
     per_tile = processor.num_image_token
+    # numpy / torch arrays of sizes, as lists (`(N, 2)` image sizes, `(N, 3)` video sizes)
+    image_sizes = image_sizes.tolist() if hasattr(image_sizes, "tolist") else image_sizes
+    video_sizes = video_sizes.tolist() if hasattr(video_sizes, "tolist") else video_sizes
     data: dict[str, list[int]] = {}
     if image_sizes is not None:
         images_kwargs = {k: v for k, v in merged.get("images_kwargs", {}).items() if k != "return_tensors"}
