@@ -181,13 +181,13 @@ def test_text_replacement_offsets_from_first_principles():
     image = Image.fromarray(np.zeros((64, 64, 3), np.uint8))
     tokens = len(processor.image_tokens(1))
     out = processor(text="<image> and <image>", images=[image, image], return_text_replacement_offsets=True)
-    assert out["text_replacement_offsets"] == [
-        [{"span": (0, 7), "new_span": (0, tokens)}, {"span": (12, 19), "new_span": (tokens + 5, 2 * tokens + 5)}]
-    ]
+    spans = [(entry["span"], entry["new_span"]) for entry in out["text_replacement_offsets"][0]]
+    assert spans == [((0, 7), (0, tokens)), ((12, 19), (tokens + 5, 2 * tokens + 5))]
     out = processor(text="Compare.", images=[image, image], return_text_replacement_offsets=True)
-    prefix = processor.image_prefix(2)  # "Image-1: <image>\nImage-2: <image>\n"
-    expanded_prefix = len(prefix) + 2 * (tokens - len("<image>"))
-    assert out["text_replacement_offsets"] == [[{"span": (0, 0), "new_span": (0, expanded_prefix)}]]
+    # The added "Image-1: <image>\nImage-2: <image>\n": one insertion at 0 per image, label through line break.
+    item = len("Image-1: \n") + tokens
+    spans = [(entry["span"], entry["new_span"]) for entry in out["text_replacement_offsets"][0]]
+    assert spans == [((0, 0), (0, item)), ((0, 0), (item, 2 * item))]
     plain = processor(text="Compare.", images=[image, image], return_tensors="pt")
     assert "text_replacement_offsets" not in plain
 

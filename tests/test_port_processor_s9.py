@@ -256,6 +256,90 @@ def test_mm_token_type_ids_through_apply_chat_template_with_a_video_file(small, 
     assert [sum(1 for t in row if t == 2) for row in out["mm_token_type_ids"]] == expected
 
 
+def test_mm_token_type_ids_of_a_batch_of_chats_with_a_video_and_an_image(small):
+    chats = [
+        [{"role": "user", "content": [{"type": "video", "video": _frames(5)}, {"type": "text", "text": "Video?"}]}],
+        [
+            {
+                "role": "user",
+                "content": [{"type": "image", "image": _image(10, 120)}, {"type": "text", "text": "Image?"}],
+            }
+        ],
+    ]
+    out = small.apply_chat_template(
+        chats,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        processor_kwargs={"padding": True, "return_mm_token_type_ids": True},
+    )
+    types = out["mm_token_type_ids"]
+    video = small._get_num_multimodal_tokens(video_sizes=[(5, 40, 50)])["num_video_tokens"]
+    image = small._get_num_multimodal_tokens(image_sizes=[(10, 120)])["num_image_tokens"]
+    assert (types == 2).sum(-1).tolist() == [video[0], 0]
+    assert (types == 1).sum(-1).tolist() == [0, image[0]] == [0, 2 + 13 * SMALL_TOKENS]
+
+
+# ---- text_replacement_offsets: the keys of transformers' get_text_with_replacements ---------------------------------
+
+
+def _rebuild(given: str, entries: list[dict]) -> str:
+    """`given` with each entry's `span` replaced by its `replacement` (insertions at 0 in order)."""
+    pieces, last = [], 0
+    for entry in entries:
+        start, end = entry["span"]
+        pieces += [given[last:start], entry["replacement"]]
+        last = end
+    return "".join(pieces) + given[last:]
+
+
+def _check_offsets(processor, given: str, out, types: list[str]) -> list[dict]:
+    entries = out["text_replacement_offsets"][0]
+    assert [entry["type"] for entry in entries] == types
+    expanded = _rebuild(given, entries)
+    assert list(out["input_ids"][0]) == processor.tokenizer(expanded)["input_ids"]
+    for entry in entries:
+        assert expanded[slice(*entry["new_span"])] == entry["replacement"]
+        assert given[slice(*entry["span"])] == entry["text"]
+    return entries
+
+
+def test_offsets_of_placeholders_in_the_text(small):
+    given = "An <image> and a <video> end"
+    out = small(text=given, images=[_image(10, 120)], videos=[_frames(2)], return_text_replacement_offsets=True)
+    image, video = _check_offsets(small, given, out, ["image", "video"])
+    assert image["replacement"] == small.image_tokens(13)
+    assert video["replacement"] == f"Frame-1: {small.image_tokens(1)}\nFrame-2: {small.image_tokens(1)}"
+
+
+def test_offsets_of_an_added_prefix_are_one_insertion_per_item(small):
+    given = "Compare."
+    out = small(text=given, images=[_image(30, 30), _image(10, 120)], return_text_replacement_offsets=True)
+    first, second = _check_offsets(small, given, out, ["image", "image"])
+    assert first["replacement"] == f"Image-1: {small.image_tokens(1)}\n"
+    assert second["replacement"] == f"Image-2: {small.image_tokens(13)}\n"
+    assert first["span"] == second["span"] == (0, 0) and first["text"] == ""
+
+    out = small(text="What?", images=[_image(30, 30)], videos=[_frames(2)], return_text_replacement_offsets=True)
+    image, video = _check_offsets(small, "What?", out, ["image", "video"])
+    assert image["replacement"] == small.image_tokens(1) + "\n"
+    assert video["replacement"] == f"Frame-1: {small.image_tokens(1)}\nFrame-2: {small.image_tokens(1)}\n"
+
+
+def test_offsets_of_a_literal_placeholder_are_text(small):
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "text", "text": "Is <image> a tag?"}],
+        }
+    ]
+    prompt = small.apply_chat_template(messages, add_generation_prompt=True)
+    out = small(text=prompt, images=[_image(30, 30)], return_text_replacement_offsets=True)
+    entries = _check_offsets(small, prompt, out, ["image", "text"])
+    assert entries[1]["replacement"] == "" and len(entries[1]["text"]) == 1  # the escape, removed
+
+
 # ---- loading and errors ---------------------------------------------------------------------------------------------
 
 

@@ -59,9 +59,9 @@ def test_get_text_with_replacements_keeps_escaped_placeholders_as_text(processor
     # `<image>` at 1..8 -> "I" at 1..2; the escape at 9 is removed; `<video>` at 18..25 -> "V" at 11..12.
     assert offsets == [
         [
-            {"span": (1, 8), "new_span": (1, 2)},
-            {"span": (9, 10), "new_span": (3, 3)},
-            {"span": (18, 25), "new_span": (11, 12)},
+            {"type": "image", "span": (1, 8), "new_span": (1, 2), "text": "<image>", "replacement": "I"},
+            {"type": "text", "span": (9, 10), "new_span": (3, 3), "text": PLACEHOLDER_ESCAPE, "replacement": ""},
+            {"type": "video", "span": (18, 25), "new_span": (11, 12), "text": "<video>", "replacement": "V"},
         ]
     ]
 

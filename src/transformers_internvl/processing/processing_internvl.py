@@ -82,7 +82,7 @@ class InternVLProcessingKwargs(ProcessingKwargs, total=False):
     videos_kwargs: VideosKwargs
 
 
-class InternVLChatProcessor(PortAttributeNamesMixin, ProcessorMixin):
+class InternVLChatProcessor(ProcessorMixin, PortAttributeNamesMixin):
     r"""
     Processor of InternVL 2.5 (alias `InternVLProcessor`): image processor (dynamic tiling), tokenizer and video
     processor, producing the inputs of the original chat format.
@@ -325,7 +325,7 @@ class InternVLChatProcessor(PortAttributeNamesMixin, ProcessorMixin):
         if sanitize_control_tokens and text_kwargs.get("add_special_tokens", True):
             before, after = special_tokens_around_text(self.tokenizer)
             expanded_texts = [before + sample + after for sample in expanded_texts]
-            replacement_offsets = [shift_for_inserted_prefix(offsets, len(before)) for offsets in replacement_offsets]
+            replacement_offsets = [shift_for_inserted_prefix(offsets, before) for offsets in replacement_offsets]
             text_kwargs["add_special_tokens"] = False
         text_inputs = self.tokenizer(expanded_texts, **text_kwargs)
         self._check_special_mm_tokens(expanded_texts, text_inputs, modalities=["image"])
@@ -398,28 +398,28 @@ class InternVLChatProcessor(PortAttributeNamesMixin, ProcessorMixin):
         videos_replacements: list[str] = (),
         audio_replacements: list[str] = (),
         prefix_lengths: list[int] | None = None,
-    ) -> tuple[list[str], list[list[dict[str, tuple[int, int]]]]]:
+    ) -> tuple[list[str], list[list[dict[str, Any]]]]:
         """`ProcessorMixin.get_text_with_replacements` for InternVL's placeholders: the i-th `<image>` (`<video>`)
         over the batch becomes `images_replacements[i]` (`videos_replacements[i]`). Unlike transformers' default the
         placeholders differ from `image_token` (`<IMG_CONTEXT>`, which fills the sequence), escaped placeholders
         (`control_tokens.PLACEHOLDER_ESCAPE`) stay text and lose their escape, and the first `prefix_lengths[i]`
-        characters of text `i` (the added `Image-1: <image>\n...` prefix) count as one insertion at 0.
+        characters of text `i` (the added `Image-1: <image>\n...` prefix) are one insertion at 0 per item.
 
         Returns:
-            The expanded texts, and per text its changes `{"span": (start, end) in the text as given, "new_span":
-            (start, end) in the expanded text}` (what transformers' assistant-mask shift reads).
+            The expanded texts, and per text its changes as transformers gives them: `{"type", "span" (in the text as
+            given), "new_span" (in the expanded text), "text", "replacement"}` (`processor_inputs.expansion_offsets`).
         """
         replacements = {
-            self.image_placeholder: iter(images_replacements),
-            self.video_placeholder: iter(videos_replacements),
+            self.image_placeholder: ("image", iter(images_replacements)),
+            self.video_placeholder: ("video", iter(videos_replacements)),
         }
         pattern = placeholder_pattern(self.image_placeholder, self.video_placeholder)
         expanded_texts, batch_offsets = [], []
         for index, sample_text in enumerate(text):
             segments = []
             for piece in pattern.split(sample_text):
-                is_placeholder = piece in replacements
-                segments.append((piece, next(replacements[piece]) if is_placeholder else piece, is_placeholder))
+                kind, values = replacements.get(piece, (None, None))
+                segments.append((piece, next(values) if kind else piece, kind))
             expanded, offsets = expansion_offsets(segments, prefix_lengths[index] if prefix_lengths else 0)
             expanded_texts.append(expanded)
             batch_offsets.append(offsets)

@@ -102,65 +102,96 @@ def split_per_sample(items: Any, texts: list[str], placeholder: str, is_item, na
     )
 
 
-def expansion_offsets(
-    segments: list[tuple[str, str, bool]], prefix_length: int
-) -> tuple[str, list[dict[str, tuple[int, int]]]]:
-    """The text the tokenizer gets, and where each change to the text as given ended up (for assistant masks).
+def _change(kind: str, start: int, given: str, new_start: int, output: str) -> dict[str, Any]:
+    """One entry of `text_replacement_offsets`, with the keys of transformers' `get_text_with_replacements`."""
+    return {
+        "type": kind,
+        "span": (start, start + len(given)),
+        "new_span": (new_start, new_start + len(output)),
+        "text": given,
+        "replacement": output,
+    }
 
-    `segments` are `(given piece, produced piece, is a placeholder)` in order over the text with its added prefix
-    (the first `prefix_length` characters). Placeholders become their expansions and placeholder escapes
-    (`control_tokens.PLACEHOLDER_ESCAPE`) are removed; each change is `{"span": (start, end) in the text as given,
-    "new_span": (start, end) in the produced text}`, and the prefix is one insertion at 0, which is what
-    transformers' `ProcessorMixin._adjust_assistant_masks_indices` reads.
-    """
-    offsets: list[dict[str, tuple[int, int]]] = []
-    produced: list[str] = []
-    position = new_position = prefix_growth = 0
 
-    def change(given: str, output: str) -> None:
-        nonlocal prefix_growth
-        if position < prefix_length:
-            prefix_growth += len(output) - len(given)
+def _split_at(segments: list[tuple[str, str, str | None]], cut: int) -> list[tuple[str, str, str | None]]:
+    """`segments` with the text piece that runs over character `cut` of the given text split there."""
+    out, position = [], 0
+    for given, output, kind in segments:
+        if kind is None and position < cut < position + len(given):
+            head, tail = given[: cut - position], given[cut - position :]
+            out += [(head, head, None), (tail, tail, None)]
         else:
-            start = position - prefix_length
-            offsets.append(
-                {"span": (start, start + len(given)), "new_span": (new_position, new_position + len(output))}
-            )
+            out.append((given, output, kind))
+        position += len(given)
+    return out
 
-    for given, output, replaced in segments:
-        if replaced:
-            change(given, output)
+
+def _prefix_entries(prefix: str, items: list[tuple[str, int, int]]) -> list[dict[str, Any]]:
+    """Entries of an added prefix (`Image-1: <image>\n...`, produced as `prefix`): one insertion at 0 per item, from
+    its label through the line break after its expansion (`items`: kind, start, end of each expansion)."""
+    if not items:
+        return [_change("text", 0, "", 0, prefix)] if prefix else []
+    entries, start = [], 0
+    for index, (kind, _, end) in enumerate(items):
+        bound = items[index + 1][1] if index + 1 < len(items) else len(prefix)
+        line_break = prefix.find("\n", end, bound)
+        stop = len(prefix) if index + 1 == len(items) else (line_break + 1 if line_break != -1 else bound)
+        entries.append(_change(kind, 0, "", start, prefix[start:stop]))
+        start = stop
+    return entries
+
+
+def expansion_offsets(
+    segments: list[tuple[str, str, str | None]], prefix_length: int
+) -> tuple[str, list[dict[str, Any]]]:
+    """The text the tokenizer gets, and where each change to the text as given ended up.
+
+    `segments` are `(given piece, produced piece, "image" / "video" for a placeholder or None for text)` in order over
+    the text with its added prefix (the first `prefix_length` characters). Placeholders become their expansions and
+    placeholder escapes (`control_tokens.PLACEHOLDER_ESCAPE`) are removed. Each change is an entry with transformers'
+    `get_text_with_replacements` keys: `"type"` (`"image"`, `"video"`; `"text"` for a removed escape), `"span"`
+    (start, end) in the text as given, `"new_span"` (start, end) in the produced text, `"text"` (the given piece) and
+    `"replacement"` (the produced piece). Each item of the prefix is an insertion at 0 (`span` (0, 0), `text` "")
+    whose `replacement` runs from its label through its line break. `ProcessorMixin._adjust_assistant_masks_indices`
+    reads `span` / `new_span`.
+    """
+    offsets: list[dict[str, Any]] = []
+    produced: list[str] = []
+    items: list[tuple[str, int, int]] = []
+    position = new_position = prefix_end = 0
+    for given, output, kind in _split_at(segments, prefix_length):
+        if position < prefix_length:  # the added prefix: entries per item, below
+            if kind is not None:
+                items.append((kind, new_position, new_position + len(output)))
             produced.append(output)
-            position += len(given)
-            new_position += len(output)
+            position, new_position = position + len(given), new_position + len(output)
+            prefix_end = new_position
+            continue
+        if kind is not None:
+            offsets.append(_change(kind, position - prefix_length, given, new_position, output))
+            produced.append(output)
+            position, new_position = position + len(given), new_position + len(output)
             continue
         for part_index, part in enumerate(given.split(PLACEHOLDER_ESCAPE)):
             if part_index:  # an escape character, removed
-                change(PLACEHOLDER_ESCAPE, "")
+                offsets.append(_change("text", position - prefix_length, PLACEHOLDER_ESCAPE, new_position, ""))
                 position += len(PLACEHOLDER_ESCAPE)
             produced.append(part)
-            position += len(part)
-            new_position += len(part)
-    if prefix_length:
-        offsets.insert(0, {"span": (0, 0), "new_span": (0, prefix_length + prefix_growth)})
-    return "".join(produced), offsets
+            position, new_position = position + len(part), new_position + len(part)
+    text = "".join(produced)
+    return text, _prefix_entries(text[:prefix_end], items) + offsets
 
 
-def shift_for_inserted_prefix(
-    offsets: list[dict[str, tuple[int, int]]], length: int
-) -> list[dict[str, tuple[int, int]]]:
-    """`offsets` after `length` characters were put before the produced text (one insertion at 0 in total)."""
-    if not length:
+def shift_for_inserted_prefix(offsets: list[dict[str, Any]], before: str) -> list[dict[str, Any]]:
+    """`offsets` after `before` (special tokens) was put before the produced text: an insertion at 0 of type
+    `"text"`, first."""
+    if not before:
         return offsets
+    length = len(before)
     shifted = [
-        {"span": entry["span"], "new_span": (entry["new_span"][0] + length, entry["new_span"][1] + length)}
-        for entry in offsets
+        {**entry, "new_span": (entry["new_span"][0] + length, entry["new_span"][1] + length)} for entry in offsets
     ]
-    if shifted and shifted[0]["span"] == (0, 0):
-        shifted[0] = {"span": (0, 0), "new_span": (0, shifted[0]["new_span"][1])}
-    else:
-        shifted.insert(0, {"span": (0, 0), "new_span": (0, length)})
-    return shifted
+    return [_change("text", 0, "", 0, before), *shifted]
 
 
 def add_missing_placeholders(
