@@ -353,6 +353,21 @@ def test_counts_of_a_processor_loaded_from_an_original_folder(tmp_path):
     assert reloaded._get_num_multimodal_tokens(image_sizes=[(1080, 1920)])["num_image_tokens"] == [2 * 256 + 2]
 
 
+def test_from_pretrained_takes_num_frames_as_transformers_names_num_segments(tmp_path):
+    """The video processor takes `num_frames` as an alias of the original's `num_segments`; so does loading."""
+    folder = original_model_dir(tmp_path / "model")
+    assert AutoProcessor.from_pretrained(folder, num_frames=16).video_processor.num_segments == 16
+    processor = AutoProcessor.from_pretrained(folder, num_segments=16)
+    processor.save_pretrained(tmp_path / "saved")
+    assert AutoProcessor.from_pretrained(tmp_path / "saved", num_frames=4).video_processor.num_segments == 4
+    assert (
+        AutoProcessor.from_pretrained(tmp_path / "saved", num_frames=16, num_segments=16).video_processor.num_segments
+        == 16
+    )
+    with pytest.raises(ValueError, match="num_frames"):
+        AutoProcessor.from_pretrained(folder, num_frames=4, num_segments=8)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "words"),
     [

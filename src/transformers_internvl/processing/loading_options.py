@@ -33,7 +33,7 @@ IMAGE_PROCESSOR_OPTIONS = {
     "use_thumbnail": "use_thumbnail",
     "max_total_tiles": "max_total_tiles",
 }
-VIDEO_PROCESSOR_OPTIONS = {"num_segments": "num_segments"}
+VIDEO_PROCESSOR_OPTIONS = {"num_segments": "num_segments", "num_frames": "num_segments"}  # transformers' name
 HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
 # Keyword arguments of the loading machinery (AutoProcessor / AutoTokenizer), forwarded to the tokenizer.
 _LOADING_KWARGS = frozenset(
@@ -117,8 +117,8 @@ def split_from_pretrained_kwargs(
 
     * tiling options under their original or transformers names (`dynamic_image_size`, `max_dynamic_patch` /
       `max_num` / `max_patches`, `min_dynamic_patch` / `min_num` / `min_patches`, `use_thumbnail`,
-      `max_total_tiles`) become image-processor options under the image processor's names; `num_segments` a
-      video-processor option;
+      `max_total_tiles`) become image-processor options under the image processor's names; `num_segments` (alias
+      `num_frames`, transformers' name) a video-processor option;
     * processor init arguments (`template`, `video_frame_template`, ...) are left to the processor;
     * loading options (`cache_dir`, `revision`, `trust_remote_code`, ...), the options every tokenizer takes
       (`model_max_length`, `padding_side`, special tokens, ...) and the parameters the folder's tokenizer class names
