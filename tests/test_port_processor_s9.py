@@ -100,6 +100,9 @@ def test_default_448_image_counts_from_first_principles():
     counts = processor._get_num_multimodal_tokens(image_sizes=[(1080, 1920), (100, 100), (500, 30)])
     assert counts["num_image_patches"] == [9, 1, 13]
     assert counts["num_image_tokens"] == [9 * 256 + 2, 258, 13 * 256 + 2]
+    # vLLM's largest-image probe, `image_sizes=([10000, 10000],)`: 1x1, 2x2 and 3x3 tie on the ratio and the area
+    # (1e8 > 0.5 * 448**2 * 9) moves the choice to the last, 3x3: 9 tiles and the thumbnail.
+    assert processor._get_num_multimodal_tokens(image_sizes=([10000, 10000],))["num_image_tokens"] == [10 * 256 + 2]
     out = processor(text="<image>\nWhat?", images=[_image(1080, 1920)], return_mm_token_type_ids=True)
     assert out["num_tiles"] == [9]
     assert sum(out["mm_token_type_ids"][0]) == _image_token_count(processor, out["input_ids"][0]) == 2306

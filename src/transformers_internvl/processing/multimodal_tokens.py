@@ -177,6 +177,9 @@ def mm_token_type_ids(input_ids: Any, kinds_per_sample: list[list[int]], start_i
             if token == end_id:
                 current = 0
         if next(pending, None) is not None:
-            raise ValueError(f"The ids hold fewer image runs than the {len(kinds)} images and frames given.")
+            raise ValueError(
+                f"The ids hold fewer image runs than the {len(kinds)} images and frames given, likely cut by "
+                "truncation: disable truncation or increase `max_length`."
+            )
         rows.append(types)
     return rows
