@@ -1,0 +1,218 @@
+"""Session-9 held-out re-check of fine-tuning (issue 11) against the ORIGINAL training code.
+
+Expected values come from `tests/fixtures/finetune_heldout_s9/` (README there), made by running OpenGVLab's
+`internvl_chat_finetune.py` freezing / LoRA steps and the original `InternVLChatModel` in the scratch environment:
+which parameters each original flag combination trains (stages 1 / 1.5 / 2, `unfreeze_vit_layers` of both signs,
+`use_llm_lora` / `use_backbone_lora`), the logits of both LoRA wraps with fixed adapter weights, and one optimizer
+step of two accumulated micro-batches per `loss_reduction` (gradients and the logged loss).
+"""
+
+import importlib.util
+import json
+import re
+
+import pytest
+import torch
+from helpers import FIXTURES, QWEN2_TOKENIZER, load_model
+from safetensors.torch import load_file
+from transformers import AutoTokenizer, TrainerCallback, TrainingArguments
+
+import transformers_internvl  # noqa: F401
+from transformers_internvl.processing.image_processing_internvl import InternVLImageProcessor
+from transformers_internvl.training.collator import InternVLDataCollator
+from transformers_internvl.training.data import InternVLSupervisedDataset
+from transformers_internvl.training.stages import set_trainable
+from transformers_internvl.training.trainer import InternVLTrainer
+
+pytest.importorskip("peft")
+
+HERE = FIXTURES / "finetune_heldout_s9"
+# Loaded by path: other fixture folders hold input modules too, and a shared sys.path entry would mix them up.
+_spec = importlib.util.spec_from_file_location("finetune_s9_inputs", HERE / "finetune_s9_inputs.py")
+INPUTS = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(INPUTS)
+DATA = json.loads((HERE / "original.json").read_text())
+TENSORS = load_file(HERE / "original.safetensors")
+CASES = {case["name"]: case for case in DATA["trainable"]}
+CALLS = {name: call for name, _, _, call in INPUTS.TRAINABLE_CASES}
+
+
+def original_name(name: str, head: str) -> str:
+    """This package's parameter / module name (PEFT-wrapped or not) -> the original's, without PEFT prefixes."""
+    name = name.removeprefix("base_model.model.").replace(".modules_to_save.default", "")
+    for ours, theirs in (
+        ("model.language_model.", "language_model.model."),
+        ("model.vision_model.", "vision_model."),
+        ("model.mlp1.", "mlp1."),
+        ("lm_head.", f"language_model.{head}."),
+    ):
+        if name.startswith(ours):
+            return theirs + name[len(ours) :]
+    raise AssertionError(f"unexpected name {name}")
+
+
+def _trained(case_name):
+    case = CASES[case_name]
+    stage, kwargs = CALLS[case_name]
+    model = load_model(case["model"])
+    head = "output" if "internlm2" in case["model"] else "lm_head"
+    trained = set_trainable(model, stage, **kwargs)
+    return trained, head
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_trainable_parameters_equal_the_original_flags(name):
+    """The same parameters train (same shapes) as under the original's `freeze_*` / `unfreeze_vit_layers` /
+    `use_llm_lora` / `use_backbone_lora` flags; LoRA modules have the original's rank, scaling `alpha / r` = 2 and
+    dropout."""
+    case = CASES[name]
+    trained, head = _trained(name)
+    ours = {original_name(n, head): list(p.shape) for n, p in trained.named_parameters() if p.requires_grad}
+    assert ours == case["trainable"]
+    lora = {}
+    for module_name, module in trained.named_modules():
+        if hasattr(module, "lora_A") and "default" in module.lora_A:
+            lora[original_name(module_name, head)] = {
+                "r": module.r["default"],
+                "scaling": module.scaling["default"],
+                "dropout": module.lora_dropout["default"].p,
+            }
+    assert lora == case["lora"]
+
+
+@pytest.mark.parametrize("name", INPUTS.LORA_LOGIT_CASES)
+def test_lora_logits_with_fixed_adapters_equal_the_original(name):
+    case = CASES[name]
+    trained, head = _trained(name)
+    with torch.no_grad():
+        for pname, param in trained.named_parameters():
+            if ".lora_A." in pname or ".lora_B." in pname:
+                key = original_name(pname, head).replace(".default.weight", "")
+                param.copy_(INPUTS.lora_values(key, tuple(param.shape)))
+    io = load_file(FIXTURES / "models" / case["model"] / "io.safetensors")
+    trained.eval()
+    with torch.no_grad():
+        logits = trained(
+            input_ids=io["input_ids"], pixel_values=io["pixel_values"], attention_mask=io["attention_mask"]
+        ).logits
+    assert case["max_abs_logit_change_from_lora"] > 1.0  # the adapters matter
+    torch.testing.assert_close(logits[0, -8:], TENSORS[f"lora_logits_last8.{name}"], atol=2e-5, rtol=0)
+    torch.testing.assert_close(logits[0].logsumexp(-1), TENSORS[f"lora_logsumexp.{name}"], atol=2e-5, rtol=0)
+
+
+def test_unfrozen_vit_layers_of_a_lora_stage_are_saved_with_the_adapter(tmp_path):
+    """The original unfreezes ViT layers after its LoRA wrap and saves the whole model; here they are PEFT
+    `modules_to_save`, so the adapter folder holds them (under the original names)."""
+    from safetensors import safe_open
+
+    from transformers_internvl.training.adapters import save_adapter_original_layout
+
+    trained, _ = _trained("lora_llm4_unfreeze_last_vit")
+    save_adapter_original_layout(trained, tmp_path)
+    with safe_open(tmp_path / "adapter_model.safetensors", framework="pt") as handle:
+        keys = list(handle.keys())
+    assert "base_model.model.vision_model.encoder.layers.1.attn.qkv.weight" in keys
+    assert not any("vision_model.encoder.layers.0." in key for key in keys)
+
+
+@pytest.mark.parametrize("bad", [2, -3, 1.0, True])
+def test_unfreeze_vit_layers_outside_the_layers_is_refused(bad):
+    model = load_model("tiny-qwen2")  # 2 ViT layers
+    with pytest.raises(ValueError, match=r"unfreeze_vit_layers.*-2\.\.1"):
+        set_trainable(model, "mlp", unfreeze_vit_layers=bad)
+
+
+def test_unfreeze_vit_layers_with_vision_lora_is_refused():
+    with pytest.raises(ValueError, match="unfreeze_vit_layers.*vision_lora_rank"):
+        set_trainable(load_model("tiny-qwen2"), "llm_lora", lora_rank=4, vision_lora_rank=2, unfreeze_vit_layers=-1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Gradient accumulation
+
+
+class _GradientsAtStep(TrainerCallback):
+    def __init__(self, names):
+        self.names, self.grads = names, {}
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        params = dict(model.named_parameters())
+        self.grads = {name: params[name].grad.detach().clone() for name in self.names}
+
+
+def _accumulated_step(reduction, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(QWEN2_TOKENIZER)
+    dataset = InternVLSupervisedDataset(
+        INPUTS.GA_ROWS, tokenizer, InternVLImageProcessor(), "internvl2_5", num_image_token=256
+    )
+    for index, expected in enumerate(DATA["gradient_accumulation"]["samples"]):
+        assert dataset[index]["input_ids"].tolist() == expected["input_ids"]
+        assert dataset[index]["labels"].tolist() == expected["labels"]
+    model = set_trainable(load_model("tiny-qwen2"), "full")
+    ours = {original_name(n, "lm_head"): n for n, _ in model.named_parameters()}
+    callback = _GradientsAtStep([ours[name] for name in INPUTS.GA_GRAD_PARAMS])
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=1,
+        per_device_train_batch_size=INPUTS.GA_MICRO_BATCH,
+        gradient_accumulation_steps=INPUTS.GA_STEPS,
+        learning_rate=0.0,
+        max_grad_norm=0.0,  # no clipping: the raw accumulated gradients
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        remove_unused_columns=False,
+        use_cpu=True,
+        train_sampling_strategy="sequential",
+        disable_tqdm=True,
+    )
+    trainer = InternVLTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=InternVLDataCollator(tokenizer.pad_token_id, loss_reduction=reduction),
+        callbacks=[callback],
+    )
+    trainer.train()
+    logged = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    grads = {name: callback.grads[ours[name]] for name in INPUTS.GA_GRAD_PARAMS}
+    return logged, grads
+
+
+@pytest.mark.parametrize("reduction", ["square", "sample"])
+def test_weighted_loss_with_gradient_accumulation_equals_the_original(reduction, tmp_path):
+    """`loss_reduction` sample / square over 2 accumulated micro-batches: the step's gradient and logged loss are
+    the mean over the micro-batches, as the original trains (before the fix: their sum, 2x)."""
+    expected = DATA["gradient_accumulation"][reduction]
+    logged, grads = _accumulated_step(reduction, tmp_path)
+    assert logged == [pytest.approx(expected["logged_loss"], abs=1e-5)]
+    for name, grad in grads.items():
+        norm = TENSORS[f"ga_gradnorm.{reduction}.{name}"].item()
+        assert grad.double().norm().item() == pytest.approx(norm, rel=1e-5), name
+        flat = grad.flatten()
+        sample = flat[:: max(1, flat.numel() // 256)]
+        torch.testing.assert_close(sample, TENSORS[f"ga_grad.{reduction}.{name}"], atol=1e-5 * max(1.0, norm), rtol=0)
+
+
+def test_token_loss_with_gradient_accumulation_averages_all_tokens_of_the_step(tmp_path):
+    """Token averaging keeps transformers' rule (every supervised token of the step weighs the same), which is NOT
+    the original's mean of micro-batch means when the micro-batches hold different token counts: the logged loss is
+    the original's micro-batch losses weighted by their token counts."""
+    expected = DATA["gradient_accumulation"]["token"]
+    samples = DATA["gradient_accumulation"]["samples"]
+    counts = []
+    for step in range(INPUTS.GA_STEPS):
+        rows = samples[step * INPUTS.GA_MICRO_BATCH : (step + 1) * INPUTS.GA_MICRO_BATCH]
+        counts.append(sum(sum(label != -100 for label in row["labels"][1:]) for row in rows))
+    assert counts[0] != counts[1]
+    token_mean = sum(loss * n for loss, n in zip(expected["micro_batch_losses"], counts)) / sum(counts)
+    logged, _ = _accumulated_step("token", tmp_path)
+    assert logged == [pytest.approx(token_mean, abs=1e-5)]
+    assert abs(token_mean - expected["logged_loss"]) > 1e-3  # the two rules differ on this data
+
+
+def test_fixture_names_are_original_names():
+    """Every name in the fixture is an original module name (no PEFT wrapper prefix left)."""
+    for case in DATA["trainable"]:
+        for name in list(case["trainable"]) + list(case["lora"]):
+            assert "base_model" not in name and re.match(r"(language_model|vision_model|mlp1)\.", name), name
