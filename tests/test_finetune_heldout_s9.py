@@ -102,17 +102,44 @@ def test_lora_logits_with_fixed_adapters_equal_the_original(name):
 
 def test_unfrozen_vit_layers_of_a_lora_stage_are_saved_with_the_adapter(tmp_path):
     """The original unfreezes ViT layers after its LoRA wrap and saves the whole model; here they are PEFT
-    `modules_to_save`, so the adapter folder holds them (under the original names)."""
+    `modules_to_save`, so the adapter folder holds them (under the original names), reloads with identical logits and
+    merges into the original key set."""
+    import peft
     from safetensors import safe_open
 
     from transformers_internvl.training.adapters import save_adapter_original_layout
 
+    model_dir = FIXTURES / "models" / "tiny-qwen2"
     trained, _ = _trained("lora_llm4_unfreeze_last_vit")
-    save_adapter_original_layout(trained, tmp_path)
-    with safe_open(tmp_path / "adapter_model.safetensors", framework="pt") as handle:
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in trained.parameters():
+            if parameter.requires_grad:
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    save_adapter_original_layout(trained, tmp_path / "adapter")
+    with safe_open(tmp_path / "adapter" / "adapter_model.safetensors", framework="pt") as handle:
         keys = list(handle.keys())
     assert "base_model.model.vision_model.encoder.layers.1.attn.qkv.weight" in keys
     assert not any("vision_model.encoder.layers.0." in key for key in keys)
+
+    io = load_file(model_dir / "io.safetensors")
+
+    def logits(model):
+        model.eval()
+        with torch.no_grad():
+            return model(input_ids=io["input_ids"], pixel_values=io["pixel_values"]).logits
+
+    expected = logits(trained)
+    assert (expected - logits(load_model("tiny-qwen2"))).abs().max() > 0.1
+    reloaded = peft.PeftModel.from_pretrained(load_model("tiny-qwen2"), tmp_path / "adapter")
+    assert torch.equal(logits(reloaded), expected)
+    merged = reloaded.merge_and_unload()
+    torch.testing.assert_close(logits(merged), expected, rtol=0, atol=2e-5)
+    merged.save_pretrained(tmp_path / "merged")
+    with safe_open(tmp_path / "merged" / "model.safetensors", framework="pt") as handle:
+        merged_keys = set(handle.keys())
+    with safe_open(model_dir / "model.safetensors", framework="pt") as handle:
+        assert merged_keys == set(handle.keys())
 
 
 @pytest.mark.parametrize("bad", [2, -3, 1.0, True])
@@ -216,3 +243,22 @@ def test_fixture_names_are_original_names():
     for case in DATA["trainable"]:
         for name in list(case["trainable"]) + list(case["lora"]):
             assert "base_model" not in name and re.match(r"(language_model|vision_model|mlp1)\.", name), name
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Meta files: `repeat_time` over annotation files with blank lines
+
+
+@pytest.mark.parametrize("case", DATA["meta_repeat_time"], ids=lambda c: f"{c['file']}-{c['repeat_time']}")
+def test_repeat_time_keeps_the_rows_the_original_keeps(case, tmp_path):
+    """The original cuts `int(lines * repeat_time)` of ALL the file's lines (`readlines()`, blank ones included);
+    a blank line it keeps is a bad row there (replaced by a random row) and is left out here."""
+    annotation = tmp_path / "data.jsonl"
+    annotation.write_text(INPUTS.meta_lines(INPUTS.META_FILES[case["file"]]))
+    meta = tmp_path / "meta.json"
+    entry = {"root": str(tmp_path), "annotation": str(annotation), "repeat_time": case["repeat_time"]}
+    meta.write_text(json.dumps({case["file"]: entry}))
+    tokenizer = AutoTokenizer.from_pretrained(QWEN2_TOKENIZER)
+    dataset = InternVLSupervisedDataset.from_meta(meta, tokenizer, InternVLImageProcessor(), "internvl2_5")
+    ids = [json.loads(row.text)["id"] for row in dataset.rows]
+    assert ids == [i for i in case["raw_data_ids"] if i is not None]
