@@ -112,6 +112,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--disable-tqdm", action="store_true")
     parser.add_argument("--trainer", default="hf", choices=("hf", "trl"), help="transformers Trainer or TRL SFTTrainer")
     parser.add_argument("--lora-dropout", type=float, default=0.05)
+    parser.add_argument(
+        "--drop-path-rate",
+        type=float,
+        default=0.0,
+        help="InternViT drop path while training (original LoRA scripts: 0.0, whatever the checkpoint's config says)",
+    )
     parser.add_argument("--train-sampling", default="random", choices=("random", "sequential"))
     parser.add_argument("--adapter-layout", default="original", choices=("original", "peft"))
     parser.add_argument("--qlora", action="store_true", help="4-bit NF4 LLM with bitsandbytes (needs CUDA)")
@@ -156,6 +162,7 @@ def main(argv=None) -> InternVLTrainer:
         vision_lora_rank=args.vision_lora_rank,
         gradient_checkpointing=args.gradient_checkpointing or args.qlora,
         lora_dropout=args.lora_dropout,
+        drop_path_rate=args.drop_path_rate,
     )
     if args.packing:
         collator = InternVLPackingCollator(tokenizer.pad_token_id, args.max_tokens, loss_reduction=args.loss_reduction)

@@ -262,3 +262,31 @@ def test_repeat_time_keeps_the_rows_the_original_keeps(case, tmp_path):
     dataset = InternVLSupervisedDataset.from_meta(meta, tokenizer, InternVLImageProcessor(), "internvl2_5")
     ids = [json.loads(row.text)["id"] for row in dataset.rows]
     assert ids == [i for i in case["raw_data_ids"] if i is not None]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The LoRA recipe
+
+
+def test_the_lora_example_trains_without_drop_path_as_the_original_lora_scripts(tmp_path):
+    """The original LoRA scripts pass `--drop_path_rate 0.0`, which replaces the checkpoint's rate; the example does
+    the same (`--drop-path-rate`, default 0.0), so the frozen ViT is not stochastic during LoRA training."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
+    import finetune_lora
+
+    folder = tmp_path / "model"
+    shutil.copytree(FIXTURES / "models" / "tiny-qwen2", folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["vision_config"]["drop_path_rate"] = 0.4
+    (folder / "config.json").write_text(json.dumps(config))
+    common = ["--model", str(folder), "--tokenizer", str(QWEN2_TOKENIZER), "--max-steps", "1", "--lora-rank", "2"]
+    trainer = finetune_lora.main([*common, "--output-dir", str(tmp_path / "a"), "--disable-tqdm"])
+    layers = trainer.model.get_base_model().model.vision_model.encoder.layers
+    assert all(isinstance(layer.drop_path1, torch.nn.Identity) for layer in layers)
+    trainer = finetune_lora.main([*common, "--output-dir", str(tmp_path / "b"), "--drop-path-rate", "0.2"])
+    layers = trainer.model.get_base_model().model.vision_model.encoder.layers
+    assert layers[-1].drop_path1.drop_prob == pytest.approx(0.2)
