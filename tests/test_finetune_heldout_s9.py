@@ -287,6 +287,99 @@ def test_the_lora_example_trains_without_drop_path_as_the_original_lora_scripts(
     trainer = finetune_lora.main([*common, "--output-dir", str(tmp_path / "a"), "--disable-tqdm"])
     layers = trainer.model.get_base_model().model.vision_model.encoder.layers
     assert all(isinstance(layer.drop_path1, torch.nn.Identity) for layer in layers)
-    trainer = finetune_lora.main([*common, "--output-dir", str(tmp_path / "b"), "--drop-path-rate", "0.2"])
+    more = ["--drop-path-rate", "0.2", "--loss-reduction", "square", "--loss-reduction-all-gather"]
+    trainer = finetune_lora.main([*common, "--output-dir", str(tmp_path / "b"), *more])
     layers = trainer.model.get_base_model().model.vision_model.encoder.layers
     assert layers[-1].drop_path1.drop_prob == pytest.approx(0.2)
+    assert trainer.loss_reduction_all_gather is True
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# loss_reduction_all_gather
+
+
+def _all_gather_case():
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(4, 9, 11, generator=generator)
+    labels = torch.randint(0, 11, (4, 9), generator=generator)
+    labels[0, :6] = labels[1, :2] = labels[2, :8] = labels[3, :3] = -100  # rows with 3, 7, 1 and 6 trained tokens
+    counts = (labels != -100).sum(-1, keepdim=True)
+    weights = torch.where(labels == -100, 0.0, counts.float().rsqrt())  # `square`
+    return logits, labels, weights
+
+
+def _expected_grad(all_gather):
+    """One process: the gradient of the global weighted mean (`all_gather`) or of the mean of the two halves' own
+    weighted means (each process normalising alone, DDP averaging)."""
+    from transformers_internvl.training.collator import weighted_lm_loss
+
+    logits, labels, weights = _all_gather_case()
+    whole = logits.clone().requires_grad_(True)
+    if all_gather:
+        weighted_lm_loss(whole, labels, weights).backward()
+    else:
+        halves = [weighted_lm_loss(whole[i : i + 2], labels[i : i + 2], weights[i : i + 2]) for i in (0, 2)]
+        (sum(halves) / 2).backward()
+    return whole.grad
+
+
+def _ddp_grad(rank, world, all_gather):
+    """Rank `rank`'s half of the batch, its gradient summed over the ranks and divided by the world size (DDP)."""
+    from transformers_internvl.training.collator import weighted_lm_loss
+
+    logits, labels, weights = _all_gather_case()
+    half = slice(2 * rank, 2 * rank + 2)
+    mine = logits[half].clone().requires_grad_(True)
+    weighted_lm_loss(mine, labels[half], weights[half], all_gather=all_gather).backward()
+    grad = torch.zeros_like(logits)
+    grad[half] = mine.grad
+    torch.distributed.all_reduce(grad)
+    return grad / world
+
+
+def _all_gather_worker(rank, world, init_file, out_file):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        grads = {flag: _ddp_grad(rank, world, flag) for flag in (True, False)}
+        if rank == 0:
+            torch.save(grads, out_file)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("all_gather", [True, False])
+def test_loss_reduction_all_gather_averages_the_weight_sum_over_processes(all_gather, monkeypatch):
+    """The original's `--loss_reduction_all_gather` (InternVL 2.5 stage scripts): Σw averaged over the processes, so
+    DDP trains on the weighted mean of the global batch; without it each process's own mean. Two ranks simulated in
+    one process (`all_reduce` adds the other rank's tensor); the real gloo run is the slow test below."""
+    from transformers_internvl.training.collator import weighted_lm_loss
+
+    logits, labels, weights = _all_gather_case()
+    other = {}
+
+    def all_reduce(tensor, *args, **kwargs):
+        tensor += other["sum"]
+
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda *a, **k: 2)
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+    grad = torch.zeros_like(logits)
+    for rank in (0, 1):
+        half, rest = slice(2 * rank, 2 * rank + 2), slice(2 - 2 * rank, 4 - 2 * rank)
+        other["sum"] = weights[rest][..., 1:].sum()
+        mine = logits[half].clone().requires_grad_(True)
+        weighted_lm_loss(mine, labels[half], weights[half], all_gather=all_gather).backward()
+        grad[half] = mine.grad / 2
+    monkeypatch.undo()
+    torch.testing.assert_close(grad, _expected_grad(all_gather), atol=1e-7, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_loss_reduction_all_gather_in_two_gloo_processes(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_all_gather_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "grads.pt")), nprocs=2, join=True)
+    grads = torch.load(tmp_path / "grads.pt")
+    for flag in (True, False):
+        torch.testing.assert_close(grads[flag], _expected_grad(flag), atol=1e-7, rtol=1e-6)
+    assert (grads[True] - grads[False]).abs().max() > 1e-3  # the option matters on this batch
