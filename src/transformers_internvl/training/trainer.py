@@ -42,5 +42,5 @@ class InternVLTrainer(Trainer):
         loss = weighted_lm_loss(outputs.logits, labels, loss_weight, all_gather=self.loss_reduction_all_gather)
         if num_items_in_batch is not None and not self._trainer_divides_by_accumulation(num_items_in_batch):
             # a per-micro-batch mean: the Trainer took it for a sum over the step's tokens and would not divide it
-            loss = loss / self.current_gradient_accumulation_steps
+            loss = loss / getattr(self, "current_gradient_accumulation_steps", 1)  # set by the training loop
         return (loss, outputs) if return_outputs else loss
