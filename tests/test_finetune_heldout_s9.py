@@ -383,3 +383,47 @@ def test_loss_reduction_all_gather_in_two_gloo_processes(tmp_path):
     for flag in (True, False):
         torch.testing.assert_close(grads[flag], _expected_grad(flag), atol=1e-7, rtol=1e-6)
     assert (grads[True] - grads[False]).abs().max() > 1e-3  # the option matters on this batch
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Labels with a Llama sentencepiece tokenizer (Phi-3 / Yi checkpoints)
+
+_LLAMA = {}
+
+
+def _llama_tokenizer(legacy, tmp_path_factory):
+    if legacy not in _LLAMA:
+        from helpers import TOKENIZERS
+
+        folder = tmp_path_factory.mktemp("llama-sp")
+        INPUTS.write_llama_tokenizer(folder, TOKENIZERS / "internlm2-dummy-prefix" / "tokenizer.model")
+        tokenizer = AutoTokenizer.from_pretrained(folder, legacy=legacy)
+        tokenizer.add_tokens(INPUTS.LLAMA_ADDED_TOKENS, special_tokens=True)
+        _LLAMA[legacy] = tokenizer
+    return _LLAMA[legacy]
+
+
+# transformers 5's `LlamaTokenizer(legacy=True)` (tokenizers-backed) does not reproduce the slow legacy tokenizer on
+# text that follows a special token: 4.47.1 slow gives `</img>` + " and" -> "▁▁", "a", "n", "d" (the legacy dummy
+# prefix added to the text after the special token), 5.24 gives "▁and". A tokenizer difference (also for prompts at
+# inference), not one of the label rule; only the case with text after `</img>` meets it.
+_LEGACY_AFTER_SPECIAL = pytest.mark.xfail(
+    strict=True, reason="transformers 5 LlamaTokenizer legacy=True: text after a special token (see comment)"
+)
+
+
+def _llama_case_param(case):
+    marks = [_LEGACY_AFTER_SPECIAL] if case["legacy"] and case["case"] == "two_images" else []
+    name = f"{case['template']}-{case['case']}-{'legacy' if case['legacy'] else 'nonlegacy'}"
+    return pytest.param(case, id=name, marks=marks)
+
+
+@pytest.mark.parametrize("case", [_llama_case_param(case) for case in DATA["llama_sentencepiece_labels"]])
+def test_labels_with_a_llama_sentencepiece_tokenizer_equal_the_original(case, tmp_path_factory):
+    from transformers_internvl.training.labels import tokenize_conversation
+
+    tokenizer = _llama_tokenizer(case["legacy"], tmp_path_factory)
+    conversations, num_image_tokens = {name: (c, n) for name, c, n in INPUTS.LLAMA_LABEL_CASES}[case["case"]]
+    sample = tokenize_conversation(conversations, tokenizer, case["template"], num_image_tokens=num_image_tokens)
+    assert sample.input_ids == case["input_ids"]
+    assert sample.labels == case["labels"]
