@@ -105,6 +105,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--packing", action="store_true", help="pack the samples of a batch into rows")
     parser.add_argument("--max-tokens", type=int, default=16384, help="token budget of a packed row")
     parser.add_argument("--loss-reduction", default="token", choices=("token", "sample", "square"))
+    parser.add_argument(
+        "--loss-reduction-all-gather",
+        action="store_true",
+        help="sample / square: average the weight sum over processes (original --loss_reduction_all_gather)",
+    )
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
@@ -112,6 +117,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--disable-tqdm", action="store_true")
     parser.add_argument("--trainer", default="hf", choices=("hf", "trl"), help="transformers Trainer or TRL SFTTrainer")
     parser.add_argument("--lora-dropout", type=float, default=0.05)
+    parser.add_argument(
+        "--drop-path-rate",
+        type=float,
+        default=0.0,
+        help="InternViT drop path while training (original LoRA scripts: 0.0, whatever the checkpoint's config says)",
+    )
     parser.add_argument("--train-sampling", default="random", choices=("random", "sequential"))
     parser.add_argument("--adapter-layout", default="original", choices=("original", "peft"))
     parser.add_argument("--qlora", action="store_true", help="4-bit NF4 LLM with bitsandbytes (needs CUDA)")
@@ -156,6 +167,7 @@ def main(argv=None) -> InternVLTrainer:
         vision_lora_rank=args.vision_lora_rank,
         gradient_checkpointing=args.gradient_checkpointing or args.qlora,
         lora_dropout=args.lora_dropout,
+        drop_path_rate=args.drop_path_rate,
     )
     if args.packing:
         collator = InternVLPackingCollator(tokenizer.pad_token_id, args.max_tokens, loss_reduction=args.loss_reduction)
@@ -179,10 +191,13 @@ def main(argv=None) -> InternVLTrainer:
         train_sampling_strategy=args.train_sampling,
         use_cpu=not torch.cuda.is_available(),  # also makes accelerate run DDP over gloo under torchrun on CPU
     )
+    all_gather = {"loss_reduction_all_gather": args.loss_reduction_all_gather}
     if args.trainer == "trl":
-        trainer = sft_trainer(model, training_args, dataset, collator, processing_class=tokenizer)
+        trainer = sft_trainer(model, training_args, dataset, collator, processing_class=tokenizer, **all_gather)
     else:
-        trainer = InternVLTrainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator)
+        trainer = InternVLTrainer(
+            model=model, args=training_args, train_dataset=dataset, data_collator=collator, **all_gather
+        )
     trainer.train()
     if trainer.is_world_process_zero():
         if args.adapter_layout == "original":

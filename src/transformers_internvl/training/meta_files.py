@@ -2,8 +2,8 @@
 
 Source: `build_datasets` in `internvl_chat/internvl/train/internvl_chat_finetune.py`: a meta file is
 `{name: {"root", "annotation", "repeat_time", "max_dynamic_patch", "data_augment", ...}}`; each annotation file's
-non-empty lines are used `repeat_time` times (an integer > 1), or only its first `int(lines * repeat_time)` lines
-(`repeat_time` < 1).
+non-empty lines are used `repeat_time` times (an integer > 1), or only those among its first `int(lines *
+repeat_time)` lines (`repeat_time` < 1; `lines` counts blank lines too, as the original's `readlines()` does).
 
 Every value is checked when the meta file is read (`load_meta`: a `ValueError` naming the file, the dataset and the
 key), and repeats are not copied: `RowSequence` keeps each file's lines once and builds the row of a repeat when it
@@ -117,11 +117,12 @@ def read_jsonl(
 ) -> RowSequence:
     """Add the non-empty lines of the JSONL file `path` to `rows`, `repeat_time` times (see the module docstring)."""
     with open(path, encoding="utf-8") as handle:
-        lines = [(f"{path}:{number}", line) for number, line in enumerate(handle, start=1) if line.strip()]
+        every_line = list(handle)
+    if repeat_time < 1:  # the original's cut counts blank lines (`readlines()`); they are bad rows there
+        every_line = every_line[: int(len(every_line) * repeat_time)]
+    lines = [(f"{path}:{number}", line) for number, line in enumerate(every_line, start=1) if line.strip()]
     copies = 1
-    if repeat_time < 1:
-        lines = lines[: int(len(lines) * repeat_time)]
-    elif repeat_time > 1:
+    if repeat_time > 1:
         copies = int(repeat_time)
     rows.add(lines, copies, root, max_dynamic_patch, data_augment)
     return rows

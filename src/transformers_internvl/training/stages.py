@@ -114,7 +114,9 @@ def set_trainable(
     Args:
         model: an `InternVLChatForConditionalGeneration`.
         stage: one of `STAGES`.
-        unfreeze_vit_layers: with a frozen ViT, make `encoder.layers[k:]` trainable (original semantics; 0 = none).
+        unfreeze_vit_layers: with a frozen ViT, make `encoder.layers[k:]` trainable (the original's Python slice:
+            `-n` = the last n layers, `k > 0` = all but the first k; 0 = none). For `"llm_lora"` these layers are
+            PEFT `modules_to_save` (the original unfreezes them after its LoRA wrap), so the adapter saves them.
         drop_path_rate: set InternViT's drop path (`set_drop_path_rate`); `None` keeps the model's. The original
             uses 0 in stage 1, 0.1 (300M ViT) / 0.4 (6B ViT) in stages 1.5 and 2.
         lora_rank, vision_lora_rank: LoRA ranks for `"llm_lora"`.
@@ -127,14 +129,28 @@ def set_trainable(
     Also sets `use_cache = False` in the model and text configs (needed by the packing collator).
 
     Raises:
-        ValueError: unknown stage, negative `unfreeze_vit_layers`, bad `drop_path_rate`, no LoRA targets.
+        ValueError: unknown stage, `unfreeze_vit_layers` outside `-L..L-1` (L = ViT layers), `unfreeze_vit_layers`
+            together with `vision_lora_rank`, bad `drop_path_rate`, no LoRA targets.
         ImportError: `"llm_lora"` without `peft` installed.
     """
     if stage not in STAGES:
         raise ValueError(f"`stage` must be one of {STAGES}, got {stage!r}.")
-    if not isinstance(unfreeze_vit_layers, int) or unfreeze_vit_layers < 0:
-        raise ValueError(f"`unfreeze_vit_layers` must be an int >= 0, got {unfreeze_vit_layers!r}.")
     vision_model, mlp1, language_model, lm_head = _parts(model)
+    num_layers = len(vision_model.encoder.layers)
+    if (
+        isinstance(unfreeze_vit_layers, bool)
+        or not isinstance(unfreeze_vit_layers, int)
+        or not -num_layers <= unfreeze_vit_layers < num_layers
+    ):
+        raise ValueError(
+            f"`unfreeze_vit_layers` must be an int in {-num_layers}..{num_layers - 1} (a slice start over the "
+            f"{num_layers} ViT layers: -n = the last n; 0 = none), got {unfreeze_vit_layers!r}."
+        )
+    if unfreeze_vit_layers and stage == "llm_lora" and vision_lora_rank:
+        raise ValueError(
+            "`unfreeze_vit_layers` with `vision_lora_rank` is not supported: the unfrozen layers would hold LoRA "
+            "adapters and full weights at once."
+        )
     if drop_path_rate is not None:
         set_drop_path_rate(model, drop_path_rate)
     model.config.use_cache = False
@@ -153,7 +169,7 @@ def set_trainable(
     if stage != "full":
         for module in llm_modules:
             module.eval()
-    if unfreeze_vit_layers and stage != "full":
+    if unfreeze_vit_layers and stage not in ("full", "llm_lora"):
         vision_model.encoder.layers[unfreeze_vit_layers:].requires_grad_(True)
     if gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # the name since transformers 5.x
@@ -167,6 +183,9 @@ def set_trainable(
 
     vision = bool(vision_lora_rank)
     patterns = {r"vision_model\..*": vision_lora_rank} if vision else {}
+    # PEFT freezes every non-adapter weight; the original unfreezes its ViT layers after the LoRA wrap.
+    prefix = next(name for name, module in model.named_modules() if module is vision_model.encoder.layers)
+    unfrozen = [f"{prefix}.{i}" for i in range(num_layers)[unfreeze_vit_layers:]] if unfreeze_vit_layers else None
     config = peft.LoraConfig(
         r=lora_rank,
         lora_alpha=2 * lora_rank,
@@ -175,6 +194,7 @@ def set_trainable(
         rank_pattern=patterns,
         alpha_pattern={key: 2 * rank for key, rank in patterns.items()},
         task_type="CAUSAL_LM",  # `AutoPeftModelForCausalLM.from_pretrained(adapter_dir)` rebuilds it
+        modules_to_save=unfrozen,
     )
     peft_model = peft.get_peft_model(model, config)
     return peft_model

@@ -12,9 +12,25 @@ class InternVLTrainer(Trainer):
 
     Batches without `loss_weight` (token averaging) use the model's own loss, exactly as the plain `Trainer`.
     With `loss_weight`, the loss is `Σ CE·w / Σ w` over the batch (`collator.weighted_lm_loss`, original
-    `InternVLChatModel.forward`); the original's `loss_reduction_all_gather` (averaging Σw over ranks) is not
-    reproduced: each process normalises by its own Σw.
+    `InternVLChatModel.forward`); each process normalises by its own Σw, or, with `loss_reduction_all_gather=True`
+    (the original's option, used by its InternVL 2.5 stage scripts), by Σw averaged over the processes, so that the
+    gradient is the weighted mean over the global batch. With gradient accumulation, the weighted loss of an optimizer
+    step is the mean of its micro-batch losses, as under the original's Trainer (accelerate / DeepSpeed divide each
+    micro-batch loss by the accumulation steps); token averaging keeps transformers' rule (all the step's supervised
+    tokens averaged at once, `num_items_in_batch`).
     """
+
+    def __init__(self, *args, loss_reduction_all_gather: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_reduction_all_gather = bool(loss_reduction_all_gather)
+
+    def _trainer_divides_by_accumulation(self, num_items_in_batch) -> bool:
+        """Whether `Trainer.training_step` divides the loss by the accumulation steps itself (its rule)."""
+        if self.loss_is_scaled_for_ga is not None:
+            return not self.loss_is_scaled_for_ga
+        return not (
+            (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
+        )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "loss_weight" not in inputs:
@@ -23,5 +39,8 @@ class InternVLTrainer(Trainer):
         loss_weight = inputs.pop("loss_weight")
         labels = inputs.pop("labels")
         outputs = model(**inputs)
-        loss = weighted_lm_loss(outputs.logits, labels, loss_weight)
+        loss = weighted_lm_loss(outputs.logits, labels, loss_weight, all_gather=self.loss_reduction_all_gather)
+        if num_items_in_batch is not None and not self._trainer_divides_by_accumulation(num_items_in_batch):
+            # a per-micro-batch mean: the Trainer took it for a sum over the step's tokens and would not divide it
+            loss = loss / getattr(self, "current_gradient_accumulation_steps", 1)  # set by the training loop
         return (loss, outputs) if return_outputs else loss
