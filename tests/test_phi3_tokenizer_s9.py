@@ -100,3 +100,20 @@ def test_processor_feeds_the_original_ids(folder, tmp_path):
     assert len(chosen) > 100
     ids = processor(text=[texts[i] for i in chosen])["input_ids"]
     assert [i for i, row in zip(chosen, ids) if row != expected[i]["input_ids"]] == []
+
+
+LABELS = json.loads((HERE / "phi3_tokenizer" / "labels.json").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("case", sorted(LABELS["cases"]))
+def test_finetuning_labels_equal_the_original_preprocess_phi3(folder, case):
+    """`training.labels.tokenize_conversation` with the Phi-3 tokenizer: the ids and labels of the original's
+    `preprocess_phi3` run with the slow tokenizer the original training script loads."""
+    from transformers_internvl.training.labels import tokenize_conversation
+
+    name, tokenizer = folder
+    record = LABELS["cases"][case]
+    expected = record[name]
+    sample = tokenize_conversation(record["conversations"], tokenizer, "phi3-chat", record["num_image_tokens"])
+    assert sample.input_ids == expected["input_ids"]
+    assert sample.labels == expected["labels"]
