@@ -1,6 +1,6 @@
 """Phi-3 sentencepiece tokenizers (InternVL2-4B, Mini-InternVL-Chat-4B-V1-5): `chat()` / `batch_chat()` and the
 processor give the ids of the tokenizer the ORIGINAL loads (`use_fast=False`: transformers 4's slow
-`LlamaTokenizer`, `legacy: false`), which prefixes the whole text with "▁" (`sentencepiece_prefix`). Expected ids:
+`LlamaTokenizer`, `legacy: false`), which prefixes the whole text with "▁" (`llama_slow_tokenization`). Expected ids:
 `tests/fixtures/dropin_s9/phi3_tokenizer/expected.json`, made by the original with `make_phi3_tokenizer_s9.py`."""
 
 import json
@@ -12,8 +12,8 @@ import torch
 from transformers import AutoModel, AutoProcessor, AutoTokenizer, LlamaTokenizer
 
 import transformers_internvl.modeling.chat as chat_module
+from transformers_internvl.llama_slow_tokenization import encode_as_original, original_llama_text
 from transformers_internvl.modeling.chat_prompts import build_batch_chat_prompts, build_chat_prompt
-from transformers_internvl.sentencepiece_prefix import encode_as_original, original_llama_text
 
 HERE = Path(__file__).parent / "fixtures" / "dropin_s9"
 EXPECTED = json.loads((HERE / "phi3_tokenizer" / "expected.json").read_text(encoding="utf-8"))
@@ -117,3 +117,69 @@ def test_finetuning_labels_equal_the_original_preprocess_phi3(folder, case):
     sample = tokenize_conversation(record["conversations"], tokenizer, "phi3-chat", record["num_image_tokens"])
     assert sample.input_ids == expected["input_ids"]
     assert sample.labels == expected["labels"]
+
+
+CHAT = json.loads((HERE / "phi3_tokenizer" / "chat.json").read_text(encoding="utf-8"))
+
+
+def test_chat_answers_equal_the_original_with_the_slow_tokenizer(folder, monkeypatch):
+    """End to end on `mini-4b-phi3-v1` with these tokenizers: prompt ids and answers of the original's `chat` /
+    `batch_chat` (`make_phi3_chat_s9.py`)."""
+    import sys
+
+    sys.path.insert(0, str(HERE.parent / "heldout_s6"))
+    from heldout_inputs import make_image
+
+    name, tokenizer = folder
+    expected = CHAT[name]
+    model = AutoModel.from_pretrained(
+        HERE / "mini-4b-phi3-v1", dtype=torch.float32, image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
+    ).eval()
+    processor = AutoProcessor.from_pretrained(HERE / "mini-4b-phi3-v1")
+    pixel_values = processor.image_processor(
+        images=make_image(700, 1000, 95), max_dynamic_patch=6, return_tensors="pt"
+    )["pixel_values"]
+    config = dict(max_new_tokens=12, do_sample=False, suppress_tokens=list(range(len(tokenizer), 1004)))
+    fed = []
+    original = chat_module.generate_turn
+
+    def spy(model, input_ids, *args, **kwargs):
+        fed.extend(input_ids.tolist())
+        return original(model, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(chat_module, "generate_turn", spy)
+    answer1, history = model.chat(
+        tokenizer, pixel_values, "<image>\nWhat is in the picture?", dict(config), return_history=True
+    )
+    answer2 = model.chat(tokenizer, pixel_values, "And the colours?", dict(config), history=history)
+    text = model.chat(tokenizer, None, "Hello, who are you?", dict(config))
+    batch = model.batch_chat(
+        tokenizer,
+        torch.cat([pixel_values, pixel_values]),
+        ["Describe this image.", "Is there a circle?"],
+        dict(config),
+        num_patches_list=[pixel_values.shape[0]] * 2,
+    )
+    original_prompts = [row for call in expected["prompt_ids"] for row in call]
+    unpadded = [[token for token in row if token != tokenizer.pad_token_id] for row in fed]
+    assert unpadded == [[token for token in row if token != tokenizer.pad_token_id] for row in original_prompts]
+    runs = expected["runs"]
+    assert [answer1, answer2] == runs["image_chat"]["answers"]
+    assert [text] == runs["text_chat"]["answers"]
+    assert batch == runs["batch_chat"]["answers"]
+
+
+DECODE = json.loads((HERE / "phi3_tokenizer" / "decode.json").read_text(encoding="utf-8"))
+
+
+def test_decode_equals_the_original_slow_tokenizer(folder):
+    """560 id lists (`make_phi3_decode_s9.py`): byte-fallback runs cut anywhere, chat / image / special tokens."""
+    from transformers_internvl.llama_slow_tokenization import decode_as_original
+
+    name, tokenizer = folder
+    for mode, skip in (("skip", True), ("keep", False)):
+        decoded = [decode_as_original(tokenizer, ids, skip_special_tokens=skip) for ids in DECODE["id_lists"]]
+        assert [i for i, text in enumerate(decoded) if text != DECODE[name][mode][i]] == []
+    # transformers 5's own decode differs on most of them (the reason for `decode_as_original`)
+    own = [tokenizer.decode(ids, skip_special_tokens=True) for ids in DECODE["id_lists"]]
+    assert sum(text != expected for text, expected in zip(own, DECODE[name]["skip"])) > 100

@@ -34,7 +34,7 @@ from ..chat_templates import (
     tokens_per_tile,
     video_frame_prompt,
 )
-from ..sentencepiece_prefix import encode_as_original
+from ..llama_slow_tokenization import encode_as_original
 from .chat_messages import check_chat_messages, check_conversation_shape
 from .control_tokens import (
     check_no_raw_image_tokens,

@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..llama_slow_tokenization import encode_as_original
 from ..modeling.conversation import get_conv_template
-from ..sentencepiece_prefix import encode_as_original
 
 IGNORE_INDEX = -100
 IMG_START_TOKEN = "<img>"
