@@ -20,21 +20,46 @@ Other tokenizers are left to their own encoding and decoding.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 SPIECE_UNDERLINE = "\u2581"
 
 
+def _config_says_not_legacy(tokenizer: Any) -> bool:
+    """Whether the tokenizer_config.json the tokenizer came from writes `legacy: false` (cached on the tokenizer). A
+    file without the key made transformers 4's slow class run in legacy mode (transformers 5 defaults to non-legacy);
+    a tokenizer with no file to read (built in memory) is taken at its word (`tokenizer.legacy`)."""
+    cached = tokenizer.__dict__.get("_internvl_config_legacy")
+    if cached is None:
+        from transformers.utils import cached_file
+
+        path = cached_file(
+            str(getattr(tokenizer, "name_or_path", "") or "."),
+            "tokenizer_config.json",
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+        )
+        legacy = tokenizer.legacy
+        if path is not None:
+            with open(path, encoding="utf-8") as handle:
+                legacy = json.load(handle).get("legacy", True)
+        cached = tokenizer.__dict__["_internvl_config_legacy"] = legacy
+    return cached is False
+
+
 def needs_slow_llama_prefix(tokenizer: Any) -> bool:
-    """Whether `tokenizer` is transformers' sentencepiece `LlamaTokenizer` in the non-legacy mode with a prefix space
-    (`legacy: false`, the Phi-3 / Yi tokenizer configs), whose ids differ from the 4.x slow class at the text start."""
+    """Whether `tokenizer` is transformers' sentencepiece `LlamaTokenizer` whose tokenizer_config.json says
+    `legacy: false` (the Phi-3 checkpoints), with a prefix space: its ids differ from the 4.x slow class at the text
+    start. (Without the key the 4.x slow class ran in legacy mode, which this module does not reproduce.)"""
     from transformers import LlamaTokenizer
 
     return (
         isinstance(tokenizer, LlamaTokenizer)
         and getattr(tokenizer, "legacy", True) is False
         and getattr(tokenizer, "add_prefix_space", True) is not False
+        and _config_says_not_legacy(tokenizer)
     )
 
 
