@@ -16,6 +16,7 @@ from transformers import GenerationConfig
 from transformers.utils import logging
 
 from ..chat_templates import IMAGE_CONTEXT_TOKEN, IMAGE_END_TOKEN, IMAGE_START_TOKEN, template_data, template_eos_token
+from ..llama_slow_tokenization import decode_as_original, original_llama_text
 from .chat_cache import clear_chat_cache, effective_generation_config, generate_turn
 from .chat_processors import generated_only_penalties
 from .chat_prompts import build_batch_chat_prompts, build_chat_prompt, postprocess_response, prepare_chat_question
@@ -198,6 +199,8 @@ class InternVLChatMixin:
         kwargs["eos_token_id"] = tokenizer.convert_tokens_to_ids(eos_token)
         if kwargs.get("pad_token_id") is None and tokenizer.pad_token_id is not None:
             kwargs["pad_token_id"] = tokenizer.pad_token_id
+        # Phi-3 / Yi sentencepiece tokenizers: the ids of the slow class the original loads (`use_fast=False`).
+        prompts = [original_llama_text(tokenizer, prompt) for prompt in prompts]
         model_inputs = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
         input_ids = model_inputs["input_ids"].to(self.device)
         attention_mask = model_inputs["attention_mask"].to(self.device)
@@ -209,7 +212,8 @@ class InternVLChatMixin:
         kwargs = generated_only_penalties(kwargs, input_ids.shape[1], config)
         output_ids = generate_turn(self, input_ids, attention_mask, pixel_values, kwargs, reuse_cache)
         new_tokens = output_ids[:, input_ids.shape[1] :]
-        responses = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        # Phi-3 sentencepiece tokenizers: decoded as the original's slow class decodes (others: their own decode).
+        responses = [decode_as_original(tokenizer, row, skip_special_tokens=True) for row in new_tokens.tolist()]
         return [postprocess_response(response, self.template) for response in responses]
 
     @torch.no_grad()

@@ -15,7 +15,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN, GELUActivation
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutput
+from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 from transformers.processing_utils import Unpack
@@ -315,9 +315,9 @@ class InternVisionPreTrainedModel(PreTrainedModel):
 
 
 class InternVisionModel(InternVisionPreTrainedModel):
-    """InternViT: `pixel_values (num_tiles, 3, 448, 448)` -> `last_hidden_state (num_tiles, 1025, hidden_size)`.
-
-    There is no final norm and no pooler: the InternVL connector uses the token states directly.
+    """InternViT: `pixel_values (num_tiles, 3, 448, 448)` -> `last_hidden_state (num_tiles, 1025, hidden_size)` and
+    `pooler_output (num_tiles, hidden_size)`, the class token's state `last_hidden_state[:, 0]`, as the original's
+    `InternVisionModel` (`modeling_intern_vit.py`): no final norm, no pooling layer.
     """
 
     def __init__(self, config: InternVisionConfig) -> None:
@@ -329,13 +329,37 @@ class InternVisionModel(InternVisionPreTrainedModel):
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
     @auto_docstring
-    def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> BaseModelOutput:
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        pixel_embeds: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPooling:
         r"""
         pixel_values (`torch.Tensor` of shape `(num_tiles, num_channels, height, width)`):
             Normalised tiles; height and width must be multiples of `config.patch_size`.
+        pixel_embeds (`torch.Tensor` of shape `(num_tiles, num_positions, hidden_size)`, *optional*):
+            The original's option: embeddings already computed (`self.embeddings(pixel_values)`), used instead of
+            `pixel_values`.
 
-        Raises `ValueError` for another shape.
+        Raises `ValueError` for another shape, or when neither input is given.
         """
+        if pixel_embeds is not None:
+            if pixel_embeds.ndim != 3 or pixel_embeds.shape[-1] != self.config.hidden_size:
+                raise ValueError(
+                    f"`pixel_embeds` must have shape (num_tiles, num_positions, {self.config.hidden_size}), got "
+                    f"{tuple(pixel_embeds.shape)}."
+                )
+            hidden_states = pixel_embeds
+        elif pixel_values is None:
+            raise ValueError("Pass `pixel_values` or `pixel_embeds` (the original's two inputs); got neither.")
+        else:
+            self._check_pixel_values(pixel_values)
+            hidden_states = self.embeddings(pixel_values)
+        last_hidden_state = self.encoder(hidden_states, **kwargs).last_hidden_state
+        return BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, pooler_output=last_hidden_state[:, 0])
+
+    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
         if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.num_channels:
             raise ValueError(
                 f"`pixel_values` must have shape (num_tiles, {self.config.num_channels}, height, width), "
@@ -347,11 +371,10 @@ class InternVisionModel(InternVisionPreTrainedModel):
                 f"`pixel_values` height and width must be multiples of the patch size {patch_size}, got "
                 f"{tuple(pixel_values.shape[-2:])}."
             )
-        return self.encoder(self.embeddings(pixel_values), **kwargs)
 
     def forward_in_tile_batches(
         self, pixel_values: torch.Tensor, batch_size: int | None = None, **kwargs: Unpack[TransformersKwargs]
-    ) -> BaseModelOutput:
+    ) -> BaseModelOutputWithPooling:
         """`self(pixel_values, return_dict=True, **kwargs)` run on at most `batch_size` tiles at a time (`None`: all
         at once; the chat model's `config.vision_batch_size`), outputs concatenated along the tile dimension."""
         batch_size = batch_size or pixel_values.shape[0]
@@ -363,6 +386,7 @@ class InternVisionModel(InternVisionPreTrainedModel):
             return chunks[0]
         return chunks[0].__class__(
             last_hidden_state=torch.cat([chunk.last_hidden_state for chunk in chunks]),
+            pooler_output=torch.cat([chunk.pooler_output for chunk in chunks]),
             hidden_states=_cat_tuples([chunk.hidden_states for chunk in chunks]),
             attentions=_cat_tuples([chunk.attentions for chunk in chunks]),
         )

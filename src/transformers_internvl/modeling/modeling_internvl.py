@@ -383,6 +383,12 @@ class InternVLChatForConditionalGeneration(InternVLChatMixin, InternVLChatPreTra
     def mlp1(self) -> nn.Module:
         return self.model.mlp1
 
+    def pixel_shuffle(self, x: torch.Tensor, scale_factor: float = 0.5) -> torch.Tensor:
+        """The original's method: `(N, W, H, C)` -> `(N, H*s, W*s, C/s**2)` in `config.ps_version`'s order."""
+        if self.config.ps_version == "v1":
+            logger.warning_once("ps_version 'v1' leaves the pixel-shuffled grid transposed, as the original warns.")
+        return pixel_unshuffle(x, scale_factor, self.config.ps_version)
+
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
         """See [`InternVLChatBaseModel.get_image_features`]; `pooler_output` is `(num_tiles, 256, H)`."""
         return self.model.get_image_features(pixel_values, **kwargs)

@@ -9,7 +9,6 @@ Text conventions are those of the original InternVL chat code, applied through t
   `<image>\\n` for one image, `Image-1: <image>\\nImage-2: <image>\\n...` for several (`<video>\\n` per video);
 * `pixel_values` holds the batch's image tiles in placeholder order (the order the model fills them), `num_tiles`
   the tiles per image; tiles of another side than `image_size` are refused (their token count would be wrong).
-
 `apply_chat_template` renders the original `chat()` prompts byte for byte (`chat_templates.get_jinja_chat_template`).
 """
 
@@ -35,6 +34,7 @@ from ..chat_templates import (
     tokens_per_tile,
     video_frame_prompt,
 )
+from ..llama_slow_tokenization import encode_as_original
 from .chat_messages import check_chat_messages, check_conversation_shape
 from .control_tokens import (
     check_no_raw_image_tokens,
@@ -327,7 +327,7 @@ class InternVLChatProcessor(ProcessorMixin, PortAttributeNamesMixin):
             expanded_texts = [before + sample + after for sample in expanded_texts]
             replacement_offsets = [shift_for_inserted_prefix(offsets, before) for offsets in replacement_offsets]
             text_kwargs["add_special_tokens"] = False
-        text_inputs = self.tokenizer(expanded_texts, **text_kwargs)
+        text_inputs = encode_as_original(self.tokenizer, expanded_texts, **text_kwargs)  # Phi-3 / Yi: slow ids
         self._check_special_mm_tokens(expanded_texts, text_inputs, modalities=["image"])
         data = dict(text_inputs)
         if return_text_replacement_offsets:

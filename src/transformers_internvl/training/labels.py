@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..llama_slow_tokenization import encode_as_original
 from ..modeling.conversation import get_conv_template
 
 IGNORE_INDEX = -100
@@ -49,7 +50,8 @@ def _image_string(num_tokens: int) -> str:
 
 
 def _ids(tokenizer, text: str) -> list[int]:
-    return list(tokenizer(text).input_ids)
+    # Phi-3 sentencepiece tokenizers: the ids of the slow class the original training script loads (`use_fast=False`).
+    return list(encode_as_original(tokenizer, [text])["input_ids"][0])
 
 
 def _check_turns(conversations: Sequence[dict]) -> None:
