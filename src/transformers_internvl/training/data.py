@@ -200,7 +200,7 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
         """Rows of all datasets of an original meta file, in its order, each with its `repeat_time`,
         `max_dynamic_patch` (default: the argument) and `data_augment` (`build_datasets`)."""
         rows = RowSequence()
-        for entry in load_meta(meta_path).values():  # values checked there (types, ranges)
+        for name, entry in load_meta(meta_path).items():  # values checked there (types, ranges)
             read_jsonl(
                 entry["annotation"],
                 entry["root"],
@@ -208,6 +208,7 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
                 entry.get("data_augment", False),
                 entry.get("repeat_time", 1),
                 rows,
+                where=f"meta file {meta_path}: dataset {name!r}",
             )
         return cls(rows, *args, **kwargs)
 

@@ -1,0 +1,234 @@
+"""Session 9 attack (third re-check of issue 12): hostile inputs on ground the earlier rounds left untried.
+
+Each test failed before its fix; the input that triggered the defect is in the test's docstring. Valid neighbours
+of each case are checked to still work.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from finetune_helpers import tokenizer, write_image, write_jsonl
+from helpers import QWEN2_DIR, original_model_dir, small_tiles
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForImageTextToText
+
+import transformers_internvl  # noqa: F401  (registers the classes)
+from transformers_internvl import InternVLConfig
+from transformers_internvl.processing.image_processing_internvl import InternVLImageProcessor
+from transformers_internvl.training.data import InternVLSupervisedDataset, load_meta
+
+GREEDY = {"max_new_tokens": 2, "do_sample": False}
+
+
+def _config_dict() -> dict:
+    return json.loads((QWEN2_DIR / "config.json").read_text())
+
+
+# ---- 1. LLM config fields that failed deep inside the LLM's constructor -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error", "match"),
+    [
+        # "AssertionError: Padding_idx must be within num_embeddings"
+        ("pad_token_id", 1000, ValueError, r"`llm_config.pad_token_id` .*below `llm_config.vocab_size` \(1000\).*1000"),
+        ("pad_token_id", 10**6, ValueError, r"`llm_config.pad_token_id` .*got 1000000"),
+        ("pad_token_id", -1001, ValueError, r"`llm_config.pad_token_id` .*got -1001"),
+        # "KeyError: 'bogus'"
+        ("hidden_act", "bogus", ValueError, r"`llm_config.hidden_act` must be an activation name .*got 'bogus'"),
+        # "KeyError: 'bogus'" (transformers only logs "Missing validation function")
+        ("rope_scaling", {"type": "bogus", "factor": 2.0}, ValueError, r"`llm_config.rope_scaling` .*'bogus'.*'yarn'"),
+    ],
+)
+def test_llm_config_fields_are_named_before_the_model_is_built(tmp_path, field, value, error, match):
+    config = _config_dict()
+    config["llm_config"][field] = value
+    with pytest.raises(error, match=match):
+        InternVLConfig.from_dict(config)
+    original_model_dir(tmp_path, tokenizer=None)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(error, match=match):
+        AutoModelForImageTextToText.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("pad_token_id", None),
+        ("pad_token_id", 0),
+        ("pad_token_id", 999),
+        ("pad_token_id", -1),  # torch counts a negative padding index from the end, as old Llama configs use it
+        ("hidden_act", "gelu_pytorch_tanh"),
+        ("rope_scaling", {"type": "linear", "factor": 2.0}),
+        ("rope_scaling", {"rope_type": "dynamic", "factor": 2.0}),
+        ("rope_scaling", None),
+    ],
+)
+def test_valid_llm_config_fields_still_build(field, value):
+    config = _config_dict()
+    config["llm_config"][field] = value
+    built = InternVLConfig.from_dict(config).text_config
+    assert built.vocab_size == 1000
+    if field != "rope_scaling":
+        assert getattr(built, field) == value
+
+
+# ---- 2. from_pretrained on a damaged or escaping shard index -------------------------------------------------------
+
+
+def _sharded_folder(folder, edit_index):
+    """The tiny Qwen2 checkpoint split into two shards with an index that `edit_index(index)` may change."""
+    original_model_dir(folder, tokenizer=None)
+    state = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    names = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for shard, keys in shards.items():
+        save_file({key: state[key] for key in keys}, folder / shard, metadata={"format": "pt"})
+    index = {
+        "metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
+        "weight_map": {key: shard for shard, keys in shards.items() for key in keys},
+    }
+    index = edit_index(index)
+    text = index if isinstance(index, str) else json.dumps(index)
+    (folder / "model.safetensors.index.json").write_text(text)
+    return folder
+
+
+def _pointing_outside(index, target):
+    return {**index, "weight_map": {key: target for key in index["weight_map"]}}
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        # JSONDecodeError, KeyError: 'weight_map', AttributeError, KeyError: 'metadata' from transformers before
+        (lambda index: "{not json", r"model.safetensors.index.json is not valid JSON"),
+        (lambda index: [1, 2], r"model.safetensors.index.json must hold a JSON object"),
+        (lambda index: {"metadata": {}}, r"model.safetensors.index.json has no `weight_map`"),
+        (lambda index: {**index, "weight_map": [1]}, r"model.safetensors.index.json has no `weight_map`"),
+        (lambda index: {"weight_map": index["weight_map"]}, r"model.safetensors.index.json has no `metadata`"),
+        (
+            lambda index: {**index, "weight_map": dict.fromkeys(index["weight_map"], 5)},
+            r"maps 'language_model.* to 5; shards must be file names inside",
+        ),
+        # loaded without a word before: weights from another folder
+        (lambda index: _pointing_outside(index, "../other/model.safetensors"), r"to '../other/model.safetensors'"),
+        (lambda index: _pointing_outside(index, "/tmp/model.safetensors"), r"to '/tmp/model.safetensors'"),
+    ],
+)
+def test_a_damaged_or_escaping_shard_index_is_named_at_load(tmp_path, edit, match):
+    folder = _sharded_folder(tmp_path / "model", edit)
+    with pytest.raises(ValueError, match=match):
+        AutoModelForImageTextToText.from_pretrained(folder)
+
+
+def test_a_sharded_checkpoint_with_a_sound_index_still_loads(tmp_path, qwen2_model):
+    folder = _sharded_folder(tmp_path / "model", lambda index: index)
+    model = AutoModelForImageTextToText.from_pretrained(folder, image_token_id=qwen2_model.config.image_token_id)
+    reference = qwen2_model.state_dict()
+    assert all(torch.equal(value, reference[name]) for name, value in model.state_dict().items())
+
+
+# ---- 3. chat() history of the wrong type -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("history", "got"),
+    [(True, "bool"), (5, "int"), ({"a": "b"}, "dict"), ("ab", "str"), (0, "int"), (False, "bool")],
+)
+def test_chat_names_a_history_that_is_not_a_list_of_pairs(small_tile_qwen2, qwen2_tokenizer, history, got):
+    """`history=True` raised "'bool' object is not iterable"; `history=0` / `False` were taken as no history."""
+    with pytest.raises(TypeError, match=rf"`history` must be None or a list of \(question, answer\) pairs, got {got}"):
+        small_tile_qwen2.chat(qwen2_tokenizer, small_tiles(1), "<image> hi", GREEDY, history=history)
+
+
+@pytest.mark.parametrize("history", [[], (), [("<image> hi", "ok")], (("<image> hi", "ok"),)])
+def test_chat_accepts_lists_and_tuples_of_pairs(small_tile_qwen2, qwen2_tokenizer, history):
+    answer = small_tile_qwen2.chat(qwen2_tokenizer, small_tiles(1), "<image> more", GREEDY, history=history)
+    assert isinstance(answer, str)
+
+
+# ---- 4. training meta files and annotation files -----------------------------------------------------------------
+
+
+H = {"from": "human", "value": "What is it?"}
+G = {"from": "gpt", "value": "A picture."}
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    write_image(tmp_path / "a.png", (64, 48))
+    write_jsonl(tmp_path / "a.jsonl", [{"image": "a.png", "conversations": [H, G]}] * 3)
+    return tmp_path
+
+
+def _from_meta(meta_path):
+    args = (tokenizer(), InternVLImageProcessor(), "internvl2_5")
+    return InternVLSupervisedDataset.from_meta(meta_path, *args, num_image_token=256, max_dynamic_patch=1)
+
+
+def _write_meta(folder, **entry):
+    meta = {"set": {"root": str(folder), "annotation": str(folder / "a.jsonl"), **entry}}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return folder / "meta.json"
+
+
+@pytest.mark.parametrize("repeat_time", [1e300, 2**62])
+def test_a_repeat_time_beyond_any_index_is_named(data_dir, repeat_time):
+    """`repeat_time: 1e300` raised "OverflowError: cannot fit 'int' into an index-sized integer" from `len()`."""
+    with pytest.raises(
+        ValueError, match=r"dataset 'set': annotation file .*a.jsonl with repeat_time .* rows, more than"
+    ):
+        _from_meta(_write_meta(data_dir, repeat_time=repeat_time))
+
+
+def test_a_large_repeat_time_that_fits_still_works(data_dir):
+    assert len(_from_meta(_write_meta(data_dir, repeat_time=10**15))) == 3 * 10**15
+
+
+def test_a_meta_file_that_is_not_json_names_the_file(data_dir):
+    """A bare "JSONDecodeError: Expecting value: line 1 column 1 (char 0)", naming no file."""
+    (data_dir / "meta.json").write_text("{'set': 1}")
+    with pytest.raises(ValueError, match=r"meta file .*meta.json is not valid JSON"):
+        load_meta(data_dir / "meta.json")
+
+
+def test_an_annotation_file_that_is_not_utf8_names_the_file_and_line(data_dir):
+    """A bare "UnicodeDecodeError: 'utf-8' codec can't decode byte 0xe9", naming no file."""
+    (data_dir / "a.jsonl").write_bytes(b'{"conversations": []}\n{"conversations": [{"value": "caf\xe9"}]}\n')
+    with pytest.raises(ValueError, match=r"a.jsonl.* is not UTF-8 text \(line 2"):
+        _from_meta(_write_meta(data_dir))
+
+
+def test_a_missing_annotation_file_names_the_dataset(data_dir):
+    """A bare FileNotFoundError of the annotation path, naming neither the meta file nor the dataset."""
+    meta = _write_meta(data_dir, annotation=str(data_dir / "none.jsonl"))
+    with pytest.raises(
+        FileNotFoundError, match=r"meta file .*meta.json: dataset 'set': annotation file .*none.jsonl does not exist"
+    ):
+        _from_meta(meta)
+
+
+# ---- 5. the CLI's --seed -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", ["99999999999999999999999", "-99999999999999999999999", "1.5"])
+def test_chat_refuses_a_seed_torch_cannot_take_as_a_usage_error(tmp_path, capsys, seed):
+    """`--seed 99999999999999999999999` failed after the model load with "Overflow when unpacking long long"."""
+    from transformers_internvl.cli import main
+
+    assert main(["chat", str(tmp_path), "--prompt", "hi", "--seed", seed]) == 2
+    assert re.search(r"argument --seed: expected an integer in -2\*\*63\.\.2\*\*64 - 1", capsys.readouterr().err)
+
+
+def test_the_seed_argument_type_accepts_torchs_range():
+    from transformers_internvl.cli.common import seed_int
+
+    assert seed_int("0") == 0 and seed_int(str(2**64 - 1)) == 2**64 - 1 and seed_int(str(-(2**63))) == -(2**63)
+    torch.manual_seed(seed_int(str(2**64 - 1)))
+    torch.manual_seed(seed_int(str(-(2**63))))
