@@ -232,3 +232,33 @@ def test_the_seed_argument_type_accepts_torchs_range():
     assert seed_int("0") == 0 and seed_int(str(2**64 - 1)) == 2**64 - 1 and seed_int(str(-(2**63))) == -(2**63)
     torch.manual_seed(seed_int(str(2**64 - 1)))
     torch.manual_seed(seed_int(str(-(2**63))))
+
+
+# ---- 6. input_ids the embedding cannot look up ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("input_ids", "error", "match"),
+    [
+        # "IndexError: index out of range in self" (a device-side assert on a GPU)
+        (torch.tensor([[5, 1000]]), ValueError, r"`input_ids` holds the token id 1000, outside .*\(0..999\)"),
+        (torch.tensor([[5, -3]]), ValueError, r"`input_ids` holds the token id -3, outside"),
+        # "The size of tensor a (4) must match the size of tensor b (16)"; 3-D ids gave (1, 1, 2, vocab) logits
+        (torch.tensor([5, 6]), ValueError, r"`input_ids` must have shape \(batch, seq\), got \(2,\)"),
+        (torch.tensor([[[5, 6]]]), ValueError, r"`input_ids` must have shape \(batch, seq\), got \(1, 1, 2\)"),
+        # "cannot reshape tensor of 0 elements"
+        (torch.zeros(1, 0, dtype=torch.long), ValueError, r"`input_ids` holds no token"),
+        (torch.tensor([[5.0, 6.0]]), TypeError, r"`input_ids` must be an integer tensor"),
+    ],
+)
+def test_forward_and_generate_name_input_ids_the_embedding_cannot_take(small_tile_qwen2, input_ids, error, match):
+    with pytest.raises(error, match=match):
+        small_tile_qwen2(input_ids=input_ids)
+    with pytest.raises(error, match=match):
+        small_tile_qwen2.generate(input_ids=input_ids, max_new_tokens=1, do_sample=False)
+
+
+def test_ids_at_the_ends_of_the_vocabulary_still_run(small_tile_qwen2):
+    ids = torch.tensor([[0, 5, 999]])
+    assert small_tile_qwen2(input_ids=ids).logits.shape == (1, 3, 1000)
+    assert small_tile_qwen2.generate(input_ids=ids, max_new_tokens=2, do_sample=False).shape == (1, 5)

@@ -29,6 +29,7 @@ from .configuration_internvl import InternVLChatConfig
 from .input_checks import (
     cached_length,
     check_image_flags,
+    check_input_ids,
     check_no_unfilled_image_tokens,
     check_num_tiles,
     check_pixel_values,
@@ -276,6 +277,7 @@ class InternVLChatBaseModel(InternVLChatPreTrainedModel):
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of `input_ids` or `inputs_embeds`.")
+        check_input_ids(input_ids, self.get_input_embeddings().num_embeddings, cached_length(cache))
         num_tiles = merge_tile_count_aliases(num_tiles=num_tiles, num_patches=kwargs.pop("num_patches", None))
         check_num_tiles(num_tiles, pixel_values)
 
@@ -396,9 +398,13 @@ class InternVLChatForConditionalGeneration(InternVLChatMixin, InternVLChatPreTra
         Raises:
             ValueError / TypeError (`input_checks`): `num_tiles` does not sum to the tiles of `pixel_values`, the
                 prompt holds `<IMG_CONTEXT>` tokens without tiles for them, `pixel_values` is not a floating tensor
-                of tiles, or `visual_features` has the wrong hidden size.
+                of tiles, `visual_features` has the wrong hidden size, or `input_ids` is not a `(batch, seq)`
+                integer tensor of ids in the vocabulary (`input_checks.check_input_ids`).
         """
         args, kwargs = original_generate_arguments(args, kwargs)
+        ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
+        if isinstance(ids, torch.Tensor):  # shape and type (transformers' generate fails on 1-D ids without a word)
+            check_input_ids(ids, self.get_input_embeddings().num_embeddings, past_length=1)  # ids: in `forward`
         visual_features_to_encoder_outputs(kwargs, self.config.num_image_token, self.config.text_config.hidden_size)
         if "num_patches" in kwargs:  # GotOcr2's name, as `forward` takes it
             kwargs["num_tiles"] = merge_tile_count_aliases(
