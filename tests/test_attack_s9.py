@@ -262,3 +262,33 @@ def test_ids_at_the_ends_of_the_vocabulary_still_run(small_tile_qwen2):
     ids = torch.tensor([[0, 5, 999]])
     assert small_tile_qwen2(input_ids=ids).logits.shape == (1, 3, 1000)
     assert small_tile_qwen2.generate(input_ids=ids, max_new_tokens=2, do_sample=False).shape == (1, 5)
+
+
+# ---- 7. the filter command's files -------------------------------------------------------------------------------
+
+
+def _filter(tmp_path, capsys, source, output):
+    from transformers_internvl.cli import main
+
+    code = main(["filter", str(source), "-o", str(output)])
+    return code, capsys.readouterr()
+
+
+def test_filter_drops_a_line_that_is_not_utf8_and_keeps_the_rest(tmp_path, capsys):
+    """A Latin-1 line failed the whole command with "'utf-8' codec can't decode byte 0xe9", naming no file."""
+    good = json.dumps({"conversations": [H, G]})
+    (tmp_path / "in.jsonl").write_bytes(good.encode() + b'\n{"conversations": [{"value": "caf\xe9"}]}\n' + b"\n")
+    code, out = _filter(tmp_path, capsys, tmp_path / "in.jsonl", tmp_path / "out.jsonl")
+    assert code == 0 and "dropped in.jsonl:2: not UTF-8 text" in out.out.replace(str(tmp_path) + "/", "")
+    assert (tmp_path / "out.jsonl").read_text() == good + "\n"
+
+
+@pytest.mark.parametrize(("output", "match"), [(".", r"is a folder"), ("missing/out.jsonl", r"missing.* does not")])
+def test_filter_names_an_output_it_cannot_write(tmp_path, capsys, monkeypatch, output, match):
+    """`-o .` failed with "Device or resource busy: '.filter-x.jsonl' -> '.'", `-o missing/out.jsonl` named only the
+    temporary file."""
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "in.jsonl", [{"conversations": [H, G]}])
+    code, out = _filter(tmp_path, capsys, "in.jsonl", output)
+    assert code == 1 and re.search(match, out.err) and ".filter-" not in out.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
