@@ -292,3 +292,41 @@ def test_filter_names_an_output_it_cannot_write(tmp_path, capsys, monkeypatch, o
     code, out = _filter(tmp_path, capsys, "in.jsonl", output)
     assert code == 1 and re.search(match, out.err) and ".filter-" not in out.err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+# ---- 8. a chat content item with several media sources ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def processor():
+    from helpers import qwen2_processor
+
+    return qwen2_processor()
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"type": "image", "image": "IMG", "url": "http://127.0.0.1:9/x.png"},
+        {"type": "image", "image": "IMG", "url": None},
+        {"type": "image", "path": "a.png", "base64": "AAAA"},
+        {"type": "video", "video": "v.mp4", "path": "w.mp4"},
+    ],
+)
+def test_a_media_item_with_several_sources_is_refused(processor, item):
+    """`{"type": "image", "image": img, "url": None}` became two images (transformers takes one per key present) and
+    failed with "Text 0 has 1 <image> placeholder(s) but 2 image(s)"."""
+    from PIL import Image
+
+    item = {key: Image.new("RGB", (32, 32)) if value == "IMG" else value for key, value in item.items()}
+    conversation = [{"role": "user", "content": [item, {"type": "text", "text": "hi"}]}]
+    with pytest.raises(ValueError, match=r"conversation\[0\]\['content'\]\[0\] is an? \w+ item with several sources"):
+        processor.apply_chat_template(conversation, tokenize=True, return_dict=True)
+
+
+def test_a_media_item_with_one_source_still_renders(processor):
+    from PIL import Image
+
+    conversation = [{"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (32, 32))}]}]
+    out = processor.apply_chat_template(conversation, tokenize=True, return_dict=True, add_generation_prompt=True)
+    assert out["pixel_values"].shape[0] == 1
