@@ -330,3 +330,45 @@ def test_a_media_item_with_one_source_still_renders(processor):
     conversation = [{"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (32, 32))}]}]
     out = processor.apply_chat_template(conversation, tokenize=True, return_dict=True, add_generation_prompt=True)
     assert out["pixel_values"].shape[0] == 1
+
+
+# ---- 9. thousands of images in one sample ----------------------------------------------------------------------------
+
+
+def test_more_images_in_one_sample_than_the_bound_are_refused_before_decoding(processor, monkeypatch):
+    """5000 images with 5000 `<image>` tags were all decoded and tiled (1000 images: 39 s, 2.4 GB of pixels; 10**5
+    would ask for 240 GB) before the prompt's length could matter."""
+    from PIL import Image
+
+    from transformers_internvl.processing import image_loading
+
+    assert image_loading.MAX_IMAGES_PER_SAMPLE == 1024
+    decoded = []
+    monkeypatch.setattr(image_loading, "load_image_source", lambda *a, **k: decoded.append(1))
+    too_many = image_loading.MAX_IMAGES_PER_SAMPLE + 1
+    with pytest.raises(ValueError, match=rf"`images` holds {too_many} images for one sample, more than"):
+        processor(text="<image>" * too_many, images=["missing.png"] * too_many)
+    with pytest.raises(ValueError, match=rf"`images\[1\]` holds {too_many} images for one sample"):
+        processor.image_processor([["a.png"], ["a.png"] * too_many])
+    assert not decoded
+    # at the bound, and many samples of a few images each, still work (a bound of 3 keeps this fast)
+    monkeypatch.setattr(image_loading, "MAX_IMAGES_PER_SAMPLE", 3)
+    small = Image.new("RGB", (14, 14))
+    assert processor(text="<image>" * 3, images=[small] * 3)["pixel_values"].shape[0] == 3
+    assert processor(text=["<image>"] * 5, images=[[small]] * 5)["pixel_values"].shape[0] == 5
+    with pytest.raises(ValueError, match=r"`images` holds 4 images for one sample, more than MAX_IMAGES_PER_SAMPLE"):
+        processor(text="<image>" * 4, images=[small] * 4)
+
+
+def test_a_training_row_with_too_many_images_is_a_skipped_sample(data_dir, monkeypatch):
+    """The processor's ValueError escaped `__getitem__` (only SampleError / OSError are bad samples): training
+    stopped at that row."""
+    from transformers_internvl.training import data
+
+    monkeypatch.setattr(data, "MAX_IMAGES_PER_SAMPLE", 3)
+    row = {"image": ["a.png"] * 4, "conversations": [{"from": "human", "value": "<image>" * 4}, G]}
+    write_jsonl(data_dir / "b.jsonl", [row, {"image": "a.png", "conversations": [H, G]}])
+    args = (tokenizer(), InternVLImageProcessor(), "internvl2_5")
+    ds = InternVLSupervisedDataset.from_jsonl(data_dir / "b.jsonl", *args, root=str(data_dir), max_dynamic_patch=1)
+    assert ds[0]["pixel_values"].shape[0] == 1  # the next good row
+    assert list(ds.skipped.reasons.values()) == ["4 images, more than MAX_IMAGES_PER_SAMPLE (3)"]
