@@ -372,3 +372,22 @@ def test_a_training_row_with_too_many_images_is_a_skipped_sample(data_dir, monke
     ds = InternVLSupervisedDataset.from_jsonl(data_dir / "b.jsonl", *args, root=str(data_dir), max_dynamic_patch=1)
     assert ds[0]["pixel_values"].shape[0] == 1  # the next good row
     assert list(ds.skipped.reasons.values()) == ["4 images, more than MAX_IMAGES_PER_SAMPLE (3)"]
+
+
+# ---- 10. the CLI's image files -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["tiles"], ["chat", "MODEL", "--prompt", "hi", "--image"]])
+def test_the_cli_names_a_decompression_bomb_image(tmp_path, capsys, monkeypatch, command):
+    """`tiles bomb.png` printed Pillow's "Image size (196000000 pixels) exceeds limit ...", naming no file."""
+    from PIL import Image
+
+    from transformers_internvl.cli import main
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 2 x 1000 pixels: Pillow's error limit
+    write_image(tmp_path / "big.png", (50, 50))
+    (tmp_path / "MODEL").mkdir()
+    original_model_dir(tmp_path / "MODEL", tokenizer=None)
+    arguments = [str(tmp_path / "MODEL") if part == "MODEL" else part for part in command]
+    assert main([*arguments, str(tmp_path / "big.png")]) == 1
+    assert re.search(r"error: cannot read image .*big.png: Image size \(2500 pixels\) exceeds", capsys.readouterr().err)

@@ -72,7 +72,7 @@ def open_image(path: str) -> Any:
             return image.convert("RGB")
     except UnidentifiedImageError:
         raise CLIError(f"cannot read image {path}: not an image format PIL can open") from None
-    except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt files
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:  # truncated, corrupt, too big
         raise CLIError(f"cannot read image {path}: {error}") from None
 
 
