@@ -391,3 +391,24 @@ def test_the_cli_names_a_decompression_bomb_image(tmp_path, capsys, monkeypatch,
     arguments = [str(tmp_path / "MODEL") if part == "MODEL" else part for part in command]
     assert main([*arguments, str(tmp_path / "big.png")]) == 1
     assert re.search(r"error: cannot read image .*big.png: Image size \(2500 pixels\) exceeds", capsys.readouterr().err)
+
+
+# ---- 11. checkpoint tensors the config builds no place for -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "dropped"),
+    [
+        ("qkv_bias", False, "vision_model.encoder.layers.0.attn.qkv.bias"),
+        ("norm_type", "rms_norm", "vision_model.encoder.layers.0.norm1.bias"),
+    ],
+)
+def test_weights_the_config_has_no_place_for_are_not_dropped_silently(tmp_path, field, value, dropped):
+    """`vision_config.qkv_bias: false` over a checkpoint with qkv biases loaded (transformers' report: "UNEXPECTED
+    ... can be ignored") and ran every vision layer without its qkv bias."""
+    original_model_dir(tmp_path, tokenizer=None)
+    config = _config_dict()
+    config["vision_config"][field] = value
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=rf"has no place for \(.*`{re.escape(dropped)}`"):
+        AutoModelForImageTextToText.from_pretrained(tmp_path)
