@@ -52,7 +52,12 @@ def check_input_ids(input_ids: Any, vocab_size: int, past_length: int | torch.Te
         raise ValueError(f"`input_ids` must have shape (batch, seq), got {tuple(input_ids.shape)}.")
     if input_ids.shape[1] == 0:
         raise ValueError(f"`input_ids` holds no token (shape {tuple(input_ids.shape)}).")
-    if not isinstance(past_length, int) or past_length > 0 or torch.compiler.is_compiling():
+    if (
+        not isinstance(past_length, int)
+        or past_length > 0
+        or input_ids.device.type == "meta"  # shape-only runs have no values
+        or torch.compiler.is_compiling()
+    ):
         return
     low, high = int(input_ids.min()), int(input_ids.max())
     if low < 0 or high >= vocab_size:
