@@ -18,7 +18,17 @@ from typing import Any
 
 from ..reasoning.answers import parse_boxed_answer
 from ..reasoning.prompts import build_cot_prompt
-from .common import PROG, CLIError, existing_file, first_line, open_image, positive_float, positive_int, probability
+from .common import (
+    PROG,
+    CLIError,
+    existing_file,
+    first_line,
+    open_image,
+    positive_float,
+    positive_int,
+    probability,
+    seed_int,
+)
 
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 _EXIT_WORDS = {"exit", "quit", ":q"}
@@ -336,7 +346,7 @@ def add_chat_command(subparsers: Any) -> None:
     parser.add_argument("--dtype", choices=_DTYPES, default="auto", help="weight dtype (default: auto)")
     parser.add_argument("--device-map", help="e.g. auto, cpu, cuda:0 (default: not set, CPU)")
     parser.add_argument("--attn-implementation", help="eager, sdpa, flash_attention_2, ... (default: the model's)")
-    parser.add_argument("--seed", type=int, help="random seed for sampling")
+    parser.add_argument("--seed", type=seed_int, help="random seed for sampling")
     parser.add_argument(
         "--compile",
         action="store_true",

@@ -20,6 +20,19 @@ def positive_int(text: str) -> int:
     return value
 
 
+def seed_int(text: str) -> int:
+    """A random seed torch takes (`torch.manual_seed`: -2**63 .. 2**64 - 1); a larger one failed after the model
+    load with "Overflow when unpacking long long"."""
+    expected = "an integer in -2**63..2**64 - 1"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not -(2**63) <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+    return value
+
+
 def _float_in(text: str, expected: str, accept) -> float:
     try:
         value = float(text)
@@ -59,8 +72,8 @@ def open_image(path: str) -> Any:
             return image.convert("RGB")
     except UnidentifiedImageError:
         raise CLIError(f"cannot read image {path}: not an image format PIL can open") from None
-    except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt files
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:  # truncated, corrupt, too big
         raise CLIError(f"cannot read image {path}: {error}") from None
 
 
-__all__ = ["PROG", "CLIError", "existing_file", "first_line", "open_image", "positive_int"]
+__all__ = ["PROG", "CLIError", "existing_file", "first_line", "open_image", "positive_int", "seed_int"]

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import GenerationConfig
 from transformers.utils import logging
 
@@ -172,6 +173,19 @@ class InternVLChatMixin:
         """`llm_config.architectures[0]`, as the original's attribute."""
         architectures = self.config.text_config.architectures
         return architectures[0] if architectures else None
+
+    @property
+    def language_model(self) -> nn.Module:
+        """The original's attribute: the LLM's decoder (its head is `lm_head`)."""
+        return self.model.language_model
+
+    @property
+    def vision_model(self) -> nn.Module:
+        return self.model.vision_model
+
+    @property
+    def mlp1(self) -> nn.Module:
+        return self.model.mlp1
 
     def extract_feature(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The original `extract_feature`: projected image features `(num_tiles, 256, hidden_size)` as a tensor

@@ -14,7 +14,7 @@ the system message is empty, and a message that is empty (or `None`) renders as 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from transformers.utils.chat_template_utils import render_jinja_template
@@ -75,10 +75,17 @@ def prepare_chat_question(
     """The question as the original chat() uses it (and stores it in the history).
 
     `"<image>\\n"` is prepended only when pixel values are given, `history is None` (an empty list does not count)
-    and the question has no placeholder.
+    and the question has no placeholder. Raises `TypeError` for a `question` that is not a str or a `history` that
+    is not None, a list or a tuple.
     """
     if not isinstance(question, str):
         raise TypeError(f"`question` must be a str, got {type(question).__name__}.")
+    if history is not None and (isinstance(history, str | bytes | Mapping) or not isinstance(history, Sequence)):
+        # `True` failed as "'bool' object is not iterable"; `0` / `False` were taken for an empty history.
+        raise TypeError(
+            f"`history` must be None or a list of (question, answer) pairs, got {type(history).__name__} "
+            f"({history!r:.80})."
+        )
     if history is None and pixel_values_passed and image_placeholder not in question:
         question = image_placeholder + "\n" + question
     return question
@@ -117,8 +124,9 @@ def build_chat_prompt(
         The (expanded) prompt.
 
     Raises:
-        TypeError: `question`, or a question / answer of `history`, is not a str. ValueError: a `history` entry is
-            not a pair, an unknown template, or a `Conversation` holding a message of another role.
+        TypeError: `question`, or a question / answer of `history`, is not a str; `history` is not None, a list or a
+            tuple. ValueError: a `history` entry is not a pair, an unknown template, or a `Conversation` holding a
+            message of another role.
     """
     num_tiles_list = _resolve_num_tiles_list(num_tiles_list, num_patches_list)
     if pixel_values_passed is None:

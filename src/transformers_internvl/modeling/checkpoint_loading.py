@@ -25,6 +25,7 @@ from .generation_file_checks import check_generation_config_file, check_generati
 from .load_errors import describe_internvl_mismatches, naming_shape_mismatches, record_shape_mismatches
 from .missing_weights import (
     allow_missing_weights,
+    check_no_dropped_weights,
     check_no_missing_weights,
     missing_weights_allowed,
     original_key_namer,
@@ -245,6 +246,7 @@ class OriginalCheckpointMixin:
         # Original unmerged LoRA checkpoints are merged while loading; then no weight may be left random.
         finish_original_lora_load(self, original_key_namer(self))
         check_no_missing_weights(self, loading_info)
+        check_no_dropped_weights(self, loading_info)
 
 
 __all__ = ["OriginalCheckpointMixin"]

@@ -13,7 +13,10 @@ the mismatch is reported. Reading the safetensors headers (a few kB, no tensor d
 - weights stored as integers or booleans (a quantized checkpoint without its `quantization_config`, or a damaged
   one), which would be cast into the float parameters without a word;
 - a header that is not valid safetensors (its length beyond the file, not a JSON object, offsets that do not fit the
-  shapes or the file), named by file instead of safetensors' bare "Error while deserializing header".
+  shapes or the file), named by file instead of safetensors' bare "Error while deserializing header";
+- a weight index (`model.safetensors.index.json`) that is not JSON, lacks `weight_map` / `metadata`, or names shards
+  outside the folder (an absolute path, `..`): transformers fails on the first with a bare `KeyError` and loads the
+  last from wherever they point.
 
 Key names are those of the original OpenGVLab layout (`language_model.model.layers.N.`, `vision_model.encoder.layers.
 N.`, `vision_model.embeddings.patch_embedding.weight`, ...). A checkpoint in another layout, a `.bin` checkpoint, a
@@ -124,15 +127,46 @@ def _checkpoint_files(directory: str, kwargs: Mapping[str, Any]) -> list[str] | 
     index = os.path.join(folder, "model.safetensors.index.json")
     single = os.path.join(folder, "model.safetensors")
     if os.path.isfile(index):
-        try:
-            with open(index, encoding="utf-8") as handle:
-                weight_map = json.load(handle).get("weight_map")
-            names = sorted(set(weight_map.values()))
-        except (OSError, ValueError, AttributeError, TypeError):
-            return None  # transformers reports a damaged index itself
-        files = [os.path.join(folder, name) for name in names if isinstance(name, str)]
-        return files if all(os.path.isfile(file) for file in files) else None
+        files = [os.path.join(folder, name) for name in _shard_names(index, folder)]
+        return files if all(os.path.isfile(file) for file in files) else None  # transformers names a missing shard
     return [single] if os.path.isfile(single) else None
+
+
+def _shard_names(index: str, folder: str) -> list[str]:
+    """The shard file names of the weight index `index`, checked: transformers reads a damaged index with a bare
+    `KeyError` / `JSONDecodeError`, and loads shards that an index names by an absolute path or through `..` from
+    outside the folder without a word (the converter refuses those too).
+
+    Raises:
+        ValueError: naming the index file: not JSON, not an object, no `weight_map` or `metadata` object, or a shard
+            name that is not a relative path inside the folder.
+    """
+    try:
+        with open(index, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(
+            f"{index} is not valid JSON ({error}); the weight index of the checkpoint is damaged."
+        ) from error
+    if not isinstance(data, dict):
+        raise ValueError(f"{index} must hold a JSON object, got {type(data).__name__}.")
+    weight_map = data.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f"{index} has no `weight_map` object {{tensor name: shard file name}}.")
+    if not isinstance(data.get("metadata"), dict):
+        raise ValueError(f'{index} has no `metadata` object (transformers needs it, e.g. {{"total_size": ...}}).')
+    for name, shard in weight_map.items():
+        if (
+            not isinstance(shard, str)
+            or not shard
+            or os.path.isabs(shard)
+            or os.path.normpath(shard).split(os.sep)[0] == os.pardir
+        ):
+            raise ValueError(
+                f"{index} maps {name!r} to {shard!r}; shards must be file names inside {folder} (no absolute paths, "
+                "no '..')."
+            )
+    return sorted(set(weight_map.values()))
 
 
 def _layer_count(names, pattern: re.Pattern) -> int:
@@ -146,18 +180,17 @@ def check_config_against_checkpoint(config: Any, directory: str, kwargs: Mapping
 
     Raises:
         ValueError: naming the config field, its value and what the checkpoint holds (tensor name and shape); or a
-            weight stored as integers / booleans; or a damaged safetensors header (naming the file).
+            weight stored as integers / booleans; or a damaged safetensors header or weight index (naming the file).
     """
+    files = _checkpoint_files(directory, kwargs)  # a damaged or escaping index is refused for every load
     if (
-        kwargs.get("state_dict") is not None
+        not files
+        or kwargs.get("state_dict") is not None
         or kwargs.get("output_loading_info")
         or kwargs.get("ignore_mismatched_sizes")
         or kwargs.get("quantization_config") is not None
         or getattr(config, "quantization_config", None) is not None
     ):
-        return
-    files = _checkpoint_files(directory, kwargs)
-    if not files:
         return
     entries: dict[str, dict] = {}
     sources: dict[str, str] = {}

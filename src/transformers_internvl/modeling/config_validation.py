@@ -172,6 +172,7 @@ def validate_config_values(config: Any) -> None:
         value = getattr(config.text_config, name, None)
         if value is not None and (not _is_int(value) or value < 1):
             _fail(f"llm_config.{name}", value, "a positive integer", True)
+    _check_llm_fields(config.text_config)
     for name in ("vision_config", "text_config"):
         found = _non_finite(getattr(config, name), name, set())
         if found is not None:
@@ -180,6 +181,44 @@ def validate_config_values(config: Any) -> None:
     found = _non_finite(top_level, "", set())
     if found is not None:
         raise ValueError(f"`{found}` is {top_level[found]!r}; config values must be finite numbers.")
+
+
+def _check_llm_fields(text_config: Any) -> None:
+    """`llm_config` fields that the LLM's constructor would trip over without naming them: a `pad_token_id` outside
+    the vocabulary (torch: "Padding_idx must be within num_embeddings"), an unknown `hidden_act` or RoPE scaling type
+    (a bare `KeyError` from `ACT2FN` / `ROPE_INIT_FUNCTIONS`). InternLM2's own config checks its `rope_scaling`."""
+    vocab, pad = getattr(text_config, "vocab_size", None), getattr(text_config, "pad_token_id", None)
+    if _is_int(vocab) and _is_int(pad) and not -vocab <= pad < vocab:  # torch counts a negative index from the end
+        raise ValueError(
+            f"`llm_config.pad_token_id` must be a token id below `llm_config.vocab_size` ({vocab}) or null, got {pad} "
+            "(the LLM's embedding keeps that row for padding)."
+        )
+    act = getattr(text_config, "hidden_act", None)
+    if act is not None and not callable(act):
+        from transformers.activations import ACT2FN
+
+        if not isinstance(act, str) or act not in ACT2FN:
+            error = ValueError if isinstance(act, str) else TypeError
+            raise error(
+                f"`llm_config.hidden_act` must be an activation name of transformers' ACT2FN ('silu', 'gelu', ...), "
+                f"got {act!r}."
+            )
+    rope = getattr(text_config, "rope_parameters", None)
+    if isinstance(rope, Mapping):
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+        known = ("default", *ROPE_INIT_FUNCTIONS)
+        # One dict, or one per attention type ({"full_attention": {...}, "sliding_attention": {...}}).
+        groups = (
+            [rope] if "rope_type" in rope or "type" in rope else [v for v in rope.values() if isinstance(v, Mapping)]
+        )
+        for group in groups:
+            kind = group.get("rope_type", group.get("type", "default"))
+            if kind not in known:
+                raise ValueError(
+                    f"`llm_config.rope_scaling` (`rope_parameters`) names the RoPE type {kind!r}, which transformers "
+                    f"does not know; known types: {', '.join(repr(k) for k in known)}."
+                )
 
 
 def check_attn_implementation_argument(

@@ -14,6 +14,7 @@ __all__ = [
     "check_chat_inputs",
     "cached_length",
     "check_image_flags",
+    "check_input_ids",
     "check_no_unfilled_image_tokens",
     "check_num_tiles",
     "check_pixel_values",
@@ -29,6 +30,42 @@ def cached_length(cache: Any) -> int | torch.Tensor:
     unfilled slots."""
     get_seq_length = getattr(cache, "get_seq_length", None)
     return 0 if get_seq_length is None else get_seq_length()
+
+
+def check_input_ids(input_ids: Any, vocab_size: int, past_length: int | torch.Tensor = 0) -> None:
+    """Refuse `input_ids` the embedding cannot look up: not a `(batch, seq)` integer tensor with at least one token,
+    or an id outside `0..vocab_size - 1` (torch: "index out of range in self" on a CPU, a device-side assert that
+    spoils the CUDA context on a GPU). A tokenizer with tokens added after the model was saved gives such ids (a
+    converted -hf folder's `<video>`, `convert` warns about it). The id range is checked on the prompt only (nothing
+    cached), not on every decoding step, and not inside a compiled call.
+
+    Raises:
+        TypeError: not an integer tensor. ValueError: not 2-D, no tokens, or an id out of range (named with the
+            vocabulary size).
+    """
+    if input_ids is None:
+        return
+    if not isinstance(input_ids, torch.Tensor) or input_ids.is_floating_point() or input_ids.is_complex():
+        kind = input_ids.dtype if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        raise TypeError(f"`input_ids` must be an integer tensor of token ids (batch, seq), got {kind}.")
+    if input_ids.ndim != 2:
+        raise ValueError(f"`input_ids` must have shape (batch, seq), got {tuple(input_ids.shape)}.")
+    if input_ids.shape[1] == 0:
+        raise ValueError(f"`input_ids` holds no token (shape {tuple(input_ids.shape)}).")
+    if (
+        not isinstance(past_length, int)
+        or past_length > 0
+        or input_ids.device.type == "meta"  # shape-only runs have no values
+        or torch.compiler.is_compiling()
+    ):
+        return
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or high >= vocab_size:
+        bad = low if low < 0 else high
+        raise ValueError(
+            f"`input_ids` holds the token id {bad}, outside the model's vocabulary (0..{vocab_size - 1}); was the "
+            "tokenizer given tokens the model's embedding does not have?"
+        )
 
 
 def check_no_unfilled_image_tokens(

@@ -106,8 +106,40 @@ def check_no_missing_weights(model, loading_info, checkpoint: str | None = None)
     )
 
 
+def check_no_dropped_weights(model, loading_info) -> None:
+    """Raise if the checkpoint holds a `weight` / `bias` for a module of `model` that the config built without it.
+
+    transformers drops such tensors with a report line ("UNEXPECTED ... can be ignored"): a `config.json` saying
+    `vision_config.qkv_bias: false` or `norm_type: "rms_norm"` over weights that have those biases loads, and the
+    model silently computes without them. Only tensors whose module exists and lacks that parameter are refused;
+    other unexpected keys (buffers such as an old `rotary_emb.inv_freq`, modules the model does not have) are left
+    to transformers' report. Skipped where missing weights are allowed (`allow_missing_weights`).
+
+    Raises:
+        ValueError: naming the dropped tensors in the original layout.
+    """
+    if allow_missing_weights.get():
+        return
+    modules = dict(model.named_modules(remove_duplicate=False))
+    dropped = []
+    for key in sorted(loading_info.unexpected_keys):
+        owner, _, leaf = key.rpartition(".")
+        module = modules.get(owner)
+        if leaf in ("weight", "bias") and module is not None and getattr(module, leaf, None) is None:
+            dropped.append(key)
+    if dropped:
+        name = original_key_namer(model)
+        shown = ", ".join(f"`{name(key)}`" for key in dropped[:6]) + (" ..." if len(dropped) > 6 else "")
+        raise ValueError(
+            f"The checkpoint holds {len(dropped)} tensor(s) that the model built from `config.json` has no place "
+            f"for ({shown}); they would be dropped and the model would compute without them. `config.json` does not "
+            "match the weights (e.g. `vision_config.qkv_bias` or `norm_type`)."
+        )
+
+
 __all__ = [
     "allow_missing_weights",
+    "check_no_dropped_weights",
     "check_no_missing_weights",
     "group_under_prefixes",
     "missing_weights_allowed",

@@ -1,8 +1,7 @@
 """InternVL 2.5: InternViT -> drop CLS -> pixel unshuffle -> `mlp1` projector -> LLM.
 
 The LLM is transformers' own class for the `llm_config` architecture (any causal LM transformers knows) or this
-package's InternLM2; its head name, tied weights and tensor-parallel style come from that class
-(`modeling/llm_resolution.py`).
+package's InternLM2; its head name, tied weights and tensor-parallel style come from that class (`llm_resolution.py`).
 Original checkpoint keys are mapped onto this module tree by `checkpoint_mapping.py`; loading and saving the original
 layout (remote-code options, LoRA merge, missing weights, tokenizer-file ids) is `checkpoint_loading.py`.
 """
@@ -29,6 +28,7 @@ from .configuration_internvl import InternVLChatConfig
 from .input_checks import (
     cached_length,
     check_image_flags,
+    check_input_ids,
     check_no_unfilled_image_tokens,
     check_num_tiles,
     check_pixel_values,
@@ -276,6 +276,7 @@ class InternVLChatBaseModel(InternVLChatPreTrainedModel):
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of `input_ids` or `inputs_embeds`.")
+        check_input_ids(input_ids, self.get_input_embeddings().num_embeddings, cached_length(cache))
         num_tiles = merge_tile_count_aliases(num_tiles=num_tiles, num_patches=kwargs.pop("num_patches", None))
         check_num_tiles(num_tiles, pixel_values)
 
@@ -371,18 +372,6 @@ class InternVLChatForConditionalGeneration(InternVLChatMixin, InternVLChatPreTra
         renamings = original_layout_renamings(head_name=self._language_model_head.head_name)
         return {renaming.source_patterns[0]: renaming.target_patterns[0] for renaming in renamings}
 
-    @property
-    def language_model(self) -> nn.Module:
-        return self.model.language_model
-
-    @property
-    def vision_model(self) -> nn.Module:
-        return self.model.vision_model
-
-    @property
-    def mlp1(self) -> nn.Module:
-        return self.model.mlp1
-
     def pixel_shuffle(self, x: torch.Tensor, scale_factor: float = 0.5) -> torch.Tensor:
         """The original's method: `(N, W, H, C)` -> `(N, H*s, W*s, C/s**2)` in `config.ps_version`'s order."""
         if self.config.ps_version == "v1":
@@ -401,10 +390,13 @@ class InternVLChatForConditionalGeneration(InternVLChatMixin, InternVLChatPreTra
 
         Raises:
             ValueError / TypeError (`input_checks`): `num_tiles` does not sum to the tiles of `pixel_values`, the
-                prompt holds `<IMG_CONTEXT>` tokens without tiles for them, `pixel_values` is not a floating tensor
-                of tiles, or `visual_features` has the wrong hidden size.
+                prompt holds `<IMG_CONTEXT>` tokens without tiles for them, `pixel_values` is not a floating tensor of
+                tiles, `visual_features` has the wrong hidden size, or `input_ids` is not `(batch, seq)` vocabulary ids.
         """
         args, kwargs = original_generate_arguments(args, kwargs)
+        ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
+        if isinstance(ids, torch.Tensor):  # shape and type (transformers' generate fails on 1-D ids without a word)
+            check_input_ids(ids, self.get_input_embeddings().num_embeddings, past_length=1)  # ids: in `forward`
         visual_features_to_encoder_outputs(kwargs, self.config.num_image_token, self.config.text_config.hidden_size)
         if "num_patches" in kwargs:  # GotOcr2's name, as `forward` takes it
             kwargs["num_tiles"] = merge_tile_count_aliases(

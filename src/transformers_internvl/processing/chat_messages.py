@@ -42,6 +42,12 @@ def _check_item(item: Any, where: str, system: bool, media_needed: dict[str, boo
         raise ValueError(
             f"{where} is {article} {kind} item in the system message; images and videos go in user or assistant turns."
         )
+    given = [key for key in MEDIA_SOURCE_KEYS[kind] if key in item]
+    if len(given) > 1:  # transformers takes one image / video per key: {"image": x, "url": y} became two images
+        raise ValueError(
+            f"{where} is {article} {kind} item with several sources ({', '.join(repr(key) for key in given)}); give "
+            f"exactly one of the keys {list(MEDIA_SOURCE_KEYS[kind])}."
+        )
     if media_needed[kind] and not any(item.get(key) is not None for key in MEDIA_SOURCE_KEYS[kind]):
         raise ValueError(
             f"{where} is {article} {kind} item without its {kind}: give one of the keys {list(MEDIA_SOURCE_KEYS[kind])}"
@@ -96,7 +102,8 @@ def check_chat_messages(conversations: list[list[dict[str, Any]]], is_batched: b
         TypeError: a non-bool `sanitize_control_tokens`; a role that is not a str; a content that is neither a str, None nor a list; an item that is not
             a dict; a text item without a str `text`.
         ValueError: a message without a role; an item without `type` or of a type other than text / image / video,
-            an image / video in the system message, or an image / video item without its media where needed.
+            an image / video in the system message, an image / video item without its media where needed or with
+            several sources (`image` and `url`, ...).
         Messages name the item, e.g. `conversation[1]['content'][0]` (`conversation[b][i]...` for a batch).
     """
     if kwargs.get("sanitize_control_tokens") is not None:  # "no" would be truthy: sanitizing on

@@ -33,6 +33,7 @@ from .url_fetching import DEFAULT_URL_TIMEOUT, check_timeout, fetch_url, shown_u
 
 __all__ = [
     "DEFAULT_URL_TIMEOUT",
+    "MAX_IMAGES_PER_SAMPLE",
     "check_timeout",
     "decode_image_bytes",
     "fetch_url",
@@ -42,6 +43,9 @@ __all__ = [
     "to_rgb_image",
 ]
 
+# Most images in one sample (one text). Every image is at least one 256-token tile, so 1024 images are 262k tokens
+# (8 times the 32k context) and 2.5 GB of float32 pixels: the bound of a video's frames (`MAX_NUM_SEGMENTS`).
+MAX_IMAGES_PER_SAMPLE = 1024
 _BASE64_RE = re.compile(r"^[A-Za-z0-9+/=_\-\s]+$")
 # Lock striping for decoding lazily opened PIL images that several threads may share (PIL images are unhashable).
 _LOAD_LOCKS = tuple(threading.Lock() for _ in range(64))
@@ -268,8 +272,21 @@ def group_images(images: object, name: str = "images") -> list[list[Any]]:
     """Normalise the `images` argument to a batch of samples, each a list of images sharing one tile budget.
 
     A single image -> one sample with one image; a flat list -> ONE sample; a list of lists -> a batch of samples.
-    A 4-D array / tensor `(N, H, W, C)` counts as a flat list.
+    A 4-D array / tensor `(N, H, W, C)` counts as a flat list. A sample of more than `MAX_IMAGES_PER_SAMPLE` (1024)
+    images raises `ValueError` before any is decoded.
     """
+    samples = _group_images(images, name)
+    for index, sample in enumerate(samples):
+        if len(sample) > MAX_IMAGES_PER_SAMPLE:
+            where = f"`{name}[{index}]`" if len(samples) > 1 else f"`{name}`"
+            raise ValueError(
+                f"{where} holds {len(sample)} images for one sample, more than MAX_IMAGES_PER_SAMPLE "
+                f"({MAX_IMAGES_PER_SAMPLE}; each image is at least one 256-token tile)."
+            )
+    return samples
+
+
+def _group_images(images: object, name: str) -> list[list[Any]]:
     if images is None:
         raise ValueError(f"`{name}` must be given, got None.")
     if _is_single_image(images):

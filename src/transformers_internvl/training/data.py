@@ -39,7 +39,7 @@ from PIL import Image
 from transformers.utils import logging
 
 from ..chat_templates import DEFAULT_NUM_IMAGE_TOKEN
-from ..processing.image_loading import load_image_source
+from ..processing.image_loading import MAX_IMAGES_PER_SAMPLE, load_image_source
 from ..processing.input_validation import check_int
 from ..processing.video_decoding import check_num_segments
 from .frame_sampling import (
@@ -200,7 +200,7 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
         """Rows of all datasets of an original meta file, in its order, each with its `repeat_time`,
         `max_dynamic_patch` (default: the argument) and `data_augment` (`build_datasets`)."""
         rows = RowSequence()
-        for entry in load_meta(meta_path).values():  # values checked there (types, ranges)
+        for name, entry in load_meta(meta_path).items():  # values checked there (types, ranges)
             read_jsonl(
                 entry["annotation"],
                 entry["root"],
@@ -208,6 +208,7 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
                 entry.get("data_augment", False),
                 entry.get("repeat_time", 1),
                 rows,
+                where=f"meta file {meta_path}: dataset {name!r}",
             )
         return cls(rows, *args, **kwargs)
 
@@ -261,6 +262,8 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
             images = [images]
             _add_missing_tag(conversations, IMAGE_PLACEHOLDER)
         if images:
+            if len(images) > MAX_IMAGES_PER_SAMPLE:  # before decoding any (the processor would refuse them after)
+                raise SampleError(f"{len(images)} images, more than MAX_IMAGES_PER_SAMPLE ({MAX_IMAGES_PER_SAMPLE})")
             loaded = [self._load_image(row.root, image) for image in images]
             if row.data_augment and not getattr(self.image_processor, "dynamic_image_size", True):
                 loaded = self._jpeg_degrade_images(loaded, index)  # whole images, before the resize

@@ -113,18 +113,32 @@ def filter_jsonl(
     the same folder, then renamed). Lines that are not JSON objects are dropped with reason `"invalid JSON"`, rows
     whose turns are malformed with a reason naming the field.
 
-    Raises `ValueError` when `source` and `destination` are the same file, `ngram` is not a positive int or
-    `threshold` is not a number in [0, 1]."""
+    Lines that are not UTF-8 text are dropped with reason `"not UTF-8 text"`.
+
+    Raises `ValueError` when `source` and `destination` are the same file or `destination` is a folder, `ngram` is
+    not a positive int or `threshold` is not a number in [0, 1]; `FileNotFoundError` naming the missing `source` or
+    the missing folder of `destination`."""
     _check_settings(ngram, threshold)
     if os.path.abspath(source) == os.path.abspath(destination):
         raise ValueError(f"`destination` must differ from `source` ({source}).")
-    report = FilterReport()
     folder = os.path.dirname(os.path.abspath(destination))
+    if os.path.isdir(destination):  # the rename failed with "Device or resource busy: '.filter-....jsonl' -> '.'"
+        raise ValueError(f"`destination` {destination} is a folder; name the JSONL file to write.")
+    if not os.path.isdir(folder):  # mkstemp named its own temporary file, not the folder that is missing
+        raise FileNotFoundError(f"The folder of `destination` ({folder}) does not exist.")
+    report = FilterReport()
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=".filter-", suffix=".jsonl")
     try:
-        with open(source, encoding="utf-8") as reader, os.fdopen(handle, "w", encoding="utf-8") as writer:
+        # `surrogateescape`: a line that is not UTF-8 is dropped like invalid JSON, not a bare UnicodeDecodeError.
+        with (
+            open(source, encoding="utf-8", errors="surrogateescape") as reader,
+            os.fdopen(handle, "w", encoding="utf-8") as writer,
+        ):
             for number, line in enumerate(reader, start=1):
                 if not line.strip():
+                    continue
+                if not line.isascii() and any("\udc80" <= char <= "\udcff" for char in line):
+                    report.dropped_lines.append((number, "not UTF-8 text"))
                     continue
                 try:
                     row = json.loads(line)

@@ -16,6 +16,7 @@ import bisect
 import json
 import math
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -62,12 +63,15 @@ def load_meta(meta_path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """Read an original meta file `{name: {"root", "annotation", "repeat_time", "data_augment", ...}}`.
 
     Raises:
-        ValueError: not a non-empty JSON object of objects, or an entry without a string `root` / `annotation`, with
+        ValueError: not valid JSON, not a non-empty JSON object of objects, or an entry without a string `root` / `annotation`, with
             a `repeat_time` that is not a finite number > 0 (an integer when > 1), a `max_dynamic_patch` that is not a
             positive integer, or a `data_augment` that is not a boolean; the message names the dataset and the key.
     """
-    with open(meta_path, encoding="utf-8") as handle:
-        meta = json.load(handle)
+    try:
+        with open(meta_path, encoding="utf-8") as handle:
+            meta = json.load(handle)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"meta file {meta_path} is not valid JSON ({error}).") from error
     if not isinstance(meta, dict) or not meta:
         raise ValueError(f"meta file {meta_path} must hold a non-empty JSON object {{name: {{...}}}}.")
     for name, entry in meta.items():
@@ -113,16 +117,47 @@ class RowSequence(Sequence):
 
 
 def read_jsonl(
-    path: str, root: str, max_dynamic_patch: int, data_augment: bool, repeat_time: float, rows: RowSequence
+    path: str,
+    root: str,
+    max_dynamic_patch: int,
+    data_augment: bool,
+    repeat_time: float,
+    rows: RowSequence,
+    where: str | None = None,
 ) -> RowSequence:
-    """Add the non-empty lines of the JSONL file `path` to `rows`, `repeat_time` times (see the module docstring)."""
-    with open(path, encoding="utf-8") as handle:
-        every_line = list(handle)
+    """Add the non-empty lines of the JSONL file `path` to `rows`, `repeat_time` times (see the module docstring).
+
+    `where` names the file's place in error messages (e.g. "meta file M: dataset 'name'").
+
+    Raises:
+        FileNotFoundError: `path` does not exist. ValueError: `path` is not UTF-8 text (naming the line), or the
+            repeats give more rows than a Python sequence can index (`sys.maxsize`).
+    """
+    where = f"{where}: " if where else ""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            every_line = list(handle)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{where}annotation file {path} does not exist.") from error
+    except UnicodeDecodeError as error:
+        with open(path, "rb") as handle:
+            data = handle.read()
+        try:
+            data.decode("utf-8")
+            line = "?"
+        except UnicodeDecodeError as located:
+            line = str(data.count(b"\n", 0, located.start) + 1)
+        raise ValueError(f"{where}annotation file {path} is not UTF-8 text (line {line}: {error.reason}).") from error
     if repeat_time < 1:  # the original's cut counts blank lines (`readlines()`); they are bad rows there
         every_line = every_line[: int(len(every_line) * repeat_time)]
     lines = [(f"{path}:{number}", line) for number, line in enumerate(every_line, start=1) if line.strip()]
     copies = 1
     if repeat_time > 1:
         copies = int(repeat_time)
+    if len(rows) + len(lines) * copies > sys.maxsize:  # `len()` of the dataset would raise OverflowError
+        raise ValueError(
+            f"{where}annotation file {path} with repeat_time {repeat_time!r} gives {len(lines)} x {copies} rows, "
+            f"more than a Python sequence can index (sys.maxsize = {sys.maxsize})."
+        )
     rows.add(lines, copies, root, max_dynamic_patch, data_augment)
     return rows
