@@ -106,7 +106,11 @@ def qwen2_model_and_processor(qwen2_model_dir):
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One intra-op thread for the whole session: the tests run tiny models, whose ops are too small to split, and a second
+# OpenMP thread mostly spins. Measured on the shared 2-CPU machine (tests/test_chat_cache_s7.py +
+# test_attention_layout_cpu.py, back to back): 2 threads 46 s of CPU and 73-114 s wall, 1 thread 12 s and 24-35 s.
+# The held-out fixtures set 1 thread anyway; before, the files that ran before the first of them used 2.
+torch.set_num_threads(1)
 
 
 # Marks used by transformers' generic test modules (tests/test_transformers_mixins.py imports them from the
