@@ -227,10 +227,14 @@ def _encode_legacy(tokenizer: Any, texts: list[str], **kwargs: Any) -> Any:
 
     def mapped(row, sample):
         _, starts, ends = prepared[sample]
-        return [
-            (starts[start], ends[end - 1]) if end > start else (0, 0) if not starts else (starts[min(start, len(starts) - 1)],) * 2
-            for start, end in (map(int, span) for span in row)
-        ]
+        spans = []
+        for start, end in (map(int, span) for span in row):
+            if end > start:
+                spans.append((starts[start], ends[end - 1]))
+            else:  # an empty span (a special token the tokenizer added): empty at the same place of `text`
+                position = starts[min(start, len(starts) - 1)] if starts else 0
+                spans.append((position, position))
+        return spans
 
     if hasattr(offsets, "shape"):  # a torch / numpy array: padding positions stay (0, 0)
         new = offsets.clone() if hasattr(offsets, "clone") else offsets.copy()
