@@ -185,14 +185,14 @@ def test_decode_equals_the_original_slow_tokenizer(folder):
     assert sum(text != expected for text, expected in zip(own, DECODE[name]["skip"])) > 100
 
 
-def test_a_config_without_legacy_is_left_alone(tmp_path):
-    """Without `legacy` in tokenizer_config.json transformers 4's slow class ran in legacy mode (a "▁" before every
-    piece between added tokens), which `llama_slow_tokenization` does not reproduce: such tokenizers keep their own
-    ids rather than get the non-legacy prefix."""
+def test_a_config_without_legacy_gets_the_legacy_ids(tmp_path):
+    """Without `legacy` in tokenizer_config.json transformers 4's slow class ran in legacy mode (sentencepiece's "▁"
+    before every piece between added tokens): such tokenizers get the legacy text, not the non-legacy prefix
+    (`tests/test_legacy_tokenizer_s9.py` checks the ids against the original)."""
     directory = tmp_path / "no-legacy"
     shutil.copytree(HERE / "phi3_tokenizer" / "phi3-nostrip", directory)
     config = json.loads((directory / "tokenizer_config.json").read_text())
     del config["legacy"]
     (directory / "tokenizer_config.json").write_text(json.dumps(config))
     tokenizer = AutoTokenizer.from_pretrained(directory)
-    assert original_llama_text(tokenizer, "<|user|>\nhi") == "<|user|>\nhi"
+    assert original_llama_text(tokenizer, "<|user|>\nhi") == "<|user|>\u2581\nhi"

@@ -1,21 +1,34 @@
-"""transformers 4's slow `LlamaTokenizer` (`legacy: false`), which the original loads, on transformers 5's.
+"""transformers 4's slow `LlamaTokenizer`, which the original loads, on transformers 5's.
 
 The original model cards and training code load the tokenizer with `use_fast=False`. For the sentencepiece Llama
-tokenizers of InternVL checkpoints with `legacy: false` (Phi-3: InternVL2-4B, Mini-InternVL-Chat-4B-V1-5) that slow
-class (transformers 4.x `LlamaTokenizer.tokenize`) prefixes the *whole* text with "▁" before cutting it at the added
-tokens, and drops that "▁" only when the next token is one of `all_special_tokens`. So a prompt that starts with a chat
-token that is not in `all_special_tokens` (`<|system|>`, `<|user|>`, `<|im_start|>`, ...) gets a lone "▁" token after
-`<s>`, and a text that starts with a space gets one "▁" more. transformers 5's `LlamaTokenizer` (tokenizers-backed,
-Metaspace with `prepend_scheme="first"`) prepends "▁" only to a first piece that does not already start with one, as
-the 4.x fast class did; the models were trained on the slow ids.
+tokenizers of InternVL checkpoints (Phi-3: InternVL2-4B, Mini-InternVL-Chat-4B-V1-5; Yi: InternVL-Chat-V1-2,
+InternVL2-40B) that slow class (transformers 4.x `LlamaTokenizer.tokenize`) runs in one of two modes, chosen by
+`legacy` (the `from_pretrained` argument, else tokenizer_config.json; a file without the key meant `legacy=True`,
+with a warning). transformers 5's `LlamaTokenizer` (tokenizers-backed, Metaspace) reproduces neither exactly; the models
+were trained on the slow ids.
+
+* `legacy: false`: the slow class prefixes the *whole* text with "▁" before cutting it at the added tokens, and drops
+  that "▁" only when the next token is one of `all_special_tokens`. So a prompt that starts with a chat token that is
+  not in `all_special_tokens` (`<|system|>`, `<|user|>`, `<|im_start|>`, ...) gets a lone "▁" token after `<s>`, and
+  a text that starts with a space gets one "▁" more. transformers 5 prepends "▁" only to a first piece that does not
+  already start with one, as the 4.x fast class did.
+* legacy (`legacy: true`, or no key): the slow class cuts the text at the added tokens (stripping the whitespace an
+  `lstrip` / `rstrip` token eats) and hands every piece between them to sentencepiece on its own, which puts its dummy
+  prefix "▁" before *each* piece: `</img> and` -> `</img>`, `▁▁`, `a`, `n`, `d`; `<|user|>\nhi` -> `<|user|>`, `▁`,
+  `<0x0A>`, `hi`. transformers 5 prepends "▁" to no piece after an added token (`legacy: false` files) or only to
+  pieces that do not already start with one (`legacy: true`).
 
 * `original_llama_text` / `encode_as_original`: the text to hand to the transformers 5 tokenizer for the slow class's
-  ids: "▁" + text with every "▁" of the text written as a space (as the slow class does first), the prefix left out
-  when the text is empty or starts with one of `all_special_tokens`.
+  ids (non-legacy: "▁" + text with every "▁" of the text written as a space, the prefix left out when the text is
+  empty or starts with one of `all_special_tokens`; legacy: the text cut at the added tokens, whitespace stripped as
+  the slow class strips it, "▁" put before every piece between them).
 * `decode_as_original`: the slow class's decoding (added tokens outside `all_special_tokens` kept and spaced,
-  sentencepiece's reading of byte-fallback runs).
+  sentencepiece's reading of byte-fallback runs; legacy: a space before special tokens, sentencepiece's dummy prefix
+  dropped from each run of text).
 
-Other tokenizers are left to their own encoding and decoding.
+Other tokenizers are left to their own encoding and decoding; so is a legacy tokenizer whose sentencepiece model does
+not add a dummy prefix or removes extra whitespace (sentencepiece's options that transformers 5 ignores), with a
+warning.
 """
 
 from __future__ import annotations
@@ -24,60 +37,224 @@ import json
 import re
 from typing import Any
 
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
 SPIECE_UNDERLINE = "\u2581"
 
 
-def _config_says_not_legacy(tokenizer: Any) -> bool:
-    """Whether the tokenizer_config.json the tokenizer came from writes `legacy: false` (cached on the tokenizer). A
-    file without the key made transformers 4's slow class run in legacy mode (transformers 5 defaults to non-legacy);
-    a tokenizer with no file to read (built in memory) is taken at its word (`tokenizer.legacy`)."""
-    cached = tokenizer.__dict__.get("_internvl_config_legacy")
-    if cached is None:
-        from transformers.utils import cached_file
+_NO_FILE = object()
 
-        path = cached_file(
-            str(getattr(tokenizer, "name_or_path", "") or "."),
-            "tokenizer_config.json",
-            _raise_exceptions_for_missing_entries=False,
-            _raise_exceptions_for_connection_errors=False,
-        )
-        legacy = tokenizer.legacy
-        if path is not None:
-            with open(path, encoding="utf-8") as handle:
-                legacy = json.load(handle).get("legacy", True)
-        cached = tokenizer.__dict__["_internvl_config_legacy"] = legacy
-    return cached is False
+
+def _config_legacy(tokenizer: Any) -> Any:
+    """The `legacy` value of the tokenizer_config.json the tokenizer came from: None when the file has no such key,
+    `_NO_FILE` when there is no file (a tokenizer built in memory)."""
+    from transformers.utils import cached_file
+
+    path = cached_file(
+        str(getattr(tokenizer, "name_or_path", "") or "."),
+        "tokenizer_config.json",
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+    )
+    if path is None:
+        return _NO_FILE
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle).get("legacy")
+
+
+def _sentencepiece_model_is_plain(tokenizer: Any) -> bool:
+    """Whether the tokenizer's sentencepiece model adds a dummy prefix and keeps extra whitespace (Llama, Phi-3, Yi):
+    the models whose legacy ids this module reproduces. True when there is no model file to read."""
+    vocab_file = getattr(tokenizer, "vocab_file", None) or tokenizer.init_kwargs.get("vocab_file")
+    if not vocab_file:
+        return True
+    try:
+        from sentencepiece import sentencepiece_model_pb2
+
+        model = sentencepiece_model_pb2.ModelProto()
+        with open(vocab_file, "rb") as handle:
+            model.ParseFromString(handle.read())
+    except (OSError, ImportError, ValueError):  # protobuf's DecodeError is a ValueError
+        return True
+    spec = model.normalizer_spec
+    return spec.add_dummy_prefix and not spec.remove_extra_whitespaces
+
+
+def slow_llama_mode(tokenizer: Any) -> str | None:
+    """How transformers 4's slow class would have run `tokenizer`: `"non_legacy"`, `"legacy"`, or None (not a
+    sentencepiece `LlamaTokenizer`, or a case this module leaves to the tokenizer). Cached on the tokenizer.
+
+    `legacy` as transformers 4 resolved it: `tokenizer.legacy` (the `from_pretrained` argument or the file's value)
+    when it is True or the file writes the key; a tokenizer_config.json without the key meant legacy (transformers 5
+    defaults to non-legacy, so an explicit `legacy=False` argument on such a file cannot be told apart and is read as
+    legacy too: write `"legacy": false` into the file instead); a tokenizer with no file (built in memory) is taken at
+    its word."""
+    from transformers import LlamaTokenizer
+
+    if not isinstance(tokenizer, LlamaTokenizer):
+        return None
+    cached = tokenizer.__dict__.get("_internvl_slow_mode", False)
+    if cached is not False:
+        return cached
+    legacy = getattr(tokenizer, "legacy", True) is not False
+    if not legacy:
+        legacy = _config_legacy(tokenizer) is None  # a file without the key
+    if legacy:
+        mode = "legacy" if _sentencepiece_model_is_plain(tokenizer) else None
+        if mode is None:
+            logger.warning_once(
+                "This LlamaTokenizer runs in legacy mode with a sentencepiece model that adds no dummy prefix or "
+                "removes extra whitespace; transformers 5 does not reproduce the ids of transformers 4's slow class "
+                "(which the original InternVL code loads) for it, and they are not corrected here."
+            )
+    else:
+        mode = "non_legacy" if getattr(tokenizer, "add_prefix_space", True) is not False else None
+    tokenizer.__dict__["_internvl_slow_mode"] = mode
+    return mode
 
 
 def needs_slow_llama_prefix(tokenizer: Any) -> bool:
-    """Whether `tokenizer` is transformers' sentencepiece `LlamaTokenizer` whose tokenizer_config.json says
-    `legacy: false` (the Phi-3 checkpoints), with a prefix space: its ids differ from the 4.x slow class at the text
-    start. (Without the key the 4.x slow class ran in legacy mode, which this module does not reproduce.)"""
-    from transformers import LlamaTokenizer
+    """Whether `tokenizer` is transformers' sentencepiece `LlamaTokenizer` run as transformers 4's slow class with
+    `legacy: false` (the Phi-3 checkpoints) with a prefix space: its ids differ from the 4.x slow class at the text
+    start."""
+    return slow_llama_mode(tokenizer) == "non_legacy"
 
-    return (
-        isinstance(tokenizer, LlamaTokenizer)
-        and getattr(tokenizer, "legacy", True) is False
-        and getattr(tokenizer, "add_prefix_space", True) is not False
-        and _config_says_not_legacy(tokenizer)
-    )
+
+def _slow_token_sets(tokenizer: Any) -> tuple[dict[str, Any], list[str]]:
+    """The added tokens (content -> `AddedToken`) and `all_special_tokens` that transformers 4's slow class holds for
+    `tokenizer`. transformers 5 differs on two kinds of token: it turns the sentencepiece model's user-defined pieces
+    into special added tokens (the slow class leaves them to sentencepiece), and `add_tokens(..., special_tokens=True)`
+    of a new token (as the original training script does for InternVL's tokens on a plain LLM tokenizer) no longer
+    makes it one of `all_special_tokens`. Cached on the tokenizer, keyed by its number of added tokens."""
+    decoder = tokenizer.added_tokens_decoder
+    cached = tokenizer.__dict__.get("_internvl_slow_tokens")
+    if cached is not None and cached[0] == len(decoder):
+        return cached[1], cached[2]
+    named = {str(value) for value in tokenizer.special_tokens_map.values() if isinstance(value, str)}
+    from_file = {str(token) for token in (tokenizer.init_kwargs.get("added_tokens_decoder") or {}).values()}
+    vocab_size = tokenizer.vocab_size
+    added, runtime_special = {}, []
+    for index, token in sorted(decoder.items()):
+        content = str(token)
+        if index < vocab_size and content not in named and content not in from_file:
+            continue  # a user-defined piece of the sentencepiece model
+        added[content] = token
+        if index >= vocab_size and token.special and content not in from_file:
+            runtime_special.append(content)
+    special = [token for token in tokenizer.all_special_tokens if token in added or token in named]
+    special += [token for token in runtime_special if token not in special]
+    tokenizer.__dict__["_internvl_slow_tokens"] = (len(decoder), added, special)
+    return added, special
+
+
+def _added_token_pattern(tokenizer: Any) -> tuple[re.Pattern | None, dict[str, Any]]:
+    """A regex matching the slow class's added tokens (longest first, as its trie) and their `AddedToken`s."""
+    tokens, _ = _slow_token_sets(tokenizer)
+    cached = tokenizer.__dict__.get("_internvl_added_pattern")
+    if cached is None or cached[0] is not tokens:
+        alternatives = sorted(tokens, key=len, reverse=True)
+        pattern = re.compile("|".join(map(re.escape, alternatives))) if alternatives else None
+        cached = tokenizer.__dict__["_internvl_added_pattern"] = (tokens, pattern)
+    return cached[1], tokens
+
+
+def _legacy_pieces(tokenizer: Any, text: str) -> list[tuple[int, int, bool]]:
+    """transformers 4.x `PreTrainedTokenizer.tokenize`'s cut of `text` at the added tokens: `(start, end, is_added)`
+    spans of `text`, the whitespace that `rstrip` / `lstrip` tokens eat left out, empty pieces dropped."""
+    pattern, tokens = _added_token_pattern(tokenizer)
+    spans, position = [], 0  # [start, end, is_added]
+    for match in pattern.finditer(text) if pattern is not None else ():
+        spans.append([position, match.start(), False])
+        spans.append([match.start(), match.end(), True])
+        position = match.end()
+    spans.append([position, len(text), False])
+    for index, (start, end, is_added) in enumerate(spans):
+        if not is_added:
+            continue
+        token = tokens[text[start:end]]
+        if token.rstrip and index + 1 < len(spans):
+            right = spans[index + 1]
+            piece = text[right[0] : right[1]]
+            right[0] += len(piece) - len(piece.lstrip())
+        if token.lstrip and index > 0:
+            left = spans[index - 1]
+            piece = text[left[0] : left[1]]
+            left[1] -= len(piece) - len(piece.rstrip())
+    return [(start, end, is_added) for start, end, is_added in spans if end > start]
+
+
+def _legacy_text(tokenizer: Any, text: str) -> tuple[str, list[int], list[int]]:
+    """The legacy slow class's ids as a text for the transformers 5 tokenizer: the added tokens, and "▁" + each piece
+    between them (sentencepiece's dummy prefix, which transformers 5 then adds to no piece). Also, per character of
+    the result, the offset in `text` where it starts and where it ends (the added "▁" covers no character)."""
+    out, starts, ends = [], [], []
+    for start, end, is_added in _legacy_pieces(tokenizer, text):
+        if not is_added:
+            out.append(SPIECE_UNDERLINE)
+            starts.append(start)
+            ends.append(start)
+        out.append(text[start:end])
+        starts.extend(range(start, end))
+        ends.extend(range(start + 1, end + 1))
+    return "".join(out), starts, ends
 
 
 def original_llama_text(tokenizer: Any, text: str) -> str:
     """`text` as the transformers 5 tokenizer must see it to give transformers 4's slow `LlamaTokenizer` ids (see the
     module docstring); unchanged for every other tokenizer."""
-    if not text or not needs_slow_llama_prefix(tokenizer):
+    mode = slow_llama_mode(tokenizer) if text else None
+    if mode == "legacy":
+        return _legacy_text(tokenizer, text)[0]
+    if mode != "non_legacy":
         return text
     # The slow class writes a "▁" of the text as a space first (so that an `rstrip` chat token strips it).
     text = text.replace(SPIECE_UNDERLINE, " ")
-    if any(text.startswith(token) for token in tokenizer.all_special_tokens):
+    if any(text.startswith(token) for token in _slow_token_sets(tokenizer)[1]):
         return text
     return SPIECE_UNDERLINE + text
 
 
+def _encode_legacy(tokenizer: Any, texts: list[str], **kwargs: Any) -> Any:
+    """`encode_as_original` for a legacy tokenizer: offsets mapped back through `_legacy_text`'s character map."""
+    prepared = [_legacy_text(tokenizer, text) if text else (text, [], []) for text in texts]
+    encoding = tokenizer([text for text, _, _ in prepared], **kwargs)
+    if not kwargs.get("return_offsets_mapping") or encoding.get("offset_mapping") is None:
+        return encoding
+    offsets = encoding["offset_mapping"]
+    rows = [int(sample) for sample in encoding.get("overflow_to_sample_mapping", range(len(prepared)))]
+
+    def mapped(row, sample):
+        _, starts, ends = prepared[sample]
+        spans = []
+        for start, end in (map(int, span) for span in row):
+            if end > start:
+                spans.append((starts[start], ends[end - 1]))
+            else:  # an empty span (a special token the tokenizer added): empty at the same place of `text`
+                position = starts[min(start, len(starts) - 1)] if starts else 0
+                spans.append((position, position))
+        return spans
+
+    if hasattr(offsets, "shape"):  # a torch / numpy array: padding positions stay (0, 0)
+        new = offsets.clone() if hasattr(offsets, "clone") else offsets.copy()
+        for index, sample in enumerate(rows):
+            mask = encoding["attention_mask"][index] if "attention_mask" in encoding else None
+            for position, span in enumerate(mapped(offsets[index].tolist(), sample)):
+                if mask is None or int(mask[position]):
+                    new[index][position][0], new[index][position][1] = span
+        encoding["offset_mapping"] = new
+    else:
+        encoding["offset_mapping"] = [mapped(row, sample) for row, sample in zip(offsets, rows)]
+    return encoding
+
+
 def encode_as_original(tokenizer: Any, texts: list[str], **kwargs: Any) -> Any:
     """`tokenizer(texts, **kwargs)` with the ids of transformers 4's slow class (`original_llama_text`); an
-    `offset_mapping`, when asked for, still refers to the characters of `texts` (the added "▁" maps to `(0, 0)`)."""
+    `offset_mapping`, when asked for, still refers to the characters of `texts` (an added "▁" covers no character:
+    `(0, 0)` at the start of the text)."""
+    if texts and slow_llama_mode(tokenizer) == "legacy":
+        return _encode_legacy(tokenizer, texts, **kwargs)
     prepared = [original_llama_text(tokenizer, text) for text in texts]
     encoding = tokenizer(prepared, **kwargs)
     offsets = encoding.get("offset_mapping") if kwargs.get("return_offsets_mapping") else None
@@ -121,59 +298,76 @@ def _decode_bytes(data: bytes) -> str:
     return "".join(out)
 
 
-def _sentencepiece_decode(pieces: list[str]) -> str:
-    """`SentencePieceProcessor.decode(pieces)` of the slow class's model (no dummy prefix): "▁" is a space, runs of
-    `<0xNN>` byte pieces are read as UTF-8."""
+def _sentencepiece_decode(pieces: list[str], dummy_prefix: bool = False, unknown: Any = None) -> str:
+    """`SentencePieceProcessor.decode(pieces)` of the slow class's model: "▁" is a space, runs of `<0xNN>` byte pieces
+    are read as UTF-8, a string that is no piece of the model (`unknown(piece)`; the slow class makes one when it cuts
+    the first token's "▁") is written as it is. `dummy_prefix` (legacy mode, where the model adds one): one "▁" at the
+    start of the first (non-empty) piece is dropped, as sentencepiece drops its dummy prefix."""
     out, pending = [], bytearray()
     for piece in pieces:
         match = _BYTE_PIECE.fullmatch(piece)
         if match:
             pending.append(int(match.group(1), 16))
+            dummy_prefix = False
+            continue
+        if not piece:
             continue
         if pending:
             out.append(_decode_bytes(bytes(pending)))
             pending.clear()
-        out.append(piece.replace(SPIECE_UNDERLINE, " "))
+        if unknown is not None and unknown(piece):
+            out.append(piece)
+        else:
+            out.append((piece.removeprefix(SPIECE_UNDERLINE) if dummy_prefix else piece).replace(SPIECE_UNDERLINE, " "))
+        dummy_prefix = False
     if pending:
         out.append(_decode_bytes(bytes(pending)))
     return "".join(out)
 
 
-def _tokens_to_string(tokenizer: Any, tokens: list[str], special: set[str]) -> str:
-    """transformers 4.x `LlamaTokenizer.convert_tokens_to_string` (`legacy: false`)."""
-    if tokens[0].startswith(SPIECE_UNDERLINE):
+def _tokens_to_string(tokenizer: Any, tokens: list[str], special: set[str], legacy: bool = False) -> str:
+    """transformers 4.x `LlamaTokenizer.convert_tokens_to_string` (`legacy: false`, or legacy: a space before each
+    special token that follows text, sentencepiece's dummy prefix dropped from each run of text)."""
+    prefix_space = getattr(tokenizer, "add_prefix_space", True) is not False if legacy else True
+    unk_id, unk_token = tokenizer.unk_token_id, str(tokenizer.unk_token)
+
+    def unknown(piece: str) -> bool:
+        return piece != unk_token and tokenizer.convert_tokens_to_ids(piece) == unk_id
+
+    if tokens[0].startswith(SPIECE_UNDERLINE) and prefix_space:
         tokens = [tokens[0][1:], *tokens[1:]]
     out, current, previous_special = "", [], False
     for index, token in enumerate(tokens):
         if token in special:
-            out += _sentencepiece_decode(current) + token
+            if legacy and not previous_special and index != 0:
+                out += " "
+            out += _sentencepiece_decode(current, legacy, unknown) + token
             previous_special, current = True, []
         else:
-            if previous_special and index == 1 and not token.startswith(SPIECE_UNDERLINE):
+            if previous_special and index == 1 and prefix_space and not token.startswith(SPIECE_UNDERLINE):
                 out += " "
             current.append(token)
             previous_special = False
-    return out + _sentencepiece_decode(current)
+    return out + _sentencepiece_decode(current, legacy, unknown)
 
 
 def decode_as_original(tokenizer: Any, token_ids: list[int], skip_special_tokens: bool = False) -> str:
     """`tokenizer.decode(token_ids, skip_special_tokens=...)` as transformers 4's slow `LlamaTokenizer` decodes
-    (`legacy: false`; `PreTrainedTokenizer._decode`): added tokens outside `all_special_tokens` (Phi-3's chat tokens)
+    (`PreTrainedTokenizer._decode`, `convert_tokens_to_string`): added tokens outside `all_special_tokens` (Phi-3's chat tokens)
     are kept, even with `skip_special_tokens`, and joined to the text around them with single spaces; runs of
     byte-fallback pieces are read as sentencepiece reads them (one U+FFFD per invalid byte, where transformers 5
     writes U+FFFD for every byte of a run that is not valid UTF-8 as a whole). Other tokenizers: their own `decode`."""
-    if not needs_slow_llama_prefix(tokenizer):
+    mode = slow_llama_mode(tokenizer)
+    if mode is None:
         return tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
-    special = set(tokenizer.all_special_tokens)
-    special_ids = set(tokenizer.all_special_ids)
+    legacy = mode == "legacy"
+    added_tokens, special_list = _slow_token_sets(tokenizer)
+    special = set(special_list)
+    special_ids = set(tokenizer.convert_tokens_to_ids(special_list))
     vocab_size = tokenizer.vocab_size
-    added = set(tokenizer.get_added_vocab()) - special
-    named = {
-        str(getattr(tokenizer, f"{name}_token", None)) for name in ("bos", "eos", "unk", "pad", "sep", "cls", "mask")
-    }
-    additional = [
-        token for token in tokenizer.all_special_tokens if token not in named
-    ]  # 4.x `additional_special_tokens`
+    added = set(added_tokens) - special
+    named = {str(value) for value in tokenizer.special_tokens_map.values() if isinstance(value, str)}
+    additional = [token for token in special_list if token not in named]  # 4.x `additional_special_tokens`
     added |= {token for token in additional if tokenizer.convert_tokens_to_ids(token) >= vocab_size}
     pieces, current = [], []
     for token_id in token_ids:
@@ -182,7 +376,7 @@ def decode_as_original(tokenizer: Any, token_ids: list[int], skip_special_tokens
         token = tokenizer.convert_ids_to_tokens(int(token_id))
         if token in added:
             if current:
-                text = _tokens_to_string(tokenizer, current, special)
+                text = _tokens_to_string(tokenizer, current, special, legacy)
                 if text:
                     pieces.append(text)
                 current = []
@@ -190,6 +384,6 @@ def decode_as_original(tokenizer: Any, token_ids: list[int], skip_special_tokens
         else:
             current.append(token)
     if current:
-        pieces.append(_tokens_to_string(tokenizer, current, special))
+        pieces.append(_tokens_to_string(tokenizer, current, special, legacy))
     text = " ".join(pieces)
     return tokenizer.clean_up_tokenization(text) if tokenizer.clean_up_tokenization_spaces else text
