@@ -9,47 +9,27 @@ original forces it to false). Every case: tiling of procedurally made images, fo
 `batch_chat` with mixed tile counts and plain `generate` on a left-padded batch.
 """
 
-import json
-import re
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+from transformers import AutoModelForImageTextToText
 
 import transformers_internvl  # noqa: F401
 
 HELDOUT = Path(__file__).parent / "fixtures" / "heldout_s6"
 sys.path.insert(0, str(HELDOUT))
 from heldout_inputs import CASES, make_image, questions_for  # noqa: E402
+from parity_helpers import load_heldout_case, spy_prompts  # noqa: E402
 
 NAMES = [case["name"] for case in CASES]
-
-
-def _compact(prompt: str) -> str:
-    return re.sub(r"(?:<IMG_CONTEXT>)+", lambda run: f"<IMG_CONTEXT*{len(run.group(0)) // 13}>", prompt)
 
 
 @pytest.fixture(scope="module", params=NAMES)
 def case(request):
     torch.set_num_threads(1)
-    folder = HELDOUT / request.param
-    meta = json.loads((folder / "outputs.json").read_text(encoding="utf-8"))
-    processor = AutoImageProcessor.from_pretrained(folder)
-    pixel_list = [
-        processor(images=make_image(w, h, seed), max_dynamic_patch=max_num, return_tensors="pt")["pixel_values"]
-        for w, h, seed, max_num in meta["case"]["images"]
-    ]
-    return {
-        "folder": folder,
-        "meta": meta,
-        "io": load_file(folder / "io.safetensors"),
-        "tokenizer": AutoTokenizer.from_pretrained(folder),
-        "pixel_list": pixel_list,
-        "num_patches": [p.shape[0] for p in pixel_list],
-    }
+    return load_heldout_case(HELDOUT / request.param, make_image)
 
 
 def _model(case, **kwargs):
@@ -78,19 +58,6 @@ def test_forward_logits_match_original(case, attn):
     assert torch.equal(logits.argmax(-1), io["forward_argmax"])
 
 
-def _spy_prompts(model, monkeypatch):
-    """Records the prompt strings `chat` / `batch_chat` hand to the model's text generation."""
-    prompts = []
-    original = model._generate_text
-
-    def spy(tokenizer, texts, *args, **kwargs):
-        prompts.append([_compact(text) for text in texts])
-        return original(tokenizer, texts, *args, **kwargs)
-
-    monkeypatch.setattr(model, "_generate_text", spy)
-    return prompts
-
-
 def test_two_turn_chat_matches_original(case, monkeypatch):
     meta, tokenizer = case["meta"], case["tokenizer"]
     questions = questions_for(meta["case"])
@@ -99,7 +66,7 @@ def test_two_turn_chat_matches_original(case, monkeypatch):
         torch.cat(case["pixel_list"]),
         dict(max_new_tokens=meta["case"]["max_new_tokens"], do_sample=False),
     )
-    prompts = _spy_prompts(model, monkeypatch)
+    prompts = spy_prompts(model, monkeypatch)
     answer1, history = model.chat(
         tokenizer,
         pixel_values,
@@ -127,7 +94,7 @@ def test_batch_chat_mixed_tiles_matches_original(case, monkeypatch):
     chosen = meta["case"]["batch_images"]
     pixel_values = torch.cat([case["pixel_list"][i] for i in chosen])
     model = _model(case)
-    prompts = _spy_prompts(model, monkeypatch)
+    prompts = spy_prompts(model, monkeypatch)
     answers = model.batch_chat(
         tokenizer,
         pixel_values,

@@ -11,7 +11,6 @@ dummy tile for a text-only sample in a mixed batch, a text-only batch), InternVi
 
 import json
 import math
-import re
 import sys
 from pathlib import Path
 
@@ -27,12 +26,9 @@ from transformers_internvl.training.collator import weighted_lm_loss
 HELDOUT = Path(__file__).parent / "fixtures" / "heldout_s7"
 sys.path.insert(0, str(HELDOUT))
 from heldout_s7_inputs import CASES, TRAIN_ON_S6_NAMES, make_image  # noqa: E402
+from parity_helpers import spy_prompts  # noqa: E402
 
 NAMES = [case["name"] for case in CASES]
-
-
-def _compact(prompt: str) -> str:
-    return re.sub(r"(?:<IMG_CONTEXT>)+", lambda run: f"<IMG_CONTEXT*{len(run.group(0)) // 13}>", prompt)
 
 
 def ours_name(original: str) -> str:
@@ -108,24 +104,12 @@ def test_forward_logits_and_features_match_original(case, attn):
     assert torch.equal(logits.argmax(-1), io["forward_argmax"].long())
 
 
-def _spy_prompts(model, monkeypatch):
-    prompts = []
-    original = model._generate_text
-
-    def spy(tokenizer, texts, *args, **kwargs):
-        prompts.append([_compact(text) for text in texts])
-        return original(tokenizer, texts, *args, **kwargs)
-
-    monkeypatch.setattr(model, "_generate_text", spy)
-    return prompts
-
-
 def test_two_turn_chat_and_batch_chat_match_original(case, monkeypatch):
     meta, tokenizer, questions = case["meta"], case["tokenizer"], case["meta"]["questions"]
     pixel_values = torch.cat(case["pixel_list"])
     config = dict(max_new_tokens=meta["case"]["max_new_tokens"], do_sample=False)
     model = _model(case)
-    prompts = _spy_prompts(model, monkeypatch)
+    prompts = spy_prompts(model, monkeypatch)
     answer1, history = model.chat(
         tokenizer,
         pixel_values,
