@@ -325,7 +325,10 @@ class InternVLChatMixin:
         """
         check_chat_inputs(tokenizer, pixel_values)
         if history is not None or return_history:
-            raise ValueError("batch_chat does not support `history` or `return_history` (as in the original).")
+            raise NotImplementedError(
+                "batch_chat does not support multi-turn chat (`history` / `return_history`), as in the original; "
+                "use chat() for each conversation."
+            )
         num_patches_list = merge_tile_count_aliases(
             num_patches_list=num_patches_list, num_tiles_list=num_tiles_list, image_counts=image_counts
         )
