@@ -26,9 +26,9 @@ from .common import (
     open_image,
     positive_float,
     positive_int,
-    votes_int,
     probability,
     seed_int,
+    votes_int,
 )
 
 _DTYPES = ("auto", "float32", "bfloat16", "float16")

@@ -9,7 +9,6 @@ from typing import Any
 
 from ..command_errors import PROG, CLIError, first_line
 
-
 MAX_VOTES = 64
 """Upper bound of `chat --votes` (InternVL 2.5's majority-voting evaluations sample far fewer answers)."""
 

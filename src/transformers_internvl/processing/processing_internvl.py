@@ -469,8 +469,11 @@ class InternVLChatProcessor(ProcessorMixin, PortAttributeNamesMixin):
         """The saved processor config, or, for an original OpenGVLab directory (no processor_config.json), one built
         from its `config.json` (template, system message, tile size, tiling settings)."""
         from .auto_processor_checks import checked_processor_dict  # a damaged JSON file named (chat_template.json)
+
         hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
-        processor_dict, kwargs = checked_processor_dict(super().get_processor_dict, pretrained_model_name_or_path, kwargs)
+        processor_dict, kwargs = checked_processor_dict(
+            super().get_processor_dict, pretrained_model_name_or_path, kwargs
+        )
         if processor_dict.get("processor_class") in _PROCESSOR_CLASS_NAMES:
             return processor_dict, kwargs
         legacy = legacy_processor_dict(pretrained_model_name_or_path, hub_kwargs)
