@@ -128,12 +128,12 @@ def damaged_tokenizer_file(pretrained_model_name_or_path: Any, subfolder: str = 
     return None
 
 
-def checked_processor_dict(get_processor_dict, pretrained_model_name_or_path: Any, kwargs: dict) -> tuple[dict, dict]:
-    """`get_processor_dict(pretrained_model_name_or_path, **kwargs)` (`ProcessorMixin`'s), with a damaged processor
-    JSON file of a local folder (`chat_template.json`, `processor_config.json`, ...) named in an `OSError` instead of
-    a bare `JSONDecodeError` / "list indices must be integers"."""
+def checked_processor_dict(owner: Any, pretrained_model_name_or_path: Any, kwargs: dict) -> tuple[dict, dict]:
+    """`owner.get_processor_dict(pretrained_model_name_or_path, **kwargs)` (`ProcessorMixin`'s, through `super()`),
+    with a damaged processor JSON file of a local folder (`chat_template.json`, `processor_config.json`, ...) named in
+    an `OSError` instead of a bare `JSONDecodeError` / "list indices must be integers"."""
     try:
-        return get_processor_dict(pretrained_model_name_or_path, **kwargs)
+        return owner.get_processor_dict(pretrained_model_name_or_path, **kwargs)
     except (ValueError, AttributeError, TypeError) as error:
         damaged = damaged_tokenizer_file(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
         if damaged is not None:
