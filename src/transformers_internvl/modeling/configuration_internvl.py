@@ -10,7 +10,8 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import logging
 
-from ..chat_templates import check_downsample_ratio, tokens_per_tile
+from ..chat_templates import tokens_per_tile
+from ..downsample_ratio import check_downsample_ratio
 from .config_validation import (
     check_attn_implementation_argument,
     check_dtype_argument,

@@ -26,7 +26,7 @@ from typing import Any
 from torch import nn
 from transformers.utils import logging
 
-from ..conversion.original_lora import ORIGINAL_BACKBONE_LORA_TARGET_MODULES, ORIGINAL_LLM_LORA_TARGET_MODULES
+from .original_lora_loading import ORIGINAL_BACKBONE_LORA_TARGET_MODULES, ORIGINAL_LLM_LORA_TARGET_MODULES
 
 logger = logging.get_logger(__name__)
 
@@ -173,7 +173,7 @@ class OriginalAttributesMixin:
 
     def wrap_llm_lora(self, r: int = 128, lora_alpha: int = 256, lora_dropout: float = 0.05) -> None:
         """Wrap the LLM in a PEFT LoRA model, as the original `wrap_llm_lora`: rank `r`, scaling `lora_alpha / r`,
-        the original's targets for `llm_arch_name` (`conversion.original_lora.ORIGINAL_LLM_LORA_TARGET_MODULES`:
+        the original's targets for `llm_arch_name` (`original_lora_loading.ORIGINAL_LLM_LORA_TARGET_MODULES`:
         Qwen2 / Llama `self_attn.{q,k,v,o}_proj`, `mlp.{gate,up,down}_proj`; InternLM2 `attention.wqkv`,
         `attention.wo`, `feed_forward.w1/w2/w3`; Phi-3 `self_attn.qkv_proj`, `self_attn.o_proj`, `mlp.gate_up_proj`,
         `mlp.down_proj`). Every other LLM weight is frozen, the LM head included (it is inside the original's wrapped

@@ -14,9 +14,9 @@ from ..chat_templates import (
     IMAGE_CONTEXT_TOKEN,
     IMAGE_END_TOKEN,
     IMAGE_START_TOKEN,
-    check_downsample_ratio,
     tokens_per_tile,
 )
+from ..downsample_ratio import check_downsample_ratio
 from .tiling import check_image_size, check_int
 
 __all__ = [
