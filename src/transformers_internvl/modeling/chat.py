@@ -300,7 +300,8 @@ class InternVLChatMixin(OriginalAttributesMixin):
 
         `num_patches_list[i]` (alias `num_tiles_list`, legacy `image_counts`) is the number of tiles of question
         i's image; `pixel_values` holds all of them in order. Two of these names with different values raise
-        `ValueError` (the original lets `image_counts` win silently).
+        `ValueError` (the original lets `image_counts` win silently); `history` or `return_history` raise
+        `NotImplementedError`, as in the original.
         """
         check_chat_inputs(tokenizer, pixel_values)
         if history is not None or return_history:
