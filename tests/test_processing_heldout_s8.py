@@ -177,6 +177,16 @@ def _messages(items):
 def test_prompt_expansion_matches_chat_query(tokenizer, entry):
     case = next(case for case in PROMPT_CASES if case["name"] == entry["name"])
     size, ratio = entry["image_size"], entry["downsample_ratio"]
+    assert entry["num_image_token"] == int((size // 14) ** 2 * ratio**2)  # the original's arithmetic
+    if int(1 / ratio) != 1 / ratio:
+        # 0.75: the original expands the prompt (324 tokens per 336 px tile), but no model can take it (the original
+        # fails in pixel_shuffle, this package's config refuses it), so the processor refuses it as the config does
+        # (session 9, tests/test_gaps_s9.py).
+        with pytest.raises(ValueError, match=r"`downsample_ratio` \(0.75\) must be 1/k"):
+            InternVLChatProcessor(
+                InternVLChatImageProcessor(image_size=size), tokenizer, image_size=size, downsample_ratio=ratio
+            )
+        return
     processor = InternVLChatProcessor(
         InternVLChatImageProcessor(image_size=size),
         tokenizer,

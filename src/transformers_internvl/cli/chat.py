@@ -28,6 +28,7 @@ from .common import (
     positive_int,
     probability,
     seed_int,
+    votes_int,
 )
 
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -330,7 +331,7 @@ def add_chat_command(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--votes",
-        type=positive_int,
+        type=votes_int,
         default=1,
         help="sample this many answers (printed when all are done) and the majority answer; needs --prompt",
     )

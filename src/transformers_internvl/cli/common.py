@@ -9,6 +9,9 @@ from typing import Any
 
 from ..command_errors import PROG, CLIError, first_line
 
+MAX_VOTES = 64
+"""Upper bound of `chat --votes` (InternVL 2.5's majority-voting evaluations sample far fewer answers)."""
+
 
 def positive_int(text: str) -> int:
     try:
@@ -17,6 +20,15 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def votes_int(text: str) -> int:
+    """`--votes`: a positive integer up to `MAX_VOTES`. All votes are sampled in one batch (the prompt repeated N
+    times), so a huge N failed only after the model load, with a raw allocation error."""
+    value = positive_int(text)
+    if value > MAX_VOTES:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_VOTES} votes (sampled in one batch), got {value}")
     return value
 
 

@@ -10,35 +10,14 @@ from __future__ import annotations
 
 import torch
 
-from ..modeling.original_lora_loading import (
+from ..modeling.original_lora_loading import (  # the target tables: re-exported for the training code
     LORA_A_SUFFIX,
     LORA_B_SUFFIX,
     LORA_BASE_SUFFIX,
+    ORIGINAL_BACKBONE_LORA_TARGET_MODULES,
+    ORIGINAL_LLM_LORA_TARGET_MODULES,
     merge_lora_weight,
 )
-
-# PEFT `target_modules` of the original `wrap_backbone_lora` (InternViT) and `wrap_llm_lora` (per LLM architecture).
-ORIGINAL_BACKBONE_LORA_TARGET_MODULES = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
-ORIGINAL_LLM_LORA_TARGET_MODULES: dict[str, tuple[str, ...]] = {
-    "InternLM2ForCausalLM": (
-        "attention.wqkv",
-        "attention.wo",
-        "feed_forward.w1",
-        "feed_forward.w2",
-        "feed_forward.w3",
-    ),
-    "Phi3ForCausalLM": ("mlp.down_proj", "mlp.gate_up_proj", "self_attn.o_proj", "self_attn.qkv_proj"),
-    "Qwen2ForCausalLM": (
-        "self_attn.q_proj",
-        "self_attn.k_proj",
-        "self_attn.v_proj",
-        "self_attn.o_proj",
-        "mlp.gate_proj",
-        "mlp.down_proj",
-        "mlp.up_proj",
-    ),
-}
-ORIGINAL_LLM_LORA_TARGET_MODULES["LlamaForCausalLM"] = ORIGINAL_LLM_LORA_TARGET_MODULES["Qwen2ForCausalLM"]
 
 _PEFT_PREFIXES = (
     ("language_model.base_model.model.", "language_model."),

@@ -24,6 +24,7 @@ from .chat_prompts import build_batch_chat_prompts, build_chat_prompt, postproce
 from .conversation import Conversation, get_conv_template
 from .generation_file_checks import check_generation_fields
 from .input_checks import check_chat_inputs, merge_tile_count_aliases, question_list
+from .original_attributes import OriginalAttributesMixin
 
 logger = logging.get_logger(__name__)
 
@@ -51,9 +52,9 @@ def _generation_kwargs(generation_config: dict | GenerationConfig | None) -> dic
     return dict(generation_config)
 
 
-class InternVLChatMixin:
-    """Adds the original remote-code API (`chat`, `batch_chat`, `extract_feature`) to
-    `InternVLChatForConditionalGeneration`."""
+class InternVLChatMixin(OriginalAttributesMixin):
+    """Adds the original remote-code API (`chat`, `batch_chat`, `extract_feature`; the original's attributes and LoRA
+    wrapping, `original_attributes.py`) to `InternVLChatForConditionalGeneration`."""
 
     #: `chat()` keeps the key/value cache of its last turn and reuses it for the next turn's common prefix (history,
     #: images), see `chat_cache`. Set to False to re-run everything each turn, as the original does.
@@ -151,28 +152,6 @@ class InternVLChatMixin:
             f"`num_image_token` ({self.config.num_image_token}) follows from the vision tower's shape and cannot be "
             f"set to {value!r}: change `config.force_image_size` / `config.downsample_ratio` instead."
         )
-
-    @property
-    def select_layer(self) -> int:
-        return self.config.select_layer
-
-    @property
-    def downsample_ratio(self) -> float:
-        return self.config.downsample_ratio
-
-    @property
-    def ps_version(self) -> str:
-        return self.config.ps_version
-
-    @property
-    def patch_size(self) -> int:
-        return self.config.vision_config.patch_size
-
-    @property
-    def llm_arch_name(self) -> str | None:
-        """`llm_config.architectures[0]`, as the original's attribute."""
-        architectures = self.config.text_config.architectures
-        return architectures[0] if architectures else None
 
     @property
     def language_model(self) -> nn.Module:
@@ -321,11 +300,15 @@ class InternVLChatMixin:
 
         `num_patches_list[i]` (alias `num_tiles_list`, legacy `image_counts`) is the number of tiles of question
         i's image; `pixel_values` holds all of them in order. Two of these names with different values raise
-        `ValueError` (the original lets `image_counts` win silently).
+        `ValueError` (the original lets `image_counts` win silently); `history` or `return_history` raise
+        `NotImplementedError`, as in the original.
         """
         check_chat_inputs(tokenizer, pixel_values)
         if history is not None or return_history:
-            raise ValueError("batch_chat does not support `history` or `return_history` (as in the original).")
+            raise NotImplementedError(
+                "batch_chat does not support multi-turn chat (`history` / `return_history`), as in the original; "
+                "use chat() for each conversation."
+            )
         num_patches_list = merge_tile_count_aliases(
             num_patches_list=num_patches_list, num_tiles_list=num_tiles_list, image_counts=image_counts
         )

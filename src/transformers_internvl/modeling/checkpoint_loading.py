@@ -37,6 +37,7 @@ from .original_api import (
     resolve_attention_options,
     translate_device_map,
 )
+from .original_attributes import check_towers_not_wrapped
 from .original_lora_loading import (
     checkpoint_holds_original_lora,
     finish_original_lora_load,
@@ -180,6 +181,7 @@ class OriginalCheckpointMixin:
         Atomic (`atomic_save.atomic_save_directory`): the checkpoint is written to a temporary folder beside
         `save_directory` and swapped in, so that readers see the old checkpoint or the new one; files of the old
         folder that this save does not write (tokenizer, processor, README, ...) are kept, old weight files are not."""
+        check_towers_not_wrapped(self)  # after wrap_llm_lora / wrap_backbone_lora: merge first
         is_main_process = args[0] if args else kwargs.get("is_main_process", True)
         if kwargs.get("push_to_hub"):
             kwargs.setdefault("repo_id", os.path.basename(os.path.normpath(save_directory)))

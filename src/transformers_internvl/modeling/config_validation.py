@@ -131,7 +131,8 @@ def validate_config_values(config: Any) -> None:
     Raises:
         TypeError: a value of the wrong type (`select_layer=1.5`, `downsample_ratio="0.5"`, `image_token_id="x"`,
             `llm_config=[]`, ...).
-        ValueError: a value out of range (`downsample_ratio` 0 or -0.5, `force_image_size=-448`,
+        ValueError: a value out of range (`downsample_ratio` 0 or -0.5, `force_image_size=-448`, `image_token_id` not
+            below `llm_config.vocab_size`,
             `vision_batch_size=-3`, `llm_config.hidden_size: -64` or another LLM size below 1, NaN anywhere in the
             config, ...).
     """
@@ -154,6 +155,12 @@ def validate_config_values(config: Any) -> None:
     token_id = config.image_token_id
     if token_id is not None and (not _is_int(token_id) or token_id < 0):
         _fail("image_token_id", token_id, "a non-negative integer token id (of <IMG_CONTEXT>) or None", True)
+    vocab_size = getattr(config.text_config, "vocab_size", None)
+    if token_id is not None and _is_int(vocab_size) and token_id >= vocab_size:
+        raise ValueError(  # it would fail only at the first chat / forward with an image
+            f"`image_token_id` ({token_id}) must be a token id below `llm_config.vocab_size` ({vocab_size}): the "
+            "LLM has no embedding row for it. Use the id of <IMG_CONTEXT> in the tokenizer."
+        )
     for name in ("min_dynamic_patch", "max_dynamic_patch"):
         value = getattr(config, name)
         if not _is_int(value) or value < 1:

@@ -11,6 +11,7 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import logging
 
 from ..chat_templates import tokens_per_tile
+from ..downsample_ratio import check_downsample_ratio
 from .config_validation import (
     check_attn_implementation_argument,
     check_dtype_argument,
@@ -142,13 +143,7 @@ class InternVLChatConfig(PreTrainedConfig):
         validate_config_values(self)
         if self.ps_version not in PIXEL_SHUFFLE_VERSIONS:
             raise ValueError(f"`ps_version` must be one of {PIXEL_SHUFFLE_VERSIONS}, got {self.ps_version!r}.")
-        side = self.vision_image_size // self.vision_config.patch_size
-        scaled = side * self.downsample_ratio
-        if scaled != int(scaled) or int(1 / self.downsample_ratio) != 1 / self.downsample_ratio:
-            raise ValueError(
-                f"`downsample_ratio` ({self.downsample_ratio}) must be 1/k for an integer k dividing the patch grid "
-                f"side ({side})."
-            )
+        check_downsample_ratio(self.vision_image_size, self.vision_config.patch_size, self.downsample_ratio)
         if self.vision_batch_size is not None and self.vision_batch_size < 1:
             raise ValueError(f"`vision_batch_size` must be a positive integer or None, got {self.vision_batch_size}.")
         num_layers = self.vision_config.num_hidden_layers

@@ -38,7 +38,7 @@ from .input_checks import (
 from .llm_resolution import language_model_head
 from .model_outputs import InternVLCausalLMOutputWithPast, InternVLModelOutputWithPast
 from .modeling_intern_vit import InternVisionModel
-from .original_api import original_generate_arguments
+from .original_api import original_forward_order, original_generate_arguments
 from .visual_features import visual_features_to_encoder_outputs
 
 logger = logging.get_logger(__name__)
@@ -420,6 +420,7 @@ class InternVLChatForConditionalGeneration(InternVLChatMixin, InternVLChatPreTra
             kwargs.pop("num_tiles", None)
         return super().generate(*args, **kwargs)
 
+    @original_forward_order  # also `model(pixel_values, input_ids, attention_mask, ...)`, the original's order
     @can_return_tuple
     @auto_docstring(custom_args=_IMAGE_INPUT_ARGS)
     @deprecate_kwarg("past_key_values", "6.0.0", new_name="cache")
@@ -442,7 +443,9 @@ class InternVLChatForConditionalGeneration(InternVLChatMixin, InternVLChatPreTra
         **kwargs: Unpack[TransformersKwargs],
     ) -> InternVLCausalLMOutputWithPast | tuple:
         r"""
-        Returns logits `(batch_size, kept positions, vocab_size)`; raises as [`InternVLChatBaseModel.forward`].
+        Returns logits `(batch_size, kept positions, vocab_size)`; raises as [`InternVLChatBaseModel.forward`]. Also
+        takes the original's positional order, `(pixel_values, input_ids, attention_mask, position_ids, image_flags,
+        past_key_values, labels, ...)`, when the first argument is tiles (`original_api.original_forward_order`).
         """
         outputs = self.model(
             input_ids=input_ids,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import functools
 import os
 import re
 import shutil
@@ -321,3 +322,78 @@ def original_generate_arguments(args: tuple, kwargs: dict[str, Any]) -> tuple[tu
             raise TypeError(f"generate() got multiple values for argument {name!r} (positionally and by keyword).")
         kwargs[name] = value
     return (), kwargs
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# model(pixel_values, input_ids, attention_mask, ...) called positionally
+# ---------------------------------------------------------------------------------------------------------------------
+
+ORIGINAL_FORWARD_PARAMETERS = (
+    "pixel_values",
+    "input_ids",
+    "attention_mask",
+    "position_ids",
+    "image_flags",
+    "cache",  # the original's `past_key_values`
+    "labels",
+    "use_cache",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+)
+"""The positional parameters of the original `InternVLChatModel.forward` that `forward` here takes, in the original's
+order (internvl_chat/internvl/model/internvl_chat/modeling_internvl_chat.py); its further `statistics`, `loss_weight`,
+`loss_reduction_all_gather` are training-script options (`training.collator.weighted_lm_loss` computes the weighted
+loss)."""
+
+
+def _is_tiles(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.is_floating_point() and value.dim() == 4
+
+
+def original_forward_order(forward):
+    """Decorate `forward(self, input_ids, pixel_values, ...)` to also take the original's positional order,
+    `forward(pixel_values, input_ids, attention_mask, position_ids, image_flags, past_key_values, labels, ...)`.
+
+    The original order is recognised only where transformers' order cannot apply: a first positional argument that
+    is a floating 4-D tensor (tiles; `input_ids` are integers of shape `(batch, seq)`), or `None` followed by an
+    integer tensor (`pixel_values=None`, then the ids). Every other call is passed on unchanged. The signature seen
+    by `inspect.signature` (and so by `generate` and the Trainer) stays transformers'.
+
+    Raises:
+        TypeError: in the original order, more positional arguments than `ORIGINAL_FORWARD_PARAMETERS`, or one also
+            given by keyword.
+    """
+
+    @functools.wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        if not args:
+            return forward(self, **kwargs)
+        first = args[0]
+        original_order = _is_tiles(first) or (
+            first is None
+            and len(args) > 1
+            and isinstance(args[1], torch.Tensor)
+            and not args[1].is_floating_point()
+            and not args[1].is_complex()
+        )
+        if not original_order:
+            return forward(self, *args, **kwargs)
+        if len(args) > len(ORIGINAL_FORWARD_PARAMETERS):
+            shown = ["past_key_values" if name == "cache" else name for name in ORIGINAL_FORWARD_PARAMETERS]
+            raise TypeError(
+                f"forward() got {len(args)} positional arguments in the original's order (pixel_values first); it "
+                f"takes at most {len(ORIGINAL_FORWARD_PARAMETERS)} that way ({', '.join(shown)}). The original's "
+                "`statistics`, `loss_weight` and `loss_reduction_all_gather` are not `forward` arguments here: the "
+                "weighted loss is `training.collator.weighted_lm_loss`."
+            )
+        kwargs = dict(kwargs)
+        for name, value in zip(ORIGINAL_FORWARD_PARAMETERS, args):
+            aliases = (name, "past_key_values") if name == "cache" else (name,)
+            if any(alias in kwargs for alias in aliases):
+                shown = "past_key_values" if name == "cache" else name
+                raise TypeError(f"forward() got multiple values for argument {shown!r} (positionally and by keyword).")
+            kwargs[name] = value
+        return forward(self, **kwargs)
+
+    return wrapper

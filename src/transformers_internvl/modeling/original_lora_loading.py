@@ -61,6 +61,30 @@ class LoraLoadRecord:
     problems: list[tuple[str | None, str]] = field(default_factory=list)
 
 
+# PEFT `target_modules` of the original `wrap_backbone_lora` (InternViT) and `wrap_llm_lora` (per LLM architecture).
+ORIGINAL_BACKBONE_LORA_TARGET_MODULES = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+ORIGINAL_LLM_LORA_TARGET_MODULES: dict[str, tuple[str, ...]] = {
+    "InternLM2ForCausalLM": (
+        "attention.wqkv",
+        "attention.wo",
+        "feed_forward.w1",
+        "feed_forward.w2",
+        "feed_forward.w3",
+    ),
+    "Phi3ForCausalLM": ("mlp.down_proj", "mlp.gate_up_proj", "self_attn.o_proj", "self_attn.qkv_proj"),
+    "Qwen2ForCausalLM": (
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.down_proj",
+        "mlp.up_proj",
+    ),
+}
+ORIGINAL_LLM_LORA_TARGET_MODULES["LlamaForCausalLM"] = ORIGINAL_LLM_LORA_TARGET_MODULES["Qwen2ForCausalLM"]
+
+
 def _tower(layer_name: str) -> str:
     return "vision" if ".vision_model." in f".{layer_name}" else "llm"
 
@@ -272,6 +296,8 @@ __all__ = [
     "LORA_A_SUFFIX",
     "LORA_BASE_SUFFIX",
     "LORA_B_SUFFIX",
+    "ORIGINAL_BACKBONE_LORA_TARGET_MODULES",
+    "ORIGINAL_LLM_LORA_TARGET_MODULES",
     "ORIGINAL_LORA_DROPOUT",
     "ORIGINAL_LORA_SCALING",
     "MergeOriginalLora",

@@ -99,7 +99,12 @@ def check_auto_processor_result(pretrained_model_name_or_path: Any, result: Any,
 # Files AutoProcessor reads as JSON objects; a damaged one surfaced as a bare `JSONDecodeError` or "'list' object
 # has no attribute 'get'".
 TOKENIZER_JSON_FILES = ("tokenizer_config.json", "tokenizer.json", "special_tokens_map.json", "added_tokens.json")
-PROCESSOR_JSON_FILES = ("processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json")
+PROCESSOR_JSON_FILES = (
+    "processor_config.json",
+    "preprocessor_config.json",
+    "video_preprocessor_config.json",
+    "chat_template.json",
+)
 
 
 def damaged_tokenizer_file(pretrained_model_name_or_path: Any, subfolder: str = "") -> str | None:
@@ -121,6 +126,19 @@ def damaged_tokenizer_file(pretrained_model_name_or_path: Any, subfolder: str = 
         if not isinstance(data, dict):
             return f"The {kind} file {path} must hold a JSON object, got a {type(data).__name__}"
     return None
+
+
+def checked_processor_dict(owner: Any, pretrained_model_name_or_path: Any, kwargs: dict) -> tuple[dict, dict]:
+    """`owner.get_processor_dict(pretrained_model_name_or_path, **kwargs)` (`ProcessorMixin`'s, through `super()`),
+    with a damaged processor JSON file of a local folder (`chat_template.json`, `processor_config.json`, ...) named in
+    an `OSError` instead of a bare `JSONDecodeError` / "list indices must be integers"."""
+    try:
+        return owner.get_processor_dict(pretrained_model_name_or_path, **kwargs)
+    except (ValueError, AttributeError, TypeError) as error:
+        damaged = damaged_tokenizer_file(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
+        if damaged is not None:
+            raise OSError(f"{damaged}; the processor cannot load it ({type(error).__name__}).") from error
+        raise
 
 
 def wrap_auto_processor() -> None:

@@ -10,7 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from ..chat_templates import IMAGE_CONTEXT_TOKEN, IMAGE_END_TOKEN, IMAGE_START_TOKEN, tokens_per_tile
+from ..chat_templates import (
+    IMAGE_CONTEXT_TOKEN,
+    IMAGE_END_TOKEN,
+    IMAGE_START_TOKEN,
+    tokens_per_tile,
+)
+from ..downsample_ratio import check_downsample_ratio
 from .tiling import check_image_size, check_int
 
 __all__ = [
@@ -171,6 +177,7 @@ def check_processor_args(
     tokens_per_tile(image_size, patch_size, downsample_ratio)  # type and range of each, at least one token per tile
     if image_size % patch_size:
         raise ValueError(f"`image_size` ({image_size}) must be a multiple of `patch_size` ({patch_size}).")
+    check_downsample_ratio(image_size, patch_size, downsample_ratio)  # as the model config (0.3: no pixel unshuffle)
     check_frame_template("video_frame_template", video_frame_template)
     if system_message is not None and not isinstance(system_message, str):
         raise TypeError(f"`system_message` must be a str or None, got {type(system_message).__name__}.")

@@ -35,6 +35,7 @@ from ..chat_templates import (
     video_frame_prompt,
 )
 from ..llama_slow_tokenization import encode_as_original
+from .auto_processor_checks import checked_processor_dict
 from .chat_messages import check_chat_messages, check_conversation_shape
 from .control_tokens import (
     check_no_raw_image_tokens,
@@ -469,13 +470,12 @@ class InternVLChatProcessor(ProcessorMixin, PortAttributeNamesMixin):
         """The saved processor config, or, for an original OpenGVLab directory (no processor_config.json), one built
         from its `config.json` (template, system message, tile size, tiling settings)."""
         hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
-        processor_dict, kwargs = super().get_processor_dict(pretrained_model_name_or_path, **kwargs)
+        processor_dict, kwargs = checked_processor_dict(super(), pretrained_model_name_or_path, kwargs)
         if processor_dict.get("processor_class") in _PROCESSOR_CLASS_NAMES:
             return processor_dict, kwargs
         legacy = legacy_processor_dict(pretrained_model_name_or_path, hub_kwargs)
         if legacy is not None:  # saved before the rename with per-file sub-processor configs
             return legacy, kwargs
-
         return processor_dict_from_model_config(pretrained_model_name_or_path, processor_dict, hub_kwargs), kwargs
 
     @classmethod
