@@ -76,3 +76,29 @@ def test_readme_fine_tuning_snippet_trains_on_a_tiny_original_checkpoint(tmp_pat
     assert len(namespace["dataset"]) == 2 and len(namespace["dataset"].skipped) == 0
     trainable = [name for name, parameter in namespace["model"].named_parameters() if parameter.requires_grad]
     assert trainable and all("lora_" in name for name in trainable)
+
+
+@pytest.mark.parametrize("with_tokenizer_option", [False, True])
+def test_finetune_example_names_the_missing_tokenizer_files(tmp_path, capsys, with_tokenizer_option):
+    # The README's example passes --tokenizer; forgetting it on the fixture model (weights and config only) gave
+    # transformers' "Couldn't instantiate the backend tokenizer" with no file or option named.
+    import sys
+
+    sys.path.insert(0, str(README.parent / "examples"))
+    try:
+        import finetune_lora
+    finally:
+        sys.path.remove(str(README.parent / "examples"))
+    model = README.parent / "tests" / "fixtures" / "models" / "tiny-qwen2"
+    argv = ["--model", str(model), "--output-dir", str(tmp_path / "out")]
+    if with_tokenizer_option:
+        argv += ["--tokenizer", str(model)]
+    with pytest.raises(SystemExit) as stop:
+        finetune_lora.parse_args(argv)
+    assert stop.value.code == 2
+    message = capsys.readouterr().err
+    option = "--tokenizer" if with_tokenizer_option else "--model"
+    assert f"{option} {model} holds no tokenizer vocabulary" in message and "tokenizer.json" in message
+    good = README.parent / "tests" / "fixtures" / "tokenizers" / "qwen2-tiny"
+    args = finetune_lora.parse_args(["--model", str(model), "--tokenizer", str(good), "--output-dir", str(tmp_path)])
+    assert args.tokenizer == str(good)
