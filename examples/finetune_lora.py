@@ -30,6 +30,7 @@ from transformers import AutoModelForImageTextToText, AutoTokenizer, TrainingArg
 
 import transformers_internvl  # noqa: F401  (registers the InternVL classes)
 from transformers_internvl.processing.image_processing_internvl import InternVLImageProcessor
+from transformers_internvl.processing.tokenizer_loading import VOCABULARY_FILES
 from transformers_internvl.training.adapters import save_adapter_original_layout
 from transformers_internvl.training.collator import InternVLDataCollator, InternVLPackingCollator
 from transformers_internvl.training.data import InternVLSupervisedDataset
@@ -126,7 +127,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--train-sampling", default="random", choices=("random", "sequential"))
     parser.add_argument("--adapter-layout", default="original", choices=("original", "peft"))
     parser.add_argument("--qlora", action="store_true", help="4-bit NF4 LLM with bitsandbytes (needs CUDA)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    tokenizer_dir = args.tokenizer or args.model
+    if os.path.isdir(tokenizer_dir) and not any(
+        os.path.isfile(os.path.join(tokenizer_dir, name)) for name in VOCABULARY_FILES
+    ):
+        # AutoTokenizer's own error for such a folder ("Couldn't instantiate the backend tokenizer ...") names no file
+        option = "--tokenizer" if args.tokenizer else "--model"
+        parser.error(
+            f"{option} {tokenizer_dir} holds no tokenizer vocabulary (one of {', '.join(VOCABULARY_FILES)}); "
+            "pass --tokenizer DIR with the tokenizer files"
+        )
+    return args
 
 
 def main(argv=None) -> InternVLTrainer:

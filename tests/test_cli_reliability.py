@@ -131,6 +131,13 @@ def test_failed_first_turn_keeps_its_images_for_the_next(model_dir, model_and_pr
     assert chat.messages[0]["content"][0] == {"type": "image", "path": str(image)}
 
 
+def _default_sigint() -> None:
+    # The chat must start as a foreground program of a terminal does. A suite started in the background without job
+    # control (`pytest ... &` in a script, nohup) has SIGINT ignored, which children inherit and Python keeps
+    # ignored (rightly: such a process is not meant to be stopped by Ctrl-C), so Ctrl-C would not reach the chat.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_chat(model_dir: Path) -> subprocess.Popen:
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.Popen(
@@ -140,6 +147,7 @@ def _start_chat(model_dir: Path) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         env=environment,
+        preexec_fn=_default_sigint if os.name == "posix" else None,
     )
 
 
