@@ -32,12 +32,12 @@ def cached_length(cache: Any) -> int | torch.Tensor:
     return 0 if get_seq_length is None else get_seq_length()
 
 
-def check_input_ids(input_ids: Any, vocab_size: int, past_length: int | torch.Tensor = 0) -> None:
+def check_input_ids(input_ids: Any, vocab_size: int | None = None, past_length: int | torch.Tensor = 0) -> None:
     """Refuse `input_ids` the embedding cannot look up: not a `(batch, seq)` integer tensor with at least one token,
     or an id outside `0..vocab_size - 1` (torch: "index out of range in self" on a CPU, a device-side assert that
     spoils the CUDA context on a GPU). A tokenizer with tokens added after the model was saved gives such ids (a
     converted -hf folder's `<video>`, `convert` warns about it). The id range is checked on the prompt only (nothing
-    cached), not on every decoding step, and not inside a compiled call.
+    cached), not on every decoding step, not inside a compiled call, and not when `vocab_size` is None (shape only).
 
     Raises:
         TypeError: not an integer tensor. ValueError: not 2-D, no tokens, or an id out of range (named with the
@@ -53,7 +53,8 @@ def check_input_ids(input_ids: Any, vocab_size: int, past_length: int | torch.Te
     if input_ids.shape[1] == 0:
         raise ValueError(f"`input_ids` holds no token (shape {tuple(input_ids.shape)}).")
     if (
-        not isinstance(past_length, int)
+        vocab_size is None
+        or not isinstance(past_length, int)
         or past_length > 0
         or input_ids.device.type == "meta"  # shape-only runs have no values
         or torch.compiler.is_compiling()

@@ -276,7 +276,8 @@ class InternVLChatBaseModel(InternVLChatPreTrainedModel):
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of `input_ids` or `inputs_embeds`.")
-        check_input_ids(input_ids, self.get_input_embeddings().num_embeddings, cached_length(cache))
+        past_length = cached_length(cache)
+        check_input_ids(input_ids, self.get_input_embeddings().num_embeddings, past_length)
         num_tiles = merge_tile_count_aliases(num_tiles=num_tiles, num_patches=kwargs.pop("num_patches", None))
         check_num_tiles(num_tiles, pixel_values)
 
@@ -308,7 +309,7 @@ class InternVLChatBaseModel(InternVLChatPreTrainedModel):
             )
         else:
             reason = "no pixel_values" if image_outputs is None else "pixel_values with zero tiles"
-            check_no_unfilled_image_tokens(input_ids, self.config.image_token_id, 0, reason, cached_length(cache))
+            check_no_unfilled_image_tokens(input_ids, self.config.image_token_id, 0, reason, past_length)
 
         outputs = self.language_model(
             attention_mask=attention_mask,
@@ -396,7 +397,7 @@ class InternVLChatForConditionalGeneration(InternVLChatMixin, InternVLChatPreTra
         args, kwargs = original_generate_arguments(args, kwargs)
         ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
         if isinstance(ids, torch.Tensor):  # shape and type (transformers' generate fails on 1-D ids without a word)
-            check_input_ids(ids, self.get_input_embeddings().num_embeddings, past_length=1)  # ids: in `forward`
+            check_input_ids(ids)  # the id range: in `forward`, on the prompt
         visual_features_to_encoder_outputs(kwargs, self.config.num_image_token, self.config.text_config.hidden_size)
         if "num_patches" in kwargs:  # GotOcr2's name, as `forward` takes it
             kwargs["num_tiles"] = merge_tile_count_aliases(

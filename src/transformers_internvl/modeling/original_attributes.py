@@ -38,9 +38,9 @@ def _refuse_change(name: str, current: Any, value: Any, reason: str) -> None:
         raise ValueError(f"`{name}` cannot be changed on a built model (it is {current!r}, got {value!r}): {reason}")
 
 
-def _trainable_summary(module: nn.Module) -> str:
-    trainable = sum(parameter.numel() for parameter in module.parameters() if parameter.requires_grad)
-    total = sum(parameter.numel() for parameter in module.parameters())
+def _trainable_summary(model) -> str:
+    """PEFT's own count (`PeftModel.get_nb_trainable_parameters`), worded as its `print_trainable_parameters`."""
+    trainable, total = model.get_nb_trainable_parameters()
     return f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
 
 
