@@ -8,7 +8,9 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import torch
 from safetensors.torch import load_file
 from transformers import AutoImageProcessor, AutoTokenizer
 
@@ -48,3 +50,36 @@ def spy_prompts(model, monkeypatch) -> list[list[str]]:
 
     monkeypatch.setattr(model, "_generate_text", spy)
     return prompts
+
+
+def tiny_phi3_chat_setup(model_folder: Path, tokenizer, monkeypatch) -> tuple[Any, torch.Tensor, dict, list]:
+    """What the Phi-3 tokenizer chat fixtures (`make_phi3_chat_s9.py`, `make_legacy_chat_s9.py`) ran: the tiny model
+    of `model_folder` with `tokenizer`'s `<IMG_CONTEXT>` id, the tiles of `make_image(700, 1000, 95)` (6 at most),
+    the greedy 12-token config (ids beyond the tokenizer suppressed), and a list that receives the ids of every
+    prompt `chat` / `batch_chat` feed to generation."""
+    import sys
+
+    from transformers import AutoModel, AutoProcessor
+
+    from transformers_internvl.modeling import chat as chat_module
+
+    sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "heldout_s6"))
+    from heldout_inputs import make_image
+
+    model = AutoModel.from_pretrained(
+        model_folder, dtype=torch.float32, image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
+    ).eval()
+    processor = AutoProcessor.from_pretrained(model_folder)
+    pixel_values = processor.image_processor(
+        images=make_image(700, 1000, 95), max_dynamic_patch=6, return_tensors="pt"
+    )["pixel_values"]
+    config = dict(max_new_tokens=12, do_sample=False, suppress_tokens=list(range(len(tokenizer), 1004)))
+    fed: list = []
+    original = chat_module.generate_turn
+
+    def spy(model, input_ids, *args, **kwargs):
+        fed.extend(input_ids.tolist())
+        return original(model, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(chat_module, "generate_turn", spy)
+    return model, pixel_values, config, fed

@@ -7,14 +7,13 @@ give its ids and decoded answers (`llama_slow_tokenization`). Expected values: `
 import gzip
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModel, AutoProcessor, AutoTokenizer, LlamaTokenizer
+from parity_helpers import tiny_phi3_chat_setup
+from transformers import AutoProcessor, AutoTokenizer, LlamaTokenizer
 
-import transformers_internvl.modeling.chat as chat_module
 from transformers_internvl.llama_slow_tokenization import (
     decode_as_original,
     encode_as_original,
@@ -128,27 +127,9 @@ PHI3_FOLDERS = [
 def test_chat_answers_and_prompts_equal_the_original(name, monkeypatch):
     """End to end on `mini-4b-phi3-v1` (`make_legacy_chat_s9.py`): every prompt id `chat` / `batch_chat` fed, and
     the decoded answers, equal the original's with the slow legacy tokenizer."""
-    sys.path.insert(0, str(FIXTURES / "heldout_s6"))
-    from heldout_inputs import make_image
-
     tokenizer = AutoTokenizer.from_pretrained(HERE / name)
     expected = CHAT[name]
-    model = AutoModel.from_pretrained(
-        PHI3_MODEL, dtype=torch.float32, image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
-    ).eval()
-    processor = AutoProcessor.from_pretrained(PHI3_MODEL)
-    pixel_values = processor.image_processor(
-        images=make_image(700, 1000, 95), max_dynamic_patch=6, return_tensors="pt"
-    )["pixel_values"]
-    config = dict(max_new_tokens=12, do_sample=False, suppress_tokens=list(range(len(tokenizer), 1004)))
-    fed = []
-    original = chat_module.generate_turn
-
-    def spy(model, input_ids, *args, **kwargs):
-        fed.extend(input_ids.tolist())
-        return original(model, input_ids, *args, **kwargs)
-
-    monkeypatch.setattr(chat_module, "generate_turn", spy)
+    model, pixel_values, config, fed = tiny_phi3_chat_setup(PHI3_MODEL, tokenizer, monkeypatch)
     answer1, history = model.chat(
         tokenizer, pixel_values, "<image>\nWhat is in the picture?", dict(config), return_history=True
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from parity_helpers import tiny_phi3_chat_setup
 from transformers import AutoModel, AutoProcessor, AutoTokenizer, LlamaTokenizer
 
 import transformers_internvl.modeling.chat as chat_module
@@ -125,29 +126,9 @@ CHAT = json.loads((HERE / "phi3_tokenizer" / "chat.json").read_text(encoding="ut
 def test_chat_answers_equal_the_original_with_the_slow_tokenizer(folder, monkeypatch):
     """End to end on `mini-4b-phi3-v1` with these tokenizers: prompt ids and answers of the original's `chat` /
     `batch_chat` (`make_phi3_chat_s9.py`)."""
-    import sys
-
-    sys.path.insert(0, str(HERE.parent / "heldout_s6"))
-    from heldout_inputs import make_image
-
     name, tokenizer = folder
     expected = CHAT[name]
-    model = AutoModel.from_pretrained(
-        HERE / "mini-4b-phi3-v1", dtype=torch.float32, image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
-    ).eval()
-    processor = AutoProcessor.from_pretrained(HERE / "mini-4b-phi3-v1")
-    pixel_values = processor.image_processor(
-        images=make_image(700, 1000, 95), max_dynamic_patch=6, return_tensors="pt"
-    )["pixel_values"]
-    config = dict(max_new_tokens=12, do_sample=False, suppress_tokens=list(range(len(tokenizer), 1004)))
-    fed = []
-    original = chat_module.generate_turn
-
-    def spy(model, input_ids, *args, **kwargs):
-        fed.extend(input_ids.tolist())
-        return original(model, input_ids, *args, **kwargs)
-
-    monkeypatch.setattr(chat_module, "generate_turn", spy)
+    model, pixel_values, config, fed = tiny_phi3_chat_setup(HERE / "mini-4b-phi3-v1", tokenizer, monkeypatch)
     answer1, history = model.chat(
         tokenizer, pixel_values, "<image>\nWhat is in the picture?", dict(config), return_history=True
     )
