@@ -115,13 +115,6 @@ def slow_llama_mode(tokenizer: Any) -> str | None:
     return mode
 
 
-def needs_slow_llama_prefix(tokenizer: Any) -> bool:
-    """Whether `tokenizer` is transformers' sentencepiece `LlamaTokenizer` run as transformers 4's slow class with
-    `legacy: false` (the Phi-3 checkpoints) with a prefix space: its ids differ from the 4.x slow class at the text
-    start."""
-    return slow_llama_mode(tokenizer) == "non_legacy"
-
-
 def _slow_token_sets(tokenizer: Any) -> tuple[dict[str, Any], list[str]]:
     """The added tokens (content -> `AddedToken`) and `all_special_tokens` that transformers 4's slow class holds for
     `tokenizer`. transformers 5 differs on two kinds of token: it turns the sentencepiece model's user-defined pieces
