@@ -115,6 +115,11 @@ def slow_llama_mode(tokenizer: Any) -> str | None:
     return mode
 
 
+def _named_special_tokens(tokenizer: Any) -> set[str]:
+    """The tokens `special_tokens_map` names (`bos_token`, `eos_token`, ...; its lists left out)."""
+    return {str(value) for value in tokenizer.special_tokens_map.values() if isinstance(value, str)}
+
+
 def _slow_token_sets(tokenizer: Any) -> tuple[dict[str, Any], list[str]]:
     """The added tokens (content -> `AddedToken`) and `all_special_tokens` that transformers 4's slow class holds for
     `tokenizer`. transformers 5 differs on two kinds of token: it turns the sentencepiece model's user-defined pieces
@@ -125,7 +130,7 @@ def _slow_token_sets(tokenizer: Any) -> tuple[dict[str, Any], list[str]]:
     cached = tokenizer.__dict__.get("_internvl_slow_tokens")
     if cached is not None and cached[0] == len(decoder):
         return cached[1], cached[2]
-    named = {str(value) for value in tokenizer.special_tokens_map.values() if isinstance(value, str)}
+    named = _named_special_tokens(tokenizer)
     from_file = {str(token) for token in (tokenizer.init_kwargs.get("added_tokens_decoder") or {}).values()}
     vocab_size = tokenizer.vocab_size
     added, runtime_special = {}, []
@@ -349,7 +354,7 @@ def _decode_token_sets(tokenizer: Any) -> tuple[set[str], set[int], set[str]]:
     tokens (its added tokens outside `all_special_tokens`, and its `additional_special_tokens` past the vocabulary).
     Cached on the tokenizer with `_slow_token_sets` (and its named special tokens)."""
     added_tokens, special_list = _slow_token_sets(tokenizer)
-    named = {str(value) for value in tokenizer.special_tokens_map.values() if isinstance(value, str)}
+    named = _named_special_tokens(tokenizer)
     cached = tokenizer.__dict__.get("_internvl_decode_sets")
     if cached is not None and cached[0] is added_tokens and cached[1] == named:
         return cached[2]
