@@ -115,11 +115,9 @@ def slow_llama_mode(tokenizer: Any) -> str | None:
     return mode
 
 
-def needs_slow_llama_prefix(tokenizer: Any) -> bool:
-    """Whether `tokenizer` is transformers' sentencepiece `LlamaTokenizer` run as transformers 4's slow class with
-    `legacy: false` (the Phi-3 checkpoints) with a prefix space: its ids differ from the 4.x slow class at the text
-    start."""
-    return slow_llama_mode(tokenizer) == "non_legacy"
+def _named_special_tokens(tokenizer: Any) -> set[str]:
+    """The tokens `special_tokens_map` names (`bos_token`, `eos_token`, ...; its lists left out)."""
+    return {str(value) for value in tokenizer.special_tokens_map.values() if isinstance(value, str)}
 
 
 def _slow_token_sets(tokenizer: Any) -> tuple[dict[str, Any], list[str]]:
@@ -132,7 +130,7 @@ def _slow_token_sets(tokenizer: Any) -> tuple[dict[str, Any], list[str]]:
     cached = tokenizer.__dict__.get("_internvl_slow_tokens")
     if cached is not None and cached[0] == len(decoder):
         return cached[1], cached[2]
-    named = {str(value) for value in tokenizer.special_tokens_map.values() if isinstance(value, str)}
+    named = _named_special_tokens(tokenizer)
     from_file = {str(token) for token in (tokenizer.init_kwargs.get("added_tokens_decoder") or {}).values()}
     vocab_size = tokenizer.vocab_size
     added, runtime_special = {}, []
@@ -351,6 +349,25 @@ def _tokens_to_string(tokenizer: Any, tokens: list[str], special: set[str], lega
     return out + _sentencepiece_decode(current, legacy, unknown)
 
 
+def _decode_token_sets(tokenizer: Any) -> tuple[set[str], set[int], set[str]]:
+    """For `decode_as_original`: the slow class's `all_special_tokens`, their ids, and the tokens it decodes as added
+    tokens (its added tokens outside `all_special_tokens`, and its `additional_special_tokens` past the vocabulary).
+    Cached on the tokenizer with `_slow_token_sets` (and its named special tokens)."""
+    added_tokens, special_list = _slow_token_sets(tokenizer)
+    named = _named_special_tokens(tokenizer)
+    cached = tokenizer.__dict__.get("_internvl_decode_sets")
+    if cached is not None and cached[0] is added_tokens and cached[1] == named:
+        return cached[2]
+    special = set(special_list)
+    special_ids = set(tokenizer.convert_tokens_to_ids(special_list))
+    vocab_size = tokenizer.vocab_size
+    added = set(added_tokens) - special
+    additional = [token for token in special_list if token not in named]  # 4.x `additional_special_tokens`
+    added |= {token for token in additional if tokenizer.convert_tokens_to_ids(token) >= vocab_size}
+    tokenizer.__dict__["_internvl_decode_sets"] = (added_tokens, named, (special, special_ids, added))
+    return special, special_ids, added
+
+
 def decode_as_original(tokenizer: Any, token_ids: list[int], skip_special_tokens: bool = False) -> str:
     """`tokenizer.decode(token_ids, skip_special_tokens=...)` as transformers 4's slow `LlamaTokenizer` decodes
     (`PreTrainedTokenizer._decode`, `convert_tokens_to_string`): added tokens outside `all_special_tokens` (Phi-3's chat tokens)
@@ -361,14 +378,7 @@ def decode_as_original(tokenizer: Any, token_ids: list[int], skip_special_tokens
     if mode is None:
         return tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
     legacy = mode == "legacy"
-    added_tokens, special_list = _slow_token_sets(tokenizer)
-    special = set(special_list)
-    special_ids = set(tokenizer.convert_tokens_to_ids(special_list))
-    vocab_size = tokenizer.vocab_size
-    added = set(added_tokens) - special
-    named = {str(value) for value in tokenizer.special_tokens_map.values() if isinstance(value, str)}
-    additional = [token for token in special_list if token not in named]  # 4.x `additional_special_tokens`
-    added |= {token for token in additional if tokenizer.convert_tokens_to_ids(token) >= vocab_size}
+    special, special_ids, added = _decode_token_sets(tokenizer)
     pieces, current = [], []
     for token_id in token_ids:
         if skip_special_tokens and token_id in special_ids:

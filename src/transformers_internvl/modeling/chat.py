@@ -17,7 +17,7 @@ from transformers import GenerationConfig
 from transformers.utils import logging
 
 from ..chat_templates import IMAGE_CONTEXT_TOKEN, IMAGE_END_TOKEN, IMAGE_START_TOKEN, template_data, template_eos_token
-from ..llama_slow_tokenization import decode_as_original, original_llama_text
+from ..llama_slow_tokenization import decode_as_original, encode_as_original
 from .chat_cache import clear_chat_cache, effective_generation_config, generate_turn
 from .chat_processors import generated_only_penalties
 from .chat_prompts import build_batch_chat_prompts, build_chat_prompt, postprocess_response, prepare_chat_question
@@ -193,8 +193,7 @@ class InternVLChatMixin(OriginalAttributesMixin):
         if kwargs.get("pad_token_id") is None and tokenizer.pad_token_id is not None:
             kwargs["pad_token_id"] = tokenizer.pad_token_id
         # Phi-3 / Yi sentencepiece tokenizers: the ids of the slow class the original loads (`use_fast=False`).
-        prompts = [original_llama_text(tokenizer, prompt) for prompt in prompts]
-        model_inputs = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
+        model_inputs = encode_as_original(tokenizer, prompts, return_tensors="pt", padding=True, padding_side="left")
         input_ids = model_inputs["input_ids"].to(self.device)
         attention_mask = model_inputs["attention_mask"].to(self.device)
         if pixel_values is not None:
