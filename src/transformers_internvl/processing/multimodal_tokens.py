@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 from transformers.processing_utils import MultiModalData
 
 from .image_processing_options import resolve_image_options
@@ -110,7 +109,7 @@ def num_multimodal_tokens(processor: Any, image_sizes=None, video_sizes=None, me
         images_kwargs = {k: v for k, v in merged.get("images_kwargs", {}).items() if k != "return_tensors"}
         options = resolve_image_options(processor.image_processor, images_kwargs)
         # The tiles of this side get `num_image_token` tokens each; another side is refused, as the processor does.
-        check_tile_side(np.empty((0, options["image_size"])), processor.image_size, per_tile, "image tiles")
+        check_tile_side(options["image_size"], processor.image_size, per_tile, "image tiles")
         tiles = [
             plan.num_tiles
             for sample in _image_samples(image_sizes)
@@ -123,7 +122,7 @@ def num_multimodal_tokens(processor: Any, image_sizes=None, video_sizes=None, me
             raise TypeError(f"`video_sizes` must be a list of (frames, height, width), got {video_sizes!r}.")
         videos_kwargs = merged.get("videos_kwargs", {})
         side = call_image_size(processor.video_processor, videos_kwargs.get("image_size"), videos_kwargs.get("size"))
-        check_tile_side(np.empty((0, side)), processor.image_size, per_tile, "video frames")
+        check_tile_side(side, processor.image_size, per_tile, "video frames")
         frames = [
             _frames_used(videos_kwargs, _check_dims(f"video_sizes[{i}]", size, ("frames", "height", "width"))[0])
             for i, size in enumerate(video_sizes)
