@@ -135,10 +135,16 @@ def checked_processor_dict(owner: Any, pretrained_model_name_or_path: Any, kwarg
     try:
         return owner.get_processor_dict(pretrained_model_name_or_path, **kwargs)
     except (ValueError, AttributeError, TypeError) as error:
-        damaged = damaged_tokenizer_file(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
-        if damaged is not None:
-            raise OSError(f"{damaged}; the processor cannot load it ({type(error).__name__}).") from error
+        raise_if_damaged(error, pretrained_model_name_or_path, kwargs, "the processor")
         raise
+
+
+def raise_if_damaged(error: Exception, pretrained_model_name_or_path: Any, kwargs: dict, loader: str) -> None:
+    """Raise `OSError` naming the damaged JSON file (`damaged_tokenizer_file`) that made `loader` fail with `error`;
+    return when the folder has none, for the caller to re-raise `error`."""
+    damaged = damaged_tokenizer_file(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
+    if damaged is not None:
+        raise OSError(f"{damaged}; {loader} cannot load it ({type(error).__name__}).") from error
 
 
 def wrap_auto_processor() -> None:
@@ -162,9 +168,7 @@ def wrap_auto_processor() -> None:
         try:
             result = original(cls, pretrained_model_name_or_path, *inputs, **kwargs)
         except (ValueError, AttributeError, TypeError) as error:
-            damaged = damaged_tokenizer_file(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
-            if damaged is not None:
-                raise OSError(f"{damaged}; AutoProcessor cannot load it ({type(error).__name__}).") from error
+            raise_if_damaged(error, pretrained_model_name_or_path, kwargs, "AutoProcessor")
             raise
         check_auto_processor_result(pretrained_model_name_or_path, result, kwargs)
         return result

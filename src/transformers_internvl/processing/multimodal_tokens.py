@@ -15,13 +15,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 from transformers.processing_utils import MultiModalData
 
 from .image_processing_options import resolve_image_options
-from .input_validation import check_image_size, size_to_int
 from .processor_inputs import check_tile_side
 from .video_decoding import MAX_NUM_SEGMENTS, check_num_segments
+from .video_processing_internvl import call_image_size, call_num_segments
 
 __all__ = ["mm_token_type_ids", "num_multimodal_tokens", "placeholder_kinds"]
 
@@ -71,16 +70,13 @@ def _image_samples(image_sizes: Any) -> list[list[tuple[int, int]]]:
     return samples
 
 
-def _frames_used(processor: Any, videos_kwargs: dict[str, Any], num_frames: int) -> int:
+def _frames_used(videos_kwargs: dict[str, Any], num_frames: int) -> int:
     """Frames the processor turns a decoded video of `num_frames` frames into (`InternVLChatVideoProcessor`): the
     `num_segments` (alias `num_frames`) sampled frames when one is passed and `do_sample_frames` is not False, else
     every frame given."""
-    segments, alias = videos_kwargs.get("num_segments"), videos_kwargs.get("num_frames")
-    if segments is not None and alias is not None and segments != alias:
-        raise ValueError(f"`num_segments` ({segments}) and its alias `num_frames` ({alias}) disagree.")
+    segments = call_num_segments(videos_kwargs.get("num_segments"), videos_kwargs.get("num_frames"))
     if videos_kwargs.get("fps") is not None:
         raise ValueError("`fps` (sampling at a frame rate) is not how InternVL samples: pass `num_segments`.")
-    segments = alias if segments is None else segments
     if segments is not None and videos_kwargs.get("do_sample_frames") is not False:
         return check_num_segments("num_segments", segments)
     if num_frames > MAX_NUM_SEGMENTS:
@@ -113,7 +109,7 @@ def num_multimodal_tokens(processor: Any, image_sizes=None, video_sizes=None, me
         images_kwargs = {k: v for k, v in merged.get("images_kwargs", {}).items() if k != "return_tensors"}
         options = resolve_image_options(processor.image_processor, images_kwargs)
         # The tiles of this side get `num_image_token` tokens each; another side is refused, as the processor does.
-        check_tile_side(np.empty((0, options["image_size"])), processor.image_size, per_tile, "image tiles")
+        check_tile_side(options["image_size"], processor.image_size, per_tile, "image tiles")
         tiles = [
             plan.num_tiles
             for sample in _image_samples(image_sizes)
@@ -125,15 +121,10 @@ def num_multimodal_tokens(processor: Any, image_sizes=None, video_sizes=None, me
         if not isinstance(video_sizes, Sequence) or isinstance(video_sizes, str):
             raise TypeError(f"`video_sizes` must be a list of (frames, height, width), got {video_sizes!r}.")
         videos_kwargs = merged.get("videos_kwargs", {})
-        side = videos_kwargs.get("image_size")
-        if videos_kwargs.get("size") is not None:
-            side = size_to_int("size", videos_kwargs["size"])
-        side = processor.video_processor.image_size if side is None else check_image_size("image_size", side)
-        check_tile_side(np.empty((0, side)), processor.image_size, per_tile, "video frames")
+        side = call_image_size(processor.video_processor, videos_kwargs.get("image_size"), videos_kwargs.get("size"))
+        check_tile_side(side, processor.image_size, per_tile, "video frames")
         frames = [
-            _frames_used(
-                processor, videos_kwargs, _check_dims(f"video_sizes[{i}]", size, ("frames", "height", "width"))[0]
-            )
+            _frames_used(videos_kwargs, _check_dims(f"video_sizes[{i}]", size, ("frames", "height", "width"))[0])
             for i, size in enumerate(video_sizes)
         ]
         data["num_video_tokens"] = [count * (2 + per_tile) for count in frames]

@@ -353,7 +353,7 @@ class InternVLChatProcessor(ProcessorMixin, PortAttributeNamesMixin):
             return {"pixel_values": torch.zeros((0, 3, self.image_size, self.image_size)), "num_tiles": []}
         outputs = self.image_processor(images=samples, return_tensors="pt", **images_kwargs)
         pixel_values = torch.as_tensor(outputs["pixel_values"])
-        check_tile_side(pixel_values, self.image_size, self.num_image_token, "image tiles")
+        check_tile_side(pixel_values.shape[-1], self.image_size, self.num_image_token, "image tiles")
         tiles_per_image = [int(n) for n in torch.as_tensor(outputs["num_tiles"]).reshape(-1).tolist()]
         num_images = sum(len(sample_images) for sample_images in samples)
         if len(tiles_per_image) != num_images or sum(tiles_per_image) != pixel_values.shape[0]:
@@ -371,7 +371,7 @@ class InternVLChatProcessor(ProcessorMixin, PortAttributeNamesMixin):
         videos_kwargs = {key: value for key, value in videos_kwargs.items() if key != "return_tensors"}
         outputs = self.video_processor(videos=flat_videos, return_tensors="pt", **videos_kwargs)
         frames = torch.as_tensor(outputs["pixel_values_videos"])
-        check_tile_side(frames, self.image_size, self.num_image_token, "video frames")
+        check_tile_side(frames.shape[-1], self.image_size, self.num_image_token, "video frames")
         frames_per_video = [int(n) for n in torch.as_tensor(outputs["num_frames"]).reshape(-1).tolist()]
         if len(frames_per_video) != len(flat_videos) or sum(frames_per_video) != frames.shape[0]:
             raise ValueError(

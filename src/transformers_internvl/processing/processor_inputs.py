@@ -230,14 +230,15 @@ def add_missing_placeholders(
     return prefix_lengths
 
 
-def check_tile_side(pixel_values: Any, image_size: int, num_image_token: int, name: str) -> None:
-    """Refuse tiles whose side is not the processor's `image_size`: the text gets `num_image_token` tokens per
-    `image_size` px tile (the model's `num_image_token`), so other tiles would not match their tokens.
+def check_tile_side(side: int, image_size: int, num_image_token: int, name: str) -> None:
+    """Refuse tiles of `side` px (`pixel_values.shape[-1]`) unless it is the processor's `image_size`: the text gets
+    `num_image_token` tokens per `image_size` px tile (the model's `num_image_token`), so other tiles would not match
+    their tokens.
 
     Raises:
         ValueError: names the tile side, the processor's `image_size` and how to change both together.
     """
-    side = int(pixel_values.shape[-1])
+    side = int(side)
     if side != image_size:
         raise ValueError(
             f"The {name} are {side} px but this processor writes {num_image_token} tokens per {image_size} px tile "

@@ -97,6 +97,21 @@ def _is_single_video(item: object) -> bool:
     return isinstance(item, list | tuple) and len(item) > 0 and all(_is_frame(frame) for frame in item)
 
 
+def call_num_segments(num_segments: Any, alias: Any) -> Any:
+    """The per-call `num_segments` or its alias `num_frames` (transformers' name), unchecked; None when neither is
+    given. Raises `ValueError` when both are given and disagree."""
+    if num_segments is not None and alias is not None and num_segments != alias:
+        raise ValueError(f"`num_segments` ({num_segments}) and its alias `num_frames` ({alias}) disagree.")
+    return alias if num_segments is None else num_segments
+
+
+def call_image_size(video_processor: Any, image_size: Any, size: Any) -> int:
+    """The frame tile side of a call: `size` (as `size_to_int` reads it) over `image_size`, else the processor's."""
+    if size is not None:
+        image_size = size_to_int("size", size)
+    return video_processor.image_size if image_size is None else check_image_size("image_size", image_size)
+
+
 def group_videos(videos: object) -> list[Any]:
     """`videos` -> a list of videos: a single video (file, `(T, H, W, C)` array, list of frames) or a list of them."""
     if videos is None:
@@ -231,22 +246,13 @@ class InternVLChatVideoProcessor(TilePixelDefaults, VideoProcessorMixin):
     def preprocess(self, videos: Any = None, **kwargs: Unpack[InternVLVideoProcessorKwargs]) -> BatchFeature:
         """Sample, decode, resize and normalise `videos`; see the class docstring."""
         kwargs = dict(kwargs)
-        num_segments = kwargs.pop("num_segments", None)
-        alias = kwargs.pop("num_frames", None)
-        if alias is not None:
-            if num_segments is not None and num_segments != alias:
-                raise ValueError(f"`num_segments` ({num_segments}) and its alias `num_frames` ({alias}) disagree.")
-            num_segments = alias
+        num_segments = call_num_segments(kwargs.pop("num_segments", None), kwargs.pop("num_frames", None))
         explicit_segments = num_segments is not None
         num_segments = self.num_segments if num_segments is None else check_num_segments("num_segments", num_segments)
         bound = kwargs.pop("bound", None)
         if bound is not None and (not isinstance(bound, Sequence) or len(bound) != 2):
             raise TypeError(f"`bound` must be (start_s, end_s) or None, got {bound!r}.")
-        image_size = kwargs.pop("image_size", None)
-        size = kwargs.pop("size", None)
-        if size is not None:
-            image_size = size_to_int("size", size)
-        image_size = self.image_size if image_size is None else check_image_size("image_size", image_size)
+        image_size = call_image_size(self, kwargs.pop("image_size", None), kwargs.pop("size", None))
         options = {"image_size": image_size, **resolve_pixel_options(self, kwargs)}
         timeout = check_timeout(kwargs.pop("timeout", None))
         return_tensors = kwargs.pop("return_tensors", None)
