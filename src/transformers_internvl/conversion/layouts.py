@@ -61,6 +61,7 @@ TOKENIZER_CHECK_STRINGS = (
     "  leading spaces,\ttabs and\n\nnewlines  ",
     "中文和English混合, 数字 12345 and émojis 🙂",
     "def f(x):\n    return x ** 2  # code",
+    "<|user|>\n  two spaces</img> after<|end|>\n",  # text after added tokens (sentencepiece's legacy dummy prefix)
 )
 
 
@@ -192,12 +193,18 @@ def hf_config_for(
 
 
 def _record_tokenizer_class(source: Path, hf_config: Any) -> None:
-    """Keep the source tokenizer's class and `auto_map` in the record, for `--to original` to restore."""
+    """Keep the source tokenizer's class, `auto_map`, `additional_special_tokens` and `legacy` in the record, for
+    `--to original` to restore (transformers 5 rewrites the special-token list and drops `legacy`)."""
     if not (source / "tokenizer_config.json").is_file():
         return
     tokenizer_config = read_json(source / "tokenizer_config.json", "tokenizer config")
     record = getattr(hf_config, ORIGINAL_RECORD_KEY)
-    for name, recorded in (("tokenizer_class", "tokenizer_class"), ("auto_map", "tokenizer_auto_map")):
+    for name, recorded in (
+        ("tokenizer_class", "tokenizer_class"),
+        ("auto_map", "tokenizer_auto_map"),
+        ("additional_special_tokens", "tokenizer_additional_special_tokens"),
+        ("legacy", "tokenizer_legacy"),  # the slow LlamaTokenizer's mode (no key: legacy)
+    ):
         if tokenizer_config.get(name) is not None:
             record[recorded] = tokenizer_config[name]
 
@@ -316,7 +323,9 @@ def write_hf_tokenizer(source: Path, folder: Path, chat_template: str, vocab_siz
     from `tokenizer_io.load_source_tokenizers`."""
     from transformers import AutoTokenizer
 
+    from ..llama_slow_tokenization import slow_llama_mode
     from ..processing.tokenization_internlm2_fast import InternLM2TokenizerFast
+    from .sentencepiece_llama import check_ids, copy_sentencepiece_model, write_legacy_pipeline
 
     tokenizer, reference, _ = tokenizers
     internlm2 = isinstance(tokenizer, InternLM2TokenizerFast)
@@ -330,6 +339,7 @@ def write_hf_tokenizer(source: Path, folder: Path, chat_template: str, vocab_siz
         )
     tokenizer.chat_template = chat_template
     tokenizer.save_pretrained(folder)
+    copy_sentencepiece_model(source, folder)  # for --to original: the original's slow tokenizer needs it
     config_path = folder / "tokenizer_config.json"
     tokenizer_config = read_json(config_path, "tokenizer config")
     tokenizer_config.pop("auto_map", None)
@@ -339,16 +349,14 @@ def write_hf_tokenizer(source: Path, folder: Path, chat_template: str, vocab_siz
         for name in ("decode_with_prefix_space", "vocab_file"):
             tokenizer_config.pop(name, None)
     write_json(config_path, tokenizer_config)
+    slow_mode = slow_llama_mode(reference)  # a sentencepiece LlamaTokenizer: the original's slow class's ids
+    if slow_mode == "legacy":
+        write_legacy_pipeline(folder)
 
     converted = AutoTokenizer.from_pretrained(folder)
     if type(converted).__module__.startswith("transformers_internvl"):
         raise ConversionError(f"the converted tokenizer loads as {type(converted).__name__}, a class of this package")
-    for text in TOKENIZER_CHECK_STRINGS:
-        expected, got = reference(text)["input_ids"], converted(text)["input_ids"]
-        if expected != got:
-            raise ConversionError(
-                f"the converted tokenizer encodes {text!r} as {got}, the source tokenizer as {expected}"
-            )
+    check_ids(reference, converted, TOKENIZER_CHECK_STRINGS, slow_mode)
     return converted
 
 

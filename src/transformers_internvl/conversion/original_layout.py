@@ -176,8 +176,8 @@ def prepare_to_original(
 
 def copy_tokenizer_to_original(source: Path, folder: Path, record: dict[str, Any]) -> None:
     """Tokenizer files only (no chat template, processor or image processor config: the original layout takes
-    those from `config.json`'s `template` and tiling fields); the original tokenizer class and `auto_map` come back
-    from the record when the `-hf` folder was made by `--to hf`."""
+    those from `config.json`'s `template` and tiling fields); the original tokenizer class, `auto_map`,
+    `additional_special_tokens` and `legacy` come back from the record when the `-hf` folder was made by `--to hf`."""
     for name in TOKENIZER_FILES:
         if (source / name).is_file():
             shutil.copyfile(source / name, folder / name)
@@ -195,6 +195,15 @@ def copy_tokenizer_to_original(source: Path, folder: Path, record: dict[str, Any
             tokenizer_config["auto_map"] = record["tokenizer_auto_map"]
         write_json(config_path, tokenizer_config)
     restore_original_tokenizer_files(folder, list(record.get(ADDED_TOKENS_RECORD) or []))
+    if config_path.is_file() and record.get("tokenizer_class"):  # a -hf folder that --to hf made
+        tokenizer_config = read_json(config_path, "tokenizer config")
+        if "tokenizer_additional_special_tokens" in record:
+            tokenizer_config["additional_special_tokens"] = record["tokenizer_additional_special_tokens"]
+        if "tokenizer_legacy" in record:
+            tokenizer_config["legacy"] = record["tokenizer_legacy"]
+        else:  # no key meant legacy mode for the original's slow LlamaTokenizer
+            tokenizer_config.pop("legacy", None)
+        write_json(config_path, tokenizer_config)
 
 
 __all__ = ["copy_tokenizer_to_original", "original_config_for", "prepare_to_original"]

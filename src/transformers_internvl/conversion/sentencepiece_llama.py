@@ -1,0 +1,100 @@
+"""`--to hf` of sentencepiece Llama tokenizers (Phi-3: InternVL2-4B, Mini-InternVL-Chat-4B-V1-5; Yi: InternVL-Chat-V1-2,
+InternVL2-40B): the `-hf` tokenizer.json gets the ids of transformers 4's slow `LlamaTokenizer`, which the original
+loads (`use_fast=False`; see `llama_slow_tokenization`).
+
+* legacy mode (`legacy: true`, or no key): the slow class hands every piece of text between added tokens to
+  sentencepiece on its own, which puts its dummy prefix "▁" before each. tokenizers does exactly that with a
+  `Prepend("▁")` + `Replace(" ", "▁")` normalizer and no pre-tokenizer (normalizers run on each piece between added
+  tokens; an empty piece stays empty), the pipeline transformers 4's `LlamaConverter` built for legacy tokenizers.
+  transformers 5's `LlamaTokenizer` replaces a tokenizer.json's normalizer and pre-tokenizer by its own (Metaspace,
+  no "▁" after an added token), so the folder names `TokenizersBackend`, which loads tokenizer.json as it is.
+  Measured: equal to the slow class on the 564 strings x 5 tokenizer folders of
+  `tests/fixtures/legacy_tokenizer_s9` (before: 413-437 strings per folder differed, or the conversion was refused).
+* non-legacy mode (`legacy: false`): the slow class puts "▁" before the whole text unless it starts with one of
+  `all_special_tokens`, even before an added chat token (`<|user|>`) or a text that starts with "▁" or a space; no
+  tokenizers pipeline adds a "▁" to an empty piece or to one that starts with "▁", so those texts get one "▁" fewer.
+  `check_ids` warns, naming a text that differs.
+
+`tokenizer.model` is copied into the `-hf` folder, so that `--to original` gives it back: the original code's slow
+tokenizer cannot load without it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from transformers.utils import logging
+
+from .checkpoint_io import ConversionError, read_json, write_json
+
+logger = logging.get_logger(__name__)
+
+SPIECE_UNDERLINE = "\u2581"
+LEGACY_NORMALIZER = {
+    "type": "Sequence",
+    "normalizers": [
+        {"type": "Prepend", "prepend": SPIECE_UNDERLINE},
+        {"type": "Replace", "pattern": {"String": " "}, "content": SPIECE_UNDERLINE},
+    ],
+}
+SENTENCEPIECE_MODEL = "tokenizer.model"
+
+
+def write_legacy_pipeline(folder: Path) -> None:
+    """Give the saved `-hf` tokenizer in `folder` the slow legacy class's pipeline (module docstring) and make plain
+    transformers load its tokenizer.json unchanged (`tokenizer_class: TokenizersBackend`)."""
+    import json
+    import os
+
+    path = folder / "tokenizer.json"
+    tokenizer = read_json(path, "tokenizer file")
+    tokenizer["normalizer"] = LEGACY_NORMALIZER
+    tokenizer["pre_tokenizer"] = None
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as writer:
+        json.dump(tokenizer, writer, ensure_ascii=False, indent=2)
+    os.replace(tmp, path)
+    config_path = folder / "tokenizer_config.json"
+    config = read_json(config_path, "tokenizer config")
+    config["tokenizer_class"] = "TokenizersBackend"
+    for name in ("legacy", "add_prefix_space", "sp_model_kwargs", "vocab_file"):
+        config.pop(name, None)
+    write_json(config_path, config)
+
+
+def copy_sentencepiece_model(source: Path, folder: Path) -> None:
+    """Keep the source's sentencepiece model beside the `-hf` tokenizer (transformers 5 saves tokenizer.json only)."""
+    if (source / SENTENCEPIECE_MODEL).is_file() and not (folder / SENTENCEPIECE_MODEL).exists():
+        shutil.copyfile(source / SENTENCEPIECE_MODEL, folder / SENTENCEPIECE_MODEL)
+
+
+def check_ids(reference: Any, converted: Any, texts: tuple[str, ...], mode: str | None) -> None:
+    """Compare the converted tokenizer's ids with the original's (`llama_slow_tokenization.encode_as_original` on the
+    source tokenizer `reference`) for `texts`.
+
+    Raises:
+        ConversionError: a text encodes differently, except in the slow class's non-legacy mode, whose known
+            difference (module docstring) is logged as a warning instead.
+    """
+    from ..llama_slow_tokenization import encode_as_original
+
+    for text in texts:
+        expected = encode_as_original(reference, [text])["input_ids"][0]
+        got = converted(text)["input_ids"]
+        if expected == got:
+            continue
+        if mode == "non_legacy":
+            logger.warning(
+                "The source tokenizer is a sentencepiece LlamaTokenizer with legacy: false, which the original loads "
+                f"as transformers 4's slow class: it puts '{SPIECE_UNDERLINE}' before a text that starts with an "
+                "added token outside its special tokens (e.g. a chat token) or with a space, which no tokenizer.json "
+                f"can do; the -hf tokenizer encodes {text!r} as {got}, the original as {expected}. Prompts that "
+                "start that way get one token fewer in the -hf folder."
+            )
+            return
+        raise ConversionError(f"the converted tokenizer encodes {text!r} as {got}, the source tokenizer as {expected}")
+
+
+__all__ = ["LEGACY_NORMALIZER", "check_ids", "copy_sentencepiece_model", "write_legacy_pipeline"]

@@ -1,0 +1,118 @@
+"""Held-out re-check of the conversion (issue 9), session 10: sentencepiece Llama tokenizers (Phi-3: InternVL2-4B,
+Mini-InternVL-Chat-4B-V1-5; Yi: InternVL-Chat-V1-2, InternVL2-40B) through `--to hf` and back.
+
+The original loads these tokenizers with transformers 4's slow `LlamaTokenizer` (`use_fast=False`); with `legacy: true`
+or without the key it runs in legacy mode (sentencepiece's dummy "▁" before every piece between added tokens).
+Expected ids: `fixtures/legacy_tokenizer_s9/expected.json.gz`, made by that slow class (see its README).
+
+- `--to hf`: transformers 5's `LlamaTokenizer` rebuilds its own pre-tokenizer (no dummy "▁" after added tokens), so
+  the `-hf` folder gave other ids than the original on 434 of 564 strings (prompts with text after an added token).
+  The `-hf` tokenizer.json now carries the legacy pipeline itself (a per-piece `Prepend("▁")` normalizer) and loads
+  as `TokenizersBackend`, which keeps it.
+- `--to original` of such a `-hf` folder: tokenizer.model was dropped on the way (the `-hf` folder kept only
+  tokenizer.json), so the original code could not load the tokenizer at all ("Either model_file or model_proto must
+  be specified"); and `additional_special_tokens` came back as transformers 5's guess (`<s>`, `</s>`, user-defined
+  sentencepiece pieces) instead of the source's InternVL tokens. Both come back now.
+  `fixtures/conversion_s10/check_tokenizer_with_original.py` loads the results with the original's transformers.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+import transformers_internvl  # noqa: F401  (registers the classes)
+from transformers_internvl.conversion.convert import convert_checkpoint
+from transformers_internvl.llama_slow_tokenization import encode_as_original
+
+FIXTURES = Path(__file__).parent / "fixtures"
+LEGACY = FIXTURES / "legacy_tokenizer_s9"
+EXPECTED = json.loads(gzip.decompress((LEGACY / "expected.json.gz").read_bytes()))
+# Tokenizer folder -> the held-out original checkpoint (weights + config) it is paired with: Phi-3 tokenizers with the
+# Phi-3 `su` checkpoint (template phi3-chat), the Yi-style Hermes ones with the Llama checkpoint (template Hermes-2).
+WEIGHTS = {
+    "phi3-rstrip-legacy-true": "phi3-su",
+    "phi3-rstrip-no-key": "phi3-su",
+    "phi3-nostrip-no-key": "phi3-su",
+    "hermes-no-key": "llama3-hermes",
+    "hermes-legacy-true": "llama3-hermes",
+}
+
+
+def original_folder(tokenizer: str, folder: Path, legacy: bool | None = None) -> Path:
+    """An original-layout checkpoint: the weights and config of `heldout_s6/<case>` with the sentencepiece tokenizer
+    files of `legacy_tokenizer_s9/<tokenizer>` (`legacy` written into tokenizer_config.json when given)."""
+    folder.mkdir(parents=True)
+    for name in ("config.json", "generation_config.json", "model.safetensors"):
+        shutil.copyfile(FIXTURES / "heldout_s6" / WEIGHTS[tokenizer] / name, folder / name)
+    for path in (LEGACY / tokenizer).iterdir():
+        shutil.copyfile(path, folder / path.name)
+    if legacy is not None:
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        config["legacy"] = legacy
+        (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    return folder
+
+
+def _mismatches(ids: list[list[int]], key: str, tokenizer: str) -> list[str]:
+    expected = EXPECTED["folders"][tokenizer]
+    return [text for text, row, record in zip(EXPECTED["strings"], ids, expected, strict=True) if row != record[key]]
+
+
+@pytest.mark.parametrize("tokenizer", sorted(WEIGHTS))
+def test_hf_tokenizer_gives_the_original_slow_legacy_ids(tokenizer, tmp_path):
+    source = original_folder(tokenizer, tmp_path / "original")
+    hf = convert_checkpoint(source, tmp_path / "hf", to="hf", progress=False).path
+    converted = AutoTokenizer.from_pretrained(hf)
+    assert not type(converted).__module__.startswith("transformers_internvl")
+    texts = EXPECTED["strings"]
+    assert _mismatches(converted(texts)["input_ids"], "input_ids", tokenizer) == []
+    plain = converted(texts, add_special_tokens=False)["input_ids"]
+    assert _mismatches(plain, "input_ids_no_special", tokenizer) == []
+    # the InternVL tokens stay named for transformers' InternVLProcessor
+    assert (converted.start_image_token, converted.end_image_token) == ("<img>", "</img>")
+    assert converted.context_image_token == "<IMG_CONTEXT>"
+
+
+@pytest.mark.parametrize("tokenizer", ["phi3-rstrip-no-key", "hermes-legacy-true"])
+def test_round_trip_gives_back_the_sentencepiece_model_and_special_tokens(tokenizer, tmp_path):
+    source = original_folder(tokenizer, tmp_path / "original")
+    hf = convert_checkpoint(source, tmp_path / "hf", to="hf", progress=False).path
+    back = convert_checkpoint(hf, tmp_path / "back", to="original", progress=False).path
+    assert (back / "tokenizer.model").read_bytes() == (source / "tokenizer.model").read_bytes()
+    source_config = json.loads((source / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config = json.loads((back / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert config["tokenizer_class"] == "LlamaTokenizer"
+    assert config["additional_special_tokens"] == source_config["additional_special_tokens"]
+    assert config.get("legacy") == source_config.get("legacy")
+    # this package reads it back with the original's ids
+    reloaded = AutoTokenizer.from_pretrained(back)
+    texts = EXPECTED["strings"]
+    assert _mismatches(encode_as_original(reloaded, texts)["input_ids"], "input_ids", tokenizer) == []
+
+
+def test_non_legacy_difference_is_warned(tmp_path, caplog):
+    """`legacy: false`: the slow class puts "▁" before a text that starts with an added token outside
+    `all_special_tokens` (`<|user|>\\nhi`) or with a space; no tokenizer.json pipeline does that, so the `-hf`
+    tokenizer gives one "▁" fewer there. The conversion says so instead of writing it silently."""
+    from transformers.utils import logging as hf_logging
+
+    source = original_folder("phi3-nostrip-no-key", tmp_path / "original", legacy=False)
+    hf_logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            hf = convert_checkpoint(source, tmp_path / "hf", to="hf", progress=False).path
+    finally:
+        hf_logging.disable_propagation()
+    assert "legacy: false" in caplog.text and "▁" in caplog.text
+    reference = AutoTokenizer.from_pretrained(source)
+    converted = AutoTokenizer.from_pretrained(hf)
+    text = "<|user|>\nhi<|end|>\n<|assistant|>\n"
+    original_ids = encode_as_original(reference, [text])["input_ids"][0]
+    assert converted(text)["input_ids"] != original_ids  # the documented difference itself
+    assert converted("Hello world")["input_ids"] == encode_as_original(reference, ["Hello world"])["input_ids"][0]
