@@ -116,3 +116,25 @@ def test_non_legacy_difference_is_warned(tmp_path, caplog):
     original_ids = encode_as_original(reference, [text])["input_ids"][0]
     assert converted(text)["input_ids"] != original_ids  # the documented difference itself
     assert converted("Hello world")["input_ids"] == encode_as_original(reference, ["Hello world"])["input_ids"][0]
+
+
+@pytest.mark.parametrize("tokenizer", ["phi3-rstrip-no-key", "hermes-legacy-true"])
+def test_converted_processor_gives_this_packages_input_ids(tokenizer, tmp_path):
+    """Issue 9, acceptance 1 on a legacy sentencepiece tokenizer: transformers' processor steps on the `-hf` files give
+    the `input_ids` and tile count of this package's processor on the original folder (the original's ids)."""
+    from PIL import Image
+    from test_conversion import _hf_processor_input_ids
+    from transformers import AutoProcessor
+
+    source = original_folder(tokenizer, tmp_path / "original")
+    hf = convert_checkpoint(source, tmp_path / "hf", to="hf", progress=False).path
+    image = Image.new("RGB", (900, 500), (10, 200, 30))
+    text = "Describe  the image,\n then list it."
+    processor = AutoProcessor.from_pretrained(source)
+    messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": text}]}]
+    ours = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    input_ids, tiles = _hf_processor_input_ids(hf, image, text)
+    assert tiles == ours["pixel_values"].shape[0]
+    assert input_ids == ours["input_ids"][0].tolist()
