@@ -138,3 +138,54 @@ def test_converted_processor_gives_this_packages_input_ids(tokenizer, tmp_path):
     input_ids, tiles = _hf_processor_input_ids(hf, image, text)
     assert tiles == ours["pixel_values"].shape[0]
     assert input_ids == ours["input_ids"][0].tolist()
+
+
+AUTO_MAP = {
+    "AutoConfig": "configuration_internvl_chat.InternVLChatConfig",
+    "AutoModel": "modeling_internvl_chat.InternVLChatModel",
+    "AutoModelForCausalLM": "modeling_internvl_chat.InternVLChatModel",
+}
+REMOTE_CODE = ("configuration_internvl_chat.py", "modeling_internvl_chat.py", "conversation.py")
+
+
+def _with_remote_code(folder: Path) -> Path:
+    """An OpenGVLab-style folder: `auto_map` in config.json and the files it names (placeholders: only their bytes
+    are compared)."""
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config["auto_map"] = AUTO_MAP
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    for name in REMOTE_CODE:
+        (folder / name).write_text(f"# remote code placeholder: {name}\n", encoding="utf-8")
+    return folder
+
+
+def test_round_trip_gives_back_the_remote_code_and_auto_map(tmp_path):
+    """The original's `AutoModel.from_pretrained(path, trust_remote_code=True)`, and serving tools that read the config
+    through it, need `auto_map` and its files; a round trip dropped both."""
+    import transformers
+
+    source = _with_remote_code(original_folder("hermes-no-key", tmp_path / "original"))
+    hf = convert_checkpoint(source, tmp_path / "hf", to="hf", progress=False).path
+    hf_config = json.loads((hf / "config.json").read_text(encoding="utf-8"))
+    assert "auto_map" not in hf_config  # transformers' port must not be sent to the remote code
+    transformers.InternVLForConditionalGeneration.from_pretrained(hf)  # still loads as transformers' port
+    back = convert_checkpoint(hf, tmp_path / "back", to="original", progress=False).path
+    assert json.loads((back / "config.json").read_text(encoding="utf-8"))["auto_map"] == AUTO_MAP
+    for name in REMOTE_CODE:
+        assert (back / name).read_bytes() == (source / name).read_bytes()
+
+
+def test_recorded_auto_map_without_its_files_is_left_out(tmp_path, caplog):
+    from transformers.utils import logging as hf_logging
+
+    source = _with_remote_code(original_folder("hermes-no-key", tmp_path / "original"))
+    hf = convert_checkpoint(source, tmp_path / "hf", to="hf", progress=False).path
+    (hf / "modeling_internvl_chat.py").unlink()  # e.g. a -hf folder re-saved by transformers
+    hf_logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            back = convert_checkpoint(hf, tmp_path / "back", to="original", progress=False).path
+    finally:
+        hf_logging.disable_propagation()
+    assert "auto_map" not in json.loads((back / "config.json").read_text(encoding="utf-8"))
+    assert "modeling_internvl_chat.py" in caplog.text

@@ -36,6 +36,7 @@ from .hf_layout import (
     vision_config_to_hf,
 )
 from .image_token_id import source_image_token_id
+from .remote_code import carry_remote_code, record_auto_map
 from .tokenizer_io import ADDED_TOKENS_RECORD, load_source_tokenizers
 
 logger = logging.get_logger(__name__)
@@ -225,6 +226,7 @@ def prepare_to_hf(
     head_key = f"language_model.{language_model_head(original.text_config).head_name}.weight"
     hf_config = hf_config_for(original, config, token_id, dtype, separate_head=head_key in tensor_names)
     _record_tokenizer_class(source, hf_config)
+    record_auto_map(config, getattr(hf_config, ORIGINAL_RECORD_KEY))
     internlm2 = original.text_config.model_type == "internlm2"
     shapes = {normalize_hf_key(name): shape for name, shape in _meta_state_shapes(HfModel, hf_config).items()}
     if hf_config.tie_word_embeddings:
@@ -241,6 +243,7 @@ def prepare_to_hf(
     def write(folder: Path) -> None:
         hf_config.save_pretrained(folder)
         write_hf_side_files(source, folder, original, config, hf_config, tokenizers)
+        carry_remote_code(source, folder)  # for --to original (transformers' port never reads it)
 
     return Prepared(_heads(original.text_config) if internlm2 else None, expected, write, shapes)
 

@@ -16,6 +16,7 @@ from transformers.utils import logging
 from .checkpoint_io import ConversionError, read_json, write_json
 from .hf_layout import ORIGINAL_RECORD_KEY, vision_config_from_hf
 from .layouts import TIED_RECORD, TOKENIZER_FILES, Prepared, _dtype_name, _heads, _meta_state_shapes
+from .remote_code import AUTO_MAP_RECORD, restore_remote_code
 from .tokenizer_io import ADDED_TOKENS_RECORD, restore_original_tokenizer_files
 
 logger = logging.get_logger(__name__)
@@ -101,7 +102,7 @@ def original_config_for(
         **{
             k: v
             for k, v in record.items()
-            if k not in ("llm_architectures", TIED_RECORD) and not k.startswith("tokenizer_")
+            if k not in ("llm_architectures", TIED_RECORD, AUTO_MAP_RECORD) and not k.startswith("tokenizer_")
         },
         "ps_version": "v2",
         "select_layer": layer,
@@ -164,6 +165,7 @@ def prepare_to_original(
             generation.pop("transformers_version", None)
             write_json(folder / "generation_config.json", generation)
         copy_tokenizer_to_original(source, folder, config.get(ORIGINAL_RECORD_KEY) or {})
+        restore_remote_code(source, folder, config.get(ORIGINAL_RECORD_KEY) or {})
 
     untied = bool(config.get("tie_word_embeddings", True)) and head_stored is False and not original.tie_word_embeddings
     if untied:
