@@ -99,7 +99,8 @@ def test_round_trip_gives_back_the_sentencepiece_model_and_special_tokens(tokeni
 def test_non_legacy_difference_is_warned(tmp_path, caplog):
     """`legacy: false`: the slow class puts "▁" before a text that starts with an added token outside
     `all_special_tokens` (`<|user|>\\nhi`) or with a space; no tokenizer.json pipeline does that, so the `-hf`
-    tokenizer gives one "▁" fewer there. The conversion says so instead of writing it silently."""
+    tokenizer gives one "▁" fewer there. The conversion says so instead of writing it silently, and the `-hf` chat
+    template (whose prompts all start with such a token) starts with that "▁"."""
     from transformers.utils import logging as hf_logging
 
     source = original_folder("phi3-nostrip-no-key", tmp_path / "original", legacy=False)
@@ -116,17 +117,33 @@ def test_non_legacy_difference_is_warned(tmp_path, caplog):
     original_ids = encode_as_original(reference, [text])["input_ids"][0]
     assert converted(text)["input_ids"] != original_ids  # the documented difference itself
     assert converted("Hello world")["input_ids"] == encode_as_original(reference, ["Hello world"])["input_ids"][0]
+    # prompts of the -hf chat template start with the "▁" the slow class puts before them
+    assert (hf / "chat_template.jinja").read_text(encoding="utf-8").startswith("\u2581")
+    messages = [{"role": "user", "content": "hi"}]
+    prompt = converted.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert prompt.startswith("\u2581<|system|>")
+    unprefixed = prompt[1:]
+    assert converted(prompt)["input_ids"] == encode_as_original(reference, [unprefixed])["input_ids"][0]
 
 
-@pytest.mark.parametrize("tokenizer", ["phi3-rstrip-no-key", "hermes-legacy-true"])
-def test_converted_processor_gives_this_packages_input_ids(tokenizer, tmp_path):
-    """Issue 9, acceptance 1 on a legacy sentencepiece tokenizer: transformers' processor steps on the `-hf` files give
-    the `input_ids` and tile count of this package's processor on the original folder (the original's ids)."""
+@pytest.mark.parametrize(
+    ("tokenizer", "legacy"),
+    [
+        ("phi3-rstrip-no-key", None),
+        ("hermes-legacy-true", None),
+        ("phi3-nostrip-no-key", False),
+        ("hermes-no-key", False),
+    ],
+)
+def test_converted_processor_gives_this_packages_input_ids(tokenizer, legacy, tmp_path):
+    """Issue 9, acceptance 1 on sentencepiece tokenizers: transformers' processor steps on the `-hf` files give the
+    `input_ids` and tile count of this package's processor on the original folder (the original's ids), in legacy
+    mode and, through the "▁" the `-hf` chat template starts with, in non-legacy mode."""
     from PIL import Image
     from test_conversion import _hf_processor_input_ids
     from transformers import AutoProcessor
 
-    source = original_folder(tokenizer, tmp_path / "original")
+    source = original_folder(tokenizer, tmp_path / "original", legacy=legacy)
     hf = convert_checkpoint(source, tmp_path / "hf", to="hf", progress=False).path
     image = Image.new("RGB", (900, 500), (10, 200, 30))
     text = "Describe  the image,\n then list it."

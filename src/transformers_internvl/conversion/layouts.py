@@ -263,13 +263,14 @@ def write_hf_side_files(
     )
     has_tokenizer = any((source / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "vocab.json"))
     if has_tokenizer:
-        write_hf_tokenizer(
+        converted = write_hf_tokenizer(
             source,
             folder,
             chat_template,
             hf_config.text_config.vocab_size,
             tokenizers or load_source_tokenizers(source),
         )
+        chat_template = converted.chat_template  # sentencepiece_llama may have put "▁" before it
     write_image_processor(folder, original, original_dict)
     if has_tokenizer:
         write_json(folder / "processor_config.json", {
@@ -323,12 +324,18 @@ def write_hf_tokenizer(source: Path, folder: Path, chat_template: str, vocab_siz
     """Save the source tokenizer as a fast `tokenizer.json` readable by plain transformers, with the InternVL image
     tokens named in `extra_special_tokens`; check its ids against the source tokenizer's (for InternLM2 the
     sentencepiece `InternLM2Tokenizer`, which reproduces the original slow tokenizer). `tokenizers`: the source's,
-    from `tokenizer_io.load_source_tokenizers`."""
+    from `tokenizer_io.load_source_tokenizers`. Returns the converted tokenizer; its `chat_template` is the one to
+    write (`sentencepiece_llama.non_legacy_chat_template`)."""
     from transformers import AutoTokenizer
 
     from ..llama_slow_tokenization import slow_llama_mode
     from ..processing.tokenization_internlm2_fast import InternLM2TokenizerFast
-    from .sentencepiece_llama import check_ids, copy_sentencepiece_model, write_legacy_pipeline
+    from .sentencepiece_llama import (
+        check_ids,
+        copy_sentencepiece_model,
+        non_legacy_chat_template,
+        write_legacy_pipeline,
+    )
 
     tokenizer, reference, _ = tokenizers
     internlm2 = isinstance(tokenizer, InternLM2TokenizerFast)
@@ -360,6 +367,8 @@ def write_hf_tokenizer(source: Path, folder: Path, chat_template: str, vocab_siz
     if type(converted).__module__.startswith("transformers_internvl"):
         raise ConversionError(f"the converted tokenizer loads as {type(converted).__name__}, a class of this package")
     check_ids(reference, converted, TOKENIZER_CHECK_STRINGS, slow_mode)
+    if slow_mode == "non_legacy":
+        converted.chat_template = non_legacy_chat_template(reference, converted, chat_template)
     return converted
 
 

@@ -11,9 +11,12 @@ loads (`use_fast=False`; see `llama_slow_tokenization`).
   Measured: equal to the slow class on the 564 strings x 5 tokenizer folders of
   `tests/fixtures/legacy_tokenizer_s9` (before: 413-437 strings per folder differed, or the conversion was refused).
 * non-legacy mode (`legacy: false`): the slow class puts "▁" before the whole text unless it starts with one of
-  `all_special_tokens`, even before an added chat token (`<|user|>`) or a text that starts with "▁" or a space; no
-  tokenizers pipeline adds a "▁" to an empty piece or to one that starts with "▁", so those texts get one "▁" fewer.
-  `check_ids` warns, naming a text that differs.
+  `all_special_tokens`, even before an added chat token (`<|system|>`, `<|user|>`, `<|im_start|>`) or a text that
+  starts with "▁" or a space; no tokenizers pipeline adds a "▁" to an empty piece or to one that starts with "▁", so
+  those texts get one "▁" fewer. `check_ids` warns, naming a text that differs. Every prompt of the chat templates
+  starts with such a chat token, so `non_legacy_chat_template` writes that "▁" into the `-hf` chat template itself
+  (what `llama_slow_tokenization.original_llama_text` does to the text): prompts rendered by it get the original's
+  ids.
 
 `tokenizer.model` is copied into the `-hf` folder, so that `--to original` gives it back: the original code's slow
 tokenizer cannot load without it.
@@ -97,4 +100,54 @@ def check_ids(reference: Any, converted: Any, texts: tuple[str, ...], mode: str 
         raise ConversionError(f"the converted tokenizer encodes {text!r} as {got}, the source tokenizer as {expected}")
 
 
-__all__ = ["LEGACY_NORMALIZER", "check_ids", "copy_sentencepiece_model", "write_legacy_pipeline"]
+def non_legacy_chat_template(reference: Any, converted: Any, chat_template: str) -> str:
+    """`chat_template`, with "▁" put before it when the prompts it renders start with an added token outside the
+    slow class's special tokens (module docstring): then `converted` gives the original's ids on them
+    (`llama_slow_tokenization.encode_as_original` on the source tokenizer `reference`). Checked on probe
+    conversations (with and without a system message, an image, two turns).
+
+    Raises:
+        ConversionError: the prompts differ from the original's ids in another way.
+    """
+    from ..chat_templates import IMAGE_CONTEXT_TOKEN
+    from ..llama_slow_tokenization import encode_as_original
+
+    image = [{"type": "image"}, {"type": "text", "text": "Describe  the image."}]
+    conversations = (
+        [{"role": "user", "content": image}],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
+        [{"role": "system", "content": ""}, {"role": "user", "content": " spaced"}],
+        [
+            {"role": "user", "content": image},
+            {"role": "assistant", "content": "A cat."},
+            {"role": "user", "content": "And then?"},
+        ],
+    )
+    chosen = None
+    for messages in conversations:
+        prompt = converted.apply_chat_template(
+            messages, chat_template=chat_template, add_generation_prompt=True, tokenize=False
+        )
+        prompt = prompt.replace(IMAGE_CONTEXT_TOKEN, IMAGE_CONTEXT_TOKEN * 3)
+        expected = encode_as_original(reference, [prompt])["input_ids"][0]
+        candidates = {
+            "": converted(prompt)["input_ids"],
+            SPIECE_UNDERLINE: converted(SPIECE_UNDERLINE + prompt)["input_ids"],
+        }
+        matching = [prefix for prefix, ids in candidates.items() if ids == expected]
+        if not matching or (chosen is not None and chosen not in matching):
+            raise ConversionError(
+                f"the converted tokenizer encodes the chat prompt {prompt!r} as {candidates['']}, the source "
+                f"tokenizer as {expected}"
+            )
+        chosen = matching[0] if chosen is None else chosen
+    return (chosen or "") + chat_template
+
+
+__all__ = [
+    "LEGACY_NORMALIZER",
+    "check_ids",
+    "copy_sentencepiece_model",
+    "non_legacy_chat_template",
+    "write_legacy_pipeline",
+]
