@@ -78,8 +78,22 @@ class SkipReport:
 
 
 def _messages_to_conversations(messages: list[dict]) -> tuple[list[dict], list[Any], Any]:
-    """transformers `messages` -> (original `conversations`, images, video)."""
+    """transformers `messages` -> (original `conversations`, images, video), laid out as the processor's chat template
+    lays out the same messages at inference (`chat_templates.JINJA_CHAT_TEMPLATE_BODY`), so that training and
+    inference prompts agree: in each message the image / video placeholders come first, in content order, then the
+    texts; with more than one image in the conversation each placeholder is labelled `Image-k: ` (k counted over the
+    whole conversation, the official multi-image prompt). A leading system message keeps only its texts."""
     roles = {"system": "system", "user": "human", "assistant": "gpt"}
+    body = (
+        messages[1:] if messages and isinstance(messages[0], dict) and messages[0].get("role") == "system" else messages
+    )
+    num_images = sum(
+        1
+        for message in body
+        if isinstance(message, dict) and isinstance(message.get("content"), list)
+        for part in message["content"]
+        if isinstance(part, dict) and part.get("type") == "image"
+    )
     conversations, images, video = [], [], None
     for index, message in enumerate(messages):
         role = message.get("role") if isinstance(message, dict) else None
@@ -89,20 +103,23 @@ def _messages_to_conversations(messages: list[dict]) -> tuple[list[dict], list[A
         if isinstance(content, str):
             conversations.append({"from": roles[role], "value": content})
             continue
-        parts = []
+        placeholders, texts = [], []
         for part in content:
             kind = part.get("type")
             if kind == "text":
-                parts.append(part.get("text", ""))
+                texts.append(part.get("text", ""))
+            elif kind in ("image", "video") and role == "system":
+                raise SampleError(f"messages[{index}] is a system message with an {kind} (only text is allowed there)")
             elif kind == "image":
                 images.append(part.get("image", part.get("url", part.get("path"))))
-                parts.append(IMAGE_PLACEHOLDER + "\n")
+                label = "" if num_images == 1 else f"Image-{len(images)}: "
+                placeholders.append(label + IMAGE_PLACEHOLDER + "\n")
             elif kind == "video":
                 video = part.get("video", part.get("url", part.get("path")))
-                parts.append(VIDEO_PLACEHOLDER + "\n")
+                placeholders.append(VIDEO_PLACEHOLDER + "\n")
             else:
                 raise SampleError(f"messages[{index}] has a content part of unknown type {kind!r}")
-        conversations.append({"from": roles[role], "value": "".join(parts)})
+        conversations.append({"from": roles[role], "value": "".join(placeholders + texts)})
     return conversations, images, video
 
 
