@@ -124,7 +124,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=0.0,
         help="InternViT drop path while training (original LoRA scripts: 0.0, whatever the checkpoint's config says)",
     )
-    parser.add_argument("--train-sampling", default="random", choices=("random", "sequential"))
+    parser.add_argument(
+        "--train-sampling",
+        default="random",
+        choices=("random", "sequential", "group_by_length"),
+        help="group_by_length: batches of rows of similar estimated length (original --group_by_length True)",
+    )
     parser.add_argument("--adapter-layout", default="original", choices=("original", "peft"))
     parser.add_argument("--qlora", action="store_true", help="4-bit NF4 LLM with bitsandbytes (needs CUDA)")
     args = parser.parse_args(argv)

@@ -3,14 +3,21 @@
 * `messages` rows (transformers' chat format) are rendered as the processor's chat template renders the same
   messages at inference: a model fine-tuned on them then sees the prompt layout it was trained on. Reference: the
   processor itself (`apply_chat_template(..., tokenize=True, return_assistant_tokens_mask=True)`), first principles.
+* `group_by_length` (the original's `--group_by_length True`, passed by its InternVL 2.5 fine-tuning scripts):
+  length estimates as the original's `LazySupervisedDataset` (`fixtures/finetune_s10/original.json`, made with the
+  original code, see its README), handed to transformers' `LengthGroupedSampler` without building any sample.
 """
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
-from helpers import QWEN2_TOKENIZER
+from helpers import QWEN2_TOKENIZER, TOKENIZERS
 from PIL import Image
 from transformers import AutoTokenizer
 
@@ -18,6 +25,7 @@ import transformers_internvl  # noqa: F401
 from transformers_internvl.processing.image_processing_internvl import InternVLImageProcessor
 from transformers_internvl.processing.processing_internvl import InternVLProcessor
 from transformers_internvl.training.data import InternVLSupervisedDataset
+from transformers_internvl.training.length_grouping import estimated_lengths
 
 TILE = 56  # small tiles: 4 <IMG_CONTEXT> per tile with the processor's 14 px patches and ratio 0.5
 
@@ -100,3 +108,135 @@ def test_messages_rows_render_as_the_processor_chat_template(template, name, mes
         trained = (sample["labels"] != -100).long().tolist()
         assert trained == expected["assistant_masks"][0].tolist()
         assert sum(trained) > 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# group_by_length: the original's length estimate (fixtures/finetune_s10, made with the original dataset class),
+# handed to transformers' LengthGroupedSampler without building any sample.
+
+FIXTURE = Path(__file__).parent / "fixtures" / "finetune_s10"
+sys.path.insert(0, str(FIXTURE))
+from finetune_s10_inputs import LENGTH_ROWS  # noqa: E402
+
+ORIGINAL = json.loads((FIXTURE / "original.json").read_text())
+
+
+def _never_built(*args, **kwargs):
+    raise AssertionError("a sample was built to measure its length")
+
+
+def _length_dataset(tmp_path, setting, monkeypatch=None):
+    annotation = tmp_path / "lengths.jsonl"
+    annotation.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in LENGTH_ROWS))
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZERS / setting["tokenizer"])
+    processor = InternVLImageProcessor(use_thumbnail=setting["use_thumbnail"])
+    return InternVLSupervisedDataset.from_jsonl(
+        annotation,
+        tokenizer,
+        processor,
+        "internvl2_5",
+        root=str(tmp_path),  # the images do not exist: the estimate never opens them
+        num_image_token=setting["num_image_token"],
+        max_dynamic_patch=setting["max_dynamic_patch"],
+    )
+
+
+@pytest.mark.parametrize("setting", ORIGINAL["lengths"], ids=lambda s: f"{s['tokenizer']}-{s['num_image_token']}")
+def test_length_estimates_follow_the_original(setting, tmp_path, monkeypatch):
+    """Per row: its `length` field, else the original's token count of the joined turn texts plus
+    `num_image_token * (max_dynamic_patch + use_thumbnail)` (the term the original adds on its cache hits)."""
+    dataset = _length_dataset(tmp_path, setting)
+    monkeypatch.setattr(InternVLSupervisedDataset, "build_sample", _never_built)
+    term = setting["num_image_token"] * (setting["max_dynamic_patch"] + setting["use_thumbnail"])
+    expected = [
+        row["length"] if "length" in row else tokens + term for row, tokens in zip(LENGTH_ROWS, setting["text_tokens"])
+    ]
+    assert estimated_lengths(dataset) == expected
+    # the fixture's own record of the original: a precomputed length is used as is; a row whose character count was
+    # seen before gets the earlier row's count plus the term (the cache quirk this package does not copy)
+    original = dict(zip(setting["ids"], setting["original_length"]))
+    assert original["precomputed"] == 777 and original["precomputed_image"] == 5
+    tokens = dict(zip(setting["ids"], setting["text_tokens"]))
+    assert original["same_chars_as_text_short"] == tokens["text_short"] + term
+
+
+def test_length_estimates_follow_meta_budgets_and_repeats(tmp_path):
+    """A meta file's per-dataset `max_dynamic_patch` enters the estimate; `repeat_time` copies repeat it."""
+    setting = ORIGINAL["lengths"][0]
+    annotation = tmp_path / "a.jsonl"
+    annotation.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in LENGTH_ROWS[:2]))
+    meta = tmp_path / "meta.json"
+    meta.write_text(
+        json.dumps(
+            {
+                "small": {
+                    "root": str(tmp_path),
+                    "annotation": str(annotation),
+                    "repeat_time": 2,
+                    "max_dynamic_patch": 2,
+                },
+                "big": {"root": str(tmp_path), "annotation": str(annotation), "repeat_time": 1},
+            }
+        )
+    )
+    dataset = InternVLSupervisedDataset.from_meta(
+        meta,
+        AutoTokenizer.from_pretrained(QWEN2_TOKENIZER),
+        InternVLImageProcessor(use_thumbnail=True),
+        "internvl2_5",
+        num_image_token=256,
+        max_dynamic_patch=12,
+    )
+    small = [tokens + 256 * 3 for tokens in setting["text_tokens"][:2]]
+    big = [tokens + 256 * 13 for tokens in setting["text_tokens"][:2]]
+    assert estimated_lengths(dataset) == small + small + big
+
+
+def _trainer(dataset, tmp_path, **kwargs):
+    from transformers import TrainingArguments
+
+    from transformers_internvl.training.collator import InternVLDataCollator
+    from transformers_internvl.training.trainer import InternVLTrainer
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=2,
+        report_to="none",
+        remove_unused_columns=False,
+        use_cpu=True,
+        **kwargs,
+    )
+    return InternVLTrainer(
+        model=torch.nn.Linear(1, 1), args=args, train_dataset=dataset, data_collator=InternVLDataCollator(0)
+    )
+
+
+def test_trainer_group_by_length_uses_the_estimates_without_building_samples(tmp_path, monkeypatch):
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    setting = ORIGINAL["lengths"][0]
+    dataset = _length_dataset(tmp_path, setting)
+    monkeypatch.setattr(InternVLSupervisedDataset, "build_sample", _never_built)
+    trainer = _trainer(dataset, tmp_path, train_sampling_strategy="group_by_length", gradient_accumulation_steps=2)
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler, LengthGroupedSampler)
+    assert sampler.lengths == estimated_lengths(dataset)
+    assert sampler.batch_size == 4  # per-device batch x accumulation steps, as transformers' own rule
+    order = list(sampler)
+    assert sorted(order) == list(range(len(LENGTH_ROWS)))
+    assert order[0] == max(range(len(LENGTH_ROWS)), key=sampler.lengths.__getitem__)  # longest first
+    # other strategies are transformers' own
+    random_sampler = _trainer(dataset, tmp_path)._get_train_sampler()
+    assert type(random_sampler).__name__ == "RandomSampler"
+
+
+def test_sft_trainer_group_by_length_reads_the_length_column(tmp_path):
+    pytest.importorskip("trl")
+    from transformers_internvl.training.sft import index_dataset
+
+    setting = ORIGINAL["lengths"][0]
+    dataset = _length_dataset(tmp_path, setting)
+    table = index_dataset(dataset, "length")
+    assert table["length"] == estimated_lengths(dataset)
+    assert table["index"] == list(range(len(LENGTH_ROWS)))
+    assert index_dataset(dataset).column_names == ["index"]
