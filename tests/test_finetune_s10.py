@@ -273,3 +273,58 @@ def test_llm_mlp_stage_trains_what_the_original_full_finetune_script_trains(case
     assert ours == case["trainable"]
     assert model.model.vision_model.training is case["vision_training"] is True  # drop path stays active
     assert model.model.language_model.training  # not put in eval mode: the LLM trains
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# `messages` rows in the layout of TRL's vision datasets: `{"type": "image"}` parts, the images in an `images` column.
+
+
+def _trl_rows(tmp_path):
+    for seed, name in enumerate(("a.png", "b.png")):
+        _image(seed, 70 + 30 * seed, 50).save(tmp_path / name)
+    user = {"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Compare."}]}
+    answer = {"role": "assistant", "content": [{"type": "text", "text": "Same size."}]}
+    with_paths = {
+        "role": "user",
+        "content": [{"type": "image", "path": "a.png"}, {"type": "image", "path": "b.png"}, _text("Compare.")],
+    }
+    return {"messages": [user, answer], "images": ["a.png", "b.png"]}, {"messages": [with_paths, answer]}
+
+
+def test_messages_images_column_fills_the_image_parts(tmp_path):
+    trl_row, path_row = _trl_rows(tmp_path)
+    processor = _processor("internvl2_5", 4)
+    dataset = InternVLSupervisedDataset(
+        [trl_row, path_row],
+        processor.tokenizer,
+        processor.image_processor,
+        "internvl2_5",
+        num_image_token=4,
+        root=str(tmp_path),
+        max_dynamic_patch=4,
+    )
+    a, b = dataset.build_sample(dataset.rows[0]), dataset.build_sample(dataset.rows[1])
+    assert a["pixel_values"].shape[0] > 2
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize(
+    "images,reason",
+    [
+        (["a.png"], "2 image parts of `messages` without an image but 1 `images`"),
+        (None, "2 image parts of `messages` carry no image and the row has no `images` list"),
+        ("a.png", "`images` must be a list of paths, got str"),
+    ],
+)
+def test_messages_images_column_count_mismatch_skips_the_row(tmp_path, images, reason):
+    trl_row, path_row = _trl_rows(tmp_path)
+    bad = {"messages": trl_row["messages"]} if images is None else dict(trl_row, images=images)
+    processor = _processor("internvl2_5", 4)
+    dataset = InternVLSupervisedDataset(
+        [bad, path_row], processor.tokenizer, processor.image_processor, "internvl2_5", num_image_token=4,
+        root=str(tmp_path), max_dynamic_patch=4,
+    )  # fmt: skip
+    sample = dataset[0]  # the next good row
+    assert torch.equal(sample["input_ids"], dataset.build_sample(dataset.rows[1])["input_ids"])
+    assert dataset.skipped.reasons == {"records[0]": reason}

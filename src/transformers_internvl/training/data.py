@@ -268,6 +268,7 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
         check_row_structure(item)
         if "messages" in item:
             conversations, images, video = _messages_to_conversations(item["messages"])
+            images = _fill_images(images, item.get("images"))
         else:
             conversations = [dict(turn) for turn in item.get("conversations") or []]
             images, video = item.get("image"), item.get("video")
@@ -483,6 +484,24 @@ def check_row_structure(item: Any) -> None:
         for reserved in _RESERVED_STRINGS:
             if reserved in text:
                 raise SampleError(f"the text holds the reserved token string {reserved!r}")
+
+
+def _fill_images(images: list[Any], column: Any) -> list[Any]:
+    """`{"type": "image"}` parts without their image take, in order, the row's `images` list (the layout of TRL's
+    vision datasets: `{"messages": [...], "images": [...]}`); raises `SampleError` when the counts differ."""
+    missing = sum(image is None for image in images)
+    if column is None and not missing:
+        return images
+    if not isinstance(column, list):
+        raise SampleError(
+            f"{missing} image parts of `messages` carry no image and the row has no `images` list"
+            if column is None
+            else f"`images` must be a list of paths, got {type(column).__name__}"
+        )
+    if missing != len(column):
+        raise SampleError(f"{missing} image parts of `messages` without an image but {len(column)} `images`")
+    supply = iter(column)
+    return [next(supply) if image is None else image for image in images]
 
 
 def _add_missing_tag(conversations: list[dict], tag: str) -> dict:
