@@ -328,3 +328,23 @@ def test_messages_images_column_count_mismatch_skips_the_row(tmp_path, images, r
     sample = dataset[0]  # the next good row
     assert torch.equal(sample["input_ids"], dataset.build_sample(dataset.rows[1])["input_ids"])
     assert dataset.skipped.reasons == {"records[0]": reason}
+
+
+def test_padding_collator_masks_padding_only():
+    """The original's `concat_pad_data_collator` builds `attention_mask = input_ids != 0` (its default `pad_id`), which
+    with the Qwen2 vocabulary masks every `!` (id 0) out of attention (checked with the original code: "Hello! World!"
+    -> mask 0 at both `!`); here only the padding is masked (first principles)."""
+    from transformers_internvl.training.collator import InternVLDataCollator
+
+    tokenizer = AutoTokenizer.from_pretrained(QWEN2_TOKENIZER)
+    ids = tokenizer("Hello! World!").input_ids
+    assert ids.count(0) == 2  # `!` is id 0 in this vocabulary, as in Qwen2's
+    sample = {
+        "input_ids": torch.tensor(ids),
+        "labels": torch.tensor(ids),
+        "pixel_values": torch.zeros(1, 3, 4, 4),
+        "image_flags": torch.tensor([0]),
+    }
+    short = dict(sample, input_ids=torch.tensor(ids[:3]), labels=torch.tensor(ids[:3]))
+    batch = InternVLDataCollator(tokenizer.pad_token_id)([sample, short])
+    assert batch["attention_mask"].tolist() == [[1] * len(ids), [1] * 3 + [0] * (len(ids) - 3)]
