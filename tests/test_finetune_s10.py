@@ -348,3 +348,22 @@ def test_padding_collator_masks_padding_only():
     short = dict(sample, input_ids=torch.tensor(ids[:3]), labels=torch.tensor(ids[:3]))
     batch = InternVLDataCollator(tokenizer.pad_token_id)([sample, short])
     assert batch["attention_mask"].tolist() == [[1] * len(ids), [1] * 3 + [0] * (len(ids) - 3)]
+
+
+def test_example_tiles_with_the_checkpoint_tiling_settings():
+    """`examples/finetune_lora.py` builds its image processor from the checkpoint's tiling fields (it took only the
+    tile size and `use_thumbnail`, so a checkpoint trained without dynamic tiling, or with a higher
+    `min_dynamic_patch`, was fine-tuned on dynamic tiles from 1 up)."""
+    pytest.importorskip("peft")
+    sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
+    import finetune_lora
+
+    from transformers_internvl.modeling.configuration_internvl import InternVLChatConfig
+
+    config = InternVLChatConfig.from_pretrained(Path(__file__).parent / "fixtures" / "models" / "tiny-qwen2")
+    config.dynamic_image_size, config.use_thumbnail, config.min_dynamic_patch = False, False, 2
+    config.force_image_size = None
+    processor = finetune_lora.training_image_processor(config)
+    assert processor.dynamic_image_size is False and processor.use_thumbnail is False
+    assert processor.min_dynamic_patch == 2
+    assert processor.image_size == config.vision_config.image_size
