@@ -27,6 +27,8 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
+_CHUNK = 1024  # texts per tokenizer call
+
 
 def _row_texts(item: Any) -> list[str] | None:
     """The turn texts of a parsed row (`conversations` values, or the texts of `messages`), None when unusable."""
@@ -66,7 +68,7 @@ def estimated_lengths(dataset) -> list[int]:
     docstring). A row that is not valid JSON or has no usable texts gets 0 (it is skipped when read anyway).
 
     Each distinct row text is parsed and tokenized once (rows repeated by `repeat_time` share the work); the
-    texts are tokenized in one batch call."""
+    texts are tokenized in batched calls of `_CHUNK` texts."""
     use_thumbnail = bool(getattr(dataset.image_processor, "use_thumbnail", True))
     estimates: dict[tuple[str, int], int | None] = {}  # (row text, max_dynamic_patch) -> precomputed length
     pending: dict[str, list[tuple[str, int]]] = {}  # joined text -> keys waiting for its token count
@@ -90,11 +92,11 @@ def estimated_lengths(dataset) -> list[int]:
             else:
                 pending.setdefault("\n".join(texts), []).append(key)
     joined = list(pending)
-    if joined:
-        counts = [len(ids) for ids in dataset.tokenizer(joined)["input_ids"]]
-        for text, count in zip(joined, counts):
+    for start in range(0, len(joined), _CHUNK):  # batched calls, in chunks to bound the memory of the ids
+        chunk = joined[start : start + _CHUNK]
+        for text, ids in zip(chunk, dataset.tokenizer(chunk)["input_ids"]):
             for key in pending[text]:
-                estimates[key] = count + dataset.num_image_token * (key[1] + use_thumbnail)
+                estimates[key] = len(ids) + dataset.num_image_token * (key[1] + use_thumbnail)
     return [estimates[key] for key in keys]
 
 
