@@ -227,6 +227,10 @@ def test_trainer_group_by_length_uses_the_estimates_without_building_samples(tmp
     order = list(sampler)
     assert sorted(order) == list(range(len(LENGTH_ROWS)))
     assert order[0] == max(range(len(LENGTH_ROWS)), key=sampler.lengths.__getitem__)  # longest first
+    # a ConcatDataset of such datasets: the lengths concatenated, as the original's sampler patch does
+    both = torch.utils.data.ConcatDataset([dataset, dataset])
+    concat_sampler = _trainer(both, tmp_path, train_sampling_strategy="group_by_length")._get_train_sampler()
+    assert concat_sampler.lengths == sampler.lengths * 2
     # other strategies are transformers' own
     random_sampler = _trainer(dataset, tmp_path)._get_train_sampler()
     assert type(random_sampler).__name__ == "RandomSampler"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import torch
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
@@ -63,12 +64,25 @@ def _precomputed(item: Any, source: str) -> int | None:
     return length
 
 
+def has_estimates(dataset) -> bool:
+    """Whether `estimated_lengths` applies: an `InternVLSupervisedDataset`, or a torch `ConcatDataset` of them (the
+    original concatenates its datasets' lengths the same way)."""
+    from .data import InternVLSupervisedDataset
+
+    if isinstance(dataset, torch.utils.data.ConcatDataset):
+        return all(has_estimates(part) for part in dataset.datasets)
+    return isinstance(dataset, InternVLSupervisedDataset)
+
+
 def estimated_lengths(dataset) -> list[int]:
-    """Length estimate (tokens) of every row of an `InternVLSupervisedDataset`, in row order (see the module
-    docstring). A row that is not valid JSON or has no usable texts gets 0 (it is skipped when read anyway).
+    """Length estimate (tokens) of every row of an `InternVLSupervisedDataset` (or a `ConcatDataset` of them), in row
+    order (see the module docstring). A row that is not valid JSON or has no usable texts gets 0 (it is skipped when
+    read anyway).
 
     Each distinct row text is parsed and tokenized once (rows repeated by `repeat_time` share the work); the
     texts are tokenized in batched calls of `_CHUNK` texts."""
+    if isinstance(dataset, torch.utils.data.ConcatDataset):
+        return [length for part in dataset.datasets for length in estimated_lengths(part)]
     use_thumbnail = bool(getattr(dataset.image_processor, "use_thumbnail", True))
     estimates: dict[tuple[str, int], int | None] = {}  # (row text, max_dynamic_patch) -> precomputed length
     pending: dict[str, list[tuple[str, int]]] = {}  # joined text -> keys waiting for its token count

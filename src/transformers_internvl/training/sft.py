@@ -18,7 +18,7 @@ from typing import Any
 import datasets
 from trl import SFTConfig, SFTTrainer
 
-from .data import InternVLSupervisedDataset
+from .length_grouping import has_estimates
 from .trainer import InternVLTrainer
 
 INDEX_COLUMN = "index"
@@ -79,7 +79,7 @@ def sft_trainer(model, args: SFTConfig, dataset: Sequence, collator, processing_
     `collator`; `kwargs` go to `SFTTrainer`. With `train_sampling_strategy` `"group_by_length"` or
     `"batch_rebalance"`, the index dataset carries the rows' length estimates in `args.length_column_name`."""
     grouped = getattr(args, "train_sampling_strategy", "random") in ("group_by_length", "batch_rebalance")
-    length_column = args.length_column_name if grouped and isinstance(dataset, InternVLSupervisedDataset) else None
+    length_column = args.length_column_name if grouped and has_estimates(dataset) else None
     return InternVLSFTTrainer(
         model=model,
         args=args,

@@ -5,8 +5,7 @@ from __future__ import annotations
 from transformers import Trainer
 
 from .collator import weighted_lm_loss
-from .data import InternVLSupervisedDataset
-from .length_grouping import length_grouped_sampler
+from .length_grouping import has_estimates, length_grouped_sampler
 
 
 class InternVLTrainer(Trainer):
@@ -22,9 +21,9 @@ class InternVLTrainer(Trainer):
     tokens averaged at once, `num_items_in_batch`).
 
     `train_sampling_strategy="group_by_length"` (the original's `--group_by_length True`) on an
-    `InternVLSupervisedDataset` groups rows by the original's length estimate (`training.length_grouping`: a row's
-    `length` field, else its text tokens plus a full tile budget of image tokens) with transformers'
-    `LengthGroupedSampler`, without building any sample first.
+    `InternVLSupervisedDataset` (or a `ConcatDataset` of them) groups rows by the original's length estimate
+    (`training.length_grouping`: a row's `length` field, else its text tokens plus a full tile budget of image
+    tokens) with transformers' `LengthGroupedSampler`, without building any sample first.
     """
 
     def __init__(self, *args, loss_reduction_all_gather: bool = False, **kwargs):
@@ -33,7 +32,7 @@ class InternVLTrainer(Trainer):
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = self.train_dataset if train_dataset is None else train_dataset
-        if self.args.train_sampling_strategy == "group_by_length" and isinstance(dataset, InternVLSupervisedDataset):
+        if self.args.train_sampling_strategy == "group_by_length" and has_estimates(dataset):
             return length_grouped_sampler(dataset, self.args.train_batch_size * self.args.gradient_accumulation_steps)
         return super()._get_train_sampler(train_dataset)
 
