@@ -50,11 +50,11 @@ from .frame_sampling import (
     training_frame_indices,
 )
 from .labels import IMAGE_PLACEHOLDER, SampleError, tokenize_conversation, video_frame_tags
+from .messages import VIDEO_PLACEHOLDER, fill_images, messages_to_conversations
 from .meta_files import RowSequence, _Row, load_meta, read_jsonl
 
 logger = logging.get_logger(__name__)
 
-VIDEO_PLACEHOLDER = "<video>"
 _FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
@@ -75,52 +75,6 @@ class SkipReport:
             key = re.sub(r"\S*/\S*|\d+", "*", reason.split(":")[0])
             out[key] = out.get(key, 0) + 1
         return out
-
-
-def _messages_to_conversations(messages: list[dict]) -> tuple[list[dict], list[Any], Any]:
-    """transformers `messages` -> (original `conversations`, images, video), laid out as the processor's chat template
-    lays out the same messages at inference (`chat_templates.JINJA_CHAT_TEMPLATE_BODY`), so that training and
-    inference prompts agree: in each message the image / video placeholders come first, in content order, then the
-    texts; with more than one image in the conversation each placeholder is labelled `Image-k: ` (k counted over the
-    whole conversation, the official multi-image prompt). A leading system message keeps only its texts."""
-    roles = {"system": "system", "user": "human", "assistant": "gpt"}
-    body = (
-        messages[1:] if messages and isinstance(messages[0], dict) and messages[0].get("role") == "system" else messages
-    )
-    num_images = sum(
-        1
-        for message in body
-        if isinstance(message, dict) and isinstance(message.get("content"), list)
-        for part in message["content"]
-        if isinstance(part, dict) and part.get("type") == "image"
-    )
-    conversations, images, video = [], [], None
-    for index, message in enumerate(messages):
-        role = message.get("role") if isinstance(message, dict) else None
-        if role not in roles:
-            raise SampleError(f"messages[{index}] role must be one of {sorted(roles)}, got {role!r}")
-        content = message.get("content", "")
-        if isinstance(content, str):
-            conversations.append({"from": roles[role], "value": content})
-            continue
-        placeholders, texts = [], []
-        for part in content:
-            kind = part.get("type")
-            if kind == "text":
-                texts.append(part.get("text", ""))
-            elif kind in ("image", "video") and role == "system":
-                raise SampleError(f"messages[{index}] is a system message with an {kind} (only text is allowed there)")
-            elif kind == "image":
-                images.append(part.get("image", part.get("url", part.get("path"))))
-                label = "" if num_images == 1 else f"Image-{len(images)}: "
-                placeholders.append(label + IMAGE_PLACEHOLDER + "\n")
-            elif kind == "video":
-                video = part.get("video", part.get("url", part.get("path")))
-                placeholders.append(VIDEO_PLACEHOLDER + "\n")
-            else:
-                raise SampleError(f"messages[{index}] has a content part of unknown type {kind!r}")
-        conversations.append({"from": roles[role], "value": "".join(placeholders + texts)})
-    return conversations, images, video
 
 
 class InternVLSupervisedDataset(torch.utils.data.Dataset):
@@ -267,8 +221,8 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
         item = json.loads(row.text) if isinstance(row.text, str) else row.text
         check_row_structure(item)
         if "messages" in item:
-            conversations, images, video = _messages_to_conversations(item["messages"])
-            images = _fill_images(images, item.get("images"))
+            conversations, images, video = messages_to_conversations(item["messages"])
+            images = fill_images(images, item.get("images"))
         else:
             conversations = [dict(turn) for turn in item.get("conversations") or []]
             images, video = item.get("image"), item.get("video")
@@ -484,24 +438,6 @@ def check_row_structure(item: Any) -> None:
         for reserved in _RESERVED_STRINGS:
             if reserved in text:
                 raise SampleError(f"the text holds the reserved token string {reserved!r}")
-
-
-def _fill_images(images: list[Any], column: Any) -> list[Any]:
-    """`{"type": "image"}` parts without their image take, in order, the row's `images` list (the layout of TRL's
-    vision datasets: `{"messages": [...], "images": [...]}`); raises `SampleError` when the counts differ."""
-    missing = sum(image is None for image in images)
-    if column is None and not missing:
-        return images
-    if not isinstance(column, list):
-        raise SampleError(
-            f"{missing} image parts of `messages` carry no image and the row has no `images` list"
-            if column is None
-            else f"`images` must be a list of paths, got {type(column).__name__}"
-        )
-    if missing != len(column):
-        raise SampleError(f"{missing} image parts of `messages` without an image but {len(column)} `images`")
-    supply = iter(column)
-    return [next(supply) if image is None else image for image in images]
 
 
 def _add_missing_tag(conversations: list[dict], tag: str) -> dict:

@@ -33,14 +33,14 @@ _CHUNK = 1024  # texts per tokenizer call
 
 def _row_texts(item: Any) -> list[str] | None:
     """The turn texts of a parsed row (`conversations` values, or the texts of `messages`), None when unusable."""
-    from .data import _messages_to_conversations
     from .labels import SampleError
+    from .messages import messages_to_conversations
 
     if not isinstance(item, dict):
         return None
     if "messages" in item:
         try:
-            conversations = _messages_to_conversations(item["messages"])[0]
+            conversations = messages_to_conversations(item["messages"])[0]
         except (SampleError, AttributeError, TypeError):
             return None
     else:
