@@ -84,6 +84,18 @@ def qlora_kwargs(qlora: bool) -> dict:
     return {"quantization_config": quantization_config, "device_map": {"": int(os.environ.get("LOCAL_RANK", "0"))}}
 
 
+def training_image_processor(config) -> InternVLImageProcessor:
+    """The checkpoint's tiling settings (`config.json`: tile size, `dynamic_image_size`, `use_thumbnail`,
+    `min_dynamic_patch`); the per-image tile budget comes from `--max-dynamic-patch` / the meta file."""
+    return InternVLImageProcessor(
+        image_size=config.vision_image_size,
+        dynamic_image_size=config.dynamic_image_size,
+        use_thumbnail=config.use_thumbnail,
+        min_dynamic_patch=config.min_dynamic_patch,
+        max_dynamic_patch=max(config.min_dynamic_patch, config.max_dynamic_patch),
+    )
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="checkpoint directory or hub id")
@@ -124,7 +136,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=0.0,
         help="InternViT drop path while training (original LoRA scripts: 0.0, whatever the checkpoint's config says)",
     )
-    parser.add_argument("--train-sampling", default="random", choices=("random", "sequential"))
+    parser.add_argument(
+        "--train-sampling",
+        default="random",
+        choices=("random", "sequential", "group_by_length"),
+        help="group_by_length: batches of rows of similar estimated length (original --group_by_length True)",
+    )
     parser.add_argument("--adapter-layout", default="original", choices=("original", "peft"))
     parser.add_argument("--qlora", action="store_true", help="4-bit NF4 LLM with bitsandbytes (needs CUDA)")
     args = parser.parse_args(argv)
@@ -151,7 +168,7 @@ def main(argv=None) -> InternVLTrainer:
         args.model, image_token_id=image_token_id, dtype=dtype, **qlora_kwargs(args.qlora)
     )
     config = model.config
-    image_processor = InternVLImageProcessor(image_size=config.force_image_size, use_thumbnail=config.use_thumbnail)
+    image_processor = training_image_processor(config)
     common = dict(
         tokenizer=tokenizer,
         image_processor=image_processor,

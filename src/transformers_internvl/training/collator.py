@@ -72,6 +72,10 @@ class InternVLDataCollator:
         pad_token_id: the tokenizer's `pad_token_id`.
         pad_to_multiple_of: round the padded length up to a multiple of this.
         loss_reduction: `"token"` (default; the model's own mean loss), `"sample"` or `"square"`.
+
+    Differs from the original's `concat_pad_data_collator` (`internvl/patch/pad_data_collator.py`) on purpose: its
+    `attention_mask` is `input_ids != pad_id` with `pad_id=0` as the fine-tuning script calls it, so with Qwen2
+    tokenizers every `!` (id 0) in a prompt or answer is masked out of attention; here the mask covers padding only.
     """
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None, loss_reduction: str = "token"):

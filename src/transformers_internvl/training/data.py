@@ -50,11 +50,11 @@ from .frame_sampling import (
     training_frame_indices,
 )
 from .labels import IMAGE_PLACEHOLDER, SampleError, tokenize_conversation, video_frame_tags
+from .messages import VIDEO_PLACEHOLDER, fill_images, messages_to_conversations
 from .meta_files import RowSequence, _Row, load_meta, read_jsonl
 
 logger = logging.get_logger(__name__)
 
-VIDEO_PLACEHOLDER = "<video>"
 _FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
@@ -75,35 +75,6 @@ class SkipReport:
             key = re.sub(r"\S*/\S*|\d+", "*", reason.split(":")[0])
             out[key] = out.get(key, 0) + 1
         return out
-
-
-def _messages_to_conversations(messages: list[dict]) -> tuple[list[dict], list[Any], Any]:
-    """transformers `messages` -> (original `conversations`, images, video)."""
-    roles = {"system": "system", "user": "human", "assistant": "gpt"}
-    conversations, images, video = [], [], None
-    for index, message in enumerate(messages):
-        role = message.get("role") if isinstance(message, dict) else None
-        if role not in roles:
-            raise SampleError(f"messages[{index}] role must be one of {sorted(roles)}, got {role!r}")
-        content = message.get("content", "")
-        if isinstance(content, str):
-            conversations.append({"from": roles[role], "value": content})
-            continue
-        parts = []
-        for part in content:
-            kind = part.get("type")
-            if kind == "text":
-                parts.append(part.get("text", ""))
-            elif kind == "image":
-                images.append(part.get("image", part.get("url", part.get("path"))))
-                parts.append(IMAGE_PLACEHOLDER + "\n")
-            elif kind == "video":
-                video = part.get("video", part.get("url", part.get("path")))
-                parts.append(VIDEO_PLACEHOLDER + "\n")
-            else:
-                raise SampleError(f"messages[{index}] has a content part of unknown type {kind!r}")
-        conversations.append({"from": roles[role], "value": "".join(parts)})
-    return conversations, images, video
 
 
 class InternVLSupervisedDataset(torch.utils.data.Dataset):
@@ -250,7 +221,8 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
         item = json.loads(row.text) if isinstance(row.text, str) else row.text
         check_row_structure(item)
         if "messages" in item:
-            conversations, images, video = _messages_to_conversations(item["messages"])
+            conversations, images, video = messages_to_conversations(item["messages"])
+            images = fill_images(images, item.get("images"))
         else:
             conversations = [dict(turn) for turn in item.get("conversations") or []]
             images, video = item.get("image"), item.get("video")

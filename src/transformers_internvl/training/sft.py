@@ -18,6 +18,7 @@ from typing import Any
 import datasets
 from trl import SFTConfig, SFTTrainer
 
+from .length_grouping import has_estimates
 from .trainer import InternVLTrainer
 
 INDEX_COLUMN = "index"
@@ -47,9 +48,15 @@ class IndexedCollator:
         return self.collator(samples)
 
 
-def index_dataset(dataset: Sequence) -> datasets.Dataset:
-    """A `datasets.Dataset` with one column `index` = 0..len(dataset)-1."""
-    return datasets.Dataset.from_dict({INDEX_COLUMN: list(range(len(dataset)))})
+def index_dataset(dataset: Sequence, length_column: str | None = None) -> datasets.Dataset:
+    """A `datasets.Dataset` with one column `index` = 0..len(dataset)-1, and with `length_column` the rows' length
+    estimates (`training.length_grouping.estimated_lengths`), which transformers' length-grouping samplers read."""
+    columns = {INDEX_COLUMN: list(range(len(dataset)))}
+    if length_column is not None:
+        from .length_grouping import estimated_lengths
+
+        columns[length_column] = estimated_lengths(dataset)
+    return datasets.Dataset.from_dict(columns)
 
 
 def internvl_sft_config(**kwargs) -> SFTConfig:
@@ -69,11 +76,14 @@ class InternVLSFTTrainer(InternVLTrainer, SFTTrainer):
 
 def sft_trainer(model, args: SFTConfig, dataset: Sequence, collator, processing_class=None, **kwargs):
     """An `InternVLSFTTrainer` training `model` on `dataset` (an `InternVLSupervisedDataset`) batched by
-    `collator`; `kwargs` go to `SFTTrainer`."""
+    `collator`; `kwargs` go to `SFTTrainer`. With `train_sampling_strategy` `"group_by_length"` or
+    `"batch_rebalance"`, the index dataset carries the rows' length estimates in `args.length_column_name`."""
+    grouped = getattr(args, "train_sampling_strategy", "random") in ("group_by_length", "batch_rebalance")
+    length_column = args.length_column_name if grouped and has_estimates(dataset) else None
     return InternVLSFTTrainer(
         model=model,
         args=args,
-        train_dataset=index_dataset(dataset),
+        train_dataset=index_dataset(dataset, length_column),
         data_collator=IndexedCollator(dataset, collator),
         processing_class=processing_class,
         **kwargs,

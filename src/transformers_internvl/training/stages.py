@@ -16,7 +16,7 @@ from ..conversion.original_lora import ORIGINAL_BACKBONE_LORA_TARGET_MODULES, OR
 
 logger = logging.get_logger(__name__)
 
-STAGES = ("mlp", "vit_mlp", "full", "llm_lora")
+STAGES = ("mlp", "vit_mlp", "full", "llm_mlp", "llm_lora")
 
 # Module-name suffixes the original wraps with LoRA, per LLM architecture, and for InternViT (one table, shared with
 # the loader of the original's unmerged LoRA checkpoints).
@@ -105,6 +105,9 @@ def set_trainable(
       as `freeze_backbone`); LLM frozen and put in eval mode (`freeze_llm`).
     * `"vit_mlp"` (stage 1.5): ViT and `mlp1` train; LLM frozen (eval mode).
     * `"full"` (stage 2): everything trains.
+    * `"llm_mlp"` (the original's full fine-tuning scripts, `shell/internvl2.5/2nd_finetune/*_full.sh`:
+      `--freeze_backbone True --freeze_llm False --freeze_mlp False`): `mlp1` and the LLM train; ViT frozen (kept in
+      train mode, so its drop path, 0.1 in those scripts, stays active).
     * `"llm_lora"` (the LoRA fine-tuning scripts): ViT, `mlp1` and LLM frozen; PEFT LoRA of rank `lora_rank`
       (`lora_alpha = 2 r`, dropout 0.05) on the LLM's original targets, and on InternViT when `vision_lora_rank`>0.
 
@@ -166,7 +169,11 @@ def set_trainable(
         mlp1.requires_grad_(True)
     if stage == "vit_mlp":
         vision_model.requires_grad_(True)
-    if stage != "full":
+    if stage == "llm_mlp":
+        mlp1.requires_grad_(True)
+        for module in llm_modules:
+            module.requires_grad_(True)
+    if stage not in ("full", "llm_mlp"):
         for module in llm_modules:
             module.eval()
     if unfreeze_vit_layers and stage not in ("full", "llm_lora"):

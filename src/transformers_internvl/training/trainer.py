@@ -5,6 +5,7 @@ from __future__ import annotations
 from transformers import Trainer
 
 from .collator import weighted_lm_loss
+from .length_grouping import has_estimates, length_grouped_sampler
 
 
 class InternVLTrainer(Trainer):
@@ -18,11 +19,22 @@ class InternVLTrainer(Trainer):
     step is the mean of its micro-batch losses, as under the original's Trainer (accelerate / DeepSpeed divide each
     micro-batch loss by the accumulation steps); token averaging keeps transformers' rule (all the step's supervised
     tokens averaged at once, `num_items_in_batch`).
+
+    `train_sampling_strategy="group_by_length"` (the original's `--group_by_length True`) on an
+    `InternVLSupervisedDataset` (or a `ConcatDataset` of them) groups rows by the original's length estimate
+    (`training.length_grouping`: a row's `length` field, else its text tokens plus a full tile budget of image
+    tokens) with transformers' `LengthGroupedSampler`, without building any sample first.
     """
 
     def __init__(self, *args, loss_reduction_all_gather: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_reduction_all_gather = bool(loss_reduction_all_gather)
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if self.args.train_sampling_strategy == "group_by_length" and has_estimates(dataset):
+            return length_grouped_sampler(dataset, self.args.train_batch_size * self.args.gradient_accumulation_steps)
+        return super()._get_train_sampler(train_dataset)
 
     def _trainer_divides_by_accumulation(self, num_items_in_batch) -> bool:
         """Whether `Trainer.training_step` divides the loss by the accumulation steps itself (its rule)."""
