@@ -50,6 +50,24 @@ def _template_and_messages(template: str | Conversation) -> tuple[dict[str, Any]
     return template.to_dict(), messages
 
 
+def check_unicode(name: str, text: str | None) -> None:
+    """Refuse a string the tokenizer cannot encode (a lone surrogate such as `"\\ud800"`, which has no UTF-8 form;
+    the tokenizer failed with "TextEncodeInput must be Union[TextInputSequence, ...]"), naming the argument `name`.
+
+    Raises:
+        ValueError: naming `name`, the character and its position.
+    """
+    if not isinstance(text, str):
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"{name} is not valid Unicode: {error.object[error.start : error.end]!r} at position {error.start} "
+            f"({error.reason}; lone surrogates cannot be tokenized)."
+        ) from None
+
+
 def render_chat_prompt(
     template: str | Conversation,
     turns: Sequence[tuple[str, str | None]],
@@ -60,6 +78,7 @@ def render_chat_prompt(
     data, messages = _template_and_messages(template)
     if system_message is None and isinstance(template, Conversation):
         system_message = template.system_message
+    check_unicode("`system_message`", system_message)
     messages += [{"role": role, "content": content} for role, content in turns]
     chat_template = get_jinja_chat_template(data, system_message)
     rendered, _ = render_jinja_template([messages], chat_template=chat_template, add_generation_prompt=True)
@@ -76,10 +95,11 @@ def prepare_chat_question(
 
     `"<image>\\n"` is prepended only when pixel values are given, `history is None` (an empty list does not count)
     and the question has no placeholder. Raises `TypeError` for a `question` that is not a str or a `history` that
-    is not None, a list or a tuple.
+    is not None, a list or a tuple, and `ValueError` for a question that is not valid Unicode (`check_unicode`).
     """
     if not isinstance(question, str):
         raise TypeError(f"`question` must be a str, got {type(question).__name__}.")
+    check_unicode("`question`", question)
     if history is not None and (isinstance(history, str | bytes | Mapping) or not isinstance(history, Sequence)):
         # `True` failed as "'bool' object is not iterable"; `0` / `False` were taken for an empty history.
         raise TypeError(
@@ -125,8 +145,9 @@ def build_chat_prompt(
 
     Raises:
         TypeError: `question`, or a question / answer of `history`, is not a str; `history` is not None, a list or a
-            tuple. ValueError: a `history` entry is not a pair, an unknown template, or a `Conversation` holding a
-            message of another role.
+            tuple. ValueError: a `history` entry is not a pair, an unknown template, a `Conversation` holding a
+            message of another role, a text that is not valid Unicode (`check_unicode`), or tile counts that are not
+            whole numbers >= 0 (`chat_templates.whole_tile_counts`).
     """
     num_tiles_list = _resolve_num_tiles_list(num_tiles_list, num_patches_list)
     if pixel_values_passed is None:
@@ -139,6 +160,7 @@ def build_chat_prompt(
         for part, value in zip(("question", "answer"), turn):
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"The {part} of `history[{index}]` must be a str, got {type(value).__name__}.")
+            check_unicode(f"The {part} of `history[{index}]`", value)
         turns += [("user", turn[0]), ("assistant", turn[1])]
     turns.append(("user", question))
     prompt = render_chat_prompt(template, turns, system_message)
@@ -177,7 +199,8 @@ def build_batch_chat_prompts(
 
     Raises:
         TypeError: `questions` is a single str or holds a non-str. ValueError: `num_tiles_list` is missing with pixel
-            values, or its length differs from the number of questions.
+            values, its length differs from the number of questions or its counts are not whole numbers >= 0, or a
+            question is not valid Unicode (`check_unicode`).
     """
     if isinstance(questions, str):
         raise TypeError("`questions` must be a list of str, got a single str (use `build_chat_prompt`).")
@@ -195,9 +218,10 @@ def build_batch_chat_prompts(
             f"{len(questions)} questions."
         )
     prompts = []
-    for question, num_tiles in zip(questions, num_tiles_list):
+    for index, (question, num_tiles) in enumerate(zip(questions, num_tiles_list)):
         if not isinstance(question, str):
             raise TypeError(f"Every question must be a str, got {type(question).__name__}.")
+        check_unicode(f"`questions[{index}]`", question)
         question = prepare_chat_question(question, None, pixel_values_passed)  # batch_chat has no history
         prompt = render_chat_prompt(template, [("user", question)], system_message)
         if expand_images and IMAGE_PLACEHOLDER in prompt:
@@ -222,6 +246,7 @@ def postprocess_response(response: str, template: str | Conversation) -> str:
 __all__ = [
     "build_batch_chat_prompts",
     "build_chat_prompt",
+    "check_unicode",
     "get_eos_token",
     "postprocess_response",
     "prepare_chat_question",
