@@ -16,7 +16,6 @@ so processing, modeling, conversion and training all read the same strings from 
 from __future__ import annotations
 
 import json
-import math
 import numbers
 from collections.abc import Mapping, Sequence
 from enum import Enum
@@ -182,52 +181,22 @@ def template_eos_token(template: str | Mapping[str, Any]) -> str:
     return data["sep"].strip()
 
 
-def whole_tile_counts(name: str, values: Any) -> list[int]:
-    """`values` (a list / tuple / numpy array / tensor of tiles per image, argument `name`) as a list of ints.
-
-    Integral floats (`2.0`) and bools count as the integer they equal (the original multiplies the counts into
-    strings, so `True` works there as 1); anything else is refused instead of truncated (`int(1.5)` was 1 tile) or
-    failing later inside `sum` or the tokenizer.
-
-    Raises:
-        TypeError: `values` is a str / bytes or not iterable, or holds a non-number (a str, None, a nested list).
-        ValueError: a count that is not a whole number (1.5, NaN, inf) or is negative.
-    """
-    if hasattr(values, "tolist"):
-        values = values.tolist()
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-        raise TypeError(f"`{name}` must be a list of tile counts (one per image), got {type(values).__name__}.")
-    values = list(values)
-    counts = []
-    for value in values:
-        if isinstance(value, numbers.Integral):
-            counts.append(int(value))
-        elif isinstance(value, numbers.Real):
-            if not (math.isfinite(value) and float(value).is_integer()):
-                raise ValueError(f"`{name}` must hold whole tile counts (one per image), got {values}.")
-            counts.append(int(value))
-        else:
-            raise TypeError(
-                f"`{name}` must hold integer tile counts (one per image), got {values!r:.200} (an element of type "
-                f"{type(value).__name__})."
-            )
-    if any(count < 0 for count in counts):
-        raise ValueError(f"`{name}` must hold non-negative tile counts, got {counts}.")
-    return counts
-
-
 def _resolve_num_tiles_list(
     num_tiles_list: Sequence[int] | None, num_patches_list: Sequence[int] | None
 ) -> list[int] | None:
-    """Accept the upstream name `num_patches_list` as an alias of `num_tiles_list`; the counts as ints
-    (`whole_tile_counts`, naming the argument given)."""
+    """Accept the upstream name `num_patches_list` as an alias of `num_tiles_list`."""
     if num_patches_list is not None:
         if num_tiles_list is not None:
             raise ValueError("Pass either `num_tiles_list` or its alias `num_patches_list`, not both.")
-        return whole_tile_counts("num_patches_list", num_patches_list)
+        num_tiles_list = num_patches_list
     if num_tiles_list is None:
         return None
-    return whole_tile_counts("num_tiles_list", num_tiles_list)
+    if hasattr(num_tiles_list, "tolist"):
+        num_tiles_list = num_tiles_list.tolist()
+    num_tiles_list = [int(n) for n in num_tiles_list]
+    if any(n < 0 for n in num_tiles_list):
+        raise ValueError(f"`num_tiles_list` must hold non-negative tile counts, got {num_tiles_list}.")
+    return num_tiles_list
 
 
 def image_context_string(

@@ -22,7 +22,6 @@ from ..chat_templates import (
     IMAGE_START_TOKEN,
     template_data,
     template_eos_token,
-    whole_tile_counts,
 )
 from ..llama_slow_tokenization import decode_as_original, encode_as_original
 from .chat_cache import clear_chat_cache, effective_generation_config, generate_turn
@@ -33,6 +32,7 @@ from .chat_prompts import (
     check_unicode,
     postprocess_response,
     prepare_chat_question,
+    whole_tile_counts,
 )
 from .checkpoint_loading import check_generation_token_ids
 from .conversation import Conversation, get_conv_template

@@ -14,6 +14,8 @@ the system message is empty, and a message that is empty (or `None`) renders as 
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -66,6 +68,38 @@ def check_unicode(name: str, text: str | None) -> None:
             f"{name} is not valid Unicode: {error.object[error.start : error.end]!r} at position {error.start} "
             f"({error.reason}; lone surrogates cannot be tokenized)."
         ) from None
+
+
+def whole_tile_counts(name: str, values: Any) -> list[int]:
+    """`values` (a list / tuple / numpy array / tensor of tiles per image, argument `name`) as a list of ints.
+
+    Integral floats (`2.0`) and bools count as the int they equal (the original multiplies the counts into strings,
+    so `True` works there as 1); anything else is refused instead of truncated (`int(1.5)` was 1 tile) or failing
+    later inside `sum` or the tokenizer.
+
+    Raises:
+        TypeError: `values` is a str / bytes or not iterable, or holds a non-number (a str, None, a nested list).
+        ValueError: a count that is not a whole number (1.5, NaN, inf) or is negative.
+    """
+    values = values.tolist() if hasattr(values, "tolist") else values
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"`{name}` must be a list of tile counts (one per image), got {type(values).__name__}.")
+    values = list(values)
+    for value in values:
+        if not isinstance(value, numbers.Real):
+            raise TypeError(f"`{name}` must hold integer tile counts (one per image), got {values!r:.200}.")
+        if not isinstance(value, numbers.Integral) and not (math.isfinite(value) and float(value).is_integer()):
+            raise ValueError(f"`{name}` must hold whole tile counts (one per image), got {values}.")
+    if any(value < 0 for value in values):
+        raise ValueError(f"`{name}` must hold non-negative tile counts, got {values}.")
+    return [int(value) for value in values]
+
+
+def _checked_tile_counts(num_tiles_list: Any, num_patches_list: Any) -> list[int] | None:
+    """`chat_templates._resolve_num_tiles_list` on counts checked by `whole_tile_counts` (naming the argument)."""
+    given = {"num_tiles_list": num_tiles_list, "num_patches_list": num_patches_list}
+    checked = {name: None if value is None else whole_tile_counts(name, value) for name, value in given.items()}
+    return _resolve_num_tiles_list(checked["num_tiles_list"], checked["num_patches_list"])
 
 
 def render_chat_prompt(
@@ -147,9 +181,9 @@ def build_chat_prompt(
         TypeError: `question`, or a question / answer of `history`, is not a str; `history` is not None, a list or a
             tuple. ValueError: a `history` entry is not a pair, an unknown template, a `Conversation` holding a
             message of another role, a text that is not valid Unicode (`check_unicode`), or tile counts that are not
-            whole numbers >= 0 (`chat_templates.whole_tile_counts`).
+            whole numbers >= 0 (`whole_tile_counts`).
     """
-    num_tiles_list = _resolve_num_tiles_list(num_tiles_list, num_patches_list)
+    num_tiles_list = _checked_tile_counts(num_tiles_list, num_patches_list)
     if pixel_values_passed is None:
         pixel_values_passed = bool(num_tiles_list) and sum(num_tiles_list) > 0
     question = prepare_chat_question(question, history, pixel_values_passed)
@@ -204,7 +238,7 @@ def build_batch_chat_prompts(
     """
     if isinstance(questions, str):
         raise TypeError("`questions` must be a list of str, got a single str (use `build_chat_prompt`).")
-    num_tiles_list = _resolve_num_tiles_list(num_tiles_list, num_patches_list)
+    num_tiles_list = _checked_tile_counts(num_tiles_list, num_patches_list)
     if pixel_values_passed is None:
         pixel_values_passed = bool(num_tiles_list) and sum(num_tiles_list) > 0
     if num_tiles_list is None:
@@ -251,4 +285,5 @@ __all__ = [
     "postprocess_response",
     "prepare_chat_question",
     "render_chat_prompt",
+    "whole_tile_counts",
 ]
