@@ -167,3 +167,35 @@ def test_an_eos_token_id_in_the_generation_dict_is_still_replaced(qwen2):
     expected = EXPECTED["qwen2-train"]["chat_greedy"]["answer"]
     config = {"max_new_tokens": 6, "do_sample": False, "eos_token_id": [5, 6]}
     assert model.chat(tokenizer, pixel_values[:1], "Describe.", config) == expected
+
+
+@pytest.mark.parametrize(
+    ("seed", "error"),
+    [
+        (1.5, TypeError),
+        ("1", TypeError),
+        (None, TypeError),
+        (True, TypeError),
+        (2**64, ValueError),
+        (-(2**63) - 1, ValueError),
+    ],
+)
+def test_vote_seeds_torch_cannot_take_exactly_are_named(qwen2, seed, error):
+    """`seed=1.5` voted as seed 1 and `"1"` as seed 1 (silently); None and 2**64 failed inside torch ("int() argument
+    must be ...", "Overflow when unpacking long long"). The CLI's `--seed` already had this range."""
+    from transformers_internvl import generate_with_votes
+
+    model, tokenizer, _ = qwen2
+    inputs = tokenizer(["Hello"], return_tensors="pt")
+    with pytest.raises(error, match=r"`seed` must be an int in -2\*\*63\.\.2\*\*64 - 1"):
+        generate_with_votes(model, tokenizer, inputs, 2, seed=seed, max_new_tokens=2)
+
+
+def test_vote_seeds_at_the_ends_of_torchs_range_still_sample(qwen2):
+    from transformers_internvl import generate_with_votes
+
+    model, tokenizer, _ = qwen2
+    inputs = tokenizer(["Hello"], return_tensors="pt")
+    for seed in (-(2**63), 2**64 - 1, numpy.int64(3)):
+        result = generate_with_votes(model, tokenizer, inputs, 2, seed=seed, max_new_tokens=2)
+        assert len(result.responses) == 2
