@@ -199,3 +199,51 @@ def test_vote_seeds_at_the_ends_of_torchs_range_still_sample(qwen2):
     for seed in (-(2**63), 2**64 - 1, numpy.int64(3)):
         result = generate_with_votes(model, tokenizer, inputs, 2, seed=seed, max_new_tokens=2)
         assert len(result.responses) == 2
+
+
+@pytest.mark.parametrize(
+    ("question", "config"),
+    [
+        (f"Describe {LONE}.", {}),  # refused before generation
+        ("Describe.", {"max_new_tokens": 2, "num_beams": 2}),  # transformers refuses a streamer with beam search
+    ],
+    ids=["bad-question", "streamer-with-beams"],
+)
+def test_a_failed_streaming_chat_ends_the_stream(qwen2, question, config):
+    """The InternVL README streams `chat` from a thread through a `TextIteratorStreamer`; a call that failed never
+    ended the stream, so the reader waited for its timeout (forever without one). The stream now ends and the error
+    is raised in the chat thread as before."""
+    from threading import Thread
+
+    from transformers import TextIteratorStreamer
+
+    model, tokenizer, pixel_values = qwen2
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=10)
+    errors = []
+
+    def target():
+        try:
+            model.chat(tokenizer, pixel_values[:1], question, {**config, "streamer": streamer})
+        except Exception as error:  # noqa: BLE001 - recorded for the assertion
+            errors.append(error)
+
+    thread = Thread(target=target)
+    thread.start()
+    assert "".join(streamer) == ""  # ends at once (queue.Empty after the timeout before)
+    thread.join(timeout=10)
+    assert len(errors) == 1 and isinstance(errors[0], ValueError)
+
+
+def test_a_streaming_chat_still_streams_its_answer(qwen2):
+    from threading import Thread
+
+    from transformers import TextIteratorStreamer
+
+    model, tokenizer, pixel_values = qwen2
+    expected = EXPECTED["qwen2-train"]["chat_greedy"]["answer"]
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=10)
+    config = {"max_new_tokens": 6, "do_sample": False, "streamer": streamer}
+    thread = Thread(target=model.chat, args=(tokenizer, pixel_values[:1], "Describe.", config))
+    thread.start()
+    assert "".join(streamer).strip() == expected
+    thread.join(timeout=10)
