@@ -7,6 +7,8 @@ is no second generation path.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -90,6 +92,29 @@ def _tile_counts(**given: Any) -> list[int] | None:
     whole numbers first (`whole_tile_counts`, naming the argument)."""
     checked = {name: None if value is None else whole_tile_counts(name, value) for name, value in given.items()}
     return merge_tile_count_aliases(**checked)
+
+
+def _ends_stream_on_error(method):
+    """`chat` / `batch_chat` that fail end the `streamer` of their generation dict (the InternVL README streams `chat`
+    from a thread through a `TextIteratorStreamer`: a failed call never ended the stream, so its reader waited for
+    the streamer's timeout, or forever without one). The exception is raised as before."""
+    signature = inspect.signature(method)
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except BaseException:
+            try:
+                config = signature.bind(*args, **kwargs).arguments.get("generation_config")
+            except TypeError:
+                config = None
+            streamer = config.get("streamer") if isinstance(config, dict) else None
+            if callable(getattr(streamer, "end", None)):
+                streamer.end()
+            raise
+
+    return wrapper
 
 
 class InternVLChatMixin(OriginalAttributesMixin):
@@ -249,6 +274,7 @@ class InternVLChatMixin(OriginalAttributesMixin):
         responses = [decode_as_original(tokenizer, row, skip_special_tokens=True) for row in new_tokens.tolist()]
         return [postprocess_response(response, self.template) for response in responses]
 
+    @_ends_stream_on_error
     @torch.no_grad()
     def chat(
         self,
@@ -322,6 +348,7 @@ class InternVLChatMixin(OriginalAttributesMixin):
             logger.warning(f"{shown} {response}")
         return (response, history) if return_history else response
 
+    @_ends_stream_on_error
     @torch.no_grad()
     def batch_chat(
         self,
