@@ -310,6 +310,11 @@ class InternVLChatMixin(OriginalAttributesMixin):
 
         Returns:
             The answer (decoded, cut at the template's end token, stripped), and the history if asked.
+
+        Raises:
+            TypeError / ValueError: naming the argument: tile counts that are not whole numbers >= 0 or do not sum to
+                the tiles, image token strings that are not str, text that is not valid Unicode, generation settings
+                of the wrong type or range. A failed call ends the `streamer` of `generation_config`.
         """
         check_chat_inputs(tokenizer, pixel_values)
         _check_image_token_strings(
@@ -371,7 +376,8 @@ class InternVLChatMixin(OriginalAttributesMixin):
         `num_patches_list[i]` (alias `num_tiles_list`, legacy `image_counts`) is the number of tiles of question
         i's image; `pixel_values` holds all of them in order. Two of these names with different values raise
         `ValueError` (the original lets `image_counts` win silently); `history` or `return_history` raise
-        `NotImplementedError`, as in the original.
+        `NotImplementedError`, as in the original. Bad arguments raise `TypeError` / `ValueError` naming them, as in
+        `chat`.
         """
         check_chat_inputs(tokenizer, pixel_values)
         if history is not None or return_history:
