@@ -7,6 +7,8 @@ is no second generation path.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -16,11 +18,25 @@ from torch import nn
 from transformers import GenerationConfig
 from transformers.utils import logging
 
-from ..chat_templates import IMAGE_CONTEXT_TOKEN, IMAGE_END_TOKEN, IMAGE_START_TOKEN, template_data, template_eos_token
+from ..chat_templates import (
+    IMAGE_CONTEXT_TOKEN,
+    IMAGE_END_TOKEN,
+    IMAGE_START_TOKEN,
+    template_data,
+    template_eos_token,
+)
 from ..llama_slow_tokenization import decode_as_original, encode_as_original
 from .chat_cache import clear_chat_cache, effective_generation_config, generate_turn
 from .chat_processors import generated_only_penalties
-from .chat_prompts import build_batch_chat_prompts, build_chat_prompt, postprocess_response, prepare_chat_question
+from .chat_prompts import (
+    build_batch_chat_prompts,
+    build_chat_prompt,
+    check_unicode,
+    postprocess_response,
+    prepare_chat_question,
+    whole_tile_counts,
+)
+from .checkpoint_loading import check_generation_token_ids
 from .conversation import Conversation, get_conv_template
 from .generation_file_checks import check_generation_fields
 from .input_checks import check_chat_inputs, merge_tile_count_aliases, question_list
@@ -38,18 +54,67 @@ def _report_tiles(verbose: bool, pixel_values: torch.Tensor | None) -> None:
 def _generation_kwargs(generation_config: dict | GenerationConfig | None) -> dict[str, Any]:
     """A fresh kwargs dict (the caller's dict is never modified, unlike the original). Sampling / length fields of
     the wrong type or range (`max_new_tokens="3"`, `top_p=5`) raise `TypeError` / `ValueError` naming the field
-    (`check_generation_fields`) instead of failing inside `generate` ("'<=' not supported between 'str' and 'int'")."""
+    (`check_generation_fields`) instead of failing inside `generate` ("'<=' not supported between 'str' and 'int'"),
+    and so do `pad_token_id` / `bos_token_id` that are not integer ids (`check_generation_token_ids`; the
+    `eos_token_id` given is replaced by the template's stop token, as in the original).
+
+    `return_dict_in_generate` is turned off: chat returns text, and the original fails on the output object."""
     if generation_config is None:
-        return {}
+        return {"return_dict_in_generate": False}
     if isinstance(generation_config, GenerationConfig):
-        check_generation_fields(generation_config)
-        return {"generation_config": generation_config}
-    if not isinstance(generation_config, dict):
+        fields = generation_config
+        kwargs = {"generation_config": generation_config}
+    elif isinstance(generation_config, dict):
+        fields = SimpleNamespace(**{str(key): value for key, value in generation_config.items()})
+        kwargs = dict(generation_config)
+    else:
         raise TypeError(
             f"`generation_config` must be a dict or a GenerationConfig, got {type(generation_config).__name__}."
         )
-    check_generation_fields(SimpleNamespace(**{str(key): value for key, value in generation_config.items()}))
-    return dict(generation_config)
+    check_generation_fields(fields)
+    ids = {name: getattr(fields, name, None) for name in ("pad_token_id", "bos_token_id")}
+    check_generation_token_ids(SimpleNamespace(**ids))
+    return {**kwargs, "return_dict_in_generate": False}
+
+
+def _check_image_token_strings(**tokens: Any) -> None:
+    """`IMG_START_TOKEN` / `IMG_END_TOKEN` must be str (empty allowed, as in the original), `IMG_CONTEXT_TOKEN` a
+    non-empty str: None or an id failed inside the prompt building ("unsupported operand type(s) for +")."""
+    for name, value in tokens.items():
+        if not isinstance(value, str):
+            raise TypeError(f"`{name}` must be a str (a token of the tokenizer), got {type(value).__name__} {value!r}.")
+        if name == "IMG_CONTEXT_TOKEN" and not value:
+            raise ValueError("`IMG_CONTEXT_TOKEN` must be a non-empty str (the image token of the tokenizer), got ''.")
+
+
+def _tile_counts(**given: Any) -> list[int] | None:
+    """The tiles per image given under one of the names in `given` (`merge_tile_count_aliases`), each checked as
+    whole numbers first (`whole_tile_counts`, naming the argument)."""
+    checked = {name: None if value is None else whole_tile_counts(name, value) for name, value in given.items()}
+    return merge_tile_count_aliases(**checked)
+
+
+def _ends_stream_on_error(method):
+    """`chat` / `batch_chat` that fail end the `streamer` of their generation dict (the InternVL README streams `chat`
+    from a thread through a `TextIteratorStreamer`: a failed call never ended the stream, so its reader waited for
+    the streamer's timeout, or forever without one). The exception is raised as before."""
+    signature = inspect.signature(method)
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except BaseException:
+            try:
+                config = signature.bind(*args, **kwargs).arguments.get("generation_config")
+            except TypeError:
+                config = None
+            streamer = config.get("streamer") if isinstance(config, dict) else None
+            if callable(getattr(streamer, "end", None)):
+                streamer.end()
+            raise
+
+    return wrapper
 
 
 class InternVLChatMixin(OriginalAttributesMixin):
@@ -104,6 +169,7 @@ class InternVLChatMixin(OriginalAttributesMixin):
     def system_message(self, value: str) -> None:
         if not isinstance(value, str):
             raise TypeError(f"`system_message` must be a str, got {type(value).__name__}.")
+        check_unicode("`system_message`", value)
         self.__dict__["_system_message_override"] = value
 
     @system_message.deleter
@@ -208,6 +274,7 @@ class InternVLChatMixin(OriginalAttributesMixin):
         responses = [decode_as_original(tokenizer, row, skip_special_tokens=True) for row in new_tokens.tolist()]
         return [postprocess_response(response, self.template) for response in responses]
 
+    @_ends_stream_on_error
     @torch.no_grad()
     def chat(
         self,
@@ -243,9 +310,17 @@ class InternVLChatMixin(OriginalAttributesMixin):
 
         Returns:
             The answer (decoded, cut at the template's end token, stripped), and the history if asked.
+
+        Raises:
+            TypeError / ValueError: naming the argument: tile counts that are not whole numbers >= 0 or do not sum to
+                the tiles, image token strings that are not str, text that is not valid Unicode, generation settings
+                of the wrong type or range. A failed call ends the `streamer` of `generation_config`.
         """
         check_chat_inputs(tokenizer, pixel_values)
-        num_patches_list = merge_tile_count_aliases(num_patches_list=num_patches_list, num_tiles_list=num_tiles_list)
+        _check_image_token_strings(
+            IMG_START_TOKEN=IMG_START_TOKEN, IMG_END_TOKEN=IMG_END_TOKEN, IMG_CONTEXT_TOKEN=IMG_CONTEXT_TOKEN
+        )
+        num_patches_list = _tile_counts(num_patches_list=num_patches_list, num_tiles_list=num_tiles_list)
         if num_patches_list is None:
             num_patches_list = [pixel_values.shape[0]] if pixel_values is not None else []
         if pixel_values is not None and pixel_values.shape[0] != sum(num_patches_list):
@@ -278,6 +353,7 @@ class InternVLChatMixin(OriginalAttributesMixin):
             logger.warning(f"{shown} {response}")
         return (response, history) if return_history else response
 
+    @_ends_stream_on_error
     @torch.no_grad()
     def batch_chat(
         self,
@@ -300,7 +376,8 @@ class InternVLChatMixin(OriginalAttributesMixin):
         `num_patches_list[i]` (alias `num_tiles_list`, legacy `image_counts`) is the number of tiles of question
         i's image; `pixel_values` holds all of them in order. Two of these names with different values raise
         `ValueError` (the original lets `image_counts` win silently); `history` or `return_history` raise
-        `NotImplementedError`, as in the original.
+        `NotImplementedError`, as in the original. Bad arguments raise `TypeError` / `ValueError` naming them, as in
+        `chat`.
         """
         check_chat_inputs(tokenizer, pixel_values)
         if history is not None or return_history:
@@ -308,7 +385,10 @@ class InternVLChatMixin(OriginalAttributesMixin):
                 "batch_chat does not support multi-turn chat (`history` / `return_history`), as in the original; "
                 "use chat() for each conversation."
             )
-        num_patches_list = merge_tile_count_aliases(
+        _check_image_token_strings(
+            IMG_START_TOKEN=IMG_START_TOKEN, IMG_END_TOKEN=IMG_END_TOKEN, IMG_CONTEXT_TOKEN=IMG_CONTEXT_TOKEN
+        )
+        num_patches_list = _tile_counts(
             num_patches_list=num_patches_list, num_tiles_list=num_tiles_list, image_counts=image_counts
         )
         if pixel_values is not None and num_patches_list is not None and pixel_values.shape[0] != sum(num_patches_list):

@@ -14,6 +14,8 @@ the system message is empty, and a message that is empty (or `None`) renders as 
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -50,6 +52,56 @@ def _template_and_messages(template: str | Conversation) -> tuple[dict[str, Any]
     return template.to_dict(), messages
 
 
+def check_unicode(name: str, text: str | None) -> None:
+    """Refuse a string the tokenizer cannot encode (a lone surrogate such as `"\\ud800"`, which has no UTF-8 form;
+    the tokenizer failed with "TextEncodeInput must be Union[TextInputSequence, ...]"), naming the argument `name`.
+
+    Raises:
+        ValueError: naming `name`, the character and its position.
+    """
+    if not isinstance(text, str):
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"{name} is not valid Unicode: {error.object[error.start : error.end]!r} at position {error.start} "
+            f"({error.reason}; lone surrogates cannot be tokenized)."
+        ) from None
+
+
+def whole_tile_counts(name: str, values: Any) -> list[int]:
+    """`values` (a list / tuple / numpy array / tensor of tiles per image, argument `name`) as a list of ints.
+
+    Integral floats (`2.0`) and bools count as the int they equal (the original multiplies the counts into strings,
+    so `True` works there as 1); anything else is refused instead of truncated (`int(1.5)` was 1 tile) or failing
+    later inside `sum` or the tokenizer.
+
+    Raises:
+        TypeError: `values` is a str / bytes or not iterable, or holds a non-number (a str, None, a nested list).
+        ValueError: a count that is not a whole number (1.5, NaN, inf) or is negative.
+    """
+    values = values.tolist() if hasattr(values, "tolist") else values
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"`{name}` must be a list of tile counts (one per image), got {type(values).__name__}.")
+    values = list(values)
+    for value in values:
+        if not isinstance(value, numbers.Real):
+            raise TypeError(f"`{name}` must hold integer tile counts (one per image), got {values!r:.200}.")
+        if not isinstance(value, numbers.Integral) and not (math.isfinite(value) and float(value).is_integer()):
+            raise ValueError(f"`{name}` must hold whole tile counts (one per image), got {values}.")
+    if any(value < 0 for value in values):
+        raise ValueError(f"`{name}` must hold non-negative tile counts, got {values}.")
+    return [int(value) for value in values]
+
+
+def _checked_tile_counts(num_tiles_list: Any, num_patches_list: Any) -> list[int] | None:
+    """`chat_templates._resolve_num_tiles_list` on counts checked by `whole_tile_counts` (naming the argument)."""
+    given = {"num_tiles_list": num_tiles_list, "num_patches_list": num_patches_list}
+    checked = {name: None if value is None else whole_tile_counts(name, value) for name, value in given.items()}
+    return _resolve_num_tiles_list(checked["num_tiles_list"], checked["num_patches_list"])
+
+
 def render_chat_prompt(
     template: str | Conversation,
     turns: Sequence[tuple[str, str | None]],
@@ -60,6 +112,7 @@ def render_chat_prompt(
     data, messages = _template_and_messages(template)
     if system_message is None and isinstance(template, Conversation):
         system_message = template.system_message
+    check_unicode("`system_message`", system_message)
     messages += [{"role": role, "content": content} for role, content in turns]
     chat_template = get_jinja_chat_template(data, system_message)
     rendered, _ = render_jinja_template([messages], chat_template=chat_template, add_generation_prompt=True)
@@ -76,10 +129,11 @@ def prepare_chat_question(
 
     `"<image>\\n"` is prepended only when pixel values are given, `history is None` (an empty list does not count)
     and the question has no placeholder. Raises `TypeError` for a `question` that is not a str or a `history` that
-    is not None, a list or a tuple.
+    is not None, a list or a tuple, and `ValueError` for a question that is not valid Unicode (`check_unicode`).
     """
     if not isinstance(question, str):
         raise TypeError(f"`question` must be a str, got {type(question).__name__}.")
+    check_unicode("`question`", question)
     if history is not None and (isinstance(history, str | bytes | Mapping) or not isinstance(history, Sequence)):
         # `True` failed as "'bool' object is not iterable"; `0` / `False` were taken for an empty history.
         raise TypeError(
@@ -125,10 +179,11 @@ def build_chat_prompt(
 
     Raises:
         TypeError: `question`, or a question / answer of `history`, is not a str; `history` is not None, a list or a
-            tuple. ValueError: a `history` entry is not a pair, an unknown template, or a `Conversation` holding a
-            message of another role.
+            tuple. ValueError: a `history` entry is not a pair, an unknown template, a `Conversation` holding a
+            message of another role, a text that is not valid Unicode (`check_unicode`), or tile counts that are not
+            whole numbers >= 0 (`whole_tile_counts`).
     """
-    num_tiles_list = _resolve_num_tiles_list(num_tiles_list, num_patches_list)
+    num_tiles_list = _checked_tile_counts(num_tiles_list, num_patches_list)
     if pixel_values_passed is None:
         pixel_values_passed = bool(num_tiles_list) and sum(num_tiles_list) > 0
     question = prepare_chat_question(question, history, pixel_values_passed)
@@ -139,6 +194,7 @@ def build_chat_prompt(
         for part, value in zip(("question", "answer"), turn):
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"The {part} of `history[{index}]` must be a str, got {type(value).__name__}.")
+            check_unicode(f"The {part} of `history[{index}]`", value)
         turns += [("user", turn[0]), ("assistant", turn[1])]
     turns.append(("user", question))
     prompt = render_chat_prompt(template, turns, system_message)
@@ -177,11 +233,12 @@ def build_batch_chat_prompts(
 
     Raises:
         TypeError: `questions` is a single str or holds a non-str. ValueError: `num_tiles_list` is missing with pixel
-            values, or its length differs from the number of questions.
+            values, its length differs from the number of questions or its counts are not whole numbers >= 0, or a
+            question is not valid Unicode (`check_unicode`).
     """
     if isinstance(questions, str):
         raise TypeError("`questions` must be a list of str, got a single str (use `build_chat_prompt`).")
-    num_tiles_list = _resolve_num_tiles_list(num_tiles_list, num_patches_list)
+    num_tiles_list = _checked_tile_counts(num_tiles_list, num_patches_list)
     if pixel_values_passed is None:
         pixel_values_passed = bool(num_tiles_list) and sum(num_tiles_list) > 0
     if num_tiles_list is None:
@@ -195,9 +252,10 @@ def build_batch_chat_prompts(
             f"{len(questions)} questions."
         )
     prompts = []
-    for question, num_tiles in zip(questions, num_tiles_list):
+    for index, (question, num_tiles) in enumerate(zip(questions, num_tiles_list)):
         if not isinstance(question, str):
             raise TypeError(f"Every question must be a str, got {type(question).__name__}.")
+        check_unicode(f"`questions[{index}]`", question)
         question = prepare_chat_question(question, None, pixel_values_passed)  # batch_chat has no history
         prompt = render_chat_prompt(template, [("user", question)], system_message)
         if expand_images and IMAGE_PLACEHOLDER in prompt:
@@ -222,8 +280,10 @@ def postprocess_response(response: str, template: str | Conversation) -> str:
 __all__ = [
     "build_batch_chat_prompts",
     "build_chat_prompt",
+    "check_unicode",
     "get_eos_token",
     "postprocess_response",
     "prepare_chat_question",
     "render_chat_prompt",
+    "whole_tile_counts",
 ]

@@ -7,6 +7,7 @@ deterministically: sampling is seeded, ties go to the answer seen first.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,6 +90,17 @@ def _needs_manual_expansion(model: Any, inputs: Mapping[str, Any]) -> bool:
     return any(isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] != 1 for value in inputs.values())
 
 
+def _checked_seed(seed: Any) -> int:
+    """`seed` as the int `torch.manual_seed` takes unchanged: 1.5 and "1" were taken as seed 1 (silently), None and
+    2**64 failed inside torch. Raises `TypeError` (not an integer; bools too) or `ValueError` (out of range)."""
+    allowed = "`seed` must be an int in -2**63..2**64 - 1"
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{allowed}, got {type(seed).__name__} {seed!r}.")
+    if not -(2**63) <= int(seed) < 2**64:
+        raise ValueError(f"{allowed}, got {seed}.")
+    return int(seed)
+
+
 def generate_with_votes(
     model: Any,
     processor_or_tokenizer: Any,
@@ -110,8 +122,9 @@ def generate_with_votes(
         inputs: model inputs for ONE prompt (`input_ids` of shape `(1, sequence_length)`, plus `attention_mask`,
             `pixel_values`, ...), e.g. the output of `processor.apply_chat_template(..., return_dict=True)`.
         num_votes: number of sampled responses.
-        seed: sampling seed; the same seed gives the same responses and answer (on the same device and software).
-            The global RNG state is restored afterwards.
+        seed: sampling seed, an int in -2**63..2**64 - 1 (`torch.manual_seed`'s range; `TypeError` / `ValueError`
+            otherwise); the same seed gives the same responses and answer (on the same device and software). The
+            global RNG state is restored afterwards.
         answer_parser: response -> answer or `None` (default [`parse_boxed_answer`]; for multiple choice e.g.
             `lambda text: extract_choice_letter(text, options)`).
         normalize: voting key, see [`majority_vote`].
@@ -125,6 +138,7 @@ def generate_with_votes(
     """
     if not isinstance(num_votes, int) or isinstance(num_votes, bool) or num_votes < 1:
         raise ValueError(f"`num_votes` must be a positive int, got {num_votes!r}.")
+    seed = _checked_seed(seed)
     if generate_kwargs.pop("do_sample", True) is not True:
         raise ValueError("`generate_with_votes` samples: `do_sample` must be True (or left out).")
     if "num_return_sequences" in generate_kwargs:
