@@ -1,0 +1,180 @@
+"""Session-10 held-out defects of the processing side (issues 4 and 10).
+
+1. Already-decoded video frames: a `bound=(start_s, end_s)` window was silently ignored unless `num_segments` was
+   also passed (every frame given was used), and `do_sample_frames=True` without `num_segments` used every frame
+   instead of sampling the processor's `num_segments`. A video FILE samples `num_segments` frames inside the window in
+   both cases, and refuses `bound` with `do_sample_frames=False`; decoded frames now follow the same rules. Expected
+   indices: the ORIGINAL `get_index` (`fixtures/processing_s10/`, README there).
+2. `AutoProcessor.from_pretrained(folder, image_size=224)` set the processor's tile side (and its tokens per tile)
+   but left the image and video processors at the folder's 448 px, so every image was refused with a message about a
+   "per-call" `image_size`. The tile side now reaches the sub-processors, as `InternVLChatProcessor(image_size=224)`
+   already did for its default sub-processors.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoProcessor
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from helpers import original_model_dir, qwen2_processor  # noqa: E402
+
+from transformers_internvl.processing.image_processing_internvl import InternVLChatImageProcessor  # noqa: E402
+from transformers_internvl.processing.video_processing_internvl import InternVLChatVideoProcessor  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures" / "processing_s10"
+EXPECTED = json.loads((FIXTURES / "expected.json").read_text(encoding="utf-8"))
+
+
+def _numbered_frames(count: int) -> np.ndarray:
+    """`(count, 12, 16, 3)` uint8 frames; frame `i` is filled with the value `10 * i` (its number, read back below)."""
+    return (np.arange(count, dtype=np.uint8)[:, None, None, None] * 10).repeat(12, 1).repeat(16, 2).repeat(3, 3)
+
+
+def _frame_numbers(pixel_values: torch.Tensor) -> list[int]:
+    """The numbers of the frames a video processor output holds (undoing ImageNet normalisation of channel 0)."""
+    level = pixel_values[:, 0, 5, 5] * 0.229 + 0.485
+    return [round(float(value) * 255 / 10) for value in level]
+
+
+# ---- 1. decoded frames: `bound` and `do_sample_frames` ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["window_default_segments", "window_ntsc"])
+def test_bound_on_decoded_frames_samples_the_window_like_a_file(name):
+    case = EXPECTED[name]
+    processor = InternVLChatVideoProcessor(image_size=28)
+    out = processor(
+        _numbered_frames(case["num_frames"]),
+        bound=tuple(case["bound"]),
+        video_metadata={"fps": case["fps"]},
+        return_metadata=True,
+        return_tensors="pt",
+    )
+    assert out["frame_indices"] == [case["indices"]]
+    assert out["num_frames"].tolist() == [case["num_segments"]]
+    assert _frame_numbers(out["pixel_values_videos"]) == case["indices"]
+
+
+def test_bound_on_decoded_frames_with_the_processors_own_num_segments():
+    case = EXPECTED["window_five_segments"]
+    processor = InternVLChatVideoProcessor(num_segments=case["num_segments"], image_size=28)
+    out = processor(
+        list(_numbered_frames(case["num_frames"])),  # a list of frames as well as a (T, H, W, C) array
+        bound=tuple(case["bound"]),
+        video_metadata={"fps": case["fps"]},
+        return_metadata=True,
+    )
+    assert out["frame_indices"] == [case["indices"]]
+
+
+@pytest.mark.parametrize("name", ["all_default_segments", "all_five_segments"])
+def test_do_sample_frames_true_samples_num_segments(name):
+    case = EXPECTED[name]
+    processor = InternVLChatVideoProcessor(num_segments=case["num_segments"], image_size=28)
+    out = processor(_numbered_frames(case["num_frames"]), do_sample_frames=True, return_metadata=True)
+    assert out["frame_indices"] == [case["indices"]]
+    assert _frame_numbers(torch.as_tensor(out["pixel_values_videos"])) == case["indices"]
+
+
+def test_decoded_frames_without_sampling_options_are_all_used():
+    out = InternVLChatVideoProcessor(image_size=28)(_numbered_frames(10), return_metadata=True)
+    assert out["frame_indices"] == [list(range(10))]
+
+
+def test_bound_without_a_frame_rate_is_refused_for_decoded_frames():
+    processor = InternVLChatVideoProcessor(image_size=28)
+    with pytest.raises(ValueError, match=r"frame rate.*video_metadata"):
+        processor(_numbered_frames(10), bound=(2, 5))
+
+
+@pytest.mark.parametrize("num_segments", [None, 3])
+def test_bound_with_do_sample_frames_false_is_refused_for_decoded_frames(num_segments):
+    processor = InternVLChatVideoProcessor(image_size=28)
+    with pytest.raises(ValueError, match="do_sample_frames=False"):
+        processor(
+            _numbered_frames(10),
+            bound=(2, 5),
+            num_segments=num_segments,
+            video_metadata={"fps": 1.0},
+            do_sample_frames=False,
+        )
+
+
+def test_processor_passes_bound_to_decoded_frames():
+    case = EXPECTED["window_default_segments"]
+    processor = qwen2_processor()
+    out = processor(
+        text="<video>\nWhat happens?",
+        videos=_numbered_frames(case["num_frames"]),
+        bound=tuple(case["bound"]),
+        video_metadata={"fps": case["fps"]},
+        return_tensors="pt",
+    )
+    assert out["num_tiles"].tolist() == [1] * case["num_segments"]
+    assert _frame_numbers(out["pixel_values"]) == case["indices"]
+
+
+def test_apply_chat_template_with_decoded_frames_and_do_sample_frames():
+    case = EXPECTED["all_default_segments"]
+    processor = qwen2_processor()
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "video", "video": list(_numbered_frames(case["num_frames"]))},
+                {"type": "text", "text": "What happens?"},
+            ],
+        }
+    ]
+    out = processor.apply_chat_template(
+        messages,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        processor_kwargs={"do_sample_frames": True},
+    )
+    assert _frame_numbers(out["pixel_values"]) == case["indices"]
+
+
+# ---- 2. `from_pretrained(..., image_size=...)` reaches the image and video processors --------------------------------
+
+
+def _image() -> Image.Image:
+    return Image.fromarray(np.random.default_rng(10).integers(0, 256, (300, 500, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("saved", [False, True], ids=["original-folder", "saved-processor"])
+def test_from_pretrained_image_size_sets_every_tile_side(tmp_path, saved):
+    folder = original_model_dir(tmp_path / "model")
+    if saved:
+        AutoProcessor.from_pretrained(folder).save_pretrained(tmp_path / "saved")
+        folder = tmp_path / "saved"
+    processor = AutoProcessor.from_pretrained(folder, image_size=224)
+    assert processor.image_size == processor.image_processor.image_size == processor.video_processor.image_size == 224
+    assert processor.num_image_token == 64  # (224 // 14) ** 2 * 0.5 ** 2
+
+    out = processor(text="<image>\nWhat?", images=_image(), videos=None, return_tensors="pt")
+    expected = InternVLChatImageProcessor(image_size=224)(_image(), return_tensors="pt")
+    assert torch.equal(out["pixel_values"], expected["pixel_values"])
+    assert out["num_tiles"].tolist() == expected["num_tiles"].tolist()
+    assert int((out["input_ids"] == processor.image_token_id).sum()) == 64 * int(expected["num_tiles"].sum())
+
+    video = processor(text="<video>\nWhat?", videos=_numbered_frames(3), return_tensors="pt")
+    assert video["pixel_values"].shape == (3, 3, 224, 224)
+
+
+def test_from_pretrained_image_size_and_tiling_options_together(tmp_path):
+    folder = original_model_dir(tmp_path / "model")
+    processor = AutoProcessor.from_pretrained(folder, image_size=224, max_num=4, num_segments=3)
+    assert (processor.image_processor.image_size, processor.image_processor.max_dynamic_patch) == (224, 4)
+    assert (processor.video_processor.image_size, processor.video_processor.num_segments) == (224, 3)
