@@ -35,14 +35,14 @@ EXPECTED = json.loads((FIXTURES / "expected.json").read_text(encoding="utf-8"))
 
 
 def _numbered_frames(count: int) -> np.ndarray:
-    """`(count, 12, 16, 3)` uint8 frames; frame `i` is filled with the value `10 * i` (its number, read back below)."""
-    return (np.arange(count, dtype=np.uint8)[:, None, None, None] * 10).repeat(12, 1).repeat(16, 2).repeat(3, 3)
+    """`(count, 12, 16, 3)` uint8 frames; frame `i` is filled with the value `6 * i` (its number, read back below)."""
+    return (np.arange(count, dtype=np.uint8)[:, None, None, None] * 6).repeat(12, 1).repeat(16, 2).repeat(3, 3)
 
 
 def _frame_numbers(pixel_values: torch.Tensor) -> list[int]:
     """The numbers of the frames a video processor output holds (undoing ImageNet normalisation of channel 0)."""
     level = pixel_values[:, 0, 5, 5] * 0.229 + 0.485
-    return [round(float(value) * 255 / 10) for value in level]
+    return [round(float(value) * 255 / 6) for value in level]
 
 
 # ---- 1. decoded frames: `bound` and `do_sample_frames` ---------------------------------------------------------------
