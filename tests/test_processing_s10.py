@@ -178,3 +178,24 @@ def test_from_pretrained_image_size_and_tiling_options_together(tmp_path):
     processor = AutoProcessor.from_pretrained(folder, image_size=224, max_num=4, num_segments=3)
     assert (processor.image_processor.image_size, processor.image_processor.max_dynamic_patch) == (224, 4)
     assert (processor.video_processor.image_size, processor.video_processor.num_segments) == (224, 3)
+
+
+@pytest.mark.parametrize(
+    ("options", "frames_used"),
+    [
+        ({"do_sample_frames": True}, 5),
+        ({"do_sample_frames": True, "num_segments": 3}, 3),
+        ({"bound": (0.0, 2.0), "video_metadata": {"fps": 4.0}}, 5),
+        ({}, 23),
+    ],
+    ids=["do_sample_frames", "do_sample_frames-num_segments", "bound", "no-sampling"],
+)
+def test_token_counts_follow_the_sampling_of_decoded_frames(options, frames_used):
+    # `_get_num_multimodal_tokens` (vLLM / TRL) must count the frames `__call__` really inserts.
+    processor = qwen2_processor()
+    processor.video_processor = InternVLChatVideoProcessor(num_segments=5)
+    count_options = {key: value for key, value in options.items() if key != "video_metadata"}
+    counts = processor._get_num_multimodal_tokens(video_sizes=[(23, 12, 16)], **count_options)
+    out = processor(text="<video>\nWhat?", videos=_numbered_frames(23), return_mm_token_type_ids=True, **options)
+    assert counts["num_video_tokens"] == [sum(1 for kind in out["mm_token_type_ids"][0] if kind == 2)]
+    assert counts["num_video_tokens"] == [frames_used * (2 + processor.num_image_token)]
