@@ -199,3 +199,28 @@ def test_token_counts_follow_the_sampling_of_decoded_frames(options, frames_used
     out = processor(text="<video>\nWhat?", videos=_numbered_frames(23), return_mm_token_type_ids=True, **options)
     assert counts["num_video_tokens"] == [sum(1 for kind in out["mm_token_type_ids"][0] if kind == 2)]
     assert counts["num_video_tokens"] == [frames_used * (2 + processor.num_image_token)]
+
+
+# ---- 3. an image without pixels names the argument ------------------------------------------------------------------
+# The original divides by the height (`dynamic_preprocess`: ZeroDivisionError); here the error named `width` /
+# `height` of the tile planner, not the image the caller gave.
+
+
+@pytest.mark.parametrize(
+    ("call", "where"),
+    [
+        (lambda: InternVLChatImageProcessor()(Image.new("RGB", (0, 0))), r"`images\[0\]`.*0 x 0"),
+        (lambda: InternVLChatImageProcessor()(Image.new("RGB", (0, 5))), r"`images\[0\]`.*0 x 5"),
+        (
+            lambda: InternVLChatImageProcessor()([np.zeros((4, 4, 3), np.uint8), np.zeros((0, 8, 3), np.uint8)]),
+            r"`images\[1\]`.*8 x 0",
+        ),
+        (lambda: InternVLChatImageProcessor()(torch.zeros((3, 0, 8), dtype=torch.uint8)), r"`images\[0\]`.*8 x 0"),
+        (lambda: InternVLChatVideoProcessor()(np.zeros((3, 0, 8, 3), np.uint8)), r"`videos`.*8 x 0"),
+        (lambda: qwen2_processor()(text="<image>", images=Image.new("L", (7, 0))), r"`images\[0\]`.*7 x 0"),
+    ],
+    ids=["pil-0x0", "pil-0x5", "numpy-second-image", "torch", "video-frames", "processor"],
+)
+def test_an_image_without_pixels_names_the_argument(call, where):
+    with pytest.raises(ValueError, match=where + r".*no pixels"):
+        call()
