@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from helpers import original_model_dir, qwen2_processor  # noqa: E402
 
 from transformers_internvl.processing.image_processing_internvl import InternVLChatImageProcessor  # noqa: E402
+from transformers_internvl.processing.processing_internvl import InternVLChatProcessor  # noqa: E402
 from transformers_internvl.processing.video_processing_internvl import InternVLChatVideoProcessor  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "processing_s10"
@@ -224,3 +225,36 @@ def test_token_counts_follow_the_sampling_of_decoded_frames(options, frames_used
 def test_an_image_without_pixels_names_the_argument(call, where):
     with pytest.raises(ValueError, match=where + r".*no pixels"):
         call()
+
+
+# ---- 4. a rendered chat prompt without placeholders -----------------------------------------------------------------
+# The original chat() puts `<image>\n` at the start of the QUESTION (inside the user turn). A text already rendered by
+# the chat template (it starts with the template's system block) got the prefix before the system block instead:
+# `<img>...</img>\n<|im_start|>system\n...`, a prompt the model never saw. It is refused now; plain questions keep
+# getting the prefix.
+
+
+@pytest.mark.parametrize("template", ["internvl2_5", "Hermes-2", "internlm2-chat", "phi3-chat"])
+@pytest.mark.parametrize("media", ["image", "two-images", "video"])
+def test_a_rendered_chat_prompt_without_placeholders_is_refused(template, media):
+    processor = InternVLChatProcessor(tokenizer=qwen2_processor().tokenizer, template=template)
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "text", "text": "What is shown?"}]}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    inputs = {
+        "image": {"images": _image()},
+        "two-images": {"images": [_image(), _image()]},
+        "video": {"videos": _numbered_frames(3)},
+    }[media]
+    placeholder = "<video>" if media == "video" else "<image>"
+    with pytest.raises(ValueError, match=rf"Text 0 is a rendered chat prompt.*no {placeholder} placeholder"):
+        processor(text=prompt, **inputs)
+
+
+def test_a_plain_question_without_placeholders_still_gets_the_prefix():
+    processor = qwen2_processor(max_dynamic_patch=1)
+    out = processor(text="What is shown?", images=[_image(), _image()])
+    text = processor.tokenizer.decode(out["input_ids"][0])
+    assert text.startswith("Image-1: <img><IMG_CONTEXT>") and text.endswith("</img>\nWhat is shown?")
