@@ -9,6 +9,11 @@
    but left the image and video processors at the folder's 448 px, so every image was refused with a message about a
    "per-call" `image_size`. The tile side now reaches the sub-processors, as `InternVLChatProcessor(image_size=224)`
    already did for its default sub-processors.
+3. An image or frame of zero width or height was refused with the tile planner's "`width` must be >= 1" instead of a
+   message naming the argument.
+4. A text already rendered by the chat template, given with images but no `<image>` placeholder, got the prefix
+   before its system block (`<img>...</img>\n<|im_start|>system...`); the original puts `<image>\n` at the start of
+   the question. Such a text is refused now.
 """
 
 from __future__ import annotations
