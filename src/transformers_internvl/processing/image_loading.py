@@ -218,7 +218,8 @@ def to_rgb_image(
     `(H, W)`, `(H, W, C)` / `(C, H, W)` uint8, torch tensors likewise (`(C, H, W)` preferred when ambiguous), local
     paths, `http(s)` URLs (fetched with `timeout` seconds, default 10), `data:` URLs, base64 strings, encoded bytes and
     binary file objects. No EXIF orientation is applied for any source (as the original for paths; see
-    `image_loading`). A lazily opened PIL image shared by threads is decoded once, under a lock.
+    `image_loading`). A lazily opened PIL image shared by threads is decoded once, under a lock. An image of zero
+    width or height raises `ValueError` naming `name` and its size.
     """
     channels_first = _channels_first_flag(input_data_format)
     if isinstance(image, Image.Image):
@@ -243,6 +244,8 @@ def to_rgb_image(
             f"`{name}` must be a PIL image, a numpy array, a torch tensor, a path, a URL or bytes, "
             f"got {type(image).__name__}."
         )
+    if pil.width < 1 or pil.height < 1:  # the original divides by the height (`dynamic_preprocess`)
+        raise ValueError(f"`{name}` is {pil.width} x {pil.height} (width x height): an image with no pixels.")
     return _convert_to_rgb(pil, name)
 
 

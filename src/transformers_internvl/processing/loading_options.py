@@ -34,6 +34,8 @@ IMAGE_PROCESSOR_OPTIONS = {
     "max_total_tiles": "max_total_tiles",
 }
 VIDEO_PROCESSOR_OPTIONS = {"num_segments": "num_segments", "num_frames": "num_segments"}  # transformers' name
+# Every name a saved image / video processor config may give the tile side under (`IMAGE_SIZE_ALIASES`, `size`).
+_TILE_SIDE_NAMES = {name: "image_size" for name in ("image_size", "force_image_size", "input_size", "size")}
 HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
 # Keyword arguments of the loading machinery (AutoProcessor / AutoTokenizer), forwarded to the tokenizer.
 _LOADING_KWARGS = frozenset(
@@ -119,7 +121,8 @@ def split_from_pretrained_kwargs(
       `max_num` / `max_patches`, `min_dynamic_patch` / `min_num` / `min_patches`, `use_thumbnail`,
       `max_total_tiles`) become image-processor options under the image processor's names; `num_segments` (alias
       `num_frames`, transformers' name) a video-processor option;
-    * processor init arguments (`template`, `video_frame_template`, ...) are left to the processor;
+    * processor init arguments (`template`, `video_frame_template`, ...) are left to the processor (`image_size` is
+      also the image and video processors' tile side: `load_processor_parts`);
     * loading options (`cache_dir`, `revision`, `trust_remote_code`, ...), the options every tokenizer takes
       (`model_max_length`, `padding_side`, special tokens, ...) and the parameters the folder's tokenizer class names
       go to `AutoTokenizer.from_pretrained`.
@@ -283,6 +286,11 @@ def load_processor_parts(
     # `load_tokenizer` raises rather than fall back to another class or an empty vocabulary.
     tokenizer = load_tokenizer(pretrained_model_name_or_path, **tokenizer_kwargs)
 
+    if kwargs.get("image_size") is not None:
+        # The processor's tile side (`from_pretrained(..., image_size=224)`) is its image and video processors' too,
+        # as for the default sub-processors of `InternVLChatProcessor(image_size=224)`: tiles of another side would be
+        # refused at every call.
+        image_options["image_size"] = video_options["image_size"] = kwargs["image_size"]
     sub_processors = []
     for name, factory, options in (
         ("image_processor", image_processor_class, image_options),
@@ -293,7 +301,7 @@ def load_processor_parts(
         # `from_pretrained(..., max_dynamic_patch=6)` and the like set the sub-processor's default; an option
         # given under another name replaces the saved value under every name.
         for key, value in options.items():
-            for alias, canonical in {**IMAGE_PROCESSOR_OPTIONS, **VIDEO_PROCESSOR_OPTIONS}.items():
+            for alias, canonical in {**IMAGE_PROCESSOR_OPTIONS, **VIDEO_PROCESSOR_OPTIONS, **_TILE_SIDE_NAMES}.items():
                 if canonical == key:
                     config.pop(alias, None)
             config[key] = value

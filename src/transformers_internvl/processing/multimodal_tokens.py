@@ -70,15 +70,18 @@ def _image_samples(image_sizes: Any) -> list[list[tuple[int, int]]]:
     return samples
 
 
-def _frames_used(videos_kwargs: dict[str, Any], num_frames: int) -> int:
-    """Frames the processor turns a decoded video of `num_frames` frames into (`InternVLChatVideoProcessor`): the
-    `num_segments` (alias `num_frames`) sampled frames when one is passed and `do_sample_frames` is not False, else
-    every frame given."""
+def _frames_used(videos_kwargs: dict[str, Any], num_frames: int, default_segments: int) -> int:
+    """Frames the processor turns a decoded video of `num_frames` frames into (`InternVLChatVideoProcessor`): when
+    the call samples (`num_segments` / `num_frames`, a `bound` or `do_sample_frames=True`; never with
+    `do_sample_frames=False`) the `num_segments` sampled frames (`default_segments`, the video processor's, unless
+    given), else every frame given."""
     segments = call_num_segments(videos_kwargs.get("num_segments"), videos_kwargs.get("num_frames"))
     if videos_kwargs.get("fps") is not None:
         raise ValueError("`fps` (sampling at a frame rate) is not how InternVL samples: pass `num_segments`.")
-    if segments is not None and videos_kwargs.get("do_sample_frames") is not False:
-        return check_num_segments("num_segments", segments)
+    do_sample_frames = videos_kwargs.get("do_sample_frames")
+    samples = segments is not None or videos_kwargs.get("bound") is not None or do_sample_frames is True
+    if samples and do_sample_frames is not False:
+        return check_num_segments("num_segments", default_segments if segments is None else segments)
     if num_frames > MAX_NUM_SEGMENTS:
         raise ValueError(
             f"A video of {num_frames} frames is more than MAX_NUM_SEGMENTS ({MAX_NUM_SEGMENTS}) tiles; pass "
@@ -124,7 +127,11 @@ def num_multimodal_tokens(processor: Any, image_sizes=None, video_sizes=None, me
         side = call_image_size(processor.video_processor, videos_kwargs.get("image_size"), videos_kwargs.get("size"))
         check_tile_side(side, processor.image_size, per_tile, "video frames")
         frames = [
-            _frames_used(videos_kwargs, _check_dims(f"video_sizes[{i}]", size, ("frames", "height", "width"))[0])
+            _frames_used(
+                videos_kwargs,
+                _check_dims(f"video_sizes[{i}]", size, ("frames", "height", "width"))[0],
+                processor.video_processor.num_segments,
+            )
             for i, size in enumerate(video_sizes)
         ]
         data["num_video_tokens"] = [count * (2 + per_tile) for count in frames]

@@ -58,8 +58,8 @@ class PortAttributeNamesMixin:
             image_sizes: `(height, width)` per image, each counted as the only image of its prompt; or one list of
                 sizes per prompt, whose images share the prompt's tile budget (`max_total_tiles`) as in `__call__`.
             video_sizes: `(frames, height, width)` per decoded video given to the processor (all its frames are
-                used unless `num_segments` / `num_frames` is passed; for a video file the processor samples
-                `num_segments`, so pass it here).
+                used unless the call samples: `num_segments` / `num_frames`, `bound` or `do_sample_frames=True`; for
+                a video file the processor samples `num_segments`, so pass it here).
             kwargs: per-call options as `__call__` takes them (`max_dynamic_patch` / `max_num`, `use_thumbnail`,
                 `dynamic_image_size`, `max_total_tiles`, `num_segments`, ..., flat or as `images_kwargs` /
                 `videos_kwargs`).

@@ -293,7 +293,7 @@ class InternVLChatProcessor(ProcessorMixin, PortAttributeNamesMixin):
         videos_per_sample = split_per_sample(videos, texts, self.video_placeholder, is_video, "videos")
 
         prefix_lengths = add_missing_placeholders(
-            texts, images_per_sample, videos_per_sample, self.image_placeholder, self.video_placeholder
+            texts, images_per_sample, videos_per_sample, self.image_placeholder, self.video_placeholder, self.template
         )
 
         has_images = any(images_per_sample)

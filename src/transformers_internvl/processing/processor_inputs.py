@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..chat_templates import multi_image_prefix
+from ..chat_templates import multi_image_prefix, template_data
 from .control_tokens import PLACEHOLDER_ESCAPE, count_placeholders
 
 __all__ = [
@@ -194,23 +194,55 @@ def shift_for_inserted_prefix(offsets: list[dict[str, Any]], before: str) -> lis
     return [_change("text", 0, "", 0, before), *shifted]
 
 
+def _system_block_start(template: str | None) -> str:
+    """The text a prompt rendered by conversation `template` starts with (its system template up to the message,
+    e.g. `<|im_start|>system\n`); empty when `template` is None, unknown, or its prompts start with free text."""
+    if template is None:
+        return ""
+    try:
+        data = template_data(template)
+    except (TypeError, ValueError):
+        return ""
+    start = str(data.get("system_template", "")).split("{system_message}")[0]
+    return start if start.strip() else ""
+
+
 def add_missing_placeholders(
     texts: list[str],
     images_per_sample: list[list[Any]],
     videos_per_sample: list[list[Any]],
     image_placeholder: str,
     video_placeholder: str,
+    template: str | None = None,
 ) -> list[int]:
     """Prefix, in place, each text that has images (videos) but no placeholder with the official examples' prefix
     (`<image>\n` for one image, `Image-1: <image>\nImage-2: <image>\n...` for several; `<video>\n` per video),
     then check that every text has as many placeholders as items. Returns the prefix length of each text.
 
+    The prefix goes where the original `chat()` puts `<image>\n`: before the question. A text already rendered by the
+    conversation `template` (it starts with the template's system block, e.g. `<|im_start|>system\n`) has no such
+    place at its start, so it must carry its placeholders.
+
     Raises:
-        ValueError: a text whose placeholder count differs from the number of images (videos) given for it.
+        ValueError: a text whose placeholder count differs from the number of images (videos) given for it, or a
+            rendered chat prompt of `template` with images (videos) but no placeholder.
     """
+    system_block = _system_block_start(template)
     prefix_lengths = []
     for index, (sample_images, sample_videos) in enumerate(zip(images_per_sample, videos_per_sample)):
         prefix = ""
+        for placeholder, items, name in (
+            (image_placeholder, sample_images, "image"),
+            (video_placeholder, sample_videos, "video"),
+        ):
+            if items and system_block and texts[index].startswith(system_block):
+                if not count_placeholders(texts[index], placeholder):
+                    raise ValueError(
+                        f"Text {index} is a rendered chat prompt (it starts with {system_block!r}) but has no "
+                        f"{placeholder} placeholder for its {len(items)} {name}(s): a prefix would land before the "
+                        f"system message, not in the question. Put {{'type': '{name}'}} items in the message content "
+                        f"(apply_chat_template) or {placeholder} in the question."
+                    )
         if sample_images and not count_placeholders(texts[index], image_placeholder):
             prefix += multi_image_prefix(len(sample_images), image_placeholder)
         if sample_videos and not count_placeholders(texts[index], video_placeholder):

@@ -159,9 +159,10 @@ class InternVLChatVideoProcessor(TilePixelDefaults, VideoProcessorMixin):
 
     Sampling: files are sampled with the original formula (`sample_frame_indices`, `max_frame = num_frames - 1`,
     optional `bound=(start_s, end_s)`) and only the sampled frames are decoded. Already-decoded frames are sampled with
-    the same formula only when `num_segments` (or `num_frames`) is passed explicitly in the call; otherwise every
-    frame given is used. A `bound` on decoded frames needs their frame rate: `video_metadata={"fps": ...}`.
-    `do_sample_frames=False` uses every frame of a file too (decodes it all).
+    the same formula only when the call asks for it: `num_segments` (or `num_frames`), a `bound` or
+    `do_sample_frames=True` (then `num_segments` frames, the processor's unless given); otherwise every frame given is
+    used. A `bound` on decoded frames needs their frame rate: `video_metadata={"fps": ...}`.
+    `do_sample_frames=False` uses every frame of a file too (decodes it all); with a `bound` it raises `ValueError`.
 
     Decoding (`read_video_frames`): the file's packets are indexed once without decoding (as decord does); the
     frame count is the number of video packets (a header promising more raises `ValueError`: truncated file). Frame
@@ -276,6 +277,13 @@ class InternVLChatVideoProcessor(TilePixelDefaults, VideoProcessorMixin):
         if unknown:
             raise TypeError(f"{type(self).__name__} got unexpected keyword arguments: {', '.join(unknown)}.")
 
+        if bound is not None and do_sample_frames is False:
+            raise ValueError("`bound` needs frame sampling; it cannot be combined with `do_sample_frames=False`.")
+        # Decoded frames are sampled when the call asks for it: `num_segments` / `num_frames`, a `bound` window or
+        # `do_sample_frames=True` (files are always sampled unless `do_sample_frames=False`).
+        sample_decoded = do_sample_frames is not False and (
+            explicit_segments or bound is not None or do_sample_frames is True
+        )
         video_list = group_videos(videos)
         metadata_list = self._metadata_per_video(video_metadata, len(video_list))
         frames_per_video: list[list[Image.Image]] = []
@@ -283,10 +291,6 @@ class InternVLChatVideoProcessor(TilePixelDefaults, VideoProcessorMixin):
         for index, video in enumerate(video_list):
             name = f"videos[{index}]" if len(video_list) > 1 else "videos"
             if _is_video_file(video):
-                if bound is not None and do_sample_frames is False:
-                    raise ValueError(
-                        "`bound` needs frame sampling; it cannot be combined with `do_sample_frames=False`."
-                    )
                 decoded = read_video_frames(
                     video, None if do_sample_frames is False else num_segments, bound=bound, name=name, timeout=timeout
                 )
@@ -305,7 +309,7 @@ class InternVLChatVideoProcessor(TilePixelDefaults, VideoProcessorMixin):
                 given = metadata_list[index] or {}
                 fps = given.get("fps") if isinstance(given, dict | VideoMetadata) else None
                 indices = list(range(len(all_frames)))
-                if explicit_segments and do_sample_frames is not False:
+                if sample_decoded:
                     if bound is not None and fps is None:
                         raise ValueError(
                             f"`{name}`: sampling decoded frames with a `bound` needs their frame rate; pass "
