@@ -1,0 +1,162 @@
+"""Session-10 drop-in re-check: the tokenizer of an original InternVL folder with a sentencepiece `LlamaTokenizer`
+(Phi-3: InternVL2-4B, Mini-InternVL-Chat-4B-V1-5; Yi: InternVL-Chat-V1-2, InternVL2-40B), called directly.
+
+The original model cards load it with `AutoTokenizer.from_pretrained(path, trust_remote_code=True, use_fast=False)`
+(transformers 4's slow class) and users tokenise and decode with it directly (prompts they build from
+`model.conv_template`, `tokenizer.batch_decode` of `generate`'s output). Without `trust_remote_code`, the tokenizer
+that `AutoTokenizer` / `AutoProcessor` give for such a folder (config.json `model_type: internvl_chat`) must encode and
+decode as that slow class did, not as transformers 5's `LlamaTokenizer`. Expected values: the original's slow tokenizer,
+recorded in `tests/fixtures/dropin_s9/phi3_tokenizer/` (non-legacy folders) and `tests/fixtures/legacy_tokenizer_s9/`
+(legacy folders); their READMEs say how they were made. Before the fix, `processor.tokenizer(...)` and
+`processor.batch_decode(...)` gave transformers 5's ids / texts on hundreds of these strings.
+"""
+
+import gzip
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from parity_helpers import tiny_phi3_chat_setup
+from transformers import AutoProcessor, AutoTokenizer, LlamaTokenizer
+
+import transformers_internvl  # noqa: F401  (registers the InternVL loaders)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+PHI3 = FIXTURES / "dropin_s9" / "phi3_tokenizer"
+LEGACY = FIXTURES / "legacy_tokenizer_s9"
+PHI3_MODEL = FIXTURES / "dropin_s9" / "mini-4b-phi3-v1"
+IMAGE_TOKENS = ("<img>", "</img>", "<IMG_CONTEXT>")
+
+PHI3_EXPECTED = json.loads((PHI3 / "expected.json").read_text(encoding="utf-8"))
+PHI3_DECODE = json.loads((PHI3 / "decode.json").read_text(encoding="utf-8"))
+LEGACY_EXPECTED = json.loads(gzip.decompress((LEGACY / "expected.json.gz").read_bytes()))
+
+
+def _records(name):
+    """(tokenizer folder, strings, per-string ids, decode id lists, decoded texts {skip, keep}) of the original."""
+    if name in PHI3_EXPECTED["folders"]:
+        decode = {mode: PHI3_DECODE[name][mode] for mode in ("skip", "keep")}
+        strings, ids = PHI3_EXPECTED["strings"], PHI3_EXPECTED["folders"][name]
+        return PHI3 / name, strings, ids, PHI3_DECODE["id_lists"], decode
+    records = LEGACY_EXPECTED["decode"][name]
+    decode = {"skip": records["skip"], "keep": records["keep"]}
+    strings, ids = LEGACY_EXPECTED["strings"], LEGACY_EXPECTED["folders"][name]
+    return LEGACY / name, strings, ids, records["id_lists"], decode
+
+
+FOLDERS = sorted(PHI3_EXPECTED["folders"]) + sorted(LEGACY_EXPECTED["folders"])
+
+
+def _internvl_folder(tmp_path, name):
+    """An original InternVL folder: the tokenizer files beside an InternVL config.json (Mini-InternVL-Chat-4B-V1-5)."""
+    source = _records(name)[0]
+    directory = tmp_path / name
+    shutil.copytree(source, directory, ignore=shutil.ignore_patterns("*.py", "*.json.gz"))
+    shutil.copy(PHI3_MODEL / "config.json", directory / "config.json")
+    return directory
+
+
+@pytest.fixture(scope="module", params=FOLDERS)
+def loaded(request, tmp_path_factory):
+    directory = _internvl_folder(tmp_path_factory.mktemp("dropin_s10"), request.param)
+    return request.param, directory, AutoProcessor.from_pretrained(directory)
+
+
+def test_processor_tokenizer_called_directly_gives_the_original_ids(loaded):
+    name, _, processor = loaded
+    _, strings, expected, _, _ = _records(name)
+    tokenizer = processor.tokenizer
+    assert isinstance(tokenizer, LlamaTokenizer)
+    ids = tokenizer(strings)["input_ids"]
+    plain = tokenizer(strings, add_special_tokens=False)["input_ids"]
+    assert [i for i, (row, record) in enumerate(zip(ids, expected)) if row != record["input_ids"]] == []
+    assert [i for i, (row, record) in enumerate(zip(plain, expected)) if row != record["input_ids_no_special"]] == []
+    # one text at a time, `encode`, `tokenize` and tensors give the same ids
+    for index in range(0, len(strings), 37):
+        text, record = strings[index], expected[index]
+        assert tokenizer(text)["input_ids"] == record["input_ids"]
+        assert tokenizer.encode(text) == record["input_ids"]
+        assert tokenizer.convert_tokens_to_ids(tokenizer.tokenize(text)) == record["input_ids_no_special"]
+        tensor = tokenizer(text, return_tensors="pt")["input_ids"]
+        assert tensor.shape == (1, len(record["input_ids"])) and tensor[0].tolist() == record["input_ids"]
+
+
+def test_auto_tokenizer_on_the_internvl_folder_gives_the_original_ids(loaded):
+    """The model card's `AutoTokenizer.from_pretrained(path, trust_remote_code=True, use_fast=False)` without
+    `trust_remote_code`."""
+    name, directory, _ = loaded
+    _, strings, expected, id_lists, decoded = _records(name)
+    tokenizer = AutoTokenizer.from_pretrained(directory, use_fast=False)
+    ids = tokenizer(strings)["input_ids"]
+    assert [i for i, (row, record) in enumerate(zip(ids, expected)) if row != record["input_ids"]] == []
+    texts = tokenizer.batch_decode(id_lists, skip_special_tokens=True)
+    assert [i for i, (text, want) in enumerate(zip(texts, decoded["skip"])) if text != want] == []
+
+
+def test_processor_decoding_equals_the_original(loaded):
+    name, _, processor = loaded
+    _, _, _, id_lists, decoded = _records(name)
+    for mode, skip in (("skip", True), ("keep", False)):
+        texts = processor.batch_decode(id_lists, skip_special_tokens=skip)
+        assert [i for i, (text, want) in enumerate(zip(texts, decoded[mode])) if text != want] == []
+        singles = [processor.tokenizer.decode(ids, skip_special_tokens=skip) for ids in id_lists[:60]]
+        assert singles == decoded[mode][:60]
+    tensor = torch.tensor([id_lists[0]])
+    assert processor.batch_decode(tensor, skip_special_tokens=True) == [decoded["skip"][0]]
+
+
+def test_processor_call_and_offsets_keep_working(loaded):
+    """The processor tokenises through the same tokenizer: no second "▁" prefix; offsets still index the text."""
+    name, _, processor = loaded
+    _, strings, expected, _, _ = _records(name)
+    chosen = [i for i, text in enumerate(strings) if text and not any(token in text for token in IMAGE_TOKENS)]
+    ids = processor(text=[strings[i] for i in chosen[:80]])["input_ids"]
+    assert [i for i, row in zip(chosen, ids) if row != expected[i]["input_ids"]] == []
+    text = ("<|im_start|>" if name.startswith("hermes") else "<|user|>") + "\nhi there"
+    spans = processor.tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)["offset_mapping"]
+    token = text[: text.index("\n")]
+    first = next(span for span in spans if span[1] > span[0])  # the chat token (with the newline it strips)
+    assert first[0] == 0 and text[: first[1]].rstrip() == token and spans[-1][1] == len(text)
+    assert "".join(text[start:end] for start, end in spans).endswith("hi there")
+
+
+def test_saved_processor_names_the_llama_class_and_reloads(loaded, tmp_path):
+    name, _, processor = loaded
+    _, strings, expected, _, _ = _records(name)
+    processor.save_pretrained(tmp_path / "saved")
+    config = json.loads((tmp_path / "saved" / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert config["tokenizer_class"] == "LlamaTokenizer"
+    # the mode the original's slow class runs in is written (transformers 5 drops `legacy`; no key means legacy)
+    assert config["legacy"] is (name not in PHI3_EXPECTED["folders"])
+    reloaded = AutoProcessor.from_pretrained(tmp_path / "saved")
+    assert reloaded.tokenizer(strings[:50])["input_ids"] == [record["input_ids"] for record in expected[:50]]
+    copy = pickle.loads(pickle.dumps(processor.tokenizer))
+    assert copy(strings[:50])["input_ids"] == [record["input_ids"] for record in expected[:50]]
+
+
+def test_a_tokenizer_only_folder_stays_transformers_own():
+    """Outside an InternVL folder `AutoTokenizer` is left alone: transformers 5's ids (which differ here)."""
+    tokenizer = AutoTokenizer.from_pretrained(PHI3 / "phi3-rstrip")
+    strings, expected = PHI3_EXPECTED["strings"], PHI3_EXPECTED["folders"]["phi3-rstrip"]
+    assert type(tokenizer) is LlamaTokenizer
+    assert sum(row != record["input_ids"] for row, record in zip(tokenizer(strings)["input_ids"], expected)) > 50
+
+
+@pytest.mark.parametrize("name", ["phi3-rstrip", "phi3-nostrip"])
+def test_chat_with_the_folder_tokenizer_feeds_the_original_prompts(name, tmp_path, monkeypatch):
+    """`model.chat` / `batch_chat` given the folder's tokenizer (already original-exact) prefix nothing twice."""
+    directory = _internvl_folder(tmp_path, name)
+    tokenizer = AutoTokenizer.from_pretrained(directory, use_fast=False)
+    expected = json.loads((PHI3 / "chat.json").read_text(encoding="utf-8"))[name]
+    model, pixel_values, config, fed = tiny_phi3_chat_setup(PHI3_MODEL, tokenizer, monkeypatch)
+    answer1, history = model.chat(
+        tokenizer, pixel_values, "<image>\nWhat is in the picture?", dict(config), return_history=True
+    )
+    answer2 = model.chat(tokenizer, pixel_values, "And the colours?", dict(config), history=history)
+    original_prompts = [row for call in expected["prompt_ids"] for row in call][:2]
+    pad = tokenizer.pad_token_id
+    assert [[t for t in row if t != pad] for row in fed] == [[t for t in row if t != pad] for row in original_prompts]
+    assert [answer1, answer2] == expected["runs"]["image_chat"]["answers"]
