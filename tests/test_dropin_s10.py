@@ -160,3 +160,99 @@ def test_chat_with_the_folder_tokenizer_feeds_the_original_prompts(name, tmp_pat
     pad = tokenizer.pad_token_id
     assert [[t for t in row if t != pad] for row in fed] == [[t for t in row if t != pad] for row in original_prompts]
     assert [answer1, answer2] == expected["runs"]["image_chat"]["answers"]
+
+
+def test_the_pipeline_decoding_keeps_transformers_own(loaded):
+    """`post_process_image_text_to_text` (the pipeline's decoding of the sequence and of the prompt, which it then
+    removes) stays transformers' decoding: the slow class's would put a space between `<|assistant|>` and the answer
+    and keep `<|end|>`."""
+    name, _, processor = loaded
+    source, _, _, id_lists, _ = _records(name)
+    plain = LlamaTokenizer.from_pretrained(source)
+    assert type(plain) is LlamaTokenizer
+    assert processor.post_process_image_text_to_text(id_lists) == plain.batch_decode(id_lists, skip_special_tokens=True)
+    assert processor.post_process_image_text_to_text(torch.tensor(id_lists[0])) == plain.decode(
+        id_lists[0], skip_special_tokens=True
+    )
+
+
+@pytest.fixture(scope="module")
+def phi3_folder(tmp_path_factory):
+    """`mini-4b-phi3-v1` with the `phi3-rstrip` Phi-3 tokenizer: an original Mini-InternVL-Chat-4B-V1-5 folder, its
+    model, its processor, and generation settings that end the answer at `<|end|>` after 4 new tokens."""
+    from transformers import AutoModel
+
+    directory = tmp_path_factory.mktemp("phi3") / "mini-4b-phi3"
+    shutil.copytree(PHI3_MODEL, directory)
+    for stale in ("tokenizer.json", "vocab.json", "merges.txt", "added_tokens.json", "special_tokens_map.json"):
+        (directory / stale).unlink()
+    for item in (PHI3 / "phi3-rstrip").iterdir():
+        shutil.copy(item, directory / item.name)
+    processor = AutoProcessor.from_pretrained(directory)
+    model = AutoModel.from_pretrained(directory, dtype=torch.float32).eval()
+    end = processor.tokenizer.convert_tokens_to_ids("<|end|>")
+    settings = dict(
+        max_new_tokens=4, forced_eos_token_id=end, suppress_tokens=list(range(len(processor.tokenizer), 1004))
+    )
+    return directory, model, processor, settings
+
+
+def _answer_ids(model, processor, chat, settings):
+    inputs = processor.apply_chat_template(
+        chat, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    new = model.generate(**inputs, **settings, do_sample=False)[0, inputs["input_ids"].shape[1] :].tolist()
+    assert new[-1] == processor.tokenizer.convert_tokens_to_ids("<|end|>")
+    return new
+
+
+def test_pipeline_answer_on_a_phi3_folder(phi3_folder):
+    from transformers import pipeline
+
+    _, model, processor, settings = phi3_folder
+    chat = [{"role": "user", "content": [{"type": "text", "text": "Hello"}]}]
+    answer = pipeline("image-text-to-text", model=model, processor=processor)(
+        text=chat, generate_kwargs=dict(settings, do_sample=False)
+    )[0]["generated_text"][-1]["content"]
+    new = _answer_ids(model, processor, chat, settings)
+    plain = LlamaTokenizer.from_pretrained(PHI3 / "phi3-rstrip")
+    assert answer == plain.decode(new, skip_special_tokens=True) and "<|end|>" not in answer
+
+
+def test_cli_chat_on_a_phi3_folder_prints_and_keeps_answers_without_the_stop_token(phi3_folder, monkeypatch, capsys):
+    """The CLI decodes and streams the answer itself: without `<|end|>` (which the original's slow class keeps and
+    `chat()` cuts off), also in the history the second turn's prompt is built from."""
+    import io
+    import sys
+
+    from transformers_internvl.cli.app import main
+    from transformers_internvl.cli.chat import ChatSession
+
+    directory, model, processor, settings = phi3_folder
+    original_kwargs = ChatSession._generation_kwargs
+    monkeypatch.setattr(ChatSession, "_generation_kwargs", lambda self: {**original_kwargs(self), **settings})
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hello there\nWhat did I say?\nexit\n"))
+    assert main(["chat", str(directory), "--max-new-tokens", "4", "--dtype", "float32"]) == 0
+    lines = [line.strip() for line in capsys.readouterr().out.strip().splitlines()]
+    first = [{"role": "user", "content": [{"type": "text", "text": "Hello there"}]}]
+    first_answer = processor.decode(_answer_ids(model, processor, first, settings)[:-1], skip_special_tokens=True)
+    second = [
+        *first,
+        {"role": "assistant", "content": [{"type": "text", "text": first_answer.strip()}]},
+        {"role": "user", "content": [{"type": "text", "text": "What did I say?"}]},
+    ]
+    second_answer = processor.decode(_answer_ids(model, processor, second, settings)[:-1], skip_special_tokens=True)
+    assert lines == [first_answer.strip(), second_answer.strip()]
+    assert not any("<|end|>" in line for line in lines)
+
+
+def test_votes_on_a_phi3_folder_leave_out_the_stop_token(phi3_folder):
+    from transformers_internvl.reasoning.voting import generate_with_votes
+
+    _, model, processor, settings = phi3_folder
+    chat = [{"role": "user", "content": [{"type": "text", "text": "Hello"}]}]
+    inputs = processor.apply_chat_template(
+        chat, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    result = generate_with_votes(model, processor, inputs, num_votes=2, seed=3, **settings)
+    assert result.responses and not any("<|end|>" in response for response in result.responses)

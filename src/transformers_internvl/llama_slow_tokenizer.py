@@ -25,6 +25,7 @@ from typing import Any
 
 from transformers import LlamaTokenizer
 from transformers.tokenization_utils_base import BatchEncoding
+from transformers.utils import to_py_obj
 
 from .llama_slow_tokenization import decode_as_original, encode_with_original_text, slow_llama_mode
 
@@ -79,6 +80,14 @@ class OriginalLlamaTokenizer(LlamaTokenizer):
         if isinstance(token_ids, dict):
             token_ids = token_ids["input_ids"]
         return decode_as_original(self, list(token_ids), skip_special_tokens, clean_up_tokenization_spaces)
+
+    def decode_as_transformers(self, token_ids, skip_special_tokens=False, **kwargs):
+        """transformers 5's own `LlamaTokenizer.decode` (one sequence or a batch of them), for the pipeline
+        (`processing.port_attributes.post_process_generated`)."""
+        token_ids = to_py_obj(token_ids)
+        if isinstance(token_ids, (list, tuple)) and token_ids and isinstance(token_ids[0], (list, tuple)):
+            return [LlamaTokenizer._decode(self, row, skip_special_tokens, **kwargs) for row in token_ids]
+        return LlamaTokenizer._decode(self, token_ids, skip_special_tokens, **kwargs)
 
     def save_pretrained(self, *args, **kwargs):
         """`LlamaTokenizer.save_pretrained`, naming `LlamaTokenizer` in tokenizer_config.json (the folder's class)

@@ -131,7 +131,9 @@ def wrap_auto_tokenizer() -> None:
     @functools.wraps(original)
     def from_pretrained(cls, pretrained_model_name_or_path, *inputs, **kwargs):
         tokenizer = original(cls, pretrained_model_name_or_path, *inputs, **kwargs)
-        if type(tokenizer).__name__ != "LlamaTokenizer" or not isinstance(pretrained_model_name_or_path, (str, os.PathLike)):
+        if type(tokenizer).__name__ != "LlamaTokenizer" or not isinstance(
+            pretrained_model_name_or_path, (str, os.PathLike)
+        ):
             return tokenizer
         hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if kwargs.get(key) is not None}
         config = read_json_file(pretrained_model_name_or_path, CONFIG_NAME, hub_kwargs, lenient=True)

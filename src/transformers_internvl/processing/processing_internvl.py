@@ -54,7 +54,7 @@ from .loading_options import (
     video_processor_class,
 )
 from .pipeline_images import wrap_image_text_to_text_pipeline
-from .port_attributes import PortAttributeNamesMixin
+from .port_attributes import PortAttributeNamesMixin, post_process_generated
 from .processor_inputs import (
     add_missing_placeholders,
     check_tile_side,
@@ -214,6 +214,9 @@ class InternVLChatProcessor(ProcessorMixin, PortAttributeNamesMixin):
     def chat_eos_token_id(self) -> int | None:
         """Id of `chat_eos_token` (pass it as `eos_token_id` to `generate`, as the original chat() does)."""
         return self._token_id(self.chat_eos_token)
+
+    def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens=True, **kwargs):
+        return post_process_generated(self, generated_outputs, skip_special_tokens, **kwargs)  # its docstring
 
     @property
     def model_input_names(self) -> list[str]:
