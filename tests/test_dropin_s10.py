@@ -256,3 +256,30 @@ def test_votes_on_a_phi3_folder_leave_out_the_stop_token(phi3_folder):
     )
     result = generate_with_votes(model, processor, inputs, num_votes=2, seed=3, **settings)
     assert result.responses and not any("<|end|>" in response for response in result.responses)
+
+
+def test_the_original_finetuning_setup_runs_on_the_model():
+    """The model set-up steps of the original fine-tuning scripts (`internvl/train/internvl_chat_finetune.py`,
+    `..._pretrain.py`, `..._mpo.py`), written out here: among them `model.num_image_token = int((force_image_size //
+    patch_size) ** 2 * (down_sample_ratio ** 2))`, the value the config already gives, which raised before."""
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(FIXTURES / "models" / "tiny-qwen2", dtype=torch.float32)
+    model.img_context_token_id = model.config.image_token_id
+    assert model.config.downsample_ratio == 0.5
+    patch_size = model.config.vision_config.patch_size
+    force_image_size = model.config.force_image_size
+    model.config.force_image_size = force_image_size
+    model.num_image_token = int((force_image_size // patch_size) ** 2 * (0.5**2))
+    assert model.num_image_token == 256
+    with pytest.raises(AttributeError, match="num_image_token"):
+        model.num_image_token = 64  # another value would not fit the vision tower
+    model.language_model.config.use_cache = False
+    model.vision_model.gradient_checkpointing = True
+    model.vision_model.encoder.gradient_checkpointing = True
+    model.language_model = model.language_model.eval()
+    for parameter in model.vision_model.parameters():
+        parameter.requires_grad = False
+    model.wrap_llm_lora(r=4, lora_alpha=8)
+    model.config.use_llm_lora = 4
+    assert any("lora" in name for name, parameter in model.named_parameters() if parameter.requires_grad)
