@@ -51,7 +51,6 @@ class OriginalLlamaTokenizer(LlamaTokenizer):
             text_pair is not None
             or kwargs.get("is_split_into_words")
             or kwargs.get("split_special_tokens")
-            or kwargs.get("sanitize_control_tokens")
             or not _plain_texts(text)
         ):
             return super()._encode_plus(text, text_pair=text_pair, **kwargs)
