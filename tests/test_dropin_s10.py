@@ -283,3 +283,59 @@ def test_the_original_finetuning_setup_runs_on_the_model():
     model.wrap_llm_lora(r=4, lora_alpha=8)
     model.config.use_llm_lora = 4
     assert any("lora" in name for name, parameter in model.named_parameters() if parameter.requires_grad)
+
+
+@pytest.mark.parametrize("name", ["phi3-rstrip", "phi3-rstrip-legacy-true", "phi3-rstrip-no-key"])
+def test_phi3_folder_converts_both_ways_and_keeps_its_legacy_mode(name, tmp_path):
+    """`convert --to hf` / `--to original` on a Phi-3 folder (Mini-InternVL-Chat-4B-V1-5 layout, `ps_version` v2 as
+    InternVL2-4B): the -hf tokenizer is transformers' own class (its id check against the source's plain class
+    passes), and the `legacy` key of the source's tokenizer_config.json comes back (transformers 5 drops it when
+    saving; without it the original's slow class runs in legacy mode, so a `legacy: false` folder came back with
+    other ids under the original)."""
+    from transformers_internvl.conversion.convert import convert_checkpoint
+
+    source = tmp_path / "source"
+    shutil.copytree(PHI3_MODEL, source)
+    for stale in ("tokenizer.json", "vocab.json", "merges.txt", "added_tokens.json", "special_tokens_map.json"):
+        (source / stale).unlink()
+    tokenizer_dir, strings, expected, _, _ = _records(name)
+    for item in tokenizer_dir.iterdir():
+        shutil.copy(item, source / item.name)
+    config = json.loads((source / "config.json").read_text(encoding="utf-8"))
+    config["ps_version"] = "v2"
+    (source / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    convert_checkpoint(source, tmp_path / "hf", to="hf", progress=False)
+    hf_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert type(hf_tokenizer) is LlamaTokenizer
+    convert_checkpoint(tmp_path / "hf", tmp_path / "back", to="original", progress=False)
+    source_config = json.loads((tokenizer_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    back_config = json.loads((tmp_path / "back" / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert back_config.get("legacy", "no key") == source_config.get("legacy", "no key")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="not fixed in session 10 (conversion, issue 9): `--to original` of a sentencepiece LlamaTokenizer folder "
+    "writes only transformers 5's files (no tokenizer.model, no added tokens for the slow class, InternVL's tokens "
+    "no longer in additional_special_tokens), so the original's slow class cannot load the same tokenizer",
+)
+def test_phi3_folder_round_trip_keeps_the_slow_tokenizer_files(tmp_path):
+    from transformers_internvl.conversion.convert import convert_checkpoint
+
+    source = tmp_path / "source"
+    shutil.copytree(PHI3_MODEL, source)
+    for stale in ("tokenizer.json", "vocab.json", "merges.txt", "added_tokens.json", "special_tokens_map.json"):
+        (source / stale).unlink()
+    for item in (PHI3 / "phi3-rstrip").iterdir():
+        shutil.copy(item, source / item.name)
+    config = json.loads((source / "config.json").read_text(encoding="utf-8"))
+    config["ps_version"] = "v2"
+    (source / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    convert_checkpoint(source, tmp_path / "hf", to="hf", progress=False)
+    convert_checkpoint(tmp_path / "hf", tmp_path / "back", to="original", progress=False)
+    back_config = json.loads((tmp_path / "back" / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert (tmp_path / "back" / "tokenizer.model").is_file()
+    assert "<img>" in back_config.get("additional_special_tokens", [])
+    strings, expected = PHI3_EXPECTED["strings"], PHI3_EXPECTED["folders"]["phi3-rstrip"]
+    back = AutoTokenizer.from_pretrained(tmp_path / "back")
+    assert back(strings)["input_ids"] == [record["input_ids"] for record in expected]

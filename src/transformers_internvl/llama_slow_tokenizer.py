@@ -29,7 +29,7 @@ from transformers.utils import to_py_obj
 
 from .llama_slow_tokenization import decode_as_original, encode_with_original_text, slow_llama_mode
 
-__all__ = ["OriginalLlamaTokenizer", "as_original_tokenizer"]
+__all__ = ["OriginalLlamaTokenizer", "as_original_tokenizer", "as_transformers_tokenizer"]
 
 _MISSING = object()
 
@@ -111,4 +111,13 @@ def as_original_tokenizer(tokenizer: Any) -> Any:
     `llama_slow_tokenization.slow_llama_mode` corrects it; any other tokenizer is returned as it is."""
     if type(tokenizer) is LlamaTokenizer and slow_llama_mode(tokenizer) is not None:
         tokenizer.__class__ = OriginalLlamaTokenizer
+    return tokenizer
+
+
+def as_transformers_tokenizer(tokenizer: Any) -> Any:
+    """`tokenizer`, made transformers' own `LlamaTokenizer` again in place when it is an `OriginalLlamaTokenizer`
+    (the conversion to transformers' layout, whose port reads the files with transformers' class); any other
+    tokenizer is returned as it is."""
+    if isinstance(tokenizer, OriginalLlamaTokenizer):
+        tokenizer.__class__ = LlamaTokenizer
     return tokenizer
