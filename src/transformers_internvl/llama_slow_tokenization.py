@@ -214,11 +214,12 @@ def original_llama_text(tokenizer: Any, text: str) -> str:
     return SPIECE_UNDERLINE + text
 
 
-def _encode_legacy(tokenizer: Any, texts: list[str], **kwargs: Any) -> Any:
-    """`encode_as_original` for a legacy tokenizer: offsets mapped back through `_legacy_text`'s character map."""
+def _encode_legacy(tokenizer: Any, texts: list[str], encode: Any, offsets_asked: bool) -> Any:
+    """`encode_with_original_text` for a legacy tokenizer: offsets mapped back through `_legacy_text`'s character
+    map."""
     prepared = [_legacy_text(tokenizer, text) if text else (text, [], []) for text in texts]
-    encoding = tokenizer([text for text, _, _ in prepared], **kwargs)
-    if not kwargs.get("return_offsets_mapping") or encoding.get("offset_mapping") is None:
+    encoding = encode([text for text, _, _ in prepared])
+    if not offsets_asked or encoding.get("offset_mapping") is None:
         return encoding
     offsets = encoding["offset_mapping"]
     rows = [int(sample) for sample in encoding.get("overflow_to_sample_mapping", range(len(prepared)))]
@@ -250,12 +251,23 @@ def _encode_legacy(tokenizer: Any, texts: list[str], **kwargs: Any) -> Any:
 def encode_as_original(tokenizer: Any, texts: list[str], **kwargs: Any) -> Any:
     """`tokenizer(texts, **kwargs)` with the ids of transformers 4's slow class (`original_llama_text`); an
     `offset_mapping`, when asked for, still refers to the characters of `texts` (an added "▁" covers no character:
-    `(0, 0)` at the start of the text)."""
+    `(0, 0)` at the start of the text). A tokenizer that already encodes so (`llama_slow_tokenizer`, the class an
+    InternVL folder's `AutoTokenizer` / `AutoProcessor` load gives) is called as it is."""
+    if getattr(tokenizer, "encodes_as_original", False):
+        return tokenizer(texts, **kwargs)
+    return encode_with_original_text(
+        tokenizer, texts, lambda prepared: tokenizer(prepared, **kwargs), bool(kwargs.get("return_offsets_mapping"))
+    )
+
+
+def encode_with_original_text(tokenizer: Any, texts: list[str], encode: Any, offsets_asked: bool) -> Any:
+    """`encode(prepared)` (a batch encoding of the list of texts it is given) on `texts` as `original_llama_text`
+    prepares them, the `offset_mapping` (when `offsets_asked`) mapped back to the characters of `texts`."""
     if texts and slow_llama_mode(tokenizer) == "legacy":
-        return _encode_legacy(tokenizer, texts, **kwargs)
+        return _encode_legacy(tokenizer, texts, encode, offsets_asked)
     prepared = [original_llama_text(tokenizer, text) for text in texts]
-    encoding = tokenizer(prepared, **kwargs)
-    offsets = encoding.get("offset_mapping") if kwargs.get("return_offsets_mapping") else None
+    encoding = encode(prepared)
+    offsets = encoding.get("offset_mapping") if offsets_asked else None
     if offsets is None or all(len(new) == len(old) for new, old in zip(prepared, texts)):
         return encoding
     rows = [int(sample) for sample in encoding.get("overflow_to_sample_mapping", range(len(prepared)))]
@@ -368,15 +380,25 @@ def _decode_token_sets(tokenizer: Any) -> tuple[set[str], set[int], set[str]]:
     return special, special_ids, added
 
 
-def decode_as_original(tokenizer: Any, token_ids: list[int], skip_special_tokens: bool = False) -> str:
+def decode_as_original(
+    tokenizer: Any,
+    token_ids: list[int],
+    skip_special_tokens: bool = False,
+    clean_up_tokenization_spaces: bool | None = None,
+) -> str:
     """`tokenizer.decode(token_ids, skip_special_tokens=...)` as transformers 4's slow `LlamaTokenizer` decodes
     (`PreTrainedTokenizer._decode`, `convert_tokens_to_string`): added tokens outside `all_special_tokens` (Phi-3's chat tokens)
     are kept, even with `skip_special_tokens`, and joined to the text around them with single spaces; runs of
     byte-fallback pieces are read as sentencepiece reads them (one U+FFFD per invalid byte, where transformers 5
-    writes U+FFFD for every byte of a run that is not valid UTF-8 as a whole). Other tokenizers: their own `decode`."""
+    writes U+FFFD for every byte of a run that is not valid UTF-8 as a whole). `clean_up_tokenization_spaces`: None
+    for the tokenizer's own setting. Other tokenizers: their own `decode`."""
     mode = slow_llama_mode(tokenizer)
     if mode is None:
-        return tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
+        return tokenizer.decode(
+            token_ids,
+            skip_special_tokens=skip_special_tokens,
+            clean_up_tokenization_spaces=clean_up_tokenization_spaces,
+        )
     legacy = mode == "legacy"
     special, special_ids, added = _decode_token_sets(tokenizer)
     pieces, current = [], []
@@ -396,4 +418,6 @@ def decode_as_original(tokenizer: Any, token_ids: list[int], skip_special_tokens
     if current:
         pieces.append(_tokens_to_string(tokenizer, current, special, legacy))
     text = " ".join(pieces)
-    return tokenizer.clean_up_tokenization(text) if tokenizer.clean_up_tokenization_spaces else text
+    if clean_up_tokenization_spaces is None:
+        clean_up_tokenization_spaces = tokenizer.clean_up_tokenization_spaces
+    return tokenizer.clean_up_tokenization(text) if clean_up_tokenization_spaces else text

@@ -113,6 +113,21 @@ def _tokenizer_of(processor: Any) -> Any:
     return getattr(processor, "tokenizer", processor)
 
 
+def _answer_streamer(tokenizer: Any, stop_ids: set[int], **kwargs: Any) -> Any:
+    """transformers' `TextStreamer` that prints no stop token (`answer_decoding`)."""
+    from transformers import TextStreamer
+
+    class AnswerStreamer(TextStreamer):
+        def put(self, value):
+            if self.skip_prompt and self.next_tokens_are_prompt:
+                return super().put(value)
+            kept = [token for token in value.reshape(-1).tolist() if token not in stop_ids]
+            if kept:
+                super().put(value.new_tensor(kept))
+
+    return AnswerStreamer(tokenizer, **kwargs)
+
+
 class ChatSession:
     """One conversation: builds inputs with the processor's chat template, generates, keeps the history."""
 
@@ -213,16 +228,20 @@ class ChatSession:
             response = _response_for_answer(result)
         else:
             import torch
-            from transformers import TextStreamer
 
             if self.args.seed is not None:
                 torch.manual_seed(self.args.seed)
-            tokenizer = _tokenizer_of(self.processor)
-            streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+            from ..answer_decoding import decode_answers, stop_token_ids
+
+            # Phi-3 tokenizers decode as the original's slow class, which keeps `<|end|>`: stop tokens are left out
+            stop_ids = stop_token_ids(self.model, self.processor)
+            streamer = _answer_streamer(
+                _tokenizer_of(self.processor), stop_ids, skip_prompt=True, skip_special_tokens=True
+            )
             with torch.inference_mode():
                 sequences = self._generate(inputs, streamer=streamer, **generation_kwargs)
             prompt_length = inputs["input_ids"].shape[1]
-            response = tokenizer.decode(sequences[0, prompt_length:], skip_special_tokens=True).strip()
+            response = decode_answers(self.processor, sequences[:1, prompt_length:], stop_ids)[0].strip()
             sys.stdout.flush()
             if self.args.cot:
                 answer = parse_boxed_answer(response)

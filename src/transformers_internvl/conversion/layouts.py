@@ -353,6 +353,12 @@ def write_hf_tokenizer(source: Path, folder: Path, chat_template: str, vocab_siz
     config_path = folder / "tokenizer_config.json"
     tokenizer_config = read_json(config_path, "tokenizer config")
     tokenizer_config.pop("auto_map", None)
+    # transformers 5 does not write `legacy` back; without it a sentencepiece LlamaTokenizer (Phi-3, Yi) reads as
+    # legacy in transformers 4 (the original, after `--to original`) and as `legacy: false` in transformers 5
+    source_file = source / "tokenizer_config.json"
+    source_config = read_json(source_file, "tokenizer config") if source_file.is_file() else {}
+    if "legacy" in source_config:
+        tokenizer_config["legacy"] = source_config["legacy"]
     if internlm2:
         # Plain transformers has no InternLM2 tokenizer class; tokenizer.json carries the whole pipeline.
         tokenizer_config["tokenizer_class"] = "TokenizersBackend"

@@ -45,13 +45,22 @@ def load_source_tokenizers(source: Path) -> tuple[Any, Any, list[str]]:
     """
     from transformers import AutoTokenizer
 
+    from ..llama_slow_tokenizer import as_transformers_tokenizer
     from ..processing.tokenization_internlm2 import InternLM2Tokenizer
     from ..processing.tokenization_internlm2_fast import InternLM2TokenizerFast
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, extra_special_tokens=dict(HF_NAMED_TOKENS))
+        # transformers' own classes: the -hf folder is read by transformers' port (not the original's slow class,
+        # which `AutoTokenizer` on an original folder reproduces for Phi-3 / Yi, `llama_slow_tokenizer`)
+        tokenizer = as_transformers_tokenizer(
+            AutoTokenizer.from_pretrained(source, extra_special_tokens=dict(HF_NAMED_TOKENS))
+        )
         internlm2 = isinstance(tokenizer, InternLM2TokenizerFast)
-        reference = InternLM2Tokenizer.from_pretrained(source) if internlm2 else AutoTokenizer.from_pretrained(source)
+        reference = (
+            InternLM2Tokenizer.from_pretrained(source)
+            if internlm2
+            else as_transformers_tokenizer(AutoTokenizer.from_pretrained(source))
+        )
     except Exception as error:  # noqa: BLE001  (tokenizers raises plain Exception for a malformed tokenizer.json)
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConversionError(f"cannot load the tokenizer files of {source}: {message}") from None

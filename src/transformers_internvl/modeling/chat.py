@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import numbers
 from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -214,6 +215,10 @@ class InternVLChatMixin(OriginalAttributesMixin):
 
     @num_image_token.setter
     def num_image_token(self, value: int) -> None:
+        # The original fine-tuning scripts assign the value that follows from the config (`(force_image_size //
+        # patch_size) ** 2 * down_sample_ratio ** 2`, an int): nothing to change then.
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value == self.config.num_image_token:
+            return
         raise AttributeError(
             f"`num_image_token` ({self.config.num_image_token}) follows from the vision tower's shape and cannot be "
             f"set to {value!r}: change `config.force_image_size` / `config.downsample_ratio` instead."

@@ -118,6 +118,35 @@ def _wrap(auto_class: type, kind: str) -> None:
     auto_class.from_pretrained = classmethod(from_pretrained)
 
 
+def wrap_auto_tokenizer() -> None:
+    """Make `AutoTokenizer.from_pretrained` on an original InternVL folder (config.json `model_type:
+    "internvl_chat"`) return a sentencepiece `LlamaTokenizer` that encodes and decodes as the original's slow class
+    (`llama_slow_tokenizer.as_original_tokenizer`); idempotent. Every other result is returned unchanged."""
+    from transformers.models.auto.tokenization_auto import AutoTokenizer
+
+    original = AutoTokenizer.__dict__["from_pretrained"].__func__
+    if getattr(original, "_internvl_original_llama", False):
+        return
+
+    @functools.wraps(original)
+    def from_pretrained(cls, pretrained_model_name_or_path, *inputs, **kwargs):
+        tokenizer = original(cls, pretrained_model_name_or_path, *inputs, **kwargs)
+        if type(tokenizer).__name__ != "LlamaTokenizer" or not isinstance(
+            pretrained_model_name_or_path, (str, os.PathLike)
+        ):
+            return tokenizer
+        hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if kwargs.get(key) is not None}
+        config = read_json_file(pretrained_model_name_or_path, CONFIG_NAME, hub_kwargs, lenient=True)
+        if not config or config.get("model_type") != ORIGINAL_MODEL_TYPE:
+            return tokenizer
+        from ..llama_slow_tokenizer import as_original_tokenizer
+
+        return as_original_tokenizer(tokenizer)
+
+    from_pretrained._internvl_original_llama = True
+    AutoTokenizer.from_pretrained = classmethod(from_pretrained)
+
+
 def wrap_auto_processor_loaders() -> None:
     """Make `AutoImageProcessor.from_pretrained` / `AutoVideoProcessor.from_pretrained` build this package's
     processors for original InternVL folders (see the module docstring); idempotent.
@@ -130,6 +159,7 @@ def wrap_auto_processor_loaders() -> None:
 
     _wrap(AutoImageProcessor, "image")
     _wrap(AutoVideoProcessor, "video")
+    wrap_auto_tokenizer()  # Phi-3 / Yi sentencepiece tokenizers of InternVL folders: the original's ids
     # `AutoProcessor` on an InternVL folder without a usable config raises instead of returning a bare tokenizer.
     from .auto_processor_checks import wrap_auto_processor
 

@@ -83,3 +83,16 @@ class PortAttributeNamesMixin:
         pattern = placeholder_pattern(self.image_placeholder, self.video_placeholder)
         kinds = placeholder_kinds(texts, pattern, self.image_placeholder, video_inputs["num_frames"])
         return mm_token_type_ids(text_inputs["input_ids"], kinds, self.image_start_token_id, self.image_end_token_id)
+
+
+def post_process_generated(processor, generated_outputs, skip_special_tokens=True, **kwargs):
+    """`InternVLChatProcessor.post_process_image_text_to_text` (the pipeline's decoding of `generate`'s ids and of the
+    prompt, `(batch, length)` or `(length,)`): `ProcessorMixin`'s, with transformers' own decoding also for a Phi-3 /
+    Yi tokenizer that otherwise decodes as the original's slow class (`llama_slow_tokenizer`). The pipeline removes the
+    decoded prompt from the decoded sequence; the slow class's decoding puts a space between an added token and the
+    text after it (`<|assistant|>` and the answer), and keeps Phi-3's `<|end|>` with `skip_special_tokens`, so the
+    answers would start with a space and end with `<|end|>`."""
+    tokenizer = processor.tokenizer
+    if getattr(tokenizer, "encodes_as_original", False):
+        return tokenizer.decode_as_transformers(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
+    return tokenizer.decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)

@@ -54,7 +54,7 @@ from .loading_options import (
     video_processor_class,
 )
 from .pipeline_images import wrap_image_text_to_text_pipeline
-from .port_attributes import PortAttributeNamesMixin
+from .port_attributes import PortAttributeNamesMixin, post_process_generated
 from .processor_inputs import (
     add_missing_placeholders,
     check_tile_side,
@@ -84,8 +84,7 @@ class InternVLProcessingKwargs(ProcessingKwargs, total=False):
 
 
 class InternVLChatProcessor(ProcessorMixin, PortAttributeNamesMixin):
-    r"""
-    Processor of InternVL 2.5 (alias `InternVLProcessor`): image processor (dynamic tiling), tokenizer and video
+    r"""Processor of InternVL 2.5 (alias `InternVLProcessor`): image processor (dynamic tiling), tokenizer and video
     processor, producing the inputs of the original chat format.
 
     Args:
@@ -215,12 +214,13 @@ class InternVLChatProcessor(ProcessorMixin, PortAttributeNamesMixin):
         """Id of `chat_eos_token` (pass it as `eos_token_id` to `generate`, as the original chat() does)."""
         return self._token_id(self.chat_eos_token)
 
+    post_process_image_text_to_text = post_process_generated  # the pipeline's decoding (`port_attributes`)
+
     @property
     def model_input_names(self) -> list[str]:
         return list(self.tokenizer.model_input_names) + ["pixel_values", "num_tiles"]
 
     # ---- text expansion ------------------------------------------------------------------------------------------
-
     def image_tokens(self, num_tiles: int) -> str:
         """The text that stands for one image of `num_tiles` tiles."""
         return image_context_string(

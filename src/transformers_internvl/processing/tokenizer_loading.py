@@ -97,7 +97,9 @@ def load_tokenizer(pretrained_model_name_or_path: Any, **kwargs: Any) -> Any:
         )
     tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)
     check_tokenizer(pretrained_model_name_or_path, tokenizer, hub_kwargs)
-    return tokenizer
+    from ..llama_slow_tokenizer import as_original_tokenizer
+
+    return as_original_tokenizer(tokenizer)  # Phi-3 / Yi: encodes and decodes as the original's slow class
 
 
 __all__ = ["check_tokenizer", "load_tokenizer"]

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..answer_decoding import decode_answers, stop_token_ids
 from .answers import parse_boxed_answer
 
 
@@ -177,9 +178,9 @@ def generate_with_votes(
     prompt_length = inputs["input_ids"].shape[1] if isinstance(inputs.get("input_ids"), torch.Tensor) else 0
     if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
         prompt_length = 0
+    stop_ids = stop_token_ids(model, processor_or_tokenizer)  # Phi-3 decodes as the original: `<|end|>` is kept
     responses = [
-        response.strip()
-        for response in processor_or_tokenizer.batch_decode(sequences[:, prompt_length:], skip_special_tokens=True)
+        response.strip() for response in decode_answers(processor_or_tokenizer, sequences[:, prompt_length:], stop_ids)
     ]
     parsed_answers = [answer_parser(response) for response in responses]
     answer, counts = majority_vote(parsed_answers, normalize=normalize)
