@@ -11,44 +11,39 @@ from pathlib import Path
 import pytest
 from helpers import original_model_dir
 
-# Runs the module as `python -m` does, then reports the exit code and whether any `cli` module was imported.
+# Runs the module as `python -m` does, once per argument list (JSON in argv[1]), one after another in this interpreter,
+# each with its output (file descriptors 1 and 2) caught apart; then prints `{name: [exit code, cli modules imported by
+# then, output]}`. The first run starts from a fresh interpreter; the `cli` check of a later run covers the earlier
+# ones too.
 _RUN_MODULE = """
-import json, runpy, sys
-sys.argv = ["python -m transformers_internvl.conversion", *json.loads(sys.argv[1])]
-try:
-    runpy.run_module("transformers_internvl.conversion", run_name="__main__", alter_sys=True)
-    code = 0
-except SystemExit as exit_request:
-    code = exit_request.code
-print(json.dumps([code, sorted(m for m in sys.modules if m.startswith("transformers_internvl.cli"))]))
+import json, os, runpy, sys, tempfile
+results = {}
+for name, arguments in json.loads(sys.argv[1]).items():
+    sys.stdout.flush(); sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile("w+") as output:
+        os.dup2(output.fileno(), 1); os.dup2(output.fileno(), 2)
+        sys.argv = ["python -m transformers_internvl.conversion", *arguments]
+        try:
+            runpy.run_module("transformers_internvl.conversion", run_name="__main__", alter_sys=True)
+            code = 0
+        except SystemExit as exit_request:
+            code = exit_request.code
+        finally:
+            sys.stdout.flush(); sys.stderr.flush()
+            os.dup2(saved[0], 1); os.dup2(saved[1], 2)
+        output.seek(0)
+        text = output.read()
+    cli = sorted(m for m in sys.modules if m.startswith("transformers_internvl.cli"))
+    results[name] = [code, cli, text]
+print(json.dumps(results))
 """
 
 
-def _start(*arguments: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-c", _RUN_MODULE, json.dumps(arguments)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _result(process: subprocess.Popen) -> tuple[int, list[str], str]:
-    """Exit code, imported `cli` modules and output of a process of `_start` (waited for at most 300 s)."""
-    try:
-        stdout, stderr = process.communicate(timeout=300)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    code, cli_modules = json.loads(stdout.strip().splitlines()[-1])
-    return code, cli_modules, stdout + stderr
-
-
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, tuple[subprocess.Popen, Path]]:
-    """Every run of this module, all started at once (fresh interpreters side by side: the pytest process only waits
-    meanwhile, so they cost wall time together, not one after another): `{name: (process, tmp_path)}`."""
+def runs(tmp_path_factory) -> tuple[dict[str, tuple[int, list[str], str]], Path]:
+    """Every run of this module, in one fresh interpreter, the conversion first (`_RUN_MODULE`):
+    `({name: (exit code, imported cli modules, output)}, tmp_path)`."""
     tmp_path = tmp_path_factory.mktemp("conversion-module")
     source = original_model_dir(tmp_path / "src")
     arguments = {
@@ -57,17 +52,25 @@ def runs(tmp_path_factory) -> dict[str, tuple[subprocess.Popen, Path]]:
         "no_to": (str(tmp_path / "missing"), str(tmp_path / "out")),  # --to is required
         "usage": ("--help",),
     }
-    processes = {name: (_start(*values), tmp_path) for name, values in arguments.items()}
-    yield processes
-    for process, _ in processes.values():
+    process = subprocess.Popen(
+        [sys.executable, "-c", _RUN_MODULE, json.dumps(arguments)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=300)
+    finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+    assert process.returncode == 0, stdout + stderr
+    return {name: tuple(run) for name, run in json.loads(stdout.strip().splitlines()[-1]).items()}, tmp_path
 
 
 def test_module_converts_without_importing_cli(runs):
-    process, tmp_path = runs["converts"]
-    code, cli_modules, output = _result(process)  # src (tiny-qwen2 + tokenizer) hf --to hf --quiet
+    results, tmp_path = runs
+    code, cli_modules, output = results["converts"]  # src (tiny-qwen2 + tokenizer) hf --to hf --quiet
     assert code == 0, output
     assert cli_modules == []
     assert f"wrote {tmp_path / 'hf'}" in output
@@ -75,7 +78,7 @@ def test_module_converts_without_importing_cli(runs):
 
 
 def test_module_errors_and_usage_exit_codes(runs):
-    missing, no_to, usage = (_result(runs[name][0]) for name in ("missing", "no_to", "usage"))
+    missing, no_to, usage = (runs[0][name] for name in ("missing", "no_to", "usage"))
     code, cli_modules, output = missing
     assert (code, cli_modules) == (1, [])
     assert "transformers-internvl: error: source folder" in output and "does not exist" in output

@@ -51,9 +51,11 @@ def _modules_after(code: str, *args: str) -> set[str]:
     return _modules_of(_start(code, *args))
 
 
-# The fresh interpreters that import torch and transformers (seconds each): all started together on first use, so
-# that they run side by side (wall time); each test reads its own.
-IMPORTING_SCRIPTS = {
+# The steps that import torch and transformers (seconds of CPU each in a fresh interpreter), run in this order by ONE
+# fresh interpreter that records `sys.modules` after each: a later step sees the modules of the earlier ones too, so
+# its "no model-only module" check covers a superset of what it imports alone (at least as strict as a fresh
+# interpreter of its own); the only step that loads model code comes last.
+IMPORT_STEPS = {
     "tiling": "import transformers_internvl.processing.tiling",
     "processors": (
         "from transformers_internvl.processing.processing_internvl import InternVLChatProcessor\n"
@@ -80,38 +82,66 @@ IMPORTING_SCRIPTS = {
     ),
 }
 
+# Runs the steps (JSON in argv[1]) in order, each in a namespace of its own, printing `sys.modules` after each.
+_STEPS_SCRIPT = """
+import json, sys
+for name, code in json.loads(sys.argv[1]).items():
+    exec(compile(code, name, "exec"), {})
+    print(f"MODULES {name}=" + json.dumps(sorted(sys.modules)), flush=True)
+"""
+
 
 @pytest.fixture(scope="module")
-def modules_after() -> dict[str, subprocess.Popen]:
-    """`{name: process}` for `IMPORTING_SCRIPTS`, all started at once; `_modules_of` reads one."""
-    processes = {name: _start(code) for name, code in IMPORTING_SCRIPTS.items()}
-    yield processes
-    for process in processes.values():
+def modules_after() -> tuple[dict[str, set[str]], str]:
+    """`({step: sys.modules keys after it}, stderr)` for `IMPORT_STEPS`, run by one fresh interpreter (with this
+    tree's `src` first); a step that fails leaves it and the later ones out (their tests show the stderr)."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", _STEPS_SCRIPT, json.dumps(IMPORT_STEPS)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**__import__("os").environ, "PYTHONPATH": SRC},
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=300)
+    finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+    modules = {}
+    for line in stdout.splitlines():
+        if line.startswith("MODULES "):
+            name, _, listed = line[len("MODULES ") :].partition("=")
+            modules[name] = set(json.loads(listed))
+    return modules, stderr
+
+
+def _modules_after_step(modules_after, name: str) -> set[str]:
+    modules, stderr = modules_after
+    assert name in modules, stderr
+    return modules[name]
 
 
 def test_tiling_import_does_not_import_modeling_code(modules_after):
-    modules = _modules_of(modules_after["tiling"])
+    modules = _modules_after_step(modules_after, "tiling")
     assert "transformers_internvl.processing.tiling" in modules
     assert not modules.intersection(MODEL_ONLY_MODULES)
 
 
 def test_processors_alone_do_not_import_modeling_code(modules_after):
-    modules = _modules_of(modules_after["processors"])
+    modules = _modules_after_step(modules_after, "processors")
     assert "transformers_internvl.processing.processing_internvl" in modules
     assert not modules.intersection(MODEL_ONLY_MODULES)
 
 
 def test_package_import_registers_without_importing_models(modules_after):
-    modules = _modules_of(modules_after["package"])
+    modules = _modules_after_step(modules_after, "package")
     assert "transformers_internvl.registration" in modules
     assert not modules.intersection(MODEL_ONLY_MODULES)
 
 
 def test_registered_model_resolves_to_the_class_on_first_use(modules_after):
-    modules = _modules_of(modules_after["registered"])
+    modules = _modules_after_step(modules_after, "registered")
     assert "transformers_internvl.modeling.modeling_internvl" in modules
 
 
