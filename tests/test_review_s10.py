@@ -5,7 +5,8 @@ before them) accepted them.
   token string by each count (`str * tensor(2)` works through `__index__`) and sums them;
 * `pad_token_id` / `bos_token_id` given as 0-d tensors in the generation dict: transformers' `generate` moves a tensor
   id to the device as it is (`_prepare_special_tokens`);
-* a 0-d integer tensor `seed` for `generate_with_votes`, which `torch.manual_seed` takes.
+* a 0-d integer tensor `seed` for `generate_with_votes`, which `torch.manual_seed` takes;
+* a `messages` training row whose image parts name their images and whose `images` column repeats them.
 """
 
 from __future__ import annotations
@@ -17,11 +18,16 @@ from pathlib import Path
 import numpy
 import pytest
 import torch
+from PIL import Image
 from transformers import AutoModel, AutoTokenizer
 
 import transformers_internvl  # noqa: F401
 from transformers_internvl.modeling.chat_prompts import whole_tile_counts
+from transformers_internvl.processing.image_processing_internvl import InternVLChatImageProcessor
 from transformers_internvl.reasoning.voting import _checked_seed
+from transformers_internvl.training.data import InternVLSupervisedDataset
+from transformers_internvl.training.labels import SampleError
+from transformers_internvl.training.messages import fill_images
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "generation_s10"))
 from generation_s10_cases import CHECKPOINTS, FIXTURES, tile_size  # noqa: E402
@@ -77,3 +83,28 @@ def test_seed_takes_zero_dim_integers():
         _checked_seed(torch.tensor(1.5))
     with pytest.raises(TypeError, match="seed"):
         _checked_seed(True)
+
+
+def test_messages_images_column_repeating_the_parts_images_is_accepted(tmp_path):
+    """A `messages` row whose image parts name their images AND whose `images` column lists the same ones was
+    skipped ("0 image parts of `messages` without an image but 2 `images`"); before the column support it loaded."""
+    assert fill_images(["a.png", "b.png"], ["a.png", "b.png"]) == ["a.png", "b.png"]
+    with pytest.raises(SampleError, match="without an image but 1"):
+        fill_images(["a.png", "b.png"], ["c.png"])  # a different list is still refused
+    for seed, name in enumerate(("a.png", "b.png")):
+        Image.new("RGB", (70 + 30 * seed, 50), (40 * seed, 90, 160)).save(tmp_path / name)
+    parts = [{"type": "image", "path": "a.png"}, {"type": "image", "path": "b.png"}, {"type": "text", "text": "Hi"}]
+    messages = [{"role": "user", "content": parts}, {"role": "assistant", "content": "Two."}]
+    tokenizer = AutoTokenizer.from_pretrained(FIXTURES / CHECKPOINTS["qwen2-train"][0])
+    dataset = InternVLSupervisedDataset(
+        [{"messages": messages, "images": ["a.png", "b.png"]}, {"messages": messages}],
+        tokenizer,
+        InternVLChatImageProcessor(max_dynamic_patch=2),
+        "internvl2_5",
+        num_image_token=4,
+        root=str(tmp_path),
+        max_dynamic_patch=2,
+    )
+    with_column, without = dataset.build_sample(dataset.rows[0]), dataset.build_sample(dataset.rows[1])
+    for key in without:
+        assert torch.equal(with_column[key], without[key]), key
