@@ -74,6 +74,8 @@ def _generation_kwargs(generation_config: dict | GenerationConfig | None) -> dic
         )
     check_generation_fields(fields)
     ids = {name: getattr(fields, name, None) for name in ("pad_token_id", "bos_token_id")}
+    # A 0-d tensor id is valid (`generate` moves it to the device as it is): checked by its value.
+    ids = {name: value.tolist() if getattr(value, "ndim", None) == 0 else value for name, value in ids.items()}
     check_generation_token_ids(SimpleNamespace(**ids))
     return {**kwargs, "return_dict_in_generate": False}
 

@@ -73,8 +73,8 @@ def check_unicode(name: str, text: str | None) -> None:
 def whole_tile_counts(name: str, values: Any) -> list[int]:
     """`values` (a list / tuple / numpy array / tensor of tiles per image, argument `name`) as a list of ints.
 
-    Integral floats (`2.0`) and bools count as the int they equal (the original multiplies the counts into strings,
-    so `True` works there as 1); anything else is refused instead of truncated (`int(1.5)` was 1 tile) or failing
+    0-d integer tensors / arrays count as their value, as in the original. Integral floats (`2.0`) and bools count as
+    the int they equal (the original multiplies the counts into strings, so `True` works there as 1); anything else is refused instead of truncated (`int(1.5)` was 1 tile) or failing
     later inside `sum` or the tokenizer.
 
     Raises:
@@ -84,7 +84,9 @@ def whole_tile_counts(name: str, values: Any) -> list[int]:
     values = values.tolist() if hasattr(values, "tolist") else values
     if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
         raise TypeError(f"`{name}` must be a list of tile counts (one per image), got {type(values).__name__}.")
-    values = list(values)
+    # 0-d tensors / arrays and numpy scalars as their Python number (`list(torch.tensor([2, 3]))`; the original
+    # multiplies strings by them).
+    values = [value.tolist() if getattr(value, "ndim", None) == 0 else value for value in values]
     for value in values:
         if not isinstance(value, numbers.Real):
             raise TypeError(f"`{name}` must hold integer tile counts (one per image), got {values!r:.200}.")

@@ -58,9 +58,10 @@ def messages_to_conversations(messages: list[dict]) -> tuple[list[dict], list[An
 
 def fill_images(images: list[Any], column: Any) -> list[Any]:
     """`{"type": "image"}` parts without their image take, in order, the row's `images` list (the layout of TRL's
-    vision datasets: `{"messages": [...], "images": [...]}`); raises `SampleError` when the counts differ."""
+    vision datasets: `{"messages": [...], "images": [...]}`); an `images` list that repeats the images the parts
+    already name is accepted. Raises `SampleError` when the counts differ."""
     missing = sum(image is None for image in images)
-    if column is None and not missing:
+    if not missing and (column is None or column == images):
         return images
     if not isinstance(column, list):
         raise SampleError(
