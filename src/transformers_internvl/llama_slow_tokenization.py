@@ -71,12 +71,15 @@ def _sentencepiece_model_is_plain(tokenizer: Any) -> bool:
     if not vocab_file:
         return True
     try:
+        from google.protobuf.message import DecodeError
         from sentencepiece import sentencepiece_model_pb2
-
-        model = sentencepiece_model_pb2.ModelProto()
+    except ImportError:
+        return True
+    model = sentencepiece_model_pb2.ModelProto()
+    try:
         with open(vocab_file, "rb") as handle:
             model.ParseFromString(handle.read())
-    except (OSError, ImportError, ValueError):  # protobuf's DecodeError is a ValueError
+    except (OSError, ValueError, DecodeError):  # a corrupt file (DecodeError is no ValueError): as if there were none
         return True
     spec = model.normalizer_spec
     return spec.add_dummy_prefix and not spec.remove_extra_whitespaces
@@ -87,7 +90,8 @@ def slow_llama_mode(tokenizer: Any) -> str | None:
     sentencepiece `LlamaTokenizer`, or a case this module leaves to the tokenizer). Cached on the tokenizer.
 
     `legacy` as transformers 4 resolved it: `tokenizer.legacy` (the `from_pretrained` argument or the file's value)
-    when it is True or the file writes the key; a tokenizer_config.json without the key meant legacy (transformers 5
+    when it is truthy or None (the slow class tests its truth: `"legacy": 0` is non-legacy) or the file writes the
+    key; a tokenizer_config.json without the key meant legacy (transformers 5
     defaults to non-legacy, so an explicit `legacy=False` argument on such a file cannot be told apart and is read as
     legacy too: write `"legacy": false` into the file instead); a tokenizer with no file (built in memory) is taken at
     its word."""
@@ -98,7 +102,8 @@ def slow_llama_mode(tokenizer: Any) -> str | None:
     cached = tokenizer.__dict__.get("_internvl_slow_mode", False)
     if cached is not False:
         return cached
-    legacy = getattr(tokenizer, "legacy", True) is not False
+    value = getattr(tokenizer, "legacy", True)
+    legacy = value is None or bool(value)  # transformers 4: None -> legacy; else the slow class tests its truth
     if not legacy:
         legacy = _config_legacy(tokenizer) is None  # a file without the key
     if legacy:
@@ -391,7 +396,10 @@ def decode_as_original(
     are kept, even with `skip_special_tokens`, and joined to the text around them with single spaces; runs of
     byte-fallback pieces are read as sentencepiece reads them (one U+FFFD per invalid byte, where transformers 5
     writes U+FFFD for every byte of a run that is not valid UTF-8 as a whole). `clean_up_tokenization_spaces`: None
-    for the tokenizer's own setting. Other tokenizers: their own `decode`."""
+    for the tokenizer's own setting. Other tokenizers: their own `decode`.
+
+    Raises:
+        IndexError: an id outside the vocabulary (the slow class: sentencepiece's "piece id is out of range")."""
     mode = slow_llama_mode(tokenizer)
     if mode is None:
         return tokenizer.decode(
@@ -405,7 +413,10 @@ def decode_as_original(
     for token_id in token_ids:
         if skip_special_tokens and token_id in special_ids:
             continue
-        token = tokenizer.convert_ids_to_tokens(int(token_id))
+        index = int(token_id)
+        token = tokenizer.convert_ids_to_tokens(index) if index >= 0 else None
+        if token is None:  # the slow class: sentencepiece's IndexError "piece id is out of range"
+            raise IndexError(f"token id {index} is outside the vocabulary (ids 0..{len(tokenizer) - 1}).")
         if token in added:
             if current:
                 text = _tokens_to_string(tokenizer, current, special, legacy)

@@ -42,7 +42,10 @@ def _plain_texts(text: Any) -> bool:
 
 class OriginalLlamaTokenizer(LlamaTokenizer):
     """transformers' `LlamaTokenizer` giving the ids and decoded texts of transformers 4's slow `LlamaTokenizer`
-    (which the original InternVL code loads); see the module docstring. Built by `as_original_tokenizer`."""
+    (which the original InternVL code loads); see the module docstring. Built by `as_original_tokenizer`.
+
+    Raises `ValueError` for a text with a lone surrogate (no UTF-8 form) and `IndexError` when decoding an id outside
+    the vocabulary (the slow class's errors there were a pybind11 cast error and sentencepiece's IndexError)."""
 
     encodes_as_original = True
 
@@ -55,6 +58,15 @@ class OriginalLlamaTokenizer(LlamaTokenizer):
         ):
             return super()._encode_plus(text, text_pair=text_pair, **kwargs)
         batched = not isinstance(text, str)
+        for index, item in enumerate(list(text) if batched else [text]):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as error:  # the backend's own error names no text ("TextEncodeInput must be")
+                name = f"text[{index}]" if batched else "text"
+                raise ValueError(
+                    f"`{name}` is not valid Unicode: {error.object[error.start : error.end]!r} at position "
+                    f"{error.start} ({error.reason}; lone surrogates cannot be tokenized)."
+                ) from None
         parent = super()._encode_plus
         encoding = encode_with_original_text(
             self,

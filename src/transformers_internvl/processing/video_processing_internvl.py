@@ -33,7 +33,7 @@ from .image_processing_options import (
     resolve_pixel_options,
     set_pixel_options,
 )
-from .input_validation import check_image_size, drop_saved_aliases, pop_alias, size_to_int
+from .input_validation import check_bool, check_image_size, drop_saved_aliases, pop_alias, size_to_int
 from .video_decoding import (
     DEFAULT_NUM_SEGMENTS,
     MAX_NUM_SEGMENTS,
@@ -259,6 +259,8 @@ class InternVLChatVideoProcessor(TilePixelDefaults, VideoProcessorMixin):
         return_tensors = kwargs.pop("return_tensors", None)
         return_metadata = bool(kwargs.pop("return_metadata", None) or False)
         do_sample_frames = kwargs.pop("do_sample_frames", None)
+        if do_sample_frames is not None:  # a string "False" would read as "not False": every frame, silently
+            do_sample_frames = check_bool("do_sample_frames", do_sample_frames)
         input_data_format = kwargs.pop("input_data_format", None)
         device = kwargs.pop("device", None)
         video_metadata = kwargs.pop("video_metadata", None)

@@ -3,7 +3,8 @@ transformers' `LengthGroupedSampler`.
 
 Source: `LazySupervisedDataset.__init__` in `internvl_chat/internvl/train/internvl_chat_finetune.py` (with
 `--group_by_length True`, which the InternVL 2.5 fine-tuning scripts pass). A row's length is its `length` field when
-it has one (precomputed by the user, as in the original), else the token count of its turns' texts joined by `"\\n"`
+it has one (precomputed by the user, as in the original; an integer in 0..2**63-1 or a whole-number float, any other
+value is warned about and estimated), else the token count of its turns' texts joined by `"\\n"`
 (`tokenizer(text)`, special tokens included) plus `num_image_token * (max_dynamic_patch + use_thumbnail)`, the
 tokens of a full tile budget. The estimate is computed from the JSON text alone: no image or video is opened, so
 start-up stays cheap on large datasets (transformers' own fallback would build every sample, decoding and tiling
@@ -21,6 +22,7 @@ way up to its random mega-batch split.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import torch
@@ -29,6 +31,7 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 _CHUNK = 1024  # texts per tokenizer call
+_MAX_LENGTH = 2**63 - 1  # a precomputed length must fit a length column (int64; TRL's samplers read one)
 
 
 def _row_texts(item: Any) -> list[str] | None:
@@ -41,7 +44,7 @@ def _row_texts(item: Any) -> list[str] | None:
     if "messages" in item:
         try:
             conversations = messages_to_conversations(item["messages"])[0]
-        except (SampleError, AttributeError, TypeError):
+        except (SampleError, AttributeError, TypeError, KeyError):  # e.g. `messages` an object, not a list
             return None
     else:
         conversations = item.get("conversations")
@@ -55,9 +58,11 @@ def _precomputed(item: Any, source: str) -> int | None:
     if not isinstance(item, dict) or "length" not in item:
         return None
     length = item["length"]
-    if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+    if isinstance(length, float) and math.isfinite(length) and length.is_integer():
+        length = int(length)  # a whole number written as a float (pandas does): the original uses it as is
+    if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= _MAX_LENGTH:
         logger.warning_once(
-            f"Row {source}: `length` must be a non-negative integer (a token count), got {length!r}; "
+            f"Row {source}: `length` must be an integer in 0..{_MAX_LENGTH} (a token count), got {length!r}; "
             "its length is estimated from the text instead."
         )
         return None
