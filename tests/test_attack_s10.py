@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import QWEN2_TOKENIZER
 from PIL import Image
 from transformers import AutoTokenizer, LlamaTokenizer
@@ -183,3 +184,51 @@ def test_lone_surrogate_is_named(text):
         tokenizer(text)
     with pytest.raises(ValueError, match="not valid Unicode"):
         tokenizer.encode("\ud800")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# messages rows: TRL's single-image column
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _messages_dataset(rows, root):
+    return InternVLSupervisedDataset(
+        rows,
+        AutoTokenizer.from_pretrained(QWEN2_TOKENIZER),
+        InternVLImageProcessor(image_size=56, max_dynamic_patch=4),
+        "internvl2_5",
+        num_image_token=4,
+        max_dynamic_patch=4,
+        root=str(root),
+    )
+
+
+def test_messages_with_trl_single_image_column(tmp_path):
+    """TRL's vision collator reads a row's `image` (no `images`) as `[image]`: `{"messages": [... {"type": "image"}
+    ...], "image": "a.png"}` was refused ("carry no image and the row has no `images` list"); it is the row with the
+    image named in its part (or in an `images` list)."""
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 90, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    answer = {"role": "assistant", "content": [{"type": "text", "text": "A square."}]}
+
+    def user(part):
+        return {"role": "user", "content": [part, {"type": "text", "text": "What is it?"}]}
+
+    rows = [
+        {"messages": [user({"type": "image"}), answer], "image": "a.png"},
+        {"messages": [user({"type": "image"}), answer], "images": ["a.png"]},
+        {"messages": [user({"type": "image", "path": "a.png"}), answer]},
+    ]
+    dataset = _messages_dataset(rows, tmp_path)
+    samples = [dataset.build_sample(row) for row in dataset.rows]
+    for sample in samples[1:]:
+        for key in sample:
+            assert torch.equal(sample[key], samples[0][key]), key
+
+
+def test_messages_image_column_is_not_used_when_the_parts_carry_their_images(tmp_path):
+    """A row whose parts name their images keeps them; a stray `image` field is not an extra image (as before)."""
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "a.png")
+    part = {"type": "image", "path": "a.png"}
+    row = {"messages": [{"role": "user", "content": [part]}, {"role": "assistant", "content": "x"}], "image": "b.png"}
+    dataset = _messages_dataset([row], tmp_path)
+    assert dataset.build_sample(dataset.rows[0])["pixel_values"].shape[0] >= 1

@@ -50,7 +50,7 @@ from .frame_sampling import (
     training_frame_indices,
 )
 from .labels import IMAGE_PLACEHOLDER, SampleError, tokenize_conversation, video_frame_tags
-from .messages import VIDEO_PLACEHOLDER, fill_images, messages_to_conversations
+from .messages import VIDEO_PLACEHOLDER, fill_images, image_column, messages_to_conversations
 from .meta_files import RowSequence, _Row, load_meta, read_jsonl
 
 logger = logging.get_logger(__name__)
@@ -222,7 +222,7 @@ class InternVLSupervisedDataset(torch.utils.data.Dataset):
         check_row_structure(item)
         if "messages" in item:
             conversations, images, video = messages_to_conversations(item["messages"])
-            images = fill_images(images, item.get("images"))
+            images = fill_images(images, image_column(item, images))
         else:
             conversations = [dict(turn) for turn in item.get("conversations") or []]
             images, video = item.get("image"), item.get("video")

@@ -56,6 +56,15 @@ def messages_to_conversations(messages: list[dict]) -> tuple[list[dict], list[An
     return conversations, images, video
 
 
+def image_column(item: dict, images: list[Any]) -> Any:
+    """The row's images for the `{"type": "image"}` parts of `messages` that carry none: its `images` list, else (TRL's
+    single-image layout, `{"messages": [...], "image": ...}`, which TRL's vision collator reads as `[image]`) its
+    `image` wrapped in a list when some part lacks its image; None when there is neither."""
+    if "images" in item or item.get("image") is None or all(image is not None for image in images):
+        return item.get("images")
+    return item["image"] if isinstance(item["image"], list) else [item["image"]]
+
+
 def fill_images(images: list[Any], column: Any) -> list[Any]:
     """`{"type": "image"}` parts without their image take, in order, the row's `images` list (the layout of TRL's
     vision datasets: `{"messages": [...], "images": [...]}`); an `images` list that repeats the images the parts
