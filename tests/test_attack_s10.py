@@ -232,3 +232,21 @@ def test_messages_image_column_is_not_used_when_the_parts_carry_their_images(tmp
     row = {"messages": [{"role": "user", "content": [part]}, {"role": "assistant", "content": "x"}], "image": "b.png"}
     dataset = _messages_dataset([row], tmp_path)
     assert dataset.build_sample(dataset.rows[0])["pixel_values"].shape[0] >= 1
+
+
+# Ids of transformers 4.47.1's slow LlamaTokenizer (the original's) on legacy_tokenizer_s9/phi3-rstrip-no-key, read
+# with /tmp/origvenv: a pair is two texts each encoded on its own, each with its BOS.
+PAIR_IDS = {("a<|end|>b", "c d"): [1, 259, 507, 270, 1, 323, 271]}
+
+
+@pytest.mark.parametrize("folder", ["phi3-rstrip-no-key", "phi3-rstrip-legacy-true"])
+def test_text_pairs_get_the_original_ids(folder):
+    """Pairs went to transformers unchanged: a file without `legacy` (legacy for the original, non-legacy for
+    transformers 5) gave 'b' after '<|end|>' where the original gives '▁b' (436 instead of 270)."""
+    tokenizer = _original(PHI3.parent / folder)
+    (text, pair), expected = next(iter(PAIR_IDS.items()))
+    assert tokenizer(text, pair)["input_ids"] == expected
+    assert tokenizer([text], [pair])["input_ids"] == [expected]
+    assert tokenizer(text, text_pair=pair, return_tensors="pt")["input_ids"].tolist() == [expected]
+    with pytest.raises(ValueError, match="`text_pair` is not valid Unicode"):
+        tokenizer(text, "\ud800")

@@ -9,8 +9,10 @@ labels already encode through `encode_as_original`; users also call the tokenize
 
 `OriginalLlamaTokenizer` is transformers 5's `LlamaTokenizer` whose `_encode_plus` (behind `__call__`, `encode`,
 `tokenize`) hands the text to the backend as `llama_slow_tokenization.original_llama_text` prepares it, and whose
-`_decode` (behind `decode` / `batch_decode`) is `decode_as_original`. Texts given as pairs or pre-split words, and
-`split_special_tokens=True`, go to transformers unchanged. It saves as `LlamaTokenizer` (the class the original folder
+`_decode` (behind `decode` / `batch_decode`) is `decode_as_original`. Pairs get each text prepared (the slow class
+encodes each on its own; with `return_offsets_mapping` they go to transformers unchanged, and an empty second text
+gets no BOS where the slow class gives one); pre-split words and `split_special_tokens=True` go to transformers
+unchanged. It saves as `LlamaTokenizer` (the class the original folder
 names), so a saved folder reloads everywhere.
 
 `as_original_tokenizer` turns a loaded `LlamaTokenizer` into one (in place) when `llama_slow_tokenization` corrects
@@ -27,7 +29,12 @@ from transformers import LlamaTokenizer
 from transformers.tokenization_utils_base import BatchEncoding
 from transformers.utils import to_py_obj
 
-from .llama_slow_tokenization import decode_as_original, encode_with_original_text, slow_llama_mode
+from .llama_slow_tokenization import (
+    decode_as_original,
+    encode_with_original_text,
+    original_llama_text,
+    slow_llama_mode,
+)
 
 __all__ = ["OriginalLlamaTokenizer", "as_original_tokenizer", "as_transformers_tokenizer"]
 
@@ -40,6 +47,27 @@ def _plain_texts(text: Any) -> bool:
     )
 
 
+def _check_unicode(text: str | list[str], name: str) -> None:
+    """Raise `ValueError` naming a text with a lone surrogate (no UTF-8 form; the backend's own error names no text:
+    "TextEncodeInput must be Union[...]")."""
+    batched = not isinstance(text, str)
+    for index, item in enumerate(list(text) if batched else [text]):
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError as error:
+            where = f"`{name}[{index}]`" if batched else f"`{name}`"
+            raise ValueError(
+                f"{where} is not valid Unicode: {error.object[error.start : error.end]!r} at position {error.start} "
+                f"({error.reason}; lone surrogates cannot be tokenized)."
+            ) from None
+
+
+def _original_texts(tokenizer: Any, text: str | list[str]) -> str | list[str]:
+    if isinstance(text, str):
+        return original_llama_text(tokenizer, text)
+    return [original_llama_text(tokenizer, item) for item in text]
+
+
 class OriginalLlamaTokenizer(LlamaTokenizer):
     """transformers' `LlamaTokenizer` giving the ids and decoded texts of transformers 4's slow `LlamaTokenizer`
     (which the original InternVL code loads); see the module docstring. Built by `as_original_tokenizer`.
@@ -50,23 +78,18 @@ class OriginalLlamaTokenizer(LlamaTokenizer):
     encodes_as_original = True
 
     def _encode_plus(self, text, text_pair=None, **kwargs):
-        if (
-            text_pair is not None
-            or kwargs.get("is_split_into_words")
-            or kwargs.get("split_special_tokens")
-            or not _plain_texts(text)
-        ):
+        plain = not kwargs.get("is_split_into_words") and not kwargs.get("split_special_tokens") and _plain_texts(text)
+        if plain and text_pair is not None and _plain_texts(text_pair) and not kwargs.get("return_offsets_mapping"):
+            if isinstance(text, str) == isinstance(text_pair, str):  # the slow class encodes each text on its own
+                _check_unicode(text, "text")
+                _check_unicode(text_pair, "text_pair")
+                return super()._encode_plus(
+                    _original_texts(self, text), text_pair=_original_texts(self, text_pair), **kwargs
+                )
+        if text_pair is not None or not plain:
             return super()._encode_plus(text, text_pair=text_pair, **kwargs)
         batched = not isinstance(text, str)
-        for index, item in enumerate(list(text) if batched else [text]):
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError as error:  # the backend's own error names no text ("TextEncodeInput must be")
-                name = f"text[{index}]" if batched else "text"
-                raise ValueError(
-                    f"`{name}` is not valid Unicode: {error.object[error.start : error.end]!r} at position "
-                    f"{error.start} ({error.reason}; lone surrogates cannot be tokenized)."
-                ) from None
+        _check_unicode(text, "text")
         parent = super()._encode_plus
         encoding = encode_with_original_text(
             self,
