@@ -306,7 +306,9 @@ def test_phi3_folder_converts_both_ways_and_keeps_its_legacy_mode(name, tmp_path
     (source / "config.json").write_text(json.dumps(config), encoding="utf-8")
     convert_checkpoint(source, tmp_path / "hf", to="hf", progress=False)
     hf_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
-    assert hf_tokenizer.convert_tokens_to_ids("<img>") == AutoTokenizer.from_pretrained(source).convert_tokens_to_ids("<img>")
+    assert hf_tokenizer.convert_tokens_to_ids("<img>") == AutoTokenizer.from_pretrained(source).convert_tokens_to_ids(
+        "<img>"
+    )
     convert_checkpoint(tmp_path / "hf", tmp_path / "back", to="original", progress=False)
     source_config = json.loads((tokenizer_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
     back_config = json.loads((tmp_path / "back" / "tokenizer_config.json").read_text(encoding="utf-8"))
