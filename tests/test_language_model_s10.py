@@ -160,3 +160,21 @@ def test_language_model_is_the_peft_model_while_wrapped_with_lora():
     model.language_model = model.language_model.model
     assert type(model.model.language_model).__name__ == "Qwen2Model"
     assert model.language_model.get_output_embeddings() is model.lm_head
+
+
+@pytest.mark.parametrize("folder", ["tiny-qwen2", "tiny-internlm2"])
+def test_language_model_save_pretrained_saves_the_whole_causal_lm(folder, tmp_path):
+    """`model.language_model.save_pretrained(dir)` (extracting the LLM) writes the causal LM, head included, that
+    `AutoModelForCausalLM` reloads with the same logits (before: the decoder alone, without its head)."""
+    from transformers import AutoModelForCausalLM
+
+    model = _load(folder).eval()
+    causal_lm = model.language_model.as_causal_lm()
+    assert type(causal_lm).__name__ == ORIGINAL["models"][folder]["class"]
+    assert causal_lm.get_output_embeddings() is model.lm_head and causal_lm.get_decoder() is model.get_decoder()
+    model.language_model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    ids = torch.tensor([[1, 5, 17, 123]])
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+        assert torch.equal(reloaded(input_ids=ids).logits, expected)

@@ -114,6 +114,41 @@ class CausalLanguageModelView(nn.Module):
         self.refresh()
         return embeddings
 
+    @property
+    def generation_config(self) -> Any:
+        """The chat model's generation config (what `generate` uses)."""
+        return self._chat_model().generation_config
+
+    @generation_config.setter
+    def generation_config(self, value: Any) -> None:
+        self._chat_model().generation_config = value
+
+    def as_causal_lm(self) -> nn.Module:
+        """The LLM's own causal-LM class (`AutoModelForCausalLM` for `text_config`, e.g. `Qwen2ForCausalLM`) built
+        around this model's decoder and head: the same tensors, no copy.
+
+        Raises:
+            ValueError: the class holds tensors outside its decoder and head (they would be left uninitialised).
+        """
+        from transformers import AutoModelForCausalLM
+        from transformers.initialization import no_init_weights
+
+        config = self._chat_model().config.text_config
+        with torch.device("meta"), no_init_weights():
+            causal_lm = AutoModelForCausalLM.from_config(config)
+        prefix = causal_lm.base_model_prefix
+        causal_lm._modules[prefix] = self._modules["model"]
+        causal_lm._modules[self._head_name] = self._modules[self._head_name]
+        left = [name for name, tensor in causal_lm.state_dict().items() if tensor.is_meta]
+        if left:
+            raise ValueError(f"{type(causal_lm).__name__} holds tensors outside its decoder and head: {left[:5]}.")
+        return causal_lm
+
+    def save_pretrained(self, *args: Any, **kwargs: Any) -> Any:
+        """Save the LLM alone as its own causal-LM class (`as_causal_lm().save_pretrained(...)`): the decoder and the
+        head, as the original's `model.language_model.save_pretrained(...)` saves the whole causal LM."""
+        return self.as_causal_lm().save_pretrained(*args, **kwargs)
+
     def can_generate(self) -> bool:
         return True
 
