@@ -178,3 +178,35 @@ def test_language_model_save_pretrained_saves_the_whole_causal_lm(folder, tmp_pa
     with torch.no_grad():
         expected = model(input_ids=ids).logits
         assert torch.equal(reloaded(input_ids=ids).logits, expected)
+
+
+def test_deepcopy_and_pickle_of_language_model_give_an_independent_causal_lm():
+    """`copy.deepcopy(model.language_model)` / `torch.save(model.language_model)` copy the causal LM, as for the
+    original's `Qwen2ForCausalLM`; the copy shares no tensor with the chat model."""
+    import copy
+    import io
+
+    model = _load("tiny-qwen2").eval()
+    ids = torch.tensor([[1, 5, 17, 123]])
+    buffer = io.BytesIO()
+    torch.save(model.language_model, buffer)
+    buffer.seek(0)
+    for copied in (copy.deepcopy(model.language_model), torch.load(buffer, weights_only=False)):
+        assert type(copied).__name__ == "Qwen2ForCausalLM"
+        assert copied.lm_head.weight is not model.lm_head.weight
+        with torch.no_grad():
+            assert torch.equal(copied(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def test_tied_embeddings_are_one_parameter_through_language_model(tmp_path):
+    """Qwen3 with `tie_word_embeddings` (InternVL3.5 small models): the head is the embedding matrix, listed once, as
+    `Qwen3ForCausalLM.named_parameters()` lists it."""
+    from test_llm_families import load, original_folder
+
+    folder, _ = original_folder("qwen3_tied", tmp_path)
+    language_model = load(folder).language_model
+    assert language_model.get_output_embeddings().weight is language_model.get_input_embeddings().weight
+    names = [name for name, _ in language_model.named_parameters()]
+    assert "model.embed_tokens.weight" in names and "lm_head.weight" not in names
+    _freeze(language_model)
+    assert not language_model.get_output_embeddings().weight.requires_grad

@@ -17,7 +17,8 @@ top-level head), so the checkpoint layout, the state-dict keys and `get_decoder(
 its own. Any other attribute is the decoder's (`.layers`, `.embed_tokens`, `.norm`, `.config`,
 `enable_input_require_grads()`, `gradient_checkpointing_enable()`), so code written for transformers' layout keeps
 working. `generate` is the chat model's text-only `generate`, and `resize_token_embeddings` resizes the embeddings and
-the head together, as the original's causal LM does.
+the head together, as the original's causal LM does. `save_pretrained`, `copy.deepcopy` and `pickle` give the LLM's own
+causal-LM class (`as_causal_lm()`: `Qwen2ForCausalLM`..., built around the same decoder and head), as the original's.
 
 Assigning a view back (`model.language_model = model.language_model.eval()`) puts its decoder and head back in place.
 While the LLM is wrapped with LoRA (`wrap_llm_lora`), `model.language_model` is the `peft.PeftModel` itself, as before.
@@ -144,6 +145,11 @@ class CausalLanguageModelView(nn.Module):
             raise ValueError(f"{type(causal_lm).__name__} holds tensors outside its decoder and head: {left[:5]}.")
         return causal_lm
 
+    def __reduce_ex__(self, protocol: int) -> Any:
+        # `copy.deepcopy` / `pickle` give the LLM's own causal-LM class, an independent copy (a view of another
+        # model's modules would not be one).
+        return _same_module, (self.as_causal_lm(),)
+
     def save_pretrained(self, *args: Any, **kwargs: Any) -> Any:
         """Save the LLM alone as its own causal-LM class (`as_causal_lm().save_pretrained(...)`): the decoder and the
         head, as the original's `model.language_model.save_pretrained(...)` saves the whole causal LM."""
@@ -192,6 +198,11 @@ class CausalLanguageModelView(nn.Module):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
+
+
+def _same_module(module: nn.Module) -> nn.Module:
+    """Rebuilds a pickled or copied view: the causal LM it was saved as."""
+    return module
 
 
 def language_model_of(owner: nn.Module, head_name: str) -> nn.Module:
