@@ -41,6 +41,7 @@ from .checkpoint_loading import check_generation_token_ids
 from .conversation import Conversation, get_conv_template
 from .generation_file_checks import check_generation_fields
 from .input_checks import check_chat_inputs, merge_tile_count_aliases, question_list
+from .language_model_view import language_model_of
 from .original_attributes import OriginalAttributesMixin
 
 logger = logging.get_logger(__name__)
@@ -228,7 +229,14 @@ class InternVLChatMixin(OriginalAttributesMixin):
 
     @property
     def language_model(self) -> nn.Module:
-        """The original's attribute: the LLM's decoder (its head is `lm_head`)."""
+        """The original's attribute: the whole causal LM, a view over the decoder (`.model`) and the head (`.lm_head`,
+        InternLM2 `.output`) that holds no weights of its own (`language_model_view.py`); the `peft.PeftModel` while
+        the LLM is wrapped with LoRA. The decoder itself is `model.model.language_model` (`get_decoder()`)."""
+        return language_model_of(self, self._language_model_head.head_name)
+
+    def get_decoder(self) -> nn.Module:
+        """The LLM's decoder, `model.model.language_model` (transformers' `get_decoder` would return the
+        `language_model` view)."""
         return self.model.language_model
 
     @property

@@ -26,6 +26,7 @@ from typing import Any
 from torch import nn
 from transformers.utils import logging
 
+from .language_model_view import unwrap_language_model
 from .original_lora_loading import ORIGINAL_BACKBONE_LORA_TARGET_MODULES, ORIGINAL_LLM_LORA_TARGET_MODULES
 
 logger = logging.get_logger(__name__)
@@ -75,6 +76,8 @@ class OriginalAttributesMixin:
         `model.language_model = model.language_model.model`); `nn.Module.__setattr__` would otherwise register a
         second copy at the top level, which the read-only attributes then hide."""
         if name in INNER_MODULES and "model" in self.__dict__.get("_modules", {}):
+            if name == "language_model":  # the causal-LM view (`language_model_view.py`): its decoder goes back
+                value = unwrap_language_model(self, value)
             setattr(self._modules["model"], name, value)
             return
         super().__setattr__(name, value)
