@@ -167,3 +167,25 @@ def test_transformers_processor_steps_on_the_hf_folder_give_the_original_ids(nam
     input_ids, tiles = _hf_processor_input_ids(hf, image, text)
     assert tiles == ours["pixel_values"].shape[0]
     assert input_ids == ours["input_ids"][0].tolist()
+
+
+def test_transformers_tokenizer_on_the_hf_folder_gives_the_original_chat_prompt(converted):
+    """transformers' own path on the `-hf` folder (its chat template, `<IMG_CONTEXT>` expanded as its
+    `InternVLProcessor` does, its tokenizer) gives the ids of the original `chat()`'s first prompt, before and after
+    transformers re-saves the folder."""
+    name, _, hf, resaved = converted
+    chat = json.loads(CASES[name][2].read_text(encoding="utf-8"))[name]
+    expected = chat["prompt_ids"][0][0]
+    image_seq_length = json.loads((hf / "processor_config.json").read_text(encoding="utf-8"))["image_seq_length"]
+    for folder in (hf, resaved):
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        assert not type(tokenizer).__module__.startswith("transformers_internvl")
+        tiles = expected.count(tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")) // image_seq_length
+        messages = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the picture?"}]}
+        ]
+        assert tokenizer.chat_template == (hf / "chat_template.jinja").read_text(encoding="utf-8")
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        expansion = "<img>" + "<IMG_CONTEXT>" * image_seq_length * tiles + "</img>"
+        prompt = prompt.replace("<IMG_CONTEXT>", expansion, 1)
+        assert tokenizer(prompt)["input_ids"] == expected

@@ -64,6 +64,40 @@ def _config_legacy(tokenizer: Any) -> Any:
         return json.load(handle).get("legacy")
 
 
+def _conversion_record(tokenizer: Any) -> dict[str, Any]:
+    """What `convert --to hf` recorded of the source tokenizer in the config.json beside the tokenizer's files (a
+    converted `-hf` folder: `model_type "internvl"`, record `conversion.hf_layout.ORIGINAL_RECORD_KEY`), or {} for
+    any other tokenizer. It keeps the source's `legacy` (`tokenizer_legacy`, absent when the source had no key) and
+    `additional_special_tokens`, which transformers 5 drops / rewrites whenever it saves the tokenizer. Cached on the
+    tokenizer."""
+    cached = tokenizer.__dict__.get("_internvl_conversion_record")
+    if cached is not None:
+        return cached
+    from transformers.utils import cached_file
+
+    from .conversion.hf_layout import ORIGINAL_RECORD_KEY
+
+    record: dict[str, Any] = {}
+    path = cached_file(
+        str(getattr(tokenizer, "name_or_path", "") or "."),
+        "config.json",
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+    )
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                config = json.load(handle)
+        except (OSError, ValueError):  # not this module's to report: the model's loading does
+            config = None
+        if isinstance(config, dict) and config.get("model_type") == "internvl":
+            found = config.get(ORIGINAL_RECORD_KEY)
+            if isinstance(found, dict) and found.get("tokenizer_class"):
+                record = found
+    tokenizer.__dict__["_internvl_conversion_record"] = record
+    return record
+
+
 def _sentencepiece_model_is_plain(tokenizer: Any) -> bool:
     """Whether the tokenizer's sentencepiece model adds a dummy prefix and keeps extra whitespace (Llama, Phi-3, Yi):
     the models whose legacy ids this module reproduces. True when there is no model file to read."""
@@ -89,8 +123,9 @@ def slow_llama_mode(tokenizer: Any) -> str | None:
     `legacy` as transformers 4 resolved it: `tokenizer.legacy` (the `from_pretrained` argument or the file's value)
     when it is True or the file writes the key; a tokenizer_config.json without the key meant legacy (transformers 5
     defaults to non-legacy, so an explicit `legacy=False` argument on such a file cannot be told apart and is read as
-    legacy too: write `"legacy": false` into the file instead); a tokenizer with no file (built in memory) is taken at
-    its word."""
+    legacy too: write `"legacy": false` into the file instead), except in a converted `-hf` folder, whose config.json
+    records the source's key (transformers 5 drops it whenever it saves the tokenizer); a tokenizer with no file (built
+    in memory) is taken at its word."""
     from transformers import LlamaTokenizer
 
     if not isinstance(tokenizer, LlamaTokenizer):
@@ -99,8 +134,9 @@ def slow_llama_mode(tokenizer: Any) -> str | None:
     if cached is not False:
         return cached
     legacy = getattr(tokenizer, "legacy", True) is not False
-    if not legacy:
-        legacy = _config_legacy(tokenizer) is None  # a file without the key
+    if not legacy and _config_legacy(tokenizer) is None:  # a file without the key
+        # ... unless it is the tokenizer of a converted -hf folder, which records the source's key
+        legacy = _conversion_record(tokenizer).get("tokenizer_legacy", True) is not False
     if legacy:
         mode = "legacy" if _sentencepiece_model_is_plain(tokenizer) else None
         if mode is None:
@@ -142,6 +178,10 @@ def _slow_token_sets(tokenizer: Any) -> tuple[dict[str, Any], list[str]]:
         if index >= vocab_size and token.special and content not in from_file:
             runtime_special.append(content)
     special = [token for token in tokenizer.all_special_tokens if token in added or token in named]
+    recorded = _conversion_record(tokenizer).get("tokenizer_additional_special_tokens")
+    if isinstance(recorded, list):  # a converted -hf folder: the source's list, which transformers 5 rewrote
+        special = [token for token in special if token in named]
+        special += [str(token) for token in recorded if str(token) in added and str(token) not in special]
     special += [token for token in runtime_special if token not in special]
     tokenizer.__dict__["_internvl_slow_tokens"] = (len(decoder), added, special)
     return added, special
@@ -199,6 +239,42 @@ def _legacy_text(tokenizer: Any, text: str) -> tuple[str, list[int], list[int]]:
     return "".join(out), starts, ends
 
 
+_PROBE_CONVERSATIONS = (
+    [{"role": "user", "content": "hi"}],
+    [{"role": "system", "content": ""}, {"role": "user", "content": "hi"}],
+)
+
+
+def _template_prompt_starts(tokenizer: Any) -> tuple[str, ...]:
+    """The chat tokens that follow the leading "▁" of the prompts the tokenizer's chat template renders, when that
+    template starts with "▁": the chat template of a converted `-hf` folder of a `legacy: false` tokenizer
+    (`conversion.sentencepiece_llama.non_legacy_chat_template`), which writes there the "▁" the slow class puts before
+    a prompt that starts with a chat token (`<|system|>` for phi3-chat, `<|im_start|>` for Hermes-2). Such a prompt
+    must not get a second "▁" from `original_llama_text`; a text of the user that starts with "▁" and one of these
+    tokens cannot be told apart from it and is read the same way. Empty for every other tokenizer. Cached on the
+    tokenizer, keyed by its chat template."""
+    template = getattr(tokenizer, "chat_template", None)
+    cached = tokenizer.__dict__.get("_internvl_template_starts")
+    if cached is not None and cached[0] == template:
+        return cached[1]
+    from jinja2 import TemplateError
+
+    starts: set[str] = set()
+    if isinstance(template, str) and template.startswith(SPIECE_UNDERLINE):
+        added = _slow_token_sets(tokenizer)[0]
+        for messages in _PROBE_CONVERSATIONS:
+            try:
+                prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            except (TemplateError, ValueError, TypeError, KeyError) as error:  # a template that refuses the probe
+                logger.debug(f"chat template probe failed: {error}")
+                continue
+            if isinstance(prompt, str) and prompt.startswith(SPIECE_UNDERLINE):
+                starts.update(token for token in added if token and prompt[1:].startswith(token))
+    result = tuple(sorted(starts))
+    tokenizer.__dict__["_internvl_template_starts"] = (template, result)
+    return result
+
+
 def original_llama_text(tokenizer: Any, text: str) -> str:
     """`text` as the transformers 5 tokenizer must see it to give transformers 4's slow `LlamaTokenizer` ids (see the
     module docstring); unchanged for every other tokenizer."""
@@ -207,9 +283,13 @@ def original_llama_text(tokenizer: Any, text: str) -> str:
         return _legacy_text(tokenizer, text)[0]
     if mode != "non_legacy":
         return text
+    special = _slow_token_sets(tokenizer)[1]
+    if text[:1] == SPIECE_UNDERLINE and any(text[1:].startswith(token) for token in _template_prompt_starts(tokenizer)):
+        # a prompt of a converted -hf chat template: its "▁" is the prefix the slow class puts there, not text
+        return SPIECE_UNDERLINE + text[1:].replace(SPIECE_UNDERLINE, " ")
     # The slow class writes a "▁" of the text as a space first (so that an `rstrip` chat token strips it).
     text = text.replace(SPIECE_UNDERLINE, " ")
-    if any(text.startswith(token) for token in _slow_token_sets(tokenizer)[1]):
+    if any(text.startswith(token) for token in special):
         return text
     return SPIECE_UNDERLINE + text
 
