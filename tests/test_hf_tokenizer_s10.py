@@ -124,9 +124,14 @@ def test_chat_with_the_hf_tokenizer_feeds_the_original_prompt(converted, which, 
     name, _, hf, resaved = converted
     tokenizer = AutoTokenizer.from_pretrained(hf if which == "fresh" else resaved)
     model, pixel_values, config, fed = tiny_phi3_chat_setup(PHI3_MODEL, tokenizer, monkeypatch)
-    model.chat(tokenizer, pixel_values, "<image>\nWhat is in the picture?", dict(config))
+    answer1, history = model.chat(
+        tokenizer, pixel_values, "<image>\nWhat is in the picture?", dict(config), return_history=True
+    )
     chat = json.loads(CASES[name][2].read_text(encoding="utf-8"))[name]
     assert fed[0] == chat["prompt_ids"][0][0]
+    answer2 = model.chat(tokenizer, pixel_values, "And the colours?", dict(config), history=history)
+    assert fed[1] == chat["prompt_ids"][1][0]
+    assert [answer1, answer2] == chat["runs"]["image_chat"]["answers"]
 
 
 def test_a_prompt_of_the_hf_chat_template_gets_one_prefix(converted):
@@ -189,3 +194,25 @@ def test_transformers_tokenizer_on_the_hf_folder_gives_the_original_chat_prompt(
         expansion = "<img>" + "<IMG_CONTEXT>" * image_seq_length * tiles + "</img>"
         prompt = prompt.replace("<IMG_CONTEXT>", expansion, 1)
         assert tokenizer(prompt)["input_ids"] == expected
+
+
+@pytest.mark.parametrize("which", ["fresh", "resaved"])
+def test_this_packages_decoding_of_the_hf_tokenizer_equals_the_original(converted, which):
+    """`decode_as_original` (what `model.chat` answers with, and what its next prompt holds) on the `-hf` tokenizer:
+    the original's `decode` (`legacy: false`: `fixtures/dropin_s9/phi3_tokenizer/decode.json`; legacy:
+    `fixtures/legacy_tokenizer_s9/expected.json.gz`). `legacy: false`: transformers 5 names the image tokens in
+    `extra_special_tokens` (`start_image_token`...), which were read as the slow class's named special tokens, so
+    `<img>` / `</img>` / `<IMG_CONTEXT>` were decoded without the spaces the slow class puts around them (42 of 560).
+    Legacy (`TokenizersBackend`): transformers 5's own decoding was used."""
+    from transformers_internvl.llama_slow_tokenization import decode_as_original
+
+    name, _, hf, resaved = converted
+    tokenizer = AutoTokenizer.from_pretrained(hf if which == "fresh" else resaved)
+    if name in NON_LEGACY:
+        records = json.loads((PHI3 / "decode.json").read_text(encoding="utf-8"))
+        id_lists, expected = records["id_lists"], records[name]
+    else:
+        id_lists, expected = LEGACY_EXPECTED["decode"][name]["id_lists"], LEGACY_EXPECTED["decode"][name]
+    for mode, skip in (("skip", True), ("keep", False)):
+        got = [decode_as_original(tokenizer, ids, skip_special_tokens=skip) for ids in id_lists]
+        assert [index for index, text in enumerate(got) if text != expected[mode][index]] == []

@@ -152,8 +152,15 @@ def slow_llama_mode(tokenizer: Any) -> str | None:
 
 
 def _named_special_tokens(tokenizer: Any) -> set[str]:
-    """The tokens `special_tokens_map` names (`bos_token`, `eos_token`, ...; its lists left out)."""
-    return {str(value) for value in tokenizer.special_tokens_map.values() if isinstance(value, str)}
+    """The tokens `special_tokens_map` names under transformers 4's names (`bos_token`, `eos_token`, ...; its lists
+    and transformers 5's `extra_special_tokens` names, e.g. a converted `-hf` folder's `start_image_token`, left
+    out)."""
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+    names = PreTrainedTokenizerBase.SPECIAL_TOKENS_ATTRIBUTES
+    return {
+        str(value) for key, value in tokenizer.special_tokens_map.items() if key in names and isinstance(value, str)
+    }
 
 
 def _slow_token_sets(tokenizer: Any) -> tuple[dict[str, Any], list[str]]:
@@ -418,7 +425,9 @@ def _sentencepiece_decode(pieces: list[str], dummy_prefix: bool = False, unknown
 def _tokens_to_string(tokenizer: Any, tokens: list[str], special: set[str], legacy: bool = False) -> str:
     """transformers 4.x `LlamaTokenizer.convert_tokens_to_string` (`legacy: false`, or legacy: a space before each
     special token that follows text, sentencepiece's dummy prefix dropped from each run of text)."""
-    prefix_space = getattr(tokenizer, "add_prefix_space", True) is not False if legacy else True
+    # (a converted -hf folder's TokenizersBackend says `add_prefix_space` False; its pipeline prepends the "▁" itself)
+    own_prefix_space = getattr(tokenizer, "add_prefix_space", True) is not False
+    prefix_space = own_prefix_space or _converted_legacy_mode(tokenizer) is not None if legacy else True
     unk_id, unk_token = tokenizer.unk_token_id, str(tokenizer.unk_token)
 
     def unknown(piece: str) -> bool:
@@ -460,6 +469,18 @@ def _decode_token_sets(tokenizer: Any) -> tuple[set[str], set[int], set[str]]:
     return special, special_ids, added
 
 
+def _converted_legacy_mode(tokenizer: Any) -> str | None:
+    """`"legacy"` for the tokenizer of a converted `-hf` folder of a legacy sentencepiece Llama tokenizer (its
+    tokenizer.json carries the slow class's encoding and loads as `TokenizersBackend`,
+    `conversion.sentencepiece_llama.write_legacy_pipeline`), whose decoding is still transformers 5's; else None."""
+    if type(tokenizer).__name__ != "TokenizersBackend":
+        return None
+    record = _conversion_record(tokenizer)
+    if record.get("tokenizer_class") not in ("LlamaTokenizer", "LlamaTokenizerFast"):
+        return None
+    return "legacy" if record.get("tokenizer_legacy", True) is not False else None
+
+
 def decode_as_original(
     tokenizer: Any,
     token_ids: list[int],
@@ -472,7 +493,7 @@ def decode_as_original(
     byte-fallback pieces are read as sentencepiece reads them (one U+FFFD per invalid byte, where transformers 5
     writes U+FFFD for every byte of a run that is not valid UTF-8 as a whole). `clean_up_tokenization_spaces`: None
     for the tokenizer's own setting. Other tokenizers: their own `decode`."""
-    mode = slow_llama_mode(tokenizer)
+    mode = slow_llama_mode(tokenizer) or _converted_legacy_mode(tokenizer)
     if mode is None:
         return tokenizer.decode(
             token_ids,
