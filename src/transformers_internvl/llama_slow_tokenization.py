@@ -39,6 +39,8 @@ from typing import Any
 
 from transformers.utils import logging
 
+from .converted_llama_tokenizer import conversion_record, converted_legacy_mode, template_prompt_starts
+
 logger = logging.get_logger(__name__)
 
 SPIECE_UNDERLINE = "\u2581"
@@ -62,40 +64,6 @@ def _config_legacy(tokenizer: Any) -> Any:
         return _NO_FILE
     with open(path, encoding="utf-8") as handle:
         return json.load(handle).get("legacy")
-
-
-def _conversion_record(tokenizer: Any) -> dict[str, Any]:
-    """What `convert --to hf` recorded of the source tokenizer in the config.json beside the tokenizer's files (a
-    converted `-hf` folder: `model_type "internvl"`, record `conversion.hf_layout.ORIGINAL_RECORD_KEY`), or {} for
-    any other tokenizer. It keeps the source's `legacy` (`tokenizer_legacy`, absent when the source had no key) and
-    `additional_special_tokens`, which transformers 5 drops / rewrites whenever it saves the tokenizer. Cached on the
-    tokenizer."""
-    cached = tokenizer.__dict__.get("_internvl_conversion_record")
-    if cached is not None:
-        return cached
-    from transformers.utils import cached_file
-
-    from .conversion.hf_layout import ORIGINAL_RECORD_KEY
-
-    record: dict[str, Any] = {}
-    path = cached_file(
-        str(getattr(tokenizer, "name_or_path", "") or "."),
-        "config.json",
-        _raise_exceptions_for_missing_entries=False,
-        _raise_exceptions_for_connection_errors=False,
-    )
-    if path is not None:
-        try:
-            with open(path, encoding="utf-8") as handle:
-                config = json.load(handle)
-        except (OSError, ValueError):  # not this module's to report: the model's loading does
-            config = None
-        if isinstance(config, dict) and config.get("model_type") == "internvl":
-            found = config.get(ORIGINAL_RECORD_KEY)
-            if isinstance(found, dict) and found.get("tokenizer_class"):
-                record = found
-    tokenizer.__dict__["_internvl_conversion_record"] = record
-    return record
 
 
 def _sentencepiece_model_is_plain(tokenizer: Any) -> bool:
@@ -136,7 +104,7 @@ def slow_llama_mode(tokenizer: Any) -> str | None:
     legacy = getattr(tokenizer, "legacy", True) is not False
     if not legacy and _config_legacy(tokenizer) is None:  # a file without the key
         # ... unless it is the tokenizer of a converted -hf folder, which records the source's key
-        legacy = _conversion_record(tokenizer).get("tokenizer_legacy", True) is not False
+        legacy = conversion_record(tokenizer).get("tokenizer_legacy", True) is not False
     if legacy:
         mode = "legacy" if _sentencepiece_model_is_plain(tokenizer) else None
         if mode is None:
@@ -185,7 +153,7 @@ def _slow_token_sets(tokenizer: Any) -> tuple[dict[str, Any], list[str]]:
         if index >= vocab_size and token.special and content not in from_file:
             runtime_special.append(content)
     special = [token for token in tokenizer.all_special_tokens if token in added or token in named]
-    recorded = _conversion_record(tokenizer).get("tokenizer_additional_special_tokens")
+    recorded = conversion_record(tokenizer).get("tokenizer_additional_special_tokens")
     if isinstance(recorded, list):  # a converted -hf folder: the source's list, which transformers 5 rewrote
         special = [token for token in special if token in named]
         special += [str(token) for token in recorded if str(token) in added and str(token) not in special]
@@ -246,42 +214,6 @@ def _legacy_text(tokenizer: Any, text: str) -> tuple[str, list[int], list[int]]:
     return "".join(out), starts, ends
 
 
-_PROBE_CONVERSATIONS = (
-    [{"role": "user", "content": "hi"}],
-    [{"role": "system", "content": ""}, {"role": "user", "content": "hi"}],
-)
-
-
-def _template_prompt_starts(tokenizer: Any) -> tuple[str, ...]:
-    """The chat tokens that follow the leading "▁" of the prompts the tokenizer's chat template renders, when that
-    template starts with "▁": the chat template of a converted `-hf` folder of a `legacy: false` tokenizer
-    (`conversion.sentencepiece_llama.non_legacy_chat_template`), which writes there the "▁" the slow class puts before
-    a prompt that starts with a chat token (`<|system|>` for phi3-chat, `<|im_start|>` for Hermes-2). Such a prompt
-    must not get a second "▁" from `original_llama_text`; a text of the user that starts with "▁" and one of these
-    tokens cannot be told apart from it and is read the same way. Empty for every other tokenizer. Cached on the
-    tokenizer, keyed by its chat template."""
-    template = getattr(tokenizer, "chat_template", None)
-    cached = tokenizer.__dict__.get("_internvl_template_starts")
-    if cached is not None and cached[0] == template:
-        return cached[1]
-    from jinja2 import TemplateError
-
-    starts: set[str] = set()
-    if isinstance(template, str) and template.startswith(SPIECE_UNDERLINE):
-        added = _slow_token_sets(tokenizer)[0]
-        for messages in _PROBE_CONVERSATIONS:
-            try:
-                prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            except (TemplateError, ValueError, TypeError, KeyError) as error:  # a template that refuses the probe
-                logger.debug(f"chat template probe failed: {error}")
-                continue
-            if isinstance(prompt, str) and prompt.startswith(SPIECE_UNDERLINE):
-                starts.update(token for token in added if token and prompt[1:].startswith(token))
-    result = tuple(sorted(starts))
-    tokenizer.__dict__["_internvl_template_starts"] = (template, result)
-    return result
-
-
 def original_llama_text(tokenizer: Any, text: str) -> str:
     """`text` as the transformers 5 tokenizer must see it to give transformers 4's slow `LlamaTokenizer` ids (see the
     module docstring); unchanged for every other tokenizer."""
@@ -291,7 +223,9 @@ def original_llama_text(tokenizer: Any, text: str) -> str:
     if mode != "non_legacy":
         return text
     special = _slow_token_sets(tokenizer)[1]
-    if text[:1] == SPIECE_UNDERLINE and any(text[1:].startswith(token) for token in _template_prompt_starts(tokenizer)):
+    if text[:1] == SPIECE_UNDERLINE and any(
+        text[1:].startswith(token) for token in template_prompt_starts(tokenizer, _slow_token_sets(tokenizer)[0])
+    ):
         # a prompt of a converted -hf chat template: its "▁" is the prefix the slow class puts there, not text
         return SPIECE_UNDERLINE + text[1:].replace(SPIECE_UNDERLINE, " ")
     # The slow class writes a "▁" of the text as a space first (so that an `rstrip` chat token strips it).
@@ -427,7 +361,7 @@ def _tokens_to_string(tokenizer: Any, tokens: list[str], special: set[str], lega
     special token that follows text, sentencepiece's dummy prefix dropped from each run of text)."""
     # (a converted -hf folder's TokenizersBackend says `add_prefix_space` False; its pipeline prepends the "▁" itself)
     own_prefix_space = getattr(tokenizer, "add_prefix_space", True) is not False
-    prefix_space = own_prefix_space or _converted_legacy_mode(tokenizer) is not None if legacy else True
+    prefix_space = own_prefix_space or converted_legacy_mode(tokenizer) is not None if legacy else True
     unk_id, unk_token = tokenizer.unk_token_id, str(tokenizer.unk_token)
 
     def unknown(piece: str) -> bool:
@@ -469,18 +403,6 @@ def _decode_token_sets(tokenizer: Any) -> tuple[set[str], set[int], set[str]]:
     return special, special_ids, added
 
 
-def _converted_legacy_mode(tokenizer: Any) -> str | None:
-    """`"legacy"` for the tokenizer of a converted `-hf` folder of a legacy sentencepiece Llama tokenizer (its
-    tokenizer.json carries the slow class's encoding and loads as `TokenizersBackend`,
-    `conversion.sentencepiece_llama.write_legacy_pipeline`), whose decoding is still transformers 5's; else None."""
-    if type(tokenizer).__name__ != "TokenizersBackend":
-        return None
-    record = _conversion_record(tokenizer)
-    if record.get("tokenizer_class") not in ("LlamaTokenizer", "LlamaTokenizerFast"):
-        return None
-    return "legacy" if record.get("tokenizer_legacy", True) is not False else None
-
-
 def decode_as_original(
     tokenizer: Any,
     token_ids: list[int],
@@ -493,7 +415,7 @@ def decode_as_original(
     byte-fallback pieces are read as sentencepiece reads them (one U+FFFD per invalid byte, where transformers 5
     writes U+FFFD for every byte of a run that is not valid UTF-8 as a whole). `clean_up_tokenization_spaces`: None
     for the tokenizer's own setting. Other tokenizers: their own `decode`."""
-    mode = slow_llama_mode(tokenizer) or _converted_legacy_mode(tokenizer)
+    mode = slow_llama_mode(tokenizer) or converted_legacy_mode(tokenizer)
     if mode is None:
         return tokenizer.decode(
             token_ids,
