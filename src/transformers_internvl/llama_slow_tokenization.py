@@ -39,6 +39,8 @@ from typing import Any
 
 from transformers.utils import logging
 
+from .converted_llama_tokenizer import conversion_record, converted_legacy_mode, template_prompt_starts
+
 logger = logging.get_logger(__name__)
 
 SPIECE_UNDERLINE = "\u2581"
@@ -93,8 +95,9 @@ def slow_llama_mode(tokenizer: Any) -> str | None:
     when it is truthy or None (the slow class tests its truth: `"legacy": 0` is non-legacy) or the file writes the
     key; a tokenizer_config.json without the key meant legacy (transformers 5
     defaults to non-legacy, so an explicit `legacy=False` argument on such a file cannot be told apart and is read as
-    legacy too: write `"legacy": false` into the file instead); a tokenizer with no file (built in memory) is taken at
-    its word."""
+    legacy too: write `"legacy": false` into the file instead), except in a converted `-hf` folder, whose config.json
+    records the source's key (transformers 5 drops it whenever it saves the tokenizer); a tokenizer with no file (built
+    in memory) is taken at its word."""
     from transformers import LlamaTokenizer
 
     if not isinstance(tokenizer, LlamaTokenizer):
@@ -104,8 +107,10 @@ def slow_llama_mode(tokenizer: Any) -> str | None:
         return cached
     value = getattr(tokenizer, "legacy", True)
     legacy = value is None or bool(value)  # transformers 4: None -> legacy; else the slow class tests its truth
-    if not legacy:
-        legacy = _config_legacy(tokenizer) is None  # a file without the key
+    if not legacy and _config_legacy(tokenizer) is None:  # a file without the key
+        # ... unless it is the tokenizer of a converted -hf folder, which records the source's key
+        recorded = conversion_record(tokenizer).get("tokenizer_legacy", True)
+        legacy = recorded is None or bool(recorded)
     if legacy:
         mode = "legacy" if _sentencepiece_model_is_plain(tokenizer) else None
         if mode is None:
@@ -121,8 +126,15 @@ def slow_llama_mode(tokenizer: Any) -> str | None:
 
 
 def _named_special_tokens(tokenizer: Any) -> set[str]:
-    """The tokens `special_tokens_map` names (`bos_token`, `eos_token`, ...; its lists left out)."""
-    return {str(value) for value in tokenizer.special_tokens_map.values() if isinstance(value, str)}
+    """The tokens `special_tokens_map` names under transformers 4's names (`bos_token`, `eos_token`, ...; its lists
+    and transformers 5's `extra_special_tokens` names, e.g. a converted `-hf` folder's `start_image_token`, left
+    out)."""
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+    names = PreTrainedTokenizerBase.SPECIAL_TOKENS_ATTRIBUTES
+    return {
+        str(value) for key, value in tokenizer.special_tokens_map.items() if key in names and isinstance(value, str)
+    }
 
 
 def _slow_token_sets(tokenizer: Any) -> tuple[dict[str, Any], list[str]]:
@@ -147,6 +159,10 @@ def _slow_token_sets(tokenizer: Any) -> tuple[dict[str, Any], list[str]]:
         if index >= vocab_size and token.special and content not in from_file:
             runtime_special.append(content)
     special = [token for token in tokenizer.all_special_tokens if token in added or token in named]
+    recorded = conversion_record(tokenizer).get("tokenizer_additional_special_tokens")
+    if isinstance(recorded, list):  # a converted -hf folder: the source's list, which transformers 5 rewrote
+        special = [token for token in special if token in named]
+        special += [str(token) for token in recorded if str(token) in added and str(token) not in special]
     special += [token for token in runtime_special if token not in special]
     tokenizer.__dict__["_internvl_slow_tokens"] = (len(decoder), added, special)
     return added, special
@@ -212,9 +228,15 @@ def original_llama_text(tokenizer: Any, text: str) -> str:
         return _legacy_text(tokenizer, text)[0]
     if mode != "non_legacy":
         return text
+    special = _slow_token_sets(tokenizer)[1]
+    if text[:1] == SPIECE_UNDERLINE and any(
+        text[1:].startswith(token) for token in template_prompt_starts(tokenizer, _slow_token_sets(tokenizer)[0])
+    ):
+        # a prompt of a converted -hf chat template: its "▁" is the prefix the slow class puts there, not text
+        return SPIECE_UNDERLINE + text[1:].replace(SPIECE_UNDERLINE, " ")
     # The slow class writes a "▁" of the text as a space first (so that an `rstrip` chat token strips it).
     text = text.replace(SPIECE_UNDERLINE, " ")
-    if any(text.startswith(token) for token in _slow_token_sets(tokenizer)[1]):
+    if any(text.startswith(token) for token in special):
         return text
     return SPIECE_UNDERLINE + text
 
@@ -343,7 +365,9 @@ def _sentencepiece_decode(pieces: list[str], dummy_prefix: bool = False, unknown
 def _tokens_to_string(tokenizer: Any, tokens: list[str], special: set[str], legacy: bool = False) -> str:
     """transformers 4.x `LlamaTokenizer.convert_tokens_to_string` (`legacy: false`, or legacy: a space before each
     special token that follows text, sentencepiece's dummy prefix dropped from each run of text)."""
-    prefix_space = getattr(tokenizer, "add_prefix_space", True) is not False if legacy else True
+    # (a converted -hf folder's TokenizersBackend says `add_prefix_space` False; its pipeline prepends the "▁" itself)
+    own_prefix_space = getattr(tokenizer, "add_prefix_space", True) is not False
+    prefix_space = own_prefix_space or converted_legacy_mode(tokenizer) is not None if legacy else True
     unk_id, unk_token = tokenizer.unk_token_id, str(tokenizer.unk_token)
 
     def unknown(piece: str) -> bool:
@@ -400,7 +424,7 @@ def decode_as_original(
 
     Raises:
         IndexError: an id outside the vocabulary (the slow class: sentencepiece's "piece id is out of range")."""
-    mode = slow_llama_mode(tokenizer)
+    mode = slow_llama_mode(tokenizer) or converted_legacy_mode(tokenizer)
     if mode is None:
         return tokenizer.decode(
             token_ids,
