@@ -33,3 +33,17 @@ def dataset(rows_or_path, root="", **kwargs):
     if isinstance(rows_or_path, (str, Path)):
         return InternVLSupervisedDataset.from_jsonl(rows_or_path, *args, root=str(root), **kwargs)
     return InternVLSupervisedDataset(rows_or_path, *args, root=str(root), **kwargs)
+
+
+def original_name(name: str, head: str) -> str:
+    """This package's parameter / module name (PEFT-wrapped or not) -> the original's, without PEFT prefixes."""
+    name = name.removeprefix("base_model.model.").replace(".modules_to_save.default", "")
+    for ours, theirs in (
+        ("model.language_model.", "language_model.model."),
+        ("model.vision_model.", "vision_model."),
+        ("model.mlp1.", "mlp1."),
+        ("lm_head.", f"language_model.{head}."),
+    ):
+        if name.startswith(ours):
+            return theirs + name[len(ours) :]
+    raise AssertionError(f"unexpected name {name}")

@@ -139,22 +139,9 @@ def test_converted_processor_gives_this_packages_input_ids(tokenizer, legacy, tm
     """Issue 9, acceptance 1 on sentencepiece tokenizers: transformers' processor steps on the `-hf` files give the
     `input_ids` and tile count of this package's processor on the original folder (the original's ids), in legacy
     mode and, through the "▁" the `-hf` chat template starts with, in non-legacy mode."""
-    from PIL import Image
-    from test_conversion import _hf_processor_input_ids
-    from transformers import AutoProcessor
-
     source = original_folder(tokenizer, tmp_path / "original", legacy=legacy)
     hf = convert_checkpoint(source, tmp_path / "hf", to="hf", progress=False).path
-    image = Image.new("RGB", (900, 500), (10, 200, 30))
-    text = "Describe  the image,\n then list it."
-    processor = AutoProcessor.from_pretrained(source)
-    messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": text}]}]
-    ours = processor.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
-    )
-    input_ids, tiles = _hf_processor_input_ids(hf, image, text)
-    assert tiles == ours["pixel_values"].shape[0]
-    assert input_ids == ours["input_ids"][0].tolist()
+    assert_hf_processor_steps_match(source, hf)
 
 
 AUTO_MAP = {
@@ -206,3 +193,22 @@ def test_recorded_auto_map_without_its_files_is_left_out(tmp_path, caplog):
         hf_logging.disable_propagation()
     assert "auto_map" not in json.loads((back / "config.json").read_text(encoding="utf-8"))
     assert "modeling_internvl_chat.py" in caplog.text
+
+
+def assert_hf_processor_steps_match(source, hf) -> None:
+    """transformers' processor steps on the `-hf` folder `hf` give the `input_ids` and tile count of this package's
+    processor on the original folder `source` (one image, one chat turn)."""
+    from PIL import Image
+    from test_conversion import _hf_processor_input_ids
+    from transformers import AutoProcessor
+
+    image = Image.new("RGB", (900, 500), (10, 200, 30))
+    text = "Describe  the image,\n then list it."
+    processor = AutoProcessor.from_pretrained(source)
+    messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": text}]}]
+    ours = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    input_ids, tiles = _hf_processor_input_ids(hf, image, text)
+    assert tiles == ours["pixel_values"].shape[0]
+    assert input_ids == ours["input_ids"][0].tolist()

@@ -13,6 +13,7 @@ import re
 
 import pytest
 import torch
+from finetune_helpers import original_name
 from helpers import FIXTURES, QWEN2_TOKENIZER, load_model
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, TrainerCallback, TrainingArguments
@@ -35,20 +36,6 @@ DATA = json.loads((HERE / "original.json").read_text())
 TENSORS = load_file(HERE / "original.safetensors")
 CASES = {case["name"]: case for case in DATA["trainable"]}
 CALLS = {name: call for name, _, _, call in INPUTS.TRAINABLE_CASES}
-
-
-def original_name(name: str, head: str) -> str:
-    """This package's parameter / module name (PEFT-wrapped or not) -> the original's, without PEFT prefixes."""
-    name = name.removeprefix("base_model.model.").replace(".modules_to_save.default", "")
-    for ours, theirs in (
-        ("model.language_model.", "language_model.model."),
-        ("model.vision_model.", "vision_model."),
-        ("model.mlp1.", "mlp1."),
-        ("lm_head.", f"language_model.{head}."),
-    ):
-        if name.startswith(ours):
-            return theirs + name[len(ours) :]
-    raise AssertionError(f"unexpected name {name}")
 
 
 def _trained(case_name):

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from finetune_helpers import original_name
 from helpers import QWEN2_TOKENIZER, TOKENIZERS
 from PIL import Image
 from transformers import AutoTokenizer
@@ -254,18 +255,6 @@ def test_sft_trainer_group_by_length_reads_the_length_column(tmp_path):
 from finetune_s10_inputs import TRAINABLE_CASES  # noqa: E402
 
 
-def _original_name(name: str, head: str) -> str:
-    for ours, theirs in (
-        ("model.language_model.", "language_model.model."),
-        ("model.vision_model.", "vision_model."),
-        ("model.mlp1.", "mlp1."),
-        ("lm_head.", f"language_model.{head}."),
-    ):
-        if name.startswith(ours):
-            return theirs + name[len(ours) :]
-    raise AssertionError(f"unexpected name {name}")
-
-
 @pytest.mark.parametrize("case", ORIGINAL["trainable"], ids=lambda case: case["name"])
 def test_llm_mlp_stage_trains_what_the_original_full_finetune_script_trains(case):
     from helpers import load_model
@@ -275,7 +264,7 @@ def test_llm_mlp_stage_trains_what_the_original_full_finetune_script_trains(case
     stage, kwargs = {name: call for name, _, _, call in TRAINABLE_CASES}[case["name"]]
     model = set_trainable(load_model(case["model"]), stage, **kwargs)
     head = "output" if "internlm2" in case["model"] else "lm_head"
-    ours = {_original_name(n, head): list(p.shape) for n, p in model.named_parameters() if p.requires_grad}
+    ours = {original_name(n, head): list(p.shape) for n, p in model.named_parameters() if p.requires_grad}
     assert ours == case["trainable"]
     assert model.model.vision_model.training is case["vision_training"] is True  # drop path stays active
     assert model.model.language_model.training  # not put in eval mode: the LLM trains

@@ -158,22 +158,11 @@ def test_a_prompt_of_the_hf_chat_template_gets_one_prefix(converted):
 def test_transformers_processor_steps_on_the_hf_folder_give_the_original_ids(name, tmp_path):
     """transformers' `InternVLProcessor` steps (replayed: it needs torchvision to load) on the `-hf` folder give the
     ids of this package's processor on the original folder."""
-    from PIL import Image
-    from test_conversion import _hf_processor_input_ids
-    from transformers import AutoProcessor
+    from test_conversion_s10 import assert_hf_processor_steps_match
 
     source = _source(name, tmp_path / "source")
     hf = convert_checkpoint(source, tmp_path / "hf", to="hf", progress=False).path
-    image = Image.new("RGB", (900, 500), (10, 200, 30))
-    text = "Describe  the image,\n then list it."
-    processor = AutoProcessor.from_pretrained(source)
-    messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": text}]}]
-    ours = processor.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
-    )
-    input_ids, tiles = _hf_processor_input_ids(hf, image, text)
-    assert tiles == ours["pixel_values"].shape[0]
-    assert input_ids == ours["input_ids"][0].tolist()
+    assert_hf_processor_steps_match(source, hf)
 
 
 def test_transformers_tokenizer_on_the_hf_folder_gives_the_original_chat_prompt(converted):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from finetune_helpers import original_name
 from torch import nn
 from transformers import AutoModel
 
@@ -27,18 +28,6 @@ ORIGINAL = json.loads((FIXTURES / "language_model_s10" / "original.json").read_t
 
 def _load(folder: str):
     return AutoModel.from_pretrained(FIXTURES / "models" / folder, dtype=torch.float32)
-
-
-def _original_name(name: str, head: str) -> str:
-    for ours, theirs in (
-        ("model.language_model.", "language_model.model."),
-        ("model.vision_model.", "vision_model."),
-        ("model.mlp1.", "mlp1."),
-        ("lm_head.", f"language_model.{head}."),
-    ):
-        if name.startswith(ours):
-            return theirs + name[len(ours) :]
-    raise AssertionError(f"unexpected parameter name {name}")
 
 
 def _freeze(module: nn.Module) -> None:  # the original script's `_freeze_params`
@@ -63,7 +52,7 @@ def test_the_original_freezing_steps_freeze_what_the_original_freezes(case):
         except AttributeError as exc:  # InternLM2's head is `output`, as in the original
             error = type(exc).__name__
     head = "output" if "internlm2" in case["model"] else "lm_head"
-    trainable = sorted(_original_name(n, head) for n, p in model.named_parameters() if p.requires_grad)
+    trainable = sorted(original_name(n, head) for n, p in model.named_parameters() if p.requires_grad)
     assert trainable == case["trainable"]
     assert error == case["error"]
     training = sorted(n for n, m in model.language_model.named_modules() if m.training)
