@@ -395,6 +395,7 @@ class InternVLChatForConditionalGeneration(InternVLChatMixin, InternVLChatPreTra
                 tiles, `visual_features` has the wrong hidden size, or `input_ids` is not `(batch, seq)` vocabulary ids.
         """
         args, kwargs = original_generate_arguments(args, kwargs)
+        kwargs.pop("mm_token_type_ids", None)  # the processor's media-token marks: nothing in this model reads them
         ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
         if isinstance(ids, torch.Tensor):  # shape and type (transformers' generate fails on 1-D ids without a word)
             check_input_ids(ids)  # the id range: in `forward`, on the prompt
