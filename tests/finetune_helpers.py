@@ -47,3 +47,14 @@ def original_name(name: str, head: str) -> str:
         if name.startswith(ours):
             return theirs + name[len(ours) :]
     raise AssertionError(f"unexpected name {name}")
+
+
+HUMAN_TURN = {"from": "human", "value": "What is it?"}
+GPT_TURN = {"from": "gpt", "value": "A picture."}
+
+
+def write_small_dataset(directory: Path) -> Path:
+    """`directory` with one 64x48 image `a.png` and `a.jsonl`: three one-image rows `[HUMAN_TURN, GPT_TURN]`."""
+    write_image(directory / "a.png", (64, 48))
+    write_jsonl(directory / "a.jsonl", [{"image": "a.png", "conversations": [HUMAN_TURN, GPT_TURN]}] * 3)
+    return directory

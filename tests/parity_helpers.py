@@ -83,3 +83,17 @@ def tiny_phi3_chat_setup(model_folder: Path, tokenizer, monkeypatch) -> tuple[An
 
     monkeypatch.setattr(chat_module, "generate_turn", spy)
     return model, pixel_values, config, fed
+
+
+def assert_processor_feeds_original_ids(directory: Path, strings: list[str], expected: list[dict]) -> None:
+    """`AutoProcessor` on `directory` (a tokenizer folder with an InternVL config.json) encodes the strings of
+    `strings` that hold no image token as the original did (`expected[i]["input_ids"]`, from the original's
+    fixtures); more than 100 strings are checked."""
+    from transformers import AutoProcessor
+
+    image_tokens = ("<img>", "</img>", "<IMG_CONTEXT>")
+    processor = AutoProcessor.from_pretrained(directory)
+    chosen = [i for i, text in enumerate(strings) if text and not any(token in text for token in image_tokens)]
+    assert len(chosen) > 100
+    ids = processor(text=[strings[i] for i in chosen])["input_ids"]
+    assert [i for i, row in zip(chosen, ids) if row != expected[i]["input_ids"]] == []

@@ -18,7 +18,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from finetune_helpers import dataset, tokenizer, write_image, write_jsonl
+from finetune_helpers import GPT_TURN, HUMAN_TURN, dataset, tokenizer, write_image, write_small_dataset
 from helpers import QWEN2_IMAGE_TOKEN_ID, original_model_dir, qwen2_processor
 from PIL import Image
 
@@ -360,15 +360,12 @@ def test_convert_refuses_an_index_naming_shards_outside_the_folder(tmp_path, sha
 # ---- 7. fine-tuning meta files and rows --------------------------------------------------------------------------
 
 
-H = {"from": "human", "value": "What is it?"}
-G = {"from": "gpt", "value": "A picture."}
+H, G = HUMAN_TURN, GPT_TURN
 
 
 @pytest.fixture
 def data_dir(tmp_path):
-    write_image(tmp_path / "a.png", (64, 48))
-    write_jsonl(tmp_path / "a.jsonl", [{"image": "a.png", "conversations": [H, G]}] * 3)
-    return tmp_path
+    return write_small_dataset(tmp_path)
 
 
 def _meta(folder, **entry):

@@ -11,7 +11,7 @@ import re
 
 import pytest
 import torch
-from finetune_helpers import tokenizer, write_image, write_jsonl
+from finetune_helpers import GPT_TURN, HUMAN_TURN, tokenizer, write_image, write_jsonl, write_small_dataset
 from helpers import QWEN2_DIR, original_model_dir, small_tiles
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageTextToText
@@ -156,15 +156,12 @@ def test_chat_accepts_lists_and_tuples_of_pairs(small_tile_qwen2, qwen2_tokenize
 # ---- 4. training meta files and annotation files -----------------------------------------------------------------
 
 
-H = {"from": "human", "value": "What is it?"}
-G = {"from": "gpt", "value": "A picture."}
+H, G = HUMAN_TURN, GPT_TURN
 
 
 @pytest.fixture
 def data_dir(tmp_path):
-    write_image(tmp_path / "a.png", (64, 48))
-    write_jsonl(tmp_path / "a.jsonl", [{"image": "a.png", "conversations": [H, G]}] * 3)
-    return tmp_path
+    return write_small_dataset(tmp_path)
 
 
 def _from_meta(meta_path):
