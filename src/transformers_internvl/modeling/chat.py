@@ -35,12 +35,12 @@ from .chat_prompts import (
     check_unicode,
     postprocess_response,
     prepare_chat_question,
-    whole_tile_counts,
+    whole_tile_count_arguments,
 )
 from .checkpoint_loading import check_generation_token_ids
 from .conversation import Conversation, get_conv_template
 from .generation_file_checks import check_generation_fields
-from .input_checks import check_chat_inputs, merge_tile_count_aliases, question_list
+from .input_checks import check_chat_inputs, merge_tile_count_aliases, python_scalar, question_list
 from .language_model_view import language_model_of
 from .original_attributes import OriginalAttributesMixin
 
@@ -76,7 +76,7 @@ def _generation_kwargs(generation_config: dict | GenerationConfig | None) -> dic
     check_generation_fields(fields)
     ids = {name: getattr(fields, name, None) for name in ("pad_token_id", "bos_token_id")}
     # A 0-d tensor id is valid (`generate` moves it to the device as it is): checked by its value.
-    ids = {name: value.tolist() if getattr(value, "ndim", None) == 0 else value for name, value in ids.items()}
+    ids = {name: python_scalar(value) for name, value in ids.items()}
     check_generation_token_ids(SimpleNamespace(**ids))
     return {**kwargs, "return_dict_in_generate": False}
 
@@ -94,8 +94,7 @@ def _check_image_token_strings(**tokens: Any) -> None:
 def _tile_counts(**given: Any) -> list[int] | None:
     """The tiles per image given under one of the names in `given` (`merge_tile_count_aliases`), each checked as
     whole numbers first (`whole_tile_counts`, naming the argument)."""
-    checked = {name: None if value is None else whole_tile_counts(name, value) for name, value in given.items()}
-    return merge_tile_count_aliases(**checked)
+    return merge_tile_count_aliases(**whole_tile_count_arguments(**given))
 
 
 def _ends_stream_on_error(method):

@@ -34,6 +34,7 @@ from ..chat_templates import (
     template_eos_token,
 )
 from .conversation import Conversation
+from .input_checks import python_scalar
 
 
 def _template_and_messages(template: str | Conversation) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -74,8 +75,8 @@ def whole_tile_counts(name: str, values: Any) -> list[int]:
     """`values` (a list / tuple / numpy array / tensor of tiles per image, argument `name`) as a list of ints.
 
     0-d integer tensors / arrays count as their value, as in the original. Integral floats (`2.0`) and bools count as
-    the int they equal (the original multiplies the counts into strings, so `True` works there as 1); anything else is refused instead of truncated (`int(1.5)` was 1 tile) or failing
-    later inside `sum` or the tokenizer.
+    the int they equal (the original multiplies the counts into strings, so `True` works there as 1); anything else
+    is refused instead of truncated (`int(1.5)` was 1 tile) or failing later inside `sum` or the tokenizer.
 
     Raises:
         TypeError: `values` is a str / bytes or not iterable, or holds a non-number (a str, None, a nested list).
@@ -86,7 +87,7 @@ def whole_tile_counts(name: str, values: Any) -> list[int]:
         raise TypeError(f"`{name}` must be a list of tile counts (one per image), got {type(values).__name__}.")
     # 0-d tensors / arrays and numpy scalars as their Python number (`list(torch.tensor([2, 3]))`; the original
     # multiplies strings by them).
-    values = [value.tolist() if getattr(value, "ndim", None) == 0 else value for value in values]
+    values = [python_scalar(value) for value in values]
     for value in values:
         if not isinstance(value, numbers.Real):
             raise TypeError(f"`{name}` must hold integer tile counts (one per image), got {values!r:.200}.")
@@ -97,10 +98,14 @@ def whole_tile_counts(name: str, values: Any) -> list[int]:
     return [int(value) for value in values]
 
 
+def whole_tile_count_arguments(**given: Any) -> dict[str, list[int] | None]:
+    """Each tile-count argument in `given` (name -> value or None) checked by `whole_tile_counts`, naming it."""
+    return {name: None if value is None else whole_tile_counts(name, value) for name, value in given.items()}
+
+
 def _checked_tile_counts(num_tiles_list: Any, num_patches_list: Any) -> list[int] | None:
     """`chat_templates._resolve_num_tiles_list` on counts checked by `whole_tile_counts` (naming the argument)."""
-    given = {"num_tiles_list": num_tiles_list, "num_patches_list": num_patches_list}
-    checked = {name: None if value is None else whole_tile_counts(name, value) for name, value in given.items()}
+    checked = whole_tile_count_arguments(num_tiles_list=num_tiles_list, num_patches_list=num_patches_list)
     return _resolve_num_tiles_list(checked["num_tiles_list"], checked["num_patches_list"])
 
 
@@ -287,5 +292,6 @@ __all__ = [
     "postprocess_response",
     "prepare_chat_question",
     "render_chat_prompt",
+    "whole_tile_count_arguments",
     "whole_tile_counts",
 ]

@@ -21,6 +21,7 @@ __all__ = [
     "merge_tile_count_aliases",
     "question_list",
     "vision_feature_layer_index",
+    "python_scalar",
 ]
 
 
@@ -257,6 +258,12 @@ def check_chat_inputs(tokenizer: Any, pixel_values: Any) -> None:
         )
     if not bool(torch.isfinite(pixel_values).all()):
         raise ValueError("`pixel_values` holds NaN or infinite values.")
+
+
+def python_scalar(value: Any) -> Any:
+    """A 0-d tensor / array or numpy scalar as its Python number (`tensor(2)` -> 2); anything else unchanged. Chat
+    arguments (tile counts, token ids, the voting seed) accept these as the original and `generate` do."""
+    return value.tolist() if getattr(value, "ndim", None) == 0 else value
 
 
 def _tile_counts(name: str, value: Any) -> list[Any]:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..answer_decoding import decode_answers, stop_token_ids
+from ..modeling.input_checks import python_scalar
 from .answers import parse_boxed_answer
 
 
@@ -95,8 +96,7 @@ def _checked_seed(seed: Any) -> int:
     """`seed` as the int `torch.manual_seed` takes unchanged: 1.5 and "1" were taken as seed 1 (silently), None and
     2**64 failed inside torch. Raises `TypeError` (not an integer; bools too) or `ValueError` (out of range)."""
     allowed = "`seed` must be an int in -2**63..2**64 - 1"
-    if getattr(seed, "ndim", None) == 0 and not isinstance(seed, numbers.Integral):
-        seed = seed.tolist()  # a 0-d tensor / array, which `torch.manual_seed` takes too (its value)
+    seed = python_scalar(seed)  # a 0-d tensor / array, which `torch.manual_seed` takes too (its value)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"{allowed}, got {type(seed).__name__} {seed!r}.")
     if not -(2**63) <= int(seed) < 2**64:
