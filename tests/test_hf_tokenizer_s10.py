@@ -207,10 +207,3 @@ def test_this_packages_decoding_of_the_hf_tokenizer_equals_the_original(converte
     for mode, skip in (("skip", True), ("keep", False)):
         got = [decode_as_original(tokenizer, ids, skip_special_tokens=skip) for ids in id_lists]
         assert [index for index, text in enumerate(got) if text != expected[mode][index]] == []
-
-
-def test_the_record_key_read_is_the_one_the_conversion_writes():
-    from transformers_internvl.conversion.hf_layout import ORIGINAL_RECORD_KEY
-    from transformers_internvl.converted_llama_tokenizer import ORIGINAL_RECORD_KEY as READ_KEY
-
-    assert READ_KEY == ORIGINAL_RECORD_KEY

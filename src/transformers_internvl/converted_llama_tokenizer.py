@@ -14,7 +14,8 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 SPIECE_UNDERLINE = "\u2581"
-# `conversion.hf_layout.ORIGINAL_RECORD_KEY` (not imported: the conversion package loads torch and its helpers)
+# The key of the record `convert --to hf` writes into the `-hf` config.json (`conversion.hf_layout` imports it from
+# here: this module stays free of torch).
 ORIGINAL_RECORD_KEY = "internvl_chat_original"
 
 
@@ -97,4 +98,4 @@ def template_prompt_starts(tokenizer: Any, added_tokens: Any) -> tuple[str, ...]
     return result
 
 
-__all__ = ["conversion_record", "converted_legacy_mode", "template_prompt_starts"]
+__all__ = ["ORIGINAL_RECORD_KEY", "conversion_record", "converted_legacy_mode", "template_prompt_starts"]

@@ -34,10 +34,11 @@ from typing import Any
 
 import torch
 
+from ..converted_llama_tokenizer import ORIGINAL_RECORD_KEY
 from .internlm2_llama import _BASE_RENAMES, _LAYER_RENAMES, fuse_wqkv, split_wqkv
 
-# The record written into the `-hf` config.json so that `--to original` restores what the `-hf` layout cannot say.
-ORIGINAL_RECORD_KEY = "internvl_chat_original"
+# The record written into the `-hf` config.json so that `--to original` restores what the `-hf` layout cannot say
+# (`ORIGINAL_RECORD_KEY`, defined beside its torch-free reader `converted_llama_tokenizer.conversion_record`).
 
 # Per-layer vision renames (original name after `encoder.layers.{i}.` -> `-hf` name after `encoder.layer.{i}.`).
 _VISION_LAYER_RENAMES: dict[str, str] = {
