@@ -49,6 +49,24 @@ SPIECE_UNDERLINE = "\u2581"
 _NO_FILE = object()
 
 
+def check_unicode(name: str, text: str | None) -> None:
+    """Refuse a string the tokenizer cannot encode (a lone surrogate such as `"\\ud800"`, which has no UTF-8 form;
+    the tokenizer failed with "TextEncodeInput must be Union[TextInputSequence, ...]"), naming the argument `name`.
+
+    Raises:
+        ValueError: naming `name`, the character and its position.
+    """
+    if not isinstance(text, str):
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"{name} is not valid Unicode: {error.object[error.start : error.end]!r} at position {error.start} "
+            f"({error.reason}; lone surrogates cannot be tokenized)."
+        ) from None
+
+
 def _config_legacy(tokenizer: Any) -> Any:
     """The `legacy` value of the tokenizer_config.json the tokenizer came from: None when the file has no such key,
     `_NO_FILE` when there is no file (a tokenizer built in memory)."""

@@ -30,6 +30,7 @@ from transformers.tokenization_utils_base import BatchEncoding
 from transformers.utils import to_py_obj
 
 from .llama_slow_tokenization import (
+    check_unicode,
     decode_as_original,
     encode_with_original_text,
     original_llama_text,
@@ -48,18 +49,12 @@ def _plain_texts(text: Any) -> bool:
 
 
 def _check_unicode(text: str | list[str], name: str) -> None:
-    """Raise `ValueError` naming a text with a lone surrogate (no UTF-8 form; the backend's own error names no text:
-    "TextEncodeInput must be Union[...]")."""
-    batched = not isinstance(text, str)
-    for index, item in enumerate(list(text) if batched else [text]):
-        try:
-            item.encode("utf-8")
-        except UnicodeEncodeError as error:
-            where = f"`{name}[{index}]`" if batched else f"`{name}`"
-            raise ValueError(
-                f"{where} is not valid Unicode: {error.object[error.start : error.end]!r} at position {error.start} "
-                f"({error.reason}; lone surrogates cannot be tokenized)."
-            ) from None
+    """`check_unicode` for a text or each text of a batch, named `name` / `name[index]`."""
+    if isinstance(text, str):
+        check_unicode(f"`{name}`", text)
+        return
+    for index, item in enumerate(text):
+        check_unicode(f"`{name}[{index}]`", item)
 
 
 def _original_texts(tokenizer: Any, text: str | list[str]) -> str | list[str]:

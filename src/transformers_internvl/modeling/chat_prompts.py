@@ -33,6 +33,7 @@ from ..chat_templates import (
     template_data,
     template_eos_token,
 )
+from ..llama_slow_tokenization import check_unicode
 from .conversation import Conversation
 from .input_checks import python_scalar
 
@@ -51,24 +52,6 @@ def _template_and_messages(template: str | Conversation) -> tuple[dict[str, Any]
         )
     messages = [{"role": roles[role], "content": message} for role, message in template.messages]
     return template.to_dict(), messages
-
-
-def check_unicode(name: str, text: str | None) -> None:
-    """Refuse a string the tokenizer cannot encode (a lone surrogate such as `"\\ud800"`, which has no UTF-8 form;
-    the tokenizer failed with "TextEncodeInput must be Union[TextInputSequence, ...]"), naming the argument `name`.
-
-    Raises:
-        ValueError: naming `name`, the character and its position.
-    """
-    if not isinstance(text, str):
-        return
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as error:
-        raise ValueError(
-            f"{name} is not valid Unicode: {error.object[error.start : error.end]!r} at position {error.start} "
-            f"({error.reason}; lone surrogates cannot be tokenized)."
-        ) from None
 
 
 def whole_tile_counts(name: str, values: Any) -> list[int]:
