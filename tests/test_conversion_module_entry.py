@@ -52,20 +52,11 @@ def runs(tmp_path_factory) -> tuple[dict[str, tuple[int, list[str], str]], Path]
         "no_to": (str(tmp_path / "missing"), str(tmp_path / "out")),  # --to is required
         "usage": ("--help",),
     }
-    process = subprocess.Popen(
-        [sys.executable, "-c", _RUN_MODULE, json.dumps(arguments)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    result = subprocess.run(
+        [sys.executable, "-c", _RUN_MODULE, json.dumps(arguments)], capture_output=True, text=True, timeout=300
     )
-    try:
-        stdout, stderr = process.communicate(timeout=300)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == 0, stdout + stderr
-    return {name: tuple(run) for name, run in json.loads(stdout.strip().splitlines()[-1]).items()}, tmp_path
+    assert result.returncode == 0, result.stdout + result.stderr
+    return {name: tuple(run) for name, run in json.loads(result.stdout.strip().splitlines()[-1]).items()}, tmp_path
 
 
 def test_module_converts_without_importing_cli(runs):

@@ -95,19 +95,14 @@ for name, code in json.loads(sys.argv[1]).items():
 def modules_after() -> tuple[dict[str, set[str]], str]:
     """`({step: sys.modules keys after it}, stderr)` for `IMPORT_STEPS`, run by one fresh interpreter (with this
     tree's `src` first); a step that fails leaves it and the later ones out (their tests show the stderr)."""
-    process = subprocess.Popen(
+    result = subprocess.run(
         [sys.executable, "-c", _STEPS_SCRIPT, json.dumps(IMPORT_STEPS)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         text=True,
+        timeout=300,
         env={**__import__("os").environ, "PYTHONPATH": SRC},
     )
-    try:
-        stdout, stderr = process.communicate(timeout=300)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    stdout, stderr = result.stdout, result.stderr
     modules = {}
     for line in stdout.splitlines():
         if line.startswith("MODULES "):
