@@ -39,8 +39,6 @@ from .llama_slow_tokenization import (
 
 __all__ = ["OriginalLlamaTokenizer", "as_original_tokenizer", "as_transformers_tokenizer"]
 
-_MISSING = object()
-
 
 def _plain_texts(text: Any) -> bool:
     return isinstance(text, str) or (
@@ -121,19 +119,16 @@ class OriginalLlamaTokenizer(LlamaTokenizer):
     def save_pretrained(self, *args, **kwargs):
         """`LlamaTokenizer.save_pretrained`, naming `LlamaTokenizer` in tokenizer_config.json (the folder's class)
         and writing the `legacy` mode it runs in (transformers 5 drops the key, and a file without it is read as
-        legacy, by transformers 4 too: a `legacy: false` Phi-3 tokenizer would come back with other ids)."""
+        legacy, by transformers 4 too: a `legacy: false` Phi-3 tokenizer would come back with other ids).
+
+        The save runs on a shallow clone of class `LlamaTokenizer` (same backend, vocabulary and special tokens, its
+        own `init_kwargs`), so this tokenizer is never changed: other threads can encode with it meanwhile."""
         legacy = slow_llama_mode(self) == "legacy"
-        state = self.__dict__.get("legacy", _MISSING), self.init_kwargs.get("legacy", _MISSING)
-        self.__class__, self.legacy, self.init_kwargs["legacy"] = LlamaTokenizer, legacy, legacy
-        try:
-            return LlamaTokenizer.save_pretrained(self, *args, **kwargs)
-        finally:
-            self.__class__ = OriginalLlamaTokenizer
-            for mapping, key, value in ((self.__dict__, "legacy", state[0]), (self.init_kwargs, "legacy", state[1])):
-                if value is _MISSING:
-                    mapping.pop(key, None)
-                else:
-                    mapping[key] = value
+        clone = object.__new__(LlamaTokenizer)
+        clone.__dict__.update(self.__dict__)
+        clone.init_kwargs = {**self.init_kwargs, "legacy": legacy}
+        clone.legacy = legacy
+        return LlamaTokenizer.save_pretrained(clone, *args, **kwargs)
 
 
 def as_original_tokenizer(tokenizer: Any) -> Any:
