@@ -57,3 +57,30 @@ def test_saving_never_changes_the_live_tokenizer(name, tmp_path, monkeypatch):
     shutil.copy(PHI3_MODEL / "config.json", tmp_path / "saved" / "config.json")
     reloaded = AutoTokenizer.from_pretrained(tmp_path / "saved")
     assert reloaded(strings)["input_ids"] == expected
+
+
+LEGACY_FOLDERS = ["hermes-no-key", "hermes-legacy-true"]
+
+
+def _legacy_folder(tmp_path, name):
+    directory = tmp_path / name
+    shutil.copytree(LEGACY / name, directory, ignore=shutil.ignore_patterns("*.py", "*.json.gz"))
+    shutil.copy(PHI3_MODEL / "config.json", directory / "config.json")
+    return directory
+
+
+# The original's slow `LlamaTokenizer` (transformers 4.47.1, `use_fast=False` as InternVL's code loads it) on these
+# folders, which set no `padding_side`: `tokenizer(["a", "a b c d"], padding=True)` (checked with /tmp/origvenv).
+ORIGINAL_PADDED = {"input_ids": [[1, 270, 0, 0, 0], [1, 270, 290, 275, 323]], "attention_mask": [[1, 1, 0, 0, 0], [1] * 5]}
+
+
+@pytest.mark.parametrize("name", LEGACY_FOLDERS)
+def test_a_folder_without_padding_side_pads_right_as_the_original(name, tmp_path):
+    directory = _legacy_folder(tmp_path, name)
+    assert "padding_side" not in json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    assert type(tokenizer) is OriginalLlamaTokenizer and tokenizer.padding_side == "right"
+    padded = tokenizer(["a", "a b c d"], padding=True)
+    assert {key: padded[key] for key in ORIGINAL_PADDED} == ORIGINAL_PADDED
+    # an explicit choice is kept
+    assert AutoTokenizer.from_pretrained(directory, padding_side="left").padding_side == "left"

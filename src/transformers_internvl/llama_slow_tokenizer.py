@@ -133,9 +133,14 @@ class OriginalLlamaTokenizer(LlamaTokenizer):
 
 def as_original_tokenizer(tokenizer: Any) -> Any:
     """`tokenizer`, made an `OriginalLlamaTokenizer` in place when it is exactly transformers' `LlamaTokenizer` and
-    `llama_slow_tokenization.slow_llama_mode` corrects it; any other tokenizer is returned as it is."""
+    `llama_slow_tokenization.slow_llama_mode` corrects it; any other tokenizer is returned as it is. A folder (or
+    `from_pretrained` call) that sets no `padding_side` gets the slow class's `"right"`."""
     if type(tokenizer) is LlamaTokenizer and slow_llama_mode(tokenizer) is not None:
         tokenizer.__class__ = OriginalLlamaTokenizer
+        if "padding_side" not in tokenizer.init_kwargs:
+            # the original's slow class pads on the right unless the folder says otherwise (transformers 5's
+            # `LlamaTokenizer`, the former fast class, pads on the left)
+            tokenizer.padding_side = "right"
     return tokenizer
 
 
