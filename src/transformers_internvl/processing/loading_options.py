@@ -175,6 +175,7 @@ __all__ = [
     "IMAGE_PROCESSOR_OPTIONS",
     "VIDEO_PROCESSOR_OPTIONS",
     "canonical_options",
+    "chat_template_for_load_options",
     "split_from_pretrained_kwargs",
 ]
 

@@ -55,7 +55,6 @@ from .loading_options import (
     video_processor_class,
 )
 from .pipeline_images import wrap_image_text_to_text_pipeline
-from .tokenizer_loading import without_call_truncation
 from .port_attributes import PortAttributeNamesMixin, post_process_generated
 from .processor_inputs import (
     add_missing_placeholders,
@@ -66,6 +65,7 @@ from .processor_inputs import (
     shift_for_inserted_prefix,
     split_per_sample,
 )
+from .tokenizer_loading import without_call_truncation
 
 logger = logging.get_logger(__name__)
 
@@ -277,7 +277,7 @@ class InternVLChatProcessor(ProcessorMixin, PortAttributeNamesMixin):
         return_text_replacement_offsets = bool(offsets_asked or output_kwargs.get("return_text_replacement_offsets"))
         sanitize = text_kwargs.pop("sanitize_control_tokens", None) or output_kwargs.get("sanitize_control_tokens")
         sanitize_control_tokens = check_bool("sanitize_control_tokens", sanitize or False)
-        mm_types = text_kwargs.pop("return_mm_token_type_ids", None) or output_kwargs.get("return_mm_token_type_ids")
+        types_asked = text_kwargs.pop("return_mm_token_type_ids", None) or output_kwargs.get("return_mm_token_type_ids")
         if sanitize_control_tokens:
             # Marked by `apply_chat_template(..., sanitize_control_tokens=True)`: the tokenizer encodes the marked
             # control tokens as plain text (transformers' `encode_marked_chat`).
@@ -330,7 +330,7 @@ class InternVLChatProcessor(ProcessorMixin, PortAttributeNamesMixin):
         data = dict(text_inputs)
         if return_text_replacement_offsets:
             data["text_replacement_offsets"] = replacement_offsets
-        if mm_types:  # 1 on image tokens, 2 on video frames' (`port_attributes`)
+        if types_asked:  # 1 on image tokens, 2 on video frames' (`port_attributes`)
             data["mm_token_type_ids"] = self._mm_token_type_ids(text_inputs, texts, video_inputs)
         if pixel_chunks:
             data["pixel_values"] = torch.cat(pixel_chunks, dim=0)

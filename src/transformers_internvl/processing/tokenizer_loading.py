@@ -104,7 +104,7 @@ def load_tokenizer(pretrained_model_name_or_path: Any, **kwargs: Any) -> Any:
     return as_original_tokenizer(tokenizer)  # Phi-3 / Yi: encodes and decodes as the original's slow class
 
 
-__all__ = ["check_tokenizer", "load_tokenizer"]
+__all__ = ["check_tokenizer", "load_tokenizer", "without_call_truncation"]
 
 
 @contextmanager
