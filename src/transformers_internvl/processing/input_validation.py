@@ -25,6 +25,7 @@ __all__ = [
     "check_image_size",
     "check_int",
     "check_processor_args",
+    "check_text_options",
     "check_texts",
     "check_triple",
     "pop_alias",
@@ -59,6 +60,37 @@ def check_texts(texts: Sequence[str]) -> None:
                 f"`text[{index}]` is not valid Unicode: {error.object[error.start : error.end]!r} at position "
                 f"{error.start} ({error.reason}; lone surrogates cannot be tokenized)."
             ) from None
+
+
+# Tokenizer options whose text the processor would hand to the tokenizer unexpanded, or not as whole prompts: the
+# `<image>` / `<video>` placeholders (and the `Image-1: <image>\n` prefix) are expanded in each sample's one string.
+_UNEXPANDED_TEXT_OPTIONS = {
+    "is_split_into_words": "pass each sample as one string (join the words)",
+    "text_pair": "put the second text in `text` (one string per sample)",
+    "text_target": "tokenize labels with `processor.tokenizer`, or build them from the chat template",
+    "text_pair_target": "tokenize labels with `processor.tokenizer`, or build them from the chat template",
+}
+
+
+def check_text_options(text_kwargs: Mapping[str, Any], has_media: bool | None = None) -> None:
+    """Refuse tokenizer options `InternVLChatProcessor.__call__` cannot honour (transformers' `TextKwargs`).
+
+    Raises:
+        ValueError: `is_split_into_words`, `text_pair`, `text_target` or `text_pair_target` is set (their text would
+            not get its placeholders expanded); `return_overflowing_tokens=True` when `has_media` (the windows would
+            cut image token runs; a text-only batch is windowed as the tokenizer does).
+    """
+    for name, advice in _UNEXPANDED_TEXT_OPTIONS.items():
+        if text_kwargs.get(name) not in (None, False):
+            raise ValueError(
+                f"InternVLChatProcessor does not support `{name}` (got {text_kwargs[name]!r}): it expands the "
+                f"`<image>` / `<video>` placeholders in one string per sample before tokenizing; {advice}."
+            )
+    if has_media and text_kwargs.get("return_overflowing_tokens"):
+        raise ValueError(
+            "InternVLChatProcessor does not support `return_overflowing_tokens=True` with images or videos: the "
+            "windows would cut the `<img>...</img>` token runs the model fills with tiles (it works on text only)."
+        )
 
 
 def check_bool(name: str, value: object) -> bool:

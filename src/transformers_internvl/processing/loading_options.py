@@ -12,6 +12,8 @@ from typing import Any
 
 from transformers.utils import CONFIG_NAME, PROCESSOR_NAME, cached_file, logging
 
+from ..chat_templates import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, get_jinja_chat_template
+
 logger = logging.get_logger(__name__)
 
 # `from_pretrained` keyword arguments that go to the image / video processor instead of the tokenizer: the original's
@@ -173,8 +175,43 @@ __all__ = [
     "IMAGE_PROCESSOR_OPTIONS",
     "VIDEO_PROCESSOR_OPTIONS",
     "canonical_options",
+    "chat_template_for_load_options",
     "split_from_pretrained_kwargs",
 ]
+
+
+# `InternVLChatProcessor.__init__` arguments its chat template is built from, with their defaults.
+_CHAT_TEMPLATE_OPTIONS = {
+    "template": "internvl2_5",
+    "system_message": None,
+    "image_placeholder": IMAGE_PLACEHOLDER,
+    "video_placeholder": VIDEO_PLACEHOLDER,
+}
+
+
+def chat_template_for_load_options(processor_dict: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`processor_dict` (a saved processor's, chat template read from its folder) for `from_pretrained(...,
+    **kwargs)`: when `kwargs` set `template`, `system_message`, `image_placeholder` or `video_placeholder` (and no
+    `chat_template`), the saved chat template is dropped, so that `InternVLChatProcessor.__init__` builds the one of
+    the merged options, as on an original folder. A saved chat template that is not the one this package builds from
+    the saved options (a custom one) is kept, with a warning that the options do not change it."""
+    changed = [name for name in _CHAT_TEMPLATE_OPTIONS if name in kwargs]
+    if not changed or "chat_template" in kwargs or processor_dict.get("chat_template") is None:
+        return processor_dict
+    saved = {name: processor_dict.get(name, default) for name, default in _CHAT_TEMPLATE_OPTIONS.items()}
+    built = get_jinja_chat_template(
+        saved["template"],
+        saved["system_message"],
+        image_placeholder=saved["image_placeholder"],
+        video_placeholder=saved["video_placeholder"],
+    )
+    if processor_dict["chat_template"] != built:
+        logger.warning(
+            f"The processor folder has a custom chat template; the load-time option(s) {changed} do not change it "
+            "(pass `chat_template=None` to build the template's own)."
+        )
+        return processor_dict
+    return {**processor_dict, "chat_template": None}
 
 
 def read_json(path: str | None) -> dict[str, Any] | None:

@@ -79,9 +79,12 @@ class PortAttributeNamesMixin:
     def _mm_token_type_ids(self, text_inputs, texts: list[str], video_inputs: dict) -> list[list[int]]:
         """`mm_token_type_ids` of `text_inputs["input_ids"]`, tokenized from `texts` once expanded (`video_inputs`:
         `num_frames` per video): 1 on each image's tokens, 2 on each video frame's (transformers' types; its default
-        marks by id, which cannot tell a frame from an image)."""
+        marks by id, which cannot tell a frame from an image). With `return_overflowing_tokens` (text only) a row is
+        a window of text `overflow_to_sample_mapping[row]`."""
         pattern = placeholder_pattern(self.image_placeholder, self.video_placeholder)
         kinds = placeholder_kinds(texts, pattern, self.image_placeholder, video_inputs["num_frames"])
+        if "overflow_to_sample_mapping" in text_inputs:
+            kinds = [kinds[int(sample)] for sample in text_inputs["overflow_to_sample_mapping"]]
         return mm_token_type_ids(text_inputs["input_ids"], kinds, self.image_start_token_id, self.image_end_token_id)
 
 

@@ -44,10 +44,11 @@ from .control_tokens import (
     special_tokens_around_text,
 )
 from .image_processing_options import InternVLImageProcessorKwargs
-from .input_validation import check_bool, check_processor_args, check_texts
+from .input_validation import check_bool, check_processor_args, check_text_options, check_texts
 from .legacy_folders import legacy_processor_dict
 from .loading_options import (
     HUB_KWARGS,
+    chat_template_for_load_options,
     image_processor_class,
     load_processor_parts,
     processor_dict_from_model_config,
@@ -64,6 +65,7 @@ from .processor_inputs import (
     shift_for_inserted_prefix,
     split_per_sample,
 )
+from .tokenizer_loading import without_call_truncation
 
 logger = logging.get_logger(__name__)
 
@@ -237,13 +239,7 @@ class InternVLChatProcessor(ProcessorMixin, PortAttributeNamesMixin):
 
     # ---- __call__ ------------------------------------------------------------------------------------------------
 
-    def __call__(
-        self,
-        images=None,
-        text: str | list[str] | None = None,
-        videos=None,
-        **kwargs,
-    ) -> BatchFeature:
+    def __call__(self, images=None, text: str | list[str] | None = None, videos=None, **kwargs) -> BatchFeature:
         """Expand placeholders, tile images, sample video frames and tokenize.
 
         Args:
@@ -256,7 +252,9 @@ class InternVLChatProcessor(ProcessorMixin, PortAttributeNamesMixin):
                 `min_dynamic_patch` / `min_num`, `use_thumbnail`, `max_total_tiles`) and video options
                 (`num_frames`, ...), flat or as `text_kwargs` / `images_kwargs` / `videos_kwargs`. An unknown flat
                 option is ignored with a warning (transformers' `_merge_kwargs`); an unknown key in `images_kwargs`
-                raises `TypeError`.
+                raises `TypeError`. `is_split_into_words`, `text_pair`, `text_target` and `text_pair_target` raise
+                `ValueError` (their text would not be expanded), as does `return_overflowing_tokens` with images or
+                videos (windows would cut image token runs; text-only batches are windowed as by the tokenizer).
 
         Returns:
             `BatchFeature` with `input_ids`, `attention_mask` and, when there are images or videos, `pixel_values`
@@ -267,27 +265,24 @@ class InternVLChatProcessor(ProcessorMixin, PortAttributeNamesMixin):
         if isinstance(text, bytes | dict) or not hasattr(text, "__iter__"):
             raise TypeError(f"`text` must be a str or a list of str, got {type(text).__name__}.")
         texts = [text] if isinstance(text, str) else list(text)
-        check_texts(texts)  # each a str (TypeError naming its index), valid Unicode
-
         tokenizer_init_kwargs = {k: v for k, v in self.tokenizer.init_kwargs.items() if k != "padding_side"}
         output_kwargs = self._merge_kwargs(
             InternVLProcessingKwargs, tokenizer_init_kwargs=tokenizer_init_kwargs, **kwargs
         )
         text_kwargs = output_kwargs["text_kwargs"]
+        check_text_options(text_kwargs)  # no `is_split_into_words`, `text_pair`, ... (ValueError naming it)
+        check_texts(texts)  # each a str (TypeError naming its index), valid Unicode
         return_tensors = text_kwargs.pop("return_tensors", None)
-        return_text_replacement_offsets = bool(
-            text_kwargs.pop("return_text_replacement_offsets", None)
-            or output_kwargs.get("return_text_replacement_offsets", False)
-        )
+        offsets_asked = text_kwargs.pop("return_text_replacement_offsets", None)
+        return_text_replacement_offsets = bool(offsets_asked or output_kwargs.get("return_text_replacement_offsets"))
         sanitize = text_kwargs.pop("sanitize_control_tokens", None) or output_kwargs.get("sanitize_control_tokens")
         sanitize_control_tokens = check_bool("sanitize_control_tokens", sanitize or False)
-        text_kwargs.pop("return_mm_token_type_ids", None)
+        types_asked = text_kwargs.pop("return_mm_token_type_ids", None) or output_kwargs.get("return_mm_token_type_ids")
         if sanitize_control_tokens:
             # Marked by `apply_chat_template(..., sanitize_control_tokens=True)`: the tokenizer encodes the marked
             # control tokens as plain text (transformers' `encode_marked_chat`).
             text_kwargs["sanitize_control_tokens"] = True
         check_no_raw_image_tokens(texts, (self.image_start_token, self.image_end_token, self.image_context_token))
-        return_mm_token_type_ids = output_kwargs.get("return_mm_token_type_ids", False)
 
         images_per_sample = split_per_sample(images, texts, self.image_placeholder, is_image, "images")
         videos_per_sample = split_per_sample(videos, texts, self.video_placeholder, is_video, "videos")
@@ -298,6 +293,7 @@ class InternVLChatProcessor(ProcessorMixin, PortAttributeNamesMixin):
 
         has_images = any(images_per_sample)
         has_videos = any(videos_per_sample)
+        check_text_options(text_kwargs, has_images or has_videos)  # overflowing windows: text only
         if (has_images or has_videos) and None in self.image_token_ids:
             raise ValueError(
                 f"The tokenizer has no single token for {self.image_start_token!r}, {self.image_end_token!r} or "
@@ -329,11 +325,12 @@ class InternVLChatProcessor(ProcessorMixin, PortAttributeNamesMixin):
             replacement_offsets = [shift_for_inserted_prefix(offsets, before) for offsets in replacement_offsets]
             text_kwargs["add_special_tokens"] = False
         text_inputs = encode_as_original(self.tokenizer, expanded_texts, **text_kwargs)  # Phi-3 / Yi: slow ids
-        self._check_special_mm_tokens(expanded_texts, text_inputs, modalities=["image"])
+        if not text_kwargs.get("return_overflowing_tokens"):  # (refused with images and videos)
+            self._check_special_mm_tokens(expanded_texts, text_inputs, modalities=["image"])
         data = dict(text_inputs)
         if return_text_replacement_offsets:
             data["text_replacement_offsets"] = replacement_offsets
-        if return_mm_token_type_ids:  # 1 on image tokens, 2 on video frames' (`port_attributes`)
+        if types_asked:  # 1 on image tokens, 2 on video frames' (`port_attributes`)
             data["mm_token_type_ids"] = self._mm_token_type_ids(text_inputs, texts, video_inputs)
         if pixel_chunks:
             data["pixel_values"] = torch.cat(pixel_chunks, dim=0)
@@ -446,11 +443,12 @@ class InternVLChatProcessor(ProcessorMixin, PortAttributeNamesMixin):
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
         """`ProcessorMixin.save_pretrained`, atomic (`atomic_save.atomic_save_directory`): written to a temporary
         folder beside `save_directory` and swapped in; the folder's other files (the model's weights and config
-        included) are kept. Returns the saved files' paths under `save_directory`."""
+        included) are kept, a call's truncation is not (`without_call_truncation`). Returns the saved paths."""
         if push_to_hub:
             kwargs.setdefault("repo_id", os.path.basename(os.path.normpath(save_directory)))
         with atomic_save_directory(save_directory, keep_old_weights=True) as staging:
-            files = super().save_pretrained(staging, push_to_hub=push_to_hub, **kwargs)
+            with without_call_truncation(self.tokenizer):
+                files = super().save_pretrained(staging, push_to_hub=push_to_hub, **kwargs)
         if isinstance(files, (list, tuple)):
             files = [
                 os.path.join(os.fspath(save_directory), os.path.relpath(path, staging))
@@ -468,14 +466,15 @@ class InternVLChatProcessor(ProcessorMixin, PortAttributeNamesMixin):
     @classmethod
     def get_processor_dict(cls, pretrained_model_name_or_path, **kwargs) -> tuple[dict[str, Any], dict[str, Any]]:
         """The saved processor config, or, for an original OpenGVLab directory (no processor_config.json), one built
-        from its `config.json` (template, system message, tile size, tiling settings)."""
+        from its `config.json` (template, system message, tile size, tiling settings). A load-time `template`,
+        `system_message` or placeholder rebuilds a saved chat template (`chat_template_for_load_options`)."""
         hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
         processor_dict, kwargs = checked_processor_dict(super(), pretrained_model_name_or_path, kwargs)
-        if processor_dict.get("processor_class") in _PROCESSOR_CLASS_NAMES:
-            return processor_dict, kwargs
+        if processor_dict.get("processor_class") in _PROCESSOR_CLASS_NAMES:  # (load-time template: new chat template)
+            return chat_template_for_load_options(processor_dict, kwargs), kwargs
         legacy = legacy_processor_dict(pretrained_model_name_or_path, hub_kwargs)
         if legacy is not None:  # saved before the rename with per-file sub-processor configs
-            return legacy, kwargs
+            return chat_template_for_load_options(legacy, kwargs), kwargs
         return processor_dict_from_model_config(pretrained_model_name_or_path, processor_dict, hub_kwargs), kwargs
 
     @classmethod

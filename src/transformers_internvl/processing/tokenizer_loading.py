@@ -10,6 +10,8 @@ every text to `[<s>]`). `load_tokenizer` checks both and raises instead.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from transformers.utils import cached_file, logging
@@ -102,4 +104,25 @@ def load_tokenizer(pretrained_model_name_or_path: Any, **kwargs: Any) -> Any:
     return as_original_tokenizer(tokenizer)  # Phi-3 / Yi: encodes and decodes as the original's slow class
 
 
-__all__ = ["check_tokenizer", "load_tokenizer"]
+__all__ = ["check_tokenizer", "load_tokenizer", "without_call_truncation"]
+
+
+@contextmanager
+def without_call_truncation(tokenizer: Any) -> Iterator[None]:
+    """While saving: the fast tokenizer's backend without the truncation its last call set (restored after).
+
+    transformers' fast tokenizers keep a call's `truncation=True, max_length=N` in their `tokenizers` backend, and
+    `save_pretrained` writes it into tokenizer.json; `from_pretrained` then makes it the tokenizer's `max_length`,
+    which processors take as a call default, so the reloaded processor would cut every prompt to N tokens. A
+    truncation the tokenizer was loaded with (`init_kwargs["max_length"]`) is kept.
+    """
+    backend = getattr(tokenizer, "_tokenizer", None)
+    state = getattr(backend, "truncation", None)
+    if state is None or tokenizer.init_kwargs.get("max_length") is not None:
+        yield
+        return
+    backend.no_truncation()
+    try:
+        yield
+    finally:
+        backend.enable_truncation(**state)
