@@ -1,0 +1,139 @@
+"""Session-11 held-out check of fine-tuning (issue 11) against the ORIGINAL training code: one training step.
+
+`tests/fixtures/finetune_s11/` (README there) holds what OpenGVLab's `LazySupervisedDataset`,
+`concat_pad_data_collator`, `PackedDataset.update_buffer` + `packed_collate_fn` and `InternVLChatModel.forward` (train
+mode, every parameter trainable) give for a mixed batch (one image, text-only with a system turn and the dummy tile of
+`image_flags` 0, two images) on both tiny models: the samples, the loss and the gradient of every parameter, padded
+and packed, for `loss_reduction` token / square / sample. Here the same rows go through this package's dataset,
+collators, `InternVLTrainer.compute_loss` and model.
+"""
+
+import importlib.util
+import json
+
+import pytest
+import torch
+from finetune_helpers import original_name
+from helpers import FIXTURES, TOKENIZERS, load_model
+from safetensors.torch import load_file
+from transformers import AutoTokenizer, TrainingArguments
+
+import transformers_internvl  # noqa: F401
+from transformers_internvl.processing.image_processing_internvl import InternVLImageProcessor
+from transformers_internvl.training.collator import InternVLDataCollator, InternVLPackingCollator
+from transformers_internvl.training.data import InternVLSupervisedDataset
+from transformers_internvl.training.stages import set_trainable
+from transformers_internvl.training.trainer import InternVLTrainer
+
+HERE = FIXTURES / "finetune_s11"
+_spec = importlib.util.spec_from_file_location("finetune_s11_inputs", HERE / "finetune_s11_inputs.py")
+INPUTS = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(INPUTS)
+DATA = json.loads((HERE / "original.json").read_text())
+TENSORS = load_file(HERE / "original.safetensors")
+
+
+def _tokenizer(name):
+    _, tokenizer_name, _, specials = INPUTS.MODELS[name]
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZERS / tokenizer_name)
+    if specials:
+        tokenizer.add_special_tokens({"additional_special_tokens": INPUTS.SPECIALS})
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("s11-images")
+    INPUTS.write_images(directory)
+    return directory
+
+
+_SAMPLES = {}
+
+
+def _samples(name, root):
+    if name not in _SAMPLES:
+        dataset = InternVLSupervisedDataset(
+            INPUTS.ROWS,
+            _tokenizer(name),
+            InternVLImageProcessor(use_thumbnail=True),
+            INPUTS.TEMPLATE,
+            num_image_token=INPUTS.NUM_IMAGE_TOKEN,
+            max_length=8192,
+            root=str(root),
+            max_dynamic_patch=INPUTS.MAX_DYNAMIC_PATCH,
+        )
+        _SAMPLES[name] = [dataset[i] for i in range(len(dataset))]
+        assert not dataset.skipped
+    return _SAMPLES[name]
+
+
+@pytest.mark.parametrize("name", sorted(INPUTS.MODELS))
+def test_samples_equal_the_original(name, root):
+    expected = DATA["models"][name]["samples"]
+    samples = _samples(name, root)
+    for sample, want in zip(samples, expected, strict=True):
+        assert sample["input_ids"].tolist() == want["input_ids"]
+        assert sample["labels"].tolist() == want["labels"]
+        assert sample["image_flags"].tolist() == want["image_flags"]
+        assert [INPUTS.tile_hash(tile) for tile in sample["pixel_values"]] == want["tile_sha256"]
+
+
+def _model(name):
+    folder, _, _, _ = INPUTS.MODELS[name]
+    image_token = DATA["models"][name]["img_context_token_id"]
+    model = load_model(folder, image_token_id=image_token, dtype=torch.float32, attn_implementation="eager")
+    return set_trainable(model, "full")
+
+
+def _step(name, batch, tmp_path):
+    """Loss and gradients of one `InternVLTrainer.compute_loss` + backward, by original parameter name."""
+    model = _model(name)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    trainer = InternVLTrainer(model=model, args=args)
+    loss = trainer.compute_loss(model, batch)
+    loss.backward()
+    head = INPUTS.MODELS[name][2]
+    grads = {original_name(n, head): p.grad for n, p in model.named_parameters() if p.grad is not None}
+    return float(loss.detach()), grads
+
+
+def _check(name, key, loss, grads):
+    expected = DATA["models"][name][key]
+    assert loss == pytest.approx(expected["loss"], abs=2e-5)
+    assert set(grads) == set(expected["grad_params"])
+    for param in expected["grad_params"]:
+        norm = TENSORS[f"{name}.{key}.norm.{param}"].item()
+        flat = grads[param].flatten()
+        assert flat.double().norm().item() == pytest.approx(norm, rel=1e-4, abs=1e-7), param
+        torch.testing.assert_close(
+            INPUTS.grad_sample(flat), TENSORS[f"{name}.{key}.sample.{param}"], atol=1e-5 * max(1.0, norm), rtol=1e-4
+        )
+
+
+@pytest.mark.parametrize("reduction", INPUTS.REDUCTIONS)
+@pytest.mark.parametrize("name", sorted(INPUTS.MODELS))
+def test_padded_step_equals_the_original(name, reduction, root, tmp_path):
+    """A padded batch mixing image, multi-image and text-only rows (dummy tile, image_flags 0): loss and every
+    gradient as the original's forward (InternLM2: dynamic NTK RoPE at the padded length, as the original)."""
+    pad = DATA["models"][name]["pad_token_id"]
+    batch = InternVLDataCollator(pad, loss_reduction=reduction)(_samples(name, root))
+    assert batch["attention_mask"].sum(1).tolist() == DATA["models"][name][f"padded.{reduction}"]["attention_mask_rows"]
+    _check(name, f"padded.{reduction}", *_step(name, batch, tmp_path))
+
+
+@pytest.mark.parametrize("reduction", INPUTS.REDUCTIONS)
+@pytest.mark.parametrize("name", sorted(INPUTS.MODELS))
+def test_packed_step_equals_the_original(name, reduction, root, tmp_path):
+    """The three samples packed in one row: position ids, boundaries, loss weights, loss and every gradient as the
+    original's packed training (InternLM2: its packed-training attention patch, RoPE base at the row length)."""
+    pad = DATA["models"][name]["pad_token_id"]
+    expected = DATA["models"][name][f"packed.{reduction}"]
+    batch = InternVLPackingCollator(pad, max_tokens=8192, loss_reduction=reduction)(_samples(name, root))
+    assert batch["input_ids"].shape[0] == 1
+    assert batch["position_ids"][0].tolist() == expected["position_ids"]
+    starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist() + [batch["input_ids"].shape[1]]
+    assert starts == expected["cu_seqlens"]
+    weights = batch.get("loss_weight", torch.where(batch["labels"] == -100, 0.0, 1.0))
+    torch.testing.assert_close(weights[0], torch.tensor(expected["loss_weight"]), atol=1e-7, rtol=0)
+    _check(name, f"packed.{reduction}", *_step(name, batch, tmp_path))
