@@ -79,18 +79,25 @@ def test_samples_equal_the_original(name, root):
         assert [INPUTS.tile_hash(tile) for tile in sample["pixel_values"]] == want["tile_sha256"]
 
 
-def _model(name):
+def _model(name, checkpointing=False):
     folder, _, _, _ = INPUTS.MODELS[name]
     image_token = DATA["models"][name]["img_context_token_id"]
     model = load_model(folder, image_token_id=image_token, dtype=torch.float32, attn_implementation="eager")
-    return set_trainable(model, "full")
+    return set_trainable(model, "full", gradient_checkpointing=checkpointing)
 
 
-def _step(name, batch, tmp_path):
-    """Loss and gradients of one `InternVLTrainer.compute_loss` + backward, by original parameter name."""
-    model = _model(name)
-    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
-    trainer = InternVLTrainer(model=model, args=args)
+def _step(name, batch, tmp_path, trl=False, checkpointing=False):
+    """Loss and gradients of one `InternVLTrainer.compute_loss` (TRL: `InternVLSFTTrainer.compute_loss`) + backward,
+    by original parameter name."""
+    model = _model(name, checkpointing)
+    if trl:
+        from transformers_internvl.training.sft import internvl_sft_config, sft_trainer
+
+        args = internvl_sft_config(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+        trainer = sft_trainer(model, args, _SAMPLES[name], InternVLDataCollator(0), processing_class=_tokenizer(name))
+    else:
+        args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+        trainer = InternVLTrainer(model=model, args=args)
     loss = trainer.compute_loss(model, batch)
     loss.backward()
     head = INPUTS.MODELS[name][2]
@@ -137,3 +144,27 @@ def test_packed_step_equals_the_original(name, reduction, root, tmp_path):
     weights = batch.get("loss_weight", torch.where(batch["labels"] == -100, 0.0, 1.0))
     torch.testing.assert_close(weights[0], torch.tensor(expected["loss_weight"]), atol=1e-7, rtol=0)
     _check(name, f"packed.{reduction}", *_step(name, batch, tmp_path))
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("reduction", ["token", "square"])
+def test_trl_sft_trainer_step_equals_the_original(reduction, packed, root, tmp_path):
+    """TRL's `SFTTrainer` (`training.sft`) on the same batches: the original's loss and gradients."""
+    pytest.importorskip("trl")
+    name = "qwen2"
+    pad = DATA["models"][name]["pad_token_id"]
+    samples = _samples(name, root)
+    if packed:
+        batch = InternVLPackingCollator(pad, max_tokens=8192, loss_reduction=reduction)(samples)
+    else:
+        batch = InternVLDataCollator(pad, loss_reduction=reduction)(samples)
+    key = f"{'packed' if packed else 'padded'}.{reduction}"
+    _check(name, key, *_step(name, batch, tmp_path, trl=True))
+
+
+@pytest.mark.parametrize("name", sorted(INPUTS.MODELS))
+def test_packed_step_with_gradient_checkpointing_equals_the_original(name, root, tmp_path):
+    """Gradient checkpointing in both towers on a packed row (square weights): still the original's gradients."""
+    pad = DATA["models"][name]["pad_token_id"]
+    batch = InternVLPackingCollator(pad, max_tokens=8192, loss_reduction="square")(_samples(name, root))
+    _check(name, "packed.square", *_step(name, batch, tmp_path, checkpointing=True))
