@@ -168,3 +168,39 @@ def test_packed_step_with_gradient_checkpointing_equals_the_original(name, root,
     pad = DATA["models"][name]["pad_token_id"]
     batch = InternVLPackingCollator(pad, max_tokens=8192, loss_reduction="square")(_samples(name, root))
     _check(name, "packed.square", *_step(name, batch, tmp_path, checkpointing=True))
+
+
+@pytest.mark.parametrize(
+    "case", DATA["lora_families"], ids=lambda c: f"{c['family']}-{c['case']}"
+)
+def test_lora_trainable_parameters_equal_the_original_per_family(case):
+    """`set_trainable("llm_lora")` on Phi-3 (fused qkv_proj / gate_up_proj) and Llama configs: the same LoRA modules,
+    ranks, scalings and dropout, and the same trainable parameters and shapes, as the original's `wrap_llm_lora` /
+    `wrap_backbone_lora` with its LoRA scripts' freezing."""
+    from test_llm_families import read_fixture
+
+    from transformers_internvl import InternVLChatForConditionalGeneration
+    from transformers_internvl.modeling.configuration_internvl import InternVLConfig
+
+    raw = read_fixture(case["family"])
+    model = InternVLChatForConditionalGeneration(InternVLConfig(**{k: v for k, v in raw.items() if k != "model_type"}))
+    flags = case["flags"]
+    peft_model = set_trainable(
+        model, "llm_lora", lora_rank=flags["use_llm_lora"], vision_lora_rank=flags["use_backbone_lora"]
+    )
+    trainable = {
+        original_name(n, "lm_head").replace("base_model.model.", ""): list(p.shape)
+        for n, p in peft_model.named_parameters()
+        if p.requires_grad
+    }
+    assert trainable == case["trainable"]
+    lora = {}
+    for module_name, module in peft_model.named_modules():
+        if hasattr(module, "lora_A") and "default" in module.lora_A:
+            name = original_name(module_name, "lm_head").replace("base_model.model.", "")
+            lora[name] = {
+                "r": module.r["default"],
+                "scaling": module.scaling["default"],
+                "dropout": module.lora_dropout["default"].p,
+            }
+    assert lora == case["lora"]
