@@ -204,3 +204,24 @@ def test_lora_trainable_parameters_equal_the_original_per_family(case):
                 "dropout": module.lora_dropout["default"].p,
             }
     assert lora == case["lora"]
+
+
+def test_example_packing_skips_samples_longer_than_a_packed_row(tmp_path):
+    """`--packing --max-tokens` below `--max-length`: the original's PackedDataset clamps the dataset's `max_tokens`
+    to `max_packed_tokens` (with a warning) and trains on; here the longer samples are skipped with their reason and
+    training continues (before: the packing collator raised at the first such batch and training stopped)."""
+    import sys
+
+    sys.path.insert(0, str(FIXTURES.parents[1] / "examples"))
+    import finetune_lora
+
+    argv = ["--model", str(FIXTURES / "models" / "tiny-qwen2"), "--tokenizer", str(TOKENIZERS / "qwen2-tiny"),
+            "--output-dir", str(tmp_path / "out"), "--packing", "--max-tokens", "300", "--max-steps", "2",
+            "--batch-size", "2", "--lora-rank", "2", "--train-sampling", "sequential", "--disable-tqdm"]  # fmt: skip
+    with pytest.warns(UserWarning, match="--max-length 8192 is above --max-tokens 300"):
+        trainer = finetune_lora.main(argv)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 2 and all(loss == loss for loss in losses)
+    dataset = trainer.data_collator.dataset if hasattr(trainer.data_collator, "dataset") else trainer.train_dataset
+    assert dataset.max_length == 300
+    assert dataset.skipped and all("over-length" in reason for reason in dataset.skipped.reasons.values())
