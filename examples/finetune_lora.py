@@ -22,6 +22,7 @@ import json
 import os
 import sys
 import tempfile
+import warnings
 
 import numpy as np
 import torch
@@ -169,6 +170,15 @@ def main(argv=None) -> InternVLTrainer:
     )
     config = model.config
     image_processor = training_image_processor(config)
+    if args.packing and args.max_length > args.max_tokens:
+        # As the original's PackedDataset (`ds.max_tokens` clamped to `max_packed_tokens`, with a warning): a sample
+        # longer than a packed row would otherwise stop training in the collator; it is skipped with the others.
+        warnings.warn(
+            f"--max-length {args.max_length} is above --max-tokens {args.max_tokens}: samples longer than "
+            f"{args.max_tokens} tokens are skipped (dataset max_length = {args.max_tokens}).",
+            stacklevel=1,
+        )
+        args.max_length = args.max_tokens
     common = dict(
         tokenizer=tokenizer,
         image_processor=image_processor,

@@ -156,7 +156,9 @@ class InternVLPackingCollator(InternVLDataCollator):
             if tokens > self.max_tokens or (self.max_tiles is not None and tiles > self.max_tiles):
                 raise ValueError(
                     f"sample {index} has {tokens} tokens and {tiles} tiles; a row holds at most "
-                    f"max_tokens={self.max_tokens} tokens and max_tiles={self.max_tiles} tiles."
+                    f"max_tokens={self.max_tokens} tokens and max_tiles={self.max_tiles} tiles. Give the dataset a "
+                    f"`max_length` of at most max_tokens (it then skips longer samples, as the original clamps its "
+                    f"datasets' `max_tokens` to `max_packed_tokens`)."
                 )
             for row, (row_tokens, row_tiles) in enumerate(used):
                 fits_tiles = self.max_tiles is None or row_tiles + tiles <= self.max_tiles
