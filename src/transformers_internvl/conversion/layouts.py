@@ -330,6 +330,7 @@ def write_hf_tokenizer(source: Path, folder: Path, chat_template: str, vocab_siz
 
     from ..llama_slow_tokenization import slow_llama_mode
     from ..processing.tokenization_internlm2_fast import InternLM2TokenizerFast
+    from .sentencepiece_decoding import check_decoding, write_slow_decoding
     from .sentencepiece_llama import (
         check_ids,
         copy_sentencepiece_model,
@@ -366,13 +367,17 @@ def write_hf_tokenizer(source: Path, folder: Path, chat_template: str, vocab_siz
             tokenizer_config.pop(name, None)
     write_json(config_path, tokenizer_config)
     slow_mode = slow_llama_mode(reference)  # a sentencepiece LlamaTokenizer: the original's slow class's ids
+    slow_decoding = False
     if slow_mode == "legacy":
         write_legacy_pipeline(folder)
+        slow_decoding = write_slow_decoding(folder, reference, tokenizers[2])  # and its decoding
 
     converted = AutoTokenizer.from_pretrained(folder)
     if type(converted).__module__.startswith("transformers_internvl"):
         raise ConversionError(f"the converted tokenizer loads as {type(converted).__name__}, a class of this package")
     check_ids(reference, converted, TOKENIZER_CHECK_STRINGS, slow_mode)
+    if slow_decoding:
+        check_decoding(reference, converted, TOKENIZER_CHECK_STRINGS)
     if slow_mode == "non_legacy":
         converted.chat_template = non_legacy_chat_template(reference, converted, chat_template)
     return converted
