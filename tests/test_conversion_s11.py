@@ -183,3 +183,20 @@ def test_first_token_whose_rest_is_no_piece_is_written_as_it_is():
     assert tokenizer.decode([4]) == "\u2581y\u2581z"  # "▁y▁z" is no piece: written as it is
     assert tokenizer.decode([6, 3, 5]) == "xa"  # "▁" -> "": the next piece loses the dummy "▁"
     assert tokenizer.decode([1, 5]) == "<s> a"  # a token without "▁" after a special token that starts the text
+
+
+@pytest.mark.parametrize("name", ["hermes-no-key", "phi3-rstrip-legacy-true"])
+def test_round_trip_gives_back_the_added_tokens_the_original_reads(converted, name, tmp_path):
+    """`--to original` of a `-hf` folder: transformers 4's slow class (the original's loading) reads
+    `added_tokens_decoder` from tokenizer_config.json, else tokenizer.json's added tokens, where transformers 5 lists
+    the sentencepiece model's user-defined pieces (`ｗ`, `……`, `[UNUSED_TOKEN_142]` in the Hermes folder). Without the
+    key the round-tripped folder made them added tokens: with transformers 4.47.1, `"aｗb"` encoded as `a`, `ｗ`, `▁b`
+    (source: `a`, `ｗ`, `b`) and 32 of 1800 decodes differed (`fixtures/conversion_s11/README.md`)."""
+    source = converted[name].parent / "original"
+    back = convert_checkpoint(converted[name], tmp_path / "back", to="original", progress=False).path
+    source_config = json.loads((source / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config = json.loads((back / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert config["added_tokens_decoder"] == source_config["added_tokens_decoder"]
+    reference, reloaded = AutoTokenizer.from_pretrained(source), AutoTokenizer.from_pretrained(back)
+    texts = ["a\uff57b", "x\u2026\u2026y <|im_start|>user\n\uff57<|im_end|>", "[UNUSED_TOKEN_142] z <|user|>"]
+    assert reloaded(texts)["input_ids"] == reference(texts)["input_ids"]

@@ -194,8 +194,9 @@ def hf_config_for(
 
 
 def _record_tokenizer_class(source: Path, hf_config: Any) -> None:
-    """Keep the source tokenizer's class, `auto_map`, `additional_special_tokens` and `legacy` in the record, for
-    `--to original` to restore (transformers 5 rewrites the special-token list and drops `legacy`)."""
+    """Keep the source tokenizer's class, `auto_map`, `additional_special_tokens`, `legacy` and `added_tokens_decoder`
+    in the record, for `--to original` to restore (transformers 5 rewrites the special-token list and drops `legacy`
+    and `added_tokens_decoder`)."""
     if not (source / "tokenizer_config.json").is_file():
         return
     tokenizer_config = read_json(source / "tokenizer_config.json", "tokenizer config")
@@ -205,6 +206,9 @@ def _record_tokenizer_class(source: Path, hf_config: Any) -> None:
         ("auto_map", "tokenizer_auto_map"),
         ("additional_special_tokens", "tokenizer_additional_special_tokens"),
         ("legacy", "tokenizer_legacy"),  # the slow LlamaTokenizer's mode (no key: legacy)
+        # the added tokens the original's slow class reads (without the key it reads tokenizer.json's, which lists a
+        # sentencepiece model's user-defined pieces once transformers 5 has written it: `tokenizer_io`)
+        ("added_tokens_decoder", "tokenizer_added_tokens_decoder"),
     ):
         if tokenizer_config.get(name) is not None:
             record[recorded] = tokenizer_config[name]
