@@ -340,6 +340,7 @@ def write_hf_tokenizer(source: Path, folder: Path, chat_template: str, vocab_siz
         copy_sentencepiece_model,
         non_legacy_chat_template,
         write_legacy_pipeline,
+        write_non_legacy_pipeline,
     )
 
     tokenizer, reference, _ = tokenizers
@@ -372,9 +373,9 @@ def write_hf_tokenizer(source: Path, folder: Path, chat_template: str, vocab_siz
     write_json(config_path, tokenizer_config)
     slow_mode = slow_llama_mode(reference)  # a sentencepiece LlamaTokenizer: the original's slow class's ids
     slow_decoding = False
-    if slow_mode == "legacy":
-        write_legacy_pipeline(folder)
-        slow_decoding = write_slow_decoding(folder, reference, tokenizers[2])  # and its decoding
+    if slow_mode is not None:  # the slow class's pipeline (legacy) or transformers 5's (non-legacy), kept as written
+        (write_legacy_pipeline if slow_mode == "legacy" else write_non_legacy_pipeline)(folder)
+        slow_decoding = write_slow_decoding(folder, reference, tokenizers[2])  # and the slow class's decoding
 
     converted = AutoTokenizer.from_pretrained(folder)
     if type(converted).__module__.startswith("transformers_internvl"):

@@ -1,6 +1,7 @@
-"""`--to hf` of a legacy sentencepiece Llama tokenizer (Phi-3: InternVL2-4B, Mini-InternVL-Chat-4B-V1-5; Yi:
-InternVL-Chat-V1-2, InternVL2-40B): a tokenizer.json decoder that decodes as transformers 4's slow `LlamaTokenizer`,
-which the original loads (`use_fast=False`), under plain transformers.
+"""`--to hf` of a sentencepiece Llama tokenizer (Phi-3: InternVL2-4B, Mini-InternVL-Chat-4B-V1-5; Yi:
+InternVL-Chat-V1-2, InternVL2-40B), legacy or not: a tokenizer.json decoder that decodes as transformers 4's slow
+`LlamaTokenizer`, which the original loads (`use_fast=False`), under plain transformers (the `-hf` folder loads as
+`TokenizersBackend`, which keeps tokenizer.json's decoder; transformers 5's `LlamaTokenizer` would build its own).
 
 The slow class (transformers 4.47.1, `PreTrainedTokenizer._decode` and `LlamaTokenizer.convert_tokens_to_string`;
 this package's `llama_slow_tokenization.decode_as_original` does the same in Python):
