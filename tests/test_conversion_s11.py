@@ -168,7 +168,8 @@ def test_plain_transformers_in_a_fresh_interpreter_decodes_as_the_original(conve
         "cases = json.loads(sys.stdin.read())\n"
         f"tokenizer = AutoTokenizer.from_pretrained({str(converted[name])!r})\n"
         "assert 'transformers_internvl' not in sys.modules\n"
-        "print(json.dumps([[tokenizer.decode(c[0], skip_special_tokens=True), tokenizer.decode(c[0])] for c in cases]))\n"
+        "decoded = [[tokenizer.decode(c[0], skip_special_tokens=True), tokenizer.decode(c[0])] for c in cases]\n"
+        "print(json.dumps(decoded))\n"
     )
     env = {**os.environ, "PYTHONPATH": ""}
     done = subprocess.run(

@@ -15,10 +15,10 @@ loads (`use_fast=False`; see `llama_slow_tokenization`).
   starts with "▁" or a space; no tokenizers pipeline adds a "▁" to an empty piece or to one that starts with "▁", so
   those texts get one "▁" fewer. `check_ids` warns, naming a text that differs. The `-hf` folder gets the pipeline
   transformers 5's `LlamaTokenizer` builds for this mode (`write_non_legacy_pipeline`, same ids) and loads as
-  `TokenizersBackend`, so that the slow class's decoder in tokenizer.json is used (`sentencepiece_decoding`). Every prompt of the chat templates
-  starts with such a chat token, so `non_legacy_chat_template` writes that "▁" into the `-hf` chat template itself
-  (what `llama_slow_tokenization.original_llama_text` does to the text): prompts rendered by it get the original's
-  ids.
+  `TokenizersBackend`, so that the slow class's decoder in tokenizer.json is used (`sentencepiece_decoding`).
+  Every prompt of the chat templates starts with such a chat token, so `non_legacy_chat_template` writes that "▁"
+  into the `-hf` chat template itself (what `llama_slow_tokenization.original_llama_text` does to the text): prompts
+  rendered by it get the original's ids.
 
 `tokenizer.model` is copied into the `-hf` folder, so that `--to original` gives it back: the original code's slow
 tokenizer cannot load without it.
