@@ -51,16 +51,23 @@ def conversion_record(tokenizer: Any) -> dict[str, Any]:
     return record
 
 
-def converted_legacy_mode(tokenizer: Any) -> str | None:
-    """`"legacy"` for the tokenizer of a converted `-hf` folder of a legacy sentencepiece Llama tokenizer (its
-    tokenizer.json carries the slow class's encoding and loads as `TokenizersBackend`,
-    `conversion.sentencepiece_llama.write_legacy_pipeline`), whose decoding is still transformers 5's; else None."""
+def converted_slow_mode(tokenizer: Any) -> str | None:
+    """The slow class's mode (`"legacy"` or `"non_legacy"`, the source's `legacy`) for the tokenizer of a converted
+    `-hf` folder of a sentencepiece Llama tokenizer, which loads as `TokenizersBackend` (its tokenizer.json carries the
+    slow class's pipeline: `conversion.sentencepiece_llama`, `conversion.sentencepiece_decoding`); else None."""
     if type(tokenizer).__name__ != "TokenizersBackend":
         return None
     record = conversion_record(tokenizer)
     if record.get("tokenizer_class") not in ("LlamaTokenizer", "LlamaTokenizerFast"):
         return None
-    return "legacy" if record.get("tokenizer_legacy", True) is not False else None
+    recorded = record.get("tokenizer_legacy", True)
+    return "legacy" if recorded is None or bool(recorded) else "non_legacy"
+
+
+def converted_legacy_mode(tokenizer: Any) -> str | None:
+    """`"legacy"` for the tokenizer of a converted `-hf` folder of a legacy sentencepiece Llama tokenizer
+    (`converted_slow_mode`); else None."""
+    return "legacy" if converted_slow_mode(tokenizer) == "legacy" else None
 
 
 _PROBE_CONVERSATIONS = (
@@ -98,4 +105,10 @@ def template_prompt_starts(tokenizer: Any, added_tokens: Any) -> tuple[str, ...]
     return result
 
 
-__all__ = ["ORIGINAL_RECORD_KEY", "conversion_record", "converted_legacy_mode", "template_prompt_starts"]
+__all__ = [
+    "ORIGINAL_RECORD_KEY",
+    "conversion_record",
+    "converted_legacy_mode",
+    "converted_slow_mode",
+    "template_prompt_starts",
+]

@@ -39,7 +39,12 @@ from typing import Any
 
 from transformers.utils import logging
 
-from .converted_llama_tokenizer import conversion_record, converted_legacy_mode, template_prompt_starts
+from .converted_llama_tokenizer import (
+    conversion_record,
+    converted_legacy_mode,
+    converted_slow_mode,
+    template_prompt_starts,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -119,7 +124,9 @@ def slow_llama_mode(tokenizer: Any) -> str | None:
     from transformers import LlamaTokenizer
 
     if not isinstance(tokenizer, LlamaTokenizer):
-        return None
+        # a converted -hf folder of a legacy: false tokenizer: its tokenizer.json encodes as transformers 5's
+        # non-legacy LlamaTokenizer, so it needs the same "▁" (its legacy twin encodes as the slow class already)
+        return "non_legacy" if converted_slow_mode(tokenizer) == "non_legacy" else None
     cached = tokenizer.__dict__.get("_internvl_slow_mode", False)
     if cached is not False:
         return cached

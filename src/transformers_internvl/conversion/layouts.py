@@ -194,8 +194,9 @@ def hf_config_for(
 
 
 def _record_tokenizer_class(source: Path, hf_config: Any) -> None:
-    """Keep the source tokenizer's class, `auto_map`, `additional_special_tokens` and `legacy` in the record, for
-    `--to original` to restore (transformers 5 rewrites the special-token list and drops `legacy`)."""
+    """Keep the source tokenizer's class, `auto_map`, `additional_special_tokens`, `legacy` and `added_tokens_decoder`
+    in the record, for `--to original` to restore (transformers 5 rewrites the special-token list and drops `legacy`
+    and `added_tokens_decoder`)."""
     if not (source / "tokenizer_config.json").is_file():
         return
     tokenizer_config = read_json(source / "tokenizer_config.json", "tokenizer config")
@@ -205,6 +206,9 @@ def _record_tokenizer_class(source: Path, hf_config: Any) -> None:
         ("auto_map", "tokenizer_auto_map"),
         ("additional_special_tokens", "tokenizer_additional_special_tokens"),
         ("legacy", "tokenizer_legacy"),  # the slow LlamaTokenizer's mode (no key: legacy)
+        # the added tokens the original's slow class reads (without the key it reads tokenizer.json's, which lists a
+        # sentencepiece model's user-defined pieces once transformers 5 has written it: `tokenizer_io`)
+        ("added_tokens_decoder", "tokenizer_added_tokens_decoder"),
     ):
         if tokenizer_config.get(name) is not None:
             record[recorded] = tokenizer_config[name]
@@ -330,11 +334,13 @@ def write_hf_tokenizer(source: Path, folder: Path, chat_template: str, vocab_siz
 
     from ..llama_slow_tokenization import slow_llama_mode
     from ..processing.tokenization_internlm2_fast import InternLM2TokenizerFast
+    from .sentencepiece_decoding import check_decoding, write_slow_decoding
     from .sentencepiece_llama import (
         check_ids,
         copy_sentencepiece_model,
         non_legacy_chat_template,
         write_legacy_pipeline,
+        write_non_legacy_pipeline,
     )
 
     tokenizer, reference, _ = tokenizers
@@ -366,13 +372,17 @@ def write_hf_tokenizer(source: Path, folder: Path, chat_template: str, vocab_siz
             tokenizer_config.pop(name, None)
     write_json(config_path, tokenizer_config)
     slow_mode = slow_llama_mode(reference)  # a sentencepiece LlamaTokenizer: the original's slow class's ids
-    if slow_mode == "legacy":
-        write_legacy_pipeline(folder)
+    slow_decoding = False
+    if slow_mode is not None:  # the slow class's pipeline (legacy) or transformers 5's (non-legacy), kept as written
+        (write_legacy_pipeline if slow_mode == "legacy" else write_non_legacy_pipeline)(folder)
+        slow_decoding = write_slow_decoding(folder, reference, tokenizers[2])  # and the slow class's decoding
 
     converted = AutoTokenizer.from_pretrained(folder)
     if type(converted).__module__.startswith("transformers_internvl"):
         raise ConversionError(f"the converted tokenizer loads as {type(converted).__name__}, a class of this package")
     check_ids(reference, converted, TOKENIZER_CHECK_STRINGS, slow_mode)
+    if slow_decoding:
+        check_decoding(reference, converted, TOKENIZER_CHECK_STRINGS)
     if slow_mode == "non_legacy":
         converted.chat_template = non_legacy_chat_template(reference, converted, chat_template)
     return converted

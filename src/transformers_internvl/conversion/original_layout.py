@@ -179,7 +179,10 @@ def prepare_to_original(
 def copy_tokenizer_to_original(source: Path, folder: Path, record: dict[str, Any]) -> None:
     """Tokenizer files only (no chat template, processor or image processor config: the original layout takes
     those from `config.json`'s `template` and tiling fields); the original tokenizer class, `auto_map`,
-    `additional_special_tokens` and `legacy` come back from the record when the `-hf` folder was made by `--to hf`."""
+    `additional_special_tokens`, `added_tokens_decoder` and `legacy` come back from the record when the `-hf` folder
+    was made by `--to hf`. Without `added_tokens_decoder`, transformers 4's slow class (the original's) reads the added
+    tokens of tokenizer.json, where transformers 5 lists a sentencepiece model's user-defined pieces: as added tokens
+    they cut the text around them ("aｗb" -> `a`, `ｗ`, `▁b` in legacy mode instead of `a`, `ｗ`, `b`)."""
     for name in TOKENIZER_FILES:
         if (source / name).is_file():
             shutil.copyfile(source / name, folder / name)
@@ -201,6 +204,8 @@ def copy_tokenizer_to_original(source: Path, folder: Path, record: dict[str, Any
         tokenizer_config = read_json(config_path, "tokenizer config")
         if "tokenizer_additional_special_tokens" in record:
             tokenizer_config["additional_special_tokens"] = record["tokenizer_additional_special_tokens"]
+        if isinstance(record.get("tokenizer_added_tokens_decoder"), dict):
+            tokenizer_config["added_tokens_decoder"] = record["tokenizer_added_tokens_decoder"]
         if "tokenizer_legacy" in record:
             tokenizer_config["legacy"] = record["tokenizer_legacy"]
         else:  # no key meant legacy mode for the original's slow LlamaTokenizer

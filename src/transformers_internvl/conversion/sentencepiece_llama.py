@@ -13,10 +13,12 @@ loads (`use_fast=False`; see `llama_slow_tokenization`).
 * non-legacy mode (`legacy: false`): the slow class puts "▁" before the whole text unless it starts with one of
   `all_special_tokens`, even before an added chat token (`<|system|>`, `<|user|>`, `<|im_start|>`) or a text that
   starts with "▁" or a space; no tokenizers pipeline adds a "▁" to an empty piece or to one that starts with "▁", so
-  those texts get one "▁" fewer. `check_ids` warns, naming a text that differs. Every prompt of the chat templates
-  starts with such a chat token, so `non_legacy_chat_template` writes that "▁" into the `-hf` chat template itself
-  (what `llama_slow_tokenization.original_llama_text` does to the text): prompts rendered by it get the original's
-  ids.
+  those texts get one "▁" fewer. `check_ids` warns, naming a text that differs. The `-hf` folder gets the pipeline
+  transformers 5's `LlamaTokenizer` builds for this mode (`write_non_legacy_pipeline`, same ids) and loads as
+  `TokenizersBackend`, so that the slow class's decoder in tokenizer.json is used (`sentencepiece_decoding`).
+  Every prompt of the chat templates starts with such a chat token, so `non_legacy_chat_template` writes that "▁"
+  into the `-hf` chat template itself (what `llama_slow_tokenization.original_llama_text` does to the text): prompts
+  rendered by it get the original's ids.
 
 `tokenizer.model` is copied into the `-hf` folder, so that `--to original` gives it back: the original code's slow
 tokenizer cannot load without it.
@@ -48,13 +50,33 @@ SENTENCEPIECE_MODEL = "tokenizer.model"
 def write_legacy_pipeline(folder: Path) -> None:
     """Give the saved `-hf` tokenizer in `folder` the slow legacy class's pipeline (module docstring) and make plain
     transformers load its tokenizer.json unchanged (`tokenizer_class: TokenizersBackend`)."""
+    _set_pipeline(folder, LEGACY_NORMALIZER, None)
+
+
+NON_LEGACY_PRE_TOKENIZER = {
+    "type": "Metaspace",
+    "replacement": SPIECE_UNDERLINE,
+    "prepend_scheme": "first",
+    "split": False,
+}
+
+
+def write_non_legacy_pipeline(folder: Path) -> None:
+    """Give the saved `-hf` tokenizer in `folder` (of a `legacy: false` source) the pipeline transformers 5's
+    `LlamaTokenizer` builds for it (no normalizer, a `Metaspace` pre-tokenizer that puts "▁" before the first piece
+    only), and make plain transformers load its tokenizer.json unchanged (`tokenizer_class: TokenizersBackend`): the
+    class would replace tokenizer.json's decoder by its own (`sentencepiece_decoding`). The ids do not change."""
+    _set_pipeline(folder, None, NON_LEGACY_PRE_TOKENIZER, keep_legacy=True)
+
+
+def _set_pipeline(folder: Path, normalizer: dict | None, pre_tokenizer: dict | None, keep_legacy: bool = False) -> None:
     import json
     import os
 
     path = folder / "tokenizer.json"
     tokenizer = read_json(path, "tokenizer file")
-    tokenizer["normalizer"] = LEGACY_NORMALIZER
-    tokenizer["pre_tokenizer"] = None
+    tokenizer["normalizer"] = normalizer
+    tokenizer["pre_tokenizer"] = pre_tokenizer
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as writer:
         json.dump(tokenizer, writer, ensure_ascii=False, indent=2)
@@ -62,7 +84,7 @@ def write_legacy_pipeline(folder: Path) -> None:
     config_path = folder / "tokenizer_config.json"
     config = read_json(config_path, "tokenizer config")
     config["tokenizer_class"] = "TokenizersBackend"
-    for name in ("legacy", "add_prefix_space", "sp_model_kwargs", "vocab_file"):
+    for name in ("add_prefix_space", "sp_model_kwargs", "vocab_file") + (() if keep_legacy else ("legacy",)):
         config.pop(name, None)
     write_json(config_path, config)
 
@@ -150,4 +172,5 @@ __all__ = [
     "copy_sentencepiece_model",
     "non_legacy_chat_template",
     "write_legacy_pipeline",
+    "write_non_legacy_pipeline",
 ]
