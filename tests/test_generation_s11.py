@@ -305,3 +305,36 @@ def test_streamed_text_equals_the_answer(name):
     answer = model.chat(tokenizer, tiles, "Describe this one in much more detail please.",
                         {"max_new_tokens": 40, "do_sample": False, "streamer": recorder}, num_patches_list=[2])  # fmt: skip
     assert "".join(recorder.pieces).strip() == answer
+
+
+@pytest.mark.parametrize("name", ["qwen2-train", "phi3-su", "internlm2-tie-bias"])
+def test_cli_chat_answers_equal_chat(name, tmp_path, monkeypatch, capsys):
+    """`transformers-internvl chat FOLDER --image X --prompt Q` prints (streams) `model.chat`'s answer for the
+    processor's tiles of X, greedy; an interactive session (stdin, 3 turns, the image in the first) prints the answers
+    `chat` gives with the history passed back (re-run from scratch each turn), while the CLI reuses its cache."""
+    import io
+
+    from transformers_internvl.cli import main
+
+    pipe = _pipe(name)
+    image_path = tmp_path / "picture.png"
+    _image(4, (640, 420)).save(image_path)
+    folder = str(FIXTURES / CHECKPOINTS[name][0])
+    from PIL import Image
+
+    image = Image.open(image_path).convert("RGB")
+    assert main(["chat", folder, "--image", str(image_path), "--prompt", "What is this?", "--max-new-tokens", "8"]) == 0
+    expected = _chat(pipe, [image], "<image>\nWhat is this?")
+    assert capsys.readouterr().out.strip() == expected
+
+    questions = ["What is this?", "Why?", "Tell me more, please."]
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(questions) + "\nexit\n"))
+    assert main(["chat", folder, "--image", str(image_path), "--max-new-tokens", "8"]) == 0
+    printed = capsys.readouterr().out
+    history, answers = None, []
+    for index, question in enumerate(questions):
+        # (a copy: chat() extends a given history list in place, as the original does)
+        answer = _chat(pipe, [image], question if index else "<image>\n" + question, history=list(history or []))
+        history = [*(history or []), ("<image>\n" + question if not index else question, answer)]
+        answers.append(answer)
+    assert [line.strip() for line in printed.strip().splitlines()] == answers
