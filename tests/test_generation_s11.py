@@ -238,7 +238,7 @@ def _batch_inputs(name: str):
 def test_generate_inputs_embeds_use_cache_and_logits_to_keep(name):
     """`generate(input_ids, inputs_embeds=<embeddings with the image features placed>)` and
     `generate(inputs_embeds=...)` (new tokens only, transformers' convention) give the tokens of
-    `generate(input_ids, pixel_values)`; `use_cache=False` the cached tokens; `logits_to_keep` (int or indices)
+    `generate(input_ids, pixel_values)`; `use_cache=False` and a static cache the dynamic cache's tokens; `logits_to_keep` (int or indices)
     the matching slice of the full logits. Before the fix, `input_ids` + `inputs_embeds` without `pixel_values`
     raised "image tokens but no pixel_values" although the embeddings already hold the image features."""
     model, _, input_ids, attention_mask, pixel_values, eos = _batch_inputs(name)
@@ -248,6 +248,8 @@ def test_generate_inputs_embeds_use_cache_and_logits_to_keep(name):
                                    **settings)  # fmt: skip
         uncached = model.generate(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
                                   use_cache=False, **settings)  # fmt: skip
+        static = model.generate(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
+                                cache_implementation="static", **settings)  # fmt: skip
         embeds = model.get_input_embeddings()(input_ids).clone()
         features = model.extract_feature(pixel_values)
         embeds[input_ids == model.config.image_token_id] = features.reshape(-1, features.shape[-1])
@@ -263,6 +265,7 @@ def test_generate_inputs_embeds_use_cache_and_logits_to_keep(name):
         at = model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
                    logits_to_keep=positions).logits  # fmt: skip
     assert torch.equal(uncached, reference)
+    assert torch.equal(static, reference)
     assert torch.equal(with_ids, reference)
     assert torch.equal(embeds_only, reference[:, input_ids.shape[1] :])
     for keep, value in kept.items():
@@ -310,7 +313,7 @@ def test_streamed_text_equals_the_answer(name):
 @pytest.mark.parametrize("name", ["qwen2-train", "phi3-su", "internlm2-tie-bias"])
 def test_cli_chat_answers_equal_chat(name, tmp_path, monkeypatch, capsys):
     """`transformers-internvl chat FOLDER --image X --prompt Q` prints (streams) `model.chat`'s answer for the
-    processor's tiles of X, greedy; an interactive session (stdin, 3 turns, the image in the first) prints the answers
+    processor's tiles of X, greedy, and sampled with `--temperature --seed`; an interactive session (stdin, 3 turns, the image in the first) prints the answers
     `chat` gives with the history passed back (re-run from scratch each turn), while the CLI reuses its cache."""
     import io
 
@@ -325,6 +328,13 @@ def test_cli_chat_answers_equal_chat(name, tmp_path, monkeypatch, capsys):
     image = Image.open(image_path).convert("RGB")
     assert main(["chat", folder, "--image", str(image_path), "--prompt", "What is this?", "--max-new-tokens", "8"]) == 0
     expected = _chat(pipe, [image], "<image>\nWhat is this?")
+    assert capsys.readouterr().out.strip() == expected
+
+    sampled = ["chat", folder, "--image", str(image_path), "--prompt", "What is this?", "--max-new-tokens", "10",
+               "--temperature", "0.8", "--seed", "5"]  # fmt: skip
+    assert main(sampled) == 0
+    torch.manual_seed(5)
+    expected = _chat(pipe, [image], "<image>\nWhat is this?", {"max_new_tokens": 10, "do_sample": True, "temperature": 0.8})
     assert capsys.readouterr().out.strip() == expected
 
     questions = ["What is this?", "Why?", "Tell me more, please."]
