@@ -237,7 +237,8 @@ def _batch_inputs(name: str):
 @pytest.mark.parametrize("name", PIPELINE_CHECKPOINTS)
 def test_generate_inputs_embeds_use_cache_and_logits_to_keep(name):
     """`generate(input_ids, inputs_embeds=<embeddings with the image features placed>)` and
-    `generate(inputs_embeds=...)` (new tokens only, transformers' convention) give the tokens of
+    `generate(inputs_embeds=...)` (new tokens only, transformers' convention), and plain token embeddings with
+    `pixel_values` (slots found by the `<IMG_CONTEXT>` embedding) give the tokens of
     `generate(input_ids, pixel_values)`; `use_cache=False` and a static cache the dynamic cache's tokens; `logits_to_keep` (int or indices)
     the matching slice of the full logits. Before the fix, `input_ids` + `inputs_embeds` without `pixel_values`
     raised "image tokens but no pixel_values" although the embeddings already hold the image features."""
@@ -255,6 +256,9 @@ def test_generate_inputs_embeds_use_cache_and_logits_to_keep(name):
         embeds[input_ids == model.config.image_token_id] = features.reshape(-1, features.shape[-1])
         with_ids = model.generate(input_ids=input_ids, inputs_embeds=embeds, attention_mask=attention_mask, **settings)
         embeds_only = model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **settings)
+        raw = model.get_input_embeddings()(input_ids)  # image slots still hold the <IMG_CONTEXT> embedding
+        raw_with_pixels = model.generate(inputs_embeds=raw, attention_mask=attention_mask, pixel_values=pixel_values,
+                                         **settings)  # fmt: skip
         logits = model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values).logits
         kept = {
             keep: model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
@@ -268,6 +272,7 @@ def test_generate_inputs_embeds_use_cache_and_logits_to_keep(name):
     assert torch.equal(static, reference)
     assert torch.equal(with_ids, reference)
     assert torch.equal(embeds_only, reference[:, input_ids.shape[1] :])
+    assert torch.equal(raw_with_pixels, reference[:, input_ids.shape[1] :])
     for keep, value in kept.items():
         assert value.shape[1] == keep
         torch.testing.assert_close(value, logits[:, -keep:], atol=1e-5, rtol=0)
