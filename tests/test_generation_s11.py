@@ -93,6 +93,7 @@ def test_answers_and_ids_match_the_original(name, case):
 
 PIPELINE_CHECKPOINTS = ["qwen2-train", "phi3-su", "internlm2-tie-bias", "llama3-hermes"]
 GREEDY8 = {"max_new_tokens": 8, "do_sample": False}
+SAMPLE8 = {"max_new_tokens": 8, "do_sample": True, "top_k": 10}
 
 
 def _image(seed: int, size=(500, 300)):
@@ -162,8 +163,7 @@ def test_pipeline_answers_equal_chat(name):
             ([one], "<image>\nWhat is this?", GREEDY8, None, "You are a pirate."),
         ),
         ([_user([one], "What is this?")], ([one], "<image>\nWhat is this?", dict(GREEDY8, num_beams=3), None, None)),
-        ([_user([one], "What is this?")], ([one], "<image>\nWhat is this?",
-                                           {"max_new_tokens": 8, "do_sample": True, "top_k": 10}, None, None)),  # fmt: skip
+        ([_user([one], "What is this?")], ([one], "<image>\nWhat is this?", SAMPLE8, None, None)),
     ]
     for messages, (images, question, config, history, system) in calls:
         torch.manual_seed(3)
@@ -207,7 +207,8 @@ def test_pipeline_output_structure_batches_and_lengths(name):
     assert isinstance(prompt, str) and "<image>" in prompt
     new_text = pipe(images=[_image(0)], text=prompt, generate_kwargs=GREEDY8, return_full_text=False)
     full_text = pipe(images=[_image(0)], text=prompt, generate_kwargs=GREEDY8)
-    assert new_text[0]["input_text"] == prompt and full_text[0]["generated_text"] == prompt + new_text[0]["generated_text"]
+    assert new_text[0]["input_text"] == prompt
+    assert full_text[0]["generated_text"] == prompt + new_text[0]["generated_text"]
     assert new_text[0]["generated_text"] == alone[0][0]["generated_text"]  # the same prompt as the message form
 
 
@@ -239,7 +240,8 @@ def test_generate_inputs_embeds_use_cache_and_logits_to_keep(name):
     """`generate(input_ids, inputs_embeds=<embeddings with the image features placed>)` and
     `generate(inputs_embeds=...)` (new tokens only, transformers' convention), and plain token embeddings with
     `pixel_values` (slots found by the `<IMG_CONTEXT>` embedding) give the tokens of
-    `generate(input_ids, pixel_values)`; `use_cache=False` and a static cache the dynamic cache's tokens; `logits_to_keep` (int or indices)
+    `generate(input_ids, pixel_values)`; `use_cache=False` and a static cache the dynamic cache's tokens;
+    `logits_to_keep` (int or indices)
     the matching slice of the full logits. Before the fix, `input_ids` + `inputs_embeds` without `pixel_values`
     raised "image tokens but no pixel_values" although the embeddings already hold the image features."""
     model, _, input_ids, attention_mask, pixel_values, eos = _batch_inputs(name)
@@ -296,8 +298,8 @@ def test_streamed_text_equals_the_answer(name):
     text = tokenizer.decode(output[0, row.shape[1] :], skip_special_tokens=True)
     assert any(ord(character) > 127 for character in text)  # multi-byte characters are streamed
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=120)
-    thread = threading.Thread(target=model.generate, kwargs=dict(
-        input_ids=row, attention_mask=attention_mask[1:2], pixel_values=tiles, streamer=streamer, **settings))  # fmt: skip
+    inputs = {"input_ids": row, "attention_mask": attention_mask[1:2], "pixel_values": tiles}
+    thread = threading.Thread(target=model.generate, kwargs={**inputs, "streamer": streamer, **settings})
     thread.start()
     streamed = "".join(streamer)
     thread.join()
@@ -310,15 +312,16 @@ def test_streamed_text_equals_the_answer(name):
             self.pieces = [*getattr(self, "pieces", []), piece]
 
     recorder = Recording(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    answer = model.chat(tokenizer, tiles, "Describe this one in much more detail please.",
-                        {"max_new_tokens": 40, "do_sample": False, "streamer": recorder}, num_patches_list=[2])  # fmt: skip
+    config = {"max_new_tokens": 40, "do_sample": False, "streamer": recorder}
+    answer = model.chat(tokenizer, tiles, "Describe this one in much more detail please.", config, num_patches_list=[2])
     assert "".join(recorder.pieces).strip() == answer
 
 
 @pytest.mark.parametrize("name", ["qwen2-train", "phi3-su", "internlm2-tie-bias"])
 def test_cli_chat_answers_equal_chat(name, tmp_path, monkeypatch, capsys):
     """`transformers-internvl chat FOLDER --image X --prompt Q` prints (streams) `model.chat`'s answer for the
-    processor's tiles of X, greedy, and sampled with `--temperature --seed`; an interactive session (stdin, 3 turns, the image in the first) prints the answers
+    processor's tiles of X, greedy, and sampled with `--temperature --seed`; an interactive session (stdin, 3 turns,
+    the image in the first) prints the answers
     `chat` gives with the history passed back (re-run from scratch each turn), while the CLI reuses its cache."""
     import io
 
@@ -339,7 +342,8 @@ def test_cli_chat_answers_equal_chat(name, tmp_path, monkeypatch, capsys):
                "--temperature", "0.8", "--seed", "5"]  # fmt: skip
     assert main(sampled) == 0
     torch.manual_seed(5)
-    expected = _chat(pipe, [image], "<image>\nWhat is this?", {"max_new_tokens": 10, "do_sample": True, "temperature": 0.8})
+    sampling = {"max_new_tokens": 10, "do_sample": True, "temperature": 0.8}
+    expected = _chat(pipe, [image], "<image>\nWhat is this?", sampling)
     assert capsys.readouterr().out.strip() == expected
 
     questions = ["What is this?", "Why?", "Tell me more, please."]
