@@ -357,3 +357,25 @@ def test_cli_chat_answers_equal_chat(name, tmp_path, monkeypatch, capsys):
         history = [*(history or []), ("<image>\n" + question if not index else question, answer)]
         answers.append(answer)
     assert [line.strip() for line in printed.strip().splitlines()] == answers
+
+
+@pytest.mark.parametrize("name", ["qwen2-train", "llama-vit6b-224", "llama3-hermes"])
+def test_processor_batch_of_different_image_counts_equals_each_alone(name):
+    """A left-padded processor batch of a two-image chat, a text-only chat and a one-image chat (`num_tiles` per
+    image, zero tiles for the text-only sample) gives each sample's greedy tokens when run alone."""
+    pipe = _pipe(name)
+    processor, model = pipe.processor, pipe.model
+    first, tall, small = _image(0), _image(1, (300, 900)), _image(2, (200, 200))
+    chats = [[_user([first, tall], "Compare.")], [_user([], "Just text, a longer question here?")],
+             [_user([small], "Describe.")]]  # fmt: skip
+    images = [[first, tall], [], [small]]
+    texts = [processor.apply_chat_template(chat, add_generation_prompt=True) for chat in chats]
+    batch = processor(text=texts, images=images, return_tensors="pt", padding=True)
+    assert (batch["attention_mask"] == 0).any()
+    with torch.no_grad():
+        together = model.generate(**batch, max_new_tokens=8, do_sample=False)
+        for index, (text, sample_images) in enumerate(zip(texts, images)):
+            alone = processor(text=[text], images=[sample_images] if sample_images else None, return_tensors="pt")
+            output = model.generate(**alone, max_new_tokens=8, do_sample=False)
+            new = output[0, alone["input_ids"].shape[1] :].tolist()
+            assert together[index, batch["input_ids"].shape[1] :].tolist()[: len(new)] == new
