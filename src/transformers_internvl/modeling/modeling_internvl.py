@@ -391,8 +391,9 @@ class InternVLChatForConditionalGeneration(InternVLChatMixin, InternVLChatPreTra
 
         Raises:
             ValueError / TypeError (`input_checks`): `num_tiles` does not sum to the tiles of `pixel_values`, the
-                prompt holds `<IMG_CONTEXT>` tokens without tiles for them, `pixel_values` is not a floating tensor of
-                tiles, `visual_features` has the wrong hidden size, or `input_ids` is not `(batch, seq)` vocabulary ids.
+                prompt holds `<IMG_CONTEXT>` tokens without tiles (or `inputs_embeds`) for them, `pixel_values` is not
+                a floating tensor of tiles, `visual_features` has the wrong hidden size, or `input_ids` is not `(batch,
+                seq)` vocabulary ids.
         """
         args, kwargs = original_generate_arguments(args, kwargs)
         kwargs.pop("mm_token_type_ids", None)  # the processor's media-token marks: nothing in this model reads them
@@ -409,7 +410,8 @@ class InternVLChatForConditionalGeneration(InternVLChatMixin, InternVLChatPreTra
             self.model._check_pixel_values(pixel_values, finite=False)
         check_num_tiles(kwargs.get("num_tiles"), pixel_values if isinstance(pixel_values, torch.Tensor) else None)
         if pixel_values is None or (isinstance(pixel_values, torch.Tensor) and pixel_values.shape[0] == 0):
-            if not kwargs.get("mm_encoder_outputs"):
+            # Given `inputs_embeds` (image features placed) run the prefill; `input_ids` are only the prompt returned.
+            if not kwargs.get("mm_encoder_outputs") and kwargs.get("inputs_embeds") is None:
                 input_ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
                 # With a filled cache only the tokens after it are new: image tokens inside the cached prefix were
                 # placed when the cache was made (chat-cache reuse, `chat_cache.py`).
