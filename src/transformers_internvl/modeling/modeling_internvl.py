@@ -20,7 +20,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.import_utils import torch_compilable_check
 
 from .attention_kernels import check_attention_kernels, configured_attention
-from .causal_lm_loss import causal_lm_loss
+from .causal_lm_loss import causal_lm_loss, pop_original_loss_options
 from .chat import InternVLChatMixin
 from .checkpoint_loading import OriginalCheckpointMixin
 from .checkpoint_mapping import original_layout_conversions, original_layout_renamings
@@ -445,10 +445,11 @@ class InternVLChatForConditionalGeneration(InternVLChatMixin, InternVLChatPreTra
         **kwargs: Unpack[TransformersKwargs],
     ) -> InternVLCausalLMOutputWithPast | tuple:
         r"""
-        Returns logits `(batch_size, kept positions, vocab_size)`; raises as [`InternVLChatBaseModel.forward`]. Also
-        takes the original's positional order, `(pixel_values, input_ids, attention_mask, position_ids, image_flags,
-        past_key_values, labels, ...)`, when the first argument is tiles (`original_api.original_forward_order`).
+        Returns logits `(batch_size, kept positions, vocab_size)`; raises as [`InternVLChatBaseModel.forward`]. Takes
+        the original's positional order too (`original_api.original_forward_order`: tiles first), and its `loss_weight`
+        / `loss_reduction_all_gather` (the weighted loss, `causal_lm_loss`) and `statistics` keywords.
         """
+        original_loss_options = pop_original_loss_options(kwargs)  # the original's `loss_weight`, ...
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -467,7 +468,8 @@ class InternVLChatForConditionalGeneration(InternVLChatMixin, InternVLChatPreTra
         )
         hidden_states = outputs.last_hidden_state
         logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))
-        loss = causal_lm_loss(self, logits, labels, logits_to_keep, self.config.text_config.vocab_size, **kwargs)
+        vocab_size = self.config.text_config.vocab_size
+        loss = causal_lm_loss(self, logits, labels, logits_to_keep, vocab_size, **original_loss_options, **kwargs)
         return InternVLCausalLMOutputWithPast(
             loss=loss,
             logits=logits,

@@ -1,0 +1,202 @@
+"""Session-11 held-out drop-in checks against what the ORIGINAL InternVL code did (`tests/fixtures/dropin_s11/`, made
+by `make_dropin_s11.py` there under transformers 4.47.1 and the OpenGVLab code at 2410d1d; see its README).
+
+* `InternVisionModel.resize_pos_embeddings(old_size, new_size, patch_size)` (the original fine-tuning's
+  `force_image_size` path) on 300M- and 6B-style towers: the new position embedding and the tower's outputs;
+* the fine-tuning script's whole `force_image_size` sequence on a chat model, and the checkpoint it saves;
+* the training forward (`image_flags` with a dummy tile, `labels`, the original's `loss_weight`) per LLM family.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoModelForImageTextToText, AutoTokenizer
+
+import transformers_internvl  # noqa: F401
+from transformers_internvl import InternVisionModel
+
+FIXTURES = Path(__file__).parent / "fixtures"
+HERE = FIXTURES / "dropin_s11"
+sys.path.insert(0, str(HERE))
+from dropin_s11_cases import RESIZE_CASES, RESIZE_FOLDERS, SCRIPT_CASE, TRAIN_CASES, pixels  # noqa: E402
+
+TOLERANCE = 1e-5  # the fixtures were made with torch 2.14.1; the same code differs by the torch version only
+
+
+@pytest.fixture(scope="module")
+def original():
+    torch.set_num_threads(1)
+    return load_file(HERE / "original_s11.safetensors"), json.loads((HERE / "original_s11.json").read_text())
+
+
+def _vision(folder: str, dtype=torch.float32) -> InternVisionModel:
+    model = AutoModelForImageTextToText.from_pretrained(FIXTURES / folder, dtype=dtype)
+    return model.vision_model.eval()
+
+
+def _max_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return (a.float() - b.float()).abs().max().item()
+
+
+# ---- resize_pos_embeddings ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", sorted(RESIZE_FOLDERS))
+@pytest.mark.parametrize(("old", "new"), RESIZE_CASES)
+def test_resize_pos_embeddings_gives_the_original_embedding_and_outputs(original, key, old, new):
+    tensors, meta = original
+    vision = _vision(RESIZE_FOLDERS[key])
+    vision.resize_pos_embeddings(old_size=old, new_size=new, patch_size=14)
+    name = f"{key}_{old}_{new}"
+    position = vision.embeddings.position_embedding
+    assert isinstance(position, torch.nn.Parameter) and position.requires_grad == meta[f"{name}_requires_grad"]
+    assert position.shape == (1, (new // 14) ** 2 + 1, vision.config.hidden_size)
+    kept = position if new < 600 else position[:, ::5]
+    assert _max_error(kept, tensors[f"{name}_pos"]) <= 1e-6
+    assert vision.embeddings.image_size == meta[f"{name}_image_size"] == new
+    assert vision.config.image_size == new  # (the original leaves its config to the training script: it sets it next)
+    for size in sorted({new, 448}):
+        with torch.no_grad():
+            out = vision(pixel_values=pixels(2, size, seed=old + new + size))
+        assert _max_error(out.last_hidden_state[:, :6], tensors[f"{name}_at{size}_last"]) <= TOLERANCE
+        assert _max_error(out.pooler_output, tensors[f"{name}_at{size}_pooler"]) <= TOLERANCE
+
+
+@pytest.mark.parametrize("key", sorted(RESIZE_FOLDERS))
+def test_resize_pos_embeddings_in_bfloat16_rounds_as_the_original(original, key):
+    tensors, _ = original
+    vision = _vision(RESIZE_FOLDERS[key], torch.bfloat16)
+    vision.resize_pos_embeddings(448, 336, 14)
+    assert vision.embeddings.position_embedding.dtype == torch.bfloat16
+    assert torch.equal(vision.embeddings.position_embedding.float(), tensors[f"{key}_bf16_448_336_pos"])
+
+
+def test_resize_pos_embeddings_rejects_sizes_that_do_not_fit():
+    vision = _vision(RESIZE_FOLDERS["vit300m"])
+    before = vision.embeddings.position_embedding
+    with pytest.raises(ValueError, match=r"`old_size` \(224\) does not match .* 32x32"):
+        vision.resize_pos_embeddings(224, 448, 14)
+    with pytest.raises(ValueError, match=r"`new_size` \(300\) must be a multiple of the patch size \(14\)"):
+        vision.resize_pos_embeddings(448, 300, 14)
+    with pytest.raises(ValueError, match=r"`patch_size` \(16\) must be the vision tower's \(14\)"):
+        vision.resize_pos_embeddings(448, 448, 16)
+    with pytest.raises(ValueError, match="`new_size` must be a positive int"):
+        vision.resize_pos_embeddings(448, 0, 14)
+    assert vision.embeddings.position_embedding is before and vision.config.image_size == 448
+
+
+def test_resized_tower_saves_and_reloads(tmp_path):
+    vision = _vision(RESIZE_FOLDERS["vit6b"])
+    vision.resize_pos_embeddings(448, 336, 14)
+    vision.save_pretrained(tmp_path)
+    reloaded = InternVisionModel.from_pretrained(tmp_path).eval()
+    assert reloaded.config.image_size == 336
+    assert torch.equal(reloaded.embeddings.position_embedding, vision.embeddings.position_embedding)
+
+
+# ---- the fine-tuning script's force_image_size sequence -------------------------------------------------------------
+
+
+def _script_batch(tensors):
+    return {name: tensors[f"script_batch_{name}"] for name in ("input_ids", "attention_mask", "labels", "image_flags")}
+
+
+def _check_script_outputs(model, tokenizer, tensors, meta):
+    tiles = pixels(3, SCRIPT_CASE["size"], seed=1103)
+    with torch.no_grad():
+        assert _max_error(model.extract_feature(tiles)[:, :8], tensors["script_features"]) <= TOLERANCE
+        out = model(pixel_values=tiles, **_script_batch(tensors))
+    assert _max_error(out.logits[:, -6:], tensors["script_logits_last"]) <= TOLERANCE
+    assert abs(out.loss.item() - tensors["script_loss"].item()) <= TOLERANCE
+    answer = model.chat(tokenizer, tiles[:2], "Describe.", dict(max_new_tokens=6, do_sample=False))
+    assert answer == meta["script_chat_answer"]
+
+
+def test_finetuning_force_image_size_sequence_matches_the_original(original):
+    """internvl_chat_finetune.py: resize from `vision_config.image_size`, then set `vision_config.image_size`,
+    `force_image_size` and `num_image_token` (64 for 224 px tiles), then train / chat on 224 px tiles."""
+    tensors, meta = original
+    folder = FIXTURES / SCRIPT_CASE["folder"]
+    model = AutoModel.from_pretrained(folder, dtype=torch.float32, use_flash_attn=False).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    size, patch_size = SCRIPT_CASE["size"], model.config.vision_config.patch_size
+    model.vision_model.resize_pos_embeddings(
+        old_size=model.config.vision_config.image_size, new_size=size, patch_size=patch_size
+    )
+    model.config.vision_config.image_size = size
+    model.config.force_image_size = size
+    model.num_image_token = int((size // patch_size) ** 2 * (model.config.downsample_ratio**2))
+    assert model.num_image_token == meta["script_num_image_token"] == 64
+    _check_script_outputs(model, tokenizer, tensors, meta)
+
+
+def test_checkpoint_saved_after_the_sequence_loads_with_the_original_numbers(original, tmp_path):
+    """The folder the original saved after the sequence (224 px tower and tiles): same numbers, processor tiles at
+    224 px with 64 tokens per tile, and a save here writes the original's keys and sizes back."""
+    from transformers import AutoProcessor
+    from PIL import Image
+
+    tensors, meta = original
+    folder = HERE / SCRIPT_CASE["saved"]
+    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert model.num_image_token == 64 and model.vision_model.embeddings.image_size == 224
+    _check_script_outputs(model, tokenizer, tensors, meta)
+    processor = AutoProcessor.from_pretrained(folder)
+    inputs = processor(images=Image.new("RGB", (500, 240), "red"), text="<image>\nHi", return_tensors="pt")
+    assert inputs["pixel_values"].shape[-2:] == (224, 224)
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 64 * inputs["pixel_values"].shape[0]
+    model.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "model.safetensors")
+    reference = load_file(folder / "model.safetensors")
+    assert sorted(saved) == sorted(reference)
+    assert all(torch.equal(saved[key], reference[key]) for key in reference)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["force_image_size"] == config["vision_config"]["image_size"] == 224
+
+
+# ---- training forward: dummy tile, labels, loss_weight ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=sorted(TRAIN_CASES))
+def trained(request, original):
+    tensors, _ = original
+    key = request.param
+    model = AutoModelForImageTextToText.from_pretrained(FIXTURES / TRAIN_CASES[key], dtype=torch.float32).eval()
+    names = ("input_ids", "attention_mask", "labels", "image_flags", "loss_weight")
+    batch = {name: tensors[f"train_{key}_batch_{name}"] for name in names}
+    return key, model, batch, tensors
+
+
+def test_training_forward_with_a_dummy_tile_matches_the_original(trained):
+    key, model, batch, tensors = trained
+    inputs = {name: value for name, value in batch.items() if name != "loss_weight"}
+    with torch.no_grad():
+        out = model(pixel_values=pixels(3, 448, seed=1107), **inputs)
+    assert _max_error(out.logits[:, -5:], tensors[f"train_{key}_logits_last"]) <= TOLERANCE
+    assert abs(out.loss.item() - tensors[f"train_{key}_loss"].item()) <= TOLERANCE
+
+
+@pytest.mark.parametrize("as_list", [True, False])
+def test_loss_weight_gives_the_original_weighted_loss(trained, as_list):
+    """The original's `forward(..., loss_weight=...)` (a list, as its training collator passes it, or a tensor):
+    `Σ CE·w / Σ w` over the shifted targets. It was accepted and silently ignored (the unweighted loss)."""
+    key, model, batch, tensors = trained
+    weights = batch["loss_weight"]
+    inputs = {name: value for name, value in batch.items() if name != "loss_weight"}
+    with torch.no_grad():
+        out = model(
+            pixel_values=pixels(3, 448, seed=1107),
+            **inputs,
+            loss_weight=weights.tolist() if as_list else weights,
+            loss_reduction_all_gather=False,
+            statistics=torch.tensor([2, 3, 1]),
+        )
+    expected = tensors[f"train_{key}_weighted_loss"].item()
+    assert abs(expected - tensors[f"train_{key}_loss"].item()) > 1e-3  # the weights matter on this batch
+    assert abs(out.loss.item() - expected) <= TOLERANCE
