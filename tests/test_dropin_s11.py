@@ -22,7 +22,14 @@ from transformers_internvl import InternVisionModel
 FIXTURES = Path(__file__).parent / "fixtures"
 HERE = FIXTURES / "dropin_s11"
 sys.path.insert(0, str(HERE))
-from dropin_s11_cases import RESIZE_CASES, RESIZE_FOLDERS, SCRIPT_CASE, TRAIN_CASES, pixels  # noqa: E402
+from dropin_s11_cases import (  # noqa: E402
+    INTERNLM2_CHAT,
+    RESIZE_CASES,
+    RESIZE_FOLDERS,
+    SCRIPT_CASE,
+    TRAIN_CASES,
+    pixels,
+)
 
 TOLERANCE = 1e-5  # the fixtures were made with torch 2.14.1; the same code differs by the torch version only
 
@@ -200,3 +207,96 @@ def test_loss_weight_gives_the_original_weighted_loss(trained, as_list):
     expected = tensors[f"train_{key}_weighted_loss"].item()
     assert abs(expected - tensors[f"train_{key}_loss"].item()) > 1e-3  # the weights matter on this batch
     assert abs(out.loss.item() - expected) <= TOLERANCE
+
+
+# ---- the InternLM2 LLM's own chat API (internlm2-chat model cards) ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def internlm2_llm():
+    from transformers import AutoModelForCausalLM
+
+    from transformers_internvl import InternLM2ForCausalLM
+
+    folder = HERE / INTERNLM2_CHAT["saved"]
+    # The model card's call; the folder's config.json names the remote code in `auto_map` (its files are not here).
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, trust_remote_code=True).eval()
+    assert isinstance(model, InternLM2ForCausalLM)
+    return model, AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+
+
+def _as_lists(history):
+    return [list(turn) for turn in history]
+
+
+def test_internlm2_build_inputs_gives_the_original_ids(internlm2_llm, original):
+    model, tokenizer = internlm2_llm
+    expected = original[1]["internlm2_chat"]["build_inputs"]
+    for (query, history, meta_instruction), ids in zip(INTERNLM2_CHAT["build_inputs"], expected, strict=True):
+        inputs = model.build_inputs(tokenizer, query, history, meta_instruction)
+        assert inputs["input_ids"].tolist() == ids["input_ids"]
+        assert inputs["attention_mask"].tolist() == ids["attention_mask"]
+
+
+def test_internlm2_chat_gives_the_original_answers_and_history(internlm2_llm, original):
+    """`response, history = model.chat(tokenizer, query, history=history)`: was an AttributeError."""
+    model, tokenizer = internlm2_llm
+    expected = original[1]["internlm2_chat"]
+    history = []
+    for query, turn in zip(INTERNLM2_CHAT["turns"], expected["chat"], strict=True):
+        before = list(history)
+        response, history = model.chat(tokenizer, query, history=history, **INTERNLM2_CHAT["greedy"])
+        assert response == turn["response"]
+        assert _as_lists(history) == turn["history"]
+        assert history[:-1] == before  # a new list: the caller's is not changed
+    response, _ = model.chat(tokenizer, "Hi", history=[], meta_instruction="", **INTERNLM2_CHAT["greedy"])
+    assert response == expected["chat_no_meta"]
+
+
+def test_internlm2_stream_chat_yields_what_the_original_yields(internlm2_llm, original):
+    model, tokenizer = internlm2_llm
+    query = INTERNLM2_CHAT["turns"][0]
+    steps = list(model.stream_chat(tokenizer, query, history=[], **INTERNLM2_CHAT["greedy"]))
+    assert [[response, _as_lists(history)] for response, history in steps] == original[1]["internlm2_chat"][
+        "stream_chat"
+    ]
+
+
+def test_internlm2_stream_chat_raises_the_generation_error(internlm2_llm):
+    model, tokenizer = internlm2_llm
+    stream = model.stream_chat(tokenizer, "hello", history=[], do_sample=False, max_new_tokens=2, num_beams=0)
+    with pytest.raises(ValueError, match="num_beams"):
+        list(stream)
+
+
+def test_internlm2_chat_on_the_internvl_language_model(original):
+    """`model.language_model.chat(...)` (the original's `language_model` is the InternLM2 causal LM) on the InternVL
+    checkpoint the standalone LLM was saved from: the same answers."""
+    folder = FIXTURES / INTERNLM2_CHAT["folder"]
+    model = AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    turn = original[1]["internlm2_chat"]["chat"][0]
+    response, history = model.language_model.chat(
+        tokenizer, INTERNLM2_CHAT["turns"][0], history=[], **INTERNLM2_CHAT["greedy"]
+    )
+    assert response == turn["response"] and _as_lists(history) == turn["history"]
+
+
+def test_auto_tokenizer_with_trust_remote_code_on_an_internlm2_folder_runs_no_remote_code(tmp_path, monkeypatch):
+    """The internlm2-chat model card's `AutoTokenizer.from_pretrained(path, trust_remote_code=True)` on an InternLM2
+    LLM folder (model_type internlm2, tokenizer_config `auto_map` to the remote tokenizer): this package's class, as on
+    InternVL folders. transformers ran the folder's tokenization_internlm2*.py (InternLM2Config is in its tokenizer
+    mapping, which turns off its preference for registered classes)."""
+    import shutil
+
+    from transformers_internvl import InternLM2TokenizerFast
+
+    folder = tmp_path / "internlm2"
+    shutil.copytree(HERE / INTERNLM2_CHAT["saved"], folder)
+    for name in ("tokenization_internlm2.py", "tokenization_internlm2_fast.py"):
+        (folder / name).write_text("raise RuntimeError('the remote tokenizer code ran')\n")
+    monkeypatch.setattr("builtins.input", lambda *args: pytest.fail("prompted for trust_remote_code"))
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+    assert type(tokenizer) is InternLM2TokenizerFast
+    reference = AutoTokenizer.from_pretrained(HERE / INTERNLM2_CHAT["saved"])
+    assert tokenizer("hello <|im_end|>").input_ids == reference("hello <|im_end|>").input_ids
