@@ -23,6 +23,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 HERE = FIXTURES / "dropin_s11"
 sys.path.insert(0, str(HERE))
 from dropin_s11_cases import (  # noqa: E402
+    ASSEMBLED,
     INTERNLM2_CHAT,
     RESIZE_CASES,
     RESIZE_FOLDERS,
@@ -300,3 +301,48 @@ def test_auto_tokenizer_with_trust_remote_code_on_an_internlm2_folder_runs_no_re
     assert type(tokenizer) is InternLM2TokenizerFast
     reference = AutoTokenizer.from_pretrained(HERE / INTERNLM2_CHAT["saved"])
     assert tokenizer("hello <|im_end|>").input_ids == reference("hello <|im_end|>").input_ids
+
+
+# ---- assembling a model from a vision tower and an LLM, as the original training scripts do --------------------------
+
+
+def test_model_assembled_from_a_vision_tower_and_an_llm_as_the_original_training_scripts(original):
+    """`InternVLChatConfig(vision_config.to_dict(), llm_config.to_dict(), ...)` (positional, as the original) and
+    `InternVLChatModel(config, vision_model, llm)`, then `mlp1.load_state_dict(...)` (`--mlp_path`): the given towers
+    are used as they are (not re-initialised) and the logits are the original's. Both calls raised before."""
+    from transformers_internvl import InternVLChatConfig, InternVLChatModel
+
+    tensors, meta = original
+    folder = FIXTURES / ASSEMBLED["folder"]
+    source = AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
+    vision_model, llm = source.vision_model, source.language_model.as_causal_lm()
+    weights = {name: tensor.clone() for name, tensor in llm.state_dict().items()}
+    config = InternVLChatConfig(vision_model.config.to_dict(), llm.config.to_dict(), **ASSEMBLED["config"])
+    assert {key: getattr(config, key) for key in ASSEMBLED["config"]} == meta["assembled_config"]
+    config.force_image_size = 448
+    model = InternVLChatModel(config, vision_model, llm, use_flash_attn=False).eval()
+    assert model.vision_model is vision_model and model.lm_head is llm.get_output_embeddings()
+    assert model.config._attn_implementation == "eager"
+    assert all(torch.equal(tensor, weights[name]) for name, tensor in llm.state_dict().items())
+    model.mlp1.load_state_dict(source.mlp1.state_dict())
+    model.img_context_token_id = source.img_context_token_id
+    ids = tensors["assembled_input_ids"]
+    with torch.no_grad():
+        logits = model(pixel_values=pixels(1, 448, seed=1109), input_ids=ids).logits
+    assert _max_error(logits[:, -6:], tensors["assembled_logits_last"]) <= TOLERANCE
+
+
+def test_assembly_arguments_that_do_not_fit_raise():
+    from transformers_internvl import InternVLChatConfig, InternVLChatModel
+
+    source = AutoModel.from_pretrained(FIXTURES / ASSEMBLED["folder"], dtype=torch.float32)
+    vision, llm = source.config.vision_config.to_dict(), source.config.llm_config.to_dict()
+    with pytest.raises(TypeError, match="at most 2 positional arguments"):
+        InternVLChatConfig(vision, llm, 0)
+    with pytest.raises(TypeError, match="multiple values for 'llm_config'"):
+        InternVLChatConfig(vision, llm, text_config=llm)
+    config = InternVLChatConfig(vision, dict(llm, hidden_size=64, num_attention_heads=4), template="internlm2-chat")
+    with pytest.raises(ValueError, match="hidden_size 32, but the config's `llm_config` says 64"):
+        InternVLChatModel(config, source.vision_model, source.language_model.as_causal_lm())
+    with pytest.raises(TypeError, match="must be a causal LM"):
+        InternVLChatModel(config, source.vision_model, torch.nn.Linear(2, 2))
