@@ -346,3 +346,47 @@ def test_assembly_arguments_that_do_not_fit_raise():
         InternVLChatModel(config, source.vision_model, source.language_model.as_causal_lm())
     with pytest.raises(TypeError, match="must be a causal LM"):
         InternVLChatModel(config, source.vision_model, torch.nn.Linear(2, 2))
+
+
+# ---- the original's vision-tower flags and attributes ------------------------------------------------------------------
+
+
+def test_the_training_scripts_encoder_gradient_checkpointing_flag_checkpoints_every_layer():
+    """internvl_chat_finetune.py sets `model.vision_model.encoder.gradient_checkpointing = True` (the original encoder
+    reads that flag); it was a plain attribute nothing read, so the layers ran without checkpointing. The gradients
+    stay the same."""
+    model = AutoModel.from_pretrained(FIXTURES / SCRIPT_CASE["folder"], dtype=torch.float32).train()
+    encoder, tiles = model.vision_model.encoder, pixels(1, 448, seed=1111)
+    assert encoder.gradient_checkpointing is False
+    model.vision_model(pixel_values=tiles).last_hidden_state.square().sum().backward()
+    plain = [p.grad.clone() for p in model.vision_model.parameters()]
+    model.zero_grad()
+    model.vision_model.gradient_checkpointing = True
+    model.vision_model.encoder.gradient_checkpointing = True
+    assert encoder.gradient_checkpointing and all(layer.gradient_checkpointing for layer in encoder.layers)
+    calls = []
+    for layer in encoder.layers:
+        inner = layer._gradient_checkpointing_func
+        layer._gradient_checkpointing_func = lambda *a, inner=inner, **k: calls.append(1) or inner(*a, **k)
+    model.vision_model(pixel_values=tiles).last_hidden_state.square().sum().backward()
+    assert len(calls) == len(encoder.layers)
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.vision_model.parameters(), plain, strict=True))
+    encoder.gradient_checkpointing = False
+    assert not any(layer.gradient_checkpointing for layer in encoder.layers)
+
+
+def test_vision_modules_have_the_original_attributes():
+    model = AutoModel.from_pretrained(FIXTURES / RESIZE_FOLDERS["vit6b"], dtype=torch.float32, use_flash_attn=False)
+    config = model.config.vision_config
+    embeddings = model.vision_model.embeddings
+    assert (embeddings.image_size, embeddings.patch_size, embeddings.num_patches, embeddings.num_positions) == (
+        448,
+        14,
+        1024,
+        1025,
+    )
+    layer = model.vision_model.encoder.layers[0]
+    assert (layer.embed_dim, layer.intermediate_size, layer.norm_type) == (32, 64, "rms_norm")
+    assert layer.attn.qk_normalization is True and layer.attn.use_flash_attn is False
+    assert layer.attn.scale == layer.attn.scaling == (config.hidden_size // config.num_attention_heads) ** -0.5
+    assert layer.mlp.config is config

@@ -7,11 +7,13 @@ original checkpoint only strips the `vision_model.` prefix.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN, GELUActivation
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -168,6 +170,15 @@ class InternVLVisionAttention(nn.Module):
         )
         self.proj = nn.Linear(self.embed_dim, self.embed_dim)
         self.proj_drop = nn.Dropout(config.dropout)
+        self.qk_normalization = config.qk_normalization  # (the original's attribute, as `scale` below)
+
+    @property
+    def scale(self) -> float:
+        return self.scaling
+
+    @property
+    def use_flash_attn(self) -> bool:
+        return (self.config._attn_implementation or "").startswith("flash_attention")
 
     def forward(
         self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
@@ -218,6 +229,7 @@ def _add_residual(drop_path: nn.Module, branch: torch.Tensor, residual: torch.Te
 class InternVLVisionMLP(nn.Module):
     def __init__(self, config: InternVisionConfig) -> None:
         super().__init__()
+        self.config = config
         self.act = ACT2FN[config.hidden_act]
         self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
@@ -249,6 +261,9 @@ class InternVLVisionLayer(GradientCheckpointingLayer):
 
     def __init__(self, config: InternVisionConfig, drop_path_rate: float = 0.0) -> None:
         super().__init__()
+        self.embed_dim, self.intermediate_size, self.norm_type = (  # the original's attributes
+            config.hidden_size, config.intermediate_size, config.norm_type
+        )
         norm_class = NORM2FN[config.norm_type]
         self.norm1 = norm_class(config.hidden_size, eps=config.layer_norm_eps)
         self.attn = InternVLVisionAttention(config)
@@ -283,7 +298,21 @@ class InternVLVisionEncoder(nn.Module):
         self.layers = nn.ModuleList(
             [InternVLVisionLayer(config, drop_path_rate=drop_path_rates[i]) for i in range(config.num_hidden_layers)]
         )
-        self.gradient_checkpointing = False
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """Whether the layers run under activation checkpointing in training. Assignable, as the original's flag
+        (its training scripts set `model.vision_model.encoder.gradient_checkpointing = True`): `True` turns it on
+        for every layer (with the function `gradient_checkpointing_enable` gave them, else
+        `torch.utils.checkpoint.checkpoint(use_reentrant=False)`, transformers' default), `False` off."""
+        return any(layer.gradient_checkpointing for layer in self.layers)
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, value: bool) -> None:
+        for layer in self.layers:
+            if value and getattr(layer, "_gradient_checkpointing_func", None) is None:
+                layer._gradient_checkpointing_func = functools.partial(checkpoint, use_reentrant=False)
+            layer.gradient_checkpointing = bool(value)
 
     def forward(self, inputs_embeds: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> BaseModelOutput:
         hidden_states = inputs_embeds
