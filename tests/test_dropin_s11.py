@@ -348,7 +348,7 @@ def test_assembly_arguments_that_do_not_fit_raise():
         InternVLChatModel(config, source.vision_model, torch.nn.Linear(2, 2))
 
 
-# ---- the original's vision-tower flags and attributes ------------------------------------------------------------------
+# ---- the original's vision-tower flags and attributes ----------------------------------------------------------------
 
 
 def test_the_training_scripts_encoder_gradient_checkpointing_flag_checkpoints_every_layer():
