@@ -24,6 +24,7 @@ HERE = FIXTURES / "dropin_s11"
 sys.path.insert(0, str(HERE))
 from dropin_s11_cases import (  # noqa: E402
     ASSEMBLED,
+    CHAT_EDGE_FOLDERS,
     INTERNLM2_CHAT,
     RESIZE_CASES,
     RESIZE_FOLDERS,
@@ -390,3 +391,40 @@ def test_vision_modules_have_the_original_attributes():
     assert layer.attn.qk_normalization is True and layer.attn.use_flash_attn is False
     assert layer.attn.scale == layer.attn.scaling == (config.hidden_size // config.num_attention_heads) ** -0.5
     assert layer.mlp.config is config
+
+
+# ---- chat / batch_chat edge cases ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", sorted(CHAT_EDGE_FOLDERS))
+def test_chat_edge_cases_give_the_original_answers(original, key):
+    """batch_chat with a text-only question among image questions (`num_patches_list` entry 0: the original renders
+    `<img></img>`), a second chat turn that brings a new image, and a third turn without pixel values (the history's
+    `<image>` placeholders stay text)."""
+    expected = original[1]["chat_edges"][key]
+    folder = FIXTURES / CHAT_EDGE_FOLDERS[key]
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    greedy = dict(max_new_tokens=6, do_sample=False)
+    first, second = pixels(2, 448, seed=1201), pixels(1, 448, seed=1202)
+    model = AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
+    batch = model.batch_chat(
+        tokenizer,
+        torch.cat([first, second]),
+        ["Describe this.", "No picture here?", "<image>\nAnd this one"],
+        dict(greedy),
+        num_patches_list=[2, 0, 1],
+    )
+    assert batch == expected["batch_chat"]
+    answer1, history = model.chat(tokenizer, first, "What is it?", dict(greedy), return_history=True)
+    answer2, history = model.chat(
+        tokenizer,
+        torch.cat([first, second]),
+        "<image>\nCompare with this one.",
+        dict(greedy),
+        history=history,
+        return_history=True,
+        num_patches_list=[2, 1],
+    )
+    answer3, history = model.chat(tokenizer, None, "Thanks, and?", dict(greedy), history=history, return_history=True)
+    assert [answer1, answer2, answer3] == expected["chat"]
+    assert [list(turn) for turn in history] == expected["history"]
