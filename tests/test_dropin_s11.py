@@ -25,6 +25,8 @@ sys.path.insert(0, str(HERE))
 from dropin_s11_cases import (  # noqa: E402
     ASSEMBLED,
     CHAT_EDGE_FOLDERS,
+    CUSTOM_IMAGE_TOKENS,
+    CUSTOM_TOKEN_FOLDERS,
     INTERNLM2_CHAT,
     RESIZE_CASES,
     RESIZE_FOLDERS,
@@ -428,3 +430,22 @@ def test_chat_edge_cases_give_the_original_answers(original, key):
     answer3, history = model.chat(tokenizer, None, "Thanks, and?", dict(greedy), history=history, return_history=True)
     assert [answer1, answer2, answer3] == expected["chat"]
     assert [list(turn) for turn in history] == expected["history"]
+
+
+@pytest.mark.parametrize("key", sorted(CUSTOM_TOKEN_FOLDERS))
+def test_chat_with_other_image_token_strings_uses_them_as_the_original(original, key, caplog):
+    """`chat(..., IMG_CONTEXT_TOKEN="<quad>", IMG_START_TOKEN="<ref>", IMG_END_TOKEN="</ref>")`: the original takes
+    the context token's id from the tokenizer on every call (`img_context_token_id`); this raised a ValueError because
+    the id differed from the checkpoint's `<IMG_CONTEXT>`."""
+    expected = original[1]["custom_image_tokens"][key]
+    folder = FIXTURES / CUSTOM_TOKEN_FOLDERS[key]
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
+    greedy, tiles = dict(max_new_tokens=6, do_sample=False), pixels(2, 448, seed=1301)
+    assert model.chat(tokenizer, tiles, "Look.", dict(greedy), **CUSTOM_IMAGE_TOKENS) == expected["custom"]
+    assert model.img_context_token_id == model.config.image_token_id == expected["custom_id"]
+    assert "changes from" in caplog.text
+    batch = model.batch_chat(tokenizer, tiles, ["One", "Two"], dict(greedy), num_patches_list=[1, 1], **CUSTOM_IMAGE_TOKENS)
+    assert batch == expected["batch"]
+    assert model.chat(tokenizer, tiles, "Look.", dict(greedy)) == expected["default"]
+    assert model.img_context_token_id == expected["default_id"]
