@@ -445,7 +445,9 @@ def test_chat_with_other_image_token_strings_uses_them_as_the_original(original,
     assert model.chat(tokenizer, tiles, "Look.", dict(greedy), **CUSTOM_IMAGE_TOKENS) == expected["custom"]
     assert model.img_context_token_id == model.config.image_token_id == expected["custom_id"]
     assert "changes from" in caplog.text
-    batch = model.batch_chat(tokenizer, tiles, ["One", "Two"], dict(greedy), num_patches_list=[1, 1], **CUSTOM_IMAGE_TOKENS)
+    batch = model.batch_chat(
+        tokenizer, tiles, ["One", "Two"], dict(greedy), num_patches_list=[1, 1], **CUSTOM_IMAGE_TOKENS
+    )
     assert batch == expected["batch"]
     assert model.chat(tokenizer, tiles, "Look.", dict(greedy)) == expected["default"]
     assert model.img_context_token_id == expected["default_id"]
