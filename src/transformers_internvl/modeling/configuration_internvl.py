@@ -20,8 +20,8 @@ from .config_validation import (
     validate_config_values,
 )
 from .configuration_intern_vit import InternVisionConfig
-from .original_construction import config_keywords_from_positional
 from .llm_resolution import normalize_llm_config, original_llm_config, resolve_text_model_type
+from .original_construction import config_keywords_from_positional
 
 logger = logging.get_logger(__name__)
 
