@@ -79,7 +79,10 @@ class CausalLanguageModelView(nn.Module):
                 raise
             decoder = self.__dict__["_modules"].get("model")
             if name in _CAUSAL_LM_CHAT_METHODS and decoder is not None:  # InternLM2's own chat API, on the causal LM
-                method = getattr(self.as_causal_lm(), name, None)
+                try:
+                    method = getattr(self.as_causal_lm(), name, None)
+                except ValueError:  # a causal-LM class with tensors of its own: not one to run here
+                    method = None
                 if method is not None:
                     return method
             if decoder is None or not hasattr(decoder, name):
