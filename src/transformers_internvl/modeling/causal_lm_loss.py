@@ -1,6 +1,7 @@
 """The causal-LM loss of both LLM heads (`InternVLChatForConditionalGeneration`, `InternLM2ForCausalLM`), with one
 check: `labels` need the logits of every position, which `logits_to_keep` may have cut (issue 13's prefill fast
-path keeps only the last position's logits in `generate`)."""
+path keeps only the last position's logits in `generate`); and the original chat model's per-token weighted loss
+(`forward(..., loss_weight=...)`, `weighted_lm_loss`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,20 @@ from typing import Any
 
 import torch
 
-__all__ = ["causal_lm_loss", "check_logits_for_labels"]
+__all__ = [
+    "IGNORE_INDEX",
+    "causal_lm_loss",
+    "check_logits_for_labels",
+    "pop_original_loss_options",
+    "weighted_lm_loss",
+]
+
+IGNORE_INDEX = -100
+"""Label of positions without a loss (the original's `IGNORE_TOKEN_ID`, PyTorch's `ignore_index` default)."""
+
+ORIGINAL_LOSS_OPTIONS = ("loss_weight", "loss_reduction_all_gather", "statistics")
+"""Keyword arguments of the original `InternVLChatModel.forward` that only its loss reads (`statistics`: counts the
+original prints under `torch.distributed`)."""
 
 
 def check_logits_for_labels(labels: torch.Tensor, logits_to_keep: int | torch.Tensor) -> None:
@@ -48,17 +62,68 @@ def check_logits_for_labels(labels: torch.Tensor, logits_to_keep: int | torch.Te
         )
 
 
+def pop_original_loss_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Remove the original forward's loss options (`ORIGINAL_LOSS_OPTIONS`) from `kwargs` (in place) and return
+    `loss_weight` / `loss_reduction_all_gather` for `causal_lm_loss` (`statistics` is dropped: only printed there)."""
+    options = {name: kwargs.pop(name) for name in ORIGINAL_LOSS_OPTIONS if name in kwargs}
+    options.pop("statistics", None)
+    return options
+
+
+def weighted_lm_loss(
+    logits: torch.Tensor, labels: torch.Tensor, loss_weight: torch.Tensor, all_gather: bool = False
+) -> torch.Tensor:
+    """`Σ CE·w / Σ w` over shifted targets, the original `InternVLChatModel.forward` with `loss_weight`
+    (internvl_chat/internvl/model/internvl_chat/modeling_internvl_chat.py).
+
+    Args:
+        logits: `(batch, seq, vocab)`.
+        labels: `(batch, seq)`, -100 = ignored.
+        loss_weight: `(batch, seq)` per-token weights of the UNSHIFTED positions, as the collators return them.
+        all_gather: the original's `loss_reduction_all_gather`: under `torch.distributed`, `Σ w` is averaged over
+            the processes (the original's `all_reduce(AVG)`, done as a sum / world size so that gloo runs it too), so
+            that DDP's gradient average gives the weighted mean over the global batch. No effect in one process.
+    """
+    shift_logits = logits[..., :-1, :].float().reshape(-1, logits.shape[-1])
+    shift_labels = labels[..., 1:].reshape(-1).to(shift_logits.device)
+    shift_weights = loss_weight[..., 1:].reshape(-1).to(shift_logits.device)
+    losses = torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="none")
+    total = shift_weights.sum()
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if all_gather and distributed and torch.distributed.get_world_size() > 1:
+        total = total.detach().clone()
+        torch.distributed.all_reduce(total)
+        total = total / torch.distributed.get_world_size()
+    return (losses * shift_weights).sum() / total
+
+
 def causal_lm_loss(
     model: Any,
     logits: torch.Tensor,
     labels: torch.Tensor | None,
     logits_to_keep: int | torch.Tensor,
     vocab_size: int,
+    loss_weight: torch.Tensor | list | None = None,
+    loss_reduction_all_gather: bool = False,
     **kwargs: Any,
 ) -> torch.Tensor | None:
     """`model.loss_function(logits=..., labels=..., vocab_size=...)` (transformers' shifted cross-entropy) after
-    `check_logits_for_labels`; None without labels."""
+    `check_logits_for_labels`; None without labels. With `loss_weight` (a `(batch, seq)` tensor or nested list of
+    per-token weights, as the original's collator passes it), the original's weighted loss instead
+    (`weighted_lm_loss`); without `labels` it is ignored, as in the original.
+
+    Raises:
+        ValueError: `loss_weight` does not have the shape of `labels`.
+    """
     if labels is None:
         return None
     check_logits_for_labels(labels, logits_to_keep)
+    if loss_weight is not None:
+        loss_weight = torch.as_tensor(loss_weight, dtype=torch.float32, device=labels.device)
+        if loss_weight.shape != labels.shape:
+            raise ValueError(
+                f"`loss_weight` must have the shape of `labels` {tuple(labels.shape)} (one weight per token), got "
+                f"{tuple(loss_weight.shape)}."
+            )
+        return weighted_lm_loss(logits, labels, loss_weight, all_gather=loss_reduction_all_gather)
     return model.loss_function(logits=logits, labels=labels, vocab_size=vocab_size, **kwargs)

@@ -255,13 +255,14 @@ class InternVLChatMixin(OriginalAttributesMixin):
         token_id = tokenizer.convert_tokens_to_ids(image_context_token)
         if token_id is None or token_id == getattr(tokenizer, "unk_token_id", None):
             raise ValueError(f"The tokenizer has no {image_context_token!r} token.")
-        if self.config.image_token_id is None:
-            self.config.image_token_id = token_id
-        elif self.config.image_token_id != token_id:
-            raise ValueError(
-                f"The tokenizer's {image_context_token!r} id ({token_id}) differs from `config.image_token_id` "
-                f"({self.config.image_token_id})."
+        if self.config.image_token_id not in (None, token_id):
+            # The original sets `img_context_token_id` from the tokenizer on every chat() / batch_chat() call (so an
+            # `IMG_CONTEXT_TOKEN` other than the checkpoint's is used as given); so does this one, and says so.
+            logger.warning(
+                f"chat: the image context token is {image_context_token!r} (id {token_id}) of the tokenizer; "
+                f"`img_context_token_id` / `config.image_token_id` changes from {self.config.image_token_id}."
             )
+        self.config.image_token_id = token_id
         return token_id
 
     def _generate_text(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -20,6 +21,7 @@ from .config_validation import (
 )
 from .configuration_intern_vit import InternVisionConfig
 from .llm_resolution import normalize_llm_config, original_llm_config, resolve_text_model_type
+from .original_construction import config_keywords_from_positional
 
 logger = logging.get_logger(__name__)
 
@@ -215,6 +217,19 @@ class InternVLChatConfig(PreTrainedConfig):
         config_dict = self._encode_special_floats(self.to_original_dict())
         return json.dumps(config_dict, indent=2, sort_keys=True) + "\n"
 
+
+def _accept_original_positional_arguments(init):
+    """`InternVLChatConfig(vision_config, llm_config, **kwargs)`, as the original training scripts call it
+    (transformers 5 configs are keyword-only); see `original_construction.config_keywords_from_positional`."""
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        return init(self, **config_keywords_from_positional(args, kwargs))
+
+    return __init__
+
+
+InternVLChatConfig.__init__ = _accept_original_positional_arguments(InternVLChatConfig.__init__)
 
 # The name of this package before version 0.2 (equal to transformers' own, different `InternVLConfig`).
 InternVLConfig = InternVLChatConfig

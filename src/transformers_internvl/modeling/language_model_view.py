@@ -14,10 +14,11 @@ top-level head), so the checkpoint layout, the state-dict keys and `get_decoder(
 `nn.Module` whose two children are the model's own decoder (`.model`) and head (`.lm_head` / `.output`), so that
 `parameters()`, `named_parameters()` (the original's names: `model.layers.0...`, `lm_head.weight`), `state_dict()`,
 `train()`, `eval()`, `requires_grad_()` and `to()` cover both, as on the original's causal LM. It holds no tensors of
-its own. Any other attribute is the decoder's (`.layers`, `.embed_tokens`, `.norm`, `.config`,
-`enable_input_require_grads()`, `gradient_checkpointing_enable()`), so code written for transformers' layout keeps
-working. `generate` is the chat model's text-only `generate`, and `resize_token_embeddings` resizes the embeddings and
-the head together, as the original's causal LM does. `save_pretrained`, `copy.deepcopy` and `pickle` give the LLM's own
+its own. InternLM2's `chat` / `stream_chat` / `build_inputs` are those of `as_causal_lm()`. Any other attribute is the
+decoder's (`.layers`, `.embed_tokens`, `.norm`, `.config`, `enable_input_require_grads()`,
+`gradient_checkpointing_enable()`), so code written for transformers' layout keeps working. `generate` is the chat
+model's text-only `generate`, and `resize_token_embeddings` resizes the embeddings and the head together, as the
+original's causal LM does. `save_pretrained`, `copy.deepcopy` and `pickle` give the LLM's own
 causal-LM class (`as_causal_lm()`: `Qwen2ForCausalLM`..., built around the same decoder and head), as the original's.
 
 Assigning a view back (`model.language_model = model.language_model.eval()`) puts its decoder and head back in place.
@@ -42,6 +43,9 @@ __all__ = ["CausalLanguageModelView", "language_model_of", "unwrap_language_mode
 _VIEWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 _OWN_NAMES = frozenset({"_owner", "_head_name", "_modules", "_parameters", "_buffers"})
+# Methods of the LLM's causal-LM class itself (InternLM2's `chat`, `stream_chat`, `build_inputs`): run on
+# `as_causal_lm()`, as the original's `language_model.chat(...)` runs on its InternLM2 causal LM.
+_CAUSAL_LM_CHAT_METHODS = frozenset({"chat", "stream_chat", "build_inputs"})
 
 
 class CausalLanguageModelView(nn.Module):
@@ -74,6 +78,13 @@ class CausalLanguageModelView(nn.Module):
             if name in _OWN_NAMES or name.startswith("__"):
                 raise
             decoder = self.__dict__["_modules"].get("model")
+            if name in _CAUSAL_LM_CHAT_METHODS and decoder is not None:  # InternLM2's own chat API, on the causal LM
+                try:
+                    method = getattr(self.as_causal_lm(), name, None)
+                except ValueError:  # a causal-LM class with tensors of its own: not one to run here
+                    method = None
+                if method is not None:
+                    return method
             if decoder is None or not hasattr(decoder, name):
                 raise AttributeError(
                     f"`language_model` ({self._head_name} + {type(decoder).__name__}) has no attribute {name!r}"

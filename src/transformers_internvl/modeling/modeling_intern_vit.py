@@ -7,11 +7,13 @@ original checkpoint only strips the `vision_model.` prefix.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN, GELUActivation
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -70,9 +72,23 @@ class InternVLVisionEmbeddings(nn.Module):
         self.patch_embedding = nn.Conv2d(
             config.num_channels, self.embed_dim, kernel_size=config.patch_size, stride=config.patch_size
         )
-        self.num_patches_per_side = config.image_size // config.patch_size
-        self.num_positions = self.num_patches_per_side**2 + 1
+        # `image_size`, `patch_size`, `num_patches`, `num_positions`: the original `InternVisionEmbeddings` attributes.
+        self.image_size = config.image_size
+        self.patch_size = config.patch_size
         self.position_embedding = nn.Parameter(torch.randn(1, self.num_positions, self.embed_dim))
+
+    @property
+    def num_patches_per_side(self) -> int:
+        """Side of the patch grid the position embedding holds (`image_size // patch_size`)."""
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.num_patches_per_side**2
+
+    @property
+    def num_positions(self) -> int:
+        return self.num_patches + 1
 
     def _patch_position_embedding(self, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
         """Patch part of the position embedding for a `(height, width)` patch grid: `(1, height * width, dim)`."""
@@ -154,6 +170,15 @@ class InternVLVisionAttention(nn.Module):
         )
         self.proj = nn.Linear(self.embed_dim, self.embed_dim)
         self.proj_drop = nn.Dropout(config.dropout)
+        self.qk_normalization = config.qk_normalization  # (the original's attribute, as `scale` below)
+
+    @property
+    def scale(self) -> float:
+        return self.scaling
+
+    @property
+    def use_flash_attn(self) -> bool:
+        return (self.config._attn_implementation or "").startswith("flash_attention")
 
     def forward(
         self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
@@ -204,6 +229,7 @@ def _add_residual(drop_path: nn.Module, branch: torch.Tensor, residual: torch.Te
 class InternVLVisionMLP(nn.Module):
     def __init__(self, config: InternVisionConfig) -> None:
         super().__init__()
+        self.config = config
         self.act = ACT2FN[config.hidden_act]
         self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
@@ -235,6 +261,9 @@ class InternVLVisionLayer(GradientCheckpointingLayer):
 
     def __init__(self, config: InternVisionConfig, drop_path_rate: float = 0.0) -> None:
         super().__init__()
+        self.embed_dim, self.intermediate_size, self.norm_type = (  # the original's attributes
+            config.hidden_size, config.intermediate_size, config.norm_type
+        )
         norm_class = NORM2FN[config.norm_type]
         self.norm1 = norm_class(config.hidden_size, eps=config.layer_norm_eps)
         self.attn = InternVLVisionAttention(config)
@@ -269,7 +298,21 @@ class InternVLVisionEncoder(nn.Module):
         self.layers = nn.ModuleList(
             [InternVLVisionLayer(config, drop_path_rate=drop_path_rates[i]) for i in range(config.num_hidden_layers)]
         )
-        self.gradient_checkpointing = False
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """Whether the layers run under activation checkpointing in training. Assignable, as the original's flag
+        (its training scripts set `model.vision_model.encoder.gradient_checkpointing = True`): `True` turns it on
+        for every layer (with the function `gradient_checkpointing_enable` gave them, else
+        `torch.utils.checkpoint.checkpoint(use_reentrant=False)`, transformers' default), `False` off."""
+        return any(layer.gradient_checkpointing for layer in self.layers)
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, value: bool) -> None:
+        for layer in self.layers:
+            if value and getattr(layer, "_gradient_checkpointing_func", None) is None:
+                layer._gradient_checkpointing_func = functools.partial(checkpoint, use_reentrant=False)
+            layer.gradient_checkpointing = bool(value)
 
     def forward(self, inputs_embeds: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> BaseModelOutput:
         hidden_states = inputs_embeds
@@ -358,6 +401,47 @@ class InternVisionModel(InternVisionPreTrainedModel):
             hidden_states = self.embeddings(pixel_values)
         last_hidden_state = self.encoder(hidden_states, **kwargs).last_hidden_state
         return BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, pooler_output=last_hidden_state[:, 0])
+
+    def resize_pos_embeddings(self, old_size: int, new_size: int, patch_size: int) -> None:
+        """Resample the learned position embedding from `old_size` to `new_size` pixel tiles, as the original's
+        fine-tuning does when `force_image_size` differs from the checkpoint's `image_size`: the patch part
+        `(1, (old_size // patch_size)**2, dim)` is bicubically interpolated in fp32 (`align_corners=False`) to a
+        `(new_size // patch_size)**2` grid and cast back, the class position is kept, and the result replaces
+        `embeddings.position_embedding` as a new `nn.Parameter`. `embeddings.image_size` and `config.image_size`
+        become `new_size` (the original sets the former here and its training scripts set
+        `config.vision_config.image_size` right after; setting both keeps `save_pretrained` consistent).
+        Source: the original `internvl_chat/internvl/model/internvl_chat/modeling_intern_vit.py`
+        (`InternVisionModel.resize_pos_embeddings`).
+
+        Raises:
+            ValueError: `patch_size` is not the tower's, a size is not a positive multiple of it, or `old_size` is not
+                the size the position embedding holds now.
+        """
+        embeddings = self.embeddings
+        for name, value in (("old_size", old_size), ("new_size", new_size), ("patch_size", patch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive int (pixels), got {value!r}.")
+        if patch_size != embeddings.patch_size:
+            raise ValueError(f"`patch_size` ({patch_size}) must be the vision tower's ({embeddings.patch_size}).")
+        for name, value in (("old_size", old_size), ("new_size", new_size)):
+            if value % patch_size:
+                raise ValueError(f"`{name}` ({value}) must be a multiple of the patch size ({patch_size}).")
+        if old_size // patch_size != embeddings.num_patches_per_side:
+            raise ValueError(
+                f"`old_size` ({old_size}) does not match the position embedding, which holds a "
+                f"{embeddings.num_patches_per_side}x{embeddings.num_patches_per_side} patch grid "
+                f"(image size {embeddings.image_size})."
+            )
+        position_embedding = embeddings.position_embedding
+        class_position, embed_dim = position_embedding[:, :1, :], position_embedding.shape[-1]
+        side = old_size // patch_size
+        grid = position_embedding[:, 1:, :].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid.float(), size=new_size // patch_size, mode="bicubic", align_corners=False)
+        grid = grid.to(class_position.dtype).reshape(1, embed_dim, -1).permute(0, 2, 1)
+        embeddings.position_embedding = nn.Parameter(torch.cat([class_position, grid], dim=1))
+        embeddings.image_size = new_size
+        self.config.image_size = new_size
+        logger.info(f"Resized position embeddings from {old_size} to {new_size}")
 
     def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
         if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.num_channels:

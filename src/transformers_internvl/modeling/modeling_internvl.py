@@ -20,7 +20,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.import_utils import torch_compilable_check
 
 from .attention_kernels import check_attention_kernels, configured_attention
-from .causal_lm_loss import causal_lm_loss
+from .causal_lm_loss import causal_lm_loss, pop_original_loss_options
 from .chat import InternVLChatMixin
 from .checkpoint_loading import OriginalCheckpointMixin
 from .checkpoint_mapping import original_layout_conversions, original_layout_renamings
@@ -39,29 +39,11 @@ from .llm_resolution import language_model_head
 from .model_outputs import InternVLCausalLMOutputWithPast, InternVLModelOutputWithPast
 from .modeling_intern_vit import InternVisionModel
 from .original_api import original_forward_order, original_generate_arguments
+from .original_construction import attention_for_use_flash_attn, keep_initialized, split_causal_lm
+from .pixel_unshuffle import pixel_unshuffle
 from .visual_features import visual_features_to_encoder_outputs
 
 logger = logging.get_logger(__name__)
-
-
-def pixel_unshuffle(vision_features: torch.Tensor, downsample_ratio: float, ps_version: str) -> torch.Tensor:
-    """Trade spatial resolution for channels, as the original `pixel_shuffle`.
-
-    `(num_tiles, rows, cols, C)` -> `(num_tiles, rows*r, cols*r, C/r**2)` for `r = downsample_ratio`. With `"v2"`
-    token `(i, j)` (row-major) is `concat(x[2i, 2j], x[2i, 2j+1], x[2i+1, 2j], x[2i+1, 2j+1])` for r = 0.5; `"v1"`
-    leaves the output grid transposed (column-major), as the first InternVL releases did.
-    """
-    num_tiles, rows, cols, channels = vision_features.shape
-    scale = downsample_ratio
-    # Merge pairs of neighbouring columns into channels, then pairs of rows (via the transposed view).
-    vision_features = vision_features.reshape(num_tiles, rows, int(cols * scale), int(channels / scale))
-    vision_features = vision_features.permute(0, 2, 1, 3).contiguous()
-    vision_features = vision_features.reshape(
-        num_tiles, int(cols * scale), int(rows * scale), int(channels / (scale * scale))
-    )
-    if ps_version == "v2":
-        vision_features = vision_features.permute(0, 2, 1, 3).contiguous()
-    return vision_features
 
 
 class InternVLMultiModalProjector(nn.Sequential):
@@ -128,11 +110,20 @@ class InternVLChatPreTrainedModel(OriginalCheckpointMixin, PreTrainedModel):
 
 @auto_docstring(custom_intro="Vision tower + `mlp1` projector + base LLM, without the LM head.")
 class InternVLChatBaseModel(InternVLChatPreTrainedModel):
-    def __init__(self, config: InternVLChatConfig) -> None:
+    def __init__(self, config: InternVLChatConfig, vision_model=None, language_model=None) -> None:
+        r"""
+        vision_model (`InternVisionModel`, *optional*):
+            A vision tower to use instead of a new random one (kept as it is, not re-initialised).
+        language_model (`nn.Module`, *optional*):
+            The LLM's decoder to use instead of a new random one (kept as it is, not re-initialised).
+        """
         super().__init__(config)
-        self.vision_model = InternVisionModel._from_config(config.vision_config)
+        keep_initialized(vision_model, language_model)
+        if vision_model is None:
+            vision_model = InternVisionModel._from_config(config.vision_config)
+        self.vision_model = vision_model
         self.mlp1 = InternVLMultiModalProjector(config)
-        self.language_model = AutoModel.from_config(config.text_config)
+        self.language_model = AutoModel.from_config(config.text_config) if language_model is None else language_model
         self.post_init()
 
     def _check_pixel_values(self, pixel_values: torch.Tensor, finite: bool = True) -> None:
@@ -336,10 +327,25 @@ class InternVLChatBaseModel(InternVLChatPreTrainedModel):
     """
 )
 class InternVLChatForConditionalGeneration(InternVLChatMixin, InternVLChatPreTrainedModel, GenerationMixin):
-    def __init__(self, config: InternVLChatConfig) -> None:
+    def __init__(self, config: InternVLChatConfig, vision_model=None, language_model=None, use_flash_attn=None) -> None:
+        r"""
+        vision_model (`InternVisionModel`, *optional*):
+            The original constructor's argument: a vision tower to use instead of a new random one.
+        language_model (`PreTrainedModel`, *optional*):
+            The original constructor's argument: a causal LM (`AutoModelForCausalLM` of `llm_config`) whose decoder
+            and head are used instead of new random ones (`original_construction.split_causal_lm`; `TypeError` /
+            `ValueError` for a module that is not one or does not fit `llm_config`).
+        use_flash_attn (`bool`, *optional*):
+            The original constructor's argument: flash-attn 2 when usable, else eager attention (unset: the config's).
+        """
+        if use_flash_attn is not None:
+            config._attn_implementation = attention_for_use_flash_attn(use_flash_attn)
         super().__init__(config)
-        self.model = InternVLChatBaseModel(config)
-        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        decoder, head = split_causal_lm(language_model, config.text_config)
+        self.model = InternVLChatBaseModel(config, vision_model=vision_model, language_model=decoder)
+        keep_initialized(head)
+        text_config = config.text_config
+        self.lm_head = nn.Linear(text_config.hidden_size, text_config.vocab_size, bias=False) if head is None else head
         # Head name, tying and TP style as the LLM's own causal-LM class declares them.
         self._language_model_head = language_model_head(config.text_config)
         self._tied_weights_keys = {
@@ -372,12 +378,6 @@ class InternVLChatForConditionalGeneration(InternVLChatMixin, InternVLChatPreTra
         the conversion-mapping registry instead."""
         renamings = original_layout_renamings(head_name=self._language_model_head.head_name)
         return {renaming.source_patterns[0]: renaming.target_patterns[0] for renaming in renamings}
-
-    def pixel_shuffle(self, x: torch.Tensor, scale_factor: float = 0.5) -> torch.Tensor:
-        """The original's method: `(N, W, H, C)` -> `(N, H*s, W*s, C/s**2)` in `config.ps_version`'s order."""
-        if self.config.ps_version == "v1":
-            logger.warning_once("ps_version 'v1' leaves the pixel-shuffled grid transposed, as the original warns.")
-        return pixel_unshuffle(x, scale_factor, self.config.ps_version)
 
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
         """See [`InternVLChatBaseModel.get_image_features`]; `pooler_output` is `(num_tiles, 256, H)`."""
@@ -447,10 +447,11 @@ class InternVLChatForConditionalGeneration(InternVLChatMixin, InternVLChatPreTra
         **kwargs: Unpack[TransformersKwargs],
     ) -> InternVLCausalLMOutputWithPast | tuple:
         r"""
-        Returns logits `(batch_size, kept positions, vocab_size)`; raises as [`InternVLChatBaseModel.forward`]. Also
-        takes the original's positional order, `(pixel_values, input_ids, attention_mask, position_ids, image_flags,
-        past_key_values, labels, ...)`, when the first argument is tiles (`original_api.original_forward_order`).
+        Returns logits `(batch_size, kept positions, vocab_size)`; raises as [`InternVLChatBaseModel.forward`]. Takes
+        the original's positional order too (`original_api.original_forward_order`: tiles first), and its `loss_weight`
+        / `loss_reduction_all_gather` (the weighted loss, `causal_lm_loss`) and `statistics` keywords.
         """
+        original_loss_options = pop_original_loss_options(kwargs)  # the original's `loss_weight`, ...
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -469,7 +470,8 @@ class InternVLChatForConditionalGeneration(InternVLChatMixin, InternVLChatPreTra
         )
         hidden_states = outputs.last_hidden_state
         logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))
-        loss = causal_lm_loss(self, logits, labels, logits_to_keep, self.config.text_config.vocab_size, **kwargs)
+        vocab_size = self.config.text_config.vocab_size
+        loss = causal_lm_loss(self, logits, labels, logits_to_keep, vocab_size, **original_loss_options, **kwargs)
         return InternVLCausalLMOutputWithPast(
             loss=loss,
             logits=logits,

@@ -343,8 +343,7 @@ ORIGINAL_FORWARD_PARAMETERS = (
 )
 """The positional parameters of the original `InternVLChatModel.forward` that `forward` here takes, in the original's
 order (internvl_chat/internvl/model/internvl_chat/modeling_internvl_chat.py); its further `statistics`, `loss_weight`,
-`loss_reduction_all_gather` are training-script options (`training.collator.weighted_lm_loss` computes the weighted
-loss)."""
+`loss_reduction_all_gather` are taken by keyword (`causal_lm_loss.pop_original_loss_options`)."""
 
 
 def _is_tiles(value: Any) -> bool:
@@ -383,9 +382,8 @@ def original_forward_order(forward):
             shown = ["past_key_values" if name == "cache" else name for name in ORIGINAL_FORWARD_PARAMETERS]
             raise TypeError(
                 f"forward() got {len(args)} positional arguments in the original's order (pixel_values first); it "
-                f"takes at most {len(ORIGINAL_FORWARD_PARAMETERS)} that way ({', '.join(shown)}). The original's "
-                "`statistics`, `loss_weight` and `loss_reduction_all_gather` are not `forward` arguments here: the "
-                "weighted loss is `training.collator.weighted_lm_loss`."
+                f"takes at most {len(ORIGINAL_FORWARD_PARAMETERS)} that way ({', '.join(shown)}). Pass the original's "
+                "`statistics`, `loss_weight` and `loss_reduction_all_gather` by keyword."
             )
         kwargs = dict(kwargs)
         for name, value in zip(ORIGINAL_FORWARD_PARAMETERS, args):

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 from transformers.utils import logging
 
 from .language_model_view import unwrap_language_model
 from .original_lora_loading import ORIGINAL_BACKBONE_LORA_TARGET_MODULES, ORIGINAL_LLM_LORA_TARGET_MODULES
+from .pixel_unshuffle import pixel_unshuffle
 
 logger = logging.get_logger(__name__)
 
@@ -147,6 +149,12 @@ class OriginalAttributesMixin:
     @llm_arch_name.setter
     def llm_arch_name(self, value: str) -> None:
         _refuse_change("llm_arch_name", self.llm_arch_name, value, "it names the class of the loaded LLM.")
+
+    def pixel_shuffle(self, x: torch.Tensor, scale_factor: float = 0.5) -> torch.Tensor:
+        """The original's method: `(N, W, H, C)` -> `(N, H*s, W*s, C/s**2)` in `config.ps_version`'s order."""
+        if self.config.ps_version == "v1":
+            logger.warning_once("ps_version 'v1' leaves the pixel-shuffled grid transposed, as the original warns.")
+        return pixel_unshuffle(x, scale_factor, self.config.ps_version)
 
     # ---- LoRA, as the original's methods -----------------------------------------------------------------------
 

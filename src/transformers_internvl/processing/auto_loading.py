@@ -29,6 +29,7 @@ logger = logging.get_logger(__name__)
 
 ORIGINAL_MODEL_TYPE = "internvl_chat"
 VIDEO_PROCESSOR_NAME = "video_preprocessor_config.json"
+TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
 # Keywords of the Auto factories themselves, not options of the processor.
 _FACTORY_KWARGS = frozenset(
     ("use_fast", "backend", "trust_remote_code", "config", "_from_auto", "_from_pipeline", "code_revision")
@@ -118,10 +119,24 @@ def _wrap(auto_class: type, kind: str) -> None:
     auto_class.from_pretrained = classmethod(from_pretrained)
 
 
+_OWN_TOKENIZER_CLASSES = frozenset(("InternLM2Tokenizer", "InternLM2TokenizerFast"))
+
+
+def _names_own_tokenizer_class(pretrained_model_name_or_path: Any, kwargs: dict[str, Any]) -> bool:
+    """Whether the folder's tokenizer_config.json names one of this package's tokenizer classes."""
+    if not isinstance(pretrained_model_name_or_path, (str, os.PathLike)):
+        return False
+    hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if kwargs.get(key) is not None}
+    config = read_json_file(pretrained_model_name_or_path, TOKENIZER_CONFIG_NAME, hub_kwargs, lenient=True)
+    return bool(config) and config.get("tokenizer_class") in _OWN_TOKENIZER_CLASSES
+
+
 def wrap_auto_tokenizer() -> None:
     """Make `AutoTokenizer.from_pretrained` on an original InternVL folder (config.json `model_type:
     "internvl_chat"`) return a sentencepiece `LlamaTokenizer` that encodes and decodes as the original's slow class
-    (`llama_slow_tokenizer.as_original_tokenizer`); idempotent. Every other result is returned unchanged."""
+    (`llama_slow_tokenizer.as_original_tokenizer`), and with `trust_remote_code=True` this package's InternLM2
+    tokenizer for a folder whose tokenizer_config.json names it (never its remote code); idempotent. Every other result
+    is returned unchanged."""
     from transformers.models.auto.tokenization_auto import AutoTokenizer
 
     original = AutoTokenizer.__dict__["from_pretrained"].__func__
@@ -130,6 +145,12 @@ def wrap_auto_tokenizer() -> None:
 
     @functools.wraps(original)
     def from_pretrained(cls, pretrained_model_name_or_path, *inputs, **kwargs):
+        if kwargs.get("trust_remote_code") and _names_own_tokenizer_class(pretrained_model_name_or_path, kwargs):
+            # A standalone InternLM2 folder (config.json `model_type: "internlm2"`, as the internlm2-chat repos) whose
+            # tokenizer_config.json names InternLM2Tokenizer and `auto_map`s its remote code: transformers would run
+            # that code, because InternLM2Config is in its tokenizer mapping; this package's class is used instead,
+            # as for every other factory (and for InternVL folders) with `trust_remote_code=True`.
+            kwargs["trust_remote_code"] = False
         tokenizer = original(cls, pretrained_model_name_or_path, *inputs, **kwargs)
         if type(tokenizer).__name__ != "LlamaTokenizer" or not isinstance(
             pretrained_model_name_or_path, (str, os.PathLike)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..modeling.causal_lm_loss import weighted_lm_loss  # noqa: F401  (defined with the model's loss; kept here)
 from .labels import IGNORE_INDEX
 
 LOSS_REDUCTIONS = ("token", "sample", "square")
@@ -203,29 +204,3 @@ class InternVLPackingCollator(InternVLDataCollator):
         if self.loss_reduction != "token":
             batch["loss_weight"] = loss_weight
         return batch
-
-
-def weighted_lm_loss(
-    logits: torch.Tensor, labels: torch.Tensor, loss_weight: torch.Tensor, all_gather: bool = False
-) -> torch.Tensor:
-    """`Σ CE·w / Σ w` over shifted targets (original `InternVLChatModel.forward` with `loss_weight`).
-
-    Args:
-        logits: `(batch, seq, vocab)`.
-        labels: `(batch, seq)`, -100 = ignored.
-        loss_weight: `(batch, seq)` per-token weights of the UNSHIFTED positions, as the collators return them.
-        all_gather: the original's `loss_reduction_all_gather`: under `torch.distributed`, `Σ w` is averaged over
-            the processes (the original's `all_reduce(AVG)`, done as a sum / world size so that gloo runs it too), so
-            that DDP's gradient average gives the weighted mean over the global batch. No effect in one process.
-    """
-    shift_logits = logits[..., :-1, :].float().reshape(-1, logits.shape[-1])
-    shift_labels = labels[..., 1:].reshape(-1).to(shift_logits.device)
-    shift_weights = loss_weight[..., 1:].reshape(-1).to(shift_logits.device)
-    losses = torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="none")
-    total = shift_weights.sum()
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    if all_gather and distributed and torch.distributed.get_world_size() > 1:
-        total = total.detach().clone()
-        torch.distributed.all_reduce(total)
-        total = total / torch.distributed.get_world_size()
-    return (losses * shift_weights).sum() / total

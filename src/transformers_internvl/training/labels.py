@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..llama_slow_tokenization import encode_as_original
+from ..modeling.causal_lm_loss import IGNORE_INDEX
 from ..modeling.conversation import get_conv_template
 
-IGNORE_INDEX = -100
 IMG_START_TOKEN = "<img>"
 IMG_END_TOKEN = "</img>"
 IMG_CONTEXT_TOKEN = "<IMG_CONTEXT>"

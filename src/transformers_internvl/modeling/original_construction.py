@@ -1,0 +1,98 @@
+"""Building the chat model and its config the way the original training scripts do.
+
+The original pretraining / fine-tuning scripts (internvl_chat/internvl/train/internvl_chat_pretrain.py,
+internvl_chat_finetune.py) assemble a model from a separately loaded vision tower and LLM:
+
+    internvl_chat_config = InternVLChatConfig(vision_config.to_dict(), llm_config.to_dict(), downsample_ratio=...)
+    model = InternVLChatModel(internvl_chat_config, vision_model, llm)
+
+and the original constructor also takes `use_flash_attn` (internvl_chat/internvl/model/internvl_chat/
+modeling_internvl_chat.py). Here the given towers become the model's own modules (the LLM's decoder as
+`model.model.language_model`, its head as `model.lm_head`), without building random ones first, and they are not
+re-initialised by `post_init`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+__all__ = [
+    "ORIGINAL_CONFIG_POSITIONAL",
+    "attention_for_use_flash_attn",
+    "config_keywords_from_positional",
+    "keep_initialized",
+    "split_causal_lm",
+]
+
+ORIGINAL_CONFIG_POSITIONAL = ("vision_config", "llm_config")
+"""The positional parameters of the original `InternVLChatConfig.__init__` (both OpenGVLab versions start with
+these two; the order of the others differs between them, so they are keyword-only here)."""
+
+
+def config_keywords_from_positional(args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`kwargs` with `InternVLChatConfig(vision_config, llm_config, **kwargs)`'s positional arguments added by name.
+
+    Raises:
+        TypeError: more than two positional arguments, or one also given by keyword.
+    """
+    if len(args) > len(ORIGINAL_CONFIG_POSITIONAL):
+        raise TypeError(
+            f"InternVLChatConfig takes at most {len(ORIGINAL_CONFIG_POSITIONAL)} positional arguments "
+            f"({', '.join(ORIGINAL_CONFIG_POSITIONAL)}), as the original; got {len(args)}. Pass the others by keyword."
+        )
+    kwargs = dict(kwargs)
+    for name, value in zip(ORIGINAL_CONFIG_POSITIONAL, args):
+        aliases = (name, "text_config") if name == "llm_config" else (name,)
+        if any(alias in kwargs for alias in aliases):
+            raise TypeError(f"InternVLChatConfig got multiple values for {name!r} (positionally and by keyword).")
+        kwargs[name] = value
+    return kwargs
+
+
+def attention_for_use_flash_attn(use_flash_attn: bool) -> str:
+    """The attention implementation the original constructor's `use_flash_attn` selects (see
+    `original_api.resolve_attention_options`: flash-attn 2 when usable, else `"eager"`, the original's fallback)."""
+    from .original_api import resolve_attention_options
+
+    options: dict[str, Any] = {"use_flash_attn": use_flash_attn}
+    resolve_attention_options(options)
+    return options["attn_implementation"]
+
+
+def split_causal_lm(language_model: nn.Module | None, text_config: Any) -> tuple[nn.Module | None, nn.Module | None]:
+    """`(decoder, head)` of a causal LM passed to the constructor (`Qwen2ForCausalLM`, `InternLM2ForCausalLM`, ...:
+    its `base_model_prefix` module and `get_output_embeddings()`), or `(None, None)` for `None`.
+
+    Raises:
+        TypeError: the module is not a causal LM with a decoder and an output head.
+        ValueError: its hidden size or vocabulary size differ from `text_config`'s (`llm_config`).
+    """
+    if language_model is None:
+        return None, None
+    prefix = getattr(language_model, "base_model_prefix", None)
+    decoder = getattr(language_model, prefix, None) if prefix else None
+    head = language_model.get_output_embeddings() if hasattr(language_model, "get_output_embeddings") else None
+    if not isinstance(decoder, nn.Module) or not isinstance(head, nn.Module):
+        raise TypeError(
+            "`language_model` must be a causal LM with a decoder and an LM head (e.g. the `AutoModelForCausalLM` of "
+            f"`llm_config`, as the original's training scripts pass it), got {type(language_model).__name__}."
+        )
+    for name in ("hidden_size", "vocab_size"):
+        given, expected = getattr(language_model.config, name, None), getattr(text_config, name, None)
+        if given != expected:
+            raise ValueError(
+                f"`language_model` has {name} {given}, but the config's `llm_config` says {expected}: build the config "
+                "from the LLM's own configuration (`llm_config=llm.config.to_dict()`)."
+            )
+    return decoder, head
+
+
+def keep_initialized(*modules: nn.Module | None) -> None:
+    """Mark every submodule of the given (already built or loaded) modules as initialised, so that the model's
+    `post_init` does not draw new weights for them."""
+    for module in modules:
+        if module is not None:
+            for submodule in module.modules():
+                submodule._is_hf_initialized = True
