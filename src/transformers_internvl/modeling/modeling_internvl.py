@@ -333,8 +333,7 @@ class InternVLChatForConditionalGeneration(InternVLChatMixin, InternVLChatPreTra
             The original constructor's argument: a vision tower to use instead of a new random one.
         language_model (`PreTrainedModel`, *optional*):
             The original constructor's argument: a causal LM (`AutoModelForCausalLM` of `llm_config`) whose decoder
-            and head are used instead of new random ones (`original_construction.split_causal_lm`; `TypeError` /
-            `ValueError` for a module that is not one or does not fit `llm_config`).
+            and head are used as they are (`original_construction.split_causal_lm` says what it raises).
         use_flash_attn (`bool`, *optional*):
             The original constructor's argument: flash-attn 2 when usable, else eager attention (unset: the config's).
         """
@@ -343,7 +342,6 @@ class InternVLChatForConditionalGeneration(InternVLChatMixin, InternVLChatPreTra
         super().__init__(config)
         decoder, head = split_causal_lm(language_model, config.text_config)
         self.model = InternVLChatBaseModel(config, vision_model=vision_model, language_model=decoder)
-        keep_initialized(head)
         text_config = config.text_config
         self.lm_head = nn.Linear(text_config.hidden_size, text_config.vocab_size, bias=False) if head is None else head
         # Head name, tying and TP style as the LLM's own causal-LM class declares them.

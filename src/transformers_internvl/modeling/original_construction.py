@@ -63,7 +63,8 @@ def attention_for_use_flash_attn(use_flash_attn: bool) -> str:
 
 def split_causal_lm(language_model: nn.Module | None, text_config: Any) -> tuple[nn.Module | None, nn.Module | None]:
     """`(decoder, head)` of a causal LM passed to the constructor (`Qwen2ForCausalLM`, `InternLM2ForCausalLM`, ...:
-    its `base_model_prefix` module and `get_output_embeddings()`), or `(None, None)` for `None`.
+    its `base_model_prefix` module and `get_output_embeddings()`), or `(None, None)` for `None`. Both are marked
+    initialised (`keep_initialized`): the model's `post_init` keeps their weights.
 
     Raises:
         TypeError: the module is not a causal LM with a decoder and an output head.
@@ -86,6 +87,7 @@ def split_causal_lm(language_model: nn.Module | None, text_config: Any) -> tuple
                 f"`language_model` has {name} {given}, but the config's `llm_config` says {expected}: build the config "
                 "from the LLM's own configuration (`llm_config=llm.config.to_dict()`)."
             )
+    keep_initialized(decoder, head)
     return decoder, head
 
 
