@@ -1,0 +1,195 @@
+"""Session-11 attack (issue 12, hostile and malformed input) on what earlier attack files left open: attention masks
+that do not fit their prompt, config.json values that cost unbounded work or fail deep inside transformers, and
+writers interrupted mid-way.
+
+Expected behaviour comes from first principles (a mask is one 0/1 entry per prompt token; the same prompt without a
+mask is the reference) or from the original where it accepts the input.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+from helpers import load_model, original_model_dir
+
+import transformers_internvl  # noqa: F401
+from transformers_internvl import InternVLChatConfig
+
+IDS = torch.tensor([[5, 6, 7]])
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model().eval()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# attention masks that do not fit the prompt
+# ---------------------------------------------------------------------------------------------------------------------
+
+BAD_SHAPES = [
+    pytest.param(torch.ones(1, 2, dtype=torch.long), id="shorter"),
+    pytest.param(torch.ones(1, 5, dtype=torch.long), id="longer"),
+    pytest.param(torch.tensor([[0, 0, 1, 1, 1]]), id="longer-left-padded"),
+    pytest.param(torch.ones(2, 3, dtype=torch.long), id="other-batch"),
+]
+
+
+@pytest.mark.parametrize("mask", BAD_SHAPES)
+def test_forward_refuses_a_prompt_mask_of_another_shape(model, mask):
+    # Before: other logits than without a mask (and eager and sdpa disagreeing on the all-ones longer mask), silently.
+    with pytest.raises(ValueError, match=r"`attention_mask` must have the shape \(batch, seq\) of the prompt, \(1, 3\)"):
+        model(input_ids=IDS, attention_mask=mask)
+
+
+def test_forward_refuses_a_mask_not_fitting_inputs_embeds(model):
+    embeds = model.get_input_embeddings()(IDS)
+    with pytest.raises(ValueError, match=r"\(1, 3\), got \(1, 2\)"):
+        model(inputs_embeds=embeds, attention_mask=torch.ones(1, 2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("mask", BAD_SHAPES)
+def test_generate_refuses_a_mask_of_another_shape(model, mask):
+    # Before: other tokens than without a mask, or "The size of tensor a (3) must match ..." / "mat1 and mat2 shapes".
+    with pytest.raises(ValueError, match=r"`attention_mask` must have the shape .*got \(" + str(mask.shape[0])):
+        model.generate(input_ids=IDS, attention_mask=mask, max_new_tokens=2, do_sample=False)
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [
+        pytest.param(torch.tensor([[2, 2, 2]]), id="two"),
+        pytest.param(torch.tensor([[1, -1, 1]]), id="minus-one"),
+        pytest.param(torch.tensor([[1.0, 0.5, 1.0]]), id="half"),
+    ],
+)
+def test_generate_refuses_mask_values_other_than_0_and_1(model, mask):
+    # Before: the positions generate derives from the mask (cumsum) shift, and the answer changes without a word.
+    with pytest.raises(ValueError, match="`attention_mask` must hold only 1 .* and 0"):
+        model.generate(input_ids=IDS, attention_mask=mask, max_new_tokens=2, do_sample=False)
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [
+        torch.ones(1, 3, dtype=torch.long),
+        torch.ones(1, 3, dtype=torch.bool),
+        torch.ones(1, 3, dtype=torch.float32),
+        torch.ones(1, 3, dtype=torch.int32),
+    ],
+    ids=["long", "bool", "float", "int32"],
+)
+def test_masks_of_ones_of_any_dtype_still_give_the_unmasked_answer(model, mask):
+    expected = model.generate(input_ids=IDS, max_new_tokens=3, do_sample=False)
+    got = model.generate(input_ids=IDS, attention_mask=mask, max_new_tokens=3, do_sample=False)
+    assert torch.equal(got, expected)
+    assert torch.allclose(model(input_ids=IDS, attention_mask=mask).logits, model(input_ids=IDS).logits)
+
+
+def test_a_left_padded_batch_still_generates_each_row_as_alone(model):
+    alone = model.generate(input_ids=IDS, max_new_tokens=3, do_sample=False)[:, 3:]
+    ids = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    batch = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False)
+    assert torch.equal(batch[:1, 5:], alone)
+
+
+def test_chat_and_batch_chat_masks_still_pass(qwen2_model_dir):
+    from transformers import AutoModel, AutoTokenizer
+
+    chat_model = AutoModel.from_pretrained(qwen2_model_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(qwen2_model_dir)
+    generation = {"max_new_tokens": 2, "do_sample": False}
+    pixel_values = torch.randn(3, 3, 448, 448, generator=torch.Generator().manual_seed(0))
+    assert isinstance(chat_model.chat(tokenizer, pixel_values[:1], "<image>\nhi", generation), str)
+    answers = chat_model.batch_chat(
+        tokenizer, pixel_values, ["a", "a longer question"], generation, num_patches_list=[1, 2]
+    )
+    assert len(answers) == 2
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# config.json values that cost unbounded work or fail deep inside transformers
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _folder_with(tmp_path, edit):
+    folder = original_model_dir(tmp_path / "model")
+    config = json.loads((folder / "config.json").read_text())
+    edit(config)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("sub_config", ["llm_config", "vision_config"])
+def test_an_absurd_layer_count_is_refused_before_the_config_is_built(tmp_path, sub_config):
+    # Before (llm_config): Qwen2Config builds a `layer_types` list of 10**9 entries (minutes, gigabytes) first.
+    folder = _folder_with(tmp_path, lambda config: config[sub_config].__setitem__("num_hidden_layers", 10**9))
+    from transformers import AutoConfig, AutoModel
+
+    start = time.monotonic()
+    for load in (AutoConfig.from_pretrained, AutoModel.from_pretrained):
+        with pytest.raises(ValueError, match=rf"`{sub_config}.num_hidden_layers` must be at most 10000.*1000000000"):
+            load(folder)
+    assert time.monotonic() - start < 10
+
+
+def test_the_layer_cap_leaves_large_real_counts(tmp_path):
+    from helpers import tiny_text_config, tiny_vision_config
+
+    from transformers_internvl.modeling.config_validation import MAX_NUM_HIDDEN_LAYERS
+
+    config = InternVLChatConfig(
+        vision_config=tiny_vision_config(448, num_hidden_layers=45),
+        llm_config=tiny_text_config(num_hidden_layers=MAX_NUM_HIDDEN_LAYERS),
+    )
+    assert config.text_config.num_hidden_layers == MAX_NUM_HIDDEN_LAYERS
+    with pytest.raises(ValueError, match="num_hidden_layers"):
+        InternVLChatConfig(
+            vision_config=tiny_vision_config(448), llm_config=tiny_text_config(num_hidden_layers=10**4 + 1)
+        )
+
+
+@pytest.mark.parametrize("value", [7, 1.5, ["bfloat16"], True])
+@pytest.mark.parametrize("where", ["top", "llm_config"])
+def test_a_config_dtype_of_the_wrong_type_is_named(tmp_path, value, where):
+    # Before: AttributeError: 'int' object has no attribute 'is_floating_point' (from inside transformers).
+    def edit(config):
+        (config if where == "top" else config[where])["torch_dtype"] = value
+
+    folder = _folder_with(tmp_path, edit)
+    from transformers import AutoModel
+
+    with pytest.raises(TypeError, match=r"`torch_dtype` (in|of) config.json.* must be a torch.dtype, 'auto' or the name"):
+        AutoModel.from_pretrained(folder)
+
+
+def test_auto_in_config_json_is_named(tmp_path):
+    # Before: AttributeError: module 'torch' has no attribute 'auto' ('auto' is a from_pretrained argument only).
+    folder = _folder_with(tmp_path, lambda config: config.__setitem__("torch_dtype", "auto"))
+    from transformers import AutoModel
+
+    with pytest.raises(ValueError, match=r"`torch_dtype` in config.json must name a torch dtype .*got 'auto'"):
+        AutoModel.from_pretrained(folder)
+    AutoModel.from_pretrained(original_model_dir(tmp_path / "plain"), dtype="auto")
+
+
+@pytest.mark.parametrize("value", [7, object()])
+def test_a_dtype_argument_of_the_wrong_type_is_named(qwen2_model_dir, value):
+    from transformers import AutoModel
+
+    with pytest.raises(TypeError, match=r"`dtype` must be a torch.dtype"):
+        AutoModel.from_pretrained(qwen2_model_dir, dtype=value)
+
+
+@pytest.mark.parametrize("value", ["bfloat16", "float32", None])
+def test_valid_config_dtypes_still_load(tmp_path, value):
+    folder = _folder_with(tmp_path, lambda config: config.__setitem__("torch_dtype", value))
+    from transformers import AutoModel
+
+    AutoModel.from_pretrained(folder)
+    AutoModel.from_pretrained(folder, dtype=torch.float32)
+    AutoModel.from_pretrained(folder, dtype={"": torch.float32})
