@@ -8,8 +8,10 @@ mask is the reference) or from the original where it accepts the input.
 
 from __future__ import annotations
 
+import errno
 import json
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -193,3 +195,107 @@ def test_valid_config_dtypes_still_load(tmp_path, value):
     AutoModel.from_pretrained(folder)
     AutoModel.from_pretrained(folder, dtype=torch.float32)
     AutoModel.from_pretrained(folder, dtype={"": torch.float32})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# tokenizer saves interrupted by a full disk
+# ---------------------------------------------------------------------------------------------------------------------
+
+INTERNLM2_TOKENIZER = Path(__file__).parent / "fixtures" / "tokenizers" / "internlm2-dummy-prefix"
+PHI3_TOKENIZER = Path(__file__).parent / "fixtures" / "legacy_tokenizer_s9" / "phi3-rstrip-no-key"
+
+
+def _internlm2_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(INTERNLM2_TOKENIZER)
+
+
+def _phi3_tokenizer():
+    from transformers import LlamaTokenizer
+
+    from transformers_internvl.llama_slow_tokenizer import OriginalLlamaTokenizer, as_original_tokenizer
+
+    tokenizer = as_original_tokenizer(LlamaTokenizer.from_pretrained(PHI3_TOKENIZER))
+    assert isinstance(tokenizer, OriginalLlamaTokenizer)
+    return tokenizer
+
+
+def _disk_full_after_writing(monkeypatch, tokenizer):
+    """Make the tokenizer's file writer (`_save_pretrained` of the class that saves it: transformers'
+    `LlamaTokenizer` for the slow-Llama wrapper, which saves as that class) fail as a full disk does (seen on a 1 MB
+    tmpfs: `tokenizer.json` cut off mid-JSON, then "No space left on device"): it writes its files, cuts the largest
+    one in half and raises."""
+    from transformers import LlamaTokenizer
+
+    from transformers_internvl.llama_slow_tokenizer import OriginalLlamaTokenizer
+
+    cls = LlamaTokenizer if isinstance(tokenizer, OriginalLlamaTokenizer) else type(tokenizer)
+    real = cls._save_pretrained
+
+    def failing(self, save_directory, *args, **kwargs):
+        files = real(self, save_directory, *args, **kwargs)
+        largest = max(Path(save_directory).iterdir(), key=lambda path: path.stat().st_size)
+        largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cls, "_save_pretrained", failing)
+
+
+@pytest.mark.parametrize("make", [_internlm2_tokenizer, _phi3_tokenizer], ids=["internlm2", "phi3-slow-llama"])
+def test_a_tokenizer_save_failing_mid_way_leaves_the_old_folder(tmp_path, monkeypatch, make):
+    # Before: the old folder was overwritten in place and left with a cut-off file beside the new config.
+    tokenizer = make()
+    folder = tmp_path / "tokenizer"
+    tokenizer.save_pretrained(folder)
+    (folder / "README.md").write_text("mine")
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    tokenizer.add_tokens([f"<new{i}>" for i in range(50)])
+    _disk_full_after_writing(monkeypatch, tokenizer)
+    with pytest.raises(OSError, match="No space left"):
+        tokenizer.save_pretrained(folder)
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["tokenizer"]  # no temporary folder left
+
+
+@pytest.mark.parametrize("make", [_internlm2_tokenizer, _phi3_tokenizer], ids=["internlm2", "phi3-slow-llama"])
+def test_tokenizer_saves_still_round_trip_and_keep_other_files(tmp_path, make):
+    from transformers import AutoTokenizer
+
+    tokenizer = make()
+    folder = tmp_path / "tokenizer"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    files = tokenizer.save_pretrained(str(folder))
+    assert all(Path(name).parent == folder for name in files if isinstance(name, str))
+    assert (folder / "config.json").read_text() == "{}"
+    if make is _internlm2_tokenizer:
+        again = AutoTokenizer.from_pretrained(folder)
+    else:
+        from transformers import LlamaTokenizer
+
+        from transformers_internvl.llama_slow_tokenizer import as_original_tokenizer
+
+        again = as_original_tokenizer(LlamaTokenizer.from_pretrained(folder))
+    text = "Hello <|im_start|> world"
+    assert again(text)["input_ids"] == tokenizer(text)["input_ids"]
+    tokenizer.save_pretrained(save_directory=folder)  # by keyword too
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["tokenizer"]
+
+
+def test_a_processor_save_inside_still_writes_its_tokenizer_atomically(tmp_path, monkeypatch):
+    from transformers import AutoProcessor
+
+    source = original_model_dir(tmp_path / "source", model="tiny-internlm2", tokenizer="internlm2-dummy-prefix")
+    processor = AutoProcessor.from_pretrained(source)
+    folder = tmp_path / "saved"
+    files = processor.save_pretrained(folder)
+    assert all(str(name).startswith(str(folder)) for name in files)
+    again = AutoProcessor.from_pretrained(folder)
+    assert again.tokenizer("a b")["input_ids"] == processor.tokenizer("a b")["input_ids"]
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    _disk_full_after_writing(monkeypatch, processor.tokenizer)
+    with pytest.raises(OSError, match="No space left"):
+        processor.save_pretrained(folder)
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["saved", "source"]
