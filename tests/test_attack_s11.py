@@ -299,3 +299,60 @@ def test_a_processor_save_inside_still_writes_its_tokenizer_atomically(tmp_path,
         processor.save_pretrained(folder)
     assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["saved", "source"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# `convert --force`: replacing an existing output
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_convert_force_never_leaves_the_destination_missing(tmp_path, monkeypatch):
+    """Before: the old output was renamed aside and then the new one renamed in; a failure (or kill) between the two
+    left no destination at all and the old output hidden as `.out.old-*`. Now one atomic exchange (Linux), or the
+    old folder put back."""
+    import os
+
+    from transformers_internvl.conversion.convert import convert_checkpoint
+
+    source = original_model_dir(tmp_path / "source")
+    destination = tmp_path / "out"
+    destination.mkdir()
+    (destination / "old.txt").write_text("old")
+    real_replace, real_rename = os.replace, os.rename
+
+    def failing(src, dst, *args, **kwargs):  # the move of a finished temporary folder onto the destination
+        if ".tmp-" in os.fspath(src) and Path(dst) == destination:
+            raise OSError(errno.EIO, "simulated failure")
+        return (real_replace if failing.kind == "replace" else real_rename)(src, dst, *args, **kwargs)
+
+    for kind in ("replace", "rename"):
+        failing.kind = kind
+        monkeypatch.setattr(os, kind, failing)
+        try:
+            convert_checkpoint(source, destination, to="hf", force=True, progress=False)
+        except OSError:
+            pass
+        monkeypatch.setattr(os, kind, real_replace if kind == "replace" else real_rename)
+        assert destination.is_dir()
+        names = sorted(path.name for path in destination.iterdir())
+        assert names == ["old.txt"] or "config.json" in names
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["out", "source"]
+
+
+def test_convert_force_still_replaces_a_folder_and_refuses_a_file_or_a_link(tmp_path):
+    from transformers_internvl.conversion.checkpoint_io import ConversionError
+    from transformers_internvl.conversion.convert import convert_checkpoint
+
+    source = original_model_dir(tmp_path / "source")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "old.txt").write_text("old")
+    convert_checkpoint(source, tmp_path / "folder", to="hf", force=True, progress=False)
+    assert (tmp_path / "folder" / "config.json").is_file() and not (tmp_path / "folder" / "old.txt").exists()
+    (tmp_path / "file").write_text("a file")
+    (tmp_path / "target").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    for name in ("file", "link"):
+        with pytest.raises(ConversionError, match="is not a folder"):
+            convert_checkpoint(source, tmp_path / name, to="hf", force=True, progress=False)
+    assert (tmp_path / "file").read_text() == "a file" and (tmp_path / "link").is_symlink()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["file", "folder", "link", "source", "target"]

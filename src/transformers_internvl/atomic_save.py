@@ -34,14 +34,14 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["atomic_save_directory", "is_weight_file", "save_folder_atomically"]
+__all__ = ["atomic_save_directory", "is_weight_file", "save_folder_atomically", "swap_in"]
 
 _WEIGHT_FILE = re.compile(
     r"(?:model|pytorch_model|tf_model|flax_model)(?:-\d{5}-of-\d{5})?\.(?:safetensors|bin|h5|msgpack)(?:\.index\.json)?"
@@ -113,8 +113,10 @@ def _exchange(first: Path, second: Path) -> bool:
     raise OSError(code, f"Cannot swap {first} and {second}: {os.strerror(code)}")
 
 
-def _swap_in(staging: Path, target: Path) -> None:
-    """Put `staging` at `target`; the old folder (if any) ends up at `staging` and is deleted."""
+def swap_in(staging: Path, target: Path) -> None:
+    """Put the folder `staging` at `target`; the old folder (if any) ends up at `staging` and is deleted. One atomic
+    exchange on Linux (`target` always names a complete folder); elsewhere two renames, the old folder put back if
+    the second fails. Used by `save_pretrained` and by the converter (`conversion.checkpoint_io`)."""
     if not target.exists():
         os.rename(staging, target)
         return
@@ -128,7 +130,11 @@ def _swap_in(staging: Path, target: Path) -> None:
             os.rename(aside, target)  # put the old folder back
             raise
         staging = aside
-    shutil.rmtree(staging, ignore_errors=True)
+    if staging.is_dir() and not staging.is_symlink():
+        shutil.rmtree(staging, ignore_errors=True)
+    else:  # a file or link the caller chose to replace (`convert --force`)
+        with contextlib.suppress(OSError):
+            os.remove(staging)
 
 
 @contextlib.contextmanager
@@ -184,7 +190,7 @@ def atomic_save_directory(
         if target.exists():
             _carry_over(target, staging, lambda name: keep_old_weights or not is_weight_file(name))
         with _following_the_working_directory(target):
-            _swap_in(staging, target)
+            swap_in(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
