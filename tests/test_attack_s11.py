@@ -134,7 +134,7 @@ def test_an_absurd_layer_count_is_refused_before_the_config_is_built(tmp_path, s
 
     start = time.monotonic()
     for load in (AutoConfig.from_pretrained, AutoModel.from_pretrained):
-        with pytest.raises(ValueError, match=rf"`{sub_config}.num_hidden_layers` must be at most 10000.*1000000000"):
+        with pytest.raises(ValueError, match=rf"`{sub_config}.num_hidden_layers` must be at most 100000.*1000000000"):
             load(folder)
     assert time.monotonic() - start < 10
 
@@ -151,7 +151,7 @@ def test_the_layer_cap_leaves_large_real_counts(tmp_path):
     assert config.text_config.num_hidden_layers == MAX_NUM_HIDDEN_LAYERS
     with pytest.raises(ValueError, match="num_hidden_layers"):
         InternVLChatConfig(
-            vision_config=tiny_vision_config(448), llm_config=tiny_text_config(num_hidden_layers=10**4 + 1)
+            vision_config=tiny_vision_config(448), llm_config=tiny_text_config(num_hidden_layers=10**5 + 1)
         )
 
 
@@ -356,3 +356,38 @@ def test_convert_force_still_replaces_a_folder_and_refuses_a_file_or_a_link(tmp_
             convert_checkpoint(source, tmp_path / name, to="hf", force=True, progress=False)
     assert (tmp_path / "file").read_text() == "a file" and (tmp_path / "link").is_symlink()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["file", "folder", "link", "source", "target"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# vision_config flags that change the architecture
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("qk_normalization", "false", TypeError),  # truthy: built q/k norms the checkpoint lacks
+        ("qkv_bias", "false", TypeError),
+        ("qkv_bias", 2, TypeError),
+        ("layer_norm_eps", "1e-6", TypeError),
+        ("layer_norm_eps", -1e-6, ValueError),
+        ("layer_norm_eps", 5.0, ValueError),
+    ],
+)
+def test_vision_flags_and_eps_of_the_wrong_type_are_named(tmp_path, field, value, error):
+    # Before: "The checkpoint lacks 4 of the model's weight tensors (... q_norm ...)" for the string "false", or an
+    # error from inside torch's LayerNorm for the string eps; a negative eps loaded silently.
+    folder = _folder_with(tmp_path, lambda config: config["vision_config"].__setitem__(field, value))
+    from transformers import AutoModel
+
+    with pytest.raises(error, match=rf"`vision_config.{field}` must be .*got {value!r}"):
+        AutoModel.from_pretrained(folder)
+
+
+@pytest.mark.parametrize(("field", "value"), [("qkv_bias", True), ("qk_normalization", False), ("layer_norm_eps", 1e-5)])
+def test_valid_vision_flags_still_load(tmp_path, field, value):
+    folder = _folder_with(tmp_path, lambda config: config["vision_config"].__setitem__(field, value))
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(folder)
+    assert getattr(model.config.vision_config, field) == value

@@ -93,8 +93,8 @@ def _is_torch_dtype(value: Any) -> bool:
 
 # Far above any InternVL LLM (InternVL2.5-78B's Qwen2.5-72B has 80 layers, InternViT-6B 45). transformers' LLM configs
 # build per-layer lists (`layer_types`) when they are constructed, before any weight is read: `num_hidden_layers:
-# 10**9` in a hostile config.json spends tens of gigabytes and hours there (10**7: about a minute).
-MAX_NUM_HIDDEN_LAYERS = 10_000
+# 10**9` in a hostile config.json spends tens of gigabytes and hours there (10**7: about a minute, 10**5: 0.5 s).
+MAX_NUM_HIDDEN_LAYERS = 100_000
 
 
 def check_layer_count(sub_config: Any, name: str) -> None:
