@@ -43,7 +43,8 @@ BAD_SHAPES = [
 @pytest.mark.parametrize("mask", BAD_SHAPES)
 def test_forward_refuses_a_prompt_mask_of_another_shape(model, mask):
     # Before: other logits than without a mask (and eager and sdpa disagreeing on the all-ones longer mask), silently.
-    with pytest.raises(ValueError, match=r"`attention_mask` must have the shape \(batch, seq\) of the prompt, \(1, 3\)"):
+    expected = r"`attention_mask` must have the shape \(batch, seq\) of the prompt, \(1, 3\)"
+    with pytest.raises(ValueError, match=expected):
         model(input_ids=IDS, attention_mask=mask)
 
 
@@ -165,7 +166,8 @@ def test_a_config_dtype_of_the_wrong_type_is_named(tmp_path, value, where):
     folder = _folder_with(tmp_path, edit)
     from transformers import AutoModel
 
-    with pytest.raises(TypeError, match=r"`torch_dtype` (in|of) config.json.* must be a torch.dtype, 'auto' or the name"):
+    expected = r"`torch_dtype` (in|of) config.json.* must be a torch.dtype, 'auto' or the name"
+    with pytest.raises(TypeError, match=expected):
         AutoModel.from_pretrained(folder)
 
 
@@ -384,7 +386,9 @@ def test_vision_flags_and_eps_of_the_wrong_type_are_named(tmp_path, field, value
         AutoModel.from_pretrained(folder)
 
 
-@pytest.mark.parametrize(("field", "value"), [("qkv_bias", True), ("qk_normalization", False), ("layer_norm_eps", 1e-5)])
+@pytest.mark.parametrize(
+    ("field", "value"), [("qkv_bias", True), ("qk_normalization", False), ("layer_norm_eps", 1e-5)]
+)
 def test_valid_vision_flags_still_load(tmp_path, field, value):
     folder = _folder_with(tmp_path, lambda config: config["vision_config"].__setitem__(field, value))
     from transformers import AutoModel

@@ -196,7 +196,9 @@ def atomic_save_directory(
         raise
 
 
-def save_folder_atomically(save: Callable[..., Any], save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+def save_folder_atomically(
+    save: Callable[..., Any], save_directory: str | os.PathLike, *args: Any, **kwargs: Any
+) -> Any:
     """Run `save(staging, *args, **kwargs)` (a bound `save_pretrained` that writes a whole folder) inside
     `atomic_save_directory(save_directory, keep_old_weights=True)`: the folder's other files are kept and a failed or
     interrupted save (disk full, Ctrl-C) leaves the old folder as it was. Used by the processor's and this package's
