@@ -35,12 +35,13 @@ import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["atomic_save_directory", "is_weight_file"]
+__all__ = ["atomic_save_directory", "is_weight_file", "save_folder_atomically", "swap_in"]
 
 _WEIGHT_FILE = re.compile(
     r"(?:model|pytorch_model|tf_model|flax_model)(?:-\d{5}-of-\d{5})?\.(?:safetensors|bin|h5|msgpack)(?:\.index\.json)?"
@@ -112,8 +113,10 @@ def _exchange(first: Path, second: Path) -> bool:
     raise OSError(code, f"Cannot swap {first} and {second}: {os.strerror(code)}")
 
 
-def _swap_in(staging: Path, target: Path) -> None:
-    """Put `staging` at `target`; the old folder (if any) ends up at `staging` and is deleted."""
+def swap_in(staging: Path, target: Path) -> None:
+    """Put the folder `staging` at `target`; the old folder (if any) ends up at `staging` and is deleted. One atomic
+    exchange on Linux (`target` always names a complete folder); elsewhere two renames, the old folder put back if
+    the second fails. Used by `save_pretrained` and by the converter (`conversion.checkpoint_io`)."""
     if not target.exists():
         os.rename(staging, target)
         return
@@ -127,7 +130,11 @@ def _swap_in(staging: Path, target: Path) -> None:
             os.rename(aside, target)  # put the old folder back
             raise
         staging = aside
-    shutil.rmtree(staging, ignore_errors=True)
+    if staging.is_dir() and not staging.is_symlink():
+        shutil.rmtree(staging, ignore_errors=True)
+    else:  # a file or link the caller chose to replace (`convert --force`)
+        with contextlib.suppress(OSError):
+            os.remove(staging)
 
 
 @contextlib.contextmanager
@@ -183,7 +190,33 @@ def atomic_save_directory(
         if target.exists():
             _carry_over(target, staging, lambda name: keep_old_weights or not is_weight_file(name))
         with _following_the_working_directory(target):
-            _swap_in(staging, target)
+            swap_in(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def save_folder_atomically(
+    save: Callable[..., Any], save_directory: str | os.PathLike, *args: Any, **kwargs: Any
+) -> Any:
+    """Run `save(staging, *args, **kwargs)` (a bound `save_pretrained` that writes a whole folder) inside
+    `atomic_save_directory(save_directory, keep_old_weights=True)`: the folder's other files are kept and a failed or
+    interrupted save (disk full, Ctrl-C) leaves the old folder as it was. Used by the processor's and this package's
+    tokenizers' `save_pretrained`. With `push_to_hub=True` the repository name defaults to the folder's name (not the
+    temporary folder's). Returns what `save` returns, with paths under the temporary folder mapped to
+    `save_directory`.
+
+    Raises:
+        OSError: as `atomic_save_directory` (`save_directory` is a file, the disk is full, ...).
+    """
+    if kwargs.get("push_to_hub"):
+        kwargs.setdefault("repo_id", os.path.basename(os.path.normpath(save_directory)))
+    with atomic_save_directory(save_directory, keep_old_weights=True) as staging:
+        result = save(staging, *args, **kwargs)
+
+    def moved(path: Any) -> Any:
+        if not isinstance(path, str) or not os.path.abspath(path).startswith(staging + os.sep):
+            return path
+        return os.path.join(os.fspath(save_directory), os.path.relpath(path, staging))
+
+    return type(result)(moved(path) for path in result) if isinstance(result, (list, tuple)) else result

@@ -29,6 +29,7 @@ from transformers import LlamaTokenizer
 from transformers.tokenization_utils_base import BatchEncoding
 from transformers.utils import to_py_obj
 
+from .atomic_save import save_folder_atomically
 from .llama_slow_tokenization import (
     check_unicode,
     decode_as_original,
@@ -122,13 +123,14 @@ class OriginalLlamaTokenizer(LlamaTokenizer):
         legacy, by transformers 4 too: a `legacy: false` Phi-3 tokenizer would come back with other ids).
 
         The save runs on a shallow clone of class `LlamaTokenizer` (same backend, vocabulary and special tokens, its
-        own `init_kwargs`), so this tokenizer is never changed: other threads can encode with it meanwhile."""
+        own `init_kwargs`), so this tokenizer is never changed: other threads can encode with it meanwhile. Atomic
+        (`atomic_save.save_folder_atomically`): a failed save (disk full) leaves the old folder as it was."""
         legacy = slow_llama_mode(self) == "legacy"
         clone = object.__new__(LlamaTokenizer)
         clone.__dict__.update(self.__dict__)
         clone.init_kwargs = {**self.init_kwargs, "legacy": legacy}
         clone.legacy = legacy
-        return LlamaTokenizer.save_pretrained(clone, *args, **kwargs)
+        return save_folder_atomically(clone.save_pretrained, *args, **kwargs)
 
 
 def as_original_tokenizer(tokenizer: Any) -> Any:

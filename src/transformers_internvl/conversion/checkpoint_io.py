@@ -17,6 +17,8 @@ from typing import Any
 
 from safetensors import SafetensorError, safe_open
 
+from ..atomic_save import swap_in
+
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 
@@ -121,13 +123,8 @@ def atomic_output_folder(dst: Path, force: bool) -> Iterator[Path]:
         ) from None
     try:
         yield tmp
-        if dst.exists():
-            old = dst.parent / f".{dst.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            os.replace(dst, old)
-            os.replace(tmp, dst)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dst)
+        # One atomic exchange on Linux: an interruption never leaves `dst` missing or the old folder hidden aside.
+        swap_in(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

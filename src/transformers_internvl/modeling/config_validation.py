@@ -14,8 +14,10 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
+    "MAX_NUM_HIDDEN_LAYERS",
     "check_attn_implementation_argument",
     "check_dtype_argument",
+    "check_layer_count",
     "check_sub_configs_present",
     "validate_config_values",
 ]
@@ -51,25 +53,64 @@ def check_dtype_argument(kwargs: Mapping[str, Any], source: str = "") -> None:
     `AttributeError: module 'torch' has no attribute 'float17'` from inside the config for it, and takes a name such
     as `"Tensor"` for a dtype.
 
+    A value of another type (`7`, `["bfloat16"]`; transformers: "'int' object has no attribute
+    'is_floating_point'") and, in a `config.json`, `"auto"` (a `from_pretrained` argument only; transformers: "module
+    'torch' has no attribute 'auto'") are refused too.
+
     Raises:
         ValueError: naming the argument (and the dict key), what it accepts and the value given.
+        TypeError: a value that is neither a torch.dtype, a str nor None.
     """
+    allowed = "a torch.dtype, 'auto' or the name of a torch dtype"
     for name in ("dtype", "torch_dtype"):
         value = kwargs.get(name)
         entries = value.items() if isinstance(value, Mapping) else [(None, value)]
         for key, entry in entries:
-            if isinstance(entry, str) and entry != "auto" and not _names_a_torch_dtype(entry):
-                where = (f"`{name}`" if key is None else f"`{name}[{key!r}]`") + source
-                raise ValueError(
-                    f"{where} must be a torch.dtype, 'auto' or the name of a torch dtype ('float32', 'bfloat16', "
-                    f"'float16', ...), got {entry!r}."
+            where = (f"`{name}`" if key is None else f"`{name}[{key!r}]`") + source
+            if entry is not None and not isinstance(entry, str) and not _is_torch_dtype(entry):
+                raise TypeError(
+                    f"{where} must be {allowed} ('float32', 'bfloat16', 'float16', ...), got {entry!r} "
+                    f"({type(entry).__name__})."
                 )
+            if entry == "auto" and source:
+                raise ValueError(f"{where} must name a torch dtype ('float32', 'bfloat16', ...), got 'auto' (a "
+                                 "`from_pretrained(dtype='auto')` argument, not a config value).")
+            if isinstance(entry, str) and entry != "auto" and not _names_a_torch_dtype(entry):
+                raise ValueError(f"{where} must be {allowed} ('float32', 'bfloat16', 'float16', ...), got {entry!r}.")
 
 
 def _names_a_torch_dtype(name: str) -> bool:
     import torch
 
     return isinstance(getattr(torch, name, None), torch.dtype)
+
+
+def _is_torch_dtype(value: Any) -> bool:
+    import torch
+
+    return isinstance(value, torch.dtype)
+
+
+# Far above any InternVL LLM (InternVL2.5-78B's Qwen2.5-72B has 80 layers, InternViT-6B 45). transformers' LLM configs
+# build per-layer lists (`layer_types`) when they are constructed, before any weight is read: `num_hidden_layers:
+# 10**9` in a hostile config.json spends tens of gigabytes and hours there (10**7: about a minute, 10**5: 0.5 s).
+MAX_NUM_HIDDEN_LAYERS = 100_000
+
+
+def check_layer_count(sub_config: Any, name: str) -> None:
+    """Refuse a `num_hidden_layers` above `MAX_NUM_HIDDEN_LAYERS` in the dict of `llm_config` / `vision_config`
+    (`name`) before the sub-config is built from it. Types and signs are checked afterwards (`validate_config_values`,
+    transformers' own field checks).
+
+    Raises:
+        ValueError: naming the field, the value and the maximum.
+    """
+    value = sub_config.get("num_hidden_layers") if isinstance(sub_config, Mapping) else None
+    if _is_int(value) and value > MAX_NUM_HIDDEN_LAYERS:
+        raise ValueError(
+            f"`{name}.num_hidden_layers` must be at most {MAX_NUM_HIDDEN_LAYERS} (MAX_NUM_HIDDEN_LAYERS; the largest "
+            f"InternVL models have 80 LLM and 45 vision layers), got {value}."
+        )
 
 
 # Sizes every LLM config of InternVL has; 0 or negative values fail deep inside torch ("negative dimension",

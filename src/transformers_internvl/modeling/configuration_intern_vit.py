@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from transformers import PreTrainedConfig
 from transformers.utils import logging
 
@@ -82,8 +84,9 @@ class InternVisionConfig(PreTrainedConfig):
         self.validate_architecture()
 
     def validate_architecture(self) -> None:
-        """Raises `TypeError` / `ValueError` naming the field: a size or count that is not a positive integer, an
-        unknown `hidden_act` or `norm_type`, sizes that do not divide."""
+        """Raises `TypeError` / `ValueError` naming the field: a size or count that is not a positive integer,
+        `qkv_bias` / `qk_normalization` that are not booleans (the string "false" would build the layers), a
+        `layer_norm_eps` outside (0, 1), an unknown `hidden_act` or `norm_type`, sizes that do not divide."""
         for name in _POSITIVE_INTS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -91,6 +94,17 @@ class InternVisionConfig(PreTrainedConfig):
                 raise error(
                     f"`vision_config.{name}` must be a positive integer, got {value!r} ({type(value).__name__})."
                 )
+        for name in ("qkv_bias", "qk_normalization"):  # a string "false" is truthy and would build other layers
+            value = getattr(self, name)
+            if not isinstance(value, (bool, int)) or value not in (0, 1):
+                raise TypeError(f"`vision_config.{name}` must be a boolean, got {value!r} ({type(value).__name__}).")
+        eps = self.layer_norm_eps
+        wrong_type = isinstance(eps, bool) or not isinstance(eps, (int, float))
+        if wrong_type or (math.isfinite(eps) and not 0 < eps < 1):  # NaN / inf: named by the InternVL config check
+            error = TypeError if wrong_type else ValueError
+            raise error(
+                f"`vision_config.layer_norm_eps` must be a number in (0, 1), got {eps!r} ({type(eps).__name__})."
+            )
         from transformers.activations import ACT2FN
 
         if not isinstance(self.hidden_act, str) or self.hidden_act not in ACT2FN:

@@ -16,6 +16,7 @@ from ..downsample_ratio import check_downsample_ratio
 from .config_validation import (
     check_attn_implementation_argument,
     check_dtype_argument,
+    check_layer_count,
     check_sub_configs_present,
     validate_config_values,
 )
@@ -91,6 +92,7 @@ class InternVLChatConfig(PreTrainedConfig):
         if self.vision_config is None:
             self.vision_config = InternVisionConfig()
         elif isinstance(self.vision_config, dict):
+            check_layer_count(self.vision_config, "vision_config")
             self.vision_config = InternVisionConfig(**self.vision_config)
 
         if self.text_config is not None and not isinstance(self.text_config, (dict, PreTrainedConfig)):
@@ -101,6 +103,7 @@ class InternVLChatConfig(PreTrainedConfig):
         if self.text_config is None:
             self.text_config = AutoConfig.for_model("qwen2")
         elif isinstance(self.text_config, dict):
+            check_layer_count(self.text_config, "llm_config")
             model_type = resolve_text_model_type(self.text_config)
             text_config = normalize_llm_config(self.text_config, model_type)
             text_config.pop("model_type", None)

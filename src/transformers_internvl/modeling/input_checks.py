@@ -11,6 +11,7 @@ import torch
 from transformers.utils.import_utils import torch_compilable_check
 
 __all__ = [
+    "check_attention_mask",
     "check_chat_inputs",
     "cached_length",
     "check_image_flags",
@@ -68,6 +69,49 @@ def check_input_ids(input_ids: Any, vocab_size: int | None = None, past_length: 
             f"`input_ids` holds the token id {bad}, outside the model's vocabulary (0..{vocab_size - 1}); was the "
             "tokenizer given tokens the model's embedding does not have?"
         )
+
+
+def check_attention_mask(
+    attention_mask: Any, inputs: Any, past_length: int | torch.Tensor = 0, check_values: bool = False
+) -> None:
+    """Refuse a 2-D `attention_mask` that does not fit the prompt it masks (issue 12: never a silently wrong result).
+
+    The LLM takes a mask of another length without a word: a shorter or longer one gives other logits than the
+    same prompt without a mask (and eager and sdpa attention then disagree), a mask of another batch size fails
+    deep inside `generate` ("mat1 and mat2 shapes cannot be multiplied"). `generate` also derives the position ids
+    from the mask (`cumsum`), so values other than 0 and 1 (`2`, `-1`, `0.5`) silently shift the positions and change
+    the answer; `check_values=True` (in `generate`) refuses them. Checked on the prompt only (nothing cached, not
+    inside a compiled call): decoding steps pass the mask of the prompt and the tokens so far. 4-D masks and dicts of
+    precomputed masks (transformers' own) are left to transformers.
+
+    Args:
+        attention_mask: `(batch, seq)` 1 = attend, 0 = padding (bool, integer or floating), or None.
+        inputs: The `(batch, seq)` `input_ids` or `(batch, seq, hidden)` `inputs_embeds` it masks.
+        past_length: Tokens already cached (`cached_length`).
+        check_values: Also require every value to be 0 or 1.
+
+    Raises:
+        ValueError: its shape is not `inputs.shape[:2]`, or (`check_values`) it holds a value other than 0 and 1.
+    """
+    if attention_mask is None or not isinstance(inputs, torch.Tensor) or inputs.ndim < 2:
+        return
+    if not isinstance(past_length, int) or past_length > 0 or torch.compiler.is_compiling():
+        return
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.ndim != 2:
+        return  # 4-D custom masks and the per-attention-type dicts of precomputed masks are transformers'
+    expected = tuple(inputs.shape[:2])
+    if tuple(attention_mask.shape) != expected:
+        raise ValueError(
+            f"`attention_mask` must have the shape (batch, seq) of the prompt, {expected}, got "
+            f"{tuple(attention_mask.shape)}: a mask of another length or batch size masks other positions."
+        )
+    if check_values and attention_mask.device.type != "meta" and attention_mask.numel():
+        outside = (attention_mask != 0) & (attention_mask != 1)
+        if bool(outside.any()):
+            raise ValueError(
+                f"`attention_mask` must hold only 1 (attend) and 0 (padding), got the value "
+                f"{attention_mask[outside][0].item()!r}: `generate` counts positions from the mask."
+            )
 
 
 def check_no_unfilled_image_tokens(

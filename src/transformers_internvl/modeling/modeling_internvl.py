@@ -27,6 +27,7 @@ from .checkpoint_mapping import original_layout_conversions, original_layout_ren
 from .configuration_internvl import InternVLChatConfig
 from .input_checks import (
     cached_length,
+    check_attention_mask,
     check_image_flags,
     check_input_ids,
     check_no_unfilled_image_tokens,
@@ -269,6 +270,7 @@ class InternVLChatBaseModel(InternVLChatPreTrainedModel):
             raise ValueError("Specify exactly one of `input_ids` or `inputs_embeds`.")
         past_length = cached_length(cache)
         check_input_ids(input_ids, self.get_input_embeddings().num_embeddings, past_length)
+        check_attention_mask(attention_mask, input_ids if input_ids is not None else inputs_embeds, past_length)
         num_tiles = merge_tile_count_aliases(num_tiles=num_tiles, num_patches=kwargs.pop("num_patches", None))
         check_num_tiles(num_tiles, pixel_values)
 
@@ -382,27 +384,26 @@ class InternVLChatForConditionalGeneration(InternVLChatMixin, InternVLChatPreTra
         return self.model.get_image_features(pixel_values, **kwargs)
 
     def generate(self, *args, **kwargs):
-        """`GenerationMixin.generate`; `pixel_values=None` or zero tiles is the same as not passing them. The original's
-        `visual_features=` (`(num_tiles, num_image_token, hidden)`, used instead of the tower's) is accepted, and so
-        are the original's positional arguments (`generate(pixel_values, input_ids, attention_mask, ...)`,
-        `original_api.original_generate_arguments`); the output holds the prompt and the new tokens, as transformers'.
+        """`GenerationMixin.generate` (output: the prompt and the new tokens, as transformers'); `pixel_values=None` or
+        zero tiles is the same as not passing them. Also takes the original's `visual_features=` (`(num_tiles,
+        num_image_token, hidden)`, used instead of the tower's) and positional order (`original_generate_arguments`).
 
         Raises:
             ValueError / TypeError (`input_checks`): `num_tiles` does not sum to the tiles of `pixel_values`, the
                 prompt holds `<IMG_CONTEXT>` tokens without tiles (or `inputs_embeds`) for them, `pixel_values` is not
-                a floating tensor of tiles, `visual_features` has the wrong hidden size, or `input_ids` is not `(batch,
-                seq)` vocabulary ids.
+                a floating tensor of tiles, `visual_features` has the wrong hidden size, `input_ids` is not `(batch,
+                seq)` vocabulary ids, or a 2-D `attention_mask` is not of their shape or holds values other than 0 / 1.
         """
         args, kwargs = original_generate_arguments(args, kwargs)
         kwargs.pop("mm_token_type_ids", None)  # the processor's media-token marks: nothing in this model reads them
         ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
         if isinstance(ids, torch.Tensor):  # shape and type (transformers' generate fails on 1-D ids without a word)
             check_input_ids(ids)  # the id range: in `forward`, on the prompt
+            check_attention_mask(kwargs.get("attention_mask"), ids, check_values=True)
         visual_features_to_encoder_outputs(kwargs, self.config.num_image_token, self.config.text_config.hidden_size)
         if "num_patches" in kwargs:  # GotOcr2's name, as `forward` takes it
-            kwargs["num_tiles"] = merge_tile_count_aliases(
-                num_tiles=kwargs.get("num_tiles"), num_patches=kwargs.pop("num_patches")
-            )
+            aliases = {"num_tiles": kwargs.get("num_tiles"), "num_patches": kwargs.pop("num_patches")}
+            kwargs["num_tiles"] = merge_tile_count_aliases(**aliases)
         pixel_values = kwargs.get("pixel_values")
         if pixel_values is not None:  # shape and dtype before the tile counts (values: in `get_image_features`)
             self.model._check_pixel_values(pixel_values, finite=False)

@@ -12,7 +12,6 @@ Text conventions are those of the original InternVL chat code, applied through t
 `apply_chat_template` renders the original `chat()` prompts byte for byte (`chat_templates.get_jinja_chat_template`).
 """
 
-import os
 from typing import Any
 
 import torch
@@ -21,7 +20,7 @@ from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Vide
 from transformers.utils import logging
 from transformers.video_processing_utils import VideoProcessorMixin
 
-from ..atomic_save import atomic_save_directory
+from ..atomic_save import save_folder_atomically
 from ..chat_templates import (
     DEFAULT_VIDEO_FRAME_TEMPLATE,
     IMAGE_PLACEHOLDER,
@@ -443,20 +442,10 @@ class InternVLChatProcessor(ProcessorMixin, PortAttributeNamesMixin):
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
         """`ProcessorMixin.save_pretrained`, atomic (`atomic_save.atomic_save_directory`): written to a temporary
         folder beside `save_directory` and swapped in; the folder's other files (the model's weights and config
-        included) are kept, a call's truncation is not (`without_call_truncation`). Returns the saved paths."""
-        if push_to_hub:
-            kwargs.setdefault("repo_id", os.path.basename(os.path.normpath(save_directory)))
-        with atomic_save_directory(save_directory, keep_old_weights=True) as staging:
-            with without_call_truncation(self.tokenizer):
-                files = super().save_pretrained(staging, push_to_hub=push_to_hub, **kwargs)
-        if isinstance(files, (list, tuple)):
-            files = [
-                os.path.join(os.fspath(save_directory), os.path.relpath(path, staging))
-                if isinstance(path, str)
-                else path
-                for path in files
-            ]
-        return files
+        included) are kept, a call's truncation is not (`without_call_truncation`). Returns the saved files' paths
+        under `save_directory`."""
+        with without_call_truncation(self.tokenizer):
+            return save_folder_atomically(super().save_pretrained, save_directory, push_to_hub=push_to_hub, **kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         output = super().to_dict()

@@ -39,6 +39,8 @@ from transformers.tokenization_utils_base import AddedToken
 from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
 from transformers.utils import logging
 
+from ..atomic_save import save_folder_atomically
+
 logger = logging.get_logger(__name__)
 
 VOCAB_FILES_NAMES = {"vocab_file": "tokenizer.model"}
@@ -177,6 +179,16 @@ class InternLM2TokenizerMixin:
         return [0] * len(self.build_inputs_with_special_tokens(token_ids_0, token_ids_1))
 
     # ---- saving ----
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> tuple[str, ...]:
+        """`save_pretrained` of transformers, atomic (`atomic_save.save_folder_atomically`): written to a temporary
+        folder beside `save_directory` and swapped in, so a failed or interrupted save (disk full, Ctrl-C) leaves the
+        old folder as it was; the folder's other files (a model's weights and config) are kept.
+
+        Raises:
+            OSError: `save_directory` is a file, or writing fails (the old folder is left untouched).
+        """
+        return save_folder_atomically(super().save_pretrained, save_directory, *args, **kwargs)
 
     def _save_pretrained(
         self,
