@@ -100,10 +100,11 @@ class InternVisionConfig(PreTrainedConfig):
                 raise TypeError(f"`vision_config.{name}` must be a boolean, got {value!r} ({type(value).__name__}).")
         eps = self.layer_norm_eps
         wrong_type = isinstance(eps, bool) or not isinstance(eps, (int, float))
-        if wrong_type or (math.isfinite(eps) and not 0 < eps < 1):  # NaN / inf: named by the InternVL config check
+        # NaN / inf: named by the InternVL config check. Any eps >= 0 is kept (transformers' own tests use 1.0).
+        if wrong_type or (math.isfinite(eps) and eps < 0):
             error = TypeError if wrong_type else ValueError
             raise error(
-                f"`vision_config.layer_norm_eps` must be a number in (0, 1), got {eps!r} ({type(eps).__name__})."
+                f"`vision_config.layer_norm_eps` must be a number >= 0, got {eps!r} ({type(eps).__name__})."
             )
         from transformers.activations import ACT2FN
 
