@@ -11,8 +11,8 @@ labels already encode through `encode_as_original`; users also call the tokenize
 `tokenize`) hands the text to the backend as `llama_slow_tokenization.original_llama_text` prepares it, and whose
 `_decode` (behind `decode` / `batch_decode`) is `decode_as_original`. Pairs get each text prepared (the slow class
 encodes each on its own; with `return_offsets_mapping` they go to transformers unchanged, and an empty second text
-gets no BOS where the slow class gives one); pre-split words and `split_special_tokens=True` go to transformers
-unchanged. It saves as `LlamaTokenizer` (the class the original folder
+gets no BOS where the slow class gives one); pre-split words (`is_split_into_words=True`) are encoded word by word
+as the slow class does (`llama_slow_split_words`); `split_special_tokens=True` goes to transformers unchanged. It saves as `LlamaTokenizer` (the class the original folder
 names), so a saved folder reloads everywhere.
 
 `as_original_tokenizer` turns a loaded `LlamaTokenizer` into one (in place) when `llama_slow_tokenization` corrects
@@ -30,6 +30,7 @@ from transformers.tokenization_utils_base import BatchEncoding
 from transformers.utils import to_py_obj
 
 from .atomic_save import save_folder_atomically
+from .llama_slow_split_words import encode_split_words
 from .llama_slow_tokenization import (
     check_unicode,
     decode_as_original,
@@ -72,6 +73,11 @@ class OriginalLlamaTokenizer(LlamaTokenizer):
     encodes_as_original = True
 
     def _encode_plus(self, text, text_pair=None, **kwargs):
+        if kwargs.get("is_split_into_words") and not kwargs.get("split_special_tokens"):
+            parent = super()._encode_plus
+            return encode_split_words(
+                self, text, text_pair, lambda prepared: parent(prepared, add_special_tokens=False), **kwargs
+            )
         plain = not kwargs.get("is_split_into_words") and not kwargs.get("split_special_tokens") and _plain_texts(text)
         if plain and text_pair is not None and _plain_texts(text_pair) and not kwargs.get("return_offsets_mapping"):
             if isinstance(text, str) == isinstance(text_pair, str):  # the slow class encodes each text on its own

@@ -19,99 +19,17 @@ from transformers.activations import ACT2FN, GELUActivation
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.models.llama.modeling_llama import LlamaRMSNorm
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, auto_docstring, logging
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .attention_kernels import contiguous_heads_on_cpu
+from .intern_vit_parts import NORM2FN, DropPath, InternVLVisionEmbeddings, InternVLVisionRMSNorm
 from .configuration_intern_vit import InternVisionConfig
 from .inference_buffers import hooked, in_place_inference
 
 logger = logging.get_logger(__name__)
-
-
-class InternVLVisionRMSNorm(LlamaRMSNorm):
-    """RMSNorm computed in fp32 and cast back before the weight, as the original `InternRMSNorm` (same maths as
-    transformers' `LlamaRMSNorm`)."""
-
-
-NORM2FN: dict[str, type[nn.Module]] = {"rms_norm": InternVLVisionRMSNorm, "layer_norm": nn.LayerNorm}
-
-
-class DropPath(nn.Module):
-    """Stochastic depth per sample (timm semantics: surviving rows are scaled by 1/keep_prob)."""
-
-    def __init__(self, drop_prob: float = 0.0) -> None:
-        super().__init__()
-        self.drop_prob = drop_prob
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0.0 or not self.training:
-            return hidden_states
-        keep_prob = 1.0 - self.drop_prob
-        shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
-        mask = hidden_states.new_empty(shape).bernoulli_(keep_prob)
-        if keep_prob > 0.0:  # drop_prob 1 drops every row (timm's drop_path; not 0 / 0 = NaN)
-            mask.div_(keep_prob)
-        return hidden_states * mask
-
-    def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob}"
-
-
-class InternVLVisionEmbeddings(nn.Module):
-    """Patch embedding + CLS token + learned position embedding (bicubically resized to the actual patch grid)."""
-
-    def __init__(self, config: InternVisionConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.embed_dim = config.hidden_size
-        self.class_embedding = nn.Parameter(torch.randn(1, 1, self.embed_dim))
-        self.patch_embedding = nn.Conv2d(
-            config.num_channels, self.embed_dim, kernel_size=config.patch_size, stride=config.patch_size
-        )
-        # `image_size`, `patch_size`, `num_patches`, `num_positions`: the original `InternVisionEmbeddings` attributes.
-        self.image_size = config.image_size
-        self.patch_size = config.patch_size
-        self.position_embedding = nn.Parameter(torch.randn(1, self.num_positions, self.embed_dim))
-
-    @property
-    def num_patches_per_side(self) -> int:
-        """Side of the patch grid the position embedding holds (`image_size // patch_size`)."""
-        return self.image_size // self.patch_size
-
-    @property
-    def num_patches(self) -> int:
-        return self.num_patches_per_side**2
-
-    @property
-    def num_positions(self) -> int:
-        return self.num_patches + 1
-
-    def _patch_position_embedding(self, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
-        """Patch part of the position embedding for a `(height, width)` patch grid: `(1, height * width, dim)`."""
-        pos_embed = self.position_embedding[:, 1:, :]
-        if height == self.num_patches_per_side and width == self.num_patches_per_side:
-            # Bicubic resampling to the same size is the identity (weights 0, 1, 0, 0), so skip it.
-            return pos_embed.to(dtype)
-        side = self.num_patches_per_side
-        grid = pos_embed.float().reshape(1, side, side, -1).permute(0, 3, 1, 2)
-        grid = F.interpolate(grid, size=(height, width), mode="bicubic", align_corners=False)
-        return grid.reshape(1, -1, height * width).permute(0, 2, 1).to(dtype)
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """`(num_tiles, 3, H, W)` -> `(num_tiles, 1 + (H/14)*(W/14), hidden_size)`, CLS first."""
-        target_dtype = self.patch_embedding.weight.dtype
-        patch_embeds = self.patch_embedding(pixel_values.to(dtype=target_dtype))
-        batch_size, _, height, width = patch_embeds.shape
-        patch_embeds = patch_embeds.flatten(2).transpose(1, 2)
-        # Positions are added before the concatenation: the same element-wise sums as adding the concatenated position
-        # embedding to the concatenated tokens (bit-identical), without two full-size temporaries per call.
-        patch_embeds = patch_embeds + self._patch_position_embedding(height, width, target_dtype)
-        class_embeds = self.class_embedding.to(target_dtype) + self.position_embedding[:, :1, :].to(target_dtype)
-        return torch.cat([class_embeds.expand(batch_size, 1, -1), patch_embeds], dim=1)
 
 
 def eager_attention_forward(
@@ -314,11 +232,38 @@ class InternVLVisionEncoder(nn.Module):
                 layer._gradient_checkpointing_func = functools.partial(checkpoint, use_reentrant=False)
             layer.gradient_checkpointing = bool(value)
 
-    def forward(self, inputs_embeds: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> BaseModelOutput:
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutput | tuple[torch.Tensor, ...]:
+        """`inputs_embeds (num_tiles, num_positions, hidden_size)` through every layer, as the original's
+        `InternVisionEncoder.forward` (`modeling_intern_vit.py`): `last_hidden_state` and, with
+        `output_hidden_states` (default `config.output_hidden_states`), `hidden_states` = (inputs_embeds, layer_1,
+        ..., layer_N), each `(num_tiles, num_positions, hidden_size)`. `return_dict=False` (default: not
+        `config.use_return_dict`) gives the original's tuple `(last_hidden_state[, hidden_states])`. Attention
+        weights come from the tower, `InternVisionModel(..., output_attentions=True)` (the original's encoder has no
+        such option); asking the encoder for them raises `ValueError`."""
+        if kwargs.get("output_attentions"):
+            raise ValueError(
+                "`output_attentions=True` is not an option of the vision encoder (nor of the original's "
+                "`InternVisionEncoder`); call the tower, `InternVisionModel(pixel_values, output_attentions=True)`."
+            )
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if return_dict is None:
+            return_dict = self.config.use_return_dict
+        all_hidden_states = (inputs_embeds,) if output_hidden_states else None
         hidden_states = inputs_embeds
         for layer in self.layers:
             hidden_states = layer(hidden_states, **kwargs)
-        return BaseModelOutput(last_hidden_state=hidden_states)
+            if all_hidden_states is not None:
+                all_hidden_states += (hidden_states,)
+        if not return_dict:
+            return tuple(value for value in (hidden_states, all_hidden_states) if value is not None)
+        return BaseModelOutput(last_hidden_state=hidden_states, hidden_states=all_hidden_states)
 
 
 class InternVisionPreTrainedModel(PreTrainedModel):
@@ -333,7 +278,8 @@ class InternVisionPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    _input_embed_layer = "patch_embedding"  # `embeddings.patch_embedding`, for `get_input_embeddings`
+    # `get_input_embeddings()` is the whole `embeddings` module (patches, class token, positions), as the original's
+    _input_embed_layer = "embeddings"
     # `hidden_states` = (embeddings, layer_1, ..., layer_N), as the original indexes them for `select_layer`.
     _can_record_outputs = {"hidden_states": InternVLVisionLayer, "attentions": InternVLVisionAttention}
 
@@ -399,7 +345,9 @@ class InternVisionModel(InternVisionPreTrainedModel):
         else:
             self._check_pixel_values(pixel_values)
             hidden_states = self.embeddings(pixel_values)
-        last_hidden_state = self.encoder(hidden_states, **kwargs).last_hidden_state
+        # The tower records hidden states and attentions itself (`_can_record_outputs`): the encoder collects none.
+        kwargs = {key: value for key, value in kwargs.items() if key not in ("output_hidden_states", "output_attentions")}
+        last_hidden_state = self.encoder(hidden_states, output_hidden_states=False, return_dict=True, **kwargs)[0]
         return BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, pooler_output=last_hidden_state[:, 0])
 
     def resize_pos_embeddings(self, old_size: int, new_size: int, patch_size: int) -> None:
