@@ -200,3 +200,33 @@ def test_split_words_refuse_what_the_slow_class_cannot_do(slow):
         tokenizer(["a", "b"], is_split_into_words=True, return_offsets_mapping=True)
     with pytest.raises(TypeError, match=r"`text\[1\]` must be a list of words"):
         tokenizer([["a"], "b"], is_split_into_words=True)
+
+
+# ------------------------------------------------------------------ model.language_model(..., return_dict=False)
+
+LM_FOLDERS = {
+    "llama": FIXTURES / "dropin_s11" / "hermes-224",
+    "internlm2": FIXTURES / "dropin_s9" / "v1-5-internlm2-vit6b-v1",
+    "phi3": FIXTURES / "dropin_s9" / "mini-4b-phi3-v1",
+}
+
+
+@pytest.mark.parametrize("key", sorted(LM_FOLDERS))
+def test_language_model_return_dict_false_is_the_original_tuple(key):
+    """The original's `language_model` is the LLM's causal-LM class: `return_dict=False` gives
+    `(loss, logits, past_key_values, hidden_states)` (a ModelOutput iterates over its keys: `loss, logits = out[:2]`
+    worked, `loss, logits, *_ = out` did not). The cache is transformers 5's `Cache` (4.47 returned legacy tuples)."""
+    torch.set_num_threads(1)
+    expected = {k[len(key) + 1 :]: v for k, v in load_file(HERE / "lm_tuple.safetensors").items() if k.startswith(key)}
+    meta = json.loads((HERE / "lm_tuple.json").read_text())[key]
+    model = AutoModel.from_pretrained(LM_FOLDERS[key], torch_dtype=torch.float32).eval()
+    ids = torch.tensor([[1, 5, 7, 9, 11, 3]])
+    with torch.no_grad():
+        out = model.language_model(input_ids=ids, labels=ids, output_hidden_states=True, return_dict=False)
+        as_dict = model.language_model(input_ids=ids, labels=ids)
+    assert type(out) is tuple and len(out) == meta["length"]
+    loss, logits, cache, hidden_states = out
+    assert (loss.reshape(1) - expected["loss"]).abs().max().item() <= 1e-5
+    assert (logits - expected["logits"]).abs().max().item() <= 1e-4
+    assert isinstance(hidden_states, tuple) and (hidden_states[-1] - expected["hidden_last"]).abs().max() <= 1e-4
+    assert cache is not None and torch.equal(as_dict.logits, logits)

@@ -183,14 +183,15 @@ class CausalLanguageModelView(nn.Module):
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs: Any,
-    ) -> CausalLMOutputWithPast:
+    ) -> CausalLMOutputWithPast | tuple:
         """The causal LM's forward: decoder, head, and transformers' shifted cross-entropy when `labels` are given.
 
         Returns:
             `CausalLMOutputWithPast`: `logits` `(batch, kept positions, vocab_size)`, `loss` (with `labels`),
-            the decoder's `cache`, hidden states and attentions.
+            the decoder's `cache`, hidden states and attentions; with `return_dict=False` (default: the LLM config's
+            `return_dict`) the tuple of its set fields, `(loss, logits, cache, ...)`, as the original's causal LM.
         """
-        kwargs.pop("return_dict", None)
+        return_dict = kwargs.pop("return_dict", None)
         outputs = self._modules["model"](
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -202,13 +203,16 @@ class CausalLanguageModelView(nn.Module):
         logits = self._modules[self._head_name](slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
         owner = self._chat_model()
         loss = causal_lm_loss(owner, logits, labels, logits_to_keep, owner.config.text_config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(
+        output = CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
+        if return_dict is None:
+            return_dict = getattr(owner.config.text_config, "return_dict", True)
+        return output if return_dict else output.to_tuple()
 
 
 def _same_module(module: nn.Module) -> nn.Module:
