@@ -230,3 +230,26 @@ def test_language_model_return_dict_false_is_the_original_tuple(key):
     assert (logits - expected["logits"]).abs().max().item() <= 1e-4
     assert isinstance(hidden_states, tuple) and (hidden_states[-1] - expected["hidden_last"]).abs().max() <= 1e-4
     assert cache is not None and torch.equal(as_dict.logits, logits)
+
+
+OTHERS = json.loads((HERE / "split_words_others.json").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("folder", sorted(OTHERS))
+def test_split_words_of_internlm2_and_qwen2_tokenizers_stay_the_original_ids(folder):
+    """Already right before this session (checked, kept): the InternLM2 port (slow and fast) and transformers'
+    Qwen2 tokenizer give the original's ids for pre-split words."""
+    expected = OTHERS[folder]
+    tokenizers = [AutoTokenizer.from_pretrained(FIXTURES / folder)]
+    if "internlm2" in folder:
+        from transformers_internvl import InternLM2Tokenizer
+
+        tokenizers.append(InternLM2Tokenizer.from_pretrained(FIXTURES / folder))
+    for tokenizer in tokenizers:
+        assert [tokenizer(words, is_split_into_words=True)["input_ids"] for words in CASES] == expected["single"]
+        if "pairs" in expected:
+            pairs = [tokenizer(CASES[i], CASES[i + 1], is_split_into_words=True)["input_ids"] for i in range(len(CASES) - 1)]
+            assert pairs == expected["pairs"]
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.unk_token
+            assert tokenizer(CASES, is_split_into_words=True, padding=True)["input_ids"] == expected["batch"]
