@@ -342,7 +342,7 @@ def test_assembly_arguments_that_do_not_fit_raise():
     vision, llm = source.config.vision_config.to_dict(), source.config.llm_config.to_dict()
     with pytest.raises(TypeError, match="at most 2 positional arguments"):
         InternVLChatConfig(vision, llm, 0)
-    with pytest.raises(TypeError, match="multiple values for 'llm_config'"):
+    with pytest.raises(TypeError, match="multiple values for argument 'llm_config'"):
         InternVLChatConfig(vision, llm, text_config=llm)
     config = InternVLChatConfig(vision, dict(llm, hidden_size=64, num_attention_heads=4), template="internlm2-chat")
     with pytest.raises(ValueError, match="hidden_size 32, but the config's `llm_config` says 64"):

@@ -136,6 +136,15 @@ def write_json(path: Path, value: dict[str, Any]) -> None:
         writer.write("\n")
 
 
+def write_tokenizer_json(path: Path, tokenizer: dict[str, Any]) -> None:
+    """Write an edited tokenizer.json (keys in their order, as the `tokenizers` library writes it) to a temporary
+    file beside `path`, then rename it over `path`: a reader never sees a cut-off file."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as writer:
+        json.dump(tokenizer, writer, ensure_ascii=False, indent=2)
+    os.replace(tmp, path)
+
+
 __all__ = [
     "INDEX_NAME",
     "SINGLE_NAME",
@@ -145,4 +154,5 @@ __all__ = [
     "tensor_files",
     "temporary_folder_beside",
     "write_json",
+    "write_tokenizer_json",
 ]

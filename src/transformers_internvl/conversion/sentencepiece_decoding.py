@@ -32,15 +32,13 @@ per invalid sequence, not per byte, and needs 256 replacements per token (about 
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from transformers.utils import logging
 
-from .checkpoint_io import read_json
+from .checkpoint_io import read_json, write_tokenizer_json
 
 logger = logging.get_logger(__name__)
 
@@ -159,10 +157,7 @@ def write_slow_decoding(folder: Path, reference: Any, new_tokens: Iterable[str] 
     tokenizer["decoder"] = slow_llama_decoder(pieces, set(special), added, legacy=legacy)
     for entry in entries:
         entry["special"] = entry.get("content") in special
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as writer:
-        json.dump(tokenizer, writer, ensure_ascii=False, indent=2)
-    os.replace(tmp, path)
+    write_tokenizer_json(path, tokenizer)
     return True
 
 

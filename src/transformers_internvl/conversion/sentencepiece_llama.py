@@ -32,7 +32,7 @@ from typing import Any
 
 from transformers.utils import logging
 
-from .checkpoint_io import ConversionError, read_json, write_json
+from .checkpoint_io import ConversionError, read_json, write_json, write_tokenizer_json
 
 logger = logging.get_logger(__name__)
 
@@ -70,17 +70,11 @@ def write_non_legacy_pipeline(folder: Path) -> None:
 
 
 def _set_pipeline(folder: Path, normalizer: dict | None, pre_tokenizer: dict | None, keep_legacy: bool = False) -> None:
-    import json
-    import os
-
     path = folder / "tokenizer.json"
     tokenizer = read_json(path, "tokenizer file")
     tokenizer["normalizer"] = normalizer
     tokenizer["pre_tokenizer"] = pre_tokenizer
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as writer:
-        json.dump(tokenizer, writer, ensure_ascii=False, indent=2)
-    os.replace(tmp, path)
+    write_tokenizer_json(path, tokenizer)
     config_path = folder / "tokenizer_config.json"
     config = read_json(config_path, "tokenizer config")
     config["tokenizer_class"] = "TokenizersBackend"

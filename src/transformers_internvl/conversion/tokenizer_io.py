@@ -16,13 +16,11 @@ also needs a `<video>` token; when the source has none it is added, and the `-hf
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 from ..chat_templates import IMAGE_CONTEXT_TOKEN, IMAGE_END_TOKEN, IMAGE_START_TOKEN, VIDEO_PLACEHOLDER
-from .checkpoint_io import ConversionError, read_json, write_json
+from .checkpoint_io import ConversionError, read_json, write_json, write_tokenizer_json
 
 ADDED_TOKENS_RECORD = "tokenizer_added_tokens"
 # transformers' names for the InternVL tokens (`extra_special_tokens` of the -hf tokenizer).
@@ -122,10 +120,7 @@ def restore_original_tokenizer_files(folder: Path, added: list[str]) -> None:
         tokenizer["added_tokens"] = [
             entry for entry in tokenizer.get("added_tokens") or [] if entry.get("content") not in removed
         ]
-        tmp = tokenizer_path.with_name(tokenizer_path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as writer:
-            json.dump(tokenizer, writer, ensure_ascii=False, indent=2)
-        os.replace(tmp, tokenizer_path)
+        write_tokenizer_json(tokenizer_path, tokenizer)
     for name in ("added_tokens.json", "special_tokens_map.json"):
         path = folder / name
         if not path.is_file():

@@ -11,6 +11,7 @@ import torch
 from transformers.utils.import_utils import torch_compilable_check
 
 __all__ = [
+    "PromptMaskCheckMixin",
     "check_attention_mask",
     "check_chat_inputs",
     "cached_length",
@@ -112,6 +113,24 @@ def check_attention_mask(
                 f"`attention_mask` must hold only 1 (attend) and 0 (padding), got the value "
                 f"{attention_mask[outside][0].item()!r}: `generate` counts positions from the mask."
             )
+
+
+class PromptMaskCheckMixin:
+    """`generate` that first refuses a 2-D `attention_mask` not of the prompt's shape (`check_attention_mask`; shape
+    only), for a causal LM whose `forward` checks it on the prompt too: transformers' `generate` derives positions and
+    the cache layout from the mask before the first `forward`, where a mask of another length either fails deep inside
+    ("mat1 and mat2 shapes cannot be multiplied") or generates other tokens without a word.
+
+    Raises:
+        ValueError: the mask's shape is not `(batch, seq)` of `input_ids` (or of `inputs_embeds` without ids).
+    """
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        prompt = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
+        if prompt is None:
+            prompt = kwargs.get("inputs_embeds")
+        check_attention_mask(kwargs.get("attention_mask"), prompt)
+        return super().generate(*args, **kwargs)
 
 
 def check_no_unfilled_image_tokens(

@@ -380,13 +380,11 @@ class InternVisionModel(InternVisionPreTrainedModel):
                 f"{embeddings.num_patches_per_side}x{embeddings.num_patches_per_side} patch grid "
                 f"(image size {embeddings.image_size})."
             )
+        # The same fp32 bicubic resampling as `forward` does for other tile sizes (`_patch_position_embedding`).
         position_embedding = embeddings.position_embedding
-        class_position, embed_dim = position_embedding[:, :1, :], position_embedding.shape[-1]
-        side = old_size // patch_size
-        grid = position_embedding[:, 1:, :].reshape(1, side, side, -1).permute(0, 3, 1, 2)
-        grid = F.interpolate(grid.float(), size=new_size // patch_size, mode="bicubic", align_corners=False)
-        grid = grid.to(class_position.dtype).reshape(1, embed_dim, -1).permute(0, 2, 1)
-        embeddings.position_embedding = nn.Parameter(torch.cat([class_position, grid], dim=1))
+        side = new_size // patch_size
+        grid = embeddings._patch_position_embedding(side, side, position_embedding.dtype)
+        embeddings.position_embedding = nn.Parameter(torch.cat([position_embedding[:, :1, :], grid], dim=1))
         embeddings.image_size = new_size
         self.config.image_size = new_size
         logger.info(f"Resized position embeddings from {old_size} to {new_size}")

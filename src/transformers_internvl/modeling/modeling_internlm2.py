@@ -33,6 +33,7 @@ from transformers.utils.output_capturing import capture_outputs
 from .causal_lm_loss import causal_lm_loss
 from .configuration_internlm2 import InternLM2Config, standardize_rope_scaling
 from .inference_buffers import in_place_inference
+from .input_checks import PromptMaskCheckMixin, check_attention_mask
 from .internlm2_chat import InternLM2ChatMixin
 from .load_errors import (  # noqa: F401  (check_wqkv_shape, describe_wqkv_mismatch: re-exported)
     check_wqkv_shape,
@@ -380,6 +381,7 @@ class InternLM2Model(InternLM2PreTrainedModel):
 
         # An int for dynamic caches, a 0-d tensor for static ones (whose key tensors are longer than what is filled).
         past_seen_tokens = cache.get_seq_length() if cache is not None else 0
+        check_attention_mask(attention_mask, inputs_embeds, past_seen_tokens)  # the prompt's (the original raised)
         if position_ids is None:
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
             position_ids = position_ids.unsqueeze(0)
@@ -418,7 +420,7 @@ class InternLM2Model(InternLM2PreTrainedModel):
 @auto_docstring(
     custom_intro="InternLM2 with its language-modeling head `output` (never tied to `tok_embeddings` in checkpoints)."
 )
-class InternLM2ForCausalLM(InternLM2ChatMixin, InternLM2PreTrainedModel, GenerationMixin):
+class InternLM2ForCausalLM(InternLM2ChatMixin, PromptMaskCheckMixin, InternLM2PreTrainedModel, GenerationMixin):
     # Only applied when `config.tie_word_embeddings` is true (never the case for InternLM2 checkpoints).
     _tied_weights_keys = {"output.weight": "model.tok_embeddings.weight"}
     _pp_plan = {"output": (["hidden_states"], ["logits"])}

@@ -30,6 +30,8 @@ from torch import nn
 from transformers.utils import logging
 from transformers.utils.import_utils import is_flash_attn_2_available
 
+from .original_construction import positional_as_keywords
+
 logger = logging.get_logger(__name__)
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -311,17 +313,7 @@ def original_generate_arguments(args: tuple, kwargs: dict[str, Any]) -> tuple[tu
     )
     if not original_order:
         return args, kwargs
-    if len(args) > len(ORIGINAL_GENERATE_PARAMETERS):
-        raise TypeError(
-            f"generate() got {len(args)} positional arguments; in the original's order it takes at most "
-            f"{len(ORIGINAL_GENERATE_PARAMETERS)} ({', '.join(ORIGINAL_GENERATE_PARAMETERS)})."
-        )
-    kwargs = dict(kwargs)
-    for name, value in zip(ORIGINAL_GENERATE_PARAMETERS, args):
-        if name in kwargs:
-            raise TypeError(f"generate() got multiple values for argument {name!r} (positionally and by keyword).")
-        kwargs[name] = value
-    return (), kwargs
+    return (), positional_as_keywords("generate", ORIGINAL_GENERATE_PARAMETERS, args, kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -378,20 +370,9 @@ def original_forward_order(forward):
         )
         if not original_order:
             return forward(self, *args, **kwargs)
-        if len(args) > len(ORIGINAL_FORWARD_PARAMETERS):
-            shown = ["past_key_values" if name == "cache" else name for name in ORIGINAL_FORWARD_PARAMETERS]
-            raise TypeError(
-                f"forward() got {len(args)} positional arguments in the original's order (pixel_values first); it "
-                f"takes at most {len(ORIGINAL_FORWARD_PARAMETERS)} that way ({', '.join(shown)}). Pass the original's "
-                "`statistics`, `loss_weight` and `loss_reduction_all_gather` by keyword."
-            )
-        kwargs = dict(kwargs)
-        for name, value in zip(ORIGINAL_FORWARD_PARAMETERS, args):
-            aliases = (name, "past_key_values") if name == "cache" else (name,)
-            if any(alias in kwargs for alias in aliases):
-                shown = "past_key_values" if name == "cache" else name
-                raise TypeError(f"forward() got multiple values for argument {shown!r} (positionally and by keyword).")
-            kwargs[name] = value
+        hint = " Pass the original's `statistics`, `loss_weight` and `loss_reduction_all_gather` by keyword."
+        aliases = {"cache": "past_key_values"}
+        kwargs = positional_as_keywords("forward", ORIGINAL_FORWARD_PARAMETERS, args, kwargs, aliases, hint)
         return forward(self, **kwargs)
 
     return wrapper

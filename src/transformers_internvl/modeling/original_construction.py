@@ -14,6 +14,7 @@ re-initialised by `post_init`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -23,6 +24,7 @@ __all__ = [
     "attention_for_use_flash_attn",
     "config_keywords_from_positional",
     "keep_initialized",
+    "positional_as_keywords",
     "split_causal_lm",
 ]
 
@@ -31,24 +33,55 @@ ORIGINAL_CONFIG_POSITIONAL = ("vision_config", "llm_config")
 these two; the order of the others differs between them, so they are keyword-only here)."""
 
 
-def config_keywords_from_positional(args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """`kwargs` with `InternVLChatConfig(vision_config, llm_config, **kwargs)`'s positional arguments added by name.
+def positional_as_keywords(
+    function: str,
+    names: Sequence[str],
+    args: tuple,
+    kwargs: Mapping[str, Any],
+    aliases: Mapping[str, str] | None = None,
+    hint: str = "",
+) -> dict[str, Any]:
+    """A copy of `kwargs` with the positional `args` added under `names` (the original's positional order); shared
+    by `InternVLChatConfig(...)`, `forward(...)` and `generate(...)` called as the original is.
+
+    Args:
+        function: The callable's name, for the messages (`"generate"`).
+        names: The keywords the positional arguments are passed on as, in the original's order.
+        aliases: `{keyword: the original's name for it}` (`{"cache": "past_key_values"}`): the name shown in the
+            messages, and refused as a second value too.
+        hint: Appended to the message about too many arguments.
 
     Raises:
-        TypeError: more than two positional arguments, or one also given by keyword.
+        TypeError: more positional arguments than `names`, or one also given by keyword (under its name or alias).
     """
-    if len(args) > len(ORIGINAL_CONFIG_POSITIONAL):
+    aliases = aliases or {}
+    if len(args) > len(names):
+        shown = ", ".join(aliases.get(name, name) for name in names)
         raise TypeError(
-            f"InternVLChatConfig takes at most {len(ORIGINAL_CONFIG_POSITIONAL)} positional arguments "
-            f"({', '.join(ORIGINAL_CONFIG_POSITIONAL)}), as the original; got {len(args)}. Pass the others by keyword."
+            f"{function}() takes at most {len(names)} positional arguments in the original's order ({shown}), got "
+            f"{len(args)}.{hint}"
         )
     kwargs = dict(kwargs)
-    for name, value in zip(ORIGINAL_CONFIG_POSITIONAL, args):
-        aliases = (name, "text_config") if name == "llm_config" else (name,)
-        if any(alias in kwargs for alias in aliases):
-            raise TypeError(f"InternVLChatConfig got multiple values for {name!r} (positionally and by keyword).")
+    for name, value in zip(names, args):
+        if name in kwargs or aliases.get(name) in kwargs:
+            shown = aliases.get(name, name)
+            raise TypeError(f"{function}() got multiple values for argument {shown!r} (positionally and by keyword).")
         kwargs[name] = value
     return kwargs
+
+
+def config_keywords_from_positional(args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`kwargs` with `InternVLChatConfig(vision_config, llm_config, **kwargs)`'s positional arguments added by name
+    (`llm_config` as its standard name, `text_config`).
+
+    Raises:
+        TypeError: more than two positional arguments, or one also given by keyword (`text_config` or `llm_config`).
+    """
+    keywords = ("vision_config", "text_config")  # ORIGINAL_CONFIG_POSITIONAL, `llm_config` under its standard name
+    aliases = dict(zip(keywords, ORIGINAL_CONFIG_POSITIONAL))
+    return positional_as_keywords(
+        "InternVLChatConfig", keywords, args, kwargs, aliases, hint=" Pass the others by keyword."
+    )
 
 
 def attention_for_use_flash_attn(use_flash_attn: bool) -> str:

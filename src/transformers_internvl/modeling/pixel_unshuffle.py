@@ -12,7 +12,10 @@ def pixel_unshuffle(vision_features: torch.Tensor, downsample_ratio: float, ps_v
 
     `(num_tiles, rows, cols, C)` -> `(num_tiles, rows*r, cols*r, C/r**2)` for `r = downsample_ratio`. With `"v2"`
     token `(i, j)` (row-major) is `concat(x[2i, 2j], x[2i, 2j+1], x[2i+1, 2j], x[2i+1, 2j+1])` for r = 0.5; `"v1"`
-    leaves the output grid transposed (column-major), as the first InternVL releases did.
+    leaves the output grid transposed (column-major), as the first InternVL releases did. `rows * r`, `cols * r` and
+    `C / r**2` are truncated to integers, as in the original: sizes that do not divide raise torch's reshape error.
+    Source: `InternVLChatModel.pixel_shuffle` in the original's
+    internvl_chat/internvl/model/internvl_chat/modeling_internvl_chat.py.
     """
     num_tiles, rows, cols, channels = vision_features.shape
     scale = downsample_ratio

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import Trainer
 
-from .collator import weighted_lm_loss
+from ..modeling.causal_lm_loss import weighted_lm_loss
 from .length_grouping import has_estimates, length_grouped_sampler
 
 
@@ -12,7 +12,7 @@ class InternVLTrainer(Trainer):
     """A `Trainer` that understands the collators' `loss_weight` (`loss_reduction="sample"|"square"`).
 
     Batches without `loss_weight` (token averaging) use the model's own loss, exactly as the plain `Trainer`.
-    With `loss_weight`, the loss is `Σ CE·w / Σ w` over the batch (`collator.weighted_lm_loss`, original
+    With `loss_weight`, the loss is `Σ CE·w / Σ w` over the batch (`causal_lm_loss.weighted_lm_loss`, original
     `InternVLChatModel.forward`); each process normalises by its own Σw, or, with `loss_reduction_all_gather=True`
     (the original's option, used by its InternVL 2.5 stage scripts), by Σw averaged over the processes, so that the
     gradient is the weighted mean over the global batch. With gradient accumulation, the weighted loss of an optimizer
