@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -12,6 +12,7 @@ from transformers.utils.import_utils import torch_compilable_check
 
 __all__ = [
     "check_attention_mask",
+    "check_generate_prompt",
     "check_chat_inputs",
     "cached_length",
     "check_image_flags",
@@ -112,6 +113,24 @@ def check_attention_mask(
                 f"`attention_mask` must hold only 1 (attend) and 0 (padding), got the value "
                 f"{attention_mask[outside][0].item()!r}: `generate` counts positions from the mask."
             )
+
+
+def check_generate_prompt(kwargs: Mapping[str, Any], ids: Any) -> None:
+    """`generate`'s prompt checks: `check_input_ids` on its `input_ids` (`ids`; shape and type: transformers'
+    `generate` fails on 1-D ids without a word; the id range is checked in `forward`), and `check_attention_mask(...,
+    check_values=True)` against those ids, or without them against `inputs_embeds` (a mask of another length or with
+    values other than 0 / 1 shifts the positions `generate` counts from it just the same; not checked against
+    embeddings after a filled cache).
+
+    Raises:
+        ValueError / TypeError: as `check_input_ids` and `check_attention_mask`.
+    """
+    if isinstance(ids, torch.Tensor):
+        check_input_ids(ids)
+    prompt = ids if isinstance(ids, torch.Tensor) else kwargs.get("inputs_embeds")
+    if not isinstance(ids, torch.Tensor) and cached_length(kwargs.get("cache", kwargs.get("past_key_values"))):
+        return
+    check_attention_mask(kwargs.get("attention_mask"), prompt, check_values=True)
 
 
 def check_no_unfilled_image_tokens(

@@ -1,0 +1,78 @@
+"""Session-11 attack, round 2: the code paths added in session 11 driven with hostile input and with unusual but
+valid input the original accepts.
+
+Expected behaviour comes from first principles (a mask is one 0/1 entry per prompt token; the same prompt with a mask
+of ones is the reference) or from the original code where it accepts the input (noted per test).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import load_model
+
+import transformers_internvl  # noqa: F401
+
+IDS = torch.tensor([[5, 6, 7, 8, 9]])
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model().eval()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# generate(inputs_embeds=..., attention_mask=...) without input_ids (the session's new text-embeddings path)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [
+        pytest.param(torch.tensor([[1, 1, 3, 1, 1]]), id="three"),
+        pytest.param(torch.tensor([[1, 1, -1, 1, 1]]), id="minus-one"),
+        pytest.param(torch.tensor([[1.0, 1.0, 0.5, 1.0, 1.0]]), id="half"),
+    ],
+)
+def test_generate_from_embeddings_refuses_mask_values_other_than_0_and_1(model, mask):
+    # Before: the positions generate derives from the mask (cumsum) shifted and the scores changed (by ~0.9 on the
+    # tiny model) without a word; the same mask with `input_ids` was already refused.
+    embeds = model.get_input_embeddings()(IDS)
+    with pytest.raises(ValueError, match="`attention_mask` must hold only 1 .* and 0"):
+        model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=2, do_sample=False)
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [
+        pytest.param(torch.ones(1, 3, dtype=torch.long), id="shorter"),
+        pytest.param(torch.ones(1, 9, dtype=torch.long), id="longer"),
+        pytest.param(torch.ones(2, 5, dtype=torch.long), id="other-batch"),
+    ],
+)
+def test_generate_from_embeddings_refuses_a_mask_of_another_shape(model, mask):
+    # Before: "The size of tensor a (5) must match the size of tensor b (3)" from inside transformers (shorter), or the
+    # mask silently dropped by transformers' generate (longer).
+    embeds = model.get_input_embeddings()(IDS)
+    with pytest.raises(ValueError, match=r"`attention_mask` must have the shape \(batch, seq\) of the prompt, \(1, 5\)"):
+        model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=2, do_sample=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.long, torch.bool, torch.float32])
+def test_generate_from_embeddings_with_a_mask_of_ones_still_equals_the_ids(model, dtype):
+    expected = model.generate(input_ids=IDS, max_new_tokens=3, do_sample=False)[:, IDS.shape[1] :]
+    embeds = model.get_input_embeddings()(IDS)
+    mask = torch.ones(IDS.shape, dtype=dtype)
+    got = model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=3, do_sample=False)
+    assert torch.equal(got, expected)
+    both = model.generate(input_ids=IDS, inputs_embeds=embeds, attention_mask=mask, max_new_tokens=3, do_sample=False)
+    assert torch.equal(both[:, IDS.shape[1] :], expected)
+
+
+def test_generate_from_embeddings_left_padded_batch_still_equals_each_row_alone(model):
+    alone = model.generate(input_ids=IDS[:, 2:], max_new_tokens=3, do_sample=False)[:, 3:]
+    ids = torch.tensor([[0, 0, 7, 8, 9], [1, 2, 3, 4, 5]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    embeds = model.get_input_embeddings()(ids)
+    got = model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=3, do_sample=False)
+    assert torch.equal(got[:1], alone)
