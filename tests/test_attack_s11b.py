@@ -76,3 +76,29 @@ def test_generate_from_embeddings_left_padded_batch_still_equals_each_row_alone(
     embeds = model.get_input_embeddings()(ids)
     got = model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=3, do_sample=False)
     assert torch.equal(got[:1], alone)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# InternVisionModel.resize_pos_embeddings
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_resize_pos_embeddings_takes_numpy_integers_as_the_original(tmp_path):
+    # The original (internvl_chat/.../modeling_intern_vit.py) only divides the sizes, so numpy integers (a size read
+    # from a numpy array or a pandas table of runs) work there; here they were refused ("must be a positive int").
+    import numpy as np
+
+    expected, got = load_model().model.vision_model, load_model().model.vision_model
+    expected.resize_pos_embeddings(448, 224, 14)
+    got.resize_pos_embeddings(np.int64(448), np.int64(224), np.int32(14))
+    assert torch.equal(got.embeddings.position_embedding, expected.embeddings.position_embedding)
+    assert type(got.config.image_size) is int and type(got.embeddings.image_size) is int
+    got.save_pretrained(tmp_path)  # a numpy integer in the config would not serialise to JSON
+    assert (tmp_path / "config.json").read_text(encoding="utf-8").count('"image_size": 224') == 1
+
+
+@pytest.mark.parametrize("value", [448.0, "448", True, 0, -14, None])
+def test_resize_pos_embeddings_still_refuses_non_integer_sizes(value):
+    tower = load_model().model.vision_model
+    with pytest.raises(ValueError, match="`old_size` must be a positive int"):
+        tower.resize_pos_embeddings(value, 224, 14)
