@@ -7,9 +7,12 @@ of ones is the reference) or from the original code where it accepts the input (
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from helpers import load_model
+from PIL import Image
 
 import transformers_internvl  # noqa: F401
 
@@ -102,3 +105,41 @@ def test_resize_pos_embeddings_still_refuses_non_integer_sizes(value):
     tower = load_model().model.vision_model
     with pytest.raises(ValueError, match="`old_size` must be a positive int"):
         tower.resize_pos_embeddings(value, 224, 14)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# InternVLChatProcessor.save_pretrained after a call (the session's `without_call_truncation`: its padding sibling)
+# ---------------------------------------------------------------------------------------------------------------------
+
+HELDOUT = Path(__file__).parent / "fixtures" / "heldout_s6"
+LONG = "<image>\n" + " ".join(["word"] * 40)
+
+
+@pytest.mark.parametrize("folder", ["qwen2-v1-sl2", "internlm2-dynamic", "llama3-hermes"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(dict(padding="max_length", max_length=12), id="padded-to-12"),
+        pytest.param(dict(padding=True, pad_to_multiple_of=8), id="multiple-of-8"),
+        pytest.param(dict(padding="max_length", max_length=12, truncation=True), id="padded-and-cut"),
+    ],
+)
+def test_a_calls_padding_does_not_reach_the_saved_processor(tmp_path, folder, call):
+    # Before: `processor(..., padding="max_length", max_length=12)` left fixed padding in the fast tokenizer's
+    # backend, `save_pretrained` wrote it into tokenizer.json, transformers loads it as the tokenizer's `max_length`
+    # (and `pad_to_multiple_of`), and the reloaded processor cut EVERY prompt to 12 tokens (Qwen2, Llama) without a
+    # word: image token runs cut, "Image features and image tokens do not match".
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(HELDOUT / folder)
+    image = Image.new("RGB", (64, 48), (10, 200, 30))
+    expected = {
+        key: processor(text=[LONG, "hi"], images=[image], padding=True, **options)["input_ids"]
+        for key, options in (("plain", {}), ("truncation", {"truncation": True}))
+    }
+    processor(text=["hello"], **call)  # the last call before saving
+    processor.save_pretrained(tmp_path)
+    reloaded = AutoProcessor.from_pretrained(tmp_path)
+    for key, options in (("plain", {}), ("truncation", {"truncation": True})):
+        assert reloaded(text=[LONG, "hi"], images=[image], padding=True, **options)["input_ids"] == expected[key]
+    assert processor(text=[LONG, "hi"], images=[image], padding=True)["input_ids"] == expected["plain"]
