@@ -143,3 +143,31 @@ def test_a_calls_padding_does_not_reach_the_saved_processor(tmp_path, folder, ca
     for key, options in (("plain", {}), ("truncation", {"truncation": True})):
         assert reloaded(text=[LONG, "hi"], images=[image], padding=True, **options)["input_ids"] == expected[key]
     assert processor(text=[LONG, "hi"], images=[image], padding=True)["input_ids"] == expected["plain"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# examples/finetune_lora.py --packing --max-tokens (the session's clamp of --max-length)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options, named",
+    [
+        (["--packing", "--max-tokens", "0"], "--max-tokens"),
+        (["--packing", "--max-tokens", "-5"], "--max-tokens"),
+        (["--max-length", "0"], "--max-length"),
+        (["--packing", "--max-length", "-1", "--max-tokens", "300"], "--max-length"),
+    ],
+)
+def test_finetune_example_names_a_token_budget_below_one(options, named, capsys):
+    # Before: parsed, the model loaded, and then `--packing --max-tokens 0` was clamped into the dataset's max_length
+    # and refused as "`max_length` must be >= 1, got 0", naming an option the user had not given.
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
+    import finetune_lora
+
+    argv = ["--model", str(HELDOUT / "qwen2-v1-sl2"), "--output-dir", "unused", *options]
+    with pytest.raises(SystemExit):
+        finetune_lora.parse_args(argv)
+    assert f"{named} must be at least 1" in capsys.readouterr().err
