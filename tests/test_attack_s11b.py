@@ -171,3 +171,27 @@ def test_finetune_example_names_a_token_budget_below_one(options, named, capsys)
     with pytest.raises(SystemExit):
         finetune_lora.parse_args(argv)
     assert f"{named} must be at least 1" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# InternVLChatModel(config, vision_model, language_model): the original constructor's arguments
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["InternViT-300M", 3, {"hidden_size": 64}])
+def test_original_constructor_names_a_vision_model_that_is_no_module(model, value):
+    # Before: "AttributeError: 'str' object has no attribute 'modules'" from inside the constructor.
+    from transformers_internvl import InternVLChatBaseModel
+
+    llm = model.language_model.as_causal_lm()
+    with pytest.raises(TypeError, match="`vision_model` must be a torch.nn.Module .* got " + type(value).__name__):
+        type(model)(model.config, value, llm)
+    with pytest.raises(TypeError, match="`language_model` must be a torch.nn.Module .* got " + type(value).__name__):
+        InternVLChatBaseModel(model.config, language_model=value)
+
+
+def test_original_constructor_still_uses_the_given_towers(model):
+    llm = model.language_model.as_causal_lm()
+    built = type(model)(model.config, model.model.vision_model, llm).eval()
+    assert built.model.vision_model is model.model.vision_model and built.lm_head is model.lm_head
+    assert torch.equal(built(input_ids=IDS).logits, model(input_ids=IDS).logits)

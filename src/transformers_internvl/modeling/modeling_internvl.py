@@ -120,7 +120,7 @@ class InternVLChatBaseModel(InternVLChatPreTrainedModel):
             The LLM's decoder to use instead of a new random one (kept as it is, not re-initialised).
         """
         super().__init__(config)
-        keep_initialized(vision_model, language_model)
+        keep_initialized(vision_model=vision_model, language_model=language_model)  # (TypeError naming it)
         if vision_model is None:
             vision_model = InternVisionModel._from_config(config.vision_config)
         self.vision_model = vision_model
