@@ -57,7 +57,8 @@ def test_generate_from_embeddings_refuses_a_mask_of_another_shape(model, mask):
     # Before: "The size of tensor a (5) must match the size of tensor b (3)" from inside transformers (shorter), or the
     # mask silently dropped by transformers' generate (longer).
     embeds = model.get_input_embeddings()(IDS)
-    with pytest.raises(ValueError, match=r"`attention_mask` must have the shape \(batch, seq\) of the prompt, \(1, 5\)"):
+    expected = r"`attention_mask` must have the shape \(batch, seq\) of the prompt, \(1, 5\)"
+    with pytest.raises(ValueError, match=expected):
         model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=2, do_sample=False)
 
 
