@@ -196,3 +196,32 @@ def test_original_constructor_still_uses_the_given_towers(model):
     built = type(model)(model.config, model.model.vision_model, llm).eval()
     assert built.model.vision_model is model.model.vision_model and built.lm_head is model.lm_head
     assert torch.equal(built(input_ids=IDS).logits, model(input_ids=IDS).logits)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# InternVisionConfig alone (a vision tower loaded by itself, as the original training scripts load InternViT)
+# ---------------------------------------------------------------------------------------------------------------------
+
+TOWER = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=1)
+
+
+@pytest.mark.parametrize("eps", [float("nan"), float("-inf"), float("inf")])
+def test_a_vision_tower_alone_refuses_a_non_finite_layer_norm_eps(eps, tmp_path):
+    # Before: only the InternVL chat config named it; `InternVisionModel.from_pretrained(vision_path)` (the original
+    # scripts' way, then `InternVLChatModel(config, vision_model, llm)`) built the tower and NaN features came out.
+    import json
+
+    from transformers_internvl import InternVisionConfig, InternVisionModel
+
+    with pytest.raises(ValueError, match=r"`vision_config.layer_norm_eps` must be a finite number >= 0"):
+        InternVisionConfig(**TOWER, layer_norm_eps=eps)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "intern_vit_6b", **TOWER, "layer_norm_eps": eps}))
+    with pytest.raises(ValueError, match=r"`vision_config.layer_norm_eps` must be a finite number >= 0"):
+        InternVisionModel.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("eps", [0, 1e-6, 1.0, 2])
+def test_a_vision_tower_alone_still_takes_finite_eps(eps):
+    from transformers_internvl import InternVisionConfig
+
+    assert InternVisionConfig(**TOWER, layer_norm_eps=eps).layer_norm_eps == eps
