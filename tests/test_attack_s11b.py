@@ -213,10 +213,10 @@ def test_a_vision_tower_alone_refuses_a_non_finite_layer_norm_eps(eps, tmp_path)
 
     from transformers_internvl import InternVisionConfig, InternVisionModel
 
-    with pytest.raises(ValueError, match=r"`vision_config.layer_norm_eps` must be a finite number >= 0"):
+    with pytest.raises(ValueError, match=r"`vision_config.layer_norm_eps` must be finite and >= 0"):
         InternVisionConfig(**TOWER, layer_norm_eps=eps)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "intern_vit_6b", **TOWER, "layer_norm_eps": eps}))
-    with pytest.raises(ValueError, match=r"`vision_config.layer_norm_eps` must be a finite number >= 0"):
+    with pytest.raises(ValueError, match=r"`vision_config.layer_norm_eps` must be finite and >= 0"):
         InternVisionModel.from_pretrained(tmp_path)
 
 

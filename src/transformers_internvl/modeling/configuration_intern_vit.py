@@ -106,7 +106,7 @@ class InternVisionConfig(PreTrainedConfig):
         if wrong_type or not math.isfinite(eps) or eps < 0:
             error = TypeError if wrong_type else ValueError
             raise error(
-                f"`vision_config.layer_norm_eps` must be a finite number >= 0, got {eps!r} ({type(eps).__name__})."
+                f"`vision_config.layer_norm_eps` must be finite and >= 0, got {eps!r} ({type(eps).__name__})."
             )
         from transformers.activations import ACT2FN
 
