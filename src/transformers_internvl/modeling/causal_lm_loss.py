@@ -136,7 +136,8 @@ def causal_lm_loss(
                 "forward(loss_weight=...) gives each micro-batch's weighted mean loss, as the original; a transformers "
                 "Trainer that passes `num_items_in_batch` does not divide it by the gradient-accumulation steps (the "
                 "original's Trainer did), so with gradient_accumulation_steps > 1 the loss and gradients are that many "
-                "times the original's: train with transformers_internvl.training.trainer.InternVLTrainer, which divides it."
+                "times the original's: train with transformers_internvl.training.trainer.InternVLTrainer, which "
+                "divides it."
             )
         return weighted_lm_loss(logits, labels, loss_weight, all_gather=loss_reduction_all_gather)
     return model.loss_function(logits=logits, labels=labels, vocab_size=vocab_size, **kwargs)
