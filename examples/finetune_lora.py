@@ -146,6 +146,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--adapter-layout", default="original", choices=("original", "peft"))
     parser.add_argument("--qlora", action="store_true", help="4-bit NF4 LLM with bitsandbytes (needs CUDA)")
     args = parser.parse_args(argv)
+    for option in ("max_length", "max_tokens"):  # (a clamped --max-length would otherwise be blamed for --max-tokens)
+        if getattr(args, option) < 1:
+            parser.error(f"--{option.replace('_', '-')} must be at least 1 (tokens), got {getattr(args, option)}")
     tokenizer_dir = args.tokenizer or args.model
     if os.path.isdir(tokenizer_dir) and not any(
         os.path.isfile(os.path.join(tokenizer_dir, name)) for name in VOCABULARY_FILES

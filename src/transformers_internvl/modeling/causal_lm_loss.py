@@ -8,6 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 __all__ = [
     "IGNORE_INDEX",
@@ -110,7 +113,10 @@ def causal_lm_loss(
     """`model.loss_function(logits=..., labels=..., vocab_size=...)` (transformers' shifted cross-entropy) after
     `check_logits_for_labels`; None without labels. With `loss_weight` (a `(batch, seq)` tensor or nested list of
     per-token weights, as the original's collator passes it), the original's weighted loss instead
-    (`weighted_lm_loss`); without `labels` it is ignored, as in the original.
+    (`weighted_lm_loss`); without `labels` it is ignored, as in the original. That loss is the micro-batch's weighted
+    mean: a transformers `Trainer` that passes `num_items_in_batch` takes the loss for already scaled to the gradient
+    accumulation and does not divide it by the accumulation steps (the original's Trainer did), which is warned about
+    once (`training.trainer.InternVLTrainer` divides it).
 
     Raises:
         ValueError: `loss_weight` does not have the shape of `labels`.
@@ -124,6 +130,14 @@ def causal_lm_loss(
             raise ValueError(
                 f"`loss_weight` must have the shape of `labels` {tuple(labels.shape)} (one weight per token), got "
                 f"{tuple(loss_weight.shape)}."
+            )
+        if kwargs.get("num_items_in_batch") is not None:
+            logger.warning_once(
+                "forward(loss_weight=...) gives each micro-batch's weighted mean loss, as the original; a transformers "
+                "Trainer that passes `num_items_in_batch` does not divide it by the gradient-accumulation steps (the "
+                "original's Trainer did), so with gradient_accumulation_steps > 1 the loss and gradients are that many "
+                "times the original's: train with transformers_internvl.training.trainer.InternVLTrainer, which "
+                "divides it."
             )
         return weighted_lm_loss(logits, labels, loss_weight, all_gather=loss_reduction_all_gather)
     return model.loss_function(logits=logits, labels=labels, vocab_size=vocab_size, **kwargs)

@@ -86,7 +86,8 @@ class InternVisionConfig(PreTrainedConfig):
     def validate_architecture(self) -> None:
         """Raises `TypeError` / `ValueError` naming the field: a size or count that is not a positive integer,
         `qkv_bias` / `qk_normalization` that are not booleans (the string "false" would build the layers), a
-        `layer_norm_eps` outside (0, 1), an unknown `hidden_act` or `norm_type`, sizes that do not divide."""
+        `layer_norm_eps` that is not a finite number >= 0, an unknown `hidden_act` or `norm_type`, sizes that do not
+        divide."""
         for name in _POSITIVE_INTS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -100,11 +101,12 @@ class InternVisionConfig(PreTrainedConfig):
                 raise TypeError(f"`vision_config.{name}` must be a boolean, got {value!r} ({type(value).__name__}).")
         eps = self.layer_norm_eps
         wrong_type = isinstance(eps, bool) or not isinstance(eps, (int, float))
-        # NaN / inf: named by the InternVL config check. Any eps >= 0 is kept (transformers' own tests use 1.0).
-        if wrong_type or (math.isfinite(eps) and eps < 0):
+        # Any finite eps >= 0 is kept (transformers' own tests use 1.0); NaN / -inf give NaN features, also in a
+        # tower loaded alone (`InternVisionModel.from_pretrained(vision_path)`, the original training scripts' way).
+        if wrong_type or not math.isfinite(eps) or eps < 0:
             error = TypeError if wrong_type else ValueError
             raise error(
-                f"`vision_config.layer_norm_eps` must be a number >= 0, got {eps!r} ({type(eps).__name__})."
+                f"`vision_config.layer_norm_eps` must be finite and >= 0, got {eps!r} ({type(eps).__name__})."
             )
         from transformers.activations import ACT2FN
 

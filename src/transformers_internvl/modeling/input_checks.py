@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -13,6 +13,7 @@ from transformers.utils.import_utils import torch_compilable_check
 __all__ = [
     "PromptMaskCheckMixin",
     "check_attention_mask",
+    "check_generate_prompt",
     "check_chat_inputs",
     "cached_length",
     "check_image_flags",
@@ -131,6 +132,24 @@ class PromptMaskCheckMixin:
             prompt = kwargs.get("inputs_embeds")
         check_attention_mask(kwargs.get("attention_mask"), prompt)
         return super().generate(*args, **kwargs)
+
+
+def check_generate_prompt(kwargs: Mapping[str, Any], ids: Any) -> None:
+    """`generate`'s prompt checks: `check_input_ids` on its `input_ids` (`ids`; shape and type: transformers'
+    `generate` fails on 1-D ids without a word; the id range is checked in `forward`), and `check_attention_mask(...,
+    check_values=True)` against those ids, or without them against `inputs_embeds` (a mask of another length or with
+    values other than 0 / 1 shifts the positions `generate` counts from it just the same; not checked against
+    embeddings after a filled cache).
+
+    Raises:
+        ValueError / TypeError: as `check_input_ids` and `check_attention_mask`.
+    """
+    if isinstance(ids, torch.Tensor):
+        check_input_ids(ids)
+    prompt = ids if isinstance(ids, torch.Tensor) else kwargs.get("inputs_embeds")
+    if not isinstance(ids, torch.Tensor) and cached_length(kwargs.get("cache", kwargs.get("past_key_values"))):
+        return
+    check_attention_mask(kwargs.get("attention_mask"), prompt, check_values=True)
 
 
 def check_no_unfilled_image_tokens(

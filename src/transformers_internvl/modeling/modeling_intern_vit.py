@@ -8,6 +8,7 @@ original checkpoint only strips the `vision_model.` prefix.
 from __future__ import annotations
 
 import functools
+import numbers
 from collections.abc import Callable
 
 import torch
@@ -366,9 +367,11 @@ class InternVisionModel(InternVisionPreTrainedModel):
                 the size the position embedding holds now.
         """
         embeddings = self.embeddings
-        for name, value in (("old_size", old_size), ("new_size", new_size), ("patch_size", patch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        sizes = (("old_size", old_size), ("new_size", new_size), ("patch_size", patch_size))
+        for name, value in sizes:  # numpy integers too (the original only divides them); stored as int
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"`{name}` must be a positive int (pixels), got {value!r}.")
+        old_size, new_size, patch_size = (int(value) for _, value in sizes)
         if patch_size != embeddings.patch_size:
             raise ValueError(f"`patch_size` ({patch_size}) must be the vision tower's ({embeddings.patch_size}).")
         for name, value in (("old_size", old_size), ("new_size", new_size)):

@@ -28,6 +28,7 @@ from .configuration_internvl import InternVLChatConfig
 from .input_checks import (
     cached_length,
     check_attention_mask,
+    check_generate_prompt,
     check_image_flags,
     check_input_ids,
     check_no_unfilled_image_tokens,
@@ -119,7 +120,7 @@ class InternVLChatBaseModel(InternVLChatPreTrainedModel):
             The LLM's decoder to use instead of a new random one (kept as it is, not re-initialised).
         """
         super().__init__(config)
-        keep_initialized(vision_model, language_model)
+        keep_initialized(vision_model=vision_model, language_model=language_model)  # (TypeError naming it)
         if vision_model is None:
             vision_model = InternVisionModel._from_config(config.vision_config)
         self.vision_model = vision_model
@@ -397,9 +398,7 @@ class InternVLChatForConditionalGeneration(InternVLChatMixin, InternVLChatPreTra
         args, kwargs = original_generate_arguments(args, kwargs)
         kwargs.pop("mm_token_type_ids", None)  # the processor's media-token marks: nothing in this model reads them
         ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
-        if isinstance(ids, torch.Tensor):  # shape and type (transformers' generate fails on 1-D ids without a word)
-            check_input_ids(ids)  # the id range: in `forward`, on the prompt
-            check_attention_mask(kwargs.get("attention_mask"), ids, check_values=True)
+        check_generate_prompt(kwargs, ids)  # ids' shape and type, the mask's shape and 0 / 1 values
         visual_features_to_encoder_outputs(kwargs, self.config.num_image_token, self.config.text_config.hidden_size)
         if "num_patches" in kwargs:  # GotOcr2's name, as `forward` takes it
             aliases = {"num_tiles": kwargs.get("num_tiles"), "num_patches": kwargs.pop("num_patches")}

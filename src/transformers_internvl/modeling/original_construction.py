@@ -124,10 +124,19 @@ def split_causal_lm(language_model: nn.Module | None, text_config: Any) -> tuple
     return decoder, head
 
 
-def keep_initialized(*modules: nn.Module | None) -> None:
+def keep_initialized(*modules: nn.Module | None, **named_modules: nn.Module | None) -> None:
     """Mark every submodule of the given (already built or loaded) modules as initialised, so that the model's
-    `post_init` does not draw new weights for them."""
-    for module in modules:
+    `post_init` does not draw new weights for them. `named_modules`: constructor arguments, checked by name.
+
+    Raises:
+        TypeError: a named argument is neither None nor a `torch.nn.Module` (`InternVLChatModel(config, "vit")`).
+    """
+    for name, module in named_modules.items():
+        if module is not None and not isinstance(module, nn.Module):
+            raise TypeError(
+                f"`{name}` must be a torch.nn.Module (a built or loaded model) or None, got {type(module).__name__}."
+            )
+    for module in (*modules, *named_modules.values()):
         if module is not None:
             for submodule in module.modules():
                 submodule._is_hf_initialized = True

@@ -442,8 +442,8 @@ class InternVLChatProcessor(ProcessorMixin, PortAttributeNamesMixin):
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
         """`ProcessorMixin.save_pretrained`, atomic (`atomic_save.atomic_save_directory`): written to a temporary
         folder beside `save_directory` and swapped in; the folder's other files (the model's weights and config
-        included) are kept, a call's truncation is not (`without_call_truncation`). Returns the saved files' paths
-        under `save_directory`."""
+        included) are kept, a call's truncation and padding are not (`without_call_truncation`). Returns the saved
+        files' paths under `save_directory`."""
         with without_call_truncation(self.tokenizer):
             return save_folder_atomically(super().save_pretrained, save_directory, push_to_hub=push_to_hub, **kwargs)
 

@@ -109,20 +109,27 @@ __all__ = ["check_tokenizer", "load_tokenizer", "without_call_truncation"]
 
 @contextmanager
 def without_call_truncation(tokenizer: Any) -> Iterator[None]:
-    """While saving: the fast tokenizer's backend without the truncation its last call set (restored after).
+    """While saving: the fast tokenizer's backend without the truncation and padding its last call set (restored
+    after).
 
-    transformers' fast tokenizers keep a call's `truncation=True, max_length=N` in their `tokenizers` backend, and
-    `save_pretrained` writes it into tokenizer.json; `from_pretrained` then makes it the tokenizer's `max_length`,
-    which processors take as a call default, so the reloaded processor would cut every prompt to N tokens. A
-    truncation the tokenizer was loaded with (`init_kwargs["max_length"]`) is kept.
+    transformers' fast tokenizers keep a call's `truncation=True, max_length=N` and `padding="max_length",
+    max_length=N` / `pad_to_multiple_of=M` in their `tokenizers` backend, and `save_pretrained` writes them into
+    tokenizer.json; `from_pretrained` then makes N the tokenizer's `max_length` (and M its `pad_to_multiple_of`), which
+    processors take as call defaults, so the reloaded processor would cut every prompt to N tokens. A truncation or
+    padding length the tokenizer was loaded with (`init_kwargs["max_length"]` / `["pad_to_multiple_of"]`) is kept.
     """
     backend = getattr(tokenizer, "_tokenizer", None)
-    state = getattr(backend, "truncation", None)
-    if state is None or tokenizer.init_kwargs.get("max_length") is not None:
+    truncation, padding = getattr(backend, "truncation", None), getattr(backend, "padding", None)
+    loaded_with = [tokenizer.init_kwargs.get(name) for name in ("max_length", "pad_to_multiple_of")]
+    if (truncation is None and padding is None) or any(value is not None for value in loaded_with):
         yield
         return
     backend.no_truncation()
+    backend.no_padding()
     try:
         yield
     finally:
-        backend.enable_truncation(**state)
+        if truncation is not None:
+            backend.enable_truncation(**truncation)
+        if padding is not None:
+            backend.enable_padding(**padding)
