@@ -195,9 +195,7 @@ def _resolve_num_tiles_list(
         num_tiles_list = num_tiles_list.tolist()
     num_tiles_list = [int(n) for n in num_tiles_list]
     if any(n < 0 for n in num_tiles_list):
-        raise ValueError(
-            f"`num_patches_list` (alias `num_tiles_list`) must hold non-negative tile counts, got {num_tiles_list}."
-        )
+        raise ValueError(f"`num_patches_list` (alias num_tiles_list) must hold tile counts >= 0, got {num_tiles_list}.")
     return num_tiles_list
 
 
