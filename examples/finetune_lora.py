@@ -146,6 +146,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--adapter-layout", default="original", choices=("original", "peft"))
     parser.add_argument("--qlora", action="store_true", help="4-bit NF4 LLM with bitsandbytes (needs CUDA)")
     args = parser.parse_args(argv)
+    if os.path.isdir(args.model):
+        # The adapter records this as `base_model_name_or_path`: a relative path would load only from this directory.
+        args.model = os.path.abspath(args.model)
     tokenizer_dir = args.tokenizer or args.model
     if os.path.isdir(tokenizer_dir) and not any(
         os.path.isfile(os.path.join(tokenizer_dir, name)) for name in VOCABULARY_FILES

@@ -96,3 +96,32 @@ def test_slow_llama_decode_error_mentions_a_tokenizer_of_another_model(fixtures_
     with pytest.raises(IndexError, match=r"outside the vocabulary") as raised:
         tokenizer.decode([1, len(tokenizer) + 3])
     assert "vocab_size" in str(raised.value), str(raised.value)
+
+
+def test_example_adapter_names_its_base_model_by_an_absolute_path(tmp_path, monkeypatch):
+    """README: after `examples/finetune_lora.py --model tests/fixtures/models/tiny-qwen2 ...` (a path relative to the
+    repository, as the README writes it), `AutoPeftModelForCausalLM.from_pretrained("out")` loads the base model
+    from the adapter's `base_model_name_or_path`. A relative path there only resolved from the directory training
+    ran in ("Repo id must be in the form 'repo_name' or 'namespace/repo_name'" anywhere else)."""
+    import os
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("peft")
+    from peft import AutoPeftModelForCausalLM
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
+    import finetune_lora
+
+    monkeypatch.chdir(QWEN2_DIR.parents[1])  # tests/fixtures
+    relative = os.path.relpath(QWEN2_DIR)  # models/tiny-qwen2
+    out = tmp_path / "out"
+    finetune_lora.main(
+        ["--model", relative, "--tokenizer", str(QWEN2_TOKENIZER), "--output-dir", str(out), "--max-steps", "1",
+         "--lora-rank", "2", "--batch-size", "1", "--max-dynamic-patch", "1", "--disable-tqdm"]
+    )  # fmt: skip
+    base = json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert Path(base).is_absolute() and Path(base) == QWEN2_DIR.resolve(), base
+    monkeypatch.chdir(tmp_path)
+    model = AutoPeftModelForCausalLM.from_pretrained(out)
+    assert type(model.base_model.model).__name__ == "InternVLChatForConditionalGeneration"
