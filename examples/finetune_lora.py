@@ -149,6 +149,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     for option in ("max_length", "max_tokens"):  # (a clamped --max-length would otherwise be blamed for --max-tokens)
         if getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')} must be at least 1 (tokens), got {getattr(args, option)}")
+    if os.path.isdir(args.model):
+        # The adapter records this as `base_model_name_or_path`: a relative path would load only from this directory.
+        args.model = os.path.abspath(args.model)
     tokenizer_dir = args.tokenizer or args.model
     if os.path.isdir(tokenizer_dir) and not any(
         os.path.isfile(os.path.join(tokenizer_dir, name)) for name in VOCABULARY_FILES

@@ -195,7 +195,7 @@ def _resolve_num_tiles_list(
         num_tiles_list = num_tiles_list.tolist()
     num_tiles_list = [int(n) for n in num_tiles_list]
     if any(n < 0 for n in num_tiles_list):
-        raise ValueError(f"`num_tiles_list` must hold non-negative tile counts, got {num_tiles_list}.")
+        raise ValueError(f"`num_patches_list` (alias num_tiles_list) must hold tile counts >= 0, got {num_tiles_list}.")
     return num_tiles_list
 
 
@@ -242,7 +242,7 @@ def expand_image_placeholders(
     if num_placeholders != len(num_tiles_list):
         message = (
             f"The prompt has {num_placeholders} {image_placeholder} placeholder(s) but {len(num_tiles_list)} "
-            f"image(s) were given (num_tiles_list={num_tiles_list})."
+            f"image(s) were given (num_patches_list={num_tiles_list})."
         )
         if strict:
             raise ValueError(message)

@@ -465,7 +465,11 @@ def decode_as_original(
         index = int(token_id)
         token = tokenizer.convert_ids_to_tokens(index) if index >= 0 else None
         if token is None:  # the slow class: sentencepiece's IndexError "piece id is out of range"
-            raise IndexError(f"token id {index} is outside the vocabulary (ids 0..{len(tokenizer) - 1}).")
+            raise IndexError(
+                f"token id {index} is outside the vocabulary (ids 0..{len(tokenizer) - 1}). If a model generated "
+                "it, the model's vocabulary (config vocab_size) is larger than this tokenizer's: use the tokenizer "
+                "saved with the model."
+            )
         if token in added:
             if current:
                 text = _tokens_to_string(tokenizer, current, special, legacy)

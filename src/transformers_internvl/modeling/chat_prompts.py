@@ -233,13 +233,17 @@ def build_batch_chat_prompts(
         pixel_values_passed = bool(num_tiles_list) and sum(num_tiles_list) > 0
     if num_tiles_list is None:
         if pixel_values_passed:
-            raise ValueError("`num_tiles_list` (tiles per question) is required when pixel values are passed.")
+            raise ValueError(
+                "`num_patches_list` (alias `num_tiles_list`: the tiles of each question's image, in order) is "
+                "required when pixel values are passed, e.g. `num_patches_list=[pixel_values1.size(0), "
+                "pixel_values2.size(0)]` for two questions (the model cards' batch_chat)."
+            )
         num_tiles_list = [0] * len(questions)
     if len(num_tiles_list) != len(questions):
         # The original iterates over num_patches_list and silently drops (or fails on) unmatched questions.
         raise ValueError(
-            f"`num_tiles_list` must have one entry per question: got {len(num_tiles_list)} entries for "
-            f"{len(questions)} questions."
+            f"`num_patches_list` (alias `num_tiles_list`) must have one entry per question: got "
+            f"{len(num_tiles_list)} entries for {len(questions)} questions."
         )
     prompts = []
     for index, (question, num_tiles) in enumerate(zip(questions, num_tiles_list)):

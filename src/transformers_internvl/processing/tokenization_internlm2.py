@@ -276,7 +276,8 @@ class InternLM2TokenizerMixin:
             if not 0 <= token_id < size:
                 raise ValueError(
                     f"`token_ids` must be ids of this tokenizer (0 to {size - 1}), got {token_id}; drop padding or "
-                    "label values such as -100 before decoding."
+                    "label values such as -100 before decoding. If a model generated it, the model's vocabulary "
+                    "(config vocab_size) is larger than this tokenizer's: use the tokenizer saved with the model."
                 )
         tokens = self.convert_ids_to_tokens(token_ids, skip_special_tokens=skip_special_tokens)
 

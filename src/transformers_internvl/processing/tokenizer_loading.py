@@ -94,8 +94,9 @@ def load_tokenizer(pretrained_model_name_or_path: Any, **kwargs: Any) -> Any:
     hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if kwargs.get(key) is not None}
     if not any(_has_file(pretrained_model_name_or_path, name, hub_kwargs) for name in VOCABULARY_FILES):
         raise OSError(
-            f"{pretrained_model_name_or_path} has no vocabulary for its tokenizer: expected one of "
-            f"{list(VOCABULARY_FILES)} next to tokenizer_config.json."
+            f"{pretrained_model_name_or_path} has no vocabulary for its tokenizer: none of "
+            f"{list(VOCABULARY_FILES)} is there. Copy the checkpoint's tokenizer files (tokenizer_config.json with "
+            "its vocabulary, e.g. tokenizer.json or vocab.json + merges.txt, or tokenizer.model) next to config.json."
         )
     tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)
     check_tokenizer(pretrained_model_name_or_path, tokenizer, hub_kwargs)
