@@ -117,27 +117,26 @@ def check_attention_mask(
 
 
 class PromptMaskCheckMixin:
-    """`generate` that first refuses a 2-D `attention_mask` not of the prompt's shape (`check_attention_mask`; shape
-    only), for a causal LM whose `forward` checks it on the prompt too: transformers' `generate` derives positions and
-    the cache layout from the mask before the first `forward`, where a mask of another length either fails deep inside
-    ("mat1 and mat2 shapes cannot be multiplied") or generates other tokens without a word.
+    """`generate` that first runs `check_generate_prompt` (shape only for the mask: the original InternLM2 gives the
+    same result as this package for other mask values), for a causal LM whose `forward` checks the mask on the prompt
+    too: transformers' `generate` derives positions and the cache layout from the mask before the first `forward`,
+    where a mask of another length either fails deep inside ("mat1 and mat2 shapes cannot be multiplied") or
+    generates other tokens without a word.
 
     Raises:
-        ValueError: the mask's shape is not `(batch, seq)` of `input_ids` (or of `inputs_embeds` without ids).
+        ValueError / TypeError: as `check_generate_prompt`.
     """
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
-        prompt = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
-        if prompt is None:
-            prompt = kwargs.get("inputs_embeds")
-        check_attention_mask(kwargs.get("attention_mask"), prompt)
+        ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
+        check_generate_prompt(kwargs, ids, check_values=False)
         return super().generate(*args, **kwargs)
 
 
-def check_generate_prompt(kwargs: Mapping[str, Any], ids: Any) -> None:
+def check_generate_prompt(kwargs: Mapping[str, Any], ids: Any, check_values: bool = True) -> None:
     """`generate`'s prompt checks: `check_input_ids` on its `input_ids` (`ids`; shape and type: transformers'
     `generate` fails on 1-D ids without a word; the id range is checked in `forward`), and `check_attention_mask(...,
-    check_values=True)` against those ids, or without them against `inputs_embeds` (a mask of another length or with
+    check_values)` against those ids, or without them against `inputs_embeds` (a mask of another length or with
     values other than 0 / 1 shifts the positions `generate` counts from it just the same; not checked against
     embeddings after a filled cache).
 
@@ -149,7 +148,7 @@ def check_generate_prompt(kwargs: Mapping[str, Any], ids: Any) -> None:
     prompt = ids if isinstance(ids, torch.Tensor) else kwargs.get("inputs_embeds")
     if not isinstance(ids, torch.Tensor) and cached_length(kwargs.get("cache", kwargs.get("past_key_values"))):
         return
-    check_attention_mask(kwargs.get("attention_mask"), prompt, check_values=True)
+    check_attention_mask(kwargs.get("attention_mask"), prompt, check_values=check_values)
 
 
 def check_no_unfilled_image_tokens(
