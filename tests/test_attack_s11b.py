@@ -109,7 +109,7 @@ def test_resize_pos_embeddings_still_refuses_non_integer_sizes(value):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# InternVLChatProcessor.save_pretrained after a call (the session's `without_call_truncation`: its padding sibling)
+# InternVLChatProcessor.save_pretrained after a call (`without_call_truncation_or_padding`: the padding sibling)
 # ---------------------------------------------------------------------------------------------------------------------
 
 HELDOUT = Path(__file__).parent / "fixtures" / "heldout_s6"

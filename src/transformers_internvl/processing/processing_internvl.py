@@ -64,7 +64,7 @@ from .processor_inputs import (
     shift_for_inserted_prefix,
     split_per_sample,
 )
-from .tokenizer_loading import without_call_truncation
+from .tokenizer_loading import without_call_truncation_or_padding
 
 logger = logging.get_logger(__name__)
 
@@ -442,9 +442,9 @@ class InternVLChatProcessor(ProcessorMixin, PortAttributeNamesMixin):
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
         """`ProcessorMixin.save_pretrained`, atomic (`atomic_save.atomic_save_directory`): written to a temporary
         folder beside `save_directory` and swapped in; the folder's other files (the model's weights and config
-        included) are kept, a call's truncation and padding are not (`without_call_truncation`). Returns the saved
-        files' paths under `save_directory`."""
-        with without_call_truncation(self.tokenizer):
+        included) are kept, a call's truncation and padding are not (`without_call_truncation_or_padding`). Returns
+        the saved files' paths under `save_directory`."""
+        with without_call_truncation_or_padding(self.tokenizer):
             return save_folder_atomically(super().save_pretrained, save_directory, push_to_hub=push_to_hub, **kwargs)
 
     def to_dict(self) -> dict[str, Any]:

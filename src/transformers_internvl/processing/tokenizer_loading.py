@@ -105,11 +105,11 @@ def load_tokenizer(pretrained_model_name_or_path: Any, **kwargs: Any) -> Any:
     return as_original_tokenizer(tokenizer)  # Phi-3 / Yi: encodes and decodes as the original's slow class
 
 
-__all__ = ["check_tokenizer", "load_tokenizer", "without_call_truncation"]
+__all__ = ["check_tokenizer", "load_tokenizer", "without_call_truncation_or_padding"]
 
 
 @contextmanager
-def without_call_truncation(tokenizer: Any) -> Iterator[None]:
+def without_call_truncation_or_padding(tokenizer: Any) -> Iterator[None]:
     """While saving: the fast tokenizer's backend without the truncation and padding its last call set (restored
     after).
 
