@@ -120,9 +120,11 @@ def encode_split_words(tokenizer: Any, text: Any, text_pair: Any, encode_texts: 
     token_types = kwargs.get("return_token_type_ids")
     if token_types is None:
         token_types = "token_type_ids" in tokenizer.model_input_names
+    # every row is a pair or none is: the count of special tokens is the same for all
+    special_count = tokenizer.num_special_tokens_to_add(pairs is not None) if add_special else 0
     rows: dict[str, list] = {"input_ids": [], "token_type_ids": [], "special_tokens_mask": []}
     for ids, pair in zip(first_ids, pair_ids):
-        total = len(ids) + len(pair or []) + (tokenizer.num_special_tokens_to_add(pair is not None) if add_special else 0)
+        total = len(ids) + len(pair or []) + special_count
         if strategy != TruncationStrategy.DO_NOT_TRUNCATE and max_length and total > max_length:
             ids, pair = _truncate(tokenizer, ids, pair, total - max_length, strategy, kwargs.get("stride", 0))
         if add_special:

@@ -40,6 +40,7 @@ from typing import Any
 from transformers.utils import logging
 
 from .converted_llama_tokenizer import (
+    SPIECE_UNDERLINE,
     conversion_record,
     converted_legacy_mode,
     converted_slow_mode,
@@ -47,9 +48,6 @@ from .converted_llama_tokenizer import (
 )
 
 logger = logging.get_logger(__name__)
-
-SPIECE_UNDERLINE = "\u2581"
-
 
 _NO_FILE = object()
 
@@ -253,9 +251,9 @@ def original_llama_text(tokenizer: Any, text: str) -> str:
         return _legacy_text(tokenizer, text)[0]
     if mode != "non_legacy":
         return text
-    special = _slow_token_sets(tokenizer)[1]
+    added, special = _slow_token_sets(tokenizer)
     if text[:1] == SPIECE_UNDERLINE and any(
-        text[1:].startswith(token) for token in template_prompt_starts(tokenizer, _slow_token_sets(tokenizer)[0])
+        text[1:].startswith(token) for token in template_prompt_starts(tokenizer, added)
     ):
         # a prompt of a converted -hf chat template: its "▁" is the prefix the slow class puts there, not text
         return SPIECE_UNDERLINE + text[1:].replace(SPIECE_UNDERLINE, " ")

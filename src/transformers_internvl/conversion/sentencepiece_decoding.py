@@ -38,11 +38,11 @@ from typing import Any
 
 from transformers.utils import logging
 
+from ..converted_llama_tokenizer import SPIECE_UNDERLINE
 from .checkpoint_io import read_json, write_tokenizer_json
 
 logger = logging.get_logger(__name__)
 
-SPIECE_UNDERLINE = "\u2581"
 # Tags (private use plane 15, never in a vocabulary the conversion accepts: `tags_in`).
 SPACE, ADDED, ADDED_END, SPECIAL, SPECIAL_END, TEXT, BYTE, JOIN, ASCII = (chr(0xF0000 + i) for i in range(9))
 TAGS = SPACE + ADDED + ADDED_END + SPECIAL + SPECIAL_END + TEXT + BYTE + JOIN + ASCII

@@ -32,11 +32,11 @@ from typing import Any
 
 from transformers.utils import logging
 
+from ..converted_llama_tokenizer import SPIECE_UNDERLINE
 from .checkpoint_io import ConversionError, read_json, write_json, write_tokenizer_json
 
 logger = logging.get_logger(__name__)
 
-SPIECE_UNDERLINE = "\u2581"
 LEGACY_NORMALIZER = {
     "type": "Sequence",
     "normalizers": [
