@@ -1,6 +1,7 @@
-"""Shared pieces of the held-out parity tests (`test_original_parity_s6/_s7`, `test_dropin_s9`, `test_generation_s10/_s11`): each fixture folder
-holds a tiny original-layout checkpoint, `outputs.json` (the case and the original's answers/prompts) and
-`io.safetensors` (the original's tensors), made by the generator scripts next to them."""
+"""Shared pieces of the held-out parity tests (`test_original_parity_s6/_s7`, `test_dropin_s9`,
+`test_generation_s10/_s11`): each fixture folder holds a tiny original-layout checkpoint, `outputs.json` (the case and
+the original's answers/prompts) and `io.safetensors` (the original's tensors), made by the generator scripts next to
+them."""
 
 from __future__ import annotations
 
