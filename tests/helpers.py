@@ -172,3 +172,16 @@ def small_tiles(count: int, seed: int = 0):
 
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(count, 3, SMALL_TILE_SIZE, SMALL_TILE_SIZE, generator=generator)
+
+
+def tokenized_chat(processor, conversation, processor_kwargs: dict | None = None):
+    """`processor.apply_chat_template` of `conversation` (one or a batch) with the generation prompt, tokenized into a
+    dict of `"pt"` tensors; `processor_kwargs` go to the processor call."""
+    return processor.apply_chat_template(
+        conversation,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        processor_kwargs=processor_kwargs,
+    )
