@@ -6,6 +6,7 @@ Everything here reads the checked-in fixtures (`tests/fixtures/README.md` says h
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -185,3 +186,16 @@ def tokenized_chat(processor, conversation, processor_kwargs: dict | None = None
         return_tensors="pt",
         processor_kwargs=processor_kwargs,
     )
+
+
+@contextlib.contextmanager
+def transformers_warnings(caplog):
+    """Inside the block, transformers' logger propagates to pytest's `caplog`, which records WARNING and above."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            yield
+    finally:
+        hf_logging.disable_propagation()
