@@ -1,7 +1,9 @@
 """Shared helpers of the fine-tuning tests: tiny tokenizer, image processor, JSONL data on disk."""
 
+import importlib.util
 import json
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from helpers import QWEN2_TOKENIZER
@@ -11,6 +13,15 @@ from transformers import AutoTokenizer
 import transformers_internvl  # noqa: F401
 from transformers_internvl.processing.image_processing_internvl import InternVLImageProcessor
 from transformers_internvl.training.data import InternVLSupervisedDataset
+
+
+def load_inputs_module(path: Path) -> ModuleType:
+    """The fixture folder's inputs module at `path`, loaded by path under its file's stem: other fixture folders hold
+    input modules too, and a shared sys.path entry would mix them up."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tokenizer():

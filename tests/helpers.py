@@ -6,6 +6,7 @@ Everything here reads the checked-in fixtures (`tests/fixtures/README.md` says h
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -172,3 +173,29 @@ def small_tiles(count: int, seed: int = 0):
 
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(count, 3, SMALL_TILE_SIZE, SMALL_TILE_SIZE, generator=generator)
+
+
+def tokenized_chat(processor, conversation, processor_kwargs: dict | None = None):
+    """`processor.apply_chat_template` of `conversation` (one or a batch) with the generation prompt, tokenized into a
+    dict of `"pt"` tensors; `processor_kwargs` go to the processor call."""
+    return processor.apply_chat_template(
+        conversation,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        processor_kwargs=processor_kwargs,
+    )
+
+
+@contextlib.contextmanager
+def transformers_warnings(caplog):
+    """Inside the block, transformers' logger propagates to pytest's `caplog`, which records WARNING and above."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            yield
+    finally:
+        hf_logging.disable_propagation()

@@ -1,6 +1,7 @@
-"""Shared pieces of the held-out parity tests (`test_original_parity_s6/_s7`, `test_dropin_s9`): each fixture folder
-holds a tiny original-layout checkpoint, `outputs.json` (the case and the original's answers/prompts) and
-`io.safetensors` (the original's tensors), made by the generator scripts next to them."""
+"""Shared pieces of the held-out parity tests (`test_original_parity_s6/_s7`, `test_dropin_s9`,
+`test_generation_s10/_s11`): each fixture folder holds a tiny original-layout checkpoint, `outputs.json` (the case and
+the original's answers/prompts) and `io.safetensors` (the original's tensors), made by the generator scripts next to
+them."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoImageProcessor, AutoTokenizer
+from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
 
 def compact_prompt(prompt: str) -> str:
@@ -37,6 +38,18 @@ def load_heldout_case(folder: Path, make_image: Callable) -> dict:
         "pixel_list": pixel_list,
         "num_patches": [p.shape[0] for p in pixel_list],
     }
+
+
+def load_chat_checkpoint(folder: Path, tile_size: Callable[[dict], int], **attributes) -> tuple[Any, Any, int]:
+    """(model in eval mode, tokenizer, tile size) of the held-out chat checkpoint in `folder`, on one torch thread;
+    `tile_size` reads the tile side in pixels from the folder's `config.json`, and `attributes` (e.g.
+    `reuse_chat_cache=False`) are set on the model."""
+    torch.set_num_threads(1)
+    config = json.loads((folder / "config.json").read_text())
+    model = AutoModel.from_pretrained(folder).eval()
+    for name, value in attributes.items():
+        setattr(model, name, value)
+    return model, AutoTokenizer.from_pretrained(folder), tile_size(config)
 
 
 def spy_prompts(model, monkeypatch) -> list[list[str]]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import load_model
+from helpers import load_model, transformers_warnings
 from PIL import Image
 
 import transformers_internvl  # noqa: F401
@@ -236,17 +236,12 @@ def test_weighted_loss_with_num_items_in_batch_warns_about_gradient_accumulation
     # transformers 5's Trainer passes `num_items_in_batch` to a forward taking **kwargs and then does not divide the
     # loss by the gradient-accumulation steps; the weighted loss is a micro-batch mean (the original's, whose Trainer
     # divided it), so with accumulation it came out that many times the original's, silently.
-    from transformers.utils import logging as hf_logging
 
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
     labels = torch.tensor([[-100, -100, 7, 8, 9, 10]])
     weights = torch.tensor([[0.0, 0.0, 1.0, 2.0, 3.0, 4.0]])
     plain = model(input_ids=ids, labels=labels, loss_weight=weights).loss
-    hf_logging.enable_propagation()
-    try:
-        with caplog.at_level("WARNING"):
-            loss = model(input_ids=ids, labels=labels, loss_weight=weights, num_items_in_batch=torch.tensor(8)).loss
-    finally:
-        hf_logging.disable_propagation()
+    with transformers_warnings(caplog):
+        loss = model(input_ids=ids, labels=labels, loss_weight=weights, num_items_in_batch=torch.tensor(8)).loss
     assert torch.equal(loss, plain)  # the original's per-micro-batch value is kept
     assert "gradient-accumulation steps" in caplog.text and "InternVLTrainer" in caplog.text

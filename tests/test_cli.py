@@ -14,7 +14,7 @@ from unittest import mock
 
 import pytest
 import torch
-from helpers import QWEN2_DIR
+from helpers import QWEN2_DIR, tokenized_chat
 from PIL import Image
 
 import transformers_internvl
@@ -227,14 +227,7 @@ def model_and_processor(qwen2_model_and_processor):
 
 
 def _expected_greedy_text(model, processor, messages, max_new_tokens, processor_kwargs=None):
-    inputs = processor.apply_chat_template(
-        messages,
-        add_generation_prompt=True,
-        tokenize=True,
-        return_dict=True,
-        return_tensors="pt",
-        processor_kwargs=processor_kwargs,
-    )
+    inputs = tokenized_chat(processor, messages, processor_kwargs)
     with torch.inference_mode():
         sequences = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     new_tokens = sequences[0, inputs["input_ids"].shape[1] :]

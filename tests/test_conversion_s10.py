@@ -24,6 +24,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import transformers_warnings
 from transformers import AutoTokenizer
 
 import transformers_internvl  # noqa: F401  (registers the classes)
@@ -101,15 +102,10 @@ def test_non_legacy_difference_is_warned(tmp_path, caplog):
     `all_special_tokens` (`<|user|>\\nhi`) or with a space; no tokenizer.json pipeline does that, so the `-hf`
     tokenizer gives one "▁" fewer there. The conversion says so instead of writing it silently, and the `-hf` chat
     template (whose prompts all start with such a token) starts with that "▁"."""
-    from transformers.utils import logging as hf_logging
 
     source = original_folder("phi3-nostrip-no-key", tmp_path / "original", legacy=False)
-    hf_logging.enable_propagation()
-    try:
-        with caplog.at_level("WARNING"):
-            hf = convert_checkpoint(source, tmp_path / "hf", to="hf", progress=False).path
-    finally:
-        hf_logging.disable_propagation()
+    with transformers_warnings(caplog):
+        hf = convert_checkpoint(source, tmp_path / "hf", to="hf", progress=False).path
     assert "legacy: false" in caplog.text and "▁" in caplog.text
     reference = AutoTokenizer.from_pretrained(source)
     converted = AutoTokenizer.from_pretrained(hf)
@@ -180,17 +176,11 @@ def test_round_trip_gives_back_the_remote_code_and_auto_map(tmp_path):
 
 
 def test_recorded_auto_map_without_its_files_is_left_out(tmp_path, caplog):
-    from transformers.utils import logging as hf_logging
-
     source = _with_remote_code(original_folder("hermes-no-key", tmp_path / "original"))
     hf = convert_checkpoint(source, tmp_path / "hf", to="hf", progress=False).path
     (hf / "modeling_internvl_chat.py").unlink()  # e.g. a -hf folder re-saved by transformers
-    hf_logging.enable_propagation()
-    try:
-        with caplog.at_level("WARNING"):
-            back = convert_checkpoint(hf, tmp_path / "back", to="original", progress=False).path
-    finally:
-        hf_logging.disable_propagation()
+    with transformers_warnings(caplog):
+        back = convert_checkpoint(hf, tmp_path / "back", to="original", progress=False).path
     assert "auto_map" not in json.loads((back / "config.json").read_text(encoding="utf-8"))
     assert "modeling_internvl_chat.py" in caplog.text
 

@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import transformers_warnings
 from test_conversion_s10 import EXPECTED as S9
 from test_conversion_s10 import WEIGHTS, original_folder
 from tokenizers import Tokenizer
@@ -182,15 +183,9 @@ def test_plain_transformers_in_a_fresh_interpreter_decodes_as_the_original(conve
 
 
 def test_conversion_checks_the_decoding_without_a_warning(tmp_path, caplog):
-    from transformers.utils import logging as hf_logging
-
     source = original_folder("hermes-legacy-true", tmp_path / "original")
-    hf_logging.enable_propagation()
-    try:
-        with caplog.at_level("WARNING"):
-            convert_checkpoint(source, tmp_path / "hf", to="hf", progress=False)
-    finally:
-        hf_logging.disable_propagation()
+    with transformers_warnings(caplog):
+        convert_checkpoint(source, tmp_path / "hf", to="hf", progress=False)
     assert "decodes" not in caplog.text
 
 
@@ -199,7 +194,6 @@ def test_a_vocabulary_holding_a_tag_keeps_transformers_decoder(converted, tmp_pa
     warning, rather than decoded wrongly."""
     import shutil
 
-    from transformers.utils import logging as hf_logging
 
     folder = tmp_path / "hf"
     shutil.copytree(converted["hermes-no-key"], folder)
@@ -208,12 +202,8 @@ def test_a_vocabulary_holding_a_tag_keeps_transformers_decoder(converted, tmp_pa
     (folder / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
     before = (folder / "tokenizer.json").read_bytes()
     reference = AutoTokenizer.from_pretrained(converted["hermes-no-key"].parent / "original")
-    hf_logging.enable_propagation()
-    try:
-        with caplog.at_level("WARNING"):
-            assert write_slow_decoding(folder, reference) is False
-    finally:
-        hf_logging.disable_propagation()
+    with transformers_warnings(caplog):
+        assert write_slow_decoding(folder, reference) is False
     assert (folder / "tokenizer.json").read_bytes() == before
     assert "private-use" in caplog.text
 

@@ -32,6 +32,7 @@ from dropin_s11_cases import (  # noqa: E402
     RESIZE_FOLDERS,
     SCRIPT_CASE,
     TRAIN_CASES,
+    force_image_size,
     pixels,
 )
 
@@ -135,13 +136,7 @@ def test_finetuning_force_image_size_sequence_matches_the_original(original):
     folder = FIXTURES / SCRIPT_CASE["folder"]
     model = AutoModel.from_pretrained(folder, dtype=torch.float32, use_flash_attn=False).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    size, patch_size = SCRIPT_CASE["size"], model.config.vision_config.patch_size
-    model.vision_model.resize_pos_embeddings(
-        old_size=model.config.vision_config.image_size, new_size=size, patch_size=patch_size
-    )
-    model.config.vision_config.image_size = size
-    model.config.force_image_size = size
-    model.num_image_token = int((size // patch_size) ** 2 * (model.config.downsample_ratio**2))
+    force_image_size(model, SCRIPT_CASE["size"])
     assert model.num_image_token == meta["script_num_image_token"] == 64
     _check_script_outputs(model, tokenizer, tensors, meta)
 

@@ -8,13 +8,13 @@ selection of `read_frames_decord` / `read_frames_folder`, `packed_collate_fn` lo
 
 import gzip
 import hashlib
-import importlib.util
 import json
 import random
 import types
 
 import pytest
 import torch
+from finetune_helpers import load_inputs_module
 from helpers import FIXTURES, TOKENIZERS
 from transformers import AutoTokenizer
 
@@ -29,10 +29,7 @@ from transformers_internvl.training.frame_sampling import sort_frame_files, trai
 from transformers_internvl.training.labels import IGNORE_INDEX, SampleError, tokenize_conversation
 
 HERE = FIXTURES / "finetune_heldout_s7"
-# Loaded by path: other fixture folders hold input modules too, and a shared sys.path entry would mix them up.
-_spec = importlib.util.spec_from_file_location("finetune_s7_inputs", HERE / "finetune_s7_inputs.py")
-INPUTS = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(INPUTS)
+INPUTS = load_inputs_module(HERE / "finetune_s7_inputs.py")
 AUGMENT_QUALITY, NUM_IMAGE_TOKEN, TILE = INPUTS.AUGMENT_QUALITY, INPUTS.NUM_IMAGE_TOKEN, INPUTS.TILE
 
 with gzip.open(HERE / "original.json.gz", "rt", encoding="utf-8") as _handle:

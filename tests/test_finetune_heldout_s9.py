@@ -7,13 +7,12 @@ which parameters each original flag combination trains (stages 1 / 1.5 / 2, `unf
 step of two accumulated micro-batches per `loss_reduction` (gradients and the logged loss).
 """
 
-import importlib.util
 import json
 import re
 
 import pytest
 import torch
-from finetune_helpers import original_name
+from finetune_helpers import load_inputs_module, original_name
 from helpers import FIXTURES, QWEN2_TOKENIZER, load_model
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, TrainerCallback, TrainingArguments
@@ -28,10 +27,7 @@ from transformers_internvl.training.trainer import InternVLTrainer
 pytest.importorskip("peft")
 
 HERE = FIXTURES / "finetune_heldout_s9"
-# Loaded by path: other fixture folders hold input modules too, and a shared sys.path entry would mix them up.
-_spec = importlib.util.spec_from_file_location("finetune_s9_inputs", HERE / "finetune_s9_inputs.py")
-INPUTS = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(INPUTS)
+INPUTS = load_inputs_module(HERE / "finetune_s9_inputs.py")
 DATA = json.loads((HERE / "original.json").read_text())
 TENSORS = load_file(HERE / "original.safetensors")
 CASES = {case["name"]: case for case in DATA["trainable"]}

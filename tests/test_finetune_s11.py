@@ -8,12 +8,11 @@ and packed, for `loss_reduction` token / square / sample. Here the same rows go 
 collators, `InternVLTrainer.compute_loss` and model.
 """
 
-import importlib.util
 import json
 
 import pytest
 import torch
-from finetune_helpers import original_name
+from finetune_helpers import load_inputs_module, original_name
 from helpers import FIXTURES, TOKENIZERS, load_model
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, TrainingArguments
@@ -26,9 +25,7 @@ from transformers_internvl.training.stages import set_trainable
 from transformers_internvl.training.trainer import InternVLTrainer
 
 HERE = FIXTURES / "finetune_s11"
-_spec = importlib.util.spec_from_file_location("finetune_s11_inputs", HERE / "finetune_s11_inputs.py")
-INPUTS = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(INPUTS)
+INPUTS = load_inputs_module(HERE / "finetune_s11_inputs.py")
 DATA = json.loads((HERE / "original.json").read_text())
 TENSORS = load_file(HERE / "original.safetensors")
 

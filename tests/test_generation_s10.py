@@ -15,14 +15,14 @@ Hostile: arguments that failed deep inside with unrelated messages ("TextEncodeI
 
 from __future__ import annotations
 
-import json
+import functools
 import sys
 from pathlib import Path
 
 import numpy
+from parity_helpers import load_chat_checkpoint
 import pytest
 import torch
-from transformers import AutoModel, AutoTokenizer
 
 import transformers_internvl  # noqa: F401
 from transformers_internvl.modeling.chat_prompts import build_batch_chat_prompts, build_chat_prompt
@@ -33,19 +33,12 @@ from generation_s10_cases import CASES, CHECKPOINTS, FIXTURES, load_expected, ru
 EXPECTED = load_expected()
 GREEDY = {"max_new_tokens": 4, "do_sample": False}
 
-_MODELS: dict[str, tuple] = {}
 
-
+@functools.cache
 def _checkpoint(name: str):
     """(model, tokenizer, tile size) of a held-out checkpoint, loaded once per module."""
-    if name not in _MODELS:
-        torch.set_num_threads(1)
-        folder = FIXTURES / CHECKPOINTS[name][0]
-        config = json.loads((folder / "config.json").read_text())
-        model = AutoModel.from_pretrained(folder).eval()
-        model.reuse_chat_cache = False  # every case as a fresh original model computes it
-        _MODELS[name] = (model, AutoTokenizer.from_pretrained(folder), tile_size(config))
-    return _MODELS[name]
+    # reuse_chat_cache=False: every case as a fresh original model computes it
+    return load_chat_checkpoint(FIXTURES / CHECKPOINTS[name][0], tile_size, reuse_chat_cache=False)
 
 
 @pytest.mark.parametrize("name", sorted(CHECKPOINTS))

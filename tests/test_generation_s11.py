@@ -11,13 +11,13 @@ and the generated token ids must be identical.
 
 from __future__ import annotations
 
-import json
+import functools
 import sys
 from pathlib import Path
 
+from parity_helpers import load_chat_checkpoint
 import pytest
 import torch
-from transformers import AutoModel, AutoTokenizer
 
 import transformers_internvl  # noqa: F401
 from transformers_internvl.modeling import chat_cache
@@ -26,17 +26,11 @@ sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "generation_s11"))
 from generation_s11_cases import CHECKPOINTS, FIXTURES, cases, load_expected, run_case, tile_size  # noqa: E402
 
 EXPECTED = load_expected()
-_MODELS: dict[str, tuple] = {}
 
 
+@functools.cache
 def _checkpoint(name: str):
-    if name not in _MODELS:
-        torch.set_num_threads(1)
-        folder = FIXTURES / CHECKPOINTS[name][0]
-        config = json.loads((folder / "config.json").read_text())
-        model = AutoModel.from_pretrained(folder).eval()
-        _MODELS[name] = (model, AutoTokenizer.from_pretrained(folder), tile_size(config))
-    return _MODELS[name]
+    return load_chat_checkpoint(FIXTURES / CHECKPOINTS[name][0], tile_size)
 
 
 def _set_system(model, value):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import QWEN2_TOKENIZER, original_model_dir
+from helpers import QWEN2_TOKENIZER, original_model_dir, tokenized_chat
 from PIL import Image
 from transformers import AutoProcessor, AutoTokenizer
 
@@ -269,14 +269,7 @@ def test_mm_token_type_ids_of_a_batch_of_chats_with_a_video_and_an_image(small):
             }
         ],
     ]
-    out = small.apply_chat_template(
-        chats,
-        add_generation_prompt=True,
-        tokenize=True,
-        return_dict=True,
-        return_tensors="pt",
-        processor_kwargs={"padding": True, "return_mm_token_type_ids": True},
-    )
+    out = tokenized_chat(small, chats, {"padding": True, "return_mm_token_type_ids": True})
     types = out["mm_token_type_ids"]
     video = small._get_num_multimodal_tokens(video_sizes=[(5, 40, 50)])["num_video_tokens"]
     image = small._get_num_multimodal_tokens(image_sizes=[(10, 120)])["num_image_tokens"]

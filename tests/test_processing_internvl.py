@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import FIXTURES, INTERNLM2_DIR, MODELS, QWEN2_TOKENIZER, TOKENIZERS, copy_tokenizer
+from helpers import FIXTURES, INTERNLM2_DIR, MODELS, QWEN2_TOKENIZER, TOKENIZERS, copy_tokenizer, tokenized_chat
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoProcessor, AutoTokenizer
@@ -364,13 +364,8 @@ def test_apply_chat_template_with_pil_image(processor):
     )
     assert out["pixel_values"].shape == (3, 3, 448, 448)
     _assert_equals_direct_call(processor, out, image)
-    single_tile = processor.apply_chat_template(
-        _single_image_messages({"type": "image", "image": image}),
-        add_generation_prompt=True,
-        tokenize=True,
-        return_dict=True,
-        return_tensors="pt",
-        processor_kwargs={"max_dynamic_patch": 1},
+    single_tile = tokenized_chat(
+        processor, _single_image_messages({"type": "image", "image": image}), {"max_dynamic_patch": 1}
     )
     assert single_tile["num_tiles"].tolist() == [1]
 
@@ -416,14 +411,7 @@ def test_apply_chat_template_batch_of_conversations(processor):
         _single_image_messages({"type": "image", "image": _image("rgb_448x448")}),
         [{"role": "user", "content": [{"type": "text", "text": "Only text here, a little longer."}]}],
     ]
-    out = processor.apply_chat_template(
-        conversations,
-        add_generation_prompt=True,
-        tokenize=True,
-        return_dict=True,
-        return_tensors="pt",
-        processor_kwargs={"padding": True},
-    )
+    out = tokenized_chat(processor, conversations, {"padding": True})
     assert out["input_ids"].shape[0] == 2 and out["num_tiles"].tolist() == [1]
     assert out["attention_mask"][1, 0] == 0  # left padding
 
@@ -461,14 +449,7 @@ def _write_video(path: Path, num_frames: int) -> Path:
 def test_apply_chat_template_with_video_file(processor, tmp_path):
     path = _write_video(tmp_path / "clip.mp4", num_frames=10)
     messages = [{"role": "user", "content": [{"type": "video", "path": str(path)}, {"type": "text", "text": "What?"}]}]
-    out = processor.apply_chat_template(
-        messages,
-        add_generation_prompt=True,
-        tokenize=True,
-        return_dict=True,
-        return_tensors="pt",
-        processor_kwargs={"num_frames": 4},
-    )
+    out = tokenized_chat(processor, messages, {"num_frames": 4})
     assert out["num_tiles"].tolist() == [1, 1, 1, 1]
     direct = processor.video_processor(videos=str(path), num_segments=4, return_tensors="pt")
     assert torch.equal(out["pixel_values"], direct["pixel_values_videos"])

@@ -30,7 +30,7 @@ from transformers import AutoProcessor
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import original_model_dir, qwen2_processor  # noqa: E402
+from helpers import original_model_dir, qwen2_processor, tokenized_chat  # noqa: E402
 
 from transformers_internvl.processing.image_processing_internvl import InternVLChatImageProcessor  # noqa: E402
 from transformers_internvl.processing.processing_internvl import InternVLChatProcessor  # noqa: E402
@@ -141,14 +141,7 @@ def test_apply_chat_template_with_decoded_frames_and_do_sample_frames():
             ],
         }
     ]
-    out = processor.apply_chat_template(
-        messages,
-        add_generation_prompt=True,
-        tokenize=True,
-        return_dict=True,
-        return_tensors="pt",
-        processor_kwargs={"do_sample_frames": True},
-    )
+    out = tokenized_chat(processor, messages, {"do_sample_frames": True})
     assert _frame_numbers(out["pixel_values"]) == case["indices"]
 
 

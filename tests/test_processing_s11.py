@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 FIXTURES = Path(__file__).parent / "fixtures" / "processing_s11"
 sys.path.insert(0, str(FIXTURES))
 
+from helpers import transformers_warnings  # noqa: E402
 from s11_cases import (  # noqa: E402
     BATCH_CASES,
     CHAT_CASES,
@@ -259,17 +260,12 @@ def test_load_time_system_message_alone_keeps_the_saved_template(tmp_path):
 
 def test_a_custom_saved_chat_template_is_kept_with_a_warning(tmp_path, caplog):
     from transformers import AutoProcessor
-    from transformers.utils import logging as hf_logging
 
     custom = "{% for m in messages %}{{ m['content'] }}|{% endfor %}"
     _processor("qwen2-tiny", "internvl2_5").save_pretrained(tmp_path)
     (tmp_path / "chat_template.jinja").write_text(custom, encoding="utf-8")
-    hf_logging.enable_propagation()
-    try:
-        with caplog.at_level("WARNING"):
-            loaded = AutoProcessor.from_pretrained(tmp_path, system_message="X")
-    finally:
-        hf_logging.disable_propagation()
+    with transformers_warnings(caplog):
+        loaded = AutoProcessor.from_pretrained(tmp_path, system_message="X")
     assert loaded.chat_template == custom
     assert "system_message" in caplog.text and "custom chat template" in caplog.text
 
